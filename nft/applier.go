@@ -1,0 +1,33 @@
+package nft
+
+import "context"
+
+// Applier makes the kernel's table equal to a desired Ruleset. It is the narrow seam
+// between policy semantics and the kernel: nft/netlink implements it with one netlink
+// transaction per call, nfttest.Fake records what it was given.
+type Applier interface {
+	// Apply makes the table equal to desired in one atomic transaction. The first call,
+	// and the first call after a failed one, replaces the whole table (a full sync);
+	// later calls send only the difference from the last applied ruleset. On error the
+	// kernel keeps the table it had before the call, and the error says which object
+	// the kernel refused when it says so.
+	Apply(ctx context.Context, desired *Ruleset) (Stats, error)
+
+	// FullSync replaces the whole table atomically, whatever was applied before, and
+	// reports in Stats.Drift how the kernel's table differed from the last applied
+	// ruleset (someone else edited it, or a previous agent left another one).
+	FullSync(ctx context.Context, desired *Ruleset) (Stats, error)
+
+	// Delete removes the table. A missing table is not an error.
+	Delete(ctx context.Context) error
+}
+
+// Stats describes one transaction, for metrics, logs and benchmarks.
+type Stats struct {
+	Full            bool     // the whole table was replaced
+	Operations      int      // netlink messages in the batch (0: nothing to do)
+	Elements        int      // set and map elements added or deleted
+	ChainsRewritten int      // chains flushed and refilled, or added
+	Bytes           int      // bytes of netlink messages sent
+	Drift           []string // FullSync only: differences found before replacing
+}

@@ -1,0 +1,57 @@
+// Package nft is nftpolicy's desired-state model of the one nftables table it owns:
+// Ruleset, Chain, Rule, Set (and verdict maps), Element. Values only, standard library
+// only: building a Ruleset touches nothing. Render turns it into deterministic `nft -f`
+// text; Plan (the applier's half that needs no kernel) turns (last applied, desired)
+// into the operations of one transaction; nft/netlink sends them.
+//
+// # Table layout
+//
+// One table, `table inet nftpolicy`, serves IPv4 and IPv6:
+//
+//	chain forward          type filter hook forward priority filter (0); policy accept
+//	    ct state established,related accept       replies and related ICMP always pass
+//	    icmpv6 type { nd-* } accept                 neighbour discovery always passes
+//	    jump pod-egress                             the source pod's egress, if local and isolated
+//	    jump pod-ingress                            the destination pod's ingress, likewise
+//	chain pod-egress       ip saddr vmap @egress-v4;  ip6 saddr vmap @egress-v6
+//	chain pod-ingress      ip daddr vmap @ingress-v4; ip6 daddr vmap @ingress-v6
+//	map egress-v4 ...      local isolated pod address -> jump eg-<hash>-<policies>
+//	map ingress-v4 ...     local isolated pod address -> goto ing-<hash>-<policies>
+//	chain ing-<hash>-<ns>/<policy>[_and_N]   one per group of local pods selected by the
+//	    same policies (and resolving named ports alike):
+//	    ct state invalid drop
+//	    ip saddr @<set>-any-v4 accept                               peers allowed on every port
+//	    ip saddr . meta l4proto . th dport @<set>-ports-v4 accept   peers by protocol and port
+//	    (the same two for ip6)
+//	    counter drop                                                default deny
+//	chain eg-...           the same shape on daddr, with `return` instead of accept, so
+//	                       that ingress is still judged after egress allowed the packet.
+//
+// Only pods that some policy isolates appear in the maps: a packet between two
+// unisolated pods costs the forward chain's four rules and two failed map lookups.
+// The per-packet cost does not grow with the number of policies or pods: dispatch is
+// one hash lookup, and each group chain does a fixed number of set lookups whatever
+// the number of policies it merges (the union of their rules is the union of the
+// group's set elements). Pod churn is element adds and deletes; rules change only when
+// the grouping of policies changes.
+//
+// # Where in the stack, and why there
+//
+// Policy is judged after DNAT and before SNAT, so a connection to a Service ClusterIP
+// is judged on the endpoint pod's address and port and on the original client address.
+// kube-proxy (iptables and nftables modes) DNATs at prerouting/output priority dstnat
+// (-100) and masquerades at postrouting priority srcnat (100); the forward hook lies
+// between the two for every routed packet. Traffic that a node itself sends to a pod
+// (kubelet probes) leaves through the output hook, and traffic a pod sends to its own
+// node arrives through input: neither crosses forward, so both always pass, as the
+// NetworkPolicy API requires. Connection tracking marks replies established before
+// forward, so only the first packet of a connection walks past the first rule.
+//
+// IPVS mode is not covered: IPVS rewrites the destination in the input hook and sends
+// the packet on through output, so pod-to-ClusterIP traffic under IPVS never crosses
+// our forward chain: run kube-proxy in iptables or nftables mode with nftpolicy.
+//
+// # Names
+//
+// names.go holds the naming contract; see ObjectName.
+package nft

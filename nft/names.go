@@ -1,0 +1,70 @@
+package nft
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+)
+
+// The naming contract. `nft list ruleset` is the debugging interface of nftpolicy, so
+// every name is chosen for the person reading it, and stays stable across restarts
+// (names derive only from API object identities, never from time or order).
+//
+// Fixed objects are short kebab-case nouns. Per-policy objects carry a short hash of
+// what they stand for (unique, stable) followed by the readable namespace/name of the
+// policy behind them, as in `ing-3fa9c2d1-x/allow-a`, or `ing-3fa9c2d1-x/allow-a_and_2`
+// when three policies share the object (nft takes only [a-zA-Z0-9/_.-] unquoted).
+const (
+	DefaultTable = "nftpolicy"
+
+	ChainForward = "forward"     // base chain: filter hook forward
+	ChainIngress = "pod-ingress" // dispatch on the destination pod's address
+	ChainEgress  = "pod-egress"  // dispatch on the source pod's address
+
+	MapIngressV4 = "ingress-v4" // local pod IPv4 -> its ingress chain
+	MapIngressV6 = "ingress-v6"
+	MapEgressV4  = "egress-v4" // local pod IPv4 -> its egress chain
+	MapEgressV6  = "egress-v6"
+)
+
+// HashLen is the number of hex digits of the hash in per-policy names.
+const HashLen = 8
+
+// ShortHash is the stable short hash used in per-policy names.
+func ShortHash(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:])[:HashLen]
+}
+
+// ObjectName builds `<prefix>-<ShortHash(key)>-<label>[-<suffix>]`, truncating the
+// label (never the hash or suffix) so the result fits MaxNameLen. The hash alone makes
+// the name unique; the label is for people. Characters nft cannot take unquoted are
+// replaced by '_'.
+func ObjectName(prefix, key, label, suffix string) string {
+	head := prefix + "-" + ShortHash(key)
+	tail := ""
+	if suffix != "" {
+		tail = "-" + suffix
+	}
+	label = sanitize(label)
+	if room := MaxNameLen - len(head) - len(tail) - 1; len(label) > room {
+		if room < 0 {
+			room = 0
+		}
+		label = label[:room]
+	}
+	if label != "" {
+		head += "-" + label
+	}
+	return head + tail
+}
+
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '/', r == '-', r == '_', r == '.':
+			return r
+		}
+		return '_'
+	}, s)
+}

@@ -1,0 +1,102 @@
+package nft
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func TestRenderSample(t *testing.T) {
+	r := &Ruleset{
+		Table: "nftpolicy",
+		Chains: []Chain{
+			{Name: "ing-1", Rules: []Rule{
+				{Matches: []Match{Is(KeyCtState, Num(CtInvalid))}, Verdict: Verdict{Kind: Drop}},
+				{Matches: []Match{InSet("s-ports-v4", KeyIPSaddr, KeyL4Proto, KeyTHDport)}, Counter: true, Verdict: Verdict{Kind: Accept}, Comment: "x/p#0"},
+				{Counter: true, Verdict: Verdict{Kind: Drop}},
+			}},
+			{Name: "forward", Hook: &Hook{Type: "filter", Hook: "forward", Policy: Accept}, Rules: []Rule{
+				{Matches: []Match{Is(KeyCtState, Num(CtEstablished|CtRelated))}, Verdict: Verdict{Kind: Accept}},
+				{Matches: []Match{Is(KeyICMPv6Type, Num(135), Num(133))}, Verdict: Verdict{Kind: Accept}},
+				{VMap: &VMap{Keys: []Key{KeyIPDaddr}, Map: "ingress-v4"}},
+			}},
+		},
+		Sets: []Set{
+			{Name: "s-ports-v4", Type: []DataType{TypeIPv4Addr, TypeInetProto, TypeInetService}, Interval: true, Elements: []Element{
+				Elem(Addr(netip.MustParseAddr("10.0.1.1")), Num(ProtoUDP), Num(53)),
+				Elem(Prefix(netip.MustParsePrefix("10.0.0.0/24")), Num(ProtoTCP), NumRange(80, 90)),
+				Elem(AddrRange(netip.MustParseAddr("10.0.2.1"), netip.MustParseAddr("10.0.2.5")), Num(ProtoSCTP), Num(7)),
+			}},
+			{Name: "ingress-v4", Type: []DataType{TypeIPv4Addr}, Verdicts: true, Elements: []Element{
+				{Key: []Value{Addr(netip.MustParseAddr("10.244.1.5"))}, Verdict: Verdict{Kind: Goto, Chain: "ing-1"}, Comment: "x/a"},
+			}},
+		},
+	}
+	if err := r.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	want := `table inet nftpolicy {
+	map ingress-v4 {
+		type ipv4_addr : verdict
+		elements = {
+			10.244.1.5 comment "x/a" : goto ing-1
+		}
+	}
+
+	set s-ports-v4 {
+		type ipv4_addr . inet_proto . inet_service
+		flags interval
+		elements = {
+			10.0.0.0/24 . tcp . 80-90,
+			10.0.1.1 . udp . 53,
+			10.0.2.1-10.0.2.5 . sctp . 7
+		}
+	}
+
+	chain forward {
+		type filter hook forward priority 0; policy accept;
+		ct state established,related accept
+		icmpv6 type { nd-router-solicit, nd-neighbor-solicit } accept
+		ip daddr vmap @ingress-v4
+	}
+
+	chain ing-1 {
+		ct state invalid drop
+		ip saddr . meta l4proto . th dport @s-ports-v4 counter accept comment "x/p#0"
+		counter drop
+	}
+}
+`
+	if got := Render(r); got != want {
+		t.Errorf("Render mismatch:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestValidateCatchesBrokenReferences(t *testing.T) {
+	r := &Ruleset{Table: "t", Chains: []Chain{{Name: "c", Rules: []Rule{
+		{Matches: []Match{InSet("missing", KeyIPSaddr)}, Verdict: Verdict{Kind: Jump, Chain: "nowhere"}},
+	}}}, Sets: []Set{{Name: "s", Type: []DataType{TypeIPv4Addr}, Elements: []Element{Elem(Addr(netip.MustParseAddr("fd00::1")))}}}}
+	err := r.Validate()
+	if err == nil {
+		t.Fatal("want error")
+	}
+	for _, want := range []string{"@missing does not exist", `missing chain "nowhere"`, "does not fit ipv4_addr"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+}
+
+func TestObjectName(t *testing.T) {
+	n := ObjectName("ing", "x/allow-a", "x/allow-a", "any-v4")
+	if !ValidName(n) || !strings.HasPrefix(n, "ing-") || !strings.HasSuffix(n, "-x/allow-a-any-v4") {
+		t.Errorf("bad name %q", n)
+	}
+	long := ObjectName("ing", "k", strings.Repeat("n", 300), "ports-v6")
+	if len(long) > MaxNameLen || !strings.HasSuffix(long, "-ports-v6") || !ValidName(long) {
+		t.Errorf("bad long name %q (%d)", long, len(long))
+	}
+	if ObjectName("ing", "a", "l", "") == ObjectName("ing", "b", "l", "") {
+		t.Error("different keys must give different names")
+	}
+}
