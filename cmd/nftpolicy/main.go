@@ -1,0 +1,276 @@
+// Command nftpolicy is the per-node Kubernetes NetworkPolicy enforcer.
+//
+// It has three subcommands:
+//
+//	nftpolicy agent    watch Pods, Namespaces and NetworkPolicies and keep this
+//	                   node's nftables table in sync with them (the DaemonSet)
+//	nftpolicy cleanup  remove the table from this node (preStop / uninstall)
+//	nftpolicy version  print the version and the Go version
+//
+// This file is the binary's contract and nothing more: flags -> Options ->
+// run(). Exit codes: 0 success (including a clean SIGTERM/SIGINT shutdown),
+// 1 a failure while running, 2 a usage or configuration error found before
+// anything started; errors of kind 2 are one line on stderr, never a trace.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"runtime"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/nftpolicy/nftpolicy/controllers"
+)
+
+// version is set at link time: -ldflags "-X main.version=v0.1.0".
+var version = "dev"
+
+// Flag defaults. The agent runs with hostNetwork, so every port it binds is a
+// port on the node: metrics stay on loopback by default (scrape through a
+// sidecar/proxy or set the flag), while the health probes must be reachable
+// by the kubelet at the node's address.
+const (
+	defaultTableName      = "nftpolicy"
+	defaultMetricsAddr    = "127.0.0.1:9090"
+	defaultHealthAddr     = ":8081"
+	defaultFullSyncPeriod = 5 * time.Minute
+)
+
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "nftpolicy: missing command (run 'nftpolicy help' for usage)")
+		return exitUsage
+	}
+	switch args[0] {
+	case "agent":
+		return runAgent(args[1:], stdout, stderr)
+	case "cleanup":
+		return runCleanup(args[1:], stdout, stderr)
+	case "version":
+		fmt.Fprintf(stdout, "nftpolicy %s %s %s/%s\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return exitOK
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, topUsage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "nftpolicy: unknown command %q (run 'nftpolicy help' for usage)\n", args[0])
+		return exitUsage
+	}
+}
+
+const topUsage = `Usage: nftpolicy <command> [flags]
+
+Commands:
+  agent     enforce NetworkPolicies on this node (run as a DaemonSet)
+  cleanup   remove this node's nftables table
+  version   print the version
+
+Run 'nftpolicy <command> -h' for the flags of a command.
+`
+
+func runAgent(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("agent")
+	var opts controllers.Options
+	fs.StringVar(&opts.Kubeconfig, "kubeconfig", "",
+		"path to a kubeconfig (default $KUBECONFIG, else the in-cluster service account)")
+	fs.StringVar(&opts.NodeName, "node-name", os.Getenv("NODE_NAME"),
+		"name of the Node this agent enforces policy for (default $NODE_NAME)")
+	netnsFlag(fs, &opts.NetNS)
+	tableFlag(fs, &opts.TableName)
+	fs.StringVar(&opts.MetricsAddr, "metrics-bind-address", defaultMetricsAddr,
+		"host:port for the Prometheus /metrics endpoint; 0 disables it")
+	fs.StringVar(&opts.HealthAddr, "health-probe-bind-address", defaultHealthAddr,
+		"host:port for the /healthz and /readyz endpoints; 0 disables them")
+	fs.DurationVar(&opts.FullSyncPeriod, "full-sync-period", defaultFullSyncPeriod,
+		"how often to rewrite the whole table even without changes (repairs outside tampering)")
+	zapOpts := zap.Options{}
+	zapOpts.BindFlags(fs)
+
+	if code, done := parse(fs, args, stdout, stderr); done {
+		return code
+	}
+	if opts.Kubeconfig == "" {
+		opts.Kubeconfig = os.Getenv("KUBECONFIG")
+	}
+	err := errors.Join(
+		checkRequired("node-name", "NODE_NAME", opts.NodeName),
+		checkAddr("metrics-bind-address", opts.MetricsAddr),
+		checkAddr("health-probe-bind-address", opts.HealthAddr),
+		checkPositive("full-sync-period", opts.FullSyncPeriod),
+		checkTableName(opts.TableName),
+		checkNetNS(opts.NetNS),
+	)
+	if err == nil {
+		opts.Config, err = controllers.LoadRESTConfig(opts.Kubeconfig)
+	}
+	if err != nil {
+		return usageError(stderr, "agent", err)
+	}
+
+	log := zap.New(zap.UseFlagOptions(&zapOpts))
+	ctrl.SetLogger(log)
+	if err := controllers.RunAgent(ctrl.SetupSignalHandler(), opts, log); err != nil {
+		log.Error(err, "agent failed")
+		return exitFailure
+	}
+	return exitOK
+}
+
+// removeTable is what 'nftpolicy cleanup' calls; it is wired to the
+// nft/netlink applier. Until then cleanup reports that it cannot remove.
+var removeTable controllers.TableRemover
+
+func runCleanup(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("cleanup")
+	opts := controllers.CleanupOptions{RemoveTable: removeTable}
+	netnsFlag(fs, &opts.NetNS)
+	tableFlag(fs, &opts.TableName)
+	if code, done := parse(fs, args, stdout, stderr); done {
+		return code
+	}
+	if err := errors.Join(checkTableName(opts.TableName), checkNetNS(opts.NetNS)); err != nil {
+		return usageError(stderr, "cleanup", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := controllers.RunCleanup(ctx, opts); err != nil {
+		fmt.Fprintf(stderr, "nftpolicy cleanup: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+func newFlagSet(cmd string) *flag.FlagSet {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: nftpolicy %s [flags]\n\nFlags:\n", cmd)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+func netnsFlag(fs *flag.FlagSet, p *string) {
+	fs.StringVar(p, "netns", "",
+		"program the table inside the network namespace at this path (e.g. /var/run/netns/node-1); default: the agent's own")
+}
+
+func tableFlag(fs *flag.FlagSet, p *string) {
+	fs.StringVar(p, "table-name", defaultTableName, "name of the nftables inet table this agent owns")
+}
+
+// parse parses args; done reports that the command must stop with code:
+// -h prints the usage on stdout (exit 0), anything wrong is one line (exit 2).
+func parse(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code int, done bool) {
+	fs.SetOutput(io.Discard) // the flag package would print the whole usage on every error
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fs.SetOutput(stdout)
+		fs.Usage()
+		return exitOK, true
+	case err != nil:
+		return usageError(stderr, fs.Name(), err), true
+	case fs.NArg() > 0:
+		return usageError(stderr, fs.Name(), fmt.Errorf("unexpected argument %q", fs.Arg(0))), true
+	}
+	return 0, false
+}
+
+var newlines = regexp.MustCompile(`\s*\n\s*`)
+
+// usageError prints err as one line and returns the usage exit code.
+// errors.Join separates its errors with newlines; they become "; ".
+func usageError(stderr io.Writer, cmd string, err error) int {
+	msg := newlines.ReplaceAllString(err.Error(), "; ")
+	fmt.Fprintf(stderr, "nftpolicy %s: %s (run 'nftpolicy %s -h' for usage)\n", cmd, msg, cmd)
+	return exitUsage
+}
+
+func checkRequired(flagName, env, v string) error {
+	if v == "" {
+		return fmt.Errorf("--%s is required (or set $%s)", flagName, env)
+	}
+	return nil
+}
+
+// checkAddr accepts "0" (disabled) or host:port with a numeric port.
+func checkAddr(flagName, addr string) error {
+	if addr == "0" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		_, err = strconv.ParseUint(port, 10, 16)
+	}
+	if err != nil {
+		return fmt.Errorf("--%s=%q: want host:port with a numeric port, or 0 to disable", flagName, addr)
+	}
+	return nil
+}
+
+func checkPositive(flagName string, d time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("--%s=%s: must be positive", flagName, d)
+	}
+	return nil
+}
+
+// tableNameRE is nft's identifier syntax, restricted to what needs no quoting.
+var tableNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_-]{0,63}$`)
+
+func checkTableName(name string) error {
+	if !tableNameRE.MatchString(name) {
+		return fmt.Errorf("--table-name=%q: want a letter or _ then up to 63 letters, digits, _ or -", name)
+	}
+	return nil
+}
+
+// nsGetNSType is the NS_GET_NSTYPE ioctl, _IO(0xb7, 0x3) (Linux >= 4.11).
+const nsGetNSType = 0xb703
+
+// checkNetNS checks that path, when set, opens and is a network namespace:
+// a file on nsfs (a /proc/PID/ns/net or a bind mount of one, as `ip netns`
+// makes) whose namespace type is CLONE_NEWNET.
+func checkNetNS(path string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("--netns: %w", err)
+	}
+	defer func() { _ = f.Close() }()
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil {
+		return fmt.Errorf("--netns: statfs %s: %w", path, err)
+	}
+	if st.Type != unix.NSFS_MAGIC {
+		return fmt.Errorf("--netns: %s is not a namespace file (not on nsfs)", path)
+	}
+	typ, err := unix.IoctlRetInt(int(f.Fd()), nsGetNSType)
+	if err == nil && typ != unix.CLONE_NEWNET {
+		return fmt.Errorf("--netns: %s is a namespace but not a network namespace", path)
+	}
+	return nil
+}

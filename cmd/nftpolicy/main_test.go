@@ -1,0 +1,178 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// bin is the nftpolicy binary under test, built once by TestMain: these tests
+// check the contract a user or the kubelet sees (exit codes, stderr), so they
+// run the real binary rather than calling run().
+var bin string
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "nftpolicy-cmd-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	bin = filepath.Join(dir, "nftpolicy")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building nftpolicy:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// A kubeconfig that parses but points nowhere: the flag checks that need a
+// valid kubeconfig get past it, and nothing ever connects.
+const validKubeconfig = `apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {server: "https://127.0.0.1:1"}
+users:
+- name: u
+  user: {token: t}
+contexts:
+- name: x
+  context: {cluster: c, user: u}
+current-context: x
+`
+
+func TestContract(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "kubeconfig")
+	garbage := filepath.Join(dir, "garbage")
+	for p, s := range map[string]string{good: validKubeconfig, garbage: "{not: [yaml"} {
+		if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	tests := []struct {
+		name     string
+		args     []string
+		env      []string
+		wantCode int
+		// wantOut must all occur in stdout (exit 0) or the one stderr line.
+		wantOut []string
+	}{
+		{name: "version", args: []string{"version"}, wantCode: 0,
+			wantOut: []string{"nftpolicy dev", runtime.Version()}},
+		{name: "help", args: []string{"help"}, wantCode: 0, wantOut: []string{"agent", "cleanup", "version"}},
+		{name: "agent -h", args: []string{"agent", "-h"}, wantCode: 0,
+			wantOut: []string{"-node-name", "-netns", "-zap-log-level", "127.0.0.1:9090", ":8081"}},
+		{name: "no command", args: nil, wantCode: 2, wantOut: []string{"missing command"}},
+		{name: "unknown command", args: []string{"frobnicate"}, wantCode: 2, wantOut: []string{`"frobnicate"`}},
+		{name: "unknown flag", args: []string{"agent", "--bogus"}, wantCode: 2,
+			wantOut: []string{"-bogus", "run 'nftpolicy agent -h' for usage"}},
+		{name: "stray argument", args: []string{"agent", "--node-name", "n", "extra"}, wantCode: 2,
+			wantOut: []string{`"extra"`}},
+		{name: "bad duration", args: []string{"agent", "--full-sync-period", "soon"}, wantCode: 2,
+			wantOut: []string{"full-sync-period"}},
+		{name: "missing node name", args: []string{"agent", "--kubeconfig", good}, wantCode: 2,
+			wantOut: []string{"--node-name", "NODE_NAME"}},
+		{name: "node name from env", args: []string{"agent", "--kubeconfig", "/nonexistent"},
+			env: []string{"NODE_NAME=node-1"}, wantCode: 2, wantOut: []string{"kubeconfig", "/nonexistent"}},
+		{name: "bad metrics address", args: []string{"agent", "--node-name", "n", "--kubeconfig", good, "--metrics-bind-address", "localhost"},
+			wantCode: 2, wantOut: []string{"--metrics-bind-address", `"localhost"`}},
+		{name: "bad health address", args: []string{"agent", "--node-name", "n", "--kubeconfig", good, "--health-probe-bind-address", "127.0.0.1:http-alt"},
+			wantCode: 2, wantOut: []string{"--health-probe-bind-address"}},
+		{name: "zero period", args: []string{"agent", "--node-name", "n", "--kubeconfig", good, "--full-sync-period", "0s"},
+			wantCode: 2, wantOut: []string{"--full-sync-period"}},
+		{name: "bad table name", args: []string{"agent", "--node-name", "n", "--kubeconfig", good, "--table-name", "a b"},
+			wantCode: 2, wantOut: []string{"--table-name"}},
+		{name: "missing kubeconfig", args: []string{"agent", "--node-name", "n", "--kubeconfig", "/nonexistent/kubeconfig"},
+			wantCode: 2, wantOut: []string{"kubeconfig", "/nonexistent/kubeconfig"}},
+		{name: "kubeconfig from env", args: []string{"agent", "--node-name", "n"},
+			env: []string{"KUBECONFIG=/nonexistent/env-kubeconfig"}, wantCode: 2, wantOut: []string{"/nonexistent/env-kubeconfig"}},
+		{name: "garbage kubeconfig", args: []string{"agent", "--node-name", "n", "--kubeconfig", garbage},
+			wantCode: 2, wantOut: []string{"kubeconfig"}},
+		{name: "kubeconfig is a directory", args: []string{"agent", "--node-name", "n", "--kubeconfig", dir},
+			wantCode: 2, wantOut: []string{"kubeconfig"}},
+		{name: "no kubeconfig outside a cluster", args: []string{"agent", "--node-name", "n"},
+			wantCode: 2, wantOut: []string{"--kubeconfig", "not in a cluster"}},
+		{name: "nonexistent netns", args: []string{"agent", "--node-name", "n", "--kubeconfig", good, "--netns", "/nonexistent/netns"},
+			wantCode: 2, wantOut: []string{"--netns", "/nonexistent/netns"}},
+		{name: "netns not a namespace", args: []string{"agent", "--node-name", "n", "--kubeconfig", good, "--netns", good},
+			wantCode: 2, wantOut: []string{"--netns", "not a namespace"}},
+		{name: "netns of another type", args: []string{"agent", "--node-name", "n", "--kubeconfig", good, "--netns", "/proc/self/ns/uts"},
+			wantCode: 2, wantOut: []string{"--netns", "not a network namespace"}},
+		// A real netns passes, so the next check (the kubeconfig) is what fails.
+		{name: "good netns", args: []string{"agent", "--node-name", "n", "--kubeconfig", "/nonexistent/k", "--netns", "/proc/self/ns/net"},
+			wantCode: 2, wantOut: []string{"/nonexistent/k"}},
+		{name: "cleanup unknown flag", args: []string{"cleanup", "--node-name", "n"}, wantCode: 2,
+			wantOut: []string{"-node-name", "run 'nftpolicy cleanup -h' for usage"}},
+		{name: "cleanup nonexistent netns", args: []string{"cleanup", "--netns", "/nonexistent/netns"}, wantCode: 2,
+			wantOut: []string{"--netns"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cmd := exec.Command(bin, tt.args...)
+			cmd.Env = append(cleanEnv(), tt.env...)
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			code := 0
+			var exit *exec.ExitError
+			if errors.As(err, &exit) {
+				code = exit.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if code != tt.wantCode {
+				t.Fatalf("exit code %d, want %d\nstdout: %s\nstderr: %s", code, tt.wantCode, stdout.String(), stderr.String())
+			}
+			out := stdout.String()
+			if tt.wantCode != 0 {
+				out = stderr.String()
+				if stdout.Len() != 0 {
+					t.Errorf("stdout not empty on error: %q", stdout.String())
+				}
+				if n := strings.Count(out, "\n"); n != 1 || !strings.HasSuffix(out, "\n") {
+					t.Errorf("stderr is %d lines, want exactly one: %q", n, out)
+				}
+				if !strings.HasPrefix(out, "nftpolicy") {
+					t.Errorf("stderr does not start with the program name: %q", out)
+				}
+				if strings.Contains(out, "goroutine ") || strings.Contains(out, "panic") {
+					t.Errorf("stderr has a trace: %q", out)
+				}
+			}
+			for _, w := range tt.wantOut {
+				if !strings.Contains(out, w) {
+					t.Errorf("output %q does not mention %q", out, w)
+				}
+			}
+		})
+	}
+}
+
+// cleanEnv is the test's environment without what the agent reads from it, so
+// that a developer's own KUBECONFIG or NODE_NAME cannot change the result.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		switch strings.SplitN(kv, "=", 2)[0] {
+		case "KUBECONFIG", "NODE_NAME", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT":
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}

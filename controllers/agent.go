@@ -1,0 +1,226 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+)
+
+// The agent only reads; these markers are the whole of its RBAC.
+// +kubebuilder:rbac:groups="",resources=pods;namespaces,verbs=get;list;watch
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch
+
+// Options configures RunAgent. cmd/nftpolicy fills it from flags and has
+// validated every field before RunAgent sees it.
+type Options struct {
+	// Kubeconfig is the path to a kubeconfig; "" means in-cluster. Used only
+	// when Config is nil.
+	Kubeconfig string
+	// Config, when set, is used instead of loading Kubeconfig.
+	Config *rest.Config
+	// NodeName is the Node whose pods this agent enforces policy for.
+	NodeName string
+	// NetNS is the path of the network namespace to program the table in;
+	// "" means the agent's own. The apiserver is always reached from the
+	// agent's own namespace.
+	NetNS string
+	// TableName is the nftables inet table the agent owns.
+	TableName string
+	// MetricsAddr and HealthAddr are host:port bind addresses; "0" disables.
+	MetricsAddr, HealthAddr string
+	// FullSyncPeriod is how often the node's table is rewritten whole even
+	// when nothing changed.
+	FullSyncPeriod time.Duration
+}
+
+// LoadRESTConfig returns the apiserver config for kubeconfig: that file when
+// set (a $KUBECONFIG-style list of files is accepted), else the in-cluster
+// service account. It fails when the file is unreadable or invalid, or when
+// kubeconfig is "" and the process is not in a pod.
+func LoadRESTConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("no --kubeconfig or $KUBECONFIG and not in a cluster: %w", err)
+		}
+		return cfg, nil
+	}
+	paths := filepath.SplitList(kubeconfig)
+	for _, p := range paths {
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("kubeconfig: %w", err)
+		}
+	}
+	rules := &clientcmd.ClientConfigLoadingRules{Precedence: paths}
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+	}
+	return cfg, nil
+}
+
+// newScheme holds only the kinds the agent reads.
+func newScheme() (*runtime.Scheme, error) {
+	s := runtime.NewScheme()
+	if err := errors.Join(corev1.AddToScheme(s), networkingv1.AddToScheme(s)); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// watched lists every kind the agent caches. The cache refuses reads of any
+// other kind (ReaderFailOnMissingInformer) so memory stays bounded by these:
+// every node must know every pod, namespace and policy.
+func watched() []client.Object {
+	return []client.Object{&corev1.Pod{}, &corev1.Namespace{}, &networkingv1.NetworkPolicy{}}
+}
+
+// RunAgent runs the agent until ctx is done: a controller-runtime manager
+// without leader election (one agent per node), caching only the watched
+// kinds, serving metrics on opts.MetricsAddr and /healthz and /readyz on
+// opts.HealthAddr. It returns nil after a clean shutdown, an error when the
+// manager could not be built or failed while running.
+func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
+	log = log.WithValues("node", opts.NodeName)
+	cfg := opts.Config
+	if cfg == nil {
+		var err error
+		if cfg, err = LoadRESTConfig(opts.Kubeconfig); err != nil {
+			return err
+		}
+	}
+	cfg = rest.CopyConfig(cfg)
+	cfg.UserAgent = "nftpolicy-agent/" + opts.NodeName
+
+	scheme, err := newScheme()
+	if err != nil {
+		return fmt.Errorf("scheme: %w", err)
+	}
+	mgr, err := manager.New(cfg, manager.Options{
+		Scheme:                 scheme,
+		Logger:                 log,
+		LeaderElection:         false,
+		Metrics:                metricsserver.Options{BindAddress: opts.MetricsAddr},
+		HealthProbeBindAddress: opts.HealthAddr,
+		Cache: cache.Options{
+			DefaultTransform:            cache.TransformStripManagedFields(),
+			ReaderFailOnMissingInformer: true,
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+	// Informers registered before Start are started, and waited for, with the cache.
+	for _, obj := range watched() {
+		if _, err := mgr.GetCache().GetInformer(ctx, obj); err != nil {
+			return fmt.Errorf("informer for %T: %w", obj, err)
+		}
+	}
+
+	ready := &readiness{}
+	if err := errors.Join(
+		mgr.AddHealthzCheck("ping", healthz.Ping),
+		mgr.AddReadyzCheck("synced", ready.check),
+		mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+			if mgr.GetCache().WaitForCacheSync(ctx) {
+				ready.cachesSynced.Store(true)
+				log.Info("caches synced")
+			}
+			return nil
+		})),
+	); err != nil {
+		return fmt.Errorf("manager setup: %w", err)
+	}
+	if err := setupNodeSync(mgr, opts, ready, log); err != nil {
+		return fmt.Errorf("node sync setup: %w", err)
+	}
+
+	log.Info("starting agent", "table", opts.TableName, "netns", opts.NetNS,
+		"metrics", opts.MetricsAddr, "health", opts.HealthAddr, "fullSyncPeriod", opts.FullSyncPeriod)
+	if err := mgr.Start(ctx); err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+	log.Info("agent stopped")
+	return nil
+}
+
+// setupNodeSync registers what keeps this node's table in sync with the
+// cluster, and must arrange for ready.MarkSynced() to be called once the
+// first full sync of the node's table has succeeded.
+//
+// This is the node reconciler's hook. Until it lands, "synced" means only
+// that the caches have synced: the runnable below marks it then.
+func setupNodeSync(mgr manager.Manager, _ Options, ready *readiness, _ logr.Logger) error {
+	return mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		if mgr.GetCache().WaitForCacheSync(ctx) {
+			ready.MarkSynced()
+		}
+		return nil
+	}))
+}
+
+// readiness is what /readyz reports: ready once the informer caches have
+// synced and the first full sync of the node's table has succeeded. A node
+// whose agent is not ready may not yet enforce its policies.
+type readiness struct {
+	cachesSynced atomic.Bool
+	synced       atomic.Bool
+}
+
+// MarkSynced records that the node's table has been fully synced once.
+func (r *readiness) MarkSynced() { r.synced.Store(true) }
+
+// Ready reports both conditions.
+func (r *readiness) Ready() bool { return r.cachesSynced.Load() && r.synced.Load() }
+
+func (r *readiness) check(*http.Request) error {
+	switch {
+	case !r.cachesSynced.Load():
+		return errors.New("caches not synced")
+	case !r.synced.Load():
+		return errors.New("node table not synced yet")
+	}
+	return nil
+}
+
+// TableRemover removes the table named table from the network namespace at
+// netns ("" for the caller's own). A missing table is not an error.
+type TableRemover func(ctx context.Context, netns, table string) error
+
+// CleanupOptions configures RunCleanup.
+type CleanupOptions struct {
+	NetNS, TableName string
+	// RemoveTable does the removal; cmd/nftpolicy wires it to nft/netlink.
+	RemoveTable TableRemover
+}
+
+// ErrNoTableRemover is returned by RunCleanup when no TableRemover is wired.
+var ErrNoTableRemover = errors.New("not implemented: no table remover is wired into this build")
+
+// RunCleanup removes the agent's table: what a node needs after uninstall.
+func RunCleanup(ctx context.Context, opts CleanupOptions) error {
+	if opts.RemoveTable == nil {
+		return ErrNoTableRemover
+	}
+	if err := opts.RemoveTable(ctx, opts.NetNS, opts.TableName); err != nil {
+		return fmt.Errorf("remove table inet %s: %w", opts.TableName, err)
+	}
+	return nil
+}
