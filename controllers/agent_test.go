@@ -1,0 +1,169 @@
+package controllers
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	"github.com/nftpolicy/nftpolicy/nft/nfttest"
+)
+
+var _ = Describe("the apiserver", func() {
+	It("stores NetworkPolicies and defaults their policyTypes", func(ctx SpecContext) {
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "smoke-"}}
+		Expect(k8sClient.Create(ctx, ns)).To(Succeed())
+
+		ingressOnly := &networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "ingress-only"},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}},
+				Ingress:     []networkingv1.NetworkPolicyIngressRule{{}},
+			},
+		}
+		withEgress := &networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "with-egress"},
+			Spec: networkingv1.NetworkPolicySpec{
+				Egress: []networkingv1.NetworkPolicyEgressRule{{}},
+			},
+		}
+		for _, np := range []*networkingv1.NetworkPolicy{ingressOnly, withEgress} {
+			Expect(k8sClient.Create(ctx, np)).To(Succeed())
+		}
+
+		var got networkingv1.NetworkPolicy
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(ingressOnly), &got)).To(Succeed())
+		Expect(got.Spec.PodSelector.MatchLabels).To(Equal(map[string]string{"app": "db"}))
+		Expect(got.Spec.PolicyTypes).To(Equal([]networkingv1.PolicyType{networkingv1.PolicyTypeIngress}))
+
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(withEgress), &got)).To(Succeed())
+		Expect(got.Spec.PolicyTypes).To(ConsistOf(networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress))
+	})
+})
+
+var _ = Describe("nftpolicy agent", Ordered, func() {
+	var bin, kubeconfig string
+
+	BeforeAll(func(ctx SpecContext) {
+		dir := GinkgoT().TempDir()
+		bin = filepath.Join(dir, "nftpolicy")
+		build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/nftpolicy/nftpolicy/cmd/nftpolicy")
+		build.Stdout, build.Stderr = GinkgoWriter, GinkgoWriter
+		Expect(build.Run()).To(Succeed(), "go build ./cmd/nftpolicy")
+
+		// The agent runs as its own user with only the agent's RBAC, so a
+		// missing permission shows up here rather than in a cluster.
+		const user = "nftpolicy-agent"
+		role := agentClusterRole()
+		Expect(k8sClient.Create(ctx, role)).To(Succeed())
+		Expect(k8sClient.Create(ctx, &rbacv1.ClusterRoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: role.Name},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+			Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
+		})).To(Succeed())
+
+		au, err := testEnv.AddUser(envtest.User{Name: user}, nil)
+		Expect(err).NotTo(HaveOccurred())
+		kc, err := au.KubeConfig()
+		Expect(err).NotTo(HaveOccurred())
+		kubeconfig = filepath.Join(dir, "kubeconfig")
+		Expect(os.WriteFile(kubeconfig, kc, 0o600)).To(Succeed())
+	}, NodeTimeout(5*time.Minute))
+
+	It("becomes ready and exits 0 on SIGTERM", func(ctx SpecContext) {
+		port := freePort()
+		args := []string{"agent", "--kubeconfig", kubeconfig, "--node-name", "node-1",
+			"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", port),
+			"--metrics-bind-address", "0", "--zap-log-level", "debug"}
+		// As root, program a private namespace rather than this machine's.
+		if os.Geteuid() == 0 {
+			ns, err := nfttest.CreateNetNS("agent-test-" + nfttest.RandomHex(4))
+			Expect(err).NotTo(HaveOccurred())
+			DeferCleanup(ns.Delete)
+			args = append(args, "--netns", ns.Path())
+		}
+
+		agent := exec.Command(bin, args...)
+		var stderr bytes.Buffer
+		agent.Stdout = GinkgoWriter
+		agent.Stderr = &stderr
+		Expect(agent.Start()).To(Succeed())
+		exited := make(chan error, 1)
+		go func() { exited <- agent.Wait() }()
+		DeferCleanup(func() {
+			_ = agent.Process.Kill() // no-op once it has exited
+			GinkgoWriter.Printf("agent stderr:\n%s\n", stderr.String())
+		})
+
+		base := fmt.Sprintf("http://127.0.0.1:%d", port)
+		Eventually(func(g Gomega) {
+			select {
+			case err := <-exited:
+				exited <- err
+				StopTrying(fmt.Sprintf("agent exited before it was ready: %v", err)).Now()
+			default:
+			}
+			g.Expect(httpGet(base + "/readyz")).To(Equal(http.StatusOK))
+		}).WithContext(ctx).WithTimeout(60 * time.Second).WithPolling(250 * time.Millisecond).Should(Succeed())
+		Expect(httpGet(base + "/healthz")).To(Equal(http.StatusOK))
+
+		Expect(agent.Process.Signal(syscall.SIGTERM)).To(Succeed())
+		var err error
+		Eventually(exited).WithTimeout(45 * time.Second).Should(Receive(&err))
+		Expect(err).NotTo(HaveOccurred(), "agent exit status")
+		Expect(stderr.String()).NotTo(ContainSubstring("panic"))
+	}, NodeTimeout(3*time.Minute))
+})
+
+// agentClusterRole is the agent's ClusterRole: config/rbac/role.yaml (what
+// controller-gen makes of the +kubebuilder:rbac markers) when it exists, else
+// the read-only rules of those markers as written in agent.go.
+func agentClusterRole() *rbacv1.ClusterRole {
+	role := &rbacv1.ClusterRole{}
+	if b, err := os.ReadFile(filepath.Join("..", "config", "rbac", "role.yaml")); err == nil {
+		Expect(yaml.UnmarshalStrict(b, role)).To(Succeed(), "config/rbac/role.yaml")
+	} else {
+		Expect(errors.Is(err, os.ErrNotExist)).To(BeTrue(), "%v", err)
+		read := []string{"get", "list", "watch"}
+		role.Rules = []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"pods", "namespaces"}, Verbs: read},
+			{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: read},
+		}
+	}
+	role.ObjectMeta = metav1.ObjectMeta{Name: "nftpolicy-agent-test"}
+	return role
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	Expect(err).NotTo(HaveOccurred())
+	defer func() { _ = l.Close() }()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// httpGet returns the status code of GET url, or 0 if it could not connect.
+func httpGet(url string) int {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode
+}
