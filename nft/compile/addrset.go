@@ -1,0 +1,184 @@
+package compile
+
+import (
+	"net/netip"
+	"slices"
+
+	"go4.org/netipx"
+)
+
+// addrSetRanges is a normalized address set: sorted, disjoint, non-adjacent ranges,
+// IPv4 before IPv6 (as netipx.IPSet.Ranges returns them).
+type addrSetRanges []netipx.IPRange
+
+// addrSet is a set of addresses kept in two parts, so that a pod's churn changes one
+// set element and never reshapes a range:
+//   - cidrs: ranges from ipBlocks (or everything), normalized by netipx, which merges
+//     overlapping and adjacent ranges;
+//   - pods: single pod addresses, which may lie inside cidrs.
+//
+// elems turns it into disjoint set elements.
+type addrSet struct {
+	cidrs addrSetRanges
+	pods  []netip.Addr // sorted, unique
+}
+
+var (
+	noAddrs  = &addrSet{}
+	allAddrs = &addrSet{cidrs: addrSetRanges{
+		netipx.IPRangeFrom(netip.IPv4Unspecified(), netip.AddrFrom4([4]byte{255, 255, 255, 255})),
+		netipx.IPRangeFrom(netip.IPv6Unspecified(), netip.AddrFrom16([16]byte{
+			255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255})),
+	}}
+)
+
+func (s *addrSet) empty() bool { return len(s.cidrs) == 0 && len(s.pods) == 0 }
+
+// podAddrs is the set of the given single addresses (any order, duplicates allowed).
+func podAddrs(addrs []netip.Addr) *addrSet {
+	if len(addrs) == 0 {
+		return noAddrs
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	return &addrSet{pods: slices.Compact(addrs)}
+}
+
+// unionAddrs is the union of sets; it returns one of them when the others are empty
+// or the same set.
+func unionAddrs(sets []*addrSet) *addrSet {
+	var nonEmpty []*addrSet
+	for _, s := range sets {
+		if !s.empty() && !slices.Contains(nonEmpty, s) {
+			nonEmpty = append(nonEmpty, s)
+		}
+	}
+	switch len(nonEmpty) {
+	case 0:
+		return noAddrs
+	case 1:
+		return nonEmpty[0]
+	}
+	out := &addrSet{}
+	var b netipx.IPSetBuilder
+	nCIDR, nPods := 0, 0
+	var lastCIDR, lastPods *addrSet
+	for _, s := range nonEmpty {
+		if len(s.cidrs) > 0 {
+			nCIDR++
+			lastCIDR = s
+			for _, r := range s.cidrs {
+				b.AddRange(r)
+			}
+		}
+		if len(s.pods) > 0 {
+			nPods++
+			lastPods = s
+		}
+	}
+	switch nCIDR {
+	case 0:
+	case 1:
+		out.cidrs = lastCIDR.cidrs
+	default:
+		set, _ := b.IPSet() // inputs are valid ranges: no error
+		out.cidrs = set.Ranges()
+	}
+	switch nPods {
+	case 0:
+	case 1:
+		out.pods = lastPods.pods
+	default:
+		var all []netip.Addr
+		for _, s := range nonEmpty {
+			all = append(all, s.pods...)
+		}
+		slices.SortFunc(all, netip.Addr.Compare)
+		out.pods = slices.Compact(all)
+	}
+	return out
+}
+
+// normalized returns s as one normalized range list (pods merged into the ranges):
+// what a packet sees, used to find elements another set already covers.
+func (s *addrSet) normalized() addrSetRanges {
+	if len(s.pods) == 0 {
+		return s.cidrs
+	}
+	var b netipx.IPSetBuilder
+	for _, r := range s.cidrs {
+		b.AddRange(r)
+	}
+	for _, a := range s.pods {
+		b.Add(a)
+	}
+	set, _ := b.IPSet()
+	return set.Ranges()
+}
+
+// elems returns the set elements of one family: the cidr ranges as they are, and each
+// pod address not inside one of them as a single address; sorted and pairwise
+// disjoint. Elements wholly inside cover are left out (cover is what another rule of
+// the same chain already lets through).
+func (s *addrSet) elems(v6 bool, cover addrSetRanges) []netipx.IPRange {
+	cr := family(s.cidrs, v6)
+	pods := s.pods
+	if i, _ := slices.BinarySearchFunc(pods, true, func(a netip.Addr, _ bool) int {
+		if a.Is4() {
+			return -1
+		}
+		return 1
+	}); v6 {
+		pods = pods[i:]
+	} else {
+		pods = pods[:i]
+	}
+	var out []netipx.IPRange
+	emit := func(r netipx.IPRange) {
+		if !cover.containsRange(r) {
+			out = append(out, r)
+		}
+	}
+	j := 0
+	for _, r := range cr {
+		for ; j < len(pods) && pods[j].Less(r.From()); j++ {
+			emit(netipx.IPRangeFrom(pods[j], pods[j]))
+		}
+		for ; j < len(pods) && pods[j].Compare(r.To()) <= 0; j++ {
+		}
+		emit(r)
+	}
+	for ; j < len(pods); j++ {
+		emit(netipx.IPRangeFrom(pods[j], pods[j]))
+	}
+	return out
+}
+
+// family returns the ranges of one family of a normalized list.
+func family(rs addrSetRanges, v6 bool) addrSetRanges {
+	i, _ := slices.BinarySearchFunc(rs, true, func(r netipx.IPRange, _ bool) int {
+		if r.From().Is4() {
+			return -1
+		}
+		return 1
+	})
+	if v6 {
+		return rs[i:]
+	}
+	return rs[:i]
+}
+
+// containsRange reports whether r lies wholly inside one range of rs (normalized).
+func (rs addrSetRanges) containsRange(r netipx.IPRange) bool {
+	i, _ := slices.BinarySearchFunc(rs, r.From(), func(x netipx.IPRange, a netip.Addr) int {
+		if x.To().Less(a) {
+			return -1
+		}
+		if a.Less(x.From()) {
+			return 1
+		}
+		return 0
+	})
+	return i < len(rs) && rs[i].Contains(r.From()) && rs[i].Contains(r.To())
+}
+
+func equalRanges(a, b []netipx.IPRange) bool { return slices.Equal(a, b) }
