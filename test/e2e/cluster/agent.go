@@ -89,16 +89,20 @@ type agent struct {
 }
 
 // startAgent starts bin inside ns in its own process group and waits until it
-// serves. The agent dies with the calling process: it is sent SIGKILL when the
-// thread that started it exits and it exits on its own when its input closes.
-func startAgent(ctx context.Context, ns *nfttest.NetNS, bin, name string, extraPorts []int) (*agent, error) {
-	args := []string{}
-	if len(extraPorts) > 0 {
-		s := make([]string, len(extraPorts))
-		for i, p := range extraPorts {
+// serves. The agent exits on its own when its standard input closes, so it
+// does not outlive this process. (Not Pdeathsig: that fires when the forking
+// OS thread exits, and any goroutine that locks a thread and returns without
+// unlocking it ends that thread.)
+//
+// ports are the ports to serve; nil means the agent's default, 80 and 81.
+func startAgent(ctx context.Context, ns *nfttest.NetNS, bin, name string, ports []int) (*agent, error) {
+	var args []string
+	if ports != nil {
+		s := make([]string, len(ports))
+		for i, p := range ports {
 			s[i] = strconv.Itoa(p)
 		}
-		args = append(args, "-extra-ports", strings.Join(s, ","))
+		args = append(args, "-ports", strings.Join(s, ","))
 	}
 	a := &agent{
 		name:    name,
@@ -106,7 +110,7 @@ func startAgent(ctx context.Context, ns *nfttest.NetNS, bin, name string, extraP
 		pending: map[uint64]chan probeResponse{},
 		done:    make(chan struct{}),
 	}
-	a.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	a.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	a.cmd.Stderr = &a.stderr
 	var err error
 	if a.stdin, err = a.cmd.StdinPipe(); err != nil {

@@ -2,12 +2,14 @@ package cluster
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -158,9 +160,9 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 		cfg.Logf = func(string, ...any) {}
 	}
 	if removed, err := RemoveStale(cfg.Prefix); err != nil {
-		cfg.Logf("cluster: removing stale namespaces: %v", err)
+		cfg.Logf("cluster: removing leftovers of dead runs: %v", err)
 	} else if len(removed) > 0 {
-		cfg.Logf("cluster: removed %d stale namespaces of dead runs: %s", len(removed), strings.Join(removed, " "))
+		cfg.Logf("cluster: removed leftovers of dead runs: %s", strings.Join(removed, " "))
 	}
 
 	c := &Cluster{
@@ -183,7 +185,7 @@ func (c *Cluster) build(ctx context.Context) error {
 	built := make(chan error, 1)
 	if c.agentBin == "" {
 		go func() {
-			dir, err := os.MkdirTemp("", "nftpolicy-podagent-")
+			dir, err := os.MkdirTemp("", fmt.Sprintf("%s-%d-podagent-", c.cfg.Prefix, os.Getpid()))
 			if err != nil {
 				built <- err
 				return
@@ -239,10 +241,10 @@ func (c *Cluster) build(ctx context.Context) error {
 	if err := c.buildExternal(ctx); err != nil {
 		return errors.Join(err, <-built)
 	}
+	c.cfg.Logf("cluster %s: %d nodes and external host wired in %v", c.id, len(c.nodes), time.Since(start).Round(time.Millisecond))
 	if err := <-built; err != nil {
 		return err
 	}
-	c.cfg.Logf("cluster %s: %d nodes and external host wired in %v", c.id, len(c.nodes), time.Since(start).Round(time.Millisecond))
 
 	// Agents last: a node's agent needs the node's addresses settled.
 	err = parallel(len(c.nodes)+1, func(i int) error {
@@ -437,28 +439,31 @@ func (c *Cluster) Close() error {
 	return c.closeErr
 }
 
-var staleRE = regexp.MustCompile(`^([a-z0-9]{1,8})-([0-9]+)-[0-9a-f]{4}-`)
+// staleRE matches the names of a cluster's namespaces (<prefix>-<pid>-<hex>-<role>)
+// and build directories (<prefix>-<pid>-podagent-<random>).
+var staleRE = regexp.MustCompile(`^([a-z0-9]{1,8})-([0-9]+)-([0-9a-f]{4}|podagent)-`)
 
-// RemoveStale deletes the namespaces named by clusters with this prefix whose
-// process is gone, e.g. after a test binary was killed by its -timeout, and
-// returns their names. Namespaces of live processes are left alone.
+// RemoveStale deletes what clusters with this prefix left behind when their
+// process died without Close (SIGKILL, a test binary's -timeout): namespaces
+// and podagent build directories. It returns their names. What belongs to live
+// processes is left alone.
 func RemoveStale(prefix string) ([]string, error) {
-	entries, err := os.ReadDir(nfttest.NetNSDir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
 	var removed []string
 	var errs []error
-	for _, e := range entries {
-		m := staleRE.FindStringSubmatch(e.Name())
+	stale := func(name string) bool {
+		m := staleRE.FindStringSubmatch(name)
 		if m == nil || m[1] != prefix {
-			continue
+			return false
 		}
 		pid, err := strconv.Atoi(m[2])
-		if err != nil || processAlive(pid) {
+		return err == nil && !processAlive(pid)
+	}
+	entries, err := os.ReadDir(nfttest.NetNSDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	for _, e := range entries {
+		if !stale(e.Name()) {
 			continue
 		}
 		if err := (&nfttest.NetNS{Name: e.Name()}).Delete(); err != nil {
@@ -467,12 +472,33 @@ func RemoveStale(prefix string) ([]string, error) {
 		}
 		removed = append(removed, e.Name())
 	}
+	dirs, err := filepath.Glob(filepath.Join(os.TempDir(), prefix+"-*-podagent-*"))
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, d := range dirs {
+		if !stale(filepath.Base(d)) {
+			continue
+		}
+		if err := os.RemoveAll(d); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, d)
+	}
 	return removed, errors.Join(errs...)
 }
 
+// processAlive reports whether pid is a process that has not exited; a zombie
+// has. A reused pid reads as alive, which only delays a cleanup.
 func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// pid (comm) state ...; comm may contain spaces and parentheses.
+	i := bytes.LastIndexByte(stat, ')')
+	return i < 0 || i+2 >= len(stat) || stat[i+2] != 'Z'
 }
 
 // Open clusters, closed by the signal handler.

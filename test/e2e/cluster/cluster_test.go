@@ -231,6 +231,9 @@ func TestCluster(t *testing.T) {
 		if left := namespacesWithPrefix(t, c.ID()); len(left) > 0 {
 			t.Errorf("namespaces left after Close: %v", left)
 		}
+		if _, err := os.Stat(c.tmpDir); c.tmpDir == "" || !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("podagent build directory %q still exists after Close: %v", c.tmpDir, err)
+		}
 		for _, pid := range pids {
 			if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("podagent %d still exists after Close", pid)
@@ -252,10 +255,11 @@ func TestNewCanceled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, after := range []time.Duration{0, 20 * time.Millisecond, 60 * time.Millisecond} {
+	for _, after := range []time.Duration{0, 20 * time.Millisecond, 60 * time.Millisecond, 150 * time.Millisecond} {
 		ctx, cancel := context.WithTimeout(t.Context(), after)
 		c, err := New(ctx, Config{Prefix: "nptc", PodAgent: bin})
 		cancel()
+		t.Logf("New with a %v deadline: %v", after, err)
 		if err == nil {
 			// Fast machine: it finished in time. That is fine too.
 			if err := c.Close(); err != nil {

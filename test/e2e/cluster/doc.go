@@ -28,7 +28,8 @@
 //	              eth0 (to node 0's ext0)  192.0.2.10/24  2001:db8::10/64
 //	              default routes via 192.0.2.1 and 2001:db8::1
 //	<id>-p<k>   a pod: eth0 10.244.<node>.<h>/32 and fd00:10:244:<node>::<h>/128
-//	              (h from 2 up), default routes via 169.254.1.1 (on-link) and
+//	              (h from 2 up, handed out in order; node and h are written in
+//	              hex in IPv6), default routes via 169.254.1.1 (on-link) and
 //	              fe80::1, both with permanent neighbour entries for
 //	              ee:ee:ee:ee:ee:ee, so a pod never resolves its gateway
 //

@@ -72,16 +72,28 @@ func (c *Cluster) AddPod(ctx context.Context, spec PodSpec) (*Pod, error) {
 	return p, nil
 }
 
-// AddPods adds pods concurrently and returns them in the order of specs. On
-// error, the pods that were added stay (Close or RemovePod removes them).
+// AddPods adds pods concurrently and returns them in the order of specs.
+// Addresses are handed out in that order too, so the same specs on a new
+// cluster get the same addresses. On error, the pods that were added stay
+// (Close or RemovePod removes them) and the others are nil.
 func (c *Cluster) AddPods(ctx context.Context, specs ...PodSpec) ([]*Pod, error) {
 	pods := make([]*Pod, len(specs))
-	err := parallel(len(specs), func(i int) error {
-		var err error
-		pods[i], err = c.AddPod(ctx, specs[i])
-		return err
+	errs := make([]error, len(specs))
+	for i, spec := range specs {
+		pods[i], errs[i] = c.reservePod(spec)
+	}
+	_ = parallel(len(specs), func(i int) error {
+		p := pods[i]
+		if p == nil {
+			return nil
+		}
+		if err := c.startPod(ctx, p); err != nil {
+			errs[i] = errors.Join(fmt.Errorf("cluster: adding pod %s: %w", p, err), c.RemovePod(context.WithoutCancel(ctx), p))
+			pods[i] = nil
+		}
+		return nil
 	})
-	return pods, err
+	return pods, errors.Join(errs...)
 }
 
 // reservePod checks spec, allocates the pod's addresses and names, and
