@@ -1,0 +1,96 @@
+# nftpolicy — `make help` lists the targets. CI runs `make test` (see .ci/run).
+
+SHELL := /usr/bin/env bash -o pipefail
+.SHELLFLAGS := -ec
+.DEFAULT_GOAL := help
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+BIN := $(CURDIR)/bin
+K8S_VERSION ?= 1.37.2
+KUBECTL := $(BIN)/k8s/$(K8S_VERSION)/kubectl
+# The envtest binaries (kube-apiserver, etcd) are built, not downloaded: see the script.
+ENVTEST_ASSETS = $(shell K8S_VERSION=$(K8S_VERSION) hack/envtest-assets.sh)
+
+GOLANGCI_LINT_VERSION ?= v2.15.0
+GOLANGCI_LINT := $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+
+# Extra flags for every go test run, e.g. GOTESTFLAGS=-v or GOTESTFLAGS='-run TestFoo'.
+GOTESTFLAGS ?=
+TEST_TIMEOUT ?= 60m
+
+##@ General
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "\nUsage:\n  make \033[36m<target>\033[0m\n"} \
+	  /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } \
+	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Development
+
+.PHONY: build
+build: ## Build bin/nftpolicy (static, version from git).
+	CGO_ENABLED=0 go build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN)/nftpolicy ./cmd/nftpolicy
+
+.PHONY: test
+test: build envtest-assets ## Run every test CI runs: unit, envtest, and (as root) real-kernel tests.
+	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" go test -count=1 -timeout $(TEST_TIMEOUT) $(GOTESTFLAGS) ./...
+
+.PHONY: test-unit
+test-unit: ## Run the fast tests only: no root, no apiserver (go test -short).
+	go test -short -count=1 $(GOTESTFLAGS) ./...
+
+.PHONY: test-e2e
+test-e2e: build envtest-assets ## Run the end-to-end tests (real apiserver, agents, pods as netns; root).
+	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" go test -count=1 -timeout $(TEST_TIMEOUT) $(GOTESTFLAGS) ./test/e2e/...
+
+.PHONY: bench
+bench: ## Run the benchmarks.
+	go test -run '^$$' -bench . $(GOTESTFLAGS) ./...
+
+.PHONY: lint
+lint: $(GOLANGCI_LINT) ## Run golangci-lint (incl. the depguard layering rules) on the whole tree.
+	$(GOLANGCI_LINT) run ./...
+
+.PHONY: verify
+verify: $(GOLANGCI_LINT) ## Fail if code is not gofmt'ed, go.mod/go.sum are not tidy, or generated files are stale.
+	@files=$$(gofmt -l $$(git ls-files --cached --others --exclude-standard '*.go')); \
+	  if [ -n "$$files" ]; then echo "not gofmt'ed (run gofmt -w):"; echo "$$files"; exit 1; fi
+	go mod tidy -diff
+	GOLANGCI_LINT=$(GOLANGCI_LINT) hack/verify-depguard.sh
+
+.PHONY: envtest-assets
+envtest-assets: ## Build kube-apiserver, etcd and kubectl into bin/k8s/<version> (~5 min cold).
+	@K8S_VERSION=$(K8S_VERSION) hack/envtest-assets.sh >/dev/null
+
+##@ Running
+
+.PHONY: run
+run: ## Run the agent from source against $KUBECONFIG as node $NODE_NAME (ARGS=... for more flags).
+	go run ./cmd/nftpolicy agent $(ARGS)
+
+.PHONY: demo
+demo: build envtest-assets ## Local demo: control plane, pods as netns, example policies, connectivity matrix (root).
+	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" go run ./test/e2e/demo
+
+##@ Deployment
+
+.PHONY: deploy
+deploy: envtest-assets ## Deploy to the cluster of the current kubeconfig (kustomize config/default).
+	$(KUBECTL) apply -k config/default
+
+.PHONY: undeploy
+undeploy: envtest-assets ## Remove what deploy created.
+	$(KUBECTL) delete --ignore-not-found -k config/default
+
+##@ Tools
+
+.PHONY: golangci-lint
+golangci-lint: $(GOLANGCI_LINT) ## Install the pinned golangci-lint as bin/golangci-lint.
+
+$(GOLANGCI_LINT):
+	mkdir -p $(BIN)
+	rm -f $(BIN)/golangci-lint
+	GOBIN=$(BIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	mv $(BIN)/golangci-lint $@
+	ln -sf $(notdir $@) $(BIN)/golangci-lint
