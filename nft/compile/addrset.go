@@ -180,5 +180,3 @@ func (rs addrSetRanges) containsRange(r netipx.IPRange) bool {
 	})
 	return i < len(rs) && rs[i].Contains(r.From()) && rs[i].Contains(r.To())
 }
-
-func equalRanges(a, b []netipx.IPRange) bool { return slices.Equal(a, b) }

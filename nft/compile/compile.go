@@ -1,7 +1,6 @@
 package compile
 
 import (
-	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -47,7 +46,7 @@ func (p Problem) String() string {
 }
 
 // Compile returns the table that enforces s's policies on s.NodeName, and the problems
-// found in the policies, sorted by policy then reason. It is a pure function: same
+// found, by policy (namespace/name), each policy's in rule order. It is a pure function: same
 // snapshot (in any order), same result. The ruleset always passes Validate.
 func Compile(s Snapshot, opts Options) (*nft.Ruleset, []Problem) {
 	table := opts.Table
@@ -65,11 +64,9 @@ func Compile(s Snapshot, opts Options) (*nft.Ruleset, []Problem) {
 		rs.Chains = append(rs.Chains, g.chainValue())
 	}
 	slices.SortFunc(rs.Sets, func(a, b nft.Set) int { return strings.Compare(a.Name, b.Name) })
-	slices.SortStableFunc(c.problems, func(a, b Problem) int {
-		return cmp.Or(strings.Compare(a.Policy.Namespace, b.Policy.Namespace),
-			strings.Compare(a.Policy.Name, b.Policy.Name), strings.Compare(a.Reason, b.Reason))
-	})
-	return rs, slices.Compact(c.problems)
+	// Policies were parsed in namespace/name order and each one's problems are in
+	// rule order; pod problems come first.
+	return rs, c.problems
 }
 
 // fixedChains are the chains that exist whatever the policies: see nft/doc.go.

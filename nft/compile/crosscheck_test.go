@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -128,13 +131,13 @@ func crosscheck(t testing.TB, w world) (int, []string) {
 					}
 					want := ref.allowed(src.ref, dst.ref, proto.name, port)
 					got := true
-					var traces []string
+					var traces []nfttest.Trace
 					for _, n := range crossed {
 						tr, err := tracers[n].Forward(pkt)
 						if err != nil {
 							return count, append(errs, fmt.Sprintf("node %s: %v: %v", n, pkt, err))
 						}
-						traces = append(traces, "node "+n+":\n"+tr.String())
+						traces = append(traces, tr)
 						if tr.Verdict != nft.Accept {
 							got = false
 							break
@@ -142,8 +145,12 @@ func crosscheck(t testing.TB, w world) (int, []string) {
 					}
 					count++
 					if got != want && len(errs) < 5 {
+						var b strings.Builder
+						for i, tr := range traces {
+							fmt.Fprintf(&b, "node %s:\n%s", crossed[i], tr)
+						}
 						errs = append(errs, fmt.Sprintf("%s (%s) -> %s (%s) %s/%d: ruleset allows=%v, evaluator allows=%v\n%s",
-							src.name, src.ref.ip, dst.name, dst.ref.ip, proto.name, port, got, want, strings.Join(traces, "")))
+							src.name, src.ref.ip, dst.name, dst.ref.ip, proto.name, port, got, want, b.String()))
 					}
 				}
 			}
@@ -260,17 +267,41 @@ func TestCrosscheckRandom(t *testing.T) {
 	if testing.Short() {
 		cases /= 10
 	}
-	total := 0
-	for i := range cases {
-		rng := rand.New(rand.NewPCG(seed, uint64(i)))
-		w := randomWorld(rng)
-		n, errs := crosscheck(t, w)
-		total += n
-		if len(errs) > 0 {
-			pols, _ := yaml.Marshal(w.policies)
-			t.Fatalf("seed %d case %d (rerun: go test ./nft/compile -run TestCrosscheckRandom -seed %d -cases %d):\n%s\npolicies:\n%s",
-				seed, i, seed, i+1, strings.Join(errs, "\n"), pols)
-		}
+	// Cases are independent (each has its own generator, from seed and its number):
+	// run them on every CPU, and report the lowest failing case.
+	var (
+		mu       sync.Mutex
+		total    int
+		failCase = -1
+		failMsg  string
+		next     atomic.Int64
+		wg       sync.WaitGroup
+	)
+	for range runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= cases {
+					return
+				}
+				w := randomWorld(rand.New(rand.NewPCG(seed, uint64(i))))
+				n, errs := crosscheck(t, w)
+				mu.Lock()
+				total += n
+				if len(errs) > 0 && (failCase < 0 || i < failCase) {
+					pols, _ := yaml.Marshal(w.policies)
+					failCase, failMsg = i, fmt.Sprintf("%s\npolicies:\n%s", strings.Join(errs, "\n"), pols)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if failCase >= 0 {
+		t.Fatalf("seed %d case %d (rerun: go test ./nft/compile -run TestCrosscheckRandom -seed %d -cases %d):\n%s",
+			seed, failCase, seed, failCase+1, failMsg)
 	}
 	t.Logf("seed %d: %d random cases, %d packets compared", seed, cases, total)
 }

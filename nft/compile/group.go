@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"go4.org/netipx"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/nftpolicy/nftpolicy/nft"
@@ -54,23 +55,18 @@ func newCompiler(s Snapshot) *compiler {
 		nsSels:     map[string][]string{},
 	}
 	c.problems = append(c.problems, c.ix.problems...)
-	seen := map[string]bool{}
-	for _, np := range s.Policies {
-		if np == nil {
-			continue
+	nps := slices.Clone(s.Policies)
+	nps = slices.DeleteFunc(nps, func(np *networkingv1.NetworkPolicy) bool { return np == nil })
+	slices.SortStableFunc(nps, func(a, b *networkingv1.NetworkPolicy) int {
+		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
+	})
+	for i, np := range nps {
+		if i > 0 && np.Namespace == nps[i-1].Namespace && np.Name == nps[i-1].Name {
+			continue // the same policy twice: the first one counts
 		}
 		p, problems := parsePolicy(np)
-		if seen[p.ref] {
-			continue
-		}
-		seen[p.ref] = true
 		c.problems = append(c.problems, problems...)
 		c.policies = append(c.policies, p)
-	}
-	slices.SortFunc(c.policies, func(a, b *policy) int {
-		return cmp.Or(strings.Compare(a.ns, b.ns), strings.Compare(a.name, b.name))
-	})
-	for _, p := range c.policies {
 		c.byNS[p.ns] = append(c.byNS[p.ns], p)
 	}
 	return c
@@ -247,12 +243,10 @@ func (c *compiler) fill(g *group) {
 		}
 		portSet := nft.Set{Name: g.setNames[2*fi+1], Type: []nft.DataType{addrType, nft.TypeInetProto, nft.TypeInetService},
 			Interval: true, Comment: listComment("peers by protocol and port, of", refs)}
-		for _, seg := range portSegments(grants, v6, cover) {
-			for _, r := range seg.addrs {
-				k := c.values.take(3)
-				k[0], k[1], k[2] = addrValue(r), nft.Num(uint32(seg.proto)), nft.NumRange(uint32(seg.lo), uint32(seg.hi))
-				portSet.Elements = append(portSet.Elements, nft.Element{Key: k})
-			}
+		for _, e := range portElems(grants, v6, cover) {
+			k := c.values.take(3)
+			k[0], k[1], k[2] = addrValue(e.addrs), nft.Num(uint32(e.proto)), nft.NumRange(uint32(e.lo), uint32(e.hi))
+			portSet.Elements = append(portSet.Elements, nft.Element{Key: k})
 		}
 		g.sets = append(g.sets, anySet, portSet)
 	}
@@ -262,26 +256,29 @@ func addrValue(r netipx.IPRange) nft.Value {
 	return nft.Value{Addr: r.From(), AddrEnd: r.To(), Range: r.From() != r.To()}
 }
 
-// segment is one element row of a ports set: a protocol, a port range, and the
-// addresses allowed on every port of that range.
-type segment struct {
+// portElem is one element of a ports set: an address range, a protocol, a port range.
+type portElem struct {
+	addrs  netipx.IPRange
 	proto  uint8
 	lo, hi uint16
-	addrs  []netipx.IPRange
 }
 
-// portSegments turns overlapping grants into disjoint elements for one family. Per
+// portElems turns overlapping grants into disjoint elements for one family. Per
 // protocol, the port axis is cut at every grant's bounds; each piece gets the union of
-// the addresses of the grants covering it; adjacent pieces with the same addresses are
-// merged back. Addresses wholly inside cover are left out.
-func portSegments(grants []grant, v6 bool, cover addrSetRanges) []segment {
+// the addresses of the grants covering it, as disjoint address elements (see
+// addrSet.elems), leaving out those wholly inside cover; then each address element
+// that recurs unchanged in the next piece has its port range extended instead of
+// starting a new element. Two elements sharing a port come from the same piece, whose
+// address elements are disjoint: no two elements overlap. A pod's address joins or
+// leaves elements of its own only.
+func portElems(grants []grant, v6 bool, cover addrSetRanges) []portElem {
 	var protos []uint8
 	for _, g := range grants {
 		protos = append(protos, g.proto)
 	}
 	slices.Sort(protos)
 	protos = slices.Compact(protos)
-	var out []segment
+	var out []portElem
 	for _, proto := range protos {
 		var gs []grant
 		var cuts []uint32
@@ -293,7 +290,7 @@ func portSegments(grants []grant, v6 bool, cover addrSetRanges) []segment {
 		}
 		slices.Sort(cuts)
 		cuts = slices.Compact(cuts)
-		last := -1 // index in out of the previous piece of this protocol, if adjacent
+		open := map[netipx.IPRange]int{} // element index by address, for the previous piece
 		for i := 0; i+1 < len(cuts); i++ {
 			lo, hi := uint16(cuts[i]), uint16(cuts[i+1]-1)
 			var covering []*addrSet
@@ -302,17 +299,17 @@ func portSegments(grants []grant, v6 bool, cover addrSetRanges) []segment {
 					covering = append(covering, g.addrs)
 				}
 			}
-			addrs := unionAddrs(covering).elems(v6, cover)
-			if len(addrs) == 0 {
-				last = -1
-				continue
+			next := map[netipx.IPRange]int{}
+			for _, r := range unionAddrs(covering).elems(v6, cover) {
+				if k, ok := open[r]; ok && out[k].hi+1 == lo {
+					out[k].hi = hi
+					next[r] = k
+					continue
+				}
+				out = append(out, portElem{r, proto, lo, hi})
+				next[r] = len(out) - 1
 			}
-			if last >= 0 && equalRanges(out[last].addrs, addrs) {
-				out[last].hi = hi
-				continue
-			}
-			out = append(out, segment{proto, lo, hi, addrs})
-			last = len(out) - 1
+			open = next
 		}
 	}
 	return out

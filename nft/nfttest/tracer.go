@@ -68,13 +68,23 @@ type Tracer struct {
 	rs     *nft.Ruleset
 	chains map[string]*nft.Chain
 	sets   map[string]*nft.Set
+	bases  map[string][]*nft.Chain // by hook, in evaluation order
 }
 
 // NewTracer prepares r for tracing. r must not change while the Tracer is in use.
 func NewTracer(r *nft.Ruleset) *Tracer {
-	t := &Tracer{rs: r, chains: map[string]*nft.Chain{}, sets: map[string]*nft.Set{}}
+	t := &Tracer{rs: r, chains: map[string]*nft.Chain{}, sets: map[string]*nft.Set{}, bases: map[string][]*nft.Chain{}}
 	for i := range r.Chains {
-		t.chains[r.Chains[i].Name] = &r.Chains[i]
+		c := &r.Chains[i]
+		t.chains[c.Name] = c
+		if c.Hook != nil {
+			t.bases[c.Hook.Hook] = append(t.bases[c.Hook.Hook], c)
+		}
+	}
+	for _, bases := range t.bases {
+		slices.SortFunc(bases, func(a, b *nft.Chain) int {
+			return cmp.Or(cmp.Compare(a.Hook.Priority, b.Hook.Priority), strings.Compare(a.Name, b.Name))
+		})
 	}
 	for i := range r.Sets {
 		t.sets[r.Sets[i].Name] = &r.Sets[i]
@@ -93,17 +103,8 @@ const maxJumpDepth = 16
 // It fails on a reference to a missing chain or set, or a jump stack deeper than the
 // kernel's. With no base chain on the hook, the packet is accepted.
 func (t *Tracer) Hook(hook string, p Packet) (Trace, error) {
-	var bases []*nft.Chain
-	for i := range t.rs.Chains {
-		if c := &t.rs.Chains[i]; c.Hook != nil && c.Hook.Hook == hook {
-			bases = append(bases, c)
-		}
-	}
-	slices.SortFunc(bases, func(a, b *nft.Chain) int {
-		return cmp.Or(cmp.Compare(a.Hook.Priority, b.Hook.Priority), strings.Compare(a.Name, b.Name))
-	})
-	tr := Trace{Verdict: nft.Accept, rs: t.rs}
-	for _, base := range bases {
+	tr := Trace{Verdict: nft.Accept, rs: t.rs, Path: make([]Step, 0, 8)}
+	for _, base := range t.bases[hook] {
 		v, err := t.walk(base, p, &tr)
 		if err != nil {
 			return tr, err

@@ -1,0 +1,330 @@
+package compile
+
+import (
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"go4.org/netipx"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/nftpolicy/nftpolicy/nft"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden .nft files in testdata")
+
+// goldenCase is testdata/<name>.yaml (objects) compiled for node: the ruleset must
+// render as testdata/<name>.nft, with exactly these problems. With upstream, the
+// upstream model's namespaces and pods come first (node-1 runs x/a, x/c, y/b, z/a and
+// z/c).
+type goldenCase struct {
+	name     string
+	upstream bool
+	node     string
+	problems []string
+	// noCrosscheck says why the case cannot be judged packet by packet.
+	noCrosscheck string
+}
+
+var goldenCases = []goldenCase{
+	{name: "no-policies", upstream: true, node: "node-1"},
+	{name: "deny-all", upstream: true, node: "node-1"},
+	{name: "defaulting", upstream: true, node: "node-1"},
+	{name: "allow-all", upstream: true, node: "node-1"},
+	{name: "peers-and-or", upstream: true, node: "node-1"},
+	{name: "selector-operators", upstream: true, node: "node-1"},
+	{name: "ipblock", upstream: true, node: "node-1"},
+	{name: "named-ports-ingress", upstream: true, node: "node-1"},
+	{name: "named-ports-egress", upstream: true, node: "node-1"},
+	{name: "ports", upstream: true, node: "node-1"},
+	{name: "union", upstream: true, node: "node-1"},
+	{name: "problems", upstream: true, node: "node-1", problems: []string{
+		`x/broken: ingress rule 0: peer 0: invalid ipBlock cidr "10.244.0/16"; the rule allows nothing`,
+		`x/broken: ingress rule 1: port 0: unknown protocol "ICMP"; the rule allows nothing`,
+		`x/broken: ingress rule 2: port 0: port "no_good!" is neither a number nor a valid port name; the rule allows nothing`,
+		`x/broken: ingress rule 3: port 0: endPort with named port "serve-80-tcp"; the rule allows nothing`,
+		`x/broken: ingress rule 4: port 0: endPort 80 below port 81; the rule allows nothing`,
+		`x/broken: ingress rule 5: peer 0: invalid podSelector ("Bogus" is not a valid label selector operator); the rule allows nothing`,
+		`x/broken: ingress rule 7: peer 0: ipBlock cannot be combined with podSelector or namespaceSelector; the rule allows nothing`,
+		`x/broken: ingress rule 8: peer 0: empty peer (no podSelector, namespaceSelector or ipBlock); the rule allows nothing`,
+		`x/broken: ingress rule 9: port 0: port 0 out of range 1-65535; the rule allows nothing`,
+		`x/broken: ingress rule 9: port 1: endPort 70000 out of range 1-65535; the rule allows nothing`,
+		`x/broken: ingress rule 10: port 0: endPort without port; the rule allows nothing`,
+		`x/broken: egress rule 0: port 0: port "UPPER" is neither a number nor a valid port name; the rule allows nothing`,
+		`y/bad-selector: invalid podSelector (values: Invalid value: null: for 'in', 'notin' operators, values set can't be empty): the policy selects no pod`,
+		`y/bad-type: unknown policyType "Sideways" ignored`,
+	}},
+	{name: "pod-eligibility", node: "node-1"},
+	{name: "named-port-groups", node: "node-1"},
+	{name: "namespaces", node: "node-1"},
+	{name: "duplicate-address", node: "node-1", noCrosscheck: "two pods, one address: no packet-level truth", problems: []string{
+		"pods dup/one and dup/two on this node share address 10.9.1.1; the first of them that a direction isolates keeps it",
+	}},
+}
+
+func TestGolden(t *testing.T) {
+	for _, c := range goldenCases {
+		t.Run(c.name, func(t *testing.T) {
+			w := loadCase(t, c)
+			rs, problems := Compile(Snapshot{NodeName: c.node, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, Options{})
+			if err := rs.Validate(); err != nil {
+				t.Fatalf("invalid ruleset: %v", err)
+			}
+			if err := checkDisjoint(rs); err != nil {
+				t.Fatal(err)
+			}
+			var gotProblems []string
+			for _, p := range problems {
+				gotProblems = append(gotProblems, p.String())
+			}
+			if !slices.Equal(gotProblems, c.problems) {
+				t.Errorf("problems:\n%s\nwant:\n%s", strings.Join(gotProblems, "\n"), strings.Join(c.problems, "\n"))
+			}
+			got := nft.Render(rs)
+			golden := filepath.Join("testdata", c.name+".nft")
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run with -update to create it)", err)
+			}
+			if got != string(want) {
+				t.Errorf("%s differs (run with -update to rewrite it, then review the diff):\n%s", golden, lineDiff(string(want), got))
+			}
+			// The same objects, judged packet by packet on every node.
+			if c.noCrosscheck != "" {
+				t.Logf("no crosscheck: %s", c.noCrosscheck)
+				return
+			}
+			n, errs := crosscheck(t, w)
+			if len(errs) > 0 {
+				t.Errorf("crosscheck:\n%s", strings.Join(errs, "\n"))
+			}
+			t.Logf("%d packets crosschecked", n)
+		})
+	}
+}
+
+// TestCompileIsDeterministic: the same snapshot in another order compiles alike.
+func TestCompileIsDeterministic(t *testing.T) {
+	for _, c := range goldenCases {
+		w := loadCase(t, c)
+		rs, p1 := Compile(Snapshot{NodeName: c.node, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, Options{})
+		slices.Reverse(w.pods)
+		slices.Reverse(w.namespaces)
+		slices.Reverse(w.policies)
+		rs2, p2 := Compile(Snapshot{NodeName: c.node, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, Options{})
+		if nft.Render(rs) != nft.Render(rs2) || !slices.Equal(p1, p2) {
+			t.Errorf("%s: result depends on input order", c.name)
+		}
+	}
+}
+
+func TestTableOption(t *testing.T) {
+	rs, _ := Compile(Snapshot{NodeName: "n"}, Options{Table: "other"})
+	if rs.Table != "other" {
+		t.Errorf("table %q", rs.Table)
+	}
+	rs, _ = Compile(Snapshot{NodeName: "n"}, Options{})
+	if rs.Table != nft.DefaultTable {
+		t.Errorf("table %q", rs.Table)
+	}
+}
+
+// loadCase reads the case's objects and picks the addresses and ports worth
+// crosschecking: around every ipBlock bound and every port the policies name.
+func loadCase(t *testing.T, c goldenCase) world {
+	t.Helper()
+	var w world
+	if c.upstream {
+		w.namespaces, w.pods = upstreamModel()
+	}
+	nss, pods, pols, err := loadObjects(filepath.Join("testdata", c.name+".yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.namespaces = append(w.namespaces, nss...)
+	w.pods = append(w.pods, pods...)
+	w.policies = append(w.policies, pols...)
+
+	podAddr := map[netip.Addr]bool{}
+	for _, p := range w.pods {
+		for _, a := range refPodIPs(p) {
+			podAddr[a] = true
+		}
+	}
+	ext := map[netip.Addr]bool{}
+	for _, a := range upstreamExternals {
+		ext[a] = true
+	}
+	ports := map[int]bool{80: true, 81: true}
+	addPort := func(n int) {
+		for _, p := range []int{n - 1, n, n + 1} {
+			if p >= 1 && p <= 65535 {
+				ports[p] = true
+			}
+		}
+	}
+	for _, p := range w.pods {
+		for _, ctr := range p.Spec.Containers {
+			for _, cp := range ctr.Ports {
+				ports[int(cp.ContainerPort)] = true
+			}
+		}
+	}
+	for _, pol := range w.policies {
+		var peers []networkingv1.NetworkPolicyPeer
+		var pps []networkingv1.NetworkPolicyPort
+		for _, r := range pol.Spec.Ingress {
+			peers, pps = append(peers, r.From...), append(pps, r.Ports...)
+		}
+		for _, r := range pol.Spec.Egress {
+			peers, pps = append(peers, r.To...), append(pps, r.Ports...)
+		}
+		for _, pe := range peers {
+			if pe.IPBlock == nil {
+				continue
+			}
+			for _, s := range append([]string{pe.IPBlock.CIDR}, pe.IPBlock.Except...) {
+				p, err := netip.ParsePrefix(s)
+				if err != nil {
+					continue
+				}
+				p = p.Masked()
+				for _, a := range []netip.Addr{p.Addr(), p.Addr().Prev(), netipx.PrefixLastIP(p), netipx.PrefixLastIP(p).Next()} {
+					if a.IsValid() {
+						ext[a] = true
+					}
+				}
+			}
+		}
+		for _, pp := range pps {
+			if pp.Port != nil && pp.Port.Type == 0 {
+				addPort(int(pp.Port.IntVal))
+			}
+			if pp.EndPort != nil {
+				addPort(int(*pp.EndPort))
+			}
+		}
+	}
+	for a := range ext {
+		if !podAddr[a] {
+			w.externals = append(w.externals, a)
+		}
+	}
+	slices.SortFunc(w.externals, netip.Addr.Compare)
+	for p := range ports {
+		w.ports = append(w.ports, p)
+	}
+	slices.Sort(w.ports)
+	return w
+}
+
+var (
+	docSep   = regexp.MustCompile(`(?m)^---\s*$`)
+	yamlBool = regexp.MustCompile(`(?im)(?:[:\[,]|^\s*-\s)\s*(y|n|yes|no|on|off)\s*([,}\]]|$)`)
+)
+
+// loadObjects decodes a multi-document YAML file of Namespaces, Pods and
+// NetworkPolicies (unknown fields are errors, to catch typos in test data).
+func loadObjects(path string) ([]*corev1.Namespace, []*corev1.Pod, []*networkingv1.NetworkPolicy, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var nss []*corev1.Namespace
+	var pods []*corev1.Pod
+	var pols []*networkingv1.NetworkPolicy
+	if m := yamlBool.FindString(stripComments(string(data))); m != "" {
+		// sigs.k8s.io/yaml reads YAML 1.1: an unquoted y is true, and turns into the
+		// string "true" in a string field. Quote it.
+		return nil, nil, nil, fmt.Errorf("%s: unquoted YAML 1.1 boolean in %q", path, m)
+	}
+	for i, doc := range docSep.Split(string(data), -1) {
+		var head struct {
+			Kind string `json:"kind"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &head); err != nil {
+			return nil, nil, nil, fmt.Errorf("%s document %d: %w", path, i, err)
+		}
+		var obj any
+		switch head.Kind {
+		case "":
+			if strings.TrimSpace(stripComments(doc)) != "" {
+				return nil, nil, nil, fmt.Errorf("%s document %d: no kind", path, i)
+			}
+			continue
+		case "Namespace":
+			ns := &corev1.Namespace{}
+			nss, obj = append(nss, ns), ns
+		case "Pod":
+			p := &corev1.Pod{}
+			pods, obj = append(pods, p), p
+		case "NetworkPolicy":
+			np := &networkingv1.NetworkPolicy{}
+			pols, obj = append(pols, np), np
+		default:
+			return nil, nil, nil, fmt.Errorf("%s document %d: unexpected kind %q", path, i, head.Kind)
+		}
+		if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
+			return nil, nil, nil, fmt.Errorf("%s document %d: %w", path, i, err)
+		}
+	}
+	return nss, pods, pols, nil
+}
+
+func stripComments(doc string) string {
+	var out []string
+	for _, l := range strings.Split(doc, "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(l), "#") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// lineDiff shows the lines only in want (-) or only in got (+), in order: enough to
+// see what changed in a golden file.
+func lineDiff(want, got string) string {
+	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
+	// Longest common subsequence, fine for golden-sized files.
+	lcs := make([][]int, len(w)+1)
+	for i := range lcs {
+		lcs[i] = make([]int, len(g)+1)
+	}
+	for i := len(w) - 1; i >= 0; i-- {
+		for j := len(g) - 1; j >= 0; j-- {
+			if w[i] == g[j] {
+				lcs[i][j] = lcs[i+1][j+1] + 1
+			} else {
+				lcs[i][j] = max(lcs[i+1][j], lcs[i][j+1])
+			}
+		}
+	}
+	var b strings.Builder
+	i, j := 0, 0
+	for i < len(w) || j < len(g) {
+		switch {
+		case i < len(w) && j < len(g) && w[i] == g[j]:
+			i, j = i+1, j+1
+		case j < len(g) && (i == len(w) || lcs[i][j+1] >= lcs[i+1][j]):
+			fmt.Fprintf(&b, "+%s\n", g[j])
+			j++
+		default:
+			fmt.Fprintf(&b, "-%s\n", w[i])
+			i++
+		}
+	}
+	return b.String()
+}
