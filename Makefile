@@ -30,7 +30,7 @@ help: ## Show this help.
 
 .PHONY: build
 build: ## Build bin/nftpolicy (static, version from git).
-	CGO_ENABLED=0 go build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN)/nftpolicy ./cmd/nftpolicy
+	CGO_ENABLED=0 go build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/nftpolicy ./cmd/nftpolicy
 
 .PHONY: test
 test: build envtest-assets ## Run every test CI runs: unit, envtest, and (as root) real-kernel tests.
