@@ -88,38 +88,67 @@ func unionAddrs(sets []*addrSet) *addrSet {
 	case 1:
 		out.pods = lastPods.pods
 	default:
-		var all []netip.Addr
+		lists := make([][]netip.Addr, 0, nPods)
 		for _, s := range nonEmpty {
-			all = append(all, s.pods...)
+			if len(s.pods) > 0 {
+				lists = append(lists, s.pods)
+			}
 		}
-		slices.SortFunc(all, netip.Addr.Compare)
-		out.pods = slices.Compact(all)
+		out.pods = mergeAddrs(lists)
 	}
 	return out
 }
 
-// normalized returns s as one normalized range list (pods merged into the ranges):
-// what a packet sees, used to find elements another set already covers.
-func (s *addrSet) normalized() addrSetRanges {
-	if len(s.pods) == 0 {
-		return s.cidrs
+// mergeAddrs merges sorted, duplicate-free lists into one, pairwise (balanced), in
+// linear time per level.
+func mergeAddrs(lists [][]netip.Addr) []netip.Addr {
+	for len(lists) > 1 {
+		next := lists[:0:0]
+		for i := 0; i < len(lists); i += 2 {
+			if i+1 == len(lists) {
+				next = append(next, lists[i])
+				continue
+			}
+			a, b := lists[i], lists[i+1]
+			m := make([]netip.Addr, 0, len(a)+len(b))
+			for len(a) > 0 && len(b) > 0 {
+				switch c := a[0].Compare(b[0]); {
+				case c < 0:
+					m, a = append(m, a[0]), a[1:]
+				case c > 0:
+					m, b = append(m, b[0]), b[1:]
+				default:
+					m, a, b = append(m, a[0]), a[1:], b[1:]
+				}
+			}
+			m = append(append(m, a...), b...)
+			next = append(next, m)
+		}
+		lists = next
 	}
-	var b netipx.IPSetBuilder
-	for _, r := range s.cidrs {
-		b.AddRange(r)
+	return lists[0]
+}
+
+// covers reports whether r (an element elems returned for another set) lies wholly
+// inside one of s's ranges or is one of its pod addresses. It may miss a range that
+// only several of s's elements cover together: it is used to leave out redundant
+// elements, never to decide what is allowed.
+func (s *addrSet) covers(r netipx.IPRange) bool {
+	if s.cidrs.containsRange(r) {
+		return true
 	}
-	for _, a := range s.pods {
-		b.Add(a)
+	if r.From() != r.To() {
+		return false
 	}
-	set, _ := b.IPSet()
-	return set.Ranges()
+	_, found := slices.BinarySearchFunc(s.pods, r.From(), netip.Addr.Compare)
+	return found
 }
 
 // elems returns the set elements of one family: the cidr ranges as they are, and each
 // pod address not inside one of them as a single address; sorted and pairwise
-// disjoint. Elements wholly inside cover are left out (cover is what another rule of
-// the same chain already lets through).
-func (s *addrSet) elems(v6 bool, cover addrSetRanges) []netipx.IPRange {
+// disjoint. Elements cover covers are left out (cover, when not nil, is what another
+// rule of the same chain already lets through).
+func (s *addrSet) elems(v6 bool, cover *addrSet) []netipx.IPRange {
 	cr := family(s.cidrs, v6)
 	pods := s.pods
 	if i, _ := slices.BinarySearchFunc(pods, true, func(a netip.Addr, _ bool) int {
@@ -132,9 +161,9 @@ func (s *addrSet) elems(v6 bool, cover addrSetRanges) []netipx.IPRange {
 	} else {
 		pods = pods[:i]
 	}
-	var out []netipx.IPRange
+	out := make([]netipx.IPRange, 0, len(cr)+len(pods))
 	emit := func(r netipx.IPRange) {
-		if !cover.containsRange(r) {
+		if cover == nil || !cover.covers(r) {
 			out = append(out, r)
 		}
 	}
@@ -169,6 +198,9 @@ func family(rs addrSetRanges, v6 bool) addrSetRanges {
 
 // containsRange reports whether r lies wholly inside one range of rs (normalized).
 func (rs addrSetRanges) containsRange(r netipx.IPRange) bool {
+	if len(rs) == 0 {
+		return false
+	}
 	i, _ := slices.BinarySearchFunc(rs, r.From(), func(x netipx.IPRange, a netip.Addr) int {
 		if x.To().Less(a) {
 			return -1

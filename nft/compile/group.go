@@ -24,6 +24,7 @@ type compiler struct {
 	groups   []*group
 
 	selections map[string]*podSelection // pod selections by peer key
+	allPods    *podSelection            // every eligible pod (rules without peers)
 	nsSels     map[string][]string      // namespace selections by selector text
 	values     valueArena
 }
@@ -32,6 +33,7 @@ type compiler struct {
 type podSelection struct {
 	pods  []*podInfo
 	addrs *addrSet
+	named map[portRef][]portAddrs // destinations by named port (egress)
 }
 
 // group is the local targets that share one chain for one direction: same selecting
@@ -55,6 +57,7 @@ func newCompiler(s Snapshot) *compiler {
 		nsSels:     map[string][]string{},
 	}
 	c.problems = append(c.problems, c.ix.problems...)
+	c.allPods = &podSelection{pods: c.ix.pods}
 	nps := slices.Clone(s.Policies)
 	nps = slices.DeleteFunc(nps, func(np *networkingv1.NetworkPolicy) bool { return np == nil })
 	slices.SortStableFunc(nps, func(a, b *networkingv1.NetworkPolicy) int {
@@ -221,9 +224,9 @@ func (c *compiler) fill(g *group) {
 		}
 	}
 	anyAddrs := unionAddrs(anys)
-	var cover addrSetRanges
-	if len(grants) > 0 {
-		cover = anyAddrs.normalized()
+	var cover *addrSet
+	if !anyAddrs.empty() {
+		cover = anyAddrs
 	}
 	refs := make([]string, len(g.policies))
 	for i, p := range g.policies {
@@ -236,17 +239,21 @@ func (c *compiler) fill(g *group) {
 		}
 		anySet := nft.Set{Name: g.setNames[2*fi], Type: []nft.DataType{addrType}, Interval: true,
 			Comment: listComment("peers on every port, of", refs)}
-		for _, r := range anyAddrs.elems(v6, nil) {
+		anyElems := anyAddrs.elems(v6, nil)
+		anySet.Elements = make([]nft.Element, len(anyElems))
+		for i, r := range anyElems {
 			k := c.values.take(1)
 			k[0] = addrValue(r)
-			anySet.Elements = append(anySet.Elements, nft.Element{Key: k})
+			anySet.Elements[i].Key = k
 		}
 		portSet := nft.Set{Name: g.setNames[2*fi+1], Type: []nft.DataType{addrType, nft.TypeInetProto, nft.TypeInetService},
 			Interval: true, Comment: listComment("peers by protocol and port, of", refs)}
-		for _, e := range portElems(grants, v6, cover) {
+		pes := portElems(grants, v6, cover)
+		portSet.Elements = make([]nft.Element, len(pes))
+		for i, e := range pes {
 			k := c.values.take(3)
 			k[0], k[1], k[2] = addrValue(e.addrs), nft.Num(uint32(e.proto)), nft.NumRange(uint32(e.lo), uint32(e.hi))
-			portSet.Elements = append(portSet.Elements, nft.Element{Key: k})
+			portSet.Elements[i].Key = k
 		}
 		g.sets = append(g.sets, anySet, portSet)
 	}
@@ -271,7 +278,7 @@ type portElem struct {
 // starting a new element. Two elements sharing a port come from the same piece, whose
 // address elements are disjoint: no two elements overlap. A pod's address joins or
 // leaves elements of its own only.
-func portElems(grants []grant, v6 bool, cover addrSetRanges) []portElem {
+func portElems(grants []grant, v6 bool, cover *addrSet) []portElem {
 	var protos []uint8
 	for _, g := range grants {
 		protos = append(protos, g.proto)
@@ -290,26 +297,37 @@ func portElems(grants []grant, v6 bool, cover addrSetRanges) []portElem {
 		}
 		slices.Sort(cuts)
 		cuts = slices.Compact(cuts)
-		open := map[netipx.IPRange]int{} // element index by address, for the previous piece
+		// The previous piece's elements (indexes in out), in address order: each
+		// piece's address elements are sorted, so one merge walk finds the recurring.
+		var open, next []int
+		var covering []*addrSet
 		for i := 0; i+1 < len(cuts); i++ {
 			lo, hi := uint16(cuts[i]), uint16(cuts[i+1]-1)
-			var covering []*addrSet
+			covering = covering[:0]
 			for _, g := range gs {
 				if g.lo <= lo && g.hi >= hi {
 					covering = append(covering, g.addrs)
 				}
 			}
-			next := map[netipx.IPRange]int{}
-			for _, r := range unionAddrs(covering).elems(v6, cover) {
-				if k, ok := open[r]; ok && out[k].hi+1 == lo {
-					out[k].hi = hi
-					next[r] = k
+			next = next[:0]
+			j := 0
+			addrs := unionAddrs(covering).elems(v6, cover)
+			if len(open) == 0 {
+				out = slices.Grow(out, len(addrs))
+			}
+			for _, r := range addrs {
+				for j < len(open) && out[open[j]].addrs.From().Less(r.From()) {
+					j++
+				}
+				if j < len(open) && out[open[j]].addrs == r && out[open[j]].hi+1 == lo {
+					out[open[j]].hi = hi
+					next = append(next, open[j])
 					continue
 				}
 				out = append(out, portElem{r, proto, lo, hi})
-				next[r] = len(out) - 1
+				next = append(next, len(out)-1)
 			}
-			open = next
+			open, next = next, open
 		}
 	}
 	return out
@@ -377,37 +395,67 @@ func (c *compiler) namedDestinations(p *policy, r *rule, ref portRef) []portAddr
 	if pa, ok := r.named[ref]; ok {
 		return pa
 	}
-	byPort := map[uint16][]netip.Addr{}
-	add := func(pod *podInfo, addrs []netip.Addr) {
-		for _, n := range pod.resolve(ref.name, ref.proto) {
-			byPort[n] = append(byPort[n], addrs...)
-		}
-	}
+	var parts [][]portAddrs
 	if r.allPeers {
-		for _, pod := range c.ix.pods {
-			add(pod, pod.addrs)
-		}
+		parts = append(parts, c.namedOf(c.allPods, ref))
 	}
 	for _, pe := range r.peers {
 		if pe.isBlk {
+			byPort := map[uint16][]netip.Addr{}
 			for _, pa := range c.ix.podsIn(pe.block.cidrs) {
-				add(pa.pod, []netip.Addr{pa.addr})
+				for _, n := range pa.pod.resolve(ref.name, ref.proto) {
+					byPort[n] = append(byPort[n], pa.addr)
+				}
 			}
+			parts = append(parts, byPortList(byPort))
 			continue
 		}
-		for _, pod := range c.selectPeer(p, pe).pods {
-			add(pod, pod.addrs)
+		parts = append(parts, c.namedOf(c.selectPeer(p, pe), ref))
+	}
+	// Union per port number.
+	byNum := map[uint16][]*addrSet{}
+	for _, part := range parts {
+		for _, pa := range part {
+			byNum[pa.port] = append(byNum[pa.port], pa.addrs)
 		}
 	}
-	var out []portAddrs
-	for n, addrs := range byPort {
-		out = append(out, portAddrs{n, podAddrs(addrs)})
+	out := make([]portAddrs, 0, len(byNum))
+	for n, sets := range byNum {
+		out = append(out, portAddrs{n, unionAddrs(sets)})
 	}
 	slices.SortFunc(out, func(a, b portAddrs) int { return cmp.Compare(a.port, b.port) })
 	if r.named == nil {
 		r.named = map[portRef][]portAddrs{}
 	}
 	r.named[ref] = out
+	return out
+}
+
+// namedOf resolves a named port on the pods of a selection (cached per selection).
+func (c *compiler) namedOf(s *podSelection, ref portRef) []portAddrs {
+	if pa, ok := s.named[ref]; ok {
+		return pa
+	}
+	byPort := map[uint16][]netip.Addr{}
+	for _, pod := range s.pods {
+		for _, n := range pod.resolve(ref.name, ref.proto) {
+			byPort[n] = append(byPort[n], pod.addrs...)
+		}
+	}
+	out := byPortList(byPort)
+	if s.named == nil {
+		s.named = map[portRef][]portAddrs{}
+	}
+	s.named[ref] = out
+	return out
+}
+
+func byPortList(byPort map[uint16][]netip.Addr) []portAddrs {
+	out := make([]portAddrs, 0, len(byPort))
+	for n, addrs := range byPort {
+		out = append(out, portAddrs{n, podAddrs(addrs)})
+	}
+	slices.SortFunc(out, func(a, b portAddrs) int { return cmp.Compare(a.port, b.port) })
 	return out
 }
 

@@ -20,11 +20,12 @@ const nsNameLabel = "kubernetes.io/metadata.name"
 // addresses, is not hostNetwork and has not finished.
 type podInfo struct {
 	ns, name string
-	ref      string // "namespace/name"
+	ref      string // "namespace/name", of local pods only
 	labels   labels.Set
 	addrs    []netip.Addr // unmapped, sorted, unique
-	ports    []namedPort  // named container ports
 	local    bool         // runs on the compiled node: a target
+	pod      *corev1.Pod
+	ports    []namedPort // named container ports, parsed on first use (resolve)
 
 	ingress, egress *group // the target's groups, when isolated
 }
@@ -51,9 +52,9 @@ type index struct {
 	local    []*podInfo // eligible pods on the compiled node, by namespace/name
 	nsLabels map[string]labels.Set
 	nsNames  []string // every namespace known from namespaces or pods, sorted
-	byLabel  map[labelKV][]*podInfo
-	byKey    map[string][]*podInfo // pods that have the label key
-	byAddr   []podAddr             // sorted by address
+	byLabel  map[labelKV][]*podInfo // built on first use, see labelIndex
+	byKey    map[string][]*podInfo  // pods that have the label key
+	byAddr   []podAddr              // sorted by address; built on first use
 
 	problems []Problem
 }
@@ -62,8 +63,6 @@ func newIndex(s Snapshot) *index {
 	ix := &index{
 		byNS:     map[string][]*podInfo{},
 		nsLabels: map[string]labels.Set{},
-		byLabel:  map[labelKV][]*podInfo{},
-		byKey:    map[string][]*podInfo{},
 	}
 	for _, ns := range s.Namespaces {
 		if ns == nil {
@@ -78,29 +77,28 @@ func newIndex(s Snapshot) *index {
 		}
 		ix.nsLabels[ns.Name] = l
 	}
-	seen := map[string]bool{}
-	for _, p := range s.Pods {
-		pi := newPodInfo(p, s.NodeName)
-		if pi == nil || seen[pi.ref] {
-			continue
+	infos := make([]podInfo, len(s.Pods)) // one allocation for all
+	ix.pods = make([]*podInfo, 0, len(s.Pods))
+	for i, p := range s.Pods {
+		if fillPodInfo(&infos[i], p, s.NodeName) {
+			ix.pods = append(ix.pods, &infos[i])
 		}
-		seen[pi.ref] = true
-		ix.pods = append(ix.pods, pi)
 	}
-	slices.SortFunc(ix.pods, func(a, b *podInfo) int {
+	slices.SortStableFunc(ix.pods, func(a, b *podInfo) int {
 		return cmp.Or(strings.Compare(a.ns, b.ns), strings.Compare(a.name, b.name))
 	})
+	ix.pods = slices.CompactFunc(ix.pods, func(a, b *podInfo) bool { // the same pod twice: the first counts
+		return a.ns == b.ns && a.name == b.name
+	})
+	for _, p := range ix.pods {
+		if p.local {
+			p.ref = p.ns + "/" + p.name
+		}
+	}
 	for _, p := range ix.pods {
 		ix.byNS[p.ns] = append(ix.byNS[p.ns], p)
 		if p.local {
 			ix.local = append(ix.local, p)
-		}
-		for k, v := range p.labels {
-			ix.byLabel[labelKV{k, v}] = append(ix.byLabel[labelKV{k, v}], p)
-			ix.byKey[k] = append(ix.byKey[k], p)
-		}
-		for _, a := range p.addrs {
-			ix.byAddr = append(ix.byAddr, podAddr{a, p})
 		}
 		if _, ok := ix.nsLabels[p.ns]; !ok {
 			// A pod whose namespace is not (yet) in the snapshot: its namespace has
@@ -112,24 +110,57 @@ func newIndex(s Snapshot) *index {
 		ix.nsNames = append(ix.nsNames, ns)
 	}
 	slices.Sort(ix.nsNames)
-	slices.SortStableFunc(ix.byAddr, func(a, b podAddr) int { return a.addr.Compare(b.addr) })
-	for i := 1; i < len(ix.byAddr); i++ {
-		a, b := ix.byAddr[i-1], ix.byAddr[i]
-		if a.addr == b.addr && a.pod.local && b.pod.local {
-			ix.problems = append(ix.problems, Problem{Reason: fmt.Sprintf(
-				"pods %s and %s on this node share address %s; the first of them that a direction isolates keeps it", a.pod.ref, b.pod.ref, a.addr)})
+	owner := map[netip.Addr]*podInfo{}
+	for _, p := range ix.local {
+		for _, a := range p.addrs {
+			if first := owner[a]; first != nil {
+				ix.problems = append(ix.problems, Problem{Reason: fmt.Sprintf(
+					"pods %s and %s on this node share address %s; the first of them that a direction isolates keeps it", first.ref, p.ref, a)})
+				continue
+			}
+			owner[a] = p
 		}
 	}
 	return ix
 }
 
-// newPodInfo returns nil for a pod that takes no part in policy: hostNetwork, finished
-// (Succeeded or Failed) or without a valid address.
-func newPodInfo(p *corev1.Pod, node string) *podInfo {
-	if p == nil || p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
-		return nil
+// labelIndex builds byLabel and byKey on first use: only selectors reaching across
+// namespaces need them.
+func (ix *index) labelIndex() {
+	if ix.byLabel != nil {
+		return
 	}
-	var addrs []netip.Addr
+	ix.byLabel = map[labelKV][]*podInfo{}
+	ix.byKey = map[string][]*podInfo{}
+	for _, p := range ix.pods {
+		for k, v := range p.labels {
+			ix.byLabel[labelKV{k, v}] = append(ix.byLabel[labelKV{k, v}], p)
+			ix.byKey[k] = append(ix.byKey[k], p)
+		}
+	}
+}
+
+// addrIndex builds byAddr on first use: only ipBlock peers with named ports need it.
+func (ix *index) addrIndex() {
+	if ix.byAddr != nil {
+		return
+	}
+	ix.byAddr = []podAddr{}
+	for _, p := range ix.pods {
+		for _, a := range p.addrs {
+			ix.byAddr = append(ix.byAddr, podAddr{a, p})
+		}
+	}
+	slices.SortStableFunc(ix.byAddr, func(a, b podAddr) int { return a.addr.Compare(b.addr) })
+}
+
+// fillPodInfo fills pi from p and reports whether p takes part in policy: it is not
+// hostNetwork, not finished (Succeeded or Failed) and has a valid address.
+func fillPodInfo(pi *podInfo, p *corev1.Pod, node string) bool {
+	if p == nil || p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		return false
+	}
+	addrs := make([]netip.Addr, 0, max(1, len(p.Status.PodIPs)))
 	for _, ip := range p.Status.PodIPs {
 		if a, err := netip.ParseAddr(ip.IP); err == nil {
 			addrs = append(addrs, a.Unmap())
@@ -141,36 +172,39 @@ func newPodInfo(p *corev1.Pod, node string) *podInfo {
 		}
 	}
 	if len(addrs) == 0 {
-		return nil
+		return false
 	}
-	slices.SortFunc(addrs, netip.Addr.Compare)
-	addrs = slices.Compact(addrs)
-	pi := &podInfo{
+	if len(addrs) > 1 {
+		slices.SortFunc(addrs, netip.Addr.Compare)
+		addrs = slices.Compact(addrs)
+	}
+	*pi = podInfo{
 		ns:     p.Namespace,
 		name:   p.Name,
-		ref:    p.Namespace + "/" + p.Name,
 		labels: labels.Set(p.Labels),
 		addrs:  addrs,
 		local:  p.Spec.NodeName == node,
+		pod:    p,
 	}
-	for _, c := range p.Spec.Containers {
-		for _, cp := range c.Ports {
-			if cp.Name == "" || cp.ContainerPort < 1 || cp.ContainerPort > 65535 {
-				continue
-			}
-			proto, ok := protoNumber(cp.Protocol)
-			if !ok {
-				continue
-			}
-			pi.ports = append(pi.ports, namedPort{cp.Name, proto, uint16(cp.ContainerPort)})
-		}
-	}
-	return pi
+	return true
 }
 
 // resolve returns the port numbers pod p gives the name for the protocol (normally
 // zero or one: container port names are unique in a pod).
 func (p *podInfo) resolve(name string, proto uint8) []uint16 {
+	if p.ports == nil {
+		p.ports = []namedPort{}
+		for _, c := range p.pod.Spec.Containers {
+			for _, cp := range c.Ports {
+				if cp.Name == "" || cp.ContainerPort < 1 || cp.ContainerPort > 65535 {
+					continue
+				}
+				if proto, ok := protoNumber(cp.Protocol); ok {
+					p.ports = append(p.ports, namedPort{cp.Name, proto, uint16(cp.ContainerPort)})
+				}
+			}
+		}
+	}
 	var out []uint16
 	for _, np := range p.ports {
 		if np.name == name && np.proto == proto {
@@ -200,7 +234,11 @@ func (ix *index) selectPods(nss []string, sel labels.Selector) []*podInfo {
 	for _, ns := range nss {
 		inNS += len(ix.byNS[ns])
 	}
-	cands, ok := ix.candidates(sel)
+	var cands []*podInfo
+	ok := false
+	if len(nss) > 1 {
+		cands, ok = ix.candidates(sel)
+	}
 	var out []*podInfo
 	if ok && len(cands) < inNS {
 		want := make(map[string]bool, len(nss))
@@ -231,6 +269,7 @@ func (ix *index) candidates(sel labels.Selector) ([]*podInfo, bool) {
 	if !ok {
 		return nil, false
 	}
+	ix.labelIndex()
 	var best []*podInfo
 	found := false
 	for _, r := range reqs {
@@ -263,6 +302,7 @@ func (ix *index) candidates(sel labels.Selector) ([]*podInfo, bool) {
 // podsIn returns the pods with an address in the set, each with those of its
 // addresses that are in it, in address order.
 func (ix *index) podsIn(set addrSetRanges) []podAddr {
+	ix.addrIndex()
 	var out []podAddr
 	for _, r := range set {
 		i, _ := slices.BinarySearchFunc(ix.byAddr, r.From(), func(pa podAddr, a netip.Addr) int { return pa.addr.Compare(a) })
