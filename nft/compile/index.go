@@ -51,7 +51,7 @@ type index struct {
 	byNS     map[string][]*podInfo
 	local    []*podInfo // eligible pods on the compiled node, by namespace/name
 	nsLabels map[string]labels.Set
-	nsNames  []string // every namespace known from namespaces or pods, sorted
+	nsNames  []string               // every namespace known from namespaces or pods, sorted
 	byLabel  map[labelKV][]*podInfo // built on first use, see labelIndex
 	byKey    map[string][]*podInfo  // pods that have the label key
 	byAddr   []podAddr              // sorted by address; built on first use
