@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"syscall"
+	"testing"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -166,4 +167,21 @@ func httpGet(url string) int {
 	}
 	_ = resp.Body.Close()
 	return resp.StatusCode
+}
+
+// TestReadiness is a plain unit test (it runs under -short): /readyz needs
+// both the caches and the first node sync.
+func TestReadiness(t *testing.T) {
+	var r readiness
+	if r.check(nil) == nil || r.Ready() {
+		t.Fatal("ready before anything synced")
+	}
+	r.MarkSynced()
+	if r.check(nil) == nil || r.Ready() {
+		t.Fatal("ready before the caches synced")
+	}
+	r.cachesSynced.Store(true)
+	if err := r.check(nil); err != nil || !r.Ready() {
+		t.Fatalf("not ready after both: %v", err)
+	}
 }
