@@ -1,0 +1,105 @@
+// Package compile turns a snapshot of the cluster, as one node sees it, into the
+// nftables table that enforces the NetworkPolicies of that node's pods: Compile is a
+// pure function (no I/O, no clock, no randomness) whose result depends only on the
+// snapshot's content, never on its order. The table layout is nft/doc.go's.
+//
+// The Kubernetes NetworkPolicy v1 API reference is the specification. This comment
+// records how Compile reads it, and the decisions the reference leaves open.
+//
+// # Who is judged
+//
+// A pod takes part in policy when it is not hostNetwork, has not finished (phase
+// Succeeded or Failed) and has an address (status.podIPs, else status.podIP). Such a
+// pod on this node (spec.nodeName) is a target; on any node it is a peer that
+// selectors can pick. Each node enforces its own pods' side only: the egress of local
+// sources and the ingress of local destinations. A packet between pods of two nodes
+// crosses both nodes' forward hooks and must pass both. Traffic between a node and its
+// own pods never crosses the forward hook, so it always passes.
+//
+// A target is isolated for ingress (egress) when some policy of its namespace selects
+// it with that policy type; it is then allowed what the union of the rules of all
+// those policies allows. policyTypes is defaulted here, as the API server would (and
+// as unit tests and trimmed objects need): when empty, Ingress always, and Egress
+// when spec.egress is non-empty. An unknown policy type is ignored and reported. An
+// isolated direction with no rules denies everything; a rule `{}` allows everything.
+// Replies (ct established, related) always pass; ct invalid packets of isolated pods
+// are dropped; neighbour discovery passes.
+//
+// # Peers and ports
+//
+// A peer with podSelector alone picks pods of the policy's namespace; with
+// namespaceSelector alone, every pod of the matching namespaces; with both, pods
+// matching both. Peers of a rule add up (OR). Selectors are metav1 LabelSelectors:
+// `{}` matches everything. Namespaces always carry the label kubernetes.io/metadata.name
+// (the API server sets it; Compile adds it when an object lacks it), and a namespace
+// known only from its pods has that label alone.
+//
+// An ipBlock is its cidr minus its excepts, computed on interval sets (netipx); the
+// peers of a rule are unioned after each block's own except, so one peer can allow
+// again what another block excepts. ipBlocks match pod addresses too. Rules without
+// peers allow every address of both families; an IPv4 block never opens IPv6 nor the
+// reverse. A cidr with host bits set is read as its network.
+//
+// A port is TCP unless it says UDP or SCTP; a port without a number is every port of
+// its protocol; endPort makes a range. A rule without ports allows every protocol and
+// port, ICMP included. A named port is resolved on the destination: for ingress, on
+// the target's own container ports, matching name and protocol; for egress, on each
+// destination pod's container ports. An ipBlock or a rule without peers combined with
+// a named port allows exactly the pods inside it (any node) that have the port, on
+// their own number; an address that is no pod's (or a hostNetwork pod's) never matches
+// a named port. A pod without a matching named port is not allowed by that port. A port
+// given as a string of digits is read as that number.
+//
+// # Problems fail closed
+//
+// What cannot be enforced as written is reported as a Problem and never widens what is
+// allowed. A rule with any invalid part (an unparsable cidr or except, an unknown
+// protocol, a port outside 1-65535 or neither a number nor a valid port name, an
+// endPort with a named port, without a port or below the port, an invalid selector, a
+// peer that is empty or mixes ipBlock with selectors) allows nothing: its policy still
+// selects and isolates its pods, and the policy's other rules still apply. Enforcing
+// the valid part of a broken rule would also be safe (it allows less than the rule
+// meant) but would make a rule half-enforced; whole rules are easier to reason about,
+// and the Problem says which one to fix. An invalid podSelector of a policy selects no
+// pod (there is nothing to isolate by it). Two local pods with the same address are
+// reported; the first one by namespace/name that a direction isolates keeps the map
+// entry.
+//
+// # Groups
+//
+// Local targets isolated for a direction are grouped by the sorted list of policies
+// that select them for that direction and, for ingress, by what the named ports those
+// policies use resolve to on the pod (so that every pod of a group is allowed the same
+// thing). Each group has one chain and four sets (any-v4, ports-v4, any-v6, ports-v6)
+// named by nft.ObjectName from a stable key (direction, policies, named port
+// resolution); the verdict maps send each member's addresses to it. Rules are static:
+// when pods come and go, or a policy's peers change, only set and map elements change;
+// chains appear and disappear only when the grouping of policies does.
+//
+// # Set contents: disjoint elements
+//
+// The kernel refuses overlapping interval elements, and each group's sets hold the
+// union of all its rules. Addresses are kept in two parts: ranges from ipBlocks (and
+// "every address"), normalized by netipx (overlapping and adjacent ranges merged), and
+// single pod addresses. A pod address inside one of the ranges is absorbed by it;
+// every other pod address stays a single element, even next to another pod's or a
+// range: a pod's churn is always one element (per protocol and port segment), never a
+// reshaped range.
+//
+// The any sets are that union of the rules without ports. The ports sets are built per
+// protocol: the port axis is cut at every rule's bounds into segments; each segment
+// gets the union of the addresses of the rules covering it, as disjoint elements as
+// above; an address element present unchanged in consecutive segments becomes one
+// element over the merged port range. Two elements sharing a port come from the same
+// segment and so are disjoint. Elements of a ports set whose address is wholly within
+// the any set (one range of it, or one of its pod addresses) are left out: the any rule
+// already lets them through on every port.
+//
+// # Cost
+//
+// Pods are indexed by namespace and, on first use, by label and by address; pod
+// selections, namespace selections, rule address sets and named port resolutions are
+// computed once per Compile and shared by every group. The work is then roughly
+// linear in the size of the result (the number of set elements), which is the
+// number of groups times the peers each is allowed: see BenchmarkCompile.
+package compile
