@@ -256,6 +256,33 @@ var upstreamExternals = []netip.Addr{
 	netip.MustParseAddr("2001:db8::7"), netip.MustParseAddr("fd00:10:244:9::9"),
 }
 
+// TestCrosscheckUpstreamAll: every hand-written policy of the golden cases on the
+// upstream model at once (the golden test crosschecks each case on its own).
+func TestCrosscheckUpstreamAll(t *testing.T) {
+	w := world{ports: []int{1, 53, 79, 80, 81, 82, 85, 90, 91, 100, 101, 443, 8080, 65535}}
+	w.namespaces, w.pods = upstreamModel()
+	ext := map[netip.Addr]bool{}
+	for _, c := range goldenCases {
+		if !c.upstream {
+			continue
+		}
+		cw := loadCase(t, c)
+		w.policies = append(w.policies, cw.policies...)
+		for _, a := range cw.externals {
+			ext[a] = true
+		}
+	}
+	for a := range ext {
+		w.externals = append(w.externals, a)
+	}
+	slices.SortFunc(w.externals, netip.Addr.Compare)
+	n, errs := crosscheck(t, w)
+	if len(errs) > 0 {
+		t.Fatal(strings.Join(errs, "\n"))
+	}
+	t.Logf("%d policies, %d packets compared", len(w.policies), n)
+}
+
 // TestCrosscheckRandom compares compiled rulesets and the evaluator on random
 // clusters and policies. Reproduce a failure with -seed (and -cases).
 func TestCrosscheckRandom(t *testing.T) {
@@ -352,6 +379,9 @@ func randomWorld(rng *rand.Rand) world {
 		p.Spec.HostNetwork = true
 		w.pods = append(w.pods, p)
 	}
+	if rng.IntN(6) == 0 { // a namespace known only from its pods
+		w.namespaces = w.namespaces[:2]
+	}
 	for i := range 1 + rng.IntN(4) {
 		w.policies = append(w.policies, randomPolicy(rng, fmt.Sprintf("p%d", i), w.pods))
 	}
@@ -362,6 +392,10 @@ func randomPolicy(rng *rand.Rand, name string, pods []*corev1.Pod) *networkingv1
 	pick := func(xs ...string) string { return xs[rng.IntN(len(xs))] }
 	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: pick("x", "y", "z"), Name: name}}
 	np.Spec.PodSelector = *randomSelector(rng, podLabels)
+	if rng.IntN(80) == 0 { // invalid: selects no pod
+		np.Spec.PodSelector.MatchExpressions = append(np.Spec.PodSelector.MatchExpressions,
+			metav1.LabelSelectorRequirement{Key: "pod", Operator: metav1.LabelSelectorOpIn})
+	}
 	switch rng.IntN(5) {
 	case 1:
 		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
@@ -369,6 +403,9 @@ func randomPolicy(rng *rand.Rand, name string, pods []*corev1.Pod) *networkingv1
 		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}
 	case 3:
 		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}
+	}
+	if rng.IntN(80) == 0 { // unknown: ignored
+		np.Spec.PolicyTypes = append(np.Spec.PolicyTypes, "Sideways")
 	}
 	nRules := func() int {
 		switch rng.IntN(5) {
