@@ -62,8 +62,10 @@ func (t Trace) String() string {
 // it: base chains of a hook in priority order, rules in order, matches on literal
 // values, anonymous sets and named sets (intervals and concatenations included),
 // jump, goto, return, verdict maps, accept and drop. Counters and logs do nothing.
-// A field the packet lacks (ip saddr of an IPv6 packet, th dport of ICMP) makes the
-// match fail, negated or not, as nft's implicit protocol dependencies do.
+// A field the packet lacks makes the match fail, negated or not: ip saddr of an IPv6
+// packet, as nft's implicit protocol dependency does; th dport of a protocol without
+// ports (where the kernel would read whatever bytes sit there; nftpolicy's rules
+// always pair th dport with meta l4proto, which makes the difference moot).
 type Tracer struct {
 	rs     *nft.Ruleset
 	chains map[string]*nft.Chain
