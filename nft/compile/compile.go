@@ -46,8 +46,10 @@ func (p Problem) String() string {
 }
 
 // Compile returns the table that enforces s's policies on s.NodeName, and the problems
-// found, by policy (namespace/name), each policy's in rule order. It is a pure function: same
-// snapshot (in any order), same result. The ruleset always passes Validate.
+// found, by policy (namespace/name), each policy's in rule order. It is a pure
+// function: the same snapshot, in any order, gives the same result (an object listed
+// twice under one namespace/name counts once, the first time). The ruleset always
+// passes Validate.
 func Compile(s Snapshot, opts Options) (*nft.Ruleset, []Problem) {
 	table := opts.Table
 	if table == "" {
