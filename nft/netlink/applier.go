@@ -1,0 +1,294 @@
+package netlink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/google/nftables"
+	mnl "github.com/mdlayher/netlink"
+
+	"github.com/nftpolicy/nftpolicy/nft"
+)
+
+// Options configures an Applier.
+type Options struct {
+	// Table is the name of the inet table the Applier owns; nft.DefaultTable if empty.
+	Table string
+	// NetNSPath, if set, is a network namespace file (/var/run/netns/NAME,
+	// /proc/PID/ns/net): the Applier programs the table inside that namespace while
+	// its own process stays where it is. Empty means the namespace of the caller.
+	NetNSPath string
+	// SocketBufferBytes is the initial send and receive buffer of the netlink sockets
+	// (default 8 MiB). The send buffer grows on demand to hold the largest batch.
+	SocketBufferBytes int
+}
+
+const defaultSocketBuffer = 8 << 20
+
+// Applier is the nft.Applier that programs the kernel over netlink, one transaction
+// per call. It is safe for concurrent use; calls are serialised.
+type Applier struct {
+	mu    sync.Mutex
+	opts  Options
+	netns *os.File
+
+	tr     *transport
+	writer *nftables.Conn // batches go through tr
+	reader *nftables.Conn // FullSync reads what the kernel holds
+
+	// last is what the kernel is known to hold; nil forces a full sync.
+	last *nft.Ruleset
+}
+
+var _ nft.Applier = (*Applier)(nil)
+
+// New opens the netlink sockets (in Options.NetNSPath if set). It does not touch the
+// kernel's tables: the first Apply replaces the table whole.
+func New(opts Options) (*Applier, error) {
+	if opts.Table == "" {
+		opts.Table = nft.DefaultTable
+	}
+	if !nft.ValidName(opts.Table) {
+		return nil, fmt.Errorf("nft/netlink: invalid table name %q", opts.Table)
+	}
+	if opts.SocketBufferBytes <= 0 {
+		opts.SocketBufferBytes = defaultSocketBuffer
+	}
+	a := &Applier{opts: opts}
+	fd := 0
+	if opts.NetNSPath != "" {
+		f, err := os.Open(opts.NetNSPath)
+		if err != nil {
+			return nil, fmt.Errorf("nft/netlink: opening network namespace: %w", err)
+		}
+		a.netns = f
+		fd = int(f.Fd())
+	}
+	var err error
+	if a.tr, err = newTransport(fd, opts.SocketBufferBytes); err != nil {
+		a.Close()
+		return nil, fmt.Errorf("nft/netlink: %w", err)
+	}
+	if err := a.newWriter(); err != nil {
+		a.Close()
+		return nil, err
+	}
+	a.reader, err = nftables.New(nftables.AsLasting(), nftables.WithNetNSFd(fd),
+		nftables.WithSockOptions(func(c *mnl.Conn) error { return setBuffers(c, opts.SocketBufferBytes) }))
+	if err != nil {
+		a.Close()
+		return nil, fmt.Errorf("nft/netlink: opening netlink socket: %w", err)
+	}
+	return a, nil
+}
+
+// newWriter (re)creates the Conn that serialises batches; its socket is tr's.
+func (a *Applier) newWriter() error {
+	w, err := nftables.New(nftables.AsLasting(), nftables.WithTestDial(a.tr.dial))
+	if err != nil {
+		return fmt.Errorf("nft/netlink: %w", err)
+	}
+	a.writer = w
+	return nil
+}
+
+// Close releases the sockets. The table stays in the kernel.
+func (a *Applier) Close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var errs []error
+	if a.writer != nil {
+		errs = append(errs, a.writer.CloseLasting())
+	}
+	if a.reader != nil {
+		errs = append(errs, a.reader.CloseLasting())
+	}
+	if a.tr != nil {
+		errs = append(errs, a.tr.close())
+	}
+	if a.netns != nil {
+		errs = append(errs, a.netns.Close())
+	}
+	a.writer, a.reader, a.tr, a.netns = nil, nil, nil, nil
+	return errors.Join(errs...)
+}
+
+// Table is the name of the table the Applier owns.
+func (a *Applier) Table() string { return a.opts.Table }
+
+// Apply makes the table equal to desired in one netlink transaction (one batch, one
+// Flush). The first call, and the first after a failure, replaces the whole table;
+// later calls send only what Plan finds changed, and nothing at all (not even an empty
+// batch) when nothing changed. desired.Table must be the Applier's table. Apply does
+// not Validate desired: an inconsistent ruleset fails in the kernel, atomically.
+//
+// On error the kernel still holds what it held before the call, and the error
+// (a *TransactionError when the kernel refused the batch) names the refused object.
+func (a *Applier) Apply(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.apply(ctx, a.last, desired)
+}
+
+// FullSync reads the table the kernel holds, reports in Stats.Drift how it differs
+// from what was last applied, and replaces it whole with desired in one transaction.
+func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.tr == nil {
+		return nft.Stats{}, errClosed
+	}
+	drift, err := a.drift(a.last)
+	if err != nil {
+		a.last = nil
+		return nft.Stats{}, fmt.Errorf("nft/netlink: reading table %s: %w", a.opts.Table, err)
+	}
+	st, err := a.apply(ctx, nil, desired)
+	st.Drift = drift
+	return st, err
+}
+
+// Delete removes the table in one transaction. A missing table is not an error.
+func (a *Applier) Delete(ctx context.Context) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.last = nil
+	tx := nft.Transaction{Full: true, Ops: []nft.Op{
+		{Kind: nft.OpAddTable, Name: a.opts.Table},
+		{Kind: nft.OpDelTable, Name: a.opts.Table},
+	}}
+	_, err := a.send(ctx, tx, nil, &nft.Ruleset{Table: a.opts.Table})
+	return err
+}
+
+var errClosed = errors.New("nft/netlink: applier is closed")
+
+func (a *Applier) apply(ctx context.Context, last, desired *nft.Ruleset) (nft.Stats, error) {
+	if a.tr == nil {
+		return nft.Stats{}, errClosed
+	}
+	if desired == nil || desired.Table != a.opts.Table {
+		return nft.Stats{}, fmt.Errorf("nft/netlink: ruleset is for table %q, applier owns %q", tableOf(desired), a.opts.Table)
+	}
+	tx := nft.Plan(last, desired)
+	if len(tx.Ops) == 0 {
+		return nft.Stats{}, nil
+	}
+	// Forget what the kernel holds until the transaction is known to have succeeded.
+	a.last = nil
+	st, err := a.send(ctx, tx, last, desired)
+	if err != nil {
+		return st, err
+	}
+	a.last = desired.Clone()
+	return st, nil
+}
+
+func tableOf(r *nft.Ruleset) string {
+	if r == nil {
+		return ""
+	}
+	return r.Table
+}
+
+// send encodes tx and sends it as one batch.
+func (a *Applier) send(ctx context.Context, tx nft.Transaction, last, desired *nft.Ruleset) (nft.Stats, error) {
+	if err := ctx.Err(); err != nil {
+		return nft.Stats{}, err
+	}
+	st := nft.Stats{Full: tx.Full, ChainsRewritten: tx.ChainsRewritten}
+	enc := newEncoder(a.writer, a.opts.Table, tx, last, desired)
+	err := enc.encode()
+	a.tr.ctx, a.tr.res, a.tr.discard, a.tr.patches = ctx, nil, err != nil, enc.patches
+	ferr := a.writer.Flush()
+	res := a.tr.res
+	a.tr.ctx, a.tr.res, a.tr.discard, a.tr.patches = nil, nil, false, nil
+	if err != nil {
+		a.resetWriter(ferr)
+		return st, fmt.Errorf("nft/netlink: %w", err)
+	}
+	if res == nil {
+		// The library refused to flush (it keeps a serialisation error forever).
+		a.resetWriter(ferr)
+		return st, fmt.Errorf("nft/netlink: building the batch: %w", ferr)
+	}
+	st.Operations, st.Bytes, st.Elements = res.messages, res.bytes, enc.elements
+	if res.err != nil {
+		return st, fmt.Errorf("nft/netlink: transaction of %d messages: %w", res.messages, res.err)
+	}
+	if len(res.errs) > 0 {
+		return st, a.transactionError(tx, enc, res)
+	}
+	return st, nil
+}
+
+func (a *Applier) resetWriter(cause error) {
+	if cause == nil {
+		return
+	}
+	_ = a.writer.CloseLasting()
+	_ = a.newWriter()
+}
+
+// TransactionError is the kernel's refusal of a transaction. The kernel applied none
+// of it. Op describes the first message it refused; Unwrap gives the errno.
+type TransactionError struct {
+	Op       string        // the operation, and the element when the kernel said which
+	Index    int           // message index in the batch (0-based), -1 for the batch
+	Messages int           // messages in the batch
+	Errno    syscall.Errno // what the kernel answered
+	Message  string        // the kernel's extended ack message, if any
+	More     int           // further messages refused (often consequences of the first)
+}
+
+func (e *TransactionError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "nft/netlink: kernel refused the transaction (%d messages, none applied) at message %d, %s: %v", e.Messages, e.Index, e.Op, e.Errno)
+	if e.Message != "" {
+		fmt.Fprintf(&b, " (%s)", e.Message)
+	}
+	if e.More > 0 {
+		fmt.Fprintf(&b, "; %d more messages refused", e.More)
+	}
+	return b.String()
+}
+
+func (e *TransactionError) Unwrap() error { return e.Errno }
+
+func (a *Applier) transactionError(tx nft.Transaction, enc *encoder, res *exchange) error {
+	first := res.errs[0]
+	for _, ke := range res.errs[1:] {
+		if first.index < 0 || (ke.index >= 0 && ke.index < first.index) {
+			first = ke
+		}
+	}
+	te := &TransactionError{Index: first.index, Messages: res.messages, Errno: first.errno, Message: first.msg, More: len(res.errs) - 1}
+	if first.index < 0 || first.index >= len(enc.descs) {
+		te.Op = "the batch as a whole"
+		return te
+	}
+	d := enc.descs[first.index]
+	te.Op = tx.Ops[d.op].String()
+	if d.detail != "" {
+		te.Op = d.detail + " (" + te.Op + ")"
+	}
+	if d.set != nil && len(res.sent) > first.index {
+		if i := badElement(res.sent[first.index], first.offset); i >= 0 && i < len(d.src) {
+			verb := "add"
+			if d.delete {
+				verb = "delete"
+			}
+			if j := d.src[i]; j >= 0 && int(j) < len(d.elems) {
+				te.Op = fmt.Sprintf("%s element %s in set %s", verb, nft.RenderElement(d.set.Type, d.elems[j], d.set.Verdicts && !d.delete), d.set.Name)
+			} else {
+				te.Op = fmt.Sprintf("%s interval end at zero in set %s", verb, d.set.Name)
+			}
+		}
+	}
+	return te
+}

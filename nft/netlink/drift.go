@@ -1,0 +1,143 @@
+package netlink
+
+import (
+	"encoding/hex"
+	"fmt"
+	"slices"
+
+	"github.com/google/nftables"
+
+	"github.com/nftpolicy/nftpolicy/nft"
+)
+
+// drift compares the table the kernel holds with last (what this Applier applied;
+// nil when it applied nothing yet or failed) and describes the differences: missing
+// and unexpected chains and sets, rule counts, and set elements (by key).
+func (a *Applier) drift(last *nft.Ruleset) ([]string, error) {
+	table := a.opts.Table
+	tables, err := a.reader.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, err
+	}
+	var tab *nftables.Table
+	for _, t := range tables {
+		if t.Name == table {
+			tab = t
+		}
+	}
+	if tab == nil {
+		if last != nil {
+			return []string{fmt.Sprintf("table inet %s missing", table)}, nil
+		}
+		return nil, nil
+	}
+	chains, err := a.reader.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, err
+	}
+	haveChains := map[string]*nftables.Chain{}
+	for _, c := range chains {
+		if c.Table != nil && c.Table.Name == table {
+			haveChains[c.Name] = c
+		}
+	}
+	allSets, err := a.reader.GetSets(tab)
+	if err != nil {
+		return nil, err
+	}
+	haveSets := map[string]*nftables.Set{}
+	for _, s := range allSets {
+		if !s.Anonymous {
+			haveSets[s.Name] = s
+		}
+	}
+	if last == nil {
+		return []string{fmt.Sprintf("table inet %s existed before this agent's first sync (%d chains, %d sets): replaced", table, len(haveChains), len(haveSets))}, nil
+	}
+
+	var drift []string
+	for _, c := range nft.SortedChains(last) {
+		kc := haveChains[c.Name]
+		if kc == nil {
+			drift = append(drift, fmt.Sprintf("chain %s missing", c.Name))
+			continue
+		}
+		rules, err := a.reader.GetRules(tab, kc)
+		if err != nil {
+			return nil, fmt.Errorf("listing rules of chain %s: %w", c.Name, err)
+		}
+		if len(rules) != len(c.Rules) {
+			drift = append(drift, fmt.Sprintf("chain %s: %d rules, want %d", c.Name, len(rules), len(c.Rules)))
+		}
+		if (kc.Hooknum == nil) != (c.Hook == nil) {
+			drift = append(drift, fmt.Sprintf("chain %s: base chain %v, want %v", c.Name, kc.Hooknum != nil, c.Hook != nil))
+		}
+		delete(haveChains, c.Name)
+	}
+	for _, name := range sortedKeys(haveChains) {
+		drift = append(drift, fmt.Sprintf("chain %s unexpected", name))
+	}
+	for _, s := range nft.SortedSets(last) {
+		ks := haveSets[s.Name]
+		if ks == nil {
+			drift = append(drift, fmt.Sprintf("set %s missing", s.Name))
+			continue
+		}
+		delete(haveSets, s.Name)
+		got, err := a.reader.GetSetElements(ks)
+		if err != nil {
+			return nil, fmt.Errorf("listing elements of set %s: %w", s.Name, err)
+		}
+		want, _, err := kernelElements(&s, s.Elements, false)
+		if err != nil {
+			return nil, err
+		}
+		if needsZeroEnd(&s, s.Elements) {
+			want = append(want, zeroEndElement(&s))
+		}
+		count := map[string]int{}
+		for _, e := range want {
+			count[elemID(e)]++
+		}
+		for _, e := range got {
+			count[elemID(e)]--
+		}
+		missing, unexpected := 0, 0
+		for _, n := range count {
+			if n > 0 {
+				missing += n
+			} else {
+				unexpected -= n
+			}
+		}
+		if missing > 0 {
+			drift = append(drift, fmt.Sprintf("set %s: %d elements missing", s.Name, missing))
+		}
+		if unexpected > 0 {
+			drift = append(drift, fmt.Sprintf("set %s: %d elements unexpected", s.Name, unexpected))
+		}
+	}
+	for _, name := range sortedKeys(haveSets) {
+		drift = append(drift, fmt.Sprintf("set %s unexpected", name))
+	}
+	return drift, nil
+}
+
+// elemID identifies a kernel element by key, key end and interval-end flag (the
+// kernel's view; verdicts and comments are not compared).
+func elemID(e nftables.SetElement) string {
+	id := hex.EncodeToString(e.Key) + "-" + hex.EncodeToString(e.KeyEnd)
+	if e.IntervalEnd {
+		id += "-end"
+	}
+	return id
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
