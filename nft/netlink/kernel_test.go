@@ -74,6 +74,7 @@ func sortBlocks(s string) string {
 
 var (
 	ruleHandleRE = regexp.MustCompile(`(?m)^(inet \S+ \S+)( \d+)+$`)
+	anonSetRE    = regexp.MustCompile(`__set\d+`)
 	// nft marks an interval that runs to the top of the address space with an
 	// element flag in the element's user data; the library cannot write element
 	// user data other than a comment. Nothing else reads it: `nft list` is the same.
@@ -82,28 +83,52 @@ var (
 
 // netlinkListing is `nft --debug=netlink list table`: the kernel's own view of every
 // set element and rule expression (registers, byte order conversions, set flags),
-// then the usual listing. Rule handles and the order of set elements (hash order)
-// are normalised away.
+// then the usual listing. What depends on history rather than content is normalised
+// away: rule handles, anonymous set numbers, the order of set elements (hash order),
+// of sets and of chains (creation order).
 func netlinkListing(t testing.TB, ns *nfttest.NetNS, table string) string {
 	t.Helper()
 	out := nftRun(t, ns, "", "--debug=netlink", "list", "table", "inet", table)
 	out = ruleHandleRE.ReplaceAllString(out, "$1")
 	out = openIntervalRE.ReplaceAllString(out, "")
-	// Sort the element lines within each set section.
-	lines := strings.Split(out, "\n")
-	for i := 0; i < len(lines); {
-		if !strings.HasPrefix(lines[i], "\telement ") {
-			i++
-			continue
-		}
-		j := i
-		for j < len(lines) && strings.HasPrefix(lines[j], "\telement ") {
-			j++
-		}
-		slices.Sort(lines[i:j])
-		i = j
+	out = anonSetRE.ReplaceAllString(out, "__set")
+	text := ""
+	if i := strings.Index(out, "table inet "); i >= 0 {
+		out, text = out[:i], sortBlocks(out[i:])
 	}
-	return strings.Join(lines, "\n")
+	var sets, rules []string
+	var cur []string
+	flush := func() {
+		if len(cur) == 0 {
+			return
+		}
+		block := strings.Join(cur, "\n")
+		if strings.Contains(cur[0], " @") {
+			slices.Sort(cur[1:]) // elements
+			sets = append(sets, strings.Join(cur, "\n"))
+		} else {
+			rules = append(rules, block)
+		}
+		cur = nil
+	}
+	for _, l := range strings.Split(out, "\n") {
+		switch {
+		case l == "":
+			flush()
+		case strings.HasPrefix(l, "inet "):
+			flush()
+			cur = append(cur, l)
+		default:
+			cur = append(cur, l)
+		}
+	}
+	flush()
+	slices.Sort(sets)
+	// Rules keep their order within a chain; chains are sorted by name.
+	slices.SortStableFunc(rules, func(a, b string) int {
+		return strings.Compare(strings.SplitN(a, "\n", 2)[0], strings.SplitN(b, "\n", 2)[0])
+	})
+	return strings.Join(sets, "\n") + "\n\n" + strings.Join(rules, "\n\n") + "\n\n" + text
 }
 
 func mustApply(t testing.TB, a *Applier, r *nft.Ruleset) nft.Stats {
