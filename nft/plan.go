@@ -417,6 +417,20 @@ func ruleEqual(a, b *Rule) bool {
 	return true
 }
 
+// sameElements reports whether a and b hold structurally equal elements in the same
+// order (which implies they render alike).
+func sameElements(a, b []Element) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !elementEqual(&a[i], &b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
 func elementEqual(a, b *Element) bool {
 	return a.Verdict == b.Verdict && a.Comment == b.Comment && slices.Equal(a.Key, b.Key)
 }
@@ -442,6 +456,69 @@ func refersToAny(rules []Rule, sets map[string]bool) bool {
 // diffElements returns the elements of last that desired lacks, and the elements of
 // desired that last lacks, both in render order without duplicates.
 func diffElements(types []DataType, verdicts bool, last, desired []Element) (del, add []Element) {
+	// Pod churn leaves most sets alone and changes a few elements of the others:
+	// strip the common head and tail (structurally equal, hence equal in render)
+	// and compare what is left.
+	p := 0
+	for p < len(last) && p < len(desired) && elementEqual(&last[p], &desired[p]) {
+		p++
+	}
+	if p == len(last) && p == len(desired) {
+		return nil, nil
+	}
+	q := 0
+	for q < len(last)-p && q < len(desired)-p && elementEqual(&last[len(last)-1-q], &desired[len(desired)-1-q]) {
+		q++
+	}
+	if p == 0 && q == 0 {
+		return keyDiff(types, verdicts, last, desired)
+	}
+	del, add = keyDiff(types, verdicts, last[p:len(last)-q], desired[p:len(desired)-q])
+	// An element of the middle may render like one of the common head or tail (a
+	// duplicate): that one is in both rulesets, neither deleted nor added.
+	common := [2][]Element{last[:p], last[len(last)-q:]}
+	inCommon := func(e Element) bool {
+		k := ""
+		for _, part := range common {
+			for i := range part {
+				if !mayRenderAlike(types, &part[i], &e) {
+					continue
+				}
+				if k == "" {
+					k = ElementKey(types, e, verdicts)
+				}
+				if ElementKey(types, part[i], verdicts) == k {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	del = slices.DeleteFunc(del, inCommon)
+	add = slices.DeleteFunc(add, inCommon)
+	return del, add
+}
+
+// mayRenderAlike is a cheap necessary condition for two elements to render alike.
+func mayRenderAlike(types []DataType, a, b *Element) bool {
+	if a.Comment != b.Comment || len(a.Key) != len(b.Key) {
+		return false
+	}
+	if len(a.Key) == 0 || len(types) == 0 {
+		return true
+	}
+	x, y := &a.Key[0], &b.Key[0]
+	switch types[0] {
+	case TypeIPv4Addr, TypeIPv6Addr:
+		return x.Addr == y.Addr && x.Range == y.Range
+	case TypeInetService, TypeInetProto, TypeICMPv6Type:
+		return x.Num == y.Num && x.Range == y.Range
+	}
+	return true
+}
+
+// keyDiff is diffElements by element keys.
+func keyDiff(types []DataType, verdicts bool, last, desired []Element) (del, add []Element) {
 	have := make(map[string]struct{}, len(last))
 	for i := range last {
 		have[ElementKey(types, last[i], verdicts)] = struct{}{}
@@ -457,7 +534,7 @@ func diffElements(types []DataType, verdicts bool, last, desired []Element) (del
 			add = append(add, desired[i])
 		}
 	}
-	seen := make(map[string]struct{}, len(del))
+	seen := make(map[string]struct{})
 	for i := range last {
 		k := ElementKey(types, last[i], verdicts)
 		if _, ok := want[k]; ok {
@@ -566,21 +643,25 @@ func (r *Ruleset) Clone() *Ruleset {
 	if r.Chains != nil {
 		out.Chains = make([]Chain, len(r.Chains))
 		for i, c := range r.Chains {
-			if c.Hook != nil {
-				h := *c.Hook
-				c.Hook = &h
-			}
-			if c.Rules != nil {
-				rules := make([]Rule, len(c.Rules))
-				for j, rule := range c.Rules {
-					rules[j] = cloneRule(rule)
-				}
-				c.Rules = rules
-			}
-			out.Chains[i] = c
+			out.Chains[i] = cloneChain(c)
 		}
 	}
 	return out
+}
+
+func cloneChain(c Chain) Chain {
+	if c.Hook != nil {
+		h := *c.Hook
+		c.Hook = &h
+	}
+	if c.Rules != nil {
+		rules := make([]Rule, len(c.Rules))
+		for j, rule := range c.Rules {
+			rules[j] = cloneRule(rule)
+		}
+		c.Rules = rules
+	}
+	return c
 }
 
 func cloneRule(r Rule) Rule {
@@ -609,9 +690,18 @@ func cloneElements(elems []Element) []Element {
 	if elems == nil {
 		return nil
 	}
+	n := 0
+	for _, e := range elems {
+		n += len(e.Key)
+	}
+	values := make([]Value, 0, n) // one allocation for every key
 	out := make([]Element, len(elems))
 	for i, e := range elems {
-		e.Key = slices.Clone(e.Key)
+		if e.Key != nil {
+			start := len(values)
+			values = append(values, e.Key...)
+			e.Key = values[start:len(values):len(values)]
+		}
 		out[i] = e
 	}
 	return out

@@ -365,6 +365,9 @@ func randomRuleset(rng *rand.Rand) *Ruleset {
 			}
 			s.Elements = append(s.Elements, e)
 		}
+		if len(s.Elements) > 0 && rng.IntN(8) == 0 {
+			s.Elements = append(s.Elements, s.Elements[0]) // a duplicate
+		}
 		setTypes[s.Name] = s.Type
 		if s.Verdicts {
 			maps = append(maps, s.Name)
@@ -592,8 +595,49 @@ func (k *simKernel) equals(r *Ruleset) error {
 	for name, c := range k.chains {
 		got.Chains = append(got.Chains, Chain{Name: name, Hook: c.hook, Rules: c.rules})
 	}
-	if g, w := Render(got), Render(r); g != w {
+	want := r.Clone()
+	for i := range want.Sets {
+		want.Sets[i].Elements = uniqueElements(&want.Sets[i], want.Sets[i].Elements) // the kernel holds each once
+	}
+	if g, w := Render(got), Render(want); g != w {
 		return fmt.Errorf("kernel holds\n%s\nwant\n%s", g, w)
 	}
 	return nil
+}
+
+// TestDiffElementsMatchesKeyDiff checks the head-and-tail shortcut of diffElements
+// against the plain comparison of keys, with duplicates and shared heads and tails.
+func TestDiffElementsMatchesKeyDiff(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	pool := []Element{
+		Elem(Addr(ip("10.0.0.1"))), Elem(Addr(ip("10.0.0.2"))), Elem(Prefix(netip.MustParsePrefix("10.0.0.0/24"))),
+		{Key: []Value{Addr(ip("10.0.0.1"))}, Comment: "c"}, Elem(Addr(ip("10.0.0.3"))),
+		{Key: []Value{{Addr: ip("10.0.0.1"), Num: 7}}}, // renders like the first
+	}
+	types := []DataType{TypeIPv4Addr}
+	pick := func(n int) []Element {
+		var out []Element
+		for range n {
+			out = append(out, pool[rng.IntN(len(pool))])
+		}
+		return out
+	}
+	keys := func(es []Element) []string {
+		var out []string
+		for _, e := range es {
+			out = append(out, ElementKey(types, e, false))
+		}
+		slices.Sort(out)
+		return out
+	}
+	for i := 0; i < 20000; i++ {
+		head, tail := pick(rng.IntN(4)), pick(rng.IntN(4))
+		last := slices.Concat(head, pick(rng.IntN(4)), tail)
+		desired := slices.Concat(head, pick(rng.IntN(4)), tail)
+		d1, a1 := diffElements(types, false, last, desired)
+		d2, a2 := keyDiff(types, false, last, desired)
+		if !slices.Equal(keys(d1), keys(d2)) || !slices.Equal(keys(a1), keys(a2)) {
+			t.Fatalf("last %v desired %v: got -%v +%v, want -%v +%v", last, desired, d1, a1, d2, a2)
+		}
+	}
 }
