@@ -185,8 +185,54 @@ func (a *Applier) apply(ctx context.Context, last, desired *nft.Ruleset) (nft.St
 	if err != nil {
 		return st, err
 	}
-	a.last = desired.Clone()
+	a.last = keepApplied(desired, last, tx)
 	return st, nil
+}
+
+// keepApplied returns what the kernel holds after tx took the table from last to
+// desired, as a copy the caller cannot change: desired's sets and chains that tx
+// touched are copied, the others are last's (Plan found them equal).
+func keepApplied(desired, last *nft.Ruleset, tx nft.Transaction) *nft.Ruleset {
+	if last == nil || tx.Full {
+		return desired.Clone()
+	}
+	sets, chains := map[string]bool{}, map[string]bool{}
+	for _, op := range tx.Ops {
+		switch op.Kind {
+		case nft.OpAddSet, nft.OpDelSet, nft.OpAddElements, nft.OpDelElements:
+			sets[op.Name] = true
+		case nft.OpAddChain, nft.OpFlushChain, nft.OpDelChain, nft.OpAddRule:
+			chains[op.Name] = true
+		}
+	}
+	lastSets := make(map[string]*nft.Set, len(last.Sets))
+	for i := range last.Sets {
+		lastSets[last.Sets[i].Name] = &last.Sets[i]
+	}
+	lastChains := make(map[string]*nft.Chain, len(last.Chains))
+	for i := range last.Chains {
+		lastChains[last.Chains[i].Name] = &last.Chains[i]
+	}
+	out := &nft.Ruleset{Table: desired.Table}
+	var changed nft.Ruleset
+	for _, s := range desired.Sets {
+		if old := lastSets[s.Name]; old != nil && !sets[s.Name] {
+			out.Sets = append(out.Sets, *old)
+		} else {
+			changed.Sets = append(changed.Sets, s)
+		}
+	}
+	for _, c := range desired.Chains {
+		if old := lastChains[c.Name]; old != nil && !chains[c.Name] {
+			out.Chains = append(out.Chains, *old)
+		} else {
+			changed.Chains = append(changed.Chains, c)
+		}
+	}
+	cp := changed.Clone()
+	out.Sets = append(out.Sets, cp.Sets...)
+	out.Chains = append(out.Chains, cp.Chains...)
+	return out
 }
 
 func tableOf(r *nft.Ruleset) string {

@@ -24,14 +24,15 @@ const maxElemListBytes = 60000
 // encoder queues the messages of one transaction on the writing Conn and remembers,
 // for each message, which operation it came from.
 type encoder struct {
-	conn   *nftables.Conn
-	table  *nftables.Table
-	tx     nft.Transaction
-	last   *nft.Ruleset // nil for a full replace
-	sets   map[string]*nft.Set
-	descs  []msgDesc
-	nextID uint32
-	setIDs map[string]uint32 // sets created in this batch, for lookups by ID
+	conn    *nftables.Conn
+	table   *nftables.Table
+	tx      nft.Transaction
+	last    *nft.Ruleset // nil for a full replace
+	desired *nft.Ruleset
+	sets    map[string]*nft.Set // desired's sets by name; built on first use
+	descs   []msgDesc
+	nextID  uint32
+	setIDs  map[string]uint32 // sets created in this batch, for lookups by ID
 	// patches for the transport, by message index.
 	patches map[int]func(*mnl.Message)
 
@@ -52,17 +53,25 @@ type msgDesc struct {
 
 func newEncoder(conn *nftables.Conn, table string, tx nft.Transaction, last, desired *nft.Ruleset) *encoder {
 	e := &encoder{
-		conn:   conn,
-		table:  &nftables.Table{Name: table, Family: nftables.TableFamilyINet},
-		tx:     tx,
-		last:   last,
-		sets:   map[string]*nft.Set{},
-		setIDs: map[string]uint32{},
-	}
-	for i := range desired.Sets {
-		e.sets[desired.Sets[i].Name] = &desired.Sets[i]
+		conn:    conn,
+		table:   &nftables.Table{Name: table, Family: nftables.TableFamilyINet},
+		tx:      tx,
+		last:    last,
+		desired: desired,
+		setIDs:  map[string]uint32{},
 	}
 	return e
+}
+
+// set returns desired's set of that name, or nil.
+func (e *encoder) set(name string) *nft.Set {
+	if e.sets == nil {
+		e.sets = make(map[string]*nft.Set, len(e.desired.Sets))
+		for i := range e.desired.Sets {
+			e.sets[e.desired.Sets[i].Name] = &e.desired.Sets[i]
+		}
+	}
+	return e.sets[name]
 }
 
 func (e *encoder) note(d msgDesc, n int) {
@@ -444,7 +453,7 @@ func (e *encoder) zeroEndChanges() map[string]int {
 		if old := e.last.FindSet(name); old != nil {
 			before = old.Elements
 		}
-		after := e.sets[name].Elements
+		after := e.desired.FindSet(name).Elements
 		switch b, a := needsZeroEnd(s, before), needsZeroEnd(s, after); {
 		case b && !a:
 			out[name] = -1
@@ -582,7 +591,7 @@ func (e *encoder) rule(i int, op nft.Op) error {
 	}
 	switch {
 	case r.VMap != nil:
-		def := e.sets[r.VMap.Map]
+		def := e.set(r.VMap.Map)
 		b.deps(r.VMap.Keys)
 		b.load(r.VMap.Keys, def != nil && def.Interval)
 		b.add(&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: r.VMap.Map, SetID: e.setIDs[r.VMap.Map]})
@@ -708,7 +717,7 @@ func (b *ruleBuilder) match(m nft.Match) error {
 	b.deps(m.Keys)
 	switch {
 	case m.Set != "":
-		def := b.e.sets[m.Set]
+		def := b.e.set(m.Set)
 		b.load(m.Keys, def != nil && def.Interval)
 		b.add(&expr.Lookup{SourceRegister: 1, SetName: m.Set, SetID: b.e.setIDs[m.Set], Invert: m.Negate})
 	case len(m.Values) == 1 && len(m.Keys) == 1:
