@@ -136,7 +136,9 @@ func (a *Applier) Apply(ctx context.Context, desired *nft.Ruleset) (nft.Stats, e
 }
 
 // FullSync reads the table the kernel holds, reports in Stats.Drift how it differs
-// from what was last applied, and replaces it whole with desired in one transaction.
+// from what was last applied (or that the table existed before the first sync), and
+// replaces it whole with desired in one transaction. Failing to read the table does
+// not stop the replace; Drift says so.
 func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -145,8 +147,8 @@ func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats
 	}
 	drift, err := a.drift(a.last)
 	if err != nil {
-		a.last = nil
-		return nft.Stats{}, fmt.Errorf("nft/netlink: reading table %s: %w", a.opts.Table, err)
+		// The replace matters more than the report.
+		drift = []string{fmt.Sprintf("could not read table inet %s: %v", a.opts.Table, err)}
 	}
 	st, err := a.apply(ctx, nil, desired)
 	st.Drift = drift
