@@ -417,20 +417,6 @@ func ruleEqual(a, b *Rule) bool {
 	return true
 }
 
-// sameElements reports whether a and b hold structurally equal elements in the same
-// order (which implies they render alike).
-func sameElements(a, b []Element) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if !elementEqual(&a[i], &b[i]) {
-			return false
-		}
-	}
-	return true
-}
-
 func elementEqual(a, b *Element) bool {
 	return a.Verdict == b.Verdict && a.Comment == b.Comment && slices.Equal(a.Key, b.Key)
 }
