@@ -21,11 +21,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/nftpolicy/nftpolicy/nft"
 )
 
 // The agent only reads; these markers are the whole of its RBAC.
 // +kubebuilder:rbac:groups="",resources=pods;namespaces,verbs=get;list;watch
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch
+// Warning Events on policies the node cannot fully enforce:
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Options configures RunAgent. cmd/nftpolicy fills it from flags and has
 // validated every field before RunAgent sees it.
@@ -48,6 +52,11 @@ type Options struct {
 	// FullSyncPeriod is how often the node's table is rewritten whole even
 	// when nothing changed.
 	FullSyncPeriod time.Duration
+	// Applier programs the node's table (nft/netlink in the binary, a fake in
+	// controller tests). Required.
+	Applier nft.Applier
+	// MinSyncInterval spaces syncs during event bursts (see NodeReconciler).
+	MinSyncInterval time.Duration
 }
 
 // LoadRESTConfig returns the apiserver config for kubeconfig: that file when
@@ -122,6 +131,11 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 		Cache: cache.Options{
 			DefaultTransform:            cache.TransformStripManagedFields(),
 			ReaderFailOnMissingInformer: true,
+			ByObject: map[client.Object]cache.ByObject{
+				&corev1.Pod{}:                 {Transform: trimPod},
+				&corev1.Namespace{}:           {Transform: trimNamespace},
+				&networkingv1.NetworkPolicy{}: {Transform: trimPolicy},
+			},
 		},
 	})
 	if err != nil {
@@ -161,19 +175,24 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	return nil
 }
 
-// setupNodeSync registers what keeps this node's table in sync with the
-// cluster, and must arrange for ready.MarkSynced() to be called once the
-// first full sync of the node's table has succeeded.
-//
-// This is the node reconciler's hook. Until it lands, "synced" means only
-// that the caches have synced: the runnable below marks it then.
-func setupNodeSync(mgr manager.Manager, _ Options, ready *readiness, _ logr.Logger) error {
-	return mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
-		if mgr.GetCache().WaitForCacheSync(ctx) {
-			ready.MarkSynced()
-		}
-		return nil
-	}))
+// setupNodeSync registers the node reconciler; its first successful sync (always
+// a full one: the applier starts without a last-applied table) marks the agent ready.
+func setupNodeSync(mgr manager.Manager, opts Options, ready *readiness, log logr.Logger) error {
+	if opts.Applier == nil {
+		return errors.New("no applier configured")
+	}
+	r := &NodeReconciler{
+		Reader:          mgr.GetCache(),
+		NodeName:        opts.NodeName,
+		Table:           opts.TableName,
+		Applier:         opts.Applier,
+		Recorder:        mgr.GetEventRecorder("nftpolicy-agent"),
+		Log:             log.WithName("sync"),
+		FullSyncPeriod:  opts.FullSyncPeriod,
+		MinSyncInterval: opts.MinSyncInterval,
+		OnSynced:        ready.MarkSynced,
+	}
+	return r.SetupWithManager(mgr)
 }
 
 // readiness is what /readyz reports: ready once the informer caches have

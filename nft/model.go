@@ -91,18 +91,18 @@ type Match struct {
 type Key uint8
 
 const (
-	KeyIPSaddr     Key = iota + 1 // ip saddr
-	KeyIPDaddr                    // ip daddr
-	KeyIP6Saddr                   // ip6 saddr
-	KeyIP6Daddr                   // ip6 daddr
-	KeyL4Proto                    // meta l4proto
-	KeyNFProto                    // meta nfproto
-	KeyTHDport                    // th dport (TCP, UDP, SCTP, UDP-Lite share the offset)
-	KeyTHSport                    // th sport
-	KeyCtState                    // ct state (bitmask)
-	KeyICMPv6Type                 // icmpv6 type
-	KeyIIFName                    // meta iifname (string; exact match)
-	KeyOIFName                    // meta oifname
+	KeyIPSaddr    Key = iota + 1 // ip saddr
+	KeyIPDaddr                   // ip daddr
+	KeyIP6Saddr                  // ip6 saddr
+	KeyIP6Daddr                  // ip6 daddr
+	KeyL4Proto                   // meta l4proto
+	KeyNFProto                   // meta nfproto
+	KeyTHDport                   // th dport (TCP, UDP, SCTP, UDP-Lite share the offset)
+	KeyTHSport                   // th sport
+	KeyCtState                   // ct state (bitmask)
+	KeyICMPv6Type                // icmpv6 type
+	KeyIIFName                   // meta iifname (string; exact match)
+	KeyOIFName                   // meta oifname
 )
 
 // DataType is the type of a set key field or of a key, as nft names it.

@@ -31,6 +31,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/nftpolicy/nftpolicy/controllers"
+	"github.com/nftpolicy/nftpolicy/nft/netlink"
 )
 
 // version is set at link time: -ldflags "-X main.version=v0.1.0".
@@ -130,6 +131,13 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 
 	log := zap.New(zap.UseFlagOptions(&zapOpts))
 	ctrl.SetLogger(log)
+	applier, err := netlink.New(netlink.Options{Table: opts.TableName, NetNSPath: opts.NetNS})
+	if err != nil {
+		fmt.Fprintf(stderr, "nftpolicy agent: %v\n", err)
+		return exitFailure
+	}
+	defer applier.Close()
+	opts.Applier = applier
 	if err := controllers.RunAgent(ctrl.SetupSignalHandler(), opts, log); err != nil {
 		log.Error(err, "agent failed")
 		return exitFailure
@@ -137,9 +145,15 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-// removeTable is what 'nftpolicy cleanup' calls; it is wired to the
-// nft/netlink applier. Until then cleanup reports that it cannot remove.
-var removeTable controllers.TableRemover
+// removeTable is what 'nftpolicy cleanup' calls: the netlink applier's Delete.
+var removeTable controllers.TableRemover = func(ctx context.Context, netns, table string) error {
+	a, err := netlink.New(netlink.Options{Table: table, NetNSPath: netns})
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	return a.Delete(ctx)
+}
 
 func runCleanup(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("cleanup")

@@ -1,0 +1,51 @@
+package controllers
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+)
+
+// Metrics of the agent, registered with controller-runtime's registry and served on
+// the metrics endpoint. Programming latency is the headline figure: the time from the
+// first API event a sync serves to the end of the kernel transaction that enforces it.
+var (
+	programmingLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "nftpolicy_programming_latency_seconds",
+		Help:    "Time from the earliest watch event a sync serves to its kernel transaction being committed.",
+		Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10},
+	})
+	syncDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "nftpolicy_sync_duration_seconds",
+		Help:    "Duration of one sync (snapshot, compile, apply), by kind (full or incremental).",
+		Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2},
+	}, []string{"kind"})
+	syncsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nftpolicy_syncs_total",
+		Help: "Syncs by kind (full, incremental) and result (ok, error).",
+	}, []string{"kind", "result"})
+	applyFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nftpolicy_apply_failures_total",
+		Help: "Kernel transactions that failed (the previous table stays in force).",
+	})
+	rulesetSize = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "nftpolicy_ruleset_objects",
+		Help: "Size of the last applied ruleset, by object kind (chains, rules, sets, elements).",
+	}, []string{"object"})
+	netlinkBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nftpolicy_netlink_bytes_total",
+		Help: "Bytes of netlink messages sent to the kernel.",
+	})
+	policyProblems = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "nftpolicy_policy_problems",
+		Help: "Policy rules the compiler could not (fully) enforce, as of the last sync.",
+	})
+	driftTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nftpolicy_drift_total",
+		Help: "Differences found between the kernel's table and the last applied one by periodic full syncs.",
+	})
+)
+
+func init() {
+	metrics.Registry.MustRegister(programmingLatency, syncDuration, syncsTotal, applyFailures,
+		rulesetSize, netlinkBytes, policyProblems, driftTotal)
+}

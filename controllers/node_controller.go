@@ -1,0 +1,283 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+
+	"github.com/nftpolicy/nftpolicy/nft"
+	"github.com/nftpolicy/nftpolicy/nft/compile"
+)
+
+// NodeReconciler keeps this node's table equal to the compiled policy of the cluster.
+//
+// Every relevant event maps to the same request (the node's name), so the workqueue
+// coalesces bursts into one sync; a sync is snapshot -> compile -> one kernel
+// transaction. Events that cannot change the result are filtered before they reach
+// the queue, so an idle cluster costs nothing.
+type NodeReconciler struct {
+	Reader         client.Reader // the manager's cache
+	NodeName       string
+	Table          string
+	Applier        nft.Applier
+	Recorder       recorder.EventRecorder // may be nil
+	Log            logr.Logger
+	FullSyncPeriod time.Duration // drift repair; 0 = only at start and after failures
+	// MinSyncInterval spaces syncs during bursts: events arriving meanwhile coalesce
+	// into the next sync. Zero means back-to-back.
+	MinSyncInterval time.Duration
+	// OnSynced is called after every successful sync (readiness).
+	OnSynced func()
+
+	pending   atomic.Int64 // unix nanos of the earliest event not yet served; 0 = none
+	mu        sync.Mutex   // serialises syncs and guards the fields below
+	lastFull  time.Time
+	lastStart time.Time
+	needFull  bool
+	problems  map[types.NamespacedName]string // last reported problems, per policy
+}
+
+// request is the one key every event maps to.
+func (r *NodeReconciler) request() reconcile.Request {
+	return reconcile.Request{NamespacedName: types.NamespacedName{Name: r.NodeName}}
+}
+
+// SetupWithManager registers the controller and its watches.
+func (r *NodeReconciler) SetupWithManager(mgr manager.Manager) error {
+	mapAll := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+		r.notePending(time.Now())
+		return []reconcile.Request{r.request()}
+	})
+	return builder.ControllerManagedBy(mgr).
+		Named("node").
+		WithOptions(controller.Options{MaxConcurrentReconciles: 1}).
+		Watches(&networkingv1.NetworkPolicy{}, mapAll, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, createDelete()))).
+		Watches(&corev1.Pod{}, mapAll, builder.WithPredicates(podChanged())).
+		Watches(&corev1.Namespace{}, mapAll, builder.WithPredicates(predicate.Or(predicate.LabelChangedPredicate{}, createDelete()))).
+		Complete(r)
+}
+
+// notePending records t as the time of the earliest unserved event, unless an
+// earlier one is already waiting.
+func (r *NodeReconciler) notePending(t time.Time) {
+	r.pending.CompareAndSwap(0, t.UnixNano())
+}
+
+// Reconcile performs one sync of the node's table.
+func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+
+	now := time.Now()
+	if wait := r.MinSyncInterval - now.Sub(r.lastStart); r.MinSyncInterval > 0 && wait > 0 {
+		return reconcile.Result{RequeueAfter: wait}, nil
+	}
+	r.lastStart = now
+	since := r.pending.Swap(0)
+
+	full := r.needFull || r.lastFull.IsZero() || (r.FullSyncPeriod > 0 && now.Sub(r.lastFull) >= r.FullSyncPeriod)
+	kind := "incremental"
+	if full {
+		kind = "full"
+	}
+	log := r.Log.WithValues("node", r.NodeName, "kind", kind)
+
+	snap, err := r.snapshot(ctx)
+	if err != nil {
+		r.restorePending(since)
+		return reconcile.Result{}, fmt.Errorf("reading the cache: %w", err)
+	}
+	desired, problems := compile.Compile(snap, compile.Options{Table: r.Table})
+	r.reportProblems(ctx, log, problems)
+
+	var stats nft.Stats
+	if full {
+		stats, err = r.Applier.FullSync(ctx, desired)
+	} else {
+		stats, err = r.Applier.Apply(ctx, desired)
+	}
+	elapsed := time.Since(now)
+	syncDuration.WithLabelValues(kind).Observe(elapsed.Seconds())
+	netlinkBytes.Add(float64(stats.Bytes))
+	if err != nil {
+		applyFailures.Inc()
+		syncsTotal.WithLabelValues(kind, "error").Inc()
+		r.needFull = true
+		r.restorePending(since)
+		log.Error(err, "apply failed; the previous table stays in force, retrying with a full sync")
+		return reconcile.Result{}, err
+	}
+	syncsTotal.WithLabelValues(kind, "ok").Inc()
+	if full {
+		r.lastFull = now
+		r.needFull = false
+		if len(stats.Drift) > 0 {
+			driftTotal.Add(float64(len(stats.Drift)))
+			log.Info("repaired drift in the kernel's table", "differences", len(stats.Drift), "first", stats.Drift[0])
+		}
+	}
+	if since != 0 {
+		programmingLatency.Observe(time.Since(time.Unix(0, since)).Seconds())
+	}
+	c := desired.Counts()
+	rulesetSize.WithLabelValues("chains").Set(float64(c.Chains))
+	rulesetSize.WithLabelValues("rules").Set(float64(c.Rules))
+	rulesetSize.WithLabelValues("sets").Set(float64(c.Sets))
+	rulesetSize.WithLabelValues("elements").Set(float64(c.Elements))
+	log.V(2).Info("synced", "elapsed", elapsed, "operations", stats.Operations, "elements", stats.Elements,
+		"chainsRewritten", stats.ChainsRewritten, "bytes", stats.Bytes,
+		"pods", len(snap.Pods), "policies", len(snap.Policies), "chains", c.Chains, "rules", c.Rules, "setElements", c.Elements)
+	if log.V(5).Enabled() {
+		log.V(5).Info("ruleset", "nft", nft.Render(desired))
+	}
+	if r.OnSynced != nil {
+		r.OnSynced()
+	}
+	var res reconcile.Result
+	if r.FullSyncPeriod > 0 {
+		res.RequeueAfter = r.FullSyncPeriod - time.Since(r.lastFull)
+	}
+	return res, nil
+}
+
+// restorePending puts back the event time a failed sync did not serve.
+func (r *NodeReconciler) restorePending(since int64) {
+	if since != 0 {
+		r.pending.CompareAndSwap(0, since)
+	}
+}
+
+// snapshot lists the cache without deep copies: the compiler only reads.
+func (r *NodeReconciler) snapshot(ctx context.Context) (compile.Snapshot, error) {
+	var pods corev1.PodList
+	var nss corev1.NamespaceList
+	var nps networkingv1.NetworkPolicyList
+	if err := r.Reader.List(ctx, &pods, client.UnsafeDisableDeepCopy); err != nil {
+		return compile.Snapshot{}, err
+	}
+	if err := r.Reader.List(ctx, &nss, client.UnsafeDisableDeepCopy); err != nil {
+		return compile.Snapshot{}, err
+	}
+	if err := r.Reader.List(ctx, &nps, client.UnsafeDisableDeepCopy); err != nil {
+		return compile.Snapshot{}, err
+	}
+	s := compile.Snapshot{NodeName: r.NodeName,
+		Pods:       make([]*corev1.Pod, len(pods.Items)),
+		Namespaces: make([]*corev1.Namespace, len(nss.Items)),
+		Policies:   make([]*networkingv1.NetworkPolicy, len(nps.Items)),
+	}
+	for i := range pods.Items {
+		s.Pods[i] = &pods.Items[i]
+	}
+	for i := range nss.Items {
+		s.Namespaces[i] = &nss.Items[i]
+	}
+	for i := range nps.Items {
+		s.Policies[i] = &nps.Items[i]
+	}
+	return s, nil
+}
+
+// reportProblems logs each policy's problems and records a Warning Event on the
+// policy when its problems change (so a steady problem is reported once, not on
+// every sync; the event recorder also rate-limits).
+func (r *NodeReconciler) reportProblems(ctx context.Context, log logr.Logger, problems []compile.Problem) {
+	policyProblems.Set(float64(len(problems)))
+	now := map[types.NamespacedName][]string{}
+	for _, p := range problems {
+		now[p.Policy] = append(now[p.Policy], p.Reason)
+	}
+	next := make(map[types.NamespacedName]string, len(now))
+	for _, key := range slices.SortedFunc(maps.Keys(now), func(a, b types.NamespacedName) int {
+		return strings.Compare(a.String(), b.String())
+	}) {
+		text := strings.Join(now[key], "; ")
+		next[key] = text
+		if r.problems[key] == text {
+			continue
+		}
+		log.Info("policy not fully enforceable", "policy", key.String(), "problems", text)
+		if r.Recorder == nil {
+			continue
+		}
+		var np networkingv1.NetworkPolicy
+		if err := r.Reader.Get(ctx, key, &np); err != nil {
+			continue
+		}
+		r.Recorder.Eventf(&np, nil, corev1.EventTypeWarning, "NotEnforceable", "Compile",
+			"node %s cannot fully enforce this policy: %s", r.NodeName, text)
+	}
+	r.problems = next
+}
+
+// createDelete passes creates and deletes and drops updates and generic events.
+func createDelete() predicate.Predicate {
+	return predicate.Funcs{
+		UpdateFunc:  func(event.UpdateEvent) bool { return false },
+		GenericFunc: func(event.GenericEvent) bool { return false },
+	}
+}
+
+// podChanged passes pod events that can change some node's table: creates and
+// deletes of pods that have (had) IPs, and updates that change IPs, labels, node,
+// hostNetwork, container ports or whether the pod has finished. Status-only updates
+// (conditions, container states) and resyncs are dropped.
+func podChanged() predicate.Predicate {
+	hasIPs := func(o client.Object) bool {
+		p, ok := o.(*corev1.Pod)
+		return ok && (p.Status.PodIP != "" || len(p.Status.PodIPs) > 0)
+	}
+	return predicate.Funcs{
+		CreateFunc:  func(e event.CreateEvent) bool { return hasIPs(e.Object) },
+		DeleteFunc:  func(e event.DeleteEvent) bool { return hasIPs(e.Object) },
+		GenericFunc: func(event.GenericEvent) bool { return false },
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			a, ok1 := e.ObjectOld.(*corev1.Pod)
+			b, ok2 := e.ObjectNew.(*corev1.Pod)
+			if !ok1 || !ok2 {
+				return true
+			}
+			return podRelevantChange(a, b)
+		},
+	}
+}
+
+func podRelevantChange(a, b *corev1.Pod) bool {
+	if a.Spec.NodeName != b.Spec.NodeName || a.Spec.HostNetwork != b.Spec.HostNetwork ||
+		a.Status.PodIP != b.Status.PodIP || !slices.Equal(a.Status.PodIPs, b.Status.PodIPs) ||
+		finished(a) != finished(b) || !maps.Equal(a.Labels, b.Labels) {
+		return true
+	}
+	if len(a.Spec.Containers) != len(b.Spec.Containers) {
+		return true
+	}
+	for i := range a.Spec.Containers {
+		if !slices.Equal(a.Spec.Containers[i].Ports, b.Spec.Containers[i].Ports) {
+			return true
+		}
+	}
+	return false
+}
+
+func finished(p *corev1.Pod) bool {
+	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+}
