@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
@@ -69,7 +70,8 @@ func (r *NodeReconciler) SetupWithManager(mgr manager.Manager) error {
 	})
 	return builder.ControllerManagedBy(mgr).
 		Named("node").
-		WithOptions(controller.Options{MaxConcurrentReconciles: 1}).
+		// One reconciler per agent; tests run several agents in one process.
+		WithOptions(controller.Options{MaxConcurrentReconciles: 1, SkipNameValidation: ptr.To(true)}).
 		Watches(&networkingv1.NetworkPolicy{}, mapAll, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, createDelete()))).
 		Watches(&corev1.Pod{}, mapAll, builder.WithPredicates(podChanged())).
 		Watches(&corev1.Namespace{}, mapAll, builder.WithPredicates(predicate.Or(predicate.LabelChangedPredicate{}, createDelete()))).

@@ -47,29 +47,7 @@ func nftRun(t testing.TB, ns *nfttest.NetNS, stdin string, args ...string) strin
 // which differs between a table built in one go and one reached by transitions.
 func listing(t testing.TB, ns *nfttest.NetNS, table string) string {
 	t.Helper()
-	return sortBlocks(nftRun(t, ns, "", "list", "table", "inet", table))
-}
-
-func sortBlocks(s string) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) < 2 {
-		return s
-	}
-	head, tail := lines[0], lines[len(lines)-1]
-	var blocks []string
-	var cur []string
-	for _, l := range lines[1 : len(lines)-1] {
-		if l == "" {
-			continue
-		}
-		cur = append(cur, l)
-		if l == "\t}" {
-			blocks = append(blocks, strings.Join(cur, "\n"))
-			cur = nil
-		}
-	}
-	slices.Sort(blocks)
-	return head + "\n" + strings.Join(blocks, "\n\n") + "\n" + tail + "\n"
+	return nfttest.SortBlocks(nftRun(t, ns, "", "list", "table", "inet", table))
 }
 
 var (
@@ -94,7 +72,7 @@ func netlinkListing(t testing.TB, ns *nfttest.NetNS, table string) string {
 	out = anonSetRE.ReplaceAllString(out, "__set")
 	text := ""
 	if i := strings.Index(out, "table inet "); i >= 0 {
-		out, text = out[:i], sortBlocks(out[i:])
+		out, text = out[:i], nfttest.SortBlocks(out[i:])
 	}
 	var sets, rules []string
 	var cur []string

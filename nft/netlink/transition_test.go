@@ -221,8 +221,8 @@ func TestAtomicFailure(t *testing.T) {
 			if err != nil || !st.Full {
 				t.Fatalf("apply after failure: %+v %v", st, err)
 			}
-			if after := listing(t, ns, "np"); after != sortBlocks(before) {
-				t.Fatalf("table after recovery:\n%s", diffText(sortBlocks(before), after))
+			if after := listing(t, ns, "np"); after != nfttest.SortBlocks(before) {
+				t.Fatalf("table after recovery:\n%s", diffText(nfttest.SortBlocks(before), after))
 			}
 			before = nftRun(t, ns, "", "list", "table", "inet", "np")
 		})
