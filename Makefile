@@ -13,6 +13,14 @@ ENVTEST_ASSETS = $(shell K8S_VERSION=$(K8S_VERSION) hack/envtest-assets.sh)
 
 GOLANGCI_LINT_VERSION ?= v2.15.0
 GOLANGCI_LINT := $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+CONTROLLER_GEN_VERSION ?= v0.23.0
+CONTROLLER_GEN := $(BIN)/controller-gen-$(CONTROLLER_GEN_VERSION)
+# config/rbac/role.yaml from the +kubebuilder:rbac markers; config/default prefixes it nftpolicy-.
+RBAC_GEN = rbac:roleName=agent paths=./controllers/...
+
+# The image docker-build tags and deploy runs.
+IMG ?= ghcr.io/nftpolicy/nftpolicy:latest
+CONTAINER_TOOL ?= docker
 
 # Extra flags for every go test run, e.g. GOTESTFLAGS=-v or GOTESTFLAGS='-run TestFoo'.
 GOTESTFLAGS ?=
@@ -53,11 +61,18 @@ lint: $(GOLANGCI_LINT) ## Run golangci-lint (incl. the depguard layering rules) 
 	$(GOLANGCI_LINT) run ./...
 
 .PHONY: verify
-verify: $(GOLANGCI_LINT) ## Fail if code is not gofmt'ed, go.mod/go.sum are not tidy, or generated files are stale.
+verify: $(GOLANGCI_LINT) $(CONTROLLER_GEN) ## Fail if code is not gofmt'ed, go.mod/go.sum are not tidy, or generated files are stale.
 	@files=$$(gofmt -l $$(git ls-files --cached --others --exclude-standard '*.go')); \
 	  if [ -n "$$files" ]; then echo "not gofmt'ed (run gofmt -w):"; echo "$$files"; exit 1; fi
 	go mod tidy -diff
 	GOLANGCI_LINT=$(GOLANGCI_LINT) hack/verify-depguard.sh
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	  $(CONTROLLER_GEN) $(RBAC_GEN) output:rbac:artifacts:config="$$tmp"; \
+	  diff -u config/rbac/role.yaml "$$tmp/role.yaml" || { echo "config/rbac/role.yaml is stale: run make manifests"; exit 1; }
+
+.PHONY: manifests
+manifests: $(CONTROLLER_GEN) ## Generate config/rbac/role.yaml from the +kubebuilder:rbac markers.
+	$(CONTROLLER_GEN) $(RBAC_GEN) output:rbac:artifacts:config=config/rbac
 
 .PHONY: envtest-assets
 envtest-assets: ## Build kube-apiserver, etcd and kubectl into bin/k8s/<version> (~5 min cold).
@@ -75,15 +90,29 @@ demo: build envtest-assets ## Local demo: control plane, pods as netns, example 
 
 ##@ Deployment
 
+.PHONY: docker-build
+docker-build: ## Build the image IMG with docker (CONTAINER_TOOL=podman to change; see Dockerfile).
+	$(CONTAINER_TOOL) build --build-arg VERSION=$(VERSION) -t $(IMG) .
+
 .PHONY: deploy
-deploy: envtest-assets ## Deploy to the cluster of the current kubeconfig (kustomize config/default).
-	$(KUBECTL) apply -k config/default
+deploy: envtest-assets ## Deploy the agent to the current kubeconfig's cluster (config/default, image IMG).
+	KUBECTL=$(KUBECTL) hack/kustomize-image.sh config/default $(IMG) | $(KUBECTL) apply -f -
 
 .PHONY: undeploy
-undeploy: envtest-assets ## Remove what deploy created.
+undeploy: envtest-assets ## Remove what deploy created; nodes keep their tables (see config/cleanup).
 	$(KUBECTL) delete --ignore-not-found -k config/default
 
 ##@ Tools
+
+.PHONY: controller-gen
+controller-gen: $(CONTROLLER_GEN) ## Install the pinned controller-gen as bin/controller-gen.
+
+$(CONTROLLER_GEN):
+	mkdir -p $(BIN)
+	rm -f $(BIN)/controller-gen
+	GOBIN=$(BIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
+	mv $(BIN)/controller-gen $@
+	ln -sf $(notdir $@) $(BIN)/controller-gen
 
 .PHONY: golangci-lint
 golangci-lint: $(GOLANGCI_LINT) ## Install the pinned golangci-lint as bin/golangci-lint.
