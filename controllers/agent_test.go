@@ -87,19 +87,8 @@ var _ = Describe("nftpolicy agent", Ordered, func() {
 		Expect(os.WriteFile(kubeconfig, kc, 0o600)).To(Succeed())
 	}, NodeTimeout(5*time.Minute))
 
-	It("becomes ready and exits 0 on SIGTERM", func(ctx SpecContext) {
-		port := freePort()
-		args := []string{"agent", "--kubeconfig", kubeconfig, "--node-name", "node-1",
-			"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", port),
-			"--metrics-bind-address", "0", "--zap-log-level", "debug"}
-		// As root, program a private namespace rather than this machine's.
-		if os.Geteuid() == 0 {
-			ns, err := nfttest.CreateNetNS("agent-test-" + nfttest.RandomHex(4))
-			Expect(err).NotTo(HaveOccurred())
-			DeferCleanup(ns.Delete)
-			args = append(args, "--netns", ns.Path())
-		}
-
+	// start runs the agent binary and returns its stderr and a channel with its exit.
+	start := func(args []string) (*exec.Cmd, chan error, *bytes.Buffer) {
 		agent := exec.Command(bin, args...)
 		var stderr bytes.Buffer
 		agent.Stdout = GinkgoWriter
@@ -111,8 +100,9 @@ var _ = Describe("nftpolicy agent", Ordered, func() {
 			_ = agent.Process.Kill() // no-op once it has exited
 			GinkgoWriter.Printf("agent stderr:\n%s\n", stderr.String())
 		})
-
-		base := fmt.Sprintf("http://127.0.0.1:%d", port)
+		return agent, exited, &stderr
+	}
+	waitReady := func(ctx SpecContext, base string, exited chan error) {
 		Eventually(func(g Gomega) {
 			select {
 			case err := <-exited:
@@ -121,14 +111,69 @@ var _ = Describe("nftpolicy agent", Ordered, func() {
 			default:
 			}
 			g.Expect(httpGet(base + "/readyz")).To(Equal(http.StatusOK))
-		}).WithContext(ctx).WithTimeout(60 * time.Second).WithPolling(250 * time.Millisecond).Should(Succeed())
-		Expect(httpGet(base + "/healthz")).To(Equal(http.StatusOK))
-
+		}).WithContext(ctx).WithTimeout(60 * time.Second).WithPolling(100 * time.Millisecond).Should(Succeed())
+	}
+	stop := func(agent *exec.Cmd, exited chan error, stderr *bytes.Buffer) {
 		Expect(agent.Process.Signal(syscall.SIGTERM)).To(Succeed())
 		var err error
 		Eventually(exited).WithTimeout(45 * time.Second).Should(Receive(&err))
 		Expect(err).NotTo(HaveOccurred(), "agent exit status")
 		Expect(stderr.String()).NotTo(ContainSubstring("panic"))
+	}
+
+	It("becomes ready, enforces, leaves its table in place on SIGTERM and adopts it on restart", func(ctx SpecContext) {
+		port := freePort()
+		args := []string{"agent", "--kubeconfig", kubeconfig, "--node-name", "node-1",
+			"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", port),
+			"--metrics-bind-address", "0", "--zap-log-level", "debug"}
+		// As root, program a private namespace rather than this machine's.
+		var ns *nfttest.NetNS
+		if os.Geteuid() == 0 {
+			var err error
+			ns, err = nfttest.CreateNetNS("agent-test-" + nfttest.RandomHex(4))
+			Expect(err).NotTo(HaveOccurred())
+			DeferCleanup(ns.Delete)
+			args = append(args, "--netns", ns.Path())
+
+			// A pod on this node isolated by a deny-all policy.
+			Expect(k8sClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "agent-proc"}})).To(Succeed())
+			pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "agent-proc", Name: "a"},
+				Spec: corev1.PodSpec{NodeName: "node-1", Containers: []corev1.Container{{Name: "c", Image: "i"}}}}
+			Expect(k8sClient.Create(ctx, pod)).To(Succeed())
+			pod.Status.Phase = corev1.PodRunning
+			pod.Status.PodIPs = []corev1.PodIP{{IP: "10.77.0.5"}}
+			Expect(k8sClient.Status().Update(ctx, pod)).To(Succeed())
+			policy := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "agent-proc", Name: "deny-all"}}
+			Expect(k8sClient.Create(ctx, policy)).To(Succeed())
+			DeferCleanup(func(ctx SpecContext) {
+				Expect(k8sClient.Delete(ctx, pod, client.GracePeriodSeconds(0))).To(Succeed())
+				Expect(k8sClient.Delete(ctx, policy)).To(Succeed())
+			})
+		}
+		list := func() string {
+			out, err := ns.NFT("", "list", "table", "inet", "nftpolicy")
+			Expect(err).NotTo(HaveOccurred(), "the table must exist")
+			return nfttest.SortBlocks(out)
+		}
+
+		base := fmt.Sprintf("http://127.0.0.1:%d", port)
+		agent, exited, stderr := start(args)
+		waitReady(ctx, base, exited)
+		Expect(httpGet(base + "/healthz")).To(Equal(http.StatusOK))
+		if ns == nil {
+			stop(agent, exited, stderr)
+			return
+		}
+		Eventually(list).WithTimeout(10 * time.Second).Should(ContainSubstring(`10.77.0.5 comment "agent-proc/a" : goto ing-`))
+		before := list()
+
+		stop(agent, exited, stderr)
+		Expect(list()).To(Equal(before), "the table stays in force while the agent is down")
+
+		agent, exited, stderr = start(args)
+		waitReady(ctx, base, exited)
+		Expect(list()).To(Equal(before), "after restart the table equals a fresh compile of the same cluster")
+		stop(agent, exited, stderr)
 	}, NodeTimeout(3*time.Minute))
 })
 
@@ -145,6 +190,7 @@ func agentClusterRole() *rbacv1.ClusterRole {
 		role.Rules = []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"pods", "namespaces"}, Verbs: read},
 			{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: read},
+			{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 		}
 	}
 	role.ObjectMeta = metav1.ObjectMeta{Name: "nftpolicy-agent-test"}
