@@ -46,6 +46,8 @@ const (
 	defaultMetricsAddr    = "127.0.0.1:9090"
 	defaultHealthAddr     = ":8081"
 	defaultFullSyncPeriod = 5 * time.Minute
+	// Spaces syncs only during bursts: an event after a quiet spell is served at once.
+	defaultMinSyncInterval = 10 * time.Millisecond
 )
 
 const (
@@ -105,6 +107,8 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		"host:port for the /healthz and /readyz endpoints; 0 disables them")
 	fs.DurationVar(&opts.FullSyncPeriod, "full-sync-period", defaultFullSyncPeriod,
 		"how often to rewrite the whole table even without changes (repairs outside tampering)")
+	fs.DurationVar(&opts.MinSyncInterval, "min-sync-interval", defaultMinSyncInterval,
+		"least time between the starts of two syncs; events arriving meanwhile are coalesced into the next")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 
