@@ -138,7 +138,7 @@ func startAgent(ctx context.Context, ns *nfttest.NetNS, bin, name string, ports 
 	case <-ctx.Done():
 		err = fmt.Errorf("waiting for it to serve: %w", ctx.Err())
 	}
-	a.stop()
+	_ = a.stop() // the start error is what the caller needs
 	return nil, fmt.Errorf("podagent for %s: %w", name, err)
 }
 
