@@ -101,7 +101,7 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	if full {
 		kind = "full"
 	}
-	log := r.Log.WithValues("node", r.NodeName, "kind", kind)
+	log := r.Log.WithValues("kind", kind) // RunAgent's logger already carries "node"
 
 	snap, err := r.snapshot(ctx)
 	if err != nil {
@@ -215,6 +215,10 @@ func (r *NodeReconciler) reportProblems(ctx context.Context, log logr.Logger, pr
 		text := strings.Join(now[key], "; ")
 		next[key] = text
 		if r.problems[key] == text {
+			continue
+		}
+		if key == (types.NamespacedName{}) { // about pods, not a policy: nothing to attach an Event to
+			log.Info("pods cannot be told apart", "problems", text)
 			continue
 		}
 		log.Info("policy not fully enforceable", "policy", key.String(), "problems", text)
