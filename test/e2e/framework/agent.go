@@ -1,0 +1,241 @@
+package framework
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nftpolicy/nftpolicy/test/e2e/cluster"
+)
+
+// Agent is one `nftpolicy agent` process enforcing policy for one node, run
+// from the test's own network namespace with --netns pointing at the node's.
+// Its standard output and error go to LogPath, appended across restarts.
+type Agent struct {
+	Node *cluster.Node
+	// LogPath is the agent's log file.
+	LogPath string
+	// LogLevel is passed as --zap-log-level.
+	LogLevel string
+
+	bin, kubeconfig string
+
+	mu         sync.Mutex
+	cmd        *exec.Cmd
+	healthAddr string
+	done       chan struct{} // closed when the current process has exited
+	exitErr    error         // its exit status; set before done closes
+}
+
+// agentStopTimeout is how long Stop waits after SIGTERM before SIGKILL.
+const agentStopTimeout = 15 * time.Second
+
+// Start starts the agent and waits until its /readyz answers 200 (caches
+// synced and the node's table fully synced once), the process exits, or
+// timeout passes. It fails if the agent is already running.
+func (a *Agent) Start(ctx context.Context, timeout time.Duration) error {
+	a.mu.Lock()
+	if a.cmd != nil {
+		a.mu.Unlock()
+		return fmt.Errorf("agent for %s is already running", a.Node.Name)
+	}
+	port, err := freePort()
+	if err != nil {
+		a.mu.Unlock()
+		return err
+	}
+	a.healthAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	log, err := os.OpenFile(a.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		a.mu.Unlock()
+		return err
+	}
+	fmt.Fprintf(log, "=== %s: starting nftpolicy agent for %s (health %s)\n", time.Now().Format(time.RFC3339Nano), a.Node.Name, a.healthAddr)
+	cmd := exec.Command(a.bin, "agent",
+		"--kubeconfig", a.kubeconfig,
+		"--node-name", a.Node.Name,
+		"--netns", a.Node.NetNSPath(),
+		"--health-probe-bind-address", a.healthAddr,
+		"--metrics-bind-address", "0",
+		"--zap-log-level", a.LogLevel,
+		"--zap-time-encoding", "rfc3339nano",
+	)
+	cmd.Stdout, cmd.Stderr = log, log
+	// Its own process group, so a terminal's Ctrl-C reaches only us (we stop the
+	// agents in order); SIGKILL if this process dies without stopping it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	err = startFromLastingThread(cmd)
+	log.Close() // the child holds its own descriptor
+	if err != nil {
+		a.mu.Unlock()
+		return fmt.Errorf("starting agent for %s: %w", a.Node.Name, err)
+	}
+	done := make(chan struct{})
+	a.cmd, a.done, a.exitErr = cmd, done, nil
+	a.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		a.mu.Lock()
+		a.exitErr = err
+		a.mu.Unlock()
+		close(done)
+	}()
+	if err := a.waitReady(ctx, done, timeout); err != nil {
+		return errors.Join(err, a.Stop())
+	}
+	return nil
+}
+
+// waitReady polls /readyz until it answers 200.
+func (a *Agent) waitReady(ctx context.Context, done <-chan struct{}, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	url := "http://" + a.healthAddr + "/readyz"
+	client := &http.Client{Timeout: time.Second}
+	last := "no answer"
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := client.Do(req)
+		if err == nil {
+			var body bytes.Buffer
+			_, _ = body.ReadFrom(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = fmt.Sprintf("%s: %s", resp.Status, strings.TrimSpace(body.String()))
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-done:
+			return fmt.Errorf("agent for %s exited before it was ready (%v); log tail:\n%s", a.Node.Name, a.exitError(), a.LogTail(20))
+		case <-ctx.Done():
+			return fmt.Errorf("agent for %s not ready after %v (last /readyz: %s); log tail:\n%s", a.Node.Name, timeout, last, a.LogTail(20))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Stop sends SIGTERM and waits for the agent to exit, killing it after
+// agentStopTimeout. It returns the exit status: nil for a clean exit. Stopping
+// an agent that is not running does nothing.
+func (a *Agent) Stop() error {
+	a.mu.Lock()
+	cmd, done := a.cmd, a.done
+	a.mu.Unlock()
+	if cmd == nil {
+		return nil
+	}
+	var errs []error
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		errs = append(errs, err)
+	}
+	select {
+	case <-done:
+	case <-time.After(agentStopTimeout):
+		_ = cmd.Process.Kill()
+		<-done
+		errs = append(errs, fmt.Errorf("agent for %s ignored SIGTERM for %v; killed", a.Node.Name, agentStopTimeout))
+	}
+	a.mu.Lock()
+	if err := a.exitErr; err != nil {
+		errs = append(errs, fmt.Errorf("agent for %s: %w; log tail:\n%s", a.Node.Name, err, a.LogTail(20)))
+	}
+	a.cmd = nil
+	a.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// Running reports whether the agent process is running.
+func (a *Agent) Running() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cmd == nil {
+		return false
+	}
+	select {
+	case <-a.done:
+		return false
+	default:
+		return true
+	}
+}
+
+func (a *Agent) exitError() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.exitErr
+}
+
+// LogTail returns the last n lines of the agent's log, leaving out the
+// health check chatter of its start.
+func (a *Agent) LogTail(n int) string {
+	b, err := os.ReadFile(a.LogPath)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	lines = slices.DeleteFunc(lines, func(l string) bool { return strings.Contains(l, `"controller-runtime.healthz"`) })
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func newAgent(node *cluster.Node, bin, kubeconfig, dir, level string) *Agent {
+	return &Agent{
+		Node:       node,
+		LogPath:    filepath.Join(dir, "agent-"+node.Name+".log"),
+		LogLevel:   level,
+		bin:        bin,
+		kubeconfig: kubeconfig,
+	}
+}
+
+// freePort returns a TCP port on loopback that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// The parent-death signal fires when the thread that forked the child exits,
+// not the process; Go ends threads whenever a goroutine exits while locked to
+// one. So children are forked from one goroutine that locks its thread and
+// never returns: their Pdeathsig fires only when this process dies.
+var spawner struct {
+	once sync.Once
+	ch   chan func()
+}
+
+func startFromLastingThread(cmd *exec.Cmd) error {
+	spawner.once.Do(func() {
+		spawner.ch = make(chan func())
+		go func() {
+			runtime.LockOSThread()
+			for f := range spawner.ch {
+				f()
+			}
+		}()
+	})
+	errc := make(chan error, 1)
+	spawner.ch <- func() { errc <- cmd.Start() }
+	return <-errc
+}
