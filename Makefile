@@ -56,6 +56,10 @@ test-e2e: build envtest-assets ## Run the end-to-end tests (real apiserver, agen
 bench: ## Run the benchmarks.
 	go test -run '^$$' -bench . $(GOTESTFLAGS) ./...
 
+.PHONY: bench-controlplane
+bench-controlplane: envtest-assets ## As root: agent latency and memory against 10k pods / 1k policies (test/bench/controlplane).
+	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" NFTPOLICY_BENCH=1 go test -count=1 -timeout 20m -v -run TestControlPlane ./test/bench/controlplane/
+
 .PHONY: lint
 lint: $(GOLANGCI_LINT) ## Run golangci-lint (incl. the depguard layering rules) on the whole tree.
 	$(GOLANGCI_LINT) run ./...

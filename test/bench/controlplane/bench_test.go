@@ -1,0 +1,736 @@
+// Package controlplane benchmarks the agent against a large cluster: a real
+// kube-apiserver (envtest) holding 10,000 pods on 100 nodes and 1,000
+// NetworkPolicies, and the real agent binary programming a private network
+// namespace for node-0. It measures event-to-kernel latency and the agent's memory,
+// next to a bare controller-runtime manager (./bare) watching the same kinds.
+//
+// It needs root, KUBEBUILDER_ASSETS and NFTPOLICY_BENCH=1, so `make test` skips it;
+// `make bench-controlplane` runs it. README.md has the method and the figures.
+package controlplane
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/nftpolicy/nftpolicy/nft/nfttest"
+)
+
+// The cluster's shape.
+const (
+	numNamespaces   = 100
+	podsPerNS       = 100 // 10,000 pods
+	numNodes        = 100 // pod i runs on node-(i % numNodes): ~100 pods on node-0
+	policiesPerNS   = 10  // 1,000 policies
+	numApps         = 50
+	numTiers        = 5
+	createWorkers   = 16
+	samples         = 40 // per latency kind, interleaved
+	settleTime      = 10 * time.Second
+	pollInterval    = 2 * time.Millisecond
+	latencyTimeout  = 10 * time.Second
+	latNS           = "cp-lat" // the namespace the latency samples live in
+	ourNode         = "node-0"
+	teams           = "abcde"
+	namedPort       = "serve-80-tcp"
+	programmingHist = "nftpolicy_programming_latency_seconds"
+)
+
+func TestControlPlane(t *testing.T) {
+	if os.Getenv("NFTPOLICY_BENCH") != "1" {
+		t.Skip("control-plane benchmark: set NFTPOLICY_BENCH=1 (make bench-controlplane)")
+	}
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		t.Skip("control-plane benchmark: KUBEBUILDER_ASSETS is unset")
+	}
+	nfttest.RequireRoot(t)
+	ctx := t.Context()
+	dir := t.TempDir()
+	var summary []string
+	report := func(name string, format string, args ...any) {
+		line := fmt.Sprintf("%s: %s", name, fmt.Sprintf(format, args...))
+		summary = append(summary, line)
+		t.Log(line)
+	}
+
+	// Build both binaries while the control plane starts and fills.
+	built := make(chan error, 1)
+	agentBin, bareBin := filepath.Join(dir, "nftpolicy"), filepath.Join(dir, "bare")
+	go func() {
+		built <- errors.Join(
+			goBuild(ctx, agentBin, "github.com/nftpolicy/nftpolicy/cmd/nftpolicy"),
+			goBuild(ctx, bareBin, "github.com/nftpolicy/nftpolicy/test/bench/controlplane/bare"))
+	}()
+
+	env := &envtest.Environment{ControlPlaneStartTimeout: 2 * time.Minute, ControlPlaneStopTimeout: time.Minute}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("envtest: %v", err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	cfg.QPS, cfg.Burst = 5000, 5000
+	c, err := client.New(cfg, client.Options{Scheme: scheme.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Agent and baseline share one cluster-admin identity: this measures
+	// cost, not RBAC (controllers/agent_test.go covers that).
+	au, err := env.AddUser(envtest.User{Name: "bench", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc, err := au.KubeConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// 1. Setup.
+	start := time.Now()
+	if err := createCluster(ctx, c, report); err != nil {
+		t.Fatalf("setup: %v", err)
+	}
+	lat, err := createLatencyFixtures(ctx, c)
+	if err != nil {
+		t.Fatalf("latency fixtures: %v", err)
+	}
+	report("setup_total_s", "%.1f", time.Since(start).Seconds())
+	if err := <-built; err != nil {
+		t.Fatal(err)
+	}
+
+	// 2. The agent for node-0, in a fresh network namespace.
+	netns, err := nfttest.CreateNetNS("cpbench-" + nfttest.RandomHex(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netns.Delete() })
+	healthPort, metricsPort := freePort(t), freePort(t)
+	metricsURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)
+	agentLog := filepath.Join(dir, "agent.log")
+	agent, err := startProcess(agentLog, agentBin, "agent", "--kubeconfig", kubeconfig, "--node-name", ourNode,
+		"--netns", netns.Path(),
+		"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", healthPort),
+		"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", metricsPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { agent.stop(); dumpTail(t, agentLog) })
+	start = time.Now()
+	if err := waitHTTP(ctx, fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort), agent, 2*time.Minute); err != nil {
+		t.Fatalf("agent not ready: %v", err)
+	}
+	report("agent_ready_s", "%.2f", time.Since(start).Seconds())
+	m, err := scrape(metricsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	report("initial_full_sync_ms", "%.1f", 1000*m["nftpolicy_sync_duration_seconds_sum{kind=\"full\"}"])
+	report("ruleset_elements", "%.0f", m["nftpolicy_ruleset_objects{object=\"elements\"}"])
+	report("ruleset_rules", "%.0f", m["nftpolicy_ruleset_objects{object=\"rules\"}"])
+	report("ruleset_chains", "%.0f", m["nftpolicy_ruleset_objects{object=\"chains\"}"])
+	time.Sleep(settleTime)
+	rss, hwm := procMemory(agent.cmd.Process.Pid)
+	report("agent_rss_settled_mib", "%.1f", rss)
+	if m, err := scrape(metricsURL); err == nil {
+		if v, ok := m["go_memstats_heap_inuse_bytes"]; ok {
+			report("agent_heap_inuse_settled_mib", "%.1f", v/(1<<20))
+		}
+	}
+
+	// The set the remote peers of the latency policy land in.
+	peerSet, err := findSet(netns, lat.seedPeerIP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listMap := func() (string, error) { return netns.NFT("", "list", "map", "inet", "nftpolicy", "ingress-v4") }
+	listSet := func() (string, error) { return netns.NFT("", "list", "set", "inet", "nftpolicy", peerSet) }
+
+	var podAdd, label, policy series
+	for i := range samples {
+		// (a) a pod on node-0 gets its IP.
+		pod := latPod(fmt.Sprintf("new-%d", i), ourNode, map[string]string{"app": "lat-target"}, "")
+		if err := c.Create(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		ip := latIP(3, i)
+		err := podAdd.measure(metricsURL, listMap, ip, func() error {
+			pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}}
+			return c.Status().Update(ctx, pod)
+		})
+		if err != nil {
+			t.Fatalf("pod add sample %d: %v", i, err)
+		}
+		// (b) a remote pod's labels make it a peer of a policy selecting node-0 pods.
+		err = label.measure(metricsURL, listSet, lat.idlePeerIPs[i], func() error {
+			p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: latNS, Name: fmt.Sprintf("peer-%d", i)}}
+			patch := []byte(`{"metadata":{"labels":{"role":"peer"}}}`)
+			return c.Patch(ctx, p, client.RawPatch("application/merge-patch+json", patch))
+		})
+		if err != nil {
+			t.Fatalf("label change sample %d: %v", i, err)
+		}
+		// (c) a new policy isolates a node-0 pod.
+		err = policy.measure(metricsURL, listMap, lat.unisolatedIPs[i], func() error {
+			return c.Create(ctx, peerPolicy(fmt.Sprintf("pa-%d", i), fmt.Sprintf("pa-%d", i)))
+		})
+		if err != nil {
+			t.Fatalf("policy add sample %d: %v", i, err)
+		}
+	}
+	podAdd.report(report, "pod_add")
+	label.report(report, "label_change")
+	policy.report(report, "policy_add")
+	if m, err = scrape(metricsURL); err == nil {
+		report("incremental_sync_mean_ms", "%.2f", 1000*m["nftpolicy_sync_duration_seconds_sum{kind=\"incremental\"}"]/
+			m["nftpolicy_sync_duration_seconds_count{kind=\"incremental\"}"])
+		report("apply_failures", "%.0f", m["nftpolicy_apply_failures_total"])
+	}
+	if m, err = scrape(metricsURL); err == nil {
+		if v, ok := m["go_memstats_heap_inuse_bytes"]; ok {
+			report("agent_heap_inuse_mib", "%.1f", v/(1<<20))
+		}
+	}
+
+	// 3. Memory, agent then baseline, each after the same settle time.
+	time.Sleep(settleTime)
+	agentRSS, agentHWM := procMemory(agent.cmd.Process.Pid)
+	report("agent_rss_mib", "%.1f", agentRSS)
+	report("agent_rss_peak_mib", "%.1f", max(hwm, agentHWM))
+	agent.stop()
+
+	bareLog := filepath.Join(dir, "bare.log")
+	bare, err := startProcess(bareLog, bareBin, "--kubeconfig", kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(bare.stop)
+	start = time.Now()
+	if err := waitForLine(ctx, bareLog, "synced", bare, 2*time.Minute); err != nil {
+		dumpTail(t, bareLog)
+		t.Fatalf("bare manager: %v", err)
+	}
+	report("bare_synced_s", "%.2f", time.Since(start).Seconds())
+	time.Sleep(settleTime)
+	bareRSS, bareHWM := procMemory(bare.cmd.Process.Pid)
+	bare.stop()
+	report("bare_rss_mib", "%.1f", bareRSS)
+	report("bare_rss_peak_mib", "%.1f", bareHWM)
+	report("rss_ratio_vs_bare", "%.2f", agentRSS/bareRSS)
+	report("agent_rss_goal_100mib", "%v", agentRSS <= 100)
+
+	fmt.Printf("\n--- control-plane benchmark summary ---\n%s\n", strings.Join(summary, "\n"))
+}
+
+// createCluster creates the namespaces, pods (with IPs) and policies, and
+// reports how long each kind took.
+func createCluster(ctx context.Context, c client.Client, report func(string, string, ...any)) error {
+	rng := rand.New(rand.NewPCG(5, 1))
+	start := time.Now()
+	for n := range numNamespaces {
+		name := fmt.Sprintf("ns-%d", n)
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name,
+			Labels: map[string]string{"ns": name, "team": string(teams[n%len(teams)])}}}
+		if err := c.Create(ctx, ns); err != nil {
+			return err
+		}
+	}
+	report("setup_namespaces_s", "%.1f", time.Since(start).Seconds())
+
+	// Labels are drawn up front so the run is deterministic whatever the
+	// workers' order; policies then select apps that exist in their namespace.
+	type podSpec struct {
+		ns, name, node, app, tier, ip string
+	}
+	pods := make([]podSpec, 0, numNamespaces*podsPerNS)
+	appsIn := make([][]int, numNamespaces)
+	for i := range numNamespaces * podsPerNS {
+		n := i / podsPerNS
+		app := rng.IntN(numApps)
+		appsIn[n] = append(appsIn[n], app)
+		pods = append(pods, podSpec{
+			ns: fmt.Sprintf("ns-%d", n), name: fmt.Sprintf("pod-%d", i), node: fmt.Sprintf("node-%d", i%numNodes),
+			app: fmt.Sprintf("app-%d", app), tier: fmt.Sprintf("tier-%d", rng.IntN(numTiers)),
+			ip: fmt.Sprintf("10.%d.%d.%d", 64+i>>16, (i>>8)&255, i&255),
+		})
+	}
+	start = time.Now()
+	err := parallel(len(pods), func(i int) error {
+		s := pods[i]
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: s.ns, Name: s.name,
+				Labels: map[string]string{"app": s.app, "tier": s.tier}},
+			Spec: podSpecOn(s.node),
+		}
+		if err := c.Create(ctx, pod); err != nil {
+			return err
+		}
+		pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: s.ip, PodIPs: []corev1.PodIP{{IP: s.ip}}}
+		return c.Status().Update(ctx, pod)
+	})
+	if err != nil {
+		return err
+	}
+	report("setup_pods_s", "%.1f", time.Since(start).Seconds())
+
+	start = time.Now()
+	var nps []*networkingv1.NetworkPolicy
+	for n := range numNamespaces {
+		for j := range policiesPerNS {
+			app := appsIn[n][rng.IntN(len(appsIn[n]))]
+			nps = append(nps, mixedPolicy(fmt.Sprintf("ns-%d", n), j, fmt.Sprintf("app-%d", app), rng))
+		}
+	}
+	if err := parallel(len(nps), func(i int) error { return c.Create(ctx, nps[i]) }); err != nil {
+		return err
+	}
+	report("setup_policies_s", "%.1f", time.Since(start).Seconds())
+	return nil
+}
+
+// mixedPolicy is policy j of a namespace: four shapes in rotation, from a plain
+// same-namespace tier peer on a numbered port to ingress plus egress.
+func mixedPolicy(ns string, j int, app string, rng *rand.Rand) *networkingv1.NetworkPolicy {
+	tier := func() *metav1.LabelSelector {
+		return &metav1.LabelSelector{MatchLabels: map[string]string{"tier": fmt.Sprintf("tier-%d", rng.IntN(numTiers))}}
+	}
+	team := func() *metav1.LabelSelector {
+		return &metav1.LabelSelector{MatchLabels: map[string]string{"team": string(teams[rng.IntN(len(teams))])}}
+	}
+	tcp := corev1.ProtocolTCP
+	udp := corev1.ProtocolUDP
+	port80 := []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: ptr(intstr.FromInt32(80))}}
+	named := []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: ptr(intstr.FromString(namedPort))}}
+	np := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("np-%d", j)},
+		Spec:       networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": app}}},
+	}
+	switch j % 4 {
+	case 0:
+		np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: tier()}}, Ports: port80}}
+	case 1:
+		np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: team()}}, Ports: named}}
+	case 2:
+		np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{
+			From:  []networkingv1.NetworkPolicyPeer{{PodSelector: tier(), NamespaceSelector: team()}, {PodSelector: tier()}},
+			Ports: port80,
+		}}
+	case 3:
+		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}
+		np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: tier()}}, Ports: named}}
+		np.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{
+			{To: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: team()}},
+				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &udp, Port: ptr(intstr.FromInt32(53))}}},
+			{To: []networkingv1.NetworkPolicyPeer{{PodSelector: tier()}}, Ports: port80},
+		}
+	}
+	return np
+}
+
+// latencyFixtures are the objects the latency samples act on, in namespace
+// cp-lat (team f, which no namespaceSelector of the bulk policies matches):
+// policy lat-peer selects app=lat-target pods and admits role=peer pods.
+type latencyFixtures struct {
+	seedPeerIP    string   // a remote role=peer pod, so the peer set exists
+	idlePeerIPs   []string // remote pods peer-i (role=idle) that samples relabel
+	unisolatedIPs []string // node-0 pods pa-i that no policy selects yet
+}
+
+func createLatencyFixtures(ctx context.Context, c client.Client) (latencyFixtures, error) {
+	var f latencyFixtures
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: latNS, Labels: map[string]string{"ns": latNS, "team": "f"}}}
+	if err := c.Create(ctx, ns); err != nil {
+		return f, err
+	}
+	if err := c.Create(ctx, peerPolicy("lat-peer", "lat-target")); err != nil {
+		return f, err
+	}
+	withIP := func(p *corev1.Pod) error {
+		ip := p.Status.PodIP
+		if err := c.Create(ctx, p); err != nil {
+			return err
+		}
+		p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}}
+		return c.Status().Update(ctx, p)
+	}
+	f.seedPeerIP = latIP(0, 0)
+	if err := errors.Join(
+		withIP(latPod("target", ourNode, map[string]string{"app": "lat-target"}, latIP(0, 1))),
+		withIP(latPod("peer-seed", "node-1", map[string]string{"role": "peer"}, f.seedPeerIP)),
+	); err != nil {
+		return f, err
+	}
+	for i := range samples {
+		f.idlePeerIPs = append(f.idlePeerIPs, latIP(1, i))
+		f.unisolatedIPs = append(f.unisolatedIPs, latIP(2, i))
+	}
+	return f, parallel(samples, func(i int) error {
+		return errors.Join(
+			withIP(latPod(fmt.Sprintf("peer-%d", i), fmt.Sprintf("node-%d", 1+i%(numNodes-1)),
+				map[string]string{"role": "idle"}, f.idlePeerIPs[i])),
+			withIP(latPod(fmt.Sprintf("pa-%d", i), ourNode, map[string]string{"app": fmt.Sprintf("pa-%d", i)}, f.unisolatedIPs[i])))
+	})
+}
+
+// latIP is the i-th address of group g in 10.99.0.0/16. Addresses are two
+// apart so that no two ever merge into one range in an interval set's listing.
+func latIP(g, i int) string { return fmt.Sprintf("10.99.%d.%d", g, 2+2*i) }
+
+func latPod(name, node string, labels map[string]string, ip string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: latNS, Name: name, Labels: labels},
+		Spec:       podSpecOn(node),
+		Status:     corev1.PodStatus{PodIP: ip},
+	}
+}
+
+func podSpecOn(node string) corev1.PodSpec {
+	return corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{
+		Name: "serve", Image: "registry.k8s.io/e2e-test-images/agnhost:2.53",
+		Ports: []corev1.ContainerPort{{Name: namedPort, ContainerPort: 80, Protocol: corev1.ProtocolTCP}},
+	}}}
+}
+
+// peerPolicy selects app=app in cp-lat and admits role=peer pods on any port.
+func peerPolicy(name, app string) *networkingv1.NetworkPolicy {
+	return &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: latNS, Name: name},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": app}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{
+				{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "peer"}}}}}},
+		},
+	}
+}
+
+// series holds one latency kind's samples, in milliseconds.
+type series struct {
+	external []float64 // API write returned -> visible in the kernel (nft listing)
+	agent    []float64 // the agent's own programming latency for the same change
+}
+
+// measure runs write, then polls list every pollInterval until ip is listed,
+// then waits for the agent's programming-latency histogram to count the sync
+// and takes its mean over the syncs this sample caused (one, normally).
+func (s *series) measure(metricsURL string, list func() (string, error), ip string, write func() error) error {
+	before, err := scrape(metricsURL)
+	if err != nil {
+		return err
+	}
+	if err := write(); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	for {
+		out, err := list()
+		if err != nil {
+			return err
+		}
+		if containsIP(out, ip) {
+			break
+		}
+		if time.Since(t0) > latencyTimeout {
+			return fmt.Errorf("%s not in the kernel after %v", ip, latencyTimeout)
+		}
+		time.Sleep(pollInterval)
+	}
+	s.external = append(s.external, ms(time.Since(t0)))
+	for {
+		after, err := scrape(metricsURL)
+		if err != nil {
+			return err
+		}
+		if n := after[programmingHist+"_count"] - before[programmingHist+"_count"]; n > 0 {
+			s.agent = append(s.agent, 1000*(after[programmingHist+"_sum"]-before[programmingHist+"_sum"])/n)
+			break
+		}
+		if time.Since(t0) > latencyTimeout {
+			return errors.New("the agent's programming-latency histogram did not count the sync")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(30 * time.Millisecond) // past --min-sync-interval, so samples do not coalesce
+	return nil
+}
+
+func (s *series) report(report func(string, string, ...any), name string) {
+	report(name+"_p50_ms", "%.1f", percentile(s.external, 50))
+	report(name+"_p99_ms", "%.1f", percentile(s.external, 99))
+	report(name+"_agent_p50_ms", "%.1f", percentile(s.agent, 50))
+	report(name+"_agent_p99_ms", "%.1f", percentile(s.agent, 99))
+	report(name+"_samples", "%d", len(s.external))
+}
+
+// percentile is the nearest-rank percentile p of v.
+func percentile(v []float64, p float64) float64 {
+	if len(v) == 0 {
+		return math.NaN()
+	}
+	s := slices.Sorted(slices.Values(v))
+	i := int(math.Ceil(p/100*float64(len(s)))) - 1
+	return s[max(i, 0)]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// containsIP reports whether ip appears in nft output as a whole address.
+func containsIP(out, ip string) bool {
+	for i := 0; ; {
+		j := strings.Index(out[i:], ip)
+		if j < 0 {
+			return false
+		}
+		j += i
+		end := j + len(ip)
+		before := j == 0 || !isAddrByte(out[j-1])
+		after := end == len(out) || !isAddrByte(out[end])
+		if before && after {
+			return true
+		}
+		i = j + 1
+	}
+}
+
+func isAddrByte(b byte) bool { return b == '.' || (b >= '0' && b <= '9') }
+
+// findSet names the set of the agent's table that lists ip.
+func findSet(ns *nfttest.NetNS, ip string) (string, error) {
+	deadline := time.Now().Add(latencyTimeout)
+	for {
+		out, err := ns.NFT("", "list", "table", "inet", "nftpolicy")
+		if err != nil {
+			return "", err
+		}
+		var set string
+		var inSet bool
+		for line := range strings.Lines(out) {
+			f := strings.Fields(line)
+			switch {
+			case len(f) >= 2 && (f[0] == "set" || f[0] == "map"):
+				set, inSet = f[1], f[0] == "set"
+			case len(f) == 1 && f[0] == "}":
+				inSet = false
+			}
+			if inSet && containsIP(line, ip) {
+				return set, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("no set of the table lists %s", ip)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// scrape reads a Prometheus text endpoint into name{labels} -> value.
+func scrape(url string) (map[string]float64, error) {
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	m := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			m[line[:i]] = v
+		}
+	}
+	return m, sc.Err()
+}
+
+// procMemory returns VmRSS and VmHWM of pid in MiB.
+func procMemory(pid int) (rss, hwm float64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return math.NaN(), math.NaN()
+	}
+	for line := range strings.Lines(string(b)) {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = kb / 1024
+		case "VmHWM:":
+			hwm = kb / 1024
+		}
+	}
+	return rss, hwm
+}
+
+// parallel runs fn(0..n-1) on createWorkers goroutines and returns the first error.
+func parallel(n int, fn func(int) error) error {
+	next := make(chan int)
+	errs := make(chan error, createWorkers)
+	var wg sync.WaitGroup
+	for range createWorkers {
+		wg.Go(func() {
+			for i := range next {
+				if err := fn(i); err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
+				}
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func goBuild(ctx context.Context, out, pkg string) error {
+	b, err := exec.CommandContext(ctx, "go", "build", "-o", out, pkg).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("go build %s: %w: %s", pkg, err, b)
+	}
+	return nil
+}
+
+// process is a child whose stdout and stderr go to a log file.
+type process struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
+	once   sync.Once
+}
+
+func startProcess(logPath, bin string, args ...string) (*process, error) {
+	f, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	p := &process{cmd: exec.Command(bin, args...), exited: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = f, f
+	if err := p.cmd.Start(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	go func() { _ = p.cmd.Wait(); f.Close(); close(p.exited) }()
+	return p, nil
+}
+
+// stop sends SIGTERM, then SIGKILL after 30 s; safe to call twice.
+func (p *process) stop() {
+	p.once.Do(func() {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(30 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+}
+
+func waitHTTP(ctx context.Context, url string, p *process, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	hc := http.Client{Timeout: 2 * time.Second}
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.exited:
+			return errors.New("process exited")
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		if resp, err := hc.Get(url); err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("%s not OK after %v", url, timeout)
+}
+
+func waitForLine(ctx context.Context, logPath, want string, p *process, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if b, _ := os.ReadFile(logPath); slices.Contains(strings.Fields(string(b)), want) {
+			return nil
+		}
+		select {
+		case <-p.exited:
+			return errors.New("process exited")
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("no %q line after %v", want, timeout)
+}
+
+// dumpTail logs the end of a child's log when the benchmark failed.
+func dumpTail(t *testing.T, path string) {
+	if !t.Failed() {
+		return
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	if len(b) > 4000 {
+		b = b[len(b)-4000:]
+	}
+	t.Logf("%s (tail):\n%s", filepath.Base(path), b)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
