@@ -1,11 +1,18 @@
 package framework
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -33,6 +40,10 @@ type ControlPlane struct {
 	Assets string
 
 	env *envtest.Environment
+	// The watchdog that kills the apiserver and etcd if this process dies
+	// without stopping them (see guard).
+	watchdog      *exec.Cmd
+	watchdogStdin io.WriteCloser
 }
 
 // StartControlPlane starts envtest from the binaries in $KUBEBUILDER_ASSETS
@@ -55,7 +66,7 @@ func StartControlPlane(dir string) (*ControlPlane, error) {
 		return nil, fmt.Errorf("starting the control plane from %s: %w", assets, err)
 	}
 	cp.Config = cfg
-	if err := cp.setup(dir); err != nil {
+	if err := errors.Join(cp.guard(), cp.setup(dir)); err != nil {
 		return nil, errors.Join(err, cp.Stop())
 	}
 	return cp, nil
@@ -80,10 +91,70 @@ func (cp *ControlPlane) setup(dir string) error {
 
 // Stop stops the apiserver and etcd and removes their data.
 func (cp *ControlPlane) Stop() error {
-	if err := cp.env.Stop(); err != nil {
+	err := cp.env.Stop()
+	if cp.watchdog != nil {
+		_, _ = io.WriteString(cp.watchdogStdin, "stop\n")
+		cp.watchdogStdin.Close()
+		_ = cp.watchdog.Wait()
+	}
+	if err != nil {
 		return fmt.Errorf("stopping the control plane: %w", err)
 	}
 	return nil
+}
+
+// guard starts a watchdog that SIGKILLs the apiserver and etcd if this
+// process dies without stopping them (a test binary's -timeout, SIGKILL, a
+// closed output pipe): envtest starts them in their own process group and
+// without a parent-death signal, so they would outlive it. The watchdog reads
+// a pipe only this process writes to: "stop" means stand down; end of file
+// means this process is gone.
+func (cp *ControlPlane) guard() error {
+	pids, err := childrenNamed("etcd", "kube-apiserver")
+	if err != nil || len(pids) == 0 {
+		return err
+	}
+	cmd := exec.Command("sh", "-c", `read -r cmd; [ "$cmd" = stop ] || kill -KILL `+strings.Join(pids, " ")+` 2>/dev/null`)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // a terminal's Ctrl-C is ours to handle
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting the control plane watchdog: %w", err)
+	}
+	cp.watchdog, cp.watchdogStdin = cmd, stdin
+	return nil
+}
+
+// childrenNamed returns the pids of this process's children whose command
+// name is one of names.
+func childrenNamed(names ...string) ([]string, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	self := strconv.Itoa(os.Getpid())
+	var pids []string
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// pid (comm) state ppid ...; comm may contain spaces and parentheses.
+		lp, rp := bytes.IndexByte(stat, '('), bytes.LastIndexByte(stat, ')')
+		if lp < 0 || rp < lp {
+			continue
+		}
+		fields := strings.Fields(string(stat[rp+1:]))
+		if len(fields) >= 2 && fields[1] == self && slices.Contains(names, string(stat[lp+1:rp])) {
+			pids = append(pids, e.Name())
+		}
+	}
+	return pids, nil
 }
 
 // CreateNode creates the Node object of a cluster node.
