@@ -89,8 +89,8 @@ run: ## Run the agent from source against $KUBECONFIG as node $NODE_NAME (ARGS=.
 	go run ./cmd/nftpolicy agent $(ARGS)
 
 .PHONY: demo
-demo: build envtest-assets ## Local demo: control plane, pods as netns, example policies, connectivity matrix (root).
-	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" go run ./test/e2e/demo
+demo: build envtest-assets ## Local demo: control plane, pods as netns, example policies, connectivity matrix (root; ARGS=--keep).
+	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" go run ./test/e2e/demo $(ARGS)
 
 ##@ Deployment
 
