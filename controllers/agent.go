@@ -168,11 +168,40 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 
 	log.Info("starting agent", "table", opts.TableName, "netns", opts.NetNS,
 		"metrics", opts.MetricsAddr, "health", opts.HealthAddr, "fullSyncPeriod", opts.FullSyncPeriod)
-	if err := mgr.Start(ctx); err != nil {
+	errc := make(chan error, 1)
+	go func() { errc <- mgr.Start(ctx) }()
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		err = awaitStop(errc, ready, log)
+	}
+	if err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
 	log.Info("agent stopped")
 	return nil
+}
+
+// awaitStop waits for the manager to return after its context is done. A
+// manager whose caches never synced (an API server that refuses a list, as with
+// a missing RBAC rule) does not return: controller-runtime waits for the
+// cache group with its own context, not the caller's. Nothing has been applied
+// before caches sync, so there is nothing to stop cleanly; such an agent
+// returns at once (the table of an earlier run stays, as on any stop).
+func awaitStop(errc <-chan error, ready *readiness, log logr.Logger) error {
+	if ready.cachesSynced.Load() {
+		return <-errc
+	}
+	select {
+	case err := <-errc:
+		return err
+	case <-time.After(time.Second):
+		if ready.cachesSynced.Load() { // synced meanwhile: the manager runs its controllers and stops them
+			return <-errc
+		}
+		log.Info("stopping before the caches synced")
+		return nil
+	}
 }
 
 // setupNodeSync registers the node reconciler; its first successful sync (always

@@ -320,7 +320,7 @@ var _ = Describe("nftpolicy", func() {
 		Expect(err).NotTo(HaveOccurred())
 		DeferCleanup(conn.Close)
 		ping := startPinger(conn, 20*time.Millisecond)
-		DeferCleanup(func() { ping.stop() })
+		DeferCleanup(func() { _, _, _ = ping.stop() })
 
 		tables := func() []string {
 			GinkgoHelper()

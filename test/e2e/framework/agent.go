@@ -105,7 +105,7 @@ func (a *Agent) waitReady(ctx context.Context, done <-chan struct{}, timeout tim
 	defer cancel()
 	url := "http://" + a.healthAddr + "/readyz"
 	client := &http.Client{Timeout: time.Second}
-	last := "no answer"
+	var last string
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		resp, err := client.Do(req)

@@ -1,0 +1,55 @@
+package deploy
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// fieldManager is the server-side apply manager of every apply in these tests.
+const fieldManager = "nftpolicy-deploy-test"
+
+// TestServerSideDryRun applies each kustomization as `kubectl apply
+// --server-side --dry-run=server`: the API server validates and admits every
+// object (schemas, strict field validation, defaulting) without keeping it.
+func TestServerSideDryRun(t *testing.T) {
+	c := requireCluster(t)
+	// config/prometheus has a ServiceMonitor: install a stand-in for its CRD.
+	c.installServiceMonitorCRD(t)
+
+	for _, dir := range []string{"default", "prometheus", "cleanup"} {
+		t.Run(dir, func(t *testing.T) {
+			rendered := render(t, dir)
+			objs := decode(t, rendered)
+			// A dry-run namespace does not exist for the objects in it: create it for real.
+			c.applyObjects(t, find(t, objs, "Namespace", namespace))
+			out, err := c.kubectl(t, rendered, "apply", "--server-side", "--dry-run=server",
+				"--field-manager="+fieldManager, "-f", "-")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := strings.Count(string(out), "(server dry run)"); n != len(objs) {
+				t.Errorf("the API server accepted %d of %d objects:\n%s", n, len(objs), out)
+			}
+			t.Logf("config/%s:\n%s", dir, out)
+		})
+	}
+}
+
+// installServiceMonitorCRD installs testdata/servicemonitor-crd.yaml for real
+// and waits until the kind is served.
+func (c *cluster) installServiceMonitorCRD(t *testing.T) {
+	t.Helper()
+	crd, err := os.ReadFile(filepath.Join("testdata", "servicemonitor-crd.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.kubectl(t, crd, "apply", "--server-side", "--field-manager="+fieldManager, "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.kubectl(t, nil, "wait", "--for=condition=Established", "--timeout=60s",
+		"crd/servicemonitors.monitoring.coreos.com"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,455 @@
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/nftpolicy/nftpolicy/nft/nfttest"
+)
+
+const (
+	// fullBound bounds each step for the agent with every permission: generous,
+	// a loaded CI machine is slow and a false failure here is costly.
+	fullBound = 60 * time.Second
+	// removalBound bounds each step for an agent missing a permission: long
+	// enough that a working agent would have done it many times over (it takes
+	// about a second on an idle machine), short enough to keep the test quick.
+	removalBound = 20 * time.Second
+)
+
+// TestLeastPrivilege proves that the ClusterRole config/default deploys is
+// enough for the agent and that none of it is superfluous.
+//
+// The real agent binary runs against the API server with a token of the
+// ServiceAccount config/default creates, so the rendered ServiceAccount,
+// ClusterRoleBinding and ClusterRole are what authorize it, and programs its
+// table in a network namespace of its own. It must do its whole job: become
+// ready (caches synced, first full sync done), enforce a deny-all policy
+// created afterwards (the pod's address appears in the table's ingress map),
+// and record a Warning Event on a policy it cannot enforce.
+//
+// Then, for each rule of the ClusterRole, and for each resource of a rule that
+// names several, an agent runs with a copy of the role without it, all in
+// parallel; each must fail at one of those steps within removalBound.
+func TestLeastPrivilege(t *testing.T) {
+	c := requireCluster(t)
+	nfttest.RequireRoot(t)
+	bin := buildAgent(t)
+
+	objs := decode(t, render(t, "default"))
+	// Everything but the DaemonSet, which would do nothing here (envtest runs
+	// no controllers and no kubelets).
+	c.applyObjects(t, slices.DeleteFunc(slices.Clone(objs), func(o *unstructured.Unstructured) bool { return o.GetKind() == "DaemonSet" })...)
+	role := typed[rbacv1.ClusterRole](t, find(t, objs, "ClusterRole", agentName))
+
+	type privCase struct {
+		name   string // subtest, and suffix of the test's objects
+		sa     string // the ServiceAccount the agent runs as
+		remove string // what the role lacks; "" for the deployed role
+	}
+	cases := []privCase{{name: "deployed-role", sa: agentName}}
+	for _, r := range removals(role.Rules) {
+		name := "without-" + r.slug
+		c.bindReducedRole(t, "test-"+name, r.rules)
+		cases = append(cases, privCase{name: name, sa: "test-" + name, remove: r.what})
+	}
+
+	// Every agent at once, so the whole test takes about one removalBound. The
+	// goroutines only poll and create objects; failures of the test itself
+	// come back as errors and are reported below.
+	agents := make([]*agentRun, len(cases))
+	for i, tc := range cases {
+		agents[i] = &agentRun{c: c, bin: bin, kubeconfig: c.serviceAccountKubeconfig(t, tc.sa),
+			node: "node-" + tc.name, podIP: fmt.Sprintf("10.250.%d.10", i), k8sNamespace: "lp-" + tc.name}
+		agents[i].start(t)
+	}
+	var wg sync.WaitGroup
+	for i, tc := range cases {
+		bound := removalBound
+		if tc.remove == "" {
+			bound = fullBound
+		}
+		wg.Go(func() { agents[i].failure, agents[i].err = agents[i].exercise(bound) })
+	}
+	wg.Wait()
+
+	for i, tc := range cases {
+		a := agents[i]
+		t.Run(tc.name, func(t *testing.T) {
+			if a.err != nil {
+				a.dumpLog(t)
+				t.Fatal(a.err)
+			}
+			if tc.remove == "" {
+				if a.failure != "" {
+					a.dumpLog(t)
+					t.Fatalf("the agent with the deployed ClusterRole failed: %s", a.failure)
+				}
+				t.Log("with the deployed ClusterRole the agent became ready, enforced the policy and recorded the Event")
+				return
+			}
+			if a.failure == "" {
+				a.dumpLog(t)
+				t.Fatalf("the agent did its whole job without %s: that permission is superfluous", tc.remove)
+			}
+			t.Logf("without %s: %s", tc.remove, a.failure)
+			if line := a.firstLogLine(`forbidden`); line != "" {
+				t.Logf("agent log: %.400s", line)
+			}
+		})
+	}
+}
+
+// removal is the ClusterRole's rules without one rule, or without one resource of a rule.
+type removal struct {
+	slug  string // for object names
+	what  string // for people
+	rules []rbacv1.PolicyRule
+}
+
+func removals(rules []rbacv1.PolicyRule) []removal {
+	describe := func(r rbacv1.PolicyRule, resources []string) string {
+		group := strings.Join(r.APIGroups, ",")
+		if group == "" {
+			group = "core"
+		}
+		return fmt.Sprintf("rule %s %s %s", group, strings.Join(resources, ","), strings.Join(r.Verbs, ","))
+	}
+	var out []removal
+	for i, r := range rules {
+		without := slices.Concat(rules[:i:i], rules[i+1:])
+		out = append(out, removal{slug: fmt.Sprintf("rule%d", i), what: describe(r, r.Resources), rules: without})
+		if len(r.Resources) < 2 {
+			continue
+		}
+		for _, res := range r.Resources {
+			reduced := r.DeepCopy()
+			reduced.Resources = slices.DeleteFunc(reduced.Resources, func(s string) bool { return s == res })
+			rs := slices.Clone(rules)
+			rs[i] = *reduced
+			out = append(out, removal{slug: fmt.Sprintf("rule%d-%s", i, res), what: describe(r, []string{res}) + " (only that resource)", rules: rs})
+		}
+	}
+	return out
+}
+
+// bindReducedRole creates ServiceAccount sa in the agent's namespace, bound to
+// a ClusterRole of its own with rules.
+func (c *cluster) bindReducedRole(t *testing.T, sa string, rules []rbacv1.PolicyRule) {
+	t.Helper()
+	ctx := context.Background()
+	name := "nftpolicy-" + sa
+	cs := c.clientset
+	create := func(err error) {
+		t.Helper()
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	_, err := cs.CoreV1().ServiceAccounts(namespace).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})
+	create(err)
+	_, err = cs.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: rules}, metav1.CreateOptions{})
+	create(err)
+	_, err = cs.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa, Namespace: namespace}},
+	}, metav1.CreateOptions{})
+	create(err)
+}
+
+// serviceAccountKubeconfig writes a kubeconfig that authenticates with a fresh
+// token of the ServiceAccount, as the in-cluster config of its pod would.
+func (c *cluster) serviceAccountKubeconfig(t *testing.T, sa string) string {
+	t.Helper()
+	tr, err := c.clientset.CoreV1().ServiceAccounts(namespace).CreateToken(context.Background(), sa,
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(3600))}},
+		metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("token for service account %s: %v", sa, err)
+	}
+	cfg, err := clientcmd.LoadFromFile(c.kubeconfig) // the admin's: server and CA
+	if err != nil {
+		t.Fatal(err)
+	}
+	user := "system:serviceaccount:" + namespace + ":" + sa
+	cfg.AuthInfos = map[string]*clientcmdapi.AuthInfo{user: {Token: tr.Status.Token}}
+	for _, ctx := range cfg.Contexts {
+		ctx.AuthInfo = user
+	}
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// buildAgent builds ./cmd/nftpolicy once per test binary.
+func buildAgent(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "nftpolicy")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/nftpolicy")
+	cmd.Dir = repoRoot(t)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/nftpolicy: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// agentRun is one agent process on its own node name, network namespace and
+// Kubernetes namespace.
+type agentRun struct {
+	c            *cluster
+	bin          string
+	kubeconfig   string
+	node         string
+	podIP        string
+	k8sNamespace string
+
+	log     string         // the agent's output, a file
+	port    string         // of /healthz and /readyz
+	netns   *nfttest.NetNS // where it programs its table
+	exited  chan struct{}  // closed when the process has exited
+	failure string         // what exercise found missing; "" when it all worked
+	err     error          // a failure of the test itself
+}
+
+// start starts the agent in a network namespace of its own; t's cleanup
+// stops it (before the namespace goes).
+func (a *agentRun) start(t *testing.T) {
+	t.Helper()
+	a.netns = nfttest.NewNetNS(t, "np-deploy")
+	a.port = freePort(t)
+	a.log = filepath.Join(t.TempDir(), "agent.log")
+	logf, err := os.Create(a.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(a.bin, "agent",
+		"--kubeconfig="+a.kubeconfig, "--node-name="+a.node, "--netns="+a.netns.Path(), "--table-name="+tableName,
+		"--metrics-bind-address=0", "--health-probe-bind-address=127.0.0.1:"+a.port)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	a.exited = make(chan struct{})
+	go func() { _ = cmd.Wait(); close(a.exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-a.exited:
+		case <-time.After(45 * time.Second):
+			_ = cmd.Process.Kill()
+			<-a.exited
+			t.Errorf("agent %s did not stop within 45s of SIGTERM", a.node)
+		}
+		_ = logf.Close()
+	})
+}
+
+// exercise checks each part of the agent's job in turn, each within bound. It
+// returns "" when the agent did it all, else what failed first; err reports a
+// failure of the test's own set-up.
+func (a *agentRun) exercise(bound time.Duration) (failure string, err error) {
+	// 1. Ready: caches synced (list and watch of every kind) and the first full sync done.
+	readyz := "http://127.0.0.1:" + a.port + "/readyz?verbose"
+	var last string
+	if !poll(bound, a.exited, func() bool {
+		var ok bool
+		ok, last = httpOK(readyz)
+		return ok
+	}) {
+		return fmt.Sprintf("not ready within %s (last /readyz: %s)", bound, last), nil
+	}
+
+	// 2. Enforce a policy created after start (so the watches matter): a pod of
+	// this node isolated by a deny-all policy is in the ingress map.
+	if err := a.createWorkload(); err != nil {
+		return "", err
+	}
+	var table string
+	if !poll(bound, a.exited, func() bool {
+		table, _ = a.netns.NFT("", "list", "table", "inet", tableName)
+		return inMap(table, "ingress-v4", a.podIP)
+	}) {
+		return fmt.Sprintf("the deny-all policy was not enforced within %s (%s not in map ingress-v4):\n%s", bound, a.podIP, table), nil
+	}
+
+	// 3. Report a policy it cannot enforce, as a Warning Event on the policy.
+	var listErr error
+	if !poll(bound, a.exited, func() bool {
+		var ok bool
+		ok, listErr = a.hasProblemEvent()
+		return ok
+	}) {
+		if listErr != nil {
+			return "", fmt.Errorf("listing events: %w", listErr)
+		}
+		return fmt.Sprintf("no NotEnforceable Event within %s", bound), nil
+	}
+	return "", nil
+}
+
+// createWorkload creates the Kubernetes namespace, a pod running on the
+// agent's node with an address, a deny-all ingress policy, and a policy whose
+// ipBlock the agent cannot parse (a leading zero, accepted by the API server
+// only because startCluster turns StrictIPCIDRValidation off).
+func (a *agentRun) createWorkload() error {
+	ctx := context.Background()
+	cs := a.c.clientset
+	ns := a.k8sNamespace
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	pod, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Labels: map[string]string{"app": "web"}},
+		Spec: corev1.PodSpec{
+			NodeName:   a.node,
+			Containers: []corev1.Container{{Name: "web", Image: "web"}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return err
+	}
+	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: a.podIP, PodIPs: []corev1.PodIP{{IP: a.podIP}}}
+	if _, err := cs.CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		return err
+	}
+	ingress := []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
+	for _, np := range []*networkingv1.NetworkPolicy{
+		{
+			ObjectMeta: metav1.ObjectMeta{Name: "deny-all"},
+			Spec:       networkingv1.NetworkPolicySpec{PolicyTypes: ingress},
+		},
+		{
+			ObjectMeta: metav1.ObjectMeta{Name: "unenforceable"},
+			Spec: networkingv1.NetworkPolicySpec{PolicyTypes: ingress, Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "010.0.0.0/8"}}},
+			}}},
+		},
+	} {
+		if _, err := cs.NetworkingV1().NetworkPolicies(ns).Create(ctx, np, metav1.CreateOptions{}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// hasProblemEvent reports whether this agent recorded its Warning Event on the
+// unenforceable policy. Every agent of the test sees every policy, and all run
+// on this host (same reporting instance), so the note's node name tells them apart.
+func (a *agentRun) hasProblemEvent() (bool, error) {
+	evs, err := a.c.clientset.EventsV1().Events(a.k8sNamespace).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		return false, err
+	}
+	for _, e := range evs.Items {
+		if e.Reason == "NotEnforceable" && e.Type == corev1.EventTypeWarning &&
+			e.Regarding.Kind == "NetworkPolicy" && e.Regarding.Name == "unenforceable" &&
+			strings.Contains(e.Note, "node "+a.node+" ") {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// inMap reports whether the `nft list` text has addr as a key of the named map.
+func inMap(table, name, addr string) bool {
+	_, rest, ok := strings.Cut(table, "map "+name+" {")
+	if !ok {
+		return false
+	}
+	block, _, _ := strings.Cut(rest, "}")
+	// Elements read `{ 10.0.0.1 comment "ns/pod" : goto ..., 10.0.0.2 ... }`.
+	return regexp.MustCompile(`[\s{,]` + regexp.QuoteMeta(addr) + `\s`).MatchString(block)
+}
+
+// poll calls cond every 100 ms until it holds (true), bound passes or the
+// agent exits (false).
+func poll(bound time.Duration, exited <-chan struct{}, cond func() bool) bool {
+	deadline := time.Now().Add(bound)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-exited:
+			return cond()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// httpOK GETs url and reports a 200, with a short description of the answer.
+func httpOK(url string) (bool, string) {
+	client := http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		return false, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	return resp.StatusCode == http.StatusOK, fmt.Sprintf("%d %s", resp.StatusCode, strings.Join(strings.Fields(string(body)), " "))
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+}
+
+// firstLogLine returns the agent's first log line matching re, or "".
+func (a *agentRun) firstLogLine(re string) string {
+	data, err := os.ReadFile(a.log)
+	if err != nil {
+		return ""
+	}
+	r := regexp.MustCompile(re)
+	for line := range strings.Lines(string(data)) {
+		if r.MatchString(line) {
+			return strings.TrimSpace(line)
+		}
+	}
+	return ""
+}
+
+// dumpLog logs the agent's output (the last 8 KiB).
+func (a *agentRun) dumpLog(t *testing.T) {
+	data, _ := os.ReadFile(a.log)
+	if len(data) > 8<<10 {
+		data = data[len(data)-8<<10:]
+	}
+	t.Logf("agent log (%s):\n%s", a.node, data)
+}
