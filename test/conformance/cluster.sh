@@ -1,0 +1,522 @@
+#!/usr/bin/env bash
+# A real two-node Kubernetes cluster on this machine, for the upstream
+# NetworkPolicy conformance suite (see the README's "Conformance" section).
+#
+#   cluster.sh up     build what is missing, start the cluster, deploy nftpolicy
+#   cluster.sh down   stop everything `up` started and undo what it changed
+#   cluster.sh e2e    run e2e.test against the running cluster (FOCUS, SKIP)
+#   cluster.sh run    up, e2e, down; down also runs on failure and Ctrl-C
+#
+# Topology (no Docker, no VMs):
+#   node1  the machine's own network namespace. Bridge npc-br0 10.99.0.1/24.
+#          etcd, kube-apiserver, controller-manager and scheduler run here too.
+#   node2  network namespace npc-node2, eth0 10.99.0.2/24 on a veth into the
+#          bridge. Its containerd, kubelet and kube-proxy are started with
+#          `nsenter --net=` (not `ip netns exec`, which remounts /sys and so
+#          hides the cgroup v1 mounts the kubelet needs).
+#   pods   CNI ptp + host-local, 10.244.<N>.0/24 on node N, static routes
+#          between the nodes. Services 10.96.0.0/16, kube-proxy in nftables
+#          mode. Images are imported from archives (test/conformance/imagepack):
+#          nothing is ever pulled.
+#
+# Machine safety: the guard table `inet npc-guard` drops forwarding out of the
+# uplink and anything for our ranges leaving by it, before any pod starts.
+# Every process is started by this script and stopped by its PID (the pid
+# files under $STATE/pids); the sysctls the kubelet and CNI change are saved
+# at `up` and restored at `down`; only the netns, bridge, cgroups and tables
+# named npc-* (and inet nftpolicy, ip/ip6 kube-proxy) are touched.
+#
+# Environment: K8S_VERSION (1.37.2), STATE (/var/lib/nftpolicy-conformance),
+# FOCUS (Netpol), SKIP (SCTP), E2E_ARGS (extra e2e.test flags), NFTPOLICY_BIN
+# (the agent binary to pack as the image; default bin/nftpolicy).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+K8S_VERSION=${K8S_VERSION:-1.37.2}
+K8S="$root/bin/k8s/$K8S_VERSION"
+STATE=${STATE:-/var/lib/nftpolicy-conformance}
+FOCUS=${FOCUS:-Netpol}
+SKIP=${SKIP:-SCTP}
+E2E_ARGS=${E2E_ARGS:-}
+NFTPOLICY_BIN=${NFTPOLICY_BIN:-$root/bin/nftpolicy}
+
+BRIDGE=npc-br0
+NS2=npc-node2
+NODES=(node1 node2)
+declare -A NODE_IP=([node1]=10.99.0.1 [node2]=10.99.0.2)
+declare -A POD_CIDR=([node1]=10.244.1.0/24 [node2]=10.244.2.0/24)
+APISERVER=10.99.0.1
+SERVICE_CIDR=10.96.0.0/16
+CLUSTER_CIDR=10.244.0.0/16
+ETCD_PORT=12379
+# The images the suite runs (k8s.io/kubernetes test/utils/image/manifest.go at
+# v1.37.2) and ours; pods use IfNotPresent (ours: Never), so none is pulled.
+AGNHOST_IMAGE=registry.k8s.io/e2e-test-images/agnhost:2.66.1
+PAUSE_IMAGE=registry.k8s.io/pause:3.10.2
+NFTPOLICY_IMAGE=nftpolicy.local/nftpolicy:conformance
+# Sysctls that kubelet and CNI write in the machine's namespace.
+SYSCTLS=(net.ipv4.ip_forward vm.overcommit_memory kernel.panic kernel.panic_on_oops)
+
+KUBECONFIG="$STATE/admin.kubeconfig"
+export KUBECONFIG
+kubectl() { "$K8S/kubectl" --kubeconfig "$KUBECONFIG" "$@"; }
+log() { printf '%s conformance: %s\n' "$(date -u +%T)" "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+# in_node NODE CMD...: run CMD in NODE's network namespace.
+in_node() {
+  local node=$1; shift
+  if [ "$node" = node1 ]; then "$@"; else nsenter --net="/run/netns/$NS2" -- "$@"; fi
+}
+
+# start NAME NODE CMD...: start CMD in the background in NODE's network
+# namespace, output to $STATE/logs/NAME.log, PID to $STATE/pids/NAME.
+start() {
+  local name=$1 node=$2; shift 2
+  if [ "$node" = node1 ]; then
+    setsid "$@" >"$STATE/logs/$name.log" 2>&1 </dev/null &
+  else
+    setsid nsenter --net="/run/netns/$NS2" -- "$@" >"$STATE/logs/$name.log" 2>&1 </dev/null &
+  fi
+  echo $! >"$STATE/pids/$name"
+}
+
+# wait_for WHAT SECONDS CMD...: poll CMD once a second until it succeeds.
+wait_for() {
+  local what=$1 secs=$2; shift 2
+  local i
+  for ((i = 0; i < secs; i++)); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 1
+  done
+  die "timed out after ${secs}s waiting for $what (logs: $STATE/logs)"
+}
+
+# write_if_changed FILE: stdin to FILE only when it differs. kube-proxy exits
+# when its config file is rewritten, so configs are never touched needlessly.
+write_if_changed() {
+  local tmp
+  tmp=$(mktemp)
+  cat >"$tmp"
+  if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; fi
+}
+
+uplink() { ip -o route show default | awk '{for (i = 1; i < NF; i++) if ($i == "dev") {print $(i+1); exit}}'; }
+
+# ---------------------------------------------------------------- assets
+
+assets() {
+  [ -x "$NFTPOLICY_BIN" ] || die "$NFTPOLICY_BIN missing: run make build"
+  K8S_VERSION=$K8S_VERSION nice -n 10 "$root/hack/conformance-assets.sh" >/dev/null
+  local img="$root/bin/conformance/images"
+  mkdir -p "$img"
+  (cd "$root" && CGO_ENABLED=0 go build -o "$root/bin/conformance/imagepack" ./test/conformance/imagepack)
+  local pack="$root/bin/conformance/imagepack"
+  # agnhost's own image runs /agnhost with `pause` by default; the pause image
+  # is agnhost's `pause` subcommand (it sleeps and reaps, as pause does).
+  "$pack" -o "$img/agnhost.tar" -name "$AGNHOST_IMAGE" -entrypoint /agnhost -cmd pause "$K8S/agnhost:/agnhost"
+  "$pack" -o "$img/pause.tar" -name "$PAUSE_IMAGE" -entrypoint /pause,pause "$K8S/agnhost:/pause"
+  "$pack" -o "$img/nftpolicy.tar" -name "$NFTPOLICY_IMAGE" -entrypoint /nftpolicy "$NFTPOLICY_BIN:/nftpolicy"
+}
+
+# ---------------------------------------------------------------- PKI
+
+pki() {
+  local p="$STATE/pki"
+  [ -f "$p/admin.crt" ] && return 0
+  mkdir -p "$p"
+  (
+    cd "$p"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=npc-ca 2>/dev/null
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+    cert() { # cert NAME SUBJECT [SANS]
+      openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+      local ext=/dev/null
+      if [ -n "${3:-}" ]; then printf 'subjectAltName=%s\n' "$3" >"$1.ext"; ext="$1.ext"; fi
+      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -out "$1.crt" -extfile "$ext" 2>/dev/null
+    }
+    cert apiserver /CN=kube-apiserver \
+      "IP:$APISERVER,IP:10.96.0.1,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    # One system:masters identity for every component and for the suite: this
+    # cluster exists to test nftpolicy, whose own RBAC is what config/ grants.
+    cert admin "/O=system:masters/CN=npc-admin"
+  )
+  cat >"$KUBECONFIG" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: npc
+  cluster: {server: "https://$APISERVER:6443", certificate-authority: "$p/ca.crt"}
+users:
+- name: admin
+  user: {client-certificate: "$p/admin.crt", client-key: "$p/admin.key"}
+contexts:
+- name: npc
+  context: {cluster: npc, user: admin}
+current-context: npc
+EOF
+}
+
+# ---------------------------------------------------------------- network
+
+network_up() {
+  local up
+  up=$(uplink)
+  [ -n "$up" ] || die "no default route: cannot tell the uplink to guard"
+  echo "$up" >"$STATE/uplink"
+  # The guard first: nothing we create may send traffic out of the machine.
+  nft -f - <<EOF
+table inet npc-guard
+delete table inet npc-guard
+table inet npc-guard {
+  chain forward {
+    type filter hook forward priority -400; policy accept;
+    oifname "$up" counter drop comment "conformance cluster: no forwarding out of the machine"
+  }
+  chain postrouting {
+    type filter hook postrouting priority 400; policy accept;
+    oifname "$up" ip daddr { 10.99.0.0/24, $CLUSTER_CIDR, $SERVICE_CIDR } counter drop comment "conformance cluster ranges stay inside"
+    oifname "$up" ip saddr { 10.99.0.0/24, $CLUSTER_CIDR } counter drop
+  }
+}
+EOF
+  for s in "${SYSCTLS[@]}"; do
+    [ -f "$STATE/sysctl.saved" ] && grep -q "^$s=" "$STATE/sysctl.saved" && continue
+    echo "$s=$(sysctl -n "$s")" >>"$STATE/sysctl.saved"
+  done
+  ip link show "$BRIDGE" >/dev/null 2>&1 || {
+    ip link add "$BRIDGE" type bridge
+    ip addr add 10.99.0.1/24 dev "$BRIDGE"
+    ip link set "$BRIDGE" up
+  }
+  [ -e "/run/netns/$NS2" ] || {
+    ip netns add "$NS2"
+    ip link add "$NS2" type veth peer name eth0 netns "$NS2"
+    ip link set "$NS2" master "$BRIDGE" up
+    ip -n "$NS2" link set lo up
+    ip -n "$NS2" addr add 10.99.0.2/24 dev eth0
+    ip -n "$NS2" link set eth0 up
+    # node2's default route: Service addresses are routed before kube-proxy
+    # rewrites them, so they need some route; the guard keeps them in.
+    ip -n "$NS2" route add default via 10.99.0.1
+    ip netns exec "$NS2" sysctl -qw net.ipv4.ip_forward=1
+  }
+  ip route replace 10.244.2.0/24 via 10.99.0.2 dev "$BRIDGE"
+  sysctl -qw net.ipv4.ip_forward=1
+}
+
+network_down() {
+  ip route del 10.244.2.0/24 via 10.99.0.2 2>/dev/null || true
+  ip link del "$NS2" 2>/dev/null || true
+  [ -e "/run/netns/$NS2" ] && ip netns del "$NS2"
+  ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
+  # Tables the cluster made in the machine's namespace: kube-proxy's, the
+  # kubelet's iptables canaries (iptables-nft), and the agent's. node2's went
+  # with its namespace.
+  nft delete table ip kube-proxy 2>/dev/null || true
+  nft delete table ip6 kube-proxy 2>/dev/null || true
+  nft delete table inet nftpolicy 2>/dev/null || true
+  local t c
+  for t in ip ip6; do
+    for c in KUBE-IPTABLES-HINT KUBE-KUBELET-CANARY KUBE-PROXY-CANARY KUBE-FIREWALL; do
+      for tbl in mangle nat filter; do
+        nft list chain "$t" "$tbl" "$c" >/dev/null 2>&1 && nft flush chain "$t" "$tbl" "$c" && nft delete chain "$t" "$tbl" "$c" 2>/dev/null || true
+      done
+    done
+  done
+  if [ -f "$STATE/sysctl.saved" ]; then
+    local kv
+    while read -r kv; do sysctl -qw "$kv" || log "could not restore $kv"; done <"$STATE/sysctl.saved"
+  fi
+  # Last: the guard, once nothing of ours can forward any more.
+  nft delete table inet npc-guard 2>/dev/null || true
+}
+
+# ---------------------------------------------------------------- cgroups
+
+# The kubelet wants its cgroupRoot to exist in every cgroup v1 hierarchy.
+cgroups_up() {
+  local node=$1 m d
+  for m in $(findmnt -rn -t cgroup,cgroup2 -o TARGET); do
+    d="$m/npc-$node"
+    [ -d "$d" ] && continue
+    mkdir "$d"
+    if [ -f "$m/cpuset.cpus" ]; then
+      cat "$m/cpuset.cpus" >"$d/cpuset.cpus"
+      cat "$m/cpuset.mems" >"$d/cpuset.mems"
+    fi
+  done
+}
+
+# cgroups_down NODE: kill what is left in NODE's cgroups (by PID), remove them.
+cgroups_down() {
+  local node=$1 m pid
+  for m in $(findmnt -rn -t cgroup,cgroup2 -o TARGET); do
+    [ -d "$m/npc-$node" ] || continue
+    for pid in $(find "$m/npc-$node" -name cgroup.procs -exec cat {} + 2>/dev/null); do
+      kill -9 "$pid" 2>/dev/null || true
+    done
+  done
+  sleep 0.5
+  for m in $(findmnt -rn -t cgroup,cgroup2 -o TARGET); do
+    [ -d "$m/npc-$node" ] || continue
+    find "$m/npc-$node" -depth -type d -exec rmdir {} \; 2>/dev/null || log "could not remove $m/npc-$node"
+  done
+}
+
+# ---------------------------------------------------------------- nodes
+
+containerd_up() {
+  local node=$1 d="$STATE/$node"
+  mkdir -p "$d/cni" "$d/containerd" "$d/pod-logs" "$d/kubelet"
+  cat >"$d/cni/10-npc.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "npc",
+  "plugins": [{
+    "type": "ptp",
+    "ipMasq": false,
+    "ipam": {
+      "type": "host-local",
+      "ranges": [[{"subnet": "${POD_CIDR[$node]}"}]],
+      "routes": [{"dst": "0.0.0.0/0"}],
+      "dataDir": "$d/ipam"
+    }
+  }]
+}
+EOF
+  cat >"$d/containerd.toml" <<EOF
+version = 2
+root = "$d/containerd/root"
+state = "$d/containerd/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.internal.v1.opt", "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "$d/containerd.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  # runc cannot write oom_score_adj below its own without CAP_SYS_RESOURCE.
+  restrict_oom_score_adj = true
+  # Pod network namespaces under our state, not /run/netns.
+  netns_mounts_under_state_dir = true
+  disable_apparmor = true
+  stream_server_address = "127.0.0.1"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$d/cni"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "$d/runc"
+EOF
+  start "containerd-$node" "$node" containerd --config "$d/containerd.toml"
+  wait_for "containerd on $node" 30 ctr --address "$d/containerd.sock" version
+  local t
+  for t in agnhost pause nftpolicy; do
+    ctr --address "$d/containerd.sock" -n k8s.io images import --no-unpack=false "$root/bin/conformance/images/$t.tar" >/dev/null
+  done
+}
+
+kubelet_up() {
+  local node=$1 d="$STATE/$node"
+  cgroups_up "$node"
+  cat >"$d/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: ${NODE_IP[$node]}
+port: 10250
+readOnlyPort: 0
+healthzPort: 0
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: false}
+  x509: {clientCAFile: "$STATE/pki/ca.crt"}
+authorization: {mode: AlwaysAllow}
+cgroupDriver: cgroupfs
+cgroupRoot: /npc-$node
+failCgroupV1: false
+failSwapOn: false
+containerRuntimeEndpoint: unix://$d/containerd.sock
+podLogsDir: $d/pod-logs
+resolvConf: /etc/resolv.conf
+clusterDomain: cluster.local
+# Never garbage-collect the imported images: they cannot be pulled back.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
+serializeImagePulls: false
+EOF
+  start "kubelet-$node" "$node" "$K8S/kubelet" --config="$d/kubelet.yaml" --kubeconfig="$KUBECONFIG" \
+    --hostname-override="$node" --node-ip="${NODE_IP[$node]}" --root-dir="$d/kubelet" --v=1
+}
+
+proxy_up() {
+  local node=$1 d="$STATE/$node"
+  write_if_changed "$d/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: nftables
+clusterCIDR: $CLUSTER_CIDR
+hostnameOverride: $node
+clientConnection: {kubeconfig: "$KUBECONFIG"}
+healthzBindAddress: ${NODE_IP[$node]}:10256
+metricsBindAddress: 127.0.0.1:10249
+# Leave the machine's conntrack sysctls alone.
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+EOF
+  start "kube-proxy-$node" "$node" "$K8S/kube-proxy" --config="$d/kube-proxy.yaml" --v=1
+}
+
+control_plane_up() {
+  mkdir -p "$STATE/etcd"
+  start etcd node1 "$K8S/etcd" --name npc --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+    --initial-cluster "npc=http://127.0.0.1:$((ETCD_PORT + 1))" --unsafe-no-fsync
+  local p="$STATE/pki"
+  start kube-apiserver node1 "$K8S/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address="$APISERVER" --advertise-address="$APISERVER" --secure-port=6443 \
+    --tls-cert-file="$p/apiserver.crt" --tls-private-key-file="$p/apiserver.key" \
+    --client-ca-file="$p/ca.crt" \
+    --kubelet-client-certificate="$p/admin.crt" --kubelet-client-key="$p/admin.key" \
+    --kubelet-preferred-address-types=InternalIP \
+    --service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
+    --service-account-issuer=https://kubernetes.default.svc \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --authorization-mode=Node,RBAC --allow-privileged=true
+  wait_for "the apiserver" 90 kubectl get --raw /readyz
+  start kube-controller-manager node1 "$K8S/kube-controller-manager" --kubeconfig="$KUBECONFIG" \
+    --leader-elect=false --secure-port=0 \
+    --service-account-private-key-file="$p/sa.key" --root-ca-file="$p/ca.crt" \
+    --service-cluster-ip-range="$SERVICE_CIDR" --cluster-cidr="$CLUSTER_CIDR" --allocate-node-cidrs=false
+  start kube-scheduler node1 "$K8S/kube-scheduler" --kubeconfig="$KUBECONFIG" --leader-elect=false --secure-port=0
+}
+
+deploy() {
+  log "deploying nftpolicy (kubectl apply -k test/conformance)"
+  kubectl apply -k "$root/test/conformance" >"$STATE/logs/deploy.log"
+  kubectl -n nftpolicy-system rollout status daemonset/nftpolicy-agent --timeout=180s >&2
+  local ready
+  ready=$(kubectl -n nftpolicy-system get daemonset nftpolicy-agent -o jsonpath='{.status.numberReady}')
+  [ "$ready" = 2 ] || die "nftpolicy agent ready on $ready of 2 nodes"
+}
+
+up() {
+  [ "$(id -u)" = 0 ] || die "must run as root"
+  [ -e "$STATE/pids" ] && [ -n "$(ls "$STATE/pids")" ] && die "a cluster is already up (state $STATE): run make cluster-down"
+  local t0=$SECONDS
+  log "building what is missing (bin/k8s/$K8S_VERSION, bin/conformance)"
+  assets
+  mkdir -p "$STATE/logs" "$STATE/pids"
+  pki
+  network_up
+  log "network up: $BRIDGE 10.99.0.1/24, netns $NS2 10.99.0.2, guard table inet npc-guard on $(cat "$STATE/uplink")"
+  control_plane_up
+  local n
+  for n in "${NODES[@]}"; do containerd_up "$n"; done
+  for n in "${NODES[@]}"; do kubelet_up "$n"; done
+  for n in "${NODES[@]}"; do proxy_up "$n"; done
+  wait_for "both nodes Ready" 120 kubectl wait --for=condition=Ready node/node1 node/node2 --timeout=1s
+  wait_for "the default service account" 60 kubectl -n default get serviceaccount default
+  log "cluster up in $((SECONDS - t0))s: KUBECONFIG=$KUBECONFIG"
+  deploy
+  log "nftpolicy ready on both nodes ($((SECONDS - t0))s)"
+}
+
+# stop NAME: SIGTERM the PID in $STATE/pids/NAME, SIGKILL after 10 s.
+stop() {
+  local f="$STATE/pids/$1" pid i
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -TERM "$pid" 2>/dev/null; then
+    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+down() {
+  [ -d "$STATE" ] || { log "nothing to tear down ($STATE absent)"; return 0; }
+  log "tearing down"
+  local n d id
+  for n in "${NODES[@]}"; do stop "kube-proxy-$n"; stop "kubelet-$n"; done
+  # Pods: kill and delete every task through its containerd, so that the
+  # shims exit, then anything left in the node's cgroups.
+  for n in "${NODES[@]}"; do
+    d="$STATE/$n"
+    if [ -S "$d/containerd.sock" ] && [ -f "$STATE/pids/containerd-$n" ]; then
+      for id in $(ctr --address "$d/containerd.sock" -n k8s.io tasks ls -q 2>/dev/null); do
+        ctr --address "$d/containerd.sock" -n k8s.io tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
+      done
+      sleep 1
+      for id in $(ctr --address "$d/containerd.sock" -n k8s.io tasks ls -q 2>/dev/null); do
+        ctr --address "$d/containerd.sock" -n k8s.io tasks delete -f "$id" >/dev/null 2>&1 || true
+      done
+    fi
+    cgroups_down "$n"
+    stop "containerd-$n"
+  done
+  stop kube-scheduler
+  stop kube-controller-manager
+  stop kube-apiserver
+  stop etcd
+  # Mounts left under our state (container rootfs, shm, pod netns, volumes).
+  local m
+  for m in $(findmnt -rn -o TARGET | grep "^$STATE/" | sort -r); do umount -l "$m" 2>/dev/null || true; done
+  network_down
+  # The kubelet links container logs from the fixed /var/log/containers.
+  find /var/log/containers -maxdepth 1 -type l -lname "$STATE/*" -delete 2>/dev/null || true
+  rm -rf "$STATE"
+  log "down"
+}
+
+e2e() {
+  local report="$STATE/e2e"
+  mkdir -p "$report"
+  log "e2e.test --ginkgo.focus='$FOCUS' --ginkgo.skip='$SKIP' (log: $report/e2e.log)"
+  local rc=0
+  (cd "$report" && "$K8S/e2e.test" --provider=local --kubeconfig="$KUBECONFIG" \
+    --ginkgo.focus="$FOCUS" --ginkgo.skip="$SKIP" --ginkgo.timeout=4h --ginkgo.no-color \
+    --ginkgo.junit-report="$report/junit.xml" --report-dir="$report" \
+    --dump-logs-on-failure=false $E2E_ARGS) >"$report/e2e.log" 2>&1 || rc=$?
+  # The ginkgo summary: the "Ran N of M Specs" block and the failures list.
+  sed -n '/^Summarizing [0-9]* Failure/,$p; /^Ran [0-9]* of [0-9]* Specs/,$p' "$report/e2e.log" | awk '!seen[$0]++'
+  return $rc
+}
+
+# finish: keep the suite's log and the component logs (the state directory
+# goes with `down`), then tear down. The EXIT trap of `run`.
+finish() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ -d "$STATE/logs" ]; then
+    rm -rf "$root/bin/conformance/last-run" && mkdir -p "$root/bin/conformance/last-run"
+    cp -r "$STATE/logs" "$root/bin/conformance/last-run/"
+    [ -d "$STATE/e2e" ] && cp -r "$STATE/e2e" "$root/bin/conformance/last-run/"
+  fi
+  down
+  log "total $((SECONDS - T0))s, exit $rc (logs: bin/conformance/last-run)"
+  exit $rc
+}
+
+run() {
+  T0=$SECONDS
+  trap finish EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  up
+  e2e
+}
+
+case "${1:-}" in
+  up) trap 'rc=$?; [ $rc = 0 ] || log "up failed: run make cluster-down to clean up"' EXIT; up ;;
+  down) down ;;
+  e2e) trap 'exit 130' INT; e2e ;;
+  run) run ;;
+  *) echo "usage: $0 up|down|e2e|run" >&2; exit 2 ;;
+esac
