@@ -25,11 +25,16 @@ import (
 	"github.com/nftpolicy/nftpolicy/nft"
 )
 
-// The agent only reads; these markers are the whole of its RBAC.
-// +kubebuilder:rbac:groups="",resources=pods;namespaces,verbs=get;list;watch
-// +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch
-// Warning Events on policies the node cannot fully enforce:
-// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// The agent only reads, and only through its informer caches (list and watch;
+// never a get from the API); these markers are the whole of its RBAC.
+// +kubebuilder:rbac:groups="",resources=pods;namespaces,verbs=list;watch
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=list;watch
+// Warning Events on policies the node cannot fully enforce. Create only: the
+// recorder patches an Event to count a repeat of it, and a repeat cannot happen
+// here, since a policy's problems depend on its spec alone, an Event names the
+// policy's resourceVersion, and the node reconciler reports each version's
+// problems once.
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create
 
 // Options configures RunAgent. cmd/nftpolicy fills it from flags and has
 // validated every field before RunAgent sees it.

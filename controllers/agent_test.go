@@ -2,7 +2,6 @@ package controllers
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -177,22 +176,14 @@ var _ = Describe("nftpolicy agent", Ordered, func() {
 	}, NodeTimeout(3*time.Minute))
 })
 
-// agentClusterRole is the agent's ClusterRole: config/rbac/role.yaml (what
-// controller-gen makes of the +kubebuilder:rbac markers) when it exists, else
-// the read-only rules of those markers as written in agent.go.
+// agentClusterRole is the agent's ClusterRole: config/rbac/role.yaml, what
+// controller-gen makes of the +kubebuilder:rbac markers (make verify keeps it
+// current).
 func agentClusterRole() *rbacv1.ClusterRole {
 	role := &rbacv1.ClusterRole{}
-	if b, err := os.ReadFile(filepath.Join("..", "config", "rbac", "role.yaml")); err == nil {
-		Expect(yaml.UnmarshalStrict(b, role)).To(Succeed(), "config/rbac/role.yaml")
-	} else {
-		Expect(errors.Is(err, os.ErrNotExist)).To(BeTrue(), "%v", err)
-		read := []string{"get", "list", "watch"}
-		role.Rules = []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"pods", "namespaces"}, Verbs: read},
-			{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: read},
-			{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
-		}
-	}
+	b, err := os.ReadFile(filepath.Join("..", "config", "rbac", "role.yaml"))
+	Expect(err).NotTo(HaveOccurred())
+	Expect(yaml.UnmarshalStrict(b, role)).To(Succeed(), "config/rbac/role.yaml")
 	role.ObjectMeta = metav1.ObjectMeta{Name: "nftpolicy-agent-test"}
 	return role
 }

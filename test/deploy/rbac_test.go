@@ -20,6 +20,7 @@ import (
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -152,6 +153,34 @@ func removals(rules []rbacv1.PolicyRule) []removal {
 			rs := slices.Clone(rules)
 			rs[i] = *reduced
 			out = append(out, removal{slug: fmt.Sprintf("rule%d-%s", i, res), what: describe(r, []string{res}) + " (only that resource)", rules: rs})
+		}
+	}
+	// One verb of one rule: every verb granted must be one the agent uses. Not
+	// list or watch alone: they are the informers' pair, removed together with
+	// their rule above. Either one alone leaves a degraded agent that still
+	// passes the checks here: client-go streams the first list over a watch
+	// (watch-list, which a 1.37 API server serves), and falls back to a list
+	// when an API server does not; without watch, a reflector relists with
+	// backoff and so sees changes late instead of never.
+	for i, r := range rules {
+		if len(r.Verbs) < 2 {
+			continue
+		}
+		for _, verb := range r.Verbs {
+			if verb == "list" || verb == "watch" {
+				continue
+			}
+			reduced := r.DeepCopy()
+			reduced.Verbs = slices.DeleteFunc(reduced.Verbs, func(s string) bool { return s == verb })
+			rs := slices.Clone(rules)
+			rs[i] = *reduced
+			group := strings.Join(r.APIGroups, ",")
+			if group == "" {
+				group = "core"
+			}
+			out = append(out, removal{slug: fmt.Sprintf("rule%d-%s", i, verb),
+				what:  fmt.Sprintf("verb %s on %s %s (only that verb)", verb, group, strings.Join(r.Resources, ",")),
+				rules: rs})
 		}
 	}
 	return out
@@ -311,13 +340,17 @@ func (a *agentRun) exercise(bound time.Duration) (failure string, err error) {
 		}
 		return fmt.Sprintf("no NotEnforceable Event within %s", bound), nil
 	}
+
 	return "", nil
 }
 
+// badCIDR is an ipBlock the agent cannot parse (a leading zero), accepted by
+// the API server only because startCluster turns StrictIPCIDRValidation off.
+const badCIDR = "010.0.0.0/8"
+
 // createWorkload creates the Kubernetes namespace, a pod running on the
 // agent's node with an address, a deny-all ingress policy, and a policy whose
-// ipBlock the agent cannot parse (a leading zero, accepted by the API server
-// only because startCluster turns StrictIPCIDRValidation off).
+// ipBlock the agent cannot parse (badCIDR).
 func (a *agentRun) createWorkload() error {
 	ctx := context.Background()
 	cs := a.c.clientset
@@ -348,7 +381,7 @@ func (a *agentRun) createWorkload() error {
 		{
 			ObjectMeta: metav1.ObjectMeta{Name: "unenforceable"},
 			Spec: networkingv1.NetworkPolicySpec{PolicyTypes: ingress, Ingress: []networkingv1.NetworkPolicyIngressRule{{
-				From: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "010.0.0.0/8"}}},
+				From: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: badCIDR}}},
 			}}},
 		},
 	} {
@@ -363,14 +396,19 @@ func (a *agentRun) createWorkload() error {
 // unenforceable policy. Every agent of the test sees every policy, and all run
 // on this host (same reporting instance), so the note's node name tells them apart.
 func (a *agentRun) hasProblemEvent() (bool, error) {
+	return a.findProblemEvent(func(*eventsv1.Event) bool { return true })
+}
+
+func (a *agentRun) findProblemEvent(match func(*eventsv1.Event) bool) (bool, error) {
 	evs, err := a.c.clientset.EventsV1().Events(a.k8sNamespace).List(context.Background(), metav1.ListOptions{})
 	if err != nil {
 		return false, err
 	}
-	for _, e := range evs.Items {
+	for i := range evs.Items {
+		e := &evs.Items[i]
 		if e.Reason == "NotEnforceable" && e.Type == corev1.EventTypeWarning &&
 			e.Regarding.Kind == "NetworkPolicy" && e.Regarding.Name == "unenforceable" &&
-			strings.Contains(e.Note, "node "+a.node+" ") {
+			strings.Contains(e.Note, "node "+a.node+" ") && match(e) {
 			return true, nil
 		}
 	}
