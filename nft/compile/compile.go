@@ -48,27 +48,49 @@ func (p Problem) String() string {
 // Compile returns the table that enforces s's policies on s.NodeName, and the problems
 // found, by policy (namespace/name), each policy's in rule order. It is a pure
 // function: the same snapshot, in any order, gives the same result (an object listed
-// twice under one namespace/name counts once, the first time). The ruleset always
-// passes Validate.
+// twice under one namespace/name counts once: the first eligible pod, the first
+// policy, the last namespace). The ruleset always passes Validate.
+//
+// Compile is a fresh Compiler loaded with s; a Compiler fed the same objects one
+// change at a time returns the same.
 func Compile(s Snapshot, opts Options) (*nft.Ruleset, []Problem) {
-	table := opts.Table
-	if table == "" {
-		table = nft.DefaultTable
+	c := NewCompiler(s.NodeName, opts)
+	for _, ns := range s.Namespaces {
+		if ns != nil {
+			c.SetNamespace(ns)
+		}
 	}
-	c := newCompiler(s)
-	c.build()
+	for _, p := range s.Pods {
+		if p == nil {
+			continue
+		}
+		if _, dup := c.ix.pods[objKey{p.Namespace, p.Name}]; !dup {
+			c.SetPod(p)
+		}
+	}
+	for _, np := range s.Policies {
+		if np == nil {
+			continue
+		}
+		if _, dup := c.pols[objKey{np.Namespace, np.Name}]; !dup {
+			c.SetPolicy(np)
+		}
+	}
+	return c.Compile()
+}
+
+// assemble builds the ruleset from a compilation's groups.
+func assemble(table string, c *compiler) *nft.Ruleset {
 	rs := &nft.Ruleset{Table: table}
 	rs.Sets = append(rs.Sets, c.maps()...)
 	rs.Chains = append(rs.Chains, fixedChains()...)
 	slices.SortFunc(c.groups, func(a, b *group) int { return strings.Compare(a.chain, b.chain) })
 	for _, g := range c.groups {
 		rs.Sets = append(rs.Sets, g.sets...)
-		rs.Chains = append(rs.Chains, g.chainValue())
+		rs.Chains = append(rs.Chains, g.chainV)
 	}
 	slices.SortFunc(rs.Sets, func(a, b nft.Set) int { return strings.Compare(a.Name, b.Name) })
-	// Policies were parsed in namespace/name order and each one's problems are in
-	// rule order; pod problems come first.
-	return rs, c.problems
+	return rs
 }
 
 // fixedChains are the chains that exist whatever the policies: see nft/doc.go.
@@ -117,7 +139,7 @@ func (c *compiler) maps() []nft.Set {
 	for _, d := range defs {
 		s := nft.Set{Name: d.name, Type: []nft.DataType{d.typ}, Verdicts: true, Comment: d.comment}
 		taken := map[netip.Addr]*podInfo{}
-		for _, p := range c.ix.local {
+		for _, p := range c.ix.local.list() {
 			g := p.egress
 			verdict := nft.Jump
 			if d.ingress {

@@ -8,25 +8,24 @@ import (
 	"strings"
 
 	"go4.org/netipx"
-	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/nftpolicy/nftpolicy/nft"
 )
 
-// compiler holds one Compile call's state. Peer selections and rule address sets are
-// computed on first use and shared by every group that needs them.
+// compiler holds one compilation's state, over a Compiler's index and parsed
+// policies. Peer selections and rule address sets are computed on first use and
+// shared by every group filled in this compilation.
 type compiler struct {
-	ix       *index
-	policies []*policy            // by namespace/name
-	byNS     map[string][]*policy // by namespace/name
-	problems []Problem
-	groups   []*group
+	ix     *index
+	byNS   map[string][]*policy // by name
+	groups []*group
 
 	selections map[string]*podSelection // pod selections by peer key
 	allPods    *podSelection            // every eligible pod (rules without peers)
 	nsSels     map[string][]string      // namespace selections by selector text
-	values     valueArena
+	resolved   map[*rule]*addrSet       // rule peers' addresses
+	named      map[*rule]map[portRef][]portAddrs
 }
 
 // podSelection is the pods a peer's selectors pick and their addresses.
@@ -47,39 +46,38 @@ type group struct {
 	chain    string
 	setNames [4]string // any-v4, ports-v4, any-v6, ports-v6
 	sets     []nft.Set
+	chainV   nft.Chain
 }
 
-func newCompiler(s Snapshot) *compiler {
-	c := &compiler{
-		ix:         newIndex(s),
-		byNS:       map[string][]*policy{},
+// filled is a group's sets and chain as a compilation left them, for the next
+// compilation to reuse while nothing they depend on changes (see Compiler).
+type filled struct {
+	ingress  bool
+	policies []*policy
+	chain    string
+	setNames [4]string
+	sets     []nft.Set
+	chainV   nft.Chain
+}
+
+func newCompiler(ix *index, byNS map[string][]*policy) *compiler {
+	return &compiler{
+		ix:         ix,
+		byNS:       byNS,
 		selections: map[string]*podSelection{},
 		nsSels:     map[string][]string{},
+		resolved:   map[*rule]*addrSet{},
+		named:      map[*rule]map[portRef][]portAddrs{},
 	}
-	c.problems = append(c.problems, c.ix.problems...)
-	c.allPods = &podSelection{pods: c.ix.pods}
-	nps := slices.Clone(s.Policies)
-	nps = slices.DeleteFunc(nps, func(np *networkingv1.NetworkPolicy) bool { return np == nil })
-	slices.SortStableFunc(nps, func(a, b *networkingv1.NetworkPolicy) int {
-		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
-	})
-	for i, np := range nps {
-		if i > 0 && np.Namespace == nps[i-1].Namespace && np.Name == nps[i-1].Name {
-			continue // the same policy twice: the first one counts
-		}
-		p, problems := parsePolicy(np)
-		c.problems = append(c.problems, problems...)
-		c.policies = append(c.policies, p)
-		c.byNS[p.ns] = append(c.byNS[p.ns], p)
-	}
-	return c
 }
 
-// build groups the local targets and fills each group's sets.
-func (c *compiler) build() {
+// build groups the local targets and fills each group's sets, reusing prev's fills
+// (by group key) where the names agree; it returns the fills of this compilation.
+func (c *compiler) build(prev map[string]*filled) map[string]*filled {
 	byKey := map[string]*group{}
 	var keys []string
-	for _, pod := range c.ix.local {
+	for _, pod := range c.ix.local.list() {
+		pod.ingress, pod.egress = nil, nil
 		var ing, eg []*policy
 		for _, p := range c.byNS[pod.ns] {
 			if p.podSel == nil || !p.podSel.Matches(pod.labels) {
@@ -112,12 +110,22 @@ func (c *compiler) build() {
 	}
 	slices.Sort(keys)
 	names := map[string]bool{}
+	next := make(map[string]*filled, len(keys))
 	for _, key := range keys {
 		g := byKey[key]
 		g.name(names)
-		c.fill(g)
+		f := prev[key]
+		if f != nil && f.chain == g.chain && f.setNames == g.setNames {
+			g.sets, g.chainV = f.sets, f.chainV
+		} else {
+			c.fill(g)
+			g.chainV = g.chainValue()
+			f = &filled{ingress: g.ingress, policies: g.policies, chain: g.chain, setNames: g.setNames, sets: g.sets, chainV: g.chainV}
+		}
+		next[key] = f
 		c.groups = append(c.groups, g)
 	}
+	return next
 }
 
 // groupKey identifies a group: direction, selecting policies and, for ingress, what
@@ -239,19 +247,23 @@ func (c *compiler) fill(g *group) {
 		}
 		anySet := nft.Set{Name: g.setNames[2*fi], Type: []nft.DataType{addrType}, Interval: true,
 			Comment: listComment("peers on every port, of", refs)}
+		// One allocation for the keys of each set: a big ruleset has one key per
+		// element. Keys are not shared between sets, so a set's keys live and die
+		// with it.
 		anyElems := anyAddrs.elems(v6, nil)
 		anySet.Elements = make([]nft.Element, len(anyElems))
+		vals := make([]nft.Value, len(anyElems))
 		for i, r := range anyElems {
-			k := c.values.take(1)
-			k[0] = addrValue(r)
-			anySet.Elements[i].Key = k
+			vals[i] = addrValue(r)
+			anySet.Elements[i].Key = vals[i : i+1 : i+1]
 		}
 		portSet := nft.Set{Name: g.setNames[2*fi+1], Type: []nft.DataType{addrType, nft.TypeInetProto, nft.TypeInetService},
 			Interval: true, Comment: listComment("peers by protocol and port, of", refs)}
 		pes := portElems(grants, v6, cover)
 		portSet.Elements = make([]nft.Element, len(pes))
+		vals = make([]nft.Value, 3*len(pes))
 		for i, e := range pes {
-			k := c.values.take(3)
+			k := vals[3*i : 3*i+3 : 3*i+3]
 			k[0], k[1], k[2] = addrValue(e.addrs), nft.Num(uint32(e.proto)), nft.NumRange(uint32(e.lo), uint32(e.hi))
 			portSet.Elements[i].Key = k
 		}
@@ -335,12 +347,12 @@ func portElems(grants []grant, v6 bool, cover *addrSet) []portElem {
 
 // rulePeers is the addresses a rule's peers stand for (before ports).
 func (c *compiler) rulePeers(p *policy, r *rule) *addrSet {
-	if r.resolved != nil {
-		return r.resolved
+	if s := c.resolved[r]; s != nil {
+		return s
 	}
 	if r.allPeers {
-		r.resolved = allAddrs
-		return r.resolved
+		c.resolved[r] = allAddrs
+		return allAddrs
 	}
 	parts := make([]*addrSet, 0, len(r.peers))
 	for _, pe := range r.peers {
@@ -350,8 +362,9 @@ func (c *compiler) rulePeers(p *policy, r *rule) *addrSet {
 			parts = append(parts, c.selectPeer(p, pe).addrs)
 		}
 	}
-	r.resolved = unionAddrs(parts)
-	return r.resolved
+	s := unionAddrs(parts)
+	c.resolved[r] = s
+	return s
 }
 
 // selectPeer returns the pods (on any node) a selector peer of policy p picks.
@@ -392,11 +405,14 @@ func (c *compiler) selectNamespaces(sel labels.Selector) []string {
 // their addresses (for an ipBlock peer, those inside the block; for no peers, every
 // pod). An address that is no pod's never matches a named port.
 func (c *compiler) namedDestinations(p *policy, r *rule, ref portRef) []portAddrs {
-	if pa, ok := r.named[ref]; ok {
+	if pa, ok := c.named[r][ref]; ok {
 		return pa
 	}
 	var parts [][]portAddrs
 	if r.allPeers {
+		if c.allPods == nil {
+			c.allPods = &podSelection{pods: c.ix.all.list()}
+		}
 		parts = append(parts, c.namedOf(c.allPods, ref))
 	}
 	for _, pe := range r.peers {
@@ -424,10 +440,10 @@ func (c *compiler) namedDestinations(p *policy, r *rule, ref portRef) []portAddr
 		out = append(out, portAddrs{n, unionAddrs(sets)})
 	}
 	slices.SortFunc(out, func(a, b portAddrs) int { return cmp.Compare(a.port, b.port) })
-	if r.named == nil {
-		r.named = map[portRef][]portAddrs{}
+	if c.named[r] == nil {
+		c.named[r] = map[portRef][]portAddrs{}
 	}
-	r.named[ref] = out
+	c.named[r][ref] = out
 	return out
 }
 
@@ -480,17 +496,4 @@ func (g *group) chainValue() nft.Chain {
 		{Matches: []nft.Match{nft.InSet(g.setNames[3], v6, nft.KeyL4Proto, nft.KeyTHDport)}, Counter: true, Verdict: allow, Comment: allowed},
 		{Counter: true, Verdict: nft.Verdict{Kind: nft.Drop}, Comment: listComment("isolated by", refs)},
 	}}
-}
-
-// valueArena hands out key slices from large blocks: a big ruleset has one key per
-// element, and one allocation per element would dominate Compile.
-type valueArena struct{ buf []nft.Value }
-
-func (a *valueArena) take(n int) []nft.Value {
-	if len(a.buf) < n {
-		a.buf = make([]nft.Value, 4096)
-	}
-	v := a.buf[:n:n]
-	a.buf = a.buf[n:]
-	return v
 }

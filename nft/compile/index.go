@@ -17,17 +17,17 @@ import (
 const nsNameLabel = "kubernetes.io/metadata.name"
 
 // podInfo is what the compiler keeps of a pod that can take part in policy: it has
-// addresses, is not hostNetwork and has not finished.
+// addresses, is not hostNetwork and has not finished. It keeps no reference to the
+// Pod object (only to its strings and label map, which the object does not change).
 type podInfo struct {
 	ns, name string
 	ref      string // "namespace/name", of local pods only
 	labels   labels.Set
 	addrs    []netip.Addr // unmapped, sorted, unique
 	local    bool         // runs on the compiled node: a target
-	pod      *corev1.Pod
-	ports    []namedPort // named container ports, parsed on first use (resolve)
+	ports    []namedPort  // named container ports with a valid number and protocol
 
-	ingress, egress *group // the target's groups, when isolated
+	ingress, egress *group // the target's groups, when isolated (set by each build)
 }
 
 type namedPort struct {
@@ -44,100 +44,251 @@ type podAddr struct {
 
 type labelKV struct{ k, v string }
 
-// index is the snapshot arranged for the questions the compiler asks: pods by
-// namespace, by label and by address; namespace labels.
-type index struct {
-	pods     []*podInfo // eligible pods, by namespace/name
-	byNS     map[string][]*podInfo
-	local    []*podInfo // eligible pods on the compiled node, by namespace/name
-	nsLabels map[string]labels.Set
-	nsNames  []string               // every namespace known from namespaces or pods, sorted
-	byLabel  map[labelKV][]*podInfo // built on first use, see labelIndex
-	byKey    map[string][]*podInfo  // pods that have the label key
-	byAddr   []podAddr              // sorted by address; built on first use
+// objKey is a namespace/name.
+type objKey struct{ ns, name string }
 
-	problems []Problem
+func comparePods(a, b *podInfo) int {
+	return cmp.Or(strings.Compare(a.ns, b.ns), strings.Compare(a.name, b.name))
 }
 
-func newIndex(s Snapshot) *index {
-	ix := &index{
-		byNS:     map[string][]*podInfo{},
+// podList is a list of pods kept in namespace/name order lazily: additions append,
+// and the list is sorted again on its next read.
+type podList struct {
+	items  []*podInfo
+	sorted bool
+}
+
+func (l *podList) add(p *podInfo) {
+	l.sorted = len(l.items) == 0 || (l.sorted && comparePods(l.items[len(l.items)-1], p) < 0)
+	l.items = append(l.items, p)
+}
+
+func (l *podList) remove(p *podInfo) {
+	i := -1
+	if l.sorted {
+		if j, found := slices.BinarySearchFunc(l.items, p, comparePods); found && l.items[j] == p {
+			i = j
+		}
+	} else {
+		i = slices.Index(l.items, p)
+	}
+	if i >= 0 {
+		l.items = slices.Delete(l.items, i, i+1)
+	}
+}
+
+// list returns the pods in namespace/name order; valid until the next change.
+func (l *podList) list() []*podInfo {
+	if l == nil {
+		return nil
+	}
+	if !l.sorted {
+		slices.SortFunc(l.items, comparePods)
+		l.sorted = true
+	}
+	return l.items
+}
+
+func (l *podList) len() int {
+	if l == nil {
+		return 0
+	}
+	return len(l.items)
+}
+
+// index is the cluster arranged for the questions the compiler asks: pods by
+// namespace, by label and by address; namespace labels. It is kept up to date one
+// object at a time (setPod, deletePod, setNamespace, deleteNamespace).
+type index struct {
+	node     string
+	pods     map[objKey]*podInfo // eligible pods
+	all      podList             // eligible pods
+	byNS     map[string]*podList
+	local    podList // eligible pods on the compiled node
+	nsObj    map[string]labels.Set
+	nsLabels map[string]labels.Set // of every namespace known from namespaces or pods
+	nsPods   map[string]int        // eligible pods per namespace
+	nsNames  []string              // sorted keys of nsLabels; nil when stale
+	byLabel  map[labelKV]*podList  // pods by label
+	byKey    map[string]*podList   // pods that have the label key
+	byAddr   []podAddr             // sorted by address; nil when stale, built on use
+}
+
+func newIndex(node string) *index {
+	return &index{
+		node:     node,
+		pods:     map[objKey]*podInfo{},
+		byNS:     map[string]*podList{},
+		nsObj:    map[string]labels.Set{},
 		nsLabels: map[string]labels.Set{},
+		nsPods:   map[string]int{},
+		byLabel:  map[labelKV]*podList{},
+		byKey:    map[string]*podList{},
 	}
-	for _, ns := range s.Namespaces {
-		if ns == nil {
-			continue
-		}
-		l := labels.Set{}
-		for k, v := range ns.Labels {
-			l[k] = v
-		}
-		if _, ok := l[nsNameLabel]; !ok {
-			l[nsNameLabel] = ns.Name
-		}
-		ix.nsLabels[ns.Name] = l
-	}
-	infos := make([]podInfo, len(s.Pods)) // one allocation for all
-	ix.pods = make([]*podInfo, 0, len(s.Pods))
-	for i, p := range s.Pods {
-		if fillPodInfo(&infos[i], p, s.NodeName) {
-			ix.pods = append(ix.pods, &infos[i])
+}
+
+// setPod records p (nil or ineligible: no such pod) under key and returns the pod
+// info it replaced and the new one (either may be nil).
+func (ix *index) setPod(key objKey, p *corev1.Pod) (old, cur *podInfo) {
+	old = ix.pods[key]
+	var pi *podInfo
+	if p != nil {
+		pi = &podInfo{}
+		if !fillPodInfo(pi, p, ix.node) {
+			pi = nil
 		}
 	}
-	slices.SortStableFunc(ix.pods, func(a, b *podInfo) int {
-		return cmp.Or(strings.Compare(a.ns, b.ns), strings.Compare(a.name, b.name))
-	})
-	ix.pods = slices.CompactFunc(ix.pods, func(a, b *podInfo) bool { // the same pod twice: the first counts
-		return a.ns == b.ns && a.name == b.name
-	})
-	for _, p := range ix.pods {
-		if p.local {
-			p.ref = p.ns + "/" + p.name
+	if old == nil && pi == nil {
+		return nil, nil
+	}
+	if old != nil {
+		ix.removePod(old)
+	}
+	if pi != nil {
+		pi.ns, pi.name = key.ns, key.name
+		if pi.local {
+			pi.ref = key.ns + "/" + key.name
+		}
+		ix.insertPod(pi)
+	}
+	ix.byAddr = nil
+	return old, pi
+}
+
+func (ix *index) insertPod(p *podInfo) {
+	ix.pods[objKey{p.ns, p.name}] = p
+	ix.all.add(p)
+	l := ix.byNS[p.ns]
+	if l == nil {
+		l = &podList{}
+		ix.byNS[p.ns] = l
+	}
+	l.add(p)
+	if p.local {
+		ix.local.add(p)
+	}
+	for k, v := range p.labels {
+		kv := labelKV{k, v}
+		if ix.byLabel[kv] == nil {
+			ix.byLabel[kv] = &podList{}
+		}
+		ix.byLabel[kv].add(p)
+		if ix.byKey[k] == nil {
+			ix.byKey[k] = &podList{}
+		}
+		ix.byKey[k].add(p)
+	}
+	ix.nsPods[p.ns]++
+	if _, ok := ix.nsLabels[p.ns]; !ok {
+		// A pod whose namespace is not (yet) known: its namespace has the one label
+		// the API server guarantees.
+		ix.nsLabels[p.ns] = labels.Set{nsNameLabel: p.ns}
+		ix.nsNames = nil
+	}
+}
+
+func (ix *index) removePod(p *podInfo) {
+	delete(ix.pods, objKey{p.ns, p.name})
+	ix.all.remove(p)
+	if l := ix.byNS[p.ns]; l != nil {
+		if l.remove(p); len(l.items) == 0 {
+			delete(ix.byNS, p.ns)
 		}
 	}
-	for _, p := range ix.pods {
-		ix.byNS[p.ns] = append(ix.byNS[p.ns], p)
-		if p.local {
-			ix.local = append(ix.local, p)
+	if p.local {
+		ix.local.remove(p)
+	}
+	for k, v := range p.labels {
+		kv := labelKV{k, v}
+		if l := ix.byLabel[kv]; l != nil {
+			if l.remove(p); len(l.items) == 0 {
+				delete(ix.byLabel, kv)
+			}
 		}
-		if _, ok := ix.nsLabels[p.ns]; !ok {
-			// A pod whose namespace is not (yet) in the snapshot: its namespace has
-			// the one label the API server guarantees.
-			ix.nsLabels[p.ns] = labels.Set{nsNameLabel: p.ns}
+		if l := ix.byKey[k]; l != nil {
+			if l.remove(p); len(l.items) == 0 {
+				delete(ix.byKey, k)
+			}
 		}
 	}
-	for ns := range ix.nsLabels {
-		ix.nsNames = append(ix.nsNames, ns)
+	if ix.nsPods[p.ns]--; ix.nsPods[p.ns] <= 0 {
+		delete(ix.nsPods, p.ns)
+		if _, ok := ix.nsObj[p.ns]; !ok {
+			delete(ix.nsLabels, p.ns)
+			ix.nsNames = nil
+		}
 	}
-	slices.Sort(ix.nsNames)
-	owner := map[netip.Addr]*podInfo{}
-	for _, p := range ix.local {
+}
+
+// setNamespace records the labels of namespace name (ns nil: deleted) and returns
+// its labels before and after, as selectors see them.
+func (ix *index) setNamespace(name string, ns *corev1.Namespace) (before, after labels.Set) {
+	before = ix.labelsOf(name)
+	_, known := ix.nsLabels[name]
+	if ns == nil {
+		delete(ix.nsObj, name)
+		if ix.nsPods[name] > 0 {
+			ix.nsLabels[name] = labels.Set{nsNameLabel: name}
+		} else if known {
+			delete(ix.nsLabels, name)
+			ix.nsNames = nil
+		}
+		return before, ix.labelsOf(name)
+	}
+	l := make(labels.Set, len(ns.Labels)+1)
+	for k, v := range ns.Labels {
+		l[k] = v
+	}
+	if _, ok := l[nsNameLabel]; !ok {
+		l[nsNameLabel] = name
+	}
+	ix.nsObj[name] = l
+	ix.nsLabels[name] = l
+	if !known {
+		ix.nsNames = nil
+	}
+	return before, l
+}
+
+// labelsOf returns namespace ns's labels as selectors see them (a namespace known
+// from nothing has the name label alone).
+func (ix *index) labelsOf(ns string) labels.Set {
+	if l, ok := ix.nsLabels[ns]; ok {
+		return l
+	}
+	return labels.Set{nsNameLabel: ns}
+}
+
+// namespaces returns the names of the namespaces known from namespaces or pods, sorted.
+func (ix *index) namespaces() []string {
+	if ix.nsNames == nil {
+		ix.nsNames = make([]string, 0, len(ix.nsLabels))
+		for ns := range ix.nsLabels {
+			ix.nsNames = append(ix.nsNames, ns)
+		}
+		slices.Sort(ix.nsNames)
+	}
+	return ix.nsNames
+}
+
+// addressProblems reports local pods that share an address, in namespace/name order.
+func (ix *index) addressProblems() []Problem {
+	var problems []Problem
+	var owner map[netip.Addr]*podInfo
+	for _, p := range ix.local.list() {
 		for _, a := range p.addrs {
+			if owner == nil {
+				owner = map[netip.Addr]*podInfo{}
+			}
 			if first := owner[a]; first != nil {
-				ix.problems = append(ix.problems, Problem{Reason: fmt.Sprintf(
+				problems = append(problems, Problem{Reason: fmt.Sprintf(
 					"pods %s and %s on this node share address %s; the first of them that a direction isolates keeps it", first.ref, p.ref, a)})
 				continue
 			}
 			owner[a] = p
 		}
 	}
-	return ix
-}
-
-// labelIndex builds byLabel and byKey on first use: only selectors reaching across
-// namespaces need them.
-func (ix *index) labelIndex() {
-	if ix.byLabel != nil {
-		return
-	}
-	ix.byLabel = map[labelKV][]*podInfo{}
-	ix.byKey = map[string][]*podInfo{}
-	for _, p := range ix.pods {
-		for k, v := range p.labels {
-			ix.byLabel[labelKV{k, v}] = append(ix.byLabel[labelKV{k, v}], p)
-			ix.byKey[k] = append(ix.byKey[k], p)
-		}
-	}
+	return problems
 }
 
 // addrIndex builds byAddr on first use: only ipBlock peers with named ports need it.
@@ -146,7 +297,7 @@ func (ix *index) addrIndex() {
 		return
 	}
 	ix.byAddr = []podAddr{}
-	for _, p := range ix.pods {
+	for _, p := range ix.all.list() {
 		for _, a := range p.addrs {
 			ix.byAddr = append(ix.byAddr, podAddr{a, p})
 		}
@@ -178,13 +329,24 @@ func fillPodInfo(pi *podInfo, p *corev1.Pod, node string) bool {
 		slices.SortFunc(addrs, netip.Addr.Compare)
 		addrs = slices.Compact(addrs)
 	}
+	var ports []namedPort
+	for _, c := range p.Spec.Containers {
+		for _, cp := range c.Ports {
+			if cp.Name == "" || cp.ContainerPort < 1 || cp.ContainerPort > 65535 {
+				continue
+			}
+			if proto, ok := protoNumber(cp.Protocol); ok {
+				ports = append(ports, namedPort{cp.Name, proto, uint16(cp.ContainerPort)})
+			}
+		}
+	}
 	*pi = podInfo{
 		ns:     p.Namespace,
 		name:   p.Name,
 		labels: labels.Set(p.Labels),
 		addrs:  addrs,
 		local:  p.Spec.NodeName == node,
-		pod:    p,
+		ports:  ports,
 	}
 	return true
 }
@@ -192,33 +354,23 @@ func fillPodInfo(pi *podInfo, p *corev1.Pod, node string) bool {
 // resolve returns the port numbers pod p gives the name for the protocol (normally
 // zero or one: container port names are unique in a pod).
 func (p *podInfo) resolve(name string, proto uint8) []uint16 {
-	if p.ports == nil {
-		p.ports = []namedPort{}
-		for _, c := range p.pod.Spec.Containers {
-			for _, cp := range c.Ports {
-				if cp.Name == "" || cp.ContainerPort < 1 || cp.ContainerPort > 65535 {
-					continue
-				}
-				if proto, ok := protoNumber(cp.Protocol); ok {
-					p.ports = append(p.ports, namedPort{cp.Name, proto, uint16(cp.ContainerPort)})
-				}
-			}
-		}
-	}
 	var out []uint16
 	for _, np := range p.ports {
 		if np.name == name && np.proto == proto {
 			out = append(out, np.port)
 		}
 	}
-	slices.Sort(out)
-	return slices.Compact(out)
+	if len(out) > 1 {
+		slices.Sort(out)
+		out = slices.Compact(out)
+	}
+	return out
 }
 
 // selectNamespaces returns the namespaces sel matches, sorted.
 func (ix *index) selectNamespaces(sel labels.Selector) []string {
 	var out []string
-	for _, ns := range ix.nsNames {
+	for _, ns := range ix.namespaces() {
 		if sel.Matches(ix.nsLabels[ns]) {
 			out = append(out, ns)
 		}
@@ -232,7 +384,7 @@ func (ix *index) selectNamespaces(sel labels.Selector) []string {
 func (ix *index) selectPods(nss []string, sel labels.Selector) []*podInfo {
 	inNS := 0
 	for _, ns := range nss {
-		inNS += len(ix.byNS[ns])
+		inNS += ix.byNS[ns].len()
 	}
 	var cands []*podInfo
 	ok := false
@@ -253,7 +405,7 @@ func (ix *index) selectPods(nss []string, sel labels.Selector) []*podInfo {
 		return out
 	}
 	for _, ns := range nss { // sorted, so the result is in index order
-		for _, p := range ix.byNS[ns] {
+		for _, p := range ix.byNS[ns].list() {
 			if sel.Matches(p.labels) {
 				out = append(out, p)
 			}
@@ -269,7 +421,6 @@ func (ix *index) candidates(sel labels.Selector) ([]*podInfo, bool) {
 	if !ok {
 		return nil, false
 	}
-	ix.labelIndex()
 	var best []*podInfo
 	found := false
 	for _, r := range reqs {
@@ -278,17 +429,15 @@ func (ix *index) candidates(sel labels.Selector) ([]*podInfo, bool) {
 		case selection.Equals, selection.DoubleEquals, selection.In:
 			vals := r.Values().UnsortedList()
 			if len(vals) == 1 {
-				c = ix.byLabel[labelKV{r.Key(), vals[0]}]
+				c = ix.byLabel[labelKV{r.Key(), vals[0]}].list()
 			} else {
 				for _, v := range vals {
-					c = append(c, ix.byLabel[labelKV{r.Key(), v}]...)
+					c = append(c, ix.byLabel[labelKV{r.Key(), v}].list()...)
 				}
-				slices.SortFunc(c, func(a, b *podInfo) int {
-					return cmp.Or(strings.Compare(a.ns, b.ns), strings.Compare(a.name, b.name))
-				})
+				slices.SortFunc(c, comparePods)
 			}
 		case selection.Exists:
-			c = ix.byKey[r.Key()]
+			c = ix.byKey[r.Key()].list()
 		default:
 			continue
 		}

@@ -45,10 +45,6 @@ type rule struct {
 	allPorts bool    // no ports: every protocol and port
 	ports    []port  // OR
 	broken   bool    // a problem was found: the rule allows nothing (fail closed)
-
-	// Filled on first use.
-	resolved *addrSet
-	named    map[portRef][]portAddrs // egress: per named port, destinations by number
 }
 
 // peer is one NetworkPolicyPeer: pods (nsSel and podSel) or an ipBlock.

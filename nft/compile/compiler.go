@@ -1,0 +1,226 @@
+package compile
+
+import (
+	"maps"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/nftpolicy/nftpolicy/nft"
+)
+
+// Compiler compiles one node's table again and again as the cluster changes, one
+// object at a time: Set and Delete record a change, Compile returns the table for
+// everything recorded so far, exactly what Compile(Snapshot) returns for the same
+// objects (compiler_test.go checks this over random change sequences).
+//
+// It keeps the index of every pod, the parsed policies, and each group's sets and
+// chain from the previous Compile. A change drops only the groups it can affect: a
+// pod change those with a peer that selects the pod (before or after the change), or
+// an egress named port resolved over every pod or an ipBlock; a namespace change
+// those with a namespaceSelector whose verdict on it changed; a policy change those
+// that the policy is part of. Compile refills the dropped and new groups, and rebuilds
+// only what is proportional to this node's pods (grouping and the verdict maps).
+//
+// The Set methods keep no reference to the object itself, only to its strings,
+// label map and, for policies, the parsed spec: the caller must not modify them
+// afterwards (objects from an informer cache are replaced, never modified). Rulesets
+// returned by Compile share memory with each other: do not modify them.
+//
+// A Compiler is not safe for concurrent use.
+type Compiler struct {
+	table  string
+	ix     *index
+	pols   map[objKey]*policyEntry
+	byNS   map[string][]*policy // by name
+	order  []objKey             // policy keys, sorted; nil when stale
+	filled map[string]*filled   // by group key, from the last Compile
+}
+
+type policyEntry struct {
+	p        *policy
+	problems []Problem
+}
+
+// NewCompiler returns a Compiler for node with no objects.
+func NewCompiler(node string, opts Options) *Compiler {
+	table := opts.Table
+	if table == "" {
+		table = nft.DefaultTable
+	}
+	return &Compiler{
+		table:  table,
+		ix:     newIndex(node),
+		pols:   map[objKey]*policyEntry{},
+		byNS:   map[string][]*policy{},
+		filled: map[string]*filled{},
+	}
+}
+
+// SetPod records pod p, added or changed.
+func (c *Compiler) SetPod(p *corev1.Pod) {
+	c.setPod(objKey{p.Namespace, p.Name}, p)
+}
+
+// DeletePod records that the pod namespace/name is gone.
+func (c *Compiler) DeletePod(namespace, name string) {
+	c.setPod(objKey{namespace, name}, nil)
+}
+
+func (c *Compiler) setPod(key objKey, p *corev1.Pod) {
+	old, cur := c.ix.setPod(key, p)
+	if samePod(old, cur) {
+		return
+	}
+	c.drop(func(f *filled) bool { return f.selects(c.ix, old) || f.selects(c.ix, cur) })
+}
+
+// samePod reports whether two versions of a pod are alike to the compiler.
+func samePod(a, b *podInfo) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.local == b.local && slices.Equal(a.addrs, b.addrs) && slices.Equal(a.ports, b.ports) &&
+		maps.Equal(a.labels, b.labels)
+}
+
+// SetNamespace records namespace ns, added or changed.
+func (c *Compiler) SetNamespace(ns *corev1.Namespace) {
+	c.namespaceChanged(c.ix.setNamespace(ns.Name, ns))
+}
+
+// DeleteNamespace records that namespace name is gone (its pods, if any remain,
+// keep the name label alone).
+func (c *Compiler) DeleteNamespace(name string) {
+	c.namespaceChanged(c.ix.setNamespace(name, nil))
+}
+
+func (c *Compiler) namespaceChanged(before, after labels.Set) {
+	if maps.Equal(before, after) {
+		return
+	}
+	c.drop(func(f *filled) bool {
+		return f.anyPeer(func(_ *policy, pe *peer) bool {
+			return pe.nsSel != nil && pe.nsSel.Matches(before) != pe.nsSel.Matches(after)
+		})
+	})
+}
+
+// SetPolicy records policy np, added or changed.
+func (c *Compiler) SetPolicy(np *networkingv1.NetworkPolicy) {
+	key := objKey{np.Namespace, np.Name}
+	c.removePolicy(key)
+	p, problems := parsePolicy(np)
+	c.pols[key] = &policyEntry{p: p, problems: problems}
+	c.order = nil
+	list := c.byNS[p.ns]
+	i, _ := slices.BinarySearchFunc(list, p.name, func(q *policy, name string) int { return strings.Compare(q.name, name) })
+	c.byNS[p.ns] = slices.Insert(list, i, p)
+}
+
+// DeletePolicy records that the policy namespace/name is gone.
+func (c *Compiler) DeletePolicy(namespace, name string) {
+	c.removePolicy(objKey{namespace, name})
+}
+
+func (c *Compiler) removePolicy(key objKey) {
+	old := c.pols[key]
+	if old == nil {
+		return
+	}
+	delete(c.pols, key)
+	c.order = nil
+	c.byNS[key.ns] = slices.DeleteFunc(c.byNS[key.ns], func(q *policy) bool { return q == old.p })
+	if len(c.byNS[key.ns]) == 0 {
+		delete(c.byNS, key.ns)
+	}
+	c.drop(func(f *filled) bool { return slices.Contains(f.policies, old.p) })
+}
+
+// drop forgets the groups for which affected is true.
+func (c *Compiler) drop(affected func(*filled) bool) {
+	maps.DeleteFunc(c.filled, func(_ string, f *filled) bool { return affected(f) })
+}
+
+// Compile returns the table for every object recorded so far, and the problems
+// found, as Compile(Snapshot) does.
+func (c *Compiler) Compile() (*nft.Ruleset, []Problem) {
+	problems := c.ix.addressProblems()
+	if c.order == nil {
+		c.order = slices.SortedFunc(maps.Keys(c.pols), func(a, b objKey) int {
+			if n := strings.Compare(a.ns, b.ns); n != 0 {
+				return n
+			}
+			return strings.Compare(a.name, b.name)
+		})
+	}
+	for _, k := range c.order {
+		problems = append(problems, c.pols[k].problems...)
+	}
+	cc := newCompiler(c.ix, c.byNS)
+	c.filled = cc.build(c.filled)
+	return assemble(c.table, cc), problems
+}
+
+// anyPeer reports whether match is true for a peer of a rule the group's sets are
+// made of.
+func (f *filled) anyPeer(match func(*policy, *peer) bool) bool {
+	for _, p := range f.policies {
+		rules := p.egRules
+		if f.ingress {
+			rules = p.ingRules
+		}
+		for _, r := range rules {
+			if r.broken {
+				continue
+			}
+			for _, pe := range r.peers {
+				if match(p, pe) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// selects reports whether the group's sets may depend on pod p: a selector peer of
+// one of its rules picks p, or an egress rule resolves a named port on every pod or
+// on the pods of an ipBlock. It uses the namespaces' labels as they are now.
+func (f *filled) selects(ix *index, p *podInfo) bool {
+	if p == nil {
+		return false
+	}
+	if !f.ingress {
+		for _, pol := range f.policies {
+			for _, r := range pol.egRules {
+				if r.broken || !r.hasNamedPort() {
+					continue
+				}
+				if r.allPeers || slices.ContainsFunc(r.peers, func(pe *peer) bool { return pe.isBlk }) {
+					return true
+				}
+			}
+		}
+	}
+	return f.anyPeer(func(pol *policy, pe *peer) bool {
+		if pe.isBlk {
+			return false
+		}
+		if pe.nsSel == nil {
+			if p.ns != pol.ns {
+				return false
+			}
+		} else if !pe.nsSel.Matches(ix.labelsOf(p.ns)) {
+			return false
+		}
+		return pe.podSel.Matches(p.labels)
+	})
+}
+
+func (r *rule) hasNamedPort() bool {
+	return slices.ContainsFunc(r.ports, func(pt port) bool { return pt.name != "" })
+}

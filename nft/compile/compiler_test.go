@@ -1,0 +1,185 @@
+package compile
+
+import (
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nftpolicy/nftpolicy/nft"
+)
+
+// cluster is the objects a Compiler has been told about, by namespace/name.
+type cluster struct {
+	pods       map[objKey]*corev1.Pod
+	namespaces map[string]*corev1.Namespace
+	policies   map[objKey]*networkingv1.NetworkPolicy
+}
+
+func (cl *cluster) snapshot(node string) Snapshot {
+	s := Snapshot{NodeName: node}
+	s.Pods = slices.Collect(maps.Values(cl.pods))
+	s.Namespaces = slices.Collect(maps.Values(cl.namespaces))
+	s.Policies = slices.Collect(maps.Values(cl.policies))
+	return s
+}
+
+// TestCompilerMatchesCompile feeds a Compiler random changes, one object at a time
+// (pods relabelled, readdressed, moved between nodes, finished, switched to
+// hostNetwork, given other ports, deleted, created, also in namespaces without an
+// object; namespaces relabelled, deleted, recreated; policies replaced, deleted,
+// created), and after every few changes compares its result, text and problems, with
+// a fresh Compile of the same objects.
+func TestCompilerMatchesCompile(t *testing.T) {
+	seed := *seedFlag
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	cases, steps := 400, 60
+	if testing.Short() {
+		cases = 40
+	}
+	compared := 0
+	for i := range cases {
+		rng := rand.New(rand.NewPCG(seed, uint64(i)))
+		w := randomWorld(rng)
+		node := fmt.Sprintf("node-%d", 1+rng.IntN(2))
+		cl := &cluster{pods: map[objKey]*corev1.Pod{}, namespaces: map[string]*corev1.Namespace{}, policies: map[objKey]*networkingv1.NetworkPolicy{}}
+		c := NewCompiler(node, Options{Table: "t"})
+		for _, ns := range w.namespaces {
+			cl.namespaces[ns.Name] = ns
+			c.SetNamespace(ns)
+		}
+		for _, p := range w.pods {
+			cl.pods[objKey{p.Namespace, p.Name}] = p
+			c.SetPod(p)
+		}
+		for _, np := range w.policies {
+			cl.policies[objKey{np.Namespace, np.Name}] = np
+			c.SetPolicy(np)
+		}
+		var log []string
+		for step := range steps {
+			if step%(1+rng.IntN(3)) == 0 {
+				got, gotProblems := c.Compile()
+				want, wantProblems := Compile(cl.snapshot(node), Options{Table: "t"})
+				compared++
+				if g, w := nft.Render(got), nft.Render(want); g != w {
+					t.Fatalf("seed %d case %d (rerun with -seed %d) after:\n%s\nincremental:\n%s\nfresh:\n%s",
+						seed, i, seed, strings.Join(log, "\n"), g, w)
+				}
+				if !slices.Equal(gotProblems, wantProblems) {
+					t.Fatalf("seed %d case %d after:\n%s\nproblems: %v\nwant: %v", seed, i, strings.Join(log, "\n"), gotProblems, wantProblems)
+				}
+			}
+			log = append(log, randomChange(rng, cl, c, w))
+		}
+	}
+	t.Logf("seed %d: %d cases, %d comparisons", seed, cases, compared)
+}
+
+// randomChange makes one change to cl and tells c; it returns what it did.
+func randomChange(rng *rand.Rand, cl *cluster, c *Compiler, w world) string {
+	pick := func(xs ...string) string { return xs[rng.IntN(len(xs))] }
+	podKeys := slices.SortedFunc(maps.Keys(cl.pods), func(a, b objKey) int { return strings.Compare(a.ns+"/"+a.name, b.ns+"/"+b.name) })
+	switch n := rng.IntN(20); {
+	case n < 10 && len(podKeys) > 0: // change a pod
+		key := podKeys[rng.IntN(len(podKeys))]
+		p := cl.pods[key].DeepCopy()
+		what := ""
+		switch rng.IntN(9) {
+		case 0:
+			what = "relabel"
+			p.Labels = map[string]string{"pod": pick("a", "b", "c")}
+			if a := pick("web", "db", ""); a != "" {
+				p.Labels["app"] = a
+			}
+		case 1:
+			what = "readdress"
+			ip := fmt.Sprintf("10.244.%d.%d", 1+rng.IntN(2), 100+rng.IntN(20))
+			p.Status.PodIPs = []corev1.PodIP{{IP: ip}}
+			p.Status.PodIP = ip
+		case 2:
+			what = "move"
+			p.Spec.NodeName = pick("node-1", "node-2")
+		case 3:
+			what = "phase"
+			p.Status.Phase = corev1.PodPhase(pick(string(corev1.PodRunning), string(corev1.PodSucceeded), string(corev1.PodFailed)))
+		case 4:
+			what = "hostNetwork"
+			p.Spec.HostNetwork = !p.Spec.HostNetwork
+		case 5:
+			what = "ports"
+			p.Spec.Containers = []corev1.Container{{Name: "c", Ports: []corev1.ContainerPort{
+				{Name: "http", ContainerPort: []int32{80, 81, 8080}[rng.IntN(3)]},
+				{Name: pick("serve-80-tcp", "serve-81-udp", "dns"), ContainerPort: 80 + int32(rng.IntN(2)), Protocol: corev1.ProtocolUDP},
+			}}}
+		case 6:
+			what = "no IPs"
+			p.Status.PodIPs, p.Status.PodIP = nil, ""
+		case 7:
+			what = "status only"
+			p.Status.Message = "hello"
+		case 8:
+			what = "delete"
+			delete(cl.pods, key)
+			c.DeletePod(key.ns, key.name)
+			return fmt.Sprintf("pod %s/%s: %s", key.ns, key.name, what)
+		}
+		cl.pods[key] = p
+		c.SetPod(p)
+		return fmt.Sprintf("pod %s/%s: %s", key.ns, key.name, what)
+	case n < 12: // a new pod, sometimes in a namespace without an object
+		ns := pick("x", "y", "z", "w")
+		node := pick("node-1", "node-2")
+		k := rng.IntN(30)
+		p := modelPod(ns, fmt.Sprintf("n%d", k), node, fmt.Sprintf("10.244.%d.%d", 1+rng.IntN(2), 100+rng.IntN(20)),
+			fmt.Sprintf("fd00:10:244:9::%x", k), upstreamPorts())
+		p.Labels["app"] = pick("web", "db")
+		cl.pods[objKey{ns, p.Name}] = p
+		c.SetPod(p)
+		return fmt.Sprintf("pod %s/%s: create", ns, p.Name)
+	case n < 15: // a namespace
+		name := pick("x", "y", "z", "w")
+		if _, ok := cl.namespaces[name]; ok && rng.IntN(3) == 0 {
+			delete(cl.namespaces, name)
+			c.DeleteNamespace(name)
+			return "namespace " + name + ": delete"
+		}
+		l := map[string]string{"ns": pick(name, "x", "y")}
+		if e := pick("prod", "dev", ""); e != "" {
+			l["env"] = e
+		}
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: l}}
+		cl.namespaces[name] = ns
+		c.SetNamespace(ns)
+		return fmt.Sprintf("namespace %s: set %v", name, l)
+	default: // a policy
+		var pods []*corev1.Pod
+		for _, k := range podKeys {
+			if len(refPodIPs(cl.pods[k])) > 0 { // randomIPBlock picks from their addresses
+				pods = append(pods, cl.pods[k])
+			}
+		}
+		if len(pods) == 0 {
+			pods = w.pods
+		}
+		np := randomPolicy(rng, fmt.Sprintf("p%d", rng.IntN(6)), pods)
+		key := objKey{np.Namespace, np.Name}
+		if _, ok := cl.policies[key]; ok && rng.IntN(3) == 0 {
+			delete(cl.policies, key)
+			c.DeletePolicy(key.ns, key.name)
+			return fmt.Sprintf("policy %s/%s: delete", key.ns, key.name)
+		}
+		cl.policies[key] = np
+		c.SetPolicy(np)
+		return fmt.Sprintf("policy %s/%s: set", key.ns, key.name)
+	}
+}
