@@ -92,6 +92,28 @@ run: ## Run the agent from source against $KUBECONFIG as node $NODE_NAME (ARGS=.
 demo: build envtest-assets ## Local demo: control plane, pods as netns, example policies, connectivity matrix (root; ARGS=--keep).
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" go run ./test/e2e/demo $(ARGS)
 
+##@ Conformance
+
+# The upstream NetworkPolicy suite on a real two-node cluster on this machine
+# (root; see test/conformance/cluster.sh and the README). FOCUS/SKIP are ginkgo
+# regexps; the cluster's binaries are built once into bin/k8s (~12 min cold).
+FOCUS ?= Netpol
+SKIP ?= SCTP
+PARALLEL ?= 4
+CONFORMANCE := FOCUS='$(FOCUS)' SKIP='$(SKIP)' PARALLEL=$(PARALLEL) K8S_VERSION=$(K8S_VERSION) test/conformance/cluster.sh
+
+.PHONY: conformance
+conformance: build ## As root: cluster up, deploy nftpolicy, run e2e.test Netpol specs (FOCUS=, SKIP=), tear down.
+	$(CONFORMANCE) run
+
+.PHONY: cluster-up
+cluster-up: build ## As root: bring the conformance cluster up with nftpolicy deployed, and keep it.
+	$(CONFORMANCE) up
+
+.PHONY: cluster-down
+cluster-down: ## Tear the conformance cluster down (processes, netns, bridge, tables, sysctls).
+	$(CONFORMANCE) down
+
 ##@ Deployment
 
 .PHONY: docker-build
@@ -127,24 +149,3 @@ $(GOLANGCI_LINT):
 	GOBIN=$(BIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	mv $(BIN)/golangci-lint $@
 	ln -sf $(notdir $@) $(BIN)/golangci-lint
-##@ Conformance
-
-# The upstream NetworkPolicy suite on a real two-node cluster on this machine
-# (root; see test/conformance/cluster.sh and the README). FOCUS/SKIP are ginkgo
-# regexps; the cluster's binaries are built once into bin/k8s (~12 min cold).
-FOCUS ?= Netpol
-SKIP ?= SCTP
-CONFORMANCE := FOCUS='$(FOCUS)' SKIP='$(SKIP)' K8S_VERSION=$(K8S_VERSION) test/conformance/cluster.sh
-
-.PHONY: conformance
-conformance: build ## As root: cluster up, deploy nftpolicy, run e2e.test Netpol specs (FOCUS=, SKIP=), tear down.
-	$(CONFORMANCE) run
-
-.PHONY: cluster-up
-cluster-up: build ## As root: bring the conformance cluster up with nftpolicy deployed, and keep it.
-	$(CONFORMANCE) up
-
-.PHONY: cluster-down
-cluster-down: ## Tear the conformance cluster down (processes, netns, bridge, tables, sysctls).
-	$(CONFORMANCE) down
-

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds what `make conformance` needs beyond the envtest assets, into
 # bin/k8s/<version>/: kubelet, kube-controller-manager, kube-scheduler,
-# kube-proxy, agnhost (the image the upstream suite runs its probes with) and
-# e2e.test (the upstream suite), then prints that directory on stdout.
+# kube-proxy, agnhost (the image the upstream suite runs its probes with),
+# e2e.test (the upstream suite) and ginkgo (the CLI that runs e2e.test's specs
+# in parallel processes), then prints that directory on stdout.
 #
 # Same recipe as hack/envtest-assets.sh (which this runs first for
 # kube-apiserver, etcd and kubectl): a throwaway main module requires
@@ -21,7 +22,7 @@ out="$root/bin/k8s/$K8S_VERSION"
 
 K8S_VERSION=$K8S_VERSION "$root/hack/envtest-assets.sh" >/dev/null
 
-want=(kubelet kube-controller-manager kube-scheduler kube-proxy agnhost e2e.test)
+want=(kubelet kube-controller-manager kube-scheduler kube-proxy agnhost e2e.test ginkgo)
 missing=()
 for c in "${want[@]}"; do [ -x "$out/$c" ] || missing+=("$c"); done
 
@@ -50,6 +51,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kubelet/app"
 	_ "k8s.io/kubernetes/test/e2e"
 	_ "k8s.io/kubernetes/test/images/agnhost/netexec"
+	_ "github.com/onsi/ginkgo/v2/ginkgo"
 )
 EOM
   export GOFLAGS=-mod=mod
@@ -65,6 +67,7 @@ EOM
     case "$c" in
       agnhost) pkg=k8s.io/kubernetes/test/images/agnhost ;;
       e2e.test) pkg=k8s.io/kubernetes/test/e2e ;;
+      ginkgo) pkg=github.com/onsi/ginkgo/v2/ginkgo ;; # the version k8s.io/kubernetes requires
       *) pkg="k8s.io/kubernetes/cmd/$c" ;;
     esac
     log "go build $pkg"

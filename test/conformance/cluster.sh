@@ -27,7 +27,8 @@
 # named npc-* (and inet nftpolicy, ip/ip6 kube-proxy) are touched.
 #
 # Environment: K8S_VERSION (1.37.2), STATE (/var/lib/nftpolicy-conformance),
-# FOCUS (Netpol), SKIP (SCTP), E2E_ARGS (extra e2e.test flags), NFTPOLICY_BIN
+# FOCUS (Netpol), SKIP (SCTP), PARALLEL (4 ginkgo processes; 1 runs e2e.test
+# alone), E2E_ARGS (extra e2e.test flags), NFTPOLICY_BIN
 # (the agent binary to pack as the image; default bin/nftpolicy).
 set -euo pipefail
 
@@ -38,6 +39,7 @@ STATE=${STATE:-/var/lib/nftpolicy-conformance}
 FOCUS=${FOCUS:-Netpol}
 SKIP=${SKIP:-SCTP}
 E2E_ARGS=${E2E_ARGS:-}
+PARALLEL=${PARALLEL:-4}
 NFTPOLICY_BIN=${NFTPOLICY_BIN:-$root/bin/nftpolicy}
 
 BRIDGE=npc-br0
@@ -165,6 +167,7 @@ network_up() {
   up=$(uplink)
   [ -n "$up" ] || die "no default route: cannot tell the uplink to guard"
   echo "$up" >"$STATE/uplink"
+  [ -f "$STATE/tables.before" ] || nft list tables >"$STATE/tables.before"
   # The guard first: nothing we create may send traffic out of the machine.
   nft -f - <<EOF
 table inet npc-guard
@@ -212,16 +215,27 @@ network_down() {
   [ -e "/run/netns/$NS2" ] && ip netns del "$NS2"
   ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
   # Tables the cluster made in the machine's namespace: kube-proxy's, the
-  # kubelet's iptables canaries (iptables-nft), and the agent's. node2's went
-  # with its namespace.
+  # agent's, and the kubelet's iptables-nft chains (KUBE-FIREWALL and canaries).
+  # A table that was not there before `up` goes whole; in one that was, only
+  # the KUBE-* chains and the rules jumping to them. node2's went with its netns.
   nft delete table ip kube-proxy 2>/dev/null || true
   nft delete table ip6 kube-proxy 2>/dev/null || true
   nft delete table inet nftpolicy 2>/dev/null || true
-  local t c
-  for t in ip ip6; do
-    for c in KUBE-IPTABLES-HINT KUBE-KUBELET-CANARY KUBE-PROXY-CANARY KUBE-FIREWALL; do
-      for tbl in mangle nat filter; do
-        nft list chain "$t" "$tbl" "$c" >/dev/null 2>&1 && nft flush chain "$t" "$tbl" "$c" && nft delete chain "$t" "$tbl" "$c" 2>/dev/null || true
+  local fam tbl ch h
+  for fam in ip ip6; do
+    for tbl in mangle nat filter; do
+      nft list table "$fam" "$tbl" >/dev/null 2>&1 || continue
+      if ! grep -qx "table $fam $tbl" "$STATE/tables.before" 2>/dev/null; then
+        nft delete table "$fam" "$tbl"
+        continue
+      fi
+      for ch in $(nft list table "$fam" "$tbl" | awk '$1 == "chain" {print $2}'); do
+        for h in $(nft -a list chain "$fam" "$tbl" "$ch" | awk '/jump KUBE-/ {print $NF}'); do
+          nft delete rule "$fam" "$tbl" "$ch" handle "$h"
+        done
+      done
+      for ch in $(nft list table "$fam" "$tbl" | awk '$1 == "chain" && $2 ~ /^KUBE-/ {print $2}'); do
+        nft flush chain "$fam" "$tbl" "$ch" && nft delete chain "$fam" "$tbl" "$ch"
       done
     done
   done
@@ -268,7 +282,7 @@ cgroups_down() {
 # ---------------------------------------------------------------- nodes
 
 containerd_up() {
-  local node=$1 d="$STATE/$node"
+  local node=$1; local d="$STATE/$node"
   mkdir -p "$d/cni" "$d/containerd" "$d/pod-logs" "$d/kubelet"
   cat >"$d/cni/10-npc.conflist" <<EOF
 {
@@ -322,7 +336,7 @@ EOF
 }
 
 kubelet_up() {
-  local node=$1 d="$STATE/$node"
+  local node=$1; local d="$STATE/$node"
   cgroups_up "$node"
   cat >"$d/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
@@ -355,7 +369,7 @@ EOF
 }
 
 proxy_up() {
-  local node=$1 d="$STATE/$node"
+  local node=$1; local d="$STATE/$node"
   write_if_changed "$d/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
@@ -478,13 +492,23 @@ down() {
 e2e() {
   local report="$STATE/e2e"
   mkdir -p "$report"
-  log "e2e.test --ginkgo.focus='$FOCUS' --ginkgo.skip='$SKIP' (log: $report/e2e.log)"
-  local rc=0
-  (cd "$report" && "$K8S/e2e.test" --provider=local --kubeconfig="$KUBECONFIG" \
-    --ginkgo.focus="$FOCUS" --ginkgo.skip="$SKIP" --ginkgo.timeout=4h --ginkgo.no-color \
-    --ginkgo.junit-report="$report/junit.xml" --report-dir="$report" \
-    --dump-logs-on-failure=false $E2E_ARGS) >"$report/e2e.log" 2>&1 || rc=$?
-  # The ginkgo summary: the "Ran N of M Specs" block and the failures list.
+  log "e2e.test --ginkgo.focus='$FOCUS' --ginkgo.skip='$SKIP', $PARALLEL processes (log: $report/e2e.log)"
+  local rc=0 args=(--provider=local --kubeconfig="$KUBECONFIG" --report-dir="$report" --dump-logs-on-failure=false)
+  # shellcheck disable=SC2206 # E2E_ARGS is split on purpose
+  args+=($E2E_ARGS)
+  (
+    cd "$report"
+    if [ "$PARALLEL" -gt 1 ]; then
+      # The specs spend their time waiting on probe timeouts, not on CPU, and
+      # upstream runs them in parallel (each spec has its own namespaces).
+      "$K8S/ginkgo" --procs="$PARALLEL" --focus="$FOCUS" --skip="$SKIP" --timeout=4h --no-color \
+        --junit-report=junit.xml "$K8S/e2e.test" -- "${args[@]}"
+    else
+      "$K8S/e2e.test" --ginkgo.focus="$FOCUS" --ginkgo.skip="$SKIP" --ginkgo.timeout=4h --ginkgo.no-color \
+        --ginkgo.junit-report=junit.xml "${args[@]}"
+    fi
+  ) >"$report/e2e.log" 2>&1 || rc=$?
+  # The ginkgo summary: the failures list and the "Ran N of M Specs" block.
   sed -n '/^Summarizing [0-9]* Failure/,$p; /^Ran [0-9]* of [0-9]* Specs/,$p' "$report/e2e.log" | awk '!seen[$0]++'
   return $rc
 }
