@@ -418,7 +418,22 @@ func ruleEqual(a, b *Rule) bool {
 }
 
 func elementEqual(a, b *Element) bool {
-	return a.Verdict == b.Verdict && a.Comment == b.Comment && slices.Equal(a.Key, b.Key)
+	if len(a.Key) != len(b.Key) || a.Verdict != b.Verdict || a.Comment != b.Comment {
+		return false
+	}
+	for i := range a.Key {
+		if !valueEqual(&a.Key[i], &b.Key[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// valueEqual is a == b, with the fields that usually differ first (Plan compares
+// every element of every kept set).
+func valueEqual(a, b *Value) bool {
+	return a.Addr == b.Addr && a.Num == b.Num && a.Range == b.Range && a.NumEnd == b.NumEnd &&
+		a.AddrEnd == b.AddrEnd && a.Str == b.Str
 }
 
 // refersToAny reports whether a rule names one of the sets (by lookup or vmap).
@@ -442,6 +457,9 @@ func refersToAny(rules []Rule, sets map[string]bool) bool {
 // diffElements returns the elements of last that desired lacks, and the elements of
 // desired that last lacks, both in render order without duplicates.
 func diffElements(types []DataType, verdicts bool, last, desired []Element) (del, add []Element) {
+	if len(last) == len(desired) && (len(last) == 0 || &last[0] == &desired[0]) {
+		return nil, nil // the same elements: a set passed again unchanged
+	}
 	// Pod churn leaves most sets alone and changes a few elements of the others:
 	// strip the common head and tail (structurally equal, hence equal in render)
 	// and compare what is left.
@@ -609,6 +627,47 @@ func appendAddrKey(b []byte, v Value) []byte {
 	}
 	b = append(b, 0)
 	return appendAddr(b, v.Addr)
+}
+
+// Applied returns what the table holds once t, planned from last to desired, is
+// applied: a copy of desired that shares nothing with it. The sets and chains t
+// touches are copied from desired; the others are last's, which Plan found equal
+// (so an Applier that keeps the result copies only what changed).
+func (t Transaction) Applied(last, desired *Ruleset) *Ruleset {
+	if last == nil || t.Full {
+		return desired.Clone()
+	}
+	sets, chains := map[string]bool{}, map[string]bool{}
+	for _, op := range t.Ops {
+		switch op.Kind {
+		case OpAddSet, OpDelSet, OpAddElements, OpDelElements:
+			sets[op.Name] = true
+		case OpAddChain, OpFlushChain, OpDelChain, OpAddRule:
+			chains[op.Name] = true
+		}
+	}
+	lastSets := setsByName(last)
+	lastChains := chainsByName(last)
+	out := &Ruleset{Table: desired.Table}
+	var changed Ruleset
+	for _, s := range desired.Sets {
+		if old := lastSets[s.Name]; old != nil && !sets[s.Name] {
+			out.Sets = append(out.Sets, *old)
+		} else {
+			changed.Sets = append(changed.Sets, s)
+		}
+	}
+	for _, c := range desired.Chains {
+		if old := lastChains[c.Name]; old != nil && !chains[c.Name] {
+			out.Chains = append(out.Chains, *old)
+		} else {
+			changed.Chains = append(changed.Chains, c)
+		}
+	}
+	cp := changed.Clone()
+	out.Sets = append(out.Sets, cp.Sets...)
+	out.Chains = append(out.Chains, cp.Chains...)
+	return out
 }
 
 // Clone returns a deep copy of r: changing one never changes the other. Appliers keep

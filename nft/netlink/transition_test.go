@@ -37,14 +37,14 @@ func TestApplyTwiceSendsNothing(t *testing.T) {
 
 // transitions are pairs A -> B. Each is applied as A then B in one namespace and B
 // from scratch (nft -f) in another; the tables must be the same.
-func transitions() []struct {
+// transition is a table before and after a change.
+type transition struct {
 	name string
 	a, b *nft.Ruleset
-} {
-	type pair = struct {
-		name string
-		a, b *nft.Ruleset
-	}
+}
+
+func transitions() []transition {
+	type pair = transition
 	var out []pair
 	add := func(name string, a *nft.Ruleset, change func(b *nft.Ruleset)) {
 		b := a.Clone()
@@ -120,34 +120,51 @@ func transitions() []struct {
 func TestTransitions(t *testing.T) {
 	requireKernel(t)
 	for _, tc := range transitions() {
-		t.Run(tc.name, func(t *testing.T) {
-			for _, r := range []*nft.Ruleset{tc.a, tc.b} {
-				if err := r.Validate(); err != nil {
-					t.Fatal(err)
-				}
-			}
-			nsAB, nsB := nfttest.NewNetNS(t, "np3-ab"), nfttest.NewNetNS(t, "np3-b")
-			a := newApplier(t, nsAB, "np")
-			mustApply(t, a, tc.a)
-			st := mustApply(t, a, tc.b)
-			if st.Full {
-				t.Errorf("A -> B was a full sync")
-			}
-			tx := nft.Plan(tc.a, tc.b)
-			t.Logf("plan:\n%s", tx)
-			nftRun(t, nsB, nft.Render(tc.b), "-f", "-")
-			if got, want := listing(t, nsAB, "np"), listing(t, nsB, "np"); got != want {
-				t.Errorf("A then B differs from B (- fresh, + A->B):\n%s", diffText(want, got))
-			}
-			// The kernel's view too, anonymous set numbers aside.
-			if got, want := netlinkListing(t, nsAB, "np"), netlinkListing(t, nsB, "np"); got != want {
-				t.Errorf("netlink view of A then B differs from B (- fresh, + A->B):\n%s", diffText(want, got))
-			}
-			if st := mustApply(t, a, tc.b); st.Operations != 0 {
-				t.Errorf("B again sent %d messages", st.Operations)
-			}
-		})
+		testTransition(t, tc, false)
 	}
+}
+
+// TestTransitionsShared is TestTransitions with Options.ShareDesired: the applier
+// keeps the rulesets it is given instead of copies.
+func TestTransitionsShared(t *testing.T) {
+	requireKernel(t)
+	for _, tc := range transitions() {
+		testTransition(t, tc, true)
+	}
+}
+
+func testTransition(t *testing.T, tc transition, share bool) {
+	t.Run(tc.name, func(t *testing.T) {
+		for _, r := range []*nft.Ruleset{tc.a, tc.b} {
+			if err := r.Validate(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		nsAB, nsB := nfttest.NewNetNS(t, "np3-ab"), nfttest.NewNetNS(t, "np3-b")
+		a, err := New(Options{Table: "np", NetNSPath: nsAB.Path(), ShareDesired: share})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { a.Close() })
+		mustApply(t, a, tc.a)
+		st := mustApply(t, a, tc.b)
+		if st.Full {
+			t.Errorf("A -> B was a full sync")
+		}
+		tx := nft.Plan(tc.a, tc.b)
+		t.Logf("plan:\n%s", tx)
+		nftRun(t, nsB, nft.Render(tc.b), "-f", "-")
+		if got, want := listing(t, nsAB, "np"), listing(t, nsB, "np"); got != want {
+			t.Errorf("A then B differs from B (- fresh, + A->B):\n%s", diffText(want, got))
+		}
+		// The kernel's view too, anonymous set numbers aside.
+		if got, want := netlinkListing(t, nsAB, "np"), netlinkListing(t, nsB, "np"); got != want {
+			t.Errorf("netlink view of A then B differs from B (- fresh, + A->B):\n%s", diffText(want, got))
+		}
+		if st := mustApply(t, a, tc.b); st.Operations != 0 {
+			t.Errorf("B again sent %d messages", st.Operations)
+		}
+	})
 }
 
 func TestPodChurnIsElementsOnly(t *testing.T) {
