@@ -13,6 +13,7 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -32,9 +33,15 @@ import (
 // NodeReconciler keeps this node's table equal to the compiled policy of the cluster.
 //
 // Every relevant event maps to the same request (the node's name), so the workqueue
-// coalesces bursts into one sync; a sync is snapshot -> compile -> one kernel
-// transaction. Events that cannot change the result are filtered before they reach
-// the queue, so an idle cluster costs nothing.
+// coalesces bursts into one sync; a sync is compile -> one kernel transaction.
+// Events that cannot change the result are filtered before they reach the queue, so
+// an idle cluster costs nothing.
+//
+// The reconciler keeps a compile.Compiler across syncs: each event also records
+// which object changed, and an incremental sync reads only those objects from the
+// cache and recompiles only what they can affect. A full sync (at start, after a
+// failure, every FullSyncPeriod) lists the cache and builds a new Compiler, so any
+// missed event is repaired there.
 type NodeReconciler struct {
 	Reader         client.Reader // the manager's cache
 	NodeName       string
@@ -50,11 +57,29 @@ type NodeReconciler struct {
 	OnSynced func()
 
 	pending   atomic.Int64 // unix nanos of the earliest event not yet served; 0 = none
-	mu        sync.Mutex   // serialises syncs and guards the fields below
+	dirtyMu   sync.Mutex
+	dirty     map[objectRef]struct{} // objects changed since the last sync took them
+	mu        sync.Mutex             // serialises syncs and guards the fields below
 	lastFull  time.Time
 	lastStart time.Time
 	needFull  bool
+	compiler  *compile.Compiler               // what the cache held at the last sync; nil before the first
 	problems  map[types.NamespacedName]string // last reported problems, per policy
+}
+
+// objectKind is a kind the reconciler watches.
+type objectKind uint8
+
+const (
+	kindPod objectKind = iota + 1
+	kindNamespace
+	kindPolicy
+)
+
+// objectRef names one watched object.
+type objectRef struct {
+	kind objectKind
+	key  types.NamespacedName
 }
 
 // request is the one key every event maps to.
@@ -64,8 +89,9 @@ func (r *NodeReconciler) request() reconcile.Request {
 
 // SetupWithManager registers the controller and its watches.
 func (r *NodeReconciler) SetupWithManager(mgr manager.Manager) error {
-	mapAll := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+	mapAll := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
 		r.notePending(time.Now())
+		r.noteDirty(obj)
 		return []reconcile.Request{r.request()}
 	})
 	return builder.ControllerManagedBy(mgr).
@@ -82,6 +108,48 @@ func (r *NodeReconciler) SetupWithManager(mgr manager.Manager) error {
 // earlier one is already waiting.
 func (r *NodeReconciler) notePending(t time.Time) {
 	r.pending.CompareAndSwap(0, t.UnixNano())
+}
+
+// noteDirty records that obj changed (or went away).
+func (r *NodeReconciler) noteDirty(obj client.Object) {
+	var kind objectKind
+	switch obj.(type) {
+	case *corev1.Pod:
+		kind = kindPod
+	case *corev1.Namespace:
+		kind = kindNamespace
+	case *networkingv1.NetworkPolicy:
+		kind = kindPolicy
+	default:
+		return
+	}
+	r.dirtyMu.Lock()
+	defer r.dirtyMu.Unlock()
+	if r.dirty == nil {
+		r.dirty = map[objectRef]struct{}{}
+	}
+	r.dirty[objectRef{kind, client.ObjectKeyFromObject(obj)}] = struct{}{}
+}
+
+// takeDirty returns the objects changed since the last call and forgets them.
+func (r *NodeReconciler) takeDirty() map[objectRef]struct{} {
+	r.dirtyMu.Lock()
+	defer r.dirtyMu.Unlock()
+	d := r.dirty
+	r.dirty = nil
+	return d
+}
+
+// restoreDirty puts back changes a failed sync did not serve.
+func (r *NodeReconciler) restoreDirty(d map[objectRef]struct{}) {
+	r.dirtyMu.Lock()
+	defer r.dirtyMu.Unlock()
+	if r.dirty == nil {
+		r.dirty = map[objectRef]struct{}{}
+	}
+	for ref := range d {
+		r.dirty[ref] = struct{}{}
+	}
 }
 
 // Reconcile performs one sync of the node's table.
@@ -103,12 +171,22 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	}
 	log := r.Log.WithValues("kind", kind) // RunAgent's logger already carries "node"
 
-	snap, err := r.snapshot(ctx)
+	// Changes noted from here on are served by the next sync (the cache already
+	// holds them when their event arrives, so reading them twice is harmless).
+	changes := r.takeDirty()
+	var err error
+	if full || r.compiler == nil {
+		r.compiler, err = r.load(ctx)
+	} else {
+		err = r.update(ctx, changes)
+	}
 	if err != nil {
+		r.compiler = nil // partly updated: the next sync rebuilds it from a list
+		r.restoreDirty(changes)
 		r.restorePending(since)
 		return reconcile.Result{}, fmt.Errorf("reading the cache: %w", err)
 	}
-	desired, problems := compile.Compile(snap, compile.Options{Table: r.Table})
+	desired, problems := r.compiler.Compile()
 	r.reportProblems(ctx, log, problems)
 
 	var stats nft.Stats
@@ -147,7 +225,7 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	rulesetSize.WithLabelValues("elements").Set(float64(c.Elements))
 	log.V(2).Info("synced", "elapsed", elapsed, "operations", stats.Operations, "elements", stats.Elements,
 		"chainsRewritten", stats.ChainsRewritten, "bytes", stats.Bytes,
-		"pods", len(snap.Pods), "policies", len(snap.Policies), "chains", c.Chains, "rules", c.Rules, "setElements", c.Elements)
+		"changes", len(changes), "chains", c.Chains, "rules", c.Rules, "setElements", c.Elements)
 	if log.V(5).Enabled() {
 		log.V(5).Info("ruleset", "nft", nft.Render(desired))
 	}
@@ -168,35 +246,72 @@ func (r *NodeReconciler) restorePending(since int64) {
 	}
 }
 
-// snapshot lists the cache without deep copies: the compiler only reads.
-func (r *NodeReconciler) snapshot(ctx context.Context) (compile.Snapshot, error) {
+// load lists the cache and returns a Compiler holding all of it. The lists are
+// not deep copies (the compiler only reads, and keeps only the objects' strings
+// and label maps, never the listed structs).
+func (r *NodeReconciler) load(ctx context.Context) (*compile.Compiler, error) {
 	var pods corev1.PodList
 	var nss corev1.NamespaceList
 	var nps networkingv1.NetworkPolicyList
 	if err := r.Reader.List(ctx, &pods, client.UnsafeDisableDeepCopy); err != nil {
-		return compile.Snapshot{}, err
+		return nil, err
 	}
 	if err := r.Reader.List(ctx, &nss, client.UnsafeDisableDeepCopy); err != nil {
-		return compile.Snapshot{}, err
+		return nil, err
 	}
 	if err := r.Reader.List(ctx, &nps, client.UnsafeDisableDeepCopy); err != nil {
-		return compile.Snapshot{}, err
+		return nil, err
 	}
-	s := compile.Snapshot{NodeName: r.NodeName,
-		Pods:       make([]*corev1.Pod, len(pods.Items)),
-		Namespaces: make([]*corev1.Namespace, len(nss.Items)),
-		Policies:   make([]*networkingv1.NetworkPolicy, len(nps.Items)),
+	c := compile.NewCompiler(r.NodeName, compile.Options{Table: r.Table})
+	for i := range nss.Items {
+		c.SetNamespace(&nss.Items[i])
 	}
 	for i := range pods.Items {
-		s.Pods[i] = &pods.Items[i]
-	}
-	for i := range nss.Items {
-		s.Namespaces[i] = &nss.Items[i]
+		c.SetPod(&pods.Items[i])
 	}
 	for i := range nps.Items {
-		s.Policies[i] = &nps.Items[i]
+		c.SetPolicy(&nps.Items[i])
 	}
-	return s, nil
+	return c, nil
+}
+
+// update reads the changed objects from the cache (no deep copy: the compiler only
+// reads) and records them in the compiler.
+func (r *NodeReconciler) update(ctx context.Context, changes map[objectRef]struct{}) error {
+	c := r.compiler
+	for ref := range changes {
+		var err error
+		switch ref.kind {
+		case kindPod:
+			var p corev1.Pod
+			if err = r.Reader.Get(ctx, ref.key, &p, client.UnsafeDisableDeepCopy); err == nil {
+				c.SetPod(&p)
+			} else if apierrors.IsNotFound(err) {
+				c.DeletePod(ref.key.Namespace, ref.key.Name)
+				err = nil
+			}
+		case kindNamespace:
+			var ns corev1.Namespace
+			if err = r.Reader.Get(ctx, ref.key, &ns, client.UnsafeDisableDeepCopy); err == nil {
+				c.SetNamespace(&ns)
+			} else if apierrors.IsNotFound(err) {
+				c.DeleteNamespace(ref.key.Name)
+				err = nil
+			}
+		case kindPolicy:
+			var np networkingv1.NetworkPolicy
+			if err = r.Reader.Get(ctx, ref.key, &np, client.UnsafeDisableDeepCopy); err == nil {
+				c.SetPolicy(&np)
+			} else if apierrors.IsNotFound(err) {
+				c.DeletePolicy(ref.key.Namespace, ref.key.Name)
+				err = nil
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", ref.key, err)
+		}
+	}
+	return nil
 }
 
 // reportProblems logs each policy's problems and records a Warning Event on the

@@ -135,7 +135,8 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 
 	log := zap.New(zap.UseFlagOptions(&zapOpts))
 	ctrl.SetLogger(log)
-	applier, err := netlink.New(netlink.Options{Table: opts.TableName, NetNSPath: opts.NetNS})
+	// The agent's rulesets come from a compile.Compiler and are never modified.
+	applier, err := netlink.New(netlink.Options{Table: opts.TableName, NetNSPath: opts.NetNS, ShareDesired: true})
 	if err != nil {
 		fmt.Fprintf(stderr, "nftpolicy agent: %v\n", err)
 		return exitFailure
