@@ -53,7 +53,11 @@ test-e2e: build envtest-assets ## Run the end-to-end tests (real apiserver, agen
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" go test -count=1 -timeout $(TEST_TIMEOUT) $(GOTESTFLAGS) ./test/e2e/...
 
 .PHONY: bench
-bench: ## Run the benchmarks.
+bench: envtest-assets ## As root: datapath vs an iptables+ipset peer, netlink cost, control plane; summary lines last (~12 min).
+	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" test/bench/run.sh
+
+.PHONY: bench-go
+bench-go: ## Run the Go micro-benchmarks (go test -bench) of every package.
 	go test -run '^$$' -bench . $(GOTESTFLAGS) ./...
 
 .PHONY: bench-controlplane

@@ -37,6 +37,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
+	"github.com/nftpolicy/nftpolicy/test/e2e/cluster"
 )
 
 // The cluster's shape.
@@ -74,6 +75,13 @@ func TestControlPlane(t *testing.T) {
 		line := fmt.Sprintf("%s: %s", name, fmt.Sprintf(format, args...))
 		summary = append(summary, line)
 		t.Log(line)
+		// make bench collects the lines of every benchmark from here.
+		if out := os.Getenv("NFTPOLICY_BENCH_OUT"); out != "" {
+			if f, err := os.OpenFile(filepath.Join(out, "controlplane.txt"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+				fmt.Fprintln(f, line)
+				f.Close()
+			}
+		}
 	}
 
 	// Build both binaries while the control plane starts and fills.
@@ -111,6 +119,18 @@ func TestControlPlane(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Node-0 as a network namespace with pods, for the restart measurement
+	// (restart_test.go); the agent programs this namespace.
+	cl, err := cluster.New(ctx, cluster.Config{Prefix: "npcp", Nodes: 1, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := cl.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+
 	// 1. Setup.
 	start := time.Now()
 	if err := createCluster(ctx, c, report); err != nil {
@@ -120,24 +140,27 @@ func TestControlPlane(t *testing.T) {
 	if err != nil {
 		t.Fatalf("latency fixtures: %v", err)
 	}
+	rp, err := createRestartPods(ctx, c, cl)
+	if err != nil {
+		t.Fatalf("restart fixtures: %v", err)
+	}
 	report("setup_total_s", "%.1f", time.Since(start).Seconds())
 	if err := <-built; err != nil {
 		t.Fatal(err)
 	}
 
-	// 2. The agent for node-0, in a fresh network namespace.
-	netns, err := nfttest.CreateNetNS("cpbench-" + nfttest.RandomHex(4))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = netns.Delete() })
+	// 2. The agent for node-0, in node-0's network namespace.
+	netns := cl.Node(0).NetNS
 	healthPort, metricsPort := freePort(t), freePort(t)
 	metricsURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)
 	agentLog := filepath.Join(dir, "agent.log")
-	agent, err := startProcess(agentLog, agentBin, "agent", "--kubeconfig", kubeconfig, "--node-name", ourNode,
-		"--netns", netns.Path(),
-		"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", healthPort),
-		"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", metricsPort))
+	startAgent := func(logPath string) (*process, error) {
+		return startProcess(logPath, agentBin, "agent", "--kubeconfig", kubeconfig, "--node-name", ourNode,
+			"--netns", netns.Path(),
+			"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", healthPort),
+			"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", metricsPort))
+	}
+	agent, err := startAgent(agentLog)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +246,18 @@ func TestControlPlane(t *testing.T) {
 	agentRSS, agentHWM := procMemory(agent.cmd.Process.Pid)
 	report("agent_rss_mib", "%.1f", agentRSS)
 	report("agent_rss_peak_mib", "%.1f", max(hwm, agentHWM))
-	agent.stop()
+
+	// 4. Restart under probe traffic (restart_test.go).
+	restartLog := filepath.Join(dir, "agent-restarted.log")
+	restarted, err := measureRestart(ctx, cl, rp, agent, func() (*process, error) { return startAgent(restartLog) },
+		fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort), metricsURL, report)
+	if restarted != nil {
+		t.Cleanup(func() { restarted.stop(); dumpTail(t, restartLog) })
+	}
+	if err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	restarted.stop()
 
 	bareLog := filepath.Join(dir, "bare.log")
 	bare, err := startProcess(bareLog, bareBin, "--kubeconfig", kubeconfig)
@@ -244,6 +278,14 @@ func TestControlPlane(t *testing.T) {
 	report("bare_rss_peak_mib", "%.1f", bareHWM)
 	report("rss_ratio_vs_bare", "%.2f", agentRSS/bareRSS)
 	report("agent_rss_goal_100mib", "%v", agentRSS <= 100)
+
+	// The lines make bench sums up (test/bench/README.md).
+	report("b2_policy_enforce_p50_ms", "%.1f", percentile(policy.external, 50))
+	report("b2_policy_enforce_p99_ms", "%.1f", percentile(policy.external, 99))
+	report("b2_pod_enforce_p50_ms", "%.1f", percentile(podAdd.external, 50))
+	report("b2_pod_enforce_p99_ms", "%.1f", percentile(podAdd.external, 99))
+	report("b5_agent_rss_mib", "%.1f", agentRSS)
+	report("b5_rss_ratio_vs_bare", "%.2f", agentRSS/bareRSS)
 
 	fmt.Printf("\n--- control-plane benchmark summary ---\n%s\n", strings.Join(summary, "\n"))
 }

@@ -29,7 +29,7 @@ var plotColors = []color.RGBA{
 // from zero, into a PNG at path.
 func writePlot(path, title, xLabel, yLabel string, series []plotSeries) error {
 	const w, h = 900, 520
-	const left, right, top, bottom = 90, 20, 40, 110
+	const left, right, top, bottom = 90, 20, 56, 110
 	img := image.NewRGBA(image.Rect(0, 0, w, h))
 	fill(img, img.Bounds(), color.RGBA{0xff, 0xff, 0xff, 0xff})
 
@@ -67,9 +67,9 @@ func writePlot(path, title, xLabel, yLabel string, series []plotSeries) error {
 	}
 	line(img, left, h-bottom, w-right, h-bottom, axis, 1)
 	line(img, left, top, left, h-bottom, axis, 1)
-	text(img, left, 24, title, ink)
+	text(img, 8, 20, title, ink)
 	text(img, left+(w-left-right)/2-7*len(xLabel)/2, h-bottom+40, xLabel, ink)
-	text(img, 8, top-10, yLabel, ink)
+	text(img, 8, top-14, yLabel, ink)
 
 	for i, s := range series {
 		c := plotColors[i%len(plotColors)]

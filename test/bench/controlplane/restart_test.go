@@ -1,0 +1,185 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/nftpolicy/nftpolicy/test/e2e/cluster"
+)
+
+// B3: the agent is killed (SIGKILL, no chance to tidy up) and started again
+// while pods on its node talk. The table it left behind keeps enforcing until
+// the new agent replaces it in one transaction, so no probe may fail: an allowed
+// connection that fails, or a denied one that gets through, is an error.
+
+const (
+	restartNS       = "cp-b3" // no team label: no bulk policy's namespaceSelector matches it
+	probeInterval   = 10 * time.Millisecond
+	deniedTimeout   = 100 * time.Millisecond
+	restartSettle   = 300 * time.Millisecond // probing before the kill
+	restartObserve  = time.Second            // probing after the new agent is ready
+	restartDeadline = 2 * time.Minute
+)
+
+// restartPods are the pods of B3: network namespaces on node-0 of the netns
+// cluster, and the same pods in the apiserver.
+type restartPods struct {
+	server, client, stranger *cluster.Pod
+}
+
+// createRestartPods starts the three pods in the netns cluster and creates
+// them, and the policy that admits client (not stranger) to server on TCP 80,
+// in the apiserver.
+func createRestartPods(ctx context.Context, c client.Client, cl *cluster.Cluster) (restartPods, error) {
+	var rp restartPods
+	pods, err := cl.AddPods(ctx,
+		cluster.PodSpec{Namespace: restartNS, Name: "server", Node: 0, Labels: map[string]string{"app": "b3-server"}},
+		cluster.PodSpec{Namespace: restartNS, Name: "client", Node: 0, Labels: map[string]string{"role": "b3-client"}},
+		cluster.PodSpec{Namespace: restartNS, Name: "stranger", Node: 0, Labels: map[string]string{"role": "stranger"}})
+	if err != nil {
+		return rp, err
+	}
+	rp.server, rp.client, rp.stranger = pods[0], pods[1], pods[2]
+	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: restartNS}}); err != nil {
+		return rp, err
+	}
+	for _, p := range pods {
+		obj := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: restartNS, Name: p.Name, Labels: p.Labels},
+			Spec:       podSpecOn(ourNode),
+		}
+		if err := c.Create(ctx, obj); err != nil {
+			return rp, err
+		}
+		obj.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: p.IPv4.String(),
+			PodIPs: []corev1.PodIP{{IP: p.IPv4.String()}, {IP: p.IPv6.String()}}}
+		if err := c.Status().Update(ctx, obj); err != nil {
+			return rp, err
+		}
+	}
+	tcp, port := corev1.ProtocolTCP, intstr.FromInt32(80)
+	return rp, c.Create(ctx, &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: restartNS, Name: "b3"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "b3-server"}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From:  []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "b3-client"}}}},
+				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port}},
+			}},
+		},
+	})
+}
+
+// probeCounts are what the probe loops saw.
+type probeCounts struct {
+	allowed, allowedFailed atomic.Int64 // client -> server: must connect
+	denied, deniedPassed   atomic.Int64 // stranger -> server: must not
+	broken                 atomic.Int64 // a probe that could not run at all
+	firstErr               atomic.Value
+}
+
+func (pc *probeCounts) errors() int64 {
+	return pc.allowedFailed.Load() + pc.deniedPassed.Load() + pc.broken.Load()
+}
+
+// probe runs both probe loops, one probe every probeInterval each, until ctx ends.
+func probe(ctx context.Context, cl *cluster.Cluster, rp restartPods, pc *probeCounts) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	loop := func(from *cluster.Pod, timeout time.Duration, want bool, total, bad *atomic.Int64) {
+		tick := time.NewTicker(probeInterval)
+		defer tick.Stop()
+		for ctx.Err() == nil {
+			r, err := cl.Probe(context.WithoutCancel(ctx), from, rp.server, cluster.TCP, cluster.V4, 80, timeout)
+			switch {
+			case err != nil:
+				pc.broken.Add(1)
+				pc.firstErr.CompareAndSwap(nil, err.Error())
+			case r.OK != want:
+				bad.Add(1)
+				pc.firstErr.CompareAndSwap(nil, fmt.Sprintf("%s -> server: %s at %s", from.Name, r, time.Now().Format("15:04:05.000")))
+			}
+			total.Add(1)
+			select {
+			case <-ctx.Done():
+			case <-tick.C:
+			}
+		}
+	}
+	wg.Go(func() { loop(rp.client, time.Second, true, &pc.allowed, &pc.allowedFailed) })
+	wg.Go(func() { loop(rp.stranger, deniedTimeout, false, &pc.denied, &pc.deniedPassed) })
+	return &wg
+}
+
+// measureRestart kills agent, starts a new one with start and waits until it is
+// ready, all under probe traffic. It returns the new agent.
+func measureRestart(ctx context.Context, cl *cluster.Cluster, rp restartPods, agent *process,
+	start func() (*process, error), readyURL, metricsURL string, report func(string, string, ...any)) (*process, error) {
+	// The table enforces before anything happens.
+	for _, c := range []struct {
+		from *cluster.Pod
+		want bool
+	}{{rp.client, true}, {rp.stranger, false}} {
+		r, err := cl.Probe(ctx, c.from, rp.server, cluster.TCP, cluster.V4, 80, deniedTimeout*5)
+		if err != nil {
+			return nil, err
+		}
+		if r.OK != c.want {
+			return nil, fmt.Errorf("before the restart: %s -> server: %s", c.from.Name, r)
+		}
+	}
+
+	pctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var pc probeCounts
+	wg := probe(pctx, cl, rp, &pc)
+	time.Sleep(restartSettle)
+
+	_ = agent.cmd.Process.Signal(syscall.SIGKILL)
+	<-agent.exited
+	t0 := time.Now()
+	next, err := start()
+	if err != nil {
+		return nil, err
+	}
+	if err := waitHTTP(ctx, readyURL, next, restartDeadline); err != nil {
+		return next, fmt.Errorf("restarted agent not ready: %w", err)
+	}
+	ready := time.Since(t0)
+	time.Sleep(restartObserve)
+	stop()
+	wg.Wait()
+
+	m, err := scrape(metricsURL)
+	if err != nil {
+		return next, err
+	}
+	full := m["nftpolicy_sync_duration_seconds_sum{kind=\"full\"}"]
+	if n := m["nftpolicy_sync_duration_seconds_count{kind=\"full\"}"]; n != 1 {
+		return next, fmt.Errorf("restarted agent: %v full syncs, want 1", n)
+	}
+	report("restart_to_ready_ms", "%.0f", ms(ready))
+	report("restart_probes_allowed", "%d", pc.allowed.Load())
+	report("restart_probes_allowed_failed", "%d", pc.allowedFailed.Load())
+	report("restart_probes_denied", "%d", pc.denied.Load())
+	report("restart_probes_denied_passed", "%d", pc.deniedPassed.Load())
+	if e, ok := pc.firstErr.Load().(string); ok {
+		report("restart_first_probe_error", "%q", e)
+	}
+	if pc.allowed.Load() == 0 || pc.denied.Load() == 0 {
+		return next, errors.New("no probes ran during the restart")
+	}
+	report("b3_restart_program_ms", "%.1f", 1000*full)
+	report("b3_restart_probe_errors", "%d", pc.errors())
+	return next, nil
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# make bench: every benchmark of test/bench (README.md), then the summary lines,
+# last, in a fixed order. Needs root and KUBEBUILDER_ASSETS (the Makefile sets it).
+#
+# Environment: NFTPOLICY_BENCH_ROUNDS (datapath rounds, default 5),
+# NFTPOLICY_BENCH_DATAPATH_SECONDS (datapath time budget, default 420),
+# NFTPOLICY_BENCH_PLOT (where the plot goes, default test/bench/conn-rate.png).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+
+summary=(
+  b1_conn_ratio_typical b1_conn_ratio_adversarial b1_vs_peer_adversarial b6_ns_per_policy
+  b2_policy_enforce_p50_ms b2_policy_enforce_p99_ms b2_pod_enforce_p50_ms b2_pod_enforce_p99_ms
+  b3_restart_program_ms b3_restart_probe_errors b4_pod_add_bytes b4_full_rewrite_bytes
+  b5_agent_rss_mib b5_rss_ratio_vs_bare
+)
+
+if [ "$(id -u)" != 0 ]; then
+  echo "make bench needs root (network namespaces, nftables, iptables)" >&2
+  exit 1
+fi
+# The peer: iptables (for iptables-legacy) and ipset, from Debian.
+if ! command -v iptables-legacy-restore >/dev/null || ! command -v ipset >/dev/null; then
+  echo "installing the peer's tools: apt-get install iptables ipset"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q iptables ipset >/dev/null || exit 1
+fi
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+export NFTPOLICY_BENCH=1 NFTPOLICY_BENCH_OUT="$out"
+export NFTPOLICY_BENCH_PLOT="${NFTPOLICY_BENCH_PLOT:-$PWD/test/bench/conn-rate.png}"
+start=$SECONDS
+rc=0
+go test -count=1 -timeout 12m -v -run 'TestDatapath|TestNetlinkCost' ./test/bench/datapath/ || rc=1
+go test -count=1 -timeout 10m -v -run TestControlPlane ./test/bench/controlplane/ || rc=1
+
+echo
+echo "--- make bench: $((SECONDS - start)) s; summary ---"
+for name in "${summary[@]}"; do
+  line=$(grep -h "^$name: " "$out"/*.txt 2>/dev/null | tail -n 1)
+  if [ -z "$line" ]; then
+    line="$name: missing"
+    rc=1
+  fi
+  echo "$line"
+done
+exit $rc
