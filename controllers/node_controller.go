@@ -55,6 +55,9 @@ type NodeReconciler struct {
 	MinSyncInterval time.Duration
 	// OnSynced is called after every successful sync (readiness).
 	OnSynced func()
+	// AfterFullSync, when set, is called after every successful full sync, on the
+	// reconciler's goroutine (RunAgent returns memory to the OS there).
+	AfterFullSync func()
 
 	pending   atomic.Int64 // unix nanos of the earliest event not yet served; 0 = none
 	dirtyMu   sync.Mutex
@@ -213,6 +216,9 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 		if len(stats.Drift) > 0 {
 			driftTotal.Add(float64(len(stats.Drift)))
 			log.Info("repaired drift in the kernel's table", "differences", len(stats.Drift), "first", stats.Drift[0])
+		}
+		if r.AfterFullSync != nil {
+			r.AfterFullSync()
 		}
 	}
 	if since != 0 {
