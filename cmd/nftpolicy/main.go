@@ -23,10 +23,12 @@ import (
 	"os"
 	"regexp"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
+	"k8s.io/apimachinery/pkg/api/resource"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
@@ -109,6 +111,11 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		"how often to rewrite the whole table even without changes (repairs outside tampering)")
 	fs.DurationVar(&opts.MinSyncInterval, "min-sync-interval", defaultMinSyncInterval,
 		"least time between the starts of two syncs; events arriving meanwhile are coalesced into the next")
+	memoryLimit := fs.String("memory-limit", os.Getenv("MEMORY_LIMIT"),
+		"the memory the agent may use, as a quantity (e.g. 128Mi; default $MEMORY_LIMIT, which the DaemonSet "+
+			"sets from its memory limit); the Go runtime's soft memory limit is set to "+
+			strconv.Itoa(memoryLimitPercent)+"% of it, so the garbage collector works harder before the kernel "+
+			"would kill the agent; empty or 0: none ($GOMEMLIMIT, when set, is used instead)")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 
@@ -118,7 +125,9 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	if opts.Kubeconfig == "" {
 		opts.Kubeconfig = os.Getenv("KUBECONFIG")
 	}
+	softLimit, limitErr := goMemoryLimit(*memoryLimit)
 	err := errors.Join(
+		limitErr,
 		checkRequired("node-name", "NODE_NAME", opts.NodeName),
 		checkAddr("metrics-bind-address", opts.MetricsAddr),
 		checkAddr("health-probe-bind-address", opts.HealthAddr),
@@ -135,6 +144,10 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 
 	log := zap.New(zap.UseFlagOptions(&zapOpts))
 	ctrl.SetLogger(log)
+	if softLimit > 0 {
+		debug.SetMemoryLimit(softLimit)
+		log.Info("Go soft memory limit set", "bytes", softLimit, "from", *memoryLimit)
+	}
 	// The agent's rulesets come from a compile.Compiler and are never modified.
 	applier, err := netlink.New(netlink.Options{Table: opts.TableName, NetNSPath: opts.NetNS, ShareDesired: true})
 	if err != nil {
@@ -148,6 +161,24 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	return exitOK
+}
+
+// memoryLimitPercent is the share of --memory-limit given to the Go runtime as its
+// soft limit: the rest is for what the runtime does not count (the binary's text,
+// and some slack for the kernel's accounting).
+const memoryLimitPercent = 80
+
+// goMemoryLimit returns the soft memory limit for the --memory-limit value v: 0
+// for none (v empty or 0, or $GOMEMLIMIT set, which the runtime already applies).
+func goMemoryLimit(v string) (int64, error) {
+	if v == "" || os.Getenv("GOMEMLIMIT") != "" {
+		return 0, nil
+	}
+	q, err := resource.ParseQuantity(v)
+	if err != nil || q.Sign() < 0 {
+		return 0, fmt.Errorf("--memory-limit: %q is not a memory quantity (e.g. 128Mi)", v)
+	}
+	return q.Value() / 100 * memoryLimitPercent, nil
 }
 
 // removeTable is what 'nftpolicy cleanup' calls: the netlink applier's Delete.

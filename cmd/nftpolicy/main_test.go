@@ -116,6 +116,13 @@ func TestContract(t *testing.T) {
 		// A real netns passes, so the next check (the kubeconfig) is what fails.
 		{name: "good netns", args: []string{"agent", "--node-name", "n", "--kubeconfig", "/nonexistent/k", "--netns", "/proc/self/ns/net"},
 			wantCode: 2, wantOut: []string{"/nonexistent/k"}},
+		{name: "bad memory limit", args: []string{"agent", "--node-name", "n", "--kubeconfig", good, "--memory-limit", "lots"},
+			wantCode: 2, wantOut: []string{"--memory-limit", `"lots"`}},
+		{name: "bad memory limit from env", args: []string{"agent", "--node-name", "n", "--kubeconfig", good},
+			env: []string{"MEMORY_LIMIT=-1"}, wantCode: 2, wantOut: []string{"--memory-limit", `"-1"`}},
+		// A valid limit passes, so the next check (the kubeconfig) is what fails.
+		{name: "memory limit from env", args: []string{"agent", "--node-name", "n", "--kubeconfig", "/nonexistent/k"},
+			env: []string{"MEMORY_LIMIT=268435456"}, wantCode: 2, wantOut: []string{"/nonexistent/k"}},
 		{name: "cleanup unknown flag", args: []string{"cleanup", "--node-name", "n"}, wantCode: 2,
 			wantOut: []string{"-node-name", "run 'nftpolicy cleanup -h' for usage"}},
 		{name: "cleanup nonexistent netns", args: []string{"cleanup", "--netns", "/nonexistent/netns"}, wantCode: 2,
@@ -169,7 +176,7 @@ func cleanEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		switch strings.SplitN(kv, "=", 2)[0] {
-		case "KUBECONFIG", "NODE_NAME", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT":
+		case "KUBECONFIG", "NODE_NAME", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "MEMORY_LIMIT", "GOMEMLIMIT":
 			continue
 		}
 		env = append(env, kv)
