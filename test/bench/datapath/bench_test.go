@@ -38,6 +38,7 @@ const (
 	latWindow   = 300 * time.Millisecond
 	rrWindow    = 300 * time.Millisecond
 	bulkWindow  = 300 * time.Millisecond
+	flowWindow  = 200 * time.Millisecond
 	denyTimeout = 150 * time.Millisecond
 )
 
@@ -173,6 +174,11 @@ func TestDatapath(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.stop)
+	closeSink, err := udpSink(server.NetNS, server.IPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(closeSink)
 	appliers := make([]*netlink.Applier, len(nodes))
 	for i, n := range nodes {
 		if appliers[i], err = netlink.New(netlink.Options{NetNSPath: n.NetNSPath()}); err != nil {
@@ -312,6 +318,11 @@ func TestDatapath(t *testing.T) {
 				}
 				add(v, "lat_wall_ns", lat)
 				add(v, "lat_ns", latCPU)
+				flow, _, err := flowLoad(client.NetNS, client.IPv4, server.IPv4, flowWindow)
+				if err != nil {
+					t.Fatalf("round %d, %s, %s: new flows: %v", r, p.name, v, err)
+				}
+				add(v, "flow_ns", flow)
 				if !p.full() {
 					continue
 				}
@@ -357,7 +368,7 @@ func TestDatapath(t *testing.T) {
 	}
 	t.Logf("rounds: %d; load times ms (median): nftpolicy %.0f, peer %.0f", done, median(loadTimes[ours]), median(loadTimes[peer]))
 	for _, p := range prep {
-		metrics := []string{"conn_same", "conn_same_wall", "lat_ns", "lat_wall_ns"}
+		metrics := []string{"conn_same", "conn_same_wall", "lat_ns", "lat_wall_ns", "flow_ns"}
 		if p.full() {
 			metrics = append(metrics, "conn_cross", "conn_cross_wall", "rr", "rr_wall", "bulk", "bulk_wall")
 		}
@@ -390,9 +401,10 @@ func TestDatapath(t *testing.T) {
 		}
 		return median(d)
 	}
-	added := func(s, v string) float64 { return addedBy(s, v, "lat_ns") }
+	added := func(s, v string) float64 { return addedBy(s, v, "flow_ns") }
+	addedConn := func(s, v string) float64 { return addedBy(s, v, "lat_ns") }
 	addedWall := func(s, v string) float64 { return addedBy(s, v, "lat_wall_ns") }
-	var polX, polOurs, polOursWall, polPeer, cidrX, cidrOurs, cidrPeer []float64
+	var polX, polOurs, polPeer, polConn, polWall, cidrX, cidrOurs, cidrPeer []float64
 	for _, p := range prep {
 		if p.cidrs > 0 {
 			cidrX = append(cidrX, float64(p.cidrs))
@@ -400,17 +412,17 @@ func TestDatapath(t *testing.T) {
 		} else {
 			polX = append(polX, float64(p.selecting))
 			polOurs, polPeer = append(polOurs, added(p.name, ours)), append(polPeer, added(p.name, peer))
-			polOursWall = append(polOursWall, addedWall(p.name, ours))
+			polConn, polWall = append(polConn, addedConn(p.name, ours)), append(polWall, addedWall(p.name, ours))
 		}
-		t.Logf("b6 %-12s added per connection: CPU nftpolicy %+.0f ns, peer %+.0f ns; median wall-clock latency nftpolicy %+.0f ns, peer %+.0f ns",
-			p.name, added(p.name, ours), added(p.name, peer), addedWall(p.name, ours), addedWall(p.name, peer))
+		t.Logf("b6 %-12s added CPU per new flow: nftpolicy %+.0f ns, peer %+.0f ns; per TCP connection: CPU nftpolicy %+.0f ns, peer %+.0f ns, median wall-clock nftpolicy %+.0f ns, peer %+.0f ns",
+			p.name, added(p.name, ours), added(p.name, peer), addedConn(p.name, ours), addedConn(p.name, peer), addedWall(p.name, ours), addedWall(p.name, peer))
 	}
 	sum.emit("b6_peer_ns_per_policy", "%.1f", slope(polX, polPeer))
+	sum.emit("b6_conn_cpu_ns_per_policy", "%.1f", slope(polX, polConn))
+	sum.emit("b6_conn_wall_ns_per_policy", "%.1f", slope(polX, polWall))
 	sum.emit("b6_ns_per_cidr", "%.3f", slope(cidrX, cidrOurs))
 	sum.emit("b6_peer_ns_per_cidr", "%.3f", slope(cidrX, cidrPeer))
 	sum.emit("b6_ns_per_policy", "%.2f", slope(polX, polOurs))
-
-	sum.emit("b6_ns_per_policy_wall", "%.2f", slope(polX, polOursWall))
 
 	// The plot: connections per CPU-second against policies selecting the server.
 	var series []plotSeries

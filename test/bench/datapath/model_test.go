@@ -101,6 +101,11 @@ func build(s scenario, real []realPod) objects {
 		v := intstr.FromInt32(first)
 		return []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &v, EndPort: &last}}
 	}
+	udp := corev1.ProtocolUDP
+	udpPort := func(p int) []networkingv1.NetworkPolicyPort {
+		v := intstr.FromInt(p)
+		return []networkingv1.NetworkPolicyPort{{Protocol: &udp, Port: &v}}
+	}
 	ingress := []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
 	server := metav1.LabelSelector{MatchLabels: map[string]string{"app": "server"}}
 	all := &metav1.LabelSelector{}
@@ -115,8 +120,9 @@ func build(s scenario, real []realPod) objects {
 						NamespaceSelector: all,
 						PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"grp": fmt.Sprintf("g-%d", k)}},
 					}},
-					// One rule, one port range: the connection, rr and bulk servers.
-					Ports: portRange(benchPort, bulkPort),
+					// One rule: the connection, rr and bulk servers, and the
+					// datagrams of the new-flow measurement.
+					Ports: append(portRange(benchPort, bulkPort), udpPort(benchPort)...),
 				}},
 			},
 		})
@@ -135,7 +141,7 @@ func build(s scenario, real []realPod) objects {
 			Spec: networkingv1.NetworkPolicySpec{
 				PodSelector: server,
 				PolicyTypes: ingress,
-				Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: from, Ports: ports(benchPort)}},
+				Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: from, Ports: append(ports(benchPort), udpPort(benchPort)...)}},
 			},
 		})
 	}

@@ -29,7 +29,7 @@ import (
 //	                   hash:ip; ipBlocks, hash:net) -m set dst (the policy's
 //	                   selected pods) -p tcp --dport P -j MARK, then RETURN if marked
 //
-// Ingress only, numeric TCP ports and port ranges, ipBlock without except: what
+// Ingress only, numeric TCP and UDP ports and port ranges, ipBlock without except: what
 // the scenarios use (build checks nothing else appears).
 //
 // Legacy xtables (iptables-legacy), not the iptables-nft shim: kube-router
@@ -199,14 +199,17 @@ func renderPeer(o objects, nodes []string) ([]peerRender, error) {
 			}
 			var dports []string
 			for _, pp := range in.Ports {
-				if pp.Protocol != nil && *pp.Protocol != corev1.ProtocolTCP || pp.Port == nil || pp.Port.StrVal != "" {
-					return nil, fmt.Errorf("peer: %s/%s: only numeric TCP ports are rendered", np.Namespace, np.Name)
+				proto := "tcp"
+				if pp.Protocol != nil && *pp.Protocol == corev1.ProtocolUDP {
+					proto = "udp"
+				} else if pp.Protocol != nil && *pp.Protocol != corev1.ProtocolTCP || pp.Port == nil || pp.Port.StrVal != "" {
+					return nil, fmt.Errorf("peer: %s/%s: only numeric TCP and UDP ports are rendered", np.Namespace, np.Name)
 				}
 				p := pp.Port.String()
 				if pp.EndPort != nil {
 					p += fmt.Sprintf(":%d", *pp.EndPort)
 				}
-				dports = append(dports, "-p tcp -m tcp --dport "+p)
+				dports = append(dports, fmt.Sprintf("-p %s -m %s --dport %s", proto, proto, p))
 			}
 			if len(dports) == 0 {
 				dports = []string{""}
