@@ -4,6 +4,15 @@
 // cached), serves metrics and the /healthz and /readyz probes, and turns
 // every relevant event into one sync of this node's nftables table.
 //
+// Syncs are incremental: the reconciler keeps a compile.Compiler between syncs,
+// each event names the object that changed, and a sync reads only those objects
+// from the cache and recompiles only the groups they can affect; the applier
+// (nft/netlink with ShareDesired) keeps the compiler's ruleset rather than a copy
+// and sends the difference. A full sync (start, failure, --full-sync-period) lists
+// the cache into a new Compiler, replaces the table whole and then returns free
+// memory to the OS. BenchmarkIncrementalSync and BenchmarkFullSync measure both at
+// test/bench/controlplane's scale.
+//
 // Readiness: /readyz answers 200 only once the informer caches have synced
 // and the first full sync of the node's table has succeeded, so a node's
 // agent is not reported ready before it enforces policy.

@@ -196,3 +196,19 @@ func BenchmarkIncrementalSync(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkFullSync is one full sync of node-0 at the same scale: list the cache,
+// build the compiler, compile the whole table, plan it against the last one.
+func BenchmarkFullSync(b *testing.B) {
+	nss, pods, nps := benchCluster()
+	reader := &memReader{nss: nss, pods: pods, nps: nps}
+	r := &NodeReconciler{Reader: reader, NodeName: "node-0", Table: nft.DefaultTable, Applier: &planApplier{}}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		r.needFull = true
+		if _, err := r.Reconcile(ctx, r.request()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

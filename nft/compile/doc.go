@@ -97,9 +97,15 @@
 //
 // # Cost
 //
-// Pods are indexed by namespace and, on first use, by label and by address; pod
+// Pods are indexed by namespace, by label and (on first use) by address; pod
 // selections, namespace selections, rule address sets and named port resolutions are
-// computed once per Compile and shared by every group. The work is then roughly
-// linear in the size of the result (the number of set elements), which is the
+// computed once per compilation and shared by every group. A full compilation is then
+// roughly linear in the size of the result (the number of set elements), which is the
 // number of groups times the peers each is allowed: see BenchmarkCompile.
+//
+// A Compiler (compiler.go) keeps the index, the parsed policies and each group's
+// sets between compilations, and a change drops only the groups it can affect, so
+// recompiling after one change costs the node's grouping (its own pods) plus the
+// groups that change refills, not the whole table. Compile is a fresh Compiler, and
+// TestCompilerMatchesCompile checks the two agree over random change sequences.
 package compile
