@@ -420,9 +420,11 @@ deploy() {
   [ "$ready" = 2 ] || die "nftpolicy agent ready on $ready of 2 nodes"
 }
 
+cluster_exists() { [ -d "$STATE/pids" ] && [ -n "$(ls "$STATE/pids")" ]; }
+
 up() {
   [ "$(id -u)" = 0 ] || die "must run as root"
-  [ -e "$STATE/pids" ] && [ -n "$(ls "$STATE/pids")" ] && die "a cluster is already up (state $STATE): run make cluster-down"
+  cluster_exists && die "a cluster is already up (state $STATE): run make cluster-down"
   local t0=$SECONDS
   log "building what is missing (bin/k8s/$K8S_VERSION, bin/conformance)"
   assets
@@ -485,6 +487,9 @@ down() {
   network_down
   # The kubelet links container logs from the fixed /var/log/containers.
   find /var/log/containers -maxdepth 1 -type l -lname "$STATE/*" -delete 2>/dev/null || true
+  # The shims' socket directory (containerd 1.6 puts it there whatever its
+  # state directory), when nothing else uses it.
+  rmdir /run/containerd/s /run/containerd 2>/dev/null || true
   rm -rf "$STATE"
   log "down"
 }
@@ -534,6 +539,8 @@ finish() {
 
 run() {
   T0=$SECONDS
+  # Never tear down a cluster that `make cluster-up` keeps.
+  cluster_exists && die "a cluster is already up (state $STATE): run make cluster-down first"
   trap finish EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
