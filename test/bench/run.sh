@@ -2,8 +2,9 @@
 # make bench: every benchmark of test/bench (README.md), then the summary lines,
 # last, in a fixed order. Needs root and KUBEBUILDER_ASSETS (the Makefile sets it).
 #
-# Environment: NFTPOLICY_BENCH_ROUNDS (datapath rounds, default 5),
-# NFTPOLICY_BENCH_DATAPATH_SECONDS (datapath time budget, default 420),
+# Environment: NFTPOLICY_BENCH_ROUNDS (datapath rounds, default 5: fewer are only
+# for trying things out), NFTPOLICY_BENCH_DATAPATH_SECONDS (time budget for rounds
+# beyond 5, default 420),
 # NFTPOLICY_BENCH_PLOT (where the plot goes, default test/bench/conn-rate.png).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,6 +28,7 @@ fi
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+trap 'exit 130' INT TERM
 export NFTPOLICY_BENCH=1 NFTPOLICY_BENCH_OUT="$out"
 export NFTPOLICY_BENCH_PLOT="${NFTPOLICY_BENCH_PLOT:-$PWD/test/bench/conn-rate.png}"
 start=$SECONDS

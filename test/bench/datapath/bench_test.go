@@ -40,6 +40,7 @@ const (
 	bulkWindow  = 300 * time.Millisecond
 	flowWindow  = 200 * time.Millisecond
 	denyTimeout = 150 * time.Millisecond
+	minRounds   = 5
 )
 
 var scenarios = []scenario{
@@ -123,7 +124,8 @@ func TestDatapath(t *testing.T) {
 	if missing := peerTools(); len(missing) > 0 {
 		t.Fatalf("the iptables+ipset peer needs %s: apt-get install iptables ipset (make bench does)", strings.Join(missing, ", "))
 	}
-	rounds := envInt("NFTPOLICY_BENCH_ROUNDS", 5)
+	// At least minRounds; more only while the time budget lasts.
+	rounds := envInt("NFTPOLICY_BENCH_ROUNDS", minRounds)
 	budget := time.Duration(envInt("NFTPOLICY_BENCH_DATAPATH_SECONDS", 420)) * time.Second
 	sum := &summary{t: t, file: "datapath.txt"}
 	ctx := t.Context()
@@ -351,7 +353,7 @@ func TestDatapath(t *testing.T) {
 		done++
 		took := time.Since(roundStart)
 		t.Logf("round %d done in %v", r, took.Round(time.Millisecond))
-		if done >= 3 && time.Since(start)+took > budget {
+		if done >= minRounds && time.Since(start)+took > budget {
 			t.Logf("stopping after %d rounds: the next would pass the %v budget", done, budget)
 			break
 		}
