@@ -528,6 +528,13 @@ finish() {
   local rc=$?
   trap - EXIT INT TERM
   if [ -d "$STATE/logs" ]; then
+    # The agents' logs and each node's ruleset as the suite left them.
+    local n pod
+    for n in "${NODES[@]}"; do
+      in_node "$n" nft list ruleset >"$STATE/logs/ruleset-$n.nft" 2>&1 || true
+      pod=$(kubectl -n nftpolicy-system get pods -o name --field-selector "spec.nodeName=$n" 2>/dev/null | head -1) || true
+      [ -z "$pod" ] || kubectl -n nftpolicy-system logs "$pod" >"$STATE/logs/agent-$n.log" 2>&1 || true
+    done
     rm -rf "$root/bin/conformance/last-run" && mkdir -p "$root/bin/conformance/last-run"
     cp -r "$STATE/logs" "$root/bin/conformance/last-run/"
     [ -d "$STATE/e2e" ] && cp -r "$STATE/e2e" "$root/bin/conformance/last-run/"
