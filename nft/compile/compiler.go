@@ -38,6 +38,7 @@ type Compiler struct {
 	byNS   map[string][]*policy // by name
 	order  []objKey             // policy keys, sorted; nil when stale
 	filled map[string]*filled   // by group key, from the last Compile
+	keys   *keyTable
 }
 
 type policyEntry struct {
@@ -57,6 +58,7 @@ func NewCompiler(node string, opts Options) *Compiler {
 		pols:   map[objKey]*policyEntry{},
 		byNS:   map[string][]*policy{},
 		filled: map[string]*filled{},
+		keys:   newKeyTable(),
 	}
 }
 
@@ -160,9 +162,15 @@ func (c *Compiler) Compile() (*nft.Ruleset, []Problem) {
 	for _, k := range c.order {
 		problems = append(problems, c.pols[k].problems...)
 	}
-	cc := newCompiler(c.ix, c.byNS)
+	cc := newCompiler(c.ix, c.byNS, c.keys)
 	c.filled = cc.build(c.filled)
-	return assemble(c.table, cc), problems
+	rs := assemble(c.table, cc)
+	// Bound the key table: drop it when it holds more than twice the keys the
+	// ruleset uses (plus slack); the next fills start a new one.
+	if n := len(c.keys.keys); n > 4096 && n > 2*rs.Counts().Elements {
+		c.keys = newKeyTable()
+	}
+	return rs, problems
 }
 
 // anyPeer reports whether match is true for a peer of a rule the group's sets are

@@ -183,3 +183,45 @@ func randomChange(rng *rand.Rand, cl *cluster, c *Compiler, w world) string {
 		return fmt.Sprintf("policy %s/%s: set", key.ns, key.name)
 	}
 }
+
+// TestCompilerKeyTableBounded: keys of elements that are gone do not pile up in the
+// key table, and dropping the table changes no result.
+func TestCompilerKeyTableBounded(t *testing.T) {
+	nss, pods, pols := bigCluster(2000, 200, 20, 4, true)
+	c := NewCompiler("node-000", Options{})
+	for _, ns := range nss {
+		c.SetNamespace(ns)
+	}
+	for _, p := range pods {
+		c.SetPod(p)
+	}
+	for _, np := range pols {
+		c.SetPolicy(np)
+	}
+	rs, _ := c.Compile()
+	if n := len(c.keys.keys); n < 4096 {
+		t.Fatalf("only %d keys: the test needs more than the table's slack", n)
+	}
+	t.Logf("%d elements, %d distinct keys", rs.Counts().Elements, len(c.keys.keys))
+	// Most pods go: far fewer elements, and the table is dropped.
+	for _, p := range pods[100:] {
+		c.DeletePod(p.Namespace, p.Name)
+	}
+	got, _ := c.Compile()
+	if n := len(c.keys.keys); n > 4096 {
+		t.Errorf("key table kept %d keys for %d elements", n, got.Counts().Elements)
+	}
+	want, _ := Compile(Snapshot{NodeName: "node-000", Pods: pods[:100], Namespaces: nss, Policies: pols}, Options{})
+	if nft.Render(got) != nft.Render(want) {
+		t.Error("after the key table was dropped: incremental result differs from a fresh compile")
+	}
+	// And again, with fills from the new table.
+	for _, p := range pods[100:200] {
+		c.SetPod(p)
+	}
+	got, _ = c.Compile()
+	want, _ = Compile(Snapshot{NodeName: "node-000", Pods: pods[:200], Namespaces: nss, Policies: pols}, Options{})
+	if nft.Render(got) != nft.Render(want) {
+		t.Error("after refills: incremental result differs from a fresh compile")
+	}
+}
