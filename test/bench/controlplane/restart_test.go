@@ -87,6 +87,16 @@ type probeCounts struct {
 	denied, deniedPassed   atomic.Int64 // stranger -> server: must not
 	broken                 atomic.Int64 // a probe that could not run at all
 	firstErr               atomic.Value
+	killedAt               atomic.Int64 // unix nanoseconds of the SIGKILL; 0 before
+}
+
+// sinceKill says when t was relative to the kill, for error messages.
+func (pc *probeCounts) sinceKill(t time.Time) string {
+	k := pc.killedAt.Load()
+	if k == 0 {
+		return "before the kill"
+	}
+	return fmt.Sprintf("%+dms from the kill", t.Sub(time.Unix(0, k)).Milliseconds())
 }
 
 func (pc *probeCounts) errors() int64 {
@@ -100,6 +110,7 @@ func probe(ctx context.Context, cl *cluster.Cluster, rp restartPods, pc *probeCo
 		tick := time.NewTicker(probeInterval)
 		defer tick.Stop()
 		for ctx.Err() == nil {
+			sent := time.Now()
 			r, err := cl.Probe(context.WithoutCancel(ctx), from, rp.server, cluster.TCP, cluster.V4, 80, timeout)
 			switch {
 			case err != nil:
@@ -107,7 +118,7 @@ func probe(ctx context.Context, cl *cluster.Cluster, rp restartPods, pc *probeCo
 				pc.firstErr.CompareAndSwap(nil, err.Error())
 			case r.OK != want:
 				bad.Add(1)
-				pc.firstErr.CompareAndSwap(nil, fmt.Sprintf("%s -> server: %s at %s", from.Name, r, time.Now().Format("15:04:05.000")))
+				pc.firstErr.CompareAndSwap(nil, fmt.Sprintf("%s -> server: %s, sent %s", from.Name, r, pc.sinceKill(sent)))
 			}
 			total.Add(1)
 			select {
@@ -145,6 +156,7 @@ func measureRestart(ctx context.Context, cl *cluster.Cluster, rp restartPods, ag
 	wg := probe(pctx, cl, rp, &pc)
 	time.Sleep(restartSettle)
 
+	pc.killedAt.Store(time.Now().UnixNano())
 	_ = agent.cmd.Process.Signal(syscall.SIGKILL)
 	<-agent.exited
 	t0 := time.Now()
