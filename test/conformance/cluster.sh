@@ -56,6 +56,10 @@ ETCD_PORT=12379
 AGNHOST_IMAGE=registry.k8s.io/e2e-test-images/agnhost:2.66.1
 PAUSE_IMAGE=registry.k8s.io/pause:3.10.2
 NFTPOLICY_IMAGE=nftpolicy.local/nftpolicy:conformance
+# Fixed paths the kubelet (device-plugin socket, container log links) and CNI
+# (its result cache) use whatever their configuration; removed at `down` when
+# `up` created them.
+HOST_PATHS=(/var/lib/kubelet /var/lib/cni /var/log/containers)
 # Sysctls that kubelet and CNI write in the machine's namespace.
 SYSCTLS=(net.ipv4.ip_forward vm.overcommit_memory kernel.panic kernel.panic_on_oops)
 
@@ -168,6 +172,10 @@ network_up() {
   [ -n "$up" ] || die "no default route: cannot tell the uplink to guard"
   echo "$up" >"$STATE/uplink"
   [ -f "$STATE/tables.before" ] || nft list tables >"$STATE/tables.before"
+  if [ ! -f "$STATE/paths.before" ]; then
+    local p
+    for p in "${HOST_PATHS[@]}"; do [ ! -e "$p" ] || echo "$p"; done >"$STATE/paths.before"
+  fi
   # The guard first: nothing we create may send traffic out of the machine.
   nft -f - <<EOF
 table inet npc-guard
@@ -268,7 +276,7 @@ cgroups_down() {
   local node=$1 m pid
   for m in $(findmnt -rn -t cgroup,cgroup2 -o TARGET); do
     [ -d "$m/npc-$node" ] || continue
-    for pid in $(find "$m/npc-$node" -name cgroup.procs -exec cat {} + 2>/dev/null); do
+    find "$m/npc-$node" -name cgroup.procs -exec cat {} + 2>/dev/null | while read -r pid; do
       kill -9 "$pid" 2>/dev/null || true
     done
   done
@@ -365,7 +373,7 @@ evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available:
 serializeImagePulls: false
 EOF
   start "kubelet-$node" "$node" "$K8S/kubelet" --config="$d/kubelet.yaml" --kubeconfig="$KUBECONFIG" \
-    --hostname-override="$node" --node-ip="${NODE_IP[$node]}" --root-dir="$d/kubelet" --v=1
+    --hostname-override="$node" --node-ip="${NODE_IP[$node]}" --root-dir="$d/kubelet" --cert-dir="$d/kubelet/pki" --v=1
 }
 
 proxy_up() {
@@ -458,6 +466,8 @@ stop() {
 
 down() {
   [ -d "$STATE" ] || { log "nothing to tear down ($STATE absent)"; return 0; }
+  # Best effort: one step failing must not leave the rest standing.
+  set +e
   log "tearing down"
   local n d id
   for n in "${NODES[@]}"; do stop "kube-proxy-$n"; stop "kubelet-$n"; done
@@ -485,8 +495,14 @@ down() {
   local m
   for m in $(findmnt -rn -o TARGET | grep "^$STATE/" | sort -r); do umount -l "$m" 2>/dev/null || true; done
   network_down
-  # The kubelet links container logs from the fixed /var/log/containers.
+  # What the kubelet and CNI left at fixed paths: the whole path if `up`
+  # made it, else only what points into our state.
+  local p
+  for p in "${HOST_PATHS[@]}"; do
+    if [ -f "$STATE/paths.before" ] && ! grep -qx "$p" "$STATE/paths.before"; then rm -rf "$p"; fi
+  done
   find /var/log/containers -maxdepth 1 -type l -lname "$STATE/*" -delete 2>/dev/null || true
+  { grep -rl --null "$STATE/" /var/lib/cni/results 2>/dev/null || true; } | xargs -0r rm -f
   # The shims' socket directory (containerd 1.6 puts it there whatever its
   # state directory), when nothing else uses it.
   rmdir /run/containerd/s /run/containerd 2>/dev/null || true
