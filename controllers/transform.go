@@ -12,7 +12,8 @@ import (
 // phase and IPs — and drops the rest (managedFields, annotations, images, env, volumes,
 // conditions, container statuses...) before the object enters the cache.
 
-// trimPod keeps only the fields the compiler reads.
+// trimPod keeps only the fields the compiler reads. podRelevantChange compares
+// trimmed pods, so a change to an unnamed port is (rightly) no event.
 func trimPod(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
@@ -30,15 +31,19 @@ func trimPod(obj any) (any, error) {
 			PodIPs: p.Status.PodIPs,
 		},
 	}
+	// The compiler reads container ports only to resolve port names, over all the
+	// pod's containers: keep the named ones, in one container (a Container is 408
+	// bytes), and none at all for the many pods without named ports.
+	var ports []corev1.ContainerPort
 	for _, c := range p.Spec.Containers {
-		if len(c.Ports) == 0 {
-			continue
+		for _, cp := range c.Ports {
+			if cp.Name != "" {
+				ports = append(ports, corev1.ContainerPort{Name: cp.Name, ContainerPort: cp.ContainerPort, Protocol: cp.Protocol})
+			}
 		}
-		ports := make([]corev1.ContainerPort, len(c.Ports))
-		for i, cp := range c.Ports {
-			ports[i] = corev1.ContainerPort{Name: cp.Name, ContainerPort: cp.ContainerPort, Protocol: cp.Protocol}
-		}
-		out.Spec.Containers = append(out.Spec.Containers, corev1.Container{Ports: ports})
+	}
+	if len(ports) > 0 {
+		out.Spec.Containers = []corev1.Container{{Ports: ports}}
 	}
 	return out, nil
 }
