@@ -4,10 +4,8 @@
 # directory (the KUBEBUILDER_ASSETS path) on stdout.
 #
 # Why from source: this project's machines reach only the Go module proxy and
-# Debian's packages, so the usual envtest download cannot work. The recipe:
-# a throwaway main module requires k8s.io/kubernetes and replaces each staging
-# module it requires at v0.0.0 with the published v0.<minor>.<patch> of the same
-# release; etcd's server module is itself package main.
+# Debian's packages, so the usual envtest download cannot work. The recipe is
+# in hack/lib/k8s-build.sh; etcd's server module is itself package main.
 #
 # Idempotent: binaries that are already present are not rebuilt.
 # Usage: hack/envtest-assets.sh [K8S_VERSION] [ETCD_VERSION]
@@ -15,55 +13,22 @@ set -euo pipefail
 
 K8S_VERSION=${1:-${K8S_VERSION:-1.37.2}}
 ETCD_VERSION=${2:-${ETCD_VERSION:-3.7.3}}
-EXTRA_CMDS=${EXTRA_CMDS:-}   # e.g. "kubelet kube-proxy" for the conformance cluster
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=hack/lib/k8s-build.sh
+. "$root/hack/lib/k8s-build.sh"
 out="$root/bin/k8s/$K8S_VERSION"
 mkdir -p "$out"
 
-want=(kube-apiserver kubectl $EXTRA_CMDS)
+want=(kube-apiserver kubectl)
 missing=()
 for c in "${want[@]}"; do [ -x "$out/$c" ] || missing+=("$c"); done
 
 log() { echo "envtest-assets: $*" >&2; }
 
 if [ ${#missing[@]} -gt 0 ]; then
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
-  staging_minor="v0.${K8S_VERSION#1.}"
-  log "building ${missing[*]} from k8s.io/kubernetes v$K8S_VERSION (staging $staging_minor); this takes minutes cold"
-  (
-    cd "$work"
-    cat > go.mod <<EOF
-module nftpolicy.local/k8sbuild
-
-go 1.26
-EOF
-    cat > tools.go <<'EOF'
-//go:build tools
-
-package tools
-
-import _ "k8s.io/kubernetes/cmd/kube-apiserver/app"
-EOF
-    export GOFLAGS=-mod=mod
-    go mod edit -require="k8s.io/kubernetes@v$K8S_VERSION"
-    modfile="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/v$K8S_VERSION.mod"
-    [ -f "$modfile" ] || go mod download "k8s.io/kubernetes@v$K8S_VERSION"
-    for m in $(awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" {print $1}' "$modfile" | sort -u); do
-      go mod edit -replace="$m=$m@$staging_minor"
-    done
-    go mod tidy -e >/dev/null 2>&1 || true
-    for c in "${missing[@]}"; do
-      case "$c" in
-        kubectl) pkg=k8s.io/kubernetes/cmd/kubectl ;;
-        agnhost) pkg=k8s.io/kubernetes/test/images/agnhost ;;
-        *) pkg="k8s.io/kubernetes/cmd/$c" ;;
-      esac
-      log "go build $pkg"
-      CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=v$K8S_VERSION -X k8s.io/client-go/pkg/version.gitVersion=v$K8S_VERSION" -o "$out/$c" "$pkg"
-    done
-  )
+  log "building ${missing[*]} from k8s.io/kubernetes v$K8S_VERSION; this takes minutes cold"
+  k8s_build "$out" "$K8S_VERSION" "${missing[@]}"
 fi
 
 if [ ! -x "$out/etcd" ]; then
