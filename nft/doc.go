@@ -47,6 +47,15 @@
 // NetworkPolicy API requires. Connection tracking marks replies established before
 // forward, so only the first packet of a connection walks past the first rule.
 //
+// kube-proxy's nftables mode also has a chain at forward priority filter (its
+// filter-forward: rejects for Services without endpoints). The kernel does not
+// define the order of two base chains at one hook and priority, and none is
+// needed: each chain can only accept (for itself) or drop/reject (for good), so
+// a packet passes only when both pass it. The one visible difference: a
+// connection that we deny to a Service without endpoints may get kube-proxy's
+// reject instead of our silent drop. The upstream conformance run
+// (test/conformance) exercises this pairing.
+//
 // IPVS mode is not covered: IPVS rewrites the destination in the input hook and sends
 // the packet on through output, so pod-to-ClusterIP traffic under IPVS never crosses
 // our forward chain: run kube-proxy in iptables or nftables mode with nftpolicy.
