@@ -247,17 +247,23 @@ func TestControlPlane(t *testing.T) {
 	report("agent_rss_mib", "%.1f", agentRSS)
 	report("agent_rss_peak_mib", "%.1f", max(hwm, agentHWM))
 
-	// 4. Restart under probe traffic (restart_test.go).
-	restartLog := filepath.Join(dir, "agent-restarted.log")
-	restarted, err := measureRestart(ctx, cl, rp, agent, func() (*process, error) { return startAgent(restartLog) },
-		fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort), metricsURL, report)
-	if restarted != nil {
-		t.Cleanup(func() { restarted.stop(); dumpTail(t, restartLog) })
+	// 4. Restart under probe traffic (restart_test.go); NFTPOLICY_BENCH_RESTARTS
+	// repeats it (default once), each line reported per restart.
+	restarts, _ := strconv.Atoi(os.Getenv("NFTPOLICY_BENCH_RESTARTS"))
+	current := agent
+	for i := range max(restarts, 1) {
+		restartLog := filepath.Join(dir, fmt.Sprintf("agent-restarted-%d.log", i))
+		restarted, err := measureRestart(ctx, cl, rp, current, func() (*process, error) { return startAgent(restartLog) },
+			fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort), metricsURL, report, t.Logf)
+		if restarted != nil {
+			t.Cleanup(func() { restarted.stop(); dumpTail(t, restartLog) })
+		}
+		if err != nil {
+			t.Fatalf("restart: %v", err)
+		}
+		current = restarted
 	}
-	if err != nil {
-		t.Fatalf("restart: %v", err)
-	}
-	restarted.stop()
+	current.stop()
 
 	bareLog := filepath.Join(dir, "bare.log")
 	bare, err := startProcess(bareLog, bareBin, "--kubeconfig", kubeconfig)

@@ -1,20 +1,26 @@
 package controlplane
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"os/exec"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 	"github.com/nftpolicy/nftpolicy/test/e2e/cluster"
 )
 
@@ -88,6 +94,46 @@ type probeCounts struct {
 	broken                 atomic.Int64 // a probe that could not run at all
 	firstErr               atomic.Value
 	killedAt               atomic.Int64 // unix nanoseconds of the SIGKILL; 0 before
+	readyAt                atomic.Int64 // unix nanoseconds the new agent was seen ready
+	// synLoop's: connections, those whose SYN (or another packet) the kernel had
+	// to retransmit, and those that failed within synTimeout.
+	syn, synRetrans, synFailed atomic.Int64
+	firstRetrans               atomic.Value
+}
+
+const synTimeout = 3 * time.Second
+
+// synLoop connects client -> server:80 every probeInterval from this process,
+// in the client's namespace, and asks the kernel (TCP_INFO) whether anything
+// had to be retransmitted. A retransmission means a packet was lost on the way,
+// which a probe that merely timed out cannot tell from a probing process that
+// did not get a CPU in time.
+func synLoop(ctx context.Context, rp restartPods, pc *probeCounts) {
+	addr := net.JoinHostPort(rp.server.IPv4.String(), "80")
+	_ = rp.client.NetNS.Do(func() error {
+		for ctx.Err() == nil {
+			sent := time.Now()
+			d := net.Dialer{Timeout: synTimeout}
+			conn, err := d.Dial("tcp4", addr)
+			pc.syn.Add(1)
+			if err != nil {
+				pc.synFailed.Add(1)
+			} else {
+				var info *unix.TCPInfo
+				if raw, err := conn.(*net.TCPConn).SyscallConn(); err == nil {
+					_ = raw.Control(func(fd uintptr) { info, _ = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
+				}
+				if info != nil && info.Total_retrans > 0 {
+					pc.synRetrans.Add(1)
+					pc.firstRetrans.CompareAndSwap(nil, fmt.Sprintf("%d retransmitted, connected in %v, sent %s",
+						info.Total_retrans, time.Since(sent).Round(time.Millisecond), pc.sinceKill(sent)))
+				}
+				conn.Close()
+			}
+			time.Sleep(probeInterval)
+		}
+		return nil
+	})
 }
 
 // sinceKill says when t was relative to the kill, for error messages.
@@ -128,6 +174,7 @@ func probe(ctx context.Context, cl *cluster.Cluster, rp restartPods, pc *probeCo
 		}
 	}
 	wg.Go(func() { loop(rp.client, time.Second, true, &pc.allowed, &pc.allowedFailed) })
+	wg.Go(func() { synLoop(ctx, rp, pc) })
 	wg.Go(func() { loop(rp.stranger, deniedTimeout, false, &pc.denied, &pc.deniedPassed) })
 	return &wg
 }
@@ -135,7 +182,8 @@ func probe(ctx context.Context, cl *cluster.Cluster, rp restartPods, pc *probeCo
 // measureRestart kills agent, starts a new one with start and waits until it is
 // ready, all under probe traffic. It returns the new agent.
 func measureRestart(ctx context.Context, cl *cluster.Cluster, rp restartPods, agent *process,
-	start func() (*process, error), readyURL, metricsURL string, report func(string, string, ...any)) (*process, error) {
+	start func() (*process, error), readyURL, metricsURL string, report func(string, string, ...any),
+	logf func(string, ...any)) (*process, error) {
 	// The table enforces before anything happens.
 	for _, c := range []struct {
 		from *cluster.Pod
@@ -153,6 +201,11 @@ func measureRestart(ctx context.Context, cl *cluster.Cluster, rp restartPods, ag
 	pctx, stop := context.WithCancel(ctx)
 	defer stop()
 	var pc probeCounts
+	mon, err := startMonitor(cl.Node(0).NetNS, &pc)
+	if err != nil {
+		return nil, err
+	}
+	defer mon.stop()
 	wg := probe(pctx, cl, rp, &pc)
 	time.Sleep(restartSettle)
 
@@ -168,9 +221,16 @@ func measureRestart(ctx context.Context, cl *cluster.Cluster, rp restartPods, ag
 		return next, fmt.Errorf("restarted agent not ready: %w", err)
 	}
 	ready := time.Since(t0)
+	pc.readyAt.Store(time.Now().UnixNano())
 	time.Sleep(restartObserve)
 	stop()
 	wg.Wait()
+	mon.stop()
+	if pc.errors() > 0 {
+		// What the kernel's table went through, to tell a drop from a stall.
+		logf("restart: agent ready %s; nft monitor of node-0 (element lines counted, not shown):\n%s",
+			pc.sinceKill(time.Unix(0, pc.readyAt.Load())), mon.String())
+	}
 
 	m, err := scrape(metricsURL)
 	if err != nil {
@@ -186,7 +246,15 @@ func measureRestart(ctx context.Context, cl *cluster.Cluster, rp restartPods, ag
 	report("restart_probes_denied", "%d", pc.denied.Load())
 	report("restart_probes_denied_passed", "%d", pc.deniedPassed.Load())
 	if e, ok := pc.firstErr.Load().(string); ok {
+		// firstErr is written as the probe fails; it and the monitor lines use
+		// the same clock.
 		report("restart_first_probe_error", "%q", e)
+	}
+	report("restart_syn_probes", "%d", pc.syn.Load())
+	report("restart_syn_retransmitted", "%d", pc.synRetrans.Load())
+	report("restart_syn_failed", "%d", pc.synFailed.Load())
+	if e, ok := pc.firstRetrans.Load().(string); ok {
+		report("restart_first_retransmit", "%q", e)
 	}
 	if pc.allowed.Load() == 0 || pc.denied.Load() == 0 {
 		return next, errors.New("no probes ran during the restart")
@@ -194,4 +262,66 @@ func measureRestart(ctx context.Context, cl *cluster.Cluster, rp restartPods, ag
 	report("b3_restart_program_ms", "%.1f", 1000*full)
 	report("b3_restart_probe_errors", "%d", pc.errors())
 	return next, nil
+}
+
+// monitor runs `nft monitor` in a namespace and keeps its lines about tables,
+// chains, sets and rules, each with its time relative to the kill; element
+// lines (tens of thousands in a full sync) are only counted.
+type monitor struct {
+	cmd      *exec.Cmd
+	pc       *probeCounts
+	mu       sync.Mutex
+	lines    []string
+	elements int
+	done     chan struct{}
+	once     sync.Once
+}
+
+func startMonitor(ns *nfttest.NetNS, pc *probeCounts) (*monitor, error) {
+	m := &monitor{cmd: exec.Command("nft", "monitor"), pc: pc, done: make(chan struct{})}
+	out, err := m.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := ns.Start(m.cmd); err != nil {
+		return nil, err
+	}
+	go func() {
+		defer close(m.done)
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 64<<10), 16<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			at := pc.sinceKill(time.Now())
+			m.mu.Lock()
+			switch {
+			case strings.HasPrefix(line, "add element"), strings.HasPrefix(line, "delete element"):
+				if m.elements == 0 {
+					m.lines = append(m.lines, at+": first element line")
+				}
+				m.elements++
+			case len(m.lines) < 500:
+				if len(line) > 160 {
+					line = line[:160] + "..."
+				}
+				m.lines = append(m.lines, at+": "+line)
+			}
+			m.mu.Unlock()
+		}
+	}()
+	return m, nil
+}
+
+func (m *monitor) stop() {
+	m.once.Do(func() {
+		_ = m.cmd.Process.Kill()
+		<-m.done
+		_ = m.cmd.Wait()
+	})
+}
+
+func (m *monitor) String() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return fmt.Sprintf("%s\n(%d element lines)", strings.Join(m.lines, "\n"), m.elements)
 }

@@ -116,7 +116,7 @@ type prepared struct {
 	counts nft.Counts // node-0's table
 }
 
-// sample is one measurement: scenario, variant, metric -> per-round values.
+// sampleKey names a series of per-round values: scenario, variant, metric.
 type sampleKey struct{ scenario, variant, metric string }
 
 func TestDatapath(t *testing.T) {
