@@ -33,7 +33,7 @@ export NFTPOLICY_BENCH=1 NFTPOLICY_BENCH_OUT="$out"
 export NFTPOLICY_BENCH_PLOT="${NFTPOLICY_BENCH_PLOT:-$PWD/test/bench/conn-rate.png}"
 start=$SECONDS
 rc=0
-go test -count=1 -timeout 12m -v -run 'TestDatapath|TestNetlinkCost' ./test/bench/datapath/ || rc=1
+go test -count=1 -timeout 12m -v -run 'TestDatapath|TestNetlinkCost|TestReplaceUnderTraffic' ./test/bench/datapath/ || rc=1
 go test -count=1 -timeout 10m -v -run TestControlPlane ./test/bench/controlplane/ || rc=1
 
 echo
