@@ -13,9 +13,13 @@ type Applier interface {
 	// the kernel refused when it says so.
 	Apply(ctx context.Context, desired *Ruleset) (Stats, error)
 
-	// FullSync replaces the whole table atomically, whatever was applied before, and
-	// reports in Stats.Drift how the kernel's table differed from the last applied
-	// ruleset (someone else edited it, or a previous agent left another one).
+	// FullSync makes the table exactly desired atomically, whatever was applied
+	// before, and reports in Stats.Drift how the kernel's table differed from the
+	// last applied ruleset (someone else edited it, or a previous agent left
+	// another one). When the kernel holds the last applied ruleset (no drift), it
+	// rewrites every chain and sends only element differences, keeping the sets
+	// (see PlanRewrite: replacing a set makes its lookups miss for a moment);
+	// otherwise it replaces the whole table.
 	FullSync(ctx context.Context, desired *Ruleset) (Stats, error)
 
 	// Delete removes the table. A missing table is not an error.

@@ -138,7 +138,7 @@ func (a *Applier) Table() string { return a.opts.Table }
 func (a *Applier) Apply(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.apply(ctx, a.last, desired)
+	return a.apply(ctx, a.last, desired, nft.Plan)
 }
 
 // FullSync reads the table the kernel holds, reports in Stats.Drift how it differs
@@ -156,7 +156,13 @@ func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats
 		// The replace matters more than the report.
 		drift = []string{fmt.Sprintf("could not read table inet %s: %v", a.opts.Table, err)}
 	}
-	st, err := a.apply(ctx, nil, desired)
+	if a.last != nil && len(drift) == 0 {
+		// The kernel holds what we applied last: rewrite every chain but keep
+		// the sets (see nft.PlanRewrite: replacing them drops packets).
+		st, err := a.apply(ctx, a.last, desired, nft.PlanRewrite)
+		return st, err
+	}
+	st, err := a.apply(ctx, nil, desired, nft.Plan)
 	st.Drift = drift
 	return st, err
 }
@@ -176,14 +182,14 @@ func (a *Applier) Delete(ctx context.Context) error {
 
 var errClosed = errors.New("nft/netlink: applier is closed")
 
-func (a *Applier) apply(ctx context.Context, last, desired *nft.Ruleset) (nft.Stats, error) {
+func (a *Applier) apply(ctx context.Context, last, desired *nft.Ruleset, plan func(last, desired *nft.Ruleset) nft.Transaction) (nft.Stats, error) {
 	if a.tr == nil {
 		return nft.Stats{}, errClosed
 	}
 	if desired == nil || desired.Table != a.opts.Table {
 		return nft.Stats{}, fmt.Errorf("nft/netlink: ruleset is for table %q, applier owns %q", tableOf(desired), a.opts.Table)
 	}
-	tx := nft.Plan(last, desired)
+	tx := plan(last, desired)
 	if len(tx.Ops) == 0 {
 		return nft.Stats{}, nil
 	}

@@ -19,9 +19,14 @@
 // lists the element, that the kernel refused.
 //
 // FullSync first reads the table back (tables, chains, rule counts, sets and their
-// elements by key) and reports how it differs from what was last applied in
-// Stats.Drift, then replaces it whole. Delete removes the table (add then delete, so
-// that a missing table is not an error).
+// elements by key and, in maps, verdict) and reports how it differs from what was
+// last applied in Stats.Drift. Without drift it rewrites every chain and keeps the
+// sets (nft.PlanRewrite); with drift, or with nothing applied yet (a restarted
+// agent adopting the table), it replaces the table whole. A replacement costs
+// packets: for a moment around the commit, lookups in the new sets miss, so new
+// connections that they allow are dropped once and retransmitted (measured by
+// test/bench/datapath's TestReplaceUnderTraffic). Delete removes the table (add
+// then delete, so that a missing table is not an error).
 //
 // # The same bytecode as nft
 //

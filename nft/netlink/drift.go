@@ -1,11 +1,14 @@
 package netlink
 
 import (
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"slices"
 
 	"github.com/google/nftables"
+	mnl "github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/nftpolicy/nftpolicy/nft"
 )
@@ -88,7 +91,7 @@ func (a *Applier) drift(last *nft.Ruleset) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("listing elements of set %s: %w", s.Name, err)
 		}
-		want, _, err := kernelElements(&s, s.Elements, false)
+		want, _, err := kernelElements(&s, s.Elements, true) // as added: with verdicts
 		if err != nil {
 			return nil, err
 		}
@@ -123,14 +126,41 @@ func (a *Applier) drift(last *nft.Ruleset) ([]string, error) {
 	return drift, nil
 }
 
-// elemID identifies a kernel element by key, key end and interval-end flag (the
-// kernel's view; verdicts and comments are not compared).
+// elemID identifies a kernel element by key, key end, interval-end flag and, in a
+// verdict map, verdict (the kernel's view; comments are not compared). A map
+// element whose verdict was changed behind our back is thus one missing and one
+// unexpected element.
 func elemID(e nftables.SetElement) string {
 	id := hex.EncodeToString(e.Key) + "-" + hex.EncodeToString(e.KeyEnd)
 	if e.IntervalEnd {
 		id += "-end"
 	}
+	if v := e.VerdictData; v != nil { // ours, as encoded for the kernel
+		id += fmt.Sprintf("-verdict%d:%s", int32(v.Kind), v.Chain)
+	} else if len(e.Val) > 0 { // the kernel's: the library leaves the verdict's attributes raw
+		code, chain := decodeVerdict(e.Val)
+		id += fmt.Sprintf("-verdict%d:%s", code, chain)
+	}
 	return id
+}
+
+// decodeVerdict reads the NFTA_VERDICT_CODE and NFTA_VERDICT_CHAIN attributes of
+// a verdict map element's data, as GetSetElements returns them in Val.
+func decodeVerdict(b []byte) (code int32, chain string) {
+	ad, err := mnl.NewAttributeDecoder(b)
+	if err != nil {
+		return 0, "?" + hex.EncodeToString(b)
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_VERDICT_CODE:
+			code = int32(ad.Uint32())
+		case unix.NFTA_VERDICT_CHAIN:
+			chain = ad.String()
+		}
+	}
+	return code, chain
 }
 
 func sortedKeys[V any](m map[string]V) []string {

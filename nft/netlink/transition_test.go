@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -466,4 +467,56 @@ func withoutConcatIntervals(r *nft.Ruleset) *nft.Ruleset {
 		})
 	}
 	return r
+}
+
+// TestFullSyncKeepsSets: a full sync over a table that holds what the applier
+// last applied rewrites every chain but keeps every set and its elements (a
+// replacement would make set lookups miss around the commit); a rule changed
+// behind our back without changing the count is repaired all the same, and a
+// map element whose verdict was changed is seen as drift and replaced.
+func TestFullSyncKeepsSets(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	ns := nfttest.NewNetNS(t, "np3-resync")
+	a := newApplier(t, ns, "np")
+	model := richModel("np")
+	mustApply(t, a, model)
+	want := listing(t, ns, "np")
+
+	st, err := a.FullSync(ctx, model)
+	if err != nil || st.Full || len(st.Drift) != 0 || st.Elements != 0 || st.ChainsRewritten != len(model.Chains) {
+		t.Fatalf("full sync without drift: %+v %v; want every chain rewritten, no element sent, not a replacement", st, err)
+	}
+	if got := listing(t, ns, "np"); got != want {
+		t.Errorf("after the rewrite:\n%s", diffText(want, got))
+	}
+
+	// Someone swaps a rule of c2 for another: same count, so no drift.
+	handles := regexp.MustCompile(`# handle (\d+)`).FindAllStringSubmatch(nftRun(t, ns, "", "-a", "list", "chain", "inet", "np", "c2"), -1)
+	if len(handles) < 2 {
+		t.Fatalf("no rule handles in chain c2")
+	}
+	nftRun(t, ns, "", "replace", "rule", "inet", "np", "c2", "handle", handles[len(handles)-1][1], "accept")
+	if got := listing(t, ns, "np"); got == want {
+		t.Fatal("the rule swap changed nothing")
+	}
+	st, err = a.FullSync(ctx, model)
+	if err != nil || st.Full || len(st.Drift) != 0 || st.Elements != 0 {
+		t.Fatalf("full sync after a rule swap: %+v %v", st, err)
+	}
+	if got := listing(t, ns, "np"); got != want {
+		t.Errorf("the rule swap was not repaired:\n%s", diffText(want, got))
+	}
+
+	// Someone points a map element at another chain: drift, so a replacement.
+	nftRun(t, ns, "", "delete", "element", "inet", "np", "vm4", "{ 10.244.1.5 }")
+	nftRun(t, ns, "", "add", "element", "inet", "np", "vm4", "{ 10.244.1.5 : goto c4 }")
+	st, err = a.FullSync(ctx, model)
+	wantDrift := []string{"set vm4: 1 elements missing", "set vm4: 1 elements unexpected"}
+	if err != nil || !st.Full || !slices.Equal(st.Drift, wantDrift) {
+		t.Fatalf("full sync after a verdict change: %+v %v; want drift %q and a replacement", st, err, wantDrift)
+	}
+	if got := listing(t, ns, "np"); got != want {
+		t.Errorf("the verdict change was not repaired:\n%s", diffText(want, got))
+	}
 }
