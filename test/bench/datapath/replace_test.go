@@ -25,7 +25,9 @@ import (
 // replaces the table with the very same ruleset (FullSync: add, delete and add
 // the table in one batch) every 300 ms. The kernel's TCP_INFO tells, per
 // connection, whether anything had to be retransmitted. A control phase of the
-// same length without replacements comes first.
+// same length without replacements comes first; a last phase does the running
+// agent's periodic full sync instead (the same Applier: chains rewritten, sets
+// kept), which must lose nothing.
 func TestReplaceUnderTraffic(t *testing.T) {
 	gate(t)
 	sum := &summary{t: t, file: "replace.txt"}
@@ -76,11 +78,26 @@ func TestReplaceUnderTraffic(t *testing.T) {
 			t.Error(err)
 		}
 	})
+	// The periodic full sync of a running agent: the same Applier, which knows
+	// the kernel holds what it applied, rewrites every chain but keeps the sets.
+	rewritten := 0
+	rewrite := connectWhile(t.Context(), client.NetNS, server.IPv4, phase, func() {
+		rewritten++
+		st, err := a.FullSync(t.Context(), rs)
+		if err != nil {
+			t.Error(err)
+		} else if st.Full {
+			t.Errorf("the periodic full sync replaced the table (drift %q)", st.Drift)
+		}
+	})
 	t.Logf("control: %d connections, %d with a retransmission, %d failed", control.conns, control.retrans, control.failed)
 	t.Logf("with %d replacements every %v: %d connections, %d with a retransmission, %d failed", replaced, every, test.conns, test.retrans, test.failed)
+	t.Logf("with %d periodic full syncs (chains rewritten, sets kept) every %v: %d connections, %d with a retransmission, %d failed", rewritten, every, rewrite.conns, rewrite.retrans, rewrite.failed)
 	sum.emit("replace_control_retransmitted_conns", "%d", control.retrans)
 	sum.emit("replace_count", "%d", replaced)
 	sum.emit("replace_retransmitted_conns", "%d", test.retrans)
+	sum.emit("resync_count", "%d", rewritten)
+	sum.emit("resync_retransmitted_conns", "%d", rewrite.retrans)
 }
 
 type connCounts struct{ conns, retrans, failed int64 }
