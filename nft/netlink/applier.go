@@ -162,6 +162,18 @@ func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats
 		st, err := a.apply(ctx, a.last, desired, nft.PlanRewrite)
 		return st, err
 	}
+	if a.last == nil {
+		// A table this Applier did not write (a previous agent's): keep what of
+		// it is exactly right. If the kernel refuses that plan, nothing changed.
+		if last, kept, ok := a.adoptable(desired); ok && kept > 0 {
+			st, err := a.apply(ctx, last, desired, nft.PlanRewrite)
+			if err == nil {
+				st.Drift = append(drift, fmt.Sprintf("adopted: %d of %d sets kept", kept, len(desired.Sets)))
+				return st, nil
+			}
+			drift = append(drift, fmt.Sprintf("adopting failed (%v): replaced", err))
+		}
+	}
 	st, err := a.apply(ctx, nil, desired, nft.Plan)
 	st.Drift = drift
 	return st, err

@@ -55,7 +55,7 @@ func (a *Applier) drift(last *nft.Ruleset) ([]string, error) {
 		}
 	}
 	if last == nil {
-		return []string{fmt.Sprintf("table inet %s existed before this agent's first sync (%d chains, %d sets): replaced", table, len(haveChains), len(haveSets))}, nil
+		return []string{fmt.Sprintf("table inet %s existed before this agent's first sync (%d chains, %d sets)", table, len(haveChains), len(haveSets))}, nil
 	}
 
 	var drift []string

@@ -520,3 +520,47 @@ func TestFullSyncKeepsSets(t *testing.T) {
 		t.Errorf("the verdict change was not repaired:\n%s", diffText(want, got))
 	}
 }
+
+// TestAdoptionKeepsSets: an Applier that did not write the table (a restarted
+// agent) keeps the previous agent's sets that are exactly right, re-creates
+// those that are not, and leaves the table equal to a fresh load of desired.
+func TestAdoptionKeepsSets(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	ns := nfttest.NewNetNS(t, "np3-keep")
+	fresh := nfttest.NewNetNS(t, "np3-keep-b")
+	model := richModel("np")
+	mustApply(t, newApplier(t, ns, "np"), model)
+	want := listing(t, ns, "np")
+
+	// The same ruleset: every set kept, nothing but the chains sent.
+	b := newApplier(t, ns, "np")
+	st, err := b.FullSync(ctx, model)
+	if err != nil || st.Full || st.Elements != 0 || !slices.Contains(st.Drift, fmt.Sprintf("adopted: %d of %d sets kept", len(model.Sets), len(model.Sets))) {
+		t.Fatalf("adopting an identical table: %+v %v", st, err)
+	}
+	if got := listing(t, ns, "np"); got != want {
+		t.Errorf("after adopting:\n%s", diffText(want, got))
+	}
+	if st, err := b.Apply(ctx, model); err != nil || st.Operations != 0 {
+		t.Errorf("apply after adopting: %+v %v: the applier's idea of the table is off", st, err)
+	}
+
+	// Another ruleset: one set lost an element (re-created), one chain is gone.
+	next := richModel("np")
+	next.Sets[0].Elements = next.Sets[0].Elements[1:]
+	next.Chains = slices.DeleteFunc(next.Chains, func(c nft.Chain) bool { return c.Name == "c4" })
+	c := newApplier(t, ns, "np")
+	st, err = c.FullSync(ctx, next)
+	keptMsg := fmt.Sprintf("adopted: %d of %d sets kept", len(next.Sets)-1, len(next.Sets))
+	if err != nil || st.Full || !slices.Contains(st.Drift, keptMsg) {
+		t.Fatalf("adopting a table that differs: %+v %v; want %q", st, err, keptMsg)
+	}
+	mustApply(t, newApplier(t, fresh, "np"), next)
+	if got, want := listing(t, ns, "np"), listing(t, fresh, "np"); got != want {
+		t.Errorf("adopted table differs from a fresh load:\n%s", diffText(want, got))
+	}
+	if st, err := c.Apply(ctx, next); err != nil || st.Operations != 0 {
+		t.Errorf("apply after adopting: %+v %v", st, err)
+	}
+}

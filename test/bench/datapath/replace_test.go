@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -19,15 +20,21 @@ import (
 )
 
 // TestReplaceUnderTraffic isolates what B3 (the agent restart) found: allowed
-// connections lose a packet while the new agent replaces the table. Here there
+// connections lost a packet while the new agent replaced the table. Here there
 // is no agent and no apiserver: the typical scenario's table stays loaded while
-// two client threads connect to the server back to back, and a fresh Applier
-// replaces the table with the very same ruleset (FullSync: add, delete and add
-// the table in one batch) every 300 ms. The kernel's TCP_INFO tells, per
-// connection, whether anything had to be retransmitted. A control phase of the
-// same length without replacements comes first; a last phase does the running
-// agent's periodic full sync instead (the same Applier: chains rewritten, sets
-// kept), which must lose nothing.
+// two client threads connect to the server back to back, and every 300 ms the
+// table is written again with the very same ruleset, in three ways, one phase
+// each, after a control phase without writes:
+//
+//   - replace: `nft -f` of add, delete and add the table in one batch, what an
+//     applier did on every full sync until the sets were kept; lookups in the
+//     re-created sets miss around the commit;
+//   - restart: a fresh Applier's first FullSync, which adopts the table it finds
+//     (keeps the sets that are exactly right, rewrites the chains);
+//   - resync: the same Applier's periodic FullSync (chains rewritten, sets kept).
+//
+// The kernel's TCP_INFO tells, per connection, whether anything had to be
+// retransmitted. The last two must lose nothing.
 func TestReplaceUnderTraffic(t *testing.T) {
 	gate(t)
 	sum := &summary{t: t, file: "replace.txt"}
@@ -70,34 +77,40 @@ func TestReplaceUnderTraffic(t *testing.T) {
 	}
 
 	const phase, every = 6 * time.Second, 300 * time.Millisecond
-	control := connectWhile(t.Context(), client.NetNS, server.IPv4, phase, nil)
-	replaced := 0
-	test := connectWhile(t.Context(), client.NetNS, server.IPv4, phase, func() {
-		replaced++
-		if err := replaceOnce(t.Context(), cl.Node(0).NetNSPath(), rs); err != nil {
-			t.Error(err)
+	node := cl.Node(0)
+	replaceText := "table inet " + rs.Table + "\ndelete table inet " + rs.Table + "\n" + nft.Render(rs)
+	type phaseSpec struct {
+		name  string
+		write func() error
+	}
+	phases := []phaseSpec{
+		{"control", nil},
+		{"replace", func() error { _, err := node.NetNS.NFT(replaceText, "-f", "-"); return err }},
+		{"restart", func() error { return restartOnce(t.Context(), node.NetNSPath(), rs) }},
+		{"resync", func() error {
+			st, err := a.FullSync(t.Context(), rs)
+			if err == nil && st.Full {
+				err = fmt.Errorf("the periodic full sync replaced the table (drift %q)", st.Drift)
+			}
+			return err
+		}},
+	}
+	for _, p := range phases {
+		writes := 0
+		var tick func()
+		if p.write != nil {
+			tick = func() {
+				writes++
+				if err := p.write(); err != nil {
+					t.Errorf("%s: %v", p.name, err)
+				}
+			}
 		}
-	})
-	// The periodic full sync of a running agent: the same Applier, which knows
-	// the kernel holds what it applied, rewrites every chain but keeps the sets.
-	rewritten := 0
-	rewrite := connectWhile(t.Context(), client.NetNS, server.IPv4, phase, func() {
-		rewritten++
-		st, err := a.FullSync(t.Context(), rs)
-		if err != nil {
-			t.Error(err)
-		} else if st.Full {
-			t.Errorf("the periodic full sync replaced the table (drift %q)", st.Drift)
-		}
-	})
-	t.Logf("control: %d connections, %d with a retransmission, %d failed", control.conns, control.retrans, control.failed)
-	t.Logf("with %d replacements every %v: %d connections, %d with a retransmission, %d failed", replaced, every, test.conns, test.retrans, test.failed)
-	t.Logf("with %d periodic full syncs (chains rewritten, sets kept) every %v: %d connections, %d with a retransmission, %d failed", rewritten, every, rewrite.conns, rewrite.retrans, rewrite.failed)
-	sum.emit("replace_control_retransmitted_conns", "%d", control.retrans)
-	sum.emit("replace_count", "%d", replaced)
-	sum.emit("replace_retransmitted_conns", "%d", test.retrans)
-	sum.emit("resync_count", "%d", rewritten)
-	sum.emit("resync_retransmitted_conns", "%d", rewrite.retrans)
+		c := connectWhile(t.Context(), client.NetNS, server.IPv4, phase, tick)
+		t.Logf("%s: %d writes every %v; %d connections, %d with a retransmission, %d failed", p.name, writes, every, c.conns, c.retrans, c.failed)
+		sum.emit(p.name+"_count", "%d", writes)
+		sum.emit(p.name+"_retransmitted_conns", "%d", c.retrans)
+	}
 }
 
 type connCounts struct{ conns, retrans, failed int64 }
@@ -154,9 +167,9 @@ func connectWhile(ctx context.Context, ns *nfttest.NetNS, dst netip.Addr, d time
 	return connCounts{conns.Load(), retrans.Load(), failed.Load()}
 }
 
-// replaceOnce replaces the table with rs the way a restarted agent does: a new
-// Applier, whose first sync replaces whatever table it finds.
-func replaceOnce(ctx context.Context, netnsPath string, rs *nft.Ruleset) error {
+// restartOnce writes rs the way a restarted agent does: a new Applier, whose
+// first sync adopts whatever table it finds.
+func restartOnce(ctx context.Context, netnsPath string, rs *nft.Ruleset) error {
 	b, err := netlink.New(netlink.Options{NetNSPath: netnsPath})
 	if err != nil {
 		return err

@@ -1,0 +1,151 @@
+package netlink
+
+import (
+	"slices"
+
+	"github.com/google/nftables"
+
+	"github.com/nftpolicy/nftpolicy/nft"
+)
+
+// adoptable describes the table the kernel holds, which this Applier did not
+// write (a previous agent's), as a "last applied" ruleset for nft.PlanRewrite
+// towards desired, so that a restarted agent keeps the sets that are already
+// right instead of replacing them (replaced sets drop packets for a moment
+// around the commit: see nft.PlanRewrite).
+//
+// Only what can be told exactly from the kernel is kept: a set whose key type,
+// flags and elements (keys and map verdicts, byte for byte) equal desired's is
+// kept; a set that differs in any way is described so that the plan deletes and
+// creates it again; a set or chain desired lacks is described so that the plan
+// deletes it. Every chain is flushed and refilled. A base chain whose hook,
+// priority, type or policy differs, or a chain that is a base chain on one side
+// only, makes the table not adoptable (ok false): the caller replaces it whole.
+// The plan it leads to is one transaction like any other: if the kernel refuses
+// it, nothing changed and the caller replaces the table.
+func (a *Applier) adoptable(desired *nft.Ruleset) (last *nft.Ruleset, kept int, ok bool) {
+	tables, err := a.reader.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, 0, false
+	}
+	var tab *nftables.Table
+	for _, t := range tables {
+		if t.Name == a.opts.Table {
+			tab = t
+		}
+	}
+	if tab == nil {
+		return nil, 0, false
+	}
+	chains, err := a.reader.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, 0, false
+	}
+	sets, err := a.reader.GetSets(tab)
+	if err != nil {
+		return nil, 0, false
+	}
+
+	last = &nft.Ruleset{Table: a.opts.Table}
+	// A rule no desired chain has: every chain of last differs from desired's, so
+	// that the plan flushes it (PlanRewrite does anyway; this also covers a chain
+	// desired lacks, flushed before it is deleted).
+	flushMe := []nft.Rule{{Comment: "adopted: rewritten"}}
+	enc := newEncoder(nil, a.opts.Table, nft.Transaction{}, nil, desired)
+	want := map[string]*nft.Chain{}
+	for i := range desired.Chains {
+		want[desired.Chains[i].Name] = &desired.Chains[i]
+	}
+	for _, kc := range chains {
+		if kc.Table == nil || kc.Table.Name != a.opts.Table {
+			continue
+		}
+		c := nft.Chain{Name: kc.Name, Rules: flushMe}
+		if d := want[kc.Name]; d != nil {
+			if (d.Hook == nil) != (kc.Hooknum == nil) {
+				return nil, 0, false
+			}
+			if d.Hook != nil {
+				wc, err := enc.chain(d.Name, d.Hook)
+				if err != nil || !sameBaseChain(wc, kc) {
+					return nil, 0, false
+				}
+				h := *d.Hook
+				c.Hook = &h
+			}
+		} // else obsolete: flushed, then deleted at the end of the plan
+		last.Chains = append(last.Chains, c)
+	}
+
+	wantSets := map[string]*nft.Set{}
+	for i := range desired.Sets {
+		wantSets[desired.Sets[i].Name] = &desired.Sets[i]
+	}
+	for _, ks := range sets {
+		if ks.Anonymous {
+			continue
+		}
+		d := wantSets[ks.Name]
+		if d == nil {
+			last.Sets = append(last.Sets, nft.Set{Name: ks.Name}) // obsolete: deleted
+			continue
+		}
+		s := *d
+		s.Elements = d.Elements
+		if !a.sameSet(d, ks) {
+			s.Comment = d.Comment + " (adopted: differs)" // re-created
+			s.Elements = nil
+		} else {
+			kept++
+		}
+		last.Sets = append(last.Sets, s)
+	}
+	return last, kept, true
+}
+
+// sameBaseChain compares the hook, priority, type and policy of two base chains.
+func sameBaseChain(want, got *nftables.Chain) bool {
+	return got.Hooknum != nil && *got.Hooknum == *want.Hooknum &&
+		got.Priority != nil && *got.Priority == *want.Priority &&
+		got.Type == want.Type &&
+		got.Policy != nil && *got.Policy == *want.Policy
+}
+
+// sameSet reports whether the kernel's set ks has d's key type and flags and
+// exactly d's elements, as the kernel holds them.
+func (a *Applier) sameSet(d *nft.Set, ks *nftables.Set) bool {
+	kt, err := keyType(d.Type)
+	if err != nil || ks.Interval != d.Interval || ks.IsMap != d.Verdicts {
+		return false
+	}
+	// google/nftables v0.3.0 reports a map's key type as its data type
+	// (verdict); for maps the byte-for-byte element comparison below stands in
+	// (an empty map of another key type would be kept, and then refuse the
+	// first element of the wrong length: a failed transaction, which the
+	// caller answers with a replacement).
+	if !ks.IsMap && (ks.KeyType.Bytes != kt.Bytes || ks.KeyType.GetNFTMagic() != kt.GetNFTMagic()) {
+		return false
+	}
+	want, _, err := kernelElements(d, d.Elements, true)
+	if err != nil {
+		return false
+	}
+	if needsZeroEnd(d, d.Elements) {
+		want = append(want, zeroEndElement(d))
+	}
+	got, err := a.reader.GetSetElements(ks)
+	if err != nil || len(got) != len(want) {
+		return false
+	}
+	ids := make([]string, 0, len(want))
+	for _, e := range want {
+		ids = append(ids, elemID(e))
+	}
+	gotIDs := make([]string, 0, len(got))
+	for _, e := range got {
+		gotIDs = append(gotIDs, elemID(e))
+	}
+	slices.Sort(ids)
+	slices.Sort(gotIDs)
+	return slices.Equal(ids, gotIDs)
+}
