@@ -19,7 +19,8 @@ type Applier interface {
 	// another one). When the kernel holds the last applied ruleset (no drift), it
 	// rewrites every chain and sends only element differences, keeping the sets
 	// (see PlanRewrite: replacing a set makes its lookups miss for a moment);
-	// otherwise it replaces the whole table.
+	// an implementation may likewise keep the exactly-right sets of a table it
+	// did not write; otherwise it replaces the whole table.
 	FullSync(ctx context.Context, desired *Ruleset) (Stats, error)
 
 	// Delete removes the table. A missing table is not an error.

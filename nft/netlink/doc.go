@@ -21,12 +21,16 @@
 // FullSync first reads the table back (tables, chains, rule counts, sets and their
 // elements by key and, in maps, verdict) and reports how it differs from what was
 // last applied in Stats.Drift. Without drift it rewrites every chain and keeps the
-// sets (nft.PlanRewrite); with drift, or with nothing applied yet (a restarted
-// agent adopting the table), it replaces the table whole. A replacement costs
-// packets: for a moment around the commit, lookups in the new sets miss, so new
-// connections that they allow are dropped once and retransmitted (measured by
-// test/bench/datapath's TestReplaceUnderTraffic). Delete removes the table (add
-// then delete, so that a missing table is not an error).
+// sets (nft.PlanRewrite). With nothing applied yet (a restarted agent) it adopts
+// the table it finds (adopt.go): sets whose type, flags and elements are exactly
+// right are kept, the rest re-created, every chain rewritten. With drift, or when
+// adopting is not possible (a base chain's hook changed) or the kernel refuses
+// it, it replaces the table whole. Keeping sets matters: when a set is replaced,
+// its lookups miss for a moment around the commit, so new connections it allows
+// are dropped once and retransmitted (test/bench/datapath's
+// TestReplaceUnderTraffic: a few connections per twenty replacements; none for
+// adoptions and rewrites). Delete removes the table (add then delete, so that a
+// missing table is not an error).
 //
 // # The same bytecode as nft
 //
