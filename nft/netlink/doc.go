@@ -29,8 +29,12 @@
 // its lookups miss for a moment around the commit, so new connections it allows
 // are dropped once and retransmitted (test/bench/datapath's
 // TestReplaceUnderTraffic: a few connections per twenty replacements; none for
-// adoptions and rewrites). Delete removes the table (add then delete, so that a
-// missing table is not an error).
+// adoptions and rewrites). Known limit: an incremental sync that creates a group
+// (a new mix of policies for some pod) creates its sets in the same transaction
+// as the map elements that send the pod there, so that pod's allowed new
+// connections can meet the same moment of missed lookups; creating new sets one
+// transaction earlier (nothing refers to them yet) would close it. Delete removes
+// the table (add then delete, so that a missing table is not an error).
 //
 // # The same bytecode as nft
 //
