@@ -512,11 +512,29 @@ func TestNetlinkCost(t *testing.T) {
 		polBytes, polOps = append(polBytes, float64(st.Bytes)), append(polOps, float64(st.Operations))
 	}
 	rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-0", Pods: o.pods, Namespaces: o.namespaces, Policies: o.policies}, compile.Options{})
-	full, err := a.FullSync(bg, rs)
+	// The running agent's periodic full sync: every chain rewritten, sets kept.
+	resync, err := a.FullSync(bg, rs)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("%-22s full=%v messages=%d elements=%d bytes=%d", "periodic full sync", resync.Full, resync.Operations, resync.Elements, resync.Bytes)
+	// The whole table written: what a node without a table gets (a new node,
+	// or after nftpolicy cleanup), and what a replacement sends.
+	if err := a.Delete(bg); err != nil {
+		t.Fatal(err)
+	}
+	b, err := netlink.New(netlink.Options{NetNSPath: ns.Path()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	full, err := b.FullSync(bg, rs)
+	if err != nil || !full.Full {
+		t.Fatalf("writing the whole table: %+v %v", full, err)
+	}
 	t.Logf("%-22s full=%v messages=%d elements=%d bytes=%d", "full rewrite", full.Full, full.Operations, full.Elements, full.Bytes)
+	sum.emit("b4_resync_bytes", "%d", resync.Bytes)
+	sum.emit("b4_resync_messages", "%d", resync.Operations)
 	sum.emit("b4_pod_add_messages", "%.0f", median(podOps))
 	sum.emit("b4_pod_add_new_chain_bytes", "%.0f", median(newBytes))
 	sum.emit("b4_policy_add_bytes", "%.0f", median(polBytes))
