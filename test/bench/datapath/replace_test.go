@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -31,10 +32,13 @@ import (
 //     re-created sets miss around the commit;
 //   - restart: a fresh Applier's first FullSync, which adopts the table it finds
 //     (keeps the sets that are exactly right, rewrites the chains);
+//   - regroup: an incremental Apply that gives the server a new group (a policy
+//     more selects it, allowing the same clients), and back: new chain and sets,
+//     created a batch ahead of the map element that sends the server there;
 //   - resync: the same Applier's periodic FullSync (chains rewritten, sets kept).
 //
 // The kernel's TCP_INFO tells, per connection, whether anything had to be
-// retransmitted. The last two must lose nothing.
+// retransmitted. The last three must lose nothing.
 func TestReplaceUnderTraffic(t *testing.T) {
 	gate(t)
 	sum := &summary{t: t, file: "replace.txt"}
@@ -76,6 +80,18 @@ func TestReplaceUnderTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A group change: one more policy selecting the server (allowing the same
+	// clients) gives it a new mix of policies, so each write alternately creates
+	// a group (chain and sets) and moves the server's map element there, then
+	// moves it back (the old group re-created).
+	extra := o.policies[len(o.policies)-1].DeepCopy()
+	extra.Name = "sel-extra"
+	rs2, problems := compile.Compile(compile.Snapshot{NodeName: "node-0", Pods: o.pods, Namespaces: o.namespaces,
+		Policies: append(slices.Clone(o.policies), extra)}, compile.Options{})
+	if len(problems) > 0 {
+		t.Fatal(problems)
+	}
+	flip := false
 	const phase, every = 6 * time.Second, 300 * time.Millisecond
 	node := cl.Node(0)
 	replaceText := "table inet " + rs.Table + "\ndelete table inet " + rs.Table + "\n" + nft.Render(rs)
@@ -87,6 +103,15 @@ func TestReplaceUnderTraffic(t *testing.T) {
 		{"control", nil},
 		{"replace", func() error { _, err := node.NetNS.NFT(replaceText, "-f", "-"); return err }},
 		{"restart", func() error { return restartOnce(t.Context(), node.NetNSPath(), rs) }},
+		{"regroup", func() error {
+			flip = !flip
+			next := rs
+			if flip {
+				next = rs2
+			}
+			_, err := a.Apply(t.Context(), next)
+			return err
+		}},
 		{"resync", func() error {
 			st, err := a.FullSync(t.Context(), rs)
 			if err == nil && st.Full {
