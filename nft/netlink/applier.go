@@ -207,13 +207,7 @@ func (a *Applier) apply(ctx context.Context, last, desired *nft.Ruleset, plan fu
 	}
 	// Forget what the kernel holds until the transaction is known to have succeeded.
 	a.last = nil
-	var st nft.Stats
-	var err error
-	if pre, rest := splitNewSets(tx); last != nil && len(pre.Ops) > 0 && len(rest.Ops) > 0 {
-		st, err = a.sendStaged(ctx, pre, rest, last, desired)
-	} else {
-		st, err = a.send(ctx, tx, last, desired)
-	}
+	st, err := a.send(ctx, tx, last, desired)
 	if err != nil {
 		return st, err
 	}
@@ -221,66 +215,6 @@ func (a *Applier) apply(ctx context.Context, last, desired *nft.Ruleset, plan fu
 		a.last = desired
 	} else {
 		a.last = keepApplied(desired, last, tx)
-	}
-	return st, nil
-}
-
-// splitNewSets takes out of an incremental tx the creation and filling of its
-// new sets (not re-created ones, not verdict maps): nothing in the kernel refers
-// to them until the rest of tx does.
-func splitNewSets(tx nft.Transaction) (pre, rest nft.Transaction) {
-	deleted := map[string]bool{}
-	for _, op := range tx.Ops {
-		if op.Kind == nft.OpDelSet {
-			deleted[op.Name] = true
-		}
-	}
-	fresh := map[string]bool{}
-	for _, op := range tx.Ops {
-		if op.Kind == nft.OpAddSet && !deleted[op.Name] && op.Set != nil && !op.Set.Verdicts {
-			fresh[op.Name] = true
-		}
-	}
-	rest = tx
-	rest.Ops = nil
-	for _, op := range tx.Ops {
-		if (op.Kind == nft.OpAddSet || op.Kind == nft.OpAddElements) && fresh[op.Name] {
-			pre.Ops = append(pre.Ops, op)
-		} else {
-			rest.Ops = append(rest.Ops, op)
-		}
-	}
-	return pre, rest
-}
-
-// sendStaged sends pre (new sets and their elements, which nothing refers to
-// yet) and then rest, each as one batch. A set created and referred to in one
-// transaction is empty to lookups for a moment around the commit (see nft.
-// PlanRewrite), so new connections that it allows would be dropped once; filled
-// a transaction earlier, it is complete by the time anything looks in it. Only
-// rest changes what packets meet, atomically. If rest fails, the new sets are
-// deleted again, so that a failed sync leaves the table as it was.
-func (a *Applier) sendStaged(ctx context.Context, pre, rest nft.Transaction, last, desired *nft.Ruleset) (nft.Stats, error) {
-	st, err := a.send(ctx, pre, last, desired)
-	if err != nil {
-		return st, err
-	}
-	st2, err := a.send(ctx, rest, last, desired)
-	st.Full, st.ChainsRewritten = st2.Full, st2.ChainsRewritten
-	st.Operations += st2.Operations
-	st.Bytes += st2.Bytes
-	st.Elements += st2.Elements
-	if err != nil {
-		var undo nft.Transaction
-		for _, op := range pre.Ops {
-			if op.Kind == nft.OpAddSet {
-				undo.Ops = append(undo.Ops, nft.Op{Kind: nft.OpDelSet, Name: op.Name})
-			}
-		}
-		if _, uerr := a.send(context.WithoutCancel(ctx), undo, last, desired); uerr != nil {
-			err = errors.Join(err, fmt.Errorf("nft/netlink: removing the sets created for it: %w", uerr))
-		}
-		return st, err
 	}
 	return st, nil
 }

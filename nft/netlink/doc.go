@@ -5,9 +5,7 @@
 //
 // Apply turns (last applied, desired) into nft.Plan's operations and sends them as one
 // nfnetlink batch, with one Flush of one lasting nftables.Conn: the kernel applies the
-// whole batch or none of it. (One exception, invisible to packets: sets that a call
-// creates are created and filled one batch earlier, when nothing refers to them yet;
-// see FullSync below for why.) The first Apply, and the first after any failure, replaces
+// whole batch or none of it. The first Apply, and the first after any failure, replaces
 // the table whole (add table, delete table, add table and everything in it, in the same
 // batch), which also adopts or replaces a table a previous agent left. Later calls send
 // only the difference; a call with nothing to change sends nothing. Pod churn is
@@ -31,11 +29,10 @@
 // its lookups miss for a moment around the commit, so new connections it allows
 // are dropped once and retransmitted (test/bench/datapath's
 // TestReplaceUnderTraffic: a few connections per twenty replacements; none for
-// adoptions and rewrites). For the same reason an incremental sync that creates
-// sets (a new group: a new mix of policies for some pod) creates and fills them
-// in a batch of its own, ahead of the one that refers to them (sendStaged):
-// nothing meets them before they are complete, and only the second batch changes
-// what packets meet. If it fails, the new sets are deleted again. Delete removes
+// adoptions and rewrites). Creating sets is not affected: an incremental sync that
+// gives a pod a new group (new chain and sets, and its map element moved there in
+// the same batch) lost nothing in the same test (its regroup phase; also with the
+// new sets created one batch ahead, tried and dropped as needless). Delete removes
 // the table (add then delete, so that a missing table is not an error).
 //
 // # The same bytecode as nft

@@ -218,7 +218,7 @@ func TestAtomicFailure(t *testing.T) {
 			c := r.Chain("c1")
 			c.Rules = append([]nft.Rule{rule(acc(), nft.InSet("missing", nft.KeyIPSaddr))}, c.Rules...)
 		}, unix.ENOENT, "add rule to chain c1: ip saddr @missing accept"},
-		{"new set, created a batch ahead, and a rule using a missing set", func(r *nft.Ruleset) {
+		{"a new set, and a rule using a missing set", func(r *nft.Ruleset) {
 			r.Sets = append(r.Sets, nft.Set{Name: "fresh", Type: []nft.DataType{nft.TypeIPv4Addr}, Interval: true,
 				Elements: []nft.Element{nft.Elem(p4("10.7.0.0/16"))}})
 			c := r.Chain("c1")
@@ -568,41 +568,5 @@ func TestAdoptionKeepsSets(t *testing.T) {
 	}
 	if st, err := c.Apply(ctx, next); err != nil || st.Operations != 0 {
 		t.Errorf("apply after adopting: %+v %v", st, err)
-	}
-}
-
-// TestSplitNewSets: an incremental transaction's new sets and their elements go
-// in a batch of their own, ahead of the one that refers to them; re-created
-// sets and verdict maps stay with the rest.
-func TestSplitNewSets(t *testing.T) {
-	good := richModel("np")
-	next := good.Clone()
-	next.Sets = append(next.Sets,
-		nft.Set{Name: "fresh", Type: []nft.DataType{nft.TypeIPv4Addr}, Interval: true, Elements: []nft.Element{nft.Elem(p4("10.7.0.0/16"))}},
-		nft.Set{Name: "freshmap", Type: []nft.DataType{nft.TypeIPv4Addr}, Verdicts: true, Elements: []nft.Element{{Key: []nft.Value{ad("10.7.0.1")}, Verdict: acc()}}})
-	next.FindSet("iv4").Comment = "re-created"
-	c := next.Chain("c1")
-	c.Rules = append([]nft.Rule{rule(acc(), nft.InSet("fresh", nft.KeyIPSaddr))}, c.Rules...)
-	pre, rest := splitNewSets(nft.Plan(good, next))
-	var got []string
-	for _, op := range pre.Ops {
-		got = append(got, op.String())
-	}
-	if want := []string{"add set fresh", "add 1 elements to set fresh"}; !slices.Equal(got, want) {
-		t.Errorf("ahead: %q, want %q", got, want)
-	}
-	for _, op := range rest.Ops {
-		if op.Name == "fresh" {
-			t.Errorf("left with the rest: %s", op)
-		}
-	}
-	var restNames []string
-	for _, op := range rest.Ops {
-		if op.Kind == nft.OpAddSet {
-			restNames = append(restNames, op.Name)
-		}
-	}
-	if !slices.Equal(restNames, []string{"freshmap", "iv4"}) {
-		t.Errorf("sets created with the rest: %q, want the map and the re-created set", restNames)
 	}
 }

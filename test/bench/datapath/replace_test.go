@@ -33,8 +33,8 @@ import (
 //   - restart: a fresh Applier's first FullSync, which adopts the table it finds
 //     (keeps the sets that are exactly right, rewrites the chains);
 //   - regroup: an incremental Apply that gives the server a new group (a policy
-//     more selects it, allowing the same clients), and back: new chain and sets,
-//     created a batch ahead of the map element that sends the server there;
+//     more selects it, allowing the same clients), and back: a new chain and new
+//     sets, and the map element that sends the server there, in one batch;
 //   - resync: the same Applier's periodic FullSync (chains rewritten, sets kept).
 //
 // The kernel's TCP_INFO tells, per connection, whether anything had to be
