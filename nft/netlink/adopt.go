@@ -1,8 +1,6 @@
 package netlink
 
 import (
-	"slices"
-
 	"github.com/google/nftables"
 
 	"github.com/nftpolicy/nftpolicy/nft"
@@ -23,29 +21,10 @@ import (
 // only, makes the table not adoptable (ok false): the caller replaces it whole.
 // The plan it leads to is one transaction like any other: if the kernel refuses
 // it, nothing changed and the caller replaces the table.
-func (a *Applier) adoptable(desired *nft.Ruleset) (last *nft.Ruleset, kept int, ok bool) {
-	tables, err := a.reader.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
+func (a *Applier) adoptable(desired *nft.Ruleset, kt *kernelTable) (last *nft.Ruleset, kept int, ok bool) {
+	if kt == nil || kt.tab == nil {
 		return nil, 0, false
 	}
-	var tab *nftables.Table
-	for _, t := range tables {
-		if t.Name == a.opts.Table {
-			tab = t
-		}
-	}
-	if tab == nil {
-		return nil, 0, false
-	}
-	chains, err := a.reader.ListChainsOfTableFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return nil, 0, false
-	}
-	sets, err := a.reader.GetSets(tab)
-	if err != nil {
-		return nil, 0, false
-	}
-
 	last = &nft.Ruleset{Table: a.opts.Table}
 	// A rule no desired chain has: every chain of last differs from desired's, so
 	// that the plan flushes it (PlanRewrite does anyway; this also covers a chain
@@ -56,10 +35,8 @@ func (a *Applier) adoptable(desired *nft.Ruleset) (last *nft.Ruleset, kept int, 
 	for i := range desired.Chains {
 		want[desired.Chains[i].Name] = &desired.Chains[i]
 	}
-	for _, kc := range chains {
-		if kc.Table == nil || kc.Table.Name != a.opts.Table {
-			continue
-		}
+	for _, name := range sortedKeys(kt.chains) {
+		kc := kt.chains[name]
 		c := nft.Chain{Name: kc.Name, Rules: flushMe}
 		if d := want[kc.Name]; d != nil {
 			if (d.Hook == nil) != (kc.Hooknum == nil) {
@@ -81,17 +58,14 @@ func (a *Applier) adoptable(desired *nft.Ruleset) (last *nft.Ruleset, kept int, 
 	for i := range desired.Sets {
 		wantSets[desired.Sets[i].Name] = &desired.Sets[i]
 	}
-	for _, ks := range sets {
-		if ks.Anonymous {
-			continue
-		}
+	for _, name := range sortedKeys(kt.sets) {
+		ks := kt.sets[name]
 		d := wantSets[ks.Name]
 		if d == nil {
 			last.Sets = append(last.Sets, nft.Set{Name: ks.Name}) // obsolete: deleted
 			continue
 		}
-		s := *d
-		s.Elements = d.Elements
+		s := *d // elements included: kept as they are
 		if !a.sameSet(d, ks) {
 			s.Comment = d.Comment + " (adopted: differs)" // re-created
 			s.Elements = nil
@@ -126,26 +100,6 @@ func (a *Applier) sameSet(d *nft.Set, ks *nftables.Set) bool {
 	if !ks.IsMap && (ks.KeyType.Bytes != kt.Bytes || ks.KeyType.GetNFTMagic() != kt.GetNFTMagic()) {
 		return false
 	}
-	want, _, err := kernelElements(d, d.Elements, true)
-	if err != nil {
-		return false
-	}
-	if needsZeroEnd(d, d.Elements) {
-		want = append(want, zeroEndElement(d))
-	}
-	got, err := a.reader.GetSetElements(ks)
-	if err != nil || len(got) != len(want) {
-		return false
-	}
-	ids := make([]string, 0, len(want))
-	for _, e := range want {
-		ids = append(ids, elemID(e))
-	}
-	gotIDs := make([]string, 0, len(got))
-	for _, e := range got {
-		gotIDs = append(gotIDs, elemID(e))
-	}
-	slices.Sort(ids)
-	slices.Sort(gotIDs)
-	return slices.Equal(ids, gotIDs)
+	missing, unexpected, err := a.elementDiff(d, ks)
+	return err == nil && missing == 0 && unexpected == 0
 }

@@ -143,18 +143,25 @@ func (a *Applier) Apply(ctx context.Context, desired *nft.Ruleset) (nft.Stats, e
 
 // FullSync reads the table the kernel holds, reports in Stats.Drift how it differs
 // from what was last applied (or that the table existed before the first sync), and
-// replaces it whole with desired in one transaction. Failing to read the table does
-// not stop the replace; Drift says so.
+// makes it desired in one transaction: without drift by rewriting every chain and
+// keeping the sets; with no table applied yet by adopting the one found (adopt.go);
+// otherwise, or when adopting fails, by replacing it whole. Failing to read the
+// table does not stop the replace; Drift says so.
 func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.tr == nil {
 		return nft.Stats{}, errClosed
 	}
-	drift, err := a.drift(a.last)
+	kt, err := a.readTable()
+	var drift []string
+	if err == nil {
+		drift, err = a.drift(a.last, kt)
+	}
 	if err != nil {
 		// The replace matters more than the report.
 		drift = []string{fmt.Sprintf("could not read table inet %s: %v", a.opts.Table, err)}
+		kt = nil
 	}
 	if a.last != nil && len(drift) == 0 {
 		// The kernel holds what we applied last: rewrite every chain but keep
@@ -165,7 +172,7 @@ func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats
 	if a.last == nil {
 		// A table this Applier did not write (a previous agent's): keep what of
 		// it is exactly right. If the kernel refuses that plan, nothing changed.
-		if last, kept, ok := a.adoptable(desired); ok && kept > 0 {
+		if last, kept, ok := a.adoptable(desired, kt); ok && kept > 0 {
 			st, err := a.apply(ctx, last, desired, nft.PlanRewrite)
 			if err == nil {
 				st.Drift = append(drift, fmt.Sprintf("adopted: %d of %d sets kept", kept, len(desired.Sets)))

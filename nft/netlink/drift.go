@@ -13,59 +13,107 @@ import (
 	"github.com/nftpolicy/nftpolicy/nft"
 )
 
-// drift compares the table the kernel holds with last (what this Applier applied;
-// nil when it applied nothing yet or failed) and describes the differences: missing
-// and unexpected chains and sets, rule counts, and set elements (by key).
-func (a *Applier) drift(last *nft.Ruleset) ([]string, error) {
-	table := a.opts.Table
+// kernelTable is what the kernel holds of the Applier's table, as read once per
+// FullSync for drift and adoption; tab is nil when there is no such table.
+type kernelTable struct {
+	tab    *nftables.Table
+	chains map[string]*nftables.Chain
+	sets   map[string]*nftables.Set // named sets only
+}
+
+// readTable reads the Applier's table, its chains and its named sets.
+func (a *Applier) readTable() (*kernelTable, error) {
+	kt := &kernelTable{chains: map[string]*nftables.Chain{}, sets: map[string]*nftables.Set{}}
 	tables, err := a.reader.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nil, err
 	}
-	var tab *nftables.Table
 	for _, t := range tables {
-		if t.Name == table {
-			tab = t
+		if t.Name == a.opts.Table {
+			kt.tab = t
 		}
 	}
-	if tab == nil {
-		if last != nil {
-			return []string{fmt.Sprintf("table inet %s missing", table)}, nil
-		}
-		return nil, nil
+	if kt.tab == nil {
+		return kt, nil
 	}
 	chains, err := a.reader.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nil, err
 	}
-	haveChains := map[string]*nftables.Chain{}
 	for _, c := range chains {
-		if c.Table != nil && c.Table.Name == table {
-			haveChains[c.Name] = c
+		if c.Table != nil && c.Table.Name == a.opts.Table {
+			kt.chains[c.Name] = c
 		}
 	}
-	allSets, err := a.reader.GetSets(tab)
+	sets, err := a.reader.GetSets(kt.tab)
 	if err != nil {
 		return nil, err
 	}
-	haveSets := map[string]*nftables.Set{}
-	for _, s := range allSets {
+	for _, s := range sets {
 		if !s.Anonymous {
-			haveSets[s.Name] = s
+			kt.sets[s.Name] = s
 		}
 	}
+	return kt, nil
+}
+
+// elementDiff counts the elements of s, as the kernel holds them once added,
+// that the kernel's set ks lacks, and those of ks that s lacks.
+func (a *Applier) elementDiff(s *nft.Set, ks *nftables.Set) (missing, unexpected int, err error) {
+	got, err := a.reader.GetSetElements(ks)
+	if err != nil {
+		return 0, 0, fmt.Errorf("listing elements of set %s: %w", s.Name, err)
+	}
+	want, _, err := kernelElements(s, s.Elements, true) // as added: with verdicts
+	if err != nil {
+		return 0, 0, err
+	}
+	if needsZeroEnd(s, s.Elements) {
+		want = append(want, zeroEndElement(s))
+	}
+	count := make(map[string]int, len(want))
+	for _, e := range want {
+		count[elemID(e)]++
+	}
+	for _, e := range got {
+		count[elemID(e)]--
+	}
+	for _, n := range count {
+		if n > 0 {
+			missing += n
+		} else {
+			unexpected -= n
+		}
+	}
+	return missing, unexpected, nil
+}
+
+// drift compares the table the kernel holds (kt) with last (what this Applier
+// applied; nil when it applied nothing yet or failed) and describes the
+// differences: missing and unexpected chains and sets, rule counts, and set
+// elements (by key and, in maps, verdict).
+func (a *Applier) drift(last *nft.Ruleset, kt *kernelTable) ([]string, error) {
+	table := a.opts.Table
+	if kt.tab == nil {
+		if last != nil {
+			return []string{fmt.Sprintf("table inet %s missing", table)}, nil
+		}
+		return nil, nil
+	}
 	if last == nil {
-		return []string{fmt.Sprintf("table inet %s existed before this agent's first sync (%d chains, %d sets)", table, len(haveChains), len(haveSets))}, nil
+		return []string{fmt.Sprintf("table inet %s existed before this agent's first sync (%d chains, %d sets)", table, len(kt.chains), len(kt.sets))}, nil
 	}
 
 	var drift []string
+	known := map[string]bool{} // "chain NAME" and "set NAME" of last
 	for _, c := range nft.SortedChains(last) {
-		kc := haveChains[c.Name]
+		known["chain "+c.Name] = true
+		kc := kt.chains[c.Name]
 		if kc == nil {
 			drift = append(drift, fmt.Sprintf("chain %s missing", c.Name))
 			continue
 		}
-		rules, err := a.reader.GetRules(tab, kc)
+		rules, err := a.reader.GetRules(kt.tab, kc)
 		if err != nil {
 			return nil, fmt.Errorf("listing rules of chain %s: %w", c.Name, err)
 		}
@@ -75,43 +123,22 @@ func (a *Applier) drift(last *nft.Ruleset) ([]string, error) {
 		if (kc.Hooknum == nil) != (c.Hook == nil) {
 			drift = append(drift, fmt.Sprintf("chain %s: base chain %v, want %v", c.Name, kc.Hooknum != nil, c.Hook != nil))
 		}
-		delete(haveChains, c.Name)
 	}
-	for _, name := range sortedKeys(haveChains) {
-		drift = append(drift, fmt.Sprintf("chain %s unexpected", name))
+	for _, name := range sortedKeys(kt.chains) {
+		if !known["chain "+name] {
+			drift = append(drift, fmt.Sprintf("chain %s unexpected", name))
+		}
 	}
 	for _, s := range nft.SortedSets(last) {
-		ks := haveSets[s.Name]
+		known["set "+s.Name] = true
+		ks := kt.sets[s.Name]
 		if ks == nil {
 			drift = append(drift, fmt.Sprintf("set %s missing", s.Name))
 			continue
 		}
-		delete(haveSets, s.Name)
-		got, err := a.reader.GetSetElements(ks)
-		if err != nil {
-			return nil, fmt.Errorf("listing elements of set %s: %w", s.Name, err)
-		}
-		want, _, err := kernelElements(&s, s.Elements, true) // as added: with verdicts
+		missing, unexpected, err := a.elementDiff(&s, ks)
 		if err != nil {
 			return nil, err
-		}
-		if needsZeroEnd(&s, s.Elements) {
-			want = append(want, zeroEndElement(&s))
-		}
-		count := map[string]int{}
-		for _, e := range want {
-			count[elemID(e)]++
-		}
-		for _, e := range got {
-			count[elemID(e)]--
-		}
-		missing, unexpected := 0, 0
-		for _, n := range count {
-			if n > 0 {
-				missing += n
-			} else {
-				unexpected -= n
-			}
 		}
 		if missing > 0 {
 			drift = append(drift, fmt.Sprintf("set %s: %d elements missing", s.Name, missing))
@@ -120,8 +147,10 @@ func (a *Applier) drift(last *nft.Ruleset) ([]string, error) {
 			drift = append(drift, fmt.Sprintf("set %s: %d elements unexpected", s.Name, unexpected))
 		}
 	}
-	for _, name := range sortedKeys(haveSets) {
-		drift = append(drift, fmt.Sprintf("set %s unexpected", name))
+	for _, name := range sortedKeys(kt.sets) {
+		if !known["set "+name] {
+			drift = append(drift, fmt.Sprintf("set %s unexpected", name))
+		}
 	}
 	return drift, nil
 }
