@@ -281,43 +281,41 @@ func (r *NodeReconciler) load(ctx context.Context) (*compile.Compiler, error) {
 	return c, nil
 }
 
-// update reads the changed objects from the cache (no deep copy: the compiler only
-// reads) and records them in the compiler.
+// update reads the changed objects from the cache and records them in the compiler.
 func (r *NodeReconciler) update(ctx context.Context, changes map[objectRef]struct{}) error {
 	c := r.compiler
 	for ref := range changes {
 		var err error
 		switch ref.kind {
 		case kindPod:
-			var p corev1.Pod
-			if err = r.Reader.Get(ctx, ref.key, &p, client.UnsafeDisableDeepCopy); err == nil {
-				c.SetPod(&p)
-			} else if apierrors.IsNotFound(err) {
-				c.DeletePod(ref.key.Namespace, ref.key.Name)
-				err = nil
-			}
+			err = record(ctx, r.Reader, ref.key, &corev1.Pod{}, c.SetPod,
+				func() { c.DeletePod(ref.key.Namespace, ref.key.Name) })
 		case kindNamespace:
-			var ns corev1.Namespace
-			if err = r.Reader.Get(ctx, ref.key, &ns, client.UnsafeDisableDeepCopy); err == nil {
-				c.SetNamespace(&ns)
-			} else if apierrors.IsNotFound(err) {
-				c.DeleteNamespace(ref.key.Name)
-				err = nil
-			}
+			err = record(ctx, r.Reader, ref.key, &corev1.Namespace{}, c.SetNamespace,
+				func() { c.DeleteNamespace(ref.key.Name) })
 		case kindPolicy:
-			var np networkingv1.NetworkPolicy
-			if err = r.Reader.Get(ctx, ref.key, &np, client.UnsafeDisableDeepCopy); err == nil {
-				c.SetPolicy(&np)
-			} else if apierrors.IsNotFound(err) {
-				c.DeletePolicy(ref.key.Namespace, ref.key.Name)
-				err = nil
-			}
+			err = record(ctx, r.Reader, ref.key, &networkingv1.NetworkPolicy{}, c.SetPolicy,
+				func() { c.DeletePolicy(ref.key.Namespace, ref.key.Name) })
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", ref.key, err)
 		}
 	}
 	return nil
+}
+
+// record reads the object at key from the cache into obj (no deep copy: the
+// compiler only reads) and passes it to set, or calls del when it is gone.
+func record[T client.Object](ctx context.Context, rd client.Reader, key types.NamespacedName, obj T, set func(T), del func()) error {
+	err := rd.Get(ctx, key, obj, client.UnsafeDisableDeepCopy)
+	switch {
+	case err == nil:
+		set(obj)
+	case apierrors.IsNotFound(err):
+		del()
+		return nil
+	}
+	return err
 }
 
 // reportProblems logs each policy's problems and records a Warning Event on the
@@ -391,7 +389,7 @@ func podChanged() predicate.Predicate {
 func podRelevantChange(a, b *corev1.Pod) bool {
 	if a.Spec.NodeName != b.Spec.NodeName || a.Spec.HostNetwork != b.Spec.HostNetwork ||
 		a.Status.PodIP != b.Status.PodIP || !slices.Equal(a.Status.PodIPs, b.Status.PodIPs) ||
-		finished(a) != finished(b) || !maps.Equal(a.Labels, b.Labels) {
+		compile.PodFinished(a) != compile.PodFinished(b) || !maps.Equal(a.Labels, b.Labels) {
 		return true
 	}
 	if len(a.Spec.Containers) != len(b.Spec.Containers) {
@@ -403,8 +401,4 @@ func podRelevantChange(a, b *corev1.Pod) bool {
 		}
 	}
 	return false
-}
-
-func finished(p *corev1.Pod) bool {
-	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
 }

@@ -152,12 +152,7 @@ func (c *Compiler) drop(affected func(*filled) bool) {
 func (c *Compiler) Compile() (*nft.Ruleset, []Problem) {
 	problems := c.ix.addressProblems()
 	if c.order == nil {
-		c.order = slices.SortedFunc(maps.Keys(c.pols), func(a, b objKey) int {
-			if n := strings.Compare(a.ns, b.ns); n != 0 {
-				return n
-			}
-			return strings.Compare(a.name, b.name)
-		})
+		c.order = slices.SortedFunc(maps.Keys(c.pols), compareKeys)
 	}
 	for _, k := range c.order {
 		problems = append(problems, c.pols[k].problems...)

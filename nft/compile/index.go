@@ -47,6 +47,11 @@ type labelKV struct{ k, v string }
 // objKey is a namespace/name.
 type objKey struct{ ns, name string }
 
+// compareKeys orders keys by namespace, then name.
+func compareKeys(a, b objKey) int {
+	return cmp.Or(strings.Compare(a.ns, b.ns), strings.Compare(a.name, b.name))
+}
+
 func comparePods(a, b *podInfo) int {
 	return cmp.Or(strings.Compare(a.ns, b.ns), strings.Compare(a.name, b.name))
 }
@@ -305,10 +310,16 @@ func (ix *index) addrIndex() {
 	slices.SortStableFunc(ix.byAddr, func(a, b podAddr) int { return a.addr.Compare(b.addr) })
 }
 
+// PodFinished reports whether p has terminated (Succeeded or Failed): such a pod
+// takes no part in policy, and its address may already belong to another pod.
+func PodFinished(p *corev1.Pod) bool {
+	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+}
+
 // fillPodInfo fills pi from p and reports whether p takes part in policy: it is not
 // hostNetwork, not finished (Succeeded or Failed) and has a valid address.
 func fillPodInfo(pi *podInfo, p *corev1.Pod, node string) bool {
-	if p == nil || p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+	if p == nil || p.Spec.HostNetwork || PodFinished(p) {
 		return false
 	}
 	addrs := make([]netip.Addr, 0, max(1, len(p.Status.PodIPs)))
