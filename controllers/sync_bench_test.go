@@ -3,93 +3,32 @@ package controllers
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftpolicy/nftpolicy/nft"
+	"github.com/nftpolicy/nftpolicy/test/bench/benchcluster"
 )
 
-// benchCluster is test/bench/controlplane's cluster, as trimmed objects: 100
-// namespaces (labels ns, team a..e), 10,000 pods (100 per namespace, pod i on
-// node-(i%100), labels app (of 50) and tier (of 5), named port serve-80-tcp/80) and
-// 1,000 policies in four shapes in rotation. Seeded: the same cluster every run.
+// benchCluster is test/bench/benchcluster's cluster (the control-plane
+// benchmark's), as the agent's cache holds it: trimmed.
 func benchCluster() ([]*corev1.Namespace, []*corev1.Pod, []*networkingv1.NetworkPolicy) {
-	const nNS, podsPerNS, nNodes, polsPerNS, nApps, nTiers, teams = 100, 100, 100, 10, 50, 5, "abcde"
-	rng := rand.New(rand.NewPCG(5, 1))
-	var nss []*corev1.Namespace
-	for n := range nNS {
-		name := fmt.Sprintf("ns-%d", n)
-		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name,
-			Labels: map[string]string{"ns": name, "team": string(teams[n%len(teams)])}}}
+	nss, pods, nps := benchcluster.Objects()
+	for i, ns := range nss {
 		obj, _ := trimNamespace(ns)
-		nss = append(nss, obj.(*corev1.Namespace))
+		nss[i] = obj.(*corev1.Namespace)
 	}
-	appsIn := make([][]int, nNS)
-	var pods []*corev1.Pod
-	for i := range nNS * podsPerNS {
-		n := i / podsPerNS
-		app := rng.IntN(nApps)
-		appsIn[n] = append(appsIn[n], app)
-		ip := fmt.Sprintf("10.%d.%d.%d", 64+i>>16, (i>>8)&255, i&255)
-		p := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: fmt.Sprintf("ns-%d", n), Name: fmt.Sprintf("pod-%d", i),
-				Labels: map[string]string{"app": fmt.Sprintf("app-%d", app), "tier": fmt.Sprintf("tier-%d", rng.IntN(nTiers))}},
-			Spec: corev1.PodSpec{NodeName: fmt.Sprintf("node-%d", i%nNodes), Containers: []corev1.Container{{
-				Name: "serve", Image: "agnhost",
-				Ports: []corev1.ContainerPort{{Name: "serve-80-tcp", ContainerPort: 80, Protocol: corev1.ProtocolTCP}},
-			}}},
-			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}},
-		}
+	for i, p := range pods {
 		obj, _ := trimPod(p)
-		pods = append(pods, obj.(*corev1.Pod))
+		pods[i] = obj.(*corev1.Pod)
 	}
-	tcp, udp := corev1.ProtocolTCP, corev1.ProtocolUDP
-	var nps []*networkingv1.NetworkPolicy
-	for n := range nNS {
-		for j := range polsPerNS {
-			app := appsIn[n][rng.IntN(len(appsIn[n]))]
-			tier := func() *metav1.LabelSelector {
-				return &metav1.LabelSelector{MatchLabels: map[string]string{"tier": fmt.Sprintf("tier-%d", rng.IntN(nTiers))}}
-			}
-			team := func() *metav1.LabelSelector {
-				return &metav1.LabelSelector{MatchLabels: map[string]string{"team": string(teams[rng.IntN(len(teams))])}}
-			}
-			port80 := []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: ptr.To(intstr.FromInt32(80))}}
-			named := []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: ptr.To(intstr.FromString("serve-80-tcp"))}}
-			np := &networkingv1.NetworkPolicy{
-				ObjectMeta: metav1.ObjectMeta{Namespace: fmt.Sprintf("ns-%d", n), Name: fmt.Sprintf("np-%d", j)},
-				Spec:       networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": fmt.Sprintf("app-%d", app)}}},
-			}
-			switch j % 4 {
-			case 0:
-				np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: tier()}}, Ports: port80}}
-			case 1:
-				np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: team()}}, Ports: named}}
-			case 2:
-				np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{
-					From:  []networkingv1.NetworkPolicyPeer{{PodSelector: tier(), NamespaceSelector: team()}, {PodSelector: tier()}},
-					Ports: port80,
-				}}
-			case 3:
-				np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}
-				np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: tier()}}, Ports: named}}
-				np.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{
-					{To: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: team()}},
-						Ports: []networkingv1.NetworkPolicyPort{{Protocol: &udp, Port: ptr.To(intstr.FromInt32(53))}}},
-					{To: []networkingv1.NetworkPolicyPeer{{PodSelector: tier()}}, Ports: port80},
-				}
-			}
-			obj, _ := trimPolicy(np)
-			nps = append(nps, obj.(*networkingv1.NetworkPolicy))
-		}
+	for i, np := range nps {
+		obj, _ := trimPolicy(np)
+		nps[i] = obj.(*networkingv1.NetworkPolicy)
 	}
 	return nss, pods, nps
 }

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -31,23 +30,17 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
+	"github.com/nftpolicy/nftpolicy/test/bench/benchcluster"
 	"github.com/nftpolicy/nftpolicy/test/e2e/cluster"
 )
 
-// The cluster's shape.
+// The run's settings (the cluster's shape is benchcluster's).
 const (
-	numNamespaces   = 100
-	podsPerNS       = 100 // 10,000 pods
-	numNodes        = 100 // pod i runs on node-(i % numNodes): ~100 pods on node-0
-	policiesPerNS   = 10  // 1,000 policies
-	numApps         = 50
-	numTiers        = 5
 	createWorkers   = 16
 	samples         = 40 // per latency kind, interleaved
 	settleTime      = 10 * time.Second
@@ -55,8 +48,6 @@ const (
 	latencyTimeout  = 10 * time.Second
 	latNS           = "cp-lat" // the namespace the latency samples live in
 	ourNode         = "node-0"
-	teams           = "abcde"
-	namedPort       = "serve-80-tcp"
 	programmingHist = "nftpolicy_programming_latency_seconds"
 )
 
@@ -296,50 +287,26 @@ func TestControlPlane(t *testing.T) {
 	fmt.Printf("\n--- control-plane benchmark summary ---\n%s\n", strings.Join(summary, "\n"))
 }
 
-// createCluster creates the namespaces, pods (with IPs) and policies, and
-// reports how long each kind took.
+// createCluster creates benchcluster's namespaces, pods (with their addresses)
+// and policies, and reports how long each kind took.
 func createCluster(ctx context.Context, c client.Client, report func(string, string, ...any)) error {
-	rng := rand.New(rand.NewPCG(5, 1))
+	nss, pods, nps := benchcluster.Objects()
 	start := time.Now()
-	for n := range numNamespaces {
-		name := fmt.Sprintf("ns-%d", n)
-		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name,
-			Labels: map[string]string{"ns": name, "team": string(teams[n%len(teams)])}}}
+	for _, ns := range nss {
 		if err := c.Create(ctx, ns); err != nil {
 			return err
 		}
 	}
 	report("setup_namespaces_s", "%.1f", time.Since(start).Seconds())
 
-	// Labels are drawn up front so the run is deterministic whatever the
-	// workers' order; policies then select apps that exist in their namespace.
-	type podSpec struct {
-		ns, name, node, app, tier, ip string
-	}
-	pods := make([]podSpec, 0, numNamespaces*podsPerNS)
-	appsIn := make([][]int, numNamespaces)
-	for i := range numNamespaces * podsPerNS {
-		n := i / podsPerNS
-		app := rng.IntN(numApps)
-		appsIn[n] = append(appsIn[n], app)
-		pods = append(pods, podSpec{
-			ns: fmt.Sprintf("ns-%d", n), name: fmt.Sprintf("pod-%d", i), node: fmt.Sprintf("node-%d", i%numNodes),
-			app: fmt.Sprintf("app-%d", app), tier: fmt.Sprintf("tier-%d", rng.IntN(numTiers)),
-			ip: fmt.Sprintf("10.%d.%d.%d", 64+i>>16, (i>>8)&255, i&255),
-		})
-	}
 	start = time.Now()
 	err := parallel(len(pods), func(i int) error {
-		s := pods[i]
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: s.ns, Name: s.name,
-				Labels: map[string]string{"app": s.app, "tier": s.tier}},
-			Spec: podSpecOn(s.node),
-		}
+		pod := pods[i]
+		status := pod.Status // Create keeps only the spec
 		if err := c.Create(ctx, pod); err != nil {
 			return err
 		}
-		pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: s.ip, PodIPs: []corev1.PodIP{{IP: s.ip}}}
+		pod.Status = status
 		return c.Status().Update(ctx, pod)
 	})
 	if err != nil {
@@ -348,57 +315,11 @@ func createCluster(ctx context.Context, c client.Client, report func(string, str
 	report("setup_pods_s", "%.1f", time.Since(start).Seconds())
 
 	start = time.Now()
-	var nps []*networkingv1.NetworkPolicy
-	for n := range numNamespaces {
-		for j := range policiesPerNS {
-			app := appsIn[n][rng.IntN(len(appsIn[n]))]
-			nps = append(nps, mixedPolicy(fmt.Sprintf("ns-%d", n), j, fmt.Sprintf("app-%d", app), rng))
-		}
-	}
 	if err := parallel(len(nps), func(i int) error { return c.Create(ctx, nps[i]) }); err != nil {
 		return err
 	}
 	report("setup_policies_s", "%.1f", time.Since(start).Seconds())
 	return nil
-}
-
-// mixedPolicy is policy j of a namespace: four shapes in rotation, from a plain
-// same-namespace tier peer on a numbered port to ingress plus egress.
-func mixedPolicy(ns string, j int, app string, rng *rand.Rand) *networkingv1.NetworkPolicy {
-	tier := func() *metav1.LabelSelector {
-		return &metav1.LabelSelector{MatchLabels: map[string]string{"tier": fmt.Sprintf("tier-%d", rng.IntN(numTiers))}}
-	}
-	team := func() *metav1.LabelSelector {
-		return &metav1.LabelSelector{MatchLabels: map[string]string{"team": string(teams[rng.IntN(len(teams))])}}
-	}
-	tcp := corev1.ProtocolTCP
-	udp := corev1.ProtocolUDP
-	port80 := []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: ptr(intstr.FromInt32(80))}}
-	named := []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: ptr(intstr.FromString(namedPort))}}
-	np := &networkingv1.NetworkPolicy{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("np-%d", j)},
-		Spec:       networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": app}}},
-	}
-	switch j % 4 {
-	case 0:
-		np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: tier()}}, Ports: port80}}
-	case 1:
-		np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: team()}}, Ports: named}}
-	case 2:
-		np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{
-			From:  []networkingv1.NetworkPolicyPeer{{PodSelector: tier(), NamespaceSelector: team()}, {PodSelector: tier()}},
-			Ports: port80,
-		}}
-	case 3:
-		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}
-		np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: tier()}}, Ports: named}}
-		np.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{
-			{To: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: team()}},
-				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &udp, Port: ptr(intstr.FromInt32(53))}}},
-			{To: []networkingv1.NetworkPolicyPeer{{PodSelector: tier()}}, Ports: port80},
-		}
-	}
-	return np
 }
 
 // latencyFixtures are the objects the latency samples act on, in namespace
@@ -440,7 +361,7 @@ func createLatencyFixtures(ctx context.Context, c client.Client) (latencyFixture
 	}
 	return f, parallel(samples, func(i int) error {
 		return errors.Join(
-			withIP(latPod(fmt.Sprintf("peer-%d", i), fmt.Sprintf("node-%d", 1+i%(numNodes-1)),
+			withIP(latPod(fmt.Sprintf("peer-%d", i), fmt.Sprintf("node-%d", 1+i%(benchcluster.Nodes-1)),
 				map[string]string{"role": "idle"}, f.idlePeerIPs[i])),
 			withIP(latPod(fmt.Sprintf("pa-%d", i), ourNode, map[string]string{"app": fmt.Sprintf("pa-%d", i)}, f.unisolatedIPs[i])))
 	})
@@ -453,16 +374,9 @@ func latIP(g, i int) string { return fmt.Sprintf("10.99.%d.%d", g, 2+2*i) }
 func latPod(name, node string, labels map[string]string, ip string) *corev1.Pod {
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: latNS, Name: name, Labels: labels},
-		Spec:       podSpecOn(node),
+		Spec:       benchcluster.PodSpecOn(node),
 		Status:     corev1.PodStatus{PodIP: ip},
 	}
-}
-
-func podSpecOn(node string) corev1.PodSpec {
-	return corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{
-		Name: "serve", Image: "registry.k8s.io/e2e-test-images/agnhost:2.53",
-		Ports: []corev1.ContainerPort{{Name: namedPort, ContainerPort: 80, Protocol: corev1.ProtocolTCP}},
-	}}}
 }
 
 // peerPolicy selects app=app in cp-lat and admits role=peer pods on any port.
@@ -673,8 +587,6 @@ func parallel(n int, fn func(int) error) error {
 		return nil
 	}
 }
-
-func ptr[T any](v T) *T { return &v }
 
 func goBuild(ctx context.Context, out, pkg string) error {
 	b, err := exec.CommandContext(ctx, "go", "build", "-o", out, pkg).CombinedOutput()

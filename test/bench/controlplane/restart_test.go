@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
+	"github.com/nftpolicy/nftpolicy/test/bench/benchcluster"
 	"github.com/nftpolicy/nftpolicy/test/e2e/cluster"
 )
 
@@ -63,7 +64,7 @@ func createRestartPods(ctx context.Context, c client.Client, cl *cluster.Cluster
 	for _, p := range pods {
 		obj := &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Namespace: restartNS, Name: p.Name, Labels: p.Labels},
-			Spec:       podSpecOn(ourNode),
+			Spec:       benchcluster.PodSpecOn(ourNode),
 		}
 		if err := c.Create(ctx, obj); err != nil {
 			return rp, err
