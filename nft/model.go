@@ -34,14 +34,33 @@ type Hook struct {
 }
 
 // Rule is a conjunction of matches followed by optional statements and one verdict.
-// Evaluation order in nft text: matches, counter, log, then the verdict (or vmap).
+// Evaluation order in nft text: matches, the ct mark match, counter, log, the ct mark
+// statement, then the verdict (or vmap).
 type Rule struct {
-	Matches []Match
-	Counter bool
-	Log     *Log
-	VMap    *VMap   // a verdict-map lookup; when set, Verdict must be zero
-	Verdict Verdict // zero value = continue to the next rule
-	Comment string  // at most MaxCommentLen bytes
+	Matches   []Match
+	CtMark    *CtMarkMatch // `ct mark and Mask == Value`: after Matches
+	Counter   bool
+	Log       *Log
+	CtMarkSet *CtMarkSet // `ct mark set ct mark and ~Mask or Value`: before the verdict
+	VMap      *VMap      // a verdict-map lookup; when set, Verdict must be zero
+	Verdict   Verdict    // zero value = continue to the next rule
+	Comment   string     // at most MaxCommentLen bytes
+}
+
+// CtMarkMatch compares the bits Mask of the packet's connection mark with Value
+// (`ct mark and Mask == Value`, or != when Negate). Value has no bit outside Mask. A
+// packet without a connection (untracked, or invalid) never matches, negated or not.
+type CtMarkMatch struct {
+	Mask, Value uint32
+	Negate      bool
+}
+
+// CtMarkSet sets the bits Mask of the packet's connection mark to Value and keeps
+// every other bit (`ct mark set ct mark and ~Mask or Value`): other users of the
+// connection mark (CNI plugins, service meshes) own the other bits. Value has no bit
+// outside Mask.
+type CtMarkSet struct {
+	Mask, Value uint32
 }
 
 // Log sends matching packets to an nflog group.
@@ -91,18 +110,19 @@ type Match struct {
 type Key uint8
 
 const (
-	KeyIPSaddr    Key = iota + 1 // ip saddr
-	KeyIPDaddr                   // ip daddr
-	KeyIP6Saddr                  // ip6 saddr
-	KeyIP6Daddr                  // ip6 daddr
-	KeyL4Proto                   // meta l4proto
-	KeyNFProto                   // meta nfproto
-	KeyTHDport                   // th dport (TCP, UDP, SCTP, UDP-Lite share the offset)
-	KeyTHSport                   // th sport
-	KeyCtState                   // ct state (bitmask)
-	KeyICMPv6Type                // icmpv6 type
-	KeyIIFName                   // meta iifname (string; exact match)
-	KeyOIFName                   // meta oifname
+	KeyIPSaddr     Key = iota + 1 // ip saddr
+	KeyIPDaddr                    // ip daddr
+	KeyIP6Saddr                   // ip6 saddr
+	KeyIP6Daddr                   // ip6 daddr
+	KeyL4Proto                    // meta l4proto
+	KeyNFProto                    // meta nfproto
+	KeyTHDport                    // th dport (TCP, UDP, SCTP, UDP-Lite share the offset)
+	KeyTHSport                    // th sport
+	KeyCtState                    // ct state (bitmask)
+	KeyICMPv6Type                 // icmpv6 type
+	KeyIIFName                    // meta iifname (string; exact match)
+	KeyOIFName                    // meta oifname
+	KeyCtDirection                // ct direction (CtOriginal or CtReply)
 )
 
 // DataType is the type of a set key field or of a key, as nft names it.
@@ -117,6 +137,7 @@ const (
 	TypeICMPv6Type
 	TypeNFProto
 	TypeIfName
+	TypeCtDir
 )
 
 // Set is a named set or, when Verdicts is true, a verdict map (`map NAME { type K : verdict }`).
@@ -224,6 +245,12 @@ const (
 	CtUntracked   = 64
 )
 
+// Connection-tracking directions (ct direction).
+const (
+	CtOriginal = 0
+	CtReply    = 1
+)
+
 // Type returns the data type a key yields.
 func (k Key) Type() DataType {
 	switch k {
@@ -243,6 +270,8 @@ func (k Key) Type() DataType {
 		return TypeICMPv6Type
 	case KeyIIFName, KeyOIFName:
 		return TypeIfName
+	case KeyCtDirection:
+		return TypeCtDir
 	}
 	return 0
 }
@@ -255,7 +284,7 @@ func (t DataType) Len() int {
 		return 4
 	case TypeIPv6Addr, TypeIfName:
 		return 16
-	case TypeInetProto, TypeICMPv6Type, TypeNFProto:
+	case TypeInetProto, TypeICMPv6Type, TypeNFProto, TypeCtDir:
 		return 1
 	case TypeInetService:
 		return 2
@@ -282,6 +311,8 @@ func (t DataType) String() string {
 		return "nf_proto"
 	case TypeIfName:
 		return "ifname"
+	case TypeCtDir:
+		return "ct_dir"
 	}
 	return fmt.Sprintf("type%d", uint8(t))
 }

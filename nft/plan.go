@@ -421,6 +421,12 @@ func ruleEqual(a, b *Rule) bool {
 	if (a.Log == nil) != (b.Log == nil) || (a.Log != nil && *a.Log != *b.Log) {
 		return false
 	}
+	if (a.CtMark == nil) != (b.CtMark == nil) || (a.CtMark != nil && *a.CtMark != *b.CtMark) {
+		return false
+	}
+	if (a.CtMarkSet == nil) != (b.CtMarkSet == nil) || (a.CtMarkSet != nil && *a.CtMarkSet != *b.CtMarkSet) {
+		return false
+	}
 	if (a.VMap == nil) != (b.VMap == nil) || (a.VMap != nil && (a.VMap.Map != b.VMap.Map || !slices.Equal(a.VMap.Keys, b.VMap.Keys))) {
 		return false
 	}
@@ -743,6 +749,14 @@ func cloneRule(r Rule) Rule {
 	if r.Log != nil {
 		l := *r.Log
 		r.Log = &l
+	}
+	if r.CtMark != nil {
+		m := *r.CtMark
+		r.CtMark = &m
+	}
+	if r.CtMarkSet != nil {
+		m := *r.CtMarkSet
+		r.CtMarkSet = &m
 	}
 	if r.VMap != nil {
 		v := *r.VMap

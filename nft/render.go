@@ -168,6 +168,13 @@ func RenderRule(r Rule) string {
 	for _, m := range r.Matches {
 		parts = append(parts, renderMatch(m))
 	}
+	if m := r.CtMark; m != nil {
+		op := "=="
+		if m.Negate {
+			op = "!="
+		}
+		parts = append(parts, fmt.Sprintf("ct mark and 0x%08x %s 0x%08x", m.Mask, op, m.Value))
+	}
 	if r.Counter {
 		parts = append(parts, "counter")
 	}
@@ -177,6 +184,9 @@ func RenderRule(r Rule) string {
 			l = fmt.Sprintf("log prefix %q group %d", r.Log.Prefix, r.Log.Group)
 		}
 		parts = append(parts, l)
+	}
+	if s := r.CtMarkSet; s != nil {
+		parts = append(parts, fmt.Sprintf("ct mark set ct mark and 0x%08x or 0x%08x", ^s.Mask, s.Value))
 	}
 	if r.VMap != nil {
 		parts = append(parts, keysText(r.VMap.Keys)+" vmap @"+r.VMap.Map)
@@ -247,6 +257,8 @@ func (k Key) String() string {
 		return "iifname"
 	case KeyOIFName:
 		return "oifname"
+	case KeyCtDirection:
+		return "ct direction"
 	}
 	return fmt.Sprintf("key%d", uint8(k))
 }
@@ -302,6 +314,14 @@ func RenderValue(t DataType, v Value) string {
 		}
 	case TypeIfName:
 		return strconv.Quote(v.Str)
+	case TypeCtDir:
+		switch {
+		case v.Range:
+		case v.Num == CtOriginal:
+			return "original"
+		case v.Num == CtReply:
+			return "reply"
+		}
 	}
 	if v.Range {
 		return fmt.Sprintf("%d-%d", v.Num, v.NumEnd)

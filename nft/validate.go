@@ -110,6 +110,12 @@ func (r *Ruleset) Validate() error {
 					bad("%s: %v", where, err)
 				}
 			}
+			if m := rule.CtMark; m != nil && (m.Mask == 0 || m.Value&^m.Mask != 0) {
+				bad("%s: ct mark match: value 0x%x outside mask 0x%x", where, m.Value, m.Mask)
+			}
+			if m := rule.CtMarkSet; m != nil && (m.Mask == 0 || m.Value&^m.Mask != 0) {
+				bad("%s: ct mark set: value 0x%x outside mask 0x%x", where, m.Value, m.Mask)
+			}
 			if rule.VMap != nil {
 				s := sets[rule.VMap.Map]
 				switch {

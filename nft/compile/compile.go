@@ -23,6 +23,12 @@ type Snapshot struct {
 // Options tune Compile.
 type Options struct {
 	Table string // table name; nft.DefaultTable when empty
+	// Established is what a policy change does to open connections (strict.go);
+	// the zero value keeps them.
+	Established Established
+	// CtMarkMask is the conntrack mark bits EstablishedRecheck owns
+	// (DefaultCtMarkMask when 0); CheckCtMarkMask says which masks work.
+	CtMarkMask uint32
 }
 
 // Problem is something Compile could not enforce exactly as written. Policy names the

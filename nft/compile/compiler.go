@@ -39,6 +39,7 @@ type Compiler struct {
 	order  []objKey                // policy keys, sorted; nil when stale
 	cached map[string]*cachedGroup // by group key, from the last Compile
 	keys   *keyTable
+	strict *strictMode // nil: keep mode
 }
 
 type policyEntry struct {
@@ -59,6 +60,7 @@ func NewCompiler(node string, opts Options) *Compiler {
 		byNS:   map[string][]*policy{},
 		cached: map[string]*cachedGroup{},
 		keys:   newKeyTable(),
+		strict: newStrict(opts),
 	}
 }
 
@@ -158,6 +160,7 @@ func (c *Compiler) Compile() (*nft.Ruleset, []Problem) {
 		problems = append(problems, c.pols[k].problems...)
 	}
 	p := newPass(c.ix, c.byNS, c.keys)
+	p.strict = c.strict
 	c.cached = p.build(c.cached)
 	rs := p.ruleset(c.table)
 	// Bound the key table: drop it when it holds more than twice the keys the

@@ -107,7 +107,7 @@ func TestGolden(t *testing.T) {
 				t.Logf("no crosscheck: %s", c.noCrosscheck)
 				return
 			}
-			n, errs := crosscheck(t, w)
+			n, errs := crosscheck(t, w, true)
 			if len(errs) > 0 {
 				t.Errorf("crosscheck:\n%s", strings.Join(errs, "\n"))
 			}

@@ -278,7 +278,7 @@ func fieldBytes(t nft.DataType, v nft.Value, hi, netOrder bool) ([]byte, error) 
 			return nil, fmt.Errorf("port %d out of range", n)
 		}
 		return binary.BigEndian.AppendUint16(nil, uint16(n)), nil
-	case nft.TypeInetProto, nft.TypeICMPv6Type, nft.TypeNFProto:
+	case nft.TypeInetProto, nft.TypeICMPv6Type, nft.TypeNFProto, nft.TypeCtDir:
 		if n > 0xff {
 			return nil, fmt.Errorf("%v value %d out of range", t, n)
 		}
@@ -578,6 +578,12 @@ func (e *encoder) rule(i int, op nft.Op) error {
 			return err
 		}
 	}
+	if m := r.CtMark; m != nil {
+		// nft: [ct load mark] [bitwise (reg & mask) ^ 0] [cmp value]
+		b.add(&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: hostU32(m.Mask), Xor: make([]byte, 4)},
+			&expr.Cmp{Op: cmpOp(m.Negate), Register: 1, Data: hostU32(m.Value)})
+	}
 	if r.Counter {
 		b.add(&expr.Counter{})
 	}
@@ -588,6 +594,12 @@ func (e *encoder) rule(i int, op nft.Op) error {
 			lg.Data = []byte(l.Prefix)
 		}
 		b.add(lg)
+	}
+	if m := r.CtMarkSet; m != nil {
+		// nft: [ct load mark] [bitwise (reg & ~mask) ^ value] [ct set mark]
+		b.add(&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: hostU32(^m.Mask), Xor: hostU32(m.Value)},
+			&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true})
 	}
 	switch {
 	case r.VMap != nil:
@@ -612,6 +624,9 @@ func (e *encoder) rule(i int, op nft.Op) error {
 }
 
 func (b *ruleBuilder) add(x ...expr.Any) { b.exprs = append(b.exprs, x...) }
+
+// hostU32 is a 32-bit register value in host byte order (ct mark is a host-order u32).
+func hostU32(n uint32) []byte { return binary.NativeEndian.AppendUint32(nil, n) }
 
 // deps adds the implicit dependencies of keys that the context lacks.
 func (b *ruleBuilder) deps(keys []nft.Key) {
@@ -681,6 +696,8 @@ func loadKey(k nft.Key, reg uint32) expr.Any {
 		return &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg}
 	case nft.KeyCtState:
 		return &expr.Ct{Key: expr.CtKeySTATE, Register: reg}
+	case nft.KeyCtDirection:
+		return &expr.Ct{Key: expr.CtKeyDIRECTION, Register: reg}
 	}
 	return nil
 }

@@ -19,6 +19,8 @@ type Packet struct {
 	SPort, DPort     uint16 // for TCP, UDP, SCTP, UDP-Lite and DCCP
 	ICMPv6Type       uint8  // when L4Proto is nft.ProtoICMPv6
 	CtState          uint32 // exactly one state bit: nft.CtNew, nft.CtEstablished, ...
+	CtReply          bool   // ct direction reply (a reply of the connection, not its original direction)
+	CtMark           uint32 // the connection's mark as the packet arrives
 	IIFName, OIFName string
 }
 
@@ -41,6 +43,7 @@ type Step struct {
 type Trace struct {
 	Verdict nft.VerdictKind // nft.Accept or nft.Drop
 	Path    []Step
+	CtMark  uint32 // the connection's mark after the walk (ct mark set statements)
 	rs      *nft.Ruleset
 }
 
@@ -61,7 +64,9 @@ func (t Trace) String() string {
 // Tracer walks packets through a Ruleset the way the kernel's nf_tables evaluates
 // it: base chains of a hook in priority order, rules in order, matches on literal
 // values, anonymous sets and named sets (intervals and concatenations included),
-// jump, goto, return, verdict maps, accept and drop. Counters and logs do nothing.
+// ct direction, ct mark matches and `ct mark set` (the mark a walk leaves is
+// Trace.CtMark), jump, goto, return, verdict maps, accept and drop. Counters and
+// logs do nothing.
 // A field the packet lacks makes the match fail, negated or not: ip saddr of an IPv6
 // packet, as nft's implicit protocol dependency does; th dport of a protocol without
 // ports (where the kernel would read whatever bytes sit there; nftpolicy's rules
@@ -105,7 +110,7 @@ const maxJumpDepth = 16
 // It fails on a reference to a missing chain or set, or a jump stack deeper than the
 // kernel's. With no base chain on the hook, the packet is accepted.
 func (t *Tracer) Hook(hook string, p Packet) (Trace, error) {
-	tr := Trace{Verdict: nft.Accept, rs: t.rs, Path: make([]Step, 0, 8)}
+	tr := Trace{Verdict: nft.Accept, rs: t.rs, Path: make([]Step, 0, 8), CtMark: p.CtMark}
 	for _, base := range t.bases[hook] {
 		v, err := t.walk(base, p, &tr)
 		if err != nil {
@@ -150,8 +155,16 @@ func (t *Tracer) walk(base *nft.Chain, p Packet, tr *Trace) (nft.VerdictKind, er
 		if err != nil {
 			return 0, fmt.Errorf("chain %s rule %d: %w", cur.Name, idx, err)
 		}
+		if ok && rule.CtMark != nil {
+			// The mark as earlier rules of this walk left it; no mark without a connection.
+			m := rule.CtMark
+			ok = tracked(p) && (tr.CtMark&m.Mask == m.Value) != m.Negate
+		}
 		if !ok {
 			continue
+		}
+		if s := rule.CtMarkSet; s != nil && tracked(p) {
+			tr.CtMark = tr.CtMark&^s.Mask | s.Value
 		}
 		v := rule.Verdict
 		if rule.VMap != nil {
@@ -283,10 +296,17 @@ func valueHas(v nft.Value, k nft.Key, p Packet) bool {
 	return v.Num == n
 }
 
+// tracked reports whether the packet has a connection (ct mark and ct direction exist).
+func tracked(p Packet) bool { return p.CtState&(nft.CtInvalid|nft.CtUntracked) == 0 }
+
 // available reports whether the packet has every key (its family, its protocol).
 func available(keys []nft.Key, p Packet) bool {
 	for _, k := range keys {
 		switch k {
+		case nft.KeyCtDirection:
+			if !tracked(p) {
+				return false
+			}
 		case nft.KeyIPSaddr, nft.KeyIPDaddr:
 			if !p.Saddr.Is4() {
 				return false
@@ -341,6 +361,11 @@ func numOf(k nft.Key, p Packet) uint32 {
 		return p.CtState
 	case nft.KeyICMPv6Type:
 		return uint32(p.ICMPv6Type)
+	case nft.KeyCtDirection:
+		if p.CtReply {
+			return nft.CtReply
+		}
+		return nft.CtOriginal
 	}
 	return 0
 }
