@@ -24,6 +24,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/nftpolicy/nftpolicy/nft"
+	"github.com/nftpolicy/nftpolicy/nft/compile"
 )
 
 // The agent only reads, and only through its informer caches (list and watch;
@@ -63,6 +64,11 @@ type Options struct {
 	Applier nft.Applier
 	// MinSyncInterval spaces syncs during event bursts (see NodeReconciler).
 	MinSyncInterval time.Duration
+	// Established is what a policy change does to open connections, and
+	// CtMarkMask the connection mark bits EstablishedRecheck owns (0: the
+	// default); see NodeReconciler.
+	Established compile.Established
+	CtMarkMask  uint32
 }
 
 // LoadRESTConfig returns the apiserver config for kubeconfig: that file when
@@ -173,7 +179,8 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	}
 
 	log.Info("starting agent", "table", opts.TableName, "netns", opts.NetNS,
-		"metrics", opts.MetricsAddr, "health", opts.HealthAddr, "fullSyncPeriod", opts.FullSyncPeriod)
+		"metrics", opts.MetricsAddr, "health", opts.HealthAddr, "fullSyncPeriod", opts.FullSyncPeriod,
+		"established", opts.Established.String())
 	errc := make(chan error, 1)
 	go func() { errc <- mgr.Start(ctx) }()
 	select {
@@ -225,6 +232,8 @@ func setupNodeSync(mgr manager.Manager, opts Options, ready *readiness, log logr
 		Log:             log.WithName("sync"),
 		FullSyncPeriod:  opts.FullSyncPeriod,
 		MinSyncInterval: opts.MinSyncInterval,
+		Established:     opts.Established,
+		CtMarkMask:      opts.CtMarkMask,
 		OnSynced:        ready.MarkSynced,
 		// A full sync lists every object and compiles the whole table: the
 		// garbage it leaves (and, at start, the informers' initial lists) would
