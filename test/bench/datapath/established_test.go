@@ -3,8 +3,11 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"slices"
 	"syscall"
 	"testing"
@@ -38,6 +41,10 @@ const established10k = 10_000
 func TestEstablished(t *testing.T) {
 	gate(t)
 	rounds := envInt("NFTPOLICY_BENCH_ROUNDS", minRounds)
+	rrRounds := rounds
+	if os.Getenv("NFTPOLICY_BENCH_EST_CHANGE_ONLY") != "" {
+		rrRounds = 0
+	}
 	sum := &summary{t: t, file: "established.txt"}
 	ctx := t.Context()
 
@@ -117,7 +124,7 @@ func TestEstablished(t *testing.T) {
 		}
 		samples[m][v] = append(samples[m][v], x)
 	}
-	for r := range rounds {
+	for r := range rrRounds {
 		// A B C D D C B A, rotated each round; a variant's value is the mean of its two windows.
 		order := slices.Clone(variants)
 		for range r {
@@ -170,11 +177,11 @@ func TestEstablished(t *testing.T) {
 
 	// The one-time cost of a policy change across 10,000 open connections.
 	load(estRecheck)
-	many, err := startManyServer(manyPod)
+	stopMany, err := startManyServer(manyPod)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = many.Close() })
+	t.Cleanup(stopMany)
 	fds, err := openConns(client, manyPod, established10k)
 	t.Cleanup(func() {
 		for _, fd := range fds {
@@ -274,36 +281,65 @@ func roundTrips(client *cluster.Pod, fds []int) (time.Duration, time.Duration, e
 // connection). The policies allow it like rrPort.
 const manyPort = rrPort
 
-// startManyServer echoes on manyPort of the server pod until l closes.
-func startManyServer(server *cluster.Pod) (net.Listener, error) {
-	var l net.Listener
-	err := server.NetNS.Do(func() error {
-		var err error
-		l, err = net.Listen("tcp4", netip.AddrPortFrom(server.IPv4, manyPort).String())
+// manyEnv makes the test binary the echo server of the 10,000 connections, in a
+// process of its own: both ends in this one would need 20,000 descriptors, more
+// than a container may allow.
+const manyEnv = "NFTPOLICY_BENCH_MANY_ECHO"
+
+func init() {
+	if addr := os.Getenv(manyEnv); addr != "" {
+		if err := serveMany(addr); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+}
+
+// serveMany echoes on addr, one goroutine per connection, until killed.
+func serveMany(addr string) error {
+	l, err := net.Listen("tcp4", addr)
+	if err != nil {
 		return err
-	})
+	}
+	fmt.Println("listening")
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			buf := make([]byte, 1)
+			for {
+				if _, err := c.Read(buf); err != nil {
+					return
+				}
+				if _, err := c.Write(buf); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// startManyServer starts serveMany in the server pod and waits until it listens.
+func startManyServer(server *cluster.Pod) (func(), error) {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), manyEnv+"="+netip.AddrPortFrom(server.IPv4, manyPort).String())
+	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
 	}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 1)
-				for {
-					if _, err := c.Read(buf); err != nil {
-						return
-					}
-					if _, err := c.Write(buf); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return l, nil
+	cmd.Stderr = os.Stderr
+	if err := server.NetNS.Start(cmd); err != nil {
+		return nil, err
+	}
+	stop := func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+	line := make([]byte, len("listening\n"))
+	if _, err := io.ReadFull(out, line); err != nil {
+		stop()
+		return nil, fmt.Errorf("echo server: %w", err)
+	}
+	return stop, nil
 }
