@@ -7,7 +7,7 @@ import (
 	"net"
 	"os"
 	osexec "os/exec"
-		"strings"
+	"strings"
 	"testing"
 	"time"
 
