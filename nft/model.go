@@ -43,9 +43,9 @@ type Rule struct {
 	Statements []Statement
 	Counter    bool
 	Log        *Log
-	VMap    *VMap   // a verdict-map lookup; when set, Verdict must be zero
-	Verdict Verdict // zero value = continue to the next rule
-	Comment string  // at most MaxCommentLen bytes
+	VMap       *VMap   // a verdict-map lookup; when set, Verdict must be zero
+	Verdict    Verdict // zero value = continue to the next rule
+	Comment    string  // at most MaxCommentLen bytes
 }
 
 // Log sends matching packets to an nflog group.
