@@ -13,9 +13,10 @@ const Family = "inet"
 // the same text mean the same thing to the kernel. Order of Sets, Chains and Elements
 // carries no meaning; Render and Plan sort.
 type Ruleset struct {
-	Table  string // table name; the family is always Family
-	Sets   []Set  // named sets and verdict maps
-	Chains []Chain
+	Table   string   // table name; the family is always Family
+	Sets    []Set    // named sets and verdict maps
+	Objects []Object // named counters and limits
+	Chains  []Chain
 }
 
 // Chain is a base chain (Hook != nil) or a regular chain reached by jump/goto/vmap.
@@ -59,7 +60,7 @@ type Log struct {
 const MaxLogPrefixLen = 127
 
 // Statement is an action of a rule other than its anonymous Counter, its Log and
-// its verdict: a Limit. The set is closed (the method is unexported) so that
+// its verdict: a Limit, a CounterRef or a LimitRef. The set is closed (the method is unexported) so that
 // every reader of the model (Render, Plan, Validate, the netlink encoder, the
 // packet tracer) knows each kind.
 type Statement interface{ isStatement() }
