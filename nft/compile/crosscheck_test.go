@@ -20,7 +20,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/nftpolicy/nftpolicy/nft"
-	"github.com/nftpolicy/nftpolicy/nft/nfttest"
+	"github.com/nftpolicy/nftpolicy/nft/trace"
 )
 
 var (
@@ -71,7 +71,7 @@ func crosscheck(t testing.TB, w world) (int, []string) {
 		}
 	}
 	slices.Sort(nodes)
-	tracers := map[string]*nfttest.Tracer{}
+	tracers := map[string]*trace.Tracer{}
 	var errs []string
 	for _, n := range nodes {
 		rs, _ := Compile(Snapshot{NodeName: n, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, Options{})
@@ -81,7 +81,7 @@ func crosscheck(t testing.TB, w world) (int, []string) {
 		if err := checkDisjoint(rs); err != nil {
 			errs = append(errs, fmt.Sprintf("node %s: %v", n, err))
 		}
-		tracers[n] = nfttest.NewTracer(rs)
+		tracers[n] = trace.New(rs)
 	}
 	if len(errs) > 0 {
 		return 0, errs
@@ -122,16 +122,16 @@ func crosscheck(t testing.TB, w world) (int, []string) {
 					ports = []int{0}
 				}
 				for _, port := range ports {
-					pkt := nfttest.Packet{Saddr: src.ref.ip, Daddr: dst.ref.ip, L4Proto: proto.v4, DPort: uint16(port), CtState: nft.CtNew}
+					pkt := trace.Packet{Saddr: src.ref.ip, Daddr: dst.ref.ip, L4Proto: proto.v4, DPort: uint16(port), CtState: nft.CtNew}
 					if src.ref.ip.Is6() {
 						pkt.L4Proto = proto.v6
 						if !proto.ports {
-							pkt.ICMPv6Type = 128 // echo-request
+							pkt.ICMPType = 128 // echo-request
 						}
 					}
 					want := ref.allowed(src.ref, dst.ref, proto.name, port)
 					got := true
-					var traces []nfttest.Trace
+					var traces []trace.Trace
 					for _, n := range crossed {
 						tr, err := tracers[n].Forward(pkt)
 						if err != nil {

@@ -4,7 +4,7 @@ package compile
 // compiler and sharing none of its code: for one connection's first packet, is it
 // allowed? It answers from the whole cluster, one question at a time, with no
 // indexing, caching of results or set arithmetic. The crosscheck tests compare it with
-// the compiled rulesets walked by the packet tracer.
+// the compiled rulesets walked by the packet tracer (nft/trace).
 //
 // Beyond the API reference it encodes two of this package's documented decisions:
 // a rule with an invalid part allows nothing (its policy still isolates), and an
