@@ -421,6 +421,9 @@ func ruleEqual(a, b *Rule) bool {
 	if (a.Log == nil) != (b.Log == nil) || (a.Log != nil && *a.Log != *b.Log) {
 		return false
 	}
+	if !slices.Equal(a.Statements, b.Statements) { // statements are comparable values
+		return false
+	}
 	if (a.VMap == nil) != (b.VMap == nil) || (a.VMap != nil && (a.VMap.Map != b.VMap.Map || !slices.Equal(a.VMap.Keys, b.VMap.Keys))) {
 		return false
 	}
@@ -740,6 +743,7 @@ func cloneRule(r Rule) Rule {
 		}
 		r.Matches = ms
 	}
+	r.Statements = slices.Clone(r.Statements)
 	if r.Log != nil {
 		l := *r.Log
 		r.Log = &l

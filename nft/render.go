@@ -168,6 +168,9 @@ func RenderRule(r Rule) string {
 	for _, m := range r.Matches {
 		parts = append(parts, renderMatch(m))
 	}
+	for _, st := range r.Statements {
+		parts = append(parts, renderStatement(st))
+	}
 	if r.Counter {
 		parts = append(parts, "counter")
 	}
@@ -187,6 +190,14 @@ func RenderRule(r Rule) string {
 		parts = append(parts, fmt.Sprintf("comment %q", r.Comment))
 	}
 	return strings.Join(parts, " ")
+}
+
+func renderStatement(st Statement) string {
+	switch st := st.(type) {
+	case Limit:
+		return fmt.Sprintf("limit rate %d/%s burst %d packets", st.Rate, st.Per, st.Burst)
+	}
+	return fmt.Sprintf("<unknown statement %T>", st)
 }
 
 func renderMatch(m Match) string {

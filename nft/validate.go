@@ -110,6 +110,14 @@ func (r *Ruleset) Validate() error {
 					bad("%s: %v", where, err)
 				}
 			}
+			for _, st := range rule.Statements {
+				if err := checkStatement(st, rule); err != nil {
+					bad("%s: %v", where, err)
+				}
+			}
+			if rule.Log != nil && (len(rule.Log.Prefix) > MaxLogPrefixLen || strings.ContainsAny(rule.Log.Prefix, "\"\\\n")) {
+				bad("%s: log prefix longer than %d bytes or with a quote, backslash or newline", where, MaxLogPrefixLen)
+			}
 			if rule.VMap != nil {
 				s := sets[rule.VMap.Map]
 				switch {
@@ -127,6 +135,26 @@ func (r *Ruleset) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func checkStatement(st Statement, rule Rule) error {
+	switch st := st.(type) {
+	case Limit:
+		if st.Rate == 0 || st.Burst == 0 {
+			return errors.New("limit rate and burst must be at least 1")
+		}
+		if st.Per < PerSecond || st.Per > PerDay {
+			return fmt.Errorf("limit per %v", st.Per)
+		}
+		if rule.Verdict.Kind != Continue || rule.VMap != nil {
+			// A packet over the limit would skip the verdict too.
+			return errors.New("a limit in a rule with a verdict: the limit would gate the verdict")
+		}
+		return nil
+	case nil:
+		return errors.New("nil statement")
+	}
+	return fmt.Errorf("unknown statement %T", st)
 }
 
 func keyTypes(keys []Key) []DataType {

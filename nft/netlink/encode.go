@@ -578,6 +578,13 @@ func (e *encoder) rule(i int, op nft.Op) error {
 			return err
 		}
 	}
+	for _, st := range r.Statements {
+		x, err := statement(st)
+		if err != nil {
+			return err
+		}
+		b.add(x)
+	}
 	if r.Counter {
 		b.add(&expr.Counter{})
 	}
@@ -612,6 +619,22 @@ func (e *encoder) rule(i int, op nft.Op) error {
 }
 
 func (b *ruleBuilder) add(x ...expr.Any) { b.exprs = append(b.exprs, x...) }
+
+// statement is the expression of one of the model's statements, as nft encodes it.
+func statement(st nft.Statement) (expr.Any, error) {
+	switch st := st.(type) {
+	case nft.Limit:
+		unit, ok := map[nft.LimitUnit]expr.LimitTime{
+			nft.PerSecond: expr.LimitTimeSecond, nft.PerMinute: expr.LimitTimeMinute,
+			nft.PerHour: expr.LimitTimeHour, nft.PerDay: expr.LimitTimeDay,
+		}[st.Per]
+		if !ok {
+			return nil, fmt.Errorf("limit per %v", st.Per)
+		}
+		return &expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(st.Rate), Unit: unit, Burst: st.Burst}, nil
+	}
+	return nil, fmt.Errorf("unknown statement %T", st)
+}
 
 // deps adds the implicit dependencies of keys that the context lacks.
 func (b *ruleBuilder) deps(keys []nft.Key) {
