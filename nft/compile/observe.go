@@ -18,9 +18,10 @@ import (
 // node: one named limit, shared by every group chain, gates the log statement
 // and nothing else. The drop never depends on it.
 type DenyLog struct {
-	Group uint16 // the NFLOG group the agent reads
-	Rate  uint32 // packets per second; 0 turns the deny log off
-	Burst uint32 // packets at once above the rate; 0 means Rate
+	Group uint16        // the NFLOG group the agent reads
+	Rate  uint32        // packets per Per; 0 turns the deny log off
+	Per   nft.LimitUnit // 0 means nft.PerSecond
+	Burst uint32        // packets at once above the rate; 0 means Rate
 }
 
 func (d DenyLog) enabled() bool { return d.Rate > 0 }
@@ -107,12 +108,15 @@ func observeObjects(opts Options, groups []*group) ([]nft.Object, *Attribution) 
 	at := &Attribution{}
 	var objs []nft.Object
 	if opts.DenyLog.enabled() && len(groups) > 0 {
-		burst := opts.DenyLog.Burst
+		burst, per := opts.DenyLog.Burst, opts.DenyLog.Per
 		if burst == 0 {
 			burst = opts.DenyLog.Rate
 		}
+		if per == 0 {
+			per = nft.PerSecond
+		}
 		objs = append(objs, nft.Object{Name: nft.ObjDenyLog, Kind: nft.LimitObject,
-			Limit: nft.Limit{Rate: opts.DenyLog.Rate, Per: nft.PerSecond, Burst: burst}})
+			Limit: nft.Limit{Rate: opts.DenyLog.Rate, Per: per, Burst: burst}})
 		at.Groups = make(map[string]Group, len(groups))
 		for _, g := range groups {
 			gr := Group{Chain: g.chain, Ingress: g.ingress, Policies: make([]types.NamespacedName, len(g.policies))}
