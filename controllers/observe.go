@@ -25,7 +25,9 @@ import (
 
 // attribution holds the Attribution of the table last applied, and of the one
 // before it: a packet logged just before a change may be read just after it.
-type attribution struct{ cur, prev atomic.Pointer[compile.Attribution] }
+type attribution struct {
+	cur, prev atomic.Pointer[compile.Attribution]
+}
 
 func (a *attribution) store(at *compile.Attribution) {
 	a.prev.Store(a.cur.Load())

@@ -45,7 +45,7 @@ func (f *fakeSource) Read() ([]nflog.Packet, error) {
 	}
 }
 func (f *fakeSource) Lost() uint64 { return f.lost }
-func (f *fakeSource) Close() error  { f.once.Do(func() { close(f.closed) }); return nil }
+func (f *fakeSource) Close() error { f.once.Do(func() { close(f.closed) }); return nil }
 
 // lineLog collects the logger's lines.
 type lineLog struct {
