@@ -111,8 +111,14 @@
 // they start at zero when a policy starts isolating a local pod, and when the table
 // is replaced whole (first start without a table to adopt, or drift repair). The
 // agent reads them over netlink at scrape time (nftpolicy_policy_packets_total).
-// Each adds one per-CPU counter increment per packet for each policy of the group;
-// test/bench/datapath measures it.
+// The cost is one named counter update per policy of the group, for each packet
+// that reaches a group chain: the first packet of a connection (replies and later
+// packets pass on conntrack state before), every packet of a one-way UDP flow.
+// nft/netlink's TestCounterCost measured 36-45 ns per named counter update on the
+// 2-core test machine (an anonymous counter, on every group chain rule already, was
+// within noise of none); a new connection to a pod that four policies isolate pays
+// ~0.2 µs more, against some µs for the connection's first packet. --policy-counters
+// =false removes them.
 //
 // # Names
 //
