@@ -275,6 +275,24 @@ func TestDenyLogFlood(t *testing.T) {
 	}
 	deny := counters[compile.PolicyCounterName("y/web-from-x", true, compile.VerdictDeny)].Packets
 	allow := counters[compile.PolicyCounterName("y/web-from-x", true, compile.VerdictAllow)].Packets
+	// ... and as Prometheus scrapes them.
+	collector := newPolicyCollector(func(ctx context.Context) (map[string]uint64, error) {
+		vals, err := applier.Counters(ctx)
+		out := map[string]uint64{}
+		for k, v := range vals {
+			out[k] = v.Packets
+		}
+		return out, err
+	}, at)
+	scraped := fmt.Sprintf(`
+# HELP nftpolicy_policy_packets_total Packets the group chains of a policy allowed or dropped for isolation, by direction, read from the kernel's counters (a packet allowed in a group of several policies counts for each: see nft/doc.go).
+# TYPE nftpolicy_policy_packets_total counter
+nftpolicy_policy_packets_total{direction="ingress",namespace="y",policy="web-from-x",verdict="allow"} %d
+nftpolicy_policy_packets_total{direction="ingress",namespace="y",policy="web-from-x",verdict="deny"} %d
+`, allow, deny)
+	if err := testutil.CollectAndCompare(collector, strings.NewReader(scraped)); err != nil {
+		t.Errorf("scrape: %v", err)
+	}
 
 	got := lines.get()
 	want := `"level"=0 "msg"="packet denied" "direction"="ingress" "src"="x/a" "dst"="y/b" "srcIP"="10.77.1.2" "dstIP"="10.77.2.2" "proto"="udp" "srcPort"=* "dstPort"=9000 "policies"=["y/web-from-x"]`
@@ -299,6 +317,9 @@ func TestDenyLogFlood(t *testing.T) {
 
 	if sent < 10*maxLines || deny < uint64(10*maxLines) {
 		t.Errorf("the flood was too weak to test anything: %d sent, %d denied", sent, deny)
+	}
+	if deny > uint64(sent) || deny < uint64(sent)*95/100 {
+		t.Errorf("deny counter %d for %d denied datagrams sent", deny, sent)
 	}
 	if len(got) > maxLines || len(got) < rate {
 		t.Errorf("%d log lines, want between %d and %d", len(got), rate, maxLines)
