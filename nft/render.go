@@ -173,7 +173,7 @@ func RenderRule(r Rule) string {
 		parts = append(parts, renderMatch(m))
 	}
 	for _, st := range r.Statements {
-		parts = append(parts, renderStatement(st))
+		parts = append(parts, RenderStatement(st))
 	}
 	if r.Counter {
 		parts = append(parts, "counter")
@@ -196,7 +196,8 @@ func RenderRule(r Rule) string {
 	return strings.Join(parts, " ")
 }
 
-func renderStatement(st Statement) string {
+// RenderStatement renders one statement as nft writes it.
+func RenderStatement(st Statement) string {
 	switch st := st.(type) {
 	case Limit:
 		return fmt.Sprintf("limit rate %d/%s burst %d packets", st.Rate, st.Per, st.Burst)
