@@ -38,7 +38,8 @@ type epochState struct {
 
 // compileOptions are the reconciler's compile options.
 func (r *NodeReconciler) compileOptions() compile.Options {
-	return compile.Options{Table: r.Table, Established: r.Established, CtMarkMask: r.ctMarkMask()}
+	return compile.Options{Table: r.Table, DenyLog: r.DenyLog, PolicyCounters: r.PolicyCounters,
+		Established: r.Established, CtMarkMask: r.ctMarkMask()}
 }
 
 func (r *NodeReconciler) ctMarkMask() uint32 {

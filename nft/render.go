@@ -9,8 +9,8 @@ import (
 	"strings"
 )
 
-// Render returns r as `nft -f` input: one `table inet NAME { ... }` block with sets
-// (sorted by name), base chains (sorted by name) and regular chains (sorted by name).
+// Render returns r as `nft -f` input: one `table inet NAME { ... }` block with named
+// objects (sorted by name), sets (sorted by name), base chains (sorted by name) and regular chains (sorted by name).
 // Elements are sorted by key. The output is deterministic: golden files compare it,
 // verbose logs print it, and kernel tests load it with the nft CLI to check that the
 // netlink encoding means the same thing.
@@ -23,6 +23,10 @@ func Render(r *Ruleset) string {
 			b.WriteString("\n")
 		}
 		first = false
+	}
+	for _, o := range SortedObjects(r) {
+		sep()
+		renderObject(&b, o)
 	}
 	for _, s := range SortedSets(r) {
 		sep()
@@ -175,6 +179,9 @@ func RenderRule(r Rule) string {
 		}
 		parts = append(parts, fmt.Sprintf("ct mark and 0x%08x %s 0x%08x", m.Mask, op, m.Value))
 	}
+	for _, st := range r.Statements {
+		parts = append(parts, RenderStatement(st))
+	}
 	if r.Counter {
 		parts = append(parts, "counter")
 	}
@@ -185,9 +192,6 @@ func RenderRule(r Rule) string {
 		}
 		parts = append(parts, l)
 	}
-	if s := r.CtMarkSet; s != nil {
-		parts = append(parts, fmt.Sprintf("ct mark set ct mark and 0x%08x or 0x%08x", ^s.Mask, s.Value))
-	}
 	if r.VMap != nil {
 		parts = append(parts, keysText(r.VMap.Keys)+" vmap @"+r.VMap.Map)
 	} else if r.Verdict.Kind != Continue {
@@ -197,6 +201,21 @@ func RenderRule(r Rule) string {
 		parts = append(parts, fmt.Sprintf("comment %q", r.Comment))
 	}
 	return strings.Join(parts, " ")
+}
+
+// RenderStatement renders one statement as nft writes it.
+func RenderStatement(st Statement) string {
+	switch st := st.(type) {
+	case Limit:
+		return fmt.Sprintf("limit rate %d/%s burst %d packets", st.Rate, st.Per, st.Burst)
+	case CounterRef:
+		return fmt.Sprintf("counter name %q", st.Name)
+	case LimitRef:
+		return fmt.Sprintf("limit name %q", st.Name)
+	case CtMarkSet:
+		return fmt.Sprintf("ct mark set ct mark and 0x%08x or 0x%08x", ^st.Mask, st.Value)
+	}
+	return fmt.Sprintf("<unknown statement %T>", st)
 }
 
 func renderMatch(m Match) string {

@@ -98,10 +98,11 @@ func (g *group) name(taken map[string]bool) {
 	}
 }
 
-// chainValue is the group's chain: see nft/doc.go. In strict mode (s non-nil) an
-// ingress allow stamps the connection with the current epoch (goto ct-stamp), and
-// replies of connections of an older epoch go to the group's reply chain.
-func (g *group) chainValue(s *strictMode) nft.Chain {
+// chainValue is the group's chain: see nft/doc.go. opts add the deny log rule and
+// the policy counters (observe.go). In strict mode (s non-nil) an ingress allow
+// stamps the connection with the current epoch (goto ct-stamp), and replies of
+// connections of an older epoch go to the group's reply chain.
+func (g *group) chainValue(opts Options, s *strictMode) nft.Chain {
 	refs := make([]string, len(g.policies))
 	for i, p := range g.policies {
 		refs[i] = p.ref
@@ -116,6 +117,7 @@ func (g *group) chainValue(s *strictMode) nft.Chain {
 		v4, v6 = nft.KeyIPSaddr, nft.KeyIP6Saddr
 	}
 	allowed := listComment("allowed by", refs)
+	counted, dropCounted, denyLog := g.observeRules(opts)
 	rules := []nft.Rule{
 		{Matches: []nft.Match{nft.Is(nft.KeyCtState, nft.Num(nft.CtInvalid))}, Counter: true, Verdict: nft.Verdict{Kind: nft.Drop}},
 	}
@@ -125,17 +127,22 @@ func (g *group) chainValue(s *strictMode) nft.Chain {
 			Verdict: nft.Verdict{Kind: nft.Goto, Chain: g.replyName()},
 		})
 	}
-	rules = append(rules, g.allowRules(v4, v6, nft.KeyTHDport, allow, allowed)...)
-	rules = append(rules, nft.Rule{Counter: true, Verdict: nft.Verdict{Kind: nft.Drop}, Comment: listComment("isolated by", refs)})
+	rules = append(rules, g.allowRules(v4, v6, nft.KeyTHDport, allow, counted, allowed)...)
+	if denyLog != nil {
+		rules = append(rules, *denyLog) // a rule of its own: its limit must not gate the drop
+	}
+	rules = append(rules, nft.Rule{Statements: dropCounted, Counter: true, Verdict: nft.Verdict{Kind: nft.Drop}, Comment: listComment("isolated by", refs)})
 	return nft.Chain{Name: g.chain, Rules: rules}
 }
 
-func (g *group) allowRules(v4, v6, port nft.Key, allow nft.Verdict, comment string) []nft.Rule {
+// allowRules are the four lookups of the group's sets, with the peer address in
+// v4 or v6 and the port in port, each with the statements counted and verdict allow.
+func (g *group) allowRules(v4, v6, port nft.Key, allow nft.Verdict, counted []nft.Statement, comment string) []nft.Rule {
 	return []nft.Rule{
-		{Matches: []nft.Match{nft.InSet(g.setNames[0], v4)}, Counter: true, Verdict: allow, Comment: comment},
-		{Matches: []nft.Match{nft.InSet(g.setNames[1], v4, nft.KeyL4Proto, port)}, Counter: true, Verdict: allow, Comment: comment},
-		{Matches: []nft.Match{nft.InSet(g.setNames[2], v6)}, Counter: true, Verdict: allow, Comment: comment},
-		{Matches: []nft.Match{nft.InSet(g.setNames[3], v6, nft.KeyL4Proto, port)}, Counter: true, Verdict: allow, Comment: comment},
+		{Matches: []nft.Match{nft.InSet(g.setNames[0], v4)}, Statements: counted, Counter: true, Verdict: allow, Comment: comment},
+		{Matches: []nft.Match{nft.InSet(g.setNames[1], v4, nft.KeyL4Proto, port)}, Statements: counted, Counter: true, Verdict: allow, Comment: comment},
+		{Matches: []nft.Match{nft.InSet(g.setNames[2], v6)}, Statements: counted, Counter: true, Verdict: allow, Comment: comment},
+		{Matches: []nft.Match{nft.InSet(g.setNames[3], v6, nft.KeyL4Proto, port)}, Statements: counted, Counter: true, Verdict: allow, Comment: comment},
 	}
 }
 
@@ -149,6 +156,8 @@ func (g *group) replyName() string {
 // belongs to. The peer is the reply's destination for ingress (the original
 // source), its source for egress (the original destination), and the port is the
 // reply's source port (the original destination port); the sets are the group's.
+// Its rules have anonymous counters only: the policy counters and the deny log
+// count what the group chain judges, first packets.
 func (g *group) replyValue(s *strictMode) nft.Chain {
 	refs := make([]string, len(g.policies))
 	for i, p := range g.policies {
@@ -160,7 +169,7 @@ func (g *group) replyValue(s *strictMode) nft.Chain {
 		allow = nft.Verdict{Kind: nft.Goto, Chain: nft.ChainStamp}
 		v4, v6 = nft.KeyIPDaddr, nft.KeyIP6Daddr
 	}
-	rules := g.allowRules(v4, v6, nft.KeyTHSport, allow, listComment("replies allowed by", refs))
+	rules := g.allowRules(v4, v6, nft.KeyTHSport, allow, nil, listComment("replies allowed by", refs))
 	rules = append(rules, nft.Rule{Counter: true, Verdict: nft.Verdict{Kind: nft.Drop}, Comment: listComment("replies isolated by", refs)})
 	return nft.Chain{Name: g.replyName(), Rules: rules}
 }

@@ -26,6 +26,7 @@ type pass struct {
 	resolved   map[*rule]*addrSet       // rule peers' addresses
 	named      map[*rule]map[portRef][]portAddrs
 	keys       *keyTable
+	opts       Options
 	strict     *strictMode // nil: keep mode
 }
 
@@ -36,9 +37,10 @@ type podSelection struct {
 	named map[portRef][]portAddrs // destinations by named port (egress)
 }
 
-func newPass(ix *index, byNS map[string][]*policy, keys *keyTable) *pass {
+func newPass(ix *index, byNS map[string][]*policy, keys *keyTable, opts Options) *pass {
 	return &pass{
 		ix:         ix,
+		opts:       opts,
 		byNS:       byNS,
 		keys:       keys,
 		selections: map[string]*podSelection{},
@@ -97,7 +99,7 @@ func (ps *pass) build(prev map[string]*cachedGroup) map[string]*cachedGroup {
 			g.sets, g.chainV, g.replyV = f.sets, f.chainV, f.replyV
 		} else {
 			ps.fill(g)
-			g.chainV = g.chainValue(ps.strict)
+			g.chainV = g.chainValue(ps.opts, ps.strict)
 			if ps.strict != nil {
 				g.replyV = g.replyValue(ps.strict)
 			}
@@ -308,8 +310,9 @@ func byPortList(byPort map[uint16][]netip.Addr) []portAddrs {
 }
 
 // ruleset assembles the table from the pass's groups: the fixed chains, the verdict
-// maps, and each group's chain and sets.
-func (ps *pass) ruleset(table string) *nft.Ruleset {
+// maps, each group's chain and sets, and the named objects they use; and the
+// attribution of deny log prefixes and counters to policies.
+func (ps *pass) ruleset(table string) (*nft.Ruleset, *Attribution) {
 	rs := &nft.Ruleset{Table: table}
 	rs.Sets = append(rs.Sets, verdictMaps(ps.ix.local.list())...)
 	if ps.strict != nil {
@@ -326,5 +329,8 @@ func (ps *pass) ruleset(table string) *nft.Ruleset {
 		}
 	}
 	slices.SortFunc(rs.Sets, func(a, b nft.Set) int { return strings.Compare(a.Name, b.Name) })
-	return rs
+	objs, at := observeObjects(ps.opts, ps.groups)
+	rs.Objects = objs
+	slices.SortFunc(rs.Objects, func(a, b nft.Object) int { return strings.Compare(a.Name, b.Name) })
+	return rs, at
 }

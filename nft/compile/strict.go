@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"slices"
 
 	"github.com/nftpolicy/nftpolicy/nft"
 )
@@ -129,8 +130,12 @@ func StampEpoch(rs *nft.Ruleset, mask, e uint32) {
 	}
 	if c := rs.Chain(nft.ChainStamp); c != nil {
 		for i := range c.Rules {
-			if s := c.Rules[i].CtMarkSet; s != nil && s.Mask == mask {
-				c.Rules[i].CtMarkSet = &nft.CtMarkSet{Mask: mask, Value: v}
+			r := &c.Rules[i]
+			for j, st := range r.Statements {
+				if s, ok := st.(nft.CtMarkSet); ok && s.Mask == mask {
+					r.Statements = slices.Clone(r.Statements)
+					r.Statements[j] = nft.CtMarkSet{Mask: mask, Value: v}
+				}
 			}
 		}
 	}
@@ -194,7 +199,7 @@ func (s *strictMode) fixedChains() []nft.Chain {
 			{VMap: &nft.VMap{Keys: []nft.Key{nft.KeyIP6Saddr}, Map: nft.MapIngressV6}},
 		}},
 		nft.Chain{Name: nft.ChainStamp, Rules: []nft.Rule{
-			{CtMarkSet: &nft.CtMarkSet{Mask: s.mask, Value: mark}, Verdict: nft.Verdict{Kind: nft.Accept}},
+			{Statements: []nft.Statement{nft.CtMarkSet{Mask: s.mask, Value: mark}}, Verdict: nft.Verdict{Kind: nft.Accept}},
 		}},
 	)
 }

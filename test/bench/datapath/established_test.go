@@ -144,7 +144,11 @@ func TestEstablished(t *testing.T) {
 			if err != nil {
 				t.Fatalf("round %d, %s: bulk: %v", r, v, err)
 			}
-			for m, x := range map[string]float64{"rr": rrCPU, "rr_wall": rr, "bulk": bulk.cpuRate(), "bulk_wall": bulk.rate()} {
+			flow, _, err := flowLoad(client.NetNS, client.IPv4, server.IPv4, flowWindow)
+			if err != nil {
+				t.Fatalf("round %d, %s: new flows: %v", r, v, err)
+			}
+			for m, x := range map[string]float64{"rr": rrCPU, "rr_wall": rr, "bulk": bulk.cpuRate(), "bulk_wall": bulk.rate(), "flow_ns": flow} {
 				visit[[2]string{m, v}] = append(visit[[2]string{m, v}], x)
 			}
 		}
@@ -166,6 +170,21 @@ func TestEstablished(t *testing.T) {
 			mmm(ratio(m, estRecheck, estNone)), mmm(ratio(m, estKeep, estNone)), mmm(ratio(m, estCt, estNone)),
 			mmm(ratio(m, estRecheck, estKeep)), mmm(ratio(m, estRecheck, estCt)))
 	}
+	// Where a new flow's CPU goes (issue 16): conntrack (ct - none), the policy
+	// chains (keep - ct), strict mode (recheck - keep).
+	added := func(a, b string) float64 {
+		x, y := samples["flow_ns"][a], samples["flow_ns"][b]
+		var d []float64
+		for i := range min(len(x), len(y)) {
+			d = append(d, x[i]-y[i])
+		}
+		return median(d)
+	}
+	t.Logf("b7 flow_ns  none %s | ct %s | keep %s | recheck %s", mmm(samples["flow_ns"][estNone]), mmm(samples["flow_ns"][estCt]),
+		mmm(samples["flow_ns"][estKeep]), mmm(samples["flow_ns"][estRecheck]))
+	sum.emit("b7_flow_ns_conntrack", "%.0f", added(estCt, estNone))
+	sum.emit("b7_flow_ns_chains", "%.0f", added(estKeep, estCt))
+	sum.emit("b7_flow_ns_recheck", "%.0f", added(estRecheck, estKeep))
 	sum.emit("b1_rr_ratio", "%.3f", median(ratio("rr", estRecheck, estNone)))
 	sum.emit("b1_bulk_ratio", "%.3f", median(ratio("bulk", estRecheck, estNone)))
 	sum.emit("b7_rr_ratio_keep", "%.3f", median(ratio("rr", estKeep, estNone)))

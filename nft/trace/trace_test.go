@@ -1,4 +1,4 @@
-package nfttest
+package trace
 
 import (
 	"net/netip"
@@ -92,7 +92,7 @@ func TestTracer(t *testing.T) {
 	if err := rs.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	tr := NewTracer(rs)
+	tr := New(rs)
 	withIf := func(p Packet, iif string) Packet { p.IIFName = iif; return p }
 	cases := []struct {
 		name string
@@ -120,7 +120,7 @@ func TestTracer(t *testing.T) {
 		{"second base chain drops", Packet{Saddr: mustAddr("fd00::9"), Daddr: mustAddr("fd00::1"), L4Proto: nft.ProtoTCP, DPort: 80, CtState: nft.CtNew, IIFName: "eth0"}, "forward", nft.Drop, "forward[5] forward[-1] zz-later[0]"},
 		{"ipv4 keys skip ipv6 packets", Packet{Saddr: mustAddr("fd00::9"), Daddr: mustAddr("fd00::2"), L4Proto: nft.ProtoSCTP, DPort: 80, CtState: nft.CtNew, IIFName: "eth0"}, "forward", nft.Accept, "forward[5] forward[-1] zz-later[1]"},
 		{"ip6 prefix literal", Packet{Saddr: mustAddr("2001:db8::1"), Daddr: mustAddr("fd00::2"), L4Proto: nft.ProtoUDP, DPort: 80, CtState: nft.CtNew}, "forward", nft.Drop, "forward[3]"},
-		{"icmpv6 type set", Packet{Saddr: mustAddr("2001:db8::1"), Daddr: mustAddr("fd00::2"), L4Proto: nft.ProtoICMPv6, ICMPv6Type: 135, CtState: nft.CtNew}, "forward", nft.Accept, "forward[1] zz-later[-1]"},
+		{"icmpv6 type set", Packet{Saddr: mustAddr("2001:db8::1"), Daddr: mustAddr("fd00::2"), L4Proto: nft.ProtoICMPv6, ICMPType: 135, CtState: nft.CtNew}, "forward", nft.Accept, "forward[1] zz-later[-1]"},
 		{"icmp has no ports", withIf(Packet{Saddr: mustAddr("10.0.0.9"), Daddr: mustAddr("10.1.0.1"), L4Proto: nft.ProtoICMP, CtState: nft.CtNew}, "eth0"), "forward", nft.Accept, "forward[5] forward[-1] zz-later[-1]"},
 		{"other hook, drop policy", tcp("10.0.0.1", "10.0.0.2", 80), "input", nft.Drop, "in[-1]"},
 		{"hook without base chain", tcp("10.0.0.1", "10.0.0.2", 80), "output", nft.Accept, ""},
@@ -132,8 +132,8 @@ func TestTracer(t *testing.T) {
 				t.Fatal(err)
 			}
 			var path []string
-			for _, s := range got.Path {
-				path = append(path, s.Chain+"["+strconv.Itoa(s.Rule)+"]")
+			for _, s := range got.Steps {
+				path = append(path, s.Chain+"["+strconv.Itoa(s.Index)+"]")
 			}
 			if got.Verdict != c.want || strings.Join(path, " ") != c.path {
 				t.Errorf("%v: got %v via %q, want %v via %q\n%s", c.p, got.Verdict, strings.Join(path, " "), c.want, c.path, got)
@@ -147,31 +147,86 @@ func TestTracerErrors(t *testing.T) {
 		{Name: "forward", Hook: base("forward", "accept"), Rules: []nft.Rule{{Verdict: jump("a")}}},
 		{Name: "a", Rules: []nft.Rule{{Verdict: jump("a")}}},
 	}}
-	if _, err := NewTracer(loop).Forward(tcp("10.0.0.1", "10.0.0.2", 1)); err == nil || !strings.Contains(err.Error(), "jump stack") {
+	if _, err := New(loop).Forward(tcp("10.0.0.1", "10.0.0.2", 1)); err == nil || !strings.Contains(err.Error(), "jump stack") {
 		t.Errorf("jump loop: err = %v", err)
 	}
 	gotoLoop := &nft.Ruleset{Table: "t", Chains: []nft.Chain{
 		{Name: "forward", Hook: base("forward", "accept"), Rules: []nft.Rule{{Verdict: gotoV("a")}}},
 		{Name: "a", Rules: []nft.Rule{{Verdict: gotoV("a")}}},
 	}}
-	if _, err := NewTracer(gotoLoop).Forward(tcp("10.0.0.1", "10.0.0.2", 1)); err == nil {
+	if _, err := New(gotoLoop).Forward(tcp("10.0.0.1", "10.0.0.2", 1)); err == nil {
 		t.Error("goto loop: no error")
 	}
 	missing := &nft.Ruleset{Table: "t", Chains: []nft.Chain{
 		{Name: "forward", Hook: base("forward", "accept"), Rules: []nft.Rule{{Matches: []nft.Match{nft.InSet("nope", nft.KeyIPSaddr)}, Verdict: drop}}},
 	}}
-	if _, err := NewTracer(missing).Forward(tcp("10.0.0.1", "10.0.0.2", 1)); err == nil {
+	if _, err := New(missing).Forward(tcp("10.0.0.1", "10.0.0.2", 1)); err == nil {
 		t.Error("missing set: no error")
 	}
 }
 
 func TestTraceString(t *testing.T) {
-	tr, err := NewTracer(testRuleset()).Forward(Packet{Saddr: mustAddr("192.0.2.1"), Daddr: mustAddr("10.0.0.5"), L4Proto: nft.ProtoTCP, CtState: nft.CtNew})
+	tr, err := New(testRuleset()).Forward(Packet{Saddr: mustAddr("192.0.2.1"), Daddr: mustAddr("10.0.0.5"), L4Proto: nft.ProtoTCP, CtState: nft.CtNew})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "forward[2]: ip saddr @blocked counter drop => drop\nverdict: drop\n"
+	want := "forward[2]: ip saddr @blocked counter drop => drop\n    matched @blocked 192.0.2.0/24\nverdict: drop\n"
 	if tr.String() != want {
 		t.Errorf("got %q, want %q", tr.String(), want)
+	}
+}
+
+// TestStepDetail: a step names the statements the rule applied, the set and map
+// elements it hit (with their comments), and renders the rule with its comment.
+func TestStepDetail(t *testing.T) {
+	rs := testRuleset()
+	rs.Sets[3].Elements[0].Comment = "x/a"
+	rs.Chains[0].Rules[5] = nft.Rule{Counter: true, Log: &nft.Log{Group: 7}, Comment: "count and log"}
+	tr, err := New(rs).Forward(withIIF(tcp("10.0.0.9", "10.0.0.5", 85), "eth0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `forward[5]: counter log group 7 comment "count and log" => continue
+forward[6]: ip daddr vmap @dispatch => jump pod-a
+    matched @dispatch 10.0.0.5 comment "x/a" : jump pod-a
+pod-a[0]: ip saddr . meta l4proto . th dport @svc return => return
+    matched @svc 10.0.0.0/24 . tcp . 80-90
+forward[-1]: policy accept => accept
+zz-later[-1]: policy accept => accept
+verdict: accept
+`
+	if got := tr.String(); got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+	if s := tr.Steps[0].Statements; strings.Join(s, ",") != "counter,log group 7" {
+		t.Errorf("statements %q", s)
+	}
+}
+
+func withIIF(p Packet, iif string) Packet { p.IIFName = iif; return p }
+
+// TestNegatedCtState: `ct state != established,related` compares the whole state, as
+// the kernel does, unlike the bitmask test of the positive form.
+func TestNegatedCtState(t *testing.T) {
+	rs := &nft.Ruleset{Table: "t", Chains: []nft.Chain{
+		{Name: "forward", Hook: base("forward", "accept"), Rules: []nft.Rule{
+			{Matches: []nft.Match{nft.Not(nft.Is(nft.KeyCtState, nft.Num(nft.CtEstablished|nft.CtRelated)))}, Verdict: drop},
+		}},
+	}}
+	p := tcp("10.0.0.1", "10.0.0.2", 1)
+	p.CtState = nft.CtEstablished
+	if tr, err := New(rs).Forward(p); err != nil || tr.Verdict != nft.Drop {
+		t.Errorf("established vs != established,related: %v %v", tr.Verdict, err)
+	}
+}
+
+func TestUnknownKey(t *testing.T) {
+	rs := &nft.Ruleset{Table: "t", Chains: []nft.Chain{
+		{Name: "forward", Hook: base("forward", "accept"), Rules: []nft.Rule{
+			{Matches: []nft.Match{nft.Is(nft.Key(200), nft.Num(1))}, Verdict: drop},
+		}},
+	}}
+	if _, err := New(rs).Forward(tcp("10.0.0.1", "10.0.0.2", 1)); err == nil || !strings.Contains(err.Error(), "does not know key") {
+		t.Errorf("err = %v", err)
 	}
 }

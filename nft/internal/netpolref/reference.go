@@ -1,0 +1,316 @@
+// Package netpolref is a plain reading of the NetworkPolicy v1 API reference, written
+// apart from the compiler and sharing none of its code: for one connection's first
+// packet, is it allowed? It answers from the whole cluster, one question at a time,
+// with no indexing, caching of results or set arithmetic. Tests hold against it the
+// compiled rulesets walked by the packet tracer (nft/compile's crosscheck) and the
+// answers of nft/explain. It also builds the clusters those tests use (world.go).
+//
+// Beyond the API reference it encodes two of nft/compile's documented decisions: a
+// rule with an invalid part allows nothing (its policy still isolates), and an
+// invalid podSelector of a policy selects no pod.
+//
+// It is internal and for tests only: no production code imports it.
+package netpolref
+
+import (
+	"net/netip"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// Cluster is a whole cluster, as the reference sees it.
+type Cluster struct {
+	pods       []*corev1.Pod
+	namespaces []*corev1.Namespace
+	policies   []*networkingv1.NetworkPolicy
+	selectors  map[*metav1.LabelSelector]labels.Selector // parse once; nil value: invalid
+}
+
+// Endpoint is one end of a connection: an address, and the pod that has it when
+// a running, non-hostNetwork pod does.
+type Endpoint struct {
+	Pod *corev1.Pod
+	IP  netip.Addr
+}
+
+// New returns the reference evaluator of a cluster.
+func New(pods []*corev1.Pod, nss []*corev1.Namespace, pols []*networkingv1.NetworkPolicy) *Cluster {
+	return &Cluster{pods: pods, namespaces: nss, policies: pols, selectors: map[*metav1.LabelSelector]labels.Selector{}}
+}
+
+// Active: a pod takes part in policy when it has an address, is not hostNetwork
+// and has not finished.
+func Active(p *corev1.Pod) bool {
+	if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		return false
+	}
+	return len(PodIPs(p)) > 0
+}
+
+// PodIPs are the pod's addresses (status.podIPs, else status.podIP).
+func PodIPs(p *corev1.Pod) []netip.Addr {
+	var out []netip.Addr
+	ips := []string{}
+	for _, ip := range p.Status.PodIPs {
+		ips = append(ips, ip.IP)
+	}
+	if len(ips) == 0 && p.Status.PodIP != "" {
+		ips = append(ips, p.Status.PodIP)
+	}
+	for _, s := range ips {
+		if a, err := netip.ParseAddr(s); err == nil {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
+
+// Allowed: the source's egress allows it and the destination's ingress allows it.
+// proto is TCP, UDP, SCTP or anything else (e.g. "ICMP"), which has no ports.
+func (c *Cluster) Allowed(src, dst Endpoint, proto corev1.Protocol, port int) bool {
+	return c.EgressAllows(src, dst, proto, port) && c.IngressAllows(src, dst, proto, port)
+}
+
+// EgressAllows: the source's egress allows the connection.
+func (c *Cluster) EgressAllows(src, dst Endpoint, proto corev1.Protocol, port int) bool {
+	if src.Pod == nil {
+		return true
+	}
+	isolated := false
+	for _, pol := range c.policies {
+		if pol.Namespace != src.Pod.Namespace || !c.policyHasType(pol, networkingv1.PolicyTypeEgress) || !c.policySelects(pol, src.Pod) {
+			continue
+		}
+		isolated = true
+		for _, r := range pol.Spec.Egress {
+			if c.ruleAllows(pol, r.To, r.Ports, dst, dst, proto, port) {
+				return true
+			}
+		}
+	}
+	return !isolated
+}
+
+// IngressAllows: the destination's ingress allows the connection.
+func (c *Cluster) IngressAllows(src, dst Endpoint, proto corev1.Protocol, port int) bool {
+	if dst.Pod == nil {
+		return true
+	}
+	isolated := false
+	for _, pol := range c.policies {
+		if pol.Namespace != dst.Pod.Namespace || !c.policyHasType(pol, networkingv1.PolicyTypeIngress) || !c.policySelects(pol, dst.Pod) {
+			continue
+		}
+		isolated = true
+		for _, r := range pol.Spec.Ingress {
+			if c.ruleAllows(pol, r.From, r.Ports, src, dst, proto, port) {
+				return true
+			}
+		}
+	}
+	return !isolated
+}
+
+// policyHasType applies the API server's defaulting of policyTypes.
+func (c *Cluster) policyHasType(pol *networkingv1.NetworkPolicy, t networkingv1.PolicyType) bool {
+	types := pol.Spec.PolicyTypes
+	if len(types) == 0 {
+		types = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
+		if len(pol.Spec.Egress) > 0 {
+			types = append(types, networkingv1.PolicyTypeEgress)
+		}
+	}
+	for _, have := range types {
+		if have == t {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Cluster) policySelects(pol *networkingv1.NetworkPolicy, pod *corev1.Pod) bool {
+	sel := c.selector(&pol.Spec.PodSelector)
+	return sel != nil && sel.Matches(labels.Set(pod.Labels))
+}
+
+func (c *Cluster) selector(ls *metav1.LabelSelector) labels.Selector {
+	if s, ok := c.selectors[ls]; ok {
+		return s
+	}
+	s, err := metav1.LabelSelectorAsSelector(ls)
+	if err != nil {
+		s = nil
+	}
+	c.selectors[ls] = s
+	return s
+}
+
+// ruleAllows: some peer is other (or there are no peers) and some port is the
+// destination's (or there are no ports). Named ports are looked up on dst.
+func (c *Cluster) ruleAllows(pol *networkingv1.NetworkPolicy, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort,
+	other, dst Endpoint, proto corev1.Protocol, port int) bool {
+	if !c.ruleValid(peers, ports) {
+		return false
+	}
+	peerOK := len(peers) == 0
+	for _, pe := range peers {
+		if c.peerIs(pol, pe, other) {
+			peerOK = true
+		}
+	}
+	if !peerOK {
+		return false
+	}
+	if len(ports) == 0 {
+		return true
+	}
+	for _, pp := range ports {
+		if portIs(pp, dst, proto, port) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Cluster) peerIs(pol *networkingv1.NetworkPolicy, pe networkingv1.NetworkPolicyPeer, e Endpoint) bool {
+	if pe.IPBlock != nil {
+		cidr := netip.MustParsePrefix(pe.IPBlock.CIDR).Masked()
+		if !cidr.Contains(e.IP) {
+			return false
+		}
+		for _, ex := range pe.IPBlock.Except {
+			if netip.MustParsePrefix(ex).Masked().Contains(e.IP) {
+				return false
+			}
+		}
+		return true
+	}
+	if e.Pod == nil {
+		return false
+	}
+	if pe.NamespaceSelector == nil {
+		if e.Pod.Namespace != pol.Namespace {
+			return false
+		}
+	} else if !c.selector(pe.NamespaceSelector).Matches(labels.Set(c.namespaceLabels(e.Pod.Namespace))) {
+		return false
+	}
+	return pe.PodSelector == nil || c.selector(pe.PodSelector).Matches(labels.Set(e.Pod.Labels))
+}
+
+// namespaceLabels: the namespace's labels, with the name label the API server adds.
+func (c *Cluster) namespaceLabels(name string) map[string]string {
+	out := map[string]string{"kubernetes.io/metadata.name": name}
+	for _, ns := range c.namespaces {
+		if ns.Name == name {
+			for k, v := range ns.Labels {
+				out[k] = v
+			}
+		}
+	}
+	return out
+}
+
+func portIs(pp networkingv1.NetworkPolicyPort, dst Endpoint, proto corev1.Protocol, port int) bool {
+	want := corev1.ProtocolTCP
+	if pp.Protocol != nil {
+		want = *pp.Protocol
+	}
+	if want != proto {
+		return false
+	}
+	if pp.Port == nil {
+		return true
+	}
+	if n, ok := portNumber(pp); ok {
+		end := n
+		if pp.EndPort != nil {
+			end = int(*pp.EndPort)
+		}
+		return n <= port && port <= end
+	}
+	if dst.Pod == nil {
+		return false
+	}
+	for _, ctr := range dst.Pod.Spec.Containers {
+		for _, cp := range ctr.Ports {
+			cproto := cp.Protocol
+			if cproto == "" {
+				cproto = corev1.ProtocolTCP
+			}
+			if cp.Name == pp.Port.StrVal && cproto == proto && int(cp.ContainerPort) == port {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func portNumber(pp networkingv1.NetworkPolicyPort) (int, bool) {
+	if pp.Port.Type == 0 {
+		return int(pp.Port.IntVal), true
+	}
+	if n, err := strconv.Atoi(pp.Port.StrVal); err == nil {
+		return n, true
+	}
+	return 0, false
+}
+
+// ruleValid: every peer and port is well formed.
+func (c *Cluster) ruleValid(peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) bool {
+	for _, pe := range peers {
+		if pe.IPBlock != nil {
+			if pe.PodSelector != nil || pe.NamespaceSelector != nil {
+				return false
+			}
+			if _, err := netip.ParsePrefix(pe.IPBlock.CIDR); err != nil {
+				return false
+			}
+			for _, ex := range pe.IPBlock.Except {
+				if _, err := netip.ParsePrefix(ex); err != nil {
+					return false
+				}
+			}
+			continue
+		}
+		if pe.PodSelector == nil && pe.NamespaceSelector == nil {
+			return false
+		}
+		if pe.PodSelector != nil && c.selector(pe.PodSelector) == nil {
+			return false
+		}
+		if pe.NamespaceSelector != nil && c.selector(pe.NamespaceSelector) == nil {
+			return false
+		}
+	}
+	for _, pp := range ports {
+		if pp.Protocol != nil && *pp.Protocol != corev1.ProtocolTCP && *pp.Protocol != corev1.ProtocolUDP && *pp.Protocol != corev1.ProtocolSCTP {
+			return false
+		}
+		if pp.Port == nil {
+			if pp.EndPort != nil {
+				return false
+			}
+			continue
+		}
+		n, numeric := portNumber(pp)
+		if !numeric {
+			if pp.EndPort != nil || len(validation.IsValidPortName(pp.Port.StrVal)) > 0 {
+				return false
+			}
+			continue
+		}
+		if n < 1 || n > 65535 {
+			return false
+		}
+		if pp.EndPort != nil && (int(*pp.EndPort) < n || *pp.EndPort > 65535) {
+			return false
+		}
+	}
+	return true
+}
