@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -100,6 +102,13 @@ func TestEstablished(t *testing.T) {
 		}
 		tables[v] = rs
 	}
+	// inline: the keep table with the dispatch rules in forward itself (no jump to
+	// pod-egress and pod-ingress): an experiment of issue 16.
+	inline := tables[estKeep].Clone()
+	fwd := inline.Chain(nft.ChainForward)
+	fwd.Rules = append(fwd.Rules[:2:2], append(slices.Clone(inline.Chain(nft.ChainEgress).Rules), inline.Chain(nft.ChainIngress).Rules...)...)
+	inline.Chains = slices.DeleteFunc(inline.Chains, func(c nft.Chain) bool { return c.Name == nft.ChainEgress || c.Name == nft.ChainIngress })
+	tables["inline"] = inline
 	load := func(v string) {
 		t.Helper()
 		if err := applier.Delete(ctx); err != nil {
@@ -114,6 +123,16 @@ func TestEstablished(t *testing.T) {
 		if !canConnect(client.NetNS, server.IPv4, time.Second) {
 			t.Fatalf("%s: the client cannot connect", v)
 		}
+	}
+
+	// NFTPOLICY_BENCH_PROFILE=variant:seconds only sends new flows through one
+	// variant for that long, for a profiler watching the machine (perf record -a).
+	if v, secs, ok := strings.Cut(os.Getenv("NFTPOLICY_BENCH_PROFILE"), ":"); ok {
+		d, _ := strconv.Atoi(secs)
+		load(v)
+		ns, n, err := flowLoad(client.NetNS, client.IPv4, server.IPv4, time.Duration(d)*time.Second)
+		t.Logf("profile %s: %d new flows, %.0f ns CPU each (%v)", v, n, ns, err)
+		return
 	}
 
 	variants := []string{estNone, estCt, estKeep, estRecheck}
