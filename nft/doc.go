@@ -130,14 +130,16 @@
 // 0x8000 drop); the AWS VPC CNI uses connection mark bit 0x80 and Istio ambient
 // 0x100-0x2ff by default: pick another mask where a node uses these bits.
 //
-// Wrap-around: the epoch after the last is 1 again, so a connection idle for
-// exactly a multiple of 255 epoch changes would carry the current epoch without
-// having been judged under it. Before the agent moves to an epoch, it clears that
-// epoch from every connection still carrying it (nft/netlink ClearCtMark: one
-// conntrack dump that the kernel filters by mark, and one update for each such
-// connection, which is judged again at its next packet). Such connections are
-// those idle through a whole cycle of epochs, so the dump usually finds none; its
-// cost is one walk of the conntrack table per epoch change.
+// Wrap-around: the epoch after the last is 1 again, so a connection idle through a
+// whole cycle of epoch changes would carry the current epoch without having been
+// judged under it. The agent sweeps before that can happen: at its first epoch
+// change, and then whenever the next epoch is the one that was current at the last
+// sweep (once per cycle: every 255 changes with the default mask), it clears the
+// epoch bits of every connection whose epoch is not the current one
+// (nft/netlink ClearCtMark: one conntrack dump, one update per connection so
+// cleared; those are judged again at their next packet, as they would have been).
+// Measured with 10,000 connections open (test/bench, b7_sweep_*): ~75 ms when none
+// needs clearing, ~0.5 s when all do; per-packet cost none.
 //
 // Restart: the agent reads the epoch in force from the kernel's table and moves to
 // the next one at its first sync, whatever it was: policies may have changed while
