@@ -1,6 +1,8 @@
 package compile
 
 import (
+	"net/netip"
+
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -34,6 +36,9 @@ type Options struct {
 	// CtMarkMask is the conntrack mark bits EstablishedRecheck owns
 	// (DefaultCtMarkMask when 0); CheckCtMarkMask says which masks work.
 	CtMarkMask uint32
+	// UnknownLocalPods are the node's pod CIDRs: packets from an address in them
+	// that no known local pod has are dropped (unknown.go). Empty: none.
+	UnknownLocalPods []netip.Prefix
 }
 
 // Problem is something Compile could not enforce exactly as written. Policy names the
