@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -78,6 +79,9 @@ type Options struct {
 	// default); see NodeReconciler.
 	Established compile.Established
 	CtMarkMask  uint32
+	// UnknownPodCIDRs are this node's pod CIDRs: traffic from an address in them
+	// that no known local pod has is dropped (compile.Options.UnknownLocalPods).
+	UnknownPodCIDRs []netip.Prefix
 }
 
 // LoadRESTConfig returns the apiserver config for kubeconfig: that file when
@@ -260,6 +264,7 @@ func setupNodeSync(mgr manager.Manager, opts Options, ready *readiness, at *attr
 		MinSyncInterval: opts.MinSyncInterval,
 		Established:     opts.Established,
 		CtMarkMask:      opts.CtMarkMask,
+		UnknownPodCIDRs: opts.UnknownPodCIDRs,
 		OnSynced:        ready.MarkSynced,
 		// A full sync lists every object and compiles the whole table: the
 		// garbage it leaves (and, at start, the informers' initial lists) would

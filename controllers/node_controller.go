@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -68,6 +69,8 @@ type NodeReconciler struct {
 	// (compile.DefaultCtMarkMask when 0). See strict.go.
 	Established compile.Established
 	CtMarkMask  uint32
+	// UnknownPodCIDRs: see Options.
+	UnknownPodCIDRs []netip.Prefix
 
 	pending   atomic.Int64 // unix nanos of the earliest event not yet served; 0 = none
 	dirtyMu   sync.Mutex

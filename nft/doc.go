@@ -207,6 +207,30 @@
 // ~0.2 µs more, against some µs for the connection's first packet. --policy-counters
 // =false removes them.
 //
+// # Unknown local pods: --unknown-pod-cidrs
+//
+// A new pod can send before its address reaches the API server and the agent, so a
+// pod that a policy isolates may talk freely for its first moments (test/e2e
+// measures the window: a pod whose object the agent has not seen reaches its
+// peers). Given the node's pod CIDRs, the forward chain drops what comes from an
+// address of them that no local pod the agent knows has, right after neighbour
+// discovery:
+//
+//	ip saddr 10.244.1.0/24 ip saddr != @local-pods-v4 counter drop
+//	ip6 saddr fd00:10:244:1::/64 ip6 saddr != @local-pods-v6 counter drop
+//	set local-pods-v4      every eligible local pod's address, isolated or not
+//
+// Unknown means isolated. The cost falls on every new pod, selected or not: its
+// packets are dropped (not held) until the agent has the pod, ~25 ms after its Pod
+// object carries its address in test/e2e; a connection it opens before that is
+// retried by TCP (the first SYN retransmission is a second later), a datagram is
+// lost. Established connections are not affected in keep mode (the first rule
+// passes them); in recheck mode a connection of an older epoch from an address no
+// known pod has any more is dropped, as it should be. Traffic towards an unknown
+// local address is not covered (its sender's egress is judged; an unknown
+// receiver has no ingress policy yet). Adding a pod adds an element (no epoch
+// change); removing one removes it (an epoch change, as any removal).
+//
 // # Names
 //
 // names.go holds the naming contract; see ObjectName.

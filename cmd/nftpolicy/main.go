@@ -20,11 +20,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"regexp"
 	"runtime"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -137,6 +139,10 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	ctMarkMask := fs.String("ct-mark-mask", fmt.Sprintf("0x%08x", compile.DefaultCtMarkMask),
 		"the connection mark bits --established=recheck owns for its epochs (contiguous, at least 2 bits; "+
 			"other bits are never changed): pick bits no other component on the node uses")
+	unknownCIDRs := fs.String("unknown-pod-cidrs", "",
+		"this node's pod CIDRs, comma-separated: traffic from an address in them that no pod the agent knows has "+
+			"is dropped until the agent learns the pod (unknown means isolated: a new pod waits for the agent "+
+			"before its first packet leaves the node); empty: off")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 
@@ -149,6 +155,8 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		estErr = fmt.Errorf("--established: %w", estErr)
 	}
 	opts.CtMarkMask, maskErr = parseCtMarkMask(*ctMarkMask)
+	var cidrErr error
+	opts.UnknownPodCIDRs, cidrErr = parseCIDRs(*unknownCIDRs)
 	if opts.Kubeconfig == "" {
 		opts.Kubeconfig = os.Getenv("KUBECONFIG")
 	}
@@ -166,6 +174,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		checkNetNS(opts.NetNS),
 		estErr,
 		maskErr,
+		cidrErr,
 	)
 	if err == nil {
 		opts.Config, err = controllers.LoadRESTConfig(opts.Kubeconfig)
@@ -221,6 +230,22 @@ func parseCtMarkMask(v string) (uint32, error) {
 		return 0, fmt.Errorf("--ct-mark-mask: %w", err)
 	}
 	return uint32(n), nil
+}
+
+// parseCIDRs reads --unknown-pod-cidrs: comma-separated prefixes, host bits zero.
+func parseCIDRs(v string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(v, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil || p != p.Masked() {
+			return nil, fmt.Errorf("--unknown-pod-cidrs: %q is not a CIDR (network address/bits)", f)
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 // memoryLimitPercent is the share of --memory-limit given to the Go runtime as its

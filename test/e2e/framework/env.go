@@ -284,6 +284,12 @@ func (e *Env) AddPods(ctx context.Context, specs ...cluster.PodSpec) ([]*cluster
 	return pods, errors.Join(errs...)
 }
 
+// CreatePodObject creates the Pod object (with status) of a pod that exists in the
+// network only (Cluster.AddPods): what a kubelet writes, late.
+func (e *Env) CreatePodObject(ctx context.Context, p *cluster.Pod) error {
+	return e.createPodObject(ctx, p)
+}
+
 func (e *Env) createPodObject(ctx context.Context, p *cluster.Pod) error {
 	node := e.Cluster.Node(p.Node)
 	obj := podObject(p, node.Name, maps.Clone(p.Labels))
