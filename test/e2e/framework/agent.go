@@ -37,8 +37,8 @@ type Agent struct {
 	cmd         *exec.Cmd
 	healthAddr  string
 	metricsAddr string
-	done       chan struct{} // closed when the current process has exited
-	exitErr    error         // its exit status; set before done closes
+	done        chan struct{} // closed when the current process has exited
+	exitErr     error         // its exit status; set before done closes
 }
 
 // agentStopTimeout is how long Stop waits after SIGTERM before SIGKILL.
