@@ -163,7 +163,12 @@ func TestDenyLogFlood(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	loggerDone := make(chan error)
 	go func() { loggerDone <- d.Start(ctx) }()
-	defer func() { cancel(); <-loggerDone }()
+	defer func() {
+		cancel()
+		if err := <-loggerDone; err != nil {
+			t.Errorf("deny logger: %v", err)
+		}
+	}()
 
 	// y/b serves TCP 80.
 	var ln net.Listener
