@@ -174,38 +174,47 @@
 //
 // # Policy counters
 //
-// With policy counters on, the table has four named counters per policy that
-// isolates a local pod, two per direction it isolates:
+// With policy counters on, every group chain counts into two named counters of its
+// own, named like its sets:
 //
-//	counter pol-e7c86401-x/allow-from-y-ing-allow    packets a group chain of the policy allowed
-//	counter pol-e7c86401-x/allow-from-y-ing-deny     packets it dropped for isolation
+//	counter ing-9d5f8a81-x/allow-from-y-allow     packets the chain allowed
+//	counter ing-9d5f8a81-x/allow-from-y-deny      packets it dropped for isolation
+//	chain ing-9d5f8a81-x/allow-from-y {
+//	    ip saddr @...-any-v4 counter name "ing-9d5f8a81-x/allow-from-y-allow" counter accept comment "allowed by x/allow-from-y"
+//	    ...
+//	    counter name "ing-9d5f8a81-x/allow-from-y-deny" counter drop comment "isolated by x/allow-from-y"
+//	}
 //
-// A group chain's allow rules update the allow counter of every policy of the group,
-// and its drop rule the deny counter of every policy of the group. Attribution is
-// therefore exact for drops: a dropped packet was isolated by each of the group's
-// policies and allowed by none, so each of them denied it. For allowed packets it is
-// exact when the group has one policy; when the pod is isolated by several (the
-// chain `ing-...-x/allow-from-y_and_1`), the group's sets hold the union of their
-// rules and the kernel cannot tell which policy's rule matched, so the packet counts
-// as allowed for every policy of the group: read `verdict="allow"` as "allowed while
-// this policy isolated the pod", and the sum over policies may exceed the packets.
-// `nftpolicy explain` names the exact rule for one connection. Replies (ct
-// established) never reach a group chain and are not counted; neither is `ct state
-// invalid`.
+// One counter per group, not per policy: a packet costs one counter update whatever
+// the number of policies that select its pod (per-policy counters would cost one
+// update per policy, 1,000 for the benchmark's adversarial pod). The agent reads
+// the counters at scrape time and credits each of the group's policies with them
+// (nftpolicy_policy_packets_total{namespace,policy,direction,verdict}).
 //
-// The counters are objects, not rule statements, so rewriting a chain (a regrouping,
-// the periodic full sync, a restarted agent adopting the table) keeps their counts;
-// they start at zero when a policy starts isolating a local pod, and when the table
-// is replaced whole (first start without a table to adopt, or drift repair). The
-// agent reads them over netlink at scrape time (nftpolicy_policy_packets_total).
-// The cost is one named counter update per policy of the group, for each packet
-// that reaches a group chain: the first packet of a connection (replies and later
-// packets pass on conntrack state before), every packet of a one-way UDP flow.
-// nft/netlink's TestCounterCost measured 36-45 ns per named counter update on the
-// 2-core test machine (an anonymous counter, on every group chain rule already, was
-// within noise of none); a new connection to a pod that four policies isolate pays
-// ~0.2 µs more, against some µs for the connection's first packet. --policy-counters
-// =false removes them.
+// Attribution is therefore exact for drops: a dropped packet was isolated by each
+// of the group's policies and allowed by none, so each of them denied it. For
+// allowed packets it is exact when the group has one policy; when the pod is
+// isolated by several (the chain `ing-...-x/allow-from-y_and_1`), the group's sets
+// hold the union of their rules and the kernel cannot tell which policy's rule
+// matched, so the packet counts as allowed for every policy of the group: read
+// `verdict="allow"` as "allowed while this policy isolated the pod", and the sum
+// over policies may exceed the packets. `nftpolicy explain` names the exact rule
+// for one connection. Replies (ct established) never reach a group chain and are
+// not counted; neither is `ct state invalid`.
+//
+// The counters are objects, not rule statements, so rewriting a chain (the periodic
+// full sync, a restarted agent adopting the table) keeps their counts. A group's
+// counters go with the group (when the policies selecting its pods change) and
+// start at zero when the table is replaced whole; the agent carries each counter's
+// last value read into its policies' totals, so a policy's total never decreases
+// (what a vanished group counted since the last scrape is lost).
+//
+// The cost is one named counter update for each packet that reaches a group chain:
+// the first packet of a connection (replies and later packets pass on conntrack
+// state before), every packet of a one-way UDP flow. nft/netlink's TestCounterCost
+// measured 36-45 ns per named counter update on the 2-core test machine (an
+// anonymous counter, on every group chain rule already, was within noise of none).
+// --policy-counters=false removes them.
 //
 // # Unknown local pods: --unknown-pod-cidrs
 //

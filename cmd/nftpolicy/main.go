@@ -127,7 +127,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	denyLogBurst := fs.Uint("deny-log-burst", 0, "packets the deny log may take at once above its rate; 0: the rate's N")
 	denyLogGroup := fs.Uint("deny-log-group", defaultDenyLogGroup, "the NFLOG group the deny log uses (0-65535; no other NFLOG user on the node may take it)")
 	policyCounters := fs.Bool("policy-counters", true,
-		"count packets per policy, direction and verdict in the kernel and serve them as nftpolicy_policy_packets_total")
+		"count each group chain's allowed and denied packets in the kernel and serve them per policy as nftpolicy_policy_packets_total")
 	memoryLimit := fs.String("memory-limit", os.Getenv("MEMORY_LIMIT"),
 		"the memory the agent may use, as a quantity (e.g. 128Mi; default $MEMORY_LIMIT, which the DaemonSet "+
 			"sets from its memory limit); the Go runtime's soft memory limit is set to "+

@@ -27,8 +27,9 @@ type Options struct {
 	Table string // table name; nft.DefaultTable when empty
 	// DenyLog logs isolation drops to an NFLOG group; the zero value logs nothing.
 	DenyLog DenyLog
-	// PolicyCounters adds a counter per policy, direction and verdict that the
-	// group chains update (see observe.go and nft/doc.go, "Policy counters").
+	// PolicyCounters adds two counters to each group chain, of the packets it
+	// allowed and of those it dropped for isolation, which the agent credits to
+	// the group's policies (see observe.go and nft/doc.go, "Policy counters").
 	PolicyCounters bool
 	// Established is what a policy change does to open connections (strict.go);
 	// the zero value keeps them.

@@ -116,8 +116,8 @@
 // Two options add to each group chain what lets a person see its verdicts, without
 // changing any verdict (the golden case `observe` is crosschecked like the others):
 // the deny log (a rule before the isolation drop that logs to NFLOG through one
-// node-wide limit) and the policy counters (named counters per policy, direction and
-// verdict). Compiler.Attribution maps the log prefixes and counter names of the table
+// node-wide limit) and the policy counters (two named counters per group chain,
+// allowed and denied, credited to the group's policies by the agent). Compiler.Attribution maps the log prefixes and counter names of the table
 // back to policies. nft/doc.go describes both and how packets are attributed.
 //
 // # Where things are

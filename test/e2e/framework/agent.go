@@ -35,11 +35,12 @@ type Agent struct {
 
 	bin, kubeconfig string
 
-	mu         sync.Mutex
-	cmd        *exec.Cmd
-	healthAddr string
-	done       chan struct{} // closed when the current process has exited
-	exitErr    error         // its exit status; set before done closes
+	mu          sync.Mutex
+	cmd         *exec.Cmd
+	healthAddr  string
+	metricsAddr string
+	done        chan struct{} // closed when the current process has exited
+	exitErr     error         // its exit status; set before done closes
 }
 
 // agentStopTimeout is how long Stop waits after SIGTERM before SIGKILL.
@@ -60,6 +61,12 @@ func (a *Agent) Start(ctx context.Context, timeout time.Duration) error {
 		return err
 	}
 	a.healthAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	mport, err := freePort()
+	if err != nil {
+		a.mu.Unlock()
+		return err
+	}
+	a.metricsAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(mport))
 	log, err := os.OpenFile(a.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		a.mu.Unlock()
@@ -71,7 +78,12 @@ func (a *Agent) Start(ctx context.Context, timeout time.Duration) error {
 		"--node-name", a.Node.Name,
 		"--netns", a.Node.NetNSPath(),
 		"--health-probe-bind-address", a.healthAddr,
-		"--metrics-bind-address", "0",
+		"--metrics-bind-address", a.metricsAddr,
+		// The deny log as config/agent has it, at a rate no probe matrix reaches,
+		// so that every denied probe is logged; each node is its own network
+		// namespace, so both agents take the same group.
+		"--deny-log-rate", "10000/second",
+		"--deny-log-group", "7600",
 		"--zap-log-level", a.LogLevel,
 		"--zap-time-encoding", "rfc3339nano",
 	)
@@ -131,6 +143,36 @@ func (a *Agent) waitReady(ctx context.Context, done <-chan struct{}, timeout tim
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// Metrics returns the agent's /metrics text.
+func (a *Agent) Metrics(ctx context.Context) (string, error) {
+	a.mu.Lock()
+	addr := a.metricsAddr
+	a.mu.Unlock()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var body bytes.Buffer
+	if _, err := body.ReadFrom(resp.Body); err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: %s", addr, resp.Status)
+	}
+	return body.String(), nil
+}
+
+// Log returns the agent's whole log.
+func (a *Agent) Log() (string, error) {
+	b, err := os.ReadFile(a.LogPath)
+	return string(b), err
 }
 
 // Stop sends SIGTERM and waits for the agent to exit, killing it after
