@@ -31,12 +31,13 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 	"github.com/nftpolicy/nftpolicy/test/bench/benchcluster"
 	"github.com/nftpolicy/nftpolicy/test/e2e/cluster"
+	"github.com/nftpolicy/nftpolicy/test/e2e/framework"
 )
 
 // The run's settings (the cluster's shape is benchcluster's).
@@ -84,12 +85,16 @@ func TestControlPlane(t *testing.T) {
 			goBuild(ctx, bareBin, "github.com/nftpolicy/nftpolicy/test/bench/controlplane/bare"))
 	}()
 
-	env := &envtest.Environment{ControlPlaneStartTimeout: 2 * time.Minute, ControlPlaneStopTimeout: time.Minute}
-	cfg, err := env.Start()
+	cp, err := framework.StartControlPlane(dir, framework.ControlPlaneOptions{User: "bench"})
 	if err != nil {
 		t.Fatalf("envtest: %v", err)
 	}
-	t.Cleanup(func() { _ = env.Stop() })
+	t.Cleanup(func() {
+		if err := cp.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	cfg := rest.CopyConfig(cp.Config)
 	cfg.QPS, cfg.Burst = 5000, 5000
 	c, err := client.New(cfg, client.Options{Scheme: scheme.Scheme})
 	if err != nil {
@@ -97,18 +102,7 @@ func TestControlPlane(t *testing.T) {
 	}
 	// Agent and baseline share one cluster-admin identity: this measures
 	// cost, not RBAC (controllers/agent_test.go covers that).
-	au, err := env.AddUser(envtest.User{Name: "bench", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kc, err := au.KubeConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := cp.Kubeconfig
 
 	// Node-0 as a network namespace with pods, for the restart measurement
 	// (restart_test.go); the agent programs this namespace.
@@ -610,7 +604,7 @@ func startProcess(logPath, bin string, args ...string) (*process, error) {
 	}
 	p := &process{cmd: exec.Command(bin, args...), exited: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = f, f
-	if err := p.cmd.Start(); err != nil {
+	if err := framework.StartChild(p.cmd); err != nil { // dies with the test binary
 		f.Close()
 		return nil, err
 	}
