@@ -30,7 +30,8 @@ import (
 // never a get from the API); these markers are the whole of its RBAC.
 // +kubebuilder:rbac:groups="",resources=pods;namespaces,verbs=list;watch
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=list;watch
-// Warning Events on policies the node cannot fully enforce. Create only: the
+// Warning Events on policies that cannot be fully enforced, one agent per
+// policy (problems.go). Create only: the
 // recorder patches an Event to count a repeat of it, and a repeat cannot happen
 // here, since a policy's problems depend on its spec alone, an Event names the
 // policy's resourceVersion, and the node reconciler reports each version's

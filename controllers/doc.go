@@ -17,6 +17,9 @@
 // and the first full sync of the node's table has succeeded, so a node's
 // agent is not reported ready before it enforces policy.
 //
+// Problems: every agent logs and counts the policies it cannot fully enforce;
+// one agent per policy records the Warning Event (problems.go).
+//
 // Errors go up: this package logs once, with logr key/values ("node",
 // "policy"), and returns what it cannot handle to cmd/nftpolicy, which
 // turns it into an exit code. The agent only reads the API; the
