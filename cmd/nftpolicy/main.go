@@ -111,6 +111,8 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		"how often to rewrite the whole table even without changes (repairs outside tampering)")
 	fs.DurationVar(&opts.MinSyncInterval, "min-sync-interval", defaultMinSyncInterval,
 		"least time between the starts of two syncs; events arriving meanwhile are coalesced into the next")
+	fs.BoolVar(&opts.JSON, "api-json", false,
+		"talk JSON to the apiserver instead of protobuf (larger and slower; for comparison and debugging)")
 	memoryLimit := fs.String("memory-limit", os.Getenv("MEMORY_LIMIT"),
 		"the memory the agent may use, as a quantity (e.g. 128Mi; default $MEMORY_LIMIT, which the DaemonSet "+
 			"sets from its memory limit); the Go runtime's soft memory limit is set to "+
