@@ -131,10 +131,11 @@ func (l *apiLink) unanswered(kind string, err error) {
 }
 
 // noAnswer reports whether err means the request got no answer from the
-// apiserver (a transport error), rather than an answer that refused it.
+// apiserver (a transport error, a client-side timeout), rather than an answer
+// that refused it. retry stops on its own context, whatever the error.
 func noAnswer(err error) bool {
 	var status apierrors.APIStatus
-	return err != nil && !errors.As(err, &status) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+	return err != nil && !errors.As(err, &status)
 }
 
 // retryWait is a jittered wait between apiRetryMin and apiRetryMax, growing with attempt.
