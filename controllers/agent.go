@@ -33,7 +33,8 @@ import (
 // never a get from the API); these markers are the whole of its RBAC.
 // +kubebuilder:rbac:groups="",resources=pods;namespaces,verbs=list;watch
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=list;watch
-// Warning Events on policies the node cannot fully enforce. Create only: the
+// Warning Events on policies that cannot be fully enforced, one agent per
+// policy (problems.go). Create only: the
 // recorder patches an Event to count a repeat of it, and a repeat cannot happen
 // here, since a policy's problems depend on its spec alone, an Event names the
 // policy's resourceVersion, and the node reconciler reports each version's
@@ -82,6 +83,9 @@ type Options struct {
 	// UnknownPodCIDRs are this node's pod CIDRs: traffic from an address in them
 	// that no known local pod has is dropped (compile.Options.UnknownLocalPods).
 	UnknownPodCIDRs []netip.Prefix
+	// JSON makes the agent's requests use JSON rather than protobuf (the
+	// default, as controller-runtime's for built-in kinds); for comparison.
+	JSON bool
 }
 
 // LoadRESTConfig returns the apiserver config for kubeconfig: that file when
@@ -142,11 +146,22 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	}
 	cfg = rest.CopyConfig(cfg)
 	cfg.UserAgent = "nftpolicy-agent/" + opts.NodeName
+	// Every kind the agent reads or writes is built in, so the apiserver can
+	// encode it as protobuf: about half the bytes of JSON and cheaper to decode
+	// (test/bench/controlplane B8). controller-runtime picks protobuf for such
+	// kinds when the config names no content type; naming it here makes the
+	// choice ours and visible.
+	cfg.ContentType = runtime.ContentTypeProtobuf
+	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	if opts.JSON {
+		cfg.ContentType, cfg.AcceptContentTypes = runtime.ContentTypeJSON, runtime.ContentTypeJSON
+	}
 
 	scheme, err := newScheme()
 	if err != nil {
 		return fmt.Errorf("scheme: %w", err)
 	}
+	link := newAPILink(log.WithName("apiserver"))
 	mgr, err := manager.New(cfg, manager.Options{
 		Scheme:                 scheme,
 		Logger:                 log,
@@ -156,6 +171,7 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 		Cache: cache.Options{
 			DefaultTransform:            cache.TransformStripManagedFields(),
 			ReaderFailOnMissingInformer: true,
+			NewInformer:                 link.newInformer,
 			ByObject: map[client.Object]cache.ByObject{
 				&corev1.Pod{}:                 {Transform: trimPod},
 				&corev1.Namespace{}:           {Transform: trimNamespace},
@@ -191,6 +207,7 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	if err := errors.Join(
 		mgr.AddHealthzCheck("ping", healthz.Ping),
 		mgr.AddReadyzCheck("synced", ready.check),
+		mgr.AddReadyzCheck("apiserver", link.check),
 		mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 			if mgr.GetCache().WaitForCacheSync(ctx) {
 				ready.cachesSynced.Store(true)

@@ -6,7 +6,6 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -344,42 +343,6 @@ func record[T client.Object](ctx context.Context, rd client.Reader, key types.Na
 		return nil
 	}
 	return err
-}
-
-// reportProblems logs each policy's problems and records a Warning Event on the
-// policy when its problems change (so a steady problem is reported once, not on
-// every sync; the event recorder also rate-limits).
-func (r *NodeReconciler) reportProblems(ctx context.Context, log logr.Logger, problems []compile.Problem) {
-	policyProblems.Set(float64(len(problems)))
-	now := map[types.NamespacedName][]string{}
-	for _, p := range problems {
-		now[p.Policy] = append(now[p.Policy], p.Reason)
-	}
-	next := make(map[types.NamespacedName]string, len(now))
-	for _, key := range slices.SortedFunc(maps.Keys(now), func(a, b types.NamespacedName) int {
-		return strings.Compare(a.String(), b.String())
-	}) {
-		text := strings.Join(now[key], "; ")
-		next[key] = text
-		if r.problems[key] == text {
-			continue
-		}
-		if key == (types.NamespacedName{}) { // about pods, not a policy: nothing to attach an Event to
-			log.Info("pods cannot be told apart", "problems", text)
-			continue
-		}
-		log.Info("policy not fully enforceable", "policy", key.String(), "problems", text)
-		if r.Recorder == nil {
-			continue
-		}
-		var np networkingv1.NetworkPolicy
-		if err := r.Reader.Get(ctx, key, &np); err != nil {
-			continue
-		}
-		r.Recorder.Eventf(&np, nil, corev1.EventTypeWarning, "NotEnforceable", "Compile",
-			"node %s cannot fully enforce this policy: %s", r.NodeName, text)
-	}
-	r.problems = next
 }
 
 // createDelete passes creates and deletes and drops updates and generic events.

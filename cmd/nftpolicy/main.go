@@ -128,6 +128,8 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	denyLogGroup := fs.Uint("deny-log-group", defaultDenyLogGroup, "the NFLOG group the deny log uses (0-65535; no other NFLOG user on the node may take it)")
 	policyCounters := fs.Bool("policy-counters", true,
 		"count each group chain's allowed and denied packets in the kernel and serve them per policy as nftpolicy_policy_packets_total")
+	fs.BoolVar(&opts.JSON, "api-json", false,
+		"talk JSON to the apiserver instead of protobuf (larger and slower; for comparison and debugging)")
 	memoryLimit := fs.String("memory-limit", os.Getenv("MEMORY_LIMIT"),
 		"the memory the agent may use, as a quantity (e.g. 128Mi; default $MEMORY_LIMIT, which the DaemonSet "+
 			"sets from its memory limit); the Go runtime's soft memory limit is set to "+

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -89,10 +88,7 @@ func (a *Agent) Start(ctx context.Context, timeout time.Duration) error {
 	)
 	cmd.Args = append(cmd.Args, a.Args...)
 	cmd.Stdout, cmd.Stderr = log, log
-	// Its own process group, so a terminal's Ctrl-C reaches only us (we stop the
-	// agents in order); SIGKILL if this process dies without stopping it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	err = startFromLastingThread(cmd)
+	err = StartChild(cmd)
 	log.Close() // the child holds its own descriptor
 	if err != nil {
 		a.mu.Unlock()
@@ -261,26 +257,24 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// The parent-death signal fires when the thread that forked the child exits,
-// not the process; Go ends threads whenever a goroutine exits while locked to
-// one. So children are forked from one goroutine that locks its thread and
-// never returns: their Pdeathsig fires only when this process dies.
-var spawner struct {
-	once sync.Once
-	ch   chan func()
-}
-
-func startFromLastingThread(cmd *exec.Cmd) error {
-	spawner.once.Do(func() {
-		spawner.ch = make(chan func())
-		go func() {
-			runtime.LockOSThread()
-			for f := range spawner.ch {
-				f()
-			}
-		}()
-	})
-	errc := make(chan error, 1)
-	spawner.ch <- func() { errc <- cmd.Start() }
-	return <-errc
+// Health asks the running agent's /healthz or /readyz (path) and returns the
+// HTTP status and body; an error when the agent does not answer at all.
+func (a *Agent) Health(ctx context.Context, path string) (int, string, error) {
+	a.mu.Lock()
+	addr := a.healthAddr
+	a.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	var body bytes.Buffer
+	_, _ = body.ReadFrom(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(body.String()), nil
 }

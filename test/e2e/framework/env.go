@@ -129,7 +129,7 @@ func (e *Env) start(ctx context.Context) error {
 	)
 	wg.Go(func() {
 		t := time.Now()
-		e.CP, cpErr = StartControlPlane(e.Dir)
+		e.CP, cpErr = StartControlPlane(e.Dir, ControlPlaneOptions{})
 		if cpErr == nil {
 			e.logf("control plane up in %v (%s)", time.Since(t).Round(time.Millisecond), e.CP.Assets)
 		}
