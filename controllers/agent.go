@@ -148,7 +148,7 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	cfg.UserAgent = "nftpolicy-agent/" + opts.NodeName
 	// Every kind the agent reads or writes is built in, so the apiserver can
 	// encode it as protobuf: about half the bytes of JSON and cheaper to decode
-	// (test/bench/controlplane B8). controller-runtime picks protobuf for such
+	// (test/bench/controlplane B9). controller-runtime picks protobuf for such
 	// kinds when the config names no content type; naming it here makes the
 	// choice ours and visible.
 	cfg.ContentType = runtime.ContentTypeProtobuf

@@ -16,7 +16,7 @@ summary=(
   b9_flow_ns_conntrack b9_flow_ns_chains
   b2_policy_enforce_p50_ms b2_policy_enforce_p99_ms b2_pod_enforce_p50_ms b2_pod_enforce_p99_ms
   b3_restart_program_ms b3_restart_probe_errors b4_pod_add_bytes b4_full_rewrite_bytes
-  b5_agent_rss_mib b5_rss_ratio_vs_bare b7_probe_errors b7_catchup_ms
+  b5_agent_rss_mib b5_rss_ratio_vs_bare b8_probe_errors b8_catchup_ms
 )
 
 if [ "$(id -u)" != 0 ]; then
@@ -42,7 +42,7 @@ go test -count=1 -timeout 15m -v -run TestControlPlane ./test/bench/controlplane
 if [ "${NFTPOLICY_BENCH_100K:-0}" = 1 ]; then
   NFTPOLICY_BENCH_SHAPE=100k go test -count=1 -timeout 120m -v -run TestControlPlane ./test/bench/controlplane/ || rc=1
   summary+=(startup_ms_100k b2_policy_enforce_p50_ms_100k b2_policy_enforce_p99_ms_100k
-    b2_pod_enforce_p50_ms_100k b2_pod_enforce_p99_ms_100k b5_agent_rss_mib_100k b7_catchup_ms_100k)
+    b2_pod_enforce_p50_ms_100k b2_pod_enforce_p99_ms_100k b5_agent_rss_mib_100k b8_catchup_ms_100k)
 fi
 
 echo

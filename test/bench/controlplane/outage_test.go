@@ -16,7 +16,7 @@ import (
 	"github.com/nftpolicy/nftpolicy/test/e2e/framework"
 )
 
-// B7: the apiserver goes away. etcd and kube-apiserver are killed (SIGKILL)
+// B8: the apiserver goes away. etcd and kube-apiserver are killed (SIGKILL)
 // for a minute ($NFTPOLICY_BENCH_OUTAGE, a duration; 0 skips) while pods on
 // node-0 probe as in B3. The agent must stay up (its /healthz answering 200
 // throughout) and its table in force (no probe error); then the control plane
@@ -81,7 +81,7 @@ func measureOutage(ctx context.Context, cp *framework.ControlPlane, c client.Cli
 			readyzBad++
 		}
 	}
-	report("b7_outage_s", "%.0f", time.Since(down).Seconds())
+	report("b8_outage_s", "%.0f", time.Since(down).Seconds())
 
 	start := time.Now()
 	upCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
@@ -90,7 +90,7 @@ func measureOutage(ctx context.Context, cp *framework.ControlPlane, c client.Cli
 		return err
 	}
 	back := time.Now()
-	report("b7_apiserver_restart_ms", "%.0f", ms(back.Sub(start)))
+	report("b8_apiserver_restart_ms", "%.0f", ms(back.Sub(start)))
 	cpu0, _ := apiserverCPU(ctx, cp)
 
 	// A change made as soon as the apiserver answers: a new node-0 pod with an address.
@@ -118,21 +118,21 @@ func measureOutage(ctx context.Context, cp *framework.ControlPlane, c client.Cli
 		time.Sleep(pollInterval)
 	}
 	enforced := time.Now()
-	report("b7_write_after_return_ms", "%.0f", ms(written.Sub(back)))
-	report("b7_catchup_ms", "%.0f", ms(enforced.Sub(back)))
-	report("b7_write_to_enforce_ms", "%.0f", ms(enforced.Sub(written)))
+	report("b8_write_after_return_ms", "%.0f", ms(written.Sub(back)))
+	report("b8_catchup_ms", "%.0f", ms(enforced.Sub(back)))
+	report("b8_write_to_enforce_ms", "%.0f", ms(enforced.Sub(written)))
 	time.Sleep(restartObserve)
 	stop()
 	wg.Wait()
-	report("b7_probes_allowed", "%d", pc.allowed.Load())
-	report("b7_probes_denied", "%d", pc.denied.Load())
-	report("b7_probe_errors", "%d", pc.errors())
+	report("b8_probes_allowed", "%d", pc.allowed.Load())
+	report("b8_probes_denied", "%d", pc.denied.Load())
+	report("b8_probe_errors", "%d", pc.errors())
 	if e, ok := pc.firstErr.Load().(string); ok {
-		report("b7_first_probe_error", "%q", e)
+		report("b8_first_probe_error", "%q", e)
 	}
-	report("b7_syn_retransmitted", "%d", pc.synRetrans.Load())
-	report("b7_agent_healthz_not_ok", "%d/%d", healthzBad, checks)
-	report("b7_agent_readyz_not_ok", "%d/%d", readyzBad, checks)
+	report("b8_syn_retransmitted", "%d", pc.synRetrans.Load())
+	report("b8_agent_healthz_not_ok", "%d/%d", healthzBad, checks)
+	report("b8_agent_readyz_not_ok", "%d/%d", readyzBad, checks)
 
 	// What the agent's catching up cost the apiserver (its counters started
 	// with it; the benchmark itself only created and updated one pod).
@@ -142,17 +142,17 @@ func measureOutage(ctx context.Context, cp *framework.ControlPlane, c client.Cli
 	}
 	for _, res := range []string{"pods", "namespaces", "networkpolicies"} {
 		for _, verb := range []string{"LIST", "WATCH"} {
-			report(fmt.Sprintf("b7_apiserver_%s_%s", strings.ToLower(verb), res), "%.0f",
+			report(fmt.Sprintf("b8_apiserver_%s_%s", strings.ToLower(verb), res), "%.0f",
 				framework.SumMetrics(m, "apiserver_request_total", `resource="`+res+`"`, `verb="`+verb+`"`))
 		}
-		report("b7_apiserver_list_bytes_"+res, "%.0f",
+		report("b8_apiserver_list_bytes_"+res, "%.0f",
 			framework.SumMetrics(m, "apiserver_response_sizes_sum", `resource="`+res+`"`, `verb="LIST"`))
 		// A relist is a streamed watch-list: its objects are watch events.
-		report("b7_apiserver_watch_events_"+res, "%.0f", framework.SumMetrics(m, "apiserver_watch_events_total", `resource="`+res+`"`))
-		report("b7_apiserver_watch_event_kib_"+res, "%.0f", framework.SumMetrics(m, "apiserver_watch_events_sizes_sum", `resource="`+res+`"`)/1024)
+		report("b8_apiserver_watch_events_"+res, "%.0f", framework.SumMetrics(m, "apiserver_watch_events_total", `resource="`+res+`"`))
+		report("b8_apiserver_watch_event_kib_"+res, "%.0f", framework.SumMetrics(m, "apiserver_watch_events_sizes_sum", `resource="`+res+`"`)/1024)
 	}
 	if cpu1, err := apiserverCPU(ctx, cp); err == nil && cpu0 > 0 {
-		report("b7_apiserver_cpu_s", "%.2f", cpu1-cpu0)
+		report("b8_apiserver_cpu_s", "%.2f", cpu1-cpu0)
 	}
 	var lines []string
 	for k, v := range m {
