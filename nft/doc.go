@@ -120,7 +120,7 @@
 // rechecks nothing; a pod deleted (elements removed), a new local isolated pod (a
 // map element) and any policy change that reshapes chains recheck every open
 // connection through the node once. What a recheck costs is one slow-path walk per
-// open connection, spread over their next packets (test/bench: b9_*).
+// open connection, spread over their next packets (test/bench: b7_*).
 //
 // The mark bits are the agent's --ct-mark-mask (default 0x00ff0000: epochs 1-255;
 // epoch 0 is never stamped, it is the mark of connections no table of ours judged:
@@ -138,7 +138,7 @@
 // epoch bits of every connection whose epoch is not the current one
 // (nft/netlink ClearCtMark: one conntrack dump, one update per connection so
 // cleared; those are judged again at their next packet, as they would have been).
-// Measured with 10,000 connections open (test/bench, b9_sweep_*): ~75 ms when none
+// Measured with 10,000 connections open (test/bench, b7_sweep_*): ~75 ms when none
 // needs clearing, ~0.5 s when all do; per-packet cost none.
 //
 // Restart: the agent reads the epoch in force from the kernel's table and moves to

@@ -12,8 +12,8 @@ cd "$(dirname "$0")/../.."
 
 summary=(
   b1_conn_ratio_typical b1_conn_ratio_adversarial b1_vs_peer_adversarial b6_ns_per_policy
-  b1_rr_ratio b1_bulk_ratio b9_change_10k_commit_ms b9_change_10k_extra_cpu_ms b9_sweep_10k_ms
-  b9_flow_ns_conntrack b9_flow_ns_chains
+  b1_rr_ratio b1_bulk_ratio b7_change_10k_commit_ms b7_change_10k_extra_cpu_ms b7_sweep_10k_ms
+  b7_flow_ns_conntrack b7_flow_ns_chains
   b2_policy_enforce_p50_ms b2_policy_enforce_p99_ms b2_pod_enforce_p50_ms b2_pod_enforce_p99_ms
   b3_restart_program_ms b3_restart_probe_errors b4_pod_add_bytes b4_full_rewrite_bytes
   b5_agent_rss_mib b5_rss_ratio_vs_bare b8_probe_errors b8_catchup_ms
