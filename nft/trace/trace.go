@@ -142,6 +142,31 @@ func (t *Tracer) Hook(hook string, p Packet) (Trace, error) {
 	return tr, nil
 }
 
+// Chain traces p through the regular chain name as if a base chain of hook jumped to
+// it: the walk ends with the chain's return (Verdict Accept, meaning "passed on") or a
+// drop or accept inside it. explain uses it to show what one direction of policy
+// would decide when the other dropped the packet first.
+func (t *Tracer) Chain(hook, name string, p Packet) (Trace, error) {
+	tr := Trace{Hook: hook, Packet: p, Verdict: nft.Accept, Steps: make([]Step, 0, 8)}
+	c := t.chains[name]
+	if c == nil {
+		return tr, fmt.Errorf("no chain %s", name)
+	}
+	// A stand-in base chain whose only rule jumps to name and whose policy is
+	// accept: a return from name ends the walk as the caller's policy would.
+	start := &nft.Chain{Name: name, Hook: &nft.Hook{Hook: hook, Policy: nft.Accept}, Rules: c.Rules}
+	v, err := t.walk(start, &p, &tr)
+	if err != nil {
+		return tr, err
+	}
+	// The stand-in's policy is no step of the real table.
+	if n := len(tr.Steps); n > 0 && tr.Steps[n-1].Index == -1 && tr.Steps[n-1].Chain == name {
+		tr.Steps = tr.Steps[:n-1]
+	}
+	tr.Verdict = v
+	return tr, nil
+}
+
 type frame struct {
 	chain *nft.Chain
 	next  int

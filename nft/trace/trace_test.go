@@ -230,3 +230,24 @@ func TestUnknownKey(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 }
+
+func TestChain(t *testing.T) {
+	tr := New(testRuleset())
+	got, err := tr.Chain("forward", "pod-a", tcp("10.0.0.9", "10.0.0.5", 91))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Verdict != nft.Drop || len(got.Steps) != 2 || got.Steps[1].Chain != "deny" {
+		t.Errorf("pod-a, port 91: %s", got)
+	}
+	got, err = tr.Chain("forward", "pod-a", tcp("10.0.0.9", "10.0.0.5", 85))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Verdict != nft.Accept || len(got.Steps) != 1 || got.Steps[0].Verdict.Kind != nft.Return {
+		t.Errorf("pod-a, port 85: %s", got)
+	}
+	if _, err := tr.Chain("forward", "nope", tcp("10.0.0.9", "10.0.0.5", 85)); err == nil {
+		t.Error("missing chain: no error")
+	}
+}
