@@ -255,4 +255,3 @@ func verdictOf(ok bool) string {
 	}
 	return Deny
 }
-
