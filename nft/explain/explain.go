@@ -496,8 +496,11 @@ func (x *explainer) evaluate(proto corev1.Protocol, port int, withSteps bool) (*
 func (x *explainer) notes(r *result) {
 	if len(x.crossed) == 0 {
 		note := "traffic between a node and its own pods never crosses the forward hook: no policy applies"
-		if x.from.addr == x.to.addr {
-			note = "a pod's traffic to itself never leaves it: no policy applies"
+		switch {
+		case x.from.addr == x.to.addr:
+			note = "traffic to its own address never leaves the sender: no policy applies"
+		case x.from.pod == nil && x.to.pod == nil:
+			note = "neither end is a pod: NetworkPolicies judge only pods' traffic"
 		}
 		r.egress.Note, r.ingress.Note = note, note
 		return
