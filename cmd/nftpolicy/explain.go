@@ -212,19 +212,21 @@ func explainRun(o explainOptions, stdin io.Reader, stdout io.Writer) error {
 		}
 	}
 	a, err := explain.Explain(c, o.question, opts)
-	if err != nil {
+	if a == nil {
 		return err
 	}
+	// With --live, an answer can come with an error (a kernel rule explain cannot
+	// read): print what is known, then fail.
 	if o.output == "json" {
-		b, err := json.MarshalIndent(a, "", "  ")
-		if err != nil {
-			return err
+		b, jerr := json.MarshalIndent(a, "", "  ")
+		if jerr != nil {
+			return jerr
 		}
-		_, err = fmt.Fprintf(stdout, "%s\n", b)
-		return err
+		_, werr := fmt.Fprintf(stdout, "%s\n", b)
+		return errors.Join(err, werr)
 	}
-	_, err = io.WriteString(stdout, a.Text())
-	return err
+	_, werr := io.WriteString(stdout, a.Text())
+	return errors.Join(err, werr)
 }
 
 // listCluster lists pods, namespaces, nodes and NetworkPolicies once.

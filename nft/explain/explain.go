@@ -1,6 +1,7 @@
 package explain
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -46,12 +47,13 @@ const (
 	Allow   = "allow"
 	Deny    = "deny"
 	Partial = "partial" // without a port: some ports allowed, others not
+	Unknown = "unknown" // --live: the kernel's table has a rule explain cannot read
 )
 
 // Answer is explain's answer. Its JSON form is the documented schema of
 // `nftpolicy explain -o json` (docs/explain.md): fields are only ever added.
 type Answer struct {
-	Verdict  string `json:"verdict"` // allow or deny; without a port also partial
+	Verdict  string `json:"verdict"` // allow or deny; without a port also partial; with --live also unknown
 	Summary  string `json:"summary"`
 	From     End    `json:"from"`
 	To       End    `json:"to"`
@@ -126,11 +128,17 @@ type PortRange struct {
 type Live struct {
 	Node        string   `json:"node"`
 	Differences []string `json:"differences"` // empty: the kernel holds exactly the compile
+	// Disagreements are the directions where the kernel's table decides otherwise
+	// than the policies (and so than the fresh compile).
+	Disagreements []string `json:"disagreements,omitempty"`
+	// Error is why the kernel's table could not be walked (verdict unknown).
+	Error string `json:"error,omitempty"`
 }
 
 // Explain answers q over c. It fails with a *NotFoundError when an end is not in the
-// cluster or has no address of the family, and with another error when a table
-// cannot be walked (a live table that refers to a missing chain or set).
+// cluster or has no address of the family, and with a *WalkError when a table cannot
+// be walked; when that table is the kernel's (Options.Live), it also returns the
+// answer, verdict unknown, with the table's differences from the compile.
 func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 	if opts.Table == "" {
 		opts.Table = nft.DefaultTable
@@ -157,7 +165,7 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 		problems = append(problems, ps...)
 		x.kind[n] = "compiled"
 		if opts.Live != nil && opts.LiveNode == n {
-			a.Live = &Live{Node: n, Differences: Diff(rs, opts.Live)}
+			a.Live = &Live{Node: n, Differences: nonNil(Diff(rs, opts.Live))}
 			rs = opts.Live
 			x.kind[n] = "kernel"
 		}
@@ -167,7 +175,44 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 		a.Live = &Live{Node: opts.LiveNode, Differences: []string{fmt.Sprintf("node %s does not judge this connection: its table was not walked", opts.LiveNode)}}
 	}
 	a.Problems = x.problems(problems)
+	err = x.answer(q, a)
+	var we *WalkError
+	if errors.As(err, &we) && we.Kernel && a.Live != nil {
+		// The kernel holds something explain cannot walk: say so, with the
+		// differences, rather than guess.
+		a.Verdict = Unknown
+		a.Summary = fmt.Sprintf("UNKNOWN: %s -> %s: %v", x.from.Ref, x.to.Ref, err)
+		a.Live.Error = err.Error()
+		a.Egress, a.Ingress = Direction{Verdict: Unknown}, Direction{Verdict: Unknown}
+		a.Ports = nil
+		return a, err
+	}
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
+}
 
+// WalkError is a table that cannot be walked: a reference to a missing chain or
+// set, or (Kernel: in a table read back from the kernel) a rule explain cannot read.
+type WalkError struct {
+	Node   string
+	Kernel bool
+	Err    error
+}
+
+func (e *WalkError) Error() string {
+	which := "compiled"
+	if e.Kernel {
+		which = "kernel's"
+	}
+	return fmt.Sprintf("walking the %s table of node %s: %v", which, e.Node, e.Err)
+}
+
+func (e *WalkError) Unwrap() error { return e.Err }
+
+// answer fills a with the verdicts, directions and walks.
+func (x *explainer) answer(q Question, a *Answer) error {
 	if q.Port != 0 {
 		proto := q.Protocol
 		if proto == "" {
@@ -176,11 +221,14 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 		a.Protocol = strings.ToLower(string(proto))
 		r, err := x.evaluate(proto, q.Port, true)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		a.Verdict, a.Egress, a.Ingress, a.Mismatch = r.verdict, r.egress, r.ingress, r.mismatch
+		if a.Live != nil {
+			a.Live.Disagreements = r.liveDisagree
+		}
 		a.Summary = x.summary(r, a.Protocol+"/"+fmt.Sprint(q.Port))
-		return a, nil
+		return nil
 	}
 	protos := []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP}
 	if q.Protocol != "" {
@@ -195,9 +243,12 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 		for _, seg := range x.segments(proto) {
 			r, err := x.evaluate(proto, seg[0], false)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			a.Mismatch = append(a.Mismatch, r.mismatch...)
+			if a.Live != nil {
+				a.Live.Disagreements = append(a.Live.Disagreements, r.liveDisagree...)
+			}
 			name := strings.ToLower(string(proto))
 			if r.verdict == Deny {
 				denied = true
@@ -227,7 +278,7 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 	proto, port := parsePortText(detailPort)
 	r, err := x.evaluate(proto, port, true)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	a.DetailPort, a.Egress, a.Ingress = detailPort, r.egress, r.ingress
 	switch {
@@ -239,7 +290,7 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 		a.Verdict = Deny
 	}
 	a.Summary = x.portsSummary(a)
-	return a, nil
+	return nil
 }
 
 func parsePortText(s string) (corev1.Protocol, int) {
@@ -400,6 +451,7 @@ type result struct {
 	egress, ingress Direction
 	dropNode        string // the node that dropped the packet
 	mismatch        []string
+	liveDisagree    []string // the kernel's table decides otherwise than the policies
 }
 
 func (x *explainer) packet(proto corev1.Protocol, port int) trace.Packet {
@@ -430,18 +482,20 @@ func (x *explainer) evaluate(proto corev1.Protocol, port int, withSteps bool) (*
 	for _, n := range x.crossed {
 		tr, err := x.tables[n].Forward(pkt)
 		if err != nil {
-			return nil, fmt.Errorf("walking the table of node %s: %w", n, err)
+			return nil, &WalkError{Node: n, Kernel: x.kind[n] == "kernel", Err: err}
 		}
 		walks[n] = tr
+		var full *Walk // one walk per node, shared by the directions it judges
+		if withSteps {
+			full = x.walk(n, tr, reached, "hook forward")
+		}
 		eg, egReached := section(tr, nft.ChainEgress)
 		ing, ingReached := section(tr, nft.ChainIngress)
 		if x.from.pod != nil && x.from.Node == n {
 			d := &r.egress
 			d.JudgedBy = n
 			d.Verdict = verdictText(eg)
-			if withSteps {
-				d.Trace = x.walk(n, tr, reached, "hook forward")
-			}
+			d.Trace = full
 			if !egReached && eg != nft.Drop {
 				d.Note = "the table of node " + n + " never consults chain " + nft.ChainEgress
 			}
@@ -451,9 +505,7 @@ func (x *explainer) evaluate(proto corev1.Protocol, port int, withSteps bool) (*
 			d.JudgedBy = n
 			if ingReached || eg != nft.Drop || x.from.Node != n || x.from.pod == nil {
 				d.Verdict = verdictText(ing)
-				if withSteps {
-					d.Trace = x.walk(n, tr, reached, "hook forward")
-				}
+				d.Trace = full
 				if !ingReached && tr.Verdict != nft.Drop {
 					d.Note = "the table of node " + n + " never consults chain " + nft.ChainIngress
 				}
@@ -461,7 +513,7 @@ func (x *explainer) evaluate(proto corev1.Protocol, port int, withSteps bool) (*
 				// Egress dropped the packet on this node first: walk ingress alone.
 				alone, err := x.tables[n].Chain("forward", nft.ChainIngress, pkt)
 				if err != nil {
-					return nil, fmt.Errorf("walking chain %s of node %s: %w", nft.ChainIngress, n, err)
+					return nil, &WalkError{Node: n, Kernel: x.kind[n] == "kernel", Err: fmt.Errorf("chain %s: %w", nft.ChainIngress, err)}
 				}
 				d.Verdict = verdictText(alone.Verdict)
 				d.Note = "egress dropped the packet first on this node; the walk shows chain " + nft.ChainIngress + " alone"
@@ -482,7 +534,14 @@ func (x *explainer) evaluate(proto corev1.Protocol, port int, withSteps bool) (*
 		if d.JudgedBy == "" {
 			return
 		}
-		if want := verdictText(boolVerdict(a.allows())); want != d.Verdict {
+		want := verdictText(boolVerdict(a.allows()))
+		switch {
+		case want == d.Verdict:
+		case x.kind[d.JudgedBy] == "kernel":
+			// Not explain's bug: the kernel holds another table than the compile.
+			r.liveDisagree = append(r.liveDisagree, fmt.Sprintf("%s %s/%d: the kernel's table on %s says %s, the policies say %s", name,
+				strings.ToLower(string(proto)), port, d.JudgedBy, d.Verdict, want))
+		default:
 			r.mismatch = append(r.mismatch, fmt.Sprintf("%s %s/%d: the walk on %s says %s, the policies say %s", name,
 				strings.ToLower(string(proto)), port, d.JudgedBy, d.Verdict, want))
 		}

@@ -35,6 +35,10 @@ func directionWhy(name string, d Direction) string {
 	switch {
 	case d.JudgedBy == "":
 		return name + " not judged"
+	case d.Verdict == Allow && len(d.IsolatedBy) > 0 && len(d.AllowedBy) == 0:
+		return fmt.Sprintf("%s on %s passed by its table although %s isolates it and no rule allows it: the table is not what the policies compile to", name, d.JudgedBy, strings.Join(d.IsolatedBy, ", "))
+	case d.Verdict == Deny && len(d.AllowedBy) > 0:
+		return fmt.Sprintf("%s on %s dropped by its table although %s rule %d allows it: the table is not what the policies compile to", name, d.JudgedBy, d.AllowedBy[0].Policy, d.AllowedBy[0].Rule)
 	case d.Verdict == Deny && len(d.IsolatedBy) == 0:
 		return fmt.Sprintf("%s dropped on %s by a rule outside the policy groups", name, d.JudgedBy)
 	case d.Verdict == Deny:
@@ -132,6 +136,15 @@ func (a *Answer) Text() string {
 			}
 			b.WriteByte('\n')
 		}
+		if a.Live.Error != "" {
+			fmt.Fprintf(&b, "live: the walk stopped: %s\n\n", a.Live.Error)
+		}
+		for _, d := range a.Live.Disagreements {
+			fmt.Fprintf(&b, "live: %s\n", d)
+		}
+		if len(a.Live.Disagreements) > 0 {
+			b.WriteByte('\n')
+		}
 	}
 	for _, m := range a.Mismatch {
 		fmt.Fprintf(&b, "BUG: attribution and walk disagree: %s\n", m)
@@ -176,7 +189,11 @@ func writeDirection(b *strings.Builder, name string, end End, d Direction) {
 		who = end.Address
 	}
 	if d.JudgedBy == "" {
-		fmt.Fprintf(b, "%s of %s: %s\n  %s\n\n", name, who, d.Verdict, d.Note)
+		fmt.Fprintf(b, "%s of %s: %s\n", name, who, d.Verdict)
+		if d.Note != "" {
+			fmt.Fprintf(b, "  %s\n", d.Note)
+		}
+		b.WriteByte('\n')
 		return
 	}
 	fmt.Fprintf(b, "%s of %s, judged on node %s: %s\n", name, who, d.JudgedBy, d.Verdict)
