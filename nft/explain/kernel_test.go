@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/compile"
@@ -33,9 +33,9 @@ type kernelLab struct {
 }
 
 const (
-	labL  = "192.0.2.9"  // L's eth0; A's l is .10
-	labA  = "192.0.2.1"  // A's b; B's a is .2
-	labB  = "192.0.2.5"  // B's r; R's eth0 is .6
+	labL  = "192.0.2.9" // L's eth0; A's l is .10
+	labA  = "192.0.2.1" // A's b; B's a is .2
+	labB  = "192.0.2.5" // B's r; R's eth0 is .6
 	labL6 = "2001:db8:0:1::9"
 	labA6 = "2001:db8:0:2::1"
 	labB6 = "2001:db8:0:3::5"
