@@ -78,7 +78,8 @@ func TestExplainLive(t *testing.T) {
 	text, m = ask()
 	for _, want := range []string{
 		"ALLOW: monitoring/prometheus -> shop/db tcp/5432 (IPv4): egress not isolated; ingress on node-2 passed by its table although shop/db-from-web isolates it",
-		"differs from the fresh compile (1 differences)",
+		"differs from the fresh compile (1 difference)",
+		"yet the table lets it through",
 		"set ingress-v4: element 10.244.2.7 : goto ing-",
 		"live: ingress tcp/5432: the kernel's table on node-2 says allow, the policies say deny",
 	} {

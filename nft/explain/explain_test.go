@@ -131,7 +131,7 @@ func TestExplainSameNodeBothDeny(t *testing.T) {
 	if a.Verdict != Deny || a.Egress.Verdict != Deny || a.Ingress.Verdict != Deny || a.Ingress.Trace.Reached || a.Ingress.Trace.From != "chain pod-ingress" {
 		t.Errorf("%s", a.Text())
 	}
-	if !strings.Contains(a.Summary, "denied by both") {
+	if !strings.Contains(a.Summary, "denied twice") {
 		t.Errorf("summary %q", a.Summary)
 	}
 }

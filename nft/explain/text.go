@@ -14,7 +14,7 @@ func (x *explainer) summary(r *result, port string) string {
 	case r.verdict == Allow:
 		return head + ": " + directionWhy("egress", r.egress) + "; " + directionWhy("ingress", r.ingress)
 	case r.egress.Verdict == Deny && r.ingress.Verdict == Deny:
-		return head + ": denied by both " + directionWhy("egress", r.egress) + " and " + directionWhy("ingress", r.ingress)
+		return head + ": denied twice: " + directionWhy("egress", r.egress) + "; and " + directionWhy("ingress", r.ingress)
 	case r.egress.Verdict == Deny:
 		return head + ": " + directionWhy("egress", r.egress)
 	case r.ingress.Verdict == Deny:
@@ -130,7 +130,11 @@ func (a *Answer) Text() string {
 		if len(a.Live.Differences) == 0 {
 			fmt.Fprintf(&b, "live: the kernel's table on %s is exactly the fresh compile\n\n", a.Live.Node)
 		} else {
-			fmt.Fprintf(&b, "live: the kernel's table on %s differs from the fresh compile (%d differences):\n", a.Live.Node, len(a.Live.Differences))
+			plural := "s"
+			if len(a.Live.Differences) == 1 {
+				plural = ""
+			}
+			fmt.Fprintf(&b, "live: the kernel's table on %s differs from the fresh compile (%d difference%s):\n", a.Live.Node, len(a.Live.Differences), plural)
 			for _, d := range a.Live.Differences {
 				fmt.Fprintf(&b, "  %s\n", d)
 			}
@@ -169,8 +173,12 @@ func (a *Answer) Text() string {
 		}
 		fmt.Fprintf(&b, "walk on node %s (%s table, from %s%s): %s\n", w.Node, w.Table, w.From, reached, w.Packet)
 		for _, s := range w.Steps {
+			if s.Rule < 0 {
+				fmt.Fprintf(&b, "  %s: %s\n", s.Chain, s.Text)
+				continue
+			}
 			fmt.Fprintf(&b, "  %s[%d]: %s", s.Chain, s.Rule, s.Text)
-			if !strings.HasSuffix(s.Text, s.Verdict) || s.Rule < 0 {
+			if !strings.HasSuffix(s.Text, s.Verdict) {
 				fmt.Fprintf(&b, "  => %s", s.Verdict)
 			}
 			b.WriteByte('\n')
@@ -206,6 +214,12 @@ func writeDirection(b *strings.Builder, name string, end End, d Direction) {
 		}
 		for _, r := range d.AllowedBy {
 			fmt.Fprintf(b, "  allowed by %s\n", r)
+		}
+		switch {
+		case d.Verdict == Allow && len(d.AllowedBy) == 0:
+			fmt.Fprintf(b, "  yet the table lets it through: it is not what these policies compile to\n")
+		case d.Verdict == Deny && len(d.AllowedBy) > 0:
+			fmt.Fprintf(b, "  yet the table drops it: it is not what these policies compile to\n")
 		}
 	}
 	if d.Note != "" {
