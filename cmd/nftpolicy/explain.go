@@ -20,6 +20,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -218,12 +219,10 @@ func explainRun(o explainOptions, stdin io.Reader, stdout io.Writer) error {
 	// With --live, an answer can come with an error (a kernel rule explain cannot
 	// read): print what is known, then fail.
 	if o.output == "json" {
-		b, jerr := json.MarshalIndent(a, "", "  ")
-		if jerr != nil {
-			return jerr
-		}
-		_, werr := fmt.Fprintf(stdout, "%s\n", b)
-		return errors.Join(err, werr)
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		enc.SetEscapeHTML(false) // "->" in summaries, not "-\u003e"
+		return errors.Join(err, enc.Encode(a))
 	}
 	_, werr := io.WriteString(stdout, a.Text())
 	return errors.Join(err, werr)
@@ -250,7 +249,14 @@ func listCluster(ctx context.Context, kubeconfig string) (explain.Cluster, error
 	var nodes corev1.NodeList
 	var pols networkingv1.NetworkPolicyList
 	for _, l := range []client.ObjectList{&pods, &nss, &nodes, &pols} {
-		if err := cl.List(ctx, l); err != nil {
+		err := cl.List(ctx, l)
+		if l == &nodes && apierrors.IsForbidden(err) {
+			// The agent's own service account (kubectl exec ... explain --live)
+			// may not list nodes: explain works without them, node/NAME aside.
+			c.Notes = append(c.Notes, "nodes not listed (forbidden): a node's address counts as external, and node/NAME is unknown")
+			continue
+		}
+		if err != nil {
 			return c, fmt.Errorf("API server %s: %w", cfg.Host, err)
 		}
 	}

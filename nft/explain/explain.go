@@ -21,6 +21,9 @@ type Cluster struct {
 	Namespaces []*corev1.Namespace
 	Nodes      []*corev1.Node
 	Policies   []*networkingv1.NetworkPolicy
+	// Notes are what the caller could not load (nodes it may not list, ...),
+	// repeated in the answer.
+	Notes []string
 }
 
 // Question is "from X to Y", on one protocol and port or on every port.
@@ -73,6 +76,8 @@ type Answer struct {
 	// of the two ends' namespaces (policy: reason).
 	Problems []string `json:"problems,omitempty"`
 	Live     *Live    `json:"live,omitempty"`
+	// Notes are what the caller could not load (Cluster.Notes).
+	Notes []string `json:"notes,omitempty"`
 	// Mismatch lists every disagreement between the policy attribution and the walk.
 	// Always empty unless explain has a bug; the verdict is the walk's.
 	Mismatch []string `json:"mismatch,omitempty"`
@@ -158,7 +163,7 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 	x := &explainer{c: &c, opts: opts, from: fromC.end(family), to: toC.end(family), attr: newAttributor(&c),
 		tables: map[string]*trace.Tracer{}, kind: map[string]string{}}
 	x.crossed = x.crossedNodes()
-	a := &Answer{From: x.from, To: x.to, Family: family, Port: q.Port}
+	a := &Answer{From: x.from, To: x.to, Family: family, Port: q.Port, Notes: c.Notes}
 	var problems []compile.Problem
 	for _, n := range x.crossed {
 		rs, ps := compile.Compile(compile.Snapshot{NodeName: n, Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies}, compile.Options{Table: opts.Table})

@@ -119,6 +119,9 @@ func (a *Answer) Text() string {
 	b.WriteByte('\n')
 	writeDirection(&b, "egress", a.From, a.Egress)
 	writeDirection(&b, "ingress", a.To, a.Ingress)
+	for _, n := range a.Notes {
+		fmt.Fprintf(&b, "note: %s\n\n", n)
+	}
 	if len(a.Problems) > 0 {
 		fmt.Fprintf(&b, "problems (the compiler could not enforce these as written; they fail closed):\n")
 		for _, p := range a.Problems {
