@@ -202,8 +202,14 @@ func explainRun(o explainOptions, stdin io.Reader, stdout io.Writer) error {
 			return fmt.Errorf("--live: %w", err)
 		}
 		defer a.Close()
-		hint, _ := compileHint(c, o)
-		rs, err := a.Read(ctx, hint)
+		// Read once to learn the agent's compile options (deny log, counters),
+		// then again with the fresh compile under them as the hint.
+		first, err := a.Read(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("--live: reading table inet %s: %w", o.table, err)
+		}
+		opts.Compile = explain.CompileOptionsOf(first)
+		rs, err := a.Read(ctx, compileHint(c, o, opts.Compile))
 		if err != nil {
 			return fmt.Errorf("--live: reading table inet %s: %w", o.table, err)
 		}
@@ -403,6 +409,8 @@ func replace[T any](list []T, o T, same func(T) bool) []T {
 
 // compileHint is the fresh compile of the node --live reads: Read describes the
 // kernel's rules in its terms.
-func compileHint(c explain.Cluster, o explainOptions) (*nft.Ruleset, []compile.Problem) {
-	return compile.Compile(compile.Snapshot{NodeName: o.nodeName, Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies}, compile.Options{Table: o.table})
+func compileHint(c explain.Cluster, o explainOptions, opts compile.Options) *nft.Ruleset {
+	opts.Table = o.table
+	rs, _ := compile.Compile(compile.Snapshot{NodeName: o.nodeName, Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies}, opts)
+	return rs
 }

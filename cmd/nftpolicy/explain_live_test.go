@@ -37,7 +37,9 @@ func TestExplainLive(t *testing.T) {
 	}
 	var c explain.Cluster
 	overlay(&c, objs)
-	rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-2", Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies}, compile.Options{})
+	// The table as the DaemonSet's agent writes it: deny log and policy counters on.
+	rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-2", Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies},
+		compile.Options{DenyLog: compile.DenyLog{Group: 7600, Rate: 10, Burst: 20}, PolicyCounters: true})
 	a, err := netlink.New(netlink.Options{Table: rs.Table, NetNSPath: ns.Path()})
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +66,8 @@ func TestExplainLive(t *testing.T) {
 	}
 	text, m := ask()
 	if !strings.HasPrefix(text, "DENY") || !strings.Contains(text, "live: the kernel's table on node-2 is exactly the fresh compile") ||
-		!strings.Contains(text, "walk on node node-2 (kernel table") {
+		!strings.Contains(text, "walk on node node-2 (kernel table") ||
+		!strings.Contains(text, `limit name "deny-log" log prefix "nftpolicy-deny ing-`) || !strings.Contains(text, `counter name "pol-`) {
 		t.Errorf("untouched table:\n%s", text)
 	}
 	if live := m["live"].(map[string]any); len(live["differences"].([]any)) != 0 {

@@ -1,11 +1,6 @@
 package compile
 
 import (
-	"fmt"
-	"net/netip"
-	"slices"
-	"strings"
-
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -28,6 +23,11 @@ type Snapshot struct {
 // Options tune Compile.
 type Options struct {
 	Table string // table name; nft.DefaultTable when empty
+	// DenyLog logs isolation drops to an NFLOG group; the zero value logs nothing.
+	DenyLog DenyLog
+	// PolicyCounters adds a counter per policy, direction and verdict that the
+	// group chains update (see observe.go and nft/doc.go, "Policy counters").
+	PolicyCounters bool
 }
 
 // Problem is something Compile could not enforce exactly as written. Policy names the
@@ -77,132 +77,4 @@ func Compile(s Snapshot, opts Options) (*nft.Ruleset, []Problem) {
 		}
 	}
 	return c.Compile()
-}
-
-// assemble builds the ruleset from a compilation's groups.
-func assemble(table string, c *compiler) *nft.Ruleset {
-	rs := &nft.Ruleset{Table: table}
-	rs.Sets = append(rs.Sets, c.maps()...)
-	rs.Chains = append(rs.Chains, fixedChains()...)
-	slices.SortFunc(c.groups, func(a, b *group) int { return strings.Compare(a.chain, b.chain) })
-	for _, g := range c.groups {
-		rs.Sets = append(rs.Sets, g.sets...)
-		rs.Chains = append(rs.Chains, g.chainV)
-	}
-	slices.SortFunc(rs.Sets, func(a, b nft.Set) int { return strings.Compare(a.Name, b.Name) })
-	return rs
-}
-
-// fixedChains are the chains that exist whatever the policies: see nft/doc.go.
-func fixedChains() []nft.Chain {
-	return []nft.Chain{
-		{
-			Name: nft.ChainForward,
-			// Priority filter (0): after kube-proxy's DNAT (dstnat, -100), so policy sees
-			// the endpoint pod, and before its masquerade (srcnat, 100), so it sees the
-			// client; see nft/doc.go.
-			Hook: &nft.Hook{Type: "filter", Hook: "forward", Priority: 0, Policy: nft.Accept},
-			Rules: []nft.Rule{
-				{Matches: []nft.Match{nft.Is(nft.KeyCtState, nft.Num(nft.CtEstablished|nft.CtRelated))}, Verdict: nft.Verdict{Kind: nft.Accept}},
-				{Matches: []nft.Match{nft.Is(nft.KeyICMPv6Type, nft.Num(133), nft.Num(134), nft.Num(135), nft.Num(136))}, Verdict: nft.Verdict{Kind: nft.Accept}},
-				{Verdict: nft.Verdict{Kind: nft.Jump, Chain: nft.ChainEgress}},
-				{Verdict: nft.Verdict{Kind: nft.Jump, Chain: nft.ChainIngress}},
-			},
-		},
-		{Name: nft.ChainEgress, Rules: []nft.Rule{
-			{VMap: &nft.VMap{Keys: []nft.Key{nft.KeyIPSaddr}, Map: nft.MapEgressV4}},
-			{VMap: &nft.VMap{Keys: []nft.Key{nft.KeyIP6Saddr}, Map: nft.MapEgressV6}},
-		}},
-		{Name: nft.ChainIngress, Rules: []nft.Rule{
-			{VMap: &nft.VMap{Keys: []nft.Key{nft.KeyIPDaddr}, Map: nft.MapIngressV4}},
-			{VMap: &nft.VMap{Keys: []nft.Key{nft.KeyIP6Daddr}, Map: nft.MapIngressV6}},
-		}},
-	}
-}
-
-// maps builds the four verdict maps from the local isolated pods to their group chains.
-func (c *compiler) maps() []nft.Set {
-	type mapDef struct {
-		name    string
-		typ     nft.DataType
-		v6      bool
-		ingress bool
-		comment string
-	}
-	defs := []mapDef{
-		{nft.MapEgressV4, nft.TypeIPv4Addr, false, false, "local isolated pod IPv4 -> its egress chain"},
-		{nft.MapEgressV6, nft.TypeIPv6Addr, true, false, "local isolated pod IPv6 -> its egress chain"},
-		{nft.MapIngressV4, nft.TypeIPv4Addr, false, true, "local isolated pod IPv4 -> its ingress chain"},
-		{nft.MapIngressV6, nft.TypeIPv6Addr, true, true, "local isolated pod IPv6 -> its ingress chain"},
-	}
-	out := make([]nft.Set, 0, len(defs))
-	for _, d := range defs {
-		s := nft.Set{Name: d.name, Type: []nft.DataType{d.typ}, Verdicts: true, Comment: d.comment}
-		taken := map[netip.Addr]*podInfo{}
-		for _, p := range c.ix.local.list() {
-			g := p.egress
-			verdict := nft.Jump
-			if d.ingress {
-				g, verdict = p.ingress, nft.Goto
-			}
-			if g == nil {
-				continue
-			}
-			for _, a := range p.addrs {
-				if a.Is6() != d.v6 {
-					continue
-				}
-				if other := taken[a]; other != nil {
-					// Already reported as a problem by the index; the first pod in
-					// namespace/name order keeps the address.
-					continue
-				}
-				taken[a] = p
-				s.Elements = append(s.Elements, nft.Element{
-					Key:     []nft.Value{nft.Addr(a)},
-					Verdict: nft.Verdict{Kind: verdict, Chain: g.chain},
-					Comment: comment(p.ref),
-				})
-			}
-		}
-		out = append(out, s)
-	}
-	return out
-}
-
-// comment makes s acceptable as an nft comment: no quotes, backslashes or newlines,
-// at most nft.MaxCommentLen bytes.
-func comment(s string) string {
-	s = strings.Map(func(r rune) rune {
-		switch r {
-		case '"', '\\', '\n', '\r':
-			return '_'
-		}
-		return r
-	}, s)
-	if len(s) > nft.MaxCommentLen {
-		s = s[:nft.MaxCommentLen]
-	}
-	return s
-}
-
-// listComment is prefix followed by as many of refs as fit in a comment, then
-// "+N more" for the rest.
-func listComment(prefix string, refs []string) string {
-	out := prefix
-	for i, r := range refs {
-		sep := " "
-		if i > 0 {
-			sep = ", "
-		}
-		more := ""
-		if i < len(refs)-1 {
-			more = fmt.Sprintf(" +%d more", len(refs)-1-i)
-		}
-		if len(out)+len(sep)+len(r)+len(more) > nft.MaxCommentLen {
-			return comment(out + fmt.Sprintf(" +%d more", len(refs)-i))
-		}
-		out += sep + r
-	}
-	return comment(out)
 }

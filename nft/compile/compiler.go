@@ -33,11 +33,13 @@ import (
 // A Compiler is not safe for concurrent use.
 type Compiler struct {
 	table  string
+	opts   Options
+	attrib *Attribution // of the last Compile
 	ix     *index
 	pols   map[objKey]*policyEntry
-	byNS   map[string][]*policy // by name
-	order  []objKey             // policy keys, sorted; nil when stale
-	filled map[string]*filled   // by group key, from the last Compile
+	byNS   map[string][]*policy    // by name
+	order  []objKey                // policy keys, sorted; nil when stale
+	cached map[string]*cachedGroup // by group key, from the last Compile
 	keys   *keyTable
 }
 
@@ -54,10 +56,11 @@ func NewCompiler(node string, opts Options) *Compiler {
 	}
 	return &Compiler{
 		table:  table,
+		opts:   opts,
 		ix:     newIndex(node),
 		pols:   map[objKey]*policyEntry{},
 		byNS:   map[string][]*policy{},
-		filled: map[string]*filled{},
+		cached: map[string]*cachedGroup{},
 		keys:   newKeyTable(),
 	}
 }
@@ -77,7 +80,7 @@ func (c *Compiler) setPod(key objKey, p *corev1.Pod) {
 	if samePod(old, cur) {
 		return
 	}
-	c.drop(func(f *filled) bool { return f.selects(c.ix, old) || f.selects(c.ix, cur) })
+	c.drop(func(f *cachedGroup) bool { return f.selects(c.ix, old) || f.selects(c.ix, cur) })
 }
 
 // samePod reports whether two versions of a pod are alike to the compiler.
@@ -104,7 +107,7 @@ func (c *Compiler) namespaceChanged(before, after labels.Set) {
 	if maps.Equal(before, after) {
 		return
 	}
-	c.drop(func(f *filled) bool {
+	c.drop(func(f *cachedGroup) bool {
 		return f.anyPeer(func(_ *policy, pe *peer) bool {
 			return pe.nsSel != nil && pe.nsSel.Matches(before) != pe.nsSel.Matches(after)
 		})
@@ -139,12 +142,17 @@ func (c *Compiler) removePolicy(key objKey) {
 	if len(c.byNS[key.ns]) == 0 {
 		delete(c.byNS, key.ns)
 	}
-	c.drop(func(f *filled) bool { return slices.Contains(f.policies, old.p) })
+	c.drop(func(f *cachedGroup) bool { return slices.Contains(f.policies, old.p) })
 }
 
+// Attribution maps the deny log prefixes and counter names of the table the last
+// Compile returned to their policies; nil before the first Compile. The value is
+// never modified: callers may keep it and share it between goroutines.
+func (c *Compiler) Attribution() *Attribution { return c.attrib }
+
 // drop forgets the groups for which affected is true.
-func (c *Compiler) drop(affected func(*filled) bool) {
-	maps.DeleteFunc(c.filled, func(_ string, f *filled) bool { return affected(f) })
+func (c *Compiler) drop(affected func(*cachedGroup) bool) {
+	maps.DeleteFunc(c.cached, func(_ string, f *cachedGroup) bool { return affected(f) })
 }
 
 // Compile returns the table for every object recorded so far, and the problems
@@ -157,73 +165,14 @@ func (c *Compiler) Compile() (*nft.Ruleset, []Problem) {
 	for _, k := range c.order {
 		problems = append(problems, c.pols[k].problems...)
 	}
-	cc := newCompiler(c.ix, c.byNS, c.keys)
-	c.filled = cc.build(c.filled)
-	rs := assemble(c.table, cc)
+	p := newPass(c.ix, c.byNS, c.keys, c.opts)
+	c.cached = p.build(c.cached)
+	rs, at := p.ruleset(c.table)
+	c.attrib = at
 	// Bound the key table: drop it when it holds more than twice the keys the
 	// ruleset uses (plus slack); the next fills start a new one.
 	if n := len(c.keys.keys); n > 4096 && n > 2*rs.Counts().Elements {
 		c.keys = newKeyTable()
 	}
 	return rs, problems
-}
-
-// anyPeer reports whether match is true for a peer of a rule the group's sets are
-// made of.
-func (f *filled) anyPeer(match func(*policy, *peer) bool) bool {
-	for _, p := range f.policies {
-		rules := p.egRules
-		if f.ingress {
-			rules = p.ingRules
-		}
-		for _, r := range rules {
-			if r.broken {
-				continue
-			}
-			for _, pe := range r.peers {
-				if match(p, pe) {
-					return true
-				}
-			}
-		}
-	}
-	return false
-}
-
-// selects reports whether the group's sets may depend on pod p: a selector peer of
-// one of its rules picks p, or an egress rule resolves a named port on every pod or
-// on the pods of an ipBlock. It uses the namespaces' labels as they are now.
-func (f *filled) selects(ix *index, p *podInfo) bool {
-	if p == nil {
-		return false
-	}
-	if !f.ingress {
-		for _, pol := range f.policies {
-			for _, r := range pol.egRules {
-				if r.broken || !r.hasNamedPort() {
-					continue
-				}
-				if r.allPeers || slices.ContainsFunc(r.peers, func(pe *peer) bool { return pe.isBlk }) {
-					return true
-				}
-			}
-		}
-	}
-	return f.anyPeer(func(pol *policy, pe *peer) bool {
-		if pe.isBlk {
-			return false
-		}
-		if pe.nsSel == nil {
-			if p.ns != pol.ns {
-				return false
-			}
-		} else if !pe.nsSel.Matches(ix.labelsOf(p.ns)) {
-			return false
-		}
-		return pe.podSel.Matches(p.labels)
-	})
-}
-
-func (r *rule) hasNamedPort() bool {
-	return slices.ContainsFunc(r.ports, func(pt port) bool { return pt.name != "" })
 }

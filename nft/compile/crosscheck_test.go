@@ -51,6 +51,11 @@ var crossProtos = []struct {
 // checks each ruleset's validity and the disjointness of its interval sets. It returns
 // the number of packets compared and the first failures.
 func crosscheck(t testing.TB, w world) (int, []string) {
+	return crosscheckOpts(t, w, Options{})
+}
+
+// crosscheckOpts is crosscheck compiling with opts.
+func crosscheckOpts(t testing.TB, w world, opts Options) (int, []string) {
 	var nodes []string
 	for _, p := range w.pods {
 		if p.Spec.NodeName != "" && !slices.Contains(nodes, p.Spec.NodeName) {
@@ -61,7 +66,7 @@ func crosscheck(t testing.TB, w world) (int, []string) {
 	tracers := map[string]*trace.Tracer{}
 	var errs []string
 	for _, n := range nodes {
-		rs, _ := Compile(Snapshot{NodeName: n, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, Options{})
+		rs, _ := Compile(Snapshot{NodeName: n, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, opts)
 		if err := rs.Validate(); err != nil {
 			errs = append(errs, fmt.Sprintf("node %s: invalid ruleset: %v", n, err))
 		}

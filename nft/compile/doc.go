@@ -103,9 +103,33 @@
 // roughly linear in the size of the result (the number of set elements), which is the
 // number of groups times the peers each is allowed: see BenchmarkCompile.
 //
-// A Compiler (compiler.go) keeps the index, the parsed policies and each group's
-// sets between compilations, and a change drops only the groups it can affect, so
-// recompiling after one change costs the node's grouping (its own pods) plus the
-// groups that change refills, not the whole table. Compile is a fresh Compiler, and
+// A Compiler keeps the index, the parsed policies and each group's sets between
+// compilations, and a change drops only the groups it can affect, so recompiling
+// after one change costs the node's grouping (its own pods) plus the groups that
+// change refills, not the whole table. Compile is a fresh Compiler, and
 // TestCompilerMatchesCompile checks the two agree over random change sequences.
+//
+// # Seeing verdicts
+//
+// Two options add to each group chain what lets a person see its verdicts, without
+// changing any verdict (the golden case `observe` is crosschecked like the others):
+// the deny log (a rule before the isolation drop that logs to NFLOG through one
+// node-wide limit) and the policy counters (named counters per policy, direction and
+// verdict). Compiler.Attribution maps the log prefixes and counter names of the table
+// back to policies. nft/doc.go describes both and how packets are attributed.
+//
+// # Where things are
+//
+// One file per piece, each piece's methods with it:
+//
+//	compile.go    the front door: Snapshot, Options, Problem, Compile
+//	compiler.go   Compiler: the objects across syncs, and what each change invalidates
+//	pass.go       pass: one compilation (group the local targets, fill groups, assemble)
+//	group.go      group and cachedGroup: one chain and its sets; its key, names, chain
+//	elements.go   set elements: disjoint port elements (portElems) and shared keys (keyTable)
+//	addrset.go    addrSet: address unions on interval sets
+//	table.go      the fixed chains, the verdict maps, comments
+//	observe.go    options: the deny log rule and the policy counters; Attribution
+//	policy.go     NetworkPolicy parsed once into policy, rule, peer, port
+//	index.go      index: pods and namespaces arranged for selection, and podInfo
 package compile

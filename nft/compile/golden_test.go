@@ -32,6 +32,9 @@ type goldenCase struct {
 	problems []string
 	// noCrosscheck says why the case cannot be judged packet by packet.
 	noCrosscheck string
+	// src names the objects file when it is another case's; opts are the options.
+	src  string
+	opts Options
 }
 
 var goldenCases = []goldenCase{
@@ -65,6 +68,9 @@ var goldenCases = []goldenCase{
 	{name: "pod-eligibility", node: "node-1"},
 	{name: "named-port-groups", node: "node-1"},
 	{name: "namespaces", node: "node-1"},
+	// The union case with the deny log and the policy counters on.
+	{name: "observe", src: "union", upstream: true, node: "node-1", opts: Options{
+		DenyLog: DenyLog{Group: 100, Rate: 100, Burst: 20}, PolicyCounters: true}},
 	{name: "duplicate-address", node: "node-1", noCrosscheck: "two pods, one address: no packet-level truth", problems: []string{
 		"pods dup/one and dup/two on this node share address 10.9.1.1; the first of them that a direction isolates keeps it",
 	}},
@@ -74,7 +80,7 @@ func TestGolden(t *testing.T) {
 	for _, c := range goldenCases {
 		t.Run(c.name, func(t *testing.T) {
 			w := loadCase(t, c)
-			rs, problems := Compile(Snapshot{NodeName: c.node, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, Options{})
+			rs, problems := Compile(Snapshot{NodeName: c.node, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, c.opts)
 			if err := rs.Validate(); err != nil {
 				t.Fatalf("invalid ruleset: %v", err)
 			}
@@ -107,7 +113,7 @@ func TestGolden(t *testing.T) {
 				t.Logf("no crosscheck: %s", c.noCrosscheck)
 				return
 			}
-			n, errs := crosscheck(t, w)
+			n, errs := crosscheckOpts(t, w, c.opts)
 			if len(errs) > 0 {
 				t.Errorf("crosscheck:\n%s", strings.Join(errs, "\n"))
 			}
@@ -120,11 +126,11 @@ func TestGolden(t *testing.T) {
 func TestCompileIsDeterministic(t *testing.T) {
 	for _, c := range goldenCases {
 		w := loadCase(t, c)
-		rs, p1 := Compile(Snapshot{NodeName: c.node, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, Options{})
+		rs, p1 := Compile(Snapshot{NodeName: c.node, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, c.opts)
 		slices.Reverse(w.pods)
 		slices.Reverse(w.namespaces)
 		slices.Reverse(w.policies)
-		rs2, p2 := Compile(Snapshot{NodeName: c.node, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, Options{})
+		rs2, p2 := Compile(Snapshot{NodeName: c.node, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, c.opts)
 		if nft.Render(rs) != nft.Render(rs2) || !slices.Equal(p1, p2) {
 			t.Errorf("%s: result depends on input order", c.name)
 		}
@@ -150,7 +156,11 @@ func loadCase(t *testing.T, c goldenCase) world {
 	if c.upstream {
 		w.namespaces, w.pods = upstreamModel()
 	}
-	nss, pods, pols, err := loadObjects(filepath.Join("testdata", c.name+".yaml"))
+	src := c.name
+	if c.src != "" {
+		src = c.src
+	}
+	nss, pods, pols, err := loadObjects(filepath.Join("testdata", src+".yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

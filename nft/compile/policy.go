@@ -267,3 +267,7 @@ func parsePort(pp *networkingv1.NetworkPolicyPort) (port, string) {
 	}
 	return out, ""
 }
+
+func (r *rule) hasNamedPort() bool {
+	return slices.ContainsFunc(r.ports, func(pt port) bool { return pt.name != "" })
+}

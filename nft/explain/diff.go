@@ -10,7 +10,8 @@ import (
 
 // Diff lists every difference between want (the fresh compile) and got (what a
 // kernel holds), one line each, in a stable order: chains missing or unexpected, a
-// base chain's hook or policy, each rule that differs (as nft prints it), sets missing
+// base chain's hook or policy, each rule that differs (as nft prints it), named
+// objects missing, unexpected or of another kind or limit, sets missing
 // or unexpected, their type and flags, and each element missing or unexpected (with
 // its verdict in maps; comments are not compared, the kernel's readback may lack
 // them). Empty when they mean the same.
@@ -41,6 +42,18 @@ func Diff(want, got *nft.Ruleset) []string {
 					out = append(out, fmt.Sprintf("chain %s rule %d: kernel has %s; compile has %s", name, i, rg, rw))
 				}
 			}
+		}
+	}
+	wo, gob := objectsByName(want), objectsByName(got)
+	for _, name := range sortedNames(wo, gob) {
+		w, g := wo[name], gob[name]
+		switch {
+		case g == nil:
+			out = append(out, fmt.Sprintf("%s %s: missing from the kernel", w.Kind, name))
+		case w == nil:
+			out = append(out, fmt.Sprintf("%s %s: in the kernel, not in the compile", g.Kind, name))
+		case *w != *g:
+			out = append(out, fmt.Sprintf("%s %s: kernel has %s, compile has %s", w.Kind, name, objectText(*g), objectText(*w)))
 		}
 	}
 	ws, gs := setsByName(want), setsByName(got)
@@ -79,6 +92,21 @@ func chainsByName(r *nft.Ruleset) map[string]*nft.Chain {
 		m[r.Chains[i].Name] = &r.Chains[i]
 	}
 	return m
+}
+
+func objectsByName(r *nft.Ruleset) map[string]*nft.Object {
+	m := map[string]*nft.Object{}
+	for i := range r.Objects {
+		m[r.Objects[i].Name] = &r.Objects[i]
+	}
+	return m
+}
+
+func objectText(o nft.Object) string {
+	if o.Kind == nft.LimitObject {
+		return fmt.Sprintf("%s rate %d/%s burst %d packets", o.Kind, o.Limit.Rate, o.Limit.Per, o.Limit.Burst)
+	}
+	return o.Kind.String()
 }
 
 func setsByName(r *nft.Ruleset) map[string]*nft.Set {

@@ -39,6 +39,10 @@ type Question struct {
 // Options tune Explain.
 type Options struct {
 	Table string // the table name the agent uses; nft.DefaultTable when empty
+	// Compile are the agent's compile options (deny log, policy counters): they add
+	// steps to the walks, never change a verdict. Compile.Table is Table. With
+	// Live, CompileOptionsOf tells them from the kernel's table.
+	Compile compile.Options
 	// Live is the table read back from LiveNode's kernel: the walk on that node uses
 	// it instead of the fresh compile, and Answer.Live lists every difference.
 	Live     *nft.Ruleset
@@ -166,7 +170,9 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 	a := &Answer{From: x.from, To: x.to, Family: family, Port: q.Port, Notes: c.Notes}
 	var problems []compile.Problem
 	for _, n := range x.crossed {
-		rs, ps := compile.Compile(compile.Snapshot{NodeName: n, Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies}, compile.Options{Table: opts.Table})
+		copts := opts.Compile
+		copts.Table = opts.Table
+		rs, ps := compile.Compile(compile.Snapshot{NodeName: n, Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies}, copts)
 		problems = append(problems, ps...)
 		x.kind[n] = "compiled"
 		if opts.Live != nil && opts.LiveNode == n {
@@ -196,6 +202,35 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+// CompileOptionsOf tells the compile options an agent used from the table it wrote
+// (read back without a hint): the deny log from the deny-log limit and the group of
+// a log rule that uses it, policy counters from counters named like policy
+// counters. The fresh compile must use them for the two tables to compare.
+func CompileOptionsOf(kernel *nft.Ruleset) compile.Options {
+	var o compile.Options
+	if kernel == nil {
+		return o
+	}
+	if l := kernel.FindObject(nft.ObjDenyLog); l != nil && l.Kind == nft.LimitObject {
+		o.DenyLog = compile.DenyLog{Rate: l.Limit.Rate, Per: l.Limit.Per, Burst: l.Limit.Burst}
+	found:
+		for _, c := range kernel.Chains {
+			for _, r := range c.Rules {
+				if r.Log != nil && slices.Contains(r.Statements, nft.Statement(nft.LimitRef{Name: nft.ObjDenyLog})) {
+					o.DenyLog.Group = r.Log.Group
+					break found
+				}
+			}
+		}
+	}
+	for _, ob := range kernel.Objects {
+		if ob.Kind == nft.CounterObject && strings.HasPrefix(ob.Name, "pol-") {
+			o.PolicyCounters = true
+		}
+	}
+	return o
 }
 
 // WalkError is a table that cannot be walked: a reference to a missing chain or

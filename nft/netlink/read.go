@@ -57,6 +57,15 @@ func (a *Applier) Read(ctx context.Context, hint *nft.Ruleset) (*nft.Ruleset, er
 		hint = &nft.Ruleset{Table: a.opts.Table}
 	}
 	out := &nft.Ruleset{Table: a.opts.Table}
+	objs, err := a.readObjects(kt.tab)
+	if err != nil {
+		return nil, fmt.Errorf("nft/netlink: %w", err)
+	}
+	for _, name := range sortedKeys(objs) {
+		if o := objs[name]; o.ok { // an object the model cannot describe is left out
+			out.Objects = append(out.Objects, o.def)
+		}
+	}
 	for _, name := range sortedKeys(kt.sets) {
 		s, err := a.readSet(kt.sets[name], hint.FindSet(name))
 		if err != nil {
@@ -106,11 +115,18 @@ func (a *Applier) Read(ctx context.Context, hint *nft.Ruleset) (*nft.Ruleset, er
 		for _, kr := range rules {
 			comment, _ := userdata.GetString(kr.UserData, userdata.TypeComment)
 			r := nft.Rule{Matches: []nft.Match{{Keys: []nft.Key{unreadableKey}, Values: []nft.Element{nft.Elem(nft.Num(0))}}}, Comment: UnreadableRule}
+			matched := false
 			for i, ex := range encoded {
 				if same(ex, kr.Exprs) {
-					r = candidates[i]
+					r, matched = candidates[i], true
 					r.Comment = comment
 					break
+				}
+			}
+			if !matched {
+				if sr, ok := statementsOnly(kr.Exprs); ok {
+					r = sr
+					r.Comment = comment
 				}
 			}
 			c.Rules = append(c.Rules, r)
@@ -118,6 +134,54 @@ func (a *Applier) Read(ctx context.Context, hint *nft.Ruleset) (*nft.Ruleset, er
 		out.Chains = append(out.Chains, c)
 	}
 	return out, nil
+}
+
+// statementsOnly describes a rule made of statements alone (counters, logs, limits,
+// named objects; no match, no verdict), whatever wrote it: such a rule changes no
+// verdict, and its bytecode says all there is to say about it.
+func statementsOnly(exprs []expr.Any) (nft.Rule, bool) {
+	var r nft.Rule
+	if len(exprs) == 0 {
+		return r, false
+	}
+	for _, x := range exprs {
+		switch x := x.(type) {
+		case *expr.Counter:
+			if r.Counter || r.Log != nil {
+				return r, false // not in the model's order
+			}
+			r.Counter = true
+		case *expr.Log:
+			if r.Log != nil || x.Key&^(1<<unix.NFTA_LOG_GROUP|1<<unix.NFTA_LOG_PREFIX) != 0 {
+				return r, false
+			}
+			r.Log = &nft.Log{Group: x.Group, Prefix: string(bytes.TrimRight(x.Data, "\x00"))}
+		case *expr.Objref:
+			if r.Counter || r.Log != nil {
+				return r, false
+			}
+			switch x.Type {
+			case int(nftables.ObjTypeCounter):
+				r.Statements = append(r.Statements, nft.CounterRef{Name: x.Name})
+			case int(nftables.ObjTypeLimit):
+				r.Statements = append(r.Statements, nft.LimitRef{Name: x.Name})
+			default:
+				return r, false
+			}
+		case *expr.Limit:
+			per, known := map[expr.LimitTime]nft.LimitUnit{
+				expr.LimitTimeSecond: nft.PerSecond, expr.LimitTimeMinute: nft.PerMinute,
+				expr.LimitTimeHour: nft.PerHour, expr.LimitTimeDay: nft.PerDay,
+			}[x.Unit]
+			if r.Counter || r.Log != nil || !known || x.Type != expr.LimitTypePkts || x.Over || x.Rate > 1<<32-1 {
+				return r, false
+			}
+			r.Statements = append(r.Statements, nft.Limit{Rate: uint32(x.Rate), Per: per, Burst: x.Burst})
+		default:
+			return r, false
+		}
+	}
+	return r, true
 }
 
 // nopDial stands in for the kernel while Read encodes hint rules to compare them.
@@ -284,7 +348,9 @@ func (a *Applier) readSet(ks *nftables.Set, hint *nft.Set) (nft.Set, error) {
 			}
 		}
 		if s.Type == nil {
-			return s, fmt.Errorf("map key type unknown")
+			// An empty map the hint does not know: its key type cannot be told
+			// (Type stays empty, and a comparison with any map shows it).
+			return s, nil
 		}
 	}
 	concat := len(s.Type) > 1

@@ -32,10 +32,31 @@ func TestRead(t *testing.T) {
 		}
 	}
 	check("rich", richModel("np"))
+	observed := compile.Options{Table: "np", DenyLog: compile.DenyLog{Group: 7600, Rate: 10, Burst: 20}, PolicyCounters: true}
 	for i := range 8 {
 		w := netpolref.RandomWorld(rand.New(rand.NewPCG(11, uint64(i))))
-		rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-1", Pods: w.Pods, Namespaces: w.Namespaces, Policies: w.Policies}, compile.Options{Table: "np"})
+		snap := compile.Snapshot{NodeName: "node-1", Pods: w.Pods, Namespaces: w.Namespaces, Policies: w.Policies}
+		rs, _ := compile.Compile(snap, compile.Options{Table: "np"})
 		check(fmt.Sprintf("random-%d", i), rs)
+		// The agent's table with the deny log and policy counters on.
+		rs, _ = compile.Compile(snap, observed)
+		check(fmt.Sprintf("random-%d-observed", i), rs)
+		// Without a hint, the deny log rules (statements only) and the objects
+		// still read back as they are.
+		got, err := a.Read(context.Background(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range rs.Chains {
+			for j, r := range c.Rules {
+				if r.Log != nil && nft.RenderRule(got.Chain(c.Name).Rules[j]) != nft.RenderRule(r) {
+					t.Errorf("random-%d: deny log rule read without hint as %s", i, nft.RenderRule(got.Chain(c.Name).Rules[j]))
+				}
+			}
+		}
+		if len(got.Objects) != len(rs.Objects) {
+			t.Errorf("random-%d: %d objects read, %d applied", i, len(got.Objects), len(rs.Objects))
+		}
 	}
 
 	// Tampering: an element gone, a rule added by hand.

@@ -1,0 +1,124 @@
+package compile
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/nftpolicy/nftpolicy/nft"
+)
+
+// fixedChains are the chains that exist whatever the policies: see nft/doc.go.
+func fixedChains() []nft.Chain {
+	return []nft.Chain{
+		{
+			Name: nft.ChainForward,
+			// Priority filter (0): after kube-proxy's DNAT (dstnat, -100), so policy sees
+			// the endpoint pod, and before its masquerade (srcnat, 100), so it sees the
+			// client; see nft/doc.go.
+			Hook: &nft.Hook{Type: "filter", Hook: "forward", Priority: 0, Policy: nft.Accept},
+			Rules: []nft.Rule{
+				{Matches: []nft.Match{nft.Is(nft.KeyCtState, nft.Num(nft.CtEstablished|nft.CtRelated))}, Verdict: nft.Verdict{Kind: nft.Accept}},
+				{Matches: []nft.Match{nft.Is(nft.KeyICMPv6Type, nft.Num(133), nft.Num(134), nft.Num(135), nft.Num(136))}, Verdict: nft.Verdict{Kind: nft.Accept}},
+				{Verdict: nft.Verdict{Kind: nft.Jump, Chain: nft.ChainEgress}},
+				{Verdict: nft.Verdict{Kind: nft.Jump, Chain: nft.ChainIngress}},
+			},
+		},
+		{Name: nft.ChainEgress, Rules: []nft.Rule{
+			{VMap: &nft.VMap{Keys: []nft.Key{nft.KeyIPSaddr}, Map: nft.MapEgressV4}},
+			{VMap: &nft.VMap{Keys: []nft.Key{nft.KeyIP6Saddr}, Map: nft.MapEgressV6}},
+		}},
+		{Name: nft.ChainIngress, Rules: []nft.Rule{
+			{VMap: &nft.VMap{Keys: []nft.Key{nft.KeyIPDaddr}, Map: nft.MapIngressV4}},
+			{VMap: &nft.VMap{Keys: []nft.Key{nft.KeyIP6Daddr}, Map: nft.MapIngressV6}},
+		}},
+	}
+}
+
+// verdictMaps builds the four verdict maps from the local isolated pods (each with
+// its groups set by pass.build) to their group chains.
+func verdictMaps(local []*podInfo) []nft.Set {
+	type mapDef struct {
+		name    string
+		typ     nft.DataType
+		v6      bool
+		ingress bool
+		comment string
+	}
+	defs := []mapDef{
+		{nft.MapEgressV4, nft.TypeIPv4Addr, false, false, "local isolated pod IPv4 -> its egress chain"},
+		{nft.MapEgressV6, nft.TypeIPv6Addr, true, false, "local isolated pod IPv6 -> its egress chain"},
+		{nft.MapIngressV4, nft.TypeIPv4Addr, false, true, "local isolated pod IPv4 -> its ingress chain"},
+		{nft.MapIngressV6, nft.TypeIPv6Addr, true, true, "local isolated pod IPv6 -> its ingress chain"},
+	}
+	out := make([]nft.Set, 0, len(defs))
+	for _, d := range defs {
+		s := nft.Set{Name: d.name, Type: []nft.DataType{d.typ}, Verdicts: true, Comment: d.comment}
+		taken := map[netip.Addr]*podInfo{}
+		for _, p := range local {
+			g := p.egress
+			verdict := nft.Jump
+			if d.ingress {
+				g, verdict = p.ingress, nft.Goto
+			}
+			if g == nil {
+				continue
+			}
+			for _, a := range p.addrs {
+				if a.Is6() != d.v6 {
+					continue
+				}
+				if other := taken[a]; other != nil {
+					// Already reported as a problem by the index; the first pod in
+					// namespace/name order keeps the address.
+					continue
+				}
+				taken[a] = p
+				s.Elements = append(s.Elements, nft.Element{
+					Key:     []nft.Value{nft.Addr(a)},
+					Verdict: nft.Verdict{Kind: verdict, Chain: g.chain},
+					Comment: comment(p.ref),
+				})
+			}
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// comment makes s acceptable as an nft comment: no quotes, backslashes or newlines,
+// at most nft.MaxCommentLen bytes.
+func comment(s string) string {
+	s = strings.Map(func(r rune) rune {
+		switch r {
+		case '"', '\\', '\n', '\r':
+			return '_'
+		}
+		return r
+	}, s)
+	if len(s) > nft.MaxCommentLen {
+		s = s[:nft.MaxCommentLen]
+	}
+	return s
+}
+
+// listComment is prefix followed by as many of refs as fit in a comment, then
+// "+N more" for the rest.
+func listComment(prefix string, refs []string) string {
+	out := prefix
+	for i, r := range refs {
+		sep := " "
+		if i > 0 {
+			sep = ", "
+		}
+		more := ""
+		if i < len(refs)-1 {
+			more = fmt.Sprintf(" +%d more", len(refs)-1-i)
+		}
+		if len(out)+len(sep)+len(r)+len(more) > nft.MaxCommentLen {
+			return comment(out + fmt.Sprintf(" +%d more", len(refs)-i))
+		}
+		out += sep + r
+	}
+	return comment(out)
+}
