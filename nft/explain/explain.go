@@ -275,9 +275,12 @@ func (x *explainer) answer(q Question, a *Answer) error {
 		protos = []corev1.Protocol{q.Protocol}
 		a.Protocol = strings.ToLower(string(q.Protocol))
 	}
-	var detail, firstAllowed *result
-	var detailPort, allowedPort string
-	allowed, denied := false, false
+	// The details are for the first denied port, else the first allowed one.
+	type portRef struct {
+		proto corev1.Protocol
+		port  int
+	}
+	var firstDenied, firstAllowed *portRef
 	for _, proto := range protos {
 		var cur *PortRange
 		for _, seg := range x.segments(proto) {
@@ -290,16 +293,11 @@ func (x *explainer) answer(q Question, a *Answer) error {
 				a.Live.Disagreements = append(a.Live.Disagreements, r.liveDisagree...)
 			}
 			name := strings.ToLower(string(proto))
-			if r.verdict == Deny {
-				denied = true
-				if detail == nil {
-					detail, detailPort = r, fmt.Sprintf("%s/%d", name, seg[0])
-				}
-			} else {
-				allowed = true
-				if firstAllowed == nil {
-					firstAllowed, allowedPort = r, fmt.Sprintf("%s/%d", name, seg[0])
-				}
+			switch {
+			case r.verdict == Deny && firstDenied == nil:
+				firstDenied = &portRef{proto, seg[0]}
+			case r.verdict != Deny && firstAllowed == nil:
+				firstAllowed = &portRef{proto, seg[0]}
 			}
 			pr := PortRange{Protocol: name, First: seg[0], Last: seg[1], Verdict: r.verdict, Egress: r.egress.Verdict, Ingress: r.ingress.Verdict,
 				AllowedBy: append(slices.Clone(r.egress.AllowedBy), r.ingress.AllowedBy...)}
@@ -311,33 +309,27 @@ func (x *explainer) answer(q Question, a *Answer) error {
 			cur = &a.Ports[len(a.Ports)-1]
 		}
 	}
+	detail := firstDenied
 	if detail == nil {
-		detail, detailPort = firstAllowed, allowedPort
+		detail = firstAllowed
 	}
 	// The details again, with their walks.
-	proto, port := parsePortText(detailPort)
-	r, err := x.evaluate(proto, port, true)
+	r, err := x.evaluate(detail.proto, detail.port, true)
 	if err != nil {
 		return err
 	}
-	a.DetailPort, a.Egress, a.Ingress = detailPort, r.egress, r.ingress
+	a.DetailPort = fmt.Sprintf("%s/%d", strings.ToLower(string(detail.proto)), detail.port)
+	a.Egress, a.Ingress = r.egress, r.ingress
 	switch {
-	case allowed && denied:
+	case firstAllowed != nil && firstDenied != nil:
 		a.Verdict = Partial
-	case allowed:
+	case firstAllowed != nil:
 		a.Verdict = Allow
 	default:
 		a.Verdict = Deny
 	}
 	a.Summary = x.portsSummary(a)
 	return nil
-}
-
-func parsePortText(s string) (corev1.Protocol, int) {
-	name, num, _ := strings.Cut(s, "/")
-	var n int
-	fmt.Sscan(num, &n)
-	return corev1.Protocol(strings.ToUpper(name)), n
 }
 
 func sameOutcome(a, b PortRange) bool {
@@ -361,10 +353,10 @@ func (x *explainer) crossedNodes() []string {
 	if x.from.addr == x.to.addr {
 		return nil // a pod talking to itself never leaves its network namespace
 	}
-	if x.from.Kind == KindPod && !(x.to.Kind == KindNode && x.to.Node == x.from.Node) {
+	if x.from.Kind == KindPod && (x.to.Kind != KindNode || x.to.Node != x.from.Node) {
 		out = append(out, x.from.Node)
 	}
-	if x.to.Kind == KindPod && !(x.from.Kind == KindNode && x.from.Node == x.to.Node) && !slices.Contains(out, x.to.Node) {
+	if x.to.Kind == KindPod && (x.from.Kind != KindNode || x.from.Node != x.to.Node) && !slices.Contains(out, x.to.Node) {
 		out = append(out, x.to.Node)
 	}
 	return out
