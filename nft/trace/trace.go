@@ -258,10 +258,20 @@ func (t *Tracer) walk(base *nft.Chain, p *Packet, tr *Trace) (nft.VerdictKind, e
 // evaluates them (after the matches, before the verdict), and names them for the
 // step. Counters and logs leave the packet as it is; a statement that sets a mark
 // would change p here, so that later rules see it.
+//
+// A limit (anonymous or named) is taken as within its rate: the walk has no clock
+// and no bucket. Validate keeps limits out of rules with a verdict, so the
+// assumption decides only whether the rule's other statements (a log) run, never
+// a verdict; the step says so.
 func statements(r *nft.Rule, p *Packet) []string {
 	var out []string
-	for _, st := range r.Statements { // limits (which gate only statements), named counters
-		out = append(out, nft.RenderStatement(st))
+	for _, st := range r.Statements {
+		text := nft.RenderStatement(st)
+		switch st.(type) {
+		case nft.Limit, nft.LimitRef:
+			text += " (taken as within its rate)"
+		}
+		out = append(out, text)
 	}
 	if r.Counter {
 		out = append(out, "counter")
