@@ -58,9 +58,9 @@ the policies that isolate each end, the rule that allows it (or that none does),
 the packet's walk through the table nftpolicy compiles for the node that judges it.
 X and Y are namespace/pod, an IP address, or node/NAME.
 
-The cluster: -f alone reads only the files (offline); without -f the API server is
-listed ($KUBECONFIG, else in-cluster); -f with --kubeconfig overlays the files on the
-listed cluster (a proposed policy against the real pods).
+The cluster: without -f the API server is listed ($KUBECONFIG, else in-cluster);
+-f alone reads only the files (offline); -f with --kubeconfig, or run inside a pod,
+overlays the files on the listed cluster (a proposed policy against the real pods).
 
 Flags:
 `
@@ -88,7 +88,9 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	o.files = files
-	o.useCluster = len(o.files) == 0 || o.kubeconfig != ""
+	// -f alone is offline; with --kubeconfig, or inside a pod (kubectl exec ...
+	// explain --live -f proposed.yaml), the files overlay the cluster.
+	o.useCluster = len(o.files) == 0 || o.kubeconfig != "" || os.Getenv("KUBERNETES_SERVICE_HOST") != ""
 	if o.kubeconfig == "" {
 		o.kubeconfig = os.Getenv("KUBECONFIG")
 	}

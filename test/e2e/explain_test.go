@@ -9,7 +9,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 
@@ -126,6 +128,33 @@ var _ = Describe("explain", func() {
 		wg.Wait()
 		Expect(failures).To(BeEmpty())
 		By(fmt.Sprintf("%d answers, %d cells each, all as probed", len(jobs), len(checks)))
+	}, specTimeout)
+
+	It("overlays -f on the listed cluster: a proposed policy against the real pods", func(ctx SpecContext) {
+		xa, xc := pod("x", "a"), pod("x", "c")
+		create(ctx, "x", policy("x-a-tcp-75-80", labels("pod", "a"), ingress(fromOn(ports(portRange(75, 80, &tcp))))))
+		r := reach(true)
+		r.ExpectAllIngress(xa, false)
+		validate(ctx, framework.TCP(r, 81))
+		a, _, err := runExplain(ctx, "--from", xc.String(), "--to", xa.String(), "--port", "tcp/81")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(a.Verdict).To(Equal(explain.Deny), "as probed")
+
+		By("proposing 75-81 in a file: the answer is for the cluster with the file's policy in place of the live one")
+		proposed := filepath.Join(GinkgoT().TempDir(), "proposed.yaml")
+		Expect(os.WriteFile(proposed, []byte(`apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: x, name: x-a-tcp-75-80}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{ports: [{port: 75, endPort: 81}]}]
+`), 0o600)).To(Succeed())
+		a, _, err = runExplain(ctx, "-f", proposed, "--from", xc.String(), "--to", xa.String(), "--port", "tcp/81")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(a.Verdict).To(Equal(explain.Allow))
+		Expect(a.Ingress.AllowedBy).To(HaveLen(1))
+		Expect(a.Ingress.AllowedBy[0].Policy).To(Equal("x/x-a-tcp-75-80"))
+		Expect(a.Ingress.AllowedBy[0].Port).To(Equal("port 0: TCP/75-81"))
 	}, specTimeout)
 
 	It("--live walks the agent's table as the kernel holds it, and shows a tampered one", func(ctx SpecContext) {
