@@ -197,7 +197,9 @@ func explainRun(o explainOptions, stdin io.Reader, stdout io.Writer) error {
 		}
 		overlay(&c, objs)
 	}
-	opts := explain.Options{Table: o.table}
+	// The agent's defaults: a walk shows the table a node holds (with --live, the
+	// kernel's table tells the options it was compiled with).
+	opts := explain.Options{Table: o.table, Compile: compile.Options{PolicyCounters: true, Established: compile.EstablishedRecheck}}
 	if o.live {
 		a, err := netlink.New(netlink.Options{Table: o.table, NetNSPath: o.netns})
 		if err != nil {
@@ -210,8 +212,8 @@ func explainRun(o explainOptions, stdin io.Reader, stdout io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("--live: reading table inet %s: %w", o.table, err)
 		}
-		opts.Compile = explain.CompileOptionsOf(first)
-		rs, err := a.Read(ctx, compileHint(c, o, opts.Compile))
+		opts.Compile, opts.Epoch = explain.CompileOptionsOf(first)
+		rs, err := a.Read(ctx, compileHint(c, o, opts.Compile, opts.Epoch))
 		if err != nil {
 			return fmt.Errorf("--live: reading table inet %s: %w", o.table, err)
 		}
@@ -411,8 +413,15 @@ func replace[T any](list []T, o T, same func(T) bool) []T {
 
 // compileHint is the fresh compile of the node --live reads: Read describes the
 // kernel's rules in its terms.
-func compileHint(c explain.Cluster, o explainOptions, opts compile.Options) *nft.Ruleset {
+func compileHint(c explain.Cluster, o explainOptions, opts compile.Options, epoch uint32) *nft.Ruleset {
 	opts.Table = o.table
 	rs, _ := compile.Compile(compile.Snapshot{NodeName: o.nodeName, Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies}, opts)
+	if opts.Established == compile.EstablishedRecheck && epoch > 1 {
+		mask := opts.CtMarkMask
+		if mask == 0 {
+			mask = compile.DefaultCtMarkMask
+		}
+		compile.StampEpoch(rs, mask, epoch)
+	}
 	return rs
 }

@@ -41,6 +41,7 @@ type Compiler struct {
 	order  []objKey                // policy keys, sorted; nil when stale
 	cached map[string]*cachedGroup // by group key, from the last Compile
 	keys   *keyTable
+	strict *strictMode // nil: keep mode
 }
 
 type policyEntry struct {
@@ -62,6 +63,7 @@ func NewCompiler(node string, opts Options) *Compiler {
 		byNS:   map[string][]*policy{},
 		cached: map[string]*cachedGroup{},
 		keys:   newKeyTable(),
+		strict: newStrict(opts),
 	}
 }
 
@@ -166,6 +168,7 @@ func (c *Compiler) Compile() (*nft.Ruleset, []Problem) {
 		problems = append(problems, c.pols[k].problems...)
 	}
 	p := newPass(c.ix, c.byNS, c.keys, c.opts)
+	p.strict = c.strict
 	c.cached = p.build(c.cached)
 	rs, at := p.ruleset(c.table)
 	c.attrib = at

@@ -3,6 +3,7 @@ package explain
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"slices"
 	"strings"
 
@@ -43,6 +44,9 @@ type Options struct {
 	// steps to the walks, never change a verdict. Compile.Table is Table. With
 	// Live, CompileOptionsOf tells them from the kernel's table.
 	Compile compile.Options
+	// Epoch is the epoch a recheck-mode table stamps (compile.StampEpoch); 0 is 1,
+	// where an agent starts.
+	Epoch uint32
 	// Live is the table read back from LiveNode's kernel: the walk on that node uses
 	// it instead of the fresh compile, and Answer.Live lists every difference.
 	Live     *nft.Ruleset
@@ -173,6 +177,13 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 		copts := opts.Compile
 		copts.Table = opts.Table
 		rs, ps := compile.Compile(compile.Snapshot{NodeName: n, Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies}, copts)
+		if copts.Established == compile.EstablishedRecheck && opts.Epoch > 1 {
+			mask := copts.CtMarkMask
+			if mask == 0 {
+				mask = compile.DefaultCtMarkMask
+			}
+			compile.StampEpoch(rs, mask, opts.Epoch)
+		}
 		problems = append(problems, ps...)
 		x.kind[n] = "compiled"
 		if opts.Live != nil && opts.LiveNode == n {
@@ -205,13 +216,22 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 }
 
 // CompileOptionsOf tells the compile options an agent used from the table it wrote
-// (read back without a hint): the deny log from the deny-log limit and the group of
-// a log rule that uses it, policy counters from counters named like policy
-// counters. The fresh compile must use them for the two tables to compare.
-func CompileOptionsOf(kernel *nft.Ruleset) compile.Options {
+// (read back without a hint), and the epoch it stamps: the deny log from the
+// deny-log limit and the group of a log rule that uses it, policy counters from
+// counters named like policy counters (compile.PolicyCounterName), recheck mode,
+// its mask and epoch from forward's established fast path. The fresh compile must
+// use them for the two tables to compare.
+func CompileOptionsOf(kernel *nft.Ruleset) (compile.Options, uint32) {
 	var o compile.Options
+	var epoch uint32
 	if kernel == nil {
-		return o
+		return o, 0
+	}
+	if fwd := kernel.Chain(nft.ChainForward); fwd != nil && len(fwd.Rules) > 0 {
+		if m := fwd.Rules[0].CtMark; m != nil && m.Mask != 0 && compile.CheckCtMarkMask(m.Mask) == nil {
+			o.Established, o.CtMarkMask = compile.EstablishedRecheck, m.Mask
+			epoch = m.Value >> bits.TrailingZeros32(m.Mask)
+		}
 	}
 	if l := kernel.FindObject(nft.ObjDenyLog); l != nil && l.Kind == nft.LimitObject {
 		o.DenyLog = compile.DenyLog{Rate: l.Limit.Rate, Per: l.Limit.Per, Burst: l.Limit.Burst}
@@ -230,7 +250,7 @@ func CompileOptionsOf(kernel *nft.Ruleset) compile.Options {
 			o.PolicyCounters = true
 		}
 	}
-	return o
+	return o, epoch
 }
 
 // WalkError is a table that cannot be walked: a reference to a missing chain or

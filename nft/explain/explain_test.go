@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/nftpolicy/nftpolicy/nft/compile"
 	"github.com/nftpolicy/nftpolicy/nft/internal/netpolref"
 )
 
@@ -177,6 +178,13 @@ func TestExplainMatchesReference(t *testing.T) {
 		w := netpolref.RandomWorld(rng)
 		c := Cluster{Pods: w.Pods, Namespaces: w.Namespaces, Policies: w.Policies}
 		ref := netpolref.New(w.Pods, w.Namespaces, w.Policies)
+		// Every other cluster: the table as the agent writes it by default (recheck
+		// mode at some epoch, policy counters) and with the deny log on.
+		opts := Options{}
+		if i%2 == 1 {
+			opts = Options{Compile: compile.Options{Established: compile.EstablishedRecheck, PolicyCounters: true,
+				DenyLog: compile.DenyLog{Group: 7600, Rate: 10}}, Epoch: uint32(1 + i%7)}
+		}
 		var eps []netpolref.Endpoint
 		for _, p := range w.Pods {
 			if netpolref.Active(p) {
@@ -201,7 +209,7 @@ func TestExplainMatchesReference(t *testing.T) {
 			proto := protos[rng.IntN(len(protos))]
 			if rng.IntN(4) == 0 { // every port
 				q.Protocol = proto
-				a, err := Explain(c, q, Options{})
+				a, err := Explain(c, q, opts)
 				if err != nil {
 					fail("%v", err)
 				}
@@ -223,7 +231,7 @@ func TestExplainMatchesReference(t *testing.T) {
 			}
 			q.Protocol = proto
 			q.Port = w.Ports[rng.IntN(len(w.Ports))]
-			a, err := Explain(c, q, Options{})
+			a, err := Explain(c, q, opts)
 			if err != nil {
 				fail("%v", err)
 			}

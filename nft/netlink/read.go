@@ -226,7 +226,7 @@ func (a *Applier) anonymousSets(kt *kernelTable) (map[string][]nftables.SetEleme
 // sameExprs compares bytecode: counter values aside, anonymous sets by their
 // elements (wantAnon by set ID, gotAnon by name). Byteorder expressions are left
 // out on both sides: google/nftables v0.3.0 does not read them back, and the keys
-// and set they serve decide them.
+// and set they serve decide them; nor does it read a `ct set`'s source register.
 func sameExprs(want, got []expr.Any, wantAnon map[uint32][]nftables.SetElement, gotAnon map[string][]nftables.SetElement) bool {
 	noByteorder := func(xs []expr.Any) []expr.Any {
 		return slices.DeleteFunc(slices.Clone(xs), func(x expr.Any) bool { _, ok := x.(*expr.Byteorder); return ok })
@@ -254,6 +254,17 @@ func sameExprs(want, got []expr.Any, wantAnon map[uint32][]nftables.SetElement, 
 			case wa && !sameElements(wantAnon[w.SetID], gotAnon[g.SetName]):
 				return false
 			case !wa && w.SetName != g.SetName:
+				return false
+			}
+		case *expr.Ct:
+			g, ok := got[i].(*expr.Ct)
+			if !ok || w.Key != g.Key || w.Direction != g.Direction {
+				return false
+			}
+			// google/nftables v0.3.0 reads `ct set` (a source register) back as a
+			// load into register 0.
+			readAsLoad := !g.SourceRegister && g.Register == 0
+			if w.SourceRegister && !g.SourceRegister && !readAsLoad || !w.SourceRegister && (g.SourceRegister || w.Register != g.Register) {
 				return false
 			}
 		case *expr.Log:

@@ -57,6 +57,11 @@ func TestRead(t *testing.T) {
 		if len(got.Objects) != len(rs.Objects) {
 			t.Errorf("random-%d: %d objects read, %d applied", i, len(got.Objects), len(rs.Objects))
 		}
+		// Recheck mode (the agent's default): ct marks, ct direction, reply chains.
+		recheck := observed
+		recheck.Established = compile.EstablishedRecheck
+		rr, _ := compile.Compile(snap, recheck)
+		check(fmt.Sprintf("random-%d-recheck", i), rr)
 	}
 
 	// Tampering: an element gone, a rule added by hand.
