@@ -37,9 +37,11 @@ func TestExplainLive(t *testing.T) {
 	}
 	var c explain.Cluster
 	overlay(&c, objs)
-	// The table as the DaemonSet's agent writes it: deny log and policy counters on.
+	// The table as the DaemonSet's agent writes it: deny log and policy counters
+	// on, recheck mode, some epoch after a few changes.
 	rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-2", Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies},
-		compile.Options{DenyLog: compile.DenyLog{Group: 7600, Rate: 10, Burst: 20}, PolicyCounters: true})
+		compile.Options{DenyLog: compile.DenyLog{Group: 7600, Rate: 10, Burst: 20}, PolicyCounters: true, Established: compile.EstablishedRecheck})
+	compile.StampEpoch(rs, compile.DefaultCtMarkMask, 3)
 	a, err := netlink.New(netlink.Options{Table: rs.Table, NetNSPath: ns.Path()})
 	if err != nil {
 		t.Fatal(err)

@@ -219,7 +219,7 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 // (read back without a hint), and the epoch it stamps: the deny log from the
 // deny-log limit and the group of a log rule that uses it, policy counters from
 // counters named like policy counters (compile.PolicyCounterName), recheck mode,
-// its mask and epoch from forward's established fast path. The fresh compile must
+// its mask and epoch from the ct-stamp chain's ct mark set. The fresh compile must
 // use them for the two tables to compare.
 func CompileOptionsOf(kernel *nft.Ruleset) (compile.Options, uint32) {
 	var o compile.Options
@@ -227,10 +227,16 @@ func CompileOptionsOf(kernel *nft.Ruleset) (compile.Options, uint32) {
 	if kernel == nil {
 		return o, 0
 	}
-	if fwd := kernel.Chain(nft.ChainForward); fwd != nil && len(fwd.Rules) > 0 {
-		if m := fwd.Rules[0].CtMark; m != nil && m.Mask != 0 && compile.CheckCtMarkMask(m.Mask) == nil {
-			o.Established, o.CtMarkMask = compile.EstablishedRecheck, m.Mask
-			epoch = m.Value >> bits.TrailingZeros32(m.Mask)
+	// Recheck mode stamps connections in chain ct-stamp (its one rule is plain
+	// statements and a verdict, readable without a hint).
+	if st := kernel.Chain(nft.ChainStamp); st != nil {
+		for _, r := range st.Rules {
+			for _, x := range r.Statements {
+				if m, ok := x.(nft.CtMarkSet); ok && compile.CheckCtMarkMask(m.Mask) == nil {
+					o.Established, o.CtMarkMask = compile.EstablishedRecheck, m.Mask
+					epoch = m.Value >> bits.TrailingZeros32(m.Mask)
+				}
+			}
 		}
 	}
 	if l := kernel.FindObject(nft.ObjDenyLog); l != nil && l.Kind == nft.LimitObject {

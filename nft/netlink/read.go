@@ -137,15 +137,42 @@ func (a *Applier) Read(ctx context.Context, hint *nft.Ruleset) (*nft.Ruleset, er
 }
 
 // statementsOnly describes a rule made of statements alone (counters, logs, limits,
-// named objects; no match, no verdict), whatever wrote it: such a rule changes no
-// verdict, and its bytecode says all there is to say about it.
+// named objects, ct mark set; no match), and at most a closing accept, drop or
+// return, whatever wrote it: its bytecode says all there is to say about it.
 func statementsOnly(exprs []expr.Any) (nft.Rule, bool) {
 	var r nft.Rule
 	if len(exprs) == 0 {
 		return r, false
 	}
-	for _, x := range exprs {
-		switch x := x.(type) {
+	// A closing verdict (accept, drop, return; not jump or goto, whose chain the
+	// walk would need) is part of what the bytecode says plainly.
+	if v, ok := exprs[len(exprs)-1].(*expr.Verdict); ok {
+		switch v.Kind {
+		case expr.VerdictAccept:
+			r.Verdict = nft.Verdict{Kind: nft.Accept}
+		case expr.VerdictDrop:
+			r.Verdict = nft.Verdict{Kind: nft.Drop}
+		case expr.VerdictReturn:
+			r.Verdict = nft.Verdict{Kind: nft.Return}
+		default:
+			return r, false
+		}
+		exprs = exprs[:len(exprs)-1]
+	}
+	for i := 0; i < len(exprs); i++ {
+		// `ct mark set ct mark and ~M or V`: load, mask, set (read back as a load
+		// into register 0: see sameExprs).
+		if ld, ok := exprs[i].(*expr.Ct); ok && ld.Key == expr.CtKeyMARK && !ld.SourceRegister && ld.Register == 1 && i+2 < len(exprs) {
+			bw, okb := exprs[i+1].(*expr.Bitwise)
+			set, oks := exprs[i+2].(*expr.Ct)
+			if !okb || !oks || set.Key != expr.CtKeyMARK || bw.Len != 4 || len(bw.Mask) != 4 || len(bw.Xor) != 4 || (!set.SourceRegister && set.Register != 0) || r.Counter || r.Log != nil {
+				return r, false
+			}
+			r.Statements = append(r.Statements, nft.CtMarkSet{Mask: ^binary.NativeEndian.Uint32(bw.Mask), Value: binary.NativeEndian.Uint32(bw.Xor)})
+			i += 2
+			continue
+		}
+		switch x := exprs[i].(type) {
 		case *expr.Counter:
 			if r.Counter || r.Log != nil {
 				return r, false // not in the model's order

@@ -62,6 +62,14 @@ func TestRead(t *testing.T) {
 		recheck.Established = compile.EstablishedRecheck
 		rr, _ := compile.Compile(snap, recheck)
 		check(fmt.Sprintf("random-%d-recheck", i), rr)
+		// Without a hint, the ct-stamp chain (ct mark set, accept) reads back.
+		got, err = a.Read(context.Background(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, want := got.Chain(nft.ChainStamp), rr.Chain(nft.ChainStamp); st == nil || want == nil || nft.RenderRule(st.Rules[0]) != nft.RenderRule(want.Rules[0]) {
+			t.Errorf("random-%d: ct-stamp read without hint: %v", i, st)
+		}
 	}
 
 	// Tampering: an element gone, a rule added by hand.
