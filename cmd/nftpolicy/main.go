@@ -5,6 +5,7 @@
 //	nftpolicy agent    watch Pods, Namespaces and NetworkPolicies and keep this
 //	                   node's nftables table in sync with them (the DaemonSet)
 //	nftpolicy cleanup  remove the table from this node (preStop / uninstall)
+//	nftpolicy explain  why a connection is allowed or denied, and by which policy
 //	nftpolicy version  print the version and the Go version
 //
 // This file is the binary's contract and nothing more: flags -> Options ->
@@ -82,6 +83,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runAgent(args[1:], stdout, stderr)
 	case "cleanup":
 		return runCleanup(args[1:], stdout, stderr)
+	case "explain":
+		return runExplain(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "nftpolicy %s %s %s/%s\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return exitOK
@@ -99,6 +102,7 @@ const topUsage = `Usage: nftpolicy <command> [flags]
 Commands:
   agent     enforce NetworkPolicies on this node (run as a DaemonSet)
   cleanup   remove this node's nftables table
+  explain   why a connection is allowed or denied, and by which policy
   version   print the version
 
 Run 'nftpolicy <command> -h' for the flags of a command.

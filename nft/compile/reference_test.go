@@ -14,10 +14,7 @@ import (
 	"github.com/nftpolicy/nftpolicy/nft/internal/netpolref"
 )
 
-type (
-	refCluster  = netpolref.Cluster
-	refEndpoint = netpolref.Endpoint
-)
+type refEndpoint = netpolref.Endpoint
 
 var (
 	newRefCluster     = netpolref.New

@@ -37,6 +37,9 @@ type encoder struct {
 	patches map[int]func(*mnl.Message)
 
 	elements int // model elements added or deleted
+	// anon, when not nil, records the elements of each anonymous set by set ID
+	// (Read compares them with the kernel's).
+	anon map[uint32][]nftables.SetElement
 }
 
 // msgDesc says where a message came from, to name the object the kernel refused.
@@ -584,10 +587,26 @@ type ruleBuilder struct {
 
 func (e *encoder) rule(i int, op nft.Op) error {
 	r := op.Rule
+	exprs, err := e.ruleExprs(i, r)
+	if err != nil {
+		return err
+	}
+	rule := &nftables.Rule{Table: e.table, Chain: &nftables.Chain{Name: op.Name, Table: e.table}, Exprs: exprs}
+	if r.Comment != "" {
+		rule.UserData = userdata.AppendString(nil, userdata.TypeComment, r.Comment)
+	}
+	e.conn.AddRule(rule)
+	e.note(msgDesc{op: i}, 1)
+	return nil
+}
+
+// ruleExprs is the bytecode of rule r (operation i of the transaction), as nft
+// would load it; anonymous sets it needs are added to the batch on the way.
+func (e *encoder) ruleExprs(i int, r *nft.Rule) ([]expr.Any, error) {
 	b := &ruleBuilder{e: e, op: i, nfproto: -1, l4proto: -1}
 	for _, m := range r.Matches {
 		if err := b.match(m); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if m := r.CtMark; m != nil {
@@ -599,7 +618,7 @@ func (e *encoder) rule(i int, op nft.Op) error {
 	for _, st := range r.Statements {
 		x, err := statement(st)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		b.add(x...)
 	}
@@ -623,17 +642,11 @@ func (e *encoder) rule(i int, op nft.Op) error {
 	case r.Verdict.Kind != nft.Continue:
 		v, err := verdictData(r.Verdict)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		b.add(v)
 	}
-	rule := &nftables.Rule{Table: e.table, Chain: &nftables.Chain{Name: op.Name, Table: e.table}, Exprs: b.exprs}
-	if r.Comment != "" {
-		rule.UserData = userdata.AppendString(nil, userdata.TypeComment, r.Comment)
-	}
-	e.conn.AddRule(rule)
-	e.note(msgDesc{op: i}, 1)
-	return nil
+	return b.exprs, nil
 }
 
 func (b *ruleBuilder) add(x ...expr.Any) { b.exprs = append(b.exprs, x...) }
@@ -999,6 +1012,9 @@ func (b *ruleBuilder) anonymousSet(m nft.Match) error {
 	}
 	if err := b.e.conn.AddSet(s, elems); err != nil {
 		return err
+	}
+	if b.e.anon != nil {
+		b.e.anon[s.ID] = elems
 	}
 	if len(types) == 1 && types[0] == nft.TypeIfName {
 		if b.e.patches == nil {

@@ -12,9 +12,11 @@
 //   - Packet.field maps each nft.Key to the packet field it reads (and says when the
 //     packet has no such field). A new match key is one case there and, when it
 //     reads something new, one Packet field.
-//   - statements applies a rule's non-terminal statements (counter, log, and later
-//     limits or `ct mark set`) to the packet being walked and names them in the
-//     step. A statement that changes the packet (a mark) changes what later rules see.
+//   - statements applies a rule's non-terminal statements (counters, logs, limits,
+//     and later `ct mark set`) to the packet being walked and names them in the
+//     step. A statement that changes the packet (a mark) changes what later rules
+//     see. A limit is taken as within its rate (the walk has no clock); limits never
+//     share a rule with a verdict, so that decides no verdict.
 //
 // Pure: no I/O, no clock; a Ruleset may be walked by many goroutines at once.
 package trace

@@ -144,6 +144,31 @@ func (t *Tracer) Hook(hook string, p Packet) (Trace, error) {
 	return tr, nil
 }
 
+// Chain traces p through the regular chain name as if a base chain of hook jumped to
+// it: the walk ends with the chain's return (Verdict Accept, meaning "passed on") or a
+// drop or accept inside it. explain uses it to show what one direction of policy
+// would decide when the other dropped the packet first.
+func (t *Tracer) Chain(hook, name string, p Packet) (Trace, error) {
+	tr := Trace{Hook: hook, Packet: p, Verdict: nft.Accept, Steps: make([]Step, 0, 8)}
+	c := t.chains[name]
+	if c == nil {
+		return tr, fmt.Errorf("no chain %s", name)
+	}
+	// A stand-in base chain whose only rule jumps to name and whose policy is
+	// accept: a return from name ends the walk as the caller's policy would.
+	start := &nft.Chain{Name: name, Hook: &nft.Hook{Hook: hook, Policy: nft.Accept}, Rules: c.Rules}
+	v, err := t.walk(start, &p, &tr)
+	if err != nil {
+		return tr, err
+	}
+	// The stand-in's policy is no step of the real table.
+	if n := len(tr.Steps); n > 0 && tr.Steps[n-1].Index == -1 && tr.Steps[n-1].Chain == name {
+		tr.Steps = tr.Steps[:n-1]
+	}
+	tr.Verdict = v
+	return tr, nil
+}
+
 type frame struct {
 	chain *nft.Chain
 	next  int
@@ -239,13 +264,23 @@ func (t *Tracer) walk(base *nft.Chain, p *Packet, tr *Trace) (nft.VerdictKind, e
 // evaluates them (after the matches, before the verdict), and names them for the
 // step. Counters and logs leave the packet as it is; a statement that sets a mark
 // would change p here, so that later rules see it.
+//
+// A limit (anonymous or named) is taken as within its rate: the walk has no clock
+// and no bucket. Validate keeps limits out of rules with a verdict, so the
+// assumption decides only whether the rule's other statements (a log) run, never
+// a verdict; the step says so.
 func statements(r *nft.Rule, p *Packet) []string {
 	var out []string
-	for _, st := range r.Statements { // limits (which gate only statements), named counters
+	for _, st := range r.Statements {
 		if s, ok := st.(nft.CtMarkSet); ok && p.tracked() {
 			p.CtMark = p.CtMark&^s.Mask | s.Value
 		}
-		out = append(out, nft.RenderStatement(st))
+		text := nft.RenderStatement(st)
+		switch st.(type) {
+		case nft.Limit, nft.LimitRef:
+			text += " (taken as within its rate)"
+		}
+		out = append(out, text)
 	}
 	if r.Counter {
 		out = append(out, "counter")

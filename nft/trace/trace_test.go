@@ -230,3 +230,49 @@ func TestUnknownKey(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 }
+
+func TestChain(t *testing.T) {
+	tr := New(testRuleset())
+	got, err := tr.Chain("forward", "pod-a", tcp("10.0.0.9", "10.0.0.5", 91))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Verdict != nft.Drop || len(got.Steps) != 2 || got.Steps[1].Chain != "deny" {
+		t.Errorf("pod-a, port 91: %s", got)
+	}
+	got, err = tr.Chain("forward", "pod-a", tcp("10.0.0.9", "10.0.0.5", 85))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Verdict != nft.Accept || len(got.Steps) != 1 || got.Steps[0].Verdict.Kind != nft.Return {
+		t.Errorf("pod-a, port 85: %s", got)
+	}
+	if _, err := tr.Chain("forward", "nope", tcp("10.0.0.9", "10.0.0.5", 85)); err == nil {
+		t.Error("missing chain: no error")
+	}
+}
+
+// TestLimitAndNamedCounter: the deny log's shape (a rule of a named limit and a
+// log, then a drop that counts into a named counter): the limit is taken as within
+// its rate, the walk goes on to the drop, and both steps name their statements.
+func TestLimitAndNamedCounter(t *testing.T) {
+	rs := &nft.Ruleset{Table: "t", Chains: []nft.Chain{
+		{Name: "forward", Hook: base("forward", "accept"), Rules: []nft.Rule{
+			{Statements: []nft.Statement{nft.LimitRef{Name: "deny-log"}}, Log: &nft.Log{Group: 7600, Prefix: "deny"}},
+			{Statements: []nft.Statement{nft.CounterRef{Name: "pol-x"}}, Counter: true, Verdict: drop},
+		}},
+	}}
+	tr, err := New(rs).Forward(tcp("10.0.0.1", "10.0.0.2", 80))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr.Verdict != nft.Drop || len(tr.Steps) != 2 {
+		t.Fatalf("%s", tr)
+	}
+	if got := strings.Join(tr.Steps[0].Statements, ","); got != `limit name "deny-log" (taken as within its rate),log group 7600` {
+		t.Errorf("limit step statements %q", got)
+	}
+	if got := strings.Join(tr.Steps[1].Statements, ","); got != `counter name "pol-x",counter` {
+		t.Errorf("drop step statements %q", got)
+	}
+}
