@@ -68,3 +68,25 @@ func sanitize(s string) string {
 		return '_'
 	}, s)
 }
+
+// The ClusterNetworkPolicy tiers' fixed objects (present only while some
+// ClusterNetworkPolicy exists; see the package documentation). Per-group chains are
+// `adm-eg-…`, `adm-in-…`, `bl-eg-…`, `bl-in-…` and per-rule sets `cnp-…`, all
+// labelled `cnp/<name>`.
+const (
+	ChainInput           = "input"            // base chain: filter hook input (a pod to its own node)
+	ChainAdminEgress     = "admin-egress"     // Admin tier: dispatch on the source pod's address
+	ChainBaselineEgress  = "baseline-egress"  // Baseline tier, pods no NetworkPolicy isolates for egress
+	ChainAdminIngress    = "admin-ingress"    // Admin tier: dispatch on the destination pod's address
+	ChainBaselineIngress = "baseline-ingress" // Baseline tier, pods no NetworkPolicy isolates for ingress
+	ChainIngressTiers    = "ingress-tiers"    // the destination's ingress, all tiers; always decides
+
+	MapAdminEgressV4     = "admin-egress-v4" // local subject IPv4 -> its Admin egress chain
+	MapAdminEgressV6     = "admin-egress-v6"
+	MapAdminIngressV4    = "admin-ingress-v4"
+	MapAdminIngressV6    = "admin-ingress-v6"
+	MapBaselineEgressV4  = "baseline-egress-v4"
+	MapBaselineEgressV6  = "baseline-egress-v6"
+	MapBaselineIngressV4 = "baseline-ingress-v4"
+	MapBaselineIngressV6 = "baseline-ingress-v6"
+)

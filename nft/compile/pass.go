@@ -26,6 +26,7 @@ type pass struct {
 	resolved   map[*rule]*addrSet       // rule peers' addresses
 	named      map[*rule]map[portRef][]portAddrs
 	keys       *keyTable
+	tiers      *tierPass // ClusterNetworkPolicy (cnp_tier.go); nil without any
 }
 
 // podSelection is the pods a peer's selectors pick and their addresses.
@@ -195,7 +196,8 @@ func (ps *pass) rulePeers(p *policy, r *rule) *addrSet {
 	return s
 }
 
-// selectPeer returns the pods (on any node) a selector peer of policy p picks.
+// selectPeer returns the pods (on any node) a selector peer of policy p picks (p may
+// be nil for a peer with a namespace selector: ClusterNetworkPolicy peers).
 func (ps *pass) selectPeer(p *policy, pe *peer) *podSelection {
 	key := pe.key
 	if pe.nsSel == nil {
@@ -204,9 +206,11 @@ func (ps *pass) selectPeer(p *policy, pe *peer) *podSelection {
 	if s := ps.selections[key]; s != nil {
 		return s
 	}
-	nss := []string{p.ns}
+	var nss []string
 	if pe.nsSel != nil {
 		nss = ps.selectNamespaces(pe.nsSel)
+	} else {
+		nss = []string{p.ns}
 	}
 	s := &podSelection{pods: ps.ix.selectPods(nss, pe.podSel)}
 	var addrs []netip.Addr
@@ -315,5 +319,6 @@ func (ps *pass) ruleset(table string) *nft.Ruleset {
 		rs.Chains = append(rs.Chains, g.chainV)
 	}
 	slices.SortFunc(rs.Sets, func(a, b nft.Set) int { return strings.Compare(a.Name, b.Name) })
+	ps.tiers.tiersInto(rs, ps.ix.local.list())
 	return rs
 }

@@ -1,0 +1,117 @@
+package compile
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/nftpolicy/nftpolicy/nft"
+)
+
+// tierChains turns the NetworkPolicy table's fixed chains into the tiered layout of
+// nft/doc.go, in place, and returns the chains the tiers add. The NetworkPolicy
+// chains stay as they are: forward's `jump pod-egress` gains the Admin tier before it
+// and the Baseline tier after it, and its `jump pod-ingress` becomes `goto
+// ingress-tiers`, which runs Admin, pod-ingress and Baseline for the destination.
+func tierChains(chains []nft.Chain) []nft.Chain {
+	jump := func(c string) nft.Rule { return nft.Rule{Verdict: nft.Verdict{Kind: nft.Jump, Chain: c}} }
+	var admission []nft.Rule
+	for i := range chains {
+		if chains[i].Name != nft.ChainForward {
+			continue
+		}
+		fwd := &chains[i]
+		var rules []nft.Rule
+		seenJump := false
+		for _, r := range fwd.Rules {
+			switch {
+			case r.Verdict == nft.Verdict{Kind: nft.Jump, Chain: nft.ChainEgress}:
+				seenJump = true
+				rules = append(rules, jump(nft.ChainAdminEgress), r, jump(nft.ChainBaselineEgress))
+			case r.Verdict == nft.Verdict{Kind: nft.Jump, Chain: nft.ChainIngress}:
+				seenJump = true
+				rules = append(rules, nft.Rule{Verdict: nft.Verdict{Kind: nft.Goto, Chain: nft.ChainIngressTiers}})
+			default:
+				if !seenJump {
+					// What forward lets through before any policy (replies,
+					// neighbour discovery) passes input alike.
+					admission = append(admission, r)
+				}
+				rules = append(rules, r)
+			}
+		}
+		fwd.Rules = rules
+	}
+	dispatch := func(name, v4map, v6map string, k4, k6 nft.Key) nft.Chain {
+		return nft.Chain{Name: name, Rules: []nft.Rule{
+			{VMap: &nft.VMap{Keys: []nft.Key{k4}, Map: v4map}},
+			{VMap: &nft.VMap{Keys: []nft.Key{k6}, Map: v6map}},
+		}}
+	}
+	return []nft.Chain{
+		{
+			Name: nft.ChainInput,
+			// A pod's traffic to its own node (and to hostNetwork pods and Service
+			// endpoints there) arrives here, never in forward. NetworkPolicy always
+			// allows it, so only the tiers judge it: Admin, then Baseline for pods
+			// no NetworkPolicy isolates for egress. An Admin egress Accept goes to
+			// ingress-tiers, which finds no pod at a node address and accepts.
+			Hook:  &nft.Hook{Type: "filter", Hook: "input", Priority: 0, Policy: nft.Accept},
+			Rules: append(admission, jump(nft.ChainAdminEgress), jump(nft.ChainBaselineEgress)),
+		},
+		dispatch(nft.ChainAdminEgress, nft.MapAdminEgressV4, nft.MapAdminEgressV6, nft.KeyIPSaddr, nft.KeyIP6Saddr),
+		dispatch(nft.ChainBaselineEgress, nft.MapBaselineEgressV4, nft.MapBaselineEgressV6, nft.KeyIPSaddr, nft.KeyIP6Saddr),
+		dispatch(nft.ChainAdminIngress, nft.MapAdminIngressV4, nft.MapAdminIngressV6, nft.KeyIPDaddr, nft.KeyIP6Daddr),
+		dispatch(nft.ChainBaselineIngress, nft.MapBaselineIngressV4, nft.MapBaselineIngressV6, nft.KeyIPDaddr, nft.KeyIP6Daddr),
+		{
+			// Reached by goto, from forward or from an Admin egress Accept deep in
+			// the egress walk: it must decide, never return.
+			Name: nft.ChainIngressTiers,
+			Rules: []nft.Rule{
+				jump(nft.ChainAdminIngress),
+				jump(nft.ChainIngress),
+				jump(nft.ChainBaselineIngress),
+				{Verdict: nft.Verdict{Kind: nft.Accept}, Comment: "no tier decided: allowed"},
+			},
+		},
+	}
+}
+
+// tiersInto adds the tiers' chains, maps and sets to rs (the NetworkPolicy table);
+// without any ClusterNetworkPolicy it leaves rs as it is.
+func (tp *tierPass) tiersInto(rs *nft.Ruleset, local []*podInfo) {
+	if tp == nil || len(tp.cnps) == 0 {
+		return
+	}
+	rs.Chains = append(rs.Chains, tierChains(rs.Chains)...)
+	slices.SortFunc(tp.groups, func(a, b *tierGroup) int { return strings.Compare(a.chain, b.chain) })
+	for _, g := range tp.groups {
+		rs.Chains = append(rs.Chains, g.chainV)
+	}
+	rs.Sets = append(rs.Sets, tp.tierMaps(local)...)
+	rs.Sets = append(rs.Sets, tp.sets...)
+	slices.SortFunc(rs.Sets, func(a, b nft.Set) int { return strings.Compare(a.Name, b.Name) })
+}
+
+// nodeInfo is what the compiler keeps of a node: its labels and its addresses
+// (status.addresses that are IPs), for nodes peers.
+type nodeInfo struct {
+	name   string
+	labels labels.Set
+	addrs  []netip.Addr // unmapped, sorted, unique
+}
+
+func newNodeInfo(n *corev1.Node) *nodeInfo {
+	ni := &nodeInfo{name: n.Name, labels: labels.Set(n.Labels)}
+	for _, a := range n.Status.Addresses {
+		if ip, err := netip.ParseAddr(a.Address); err == nil {
+			ni.addrs = append(ni.addrs, ip.Unmap())
+		}
+	}
+	slices.SortFunc(ni.addrs, netip.Addr.Compare)
+	ni.addrs = slices.Compact(ni.addrs)
+	return ni
+}
