@@ -196,4 +196,12 @@
 //	table.go      the fixed chains, the verdict maps, comments
 //	policy.go     NetworkPolicy parsed once into policy, rule, peer, port
 //	index.go      index: pods and namespaces arranged for selection, and podInfo
+//
+// The ClusterNetworkPolicy tiers, apart from the NetworkPolicy path:
+//
+//	cnp_parse.go     ClusterNetworkPolicy parsed once into clusterPolicy, cnpRule, cnpPeer
+//	cnp_compiler.go  the Compiler's Set/Delete for them and for nodes, and invalidation
+//	cnp_tier.go      tierPass: subject groups per tier and direction, their chains, the maps
+//	cnp_sets.go      each rule's sets: peers, protocols and ports, named port destinations
+//	cnp_table.go     the tiers' fixed chains (forward's tier walk, ingress-tiers, input), nodeInfo
 package compile
