@@ -22,6 +22,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/nft"
 )
@@ -63,6 +65,9 @@ type Options struct {
 	Applier nft.Applier
 	// MinSyncInterval spaces syncs during event bursts (see NodeReconciler).
 	MinSyncInterval time.Duration
+	// CNPDiscoveryInterval is how often the agent asks whether ClusterNetworkPolicy
+	// is served while it is not (cnp.go); 0 means 30s.
+	CNPDiscoveryInterval time.Duration
 }
 
 // LoadRESTConfig returns the apiserver config for kubeconfig: that file when
@@ -94,7 +99,8 @@ func LoadRESTConfig(kubeconfig string) (*rest.Config, error) {
 // newScheme holds only the kinds the agent reads.
 func newScheme() (*runtime.Scheme, error) {
 	s := runtime.NewScheme()
-	if err := errors.Join(corev1.AddToScheme(s), networkingv1.AddToScheme(s)); err != nil {
+	if err := errors.Join(corev1.AddToScheme(s), networkingv1.AddToScheme(s),
+		cnpv1beta1.Install(s), cnpv1alpha2.Install(s)); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -102,9 +108,10 @@ func newScheme() (*runtime.Scheme, error) {
 
 // watched lists every kind the agent caches. The cache refuses reads of any
 // other kind (ReaderFailOnMissingInformer) so memory stays bounded by these:
-// every node must know every pod, namespace and policy.
+// every node must know every pod, namespace, policy and node. ClusterNetworkPolicy
+// joins them when the API serves it (cnp.go).
 func watched() []client.Object {
-	return []client.Object{&corev1.Pod{}, &corev1.Namespace{}, &networkingv1.NetworkPolicy{}}
+	return []client.Object{&corev1.Pod{}, &corev1.Namespace{}, &networkingv1.NetworkPolicy{}, &corev1.Node{}}
 }
 
 // RunAgent runs the agent until ctx is done: a controller-runtime manager
@@ -138,9 +145,12 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 			DefaultTransform:            cache.TransformStripManagedFields(),
 			ReaderFailOnMissingInformer: true,
 			ByObject: map[client.Object]cache.ByObject{
-				&corev1.Pod{}:                 {Transform: trimPod},
-				&corev1.Namespace{}:           {Transform: trimNamespace},
-				&networkingv1.NetworkPolicy{}: {Transform: trimPolicy},
+				&corev1.Pod{}:                       {Transform: trimPod},
+				&corev1.Namespace{}:                 {Transform: trimNamespace},
+				&networkingv1.NetworkPolicy{}:       {Transform: trimPolicy},
+				&corev1.Node{}:                      {Transform: trimNode},
+				&cnpv1beta1.ClusterNetworkPolicy{}:  {Transform: trimClusterPolicy},
+				&cnpv1alpha2.ClusterNetworkPolicy{}: {Transform: trimClusterPolicy},
 			},
 		},
 	})
@@ -168,7 +178,7 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	); err != nil {
 		return fmt.Errorf("manager setup: %w", err)
 	}
-	if err := setupNodeSync(mgr, opts, ready, log); err != nil {
+	if err := setupNodeSync(ctx, mgr, cfg, opts, ready, log); err != nil {
 		return fmt.Errorf("node sync setup: %w", err)
 	}
 
@@ -212,7 +222,7 @@ func awaitStop(errc <-chan error, ready *readiness, log logr.Logger) error {
 
 // setupNodeSync registers the node reconciler; its first successful sync (always
 // a full one: the applier starts without a last-applied table) marks the agent ready.
-func setupNodeSync(mgr manager.Manager, opts Options, ready *readiness, log logr.Logger) error {
+func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, opts Options, ready *readiness, log logr.Logger) error {
 	if opts.Applier == nil {
 		return errors.New("no applier configured")
 	}
@@ -231,8 +241,19 @@ func setupNodeSync(mgr manager.Manager, opts Options, ready *readiness, log logr
 		// otherwise stay in the process's RSS until the background scavenger
 		// returns it, minutes later. Incremental syncs allocate little.
 		AfterFullSync: func() { go debug.FreeOSMemory() },
+		cnp:           &clusterPolicyAPI{},
 	}
-	return r.SetupWithManager(mgr)
+	if err := r.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	w, err := newClusterPolicyWatch(mgr, cfg, r.ctrl, r.cnp, r.mapAll, opts.CNPDiscoveryInterval, log.WithName("clusternetworkpolicy"))
+	if err != nil {
+		return err
+	}
+	if err := w.watchIfServed(ctx); err != nil {
+		return err
+	}
+	return mgr.Add(w)
 }
 
 // readiness is what /readyz reports: ready once the informer caches have
