@@ -21,11 +21,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/nft"
+	"github.com/nftpolicy/nftpolicy/nft/compile"
 )
 
 // The agent only reads, and only through its informer caches (list and watch;
@@ -65,6 +67,14 @@ type Options struct {
 	Applier nft.Applier
 	// MinSyncInterval spaces syncs during event bursts (see NodeReconciler).
 	MinSyncInterval time.Duration
+	// DenyLog hands isolation drops to an NFLOG group (nft/doc.go, "Deny log");
+	// Rate 0 turns it off. OpenDenyLog opens that group in the node's network
+	// namespace; required when the deny log is on.
+	DenyLog     compile.DenyLog
+	OpenDenyLog func() (DenyLogSource, error)
+	// PolicyCounters, when set, makes the table count packets per policy and
+	// serves them as nftpolicy_policy_packets_total, read at scrape time.
+	PolicyCounters CounterPackets
 	// CNPDiscoveryInterval is how often the agent asks whether ClusterNetworkPolicy
 	// is served while it is not (cnp.go); 0 means 30s.
 	CNPDiscoveryInterval time.Duration
@@ -164,6 +174,20 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 		}
 	}
 
+	at := &attribution{}
+	if err := setupObserve(ctx, mgr, opts, at, log); err != nil {
+		return fmt.Errorf("deny log and counters setup: %w", err)
+	}
+	if opts.PolicyCounters != nil {
+		// Unregistered on return: tests run several agents, one after another, in
+		// one process.
+		pc := newPolicyCollector(opts.PolicyCounters, at)
+		if err := metrics.Registry.Register(pc); err != nil {
+			return fmt.Errorf("policy counters: %w", err)
+		}
+		defer metrics.Registry.Unregister(pc)
+	}
+
 	ready := &readiness{}
 	if err := errors.Join(
 		mgr.AddHealthzCheck("ping", healthz.Ping),
@@ -178,7 +202,7 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	); err != nil {
 		return fmt.Errorf("manager setup: %w", err)
 	}
-	if err := setupNodeSync(ctx, mgr, cfg, opts, ready, log); err != nil {
+	if err := setupNodeSync(ctx, mgr, cfg, opts, ready, at, log); err != nil {
 		return fmt.Errorf("node sync setup: %w", err)
 	}
 
@@ -222,7 +246,7 @@ func awaitStop(errc <-chan error, ready *readiness, log logr.Logger) error {
 
 // setupNodeSync registers the node reconciler; its first successful sync (always
 // a full one: the applier starts without a last-applied table) marks the agent ready.
-func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, opts Options, ready *readiness, log logr.Logger) error {
+func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, opts Options, ready *readiness, at *attribution, log logr.Logger) error {
 	if opts.Applier == nil {
 		return errors.New("no applier configured")
 	}
@@ -230,6 +254,9 @@ func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, o
 		Reader:          mgr.GetCache(),
 		NodeName:        opts.NodeName,
 		Table:           opts.TableName,
+		DenyLog:         opts.DenyLog,
+		PolicyCounters:  opts.PolicyCounters != nil,
+		OnApplied:       at.store,
 		Applier:         opts.Applier,
 		Recorder:        mgr.GetEventRecorder("nftpolicy-agent"),
 		Log:             log.WithName("sync"),
@@ -254,6 +281,22 @@ func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, o
 		return err
 	}
 	return mgr.Add(w)
+}
+
+// setupObserve adds the deny log reader, with the pod address index it names
+// packets' ends with, when the deny log is on.
+func setupObserve(ctx context.Context, mgr manager.Manager, opts Options, at *attribution, log logr.Logger) error {
+	if opts.DenyLog.Rate == 0 {
+		return nil
+	}
+	if opts.OpenDenyLog == nil {
+		return errors.New("deny log on, but no way to open it")
+	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &corev1.Pod{}, podIPIndex, indexPodIPs); err != nil {
+		return fmt.Errorf("pod address index: %w", err)
+	}
+	return mgr.Add(&denyLogger{open: opts.OpenDenyLog, pods: mgr.GetCache(), attrib: at,
+		log: log.WithName("deny"), retry: 10 * time.Second})
 }
 
 // readiness is what /readyz reports: ready once the informer caches have

@@ -13,6 +13,14 @@
 // memory to the OS. BenchmarkIncrementalSync and BenchmarkFullSync measure both at
 // test/bench/controlplane's scale.
 //
+// Seeing verdicts (observe.go): with a deny log rate, the agent reads the NFLOG
+// group its group chains log isolation drops to and logs each packet ("packet
+// denied", logger "deny") with both ends named by the pod address index of the
+// cache and the policies that isolate the pod, from the Attribution the reconciler
+// publishes after each applied table; with policy counters, a Prometheus collector
+// reads the kernel's per-policy counters at scrape time. Neither can hold up a
+// sync or a packet: the reader retries forever and loses lines, never verdicts.
+//
 // Readiness: /readyz answers 200 only once the informer caches have synced
 // and the first full sync of the node's table has succeeded, so a node's
 // agent is not reported ready before it enforces policy.

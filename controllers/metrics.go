@@ -43,9 +43,23 @@ var (
 		Name: "nftpolicy_drift_total",
 		Help: "Differences found between the kernel's table and the last applied one by periodic full syncs.",
 	})
+	// The deny log (observe.go). Bounded labels: no pod names, no addresses.
+	deniedPackets = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nftpolicy_denied_packets_total",
+		Help: "Denied packets the deny log delivered, by direction and namespace of the isolated pod " +
+			"(a sample: the kernel logs at most --deny-log-rate; nftpolicy_policy_packets_total counts them all).",
+	}, []string{"direction", "namespace"})
+	denyLogLost = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nftpolicy_deny_log_lost_total",
+		Help: "Denied packets the kernel logged that the agent never received (its socket buffer was full).",
+	})
+	counterReadErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nftpolicy_counter_read_errors_total",
+		Help: "Scrapes that could not read the kernel's policy counters.",
+	})
 )
 
 func init() {
 	metrics.Registry.MustRegister(programmingLatency, syncDuration, syncsTotal, applyFailures,
-		rulesetSize, netlinkBytes, policyProblems, driftTotal)
+		rulesetSize, netlinkBytes, policyProblems, driftTotal, deniedPackets, denyLogLost, counterReadErrors)
 }

@@ -49,6 +49,8 @@ type NodeReconciler struct {
 	Reader         client.Reader // the manager's cache
 	NodeName       string
 	Table          string
+	DenyLog        compile.DenyLog // compile options: nft/doc.go, "Deny log"
+	PolicyCounters bool            // and "Policy counters"
 	Applier        nft.Applier
 	Recorder       recorder.EventRecorder // may be nil
 	Log            logr.Logger
@@ -58,6 +60,9 @@ type NodeReconciler struct {
 	MinSyncInterval time.Duration
 	// OnSynced is called after every successful sync (readiness).
 	OnSynced func()
+	// OnApplied, when set, is given the Attribution of every table applied, before
+	// OnSynced (the deny log reader and the counters collector read it).
+	OnApplied func(*compile.Attribution)
 	// AfterFullSync, when set, is called after every successful full sync, on the
 	// reconciler's goroutine (RunAgent returns memory to the OS there).
 	AfterFullSync func()
@@ -254,6 +259,9 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	if log.V(5).Enabled() {
 		log.V(5).Info("ruleset", "nft", nft.Render(desired))
 	}
+	if r.OnApplied != nil {
+		r.OnApplied(r.compiler.Attribution())
+	}
 	if r.OnSynced != nil {
 		r.OnSynced()
 	}
@@ -295,7 +303,7 @@ func (r *NodeReconciler) load(ctx context.Context) (*compile.Compiler, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := compile.NewCompiler(r.NodeName, compile.Options{Table: r.Table})
+	c := compile.NewCompiler(r.NodeName, compile.Options{Table: r.Table, DenyLog: r.DenyLog, PolicyCounters: r.PolicyCounters})
 	for i := range nodes.Items {
 		c.SetNode(&nodes.Items[i])
 	}

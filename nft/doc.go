@@ -118,6 +118,65 @@
 // lookup per tier and direction otherwise): the cost does not grow with policies
 // that select other pods. Pod churn is set and map elements; chains change when a
 // policy or the grouping of subjects changes.
+// # Deny log
+//
+// With the agent's --deny-log-rate above zero, every group chain gets one more rule,
+// just before its isolation drop, and the table one named limit:
+//
+//	limit deny-log { rate 100/second burst 100 packets }
+//	chain ing-3fa9c2d1-x/allow-a {
+//	    ...
+//	    limit name "deny-log" log prefix "nftpolicy-deny ing-3fa9c2d1" group 100
+//	    counter drop comment "isolated by x/allow-a"
+//	}
+//
+// The log rule has no verdict, so the limit gates the log statement and nothing
+// else: a packet over the rate skips the log and meets the drop all the same (Validate
+// refuses a limit in a rule with a verdict). The limit is one bucket for the node,
+// shared by every group chain, so the agent never receives more than the rate
+// whatever the number of pods, policies or attackers. The kernel copies the packet's
+// first 128 bytes (network and transport headers) to NFLOG group 100 and never
+// waits: if the agent reads slowly or not at all, the socket buffer fills and the
+// kernel drops log messages, never packet verdicts (nft/nflog counts what was lost).
+// The prefix names the chain by its direction and hash (the head of the chain's
+// name), which the compiler's Attribution maps to the policies that isolate the
+// chain's pods: the agent logs their namespace/name, not the hash. The `ct state
+// invalid` drop is not logged.
+//
+// # Policy counters
+//
+// With policy counters on, the table has four named counters per policy that
+// isolates a local pod, two per direction it isolates:
+//
+//	counter pol-e7c86401-x/allow-from-y-ing-allow    packets a group chain of the policy allowed
+//	counter pol-e7c86401-x/allow-from-y-ing-deny     packets it dropped for isolation
+//
+// A group chain's allow rules update the allow counter of every policy of the group,
+// and its drop rule the deny counter of every policy of the group. Attribution is
+// therefore exact for drops: a dropped packet was isolated by each of the group's
+// policies and allowed by none, so each of them denied it. For allowed packets it is
+// exact when the group has one policy; when the pod is isolated by several (the
+// chain `ing-...-x/allow-from-y_and_1`), the group's sets hold the union of their
+// rules and the kernel cannot tell which policy's rule matched, so the packet counts
+// as allowed for every policy of the group: read `verdict="allow"` as "allowed while
+// this policy isolated the pod", and the sum over policies may exceed the packets.
+// `nftpolicy explain` names the exact rule for one connection. Replies (ct
+// established) never reach a group chain and are not counted; neither is `ct state
+// invalid`.
+//
+// The counters are objects, not rule statements, so rewriting a chain (a regrouping,
+// the periodic full sync, a restarted agent adopting the table) keeps their counts;
+// they start at zero when a policy starts isolating a local pod, and when the table
+// is replaced whole (first start without a table to adopt, or drift repair). The
+// agent reads them over netlink at scrape time (nftpolicy_policy_packets_total).
+// The cost is one named counter update per policy of the group, for each packet
+// that reaches a group chain: the first packet of a connection (replies and later
+// packets pass on conntrack state before), every packet of a one-way UDP flow.
+// nft/netlink's TestCounterCost measured 36-45 ns per named counter update on the
+// 2-core test machine (an anonymous counter, on every group chain rule already, was
+// within noise of none); a new connection to a pod that four policies isolate pays
+// ~0.2 µs more, against some µs for the connection's first packet. --policy-counters
+// =false removes them.
 //
 // # Names
 //

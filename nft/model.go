@@ -13,9 +13,10 @@ const Family = "inet"
 // the same text mean the same thing to the kernel. Order of Sets, Chains and Elements
 // carries no meaning; Render and Plan sort.
 type Ruleset struct {
-	Table  string // table name; the family is always Family
-	Sets   []Set  // named sets and verdict maps
-	Chains []Chain
+	Table   string   // table name; the family is always Family
+	Sets    []Set    // named sets and verdict maps
+	Objects []Object // named counters and limits
+	Chains  []Chain
 }
 
 // Chain is a base chain (Hook != nil) or a regular chain reached by jump/goto/vmap.
@@ -34,20 +35,74 @@ type Hook struct {
 }
 
 // Rule is a conjunction of matches followed by optional statements and one verdict.
-// Evaluation order in nft text: matches, counter, log, then the verdict (or vmap).
+// Evaluation order in nft text: matches, statements, counter, log, then the verdict
+// (or vmap).
 type Rule struct {
 	Matches []Match
-	Counter bool
-	Log     *Log
-	VMap    *VMap   // a verdict-map lookup; when set, Verdict must be zero
-	Verdict Verdict // zero value = continue to the next rule
-	Comment string  // at most MaxCommentLen bytes
+	// Statements run in order after the matches, before Counter and Log. A Limit
+	// that the packet exceeds ends the rule there; see Limit.
+	Statements []Statement
+	Counter    bool
+	Log        *Log
+	VMap       *VMap   // a verdict-map lookup; when set, Verdict must be zero
+	Verdict    Verdict // zero value = continue to the next rule
+	Comment    string  // at most MaxCommentLen bytes
 }
 
 // Log sends matching packets to an nflog group.
 type Log struct {
 	Group  uint16
-	Prefix string
+	Prefix string // at most MaxLogPrefixLen bytes
+}
+
+// MaxLogPrefixLen is the longest log prefix the kernel takes (NF_LOG_PREFIXLEN
+// less the terminating zero).
+const MaxLogPrefixLen = 127
+
+// Statement is an action of a rule other than its anonymous Counter, its Log and
+// its verdict: a Limit, a CounterRef or a LimitRef. The set is closed (the method is unexported) so that
+// every reader of the model (Render, Plan, Validate, the netlink encoder, the
+// packet tracer) knows each kind.
+type Statement interface{ isStatement() }
+
+// Limit is `limit rate RATE/PER burst BURST packets`: a token bucket in the
+// kernel, one per rule. A packet within the rate goes on through the rule; a
+// packet over it ends the rule as a failed match does, and goes on to the next
+// rule: nothing after the limit happens to it, not even the verdict. A limit can
+// therefore only gate what is optional, and Validate refuses a rule with both a
+// limit and a verdict (or vmap): put the limited statements in a rule of their own
+// before the rule that decides.
+type Limit struct {
+	Rate  uint32    // packets per Per; at least 1
+	Per   LimitUnit // the time unit of Rate
+	Burst uint32    // packets allowed at once above the rate; at least 1
+}
+
+func (Limit) isStatement() {}
+
+// LimitUnit is the time unit of a limit's rate.
+type LimitUnit uint8
+
+const (
+	PerSecond LimitUnit = iota + 1
+	PerMinute
+	PerHour
+	PerDay
+)
+
+// String is the unit as nft writes it ("second").
+func (u LimitUnit) String() string {
+	switch u {
+	case PerSecond:
+		return "second"
+	case PerMinute:
+		return "minute"
+	case PerHour:
+		return "hour"
+	case PerDay:
+		return "day"
+	}
+	return fmt.Sprintf("unit%d", uint8(u))
 }
 
 // VMap is `<keys> vmap @<Map>`: the packet's key selects the verdict.

@@ -25,6 +25,12 @@ const (
 	MapIngressV6 = "ingress-v6"
 	MapEgressV4  = "egress-v4" // local pod IPv4 -> its egress chain
 	MapEgressV6  = "egress-v6"
+
+	// ObjDenyLog is the limit object that gates every group chain's deny log
+	// rule: one bucket for the node (see "Deny log" in doc.go).
+	ObjDenyLog = "deny-log"
+	// DenyLogPrefix starts the log prefix of every deny log rule.
+	DenyLogPrefix = "nftpolicy-deny"
 )
 
 // HashLen is the number of hex digits of the hash in per-policy names.

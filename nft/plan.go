@@ -32,6 +32,8 @@ const (
 	OpDelSet                        // delete a set or map, with its elements
 	OpAddElements                   // add elements to a set or map
 	OpDelElements                   // delete elements from a set or map
+	OpAddObject                     // create a named counter or limit
+	OpDelObject                     // delete a named counter or limit nothing uses any more
 )
 
 // Op is one operation of a Transaction.
@@ -47,6 +49,8 @@ type Op struct {
 	// OpDelElements change. Its Elements field is always empty: the op's are in Elements.
 	Set      *Set
 	Elements []Element
+	// Object is the object OpAddObject creates or OpDelObject deletes.
+	Object *Object
 }
 
 // String describes the operation for errors and logs.
@@ -78,6 +82,16 @@ func (op Op) String() string {
 		return fmt.Sprintf("add %d elements to set %s", len(op.Elements), op.Name)
 	case OpDelElements:
 		return fmt.Sprintf("delete %d elements from set %s", len(op.Elements), op.Name)
+	case OpAddObject:
+		if op.Object != nil {
+			return "add " + op.Object.Kind.String() + " " + op.Name
+		}
+		return "add object " + op.Name
+	case OpDelObject:
+		if op.Object != nil {
+			return "delete " + op.Object.Kind.String() + " " + op.Name
+		}
+		return "delete object " + op.Name
 	}
 	return fmt.Sprintf("op%d %s", op.Kind, op.Name)
 }
@@ -125,19 +139,24 @@ func (t Transaction) Stats() Stats {
 // RenderElement text (so a changed verdict or comment is a delete plus an add). A set
 // whose definition changed is deleted and created again. A chain whose hook changed is
 // deleted and created again; a chain whose rules changed, or that refers to a set being
-// re-created, is flushed and refilled. Pod churn, which changes only elements, yields
+// re-created, is flushed and refilled. Named objects (counters, limits) are like sets
+// without elements: kept while their definition is the same (so a counter keeps its
+// count across rule rewrites), deleted and created again when it changed (the chains
+// that use them are then refilled). Pod churn, which changes only elements, yields
 // element operations only.
 //
 // The order is what lets the kernel accept it as one batch, where every message is
 // checked against the state left by the messages before it:
 //
-//  1. add new sets and new chains, empty: rules and map elements added below may refer to them;
+//  1. add new objects, new sets and new chains, empty: rules and map elements added
+//     below may refer to them;
 //  2. flush the chains to rewrite, and the chains to delete or re-create: this drops
 //     every rule reference to the sets and chains that go away;
 //  3. delete elements from kept sets: this drops the map elements' references to chains;
-//  4. delete obsolete and re-created sets (no rule refers to them any more, step 2);
+//  4. delete obsolete and re-created sets and objects (no rule refers to them any
+//     more, step 2);
 //  5. delete and re-create chains whose hook changed (references gone in steps 2-4);
-//  6. create the re-created sets;
+//  6. create the re-created sets and objects;
 //  7. add rules: every set and chain they name exists now;
 //  8. add elements: every chain a map element jumps to exists now;
 //  9. delete obsolete chains last, when no rule (step 2) and no map element (steps 3
@@ -195,6 +214,30 @@ func plan(last, desired *Ruleset, rewriteAll bool) Transaction {
 		recreated[s.Name] = true
 	}
 
+	lastObjs := objectsByName(last)
+	var newObjs, recreatedObjs, obsoleteObjs []*Object
+	desiredObjs := SortedObjects(desired)
+	for i := range desiredObjs {
+		o := &desiredObjs[i]
+		switch old := lastObjs[o.Name]; {
+		case old == nil:
+			newObjs = append(newObjs, o)
+		case *old != *o:
+			recreatedObjs = append(recreatedObjs, o)
+		}
+	}
+	desiredObjNames := objectsByName(desired)
+	lastObjsSorted := SortedObjects(last)
+	for i := range lastObjsSorted {
+		if o := &lastObjsSorted[i]; desiredObjNames[o.Name] == nil {
+			obsoleteObjs = append(obsoleteObjs, o)
+		}
+	}
+	recreatedObj := map[string]bool{}
+	for _, o := range recreatedObjs {
+		recreatedObj[o.Name] = true
+	}
+
 	lastChains := chainsByName(last)
 	var newChains, rewriteChains, recreatedChains, flushChains, obsoleteChains []*Chain
 	desiredChains := SortedChains(desired)
@@ -209,7 +252,7 @@ func plan(last, desired *Ruleset, rewriteAll bool) Transaction {
 			if len(old.Rules) > 0 {
 				flushChains = append(flushChains, c)
 			}
-		case rewriteAll || !sameRules(old.Rules, c.Rules) || refersToAny(old.Rules, recreated):
+		case rewriteAll || !sameRules(old.Rules, c.Rules) || refersToAny(old.Rules, recreated) || refersToObjects(old.Rules, recreatedObj):
 			rewriteChains = append(rewriteChains, c)
 			if rewriteAll || len(old.Rules) > 0 {
 				flushChains = append(flushChains, c)
@@ -228,7 +271,10 @@ func plan(last, desired *Ruleset, rewriteAll bool) Transaction {
 	}
 	slices.SortStableFunc(flushChains, compareChains)
 
-	// 1. New sets and chains, empty.
+	// 1. New objects, sets and chains, empty.
+	for _, o := range newObjs {
+		add(Op{Kind: OpAddObject, Name: o.Name, Object: o})
+	}
 	for _, s := range newSets {
 		add(Op{Kind: OpAddSet, Name: s.Name, Set: s})
 	}
@@ -263,14 +309,24 @@ func plan(last, desired *Ruleset, rewriteAll bool) Transaction {
 	for _, s := range dels {
 		add(Op{Kind: OpDelSet, Name: s.Name})
 	}
+	delObjs := append(slices.Clone(obsoleteObjs), recreatedObjs...)
+	slices.SortFunc(delObjs, func(a, b *Object) int { return strings.Compare(a.Name, b.Name) })
+	for _, o := range delObjs {
+		if old := lastObjs[o.Name]; old != nil {
+			add(Op{Kind: OpDelObject, Name: o.Name, Object: old})
+		}
+	}
 	// 5. Chains whose hook changed.
 	for _, c := range recreatedChains {
 		add(Op{Kind: OpDelChain, Name: c.Name})
 		add(Op{Kind: OpAddChain, Name: c.Name, Hook: c.Hook})
 	}
-	// 6. Re-created sets.
+	// 6. Re-created sets and objects.
 	for _, s := range recreatedSets {
 		add(Op{Kind: OpAddSet, Name: s.Name, Set: s})
+	}
+	for _, o := range recreatedObjs {
+		add(Op{Kind: OpAddObject, Name: o.Name, Object: o})
 	}
 	// 7. Rules.
 	var fill []*Chain
@@ -313,6 +369,10 @@ func fullPlan(desired *Ruleset) Transaction {
 	chains := SortedChains(desired)
 	for i := range chains {
 		add(Op{Kind: OpAddChain, Name: chains[i].Name, Hook: chains[i].Hook})
+	}
+	objs := SortedObjects(desired)
+	for i := range objs {
+		add(Op{Kind: OpAddObject, Name: objs[i].Name, Object: &objs[i]})
 	}
 	sets := SortedSetsNoElems(desired)
 	byName := setsByName(desired)
@@ -389,6 +449,17 @@ func sortedSetPtrs(r *Ruleset) []*Set {
 	return out
 }
 
+// objectsByName indexes r's objects; with duplicate names the first wins.
+func objectsByName(r *Ruleset) map[string]*Object {
+	m := make(map[string]*Object, len(r.Objects))
+	for i := range r.Objects {
+		if m[r.Objects[i].Name] == nil {
+			m[r.Objects[i].Name] = &r.Objects[i]
+		}
+	}
+	return m
+}
+
 func chainsByName(r *Ruleset) map[string]*Chain {
 	m := make(map[string]*Chain, len(r.Chains))
 	for i := range r.Chains {
@@ -419,6 +490,9 @@ func ruleEqual(a, b *Rule) bool {
 		return false
 	}
 	if (a.Log == nil) != (b.Log == nil) || (a.Log != nil && *a.Log != *b.Log) {
+		return false
+	}
+	if !slices.Equal(a.Statements, b.Statements) { // statements are comparable values
 		return false
 	}
 	if (a.VMap == nil) != (b.VMap == nil) || (a.VMap != nil && (a.VMap.Map != b.VMap.Map || !slices.Equal(a.VMap.Keys, b.VMap.Keys))) {
@@ -669,7 +743,7 @@ func (t Transaction) Applied(last, desired *Ruleset) *Ruleset {
 	}
 	lastSets := setsByName(last)
 	lastChains := chainsByName(last)
-	out := &Ruleset{Table: desired.Table}
+	out := &Ruleset{Table: desired.Table, Objects: slices.Clone(desired.Objects)} // values
 	var changed Ruleset
 	for _, s := range desired.Sets {
 		if old := lastSets[s.Name]; old != nil && !sets[s.Name] {
@@ -697,7 +771,7 @@ func (r *Ruleset) Clone() *Ruleset {
 	if r == nil {
 		return nil
 	}
-	out := &Ruleset{Table: r.Table}
+	out := &Ruleset{Table: r.Table, Objects: slices.Clone(r.Objects)}
 	if r.Sets != nil {
 		out.Sets = make([]Set, len(r.Sets))
 		for i, s := range r.Sets {
@@ -740,6 +814,7 @@ func cloneRule(r Rule) Rule {
 		}
 		r.Matches = ms
 	}
+	r.Statements = slices.Clone(r.Statements)
 	if r.Log != nil {
 		l := *r.Log
 		r.Log = &l

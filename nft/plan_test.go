@@ -268,6 +268,7 @@ func TestElementKeyMatchesRenderElement(t *testing.T) {
 func TestCloneIsDeep(t *testing.T) {
 	a := planSample()
 	a.Chains[1].Rules[0].Log = &Log{Group: 1}
+	a.Chains[1].Rules[0].Statements = []Statement{Limit{Rate: 1, Per: PerSecond, Burst: 1}}
 	b := a.Clone()
 	if Render(a) != Render(b) {
 		t.Fatal("clone renders differently")
@@ -278,11 +279,16 @@ func TestCloneIsDeep(t *testing.T) {
 	b.Chains[0].Rules[0].Matches[0].Values[0].Key[0] = Num(1)
 	b.Chains[0].Rules[1].VMap.Keys[0] = KeyIPSaddr
 	b.Chains[1].Rules[0].Log.Group = 9
+	b.Chains[1].Rules[0].Statements[0] = Limit{Rate: 2, Per: PerSecond, Burst: 1}
 	b.Chains[1].Rules[0].Matches[0].Keys[0] = KeyIPDaddr
 	if Render(a) != Render(planSample()) && !strings.Contains(Render(a), "log group 1") {
 		t.Errorf("changing the clone changed the original:\n%s", Render(a))
 	}
+	if !strings.Contains(Render(a), "limit rate 1/second") {
+		t.Errorf("changing the clone's statements changed the original:\n%s", Render(a))
+	}
 	a.Chains[1].Rules[0].Log = nil
+	a.Chains[1].Rules[0].Statements = nil
 	if Render(a) != Render(planSample()) {
 		t.Errorf("changing the clone changed the original:\n%s", Render(a))
 	}

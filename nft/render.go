@@ -9,8 +9,8 @@ import (
 	"strings"
 )
 
-// Render returns r as `nft -f` input: one `table inet NAME { ... }` block with sets
-// (sorted by name), base chains (sorted by name) and regular chains (sorted by name).
+// Render returns r as `nft -f` input: one `table inet NAME { ... }` block with named
+// objects (sorted by name), sets (sorted by name), base chains (sorted by name) and regular chains (sorted by name).
 // Elements are sorted by key. The output is deterministic: golden files compare it,
 // verbose logs print it, and kernel tests load it with the nft CLI to check that the
 // netlink encoding means the same thing.
@@ -23,6 +23,10 @@ func Render(r *Ruleset) string {
 			b.WriteString("\n")
 		}
 		first = false
+	}
+	for _, o := range SortedObjects(r) {
+		sep()
+		renderObject(&b, o)
 	}
 	for _, s := range SortedSets(r) {
 		sep()
@@ -168,6 +172,9 @@ func RenderRule(r Rule) string {
 	for _, m := range r.Matches {
 		parts = append(parts, renderMatch(m))
 	}
+	for _, st := range r.Statements {
+		parts = append(parts, RenderStatement(st))
+	}
 	if r.Counter {
 		parts = append(parts, "counter")
 	}
@@ -187,6 +194,19 @@ func RenderRule(r Rule) string {
 		parts = append(parts, fmt.Sprintf("comment %q", r.Comment))
 	}
 	return strings.Join(parts, " ")
+}
+
+// RenderStatement renders one statement as nft writes it.
+func RenderStatement(st Statement) string {
+	switch st := st.(type) {
+	case Limit:
+		return fmt.Sprintf("limit rate %d/%s burst %d packets", st.Rate, st.Per, st.Burst)
+	case CounterRef:
+		return fmt.Sprintf("counter name %q", st.Name)
+	case LimitRef:
+		return fmt.Sprintf("limit name %q", st.Name)
+	}
+	return fmt.Sprintf("<unknown statement %T>", st)
 }
 
 func renderMatch(m Match) string {

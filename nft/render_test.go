@@ -100,3 +100,34 @@ func TestObjectName(t *testing.T) {
 		t.Error("different keys must give different names")
 	}
 }
+
+func TestLimitStatement(t *testing.T) {
+	limit := Limit{Rate: 100, Per: PerSecond, Burst: 20}
+	logRule := Rule{Statements: []Statement{limit}, Log: &Log{Group: 1, Prefix: "np-deny x"}}
+	if got, want := RenderRule(logRule), `limit rate 100/second burst 20 packets log prefix "np-deny x" group 1`; got != want {
+		t.Errorf("RenderRule = %s, want %s", got, want)
+	}
+	ok := &Ruleset{Table: "t", Chains: []Chain{{Name: "c", Rules: []Rule{logRule, {Counter: true, Verdict: Verdict{Kind: Drop}}}}}}
+	if err := ok.Validate(); err != nil {
+		t.Errorf("Validate: %v", err)
+	}
+	for _, c := range []struct {
+		rule Rule
+		want string
+	}{
+		{Rule{Statements: []Statement{limit}, Verdict: Verdict{Kind: Drop}}, "the limit would gate the verdict"},
+		{Rule{Statements: []Statement{limit}, VMap: &VMap{Keys: []Key{KeyIPSaddr}, Map: "m"}}, "the limit would gate the verdict"},
+		{Rule{Statements: []Statement{Limit{Rate: 0, Per: PerSecond, Burst: 1}}}, "at least 1"},
+		{Rule{Statements: []Statement{Limit{Rate: 1, Per: PerSecond}}}, "at least 1"},
+		{Rule{Statements: []Statement{Limit{Rate: 1, Per: 0, Burst: 1}}}, "limit per"},
+		{Rule{Statements: []Statement{nil}}, "nil statement"},
+		{Rule{Log: &Log{Prefix: strings.Repeat("x", MaxLogPrefixLen+1)}}, "log prefix"},
+		{Rule{Log: &Log{Prefix: `a"b`}}, "log prefix"},
+	} {
+		r := &Ruleset{Table: "t", Sets: []Set{{Name: "m", Type: []DataType{TypeIPv4Addr}, Verdicts: true}},
+			Chains: []Chain{{Name: "c", Rules: []Rule{c.rule}}}}
+		if err := r.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: Validate = %v, want %q", RenderRule(c.rule), err, c.want)
+		}
+	}
+}

@@ -42,6 +42,29 @@ func (r *Ruleset) Validate() error {
 		}
 		sets[s.Name] = s
 	}
+	objects := map[string]*Object{}
+	for i := range r.Objects {
+		o := &r.Objects[i]
+		if !ValidName(o.Name) {
+			bad("object %q: invalid name", o.Name)
+		}
+		if objects[o.Name] != nil {
+			bad("object %q: defined twice", o.Name)
+		}
+		objects[o.Name] = o
+		switch o.Kind {
+		case CounterObject:
+			if o.Limit != (Limit{}) {
+				bad("counter %s: has a limit", o.Name)
+			}
+		case LimitObject:
+			if err := checkLimit(o.Limit); err != nil {
+				bad("limit %s: %v", o.Name, err)
+			}
+		default:
+			bad("object %q: unknown kind %v", o.Name, o.Kind)
+		}
+	}
 	chains := map[string]*Chain{}
 	for i := range r.Chains {
 		c := &r.Chains[i]
@@ -110,6 +133,14 @@ func (r *Ruleset) Validate() error {
 					bad("%s: %v", where, err)
 				}
 			}
+			for _, st := range rule.Statements {
+				if err := checkStatement(st, rule, objects); err != nil {
+					bad("%s: %v", where, err)
+				}
+			}
+			if rule.Log != nil && (len(rule.Log.Prefix) > MaxLogPrefixLen || strings.ContainsAny(rule.Log.Prefix, "\"\\\n")) {
+				bad("%s: log prefix longer than %d bytes or with a quote, backslash or newline", where, MaxLogPrefixLen)
+			}
 			if rule.VMap != nil {
 				s := sets[rule.VMap.Map]
 				switch {
@@ -127,6 +158,36 @@ func (r *Ruleset) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func checkStatement(st Statement, rule Rule, objects map[string]*Object) error {
+	gates := func() error {
+		if rule.Verdict.Kind != Continue || rule.VMap != nil {
+			// A packet over the limit would skip the verdict too.
+			return errors.New("a limit in a rule with a verdict: the limit would gate the verdict")
+		}
+		return nil
+	}
+	switch st := st.(type) {
+	case Limit:
+		if err := checkLimit(st); err != nil {
+			return err
+		}
+		return gates()
+	case LimitRef:
+		if o := objects[st.Name]; o == nil || o.Kind != LimitObject {
+			return fmt.Errorf("limit %q does not exist", st.Name)
+		}
+		return gates()
+	case CounterRef:
+		if o := objects[st.Name]; o == nil || o.Kind != CounterObject {
+			return fmt.Errorf("counter %q does not exist", st.Name)
+		}
+		return nil
+	case nil:
+		return errors.New("nil statement")
+	}
+	return fmt.Errorf("unknown statement %T", st)
 }
 
 func keyTypes(keys []Key) []DataType {

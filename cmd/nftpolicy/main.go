@@ -33,7 +33,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/nftpolicy/nftpolicy/controllers"
+	"github.com/nftpolicy/nftpolicy/nft"
+	"github.com/nftpolicy/nftpolicy/nft/compile"
 	"github.com/nftpolicy/nftpolicy/nft/netlink"
+	"github.com/nftpolicy/nftpolicy/nft/nflog"
 )
 
 // version is set at link time: -ldflags "-X main.version=v0.1.0".
@@ -50,6 +53,11 @@ const (
 	defaultFullSyncPeriod = 5 * time.Minute
 	// Spaces syncs only during bursts: an event after a quiet spell is served at once.
 	defaultMinSyncInterval = 10 * time.Millisecond
+	// The deny log is off unless asked for (config/agent turns it on). Its NFLOG
+	// group is one no other NFLOG user we know of takes (kube-router uses 100,
+	// Calico 1 and 2).
+	defaultDenyLogRate  = "0"
+	defaultDenyLogGroup = 7600
 )
 
 const (
@@ -111,6 +119,13 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		"how often to rewrite the whole table even without changes (repairs outside tampering)")
 	fs.DurationVar(&opts.MinSyncInterval, "min-sync-interval", defaultMinSyncInterval,
 		"least time between the starts of two syncs; events arriving meanwhile are coalesced into the next")
+	denyLogRate := fs.String("deny-log-rate", defaultDenyLogRate,
+		"log denied packets, at most this many: N/second, N/minute or N/hour for the whole node (the kernel "+
+			"drops the rest from the log, never from enforcement); 0 disables the deny log")
+	denyLogBurst := fs.Uint("deny-log-burst", 0, "packets the deny log may take at once above its rate; 0: the rate's N")
+	denyLogGroup := fs.Uint("deny-log-group", defaultDenyLogGroup, "the NFLOG group the deny log uses (0-65535; no other NFLOG user on the node may take it)")
+	policyCounters := fs.Bool("policy-counters", true,
+		"count packets per policy, direction and verdict in the kernel and serve them as nftpolicy_policy_packets_total")
 	memoryLimit := fs.String("memory-limit", os.Getenv("MEMORY_LIMIT"),
 		"the memory the agent may use, as a quantity (e.g. 128Mi; default $MEMORY_LIMIT, which the DaemonSet "+
 			"sets from its memory limit); the Go runtime's soft memory limit is set to "+
@@ -126,8 +141,11 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		opts.Kubeconfig = os.Getenv("KUBECONFIG")
 	}
 	softLimit, limitErr := goMemoryLimit(*memoryLimit)
+	var denyLogErr error
+	opts.DenyLog, denyLogErr = denyLogOptions(*denyLogRate, *denyLogBurst, *denyLogGroup)
 	err := errors.Join(
 		limitErr,
+		denyLogErr,
 		checkRequired("node-name", "NODE_NAME", opts.NodeName),
 		checkAddr("metrics-bind-address", opts.MetricsAddr),
 		checkAddr("health-probe-bind-address", opts.HealthAddr),
@@ -156,6 +174,21 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	}
 	defer applier.Close()
 	opts.Applier = applier
+	if *policyCounters {
+		opts.PolicyCounters = func(ctx context.Context) (map[string]uint64, error) {
+			vals, err := applier.Counters(ctx)
+			out := make(map[string]uint64, len(vals))
+			for name, v := range vals {
+				out[name] = v.Packets
+			}
+			return out, err
+		}
+	}
+	if opts.DenyLog.Rate > 0 {
+		opts.OpenDenyLog = func() (controllers.DenyLogSource, error) {
+			return openDenyLog(opts.NetNS, opts.DenyLog.Group)
+		}
+	}
 	if err := controllers.RunAgent(ctrl.SetupSignalHandler(), opts, log); err != nil {
 		log.Error(err, "agent failed")
 		return exitFailure
@@ -179,6 +212,48 @@ func goMemoryLimit(v string) (int64, error) {
 		return 0, fmt.Errorf("--memory-limit: %q is not a memory quantity (e.g. 128Mi)", v)
 	}
 	return q.Value() / 100 * memoryLimitPercent, nil
+}
+
+var rateRE = regexp.MustCompile(`^([0-9]+)/(second|minute|hour)$`)
+
+// denyLogOptions reads --deny-log-rate ("0" or N/second, N/minute, N/hour),
+// --deny-log-burst and --deny-log-group.
+func denyLogOptions(rate string, burst, group uint) (compile.DenyLog, error) {
+	if group > 65535 {
+		return compile.DenyLog{}, fmt.Errorf("--deny-log-group=%d: want 0-65535", group)
+	}
+	if rate == "0" {
+		return compile.DenyLog{}, nil
+	}
+	m := rateRE.FindStringSubmatch(rate)
+	var n uint64
+	var err error
+	if m != nil {
+		n, err = strconv.ParseUint(m[1], 10, 32)
+	}
+	if m == nil || err != nil || n == 0 {
+		return compile.DenyLog{}, fmt.Errorf("--deny-log-rate=%q: want N/second, N/minute or N/hour (N at least 1), or 0 to disable", rate)
+	}
+	if burst > 1<<32-1 {
+		return compile.DenyLog{}, fmt.Errorf("--deny-log-burst=%d: too large", burst)
+	}
+	per := map[string]nft.LimitUnit{"second": nft.PerSecond, "minute": nft.PerMinute, "hour": nft.PerHour}[m[2]]
+	return compile.DenyLog{Group: uint16(group), Rate: uint32(n), Per: per, Burst: uint32(burst)}, nil
+}
+
+// openDenyLog binds the deny log's NFLOG group in the network namespace at
+// netns ("" for the agent's own).
+func openDenyLog(netns string, group uint16) (controllers.DenyLogSource, error) {
+	cfg := nflog.Config{Group: group, ReadBuffer: 1 << 20, QueueThreshold: 16, FlushTimeout: 100 * time.Millisecond}
+	if netns != "" {
+		f, err := os.Open(netns)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close() // the socket, once open, stays in the namespace
+		cfg.NetNS = int(f.Fd())
+	}
+	return nflog.Open(cfg)
 }
 
 // removeTable is what 'nftpolicy cleanup' calls: the netlink applier's Delete.

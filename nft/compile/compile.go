@@ -31,6 +31,11 @@ type Snapshot struct {
 // Options tune Compile.
 type Options struct {
 	Table string // table name; nft.DefaultTable when empty
+	// DenyLog logs isolation drops to an NFLOG group; the zero value logs nothing.
+	DenyLog DenyLog
+	// PolicyCounters adds a counter per policy, direction and verdict that the
+	// group chains update (see observe.go and nft/doc.go, "Policy counters").
+	PolicyCounters bool
 }
 
 // Problem is something Compile could not enforce exactly as written. Policy names the

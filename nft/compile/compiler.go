@@ -33,6 +33,8 @@ import (
 // A Compiler is not safe for concurrent use.
 type Compiler struct {
 	table  string
+	opts   Options
+	attrib *Attribution // of the last Compile
 	ix     *index
 	pols   map[objKey]*policyEntry
 	byNS   map[string][]*policy    // by name
@@ -60,6 +62,7 @@ func NewCompiler(node string, opts Options) *Compiler {
 	}
 	return &Compiler{
 		table:  table,
+		opts:   opts,
 		ix:     newIndex(node),
 		pols:   map[objKey]*policyEntry{},
 		byNS:   map[string][]*policy{},
@@ -154,6 +157,11 @@ func (c *Compiler) removePolicy(key objKey) {
 	c.drop(func(f *cachedGroup) bool { return slices.Contains(f.policies, old.p) })
 }
 
+// Attribution maps the deny log prefixes and counter names of the table the last
+// Compile returned to their policies; nil before the first Compile. The value is
+// never modified: callers may keep it and share it between goroutines.
+func (c *Compiler) Attribution() *Attribution { return c.attrib }
+
 // drop forgets the groups for which affected is true.
 func (c *Compiler) drop(affected func(*cachedGroup) bool) {
 	maps.DeleteFunc(c.cached, func(_ string, f *cachedGroup) bool { return affected(f) })
@@ -170,12 +178,13 @@ func (c *Compiler) Compile() (*nft.Ruleset, []Problem) {
 		problems = append(problems, c.pols[k].problems...)
 	}
 	problems = append(problems, c.cnpProblems()...)
-	p := newPass(c.ix, c.byNS, c.keys)
+	p := newPass(c.ix, c.byNS, c.keys, c.opts)
 	c.cached = p.build(c.cached)
 	if tp := c.tierPass(); tp != nil {
 		c.cnpCached = p.buildTiers(tp, c.cnpCached)
 	}
-	rs := p.ruleset(c.table)
+	rs, at := p.ruleset(c.table)
+	c.attrib = at
 	// Bound the key table: drop it when it holds more than twice the keys the
 	// ruleset uses (plus slack); the next fills start a new one.
 	if n := len(c.keys.keys); n > 4096 && n > 2*rs.Counts().Elements {

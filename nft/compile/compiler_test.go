@@ -68,7 +68,11 @@ func compilerMatchesCompile(t *testing.T, gen func(*rand.Rand) world, cases int)
 		node := fmt.Sprintf("node-%d", 1+rng.IntN(2))
 		cl := &cluster{pods: map[objKey]*corev1.Pod{}, namespaces: map[string]*corev1.Namespace{}, policies: map[objKey]*networkingv1.NetworkPolicy{},
 			cnps: map[string]*cnpv1.ClusterNetworkPolicy{}, nodes: map[string]*corev1.Node{}}
-		c := NewCompiler(node, Options{Table: "t"})
+		opts := Options{Table: "t"}
+		if i%2 == 1 { // every other case with the deny log and policy counters on
+			opts.DenyLog, opts.PolicyCounters = observeOpts.DenyLog, true
+		}
+		c := NewCompiler(node, opts)
 		for _, ns := range w.namespaces {
 			cl.namespaces[ns.Name] = ns
 			c.SetNamespace(ns)
@@ -93,7 +97,7 @@ func compilerMatchesCompile(t *testing.T, gen func(*rand.Rand) world, cases int)
 		for step := range steps {
 			if step%(1+rng.IntN(3)) == 0 {
 				got, gotProblems := c.Compile()
-				want, wantProblems := Compile(cl.snapshot(node), Options{Table: "t"})
+				want, wantProblems := Compile(cl.snapshot(node), opts)
 				compared++
 				if g, w := nft.Render(got), nft.Render(want); g != w {
 					t.Fatalf("seed %d case %d (rerun with -seed %d) after:\n%s\nincremental:\n%s\nfresh:\n%s",

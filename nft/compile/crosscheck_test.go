@@ -54,6 +54,11 @@ var crossProtos = []struct {
 // validity and the disjointness of its interval sets. It returns the number of
 // packets compared and the first failures.
 func crosscheck(t testing.TB, w world) (int, []string) {
+	return crosscheckOpts(t, w, Options{})
+}
+
+// crosscheckOpts is crosscheck compiling with opts.
+func crosscheckOpts(t testing.TB, w world, opts Options) (int, []string) {
 	var nodes []string
 	for _, p := range w.pods {
 		if p.Spec.NodeName != "" && !slices.Contains(nodes, p.Spec.NodeName) {
@@ -69,7 +74,7 @@ func crosscheck(t testing.TB, w world) (int, []string) {
 	tracers := map[string]*trace.Tracer{}
 	var errs []string
 	for _, n := range nodes {
-		rs, _ := Compile(w.snapshot(n), Options{})
+		rs, _ := Compile(w.snapshot(n), opts)
 		if err := rs.Validate(); err != nil {
 			errs = append(errs, fmt.Sprintf("node %s: invalid ruleset: %v", n, err))
 		}

@@ -182,6 +182,14 @@
 // ports; named port destinations) shared by every group that runs the policy, so pod
 // churn is element changes. With no ClusterNetworkPolicy at all the table is exactly
 // the NetworkPolicy table; nft/doc.go shows both layouts.
+// # Seeing verdicts
+//
+// Two options add to each group chain what lets a person see its verdicts, without
+// changing any verdict (the golden case `observe` is crosschecked like the others):
+// the deny log (a rule before the isolation drop that logs to NFLOG through one
+// node-wide limit) and the policy counters (named counters per policy, direction and
+// verdict). Compiler.Attribution maps the log prefixes and counter names of the table
+// back to policies. nft/doc.go describes both and how packets are attributed.
 //
 // # Where things are
 //
@@ -194,6 +202,7 @@
 //	elements.go   set elements: disjoint port elements (portElems) and shared keys (keyTable)
 //	addrset.go    addrSet: address unions on interval sets
 //	table.go      the fixed chains, the verdict maps, comments
+//	observe.go    options: the deny log rule and the policy counters; Attribution
 //	policy.go     NetworkPolicy parsed once into policy, rule, peer, port
 //	index.go      index: pods and namespaces arranged for selection, and podInfo
 //

@@ -33,6 +33,9 @@ type goldenCase struct {
 	problems []string
 	// noCrosscheck says why the case cannot be judged packet by packet.
 	noCrosscheck string
+	// src names the objects file when it is another case's; opts are the options.
+	src  string
+	opts Options
 }
 
 var goldenCases = []goldenCase{
@@ -76,6 +79,9 @@ var goldenCases = []goldenCase{
 	{name: "pod-eligibility", node: "node-1"},
 	{name: "named-port-groups", node: "node-1"},
 	{name: "namespaces", node: "node-1"},
+	// The union case with the deny log and the policy counters on.
+	{name: "observe", src: "union", upstream: true, node: "node-1", opts: Options{
+		DenyLog: DenyLog{Group: 100, Rate: 100, Burst: 20}, PolicyCounters: true}},
 	{name: "duplicate-address", node: "node-1", noCrosscheck: "two pods, one address: no packet-level truth", problems: []string{
 		"pods dup/one and dup/two on this node share address 10.9.1.1; the first of them that a direction isolates keeps it",
 	}},
@@ -85,7 +91,7 @@ func TestGolden(t *testing.T) {
 	for _, c := range goldenCases {
 		t.Run(c.name, func(t *testing.T) {
 			w := loadCase(t, c)
-			rs, problems := Compile(w.snapshot(c.node), Options{})
+			rs, problems := Compile(w.snapshot(c.node), c.opts)
 			if err := rs.Validate(); err != nil {
 				t.Fatalf("invalid ruleset: %v", err)
 			}
@@ -118,7 +124,7 @@ func TestGolden(t *testing.T) {
 				t.Logf("no crosscheck: %s", c.noCrosscheck)
 				return
 			}
-			n, errs := crosscheck(t, w)
+			n, errs := crosscheckOpts(t, w, c.opts)
 			if len(errs) > 0 {
 				t.Errorf("crosscheck:\n%s", strings.Join(errs, "\n"))
 			}
@@ -131,13 +137,13 @@ func TestGolden(t *testing.T) {
 func TestCompileIsDeterministic(t *testing.T) {
 	for _, c := range goldenCases {
 		w := loadCase(t, c)
-		rs, p1 := Compile(w.snapshot(c.node), Options{})
+		rs, p1 := Compile(w.snapshot(c.node), c.opts)
 		slices.Reverse(w.pods)
 		slices.Reverse(w.namespaces)
 		slices.Reverse(w.policies)
 		slices.Reverse(w.cnps)
 		slices.Reverse(w.nodes)
-		rs2, p2 := Compile(w.snapshot(c.node), Options{})
+		rs2, p2 := Compile(w.snapshot(c.node), c.opts)
 		if nft.Render(rs) != nft.Render(rs2) || !slices.Equal(p1, p2) {
 			t.Errorf("%s: result depends on input order", c.name)
 		}
@@ -163,7 +169,11 @@ func loadCase(t *testing.T, c goldenCase) world {
 	if c.upstream {
 		w.namespaces, w.pods = upstreamModel()
 	}
-	objs, err := loadObjects(filepath.Join("testdata", c.name+".yaml"))
+	src := c.name
+	if c.src != "" {
+		src = c.src
+	}
+	objs, err := loadObjects(filepath.Join("testdata", src+".yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -96,8 +96,9 @@ func (g *group) name(taken map[string]bool) {
 	}
 }
 
-// chainValue is the group's chain: see nft/doc.go.
-func (g *group) chainValue() nft.Chain {
+// chainValue is the group's chain: see nft/doc.go. opts add the deny log rule and
+// the policy counters (observe.go).
+func (g *group) chainValue(opts Options) nft.Chain {
 	refs := make([]string, len(g.policies))
 	for i, p := range g.policies {
 		refs[i] = p.ref
@@ -109,14 +110,19 @@ func (g *group) chainValue() nft.Chain {
 		v4, v6 = nft.KeyIPSaddr, nft.KeyIP6Saddr
 	}
 	allowed := listComment("allowed by", refs)
-	return nft.Chain{Name: g.chain, Rules: []nft.Rule{
+	counted, dropCounted, denyLog := g.observeRules(opts)
+	rules := []nft.Rule{
 		{Matches: []nft.Match{nft.Is(nft.KeyCtState, nft.Num(nft.CtInvalid))}, Counter: true, Verdict: nft.Verdict{Kind: nft.Drop}},
-		{Matches: []nft.Match{nft.InSet(g.setNames[0], v4)}, Counter: true, Verdict: allow, Comment: allowed},
-		{Matches: []nft.Match{nft.InSet(g.setNames[1], v4, nft.KeyL4Proto, nft.KeyTHDport)}, Counter: true, Verdict: allow, Comment: allowed},
-		{Matches: []nft.Match{nft.InSet(g.setNames[2], v6)}, Counter: true, Verdict: allow, Comment: allowed},
-		{Matches: []nft.Match{nft.InSet(g.setNames[3], v6, nft.KeyL4Proto, nft.KeyTHDport)}, Counter: true, Verdict: allow, Comment: allowed},
-		{Counter: true, Verdict: nft.Verdict{Kind: nft.Drop}, Comment: listComment("isolated by", refs)},
-	}}
+		{Matches: []nft.Match{nft.InSet(g.setNames[0], v4)}, Statements: counted, Counter: true, Verdict: allow, Comment: allowed},
+		{Matches: []nft.Match{nft.InSet(g.setNames[1], v4, nft.KeyL4Proto, nft.KeyTHDport)}, Statements: counted, Counter: true, Verdict: allow, Comment: allowed},
+		{Matches: []nft.Match{nft.InSet(g.setNames[2], v6)}, Statements: counted, Counter: true, Verdict: allow, Comment: allowed},
+		{Matches: []nft.Match{nft.InSet(g.setNames[3], v6, nft.KeyL4Proto, nft.KeyTHDport)}, Statements: counted, Counter: true, Verdict: allow, Comment: allowed},
+	}
+	if denyLog != nil {
+		rules = append(rules, *denyLog) // a rule of its own: its limit must not gate the drop
+	}
+	rules = append(rules, nft.Rule{Statements: dropCounted, Counter: true, Verdict: nft.Verdict{Kind: nft.Drop}, Comment: listComment("isolated by", refs)})
+	return nft.Chain{Name: g.chain, Rules: rules}
 }
 
 // anyPeer reports whether match is true for a peer of a rule the group's sets are

@@ -72,7 +72,7 @@ func TestKernelLoad(t *testing.T) {
 	all.namespaces, all.pods = upstreamModel()
 	for _, c := range goldenCases {
 		w := loadCase(t, c)
-		rs, _ := Compile(w.snapshot(c.node), Options{})
+		rs, _ := Compile(w.snapshot(c.node), c.opts)
 		load(c.name, rs)
 		if c.upstream {
 			all.policies = append(all.policies, w.policies...)

@@ -26,6 +26,7 @@ type pass struct {
 	resolved   map[*rule]*addrSet       // rule peers' addresses
 	named      map[*rule]map[portRef][]portAddrs
 	keys       *keyTable
+	opts       Options
 	tiers      *tierPass // ClusterNetworkPolicy (cnp_tier.go); nil without any
 }
 
@@ -36,9 +37,10 @@ type podSelection struct {
 	named map[portRef][]portAddrs // destinations by named port (egress)
 }
 
-func newPass(ix *index, byNS map[string][]*policy, keys *keyTable) *pass {
+func newPass(ix *index, byNS map[string][]*policy, keys *keyTable, opts Options) *pass {
 	return &pass{
 		ix:         ix,
+		opts:       opts,
 		byNS:       byNS,
 		keys:       keys,
 		selections: map[string]*podSelection{},
@@ -97,7 +99,7 @@ func (ps *pass) build(prev map[string]*cachedGroup) map[string]*cachedGroup {
 			g.sets, g.chainV = f.sets, f.chainV
 		} else {
 			ps.fill(g)
-			g.chainV = g.chainValue()
+			g.chainV = g.chainValue(ps.opts)
 			f = &cachedGroup{ingress: g.ingress, policies: g.policies, chain: g.chain, setNames: g.setNames, sets: g.sets, chainV: g.chainV}
 		}
 		next[key] = f
@@ -308,8 +310,9 @@ func byPortList(byPort map[uint16][]netip.Addr) []portAddrs {
 }
 
 // ruleset assembles the table from the pass's groups: the fixed chains, the verdict
-// maps, and each group's chain and sets.
-func (ps *pass) ruleset(table string) *nft.Ruleset {
+// maps, each group's chain and sets, and the named objects they use; and the
+// attribution of deny log prefixes and counters to policies.
+func (ps *pass) ruleset(table string) (*nft.Ruleset, *Attribution) {
 	rs := &nft.Ruleset{Table: table}
 	rs.Sets = append(rs.Sets, verdictMaps(ps.ix.local.list())...)
 	rs.Chains = append(rs.Chains, fixedChains()...)
@@ -319,6 +322,9 @@ func (ps *pass) ruleset(table string) *nft.Ruleset {
 		rs.Chains = append(rs.Chains, g.chainV)
 	}
 	slices.SortFunc(rs.Sets, func(a, b nft.Set) int { return strings.Compare(a.Name, b.Name) })
+	objs, at := observeObjects(ps.opts, ps.groups)
+	rs.Objects = objs
+	slices.SortFunc(rs.Objects, func(a, b nft.Object) int { return strings.Compare(a.Name, b.Name) })
 	ps.tiers.tiersInto(rs, ps.ix.local.list())
-	return rs
+	return rs, at
 }

@@ -21,9 +21,9 @@ import (
 // only, makes the table not adoptable (ok false): the caller replaces it whole.
 // The plan it leads to is one transaction like any other: if the kernel refuses
 // it, nothing changed and the caller replaces the table.
-func (a *Applier) adoptable(desired *nft.Ruleset, kt *kernelTable) (last *nft.Ruleset, kept int, ok bool) {
+func (a *Applier) adoptable(desired *nft.Ruleset, kt *kernelTable) (last *nft.Ruleset, kept, keptObjs int, ok bool) {
 	if kt == nil || kt.tab == nil {
-		return nil, 0, false
+		return nil, 0, 0, false
 	}
 	last = &nft.Ruleset{Table: a.opts.Table}
 	// A rule no desired chain has: every chain of last differs from desired's, so
@@ -40,12 +40,12 @@ func (a *Applier) adoptable(desired *nft.Ruleset, kt *kernelTable) (last *nft.Ru
 		c := nft.Chain{Name: kc.Name, Rules: flushMe}
 		if d := want[kc.Name]; d != nil {
 			if (d.Hook == nil) != (kc.Hooknum == nil) {
-				return nil, 0, false
+				return nil, 0, 0, false
 			}
 			if d.Hook != nil {
 				wc, err := enc.chain(d.Name, d.Hook)
 				if err != nil || !sameBaseChain(wc, kc) {
-					return nil, 0, false
+					return nil, 0, 0, false
 				}
 				h := *d.Hook
 				c.Hook = &h
@@ -74,7 +74,12 @@ func (a *Applier) adoptable(desired *nft.Ruleset, kt *kernelTable) (last *nft.Ru
 		}
 		last.Sets = append(last.Sets, s)
 	}
-	return last, kept, true
+	// Objects: kept when exactly desired's (a counter keeps its count), deleted or
+	// re-created otherwise; one the model cannot describe is not ours.
+	if last.Objects, keptObjs, ok = adoptObjects(desired, kt.objs); !ok {
+		return nil, 0, 0, false
+	}
+	return last, kept, keptObjs, true
 }
 
 // sameBaseChain compares the hook, priority, type and policy of two base chains.

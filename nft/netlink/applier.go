@@ -172,10 +172,13 @@ func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats
 	if a.last == nil {
 		// A table this Applier did not write (a previous agent's): keep what of
 		// it is exactly right. If the kernel refuses that plan, nothing changed.
-		if last, kept, ok := a.adoptable(desired, kt); ok && kept > 0 {
+		if last, kept, keptObjs, ok := a.adoptable(desired, kt); ok && kept+keptObjs > 0 {
 			st, err := a.apply(ctx, last, desired, nft.PlanRewrite)
 			if err == nil {
 				st.Drift = append(drift, fmt.Sprintf("adopted: %d of %d sets kept", kept, len(desired.Sets)))
+				if len(desired.Objects) > 0 {
+					st.Drift = append(st.Drift, fmt.Sprintf("adopted: %d of %d objects kept", keptObjs, len(desired.Objects)))
+				}
 				return st, nil
 			}
 			drift = append(drift, fmt.Sprintf("adopting failed (%v): replaced", err))

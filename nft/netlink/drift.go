@@ -19,6 +19,7 @@ type kernelTable struct {
 	tab    *nftables.Table
 	chains map[string]*nftables.Chain
 	sets   map[string]*nftables.Set // named sets only
+	objs   map[string]kernelObject
 }
 
 // readTable reads the Applier's table, its chains and its named sets.
@@ -53,6 +54,9 @@ func (a *Applier) readTable() (*kernelTable, error) {
 		if !s.Anonymous {
 			kt.sets[s.Name] = s
 		}
+	}
+	if kt.objs, err = a.readObjects(kt.tab); err != nil {
+		return nil, err
 	}
 	return kt, nil
 }
@@ -90,8 +94,9 @@ func (a *Applier) elementDiff(s *nft.Set, ks *nftables.Set) (missing, unexpected
 
 // drift compares the table the kernel holds (kt) with last (what this Applier
 // applied; nil when it applied nothing yet or failed) and describes the
-// differences: missing and unexpected chains and sets, rule counts, and set
-// elements (by key and, in maps, verdict).
+// differences: missing and unexpected chains, sets and named objects (and objects
+// whose definition changed), rule counts, and set elements (by key and, in maps,
+// verdict).
 func (a *Applier) drift(last *nft.Ruleset, kt *kernelTable) ([]string, error) {
 	table := a.opts.Table
 	if kt.tab == nil {
@@ -152,6 +157,7 @@ func (a *Applier) drift(last *nft.Ruleset, kt *kernelTable) ([]string, error) {
 			drift = append(drift, fmt.Sprintf("set %s unexpected", name))
 		}
 	}
+	drift = append(drift, objectDrift(last, kt.objs)...)
 	return drift, nil
 }
 

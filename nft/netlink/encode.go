@@ -120,6 +120,18 @@ func (e *encoder) encode() error {
 		case nft.OpDelSet:
 			e.conn.DelSet(&nftables.Set{Name: op.Name, Table: e.table})
 			e.note(d, 1)
+		case nft.OpAddObject:
+			var o *nftables.NamedObj
+			if o, err = e.object(op.Object); err == nil {
+				e.conn.AddObj(o)
+				e.note(d, 1)
+			}
+		case nft.OpDelObject:
+			var o *nftables.NamedObj
+			if o, err = e.object(op.Object); err == nil {
+				e.conn.DeleteObject(o)
+				e.note(d, 1)
+			}
 		case nft.OpAddElements, nft.OpDelElements:
 			err = e.elementOp(i, op, zero)
 		case nft.OpAddRule:
@@ -578,6 +590,13 @@ func (e *encoder) rule(i int, op nft.Op) error {
 			return err
 		}
 	}
+	for _, st := range r.Statements {
+		x, err := statement(st)
+		if err != nil {
+			return err
+		}
+		b.add(x)
+	}
 	if r.Counter {
 		b.add(&expr.Counter{})
 	}
@@ -612,6 +631,51 @@ func (e *encoder) rule(i int, op nft.Op) error {
 }
 
 func (b *ruleBuilder) add(x ...expr.Any) { b.exprs = append(b.exprs, x...) }
+
+// statement is the expression of one of the model's statements, as nft encodes it.
+func statement(st nft.Statement) (expr.Any, error) {
+	switch st := st.(type) {
+	case nft.Limit:
+		return limitExpr(st)
+	case nft.CounterRef:
+		return &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: st.Name}, nil
+	case nft.LimitRef:
+		return &expr.Objref{Type: int(nftables.ObjTypeLimit), Name: st.Name}, nil
+	}
+	return nil, fmt.Errorf("unknown statement %T", st)
+}
+
+func limitExpr(l nft.Limit) (*expr.Limit, error) {
+	unit, ok := map[nft.LimitUnit]expr.LimitTime{
+		nft.PerSecond: expr.LimitTimeSecond, nft.PerMinute: expr.LimitTimeMinute,
+		nft.PerHour: expr.LimitTimeHour, nft.PerDay: expr.LimitTimeDay,
+	}[l.Per]
+	if !ok {
+		return nil, fmt.Errorf("limit per %v", l.Per)
+	}
+	return &expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(l.Rate), Unit: unit, Burst: l.Burst}, nil
+}
+
+// object is the kernel's named object for o: a counter starts at zero.
+func (e *encoder) object(o *nft.Object) (*nftables.NamedObj, error) {
+	if o == nil {
+		return nil, fmt.Errorf("no object definition")
+	}
+	no := &nftables.NamedObj{Table: e.table, Name: o.Name}
+	switch o.Kind {
+	case nft.CounterObject:
+		no.Type, no.Obj = nftables.ObjTypeCounter, &expr.Counter{}
+	case nft.LimitObject:
+		l, err := limitExpr(o.Limit)
+		if err != nil {
+			return nil, err
+		}
+		no.Type, no.Obj = nftables.ObjTypeLimit, l
+	default:
+		return nil, fmt.Errorf("object %s: unknown kind %v", o.Name, o.Kind)
+	}
+	return no, nil
+}
 
 // deps adds the implicit dependencies of keys that the context lacks.
 func (b *ruleBuilder) deps(keys []nft.Key) {

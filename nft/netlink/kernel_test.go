@@ -246,6 +246,13 @@ func richModel(table string) *nft.Ruleset {
 		rule(acc(), nft.Not(nft.InSet("s4", nft.KeyIPSaddr))),
 		{Matches: []nft.Match{nft.InSet("iv6", nft.KeyIP6Saddr)}, Log: &nft.Log{Group: 5}, Verdict: acc()},
 		{Log: &nft.Log{Group: 3, Prefix: "hello "}, Verdict: vd(nft.Drop)},
+		{Statements: []nft.Statement{nft.Limit{Rate: 100, Per: nft.PerSecond, Burst: 20}}, Log: &nft.Log{Group: 1, Prefix: "np-deny ing-3fa9c2d1"}},
+		{Matches: []nft.Match{nft.Is(nft.KeyL4Proto, tcp)}, Statements: []nft.Statement{nft.Limit{Rate: 7, Per: nft.PerMinute, Burst: 1}}, Counter: true, Log: &nft.Log{Group: 2}},
+		{Statements: []nft.Statement{nft.Limit{Rate: 1, Per: nft.PerHour, Burst: 5}, nft.Limit{Rate: 3, Per: nft.PerDay, Burst: 2}}},
+		{Matches: []nft.Match{nft.InSet("s4", nft.KeyIPSaddr)}, Statements: []nft.Statement{nft.CounterRef{Name: "pol-1/a-ingress-allow"}}, Verdict: acc()},
+		{Statements: []nft.Statement{nft.LimitRef{Name: "deny-log"}}, Log: &nft.Log{Group: 100, Prefix: "np-deny ing-3fa9c2d1"}},
+		{Statements: []nft.Statement{nft.LimitRef{Name: "slow"}, nft.CounterRef{Name: "pol-1/a-ingress-deny"}}},
+		{Statements: []nft.Statement{nft.CounterRef{Name: "pol-1/a-ingress-deny"}, nft.CounterRef{Name: "pol-1/a-ingress-allow"}}, Counter: true, Verdict: vd(nft.Drop)},
 		rule(acc(), nft.Is(nft.KeyL4Proto, tcp), nft.Is(nft.KeyTHDport, nft.Num(80))),
 		rule(acc(), nft.Is(nft.KeyTHDport, nft.NumRange(1000, 2000))),
 		rule(acc(), nft.Not(nft.Is(nft.KeyTHDport, nft.NumRange(1000, 2000)))),
@@ -280,6 +287,12 @@ func richModel(table string) *nft.Ruleset {
 		rule(to(nft.Jump, "c2")),
 		rule(to(nft.Goto, "c3")),
 		{Counter: true, Verdict: vd(nft.Drop)},
+	}
+	r.Objects = []nft.Object{
+		{Name: "pol-1/a-ingress-allow", Kind: nft.CounterObject},
+		{Name: "pol-1/a-ingress-deny", Kind: nft.CounterObject},
+		{Name: "deny-log", Kind: nft.LimitObject, Limit: nft.Limit{Rate: 50, Per: nft.PerSecond, Burst: 10}},
+		{Name: "slow", Kind: nft.LimitObject, Limit: nft.Limit{Rate: 2, Per: nft.PerMinute, Burst: 1}},
 	}
 	r.Chains = []nft.Chain{
 		{Name: "forward", Hook: &nft.Hook{Type: "filter", Hook: "forward", Priority: 0, Policy: nft.Accept}, Rules: fwd},

@@ -235,6 +235,9 @@ func (t *Tracer) walk(base *nft.Chain, p *Packet, tr *Trace) (nft.VerdictKind, e
 // would change p here, so that later rules see it.
 func statements(r *nft.Rule, p *Packet) []string {
 	var out []string
+	for _, st := range r.Statements { // limits (which gate only statements), named counters
+		out = append(out, nft.RenderStatement(st))
+	}
 	if r.Counter {
 		out = append(out, "counter")
 	}

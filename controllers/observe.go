@@ -1,0 +1,255 @@
+package controllers
+
+import (
+	"context"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/nftpolicy/nftpolicy/nft/compile"
+	"github.com/nftpolicy/nftpolicy/nft/nflog"
+)
+
+// The agent's view of verdicts (nft/doc.go, "Deny log" and "Policy counters"):
+// the deny log reader, which logs each denied packet the kernel hands it with
+// the policies that isolate the pod, and the collector that serves the kernel's
+// per-policy counters at scrape time. Both read the Attribution that the node
+// reconciler publishes after each successful sync, and neither is in the path of
+// a packet or of a sync: a slow, failing or absent reader loses log lines, and
+// that is all.
+
+// attribution holds the Attribution of the table last applied, and of the one
+// before it: a packet logged just before a change may be read just after it.
+type attribution struct {
+	cur, prev atomic.Pointer[compile.Attribution]
+}
+
+func (a *attribution) store(at *compile.Attribution) {
+	a.prev.Store(a.cur.Load())
+	a.cur.Store(at)
+}
+
+func (a *attribution) load() *compile.Attribution {
+	if at := a.cur.Load(); at != nil {
+		return at
+	}
+	return &compile.Attribution{}
+}
+
+// group finds the group chain of a deny log prefix.
+func (a *attribution) group(prefix string) (compile.Group, bool) {
+	for _, at := range []*compile.Attribution{a.cur.Load(), a.prev.Load()} {
+		if at != nil {
+			if g, ok := at.Groups[prefix]; ok {
+				return g, true
+			}
+		}
+	}
+	return compile.Group{}, false
+}
+
+// DenyLogSource is an opened deny log group (nft/nflog.Reader in the binary).
+type DenyLogSource interface {
+	// Read blocks until packets arrive; it fails once the source is closed.
+	Read() ([]nflog.Packet, error)
+	// Lost counts the packets the kernel logged that never arrived.
+	Lost() uint64
+	Close() error
+}
+
+// podIPIndex is the cache index of pods by address (status.podIPs), for naming
+// the two ends of a denied packet.
+const podIPIndex = "status.podIPs"
+
+func indexPodIPs(obj client.Object) []string {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok || pod.Spec.HostNetwork {
+		return nil // a node address names no pod
+	}
+	var out []string
+	for _, ip := range pod.Status.PodIPs {
+		out = append(out, ip.IP)
+	}
+	if len(out) == 0 && pod.Status.PodIP != "" {
+		out = append(out, pod.Status.PodIP)
+	}
+	return out
+}
+
+// denyLogger reads the deny log and logs one line per packet.
+type denyLogger struct {
+	open   func() (DenyLogSource, error)
+	pods   client.Reader // the cache, with podIPIndex
+	attrib *attribution
+	log    logr.Logger
+	// retry is how long to wait before opening the group again after a failure.
+	retry time.Duration
+}
+
+// NeedLeaderElection: every agent reads its own node's log.
+func (d *denyLogger) NeedLeaderElection() bool { return false }
+
+// Start reads until ctx is done. It never fails the agent: a group that cannot be
+// opened (another process holds it) or a read error is logged, and the reader
+// tries again after d.retry.
+func (d *denyLogger) Start(ctx context.Context) error {
+	for ctx.Err() == nil {
+		src, err := d.open()
+		if err != nil {
+			d.log.Error(err, "cannot open the deny log; retrying", "in", d.retry)
+		} else {
+			err = d.read(ctx, src)
+			if ctx.Err() == nil {
+				d.log.Error(err, "reading the deny log failed; reopening", "in", d.retry)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(d.retry):
+		}
+	}
+	return nil
+}
+
+// read logs what src delivers until ctx is done (nil) or src fails.
+func (d *denyLogger) read(ctx context.Context, src DenyLogSource) error {
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-done:
+		}
+		src.Close() // unblocks Read
+	}()
+	var lost uint64
+	for {
+		pkts, err := src.Read()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		for i := range pkts {
+			d.logPacket(ctx, &pkts[i])
+		}
+		if l := src.Lost(); l > lost {
+			denyLogLost.Add(float64(l - lost))
+			lost = l
+		}
+	}
+}
+
+// logPacket logs one denied packet: direction, both ends (pod or address),
+// protocol and ports, and the policies that isolate the pod.
+func (d *denyLogger) logPacket(ctx context.Context, p *nflog.Packet) {
+	g, known := d.attrib.group(p.Prefix)
+	direction := "unknown"
+	if known {
+		direction = "egress"
+		if g.Ingress {
+			direction = "ingress"
+		}
+	}
+	policies := make([]string, len(g.Policies))
+	namespace := ""
+	for i, pol := range g.Policies {
+		policies[i] = pol.String()
+		namespace = pol.Namespace // a group's policies share the pod's namespace
+	}
+	deniedPackets.WithLabelValues(direction, namespace).Inc()
+
+	kv := []any{"direction", direction,
+		"src", d.endpoint(ctx, p.Src), "dst", d.endpoint(ctx, p.Dst),
+		"srcIP", addrText(p.Src), "dstIP", addrText(p.Dst), "proto", p.ProtocolName()}
+	switch {
+	case p.HasPorts():
+		kv = append(kv, "srcPort", p.SrcPort, "dstPort", p.DstPort)
+	case p.HasL4 && (p.Protocol == nflog.ProtoICMP || p.Protocol == nflog.ProtoICMPv6):
+		kv = append(kv, "icmpType", p.ICMPType, "icmpCode", p.ICMPCode)
+	}
+	if p.Fragment {
+		kv = append(kv, "fragment", true)
+	}
+	if !known {
+		// A packet logged by a table this agent no longer holds (just after a
+		// change) or by a rule that is not ours.
+		kv = append(kv, "prefix", p.Prefix)
+	}
+	kv = append(kv, "policies", policies)
+	d.log.Info("packet denied", kv...)
+}
+
+// endpoint names a packet's end: namespace/name of the one pod with that
+// address, else the address.
+func (d *denyLogger) endpoint(ctx context.Context, a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	var pods corev1.PodList
+	if err := d.pods.List(ctx, &pods, client.MatchingFields{podIPIndex: a.String()}, client.UnsafeDisableDeepCopy); err == nil && len(pods.Items) == 1 {
+		return pods.Items[0].Namespace + "/" + pods.Items[0].Name
+	}
+	return a.String()
+}
+
+func addrText(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+// CounterPackets reads the named counters of the node's table by name, in
+// packets (nft/netlink.Applier.Counters in the binary).
+type CounterPackets func(ctx context.Context) (map[string]uint64, error)
+
+// policyCollector serves nftpolicy_policy_packets_total from the kernel's
+// per-policy counters, read at scrape time.
+type policyCollector struct {
+	read   CounterPackets
+	attrib *attribution
+	desc   *prometheus.Desc
+}
+
+func newPolicyCollector(read CounterPackets, at *attribution) *policyCollector {
+	return &policyCollector{read: read, attrib: at, desc: prometheus.NewDesc(
+		"nftpolicy_policy_packets_total",
+		"Packets the group chains of a policy allowed or dropped for isolation, by direction, read from the kernel's "+
+			"counters (a packet allowed in a group of several policies counts for each: see nft/doc.go).",
+		[]string{"namespace", "policy", "direction", "verdict"}, nil)}
+}
+
+func (c *policyCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *policyCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	at := c.attrib.load()
+	if len(at.Counters) == 0 {
+		return
+	}
+	vals, err := c.read(ctx)
+	if err != nil {
+		counterReadErrors.Inc()
+		return
+	}
+	for name, pc := range at.Counters {
+		v, ok := vals[name]
+		if !ok {
+			continue // not in the kernel yet, or already gone
+		}
+		dir := "egress"
+		if pc.Ingress {
+			dir = "ingress"
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v),
+			pc.Policy.Namespace, pc.Policy.Name, dir, pc.Verdict)
+	}
+}

@@ -1,0 +1,220 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	"github.com/nftpolicy/nftpolicy/nft/compile"
+	"github.com/nftpolicy/nftpolicy/nft/nflog"
+)
+
+// fakeSource delivers batches, then fails with net.ErrClosed once closed.
+type fakeSource struct {
+	batches chan []nflog.Packet
+	lost    uint64
+	once    sync.Once
+	closed  chan struct{}
+}
+
+func newFakeSource() *fakeSource {
+	return &fakeSource{batches: make(chan []nflog.Packet, 16), closed: make(chan struct{})}
+}
+
+func (f *fakeSource) Read() ([]nflog.Packet, error) {
+	select {
+	case b := <-f.batches:
+		return b, nil
+	case <-f.closed:
+		return nil, net.ErrClosed
+	}
+}
+func (f *fakeSource) Lost() uint64 { return f.lost }
+func (f *fakeSource) Close() error { f.once.Do(func() { close(f.closed) }); return nil }
+
+// lineLog collects the logger's lines.
+type lineLog struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *lineLog) logger() logr.Logger {
+	return funcr.New(func(prefix, args string) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.lines = append(l.lines, args)
+	}, funcr.Options{})
+}
+
+func (l *lineLog) get() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.lines...)
+}
+
+func testPod(ns, name, ip string, hostNetwork bool) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       corev1.PodSpec{HostNetwork: hostNetwork},
+		Status:     corev1.PodStatus{PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}},
+	}
+}
+
+func udpPacket(prefix, src, dst string, sport, dport uint16) nflog.Packet {
+	return nflog.Packet{Prefix: prefix, Family: 4, Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst),
+		Protocol: nflog.ProtoUDP, SrcPort: sport, DstPort: dport, HasL4: true}
+}
+
+// TestDenyLogger: each packet is one line with both ends named (pod when one pod
+// has the address, else the address), ports, direction and the isolating
+// policies; a prefix of an older table still resolves; an unknown one says so.
+func TestDenyLogger(t *testing.T) {
+	scheme, err := newScheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := fake.NewClientBuilder().WithScheme(scheme).WithIndex(&corev1.Pod{}, podIPIndex, indexPodIPs).WithObjects(
+		testPod("x", "a", "10.0.1.1", false), testPod("y", "b", "10.0.2.2", false),
+		testPod("kube-system", "node-agent", "192.168.0.10", true), // hostNetwork: names no address
+	).Build()
+	at := &attribution{}
+	old := "nftpolicy-deny ing-00000001"
+	at.store(&compile.Attribution{Groups: map[string]compile.Group{old: {Chain: "ing-00000001-y/old", Ingress: true,
+		Policies: []types.NamespacedName{{Namespace: "y", Name: "old"}}}}})
+	at.store(&compile.Attribution{Groups: map[string]compile.Group{
+		"nftpolicy-deny ing-3fa9c2d1": {Chain: "ing-3fa9c2d1-y/a_and_1", Ingress: true,
+			Policies: []types.NamespacedName{{Namespace: "y", Name: "allow-web"}, {Namespace: "y", Name: "deny-all"}}},
+		"nftpolicy-deny eg-12345678": {Chain: "eg-12345678-x/egress", Ingress: false,
+			Policies: []types.NamespacedName{{Namespace: "x", Name: "egress"}}},
+	}})
+	var lines lineLog
+	src := newFakeSource()
+	d := &denyLogger{open: func() (DenyLogSource, error) { return src, nil }, pods: pods, attrib: at, log: lines.logger(), retry: time.Hour}
+	before := testutil.ToFloat64(deniedPackets.WithLabelValues("ingress", "y"))
+	lostBefore := testutil.ToFloat64(denyLogLost)
+
+	src.batches <- []nflog.Packet{
+		udpPacket("nftpolicy-deny ing-3fa9c2d1", "10.0.1.1", "10.0.2.2", 40000, 53),
+		udpPacket("nftpolicy-deny eg-12345678", "10.0.1.1", "203.0.113.7", 40001, 443),
+	}
+	src.lost = 3
+	src.batches <- []nflog.Packet{
+		{Prefix: old, Family: 4, Src: netip.MustParseAddr("192.168.0.10"), Dst: netip.MustParseAddr("10.0.2.2"),
+			Protocol: nflog.ProtoICMP, ICMPType: 8, HasL4: true},
+		udpPacket("somebody else", "10.9.9.9", "10.0.2.2", 1, 2),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- d.Start(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(lines.get()) < 4 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	got := lines.get()
+	want := []string{
+		`"level"=0 "msg"="packet denied" "direction"="ingress" "src"="x/a" "dst"="y/b" "srcIP"="10.0.1.1" "dstIP"="10.0.2.2" "proto"="udp" "srcPort"=40000 "dstPort"=53 "policies"=["y/allow-web" "y/deny-all"]`,
+		`"level"=0 "msg"="packet denied" "direction"="egress" "src"="x/a" "dst"="203.0.113.7" "srcIP"="10.0.1.1" "dstIP"="203.0.113.7" "proto"="udp" "srcPort"=40001 "dstPort"=443 "policies"=["x/egress"]`,
+		`"level"=0 "msg"="packet denied" "direction"="ingress" "src"="192.168.0.10" "dst"="y/b" "srcIP"="192.168.0.10" "dstIP"="10.0.2.2" "proto"="icmp" "icmpType"=8 "icmpCode"=0 "policies"=["y/old"]`,
+		`"level"=0 "msg"="packet denied" "direction"="unknown" "src"="10.9.9.9" "dst"="y/b" "srcIP"="10.9.9.9" "dstIP"="10.0.2.2" "proto"="udp" "srcPort"=1 "dstPort"=2 "prefix"="somebody else" "policies"=[]`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("lines:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if n := testutil.ToFloat64(deniedPackets.WithLabelValues("ingress", "y")) - before; n != 2 {
+		t.Errorf("denied packets {ingress, y}: +%v, want +2", n)
+	}
+	if n := testutil.ToFloat64(denyLogLost) - lostBefore; n != 3 {
+		t.Errorf("lost: +%v, want +3", n)
+	}
+}
+
+// TestDenyLoggerRetries: a group that cannot be opened is retried, never fatal.
+func TestDenyLoggerRetries(t *testing.T) {
+	var lines lineLog
+	opens := 0
+	src := newFakeSource()
+	d := &denyLogger{open: func() (DenyLogSource, error) {
+		opens++
+		if opens < 3 {
+			return nil, errors.New("group taken")
+		}
+		return src, nil
+	}, attrib: &attribution{}, log: lines.logger(), retry: 10 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- d.Start(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-src.closed:
+			t.Fatal("closed before cancel")
+		default:
+		}
+		if len(lines.get()) >= 2 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if opens != 3 || !strings.Contains(strings.Join(lines.get(), "\n"), "group taken") {
+		t.Errorf("opens %d, lines %q", opens, lines.get())
+	}
+}
+
+func TestPolicyCollector(t *testing.T) {
+	at := &attribution{}
+	read := func(ctx context.Context) (map[string]uint64, error) {
+		return map[string]uint64{"c1": 7, "c2": 3, "stray": 9}, nil
+	}
+	c := newPolicyCollector(read, at)
+	if n := testutil.CollectAndCount(c); n != 0 {
+		t.Errorf("%d samples before the first sync", n)
+	}
+	at.store(&compile.Attribution{Counters: map[string]compile.PolicyCounter{
+		"c1":      {Policy: types.NamespacedName{Namespace: "x", Name: "p"}, Ingress: true, Verdict: compile.VerdictAllow},
+		"c2":      {Policy: types.NamespacedName{Namespace: "x", Name: "p"}, Ingress: false, Verdict: compile.VerdictDeny},
+		"missing": {Policy: types.NamespacedName{Namespace: "x", Name: "q"}, Ingress: true, Verdict: compile.VerdictDeny},
+	}})
+	want := `
+# HELP nftpolicy_policy_packets_total Packets the group chains of a policy allowed or dropped for isolation, by direction, read from the kernel's counters (a packet allowed in a group of several policies counts for each: see nft/doc.go).
+# TYPE nftpolicy_policy_packets_total counter
+nftpolicy_policy_packets_total{direction="egress",namespace="x",policy="p",verdict="deny"} 3
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",verdict="allow"} 7
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+	failing := newPolicyCollector(func(context.Context) (map[string]uint64, error) { return nil, errors.New("netlink") }, at)
+	before := testutil.ToFloat64(counterReadErrors)
+	if n := testutil.CollectAndCount(failing); n != 0 {
+		t.Errorf("%d samples from a failed read", n)
+	}
+	if testutil.ToFloat64(counterReadErrors)-before != 1 {
+		t.Error("read error not counted")
+	}
+	_ = prometheus.Collector(c)
+	_ = client.Reader(nil)
+}

@@ -1,0 +1,145 @@
+package compile
+
+import (
+	"strings"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/nftpolicy/nftpolicy/nft"
+)
+
+// What a group chain adds so that its verdicts can be seen: the deny log and the
+// per-policy counters (nft/doc.go, "Deny log" and "Policy counters"). Both are
+// options, off by default; with both off a group chain is exactly the six rules of
+// the table layout.
+
+// DenyLog hands the packets that group chains drop for isolation to an NFLOG
+// group as well, at most Rate packets per second (Burst at once) for the whole
+// node: one named limit, shared by every group chain, gates the log statement
+// and nothing else. The drop never depends on it.
+type DenyLog struct {
+	Group uint16        // the NFLOG group the agent reads
+	Rate  uint32        // packets per Per; 0 turns the deny log off
+	Per   nft.LimitUnit // 0 means nft.PerSecond
+	Burst uint32        // packets at once above the rate; 0 means Rate
+}
+
+func (d DenyLog) enabled() bool { return d.Rate > 0 }
+
+// DenyLogPrefix is the log prefix of a group chain's deny log rule: a fixed
+// word and the chain's unique head (direction and hash), which Attribution maps
+// back to the chain's policies. It fits NFLOG's smallest prefix limit (64 bytes).
+func DenyLogPrefix(chain string) string {
+	head := chain
+	if i := strings.IndexByte(chain, '-'); i >= 0 {
+		if j := strings.IndexByte(chain[i+1:], '-'); j >= 0 {
+			head = chain[:i+1+j]
+		}
+	}
+	return nft.DenyLogPrefix + " " + head
+}
+
+// Verdicts a policy counter counts.
+const (
+	VerdictAllow = "allow"
+	VerdictDeny  = "deny"
+)
+
+// PolicyCounterName is the name of the counter object that counts, for policy
+// ref (namespace/name) and one direction, the packets its group chains allowed
+// or denied.
+func PolicyCounterName(ref string, ingress bool, verdict string) string {
+	dir := "eg"
+	if ingress {
+		dir = "ing"
+	}
+	return nft.ObjectName("pol", ref, ref, dir+"-"+verdict)
+}
+
+// Attribution maps what the kernel reports (a deny log prefix, a counter name)
+// back to the policies of the Compile that made the table. It is a value: the
+// controllers publish it after each sync for the deny log reader and the
+// metrics collector, which run on their own goroutines.
+type Attribution struct {
+	// Groups by deny log prefix (DenyLogPrefix of the chain); set when the
+	// deny log is on.
+	Groups map[string]Group
+	// Counters by counter object name; set when policy counters are on.
+	Counters map[string]PolicyCounter
+}
+
+// Group is one group chain: the direction it judges and the policies that
+// isolate its pods, sorted by namespace/name.
+type Group struct {
+	Chain    string
+	Ingress  bool
+	Policies []types.NamespacedName
+}
+
+// PolicyCounter is what a per-policy counter counts.
+type PolicyCounter struct {
+	Policy  types.NamespacedName
+	Ingress bool
+	Verdict string // VerdictAllow or VerdictDeny
+}
+
+// observeRules returns the group chain's statements for an allow rule and for
+// the isolation drop, and the deny log rule to put before the drop (nil when
+// the deny log is off).
+func (g *group) observeRules(opts Options) (allow, deny []nft.Statement, denyLog *nft.Rule) {
+	if opts.PolicyCounters {
+		for _, p := range g.policies {
+			allow = append(allow, nft.CounterRef{Name: PolicyCounterName(p.ref, g.ingress, VerdictAllow)})
+			deny = append(deny, nft.CounterRef{Name: PolicyCounterName(p.ref, g.ingress, VerdictDeny)})
+		}
+	}
+	if opts.DenyLog.enabled() {
+		denyLog = &nft.Rule{
+			Statements: []nft.Statement{nft.LimitRef{Name: nft.ObjDenyLog}},
+			Log:        &nft.Log{Group: opts.DenyLog.Group, Prefix: DenyLogPrefix(g.chain)},
+		}
+	}
+	return allow, deny, denyLog
+}
+
+// observeObjects returns the named objects the groups' chains use, and the
+// attribution of the compilation.
+func observeObjects(opts Options, groups []*group) ([]nft.Object, *Attribution) {
+	at := &Attribution{}
+	var objs []nft.Object
+	if opts.DenyLog.enabled() && len(groups) > 0 {
+		burst, per := opts.DenyLog.Burst, opts.DenyLog.Per
+		if burst == 0 {
+			burst = opts.DenyLog.Rate
+		}
+		if per == 0 {
+			per = nft.PerSecond
+		}
+		objs = append(objs, nft.Object{Name: nft.ObjDenyLog, Kind: nft.LimitObject,
+			Limit: nft.Limit{Rate: opts.DenyLog.Rate, Per: per, Burst: burst}})
+		at.Groups = make(map[string]Group, len(groups))
+		for _, g := range groups {
+			gr := Group{Chain: g.chain, Ingress: g.ingress, Policies: make([]types.NamespacedName, len(g.policies))}
+			for i, p := range g.policies {
+				gr.Policies[i] = types.NamespacedName{Namespace: p.ns, Name: p.name}
+			}
+			at.Groups[DenyLogPrefix(g.chain)] = gr
+		}
+	}
+	if opts.PolicyCounters {
+		at.Counters = map[string]PolicyCounter{}
+		for _, g := range groups {
+			for _, p := range g.policies {
+				for _, v := range []string{VerdictAllow, VerdictDeny} {
+					name := PolicyCounterName(p.ref, g.ingress, v)
+					if _, dup := at.Counters[name]; dup {
+						continue
+					}
+					at.Counters[name] = PolicyCounter{Policy: types.NamespacedName{Namespace: p.ns, Name: p.name}, Ingress: g.ingress, Verdict: v}
+					objs = append(objs, nft.Object{Name: name, Kind: nft.CounterObject})
+				}
+			}
+		}
+	}
+	return objs, at
+}

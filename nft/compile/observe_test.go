@@ -1,0 +1,109 @@
+package compile
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/nftpolicy/nftpolicy/nft"
+)
+
+var observeOpts = Options{DenyLog: DenyLog{Group: 100, Rate: 100, Burst: 20}, PolicyCounters: true}
+
+// TestAttribution: every deny log prefix and every counter a group chain uses
+// maps back, through Attribution, to that chain, its direction and its policies;
+// with the options off the chains carry neither.
+func TestAttribution(t *testing.T) {
+	for _, name := range []string{"union", "named-port-groups", "namespaces"} {
+		c := goldenCase{name: name, upstream: name == "union", node: "node-1"}
+		w := loadCase(t, c)
+		comp := NewCompiler(c.node, observeOpts)
+		for _, ns := range w.namespaces {
+			comp.SetNamespace(ns)
+		}
+		for _, p := range w.pods {
+			comp.SetPod(p)
+		}
+		for _, np := range w.policies {
+			comp.SetPolicy(np)
+		}
+		rs, _ := comp.Compile()
+		at := comp.Attribution()
+		if err := rs.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		groups, logs, counters := 0, 0, 0
+		for _, ch := range rs.Chains {
+			ingress := strings.HasPrefix(ch.Name, "ing-")
+			if !ingress && !strings.HasPrefix(ch.Name, "eg-") {
+				continue
+			}
+			groups++
+			isolating := strings.TrimPrefix(ch.Rules[len(ch.Rules)-1].Comment, "isolated by ")
+			for _, r := range ch.Rules {
+				if r.Log != nil {
+					logs++
+					g, ok := at.Groups[r.Log.Prefix]
+					if !ok || g.Chain != ch.Name || g.Ingress != ingress {
+						t.Errorf("%s: prefix %q maps to %+v", ch.Name, r.Log.Prefix, g)
+					}
+					var refs []string
+					for _, p := range g.Policies {
+						refs = append(refs, p.String())
+					}
+					if strings.Join(refs, ", ") != isolating {
+						t.Errorf("%s: prefix %q policies %v, chain isolated by %q", ch.Name, r.Log.Prefix, refs, isolating)
+					}
+					if len(r.Log.Prefix) > 64 || r.Verdict.Kind != nft.Continue {
+						t.Errorf("%s: deny log rule %s", ch.Name, nft.RenderRule(r))
+					}
+				}
+				for _, st := range r.Statements {
+					ref, ok := st.(nft.CounterRef)
+					if !ok {
+						continue
+					}
+					counters++
+					pc, ok := at.Counters[ref.Name]
+					want := VerdictAllow
+					if r.Verdict.Kind == nft.Drop {
+						want = VerdictDeny
+					}
+					if !ok || pc.Ingress != ingress || pc.Verdict != want || !strings.Contains(isolating, pc.Policy.String()) {
+						t.Errorf("%s: counter %s maps to %+v", ch.Name, ref.Name, pc)
+					}
+				}
+			}
+		}
+		if groups == 0 || logs != groups || counters == 0 || len(at.Groups) != groups {
+			t.Errorf("%s: %d groups, %d deny log rules, %d counter uses, %d attributed groups", name, groups, logs, counters, len(at.Groups))
+		}
+
+		// Off: no objects, no statements, an empty attribution.
+		plain := NewCompiler(c.node, Options{})
+		for _, ns := range w.namespaces {
+			plain.SetNamespace(ns)
+		}
+		for _, p := range w.pods {
+			plain.SetPod(p)
+		}
+		for _, np := range w.policies {
+			plain.SetPolicy(np)
+		}
+		rs, _ = plain.Compile()
+		if len(rs.Objects) != 0 || strings.Contains(nft.Render(rs), " log ") || len(plain.Attribution().Groups)+len(plain.Attribution().Counters) != 0 {
+			t.Errorf("%s: options off, yet objects, logs or attribution", name)
+		}
+	}
+}
+
+func TestDenyLogPrefix(t *testing.T) {
+	for chain, want := range map[string]string{
+		"ing-3fa9c2d1-x/allow-a_and_2": "nftpolicy-deny ing-3fa9c2d1",
+		"eg-00000000-y/p":              "nftpolicy-deny eg-00000000",
+		"odd":                          "nftpolicy-deny odd",
+	} {
+		if got := DenyLogPrefix(chain); got != want {
+			t.Errorf("DenyLogPrefix(%q) = %q, want %q", chain, got, want)
+		}
+	}
+}
