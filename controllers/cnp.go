@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -223,6 +224,18 @@ func (w *clusterPolicyWatch) watch(ctx context.Context, version string) error {
 	}
 	w.log.Info("enforcing ClusterNetworkPolicy", "version", cnpGroup+"/"+version)
 	return nil
+}
+
+// trimClusterPolicyOr trims ClusterNetworkPolicies and hands other objects to
+// other.
+func trimClusterPolicyOr(other toolscache.TransformFunc) toolscache.TransformFunc {
+	return func(obj any) (any, error) {
+		switch obj.(type) {
+		case *cnpv1beta1.ClusterNetworkPolicy, *cnpv1alpha2.ClusterNetworkPolicy:
+			return trimClusterPolicy(obj)
+		}
+		return other(obj)
+	}
 }
 
 // trimClusterPolicy keeps identity, generation and the spec.
