@@ -53,12 +53,17 @@ func StartControlPlane(dir string) (*ControlPlane, error) {
 	if assets == "" {
 		return nil, errors.New("KUBEBUILDER_ASSETS is unset: export KUBEBUILDER_ASSETS=$(hack/envtest-assets.sh)")
 	}
+	crds, err := ClusterPolicyCRDDir()
+	if err != nil {
+		return nil, err
+	}
 	cp := &ControlPlane{
 		Assets: assets,
 		env: &envtest.Environment{
 			// A loaded 2-core machine can take a while to bring up the apiserver.
 			ControlPlaneStartTimeout: 2 * time.Minute,
 			ControlPlaneStopTimeout:  time.Minute,
+			CRDInstallOptions:        envtest.CRDInstallOptions{Paths: []string{crds}, ErrorIfPathMissing: true},
 		},
 	}
 	cfg, err := cp.env.Start()
