@@ -75,6 +75,11 @@ type Options struct {
 	// PolicyCounters, when set, makes the table count packets per policy and
 	// serves them as nftpolicy_policy_packets_total, read at scrape time.
 	PolicyCounters CounterPackets
+	// Established is what a policy change does to open connections, and
+	// CtMarkMask the connection mark bits EstablishedRecheck owns (0: the
+	// default); see NodeReconciler.
+	Established compile.Established
+	CtMarkMask  uint32
 	// CNPDiscoveryInterval is how often the agent asks whether ClusterNetworkPolicy
 	// is served while it is not (cnp.go); 0 means 30s.
 	CNPDiscoveryInterval time.Duration
@@ -207,7 +212,8 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	}
 
 	log.Info("starting agent", "table", opts.TableName, "netns", opts.NetNS,
-		"metrics", opts.MetricsAddr, "health", opts.HealthAddr, "fullSyncPeriod", opts.FullSyncPeriod)
+		"metrics", opts.MetricsAddr, "health", opts.HealthAddr, "fullSyncPeriod", opts.FullSyncPeriod,
+		"established", opts.Established.String())
 	errc := make(chan error, 1)
 	go func() { errc <- mgr.Start(ctx) }()
 	select {
@@ -262,6 +268,8 @@ func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, o
 		Log:             log.WithName("sync"),
 		FullSyncPeriod:  opts.FullSyncPeriod,
 		MinSyncInterval: opts.MinSyncInterval,
+		Established:     opts.Established,
+		CtMarkMask:      opts.CtMarkMask,
 		OnSynced:        ready.MarkSynced,
 		// A full sync lists every object and compiles the whole table: the
 		// garbage it leaves (and, at start, the informers' initial lists) would

@@ -66,6 +66,11 @@ type NodeReconciler struct {
 	// AfterFullSync, when set, is called after every successful full sync, on the
 	// reconciler's goroutine (RunAgent returns memory to the OS there).
 	AfterFullSync func()
+	// Established is what a policy change does to open connections; with
+	// EstablishedRecheck, CtMarkMask is the connection mark bits of the epoch
+	// (compile.DefaultCtMarkMask when 0). See strict.go.
+	Established compile.Established
+	CtMarkMask  uint32
 
 	pending   atomic.Int64 // unix nanos of the earliest event not yet served; 0 = none
 	dirtyMu   sync.Mutex
@@ -76,6 +81,7 @@ type NodeReconciler struct {
 	needFull  bool
 	compiler  *compile.Compiler               // what the cache held at the last sync; nil before the first
 	problems  map[types.NamespacedName]string // last reported problems, per policy (a ClusterNetworkPolicy: no namespace)
+	strict    epochState
 
 	// ClusterNetworkPolicy (cnp.go): the version watched, if any, and what its
 	// watch needs once the API serves it.
@@ -215,6 +221,12 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	}
 	desired, problems := r.compiler.Compile()
 	r.reportProblems(ctx, log, problems)
+	if err := r.stampEpoch(desired, log); err != nil {
+		r.needFull = true
+		r.restoreDirty(changes)
+		r.restorePending(since)
+		return reconcile.Result{}, err
+	}
 
 	var stats nft.Stats
 	if full {
@@ -228,12 +240,14 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	if err != nil {
 		applyFailures.Inc()
 		syncsTotal.WithLabelValues(kind, "error").Inc()
+		r.strict.inForce = nil
 		r.needFull = true
 		r.restorePending(since)
 		log.Error(err, "apply failed; the previous table stays in force, retrying with a full sync")
 		return reconcile.Result{}, err
 	}
 	syncsTotal.WithLabelValues(kind, "ok").Inc()
+	r.epochApplied(desired)
 	if full {
 		r.lastFull = now
 		r.needFull = false
@@ -255,7 +269,7 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	rulesetSize.WithLabelValues("elements").Set(float64(c.Elements))
 	log.V(2).Info("synced", "elapsed", elapsed, "operations", stats.Operations, "elements", stats.Elements,
 		"chainsRewritten", stats.ChainsRewritten, "bytes", stats.Bytes,
-		"changes", len(changes), "chains", c.Chains, "rules", c.Rules, "setElements", c.Elements)
+		"changes", len(changes), "chains", c.Chains, "rules", c.Rules, "setElements", c.Elements, "epoch", r.strict.epoch)
 	if log.V(5).Enabled() {
 		log.V(5).Info("ruleset", "nft", nft.Render(desired))
 	}
@@ -303,7 +317,10 @@ func (r *NodeReconciler) load(ctx context.Context) (*compile.Compiler, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := compile.NewCompiler(r.NodeName, compile.Options{Table: r.Table, DenyLog: r.DenyLog, PolicyCounters: r.PolicyCounters})
+	c := compile.NewCompiler(r.NodeName, r.compileOptions())
+	if r.strict.epoch != 0 {
+		c.SetEpoch(r.strict.epoch)
+	}
 	for i := range nodes.Items {
 		c.SetNode(&nodes.Items[i])
 	}

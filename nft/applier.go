@@ -36,3 +36,20 @@ type Stats struct {
 	Bytes           int      // bytes of netlink messages sent
 	Drift           []string // FullSync only: differences found before replacing
 }
+
+// ConnMarks is what strict mode (--established=recheck) needs of the kernel besides
+// the table. nft/netlink's Applier implements it; an Applier without it (a fake)
+// gets no epoch read at start-up and no clearing before an epoch is reused.
+type ConnMarks interface {
+	// TableCtMark returns the value the table in force compares the bits mask of
+	// the connection mark with, in the first rule of chain that does (the epoch of
+	// strict mode's fast path); found is false without such a table or rule. It
+	// fails when the kernel cannot be read.
+	TableCtMark(chain string, mask uint32) (value uint32, found bool, err error)
+
+	// ClearCtMark clears the bits mask of the mark of every connection whose mark
+	// has value in those bits, and returns how many it changed. It fails when the
+	// kernel refuses the dump or an update; connections changed before the failure
+	// stay changed.
+	ClearCtMark(mask, value uint32) (int, error)
+}

@@ -10,6 +10,7 @@
 //
 //	chain forward          type filter hook forward priority filter (0); policy accept
 //	    ct state established,related accept       replies and related ICMP always pass
+//	                                                (--established=keep; recheck: see below)
 //	    icmpv6 type { nd-* } accept                 neighbour discovery always passes
 //	    jump pod-egress                             the source pod's egress, if local and isolated
 //	    jump pod-ingress                            the destination pod's ingress, likewise
@@ -118,6 +119,90 @@
 // lookup per tier and direction otherwise): the cost does not grow with policies
 // that select other pods. Pod churn is set and map elements; chains change when a
 // policy or the grouping of subjects changes.
+// # Established connections: --established=recheck (strict mode)
+//
+// With keep, the first rule accepts every established and related packet: a
+// connection allowed once lives on whatever the policies become. With recheck (the
+// agent's default) a policy change that may deny an open connection cuts it, in the
+// kernel, with nothing done per connection in user space and one comparison more
+// per established packet while nothing changes. Every connection carries in bits of
+// its conntrack mark the epoch in which it was last allowed, and only connections of
+// the current epoch take the fast path:
+//
+//	chain forward
+//	    ct state established,related ct mark and 0x00ff0000 == 0x00050000 accept   epoch 5
+//	    icmpv6 type { nd-* } accept
+//	    ct direction reply goto reply-recheck      a reply of an older epoch
+//	    jump pod-egress
+//	    jump pod-ingress
+//	    goto ct-stamp                              allowed: not isolated, or egress allowed
+//	chain ct-stamp         ct mark set ct mark and 0xff00ffff or 0x00050000 accept
+//	chain reply-recheck    jump pod-egress-reply; jump pod-ingress-reply; goto ct-stamp
+//	chain pod-egress-reply    ip daddr vmap @egress-v4;  ip6 daddr vmap @egress-v6
+//	chain pod-ingress-reply   ip saddr vmap @ingress-v4; ip6 saddr vmap @ingress-v6
+//	chain ing-<hash>-...   ct state invalid drop
+//	                       ct direction reply goto ing-<hash>-...-reply
+//	                       the allow rules, with `goto ct-stamp` instead of accept
+//	                       counter drop
+//	chain ing-<hash>-...-reply   the same sets, looked up by the reply's destination
+//	                       (the connection's source) and source port (its destination
+//	                       port): ip daddr @any-v4, ip daddr . meta l4proto . th sport
+//	                       @ports-v4, ...; counter drop
+//	chain eg-<hash>-...-reply    likewise on ip saddr . meta l4proto . th sport, return
+//
+// A first packet walks the policy chains as in keep mode and, when allowed, is
+// stamped with the current epoch (ct-stamp). A change that may narrow what is
+// allowed moves to the next epoch in the same transaction as the change: the only
+// rules that name the epoch are forward's first and ct-stamp's, so the commit
+// rewrites two fixed chains whatever the number of connections, and every open
+// connection is then of an older epoch. Its next packet, in either direction, walks
+// the policy chains once, like a first packet: allowed, it is stamped again and its
+// later packets take the fast path, with no packet lost; denied, it is dropped and
+// the mark stays old, so every later packet is judged (and dropped) again, until a
+// policy allows it again. A reply is judged as the connection it belongs to: the
+// egress of its destination and the ingress of its source, on the connection's
+// destination port (its source port), with the group's own sets; so a server
+// pushing to a client that never sends again is cut too, and the reply of an
+// allowed connection arriving before the client's next packet passes. A pod
+// address reused by a new pod is a new map element, hence a new epoch: an old
+// connection to the address is judged as a connection to the new pod.
+//
+// Related packets carry their connection's mark (ICMP errors; expected
+// connections inherit their master's mark). Of the current epoch they pass; of an
+// older one they are judged as packets of their own, which passes an ICMP error
+// only from a peer allowed on every port, until the connection's next packet
+// stamps it again (a sender repeats a lost PMTU error).
+//
+// Which changes move the epoch (compile.Narrows): every change but elements added
+// to allow sets. A new peer pod, the commonest pod event, adds elements and
+// rechecks nothing; a pod deleted (elements removed), a new local isolated pod (a
+// map element) and any policy change that reshapes chains recheck every open
+// connection through the node once. What a recheck costs is one slow-path walk per
+// open connection, spread over their next packets (test/bench: b7_*).
+//
+// The mark bits are the agent's --ct-mark-mask (default 0x00ff0000: epochs 1-255;
+// epoch 0 is never stamped, it is the mark of connections no table of ours judged:
+// those open before the agent started, or in keep mode, are judged once). Other
+// bits are never written: `ct mark set ct mark and ~mask or epoch`. kube-proxy
+// (iptables and nftables modes) marks packets, not connections (0x4000 masquerade,
+// 0x8000 drop); the AWS VPC CNI uses connection mark bit 0x80 and Istio ambient
+// 0x100-0x2ff by default: pick another mask where a node uses these bits.
+//
+// Wrap-around: the epoch after the last is 1 again, so a connection idle for
+// exactly a multiple of 255 epoch changes would carry the current epoch without
+// having been judged under it. Before the agent moves to an epoch, it clears that
+// epoch from every connection still carrying it (nft/netlink ClearCtMark: one
+// conntrack dump that the kernel filters by mark, and one update for each such
+// connection, which is judged again at its next packet). Such connections are
+// those idle through a whole cycle of epochs, so the dump usually finds none; its
+// cost is one walk of the conntrack table per epoch change.
+//
+// Restart: the agent reads the epoch in force from the kernel's table and moves to
+// the next one at its first sync, whatever it was: policies may have changed while
+// no agent ran, and the kernel's rules are not read back to prove otherwise. So
+// every open connection through the node is judged once after a restart (no loss
+// for allowed ones: test/e2e).
+//
 // # Deny log
 //
 // With the agent's --deny-log-rate above zero, every group chain gets one more rule,

@@ -35,10 +35,11 @@ type Hook struct {
 }
 
 // Rule is a conjunction of matches followed by optional statements and one verdict.
-// Evaluation order in nft text: matches, statements, counter, log, then the verdict
-// (or vmap).
+// Evaluation order in nft text: matches, the ct mark match, statements, counter,
+// log, then the verdict (or vmap).
 type Rule struct {
 	Matches []Match
+	CtMark  *CtMarkMatch // `ct mark and Mask == Value`: after Matches
 	// Statements run in order after the matches, before Counter and Log. A Limit
 	// that the packet exceeds ends the rule there; see Limit.
 	Statements []Statement
@@ -48,6 +49,24 @@ type Rule struct {
 	Verdict    Verdict // zero value = continue to the next rule
 	Comment    string  // at most MaxCommentLen bytes
 }
+
+// CtMarkMatch compares the bits Mask of the packet's connection mark with Value
+// (`ct mark and Mask == Value`, or != when Negate). Value has no bit outside Mask. A
+// packet without a connection (untracked, or invalid) never matches, negated or not.
+type CtMarkMatch struct {
+	Mask, Value uint32
+	Negate      bool
+}
+
+// CtMarkSet is the statement `ct mark set ct mark and ~Mask or Value`: it sets the
+// bits Mask of the packet's connection mark to Value and keeps every other bit
+// (other users of the connection mark, CNI plugins and service meshes, own them).
+// Value has no bit outside Mask. A packet without a connection changes nothing.
+type CtMarkSet struct {
+	Mask, Value uint32
+}
+
+func (CtMarkSet) isStatement() {}
 
 // Log sends matching packets to an nflog group.
 type Log struct {
@@ -60,7 +79,7 @@ type Log struct {
 const MaxLogPrefixLen = 127
 
 // Statement is an action of a rule other than its anonymous Counter, its Log and
-// its verdict: a Limit, a CounterRef or a LimitRef. The set is closed (the method is unexported) so that
+// its verdict: a Limit, a CounterRef, a LimitRef or a CtMarkSet. The set is closed (the method is unexported) so that
 // every reader of the model (Render, Plan, Validate, the netlink encoder, the
 // packet tracer) knows each kind.
 type Statement interface{ isStatement() }
@@ -146,18 +165,19 @@ type Match struct {
 type Key uint8
 
 const (
-	KeyIPSaddr    Key = iota + 1 // ip saddr
-	KeyIPDaddr                   // ip daddr
-	KeyIP6Saddr                  // ip6 saddr
-	KeyIP6Daddr                  // ip6 daddr
-	KeyL4Proto                   // meta l4proto
-	KeyNFProto                   // meta nfproto
-	KeyTHDport                   // th dport (TCP, UDP, SCTP, UDP-Lite share the offset)
-	KeyTHSport                   // th sport
-	KeyCtState                   // ct state (bitmask)
-	KeyICMPv6Type                // icmpv6 type
-	KeyIIFName                   // meta iifname (string; exact match)
-	KeyOIFName                   // meta oifname
+	KeyIPSaddr     Key = iota + 1 // ip saddr
+	KeyIPDaddr                    // ip daddr
+	KeyIP6Saddr                   // ip6 saddr
+	KeyIP6Daddr                   // ip6 daddr
+	KeyL4Proto                    // meta l4proto
+	KeyNFProto                    // meta nfproto
+	KeyTHDport                    // th dport (TCP, UDP, SCTP, UDP-Lite share the offset)
+	KeyTHSport                    // th sport
+	KeyCtState                    // ct state (bitmask)
+	KeyICMPv6Type                 // icmpv6 type
+	KeyIIFName                    // meta iifname (string; exact match)
+	KeyOIFName                    // meta oifname
+	KeyCtDirection                // ct direction (CtOriginal or CtReply)
 )
 
 // DataType is the type of a set key field or of a key, as nft names it.
@@ -172,6 +192,7 @@ const (
 	TypeICMPv6Type
 	TypeNFProto
 	TypeIfName
+	TypeCtDir
 )
 
 // Set is a named set or, when Verdicts is true, a verdict map (`map NAME { type K : verdict }`).
@@ -279,6 +300,12 @@ const (
 	CtUntracked   = 64
 )
 
+// Connection-tracking directions (ct direction).
+const (
+	CtOriginal = 0
+	CtReply    = 1
+)
+
 // Type returns the data type a key yields.
 func (k Key) Type() DataType {
 	switch k {
@@ -298,6 +325,8 @@ func (k Key) Type() DataType {
 		return TypeICMPv6Type
 	case KeyIIFName, KeyOIFName:
 		return TypeIfName
+	case KeyCtDirection:
+		return TypeCtDir
 	}
 	return 0
 }
@@ -310,7 +339,7 @@ func (t DataType) Len() int {
 		return 4
 	case TypeIPv6Addr, TypeIfName:
 		return 16
-	case TypeInetProto, TypeICMPv6Type, TypeNFProto:
+	case TypeInetProto, TypeICMPv6Type, TypeNFProto, TypeCtDir:
 		return 1
 	case TypeInetService:
 		return 2
@@ -337,6 +366,8 @@ func (t DataType) String() string {
 		return "nf_proto"
 	case TypeIfName:
 		return "ifname"
+	case TypeCtDir:
+		return "ct_dir"
 	}
 	return fmt.Sprintf("type%d", uint8(t))
 }

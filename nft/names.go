@@ -21,6 +21,13 @@ const (
 	ChainIngress = "pod-ingress" // dispatch on the destination pod's address
 	ChainEgress  = "pod-egress"  // dispatch on the source pod's address
 
+	// Strict mode (--established=recheck): see nft/doc.go, "Established connections".
+	ChainStamp        = "ct-stamp"          // stamp the connection with the current epoch, accept
+	ChainReplyRecheck = "reply-recheck"     // a reply of a connection of an older epoch
+	ChainEgressReply  = "pod-egress-reply"  // dispatch on the reply's destination (the original source)
+	ChainIngressReply = "pod-ingress-reply" // dispatch on the reply's source (the original destination)
+	SuffixReply       = "reply"             // a group chain's twin for replies: <chain>-reply
+
 	MapIngressV4 = "ingress-v4" // local pod IPv4 -> its ingress chain
 	MapIngressV6 = "ingress-v6"
 	MapEgressV4  = "egress-v4" // local pod IPv4 -> its egress chain
@@ -86,6 +93,13 @@ const (
 	ChainAdminIngress    = "admin-ingress"    // Admin tier: dispatch on the destination pod's address
 	ChainBaselineIngress = "baseline-ingress" // Baseline tier, pods no NetworkPolicy isolates for ingress
 	ChainIngressTiers    = "ingress-tiers"    // the destination's ingress, all tiers; always decides
+
+	// Strict mode: a reply of an older epoch walks the tiers as its connection.
+	ChainAdminEgressReply     = "admin-egress-reply"     // dispatch on the reply's destination
+	ChainBaselineEgressReply  = "baseline-egress-reply"  // likewise
+	ChainAdminIngressReply    = "admin-ingress-reply"    // dispatch on the reply's source
+	ChainBaselineIngressReply = "baseline-ingress-reply" // likewise
+	ChainIngressTiersReply    = "ingress-tiers-reply"    // the connection's ingress, all tiers
 
 	MapAdminEgressV4     = "admin-egress-v4" // local subject IPv4 -> its Admin egress chain
 	MapAdminEgressV6     = "admin-egress-v6"

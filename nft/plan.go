@@ -492,6 +492,9 @@ func ruleEqual(a, b *Rule) bool {
 	if (a.Log == nil) != (b.Log == nil) || (a.Log != nil && *a.Log != *b.Log) {
 		return false
 	}
+	if (a.CtMark == nil) != (b.CtMark == nil) || (a.CtMark != nil && *a.CtMark != *b.CtMark) {
+		return false
+	}
 	if !slices.Equal(a.Statements, b.Statements) { // statements are comparable values
 		return false
 	}
@@ -819,6 +822,11 @@ func cloneRule(r Rule) Rule {
 		l := *r.Log
 		r.Log = &l
 	}
+	if r.CtMark != nil {
+		m := *r.CtMark
+		r.CtMark = &m
+	}
+
 	if r.VMap != nil {
 		v := *r.VMap
 		v.Keys = slices.Clone(v.Keys)

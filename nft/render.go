@@ -172,6 +172,13 @@ func RenderRule(r Rule) string {
 	for _, m := range r.Matches {
 		parts = append(parts, renderMatch(m))
 	}
+	if m := r.CtMark; m != nil {
+		op := "=="
+		if m.Negate {
+			op = "!="
+		}
+		parts = append(parts, fmt.Sprintf("ct mark and 0x%08x %s 0x%08x", m.Mask, op, m.Value))
+	}
 	for _, st := range r.Statements {
 		parts = append(parts, RenderStatement(st))
 	}
@@ -205,6 +212,8 @@ func RenderStatement(st Statement) string {
 		return fmt.Sprintf("counter name %q", st.Name)
 	case LimitRef:
 		return fmt.Sprintf("limit name %q", st.Name)
+	case CtMarkSet:
+		return fmt.Sprintf("ct mark set ct mark and 0x%08x or 0x%08x", ^st.Mask, st.Value)
 	}
 	return fmt.Sprintf("<unknown statement %T>", st)
 }
@@ -267,6 +276,8 @@ func (k Key) String() string {
 		return "iifname"
 	case KeyOIFName:
 		return "oifname"
+	case KeyCtDirection:
+		return "ct direction"
 	}
 	return fmt.Sprintf("key%d", uint8(k))
 }
@@ -322,6 +333,14 @@ func RenderValue(t DataType, v Value) string {
 		}
 	case TypeIfName:
 		return strconv.Quote(v.Str)
+	case TypeCtDir:
+		switch {
+		case v.Range:
+		case v.Num == CtOriginal:
+			return "original"
+		case v.Num == CtReply:
+			return "reply"
+		}
 	}
 	if v.Range {
 		return fmt.Sprintf("%d-%d", v.Num, v.NumEnd)

@@ -133,6 +133,9 @@ func (r *Ruleset) Validate() error {
 					bad("%s: %v", where, err)
 				}
 			}
+			if m := rule.CtMark; m != nil && (m.Mask == 0 || m.Value&^m.Mask != 0) {
+				bad("%s: ct mark match: value 0x%x outside mask 0x%x", where, m.Value, m.Mask)
+			}
 			for _, st := range rule.Statements {
 				if err := checkStatement(st, rule, objects); err != nil {
 					bad("%s: %v", where, err)
@@ -182,6 +185,11 @@ func checkStatement(st Statement, rule Rule, objects map[string]*Object) error {
 	case CounterRef:
 		if o := objects[st.Name]; o == nil || o.Kind != CounterObject {
 			return fmt.Errorf("counter %q does not exist", st.Name)
+		}
+		return nil
+	case CtMarkSet:
+		if st.Mask == 0 || st.Value&^st.Mask != 0 {
+			return fmt.Errorf("ct mark set: value 0x%x outside mask 0x%x", st.Value, st.Mask)
 		}
 		return nil
 	case nil:

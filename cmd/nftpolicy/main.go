@@ -131,12 +131,24 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 			"sets from its memory limit); the Go runtime's soft memory limit is set to "+
 			strconv.Itoa(memoryLimitPercent)+"% of it, so the garbage collector works harder before the kernel "+
 			"would kill the agent; empty or 0: none ($GOMEMLIMIT, when set, is used instead)")
+	established := fs.String("established", "recheck",
+		"what a policy change does to open connections: recheck (each is judged again by the new policies, "+
+			"in the kernel, and cut when they deny it) or keep (a connection once allowed lives on)")
+	ctMarkMask := fs.String("ct-mark-mask", fmt.Sprintf("0x%08x", compile.DefaultCtMarkMask),
+		"the connection mark bits --established=recheck owns for its epochs (contiguous, at least 2 bits; "+
+			"other bits are never changed): pick bits no other component on the node uses")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 
 	if code, done := parse(fs, args, stdout, stderr); done {
 		return code
 	}
+	var estErr, maskErr error
+	opts.Established, estErr = compile.ParseEstablished(*established)
+	if estErr != nil {
+		estErr = fmt.Errorf("--established: %w", estErr)
+	}
+	opts.CtMarkMask, maskErr = parseCtMarkMask(*ctMarkMask)
 	if opts.Kubeconfig == "" {
 		opts.Kubeconfig = os.Getenv("KUBECONFIG")
 	}
@@ -152,6 +164,8 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		checkPositive("full-sync-period", opts.FullSyncPeriod),
 		checkTableName(opts.TableName),
 		checkNetNS(opts.NetNS),
+		estErr,
+		maskErr,
 	)
 	if err == nil {
 		opts.Config, err = controllers.LoadRESTConfig(opts.Kubeconfig)
@@ -194,6 +208,19 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	return exitOK
+}
+
+// parseCtMarkMask reads --ct-mark-mask: a number (0x for hex) that
+// compile.CheckCtMarkMask accepts.
+func parseCtMarkMask(v string) (uint32, error) {
+	n, err := strconv.ParseUint(v, 0, 32)
+	if err != nil {
+		return 0, fmt.Errorf("--ct-mark-mask: %q is not a 32-bit number", v)
+	}
+	if err := compile.CheckCtMarkMask(uint32(n)); err != nil {
+		return 0, fmt.Errorf("--ct-mark-mask: %w", err)
+	}
+	return uint32(n), nil
 }
 
 // memoryLimitPercent is the share of --memory-limit given to the Go runtime as its

@@ -15,35 +15,33 @@ import (
 // nft/doc.go, in place, and returns the chains the tiers add. The NetworkPolicy
 // chains stay as they are: forward's `jump pod-egress` gains the Admin tier before it
 // and the Baseline tier after it, and its `jump pod-ingress` becomes `goto
-// ingress-tiers`, which runs Admin, pod-ingress and Baseline for the destination.
-func tierChains(chains []nft.Chain) []nft.Chain {
+// ingress-tiers`, which runs Admin, pod-ingress and Baseline for the destination. In
+// strict mode (strict) reply-recheck is spliced alike, with reply twins of the
+// dispatch chains, and an allowed packet ends in ct-stamp instead of accept.
+func tierChains(chains []nft.Chain, strict bool) []nft.Chain {
 	jump := func(c string) nft.Rule { return nft.Rule{Verdict: nft.Verdict{Kind: nft.Jump, Chain: c}} }
-	var admission []nft.Rule
-	for i := range chains {
-		if chains[i].Name != nft.ChainForward {
-			continue
-		}
-		fwd := &chains[i]
+	gotoV := func(c string) nft.Rule { return nft.Rule{Verdict: nft.Verdict{Kind: nft.Goto, Chain: c}} }
+	splice := func(c *nft.Chain, egress, ingress string, before, after, tiers string) {
 		var rules []nft.Rule
-		seenJump := false
-		for _, r := range fwd.Rules {
-			switch {
-			case r.Verdict == nft.Verdict{Kind: nft.Jump, Chain: nft.ChainEgress}:
-				seenJump = true
-				rules = append(rules, jump(nft.ChainAdminEgress), r, jump(nft.ChainBaselineEgress))
-			case r.Verdict == nft.Verdict{Kind: nft.Jump, Chain: nft.ChainIngress}:
-				seenJump = true
-				rules = append(rules, nft.Rule{Verdict: nft.Verdict{Kind: nft.Goto, Chain: nft.ChainIngressTiers}})
+		for _, r := range c.Rules {
+			switch r.Verdict {
+			case nft.Verdict{Kind: nft.Jump, Chain: egress}:
+				rules = append(rules, jump(before), r, jump(after))
+			case nft.Verdict{Kind: nft.Jump, Chain: ingress}:
+				rules = append(rules, gotoV(tiers))
 			default:
-				if !seenJump {
-					// What forward lets through before any policy (replies,
-					// neighbour discovery) passes input alike.
-					admission = append(admission, r)
-				}
 				rules = append(rules, r)
 			}
 		}
-		fwd.Rules = rules
+		c.Rules = rules
+	}
+	for i := range chains {
+		switch chains[i].Name {
+		case nft.ChainForward:
+			splice(&chains[i], nft.ChainEgress, nft.ChainIngress, nft.ChainAdminEgress, nft.ChainBaselineEgress, nft.ChainIngressTiers)
+		case nft.ChainReplyRecheck:
+			splice(&chains[i], nft.ChainEgressReply, nft.ChainIngressReply, nft.ChainAdminEgressReply, nft.ChainBaselineEgressReply, nft.ChainIngressTiersReply)
+		}
 	}
 	dispatch := func(name, v4map, v6map string, k4, k6 nft.Key) nft.Chain {
 		return nft.Chain{Name: name, Rules: []nft.Rule{
@@ -51,16 +49,27 @@ func tierChains(chains []nft.Chain) []nft.Chain {
 			{VMap: &nft.VMap{Keys: []nft.Key{k6}, Map: v6map}},
 		}}
 	}
-	return []nft.Chain{
+	allowed := nft.Rule{Verdict: nft.Verdict{Kind: nft.Accept}, Comment: "no tier decided: allowed"}
+	if strict {
+		allowed.Verdict = nft.Verdict{Kind: nft.Goto, Chain: nft.ChainStamp}
+	}
+	out := []nft.Chain{
 		{
 			Name: nft.ChainInput,
 			// A pod's traffic to its own node (and to hostNetwork pods and Service
 			// endpoints there) arrives here, never in forward. NetworkPolicy always
 			// allows it, so only the tiers judge it: Admin, then Baseline for pods
 			// no NetworkPolicy isolates for egress. An Admin egress Accept goes to
-			// ingress-tiers, which finds no pod at a node address and accepts.
-			Hook:  &nft.Hook{Type: "filter", Hook: "input", Priority: 0, Policy: nft.Accept},
-			Rules: append(admission, jump(nft.ChainAdminEgress), jump(nft.ChainBaselineEgress)),
+			// ingress-tiers, which finds no pod at a node address and allows it.
+			// Established connections pass here whatever the mode: a change does
+			// not re-judge a pod's open connections to its own node.
+			Hook: &nft.Hook{Type: "filter", Hook: "input", Priority: 0, Policy: nft.Accept},
+			Rules: []nft.Rule{
+				{Matches: []nft.Match{nft.Is(nft.KeyCtState, nft.Num(nft.CtEstablished|nft.CtRelated))}, Verdict: nft.Verdict{Kind: nft.Accept}},
+				{Matches: []nft.Match{nft.Is(nft.KeyICMPv6Type, nft.Num(133), nft.Num(134), nft.Num(135), nft.Num(136))}, Verdict: nft.Verdict{Kind: nft.Accept}},
+				jump(nft.ChainAdminEgress),
+				jump(nft.ChainBaselineEgress),
+			},
 		},
 		dispatch(nft.ChainAdminEgress, nft.MapAdminEgressV4, nft.MapAdminEgressV6, nft.KeyIPSaddr, nft.KeyIP6Saddr),
 		dispatch(nft.ChainBaselineEgress, nft.MapBaselineEgressV4, nft.MapBaselineEgressV6, nft.KeyIPSaddr, nft.KeyIP6Saddr),
@@ -69,15 +78,21 @@ func tierChains(chains []nft.Chain) []nft.Chain {
 		{
 			// Reached by goto, from forward or from an Admin egress Accept deep in
 			// the egress walk: it must decide, never return.
-			Name: nft.ChainIngressTiers,
-			Rules: []nft.Rule{
-				jump(nft.ChainAdminIngress),
-				jump(nft.ChainIngress),
-				jump(nft.ChainBaselineIngress),
-				{Verdict: nft.Verdict{Kind: nft.Accept}, Comment: "no tier decided: allowed"},
-			},
+			Name:  nft.ChainIngressTiers,
+			Rules: []nft.Rule{jump(nft.ChainAdminIngress), jump(nft.ChainIngress), jump(nft.ChainBaselineIngress), allowed},
 		},
 	}
+	if strict {
+		out = append(out,
+			dispatch(nft.ChainAdminEgressReply, nft.MapAdminEgressV4, nft.MapAdminEgressV6, nft.KeyIPDaddr, nft.KeyIP6Daddr),
+			dispatch(nft.ChainBaselineEgressReply, nft.MapBaselineEgressV4, nft.MapBaselineEgressV6, nft.KeyIPDaddr, nft.KeyIP6Daddr),
+			dispatch(nft.ChainAdminIngressReply, nft.MapAdminIngressV4, nft.MapAdminIngressV6, nft.KeyIPSaddr, nft.KeyIP6Saddr),
+			dispatch(nft.ChainBaselineIngressReply, nft.MapBaselineIngressV4, nft.MapBaselineIngressV6, nft.KeyIPSaddr, nft.KeyIP6Saddr),
+			nft.Chain{Name: nft.ChainIngressTiersReply, Rules: []nft.Rule{
+				jump(nft.ChainAdminIngressReply), jump(nft.ChainIngressReply), jump(nft.ChainBaselineIngressReply), allowed}},
+		)
+	}
+	return out
 }
 
 // tiersInto adds the tiers' chains, maps and sets to rs (the NetworkPolicy table);
@@ -86,10 +101,13 @@ func (tp *tierPass) tiersInto(rs *nft.Ruleset, local []*podInfo) {
 	if tp == nil || len(tp.cnps) == 0 {
 		return
 	}
-	rs.Chains = append(rs.Chains, tierChains(rs.Chains)...)
+	rs.Chains = append(rs.Chains, tierChains(rs.Chains, tp.strict)...)
 	slices.SortFunc(tp.groups, func(a, b *tierGroup) int { return strings.Compare(a.chain, b.chain) })
 	for _, g := range tp.groups {
 		rs.Chains = append(rs.Chains, g.chainV)
+		if tp.strict {
+			rs.Chains = append(rs.Chains, g.replyV)
+		}
 	}
 	rs.Sets = append(rs.Sets, tp.tierMaps(local)...)
 	rs.Sets = append(rs.Sets, tp.sets...)

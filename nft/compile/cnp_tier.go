@@ -35,6 +35,9 @@ type tierGroup struct {
 	pols   []*clusterPolicy // evaluation order
 	chain  string
 	chainV nft.Chain
+	// Strict mode: the chain's twin for replies of an older epoch.
+	replyChain string
+	replyV     nft.Chain
 }
 
 // tierPass is the tiers' part of one compilation (pass.tiers): ClusterNetworkPolicy
@@ -45,6 +48,7 @@ type tierPass struct {
 	groups []*tierGroup
 	member map[*podInfo]*[4]*tierGroup
 	sets   []nft.Set
+	strict bool // EstablishedRecheck: allowed packets are stamped, replies rechecked
 }
 
 // buildTiers groups the local subjects per tier and direction and fills the sets of
@@ -53,6 +57,7 @@ type tierPass struct {
 // NetworkPolicy isolates (the Baseline maps leave those out).
 func (ps *pass) buildTiers(tp *tierPass, cache map[string][]nft.Set) map[string][]nft.Set {
 	ps.tiers = tp
+	tp.strict = ps.strict != nil
 	tp.member = map[*podInfo]*[4]*tierGroup{}
 	byKey := map[string]*tierGroup{}
 	var keys []string
@@ -104,7 +109,7 @@ func (ps *pass) buildTiers(tp *tierPass, cache map[string][]nft.Set) map[string]
 	for _, key := range keys {
 		g := byKey[key]
 		g.name(taken)
-		g.chainV = g.chainValue()
+		g.chainV = g.chainValue(tp.strict)
 		tp.groups = append(tp.groups, g)
 	}
 	next := map[string][]nft.Set{}
@@ -141,30 +146,75 @@ func (g *tierGroup) name(taken map[string]bool) {
 		key = g.key + "\ncollision " + strconv.Itoa(i)
 	}
 	taken[g.chain] = true
+	g.replyChain = nft.ObjectName(prefix, key, label, nft.SuffixReply)
 }
 
 // chainValue is the group's chain: its policies' rules, policy after policy in
 // evaluation order, rules in written order. Nothing matched: the chain ends and
 // returns, and the next tier judges.
-func (g *tierGroup) chainValue() nft.Chain {
+//
+// In strict mode the chain first sends replies (of connections of an older epoch)
+// to its twin, which judges them as their connection: the same rules with source
+// and destination swapped (addresses, and the destination port read as the reply's
+// source port), and an Admin egress Accept going on to ingress-tiers-reply.
+func (g *tierGroup) chainValue(strict bool) nft.Chain {
 	c := nft.Chain{Name: g.chain}
+	var reply nft.Chain
+	if strict {
+		c.Rules = append(c.Rules, nft.Rule{Matches: []nft.Match{nft.Is(nft.KeyCtDirection, nft.Num(nft.CtReply))},
+			Verdict: nft.Verdict{Kind: nft.Goto, Chain: g.replyChain}})
+		reply.Name = g.replyChain
+	}
 	for _, p := range g.pols {
 		for _, r := range p.rules(g.ingress) {
-			c.Rules = append(c.Rules, g.ruleRules(p, r)...)
+			rules := g.ruleRules(p, r, strict)
+			c.Rules = append(c.Rules, rules...)
+			if strict {
+				for _, ru := range rules {
+					reply.Rules = append(reply.Rules, reversed(ru))
+				}
+			}
 		}
 	}
+	g.replyV = reply
 	return c
+}
+
+// reversed is rule r for a reply: source and destination swapped.
+func reversed(r nft.Rule) nft.Rule {
+	swap := map[nft.Key]nft.Key{
+		nft.KeyIPSaddr: nft.KeyIPDaddr, nft.KeyIPDaddr: nft.KeyIPSaddr,
+		nft.KeyIP6Saddr: nft.KeyIP6Daddr, nft.KeyIP6Daddr: nft.KeyIP6Saddr,
+		nft.KeyTHDport: nft.KeyTHSport,
+	}
+	out := r
+	out.Matches = make([]nft.Match, len(r.Matches))
+	for i, m := range r.Matches {
+		m.Keys = slices.Clone(m.Keys)
+		for j, k := range m.Keys {
+			if to, ok := swap[k]; ok {
+				m.Keys[j] = to
+			}
+		}
+		out.Matches[i] = m
+	}
+	if out.Verdict == (nft.Verdict{Kind: nft.Goto, Chain: nft.ChainIngressTiers}) {
+		out.Verdict.Chain = nft.ChainIngressTiersReply
+	}
+	return out
 }
 
 // verdict is what a matching rule does, by tier and direction (see nft/doc.go):
 // returning hands the packet to the next tier, because the group chain was jumped
 // to from its tier's dispatch chain.
-func (g *tierGroup) verdict(a action) nft.Verdict {
+func (g *tierGroup) verdict(a action, strict bool) nft.Verdict {
 	switch {
 	case a == actDeny:
 		return nft.Verdict{Kind: nft.Drop}
 	case a == actPass:
 		return nft.Verdict{Kind: nft.Return}
+	case g.ingress && strict:
+		return nft.Verdict{Kind: nft.Goto, Chain: nft.ChainStamp} // allowed: stamp the epoch
 	case g.ingress:
 		return nft.Verdict{Kind: nft.Accept}
 	case g.tier == tierAdmin:
@@ -180,14 +230,14 @@ func (g *tierGroup) verdict(a action) nft.Verdict {
 // ruleRules is one ClusterNetworkPolicy rule as nft rules: one per family and kind
 // of protocol match, all with the rule's verdict, so any of them matching is the
 // rule matching.
-func (g *tierGroup) ruleRules(p *clusterPolicy, r *cnpRule) []nft.Rule {
+func (g *tierGroup) ruleRules(p *clusterPolicy, r *cnpRule, strict bool) []nft.Rule {
 	dir := "egress"
 	if r.ingress {
 		dir = "ingress"
 	}
 	act := map[action]string{actAccept: "Accept", actDeny: "Deny", actPass: "Pass"}[r.action]
 	text := fmt.Sprintf("%s %s rule %d%s: %s", p.ref, dir, r.index, ruleName(r.name), act)
-	v := g.verdict(r.action)
+	v := g.verdict(r.action, strict)
 	switch {
 	case r.none:
 		return nil // fails closed: matches nothing (reported)

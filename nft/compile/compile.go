@@ -36,6 +36,12 @@ type Options struct {
 	// PolicyCounters adds a counter per policy, direction and verdict that the
 	// group chains update (see observe.go and nft/doc.go, "Policy counters").
 	PolicyCounters bool
+	// Established is what a policy change does to open connections (strict.go);
+	// the zero value keeps them.
+	Established Established
+	// CtMarkMask is the conntrack mark bits EstablishedRecheck owns
+	// (DefaultCtMarkMask when 0); CheckCtMarkMask says which masks work.
+	CtMarkMask uint32
 }
 
 // Problem is something Compile could not enforce exactly as written. Policy names the

@@ -41,6 +41,7 @@ type Compiler struct {
 	order  []objKey                // policy keys, sorted; nil when stale
 	cached map[string]*cachedGroup // by group key, from the last Compile
 	keys   *keyTable
+	strict *strictMode // nil: keep mode
 
 	// ClusterNetworkPolicy tiers (cnp_compiler.go).
 	cnps      map[string]*clusterEntry
@@ -68,6 +69,7 @@ func NewCompiler(node string, opts Options) *Compiler {
 		byNS:   map[string][]*policy{},
 		cached: map[string]*cachedGroup{},
 		keys:   newKeyTable(),
+		strict: newStrict(opts),
 
 		cnps:      map[string]*clusterEntry{},
 		cnpCached: map[string][]nft.Set{},
@@ -179,6 +181,7 @@ func (c *Compiler) Compile() (*nft.Ruleset, []Problem) {
 	}
 	problems = append(problems, c.cnpProblems()...)
 	p := newPass(c.ix, c.byNS, c.keys, c.opts)
+	p.strict = c.strict
 	c.cached = p.build(c.cached)
 	if tp := c.tierPass(); tp != nil {
 		c.cnpCached = p.buildTiers(tp, c.cnpCached)

@@ -124,7 +124,7 @@ func TestGolden(t *testing.T) {
 				t.Logf("no crosscheck: %s", c.noCrosscheck)
 				return
 			}
-			n, errs := crosscheckOpts(t, w, c.opts)
+			n, errs := crosscheckOpts(t, w, c.opts, true)
 			if len(errs) > 0 {
 				t.Errorf("crosscheck:\n%s", strings.Join(errs, "\n"))
 			}

@@ -20,6 +20,7 @@ type group struct {
 	setNames [4]string // any-v4, ports-v4, any-v6, ports-v6
 	sets     []nft.Set
 	chainV   nft.Chain
+	replyV   nft.Chain // strict mode: the chain judging replies (name "" in keep mode)
 }
 
 // cachedGroup is a group's sets and chain as a pass left them, for the next pass to
@@ -32,6 +33,7 @@ type cachedGroup struct {
 	setNames [4]string
 	sets     []nft.Set
 	chainV   nft.Chain
+	replyV   nft.Chain
 }
 
 // groupKey identifies a group: direction, selecting policies and, for ingress, what
@@ -97,8 +99,10 @@ func (g *group) name(taken map[string]bool) {
 }
 
 // chainValue is the group's chain: see nft/doc.go. opts add the deny log rule and
-// the policy counters (observe.go).
-func (g *group) chainValue(opts Options) nft.Chain {
+// the policy counters (observe.go). In strict mode (s non-nil) an ingress allow
+// stamps the connection with the current epoch (goto ct-stamp), and replies of
+// connections of an older epoch go to the group's reply chain.
+func (g *group) chainValue(opts Options, s *strictMode) nft.Chain {
 	refs := make([]string, len(g.policies))
 	for i, p := range g.policies {
 		refs[i] = p.ref
@@ -107,22 +111,67 @@ func (g *group) chainValue(opts Options) nft.Chain {
 	v4, v6 := nft.KeyIPDaddr, nft.KeyIP6Daddr
 	if g.ingress {
 		allow = nft.Verdict{Kind: nft.Accept}
+		if s != nil {
+			allow = nft.Verdict{Kind: nft.Goto, Chain: nft.ChainStamp}
+		}
 		v4, v6 = nft.KeyIPSaddr, nft.KeyIP6Saddr
 	}
 	allowed := listComment("allowed by", refs)
 	counted, dropCounted, denyLog := g.observeRules(opts)
 	rules := []nft.Rule{
 		{Matches: []nft.Match{nft.Is(nft.KeyCtState, nft.Num(nft.CtInvalid))}, Counter: true, Verdict: nft.Verdict{Kind: nft.Drop}},
-		{Matches: []nft.Match{nft.InSet(g.setNames[0], v4)}, Statements: counted, Counter: true, Verdict: allow, Comment: allowed},
-		{Matches: []nft.Match{nft.InSet(g.setNames[1], v4, nft.KeyL4Proto, nft.KeyTHDport)}, Statements: counted, Counter: true, Verdict: allow, Comment: allowed},
-		{Matches: []nft.Match{nft.InSet(g.setNames[2], v6)}, Statements: counted, Counter: true, Verdict: allow, Comment: allowed},
-		{Matches: []nft.Match{nft.InSet(g.setNames[3], v6, nft.KeyL4Proto, nft.KeyTHDport)}, Statements: counted, Counter: true, Verdict: allow, Comment: allowed},
 	}
+	if s != nil {
+		rules = append(rules, nft.Rule{
+			Matches: []nft.Match{nft.Is(nft.KeyCtDirection, nft.Num(nft.CtReply))},
+			Verdict: nft.Verdict{Kind: nft.Goto, Chain: g.replyName()},
+		})
+	}
+	rules = append(rules, g.allowRules(v4, v6, nft.KeyTHDport, allow, counted, allowed)...)
 	if denyLog != nil {
 		rules = append(rules, *denyLog) // a rule of its own: its limit must not gate the drop
 	}
 	rules = append(rules, nft.Rule{Statements: dropCounted, Counter: true, Verdict: nft.Verdict{Kind: nft.Drop}, Comment: listComment("isolated by", refs)})
 	return nft.Chain{Name: g.chain, Rules: rules}
+}
+
+// allowRules are the four lookups of the group's sets, with the peer address in
+// v4 or v6 and the port in port, each with the statements counted and verdict allow.
+func (g *group) allowRules(v4, v6, port nft.Key, allow nft.Verdict, counted []nft.Statement, comment string) []nft.Rule {
+	return []nft.Rule{
+		{Matches: []nft.Match{nft.InSet(g.setNames[0], v4)}, Statements: counted, Counter: true, Verdict: allow, Comment: comment},
+		{Matches: []nft.Match{nft.InSet(g.setNames[1], v4, nft.KeyL4Proto, port)}, Statements: counted, Counter: true, Verdict: allow, Comment: comment},
+		{Matches: []nft.Match{nft.InSet(g.setNames[2], v6)}, Statements: counted, Counter: true, Verdict: allow, Comment: comment},
+		{Matches: []nft.Match{nft.InSet(g.setNames[3], v6, nft.KeyL4Proto, port)}, Statements: counted, Counter: true, Verdict: allow, Comment: comment},
+	}
+}
+
+// replyName is the name of the group's reply chain (strict mode).
+func (g *group) replyName() string {
+	return strings.TrimSuffix(g.setNames[0], "-any-v4") + "-" + nft.SuffixReply
+}
+
+// replyValue is the group's reply chain (strict mode): a reply packet of a
+// connection that was allowed in an older epoch, judged as the connection it
+// belongs to. The peer is the reply's destination for ingress (the original
+// source), its source for egress (the original destination), and the port is the
+// reply's source port (the original destination port); the sets are the group's.
+// Its rules have anonymous counters only: the policy counters and the deny log
+// count what the group chain judges, first packets.
+func (g *group) replyValue(s *strictMode) nft.Chain {
+	refs := make([]string, len(g.policies))
+	for i, p := range g.policies {
+		refs[i] = p.ref
+	}
+	allow := nft.Verdict{Kind: nft.Return}
+	v4, v6 := nft.KeyIPSaddr, nft.KeyIP6Saddr
+	if g.ingress {
+		allow = nft.Verdict{Kind: nft.Goto, Chain: nft.ChainStamp}
+		v4, v6 = nft.KeyIPDaddr, nft.KeyIP6Daddr
+	}
+	rules := g.allowRules(v4, v6, nft.KeyTHSport, allow, nil, listComment("replies allowed by", refs))
+	rules = append(rules, nft.Rule{Counter: true, Verdict: nft.Verdict{Kind: nft.Drop}, Comment: listComment("replies isolated by", refs)})
+	return nft.Chain{Name: g.replyName(), Rules: rules}
 }
 
 // anyPeer reports whether match is true for a peer of a rule the group's sets are

@@ -14,7 +14,7 @@ import (
 )
 
 // TestKernelLoad loads compiled rulesets with `nft -f` into a private network
-// namespace: every golden case, the upstream model with every golden policy at once,
+// namespace: every golden case (in keep and recheck mode), the upstream model with every golden policy at once,
 // and random clusters. The kernel refuses what the model cannot check: overlapping
 // interval elements, syntax nft does not take, types that do not fit.
 func TestKernelLoad(t *testing.T) {
@@ -74,6 +74,8 @@ func TestKernelLoad(t *testing.T) {
 		w := loadCase(t, c)
 		rs, _ := Compile(w.snapshot(c.node), c.opts)
 		load(c.name, rs)
+		rs, _ = Compile(Snapshot{NodeName: c.node, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, Options{Established: EstablishedRecheck})
+		load(c.name+"-recheck", rs)
 		if c.upstream {
 			all.policies = append(all.policies, w.policies...)
 			all.cnps = append(all.cnps, w.cnps...)

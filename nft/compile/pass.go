@@ -27,6 +27,7 @@ type pass struct {
 	named      map[*rule]map[portRef][]portAddrs
 	keys       *keyTable
 	opts       Options
+	strict     *strictMode // nil: keep mode
 	tiers      *tierPass // ClusterNetworkPolicy (cnp_tier.go); nil without any
 }
 
@@ -96,11 +97,14 @@ func (ps *pass) build(prev map[string]*cachedGroup) map[string]*cachedGroup {
 		g.name(names)
 		f := prev[key]
 		if f != nil && f.chain == g.chain && f.setNames == g.setNames {
-			g.sets, g.chainV = f.sets, f.chainV
+			g.sets, g.chainV, g.replyV = f.sets, f.chainV, f.replyV
 		} else {
 			ps.fill(g)
-			g.chainV = g.chainValue(ps.opts)
-			f = &cachedGroup{ingress: g.ingress, policies: g.policies, chain: g.chain, setNames: g.setNames, sets: g.sets, chainV: g.chainV}
+			g.chainV = g.chainValue(ps.opts, ps.strict)
+			if ps.strict != nil {
+				g.replyV = g.replyValue(ps.strict)
+			}
+			f = &cachedGroup{ingress: g.ingress, policies: g.policies, chain: g.chain, setNames: g.setNames, sets: g.sets, chainV: g.chainV, replyV: g.replyV}
 		}
 		next[key] = f
 		ps.groups = append(ps.groups, g)
@@ -315,11 +319,18 @@ func byPortList(byPort map[uint16][]netip.Addr) []portAddrs {
 func (ps *pass) ruleset(table string) (*nft.Ruleset, *Attribution) {
 	rs := &nft.Ruleset{Table: table}
 	rs.Sets = append(rs.Sets, verdictMaps(ps.ix.local.list())...)
-	rs.Chains = append(rs.Chains, fixedChains()...)
+	if ps.strict != nil {
+		rs.Chains = append(rs.Chains, ps.strict.fixedChains()...)
+	} else {
+		rs.Chains = append(rs.Chains, fixedChains()...)
+	}
 	slices.SortFunc(ps.groups, func(a, b *group) int { return strings.Compare(a.chain, b.chain) })
 	for _, g := range ps.groups {
 		rs.Sets = append(rs.Sets, g.sets...)
 		rs.Chains = append(rs.Chains, g.chainV)
+		if g.replyV.Name != "" {
+			rs.Chains = append(rs.Chains, g.replyV)
+		}
 	}
 	slices.SortFunc(rs.Sets, func(a, b nft.Set) int { return strings.Compare(a.Name, b.Name) })
 	objs, at := observeObjects(ps.opts, ps.groups)

@@ -290,7 +290,7 @@ func fieldBytes(t nft.DataType, v nft.Value, hi, netOrder bool) ([]byte, error) 
 			return nil, fmt.Errorf("port %d out of range", n)
 		}
 		return binary.BigEndian.AppendUint16(nil, uint16(n)), nil
-	case nft.TypeInetProto, nft.TypeICMPv6Type, nft.TypeNFProto:
+	case nft.TypeInetProto, nft.TypeICMPv6Type, nft.TypeNFProto, nft.TypeCtDir:
 		if n > 0xff {
 			return nil, fmt.Errorf("%v value %d out of range", t, n)
 		}
@@ -590,12 +590,18 @@ func (e *encoder) rule(i int, op nft.Op) error {
 			return err
 		}
 	}
+	if m := r.CtMark; m != nil {
+		// nft: [ct load mark] [bitwise (reg & mask) ^ 0] [cmp value]
+		b.add(&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: hostU32(m.Mask), Xor: make([]byte, 4)},
+			&expr.Cmp{Op: cmpOp(m.Negate), Register: 1, Data: hostU32(m.Value)})
+	}
 	for _, st := range r.Statements {
 		x, err := statement(st)
 		if err != nil {
 			return err
 		}
-		b.add(x)
+		b.add(x...)
 	}
 	if r.Counter {
 		b.add(&expr.Counter{})
@@ -632,15 +638,27 @@ func (e *encoder) rule(i int, op nft.Op) error {
 
 func (b *ruleBuilder) add(x ...expr.Any) { b.exprs = append(b.exprs, x...) }
 
-// statement is the expression of one of the model's statements, as nft encodes it.
-func statement(st nft.Statement) (expr.Any, error) {
+// hostU32 is a 32-bit register value in host byte order (ct mark is a host-order u32).
+func hostU32(n uint32) []byte { return binary.NativeEndian.AppendUint32(nil, n) }
+
+// statement is the expressions of one of the model's statements, as nft encodes it.
+func statement(st nft.Statement) ([]expr.Any, error) {
 	switch st := st.(type) {
 	case nft.Limit:
-		return limitExpr(st)
+		l, err := limitExpr(st)
+		if err != nil {
+			return nil, err
+		}
+		return []expr.Any{l}, nil
 	case nft.CounterRef:
-		return &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: st.Name}, nil
+		return []expr.Any{&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: st.Name}}, nil
 	case nft.LimitRef:
-		return &expr.Objref{Type: int(nftables.ObjTypeLimit), Name: st.Name}, nil
+		return []expr.Any{&expr.Objref{Type: int(nftables.ObjTypeLimit), Name: st.Name}}, nil
+	case nft.CtMarkSet:
+		// nft: [ct load mark] [bitwise (reg & ~mask) ^ value] [ct set mark]
+		return []expr.Any{&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: hostU32(^st.Mask), Xor: hostU32(st.Value)},
+			&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true}}, nil
 	}
 	return nil, fmt.Errorf("unknown statement %T", st)
 }
@@ -745,6 +763,8 @@ func loadKey(k nft.Key, reg uint32) expr.Any {
 		return &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg}
 	case nft.KeyCtState:
 		return &expr.Ct{Key: expr.CtKeySTATE, Register: reg}
+	case nft.KeyCtDirection:
+		return &expr.Ct{Key: expr.CtKeyDIRECTION, Register: reg}
 	}
 	return nil
 }

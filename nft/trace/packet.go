@@ -16,6 +16,7 @@ type Packet struct {
 	ICMPType         uint8  // icmpv6 type when L4Proto is nft.ProtoICMPv6 (icmp type for ICMP)
 	CtState          uint32 // exactly one state bit: nft.CtNew, nft.CtEstablished, ...
 	CtMark           uint32 // the connection's mark (ct mark)
+	CtReply          bool   // ct direction reply: a reply of the connection, not its original direction
 	Mark             uint32 // the packet's mark (meta mark)
 	IIFName, OIFName string
 }
@@ -30,11 +31,18 @@ func (p Packet) String() string {
 		s += fmt.Sprintf(" type %d", p.ICMPType)
 	}
 	s += " ct state " + nft.RenderValue(nft.TypeCtState, nft.Num(p.CtState))
+	if p.CtReply {
+		s += " ct direction reply"
+	}
 	if p.CtMark != 0 {
 		s += fmt.Sprintf(" ct mark 0x%x", p.CtMark)
 	}
 	return s
 }
+
+// tracked reports whether the packet has a connection: ct mark and ct direction
+// exist (an invalid or untracked packet has none, and a ct expression on it fails).
+func (p *Packet) tracked() bool { return p.CtState&(nft.CtInvalid|nft.CtUntracked) == 0 }
 
 // value is the packet's value of one key: an address, a number or a string.
 type value struct {
@@ -76,6 +84,11 @@ func (p *Packet) field(k nft.Key) (value, bool, error) {
 		return value{str: p.IIFName}, true, nil
 	case nft.KeyOIFName:
 		return value{str: p.OIFName}, true, nil
+	case nft.KeyCtDirection:
+		if p.CtReply {
+			return value{num: nft.CtReply}, p.tracked(), nil
+		}
+		return value{num: nft.CtOriginal}, p.tracked(), nil
 	}
 	return value{}, false, fmt.Errorf("the tracer does not know key %v", k)
 }

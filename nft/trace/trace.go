@@ -100,6 +100,7 @@ type Trace struct {
 	Packet  Packet          // as it entered the hook
 	Verdict nft.VerdictKind // nft.Accept or nft.Drop
 	Steps   []Step
+	CtMark  uint32 // the connection's mark when the walk ended (ct mark set statements)
 }
 
 // String shows the steps, one a line, then the verdict.
@@ -139,6 +140,7 @@ func (t *Tracer) Hook(hook string, p Packet) (Trace, error) {
 			break
 		}
 	}
+	tr.CtMark = p.CtMark
 	return tr, nil
 }
 
@@ -174,6 +176,10 @@ func (t *Tracer) walk(base *nft.Chain, p *Packet, tr *Trace) (nft.VerdictKind, e
 		ok, err := t.matchAll(rule.Matches, p, &hits)
 		if err != nil {
 			return 0, fmt.Errorf("chain %s rule %d: %w", cur.Name, idx, err)
+		}
+		if ok && rule.CtMark != nil {
+			m := rule.CtMark
+			ok = p.tracked() && (p.CtMark&m.Mask == m.Value) != m.Negate
 		}
 		if !ok {
 			continue
@@ -236,6 +242,9 @@ func (t *Tracer) walk(base *nft.Chain, p *Packet, tr *Trace) (nft.VerdictKind, e
 func statements(r *nft.Rule, p *Packet) []string {
 	var out []string
 	for _, st := range r.Statements { // limits (which gate only statements), named counters
+		if s, ok := st.(nft.CtMarkSet); ok && p.tracked() {
+			p.CtMark = p.CtMark&^s.Mask | s.Value
+		}
 		out = append(out, nft.RenderStatement(st))
 	}
 	if r.Counter {

@@ -11,6 +11,7 @@ cd "$(dirname "$0")/../.."
 
 summary=(
   b1_conn_ratio_typical b1_conn_ratio_adversarial b1_vs_peer_adversarial b6_ns_per_policy
+  b1_rr_ratio b1_bulk_ratio b7_change_10k_commit_ms b7_change_10k_extra_cpu_ms
   b2_policy_enforce_p50_ms b2_policy_enforce_p99_ms b2_pod_enforce_p50_ms b2_pod_enforce_p99_ms
   b3_restart_program_ms b3_restart_probe_errors b4_pod_add_bytes b4_full_rewrite_bytes
   b5_agent_rss_mib b5_rss_ratio_vs_bare
@@ -33,7 +34,7 @@ export NFTPOLICY_BENCH=1 NFTPOLICY_BENCH_OUT="$out"
 export NFTPOLICY_BENCH_PLOT="${NFTPOLICY_BENCH_PLOT:-$PWD/test/bench/conn-rate.png}"
 start=$SECONDS
 rc=0
-go test -count=1 -timeout 12m -v -run 'TestDatapath|TestNetlinkCost|TestReplaceUnderTraffic' ./test/bench/datapath/ || rc=1
+go test -count=1 -timeout 12m -v -run 'TestDatapath|TestNetlinkCost|TestReplaceUnderTraffic|TestEstablished' ./test/bench/datapath/ || rc=1
 go test -count=1 -timeout 10m -v -run TestControlPlane ./test/bench/controlplane/ || rc=1
 
 echo

@@ -26,6 +26,10 @@ type PodSpec struct {
 	Labels map[string]string
 	// ExtraPorts are served (TCP and UDP, both families) besides 80 and 81.
 	ExtraPorts []int
+	// Host, when set, is the host number (2-254) of the pod's addresses in its
+	// node's pod CIDRs, which must be free: a test that reuses a removed pod's
+	// address on purpose sets it. Zero: the next free one, round-robin.
+	Host int
 }
 
 // Pod is a running pod: a network namespace wired to its node, with a podagent.
@@ -52,6 +56,10 @@ func (p *Pod) NetNSPath() string { return p.NetNS.Path() }
 
 // String is "namespace/name", the pod's label in a Reachability table.
 func (p *Pod) String() string { return p.Namespace + "/" + p.Name }
+
+// Host is the host number of the pod's addresses in its node's pod CIDRs (see
+// PodSpec.Host).
+func (p *Pod) Host() int { return p.hostNum }
 
 // Addr is the pod's address of family f.
 func (p *Pod) Addr(f Family) netip.Addr { return pick(f, p.IPv4, p.IPv6) }
@@ -125,7 +133,10 @@ func (c *Cluster) reservePod(spec PodSpec) (*Pod, error) {
 	}
 	// Hand out host numbers 2..254 round-robin, so a removed pod's address is
 	// not reused at once (stale neighbour and conntrack entries would match it).
-	h := 0
+	h := spec.Host
+	if h != 0 && (h < 2 || h > 254 || n.used[h]) {
+		return nil, fmt.Errorf("cluster: pod %s/%s: host number %d is not free on %s", spec.Namespace, spec.Name, h, n.Name)
+	}
 	for h == 0 || n.used[h] {
 		h = n.next
 		n.next = h + 1

@@ -30,6 +30,8 @@ type Agent struct {
 	LogPath string
 	// LogLevel is passed as --zap-log-level.
 	LogLevel string
+	// Args are extra flags for the next Start (e.g. --established=keep).
+	Args []string
 
 	bin, kubeconfig string
 
@@ -73,6 +75,7 @@ func (a *Agent) Start(ctx context.Context, timeout time.Duration) error {
 		"--zap-log-level", a.LogLevel,
 		"--zap-time-encoding", "rfc3339nano",
 	)
+	cmd.Args = append(cmd.Args, a.Args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	// Its own process group, so a terminal's Ctrl-C reaches only us (we stop the
 	// agents in order); SIGKILL if this process dies without stopping it.

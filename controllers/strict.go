@@ -1,0 +1,113 @@
+package controllers
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	"github.com/nftpolicy/nftpolicy/nft"
+	"github.com/nftpolicy/nftpolicy/nft/compile"
+)
+
+// Strict mode (--established=recheck): the reconciler keeps the epoch of the table in
+// force and moves to the next one in the same transaction as any change that may
+// deny an open connection (compile.Narrows). nft/doc.go, "Established connections",
+// has the why.
+
+var (
+	epochChanges = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nftpolicy_epoch_changes_total",
+		Help: "Policy changes that made every open connection through this node be judged again (strict mode).",
+	})
+	epochCleared = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nftpolicy_epoch_cleared_connections_total",
+		Help: "Connections idle since an epoch was last used, whose mark was cleared before the epoch was used again (strict mode).",
+	})
+)
+
+func init() { metrics.Registry.MustRegister(epochChanges, epochCleared) }
+
+// epochState is the reconciler's strict mode state; guarded by the reconciler's mu.
+type epochState struct {
+	epoch   uint32       // of the table in force; 0 before the first sync
+	inForce *nft.Ruleset // the last table applied, stamped with epoch; nil when unknown
+}
+
+// compileOptions are the reconciler's compile options.
+func (r *NodeReconciler) compileOptions() compile.Options {
+	return compile.Options{Table: r.Table, DenyLog: r.DenyLog, PolicyCounters: r.PolicyCounters,
+		Established: r.Established, CtMarkMask: r.ctMarkMask()}
+}
+
+func (r *NodeReconciler) ctMarkMask() uint32 {
+	if r.CtMarkMask == 0 {
+		return compile.DefaultCtMarkMask
+	}
+	return r.CtMarkMask
+}
+
+// stampEpoch gives desired (just compiled, at the compiler's epoch) the epoch it
+// must carry: the one in force when desired cannot deny what the table in force
+// allows, else the next one, which the compiler then keeps. At the first sync of
+// this process the epoch in force is read from the kernel (a previous agent's), and
+// the next one is taken whatever it was: the table may have changed while no agent
+// ran. Before an epoch is used again after a wrap, the mark of connections still
+// carrying it is cleared, so that they are judged again.
+func (r *NodeReconciler) stampEpoch(desired *nft.Ruleset, log logr.Logger) error {
+	if r.Established != compile.EstablishedRecheck {
+		return nil
+	}
+	mask := r.ctMarkMask()
+	cm, _ := r.Applier.(nft.ConnMarks)
+	if r.strict.epoch == 0 && cm != nil {
+		v, found, err := cm.TableCtMark(nft.ChainForward, mask)
+		if err != nil {
+			return fmt.Errorf("reading the epoch in force: %w", err)
+		}
+		if found {
+			r.strict.epoch = v >> trailingZeros(mask)
+			log.V(1).Info("epoch in force", "epoch", r.strict.epoch)
+		}
+	}
+	if r.strict.epoch != 0 && !compile.Narrows(r.strict.inForce, desired) {
+		compile.StampEpoch(desired, mask, r.strict.epoch)
+		return nil
+	}
+	next := compile.NextEpoch(r.strict.epoch, mask)
+	if cm != nil {
+		start := time.Now()
+		n, err := cm.ClearCtMark(mask, compile.EpochMark(next, mask))
+		if err != nil {
+			return fmt.Errorf("clearing epoch %d before its reuse: %w", next, err)
+		}
+		epochCleared.Add(float64(n))
+		if n > 0 {
+			log.Info("cleared an epoch before reusing it", "epoch", next, "connections", n, "elapsed", time.Since(start))
+		}
+	}
+	r.strict.epoch = next
+	r.strict.inForce = nil // until the apply succeeds
+	r.compiler.SetEpoch(next)
+	compile.StampEpoch(desired, mask, next)
+	epochChanges.Inc()
+	return nil
+}
+
+// epochApplied records that desired is in force.
+func (r *NodeReconciler) epochApplied(desired *nft.Ruleset) {
+	if r.Established == compile.EstablishedRecheck {
+		r.strict.inForce = desired
+	}
+}
+
+func trailingZeros(m uint32) uint32 {
+	n := uint32(0)
+	for m != 0 && m&1 == 0 {
+		m >>= 1
+		n++
+	}
+	return n
+}
