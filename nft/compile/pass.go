@@ -28,7 +28,7 @@ type pass struct {
 	keys       *keyTable
 	opts       Options
 	strict     *strictMode // nil: keep mode
-	tiers      *tierPass // ClusterNetworkPolicy (cnp_tier.go); nil without any
+	tiers      *tierPass   // ClusterNetworkPolicy (cnp_tier.go); nil without any
 }
 
 // podSelection is the pods a peer's selectors pick and their addresses.
