@@ -119,6 +119,18 @@
 // lookup per tier and direction otherwise): the cost does not grow with policies
 // that select other pods. Pod churn is set and map elements; chains change when a
 // policy or the grouping of subjects changes.
+//
+// In strict mode (--established=recheck, below) the tiers are in the re-judged
+// path: forward's and reply-recheck's NetworkPolicy jumps are spliced alike
+// (reply-recheck gains admin-egress-reply, baseline-egress-reply and goto
+// ingress-tiers-reply, dispatch chains keyed on the reply's destination for egress
+// and source for ingress), every allowed end (an ingress Accept, ingress-tiers'
+// last rule) is `goto ct-stamp` instead of accept, and each tier group chain starts
+// with `ct direction reply goto <chain>-reply`, its twin holding the same rules
+// with source and destination swapped (th dport read as th sport): a reply of an
+// older epoch is judged as its connection. The input chain keeps its own
+// `ct state established,related accept`: a pod's open connections to its own node
+// are not judged again after a change (a known limit).
 // # Established connections: --established=recheck (strict mode)
 //
 // With keep, the first rule accepts every established and related packet: a
