@@ -23,12 +23,16 @@ func tierChains(chains []nft.Chain, strict bool) []nft.Chain {
 	gotoV := func(c string) nft.Rule { return nft.Rule{Verdict: nft.Verdict{Kind: nft.Goto, Chain: c}} }
 	splice := func(c *nft.Chain, egress, ingress string, before, after, tiers string) {
 		var rules []nft.Rule
+	walk:
 		for _, r := range c.Rules {
 			switch r.Verdict {
 			case nft.Verdict{Kind: nft.Jump, Chain: egress}:
 				rules = append(rules, jump(before), r, jump(after))
 			case nft.Verdict{Kind: nft.Jump, Chain: ingress}:
+				// The tiers decide from here on: what followed (strict mode's
+				// goto ct-stamp) is ingress-tiers' own last rule now.
 				rules = append(rules, gotoV(tiers))
+				break walk
 			default:
 				rules = append(rules, r)
 			}

@@ -79,6 +79,8 @@ var goldenCases = []goldenCase{
 	{name: "pod-eligibility", node: "node-1"},
 	{name: "named-port-groups", node: "node-1"},
 	{name: "namespaces", node: "node-1"},
+	// The Admin case in strict mode: reply twins of the tier chains, ct-stamp ends.
+	{name: "cnp-admin-strict", src: "cnp-admin", upstream: true, node: "node-1", opts: Options{Established: EstablishedRecheck}},
 	// The union case with the deny log and the policy counters on.
 	{name: "observe", src: "union", upstream: true, node: "node-1", opts: Options{
 		DenyLog: DenyLog{Group: 100, Rate: 100, Burst: 20}, PolicyCounters: true}},
