@@ -346,10 +346,10 @@ func TestCrosscheckRandom(t *testing.T) { crosscheckRandom(t, "TestCrosscheckRan
 
 // TestCrosscheckRandomTiers is TestCrosscheckRandom on clusters with
 // ClusterNetworkPolicies of both tiers (and NetworkPolicies, in most), nodes and
-// their addresses: pod to own node through the input hook included. A quarter of
+// their addresses: pod to own node through the input hook included. A tenth of
 // -cases: each case walks more packets (the nodes' addresses).
 func TestCrosscheckRandomTiers(t *testing.T) {
-	crosscheckRandom(t, "TestCrosscheckRandomTiers", randomTieredWorld, 4)
+	crosscheckRandom(t, "TestCrosscheckRandomTiers", randomTieredWorld, 10)
 }
 
 func crosscheckRandom(t *testing.T, name string, gen func(*rand.Rand) world, div int) {
