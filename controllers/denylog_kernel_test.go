@@ -163,7 +163,16 @@ func TestDenyLogFlood(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	loggerDone := make(chan error)
 	go func() { loggerDone <- d.Start(ctx) }()
-	defer func() { cancel(); <-loggerDone }()
+	stopLogger := func() {
+		if cancel != nil {
+			cancel()
+			cancel = nil
+			if err := <-loggerDone; err != nil {
+				t.Errorf("deny logger: %v", err)
+			}
+		}
+	}
+	defer stopLogger()
 
 	// y/b serves TCP 80.
 	var ln net.Listener
@@ -239,21 +248,30 @@ func TestDenyLogFlood(t *testing.T) {
 		}
 	})
 
-	flood := exec.Command(os.Args[0], "-test.run=^TestFloodHelper$")
-	flood.Env = append(os.Environ(), floodEnv+"=10.77.2.2:9000,"+floodFor.String())
-	out, err := flood.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
+	// floodWhileProbing floods y/b:9000 from x/a for d while probing; it returns
+	// the datagrams sent and the probes' figures.
+	floodWhileProbing := func(d time.Duration) (sent, ok, failed int, slowest time.Duration) {
+		flood := exec.Command(os.Args[0], "-test.run=^TestFloodHelper$")
+		flood.Env = append(os.Environ(), floodEnv+"=10.77.2.2:9000,"+d.String())
+		out, err := flood.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := podA.Start(flood); err != nil {
+			t.Fatal(err)
+		}
+		ok, failed, slowest = probe(d)
+		floodOut, _ := io.ReadAll(out)
+		if err := flood.Wait(); err != nil {
+			t.Fatalf("flood sender: %v: %s", err, floodOut)
+		}
+		if m := regexp.MustCompile(`sent (\d+)`).FindSubmatch(floodOut); m != nil {
+			sent, _ = strconv.Atoi(string(m[1]))
+		}
+		return sent, ok, failed, slowest
 	}
 	start := time.Now()
-	if err := podA.Start(flood); err != nil {
-		t.Fatal(err)
-	}
-	floodOK, floodFailed, floodSlowest := probe(floodFor)
-	floodOut, _ := io.ReadAll(out)
-	if err := flood.Wait(); err != nil {
-		t.Fatalf("flood sender: %v: %s", err, floodOut)
-	}
+	sent, floodOK, floodFailed, floodSlowest := floodWhileProbing(floodFor)
 	wall := time.Since(start)
 	time.Sleep(500 * time.Millisecond) // the kernel's last batch (100 ms timeout)
 	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru1); err != nil {
@@ -262,10 +280,6 @@ func TestDenyLogFlood(t *testing.T) {
 	close(stopSampling)
 	sampler.Wait()
 	cpu := time.Duration(ru1.Utime.Nano()-ru0.Utime.Nano()+ru1.Stime.Nano()-ru0.Stime.Nano()) * time.Nanosecond
-	sent := 0
-	if m := regexp.MustCompile(`sent (\d+)`).FindSubmatch(floodOut); m != nil {
-		sent, _ = strconv.Atoi(string(m[1]))
-	}
 
 	// The kernel's view: the policy's deny counter saw every flood datagram
 	// that reached the node; its allow counter every allowed connection.
@@ -273,8 +287,17 @@ func TestDenyLogFlood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deny := counters[compile.PolicyCounterName("y/web-from-x", true, compile.VerdictDeny)].Packets
-	allow := counters[compile.PolicyCounterName("y/web-from-x", true, compile.VerdictAllow)].Packets
+	counterOf := func(verdict string) string {
+		for name, gc := range c.Attribution().Counters {
+			if gc.Verdict == verdict && gc.Ingress && len(gc.Policies) == 1 && gc.Policies[0].String() == "y/web-from-x" {
+				return name
+			}
+		}
+		t.Fatalf("no %s counter for y/web-from-x in %v", verdict, c.Attribution().Counters)
+		return ""
+	}
+	deny := counters[counterOf(compile.VerdictDeny)].Packets
+	allow := counters[counterOf(compile.VerdictAllow)].Packets
 	// ... and as Prometheus scrapes them.
 	collector := newPolicyCollector(func(ctx context.Context) (map[string]uint64, error) {
 		vals, err := applier.Counters(ctx)
@@ -337,5 +360,24 @@ nftpolicy_policy_packets_total{direction="ingress",namespace="y",policy="web-fro
 	}
 	if heapMax.Load() > heapBefore+64<<20 {
 		t.Errorf("heap grew from %d to %d bytes", heapBefore, heapMax.Load())
+	}
+
+	// A dead reader: nobody has the group. The kernel discards the log
+	// messages; allowed connections and drops are as before.
+	stopLogger()
+	linesBefore := len(lines.get())
+	sent2, ok2, failed2, slowest2 := floodWhileProbing(floodFor / 2)
+	counters, err = applier.Counters(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	deny2 := counters[counterOf(compile.VerdictDeny)].Packets - deny
+	t.Logf("without a reader: %d datagrams sent, %d dropped (deny counter); allowed TCP connects %d ok, %d failed, slowest %v",
+		sent2, deny2, ok2, failed2, slowest2.Round(time.Microsecond))
+	if failed2 > 0 || ok2 == 0 || deny2 < uint64(sent2)*95/100 || deny2 > uint64(sent2) {
+		t.Errorf("without a reader: %d allowed ok, %d failed; %d dropped of %d sent", ok2, failed2, deny2, sent2)
+	}
+	if n := len(lines.get()); n != linesBefore {
+		t.Errorf("%d lines logged without a reader", n-linesBefore)
 	}
 }

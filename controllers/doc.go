@@ -23,7 +23,14 @@
 //
 // Readiness: /readyz answers 200 only once the informer caches have synced
 // and the first full sync of the node's table has succeeded, so a node's
-// agent is not reported ready before it enforces policy.
+// agent is not reported ready before it enforces policy; and not while the
+// apiserver has left a watch unanswered for more than apiGrace (apiwatch.go),
+// so that an agent that cannot learn of changes says so. Liveness (/healthz)
+// is a ping: without its apiserver the agent keeps its last table in force,
+// and a restart would only lose its cache.
+//
+// Problems: every agent logs and counts the policies it cannot fully enforce;
+// one agent per policy records the Warning Event (problems.go).
 //
 // Errors go up: this package logs once, with logr key/values ("node",
 // "policy"), and returns what it cannot handle to cmd/nftpolicy, which

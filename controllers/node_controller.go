@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,6 +71,8 @@ type NodeReconciler struct {
 	// (compile.DefaultCtMarkMask when 0). See strict.go.
 	Established compile.Established
 	CtMarkMask  uint32
+	// UnknownPodCIDRs: see Options.
+	UnknownPodCIDRs []netip.Prefix
 
 	pending   atomic.Int64 // unix nanos of the earliest event not yet served; 0 = none
 	dirtyMu   sync.Mutex
@@ -392,53 +394,6 @@ func record[T client.Object](ctx context.Context, rd client.Reader, key types.Na
 		return nil
 	}
 	return err
-}
-
-// reportProblems logs each policy's problems and records a Warning Event on the
-// policy when its problems change (so a steady problem is reported once, not on
-// every sync; the event recorder also rate-limits).
-func (r *NodeReconciler) reportProblems(ctx context.Context, log logr.Logger, problems []compile.Problem) {
-	policyProblems.Set(float64(len(problems)))
-	now := map[types.NamespacedName][]string{}
-	for _, p := range problems {
-		key := p.Policy
-		if p.Cluster != "" {
-			key = types.NamespacedName{Name: p.Cluster}
-		}
-		now[key] = append(now[key], p.Reason)
-	}
-	next := make(map[types.NamespacedName]string, len(now))
-	for _, key := range slices.SortedFunc(maps.Keys(now), func(a, b types.NamespacedName) int {
-		return strings.Compare(a.String(), b.String())
-	}) {
-		text := strings.Join(now[key], "; ")
-		next[key] = text
-		if r.problems[key] == text {
-			continue
-		}
-		if key == (types.NamespacedName{}) { // about pods, not a policy: nothing to attach an Event to
-			log.Info("pods cannot be told apart", "problems", text)
-			continue
-		}
-		var obj client.Object = &networkingv1.NetworkPolicy{}
-		if key.Namespace == "" {
-			log.Info("ClusterNetworkPolicy not fully enforceable", "clusterNetworkPolicy", key.Name, "problems", text)
-			if obj = r.cnp.object(); obj == nil {
-				continue
-			}
-		} else {
-			log.Info("policy not fully enforceable", "policy", key.String(), "problems", text)
-		}
-		if r.Recorder == nil {
-			continue
-		}
-		if err := r.Reader.Get(ctx, key, obj); err != nil {
-			continue
-		}
-		r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, "NotEnforceable", "Compile",
-			"node %s cannot fully enforce this policy: %s", r.NodeName, text)
-	}
-	r.problems = next
 }
 
 // createDelete passes creates and deletes and drops updates and generic events.

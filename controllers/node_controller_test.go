@@ -216,11 +216,16 @@ func writeGolden(name, text string) {
 
 // startAgent runs RunAgent for node-1 with the given applier until the spec ends.
 func startAgent(applier nft.Applier, minSync time.Duration) {
+	startAgentOn("node-1", applier, minSync)
+}
+
+// startAgentOn runs RunAgent for node until the spec ends.
+func startAgentOn(node string, applier nft.Applier, minSync time.Duration) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
 		done <- RunAgent(ctx, Options{
-			Config: cfg, NodeName: "node-1", TableName: nft.DefaultTable,
+			Config: cfg, NodeName: node, TableName: nft.DefaultTable,
 			MetricsAddr: "0", HealthAddr: "0", FullSyncPeriod: time.Hour,
 			Applier: applier, MinSyncInterval: minSync,
 		}, zap.New(zap.WriteTo(GinkgoWriter)))

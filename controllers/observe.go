@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -211,45 +212,95 @@ func addrText(a netip.Addr) string {
 type CounterPackets func(ctx context.Context) (map[string]uint64, error)
 
 // policyCollector serves nftpolicy_policy_packets_total from the kernel's
-// per-policy counters, read at scrape time.
+// group counters, read at scrape time: each policy is credited with the
+// counts of the group chains it is part of (nft/doc.go, "Policy counters").
+//
+// A policy's total must never decrease, but group counters come and go: a
+// group disappears when the policies selecting its pods change, and a replaced
+// table starts its counters at zero. So the collector remembers each counter's
+// last value read, and when the counter is gone or went back, carries that
+// value into the totals of its policies. (Counts between the last scrape and a
+// group's removal are lost.) Totals of policies no longer in the table are
+// forgotten, so memory follows the table.
 type policyCollector struct {
 	read   CounterPackets
 	attrib *attribution
 	desc   *prometheus.Desc
+
+	mu      sync.Mutex
+	seen    map[string]seenCounter // by counter name
+	carried map[policyKey]uint64
 }
 
+type seenCounter struct {
+	gc compile.GroupCounter
+	v  uint64
+}
+
+type policyKey struct{ namespace, name, direction, verdict string }
+
 func newPolicyCollector(read CounterPackets, at *attribution) *policyCollector {
-	return &policyCollector{read: read, attrib: at, desc: prometheus.NewDesc(
-		"nftpolicy_policy_packets_total",
-		"Packets the group chains of a policy allowed or dropped for isolation, by direction, read from the kernel's "+
-			"counters (a packet allowed in a group of several policies counts for each: see nft/doc.go).",
-		[]string{"namespace", "policy", "direction", "verdict"}, nil)}
+	return &policyCollector{read: read, attrib: at, seen: map[string]seenCounter{}, carried: map[policyKey]uint64{},
+		desc: prometheus.NewDesc(
+			"nftpolicy_policy_packets_total",
+			"Packets the group chains of a policy allowed or dropped for isolation, by direction, read from the kernel's "+
+				"counters (a packet allowed in a group of several policies counts for each: see nft/doc.go).",
+			[]string{"namespace", "policy", "direction", "verdict"}, nil)}
 }
 
 func (c *policyCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// credit adds n to the totals of every policy of gc.
+func credit(totals map[policyKey]uint64, gc compile.GroupCounter, n uint64) {
+	dir := "egress"
+	if gc.Ingress {
+		dir = "ingress"
+	}
+	for _, p := range gc.Policies {
+		totals[policyKey{p.Namespace, p.Name, dir, gc.Verdict}] += n
+	}
+}
 
 func (c *policyCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	at := c.attrib.load()
-	if len(at.Counters) == 0 {
-		return
-	}
 	vals, err := c.read(ctx)
 	if err != nil {
 		counterReadErrors.Inc()
 		return
 	}
-	for name, pc := range at.Counters {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	next := make(map[string]seenCounter, len(at.Counters))
+	for name, gc := range at.Counters {
 		v, ok := vals[name]
 		if !ok {
-			continue // not in the kernel yet, or already gone
+			continue // not in the kernel yet
 		}
-		dir := "egress"
-		if pc.Ingress {
-			dir = "ingress"
+		if old, ok := c.seen[name]; ok && v < old.v {
+			credit(c.carried, old.gc, old.v) // counting again from zero
 		}
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v),
-			pc.Policy.Namespace, pc.Policy.Name, dir, pc.Verdict)
+		next[name] = seenCounter{gc, v}
+	}
+	for name, old := range c.seen {
+		if _, ok := next[name]; !ok {
+			credit(c.carried, old.gc, old.v) // its group is gone
+		}
+	}
+	c.seen = next
+	totals := map[policyKey]uint64{}
+	for _, s := range next {
+		credit(totals, s.gc, s.v)
+	}
+	for k, v := range c.carried {
+		if _, ok := totals[k]; !ok {
+			delete(c.carried, k) // the policy no longer isolates a pod here
+			continue
+		}
+		totals[k] += v
+	}
+	for k, v := range totals {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), k.namespace, k.name, k.direction, k.verdict)
 	}
 }

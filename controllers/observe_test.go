@@ -12,12 +12,10 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/funcr"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	"github.com/nftpolicy/nftpolicy/nft/compile"
@@ -184,29 +182,56 @@ func TestDenyLoggerRetries(t *testing.T) {
 	}
 }
 
+// TestPolicyCollector: each policy is credited with its groups' counters; a
+// policy's total never decreases when its group changes or its counters start
+// again from zero; policies gone from the table are forgotten.
 func TestPolicyCollector(t *testing.T) {
 	at := &attribution{}
-	read := func(ctx context.Context) (map[string]uint64, error) {
-		return map[string]uint64{"c1": 7, "c2": 3, "stray": 9}, nil
-	}
-	c := newPolicyCollector(read, at)
+	vals := map[string]uint64{}
+	c := newPolicyCollector(func(context.Context) (map[string]uint64, error) { return vals, nil }, at)
 	if n := testutil.CollectAndCount(c); n != 0 {
 		t.Errorf("%d samples before the first sync", n)
 	}
-	at.store(&compile.Attribution{Counters: map[string]compile.PolicyCounter{
-		"c1":      {Policy: types.NamespacedName{Namespace: "x", Name: "p"}, Ingress: true, Verdict: compile.VerdictAllow},
-		"c2":      {Policy: types.NamespacedName{Namespace: "x", Name: "p"}, Ingress: false, Verdict: compile.VerdictDeny},
-		"missing": {Policy: types.NamespacedName{Namespace: "x", Name: "q"}, Ingress: true, Verdict: compile.VerdictDeny},
-	}})
-	want := `
+	p, q := types.NamespacedName{Namespace: "x", Name: "p"}, types.NamespacedName{Namespace: "x", Name: "q"}
+	group := func(chain string, ingress bool, pols ...types.NamespacedName) compile.Group {
+		return compile.Group{Chain: chain, Ingress: ingress, Policies: pols}
+	}
+	header := `
 # HELP nftpolicy_policy_packets_total Packets the group chains of a policy allowed or dropped for isolation, by direction, read from the kernel's counters (a packet allowed in a group of several policies counts for each: see nft/doc.go).
 # TYPE nftpolicy_policy_packets_total counter
-nftpolicy_policy_packets_total{direction="egress",namespace="x",policy="p",verdict="deny"} 3
-nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",verdict="allow"} 7
 `
-	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
-		t.Error(err)
+	check := func(step, want string) {
+		t.Helper()
+		if err := testutil.CollectAndCompare(c, strings.NewReader(header+want)); err != nil {
+			t.Errorf("%s: %v", step, err)
+		}
 	}
+	// Two groups: ing-1 (p alone) and ing-2 (p and q); eg-1 (q).
+	at.store(&compile.Attribution{Counters: map[string]compile.GroupCounter{
+		"ing-1-allow": {Group: group("ing-1", true, p), Verdict: compile.VerdictAllow},
+		"ing-2-allow": {Group: group("ing-2", true, p, q), Verdict: compile.VerdictAllow},
+		"ing-2-deny":  {Group: group("ing-2", true, p, q), Verdict: compile.VerdictDeny},
+		"eg-1-deny":   {Group: group("eg-1", false, q), Verdict: compile.VerdictDeny},
+	}})
+	vals = map[string]uint64{"ing-1-allow": 7, "ing-2-allow": 3, "ing-2-deny": 2, "eg-1-deny": 4, "stray": 9}
+	check("two groups", `nftpolicy_policy_packets_total{direction="egress",namespace="x",policy="q",verdict="deny"} 4
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",verdict="allow"} 10
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",verdict="deny"} 2
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="q",verdict="allow"} 3
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="q",verdict="deny"} 2
+`)
+	// Regrouping: ing-2 is gone (its pods moved to ing-3, p alone); eg-1 was
+	// re-created and counts from zero.
+	at.store(&compile.Attribution{Counters: map[string]compile.GroupCounter{
+		"ing-1-allow": {Group: group("ing-1", true, p), Verdict: compile.VerdictAllow},
+		"ing-3-allow": {Group: group("ing-3", true, p), Verdict: compile.VerdictAllow},
+		"eg-1-deny":   {Group: group("eg-1", false, q), Verdict: compile.VerdictDeny},
+	}})
+	vals = map[string]uint64{"ing-1-allow": 8, "ing-3-allow": 1, "eg-1-deny": 1}
+	check("regrouped", `nftpolicy_policy_packets_total{direction="egress",namespace="x",policy="q",verdict="deny"} 5
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",verdict="allow"} 12
+`)
+	// p's ingress deny and q's ingress are no longer in the table: forgotten.
 	failing := newPolicyCollector(func(context.Context) (map[string]uint64, error) { return nil, errors.New("netlink") }, at)
 	before := testutil.ToFloat64(counterReadErrors)
 	if n := testutil.CollectAndCount(failing); n != 0 {
@@ -215,6 +240,4 @@ nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",verd
 	if testutil.ToFloat64(counterReadErrors)-before != 1 {
 		t.Error("read error not counted")
 	}
-	_ = prometheus.Collector(c)
-	_ = client.Reader(nil)
 }

@@ -34,12 +34,35 @@ func init() { metrics.Registry.MustRegister(epochChanges, epochCleared) }
 type epochState struct {
 	epoch   uint32       // of the table in force; 0 before the first sync
 	inForce *nft.Ruleset // the last table applied, stamped with epoch; nil when unknown
+	// guard is the first epoch that connections may still carry from before the
+	// last sweep (ConnMarks.ClearCtMark, which leaves only the epoch then current):
+	// moving to it again needs a sweep first. 0 before the first sweep.
+	guard uint32
+}
+
+// advance moves to the epoch after e.epoch and reports whether connections must
+// be swept first (keeping only e.epoch) because that epoch may still be on
+// connections idle since its last use: at the first change of this process (an
+// earlier agent's connections may carry any epoch), and once per cycle of epochs.
+func (e *epochState) advance(mask uint32) (next uint32, sweep bool) {
+	next = compile.NextEpoch(e.epoch, mask)
+	if e.guard == 0 || next == e.guard {
+		sweep = true
+		// After the sweep, only e.epoch (if any) is on connections: it is the
+		// first to come round again; with none, the first used from now on.
+		e.guard = e.epoch
+		if e.guard == 0 {
+			e.guard = next
+		}
+	}
+	e.epoch = next
+	return next, sweep
 }
 
 // compileOptions are the reconciler's compile options.
 func (r *NodeReconciler) compileOptions() compile.Options {
 	return compile.Options{Table: r.Table, DenyLog: r.DenyLog, PolicyCounters: r.PolicyCounters,
-		Established: r.Established, CtMarkMask: r.ctMarkMask()}
+		Established: r.Established, CtMarkMask: r.ctMarkMask(), UnknownLocalPods: r.UnknownPodCIDRs}
 }
 
 func (r *NodeReconciler) ctMarkMask() uint32 {
@@ -54,8 +77,9 @@ func (r *NodeReconciler) ctMarkMask() uint32 {
 // allows, else the next one, which the compiler then keeps. At the first sync of
 // this process the epoch in force is read from the kernel (a previous agent's), and
 // the next one is taken whatever it was: the table may have changed while no agent
-// ran. Before an epoch is used again after a wrap, the mark of connections still
-// carrying it is cleared, so that they are judged again.
+// ran. Before an epoch can come round again to connections idle since its last
+// use, every connection's epoch but the current one is cleared (advance says when),
+// so that those connections are judged again.
 func (r *NodeReconciler) stampEpoch(desired *nft.Ruleset, log logr.Logger) error {
 	if r.Established != compile.EstablishedRecheck {
 		return nil
@@ -76,19 +100,18 @@ func (r *NodeReconciler) stampEpoch(desired *nft.Ruleset, log logr.Logger) error
 		compile.StampEpoch(desired, mask, r.strict.epoch)
 		return nil
 	}
-	next := compile.NextEpoch(r.strict.epoch, mask)
-	if cm != nil {
+	cur := r.strict.epoch
+	next, sweep := r.strict.advance(mask)
+	if sweep && cm != nil {
 		start := time.Now()
-		n, err := cm.ClearCtMark(mask, compile.EpochMark(next, mask))
+		n, err := cm.ClearCtMark(mask, compile.EpochMark(cur, mask))
 		if err != nil {
-			return fmt.Errorf("clearing epoch %d before its reuse: %w", next, err)
+			r.strict.epoch, r.strict.guard = cur, 0 // sweep again next time
+			return fmt.Errorf("clearing old epochs before epoch %d: %w", next, err)
 		}
 		epochCleared.Add(float64(n))
-		if n > 0 {
-			log.Info("cleared an epoch before reusing it", "epoch", next, "connections", n, "elapsed", time.Since(start))
-		}
+		log.V(1).Info("cleared old epochs from idle connections", "kept", cur, "next", next, "connections", n, "elapsed", time.Since(start))
 	}
-	r.strict.epoch = next
 	r.strict.inForce = nil // until the apply succeeds
 	r.compiler.SetEpoch(next)
 	compile.StampEpoch(desired, mask, next)

@@ -45,6 +45,10 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 		ControlPlaneStartTimeout: 2 * time.Minute,
 		ControlPlaneStopTimeout:  time.Minute,
 	}
+	// Lets specs create a policy that the apiserver accepts and the agent
+	// cannot enforce (an ipBlock with a leading zero, "010.0.0.0/8"), as
+	// test/deploy does. The gate is beta (default on) in 1.37.
+	testEnv.ControlPlane.GetAPIServer().Configure().Append("feature-gates", "StrictIPCIDRValidation=false")
 	var err error
 	cfg, err = testEnv.Start()
 	Expect(err).NotTo(HaveOccurred())

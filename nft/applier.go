@@ -47,9 +47,9 @@ type ConnMarks interface {
 	// fails when the kernel cannot be read.
 	TableCtMark(chain string, mask uint32) (value uint32, found bool, err error)
 
-	// ClearCtMark clears the bits mask of the mark of every connection whose mark
-	// has value in those bits, and returns how many it changed. It fails when the
-	// kernel refuses the dump or an update; connections changed before the failure
-	// stay changed.
-	ClearCtMark(mask, value uint32) (int, error)
+	// ClearCtMark clears the bits mask of the mark of every connection whose
+	// bits mask are neither zero nor keep, and returns how many it changed. It
+	// fails when the kernel refuses the dump or an update; connections changed
+	// before the failure stay changed.
+	ClearCtMark(mask, keep uint32) (int, error)
 }

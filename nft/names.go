@@ -28,6 +28,10 @@ const (
 	ChainIngressReply = "pod-ingress-reply" // dispatch on the reply's source (the original destination)
 	SuffixReply       = "reply"             // a group chain's twin for replies: <chain>-reply
 
+	// Unknown local pods (--unknown-pod-cidrs): every known local pod's address.
+	SetLocalPodsV4 = "local-pods-v4"
+	SetLocalPodsV6 = "local-pods-v6"
+
 	MapIngressV4 = "ingress-v4" // local pod IPv4 -> its ingress chain
 	MapIngressV6 = "ingress-v6"
 	MapEgressV4  = "egress-v4" // local pod IPv4 -> its egress chain

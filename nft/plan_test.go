@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -645,5 +646,62 @@ func TestDiffElementsMatchesKeyDiff(t *testing.T) {
 		if !slices.Equal(keys(d1), keys(d2)) || !slices.Equal(keys(a1), keys(a2)) {
 			t.Fatalf("last %v desired %v: got -%v +%v, want -%v +%v", last, desired, d1, a1, d2, a2)
 		}
+	}
+}
+
+// TestPlanObjects: objects are created before the rules that use them, kept
+// while their definition stays (a counter keeps counting), and deleted (or
+// re-created) only after the chains that used them were flushed.
+func TestPlanObjects(t *testing.T) {
+	model := func(rate uint32, withCounter bool) *Ruleset {
+		r := &Ruleset{Table: "t", Objects: []Object{{Name: "lim", Kind: LimitObject, Limit: Limit{Rate: rate, Per: PerSecond, Burst: 1}}}}
+		rule := Rule{Statements: []Statement{LimitRef{Name: "lim"}}, Log: &Log{Group: 1}}
+		if withCounter {
+			r.Objects = append(r.Objects, Object{Name: "cnt", Kind: CounterObject})
+			rule.Statements = append(rule.Statements, CounterRef{Name: "cnt"})
+		}
+		r.Chains = []Chain{{Name: "c", Rules: []Rule{rule}}, {Name: "other", Rules: []Rule{{Verdict: Verdict{Kind: Accept}}}}}
+		return r
+	}
+	ops := func(tx Transaction) string { return strings.TrimSpace(tx.String()) }
+	for _, c := range []struct {
+		name     string
+		from, to *Ruleset
+		want     string
+	}{
+		{"full", nil, model(10, true), `add table inet t
+delete table inet t
+add table inet t
+add chain c
+add chain other
+add counter cnt
+add limit lim
+add rule to chain c: limit name "lim" counter name "cnt" log group 1
+add rule to chain other: accept`},
+		{"unchanged", model(10, true), model(10, true), ``},
+		{"counter added", model(10, false), model(10, true), `add counter cnt
+flush chain c
+add rule to chain c: limit name "lim" counter name "cnt" log group 1`},
+		{"limit changed, counter kept", model(10, true), model(20, true), `flush chain c
+delete limit lim
+add limit lim
+add rule to chain c: limit name "lim" counter name "cnt" log group 1`},
+		{"counter removed", model(10, true), model(10, false), `flush chain c
+delete counter cnt
+add rule to chain c: limit name "lim" log group 1`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if err := c.to.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			if got := ops(Plan(c.from, c.to)); got != c.want {
+				t.Errorf("plan:\n%s\nwant:\n%s", got, c.want)
+			}
+		})
+	}
+	// A full sync's rewrite keeps the objects too.
+	got := ops(PlanRewrite(model(10, true), model(10, true)))
+	if regexp.MustCompile(`(?m)^(add|delete) (counter|limit) `).MatchString(got) || !strings.Contains(got, "flush chain c") {
+		t.Errorf("rewrite touches objects or misses the chain:\n%s", got)
 	}
 }

@@ -20,11 +20,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"regexp"
 	"runtime"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -125,7 +127,9 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	denyLogBurst := fs.Uint("deny-log-burst", 0, "packets the deny log may take at once above its rate; 0: the rate's N")
 	denyLogGroup := fs.Uint("deny-log-group", defaultDenyLogGroup, "the NFLOG group the deny log uses (0-65535; no other NFLOG user on the node may take it)")
 	policyCounters := fs.Bool("policy-counters", true,
-		"count packets per policy, direction and verdict in the kernel and serve them as nftpolicy_policy_packets_total")
+		"count each group chain's allowed and denied packets in the kernel and serve them per policy as nftpolicy_policy_packets_total")
+	fs.BoolVar(&opts.JSON, "api-json", false,
+		"talk JSON to the apiserver instead of protobuf (larger and slower; for comparison and debugging)")
 	memoryLimit := fs.String("memory-limit", os.Getenv("MEMORY_LIMIT"),
 		"the memory the agent may use, as a quantity (e.g. 128Mi; default $MEMORY_LIMIT, which the DaemonSet "+
 			"sets from its memory limit); the Go runtime's soft memory limit is set to "+
@@ -137,6 +141,10 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	ctMarkMask := fs.String("ct-mark-mask", fmt.Sprintf("0x%08x", compile.DefaultCtMarkMask),
 		"the connection mark bits --established=recheck owns for its epochs (contiguous, at least 2 bits; "+
 			"other bits are never changed): pick bits no other component on the node uses")
+	unknownCIDRs := fs.String("unknown-pod-cidrs", "",
+		"this node's pod CIDRs, comma-separated: traffic from an address in them that no pod the agent knows has "+
+			"is dropped until the agent learns the pod (unknown means isolated: a new pod waits for the agent "+
+			"before its first packet leaves the node); empty: off")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 
@@ -149,6 +157,8 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		estErr = fmt.Errorf("--established: %w", estErr)
 	}
 	opts.CtMarkMask, maskErr = parseCtMarkMask(*ctMarkMask)
+	var cidrErr error
+	opts.UnknownPodCIDRs, cidrErr = parseCIDRs(*unknownCIDRs)
 	if opts.Kubeconfig == "" {
 		opts.Kubeconfig = os.Getenv("KUBECONFIG")
 	}
@@ -166,6 +176,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		checkNetNS(opts.NetNS),
 		estErr,
 		maskErr,
+		cidrErr,
 	)
 	if err == nil {
 		opts.Config, err = controllers.LoadRESTConfig(opts.Kubeconfig)
@@ -221,6 +232,22 @@ func parseCtMarkMask(v string) (uint32, error) {
 		return 0, fmt.Errorf("--ct-mark-mask: %w", err)
 	}
 	return uint32(n), nil
+}
+
+// parseCIDRs reads --unknown-pod-cidrs: comma-separated prefixes, host bits zero.
+func parseCIDRs(v string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(v, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil || p != p.Masked() {
+			return nil, fmt.Errorf("--unknown-pod-cidrs: %q is not a CIDR (network address/bits)", f)
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 // memoryLimitPercent is the share of --memory-limit given to the Go runtime as its

@@ -102,6 +102,8 @@ func TestContract(t *testing.T) {
 			wantCode: 2, wantOut: []string{"--ct-mark-mask", "contiguous"}},
 		{name: "ct mark mask not a number", args: []string{"agent", "--node-name", "n", "--kubeconfig", good, "--ct-mark-mask", "lots"},
 			wantCode: 2, wantOut: []string{"--ct-mark-mask", `"lots"`}},
+		{name: "bad unknown pod cidr", args: []string{"agent", "--node-name", "n", "--kubeconfig", good, "--unknown-pod-cidrs", "10.244.1.0/24,10.244.1.1/24"},
+			wantCode: 2, wantOut: []string{"--unknown-pod-cidrs", `"10.244.1.1/24"`}},
 		{name: "bad table name", args: []string{"agent", "--node-name", "n", "--kubeconfig", good, "--table-name", "a b"},
 			wantCode: 2, wantOut: []string{"--table-name"}},
 		{name: "missing kubeconfig", args: []string{"agent", "--node-name", "n", "--kubeconfig", "/nonexistent/kubeconfig"},

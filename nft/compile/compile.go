@@ -1,6 +1,8 @@
 package compile
 
 import (
+	"net/netip"
+
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -33,8 +35,9 @@ type Options struct {
 	Table string // table name; nft.DefaultTable when empty
 	// DenyLog logs isolation drops to an NFLOG group; the zero value logs nothing.
 	DenyLog DenyLog
-	// PolicyCounters adds a counter per policy, direction and verdict that the
-	// group chains update (see observe.go and nft/doc.go, "Policy counters").
+	// PolicyCounters adds two counters to each group chain, of the packets it
+	// allowed and of those it dropped for isolation, which the agent credits to
+	// the group's policies (see observe.go and nft/doc.go, "Policy counters").
 	PolicyCounters bool
 	// Established is what a policy change does to open connections (strict.go);
 	// the zero value keeps them.
@@ -42,6 +45,9 @@ type Options struct {
 	// CtMarkMask is the conntrack mark bits EstablishedRecheck owns
 	// (DefaultCtMarkMask when 0); CheckCtMarkMask says which masks work.
 	CtMarkMask uint32
+	// UnknownLocalPods are the node's pod CIDRs: packets from an address in them
+	// that no known local pod has are dropped (unknown.go). Empty: none.
+	UnknownLocalPods []netip.Prefix
 }
 
 // Problem is something Compile could not enforce exactly as written. Policy names the

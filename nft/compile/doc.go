@@ -22,8 +22,10 @@
 // as unit tests and trimmed objects need): when empty, Ingress always, and Egress
 // when spec.egress is non-empty. An unknown policy type is ignored and reported. An
 // isolated direction with no rules denies everything; a rule `{}` allows everything.
-// Replies (ct established, related) always pass; ct invalid packets of isolated pods
-// are dropped; neighbour discovery passes.
+// Replies (ct established, related) always pass with Established keep; with
+// recheck they pass while the policies that allowed their connection are in force
+// (strict.go); ct invalid packets of isolated pods are dropped; neighbour discovery
+// passes.
 //
 // # Peers and ports
 //
@@ -187,8 +189,8 @@
 // Two options add to each group chain what lets a person see its verdicts, without
 // changing any verdict (the golden case `observe` is crosschecked like the others):
 // the deny log (a rule before the isolation drop that logs to NFLOG through one
-// node-wide limit) and the policy counters (named counters per policy, direction and
-// verdict). Compiler.Attribution maps the log prefixes and counter names of the table
+// node-wide limit) and the policy counters (two named counters per group chain,
+// allowed and denied, credited to the group's policies by the agent). Compiler.Attribution maps the log prefixes and counter names of the table
 // back to policies. nft/doc.go describes both and how packets are attributed.
 //
 // # Where things are
@@ -203,6 +205,9 @@
 //	addrset.go    addrSet: address unions on interval sets
 //	table.go      the fixed chains, the verdict maps, comments
 //	observe.go    options: the deny log rule and the policy counters; Attribution
+//	strict.go     options: --established (epochs in the conntrack mark, reply chains,
+//	              StampEpoch, Narrows: which changes recheck open connections)
+//	unknown.go    options: --unknown-pod-cidrs (drop unknown local sources)
 //	policy.go     NetworkPolicy parsed once into policy, rule, peer, port
 //	index.go      index: pods and namespaces arranged for selection, and podInfo
 //

@@ -84,6 +84,9 @@ var goldenCases = []goldenCase{
 	// The union case with the deny log and the policy counters on.
 	{name: "observe", src: "union", upstream: true, node: "node-1", opts: Options{
 		DenyLog: DenyLog{Group: 100, Rate: 100, Burst: 20}, PolicyCounters: true}},
+	// And with strict mode's recheck: the two rooms side by side.
+	{name: "observe-strict", src: "union", upstream: true, node: "node-1", opts: Options{
+		DenyLog: DenyLog{Group: 100, Rate: 100, Burst: 20}, PolicyCounters: true, Established: EstablishedRecheck}},
 	{name: "duplicate-address", node: "node-1", noCrosscheck: "two pods, one address: no packet-level truth", problems: []string{
 		"pods dup/one and dup/two on this node share address 10.9.1.1; the first of them that a direction isolates keeps it",
 	}},

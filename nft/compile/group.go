@@ -18,6 +18,7 @@ type group struct {
 	label    string
 	chain    string
 	setNames [4]string // any-v4, ports-v4, any-v6, ports-v6
+	counters [2]string // allow, deny (observe.go)
 	sets     []nft.Set
 	chainV   nft.Chain
 	replyV   nft.Chain // strict mode: the chain judging replies (name "" in keep mode)
@@ -96,6 +97,7 @@ func (g *group) name(taken map[string]bool) {
 	for i, suffix := range []string{"any-v4", "ports-v4", "any-v6", "ports-v6"} {
 		g.setNames[i] = nft.ObjectName(prefix, key, g.label, suffix)
 	}
+	g.counters = [2]string{nft.ObjectName(prefix, key, g.label, VerdictAllow), nft.ObjectName(prefix, key, g.label, VerdictDeny)}
 }
 
 // chainValue is the group's chain: see nft/doc.go. opts add the deny log rule and

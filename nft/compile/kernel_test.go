@@ -3,6 +3,7 @@ package compile
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -76,6 +77,9 @@ func TestKernelLoad(t *testing.T) {
 		load(c.name, rs)
 		rs, _ = Compile(Snapshot{NodeName: c.node, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, Options{Established: EstablishedRecheck})
 		load(c.name+"-recheck", rs)
+		rs, _ = Compile(Snapshot{NodeName: c.node, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies},
+			Options{Established: EstablishedRecheck, UnknownLocalPods: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:10:244:1::/64")}})
+		load(c.name+"-unknown", rs)
 		if c.upstream {
 			all.policies = append(all.policies, w.policies...)
 			all.cnps = append(all.cnps, w.cnps...)

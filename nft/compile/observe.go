@@ -39,22 +39,11 @@ func DenyLogPrefix(chain string) string {
 	return nft.DenyLogPrefix + " " + head
 }
 
-// Verdicts a policy counter counts.
+// Verdicts a group counter counts.
 const (
 	VerdictAllow = "allow"
 	VerdictDeny  = "deny"
 )
-
-// PolicyCounterName is the name of the counter object that counts, for policy
-// ref (namespace/name) and one direction, the packets its group chains allowed
-// or denied.
-func PolicyCounterName(ref string, ingress bool, verdict string) string {
-	dir := "eg"
-	if ingress {
-		dir = "ing"
-	}
-	return nft.ObjectName("pol", ref, ref, dir+"-"+verdict)
-}
 
 // Attribution maps what the kernel reports (a deny log prefix, a counter name)
 // back to the policies of the Compile that made the table. It is a value: the
@@ -64,8 +53,8 @@ type Attribution struct {
 	// Groups by deny log prefix (DenyLogPrefix of the chain); set when the
 	// deny log is on.
 	Groups map[string]Group
-	// Counters by counter object name; set when policy counters are on.
-	Counters map[string]PolicyCounter
+	// Counters by counter object name; set when the counters are on.
+	Counters map[string]GroupCounter
 }
 
 // Group is one group chain: the direction it judges and the policies that
@@ -76,10 +65,11 @@ type Group struct {
 	Policies []types.NamespacedName
 }
 
-// PolicyCounter is what a per-policy counter counts.
-type PolicyCounter struct {
-	Policy  types.NamespacedName
-	Ingress bool
+// GroupCounter is one of a group chain's two counters: the packets it allowed,
+// or dropped for isolation. Each of the group's policies is credited with them
+// (nft/doc.go, "Policy counters").
+type GroupCounter struct {
+	Group
 	Verdict string // VerdictAllow or VerdictDeny
 }
 
@@ -88,10 +78,10 @@ type PolicyCounter struct {
 // the deny log is off).
 func (g *group) observeRules(opts Options) (allow, deny []nft.Statement, denyLog *nft.Rule) {
 	if opts.PolicyCounters {
-		for _, p := range g.policies {
-			allow = append(allow, nft.CounterRef{Name: PolicyCounterName(p.ref, g.ingress, VerdictAllow)})
-			deny = append(deny, nft.CounterRef{Name: PolicyCounterName(p.ref, g.ingress, VerdictDeny)})
-		}
+		// One counter per group and verdict, whatever the number of policies:
+		// a packet costs one counter update. The collector credits each policy.
+		allow = []nft.Statement{nft.CounterRef{Name: g.counters[0]}}
+		deny = []nft.Statement{nft.CounterRef{Name: g.counters[1]}}
 	}
 	if opts.DenyLog.enabled() {
 		denyLog = &nft.Rule{
@@ -107,6 +97,13 @@ func (g *group) observeRules(opts Options) (allow, deny []nft.Statement, denyLog
 func observeObjects(opts Options, groups []*group) ([]nft.Object, *Attribution) {
 	at := &Attribution{}
 	var objs []nft.Object
+	info := func(g *group) Group {
+		gr := Group{Chain: g.chain, Ingress: g.ingress, Policies: make([]types.NamespacedName, len(g.policies))}
+		for i, p := range g.policies {
+			gr.Policies[i] = types.NamespacedName{Namespace: p.ns, Name: p.name}
+		}
+		return gr
+	}
 	if opts.DenyLog.enabled() && len(groups) > 0 {
 		burst, per := opts.DenyLog.Burst, opts.DenyLog.Per
 		if burst == 0 {
@@ -119,25 +116,15 @@ func observeObjects(opts Options, groups []*group) ([]nft.Object, *Attribution) 
 			Limit: nft.Limit{Rate: opts.DenyLog.Rate, Per: per, Burst: burst}})
 		at.Groups = make(map[string]Group, len(groups))
 		for _, g := range groups {
-			gr := Group{Chain: g.chain, Ingress: g.ingress, Policies: make([]types.NamespacedName, len(g.policies))}
-			for i, p := range g.policies {
-				gr.Policies[i] = types.NamespacedName{Namespace: p.ns, Name: p.name}
-			}
-			at.Groups[DenyLogPrefix(g.chain)] = gr
+			at.Groups[DenyLogPrefix(g.chain)] = info(g)
 		}
 	}
 	if opts.PolicyCounters {
-		at.Counters = map[string]PolicyCounter{}
+		at.Counters = make(map[string]GroupCounter, 2*len(groups))
 		for _, g := range groups {
-			for _, p := range g.policies {
-				for _, v := range []string{VerdictAllow, VerdictDeny} {
-					name := PolicyCounterName(p.ref, g.ingress, v)
-					if _, dup := at.Counters[name]; dup {
-						continue
-					}
-					at.Counters[name] = PolicyCounter{Policy: types.NamespacedName{Namespace: p.ns, Name: p.name}, Ingress: g.ingress, Verdict: v}
-					objs = append(objs, nft.Object{Name: name, Kind: nft.CounterObject})
-				}
+			for i, v := range []string{VerdictAllow, VerdictDeny} {
+				at.Counters[g.counters[i]] = GroupCounter{Group: info(g), Verdict: v}
+				objs = append(objs, nft.Object{Name: g.counters[i], Kind: nft.CounterObject})
 			}
 		}
 	}

@@ -63,18 +63,23 @@ func TestAttribution(t *testing.T) {
 						continue
 					}
 					counters++
-					pc, ok := at.Counters[ref.Name]
+					gc, ok := at.Counters[ref.Name]
 					want := VerdictAllow
 					if r.Verdict.Kind == nft.Drop {
 						want = VerdictDeny
 					}
-					if !ok || pc.Ingress != ingress || pc.Verdict != want || !strings.Contains(isolating, pc.Policy.String()) {
-						t.Errorf("%s: counter %s maps to %+v", ch.Name, ref.Name, pc)
+					var refs []string
+					for _, p := range gc.Policies {
+						refs = append(refs, p.String())
+					}
+					if !ok || gc.Chain != ch.Name || gc.Ingress != ingress || gc.Verdict != want || strings.Join(refs, ", ") != isolating ||
+						len(r.Statements) != 1 || !strings.HasSuffix(ref.Name, "-"+want) {
+						t.Errorf("%s: counter %s maps to %+v", ch.Name, ref.Name, gc)
 					}
 				}
 			}
 		}
-		if groups == 0 || logs != groups || counters == 0 || len(at.Groups) != groups {
+		if groups == 0 || logs != groups || counters != 5*groups || len(at.Groups) != groups || len(at.Counters) != 2*groups {
 			t.Errorf("%s: %d groups, %d deny log rules, %d counter uses, %d attributed groups", name, groups, logs, counters, len(at.Groups))
 		}
 

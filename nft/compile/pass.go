@@ -319,11 +319,15 @@ func byPortList(byPort map[uint16][]netip.Addr) []portAddrs {
 func (ps *pass) ruleset(table string) (*nft.Ruleset, *Attribution) {
 	rs := &nft.Ruleset{Table: table}
 	rs.Sets = append(rs.Sets, verdictMaps(ps.ix.local.list())...)
+	fixed := fixedChains()
 	if ps.strict != nil {
-		rs.Chains = append(rs.Chains, ps.strict.fixedChains()...)
-	} else {
-		rs.Chains = append(rs.Chains, fixedChains()...)
+		fixed = ps.strict.fixedChains()
 	}
+	if len(ps.opts.UnknownLocalPods) > 0 {
+		withUnknownRules(fixed, unknownRules(ps.opts.UnknownLocalPods))
+		rs.Sets = append(rs.Sets, localPodSets(ps.ix.local.list())...)
+	}
+	rs.Chains = append(rs.Chains, fixed...)
 	slices.SortFunc(ps.groups, func(a, b *group) int { return strings.Compare(a.chain, b.chain) })
 	for _, g := range ps.groups {
 		rs.Sets = append(rs.Sets, g.sets...)

@@ -163,7 +163,7 @@ func Narrows(last, next *nft.Ruleset) bool {
 	return false
 }
 
-// fixedChainsRecheck is fixedChains for EstablishedRecheck: see nft/doc.go.
+// fixedChains is the fixed chains for EstablishedRecheck: see nft/doc.go.
 func (s *strictMode) fixedChains() []nft.Chain {
 	mark := EpochMark(s.epoch, s.mask)
 	chains := fixedChains()

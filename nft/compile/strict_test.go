@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/nftpolicy/nftpolicy/nft"
+	"github.com/nftpolicy/nftpolicy/nft/trace"
 )
 
 // TestStrictGolden compiles the ports case (ingress and egress groups, both
@@ -141,3 +142,45 @@ func TestNarrows(t *testing.T) {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// TestUnknownLocalPods: with the node's pod CIDRs given, a packet from an address
+// of them that no known local pod has is dropped, whatever the policies; known
+// local pods, isolated or not, and other nodes' pods are judged as before.
+func TestUnknownLocalPods(t *testing.T) {
+	w := loadCase(t, goldenCase{name: "no-policies", upstream: true, node: "node-1"})
+	snap := Snapshot{NodeName: "node-1", Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}
+	cidrs := []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:10:244:1::/64")}
+	for _, mode := range []Established{EstablishedKeep, EstablishedRecheck} {
+		rs, _ := Compile(snap, Options{UnknownLocalPods: cidrs, Established: mode})
+		if err := rs.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		tr := trace.New(rs)
+		for _, c := range []struct {
+			src, dst string
+			want     nft.VerdictKind
+		}{
+			{"10.244.1.10", "10.244.2.10", nft.Accept},           // x/a, a known local pod
+			{"10.244.1.200", "10.244.2.10", nft.Drop},            // unknown, this node's CIDR
+			{"fd00:10:244:1::c8", "fd00:10:244:2::a", nft.Drop},  // likewise, IPv6
+			{"10.244.2.10", "10.244.1.10", nft.Accept},           // from another node
+			{"10.244.2.10", "10.244.1.200", nft.Accept},          // to an unknown address: its egress is not ours
+			{"fd00:10:244:1::a", "fd00:10:244:2::a", nft.Accept}, // known, IPv6
+			{"10.244.1.99", "10.244.2.10", nft.Drop},             // an address no pod has
+		} {
+			p := trace.Packet{Saddr: netip.MustParseAddr(c.src), Daddr: netip.MustParseAddr(c.dst), L4Proto: nft.ProtoTCP, DPort: 80, CtState: nft.CtNew}
+			got, err := tr.Forward(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Verdict != c.want {
+				t.Errorf("%v: %s -> %s: %v, want %v\n%s", mode, c.src, c.dst, got.Verdict, c.want, got)
+			}
+		}
+	}
+	// Without CIDRs, nothing of it.
+	rs, _ := Compile(snap, Options{})
+	if rs.FindSet(nft.SetLocalPodsV4) != nil {
+		t.Error("local pod sets without UnknownLocalPods")
+	}
+}

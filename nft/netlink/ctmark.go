@@ -60,14 +60,14 @@ const (
 	ctaMarkMask    = 21
 )
 
-// ClearCtMark clears the bits mask of the connection mark of every connection
-// (both families, every zone) whose mark has value in those bits, and returns how
-// many it changed. The kernel filters the dump by mark, so the cost is one walk of
-// the conntrack table plus one message per matching connection. A connection that
-// ends meanwhile is skipped. Strict mode calls it before an epoch is used again
-// (after a wrap), so that a connection idle since that epoch's last use is judged
-// again instead of passing as current.
-func (a *Applier) ClearCtMark(mask, value uint32) (int, error) {
+// ClearCtMark clears the bits mask of the mark of every connection (both
+// families, every zone) whose bits mask are neither zero nor keep, and returns how
+// many it changed. The cost is one dump of the namespace's conntrack table plus
+// one message per connection changed. A connection that ends meanwhile is skipped.
+// Strict mode calls it before an epoch is used again (after a wrap, and once at
+// start-up), so that a connection idle since an epoch's last use is judged again
+// instead of passing as current.
+func (a *Applier) ClearCtMark(mask, keep uint32) (int, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	cfg := &mnl.Config{}
@@ -80,20 +80,14 @@ func (a *Applier) ClearCtMark(mask, value uint32) (int, error) {
 	}
 	defer c.Close()
 
-	ae := mnl.NewAttributeEncoder()
-	ae.ByteOrder = binary.BigEndian
-	ae.Uint32(ctaMark, value)
-	ae.Uint32(ctaMarkMask, mask)
-	filter, err := ae.Encode()
-	if err != nil {
-		return 0, err
-	}
+	// The kernel filters dumps by mark equality only: "neither zero nor keep"
+	// is decided here.
 	dump, err := c.Execute(mnl.Message{
 		Header: mnl.Header{Type: mnl.HeaderType(unix.NFNL_SUBSYS_CTNETLINK<<8 | ipctnlMsgCtGet), Flags: mnl.Request | mnl.Dump},
-		Data:   append([]byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0}, filter...),
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
 	})
 	if err != nil {
-		return 0, fmt.Errorf("nft/netlink: dumping connections of mark 0x%08x/0x%08x: %w", value, mask, err)
+		return 0, fmt.Errorf("nft/netlink: dumping connections: %w", err)
 	}
 	n := 0
 	for _, m := range dump {
@@ -118,7 +112,7 @@ func (a *Applier) ClearCtMark(mask, value uint32) (int, error) {
 				mark = ad.Uint32()
 			}
 		}
-		if tuple == nil || mark&mask != value { // an old kernel that ignores the filter
+		if tuple == nil || mark&mask == 0 || mark&mask == keep {
 			continue
 		}
 		// Update, not create: no NLM_F_CREATE. Mark (0) with a mask: the kernel

@@ -19,8 +19,8 @@
 // attach (NFULNL_CFG_F_SEQ), and carries on.
 //
 // One socket may bind a group in a network namespace at a time: a second Open of
-// the same group fails with EBUSY until the first Reader is closed (or its
-// process exits).
+// the same group fails (EPERM: the group belongs to another socket) until the
+// first Reader is closed or its process exits.
 //
 // Like every library under nft/, this package never logs; errors wrap with %w.
 package nflog

@@ -272,6 +272,8 @@ func TestKernelRead(t *testing.T) {
 	if r2, err := Open(cfg); err == nil {
 		r2.Close()
 		t.Error("a second Open of a bound group succeeded")
+	} else if !errors.Is(err, unix.EPERM) {
+		t.Errorf("second Open: %v, want EPERM", err)
 	}
 }
 

@@ -15,7 +15,7 @@ import (
 // The nfnetlink_log protocol, from linux/netfilter/nfnetlink_log.h (x/sys/unix
 // does not carry these constants).
 const (
-	msgPacket = unix.NFNL_SUBSYS_ULOG<<8 | 0 // NFULNL_MSG_PACKET
+	msgPacket = unix.NFNL_SUBSYS_ULOG << 8   // | NFULNL_MSG_PACKET (0)
 	msgConfig = unix.NFNL_SUBSYS_ULOG<<8 | 1 // NFULNL_MSG_CONFIG
 
 	// Packet attributes (NFULA_*).
@@ -147,7 +147,7 @@ func (r *Reader) configure(m netlink.Message) error {
 	if err := r.conn.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
 		return err
 	}
-	defer r.conn.SetReadDeadline(time.Time{})
+	defer func() { _ = r.conn.SetReadDeadline(time.Time{}) }() // if this fails, Read times out and says so
 	for {
 		msgs, err := r.conn.Receive() // a refusal is an error here
 		if err != nil {

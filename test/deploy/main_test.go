@@ -35,6 +35,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/nftpolicy/nftpolicy/test/e2e/framework"
 )
 
 // The names config/default promises; the README and the uninstall procedure use them.
@@ -151,7 +153,7 @@ func typed[T any](t testing.TB, u *unstructured.Unstructured) *T {
 
 // cluster is one envtest API server shared by the tests of this package.
 type cluster struct {
-	env        *envtest.Environment
+	cp         *framework.ControlPlane
 	cfg        *rest.Config
 	clientset  *kubernetes.Clientset
 	dir        string // scratch files: kubeconfigs, kubectl's cache
@@ -179,48 +181,44 @@ func requireCluster(t testing.TB) *cluster {
 	return theCluster
 }
 
+// startCluster starts the control plane the way every test tier does
+// (test/e2e/framework: killed with this process if it dies before TestMain
+// stops it).
 func startCluster() (*cluster, error) {
-	env := &envtest.Environment{
-		ControlPlaneStartTimeout: 2 * time.Minute,
-		ControlPlaneStopTimeout:  time.Minute,
-	}
-	// Lets the least-privilege test create a policy that the API server accepts
-	// and the agent cannot enforce (an ipBlock with a leading zero, "010.0.0.0/8"),
-	// so that the agent must record a Warning Event: the only way to see that the
-	// events rule is needed. The gate is beta (default on) in 1.37; once it is GA
-	// and locked this needs another trigger.
-	env.ControlPlane.GetAPIServer().Configure().Append("feature-gates", "StrictIPCIDRValidation=false")
-	cfg, err := env.Start()
-	if err != nil {
+	c := &cluster{}
+	var err error
+	if c.dir, err = os.MkdirTemp("", "nftpolicy-deploy-test-"); err != nil {
 		return nil, err
 	}
-	c := &cluster{env: env, cfg: cfg}
-	if c.dir, err = os.MkdirTemp("", "nftpolicy-deploy-test-"); err != nil {
+	c.cp, err = framework.StartControlPlane(c.dir, framework.ControlPlaneOptions{
+		User: "deploy-test-admin",
+		// Lets the least-privilege test create a policy that the API server
+		// accepts and the agent cannot enforce (an ipBlock with a leading zero,
+		// "010.0.0.0/8"), so that the agent must record a Warning Event: the only
+		// way to see that the events rule is needed. The gate is beta (default
+		// on) in 1.37; once it is GA and locked this needs another trigger.
+		Configure: func(env *envtest.Environment) {
+			env.ControlPlane.GetAPIServer().Configure().Append("feature-gates", "StrictIPCIDRValidation=false")
+		},
+	})
+	if err != nil {
 		return c, err
 	}
-	quiet := rest.CopyConfig(cfg)
+	c.cfg, c.kubeconfig = c.cp.Config, c.cp.Kubeconfig
+	quiet := rest.CopyConfig(c.cfg)
 	quiet.WarningHandler = rest.NoWarnings{} // the leading-zero CIDR is expected
-	if c.clientset, err = kubernetes.NewForConfig(quiet); err != nil {
-		return c, err
-	}
-	admin, err := env.AddUser(envtest.User{Name: "deploy-test-admin", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		return c, err
-	}
-	kc, err := admin.KubeConfig()
-	if err != nil {
-		return c, err
-	}
-	c.kubeconfig = filepath.Join(c.dir, "admin.kubeconfig")
-	return c, os.WriteFile(c.kubeconfig, kc, 0o600)
+	c.clientset, err = kubernetes.NewForConfig(quiet)
+	return c, err
 }
 
 func stopCluster() {
 	if theCluster == nil {
 		return
 	}
-	if err := theCluster.env.Stop(); err != nil {
-		fmt.Fprintf(os.Stderr, "stopping envtest: %v\n", err)
+	if theCluster.cp != nil {
+		if err := theCluster.cp.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "stopping envtest: %v\n", err)
+		}
 	}
 	if theCluster.dir != "" {
 		_ = os.RemoveAll(theCluster.dir)

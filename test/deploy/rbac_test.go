@@ -30,6 +30,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
+	"github.com/nftpolicy/nftpolicy/test/e2e/framework"
 )
 
 const (
@@ -302,7 +303,7 @@ func (a *agentRun) start(t *testing.T) {
 		"--kubeconfig="+a.kubeconfig, "--node-name="+a.node, "--netns="+a.netns.Path(), "--table-name="+tableName,
 		"--metrics-bind-address=0", "--health-probe-bind-address=127.0.0.1:"+a.port)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
+	if err := framework.StartChild(cmd); err != nil { // dies with the test binary
 		t.Fatal(err)
 	}
 	a.exited = make(chan struct{})

@@ -4,6 +4,8 @@
 // team a..e), 10,000 pods (100 per namespace, pod i on node-(i % 100), labels app
 // of 50 and tier of 5, named port serve-80-tcp/80, an address each) and 1,000
 // policies in four shapes in rotation. Seeded: the same cluster every run.
+// Shape100k is the same recipe at 100,000 pods in 2,000 namespaces on 2,000
+// nodes with 5,000 policies.
 package benchcluster
 
 import (
@@ -29,34 +31,64 @@ const (
 	NamedPort     = "serve-80-tcp"
 )
 
-// Objects returns the cluster's objects, pods with their status (phase and
+// Shape is a cluster's size; the rest (labels, policy shapes, addresses) is
+// the same at every size.
+type Shape struct {
+	Namespaces, PodsPerNS, Nodes int
+	// Policies is spread over the namespaces, namespace n getting one more
+	// than Policies/Namespaces when n < Policies%Namespaces.
+	Policies int
+}
+
+// Shapes: the 10k point (Objects) and the 100k point of a 2,000-5,000 node
+// cluster (the agent's node holds 50 pods).
+var (
+	Shape10k  = Shape{Namespaces: Namespaces, PodsPerNS: PodsPerNS, Nodes: Nodes, Policies: Namespaces * PoliciesPerNS}
+	Shape100k = Shape{Namespaces: 2000, PodsPerNS: 50, Nodes: 2000, Policies: 5000}
+)
+
+// Pods is the number of pods of the shape.
+func (s Shape) Pods() int { return s.Namespaces * s.PodsPerNS }
+
+// Objects returns the 10k cluster's objects, pods with their status (phase and
 // address) filled in, in creation order.
 func Objects() ([]*corev1.Namespace, []*corev1.Pod, []*networkingv1.NetworkPolicy) {
+	return Shape10k.Objects()
+}
+
+// Objects returns the cluster's objects, pods with their status (phase and
+// address) filled in, in creation order. The 10k shape gives the same objects
+// as before shapes existed.
+func (s Shape) Objects() ([]*corev1.Namespace, []*corev1.Pod, []*networkingv1.NetworkPolicy) {
 	rng := rand.New(rand.NewPCG(5, 1))
 	var nss []*corev1.Namespace
-	for n := range Namespaces {
+	for n := range s.Namespaces {
 		name := fmt.Sprintf("ns-%d", n)
 		nss = append(nss, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name,
 			Labels: map[string]string{"ns": name, "team": string(Teams[n%len(Teams)])}}})
 	}
 	// Policies select apps that exist in their namespace.
-	appsIn := make([][]int, Namespaces)
-	pods := make([]*corev1.Pod, 0, Namespaces*PodsPerNS)
-	for i := range Namespaces * PodsPerNS {
-		n := i / PodsPerNS
+	appsIn := make([][]int, s.Namespaces)
+	pods := make([]*corev1.Pod, 0, s.Pods())
+	for i := range s.Pods() {
+		n := i / s.PodsPerNS
 		app := rng.IntN(Apps)
 		appsIn[n] = append(appsIn[n], app)
 		ip := fmt.Sprintf("10.%d.%d.%d", 64+i>>16, (i>>8)&255, i&255)
 		pods = append(pods, &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Namespace: fmt.Sprintf("ns-%d", n), Name: fmt.Sprintf("pod-%d", i),
 				Labels: map[string]string{"app": fmt.Sprintf("app-%d", app), "tier": fmt.Sprintf("tier-%d", rng.IntN(Tiers))}},
-			Spec:   PodSpecOn(fmt.Sprintf("node-%d", i%Nodes)),
+			Spec:   PodSpecOn(fmt.Sprintf("node-%d", i%s.Nodes)),
 			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}},
 		})
 	}
 	var nps []*networkingv1.NetworkPolicy
-	for n := range Namespaces {
-		for j := range PoliciesPerNS {
+	for n := range s.Namespaces {
+		count := s.Policies / s.Namespaces
+		if n < s.Policies%s.Namespaces {
+			count++
+		}
+		for j := range count {
 			app := appsIn[n][rng.IntN(len(appsIn[n]))]
 			nps = append(nps, mixedPolicy(fmt.Sprintf("ns-%d", n), j, fmt.Sprintf("app-%d", app), rng))
 		}

@@ -31,12 +31,13 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 	"github.com/nftpolicy/nftpolicy/test/bench/benchcluster"
 	"github.com/nftpolicy/nftpolicy/test/e2e/cluster"
+	"github.com/nftpolicy/nftpolicy/test/e2e/framework"
 )
 
 // The run's settings (the cluster's shape is benchcluster's).
@@ -62,8 +63,14 @@ func TestControlPlane(t *testing.T) {
 	ctx := t.Context()
 	dir := t.TempDir()
 	var summary []string
+	// NFTPOLICY_BENCH_SHAPE=100k measures the 100k-pod cluster; its lines
+	// carry a _100k suffix, so both sizes sit side by side in make bench.
+	shape, suffix := benchcluster.Shape10k, ""
+	if os.Getenv("NFTPOLICY_BENCH_SHAPE") == "100k" {
+		shape, suffix = benchcluster.Shape100k, "_100k"
+	}
 	report := func(name string, format string, args ...any) {
-		line := fmt.Sprintf("%s: %s", name, fmt.Sprintf(format, args...))
+		line := fmt.Sprintf("%s%s: %s", name, suffix, fmt.Sprintf(format, args...))
 		summary = append(summary, line)
 		t.Log(line)
 		// make bench collects the lines of every benchmark from here.
@@ -84,12 +91,16 @@ func TestControlPlane(t *testing.T) {
 			goBuild(ctx, bareBin, "github.com/nftpolicy/nftpolicy/test/bench/controlplane/bare"))
 	}()
 
-	env := &envtest.Environment{ControlPlaneStartTimeout: 2 * time.Minute, ControlPlaneStopTimeout: time.Minute}
-	cfg, err := env.Start()
+	cp, err := framework.StartControlPlane(dir, framework.ControlPlaneOptions{User: "bench"})
 	if err != nil {
 		t.Fatalf("envtest: %v", err)
 	}
-	t.Cleanup(func() { _ = env.Stop() })
+	t.Cleanup(func() {
+		if err := cp.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	cfg := rest.CopyConfig(cp.Config)
 	cfg.QPS, cfg.Burst = 5000, 5000
 	c, err := client.New(cfg, client.Options{Scheme: scheme.Scheme})
 	if err != nil {
@@ -97,18 +108,7 @@ func TestControlPlane(t *testing.T) {
 	}
 	// Agent and baseline share one cluster-admin identity: this measures
 	// cost, not RBAC (controllers/agent_test.go covers that).
-	au, err := env.AddUser(envtest.User{Name: "bench", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kc, err := au.KubeConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := cp.Kubeconfig
 
 	// Node-0 as a network namespace with pods, for the restart measurement
 	// (restart_test.go); the agent programs this namespace.
@@ -124,7 +124,7 @@ func TestControlPlane(t *testing.T) {
 
 	// 1. Setup.
 	start := time.Now()
-	if err := createCluster(ctx, c, report); err != nil {
+	if err := createCluster(ctx, c, shape, report); err != nil {
 		t.Fatalf("setup: %v", err)
 	}
 	lat, err := createLatencyFixtures(ctx, c)
@@ -145,11 +145,11 @@ func TestControlPlane(t *testing.T) {
 	healthPort, metricsPort := freePort(t), freePort(t)
 	metricsURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)
 	agentLog := filepath.Join(dir, "agent.log")
-	startAgent := func(logPath string) (*process, error) {
-		return startProcess(logPath, agentBin, "agent", "--kubeconfig", kubeconfig, "--node-name", ourNode,
+	startAgent := func(logPath string, extra ...string) (*process, error) {
+		return startProcess(logPath, agentBin, append([]string{"agent", "--kubeconfig", kubeconfig, "--node-name", ourNode,
 			"--netns", netns.Path(),
 			"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", healthPort),
-			"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", metricsPort))
+			"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", metricsPort)}, extra...)...)
 	}
 	agent, err := startAgent(agentLog)
 	if err != nil {
@@ -161,6 +161,7 @@ func TestControlPlane(t *testing.T) {
 		t.Fatalf("agent not ready: %v", err)
 	}
 	report("agent_ready_s", "%.2f", time.Since(start).Seconds())
+	report("startup_ms", "%.0f", ms(time.Since(start))) // to the first full sync in force
 	m, err := scrape(metricsURL)
 	if err != nil {
 		t.Fatal(err)
@@ -238,7 +239,39 @@ func TestControlPlane(t *testing.T) {
 	report("agent_rss_mib", "%.1f", agentRSS)
 	report("agent_rss_peak_mib", "%.1f", max(hwm, agentHWM))
 
-	// 4. Restart under probe traffic (restart_test.go); NFTPOLICY_BENCH_RESTARTS
+	// CPU per 1,000 pod events: remote bulk pods change a label (every agent
+	// sees each change; the label is one no policy selects on). After the
+	// memory readings, so that its garbage does not count there, and its
+	// syncs are not in incremental_sync_mean_ms.
+	cpu0 := procCPU(agent.cmd.Process.Pid)
+	mc0, _ := scrape(metricsURL)
+	_, bulk, _ := shape.Objects()
+	const churn = 1000
+	t0 := time.Now()
+	if err := parallel(churn, func(i int) error {
+		p := bulk[(i*shape.Pods()/churn+1)%len(bulk)]
+		patch := []byte(fmt.Sprintf(`{"metadata":{"labels":{"churn":"c%d"}}}`, i))
+		return c.Patch(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name}},
+			client.RawPatch("application/merge-patch+json", patch))
+	}); err != nil {
+		t.Fatalf("pod churn: %v", err)
+	}
+	report("churn_pod_events_per_s", "%.0f", churn/time.Since(t0).Seconds())
+	time.Sleep(2 * time.Second) // the last syncs
+	report("agent_cpu_ms_per_1k_pod_events", "%.0f", 1000*(procCPU(agent.cmd.Process.Pid)-cpu0)*1000/churn)
+	if mc1, err := scrape(metricsURL); err == nil && mc0 != nil {
+		sum, count := `nftpolicy_sync_duration_seconds_sum{kind="incremental"}`, `nftpolicy_sync_duration_seconds_count{kind="incremental"}`
+		report("churn_syncs", "%.0f", mc1[count]-mc0[count])
+		report("churn_sync_mean_ms", "%.1f", 1000*(mc1[sum]-mc0[sum])/(mc1[count]-mc0[count]))
+	}
+
+	// 4. The apiserver goes away for a minute (outage_test.go).
+	if err := measureOutage(ctx, cp, c, cl, rp, agent, fmt.Sprintf("http://127.0.0.1:%d", healthPort),
+		listMap, report, t.Logf); err != nil {
+		t.Fatalf("outage: %v", err)
+	}
+
+	// 5. Restart under probe traffic (restart_test.go); NFTPOLICY_BENCH_RESTARTS
 	// repeats it (default once), each line reported per restart.
 	restarts, _ := strconv.Atoi(os.Getenv("NFTPOLICY_BENCH_RESTARTS"))
 	current := agent
@@ -255,6 +288,44 @@ func TestControlPlane(t *testing.T) {
 		current = restarted
 	}
 	current.stop()
+
+	// 6. Start-up with the informers' lists and watches in JSON (--api-json),
+	// then protobuf (the default).
+	for _, enc := range []string{"json", "protobuf"} {
+		var extra []string
+		if enc == "json" {
+			extra = append(extra, "--api-json")
+		}
+		before, _ := cp.Metrics(ctx)
+		logPath := filepath.Join(dir, "agent-"+enc+".log")
+		a, err := startAgent(logPath, extra...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Now()
+		if err := waitHTTP(ctx, fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort), a, 2*time.Minute); err != nil {
+			a.stop()
+			dumpTail(t, logPath)
+			t.Fatalf("agent (%s) not ready: %v", enc, err)
+		}
+		report("b9_startup_ms_"+enc, "%.0f", ms(time.Since(t0)))
+		after, _ := cp.Metrics(ctx)
+		for _, res := range []string{"pods", "namespaces", "networkpolicies"} {
+			sum := func(m map[string]float64) float64 {
+				return framework.SumMetrics(m, "apiserver_watch_events_sizes_sum", `resource="`+res+`"`) +
+					framework.SumMetrics(m, "apiserver_response_sizes_sum", `resource="`+res+`"`, `verb="LIST"`)
+			}
+			report(fmt.Sprintf("b9_apiserver_sent_%s_kib_%s", res, enc), "%.0f", (sum(after)-sum(before))/1024)
+		}
+		report("b9_apiserver_cpu_s_"+enc, "%.2f", after["process_cpu_seconds_total"]-before["process_cpu_seconds_total"])
+		time.Sleep(settleTime)
+		rss, _ := procMemory(a.cmd.Process.Pid)
+		report("b9_agent_rss_mib_"+enc, "%.1f", rss)
+		if m, err := scrape(metricsURL); err == nil {
+			report("b9_agent_heap_inuse_mib_"+enc, "%.1f", m["go_memstats_heap_inuse_bytes"]/(1<<20))
+		}
+		a.stop()
+	}
 
 	bareLog := filepath.Join(dir, "bare.log")
 	bare, err := startProcess(bareLog, bareBin, "--kubeconfig", kubeconfig)
@@ -287,10 +358,10 @@ func TestControlPlane(t *testing.T) {
 	fmt.Printf("\n--- control-plane benchmark summary ---\n%s\n", strings.Join(summary, "\n"))
 }
 
-// createCluster creates benchcluster's namespaces, pods (with their addresses)
+// createCluster creates the shape's namespaces, pods (with their addresses)
 // and policies, and reports how long each kind took.
-func createCluster(ctx context.Context, c client.Client, report func(string, string, ...any)) error {
-	nss, pods, nps := benchcluster.Objects()
+func createCluster(ctx context.Context, c client.Client, shape benchcluster.Shape, report func(string, string, ...any)) error {
+	nss, pods, nps := shape.Objects()
 	start := time.Now()
 	for _, ns := range nss {
 		if err := c.Create(ctx, ns); err != nil {
@@ -558,6 +629,22 @@ func procMemory(pid int) (rss, hwm float64) {
 	return rss, hwm
 }
 
+// procCPU returns the user+system CPU seconds of pid.
+func procCPU(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return math.NaN()
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(f) < 13 {
+		return math.NaN()
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}
+
 // parallel runs fn(0..n-1) on createWorkers goroutines and returns the first error.
 func parallel(n int, fn func(int) error) error {
 	next := make(chan int)
@@ -610,7 +697,7 @@ func startProcess(logPath, bin string, args ...string) (*process, error) {
 	}
 	p := &process{cmd: exec.Command(bin, args...), exited: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = f, f
-	if err := p.cmd.Start(); err != nil {
+	if err := framework.StartChild(p.cmd); err != nil { // dies with the test binary
 		f.Close()
 		return nil, err
 	}

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -30,7 +32,7 @@ const (
 // established10k is the number of open connections a policy change rechecks.
 const established10k = 10_000
 
-// TestEstablished is B7 (issue 14, strict mode): what established connections pay
+// TestEstablished is B9 (issue 14, strict mode): what established connections pay
 // for the table while nothing changes, in one run, as ratios to no table: request/
 // response and bulk on one connection (b1_rr_ratio, b1_bulk_ratio: recheck ÷ none),
 // next to keep and to a table that only turns conntrack on (what kube-proxy's
@@ -100,6 +102,13 @@ func TestEstablished(t *testing.T) {
 		}
 		tables[v] = rs
 	}
+	// inline: the keep table with the dispatch rules in forward itself (no jump to
+	// pod-egress and pod-ingress): an experiment of issue 16.
+	inline := tables[estKeep].Clone()
+	fwd := inline.Chain(nft.ChainForward)
+	fwd.Rules = append(fwd.Rules[:2:2], append(slices.Clone(inline.Chain(nft.ChainEgress).Rules), inline.Chain(nft.ChainIngress).Rules...)...)
+	inline.Chains = slices.DeleteFunc(inline.Chains, func(c nft.Chain) bool { return c.Name == nft.ChainEgress || c.Name == nft.ChainIngress })
+	tables["inline"] = inline
 	load := func(v string) {
 		t.Helper()
 		if err := applier.Delete(ctx); err != nil {
@@ -114,6 +123,16 @@ func TestEstablished(t *testing.T) {
 		if !canConnect(client.NetNS, server.IPv4, time.Second) {
 			t.Fatalf("%s: the client cannot connect", v)
 		}
+	}
+
+	// NFTPOLICY_BENCH_PROFILE=variant:seconds only sends new flows through one
+	// variant for that long, for a profiler watching the machine (perf record -a).
+	if v, secs, ok := strings.Cut(os.Getenv("NFTPOLICY_BENCH_PROFILE"), ":"); ok {
+		d, _ := strconv.Atoi(secs)
+		load(v)
+		ns, n, err := flowLoad(client.NetNS, client.IPv4, server.IPv4, time.Duration(d)*time.Second)
+		t.Logf("profile %s: %d new flows, %.0f ns CPU each (%v)", v, n, ns, err)
+		return
 	}
 
 	variants := []string{estNone, estCt, estKeep, estRecheck}
@@ -182,17 +201,17 @@ func TestEstablished(t *testing.T) {
 	}
 	t.Logf("b7 flow_ns  none %s | ct %s | keep %s | recheck %s", mmm(samples["flow_ns"][estNone]), mmm(samples["flow_ns"][estCt]),
 		mmm(samples["flow_ns"][estKeep]), mmm(samples["flow_ns"][estRecheck]))
-	sum.emit("b7_flow_ns_conntrack", "%.0f", added(estCt, estNone))
-	sum.emit("b7_flow_ns_chains", "%.0f", added(estKeep, estCt))
-	sum.emit("b7_flow_ns_recheck", "%.0f", added(estRecheck, estKeep))
+	sum.emit("b9_flow_ns_conntrack", "%.0f", added(estCt, estNone))
+	sum.emit("b9_flow_ns_chains", "%.0f", added(estKeep, estCt))
+	sum.emit("b9_flow_ns_recheck", "%.0f", added(estRecheck, estKeep))
 	sum.emit("b1_rr_ratio", "%.3f", median(ratio("rr", estRecheck, estNone)))
 	sum.emit("b1_bulk_ratio", "%.3f", median(ratio("bulk", estRecheck, estNone)))
-	sum.emit("b7_rr_ratio_keep", "%.3f", median(ratio("rr", estKeep, estNone)))
-	sum.emit("b7_bulk_ratio_keep", "%.3f", median(ratio("bulk", estKeep, estNone)))
-	sum.emit("b7_rr_ratio_ct_only", "%.3f", median(ratio("rr", estCt, estNone)))
-	sum.emit("b7_bulk_ratio_ct_only", "%.3f", median(ratio("bulk", estCt, estNone)))
-	sum.emit("b7_rr_recheck_vs_keep", "%.3f", median(ratio("rr", estRecheck, estKeep)))
-	sum.emit("b7_bulk_recheck_vs_keep", "%.3f", median(ratio("bulk", estRecheck, estKeep)))
+	sum.emit("b9_rr_ratio_keep", "%.3f", median(ratio("rr", estKeep, estNone)))
+	sum.emit("b9_bulk_ratio_keep", "%.3f", median(ratio("bulk", estKeep, estNone)))
+	sum.emit("b9_rr_ratio_ct_only", "%.3f", median(ratio("rr", estCt, estNone)))
+	sum.emit("b9_bulk_ratio_ct_only", "%.3f", median(ratio("bulk", estCt, estNone)))
+	sum.emit("b9_rr_recheck_vs_keep", "%.3f", median(ratio("rr", estRecheck, estKeep)))
+	sum.emit("b9_bulk_recheck_vs_keep", "%.3f", median(ratio("bulk", estRecheck, estKeep)))
 
 	// The one-time cost of a policy change across 10,000 open connections.
 	load(estRecheck)
@@ -250,12 +269,30 @@ func TestEstablished(t *testing.T) {
 		}
 		return median(d)
 	}
+	// What the sweep before an epoch comes round again costs (once at start-up
+	// and once per cycle of epochs) with 10,000 connections open: all of them of
+	// the current epoch (nothing to clear: the dump alone), then all of them of an
+	// older one (each cleared).
+	t0 := time.Now()
+	if n, err := applier.ClearCtMark(mask, compile.EpochMark(epoch, mask)); err != nil || n != 0 {
+		t.Fatalf("sweep keeping the current epoch: %d, %v", n, err)
+	}
+	clearNone := time.Since(t0)
+	t0 = time.Now()
+	n, err := applier.ClearCtMark(mask, 0)
+	if err != nil || n < established10k {
+		t.Fatalf("sweep clearing every epoch: %d, %v", n, err)
+	}
+	clearAll := time.Since(t0)
+	t.Logf("b7 sweeping epochs with %d connections open: none to clear %v, %d cleared %v", established10k, clearNone, n, clearAll)
+	sum.emit("b9_sweep_10k_ms", "%.2f", ms(clearNone))
+	sum.emit("b9_sweep_clear_10k_ms", "%.1f", ms(clearAll))
 	t.Logf("b7 10k connections, one round trip each: quiet %s ms (CPU %s), after a policy change %s ms (CPU %s); commit %s ms (CPU %s)",
 		mmm(quiet), mmm(quietCPU), mmm(changed), mmm(changedCPU), mmm(commit), mmm(commitCPU))
-	sum.emit("b7_change_10k_commit_ms", "%.2f", median(commit))
-	sum.emit("b7_change_10k_extra_ms", "%.2f", extra(changed, quiet))
-	sum.emit("b7_change_10k_extra_cpu_ms", "%.2f", extra(changedCPU, quietCPU))
-	sum.emit("b7_change_ns_per_conn", "%.0f", extra(changedCPU, quietCPU)*1e6/established10k)
+	sum.emit("b9_change_10k_commit_ms", "%.2f", median(commit))
+	sum.emit("b9_change_10k_extra_ms", "%.2f", extra(changed, quiet))
+	sum.emit("b9_change_10k_extra_cpu_ms", "%.2f", extra(changedCPU, quietCPU))
+	sum.emit("b9_change_ns_per_conn", "%.0f", extra(changedCPU, quietCPU)*1e6/established10k)
 }
 
 // openConns opens n connections from client to the server's echo port.

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,11 +34,12 @@ type Agent struct {
 
 	bin, kubeconfig string
 
-	mu         sync.Mutex
-	cmd        *exec.Cmd
-	healthAddr string
-	done       chan struct{} // closed when the current process has exited
-	exitErr    error         // its exit status; set before done closes
+	mu          sync.Mutex
+	cmd         *exec.Cmd
+	healthAddr  string
+	metricsAddr string
+	done        chan struct{} // closed when the current process has exited
+	exitErr     error         // its exit status; set before done closes
 }
 
 // agentStopTimeout is how long Stop waits after SIGTERM before SIGKILL.
@@ -60,6 +60,12 @@ func (a *Agent) Start(ctx context.Context, timeout time.Duration) error {
 		return err
 	}
 	a.healthAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	mport, err := freePort()
+	if err != nil {
+		a.mu.Unlock()
+		return err
+	}
+	a.metricsAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(mport))
 	log, err := os.OpenFile(a.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		a.mu.Unlock()
@@ -71,16 +77,18 @@ func (a *Agent) Start(ctx context.Context, timeout time.Duration) error {
 		"--node-name", a.Node.Name,
 		"--netns", a.Node.NetNSPath(),
 		"--health-probe-bind-address", a.healthAddr,
-		"--metrics-bind-address", "0",
+		"--metrics-bind-address", a.metricsAddr,
+		// The deny log as config/agent has it, at a rate no probe matrix reaches,
+		// so that every denied probe is logged; each node is its own network
+		// namespace, so both agents take the same group.
+		"--deny-log-rate", "10000/second",
+		"--deny-log-group", "7600",
 		"--zap-log-level", a.LogLevel,
 		"--zap-time-encoding", "rfc3339nano",
 	)
 	cmd.Args = append(cmd.Args, a.Args...)
 	cmd.Stdout, cmd.Stderr = log, log
-	// Its own process group, so a terminal's Ctrl-C reaches only us (we stop the
-	// agents in order); SIGKILL if this process dies without stopping it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	err = startFromLastingThread(cmd)
+	err = StartChild(cmd)
 	log.Close() // the child holds its own descriptor
 	if err != nil {
 		a.mu.Unlock()
@@ -131,6 +139,36 @@ func (a *Agent) waitReady(ctx context.Context, done <-chan struct{}, timeout tim
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// Metrics returns the agent's /metrics text.
+func (a *Agent) Metrics(ctx context.Context) (string, error) {
+	a.mu.Lock()
+	addr := a.metricsAddr
+	a.mu.Unlock()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var body bytes.Buffer
+	if _, err := body.ReadFrom(resp.Body); err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: %s", addr, resp.Status)
+	}
+	return body.String(), nil
+}
+
+// Log returns the agent's whole log.
+func (a *Agent) Log() (string, error) {
+	b, err := os.ReadFile(a.LogPath)
+	return string(b), err
 }
 
 // Stop sends SIGTERM and waits for the agent to exit, killing it after
@@ -219,26 +257,24 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// The parent-death signal fires when the thread that forked the child exits,
-// not the process; Go ends threads whenever a goroutine exits while locked to
-// one. So children are forked from one goroutine that locks its thread and
-// never returns: their Pdeathsig fires only when this process dies.
-var spawner struct {
-	once sync.Once
-	ch   chan func()
-}
-
-func startFromLastingThread(cmd *exec.Cmd) error {
-	spawner.once.Do(func() {
-		spawner.ch = make(chan func())
-		go func() {
-			runtime.LockOSThread()
-			for f := range spawner.ch {
-				f()
-			}
-		}()
-	})
-	errc := make(chan error, 1)
-	spawner.ch <- func() { errc <- cmd.Start() }
-	return <-errc
+// Health asks the running agent's /healthz or /readyz (path) and returns the
+// HTTP status and body; an error when the agent does not answer at all.
+func (a *Agent) Health(ctx context.Context, path string) (int, string, error) {
+	a.mu.Lock()
+	addr := a.healthAddr
+	a.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	var body bytes.Buffer
+	_, _ = body.ReadFrom(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(body.String()), nil
 }

@@ -40,6 +40,18 @@
 // of the last full matrix, each node's `nft list ruleset` and the tail of each
 // agent's log.
 //
+// # One control plane, one way
+//
+// StartControlPlane is how every test tier that needs an apiserver starts one:
+// this suite, test/deploy (extra apiserver flags through
+// ControlPlaneOptions.Configure) and test/bench/controlplane. envtest starts
+// etcd and kube-apiserver in their own process group without a parent-death
+// signal, so a watchdog process kills them if the test process dies before
+// Stop. ControlPlane.Down kills both (an outage) and Up starts them again with
+// the same flags, certificates and data; the restarted processes, like every
+// other long-lived child of the tiers (agents, benchmark baselines), are
+// started by StartChild with a parent-death signal.
+//
 // # Cleaning up
 //
 // Close stops the agents (SIGTERM), removes every namespace of the network and

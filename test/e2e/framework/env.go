@@ -129,7 +129,7 @@ func (e *Env) start(ctx context.Context) error {
 	)
 	wg.Go(func() {
 		t := time.Now()
-		e.CP, cpErr = StartControlPlane(e.Dir)
+		e.CP, cpErr = StartControlPlane(e.Dir, ControlPlaneOptions{})
 		if cpErr == nil {
 			e.logf("control plane up in %v (%s)", time.Since(t).Round(time.Millisecond), e.CP.Assets)
 		}
@@ -282,6 +282,12 @@ func (e *Env) AddPods(ctx context.Context, specs ...cluster.PodSpec) ([]*cluster
 	}
 	wg.Wait()
 	return pods, errors.Join(errs...)
+}
+
+// CreatePodObject creates the Pod object (with status) of a pod that exists in the
+// network only (Cluster.AddPods): what a kubelet writes, late.
+func (e *Env) CreatePodObject(ctx context.Context, p *cluster.Pod) error {
+	return e.createPodObject(ctx, p)
 }
 
 func (e *Env) createPodObject(ctx context.Context, p *cluster.Pod) error {
