@@ -24,6 +24,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/compile"
@@ -86,6 +88,9 @@ type Options struct {
 	// JSON makes the agent's requests use JSON rather than protobuf (the
 	// default, as controller-runtime's for built-in kinds); for comparison.
 	JSON bool
+	// CNPDiscoveryInterval is how often the agent asks whether ClusterNetworkPolicy
+	// is served while it is not (cnp.go); 0 means 30s.
+	CNPDiscoveryInterval time.Duration
 }
 
 // LoadRESTConfig returns the apiserver config for kubeconfig: that file when
@@ -117,7 +122,8 @@ func LoadRESTConfig(kubeconfig string) (*rest.Config, error) {
 // newScheme holds only the kinds the agent reads.
 func newScheme() (*runtime.Scheme, error) {
 	s := runtime.NewScheme()
-	if err := errors.Join(corev1.AddToScheme(s), networkingv1.AddToScheme(s)); err != nil {
+	if err := errors.Join(corev1.AddToScheme(s), networkingv1.AddToScheme(s),
+		cnpv1beta1.Install(s), cnpv1alpha2.Install(s)); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -125,9 +131,10 @@ func newScheme() (*runtime.Scheme, error) {
 
 // watched lists every kind the agent caches. The cache refuses reads of any
 // other kind (ReaderFailOnMissingInformer) so memory stays bounded by these:
-// every node must know every pod, namespace and policy.
+// every node must know every pod, namespace, policy and node. ClusterNetworkPolicy
+// joins them when the API serves it (cnp.go).
 func watched() []client.Object {
-	return []client.Object{&corev1.Pod{}, &corev1.Namespace{}, &networkingv1.NetworkPolicy{}}
+	return []client.Object{&corev1.Pod{}, &corev1.Namespace{}, &networkingv1.NetworkPolicy{}, &corev1.Node{}}
 }
 
 // RunAgent runs the agent until ctx is done: a controller-runtime manager
@@ -169,13 +176,16 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 		Metrics:                metricsserver.Options{BindAddress: opts.MetricsAddr},
 		HealthProbeBindAddress: opts.HealthAddr,
 		Cache: cache.Options{
-			DefaultTransform:            cache.TransformStripManagedFields(),
+			// ClusterNetworkPolicy's trim rides on the default: a ByObject entry for a
+			// kind the API does not serve (yet) stops the cache from starting.
+			DefaultTransform:            trimClusterPolicyOr(cache.TransformStripManagedFields()),
 			ReaderFailOnMissingInformer: true,
 			NewInformer:                 link.newInformer,
 			ByObject: map[client.Object]cache.ByObject{
 				&corev1.Pod{}:                 {Transform: trimPod},
 				&corev1.Namespace{}:           {Transform: trimNamespace},
 				&networkingv1.NetworkPolicy{}: {Transform: trimPolicy},
+				&corev1.Node{}:                {Transform: trimNode},
 			},
 		},
 	})
@@ -218,7 +228,7 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	); err != nil {
 		return fmt.Errorf("manager setup: %w", err)
 	}
-	if err := setupNodeSync(mgr, opts, ready, at, log); err != nil {
+	if err := setupNodeSync(ctx, mgr, cfg, opts, ready, at, log); err != nil {
 		return fmt.Errorf("node sync setup: %w", err)
 	}
 
@@ -263,7 +273,7 @@ func awaitStop(errc <-chan error, ready *readiness, log logr.Logger) error {
 
 // setupNodeSync registers the node reconciler; its first successful sync (always
 // a full one: the applier starts without a last-applied table) marks the agent ready.
-func setupNodeSync(mgr manager.Manager, opts Options, ready *readiness, at *attribution, log logr.Logger) error {
+func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, opts Options, ready *readiness, at *attribution, log logr.Logger) error {
 	if opts.Applier == nil {
 		return errors.New("no applier configured")
 	}
@@ -288,8 +298,19 @@ func setupNodeSync(mgr manager.Manager, opts Options, ready *readiness, at *attr
 		// otherwise stay in the process's RSS until the background scavenger
 		// returns it, minutes later. Incremental syncs allocate little.
 		AfterFullSync: func() { go debug.FreeOSMemory() },
+		cnp:           &clusterPolicyAPI{},
 	}
-	return r.SetupWithManager(mgr)
+	if err := r.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	w, err := newClusterPolicyWatch(mgr, cfg, r.ctrl, r.cnp, r.mapAll, opts.CNPDiscoveryInterval, log.WithName("clusternetworkpolicy"))
+	if err != nil {
+		return err
+	}
+	if err := w.watchIfServed(ctx); err != nil {
+		return err
+	}
+	return mgr.Add(w)
 }
 
 // setupObserve adds the deny log reader, with the pod address index it names

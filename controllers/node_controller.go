@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -25,6 +26,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
+	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/compile"
@@ -79,8 +82,14 @@ type NodeReconciler struct {
 	lastStart time.Time
 	needFull  bool
 	compiler  *compile.Compiler               // what the cache held at the last sync; nil before the first
-	problems  map[types.NamespacedName]string // last reported problems, per policy
+	problems  map[types.NamespacedName]string // last reported problems, per policy (a ClusterNetworkPolicy: no namespace)
 	strict    epochState
+
+	// ClusterNetworkPolicy (cnp.go): the version watched, if any, and what its
+	// watch needs once the API serves it.
+	cnp    *clusterPolicyAPI
+	ctrl   controller.Controller
+	mapAll handler.EventHandler
 }
 
 // objectKind is a kind the reconciler watches.
@@ -90,6 +99,8 @@ const (
 	kindPod objectKind = iota + 1
 	kindNamespace
 	kindPolicy
+	kindNode
+	kindClusterPolicy
 )
 
 // objectRef names one watched object.
@@ -110,14 +121,18 @@ func (r *NodeReconciler) SetupWithManager(mgr manager.Manager) error {
 		r.noteDirty(obj)
 		return []reconcile.Request{r.request()}
 	})
-	return builder.ControllerManagedBy(mgr).
+	ctrl, err := builder.ControllerManagedBy(mgr).
 		Named("node").
 		// One reconciler per agent; tests run several agents in one process.
 		WithOptions(controller.Options{MaxConcurrentReconciles: 1, SkipNameValidation: ptr.To(true)}).
 		Watches(&networkingv1.NetworkPolicy{}, mapAll, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, createDelete()))).
 		Watches(&corev1.Pod{}, mapAll, builder.WithPredicates(podChanged())).
 		Watches(&corev1.Namespace{}, mapAll, builder.WithPredicates(predicate.Or(predicate.LabelChangedPredicate{}, createDelete()))).
-		Complete(r)
+		Watches(&corev1.Node{}, mapAll, builder.WithPredicates(nodeChanged())).
+		Build(r)
+	// ClusterNetworkPolicy is watched once the API serves it (clusterPolicyWatch).
+	r.ctrl, r.mapAll = ctrl, mapAll
+	return err
 }
 
 // notePending records t as the time of the earliest unserved event, unless an
@@ -136,6 +151,10 @@ func (r *NodeReconciler) noteDirty(obj client.Object) {
 		kind = kindNamespace
 	case *networkingv1.NetworkPolicy:
 		kind = kindPolicy
+	case *corev1.Node:
+		kind = kindNode
+	case *cnpv1beta1.ClusterNetworkPolicy, *cnpv1alpha2.ClusterNetworkPolicy:
+		kind = kindClusterPolicy
 	default:
 		return
 	}
@@ -292,9 +311,23 @@ func (r *NodeReconciler) load(ctx context.Context) (*compile.Compiler, error) {
 	if err := r.Reader.List(ctx, &nps, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, err
 	}
+	var nodes corev1.NodeList
+	if err := r.Reader.List(ctx, &nodes, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, err
+	}
+	cnps, err := r.cnp.list(ctx, r.Reader)
+	if err != nil {
+		return nil, err
+	}
 	c := compile.NewCompiler(r.NodeName, r.compileOptions())
 	if r.strict.epoch != 0 {
 		c.SetEpoch(r.strict.epoch)
+	}
+	for i := range nodes.Items {
+		c.SetNode(&nodes.Items[i])
+	}
+	for _, cnp := range cnps {
+		c.SetClusterNetworkPolicy(cnp)
 	}
 	for i := range nss.Items {
 		c.SetNamespace(&nss.Items[i])
@@ -323,6 +356,24 @@ func (r *NodeReconciler) update(ctx context.Context, changes map[objectRef]struc
 		case kindPolicy:
 			err = record(ctx, r.Reader, ref.key, &networkingv1.NetworkPolicy{}, c.SetPolicy,
 				func() { c.DeletePolicy(ref.key.Namespace, ref.key.Name) })
+		case kindNode:
+			err = record(ctx, r.Reader, ref.key, &corev1.Node{}, c.SetNode,
+				func() { c.DeleteNode(ref.key.Name) })
+		case kindClusterPolicy:
+			obj := r.cnp.object()
+			if obj == nil {
+				continue
+			}
+			var convErr error
+			err = record(ctx, r.Reader, ref.key, obj, func(o client.Object) {
+				cnp, cerr := toV1beta1(o)
+				if cerr != nil {
+					convErr = cerr
+					return
+				}
+				c.SetClusterNetworkPolicy(cnp)
+			}, func() { c.DeleteClusterNetworkPolicy(ref.key.Name) })
+			err = errors.Join(err, convErr)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", ref.key, err)

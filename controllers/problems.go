@@ -51,7 +51,11 @@ func (r *NodeReconciler) reportProblems(ctx context.Context, log logr.Logger, pr
 	policyProblems.Set(float64(len(problems)))
 	now := map[types.NamespacedName][]string{}
 	for _, p := range problems {
-		now[p.Policy] = append(now[p.Policy], p.Reason)
+		key := p.Policy
+		if p.Cluster != "" { // a ClusterNetworkPolicy: no namespace
+			key = types.NamespacedName{Name: p.Cluster}
+		}
+		now[key] = append(now[key], p.Reason)
 	}
 	next := make(map[types.NamespacedName]string, len(now))
 	var everyNode []string // nodes hosting any pod; listed once, when needed
@@ -65,6 +69,10 @@ func (r *NodeReconciler) reportProblems(ctx context.Context, log logr.Logger, pr
 		}
 		if key == (types.NamespacedName{}) { // about pods, not a policy: nothing to attach an Event to
 			log.Info("pods cannot be told apart", "problems", text)
+			continue
+		}
+		if key.Namespace == "" {
+			everyNode = r.reportClusterPolicy(ctx, log, key.Name, text, everyNode)
 			continue
 		}
 		if r.Recorder == nil {
@@ -154,4 +162,37 @@ func rendezvous(policy types.NamespacedName, nodes []string) string {
 		}
 	}
 	return best
+}
+
+// reportClusterPolicy logs a ClusterNetworkPolicy's problems and records the
+// Warning Event on it when this node is its reporter: chosen like a policy's
+// that selects no pod, among every node that hosts a pod (a ClusterNetworkPolicy
+// may select pods on every node). It returns everyNode, listed when first needed.
+func (r *NodeReconciler) reportClusterPolicy(ctx context.Context, log logr.Logger, name, text string, everyNode []string) []string {
+	obj := r.cnp.object()
+	if r.Recorder == nil || obj == nil {
+		log.Info("ClusterNetworkPolicy not fully enforceable", "clusterNetworkPolicy", name, "problems", text)
+		return everyNode
+	}
+	key := types.NamespacedName{Name: name}
+	if err := r.Reader.Get(ctx, key, obj); err != nil {
+		log.Info("ClusterNetworkPolicy not fully enforceable", "clusterNetworkPolicy", name, "problems", text)
+		return everyNode
+	}
+	var err error
+	if everyNode == nil {
+		if everyNode, err = podNodes(ctx, r.Reader); err != nil {
+			log.Error(err, "choosing the reporter of a ClusterNetworkPolicy's problems; reporting them here", "clusterNetworkPolicy", name)
+		}
+	}
+	reporter := r.NodeName
+	if len(everyNode) > 0 {
+		reporter = rendezvous(key, everyNode)
+	}
+	log.Info("ClusterNetworkPolicy not fully enforceable", "clusterNetworkPolicy", name, "problems", text, "reporter", reporter)
+	if reporter == r.NodeName {
+		r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, "NotEnforceable", "Compile",
+			"node %s reports for every node: this policy cannot be fully enforced: %s", r.NodeName, text)
+	}
+	return everyNode
 }

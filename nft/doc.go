@@ -61,6 +61,76 @@
 // the packet on through output, so pod-to-ClusterIP traffic under IPVS never crosses
 // our forward chain: run kube-proxy in iptables or nftables mode with nftpolicy.
 //
+// # The ClusterNetworkPolicy tiers
+//
+// While at least one ClusterNetworkPolicy exists, the same table gains the Admin and
+// Baseline tiers (nft/compile's doc says how their API is read). The NetworkPolicy
+// chains above stay as they are; forward's two jumps become the tier walk, and an
+// input chain is added:
+//
+//	chain forward          ... (the same admission rules)
+//	    jump admin-egress         Admin tier of the source pod's egress
+//	    jump pod-egress           NetworkPolicy, as above
+//	    jump baseline-egress      Baseline, for sources no NetworkPolicy isolates for egress
+//	    goto ingress-tiers        the destination's ingress: always decides
+//	chain ingress-tiers
+//	    jump admin-ingress
+//	    jump pod-ingress          NetworkPolicy, as above (accepts or drops when isolated)
+//	    jump baseline-ingress     for destinations no NetworkPolicy isolates for ingress
+//	    accept                    no tier decided: the Kubernetes default
+//	chain input            type filter hook input priority filter (0); policy accept
+//	    (forward's admission rules)
+//	    jump admin-egress         a pod's traffic to its own node: NetworkPolicy always
+//	    jump baseline-egress      allows it, so only the tiers judge it
+//	chain admin-egress     ip saddr vmap @admin-egress-v4;  ip6 saddr vmap @admin-egress-v6
+//	chain admin-ingress    ip daddr vmap @admin-ingress-v4; ...   (baseline-* alike)
+//	map admin-egress-v4    local subject address -> jump adm-eg-<hash>-cnp/<name>[_and_N]
+//	chain adm-eg-<hash>-cnp/<name>[_and_N]    one per group of local subjects that the
+//	    same policies select (in evaluation order: priority, then name); the rules of
+//	    those policies, in order, one nft rule per family and protocol kind:
+//	    ip daddr @cnp-<hash>-cnp/<name>-eg0-v4 [meta l4proto . th dport @...-eg0-ports] <verdict>
+//	    ip daddr . meta l4proto . th dport @...-eg1-named-v4 <verdict>   named ports
+//	    counter drop                                  a Deny or Pass that fails closed
+//	chain adm-in-..., bl-eg-..., bl-in-...    the same for the other tiers and directions
+//	set cnp-<hash>-cnp/<name>-<eg|in><rule>-<v4|v6|ports|named-v4|named-v6>
+//	                       a rule's peers, protocol/port ranges, named port destinations;
+//	                       shared by every group that runs the policy
+//
+// Verdicts by tier and direction. Every group chain is jumped to from its tier's
+// dispatch chain, so `return` hands the packet to the next tier:
+//
+//	                 Accept              Deny   Pass     no rule matched
+//	Admin egress     goto ingress-tiers  drop   return   return (to NetworkPolicy)
+//	Baseline egress  return              drop   return   return (egress done)
+//	Admin ingress    accept              drop   return   return (to NetworkPolicy)
+//	Baseline ingress accept              drop   return   return (to the default, accept)
+//
+// An Admin egress Accept must skip NetworkPolicy and Baseline egress yet leave the
+// destination's ingress to be judged: it goes to ingress-tiers, which ends in a
+// verdict of its own and so never returns into the egress walk it left. Pass from
+// Admin returns to the caller of the dispatch chain, which goes on to pod-egress (or
+// pod-ingress); NetworkPolicy decides for the pods it isolates, and the Baseline maps
+// hold only the pods it does not isolate in that direction, so Baseline judges
+// exactly those. In the input hook there is no pod-egress (NetworkPolicy allows a
+// pod's traffic to its own node), and an Admin egress Accept reaches ingress-tiers,
+// whose maps hold no node address: accepted.
+//
+// A packet walks only the rules of the policies that select its own pods (one map
+// lookup per tier and direction otherwise): the cost does not grow with policies
+// that select other pods. Pod churn is set and map elements; chains change when a
+// policy or the grouping of subjects changes.
+//
+// In strict mode (--established=recheck, below) the tiers are in the re-judged
+// path: forward's and reply-recheck's NetworkPolicy jumps are spliced alike
+// (reply-recheck gains admin-egress-reply, baseline-egress-reply and goto
+// ingress-tiers-reply, dispatch chains keyed on the reply's destination for egress
+// and source for ingress), every allowed end (an ingress Accept, ingress-tiers'
+// last rule) is `goto ct-stamp` instead of accept, and each tier group chain starts
+// with `ct direction reply goto <chain>-reply`, its twin holding the same rules
+// with source and destination swapped (th dport read as th sport): a reply of an
+// older epoch is judged as its connection. The input chain keeps its own
+// `ct state established,related accept`: a pod's open connections to its own node
+// are not judged again after a change (a known limit).
 // # Established connections: --established=recheck (strict mode)
 //
 // With keep, the first rule accepts every established and related packet: a

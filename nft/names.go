@@ -85,3 +85,32 @@ func sanitize(s string) string {
 		return '_'
 	}, s)
 }
+
+// The ClusterNetworkPolicy tiers' fixed objects (present only while some
+// ClusterNetworkPolicy exists; see the package documentation). Per-group chains are
+// `adm-eg-…`, `adm-in-…`, `bl-eg-…`, `bl-in-…` and per-rule sets `cnp-…`, all
+// labelled `cnp/<name>`.
+const (
+	ChainInput           = "input"            // base chain: filter hook input (a pod to its own node)
+	ChainAdminEgress     = "admin-egress"     // Admin tier: dispatch on the source pod's address
+	ChainBaselineEgress  = "baseline-egress"  // Baseline tier, pods no NetworkPolicy isolates for egress
+	ChainAdminIngress    = "admin-ingress"    // Admin tier: dispatch on the destination pod's address
+	ChainBaselineIngress = "baseline-ingress" // Baseline tier, pods no NetworkPolicy isolates for ingress
+	ChainIngressTiers    = "ingress-tiers"    // the destination's ingress, all tiers; always decides
+
+	// Strict mode: a reply of an older epoch walks the tiers as its connection.
+	ChainAdminEgressReply     = "admin-egress-reply"     // dispatch on the reply's destination
+	ChainBaselineEgressReply  = "baseline-egress-reply"  // likewise
+	ChainAdminIngressReply    = "admin-ingress-reply"    // dispatch on the reply's source
+	ChainBaselineIngressReply = "baseline-ingress-reply" // likewise
+	ChainIngressTiersReply    = "ingress-tiers-reply"    // the connection's ingress, all tiers
+
+	MapAdminEgressV4     = "admin-egress-v4" // local subject IPv4 -> its Admin egress chain
+	MapAdminEgressV6     = "admin-egress-v6"
+	MapAdminIngressV4    = "admin-ingress-v4"
+	MapAdminIngressV6    = "admin-ingress-v6"
+	MapBaselineEgressV4  = "baseline-egress-v4"
+	MapBaselineEgressV6  = "baseline-egress-v6"
+	MapBaselineIngressV4 = "baseline-ingress-v4"
+	MapBaselineIngressV6 = "baseline-ingress-v6"
+)

@@ -6,6 +6,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/types"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/nft"
 )
@@ -14,12 +15,19 @@ import (
 // Compile reads only metadata name, namespace and labels, spec.nodeName,
 // spec.hostNetwork, spec.containers[].ports, status.phase and status.podIPs (or
 // status.podIP) of pods; name and labels of namespaces; and the whole policy.
-// Compile never modifies the objects.
+// Of nodes, name, labels and status.addresses (for ClusterNetworkPolicy nodes
+// peers). Compile never modifies the objects.
 type Snapshot struct {
 	NodeName   string
 	Pods       []*corev1.Pod
 	Namespaces []*corev1.Namespace
 	Policies   []*networkingv1.NetworkPolicy
+
+	// ClusterNetworkPolicies are the Admin and Baseline tiers (v1alpha2 objects
+	// converted to v1beta1, the same schema). Without any, the table is exactly the
+	// NetworkPolicy table.
+	ClusterNetworkPolicies []*cnpv1.ClusterNetworkPolicy
+	Nodes                  []*corev1.Node
 }
 
 // Options tune Compile.
@@ -43,14 +51,19 @@ type Options struct {
 }
 
 // Problem is something Compile could not enforce exactly as written. Policy names the
-// policy concerned; it is zero for a problem about pods (two local pods sharing an
-// address). Problems never widen what is allowed: see the package documentation.
+// NetworkPolicy concerned, Cluster the ClusterNetworkPolicy; both are zero for a
+// problem about pods (two local pods sharing an address). Problems never widen what
+// is allowed: see the package documentation.
 type Problem struct {
-	Policy types.NamespacedName
-	Reason string
+	Policy  types.NamespacedName
+	Cluster string
+	Reason  string
 }
 
 func (p Problem) String() string {
+	if p.Cluster != "" {
+		return "cnp/" + p.Cluster + ": " + p.Reason
+	}
 	if p.Policy == (types.NamespacedName{}) {
 		return p.Reason
 	}
@@ -86,6 +99,20 @@ func Compile(s Snapshot, opts Options) (*nft.Ruleset, []Problem) {
 		}
 		if _, dup := c.pols[objKey{np.Namespace, np.Name}]; !dup {
 			c.SetPolicy(np)
+		}
+	}
+	for _, n := range s.Nodes {
+		if n != nil {
+			if _, dup := c.nodes[n.Name]; !dup {
+				c.SetNode(n)
+			}
+		}
+	}
+	for _, cnp := range s.ClusterNetworkPolicies {
+		if cnp != nil {
+			if _, dup := c.cnps[cnp.Name]; !dup {
+				c.SetClusterNetworkPolicy(cnp)
+			}
 		}
 	}
 	return c.Compile()

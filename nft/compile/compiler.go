@@ -42,6 +42,12 @@ type Compiler struct {
 	cached map[string]*cachedGroup // by group key, from the last Compile
 	keys   *keyTable
 	strict *strictMode // nil: keep mode
+
+	// ClusterNetworkPolicy tiers (cnp_compiler.go).
+	cnps      map[string]*clusterEntry
+	cnpOrder  []*clusterPolicy     // evaluation order; nil when stale
+	cnpCached map[string][]nft.Set // rule sets by policy name, from the last Compile
+	nodes     map[string]*nodeInfo
 }
 
 type policyEntry struct {
@@ -64,6 +70,10 @@ func NewCompiler(node string, opts Options) *Compiler {
 		cached: map[string]*cachedGroup{},
 		keys:   newKeyTable(),
 		strict: newStrict(opts),
+
+		cnps:      map[string]*clusterEntry{},
+		cnpCached: map[string][]nft.Set{},
+		nodes:     map[string]*nodeInfo{},
 	}
 }
 
@@ -83,6 +93,7 @@ func (c *Compiler) setPod(key objKey, p *corev1.Pod) {
 		return
 	}
 	c.drop(func(f *cachedGroup) bool { return f.selects(c.ix, old) || f.selects(c.ix, cur) })
+	c.podChangedTiers(old, cur)
 }
 
 // samePod reports whether two versions of a pod are alike to the compiler.
@@ -114,6 +125,7 @@ func (c *Compiler) namespaceChanged(before, after labels.Set) {
 			return pe.nsSel != nil && pe.nsSel.Matches(before) != pe.nsSel.Matches(after)
 		})
 	})
+	c.namespaceChangedTiers(before, after)
 }
 
 // SetPolicy records policy np, added or changed.
@@ -167,9 +179,13 @@ func (c *Compiler) Compile() (*nft.Ruleset, []Problem) {
 	for _, k := range c.order {
 		problems = append(problems, c.pols[k].problems...)
 	}
+	problems = append(problems, c.cnpProblems()...)
 	p := newPass(c.ix, c.byNS, c.keys, c.opts)
 	p.strict = c.strict
 	c.cached = p.build(c.cached)
+	if tp := c.tierPass(); tp != nil {
+		c.cnpCached = p.buildTiers(tp, c.cnpCached)
+	}
 	rs, at := p.ruleset(c.table)
 	c.attrib = at
 	// Bound the key table: drop it when it holds more than twice the keys the

@@ -12,8 +12,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/nft"
+	"github.com/nftpolicy/nftpolicy/nft/internal/netpolref"
 )
 
 // cluster is the objects a Compiler has been told about, by namespace/name.
@@ -21,6 +23,8 @@ type cluster struct {
 	pods       map[objKey]*corev1.Pod
 	namespaces map[string]*corev1.Namespace
 	policies   map[objKey]*networkingv1.NetworkPolicy
+	cnps       map[string]*cnpv1.ClusterNetworkPolicy
+	nodes      map[string]*corev1.Node
 }
 
 func (cl *cluster) snapshot(node string) Snapshot {
@@ -28,6 +32,8 @@ func (cl *cluster) snapshot(node string) Snapshot {
 	s.Pods = slices.Collect(maps.Values(cl.pods))
 	s.Namespaces = slices.Collect(maps.Values(cl.namespaces))
 	s.Policies = slices.Collect(maps.Values(cl.policies))
+	s.ClusterNetworkPolicies = slices.Collect(maps.Values(cl.cnps))
+	s.Nodes = slices.Collect(maps.Values(cl.nodes))
 	return s
 }
 
@@ -37,21 +43,31 @@ func (cl *cluster) snapshot(node string) Snapshot {
 // object; namespaces relabelled, deleted, recreated; policies replaced, deleted,
 // created), and after every few changes compares its result, text and problems, with
 // a fresh Compile of the same objects.
-func TestCompilerMatchesCompile(t *testing.T) {
+func TestCompilerMatchesCompile(t *testing.T) { compilerMatchesCompile(t, randomWorld, 400) }
+
+// TestCompilerMatchesCompileTiers is TestCompilerMatchesCompile on clusters with
+// ClusterNetworkPolicies and nodes, whose changes (policies replaced, deleted,
+// created; nodes relabelled, readdressed, deleted, created) join the others.
+func TestCompilerMatchesCompileTiers(t *testing.T) {
+	compilerMatchesCompile(t, randomTieredWorld, 200)
+}
+
+func compilerMatchesCompile(t *testing.T, gen func(*rand.Rand) world, cases int) {
 	seed := *seedFlag
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano())
 	}
-	cases, steps := 400, 60
+	steps := 60
 	if testing.Short() {
-		cases = 40
+		cases /= 10
 	}
 	compared := 0
 	for i := range cases {
 		rng := rand.New(rand.NewPCG(seed, uint64(i)))
-		w := randomWorld(rng)
+		w := gen(rng)
 		node := fmt.Sprintf("node-%d", 1+rng.IntN(2))
-		cl := &cluster{pods: map[objKey]*corev1.Pod{}, namespaces: map[string]*corev1.Namespace{}, policies: map[objKey]*networkingv1.NetworkPolicy{}}
+		cl := &cluster{pods: map[objKey]*corev1.Pod{}, namespaces: map[string]*corev1.Namespace{}, policies: map[objKey]*networkingv1.NetworkPolicy{},
+			cnps: map[string]*cnpv1.ClusterNetworkPolicy{}, nodes: map[string]*corev1.Node{}}
 		opts := Options{Table: "t"}
 		if i%2 == 1 { // every other case with the deny log and policy counters on
 			opts.DenyLog, opts.PolicyCounters = observeOpts.DenyLog, true
@@ -68,6 +84,14 @@ func TestCompilerMatchesCompile(t *testing.T) {
 		for _, np := range w.policies {
 			cl.policies[objKey{np.Namespace, np.Name}] = np
 			c.SetPolicy(np)
+		}
+		for _, n := range w.nodes {
+			cl.nodes[n.Name] = n
+			c.SetNode(n)
+		}
+		for _, cnp := range w.cnps {
+			cl.cnps[cnp.Name] = cnp
+			c.SetClusterNetworkPolicy(cnp)
 		}
 		var log []string
 		for step := range steps {
@@ -93,6 +117,9 @@ func TestCompilerMatchesCompile(t *testing.T) {
 func randomChange(rng *rand.Rand, cl *cluster, c *Compiler, w world) string {
 	pick := func(xs ...string) string { return xs[rng.IntN(len(xs))] }
 	podKeys := slices.SortedFunc(maps.Keys(cl.pods), func(a, b objKey) int { return strings.Compare(a.ns+"/"+a.name, b.ns+"/"+b.name) })
+	if w.nodes != nil && rng.IntN(4) == 0 {
+		return randomTierChange(rng, cl, c, podKeys, w)
+	}
 	switch n := rng.IntN(20); {
 	case n < 10 && len(podKeys) > 0: // change a pod
 		key := podKeys[rng.IntN(len(podKeys))]
@@ -228,4 +255,42 @@ func TestCompilerKeyTableBounded(t *testing.T) {
 	if nft.Render(got) != nft.Render(want) {
 		t.Error("after refills: incremental result differs from a fresh compile")
 	}
+}
+
+// randomTierChange changes a ClusterNetworkPolicy or a node.
+func randomTierChange(rng *rand.Rand, cl *cluster, c *Compiler, podKeys []objKey, w world) string {
+	if rng.IntN(3) == 0 { // a node
+		name := fmt.Sprintf("node-%d", 1+rng.IntN(3))
+		if _, ok := cl.nodes[name]; ok && rng.IntN(4) == 0 {
+			delete(cl.nodes, name)
+			c.DeleteNode(name)
+			return "node " + name + ": delete"
+		}
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"zone": []string{"a", "b"}[rng.IntN(2)]}}}
+		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("172.18.0.%d", 1+rng.IntN(4))}}
+		if rng.IntN(2) == 0 {
+			n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("fd00:172:18::%d", 1+rng.IntN(4))})
+		}
+		cl.nodes[name] = n
+		c.SetNode(n)
+		return fmt.Sprintf("node %s: set %v %v", name, n.Labels, n.Status.Addresses)
+	}
+	var pods []*corev1.Pod
+	for _, k := range podKeys {
+		if len(refPodIPs(cl.pods[k])) > 0 {
+			pods = append(pods, cl.pods[k])
+		}
+	}
+	if len(pods) == 0 {
+		pods = w.pods
+	}
+	cnp := netpolref.RandomClusterPolicy(rng, fmt.Sprintf("c%d", rng.IntN(5)), pods)
+	if _, ok := cl.cnps[cnp.Name]; ok && rng.IntN(3) == 0 {
+		delete(cl.cnps, cnp.Name)
+		c.DeleteClusterNetworkPolicy(cnp.Name)
+		return "cnp " + cnp.Name + ": delete"
+	}
+	cl.cnps[cnp.Name] = cnp
+	c.SetClusterNetworkPolicy(cnp)
+	return "cnp " + cnp.Name + ": set"
 }

@@ -46,12 +46,15 @@ var crossProtos = []struct {
 
 // crosscheck compiles w for each node and checks, for every pair of addresses (not
 // both external), protocol and port, that the first packet of a connection gets
-// through the forward hooks it crosses (the source pod's node, then the destination
-// pod's node when different) exactly when the reference evaluator allows it. It also
-// checks each ruleset's validity and the disjointness of its interval sets. With
-// strictToo, every packet is also checked against the EstablishedRecheck rulesets
-// (crossStrict). It returns
-// the number of packets compared and the first failures.
+// through the hooks it crosses exactly when the reference evaluator allows it: the
+// source pod's node's forward hook, then the destination pod's node's forward hook
+// when different; for a node's address as destination, that node's input hook
+// instead (a pod's traffic to its own node crosses only input). A node's own traffic
+// to its pods crosses no hook nftpolicy filters. It also checks each ruleset's
+// validity and the disjointness of its interval sets. With strictToo, every packet
+// that crosses only forward hooks is also checked against the EstablishedRecheck
+// rulesets (crossStrict). It returns the number of packets compared and the first
+// failures.
 func crosscheck(t testing.TB, w world, strictToo bool) (int, []string) {
 	return crosscheckOpts(t, w, Options{}, strictToo)
 }
@@ -65,12 +68,17 @@ func crosscheckOpts(t testing.TB, w world, opts Options, strictToo bool) (int, [
 			nodes = append(nodes, p.Spec.NodeName)
 		}
 	}
+	for _, n := range w.nodes {
+		if !slices.Contains(nodes, n.Name) {
+			nodes = append(nodes, n.Name)
+		}
+	}
 	slices.Sort(nodes)
 	tracers := map[string]*trace.Tracer{}
 	strict := map[string]*trace.Tracer{} // EstablishedRecheck at epoch crossEpoch
 	var errs []string
 	for _, n := range nodes {
-		snap := Snapshot{NodeName: n, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}
+		snap := w.snapshot(n)
 		rs, _ := Compile(snap, opts)
 		sopts := opts
 		sopts.Established = EstablishedRecheck
@@ -93,7 +101,7 @@ func crosscheckOpts(t testing.TB, w world, opts Options, strictToo bool) (int, [
 	var eps []crossEndpoint
 	for _, p := range w.pods {
 		switch {
-		case p.Spec.HostNetwork: // the node's address: never crosses forward
+		case p.Spec.HostNetwork: // the node's address: see the nodes below
 		case refActive(p):
 			for _, ip := range refPodIPs(p) {
 				eps = append(eps, crossEndpoint{refEndpoint{Pod: p, IP: ip}, p.Spec.NodeName, p.Namespace + "/" + p.Name})
@@ -104,21 +112,45 @@ func crosscheckOpts(t testing.TB, w world, opts Options, strictToo bool) (int, [
 			}
 		}
 	}
+	for _, n := range w.nodes {
+		for _, a := range n.Status.Addresses {
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				eps = append(eps, crossEndpoint{refEndpoint{IP: ip, Node: n.Name}, "", "node " + n.Name})
+			}
+		}
+	}
 	for _, ip := range w.externals {
 		eps = append(eps, crossEndpoint{refEndpoint{IP: ip}, "", "external"})
 	}
-	ref := newRefCluster(w.pods, w.namespaces, w.policies)
+	ref := newRefCluster(w.pods, w.namespaces, w.policies).WithTiers(w.cnps, w.nodes)
 	count := 0
+	type crossing struct{ node, hook string }
 	for _, src := range eps {
 		for _, dst := range eps {
 			if src.ref.IP == dst.ref.IP || src.ref.IP.Is4() != dst.ref.IP.Is4() || (src.node == "" && dst.node == "") {
 				continue
 			}
-			crossed := []string{}
-			for _, n := range []string{src.node, dst.node} {
-				if n != "" && !slices.Contains(crossed, n) {
-					crossed = append(crossed, n)
+			var crossed []crossing
+			switch {
+			case src.ref.Node != "" && src.ref.Node == dst.node:
+				// A node to its own pod: output, not filtered.
+			case src.node != "" && dst.ref.Node != "":
+				crossed = append(crossed, crossing{dst.ref.Node, "input"})
+				if src.node != dst.ref.Node {
+					crossed = []crossing{{src.node, "forward"}, {dst.ref.Node, "input"}}
 				}
+			default:
+				for _, n := range []string{src.node, dst.node} {
+					if n != "" && !slices.Contains(crossed, crossing{n, "forward"}) {
+						crossed = append(crossed, crossing{n, "forward"})
+					}
+				}
+			}
+			forwardOnly := len(crossed) > 0
+			var crossedNodes []string
+			for _, c := range crossed {
+				forwardOnly = forwardOnly && c.hook == "forward"
+				crossedNodes = append(crossedNodes, c.node)
 			}
 			for _, proto := range crossProtos {
 				ports := w.ports
@@ -136,10 +168,10 @@ func crosscheckOpts(t testing.TB, w world, opts Options, strictToo bool) (int, [
 					want := ref.Allowed(src.ref, dst.ref, proto.name, port)
 					got := true
 					var traces []trace.Trace
-					for _, n := range crossed {
-						tr, err := tracers[n].Forward(pkt)
+					for _, c := range crossed {
+						tr, err := tracers[c.node].Hook(c.hook, pkt)
 						if err != nil {
-							return count, append(errs, fmt.Sprintf("node %s: %v: %v", n, pkt, err))
+							return count, append(errs, fmt.Sprintf("node %s %s: %v: %v", c.node, c.hook, pkt, err))
 						}
 						traces = append(traces, tr)
 						if tr.Verdict != nft.Accept {
@@ -148,8 +180,8 @@ func crosscheckOpts(t testing.TB, w world, opts Options, strictToo bool) (int, [
 						}
 					}
 					count++
-					if strictToo && len(errs) < 5 {
-						if msg := crossStrict(strict, crossed, pkt, want); msg != "" {
+					if strictToo && forwardOnly && len(errs) < 5 {
+						if msg := crossStrict(strict, crossedNodes, pkt, want); msg != "" {
 							errs = append(errs, fmt.Sprintf("%s (%s) -> %s (%s) %s/%d: strict mode: %s",
 								src.name, src.ref.IP, dst.name, dst.ref.IP, proto.name, port, msg))
 						}
@@ -157,7 +189,7 @@ func crosscheckOpts(t testing.TB, w world, opts Options, strictToo bool) (int, [
 					if got != want && len(errs) < 5 {
 						var b strings.Builder
 						for i, tr := range traces {
-							fmt.Fprintf(&b, "node %s:\n%s", crossed[i], tr)
+							fmt.Fprintf(&b, "node %s %s:\n%s", crossed[i].node, crossed[i].hook, tr)
 						}
 						errs = append(errs, fmt.Sprintf("%s (%s) -> %s (%s) %s/%d: ruleset allows=%v, evaluator allows=%v\n%s",
 							src.name, src.ref.IP, dst.name, dst.ref.IP, proto.name, port, got, want, b.String()))
@@ -291,6 +323,8 @@ func TestCrosscheckUpstreamAll(t *testing.T) {
 		}
 		cw := loadCase(t, c)
 		w.policies = append(w.policies, cw.policies...)
+		w.cnps = append(w.cnps, cw.cnps...)
+		w.nodes = append(w.nodes, cw.nodes...)
 		for _, a := range cw.externals {
 			ext[a] = true
 		}
@@ -308,12 +342,22 @@ func TestCrosscheckUpstreamAll(t *testing.T) {
 
 // TestCrosscheckRandom compares compiled rulesets and the evaluator on random
 // clusters and policies. Reproduce a failure with -seed (and -cases).
-func TestCrosscheckRandom(t *testing.T) {
+func TestCrosscheckRandom(t *testing.T) { crosscheckRandom(t, "TestCrosscheckRandom", randomWorld, 1) }
+
+// TestCrosscheckRandomTiers is TestCrosscheckRandom on clusters with
+// ClusterNetworkPolicies of both tiers (and NetworkPolicies, in most), nodes and
+// their addresses: pod to own node through the input hook included. A tenth of
+// -cases: each case walks more packets (the nodes' addresses).
+func TestCrosscheckRandomTiers(t *testing.T) {
+	crosscheckRandom(t, "TestCrosscheckRandomTiers", randomTieredWorld, 10)
+}
+
+func crosscheckRandom(t *testing.T, name string, gen func(*rand.Rand) world, div int) {
 	seed := *seedFlag
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano())
 	}
-	cases := *casesFlag
+	cases := *casesFlag / div
 	if testing.Short() {
 		cases /= 10
 	}
@@ -336,13 +380,17 @@ func TestCrosscheckRandom(t *testing.T) {
 				if i >= cases {
 					return
 				}
-				w := randomWorld(rand.New(rand.NewPCG(seed, uint64(i))))
+				w := gen(rand.New(rand.NewPCG(seed, uint64(i))))
 				// Strict mode on one case in four: it quadruples the walks.
 				n, errs := crosscheck(t, w, i%4 == 0)
 				mu.Lock()
 				total += n
 				if len(errs) > 0 && (failCase < 0 || i < failCase) {
 					pols, _ := yaml.Marshal(w.policies)
+					if len(w.cnps) > 0 {
+						cnps, _ := yaml.Marshal(w.cnps)
+						pols = append(pols, "\ncluster network policies:\n"+string(cnps)...)
+					}
 					failCase, failMsg = i, fmt.Sprintf("%s\npolicies:\n%s", strings.Join(errs, "\n"), pols)
 				}
 				mu.Unlock()
@@ -351,8 +399,8 @@ func TestCrosscheckRandom(t *testing.T) {
 	}
 	wg.Wait()
 	if failCase >= 0 {
-		t.Fatalf("seed %d case %d (rerun: go test ./nft/compile -run TestCrosscheckRandom -seed %d -cases %d):\n%s",
-			seed, failCase, seed, failCase+1, failMsg)
+		t.Fatalf("seed %d case %d (rerun: go test ./nft/compile -run %s -seed %d -cases %d):\n%s",
+			seed, failCase, name, seed, failCase+1, failMsg)
 	}
 	t.Logf("seed %d: %d random cases, %d packets compared", seed, cases, total)
 }

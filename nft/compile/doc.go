@@ -111,6 +111,79 @@
 // change refills, not the whole table. Compile is a fresh Compiler, and
 // TestCompilerMatchesCompile checks the two agree over random change sequences.
 //
+// # ClusterNetworkPolicy: the Admin and Baseline tiers
+//
+// ClusterNetworkPolicy (policy.networking.k8s.io v1beta1; v1alpha2 has the same
+// schema and the controllers convert it) is read from the doc comments of its types
+// in sigs.k8s.io/network-policy-api, the specification. How Compile reads them:
+//
+// Tiers. A connection's first packet is judged for the source pod's egress and the
+// destination pod's ingress, each on its own: Admin tier, then NetworkPolicy, then
+// Baseline, then the default (allow). The two directions are independent, as for
+// NetworkPolicy: a packet passes when both allow it.
+//
+// Order. Within a tier, policies run by ascending spec.priority; equal priorities are
+// all applied, in the order of their names (a deterministic tie-break the API leaves
+// to the implementation). Within a policy, rules run in written order. The first rule
+// that matches decides for its direction:
+//   - Accept: allowed. In egress, no further egress rule of any tier (NetworkPolicy
+//     included) is consulted, but the destination's ingress is still judged, all
+//     tiers. In ingress, the packet is allowed.
+//   - Deny: dropped (silently: the suite expects a timeout, not a refusal).
+//   - Pass: the rest of the tier is skipped. From Admin, NetworkPolicy judges next;
+//     when no NetworkPolicy isolates the pod for that direction, Baseline does. From
+//     Baseline, the default: allowed.
+//
+// A rule without a match leaves the packet to the next rule, policy and tier.
+// NetworkPolicy always decides for the pods it isolates (Baseline is never consulted
+// for them in that direction). A policy without ingress (egress) rules does not take
+// part in ingress (egress).
+//
+// Subjects: spec.subject.namespaces (every pod of the matching namespaces) or
+// spec.subject.pods (namespaceSelector AND podSelector). Only pods that take part in
+// policy (see "Who is judged") are subjects or pod peers: hostNetwork pods never are.
+//
+// Peers. Ingress: namespaces, pods. Egress: namespaces, pods, networks, nodes and
+// domainNames. A rule's peers add up (OR). networks are CIDRs that match any address,
+// pod addresses included, with every protocol (ICMP too) when the rule lists no
+// protocols. nodes selects nodes by label and stands for every IP address in their
+// status.addresses (of both families; hostnames are skipped). A CIDR with host bits
+// set is read as its network.
+//
+// Protocols. A rule without protocols matches every protocol and port. Each entry is
+// tcp, udp or sctp with a destinationPort (a number, or a range start-end inclusive),
+// or a destinationNamedPort, resolved on the destination as for NetworkPolicy: for
+// ingress on the subject pod itself, for egress on each destination pod; an address
+// that is no pod's never matches a named port. A tcp/udp/sctp entry without a
+// destinationPort (the CRD forbids it) is read as every port of that protocol.
+//
+// Traffic a pod sends to its own node (or to a hostNetwork pod, or a Service endpoint
+// on it) reaches the node's input hook, not forward: NetworkPolicy allows it always,
+// but Admin and Baseline egress rules judge it (nodes and networks peers can match
+// it; Deny-all fallbacks too). Traffic a node sends to its own pods leaves through
+// output and is not judged, as for NetworkPolicy.
+//
+// Fail closed, as the API prescribes for peers it cannot understand. A peer with no
+// field set (an unknown field from a newer CRD) and a domainNames peer (not
+// implemented: it needs DNS snooping) are unsupported. An Accept rule matches through
+// its supported peers only, and nothing when all its peers are unsupported; a Deny or
+// Pass rule with an unsupported peer becomes "deny all" (drops whatever reaches it,
+// every peer, protocol and port). Any other invalid part of a rule (an invalid
+// selector or CIDR, an unknown protocol, a port outside 1-65535 or a range whose
+// start exceeds its end, an invalid port name, an unknown action) makes an Accept
+// rule match nothing and a Deny or Pass rule deny all. An invalid subject selector
+// selects no pod; an unknown tier leaves the policy out. Each is a Problem naming the
+// ClusterNetworkPolicy (Problem.Cluster), reported like NetworkPolicy's: an Event on
+// the object and one log line, and it never changes what other policies enforce.
+//
+// Cost. Local subjects are grouped per tier and direction by the list of policies
+// that select them (in evaluation order); each group has one chain holding those
+// policies' rules, reached from a verdict map on the subject's address. A packet
+// walks only the rules of the policies that select its pods. Each rule is one nft
+// rule per family, with named sets of the rule's own (peers' addresses; protocols and
+// ports; named port destinations) shared by every group that runs the policy, so pod
+// churn is element changes. With no ClusterNetworkPolicy at all the table is exactly
+// the NetworkPolicy table; nft/doc.go shows both layouts.
 // # Seeing verdicts
 //
 // Two options add to each group chain what lets a person see its verdicts, without
@@ -137,4 +210,12 @@
 //	unknown.go    options: --unknown-pod-cidrs (drop unknown local sources)
 //	policy.go     NetworkPolicy parsed once into policy, rule, peer, port
 //	index.go      index: pods and namespaces arranged for selection, and podInfo
+//
+// The ClusterNetworkPolicy tiers, apart from the NetworkPolicy path:
+//
+//	cnp_parse.go     ClusterNetworkPolicy parsed once into clusterPolicy, cnpRule, cnpPeer
+//	cnp_compiler.go  the Compiler's Set/Delete for them and for nodes, and invalidation
+//	cnp_tier.go      tierPass: subject groups per tier and direction, their chains, the maps
+//	cnp_sets.go      each rule's sets: peers, protocols and ports, named port destinations
+//	cnp_table.go     the tiers' fixed chains (forward's tier walk, ingress-tiers, input), nodeInfo
 package compile

@@ -14,6 +14,7 @@ import (
 	"go4.org/netipx"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/nftpolicy/nftpolicy/nft"
@@ -65,9 +66,21 @@ var goldenCases = []goldenCase{
 		`y/bad-selector: invalid podSelector (values: Invalid value: null: for 'in', 'notin' operators, values set can't be empty): the policy selects no pod`,
 		`y/bad-type: unknown policyType "Sideways" ignored`,
 	}},
+	{name: "cnp-admin", upstream: true, node: "node-1"},
+	{name: "cnp-baseline", upstream: true, node: "node-1"},
+	{name: "cnp-nodes-named", upstream: true, node: "node-1"},
+	{name: "cnp-problems", upstream: true, node: "node-1", problems: []string{
+		"cnp/accept-domains: egress rule 0: peer 0: domainNames peers are not implemented by nftpolicy; the rule matches nothing",
+		"cnp/accept-domains: egress rule 1: peer 0: domainNames peers are not implemented by nftpolicy; the rule matches through its other peers only",
+		`cnp/bad-tier: unknown tier "Middle": the policy is not enforced`,
+		"cnp/deny-domains: egress rule 0: peer 0: domainNames peers are not implemented by nftpolicy; the rule denies all",
+		"cnp/pass-bad: ingress rule 0: protocol 0: port 70000 out of range 1-65535; the rule denies all",
+	}},
 	{name: "pod-eligibility", node: "node-1"},
 	{name: "named-port-groups", node: "node-1"},
 	{name: "namespaces", node: "node-1"},
+	// The Admin case in strict mode: reply twins of the tier chains, ct-stamp ends.
+	{name: "cnp-admin-strict", src: "cnp-admin", upstream: true, node: "node-1", opts: Options{Established: EstablishedRecheck}},
 	// The union case with the deny log and the policy counters on.
 	{name: "observe", src: "union", upstream: true, node: "node-1", opts: Options{
 		DenyLog: DenyLog{Group: 100, Rate: 100, Burst: 20}, PolicyCounters: true}},
@@ -83,7 +96,7 @@ func TestGolden(t *testing.T) {
 	for _, c := range goldenCases {
 		t.Run(c.name, func(t *testing.T) {
 			w := loadCase(t, c)
-			rs, problems := Compile(Snapshot{NodeName: c.node, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, c.opts)
+			rs, problems := Compile(w.snapshot(c.node), c.opts)
 			if err := rs.Validate(); err != nil {
 				t.Fatalf("invalid ruleset: %v", err)
 			}
@@ -129,11 +142,13 @@ func TestGolden(t *testing.T) {
 func TestCompileIsDeterministic(t *testing.T) {
 	for _, c := range goldenCases {
 		w := loadCase(t, c)
-		rs, p1 := Compile(Snapshot{NodeName: c.node, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, c.opts)
+		rs, p1 := Compile(w.snapshot(c.node), c.opts)
 		slices.Reverse(w.pods)
 		slices.Reverse(w.namespaces)
 		slices.Reverse(w.policies)
-		rs2, p2 := Compile(Snapshot{NodeName: c.node, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, c.opts)
+		slices.Reverse(w.cnps)
+		slices.Reverse(w.nodes)
+		rs2, p2 := Compile(w.snapshot(c.node), c.opts)
 		if nft.Render(rs) != nft.Render(rs2) || !slices.Equal(p1, p2) {
 			t.Errorf("%s: result depends on input order", c.name)
 		}
@@ -163,13 +178,14 @@ func loadCase(t *testing.T, c goldenCase) world {
 	if c.src != "" {
 		src = c.src
 	}
-	nss, pods, pols, err := loadObjects(filepath.Join("testdata", src+".yaml"))
+	objs, err := loadObjects(filepath.Join("testdata", src+".yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.namespaces = append(w.namespaces, nss...)
-	w.pods = append(w.pods, pods...)
-	w.policies = append(w.policies, pols...)
+	w.namespaces = append(w.namespaces, objs.namespaces...)
+	w.pods = append(w.pods, objs.pods...)
+	w.policies = append(w.policies, objs.policies...)
+	w.cnps, w.nodes = objs.cnps, objs.nodes
 
 	podAddr := map[netip.Addr]bool{}
 	for _, p := range w.pods {
@@ -231,6 +247,50 @@ func loadCase(t *testing.T, c goldenCase) world {
 			}
 		}
 	}
+	for _, c := range w.cnps {
+		var nets []cnpv1.CIDR
+		var protos []cnpv1.ClusterNetworkPolicyProtocol
+		for _, r := range c.Spec.Ingress {
+			protos = append(protos, r.Protocols...)
+		}
+		for _, r := range c.Spec.Egress {
+			protos = append(protos, r.Protocols...)
+			for _, pe := range r.To {
+				nets = append(nets, pe.Networks...)
+			}
+		}
+		for _, n := range nets {
+			p, err := netip.ParsePrefix(string(n))
+			if err != nil {
+				continue
+			}
+			p = p.Masked()
+			for _, a := range []netip.Addr{p.Addr(), p.Addr().Prev(), netipx.PrefixLastIP(p), netipx.PrefixLastIP(p).Next()} {
+				if a.IsValid() {
+					ext[a] = true
+				}
+			}
+		}
+		for _, pp := range protos {
+			for _, dp := range []*cnpv1.Port{tcpPort(pp.TCP), udpPort(pp.UDP), sctpPort(pp.SCTP)} {
+				switch {
+				case dp == nil:
+				case dp.Range != nil:
+					addPort(int(dp.Range.Start))
+					addPort(int(dp.Range.End))
+				default:
+					addPort(int(dp.Number))
+				}
+			}
+		}
+	}
+	for _, n := range w.nodes {
+		for _, a := range n.Status.Addresses {
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				podAddr[ip] = true // crosschecked as the node's
+			}
+		}
+	}
 	for a := range ext {
 		if !podAddr[a] {
 			w.externals = append(w.externals, a)
@@ -244,57 +304,83 @@ func loadCase(t *testing.T, c goldenCase) world {
 	return w
 }
 
+func tcpPort(p *cnpv1.ClusterNetworkPolicyProtocolTCP) *cnpv1.Port {
+	if p == nil {
+		return nil
+	}
+	return p.DestinationPort
+}
+
+func udpPort(p *cnpv1.ClusterNetworkPolicyProtocolUDP) *cnpv1.Port {
+	if p == nil {
+		return nil
+	}
+	return p.DestinationPort
+}
+
+func sctpPort(p *cnpv1.ClusterNetworkPolicyProtocolSCTP) *cnpv1.Port {
+	if p == nil {
+		return nil
+	}
+	return p.DestinationPort
+}
+
 var (
 	docSep   = regexp.MustCompile(`(?m)^---\s*$`)
 	yamlBool = regexp.MustCompile(`(?im)(?:[:\[,]|^\s*-\s)\s*(y|n|yes|no|on|off)\s*([,}\]]|$)`)
 )
 
-// loadObjects decodes a multi-document YAML file of Namespaces, Pods and
-// NetworkPolicies (unknown fields are errors, to catch typos in test data).
-func loadObjects(path string) ([]*corev1.Namespace, []*corev1.Pod, []*networkingv1.NetworkPolicy, error) {
+// loadObjects decodes a multi-document YAML file of Namespaces, Pods,
+// NetworkPolicies, ClusterNetworkPolicies and Nodes (unknown fields are errors, to
+// catch typos in test data).
+func loadObjects(path string) (world, error) {
+	var w world
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, nil, nil, err
+		return w, err
 	}
-	var nss []*corev1.Namespace
-	var pods []*corev1.Pod
-	var pols []*networkingv1.NetworkPolicy
 	if m := yamlBool.FindString(stripComments(string(data))); m != "" {
 		// sigs.k8s.io/yaml reads YAML 1.1: an unquoted y is true, and turns into the
 		// string "true" in a string field. Quote it.
-		return nil, nil, nil, fmt.Errorf("%s: unquoted YAML 1.1 boolean in %q", path, m)
+		return w, fmt.Errorf("%s: unquoted YAML 1.1 boolean in %q", path, m)
 	}
 	for i, doc := range docSep.Split(string(data), -1) {
 		var head struct {
 			Kind string `json:"kind"`
 		}
 		if err := yaml.Unmarshal([]byte(doc), &head); err != nil {
-			return nil, nil, nil, fmt.Errorf("%s document %d: %w", path, i, err)
+			return w, fmt.Errorf("%s document %d: %w", path, i, err)
 		}
 		var obj any
 		switch head.Kind {
 		case "":
 			if strings.TrimSpace(stripComments(doc)) != "" {
-				return nil, nil, nil, fmt.Errorf("%s document %d: no kind", path, i)
+				return w, fmt.Errorf("%s document %d: no kind", path, i)
 			}
 			continue
 		case "Namespace":
 			ns := &corev1.Namespace{}
-			nss, obj = append(nss, ns), ns
+			w.namespaces, obj = append(w.namespaces, ns), ns
 		case "Pod":
 			p := &corev1.Pod{}
-			pods, obj = append(pods, p), p
+			w.pods, obj = append(w.pods, p), p
 		case "NetworkPolicy":
 			np := &networkingv1.NetworkPolicy{}
-			pols, obj = append(pols, np), np
+			w.policies, obj = append(w.policies, np), np
+		case "ClusterNetworkPolicy":
+			c := &cnpv1.ClusterNetworkPolicy{}
+			w.cnps, obj = append(w.cnps, c), c
+		case "Node":
+			n := &corev1.Node{}
+			w.nodes, obj = append(w.nodes, n), n
 		default:
-			return nil, nil, nil, fmt.Errorf("%s document %d: unexpected kind %q", path, i, head.Kind)
+			return w, fmt.Errorf("%s document %d: unexpected kind %q", path, i, head.Kind)
 		}
 		if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
-			return nil, nil, nil, fmt.Errorf("%s document %d: %w", path, i, err)
+			return w, fmt.Errorf("%s document %d: %w", path, i, err)
 		}
 	}
-	return nss, pods, pols, nil
+	return w, nil
 }
 
 func stripComments(doc string) string {

@@ -73,7 +73,7 @@ func TestKernelLoad(t *testing.T) {
 	all.namespaces, all.pods = upstreamModel()
 	for _, c := range goldenCases {
 		w := loadCase(t, c)
-		rs, _ := Compile(Snapshot{NodeName: c.node, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, c.opts)
+		rs, _ := Compile(w.snapshot(c.node), c.opts)
 		load(c.name, rs)
 		rs, _ = Compile(Snapshot{NodeName: c.node, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, Options{Established: EstablishedRecheck})
 		load(c.name+"-recheck", rs)
@@ -82,15 +82,20 @@ func TestKernelLoad(t *testing.T) {
 		load(c.name+"-unknown", rs)
 		if c.upstream {
 			all.policies = append(all.policies, w.policies...)
+			all.cnps = append(all.cnps, w.cnps...)
+			all.nodes = append(all.nodes, w.nodes...)
 		}
 	}
 	for _, node := range []string{"node-1", "node-2"} {
-		rs, _ := Compile(Snapshot{NodeName: node, Pods: all.pods, Namespaces: all.namespaces, Policies: all.policies}, Options{})
+		rs, _ := Compile(all.snapshot(node), Options{})
 		load("upstream-all-"+node, rs)
 	}
 	for i := range 20 {
 		w := randomWorld(rand.New(rand.NewPCG(7, uint64(i))))
-		rs, _ := Compile(Snapshot{NodeName: "node-1", Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies}, Options{})
+		rs, _ := Compile(w.snapshot("node-1"), Options{})
 		load(fmt.Sprintf("random-%d", i), rs)
+		w = randomTieredWorld(rand.New(rand.NewPCG(7, uint64(i))))
+		rs, _ = Compile(w.snapshot("node-1"), Options{})
+		load(fmt.Sprintf("random-tiered-%d", i), rs)
 	}
 }

@@ -28,6 +28,7 @@ type pass struct {
 	keys       *keyTable
 	opts       Options
 	strict     *strictMode // nil: keep mode
+	tiers      *tierPass   // ClusterNetworkPolicy (cnp_tier.go); nil without any
 }
 
 // podSelection is the pods a peer's selectors pick and their addresses.
@@ -201,7 +202,8 @@ func (ps *pass) rulePeers(p *policy, r *rule) *addrSet {
 	return s
 }
 
-// selectPeer returns the pods (on any node) a selector peer of policy p picks.
+// selectPeer returns the pods (on any node) a selector peer of policy p picks (p may
+// be nil for a peer with a namespace selector: ClusterNetworkPolicy peers).
 func (ps *pass) selectPeer(p *policy, pe *peer) *podSelection {
 	key := pe.key
 	if pe.nsSel == nil {
@@ -210,9 +212,11 @@ func (ps *pass) selectPeer(p *policy, pe *peer) *podSelection {
 	if s := ps.selections[key]; s != nil {
 		return s
 	}
-	nss := []string{p.ns}
+	var nss []string
 	if pe.nsSel != nil {
 		nss = ps.selectNamespaces(pe.nsSel)
+	} else {
+		nss = []string{p.ns}
 	}
 	s := &podSelection{pods: ps.ix.selectPods(nss, pe.podSel)}
 	var addrs []netip.Addr
@@ -336,5 +340,6 @@ func (ps *pass) ruleset(table string) (*nft.Ruleset, *Attribution) {
 	objs, at := observeObjects(ps.opts, ps.groups)
 	rs.Objects = objs
 	slices.SortFunc(rs.Objects, func(a, b nft.Object) int { return strings.Compare(a.Name, b.Name) })
+	ps.tiers.tiersInto(rs, ps.ix.local.list())
 	return rs, at
 }

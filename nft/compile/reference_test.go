@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/nft/internal/netpolref"
 )
@@ -35,9 +36,19 @@ type world struct {
 	policies   []*networkingv1.NetworkPolicy
 	externals  []netip.Addr // addresses of no pod
 	ports      []int        // destination ports to try (TCP, UDP and SCTP each)
+	cnps       []*cnpv1.ClusterNetworkPolicy
+	nodes      []*corev1.Node
 }
 
-func randomWorld(rng *rand.Rand) world {
-	w := netpolref.RandomWorld(rng)
-	return world{pods: w.Pods, namespaces: w.Namespaces, policies: w.Policies, externals: w.Externals, ports: w.Ports}
+func (w world) snapshot(node string) Snapshot {
+	return Snapshot{NodeName: node, Pods: w.pods, Namespaces: w.namespaces, Policies: w.policies, ClusterNetworkPolicies: w.cnps, Nodes: w.nodes}
 }
+
+func fromRef(w netpolref.World) world {
+	return world{pods: w.Pods, namespaces: w.Namespaces, policies: w.Policies, externals: w.Externals, ports: w.Ports,
+		cnps: w.ClusterPolicies, nodes: w.Nodes}
+}
+
+func randomWorld(rng *rand.Rand) world { return fromRef(netpolref.RandomWorld(rng)) }
+
+func randomTieredWorld(rng *rand.Rand) world { return fromRef(netpolref.RandomTieredWorld(rng)) }

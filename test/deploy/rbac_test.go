@@ -62,6 +62,9 @@ func TestLeastPrivilege(t *testing.T) {
 	nfttest.RequireRoot(t)
 	bin := buildAgent(t)
 
+	// The ClusterNetworkPolicy CRD is served, so the agent watches it from the
+	// start and its list/watch rule must be needed.
+	c.installClusterPolicyCRD(t)
 	objs := decode(t, render(t, "default"))
 	// Everything but the DaemonSet, which would do nothing here (envtest runs
 	// no controllers and no kubelets).
@@ -123,6 +126,23 @@ func TestLeastPrivilege(t *testing.T) {
 				t.Logf("agent log: %.400s", line)
 			}
 		})
+	}
+}
+
+// installClusterPolicyCRD installs the ClusterNetworkPolicy CRD of the module
+// (config/crd/experimental, from the module cache) and waits until it is served.
+func (c *cluster) installClusterPolicyCRD(t *testing.T) {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/network-policy-api").Output()
+	if err != nil {
+		t.Fatalf("go list -m sigs.k8s.io/network-policy-api: %v", err)
+	}
+	crd := filepath.Join(strings.TrimSpace(string(out)), "config", "crd", "experimental", "policy.networking.k8s.io_clusternetworkpolicies.yaml")
+	if out, err := c.kubectl(t, nil, "apply", "--server-side", "--field-manager="+fieldManager, "-f", crd); err != nil {
+		t.Fatalf("installing the ClusterNetworkPolicy CRD: %v: %s", err, out)
+	}
+	if out, err := c.kubectl(t, nil, "wait", "--for=condition=Established", "--timeout=60s", "crd/clusternetworkpolicies.policy.networking.k8s.io"); err != nil {
+		t.Fatalf("waiting for the ClusterNetworkPolicy CRD: %v: %s", err, out)
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
 // Cluster is a whole cluster, as the reference sees it.
@@ -29,13 +30,18 @@ type Cluster struct {
 	namespaces []*corev1.Namespace
 	policies   []*networkingv1.NetworkPolicy
 	selectors  map[*metav1.LabelSelector]labels.Selector // parse once; nil value: invalid
+
+	// The ClusterNetworkPolicy tiers (tiers.go); none: NetworkPolicy alone.
+	cnps  []*cnpv1.ClusterNetworkPolicy
+	nodes []*corev1.Node
 }
 
 // Endpoint is one end of a connection: an address, and the pod that has it when
-// a running, non-hostNetwork pod does.
+// a running, non-hostNetwork pod does, or the node when it is a node's address.
 type Endpoint struct {
-	Pod *corev1.Pod
-	IP  netip.Addr
+	Pod  *corev1.Pod
+	IP   netip.Addr
+	Node string // the node whose address IP is (Pod nil)
 }
 
 // New returns the reference evaluator of a cluster.
@@ -76,8 +82,51 @@ func (c *Cluster) Allowed(src, dst Endpoint, proto corev1.Protocol, port int) bo
 	return c.EgressAllows(src, dst, proto, port) && c.IngressAllows(src, dst, proto, port)
 }
 
-// EgressAllows: the source's egress allows the connection.
+// EgressAllows: the source's egress allows the connection: the Admin tier, then
+// NetworkPolicy, then (for a source no NetworkPolicy isolates) the Baseline tier.
 func (c *Cluster) EgressAllows(src, dst Endpoint, proto corev1.Protocol, port int) bool {
+	if src.Pod == nil {
+		return true
+	}
+	if d := c.tierDecision(cnpv1.AdminTier, false, src.Pod, dst, dst, proto, port); d == accepted || d == denied {
+		return d == accepted
+	}
+	if c.npIsolates(src.Pod, networkingv1.PolicyTypeEgress) {
+		if dst.Node != "" && dst.Node == src.Pod.Spec.NodeName {
+			return true // NetworkPolicy: traffic to the pod's own node is always allowed
+		}
+		return c.npEgressAllows(src, dst, proto, port)
+	}
+	return c.tierDecision(cnpv1.BaselineTier, false, src.Pod, dst, dst, proto, port) != denied
+}
+
+// IngressAllows: the destination's ingress allows the connection, tier by tier as
+// for egress. A node's own traffic to its pods is not judged.
+func (c *Cluster) IngressAllows(src, dst Endpoint, proto corev1.Protocol, port int) bool {
+	if dst.Pod == nil || (src.Node != "" && src.Node == dst.Pod.Spec.NodeName) {
+		return true
+	}
+	if d := c.tierDecision(cnpv1.AdminTier, true, dst.Pod, src, dst, proto, port); d == accepted || d == denied {
+		return d == accepted
+	}
+	if c.npIsolates(dst.Pod, networkingv1.PolicyTypeIngress) {
+		return c.npIngressAllows(src, dst, proto, port)
+	}
+	return c.tierDecision(cnpv1.BaselineTier, true, dst.Pod, src, dst, proto, port) != denied
+}
+
+// npIsolates: some NetworkPolicy of the pod's namespace selects it for t.
+func (c *Cluster) npIsolates(pod *corev1.Pod, t networkingv1.PolicyType) bool {
+	for _, pol := range c.policies {
+		if pol.Namespace == pod.Namespace && c.policyHasType(pol, t) && c.policySelects(pol, pod) {
+			return true
+		}
+	}
+	return false
+}
+
+// npEgressAllows: NetworkPolicy alone allows the source's egress.
+func (c *Cluster) npEgressAllows(src, dst Endpoint, proto corev1.Protocol, port int) bool {
 	if src.Pod == nil {
 		return true
 	}
@@ -96,8 +145,8 @@ func (c *Cluster) EgressAllows(src, dst Endpoint, proto corev1.Protocol, port in
 	return !isolated
 }
 
-// IngressAllows: the destination's ingress allows the connection.
-func (c *Cluster) IngressAllows(src, dst Endpoint, proto corev1.Protocol, port int) bool {
+// npIngressAllows: NetworkPolicy alone allows the destination's ingress.
+func (c *Cluster) npIngressAllows(src, dst Endpoint, proto corev1.Protocol, port int) bool {
 	if dst.Pod == nil {
 		return true
 	}

@@ -11,6 +11,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
 // World is a whole cluster for a crosscheck: every node's ruleset is compiled from it,
@@ -21,6 +22,9 @@ type World struct {
 	Policies   []*networkingv1.NetworkPolicy
 	Externals  []netip.Addr // addresses of no pod
 	Ports      []int        // destination ports to try (TCP, UDP and SCTP each)
+
+	ClusterPolicies []*cnpv1.ClusterNetworkPolicy // the tiers (RandomTieredWorld)
+	Nodes           []*corev1.Node
 }
 
 // UpstreamModel is the Kubernetes e2e network policy model: namespaces x, y, z

@@ -87,6 +87,10 @@ func StartControlPlane(dir string, opts ControlPlaneOptions) (*ControlPlane, err
 	if assets == "" {
 		return nil, errors.New("KUBEBUILDER_ASSETS is unset: export KUBEBUILDER_ASSETS=$(hack/envtest-assets.sh)")
 	}
+	crds, err := ClusterPolicyCRDDir()
+	if err != nil {
+		return nil, err
+	}
 	if opts.User == "" {
 		opts.User = "nftpolicy-e2e"
 	}
@@ -97,6 +101,7 @@ func StartControlPlane(dir string, opts ControlPlaneOptions) (*ControlPlane, err
 			// A loaded 2-core machine can take a while to bring up the apiserver.
 			ControlPlaneStartTimeout: 2 * time.Minute,
 			ControlPlaneStopTimeout:  time.Minute,
+			CRDInstallOptions:        envtest.CRDInstallOptions{Paths: []string{crds}, ErrorIfPathMissing: true},
 		},
 	}
 	if opts.Configure != nil {

@@ -476,10 +476,10 @@ func (e *Env) DeleteAllPolicies(ctx context.Context) error {
 }
 
 // Reset brings the environment back to its starting state after a test:
-// policies deleted, labels restored, every agent running, and every standard
+// policies (ClusterNetworkPolicies too) deleted, labels restored, every agent running, and every standard
 // pod reaching every other on TCP and UDP, ports 80 and 81, both families.
 func (e *Env) Reset(ctx context.Context) error {
-	if err := errors.Join(e.DeleteAllPolicies(ctx), e.ResetLabels(ctx), e.StartAgents(ctx)); err != nil {
+	if err := errors.Join(e.DeleteAllPolicies(ctx), e.DeleteAllClusterPolicies(ctx), e.ResetLabels(ctx), e.StartAgents(ctx)); err != nil {
 		return err
 	}
 	e.ForgetWrite()

@@ -1,0 +1,278 @@
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
+	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
+)
+
+// ClusterNetworkPolicy is a CRD (sigs.k8s.io/network-policy-api): a cluster may
+// serve v1beta1 (the storage version), only v1alpha2 (same schema), or neither.
+// The agent reads v1beta1 when served, else v1alpha2 (converted to v1beta1 for the
+// compiler). Without the CRD it enforces NetworkPolicy exactly as before, says so
+// once, and asks discovery again every CNPDiscoveryInterval: when the CRD appears it
+// starts the informer and the watch without a restart, and NetworkPolicy
+// enforcement never stops meanwhile. (A CRD removed while the agent runs leaves its
+// informer retrying; the last ClusterNetworkPolicies stay enforced until a restart.)
+//
+// +kubebuilder:rbac:groups=policy.networking.k8s.io,resources=clusternetworkpolicies,verbs=list;watch
+// Nodes, for nodes peers (their labels and status.addresses).
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=list;watch
+
+const (
+	cnpGroup    = "policy.networking.k8s.io"
+	cnpResource = "clusternetworkpolicies"
+)
+
+// clusterPolicyAPI is the ClusterNetworkPolicy version the agent reads: "v1beta1",
+// "v1alpha2", or "" while neither is watched.
+type clusterPolicyAPI struct {
+	version atomic.Value // string
+}
+
+func (a *clusterPolicyAPI) served() string {
+	if a == nil {
+		return ""
+	}
+	v, _ := a.version.Load().(string)
+	return v
+}
+
+// object returns an empty object of the served version (nil when none is).
+func (a *clusterPolicyAPI) object() client.Object {
+	switch a.served() {
+	case "v1beta1":
+		return &cnpv1beta1.ClusterNetworkPolicy{}
+	case "v1alpha2":
+		return &cnpv1alpha2.ClusterNetworkPolicy{}
+	}
+	return nil
+}
+
+// list lists the served version from rd, as v1beta1 objects.
+func (a *clusterPolicyAPI) list(ctx context.Context, rd client.Reader) ([]*cnpv1beta1.ClusterNetworkPolicy, error) {
+	var out []*cnpv1beta1.ClusterNetworkPolicy
+	switch a.served() {
+	case "v1beta1":
+		var l cnpv1beta1.ClusterNetworkPolicyList
+		if err := rd.List(ctx, &l, client.UnsafeDisableDeepCopy); err != nil {
+			return nil, err
+		}
+		for i := range l.Items {
+			out = append(out, &l.Items[i])
+		}
+	case "v1alpha2":
+		var l cnpv1alpha2.ClusterNetworkPolicyList
+		if err := rd.List(ctx, &l, client.UnsafeDisableDeepCopy); err != nil {
+			return nil, err
+		}
+		for i := range l.Items {
+			c, err := toV1beta1(&l.Items[i])
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// toV1beta1 returns obj as a v1beta1 ClusterNetworkPolicy: v1alpha2 has the same
+// schema (the module's types differ only in package), so JSON carries it over.
+func toV1beta1(obj client.Object) (*cnpv1beta1.ClusterNetworkPolicy, error) {
+	switch o := obj.(type) {
+	case *cnpv1beta1.ClusterNetworkPolicy:
+		return o, nil
+	case *cnpv1alpha2.ClusterNetworkPolicy:
+		data, err := json.Marshal(o)
+		if err != nil {
+			return nil, fmt.Errorf("converting v1alpha2 ClusterNetworkPolicy %s: %w", o.Name, err)
+		}
+		out := &cnpv1beta1.ClusterNetworkPolicy{}
+		if err := json.Unmarshal(data, out); err != nil {
+			return nil, fmt.Errorf("converting v1alpha2 ClusterNetworkPolicy %s: %w", o.Name, err)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("not a ClusterNetworkPolicy: %T", obj)
+}
+
+// discoverClusterPolicies returns the version of ClusterNetworkPolicy the API server
+// serves (v1beta1 first), or "" when it serves none.
+func discoverClusterPolicies(dc discovery.DiscoveryInterface) (string, error) {
+	for _, v := range []string{"v1beta1", "v1alpha2"} {
+		res, err := dc.ServerResourcesForGroupVersion(cnpGroup + "/" + v)
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return "", fmt.Errorf("discovery of %s/%s: %w", cnpGroup, v, err)
+		}
+		for _, r := range res.APIResources {
+			if r.Name == cnpResource {
+				return v, nil
+			}
+		}
+	}
+	return "", nil
+}
+
+// clusterPolicyWatch is the runnable that starts watching ClusterNetworkPolicies as
+// soon as the API serves them (at once, or when the CRD appears).
+type clusterPolicyWatch struct {
+	mgr      manager.Manager
+	ctrl     controller.Controller
+	api      *clusterPolicyAPI
+	dc       discovery.DiscoveryInterface
+	handler  handler.EventHandler
+	interval time.Duration
+	log      logr.Logger
+}
+
+func newClusterPolicyWatch(mgr manager.Manager, cfg *rest.Config, ctrl controller.Controller, api *clusterPolicyAPI,
+	h handler.EventHandler, interval time.Duration, log logr.Logger) (*clusterPolicyWatch, error) {
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("discovery client: %w", err)
+	}
+	if interval <= 0 {
+		interval = 30 * time.Second
+	}
+	return &clusterPolicyWatch{mgr: mgr, ctrl: ctrl, api: api, dc: dc, handler: h, interval: interval, log: log}, nil
+}
+
+// NeedLeaderElection: every agent watches (there is no leader election anyway).
+func (w *clusterPolicyWatch) NeedLeaderElection() bool { return false }
+
+// watchIfServed asks discovery once, before the manager starts: when the API
+// serves ClusterNetworkPolicy, its informer is registered with the others, so the
+// caches sync, and the first full sync (readiness) happens, with it.
+func (w *clusterPolicyWatch) watchIfServed(ctx context.Context) error {
+	v, err := discoverClusterPolicies(w.dc)
+	if err != nil || v == "" {
+		return nil // Start asks again, and says why
+	}
+	return w.watch(ctx, v)
+}
+
+// Start asks discovery until ClusterNetworkPolicy is served, then starts its
+// informer and watch, and returns. Discovery errors are logged and retried:
+// NetworkPolicy enforcement does not depend on them.
+func (w *clusterPolicyWatch) Start(ctx context.Context) error {
+	if w.api.served() != "" {
+		return nil
+	}
+	said := false
+	for {
+		v, err := discoverClusterPolicies(w.dc)
+		switch {
+		case err != nil:
+			w.log.Error(err, "cannot tell whether ClusterNetworkPolicy is served; asking again", "every", w.interval)
+		case v == "":
+			if !said {
+				w.log.Info("ClusterNetworkPolicy is not served by the API server (no policy.networking.k8s.io CRD): enforcing NetworkPolicy only; ClusterNetworkPolicy will be enforced once its CRD is installed",
+					"checkEvery", w.interval)
+				said = true
+			}
+		default:
+			return w.watch(ctx, v)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(w.interval):
+		}
+	}
+}
+
+func (w *clusterPolicyWatch) watch(ctx context.Context, version string) error {
+	var obj client.Object = &cnpv1beta1.ClusterNetworkPolicy{}
+	if version == "v1alpha2" {
+		obj = &cnpv1alpha2.ClusterNetworkPolicy{}
+	}
+	// The RESTMapper cached by the manager may predate the CRD: GetInformer resolves
+	// the kind afresh (the default dynamic mapper reloads on a miss).
+	if _, err := w.mgr.GetCache().GetInformer(ctx, obj); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("informer for ClusterNetworkPolicy %s: %w", version, err)
+	}
+	w.api.version.Store(version)
+	src := source.Kind(w.mgr.GetCache(), obj, w.handler, predicate.Or(predicate.GenerationChangedPredicate{}, createDelete()))
+	if err := w.ctrl.Watch(src); err != nil {
+		return fmt.Errorf("watch ClusterNetworkPolicy %s: %w", version, err)
+	}
+	w.log.Info("enforcing ClusterNetworkPolicy", "version", cnpGroup+"/"+version)
+	return nil
+}
+
+// trimClusterPolicyOr trims ClusterNetworkPolicies and hands other objects to
+// other.
+func trimClusterPolicyOr(other toolscache.TransformFunc) toolscache.TransformFunc {
+	return func(obj any) (any, error) {
+		switch obj.(type) {
+		case *cnpv1beta1.ClusterNetworkPolicy, *cnpv1alpha2.ClusterNetworkPolicy:
+			return trimClusterPolicy(obj)
+		}
+		return other(obj)
+	}
+}
+
+// trimClusterPolicy keeps identity, generation and the spec.
+func trimClusterPolicy(obj any) (any, error) {
+	switch c := obj.(type) {
+	case *cnpv1beta1.ClusterNetworkPolicy:
+		meta := trimMeta(c.ObjectMeta)
+		meta.Generation = c.Generation
+		return &cnpv1beta1.ClusterNetworkPolicy{ObjectMeta: meta, Spec: c.Spec}, nil
+	case *cnpv1alpha2.ClusterNetworkPolicy:
+		meta := trimMeta(c.ObjectMeta)
+		meta.Generation = c.Generation
+		return &cnpv1alpha2.ClusterNetworkPolicy{ObjectMeta: meta, Spec: c.Spec}, nil
+	}
+	return obj, nil
+}
+
+// trimNode keeps identity, labels and addresses: what nodes peers read.
+func trimNode(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Node{ObjectMeta: trimMeta(n.ObjectMeta), Status: corev1.NodeStatus{Addresses: n.Status.Addresses}}, nil
+}
+
+// nodeChanged passes node creates and deletes, and updates of labels or addresses
+// (not the heartbeats and conditions that make up most node updates).
+func nodeChanged() predicate.Predicate {
+	return predicate.Or(predicate.LabelChangedPredicate{}, createDelete(), predicate.Funcs{
+		CreateFunc:  func(event.CreateEvent) bool { return false },
+		DeleteFunc:  func(event.DeleteEvent) bool { return false },
+		GenericFunc: func(event.GenericEvent) bool { return false },
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			a, ok1 := e.ObjectOld.(*corev1.Node)
+			b, ok2 := e.ObjectNew.(*corev1.Node)
+			return !ok1 || !ok2 || !slices.Equal(a.Status.Addresses, b.Status.Addresses)
+		},
+	})
+}

@@ -1,0 +1,161 @@
+package compile
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/nftpolicy/nftpolicy/nft"
+)
+
+// cnpSets computes the named sets of every rule of p, both directions: the peers'
+// addresses per family, the protocols and port ranges, and the destinations of named
+// ports (address, protocol, port) per family. They depend on the pods, namespaces and
+// nodes the rules select (and, for ingress named ports, on the policy's local
+// subjects), never on which group runs them: every group shares them.
+func (ps *pass) cnpSets(p *clusterPolicy) []nft.Set {
+	var out []nft.Set
+	for _, rules := range [][]*cnpRule{p.egress, p.ingress} {
+		for _, r := range rules {
+			if r.none || r.denyAll {
+				continue
+			}
+			dir := "egress"
+			if r.ingress {
+				dir = "ingress"
+			}
+			what := fmt.Sprintf("%s %s rule %d", p.ref, dir, r.index)
+			needPeers := r.allPorts || len(r.ports) > 0 || (r.ingress && len(r.named) > 0)
+			var peers *addrSet
+			if needPeers {
+				peers = ps.cnpPeers(r)
+			}
+			var named []namedElem
+			if len(r.named) > 0 {
+				named = ps.cnpNamed(p, r)
+			}
+			for _, v6 := range []bool{false, true} {
+				typ := nft.TypeIPv4Addr
+				if v6 {
+					typ = nft.TypeIPv6Addr
+				}
+				if needPeers {
+					s := nft.Set{Name: p.setName(r, famSuffix("", v6)), Type: []nft.DataType{typ}, Interval: true,
+						Comment: comment("peers of " + what)}
+					for _, rg := range peers.elems(v6, nil) {
+						s.Elements = append(s.Elements, nft.Element{Key: []nft.Value{addrValue(rg)}})
+					}
+					out = append(out, s)
+				}
+				if len(r.named) > 0 {
+					s := nft.Set{Name: p.setName(r, famSuffix("named-", v6)), Type: []nft.DataType{typ, nft.TypeInetProto, nft.TypeInetService},
+						Interval: true, Comment: comment("named port destinations of " + what)}
+					for _, e := range named {
+						if e.addr.Is6() == v6 {
+							s.Elements = append(s.Elements, nft.Element{Key: []nft.Value{nft.Addr(e.addr), nft.Num(uint32(e.proto)), nft.Num(uint32(e.port))}})
+						}
+					}
+					out = append(out, s)
+				}
+			}
+			if len(r.ports) > 0 {
+				s := nft.Set{Name: p.setName(r, "ports"), Type: []nft.DataType{nft.TypeInetProto, nft.TypeInetService}, Interval: true,
+					Comment: comment("protocols and ports of " + what)}
+				for _, pt := range mergePorts(r.ports) {
+					s.Elements = append(s.Elements, nft.Element{Key: []nft.Value{nft.Num(uint32(pt.proto)), nft.NumRange(uint32(pt.lo), uint32(pt.hi))}})
+				}
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
+// cnpPeers is the addresses of a rule's peers: selected pods, networks, and the
+// addresses of selected nodes.
+func (ps *pass) cnpPeers(r *cnpRule) *addrSet {
+	parts := make([]*addrSet, 0, len(r.peers))
+	for _, pe := range r.peers {
+		switch {
+		case pe.sel != nil:
+			parts = append(parts, ps.selectPeer(nil, pe.sel).addrs)
+		case pe.cidrs != nil:
+			parts = append(parts, pe.cidrs)
+		default:
+			var addrs []netip.Addr
+			for _, n := range ps.tiers.nodes {
+				if pe.nodeSel.Matches(n.labels) {
+					addrs = append(addrs, n.addrs...)
+				}
+			}
+			parts = append(parts, podAddrs(addrs))
+		}
+	}
+	return unionAddrs(parts)
+}
+
+// namedElem is one destination of a named port.
+type namedElem struct {
+	addr  netip.Addr
+	proto uint8
+	port  uint16
+}
+
+// cnpNamed resolves a rule's named ports on the destinations: for egress, the pods
+// its peers select (on any node); for ingress, the policy's local subjects.
+func (ps *pass) cnpNamed(p *clusterPolicy, r *cnpRule) []namedElem {
+	seen := map[namedElem]bool{}
+	var out []namedElem
+	add := func(e namedElem) {
+		if !seen[e] {
+			seen[e] = true
+			out = append(out, e)
+		}
+	}
+	if r.ingress {
+		for _, pod := range ps.ix.local.list() {
+			if !p.selects(ps.ix.labelsOf(pod.ns), pod) {
+				continue
+			}
+			for _, ref := range r.named {
+				for _, n := range pod.resolve(ref.name, ref.proto) {
+					for _, a := range pod.addrs {
+						add(namedElem{a, ref.proto, n})
+					}
+				}
+			}
+		}
+	} else {
+		for _, pe := range r.peers {
+			sel := ps.selectPeer(nil, pe.sel)
+			for _, ref := range r.named {
+				for _, pa := range ps.namedOf(sel, ref) {
+					for _, a := range pa.addrs.pods {
+						add(namedElem{a, ref.proto, pa.port})
+					}
+				}
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b namedElem) int {
+		return cmp.Or(a.addr.Compare(b.addr), cmp.Compare(a.proto, b.proto), cmp.Compare(a.port, b.port))
+	})
+	return out
+}
+
+// mergePorts sorts port ranges by protocol and start and merges those that overlap
+// or touch, so that set elements are disjoint.
+func mergePorts(in []port) []port {
+	ps := slices.Clone(in)
+	slices.SortFunc(ps, func(a, b port) int { return cmp.Or(cmp.Compare(a.proto, b.proto), cmp.Compare(a.lo, b.lo)) })
+	var out []port
+	for _, pt := range ps {
+		if n := len(out); n > 0 && out[n-1].proto == pt.proto && uint32(pt.lo) <= uint32(out[n-1].hi)+1 {
+			out[n-1].hi = max(out[n-1].hi, pt.hi)
+			continue
+		}
+		out = append(out, pt)
+	}
+	return out
+}

@@ -1,0 +1,347 @@
+package compile
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/nftpolicy/nftpolicy/nft"
+)
+
+// slot is one tier and direction of a local subject: the index of its group in
+// tierPass.member.
+type slot struct {
+	tier    tier
+	ingress bool
+}
+
+func (s slot) index() int {
+	i := 2 * int(s.tier)
+	if s.ingress {
+		i++
+	}
+	return i
+}
+
+var slots = []slot{{tierAdmin, false}, {tierAdmin, true}, {tierBaseline, false}, {tierBaseline, true}}
+
+// tierGroup is the local subjects that run the same ClusterNetworkPolicies, in the
+// same order, for one tier and direction: one chain holding those policies' rules.
+type tierGroup struct {
+	slot
+	key    string
+	pols   []*clusterPolicy // evaluation order
+	chain  string
+	chainV nft.Chain
+	// Strict mode: the chain's twin for replies of an older epoch.
+	replyChain string
+	replyV     nft.Chain
+}
+
+// tierPass is the tiers' part of one compilation (pass.tiers): ClusterNetworkPolicy
+// groups, their chains, the tier verdict maps and the per-rule sets.
+type tierPass struct {
+	cnps   []*clusterPolicy // evaluation order
+	nodes  []*nodeInfo
+	groups []*tierGroup
+	member map[*podInfo]*[4]*tierGroup
+	sets   []nft.Set
+	strict bool // EstablishedRecheck: allowed packets are stamped, replies rechecked
+}
+
+// buildTiers groups the local subjects per tier and direction and fills the sets of
+// every policy some group runs, reusing cache (by policy name) and returning what
+// the next pass can reuse. It runs after build, which decides which pods
+// NetworkPolicy isolates (the Baseline maps leave those out).
+func (ps *pass) buildTiers(tp *tierPass, cache map[string][]nft.Set) map[string][]nft.Set {
+	ps.tiers = tp
+	tp.strict = ps.strict != nil
+	tp.member = map[*podInfo]*[4]*tierGroup{}
+	byKey := map[string]*tierGroup{}
+	var keys []string
+	used := map[*clusterPolicy]bool{}
+	for _, pod := range ps.ix.local.list() {
+		nsl := ps.ix.labelsOf(pod.ns)
+		var sel []*clusterPolicy
+		for _, p := range tp.cnps {
+			if p.selects(nsl, pod) {
+				sel = append(sel, p)
+			}
+		}
+		if len(sel) == 0 {
+			continue
+		}
+		var mine [4]*tierGroup
+		for _, s := range slots {
+			var pols []*clusterPolicy
+			for _, p := range sel {
+				if p.tier == s.tier && len(p.rules(s.ingress)) > 0 {
+					pols = append(pols, p)
+				}
+			}
+			if len(pols) == 0 {
+				continue
+			}
+			var b strings.Builder
+			b.WriteString(s.tier.String())
+			b.WriteString(map[bool]string{false: " egress", true: " ingress"}[s.ingress])
+			for _, p := range pols {
+				b.WriteString("\n" + p.name)
+			}
+			key := b.String()
+			g := byKey[key]
+			if g == nil {
+				g = &tierGroup{slot: s, key: key, pols: pols}
+				byKey[key] = g
+				keys = append(keys, key)
+				for _, p := range pols {
+					used[p] = true
+				}
+			}
+			mine[s.index()] = g
+		}
+		tp.member[pod] = &mine
+	}
+	slices.Sort(keys)
+	taken := map[string]bool{}
+	for _, key := range keys {
+		g := byKey[key]
+		g.name(taken)
+		g.chainV = g.chainValue(tp.strict)
+		tp.groups = append(tp.groups, g)
+	}
+	next := map[string][]nft.Set{}
+	for _, p := range tp.cnps {
+		if !used[p] {
+			continue
+		}
+		sets, ok := cache[p.name]
+		if !ok {
+			sets = ps.cnpSets(p)
+		}
+		next[p.name] = sets
+		tp.sets = append(tp.sets, sets...)
+	}
+	return next
+}
+
+// name sets the group's chain name, avoiding a hash collision with the names taken.
+func (g *tierGroup) name(taken map[string]bool) {
+	prefix := map[slot]string{
+		{tierAdmin, false}: "adm-eg", {tierAdmin, true}: "adm-in",
+		{tierBaseline, false}: "bl-eg", {tierBaseline, true}: "bl-in",
+	}[g.slot]
+	label := g.pols[0].ref
+	if n := len(g.pols) - 1; n > 0 {
+		label += "_and_" + strconv.Itoa(n)
+	}
+	key := g.key
+	for i := 1; ; i++ {
+		g.chain = nft.ObjectName(prefix, key, label, "")
+		if !taken[g.chain] {
+			break
+		}
+		key = g.key + "\ncollision " + strconv.Itoa(i)
+	}
+	taken[g.chain] = true
+	g.replyChain = nft.ObjectName(prefix, key, label, nft.SuffixReply)
+}
+
+// chainValue is the group's chain: its policies' rules, policy after policy in
+// evaluation order, rules in written order. Nothing matched: the chain ends and
+// returns, and the next tier judges.
+//
+// In strict mode the chain first sends replies (of connections of an older epoch)
+// to its twin, which judges them as their connection: the same rules with source
+// and destination swapped (addresses, and the destination port read as the reply's
+// source port), and an Admin egress Accept going on to ingress-tiers-reply.
+func (g *tierGroup) chainValue(strict bool) nft.Chain {
+	c := nft.Chain{Name: g.chain}
+	var reply nft.Chain
+	if strict {
+		c.Rules = append(c.Rules, nft.Rule{Matches: []nft.Match{nft.Is(nft.KeyCtDirection, nft.Num(nft.CtReply))},
+			Verdict: nft.Verdict{Kind: nft.Goto, Chain: g.replyChain}})
+		reply.Name = g.replyChain
+	}
+	for _, p := range g.pols {
+		for _, r := range p.rules(g.ingress) {
+			rules := g.ruleRules(p, r, strict)
+			c.Rules = append(c.Rules, rules...)
+			if strict {
+				for _, ru := range rules {
+					reply.Rules = append(reply.Rules, reversed(ru))
+				}
+			}
+		}
+	}
+	g.replyV = reply
+	return c
+}
+
+// reversed is rule r for a reply: source and destination swapped.
+func reversed(r nft.Rule) nft.Rule {
+	swap := map[nft.Key]nft.Key{
+		nft.KeyIPSaddr: nft.KeyIPDaddr, nft.KeyIPDaddr: nft.KeyIPSaddr,
+		nft.KeyIP6Saddr: nft.KeyIP6Daddr, nft.KeyIP6Daddr: nft.KeyIP6Saddr,
+		nft.KeyTHDport: nft.KeyTHSport,
+	}
+	out := r
+	out.Matches = make([]nft.Match, len(r.Matches))
+	for i, m := range r.Matches {
+		m.Keys = slices.Clone(m.Keys)
+		for j, k := range m.Keys {
+			if to, ok := swap[k]; ok {
+				m.Keys[j] = to
+			}
+		}
+		out.Matches[i] = m
+	}
+	if out.Verdict == (nft.Verdict{Kind: nft.Goto, Chain: nft.ChainIngressTiers}) {
+		out.Verdict.Chain = nft.ChainIngressTiersReply
+	}
+	return out
+}
+
+// verdict is what a matching rule does, by tier and direction (see nft/doc.go):
+// returning hands the packet to the next tier, because the group chain was jumped
+// to from its tier's dispatch chain.
+func (g *tierGroup) verdict(a action, strict bool) nft.Verdict {
+	switch {
+	case a == actDeny:
+		return nft.Verdict{Kind: nft.Drop}
+	case a == actPass:
+		return nft.Verdict{Kind: nft.Return}
+	case g.ingress && strict:
+		return nft.Verdict{Kind: nft.Goto, Chain: nft.ChainStamp} // allowed: stamp the epoch
+	case g.ingress:
+		return nft.Verdict{Kind: nft.Accept}
+	case g.tier == tierAdmin:
+		// An Admin egress Accept skips NetworkPolicy and Baseline egress, but the
+		// destination's ingress is still judged: ingress-tiers always decides, so
+		// a goto never comes back here.
+		return nft.Verdict{Kind: nft.Goto, Chain: nft.ChainIngressTiers}
+	default:
+		return nft.Verdict{Kind: nft.Return} // Baseline egress: egress is done
+	}
+}
+
+// ruleRules is one ClusterNetworkPolicy rule as nft rules: one per family and kind
+// of protocol match, all with the rule's verdict, so any of them matching is the
+// rule matching.
+func (g *tierGroup) ruleRules(p *clusterPolicy, r *cnpRule, strict bool) []nft.Rule {
+	dir := "egress"
+	if r.ingress {
+		dir = "ingress"
+	}
+	act := map[action]string{actAccept: "Accept", actDeny: "Deny", actPass: "Pass"}[r.action]
+	text := fmt.Sprintf("%s %s rule %d%s: %s", p.ref, dir, r.index, ruleName(r.name), act)
+	v := g.verdict(r.action, strict)
+	switch {
+	case r.none:
+		return nil // fails closed: matches nothing (reported)
+	case r.denyAll:
+		return []nft.Rule{{Counter: true, Verdict: nft.Verdict{Kind: nft.Drop}, Comment: comment(text + ", fails closed: deny all")}}
+	}
+	var out []nft.Rule
+	for _, v6 := range []bool{false, true} {
+		peerKey, local := nft.KeyIPDaddr, nft.KeyIPDaddr
+		switch {
+		case r.ingress && v6:
+			peerKey, local = nft.KeyIP6Saddr, nft.KeyIP6Daddr
+		case r.ingress:
+			peerKey = nft.KeyIPSaddr
+		case v6:
+			peerKey, local = nft.KeyIP6Daddr, nft.KeyIP6Daddr
+		}
+		peers := nft.InSet(p.setName(r, famSuffix("", v6)), peerKey)
+		if r.allPorts {
+			out = append(out, nft.Rule{Matches: []nft.Match{peers}, Counter: true, Verdict: v, Comment: comment(text)})
+		}
+		if len(r.ports) > 0 {
+			out = append(out, nft.Rule{Matches: []nft.Match{peers, nft.InSet(p.setName(r, "ports"), nft.KeyL4Proto, nft.KeyTHDport)},
+				Counter: true, Verdict: v, Comment: comment(text)})
+		}
+		if len(r.named) > 0 {
+			named := nft.InSet(p.setName(r, famSuffix("named-", v6)), local, nft.KeyL4Proto, nft.KeyTHDport)
+			ms := []nft.Match{named}
+			if r.ingress {
+				ms = []nft.Match{peers, named}
+			}
+			out = append(out, nft.Rule{Matches: ms, Counter: true, Verdict: v, Comment: comment(text + ", named ports")})
+		}
+	}
+	return out
+}
+
+func famSuffix(prefix string, v6 bool) string {
+	if v6 {
+		return prefix + "v6"
+	}
+	return prefix + "v4"
+}
+
+// setName names one of the rule's sets: `cnp-<hash>-cnp/<name>-<eg|in><rule>-<what>`.
+func (p *clusterPolicy) setName(r *cnpRule, what string) string {
+	dir := "eg"
+	if r.ingress {
+		dir = "in"
+	}
+	id := dir + strconv.Itoa(r.index)
+	return nft.ObjectName("cnp", p.name, p.ref, id+"-"+what)
+}
+
+// tierMaps builds the eight tier verdict maps: each local subject's addresses to its
+// group chains. A Baseline map leaves out the pods NetworkPolicy isolates in that
+// direction: NetworkPolicy always decides for them.
+func (tp *tierPass) tierMaps(local []*podInfo) []nft.Set {
+	names := map[slot][2]string{
+		{tierAdmin, false}:    {nft.MapAdminEgressV4, nft.MapAdminEgressV6},
+		{tierAdmin, true}:     {nft.MapAdminIngressV4, nft.MapAdminIngressV6},
+		{tierBaseline, false}: {nft.MapBaselineEgressV4, nft.MapBaselineEgressV6},
+		{tierBaseline, true}:  {nft.MapBaselineIngressV4, nft.MapBaselineIngressV6},
+	}
+	var out []nft.Set
+	for _, s := range slots {
+		for fi, v6 := range []bool{false, true} {
+			typ := nft.TypeIPv4Addr
+			if v6 {
+				typ = nft.TypeIPv6Addr
+			}
+			dir := "egress"
+			if s.ingress {
+				dir = "ingress"
+			}
+			m := nft.Set{Name: names[s][fi], Type: []nft.DataType{typ}, Verdicts: true,
+				Comment: fmt.Sprintf("local %s subject %s -> its %s chain", s.tier, famName(v6), dir)}
+			taken := map[netip.Addr]bool{}
+			for _, pod := range local {
+				mine := tp.member[pod]
+				if mine == nil || mine[s.index()] == nil {
+					continue
+				}
+				if s.tier == tierBaseline && ((s.ingress && pod.ingress != nil) || (!s.ingress && pod.egress != nil)) {
+					continue
+				}
+				for _, a := range pod.addrs {
+					if a.Is6() != v6 || taken[a] {
+						continue // a shared address: the first pod keeps it (reported)
+					}
+					taken[a] = true
+					m.Elements = append(m.Elements, nft.Element{Key: []nft.Value{nft.Addr(a)},
+						Verdict: nft.Verdict{Kind: nft.Jump, Chain: mine[s.index()].chain}, Comment: comment(pod.ref)})
+				}
+			}
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func famName(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
