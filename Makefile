@@ -101,13 +101,17 @@ demo: build envtest-assets ## Local demo: control plane, pods as netns, example 
 # The upstream NetworkPolicy suite on a real two-node cluster on this machine
 # (root; see test/conformance/cluster.sh and the README). FOCUS/SKIP are ginkgo
 # regexps; the cluster's binaries are built once into bin/k8s (~12 min cold).
+# The cluster's shape: IP_FAMILY=ipv4|ipv6|dual, CNI=ptp (routed)|bridge.
 FOCUS ?= Netpol
 SKIP ?= SCTP
 PARALLEL ?= 4
-CONFORMANCE := FOCUS='$(FOCUS)' SKIP='$(SKIP)' PARALLEL=$(PARALLEL) K8S_VERSION=$(K8S_VERSION) test/conformance/cluster.sh
+IP_FAMILY ?= ipv4
+CNI ?= ptp
+CONFORMANCE := FOCUS='$(FOCUS)' SKIP='$(SKIP)' PARALLEL=$(PARALLEL) K8S_VERSION=$(K8S_VERSION) \
+  IP_FAMILY=$(IP_FAMILY) CNI=$(CNI) test/conformance/cluster.sh
 
 .PHONY: conformance
-conformance: build ## As root: cluster up, deploy nftpolicy, run e2e.test Netpol specs (FOCUS=, SKIP=), tear down.
+conformance: build ## As root: cluster up, deploy nftpolicy, run e2e.test Netpol specs (FOCUS=, SKIP=, IP_FAMILY=, CNI=), tear down.
 	$(CONFORMANCE) run
 
 .PHONY: cluster-up

@@ -8,28 +8,37 @@
 #   cluster.sh run    up, e2e, down; down also runs on failure and Ctrl-C
 #
 # Topology (no Docker, no VMs):
-#   node1  the machine's own network namespace. Bridge npc-br0 10.99.0.1/24.
-#          etcd, kube-apiserver, controller-manager and scheduler run here too.
-#   node2  network namespace npc-node2, eth0 10.99.0.2/24 on a veth into the
-#          bridge. Its containerd, kubelet and kube-proxy are started with
-#          `nsenter --net=` (not `ip netns exec`, which remounts /sys and so
-#          hides the cgroup v1 mounts the kubelet needs).
-#   pods   CNI ptp + host-local, 10.244.<N>.0/24 on node N, static routes
-#          between the nodes. Services 10.96.0.0/16, kube-proxy in nftables
-#          mode. Images are imported from archives (test/conformance/imagepack):
-#          nothing is ever pulled.
+#   node1  the machine's own network namespace. Bridge npc-br0 10.99.0.1/24
+#          (and/or fd99::1/64). etcd, kube-apiserver, controller-manager and
+#          scheduler run here too.
+#   node2  network namespace npc-node2, eth0 10.99.0.2/24 (fd99::2/64) on a
+#          veth into the bridge. Its containerd, kubelet and kube-proxy are
+#          started with `nsenter --net=` (not `ip netns exec`, which remounts
+#          /sys and so hides the cgroup v1 mounts the kubelet needs).
+#   pods   host-local IPAM, 10.244.<N>.0/24 and/or fd99:244:0:<N>::/64 on node
+#          N, static routes between the nodes. CNI ptp (routed: every packet
+#          between pods crosses the forward hook) or bridge (bridge npc-cni0 per
+#          node: same-node pods are bridged and reach the forward hook only
+#          through br_netfilter). Services 10.96.0.0/16 and/or fd99:96::/112,
+#          kube-proxy in nftables mode. Images are imported from archives
+#          (test/conformance/imagepack): nothing is ever pulled.
+#
+# Shapes: IP_FAMILY ipv4 (default), ipv6 or dual (IPv4 primary: node IPs,
+# pod IPs, Service ranges and cluster CIDRs of both families); CNI ptp
+# (default) or bridge.
 #
 # Machine safety: the guard table `inet npc-guard` drops forwarding out of the
 # uplink and anything for our ranges leaving by it, before any pod starts.
 # Every process is started by this script and stopped by its PID (the pid
-# files under $STATE/pids); the sysctls the kubelet and CNI change are saved
-# at `up` and restored at `down`; only the netns, bridge, cgroups and tables
-# named npc-* (and inet nftpolicy, ip/ip6 kube-proxy) are touched.
+# files under $STATE/pids); the sysctls the kubelet, CNI and this script
+# change are saved at `up` and restored at `down`; only the netns, bridges,
+# cgroups and tables named npc-* (and inet nftpolicy, ip/ip6 kube-proxy) are
+# touched.
 #
 # Environment: K8S_VERSION (1.37.2), STATE (/var/lib/nftpolicy-conformance),
-# FOCUS (Netpol), SKIP (SCTP), PARALLEL (4 ginkgo processes; 1 runs e2e.test
-# alone), E2E_ARGS (extra e2e.test flags), NFTPOLICY_BIN
-# (the agent binary to pack as the image; default bin/nftpolicy).
+# IP_FAMILY (ipv4), CNI (ptp), FOCUS (Netpol), SKIP (SCTP), PARALLEL (4
+# ginkgo processes; 1 runs e2e.test alone), E2E_ARGS (extra e2e.test flags),
+# NFTPOLICY_BIN (the agent binary to pack as the image; default bin/nftpolicy).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -42,14 +51,53 @@ E2E_ARGS=${E2E_ARGS:-}
 PARALLEL=${PARALLEL:-4}
 NFTPOLICY_BIN=${NFTPOLICY_BIN:-$root/bin/nftpolicy}
 
+IP_FAMILY=${IP_FAMILY:-ipv4}
+CNI=${CNI:-ptp}
+case "$IP_FAMILY" in
+  ipv4) FAMILIES=(4) ;;
+  ipv6) FAMILIES=(6) ;;
+  dual) FAMILIES=(4 6) ;; # IPv4 primary, as kubeadm and kind default to
+  *) echo "IP_FAMILY=$IP_FAMILY: want ipv4, ipv6 or dual" >&2; exit 2 ;;
+esac
+case "$CNI" in
+  ptp | bridge) ;;
+  *) echo "CNI=$CNI: want ptp or bridge" >&2; exit 2 ;;
+esac
+has4() { [[ " ${FAMILIES[*]} " == *" 4 "* ]]; }
+has6() { [[ " ${FAMILIES[*]} " == *" 6 "* ]]; }
+
 BRIDGE=npc-br0
+# The pods' bridge on each node with CNI=bridge (in node2's netns too).
+POD_BRIDGE=npc-cni0
 NS2=npc-node2
 NODES=(node1 node2)
-declare -A NODE_IP=([node1]=10.99.0.1 [node2]=10.99.0.2)
-declare -A POD_CIDR=([node1]=10.244.1.0/24 [node2]=10.244.2.0/24)
-APISERVER=10.99.0.1
-SERVICE_CIDR=10.96.0.0/16
-CLUSTER_CIDR=10.244.0.0/16
+# Per family: the node link, node addresses, pod ranges, Services, cluster.
+NODE_NET4=10.99.0.0/24 NODE_NET6=fd99::/64
+declare -A NODE_IP4=([node1]=10.99.0.1 [node2]=10.99.0.2)
+declare -A NODE_IP6=([node1]=fd99::1 [node2]=fd99::2)
+declare -A POD_CIDR4=([node1]=10.244.1.0/24 [node2]=10.244.2.0/24)
+declare -A POD_CIDR6=([node1]=fd99:244:0:1::/64 [node2]=fd99:244:0:2::/64)
+SERVICE_CIDR4=10.96.0.0/16 SERVICE_CIDR6=fd99:96::/112
+CLUSTER_CIDR4=10.244.0.0/16 CLUSTER_CIDR6=fd99:244::/56
+# fam_list VAR [KEY]: VAR4 and/or VAR6 (VAR4[KEY]...) of the cluster's
+# families, primary first, comma-separated: the form of every dual-stack flag.
+fam_list() {
+  local out=() f n
+  for f in "${FAMILIES[@]}"; do
+    n="$1$f"
+    if [ $# -gt 1 ]; then n="$n[$2]"; fi
+    out+=("${!n}")
+  done
+  (IFS=,; echo "${out[*]}")
+}
+declare -A NODE_IP=([node1]="$(fam_list NODE_IP node1)" [node2]="$(fam_list NODE_IP node2)")
+PRIMARY=${FAMILIES[0]}
+# hostport HOST PORT: HOST:PORT, an IPv6 HOST in brackets.
+hostport() { if [[ $1 == *:* ]]; then echo "[$1]:$2"; else echo "$1:$2"; fi; }
+primary_ip() { local n="NODE_IP$PRIMARY[$1]"; echo "${!n}"; }
+APISERVER=$(primary_ip node1)
+SERVICE_CIDR=$(fam_list SERVICE_CIDR)
+CLUSTER_CIDR=$(fam_list CLUSTER_CIDR)
 ETCD_PORT=12379
 # The images the suite runs (k8s.io/kubernetes test/utils/image/manifest.go at
 # v1.37.2) and ours; pods use IfNotPresent (ours: Never), so none is pulled.
@@ -60,8 +108,12 @@ NFTPOLICY_IMAGE=nftpolicy.local/nftpolicy:conformance
 # (its result cache) use whatever their configuration; removed at `down` when
 # `up` created them.
 HOST_PATHS=(/var/lib/kubelet /var/lib/cni /var/log/containers)
-# Sysctls that kubelet and CNI write in the machine's namespace.
+# Sysctls that kubelet, CNI and this script write in the machine's namespace
+# (writing all.forwarding of IPv6 also writes default.forwarding and every
+# interface's, so both are saved; restoring all first puts the interfaces back).
 SYSCTLS=(net.ipv4.ip_forward vm.overcommit_memory kernel.panic kernel.panic_on_oops)
+has6 && SYSCTLS+=(net.ipv6.conf.all.forwarding net.ipv6.conf.default.forwarding)
+[ "$CNI" = bridge ] && SYSCTLS+=(net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables)
 
 KUBECONFIG="$STATE/admin.kubeconfig"
 export KUBECONFIG
@@ -143,7 +195,7 @@ pki() {
       openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -out "$1.crt" -extfile "$ext" 2>/dev/null
     }
     cert apiserver /CN=kube-apiserver \
-      "IP:$APISERVER,IP:10.96.0.1,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+      "IP:${NODE_IP4[node1]},IP:${NODE_IP6[node1]},IP:10.96.0.1,IP:fd99:96::1,IP:127.0.0.1,IP:::1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
     # One system:masters identity for every component and for the suite: this
     # cluster exists to test nftpolicy, whose own RBAC is what config/ grants.
     cert admin "/O=system:masters/CN=npc-admin"
@@ -153,7 +205,7 @@ apiVersion: v1
 kind: Config
 clusters:
 - name: npc
-  cluster: {server: "https://$APISERVER:6443", certificate-authority: "$p/ca.crt"}
+  cluster: {server: "https://$(hostport "$APISERVER" 6443)", certificate-authority: "$p/ca.crt"}
 users:
 - name: admin
   user: {client-certificate: "$p/admin.crt", client-key: "$p/admin.key"}
@@ -187,18 +239,28 @@ table inet npc-guard {
   }
   chain postrouting {
     type filter hook postrouting priority 400; policy accept;
-    oifname "$up" ip daddr { 10.99.0.0/24, $CLUSTER_CIDR, $SERVICE_CIDR } counter drop comment "conformance cluster ranges stay inside"
-    oifname "$up" ip saddr { 10.99.0.0/24, $CLUSTER_CIDR } counter drop
+    oifname "$up" ip daddr { $NODE_NET4, $CLUSTER_CIDR4, $SERVICE_CIDR4 } counter drop comment "conformance cluster ranges stay inside"
+    oifname "$up" ip saddr { $NODE_NET4, $CLUSTER_CIDR4 } counter drop
+    oifname "$up" ip6 daddr { $NODE_NET6, $CLUSTER_CIDR6, $SERVICE_CIDR6 } counter drop comment "conformance cluster ranges stay inside"
+    oifname "$up" ip6 saddr { $NODE_NET6, $CLUSTER_CIDR6 } counter drop
   }
 }
 EOF
+  if [ "$CNI" = bridge ] && [ ! -d /proc/sys/net/bridge ]; then
+    # br_netfilter: the module that passes bridged frames through the
+    # inet/ip/ip6 hooks (built in on some kernels, where this directory is
+    # always there).
+    modprobe br_netfilter || die "CNI=bridge needs br_netfilter (modprobe br_netfilter failed)"
+  fi
   for s in "${SYSCTLS[@]}"; do
     [ -f "$STATE/sysctl.saved" ] && grep -q "^$s=" "$STATE/sysctl.saved" && continue
     echo "$s=$(sysctl -n "$s")" >>"$STATE/sysctl.saved"
   done
   ip link show "$BRIDGE" >/dev/null 2>&1 || {
     ip link add "$BRIDGE" type bridge
-    ip addr add 10.99.0.1/24 dev "$BRIDGE"
+    # nodad: the apiserver binds the address at once.
+    has4 && ip addr add "${NODE_IP4[node1]}/24" dev "$BRIDGE"
+    has6 && ip addr add "${NODE_IP6[node1]}/64" dev "$BRIDGE" nodad
     ip link set "$BRIDGE" up
   }
   [ -e "/run/netns/$NS2" ] || {
@@ -206,22 +268,40 @@ EOF
     ip link add "$NS2" type veth peer name eth0 netns "$NS2"
     ip link set "$NS2" master "$BRIDGE" up
     ip -n "$NS2" link set lo up
-    ip -n "$NS2" addr add 10.99.0.2/24 dev eth0
+    has4 && ip -n "$NS2" addr add "${NODE_IP4[node2]}/24" dev eth0
+    has6 && ip -n "$NS2" addr add "${NODE_IP6[node2]}/64" dev eth0 nodad
     ip -n "$NS2" link set eth0 up
     # node2's default route: Service addresses are routed before kube-proxy
     # rewrites them, so they need some route; the guard keeps them in.
-    ip -n "$NS2" route add default via 10.99.0.1
-    ip netns exec "$NS2" sysctl -qw net.ipv4.ip_forward=1
+    has4 && ip -n "$NS2" route add default via "${NODE_IP4[node1]}"
+    has6 && ip -n "$NS2" -6 route add default via "${NODE_IP6[node1]}"
+    has4 && ip netns exec "$NS2" sysctl -qw net.ipv4.ip_forward=1
+    has6 && ip netns exec "$NS2" sysctl -qw net.ipv6.conf.all.forwarding=1
+    true
   }
-  ip route replace 10.244.2.0/24 via 10.99.0.2 dev "$BRIDGE"
-  sysctl -qw net.ipv4.ip_forward=1
+  has4 && ip route replace "${POD_CIDR4[node2]}" via "${NODE_IP4[node2]}" dev "$BRIDGE"
+  has6 && ip -6 route replace "${POD_CIDR6[node2]}" via "${NODE_IP6[node2]}" dev "$BRIDGE"
+  has4 && sysctl -qw net.ipv4.ip_forward=1
+  has6 && sysctl -qw net.ipv6.conf.all.forwarding=1
+  if [ "$CNI" = bridge ]; then
+    # Same-node pods talk across the bridge: without these the frames never
+    # reach the forward hook, and no policy applies between them. Per network
+    # namespace (node2's goes with it).
+    local ns
+    for ns in node1 node2; do
+      in_node "$ns" sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1
+    done
+  fi
 }
 
 network_down() {
-  ip route del 10.244.2.0/24 via 10.99.0.2 2>/dev/null || true
+  # Whatever shape `up` had: each step is a no-op when its object is absent.
+  ip route del "${POD_CIDR4[node2]}" via "${NODE_IP4[node2]}" 2>/dev/null || true
+  ip -6 route del "${POD_CIDR6[node2]}" via "${NODE_IP6[node2]}" 2>/dev/null || true
   ip link del "$NS2" 2>/dev/null || true
   [ -e "/run/netns/$NS2" ] && ip netns del "$NS2"
   ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
+  ip link show "$POD_BRIDGE" >/dev/null 2>&1 && ip link del "$POD_BRIDGE"
   # Tables the cluster made in the machine's namespace: kube-proxy's, the
   # agent's, and the kubelet's iptables-nft chains (KUBE-FIREWALL and canaries).
   # A table that was not there before `up` goes whole; in one that was, only
@@ -292,17 +372,33 @@ cgroups_down() {
 containerd_up() {
   local node=$1; local d="$STATE/$node"
   mkdir -p "$d/cni" "$d/containerd" "$d/pod-logs" "$d/kubelet"
+  # One range and one default route per family; the pod's first address is
+  # of the primary family, and so is status.podIP.
+  local f ranges=() routes=() v4 v6
+  for f in "${FAMILIES[@]}"; do
+    v4="POD_CIDR$f[$node]"
+    ranges+=("[{\"subnet\": \"${!v4}\"}]")
+    if [ "$f" = 4 ]; then routes+=('{"dst": "0.0.0.0/0"}'); else routes+=('{"dst": "::/0"}'); fi
+  done
+  local plugin
+  case "$CNI" in
+    # Routed: a /32 (/128) route per pod on the node, a veth pair per pod.
+    ptp) plugin='"type": "ptp",' ;;
+    # Bridged, as flannel and kubeadm's bridge examples wire pods: the bridge
+    # holds the gateway address; hairpin lets a pod reach itself by a Service.
+    bridge) plugin="\"type\": \"bridge\", \"bridge\": \"$POD_BRIDGE\", \"isGateway\": true, \"hairpinMode\": true," ;;
+  esac
   cat >"$d/cni/10-npc.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "npc",
   "plugins": [{
-    "type": "ptp",
+    $plugin
     "ipMasq": false,
     "ipam": {
       "type": "host-local",
-      "ranges": [[{"subnet": "${POD_CIDR[$node]}"}]],
-      "routes": [{"dst": "0.0.0.0/0"}],
+      "ranges": [$(IFS=,; echo "${ranges[*]}")],
+      "routes": [$(IFS=,; echo "${routes[*]}")],
       "dataDir": "$d/ipam"
     }
   }]
@@ -349,7 +445,7 @@ kubelet_up() {
   cat >"$d/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: ${NODE_IP[$node]}
+address: "$(primary_ip "$node")"
 port: 10250
 readOnlyPort: 0
 healthzPort: 0
@@ -385,7 +481,7 @@ mode: nftables
 clusterCIDR: $CLUSTER_CIDR
 hostnameOverride: $node
 clientConnection: {kubeconfig: "$KUBECONFIG"}
-healthzBindAddress: ${NODE_IP[$node]}:10256
+healthzBindAddress: "$(hostport "$(primary_ip "$node")" 10256)"
 metricsBindAddress: 127.0.0.1:10249
 # Leave the machine's conntrack sysctls alone.
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
@@ -437,9 +533,12 @@ up() {
   log "building what is missing (bin/k8s/$K8S_VERSION, bin/conformance)"
   assets
   mkdir -p "$STATE/logs" "$STATE/pids"
+  # The shape, for `e2e` and the kept logs (down needs none: it removes what
+  # any shape makes).
+  echo "IP_FAMILY=$IP_FAMILY CNI=$CNI" >"$STATE/logs/shape"
   pki
   network_up
-  log "network up: $BRIDGE 10.99.0.1/24, netns $NS2 10.99.0.2, guard table inet npc-guard on $(cat "$STATE/uplink")"
+  log "network up ($IP_FAMILY, CNI $CNI): $BRIDGE ${NODE_IP[node1]}, netns $NS2 ${NODE_IP[node2]}, guard table inet npc-guard on $(cat "$STATE/uplink")"
   control_plane_up
   local n
   for n in "${NODES[@]}"; do containerd_up "$n"; done
@@ -513,7 +612,7 @@ down() {
 e2e() {
   local report="$STATE/e2e"
   mkdir -p "$report"
-  log "e2e.test --ginkgo.focus='$FOCUS' --ginkgo.skip='$SKIP', $PARALLEL processes (log: $report/e2e.log)"
+  log "e2e.test --ginkgo.focus='$FOCUS' --ginkgo.skip='$SKIP', $PARALLEL processes, cluster $(cat "$STATE/logs/shape" 2>/dev/null) (log: $report/e2e.log)"
   local rc=0 args=(--provider=local --kubeconfig="$KUBECONFIG" --report-dir="$report" --dump-logs-on-failure=false)
   # shellcheck disable=SC2206 # E2E_ARGS is split on purpose
   args+=($E2E_ARGS)
@@ -556,7 +655,7 @@ finish() {
     [ -d "$STATE/e2e" ] && cp -r "$STATE/e2e" "$root/bin/conformance/last-run/"
   fi
   down
-  log "total $((SECONDS - T0))s, exit $rc (logs: bin/conformance/last-run)"
+  log "total $((SECONDS - T0))s, exit $rc, IP_FAMILY=$IP_FAMILY CNI=$CNI (logs: bin/conformance/last-run)"
   exit $rc
 }
 
