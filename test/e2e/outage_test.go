@@ -107,10 +107,17 @@ var _ = Describe("the apiserver goes away", Label("outage"), func() {
 		GinkgoWriter.Printf("apiserver requests since its return:\n%s\n", strings.Join(lines, "\n"))
 		AddReportEntry("apiserver requests since its return", strings.Join(lines, "\n"))
 
+		// Readiness comes back once every kind's watch is answered again; a
+		// CRD-served kind (ClusterNetworkPolicy) can take a few seconds longer,
+		// while the new apiserver installs its handlers.
 		for _, a := range env.Agents {
-			code, body, err := a.Health(ctx, "/readyz")
-			Expect(err).NotTo(HaveOccurred())
-			Expect(code).To(Equal(200), "agent %s /readyz after the return: %s", a.Node.Name, body)
+			t0 := time.Now()
+			Eventually(func(g Gomega) {
+				code, body, err := a.Health(ctx, "/readyz?verbose")
+				g.Expect(err).NotTo(HaveOccurred())
+				g.Expect(code).To(Equal(200), "agent %s /readyz after the return: %s", a.Node.Name, body)
+			}).WithTimeout(30 * time.Second).WithPolling(250 * time.Millisecond).Should(Succeed())
+			By(fmt.Sprintf("agent %s ready again %v after the check began", a.Node.Name, time.Since(t0).Round(time.Millisecond)))
 		}
 	}, NodeTimeout(6*time.Minute))
 })
