@@ -69,7 +69,7 @@ func TestExplainLive(t *testing.T) {
 	text, m := ask()
 	if !strings.HasPrefix(text, "DENY") || !strings.Contains(text, "live: the kernel's table on node-2 is exactly the fresh compile") ||
 		!strings.Contains(text, "walk on node node-2 (kernel table") ||
-		!strings.Contains(text, `limit name "deny-log" log prefix "nftpolicy-deny ing-`) || !strings.Contains(text, `counter name "pol-`) {
+		!strings.Contains(text, `limit name "deny-log" log prefix "nftpolicy-deny ing-`) || !strings.Contains(text, `counter name "ing-dde97daf-shop/db-from-web-deny"`) {
 		t.Errorf("untouched table:\n%s", text)
 	}
 	if live := m["live"].(map[string]any); len(live["differences"].([]any)) != 0 {

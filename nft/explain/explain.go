@@ -251,8 +251,10 @@ func CompileOptionsOf(kernel *nft.Ruleset) (compile.Options, uint32) {
 			}
 		}
 	}
+	// The agent's only named counters are the policy counters (two per group
+	// chain, nft/doc.go "Policy counters").
 	for _, ob := range kernel.Objects {
-		if ob.Kind == nft.CounterObject && strings.HasPrefix(ob.Name, "pol-") {
+		if ob.Kind == nft.CounterObject {
 			o.PolicyCounters = true
 		}
 	}
