@@ -526,10 +526,28 @@ deploy() {
 
 cluster_exists() { [ -d "$STATE/pids" ] && [ -n "$(ls "$STATE/pids")" ]; }
 
+# system_tools installs, from Debian's packages, the node software this script
+# runs and a fresh machine lacks (the project's own binaries are built by assets).
+system_tools() {
+  local -A pkgs=([containerd]=containerd [ctr]=containerd [runc]=runc [conntrack]=conntrack
+    [nft]=nftables [iptables]=iptables [nsenter]=util-linux [/usr/lib/cni/ptp]=containernetworking-plugins)
+  local missing=() tool
+  for tool in "${!pkgs[@]}"; do
+    if [[ $tool == /* ]]; then [ -x "$tool" ] && continue; else command -v "$tool" >/dev/null 2>&1 && continue; fi
+    missing+=("${pkgs[$tool]}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  log "installing ${missing[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 up() {
   [ "$(id -u)" = 0 ] || die "must run as root"
   cluster_exists && die "a cluster is already up (state $STATE): run make cluster-down"
   local t0=$SECONDS
+  system_tools
   log "building what is missing (bin/k8s/$K8S_VERSION, bin/conformance)"
   assets
   mkdir -p "$STATE/logs" "$STATE/pids"
