@@ -12,6 +12,7 @@ import (
 
 	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/compile"
+	"github.com/nftpolicy/nftpolicy/nft/internal/netpolref"
 	"github.com/nftpolicy/nftpolicy/nft/trace"
 )
 
@@ -461,7 +462,7 @@ func (x *explainer) segments(proto corev1.Protocol) [][2]int {
 				if pp.Port == nil {
 					continue
 				}
-				if n, ok := portNumber(pp); ok {
+				if n, ok := netpolref.PortNumber(pp); ok {
 					end := n
 					if pp.EndPort != nil {
 						end = int(*pp.EndPort)

@@ -9,7 +9,10 @@
 // rule with an invalid part allows nothing (its policy still isolates), and an
 // invalid podSelector of a policy selects no pod.
 //
-// It is internal and for tests only: no production code imports it.
+// Besides the tests, nft/explain uses its rule-level pieces (PolicyHasType,
+// PolicySelects, RuleValid, PeerIs, PortIs) to name the policy and rule behind a
+// verdict, so the spec is read once; explain's verdict still comes from walking the
+// compiled table, which this package never sees.
 package netpolref
 
 import (
@@ -118,7 +121,7 @@ func (c *Cluster) IngressAllows(src, dst Endpoint, proto corev1.Protocol, port i
 // npIsolates: some NetworkPolicy of the pod's namespace selects it for t.
 func (c *Cluster) npIsolates(pod *corev1.Pod, t networkingv1.PolicyType) bool {
 	for _, pol := range c.policies {
-		if pol.Namespace == pod.Namespace && c.policyHasType(pol, t) && c.policySelects(pol, pod) {
+		if pol.Namespace == pod.Namespace && c.PolicyHasType(pol, t) && c.PolicySelects(pol, pod) {
 			return true
 		}
 	}
@@ -132,7 +135,7 @@ func (c *Cluster) npEgressAllows(src, dst Endpoint, proto corev1.Protocol, port 
 	}
 	isolated := false
 	for _, pol := range c.policies {
-		if pol.Namespace != src.Pod.Namespace || !c.policyHasType(pol, networkingv1.PolicyTypeEgress) || !c.policySelects(pol, src.Pod) {
+		if pol.Namespace != src.Pod.Namespace || !c.PolicyHasType(pol, networkingv1.PolicyTypeEgress) || !c.PolicySelects(pol, src.Pod) {
 			continue
 		}
 		isolated = true
@@ -152,7 +155,7 @@ func (c *Cluster) npIngressAllows(src, dst Endpoint, proto corev1.Protocol, port
 	}
 	isolated := false
 	for _, pol := range c.policies {
-		if pol.Namespace != dst.Pod.Namespace || !c.policyHasType(pol, networkingv1.PolicyTypeIngress) || !c.policySelects(pol, dst.Pod) {
+		if pol.Namespace != dst.Pod.Namespace || !c.PolicyHasType(pol, networkingv1.PolicyTypeIngress) || !c.PolicySelects(pol, dst.Pod) {
 			continue
 		}
 		isolated = true
@@ -166,7 +169,7 @@ func (c *Cluster) npIngressAllows(src, dst Endpoint, proto corev1.Protocol, port
 }
 
 // policyHasType applies the API server's defaulting of policyTypes.
-func (c *Cluster) policyHasType(pol *networkingv1.NetworkPolicy, t networkingv1.PolicyType) bool {
+func (c *Cluster) PolicyHasType(pol *networkingv1.NetworkPolicy, t networkingv1.PolicyType) bool {
 	types := pol.Spec.PolicyTypes
 	if len(types) == 0 {
 		types = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
@@ -182,7 +185,7 @@ func (c *Cluster) policyHasType(pol *networkingv1.NetworkPolicy, t networkingv1.
 	return false
 }
 
-func (c *Cluster) policySelects(pol *networkingv1.NetworkPolicy, pod *corev1.Pod) bool {
+func (c *Cluster) PolicySelects(pol *networkingv1.NetworkPolicy, pod *corev1.Pod) bool {
 	sel := c.selector(&pol.Spec.PodSelector)
 	return sel != nil && sel.Matches(labels.Set(pod.Labels))
 }
@@ -203,12 +206,12 @@ func (c *Cluster) selector(ls *metav1.LabelSelector) labels.Selector {
 // destination's (or there are no ports). Named ports are looked up on dst.
 func (c *Cluster) ruleAllows(pol *networkingv1.NetworkPolicy, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort,
 	other, dst Endpoint, proto corev1.Protocol, port int) bool {
-	if !c.ruleValid(peers, ports) {
+	if !c.RuleValid(peers, ports) {
 		return false
 	}
 	peerOK := len(peers) == 0
 	for _, pe := range peers {
-		if c.peerIs(pol, pe, other) {
+		if c.PeerIs(pol, pe, other) {
 			peerOK = true
 		}
 	}
@@ -219,14 +222,14 @@ func (c *Cluster) ruleAllows(pol *networkingv1.NetworkPolicy, peers []networking
 		return true
 	}
 	for _, pp := range ports {
-		if portIs(pp, dst, proto, port) {
+		if PortIs(pp, dst, proto, port) {
 			return true
 		}
 	}
 	return false
 }
 
-func (c *Cluster) peerIs(pol *networkingv1.NetworkPolicy, pe networkingv1.NetworkPolicyPeer, e Endpoint) bool {
+func (c *Cluster) PeerIs(pol *networkingv1.NetworkPolicy, pe networkingv1.NetworkPolicyPeer, e Endpoint) bool {
 	if pe.IPBlock != nil {
 		cidr := netip.MustParsePrefix(pe.IPBlock.CIDR).Masked()
 		if !cidr.Contains(e.IP) {
@@ -265,7 +268,7 @@ func (c *Cluster) namespaceLabels(name string) map[string]string {
 	return out
 }
 
-func portIs(pp networkingv1.NetworkPolicyPort, dst Endpoint, proto corev1.Protocol, port int) bool {
+func PortIs(pp networkingv1.NetworkPolicyPort, dst Endpoint, proto corev1.Protocol, port int) bool {
 	want := corev1.ProtocolTCP
 	if pp.Protocol != nil {
 		want = *pp.Protocol
@@ -276,7 +279,7 @@ func portIs(pp networkingv1.NetworkPolicyPort, dst Endpoint, proto corev1.Protoc
 	if pp.Port == nil {
 		return true
 	}
-	if n, ok := portNumber(pp); ok {
+	if n, ok := PortNumber(pp); ok {
 		end := n
 		if pp.EndPort != nil {
 			end = int(*pp.EndPort)
@@ -300,7 +303,7 @@ func portIs(pp networkingv1.NetworkPolicyPort, dst Endpoint, proto corev1.Protoc
 	return false
 }
 
-func portNumber(pp networkingv1.NetworkPolicyPort) (int, bool) {
+func PortNumber(pp networkingv1.NetworkPolicyPort) (int, bool) {
 	if pp.Port.Type == 0 {
 		return int(pp.Port.IntVal), true
 	}
@@ -311,7 +314,7 @@ func portNumber(pp networkingv1.NetworkPolicyPort) (int, bool) {
 }
 
 // ruleValid: every peer and port is well formed.
-func (c *Cluster) ruleValid(peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) bool {
+func (c *Cluster) RuleValid(peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) bool {
 	for _, pe := range peers {
 		if pe.IPBlock != nil {
 			if pe.PodSelector != nil || pe.NamespaceSelector != nil {
@@ -347,7 +350,7 @@ func (c *Cluster) ruleValid(peers []networkingv1.NetworkPolicyPeer, ports []netw
 			}
 			continue
 		}
-		n, numeric := portNumber(pp)
+		n, numeric := PortNumber(pp)
 		if !numeric {
 			if pp.EndPort != nil || len(validation.IsValidPortName(pp.Port.StrVal)) > 0 {
 				return false
