@@ -102,17 +102,25 @@ demo: build envtest-assets ## Local demo: control plane, pods as netns, example 
 # (root; see test/conformance/cluster.sh and the README). FOCUS/SKIP are ginkgo
 # regexps; the cluster's binaries are built once into bin/k8s (~12 min cold).
 # The cluster's shape: IP_FAMILY=ipv4|ipv6|dual, CNI=ptp (routed)|bridge.
+# SUITE=netpol|cnp|all: what `make conformance` runs; CNP_RUN= narrows the
+# ClusterNetworkPolicy suite to some of its tests (a go test -run pattern).
 FOCUS ?= Netpol
 SKIP ?= SCTP
 PARALLEL ?= 4
 IP_FAMILY ?= ipv4
 CNI ?= ptp
+SUITE ?= netpol
+CNP_RUN ?=
 CONFORMANCE := FOCUS='$(FOCUS)' SKIP='$(SKIP)' PARALLEL=$(PARALLEL) K8S_VERSION=$(K8S_VERSION) \
-  IP_FAMILY=$(IP_FAMILY) CNI=$(CNI) test/conformance/cluster.sh
+  IP_FAMILY=$(IP_FAMILY) CNI=$(CNI) CNP_RUN='$(CNP_RUN)' NFTPOLICY_VERSION=$(VERSION) test/conformance/cluster.sh
 
 .PHONY: conformance
-conformance: build ## As root: cluster up, deploy nftpolicy, run e2e.test Netpol specs (FOCUS=, SKIP=, IP_FAMILY=, CNI=), tear down.
-	$(CONFORMANCE) run
+conformance: build ## As root: cluster up, deploy nftpolicy, run e2e.test Netpol specs (FOCUS=, SKIP=, IP_FAMILY=, CNI=, SUITE=all adds the CNP suite), tear down.
+	SUITE=$(SUITE) $(CONFORMANCE) run
+
+.PHONY: conformance-cnp
+conformance-cnp: build ## As root: cluster up, run the upstream ClusterNetworkPolicy suite (network-policy-api conformance; IP_FAMILY=, CNI=, CNP_RUN=), tear down.
+	SUITE=cnp $(CONFORMANCE) run
 
 .PHONY: cluster-up
 cluster-up: build ## As root: bring the conformance cluster up with nftpolicy deployed, and keep it.

@@ -5,7 +5,10 @@
 #   cluster.sh up     build what is missing, start the cluster, deploy nftpolicy
 #   cluster.sh down   stop everything `up` started and undo what it changed
 #   cluster.sh e2e    run e2e.test against the running cluster (FOCUS, SKIP)
-#   cluster.sh run    up, e2e, down; down also runs on failure and Ctrl-C
+#   cluster.sh cnp    run the upstream ClusterNetworkPolicy suite against the
+#                     running cluster (test/conformance/cnp; installs the CRD)
+#   cluster.sh run    up, then e2e and/or cnp (SUITE), down; down also runs
+#                     on failure and Ctrl-C
 #
 # Topology (no Docker, no VMs):
 #   node1  the machine's own network namespace. Bridge npc-br0 10.99.0.1/24
@@ -38,7 +41,11 @@
 # Environment: K8S_VERSION (1.37.2), STATE (/var/lib/nftpolicy-conformance),
 # IP_FAMILY (ipv4), CNI (ptp), FOCUS (Netpol), SKIP (SCTP), PARALLEL (4
 # ginkgo processes; 1 runs e2e.test alone), E2E_ARGS (extra e2e.test flags),
-# NFTPOLICY_BIN (the agent binary to pack as the image; default bin/nftpolicy).
+# NFTPOLICY_BIN (the agent binary to pack as the image; default bin/nftpolicy),
+# SUITE (what `run` runs: netpol, the default, cnp, or all: both),
+# CNP_RUN (a go test -run pattern under TestClusterNetworkPolicyConformance,
+# e.g. CNPAdminTierGress; default all) and CNP_SCTP (skip: skip the four
+# SCTP-only tests instead of probing them with sctp-connect).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -49,6 +56,13 @@ FOCUS=${FOCUS:-Netpol}
 SKIP=${SKIP:-SCTP}
 E2E_ARGS=${E2E_ARGS:-}
 PARALLEL=${PARALLEL:-4}
+SUITE=${SUITE:-netpol}
+CNP_RUN=${CNP_RUN:-}
+CNP_SCTP=${CNP_SCTP:-}
+case "$SUITE" in
+  netpol | cnp | all) ;;
+  *) echo "SUITE=$SUITE: want netpol, cnp or all" >&2; exit 2 ;;
+esac
 NFTPOLICY_BIN=${NFTPOLICY_BIN:-$root/bin/nftpolicy}
 
 IP_FAMILY=${IP_FAMILY:-ipv4}
@@ -102,6 +116,13 @@ ETCD_PORT=12379
 # The images the suite runs (k8s.io/kubernetes test/utils/image/manifest.go at
 # v1.37.2) and ours; pods use IfNotPresent (ours: Never), so none is pulled.
 AGNHOST_IMAGE=registry.k8s.io/e2e-test-images/agnhost:2.66.1
+# The ClusterNetworkPolicy suite (sigs.k8s.io/network-policy-api conformance,
+# `cluster.sh cnp`) pins agnhost 2.45 and starts its servers with /bin/bash -c:
+# the same agnhost binary under that tag, with Debian's static bash, and
+# /sctp-connect, the SCTP probe for a kernel without SCTP sockets
+# (test/conformance/sctpconnect; test/conformance/cnp runs it in place of
+# `agnhost connect --protocol=sctp`).
+AGNHOST_CNP_IMAGE=registry.k8s.io/e2e-test-images/agnhost:2.45
 PAUSE_IMAGE=registry.k8s.io/pause:3.10.2
 NFTPOLICY_IMAGE=nftpolicy.local/nftpolicy:conformance
 # Fixed paths the kubelet (device-plugin socket, container log links) and CNI
@@ -173,6 +194,9 @@ assets() {
   # agnhost's own image runs /agnhost with `pause` by default; the pause image
   # is agnhost's `pause` subcommand (it sleeps and reaps, as pause does).
   "$pack" -o "$img/agnhost.tar" -name "$AGNHOST_IMAGE" -entrypoint /agnhost -cmd pause "$K8S/agnhost:/agnhost"
+  (cd "$root" && CGO_ENABLED=0 go build -o "$root/bin/conformance/sctp-connect" ./test/conformance/sctpconnect)
+  "$pack" -o "$img/agnhost-cnp.tar" -name "$AGNHOST_CNP_IMAGE" -entrypoint /agnhost -cmd pause \
+    "$K8S/agnhost:/agnhost" /bin/bash-static:/bin/bash "$root/bin/conformance/sctp-connect:/sctp-connect"
   "$pack" -o "$img/pause.tar" -name "$PAUSE_IMAGE" -entrypoint /pause,pause "$K8S/agnhost:/pause"
   "$pack" -o "$img/nftpolicy.tar" -name "$NFTPOLICY_IMAGE" -entrypoint /nftpolicy "$NFTPOLICY_BIN:/nftpolicy"
 }
@@ -434,7 +458,7 @@ EOF
   start "containerd-$node" "$node" containerd --config "$d/containerd.toml"
   wait_for "containerd on $node" 30 ctr --address "$d/containerd.sock" version
   local t
-  for t in agnhost pause nftpolicy; do
+  for t in agnhost agnhost-cnp pause nftpolicy; do
     ctr --address "$d/containerd.sock" -n k8s.io images import --no-unpack=false "$root/bin/conformance/images/$t.tar" >/dev/null
   done
 }
@@ -530,7 +554,8 @@ cluster_exists() { [ -d "$STATE/pids" ] && [ -n "$(ls "$STATE/pids")" ]; }
 # runs and a fresh machine lacks (the project's own binaries are built by assets).
 system_tools() {
   local -A pkgs=([containerd]=containerd [ctr]=containerd [runc]=runc [conntrack]=conntrack
-    [nft]=nftables [iptables]=iptables [nsenter]=util-linux [/usr/lib/cni/ptp]=containernetworking-plugins)
+    [nft]=nftables [iptables]=iptables [nsenter]=util-linux [/usr/lib/cni/ptp]=containernetworking-plugins
+    [/bin/bash-static]=bash-static)
   local missing=() tool
   for tool in "${!pkgs[@]}"; do
     if [[ $tool == /* ]]; then [ -x "$tool" ] && continue; else command -v "$tool" >/dev/null 2>&1 && continue; fi
@@ -655,6 +680,32 @@ e2e() {
   return $rc
 }
 
+# cnp runs the upstream ClusterNetworkPolicy conformance suite (the
+# conformance package of sigs.k8s.io/network-policy-api, the version go.mod
+# pins) through our test/conformance/cnp against the running cluster, after
+# installing that module's experimental CRD (standard plus nodes, named ports
+# and domainNames) if it is not there. The agent watches for the CRD, so the
+# cluster needs no restart.
+cnp() {
+  local report="$STATE/cnp" rc=0 dir
+  mkdir -p "$report"
+  dir=$(cd "$root" && go list -m -f '{{.Dir}}' sigs.k8s.io/network-policy-api)
+  kubectl apply --server-side -f "$dir/config/crd/experimental/policy.networking.k8s.io_clusternetworkpolicies.yaml" >&2
+  kubectl wait --for=condition=Established crd/clusternetworkpolicies.policy.networking.k8s.io --timeout=60s >&2
+  (cd "$root" && go test -c -o "$STATE/cnp.test" ./test/conformance/cnp)
+  log "ClusterNetworkPolicy suite ($(basename "$dir")), cluster $(cat "$STATE/logs/shape" 2>/dev/null) (log: $report/cnp.log)"
+  (
+    cd "$report"
+    NFTPOLICY_CONFORMANCE_KUBECONFIG="$KUBECONFIG" NFTPOLICY_CNP_REPORT="$report/report.yaml" \
+      NFTPOLICY_CNP_SCTP="$CNP_SCTP" NFTPOLICY_VERSION="${NFTPOLICY_VERSION:-dev}" \
+      "$STATE/cnp.test" -test.v -test.timeout 2h -test.run "^TestClusterNetworkPolicyConformance\$${CNP_RUN:+/$CNP_RUN}"
+  ) >"$report/cnp.log" 2>&1 || rc=$?
+  # The test's own summary (one line per upstream test) and go test's verdict.
+  sed -n '/upstream ClusterNetworkPolicy suite:/,/SCTP probes run/p' "$report/cnp.log"
+  grep -E '^(--- |PASS$|FAIL$|ok |FAIL\s)' "$report/cnp.log" || true
+  return $rc
+}
+
 # finish: keep the suite's log and the component logs (the state directory
 # goes with `down`), then tear down. The EXIT trap of `run`.
 finish() {
@@ -671,6 +722,7 @@ finish() {
     rm -rf "$root/bin/conformance/last-run" && mkdir -p "$root/bin/conformance/last-run"
     cp -r "$STATE/logs" "$root/bin/conformance/last-run/"
     [ -d "$STATE/e2e" ] && cp -r "$STATE/e2e" "$root/bin/conformance/last-run/"
+    [ -d "$STATE/cnp" ] && cp -r "$STATE/cnp" "$root/bin/conformance/last-run/"
   fi
   down
   log "total $((SECONDS - T0))s, exit $rc, IP_FAMILY=$IP_FAMILY CNI=$CNI (logs: bin/conformance/last-run)"
@@ -685,13 +737,17 @@ run() {
   trap 'exit 130' INT
   trap 'exit 143' TERM
   up
-  e2e
+  local rc=0
+  if [ "$SUITE" != cnp ]; then e2e || rc=$?; fi
+  if [ "$SUITE" != netpol ]; then cnp || rc=$?; fi
+  return $rc
 }
 
 case "${1:-}" in
   up) trap 'rc=$?; [ $rc = 0 ] || log "up failed: run make cluster-down to clean up"' EXIT; up ;;
   down) down ;;
   e2e) trap 'exit 130' INT; e2e ;;
+  cnp) trap 'exit 130' INT; cnp ;;
   run) run ;;
-  *) echo "usage: $0 up|down|e2e|run" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|e2e|cnp|run" >&2; exit 2 ;;
 esac
