@@ -4,16 +4,21 @@
 // with nftpolicy deployed on it. Its only content is a test:
 // TestClusterNetworkPolicyConformance, which skips unless
 // NFTPOLICY_CONFORMANCE_KUBECONFIG names the cluster's kubeconfig (so `go test
-// ./...` never runs it). `make conformance-cnp` brings the cluster up, installs
-// the module's experimental CRD and runs it; see the README's "Conformance"
-// section for the result and for what differs from the upstream invocation:
+// ./...` never runs it). `make conformance-cnp` brings the cluster up, applies
+// the module's experimental CRD and runs it; see the README's "The
+// ClusterNetworkPolicy suite" for the result and for what differs from the
+// upstream invocation:
 //
-//   - The four SCTP-only tests are skipped (SkipTests, so the conformance
-//     report lists them as skipped): this machine's kernel has no SCTP sockets.
+//   - Every feature of the ClusterNetworkPolicy profile is claimed: the
+//     standard one and the experimental named ports and node peers.
+//   - The machine's kernel has no SCTP sockets, so every SCTP probe of the
+//     suite (`agnhost connect --protocol=sctp`, in the SCTP tests and inside
+//     others) is rewritten in the exec transport to run /sctp-connect
+//     (test/conformance/sctpconnect): a raw-socket SCTP INIT whose delivery the
+//     destination kernel confirms. NFTPOLICY_CNP_SCTP=skip skips the four
+//     SCTP-only tests instead.
 //   - The base manifests are the suite's own, applied by this test instead of
 //     the suite's Setup so that the SCTP servers (agnhost porter with
 //     SERVE_SCTP_PORT_*) can be left out: on a kernel without SCTP they exit,
 //     and their pods would never be Ready.
-//   - Every feature of the ClusterNetworkPolicy profile is claimed: the
-//     standard one and the experimental named ports and node peers.
 package cnp
