@@ -683,16 +683,17 @@ e2e() {
 # cnp runs the upstream ClusterNetworkPolicy conformance suite (the
 # conformance package of sigs.k8s.io/network-policy-api, the version go.mod
 # pins) through our test/conformance/cnp against the running cluster, after
-# installing that module's experimental CRD (standard plus nodes, named ports
-# and domainNames) if it is not there. The agent watches for the CRD, so the
-# cluster needs no restart.
+# applying that module's experimental CRD (standard plus nodes, named ports
+# and domainNames; idempotent). The agent watches for the CRD, so the cluster
+# needs no restart. Each step returns on failure itself: `run` calls this
+# where errexit does not apply.
 cnp() {
   local report="$STATE/cnp" rc=0 dir
   mkdir -p "$report"
-  dir=$(cd "$root" && go list -m -f '{{.Dir}}' sigs.k8s.io/network-policy-api)
-  kubectl apply --server-side -f "$dir/config/crd/experimental/policy.networking.k8s.io_clusternetworkpolicies.yaml" >&2
-  kubectl wait --for=condition=Established crd/clusternetworkpolicies.policy.networking.k8s.io --timeout=60s >&2
-  (cd "$root" && go test -c -o "$STATE/cnp.test" ./test/conformance/cnp)
+  dir=$(cd "$root" && go list -m -f '{{.Dir}}' sigs.k8s.io/network-policy-api) || return
+  kubectl apply --server-side -f "$dir/config/crd/experimental/policy.networking.k8s.io_clusternetworkpolicies.yaml" >&2 || return
+  kubectl wait --for=condition=Established crd/clusternetworkpolicies.policy.networking.k8s.io --timeout=60s >&2 || return
+  (cd "$root" && go test -c -o "$STATE/cnp.test" ./test/conformance/cnp) || return
   log "ClusterNetworkPolicy suite ($(basename "$dir")), cluster $(cat "$STATE/logs/shape" 2>/dev/null) (log: $report/cnp.log)"
   (
     cd "$report"
