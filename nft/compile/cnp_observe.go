@@ -10,7 +10,7 @@ import (
 // log" and "Policy counters"), apart from the tier chains themselves:
 //
 //   - counters: every rule of a ClusterNetworkPolicy counts the packets it
-//     matched into a named counter of its own (`cnp-<hash>-cnp/<name>-eg1`),
+//     matched into a named counter of its own (`cnp-<hash>-cnp/<name>-eg1-deny`),
 //     shared by every group chain that runs the policy. A packet meets at most
 //     one matching rule per tier, so it costs one counter update per tier that
 //     decides, none for the rules it does not match.
@@ -40,9 +40,11 @@ func (r *cnpRule) ruleID() string {
 	return "eg" + strconv.Itoa(r.index)
 }
 
-// counterName is the named counter of the rule's matches.
+// counterName is the named counter of the rule's matches. It names what the
+// rule does (allow, deny, pass), so that a rule whose action changes counts
+// into a new counter: what the old one counted keeps its meaning.
 func (p *clusterPolicy) counterName(r *cnpRule) string {
-	return nft.ObjectName("cnp", p.name, p.ref, r.ruleID())
+	return nft.ObjectName("cnp", p.name, p.ref, r.ruleID()+"-"+clusterRule(p, r).Verdict())
 }
 
 // dropChain is the chain that logs and drops what a Deny rule matched (reply:

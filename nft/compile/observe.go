@@ -192,7 +192,7 @@ func observeObjects(opts Options, groups []*group) ([]nft.Object, *Attribution) 
 			at.Groups[DenyLogPrefix(g.chain)] = info(g)
 			if g.replyV.Name != "" {
 				reply := info(g)
-				reply.Reply = true
+				reply.Chain, reply.Reply = g.replyV.Name, true
 				at.Groups[DenyLogReplyPrefix(g.chain)] = reply
 			}
 		}
