@@ -326,11 +326,17 @@ func (c *policyCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range next {
 		credit(totals, s.gc, s.v)
 	}
+	present := map[policyKey]bool{} // policies (any direction, any verdict) in the table
+	for k := range totals {
+		present[policyKey{namespace: k.namespace, name: k.name, tier: k.tier}] = true
+	}
 	for k, v := range c.carried {
-		if _, ok := totals[k]; !ok {
+		if !present[policyKey{namespace: k.namespace, name: k.name, tier: k.tier}] {
 			delete(c.carried, k) // the policy no longer isolates a pod here
 			continue
 		}
+		// A verdict the policy no longer counts (a ClusterNetworkPolicy rule
+		// whose action changed) keeps its total while the policy is here.
 		totals[k] += v
 	}
 	for k, v := range totals {

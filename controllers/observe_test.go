@@ -242,10 +242,21 @@ nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="q",tier
 		"eg-1-deny":   {Group: group("eg-1", false, q), Verdict: compile.VerdictDeny},
 	}})
 	vals = map[string]uint64{"ing-1-allow": 8, "ing-3-allow": 1, "eg-1-deny": 1}
+	// p and q are still in the table: the series they no longer count into keep
+	// their totals (a counter never goes back while its policy is here).
 	check("regrouped", `nftpolicy_policy_packets_total{direction="egress",namespace="x",policy="q",tier="networkpolicy",verdict="deny"} 5
 nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",tier="networkpolicy",verdict="allow"} 12
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",tier="networkpolicy",verdict="deny"} 2
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="q",tier="networkpolicy",verdict="allow"} 3
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="q",tier="networkpolicy",verdict="deny"} 2
 `)
-	// p's ingress deny and q's ingress are no longer in the table: forgotten.
+	// q is gone from the table: forgotten, whatever it counted.
+	at.store(&compile.Attribution{Counters: map[string]compile.GroupCounter{
+		"ing-1-allow": {Group: group("ing-1", true, p), Verdict: compile.VerdictAllow},
+	}})
+	check("q gone", `nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",tier="networkpolicy",verdict="allow"} 12
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",tier="networkpolicy",verdict="deny"} 2
+`)
 	failing := newPolicyCollector(func(context.Context) (map[string]uint64, error) { return nil, errors.New("netlink") }, at)
 	before := testutil.ToFloat64(counterReadErrors)
 	if n := testutil.CollectAndCount(failing); n != 0 {
