@@ -347,3 +347,90 @@ nftpolicy_policy_packets_total{direction="ingress",namespace="y",policy="dns-fro
 	}
 	t.Logf("%d deny log lines, each the packet and the rule that dropped it; counters exact at both epochs", len(got))
 }
+
+// TestTierRecheckOwnNode: a pod's open connection to its own node (the input
+// hook, where only the tiers judge) is cut by a new ClusterNetworkPolicy that
+// denies it in strict mode, as forward's are; a connection the node itself
+// opened to the pod is not judged (its replies pass). With keep, the open
+// connection lives on (the known limit strict mode closes); a new one is denied
+// either way.
+func TestTierRecheckOwnNode(t *testing.T) {
+	for _, est := range []compile.Established{compile.EstablishedRecheck, compile.EstablishedKeep} {
+		t.Run(est.String(), func(t *testing.T) {
+			l := newTierLab(t, "npt-own"+est.String()[:1])
+			opts := compile.Options{Established: est, PolicyCounters: true}
+			watch := clusterPolicy("watch", cnpv1.AdminTier, 20, "x")
+			watch.Spec.Egress = []cnpv1.ClusterNetworkPolicyEgressRule{{Action: "Accept",
+				To: []cnpv1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1.CIDR{"192.0.2.0/24"}}}}}
+			l.apply(opts, 1, nil, []*cnpv1.ClusterNetworkPolicy{watch})
+
+			echo := func(ns *nfttest.NetNS, addr string) net.Listener {
+				t.Helper()
+				var ln net.Listener
+				if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp4", addr); return err }); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { ln.Close() })
+				go func() {
+					for {
+						c, err := ln.Accept()
+						if err != nil {
+							return
+						}
+						go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+					}
+				}()
+				return ln
+			}
+			echo(l.node, "10.78.1.1:2222")
+			echo(l.pods["x/a"], "10.78.1.2:3333")
+			dial := func(ns *nfttest.NetNS, addr string) (net.Conn, error) {
+				var c net.Conn
+				err := ns.Do(func() (err error) { c, err = net.DialTimeout("tcp4", addr, 2*time.Second); return err })
+				return c, err
+			}
+			alive := func(c net.Conn) bool {
+				_ = c.SetDeadline(time.Now().Add(time.Second))
+				if _, err := c.Write([]byte("x")); err != nil {
+					return false
+				}
+				_, err := io.ReadFull(c, make([]byte, 1))
+				return err == nil
+			}
+			toNode, err := dial(l.pods["x/a"], "10.78.1.1:2222")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer toNode.Close()
+			fromNode, err := dial(l.node, "10.78.1.2:3333")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer fromNode.Close()
+			if !alive(toNode) || !alive(fromNode) {
+				t.Fatal("no echo before the change")
+			}
+
+			// x may no longer reach any node (Admin Deny, nodes peer).
+			noNode := clusterPolicy("no-node", cnpv1.AdminTier, 1, "x")
+			noNode.Spec.Egress = []cnpv1.ClusterNetworkPolicyEgressRule{{Name: "nodes", Action: "Deny",
+				To: []cnpv1.ClusterNetworkPolicyEgressPeer{{Nodes: &metav1.LabelSelector{}}}}}
+			l.apply(opts, 2, nil, []*cnpv1.ClusterNetworkPolicy{watch, noNode})
+
+			if _, err := dial(l.pods["x/a"], "10.78.1.1:2222"); err == nil {
+				t.Error("a new connection from x/a to its node passed the Admin Deny")
+			}
+			if !alive(fromNode) {
+				t.Error("the node's own connection to x/a was cut: its replies must pass")
+			}
+			got := alive(toNode)
+			switch {
+			case est == compile.EstablishedRecheck && got:
+				t.Error("recheck: x/a's open connection to its node lives on after the deny")
+			case est == compile.EstablishedKeep && !got:
+				t.Error("keep: x/a's open connection to its node was cut")
+			}
+			t.Logf("%s: the open connection to the node %s", est, map[bool]string{true: "lives on", false: "is cut"}[got])
+		})
+	}
+}
