@@ -39,25 +39,25 @@ func directionWhy(name string, d Direction) string {
 				if st.FailClosed {
 					verb = "denied (the rule fails closed)"
 				}
-				return fmt.Sprintf("%s on %s %s by %s", name, d.JudgedBy, verb, st.Rule0())
+				return fmt.Sprintf("%s on %s %s by %s %s", name, d.JudgedBy, verb, st.Tier, st.ruleText())
 			}
 		}
 	}
 	passed := ""
 	for _, st := range d.Tiers {
 		if st.Action == "Pass" {
-			passed += st.Rule0() + " passes; "
+			passed += st.Tier + " " + st.ruleText() + " passes; "
 		}
 	}
 	return passed + npWhy(name, d)
 }
 
-// Rule0 names the rule that decided: "Admin cnp/x (priority 10) rule 1 (name)".
-func (st TierStep) Rule0() string {
+// ruleText names the rule that decided: "cnp/x (priority 10) rule 1 (name)".
+func (st TierStep) ruleText() string {
 	if st.Policy == "" {
-		return st.Tier + ": no rule matched"
+		return "no rule matched"
 	}
-	s := fmt.Sprintf("%s %s (priority %d) rule %d", st.Tier, st.Policy, *st.Priority, st.Rule)
+	s := fmt.Sprintf("%s (priority %d) rule %d", st.Policy, *st.Priority, st.Rule)
 	if st.RuleName != "" {
 		s += " (" + st.RuleName + ")"
 	}
@@ -243,9 +243,10 @@ func writeDirection(b *strings.Builder, name string, end End, d Direction) {
 	}
 	fmt.Fprintf(b, "%s of %s, judged on node %s: %s\n", name, who, d.JudgedBy, d.Verdict)
 	for _, st := range d.Tiers {
-		fmt.Fprintf(b, "  %s tier: %s", st.Tier, st.Action)
 		if st.Policy != "" {
-			fmt.Fprintf(b, " by %s", st.Rule0())
+			fmt.Fprintf(b, "  %s tier: %s by %s", st.Tier, st.Action, st.ruleText())
+		} else {
+			fmt.Fprintf(b, "  %s tier: no rule matches", st.Tier)
 		}
 		if st.FailClosed {
 			fmt.Fprintf(b, ", failing closed (deny all)")
