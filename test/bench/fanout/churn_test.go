@@ -46,21 +46,24 @@ func newChurn(c client.Client, rate float64, slots int) *churn {
 	return &churn{c: c, rate: rate, slots: slots, state: make([]int, slots), names: make([]string, slots), ips: make([]string, slots)}
 }
 
-// run makes n pod writes (rounded down to whole slot rounds is not needed:
-// slots interleave) and returns when all are done. Pods left half-way stay for
-// the next run, which goes on with them.
+// run makes n pod writes and returns when all are done: n/slots per slot
+// (the first n%slots slots one more), so that a run of whole cycles per slot
+// is always the same mix of writes. Pods left half-way stay for the next run,
+// which goes on with them.
 func (ch *churn) run(ctx context.Context, n int) error {
 	per := time.Duration(float64(time.Second) * float64(ch.slots) / ch.rate)
 	var wg sync.WaitGroup
 	errs := make(chan error, ch.slots)
-	var left atomic.Int64
-	left.Store(int64(n))
 	start := time.Now()
 	for s := range ch.slots {
+		steps := n / ch.slots
+		if s < n%ch.slots {
+			steps++
+		}
 		wg.Go(func() {
 			// Slots start spread over one period, so writes come evenly.
 			next := start.Add(per * time.Duration(s) / time.Duration(ch.slots))
-			for left.Add(-1) >= 0 {
+			for range steps {
 				if d := time.Until(next); d > 0 {
 					select {
 					case <-ctx.Done():
