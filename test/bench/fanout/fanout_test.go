@@ -192,7 +192,9 @@ func TestFanout(t *testing.T) {
 		for _, n := range watcherCounts() {
 			r, err := b.point(ctx, n, json)
 			if err != nil {
-				t.Fatalf("N=%d %s: %v", n, encName(json), err)
+				// The other points, the fit and the comparisons still run.
+				t.Errorf("N=%d %s: %v", n, encName(json), err)
+				continue
 			}
 			results = append(results, r)
 		}
@@ -368,7 +370,9 @@ func (b *bench) point(ctx context.Context, n int, json bool) (pointResult, error
 			s.stop()
 		}
 	}()
-	sctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	// Generous: on the shared 2-core VM, 200 JSON sets decoding 2,300 objects
+	// each took more than ten minutes (the test process, not the apiserver).
+	sctx, cancel := context.WithTimeout(ctx, 20*time.Minute)
 	defer cancel()
 	for _, s := range sets {
 		if err := s.waitSynced(sctx); err != nil {
