@@ -7,7 +7,7 @@
 # beyond 5, default 420),
 # NFTPOLICY_BENCH_PLOT (where the plot goes, default test/bench/conn-rate.png),
 # NFTPOLICY_BENCH_100K=1 (also the control-plane benchmark at 100,000 pods),
-# NFTPOLICY_BENCH_FANOUT=1 (also the apiserver fan-out benchmark, ~20 min).
+# NFTPOLICY_BENCH_FANOUT=1 (also the apiserver fan-out benchmark, ~40 min).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -47,7 +47,7 @@ if [ "${NFTPOLICY_BENCH_100K:-0}" = 1 ]; then
 fi
 # What N agents' watches cost the apiserver (test/bench/fanout): opt in.
 if [ "${NFTPOLICY_BENCH_FANOUT:-0}" = 1 ]; then
-  go test -count=1 -timeout 60m -v -run TestFanout ./test/bench/fanout/ || rc=1
+  go test -count=1 -timeout 90m -v -run TestFanout ./test/bench/fanout/ || rc=1
   summary+=(fanout_wire_bytes_per_event_watcher_protobuf fanout_wire_bytes_per_event_watcher_json
     fanout_cpu_us_per_event_watcher_protobuf fanout_cpu_us_per_event_watcher_json
     fanout_heap_kib_per_watcher_protobuf fanout_endpointslice_wire_bytes_per_pod_event_watcher)
