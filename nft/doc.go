@@ -21,10 +21,11 @@
 //	chain ing-<hash>-<ns>/<policy>[_and_N]   one per group of local pods selected by the
 //	    same policies (and resolving named ports alike):
 //	    ct state invalid drop
-//	    ip saddr @<set>-any-v4 accept                               peers allowed on every port
-//	    ip saddr . meta l4proto . th dport @<set>-ports-v4 accept   peers by protocol and port
-//	    (the same two for ip6)
-//	    counter drop                                                default deny
+//	    ip saddr @<set>-any-v4 accept                                peers allowed on every port
+//	    ip saddr . meta l4proto . th dport @<set>-ports-v4 accept    peer . protocol . port (hash)
+//	    ip saddr . meta l4proto . th dport @<set>-ranges-v4 accept   the same with ranges (interval)
+//	    (the same three for ip6)
+//	    counter drop                                                 default deny
 //	chain eg-...           the same shape on daddr, with `return` instead of accept, so
 //	                       that ingress is still judged after egress allowed the packet.
 //
