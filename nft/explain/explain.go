@@ -682,7 +682,11 @@ func (x *explainer) evaluate(proto corev1.Protocol, port int, withSteps bool) (*
 		}
 		what := fmt.Sprintf("%s %s/%d", name, strings.ToLower(string(proto)), port)
 		if want := verdictText(boolVerdict(j.Allowed)); want != d.Verdict {
-			disagree(d.JudgedBy, fmt.Sprintf("%s: the walk on %s says %s, the policies say %s", what, d.JudgedBy, d.Verdict, want))
+			walker := "the walk on "
+			if x.kind[d.JudgedBy] == "kernel" {
+				walker = "the kernel's table on "
+			}
+			disagree(d.JudgedBy, fmt.Sprintf("%s: %s%s says %s, the policies say %s", what, walker, d.JudgedBy, d.Verdict, want))
 		}
 		if j.By == netpolref.ByNetworkPolicy && !j.OwnNode && a.allows() != j.Allowed {
 			disagree(d.JudgedBy, fmt.Sprintf("%s: the NetworkPolicy rules found (%d) do not explain the verdict %s", what, len(a.allowedBy), verdictText(boolVerdict(j.Allowed))))

@@ -278,7 +278,7 @@ func explainMatchesReference(t *testing.T, world func(*rand.Rand) netpolref.Worl
 			}
 		}
 	}
-	t.Logf("seed %d: %d clusters, %d questions on one port (%d decided by a ClusterNetworkPolicy tier, %d through the input hook), %d port ranges checked, 0 mismatches",
+	t.Logf("seed %d: %d clusters, %d questions on one port (%d of their directions decided by a ClusterNetworkPolicy tier, %d walked through the input hook), %d port ranges checked, 0 mismatches",
 		seed, cases, questions, byTier, input, ranges)
 }
 
