@@ -328,7 +328,9 @@ func (r *NodeReconciler) load(ctx context.Context, log logr.Logger) (*compile.Co
 				own = &nodes.Items[i]
 			}
 		}
-		r.ownNode(own, log)
+		r.ownNode(own)
+		r.checkPods(pods.Items)
+		r.settleUnknown(log)
 	}
 	c := compile.NewCompiler(r.NodeName, r.compileOptions())
 	if r.strict.epoch != 0 {
@@ -355,12 +357,13 @@ func (r *NodeReconciler) load(ctx context.Context, log logr.Logger) (*compile.Co
 // update reads the changed objects from the cache and records them in the compiler.
 func (r *NodeReconciler) update(ctx context.Context, changes map[objectRef]struct{}, log logr.Logger) error {
 	c := r.compiler
+	recheck := false // this node's pod CIDRs changed: check every pod against them
 	for ref := range changes {
 		var err error
 		switch ref.kind {
 		case kindPod:
-			err = record(ctx, r.Reader, ref.key, &corev1.Pod{}, c.SetPod,
-				func() { c.DeletePod(ref.key.Namespace, ref.key.Name) })
+			err = record(ctx, r.Reader, ref.key, &corev1.Pod{}, func(p *corev1.Pod) { c.SetPod(p); r.notePod(ref.key, p) },
+				func() { c.DeletePod(ref.key.Namespace, ref.key.Name); r.notePod(ref.key, nil) })
 		case kindNamespace:
 			err = record(ctx, r.Reader, ref.key, &corev1.Namespace{}, c.SetNamespace,
 				func() { c.DeleteNamespace(ref.key.Name) })
@@ -369,8 +372,8 @@ func (r *NodeReconciler) update(ctx context.Context, changes map[objectRef]struc
 				func() { c.DeletePolicy(ref.key.Namespace, ref.key.Name) })
 		case kindNode:
 			own := func(n *corev1.Node) {
-				if ref.key.Name == r.NodeName && r.ownNode(n, log) {
-					c.SetUnknownLocalPods(r.unknownCIDRs())
+				if r.UnknownPodCIDRsFromNode && ref.key.Name == r.NodeName && r.ownNode(n) {
+					recheck = true
 				}
 			}
 			err = record(ctx, r.Reader, ref.key, &corev1.Node{}, func(n *corev1.Node) { c.SetNode(n); own(n) },
@@ -394,6 +397,19 @@ func (r *NodeReconciler) update(ctx context.Context, changes map[objectRef]struc
 		if err != nil {
 			return fmt.Errorf("%s: %w", ref.key, err)
 		}
+	}
+	if !r.UnknownPodCIDRsFromNode {
+		return nil
+	}
+	if recheck {
+		var pods corev1.PodList
+		if err := r.Reader.List(ctx, &pods, client.UnsafeDisableDeepCopy); err != nil {
+			return err
+		}
+		r.checkPods(pods.Items)
+	}
+	if r.settleUnknown(log) {
+		c.SetUnknownLocalPods(r.unknownCIDRs())
 	}
 	return nil
 }

@@ -117,13 +117,31 @@ var _ = Describe("--unknown-pod-cidrs=node", func() {
 			ConsistOf(And(HavePrefix("Normal: "), ContainSubstring("10.78.1.0/24,fd00:78:1::/64"))))
 		Expect(fake.Calls().FullSync).To(Equal(1), "a Node change is an incremental sync")
 
+		By("a pod of another node has an address inside them (a CNI with its own IPAM): nothing dropped, said loudly")
+		f.pod(ctx, "unk", "intruder", podOpts{node: "other-" + f.sfx, ips: []string{"10.78.1.77"}})
+		Eventually(drops, 10*time.Second, 20*time.Millisecond).Should(BeEmpty())
+		Expect(gauge()).To(BeZero())
+		Eventually(func() []string { return events("UnknownPodsNotIsolated") }, 10*time.Second, 50*time.Millisecond).Should(
+			ContainElement(ContainSubstring("node other-" + f.sfx + " has 10.78.1.77, inside them")))
+		By("it goes: dropped again")
+		Expect(k8sClient.Delete(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: f.ns("unk"), Name: "intruder"}}, client.GracePeriodSeconds(0))).To(Succeed())
+		Eventually(drops, 10*time.Second, 20*time.Millisecond).Should(ContainSubstring("ip saddr 10.78.1.0/24"))
+		Expect(gauge()).To(Equal(2.0))
+
 		By("the Node goes: nothing to drop by")
 		deleteNode()
 		Eventually(drops, 10*time.Second, 20*time.Millisecond).Should(BeEmpty())
 		Expect(gauge()).To(BeZero())
 
-		By("it comes back with other CIDRs (one family): the drops follow")
+		By("it comes back with other CIDRs (one family), which this node's pod is outside: nothing dropped, said loudly")
 		createNode("10.79.3.0/24")
+		Consistently(drops, time.Second, 20*time.Millisecond).Should(BeEmpty())
+		Expect(gauge()).To(BeZero())
+		Eventually(func() []string { return events("UnknownPodsNotIsolated") }, 10*time.Second, 50*time.Millisecond).Should(
+			ContainElement(ContainSubstring("of this node has 10.78.1.5, outside them")))
+
+		By("the pod is given an address of them: the drops follow")
+		f.setStatus(ctx, "unk", "a", corev1.PodRunning, "10.79.3.5")
 		Eventually(drops, 10*time.Second, 20*time.Millisecond).Should(Equal(
 			"ip saddr 10.79.3.0/24 ip saddr != @local-pods-v4 counter drop comment \"from a local pod address the agent does not know yet\""))
 		Expect(gauge()).To(Equal(1.0))
