@@ -74,7 +74,7 @@ func (r *NodeReconciler) unknownCIDRs() []netip.Prefix {
 // ownNode records this node's Node (nil: it does not exist) and reports whether
 // its pod CIDRs changed, in which case every pod must be checked again (checkPods).
 func (r *NodeReconciler) ownNode(n *corev1.Node) bool {
-	cidrs, why := nodePodCIDRs(n)
+	cidrs, why := NodePodCIDRs(n)
 	changed := !slices.Equal(cidrs, r.unknown.cidrs)
 	r.unknown.node, r.unknown.cidrs, r.unknown.why = n, cidrs, why
 	return changed
@@ -180,10 +180,10 @@ func (r *NodeReconciler) settleUnknown(log logr.Logger) bool {
 	return changed
 }
 
-// nodePodCIDRs returns n's pod CIDRs (spec.podCIDRs, else spec.podCIDR), sorted,
+// NodePodCIDRs returns n's pod CIDRs (spec.podCIDRs, else spec.podCIDR), sorted,
 // and why some or all are missing ("" when there is nothing to say). The API
 // server validates them; one that does not parse anyway is left out and named.
-func nodePodCIDRs(n *corev1.Node) ([]netip.Prefix, string) {
+func NodePodCIDRs(n *corev1.Node) ([]netip.Prefix, string) {
 	if n == nil {
 		return nil, "the Node object does not exist"
 	}

@@ -38,7 +38,7 @@ func TestNodePodCIDRs(t *testing.T) {
 		{"host bits, duplicates", node("", "10.244.1.7/24", "10.244.1.0/24"), "10.244.1.0/24", ""},
 		{"not a CIDR", node("", "10.244.1.0/24", "bogus"), "10.244.1.0/24", `"bogus"`},
 	} {
-		got, why := nodePodCIDRs(c.node)
+		got, why := NodePodCIDRs(c.node)
 		if prefixList(got) != c.want || (c.wantWhy == "") != (why == "") || !strings.Contains(why, c.wantWhy) {
 			t.Errorf("%s: %q (%q), want %q (%q)", c.name, prefixList(got), why, c.want, c.wantWhy)
 		}

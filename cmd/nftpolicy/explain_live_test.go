@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -38,9 +39,11 @@ func TestExplainLive(t *testing.T) {
 	var c explain.Cluster
 	overlay(&c, objs)
 	// The table as the DaemonSet's agent writes it: deny log and policy counters
-	// on, recheck mode, some epoch after a few changes.
+	// on, recheck mode, some epoch after a few changes, unknown local addresses
+	// dropped by the Node's pod CIDRs.
 	rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-2", Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies},
-		compile.Options{DenyLog: compile.DenyLog{Group: 7600, Rate: 10, Burst: 20}, PolicyCounters: true, Established: compile.EstablishedRecheck})
+		compile.Options{DenyLog: compile.DenyLog{Group: 7600, Rate: 10, Burst: 20}, PolicyCounters: true, Established: compile.EstablishedRecheck,
+			UnknownLocalPods: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24"), netip.MustParsePrefix("fd00:10:244:2::/64")}})
 	compile.StampEpoch(rs, compile.DefaultCtMarkMask, 3)
 	a, err := netlink.New(netlink.Options{Table: rs.Table, NetNSPath: ns.Path()})
 	if err != nil {
