@@ -79,6 +79,13 @@ func TestExplainLive(t *testing.T) {
 		t.Errorf("differences on an untouched table: %v", live)
 	}
 
+	// Back to a pod of node-1: node-1's table is compiled, and the unknown-address
+	// drops of node-2's CIDRs are node-2's alone (node-1 would drop node-2's pods).
+	if text, _ := ask("--from", "shop/db", "--to", "shop/web", "--port", "8080"); !strings.HasPrefix(text, "ALLOW") ||
+		strings.Contains(text, "does not know yet") {
+		t.Errorf("shop/db -> shop/web, across nodes:\n%s", text)
+	}
+
 	// Tamper: shop/db leaves the ingress map: its isolation is gone.
 	if out, err := ns.NFT("", "delete", "element", "inet", rs.Table, "ingress-v4", "{ 10.244.2.7 }"); err != nil {
 		t.Fatalf("nft delete element: %v: %s", err, out)
