@@ -84,7 +84,10 @@ type Options struct {
 	CtMarkMask  uint32
 	// UnknownPodCIDRs are this node's pod CIDRs: traffic from an address in them
 	// that no known local pod has is dropped (compile.Options.UnknownLocalPods).
-	UnknownPodCIDRs []netip.Prefix
+	// With UnknownPodCIDRsFromNode they are read from this node's Node object
+	// instead, and follow its changes (unknown.go); UnknownPodCIDRs is then unused.
+	UnknownPodCIDRs         []netip.Prefix
+	UnknownPodCIDRsFromNode bool
 	// JSON makes the agent's requests use JSON rather than protobuf (the
 	// default, as controller-runtime's for built-in kinds); for comparison.
 	JSON bool
@@ -234,7 +237,7 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 
 	log.Info("starting agent", "table", opts.TableName, "netns", opts.NetNS,
 		"metrics", opts.MetricsAddr, "health", opts.HealthAddr, "fullSyncPeriod", opts.FullSyncPeriod,
-		"established", opts.Established.String())
+		"established", opts.Established.String(), "unknownPodCIDRs", unknownFlag(opts))
 	errc := make(chan error, 1)
 	go func() { errc <- mgr.Start(ctx) }()
 	select {
@@ -247,6 +250,14 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	}
 	log.Info("agent stopped")
 	return nil
+}
+
+// unknownFlag is --unknown-pod-cidrs as the agent understood it, for its first log line.
+func unknownFlag(opts Options) string {
+	if opts.UnknownPodCIDRsFromNode {
+		return "node"
+	}
+	return prefixList(opts.UnknownPodCIDRs)
 }
 
 // awaitStop waits for the manager to return after its context is done. A
@@ -277,22 +288,26 @@ func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, o
 	if opts.Applier == nil {
 		return errors.New("no applier configured")
 	}
+	if !opts.UnknownPodCIDRsFromNode && len(opts.UnknownPodCIDRs) > 0 {
+		unknownPodCIDRs.WithLabelValues("flag").Set(float64(len(opts.UnknownPodCIDRs)))
+	}
 	r := &NodeReconciler{
-		Reader:          mgr.GetCache(),
-		NodeName:        opts.NodeName,
-		Table:           opts.TableName,
-		DenyLog:         opts.DenyLog,
-		PolicyCounters:  opts.PolicyCounters != nil,
-		OnApplied:       at.store,
-		Applier:         opts.Applier,
-		Recorder:        mgr.GetEventRecorder("nftpolicy-agent"),
-		Log:             log.WithName("sync"),
-		FullSyncPeriod:  opts.FullSyncPeriod,
-		MinSyncInterval: opts.MinSyncInterval,
-		Established:     opts.Established,
-		CtMarkMask:      opts.CtMarkMask,
-		UnknownPodCIDRs: opts.UnknownPodCIDRs,
-		OnSynced:        ready.MarkSynced,
+		Reader:                  mgr.GetCache(),
+		NodeName:                opts.NodeName,
+		Table:                   opts.TableName,
+		DenyLog:                 opts.DenyLog,
+		PolicyCounters:          opts.PolicyCounters != nil,
+		OnApplied:               at.store,
+		Applier:                 opts.Applier,
+		Recorder:                mgr.GetEventRecorder("nftpolicy-agent"),
+		Log:                     log.WithName("sync"),
+		FullSyncPeriod:          opts.FullSyncPeriod,
+		MinSyncInterval:         opts.MinSyncInterval,
+		Established:             opts.Established,
+		CtMarkMask:              opts.CtMarkMask,
+		UnknownPodCIDRs:         opts.UnknownPodCIDRs,
+		UnknownPodCIDRsFromNode: opts.UnknownPodCIDRsFromNode,
+		OnSynced:                ready.MarkSynced,
 		// A full sync lists every object and compiles the whole table: the
 		// garbage it leaves (and, at start, the informers' initial lists) would
 		// otherwise stay in the process's RSS until the background scavenger

@@ -71,8 +71,9 @@ type NodeReconciler struct {
 	// (compile.DefaultCtMarkMask when 0). See strict.go.
 	Established compile.Established
 	CtMarkMask  uint32
-	// UnknownPodCIDRs: see Options.
-	UnknownPodCIDRs []netip.Prefix
+	// UnknownPodCIDRs and UnknownPodCIDRsFromNode: see Options and unknown.go.
+	UnknownPodCIDRs         []netip.Prefix
+	UnknownPodCIDRsFromNode bool
 
 	pending   atomic.Int64 // unix nanos of the earliest event not yet served; 0 = none
 	dirtyMu   sync.Mutex
@@ -84,6 +85,7 @@ type NodeReconciler struct {
 	compiler  *compile.Compiler               // what the cache held at the last sync; nil before the first
 	problems  map[types.NamespacedName]string // last reported problems, per policy (a ClusterNetworkPolicy: no namespace)
 	strict    epochState
+	unknown   unknownState
 
 	// ClusterNetworkPolicy (cnp.go): the version watched, if any, and what its
 	// watch needs once the API serves it.
@@ -211,9 +213,9 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	changes := r.takeDirty()
 	var err error
 	if full || r.compiler == nil {
-		r.compiler, err = r.load(ctx)
+		r.compiler, err = r.load(ctx, log)
 	} else {
-		err = r.update(ctx, changes)
+		err = r.update(ctx, changes, log)
 	}
 	if err != nil {
 		r.compiler = nil // partly updated: the next sync rebuilds it from a list
@@ -298,7 +300,7 @@ func (r *NodeReconciler) restorePending(since int64) {
 // load lists the cache and returns a Compiler holding all of it. The lists are
 // not deep copies (the compiler only reads, and keeps only the objects' strings
 // and label maps, never the listed structs).
-func (r *NodeReconciler) load(ctx context.Context) (*compile.Compiler, error) {
+func (r *NodeReconciler) load(ctx context.Context, log logr.Logger) (*compile.Compiler, error) {
 	var pods corev1.PodList
 	var nss corev1.NamespaceList
 	var nps networkingv1.NetworkPolicyList
@@ -318,6 +320,17 @@ func (r *NodeReconciler) load(ctx context.Context) (*compile.Compiler, error) {
 	cnps, err := r.cnp.list(ctx, r.Reader)
 	if err != nil {
 		return nil, err
+	}
+	if r.UnknownPodCIDRsFromNode {
+		var own *corev1.Node
+		for i := range nodes.Items {
+			if nodes.Items[i].Name == r.NodeName {
+				own = &nodes.Items[i]
+			}
+		}
+		r.ownNode(own)
+		r.checkPods(pods.Items)
+		r.settleUnknown(log)
 	}
 	c := compile.NewCompiler(r.NodeName, r.compileOptions())
 	if r.strict.epoch != 0 {
@@ -342,14 +355,15 @@ func (r *NodeReconciler) load(ctx context.Context) (*compile.Compiler, error) {
 }
 
 // update reads the changed objects from the cache and records them in the compiler.
-func (r *NodeReconciler) update(ctx context.Context, changes map[objectRef]struct{}) error {
+func (r *NodeReconciler) update(ctx context.Context, changes map[objectRef]struct{}, log logr.Logger) error {
 	c := r.compiler
+	recheck := false // this node's pod CIDRs changed: check every pod against them
 	for ref := range changes {
 		var err error
 		switch ref.kind {
 		case kindPod:
-			err = record(ctx, r.Reader, ref.key, &corev1.Pod{}, c.SetPod,
-				func() { c.DeletePod(ref.key.Namespace, ref.key.Name) })
+			err = record(ctx, r.Reader, ref.key, &corev1.Pod{}, func(p *corev1.Pod) { c.SetPod(p); r.notePod(ref.key, p) },
+				func() { c.DeletePod(ref.key.Namespace, ref.key.Name); r.notePod(ref.key, nil) })
 		case kindNamespace:
 			err = record(ctx, r.Reader, ref.key, &corev1.Namespace{}, c.SetNamespace,
 				func() { c.DeleteNamespace(ref.key.Name) })
@@ -357,8 +371,13 @@ func (r *NodeReconciler) update(ctx context.Context, changes map[objectRef]struc
 			err = record(ctx, r.Reader, ref.key, &networkingv1.NetworkPolicy{}, c.SetPolicy,
 				func() { c.DeletePolicy(ref.key.Namespace, ref.key.Name) })
 		case kindNode:
-			err = record(ctx, r.Reader, ref.key, &corev1.Node{}, c.SetNode,
-				func() { c.DeleteNode(ref.key.Name) })
+			own := func(n *corev1.Node) {
+				if r.UnknownPodCIDRsFromNode && ref.key.Name == r.NodeName && r.ownNode(n) {
+					recheck = true
+				}
+			}
+			err = record(ctx, r.Reader, ref.key, &corev1.Node{}, func(n *corev1.Node) { c.SetNode(n); own(n) },
+				func() { c.DeleteNode(ref.key.Name); own(nil) })
 		case kindClusterPolicy:
 			obj := r.cnp.object()
 			if obj == nil {
@@ -378,6 +397,19 @@ func (r *NodeReconciler) update(ctx context.Context, changes map[objectRef]struc
 		if err != nil {
 			return fmt.Errorf("%s: %w", ref.key, err)
 		}
+	}
+	if !r.UnknownPodCIDRsFromNode {
+		return nil
+	}
+	if recheck {
+		var pods corev1.PodList
+		if err := r.Reader.List(ctx, &pods, client.UnsafeDisableDeepCopy); err != nil {
+			return err
+		}
+		r.checkPods(pods.Items)
+	}
+	if r.settleUnknown(log) {
+		c.SetUnknownLocalPods(r.unknownCIDRs())
 	}
 	return nil
 }
