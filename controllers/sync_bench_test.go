@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -158,4 +159,57 @@ func BenchmarkFullSync(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkPodMemory reports what the agent keeps per cluster pod at the two
+// benchmark shapes, load-independent: the heap in use after a GC with the pod
+// store (as the informer's, without its event buffers) and a Compiler that has
+// compiled node-0's table, less the heap before; policies and namespaces are
+// in both readings. bytes/pod divides by the pods; it includes the node's
+// ruleset, which grows with the cluster too.
+func BenchmarkPodMemory(b *testing.B) {
+	for _, sh := range benchShapes {
+		b.Run(sh.name, func(b *testing.B) {
+			for b.Loop() {
+				nss, _, nps := sh.shape.Objects()
+				for i, ns := range nss {
+					obj, _ := trimNamespace(ns)
+					nss[i] = obj.(*corev1.Namespace)
+				}
+				for i, np := range nps {
+					obj, _ := trimPolicy(np)
+					nps[i] = obj.(*networkingv1.NetworkPolicy)
+				}
+				before := heapInUse()
+				_, raw, _ := sh.shape.Objects()
+				store := toolscache.NewStore(toolscache.MetaNamespaceKeyFunc)
+				in := &podInterner{}
+				for i, p := range raw {
+					if err := store.Add(in.record(p)); err != nil {
+						b.Fatal(err)
+					}
+					raw[i] = nil // as the informer drops the decoded object
+				}
+				r := &NodeReconciler{Reader: &memReader{nss: nss, nps: nps}, Pods: storePods{store}, NodeName: "node-0",
+					Table: nft.DefaultTable, Applier: &planApplier{}}
+				if _, err := r.Reconcile(context.Background(), r.request()); err != nil {
+					b.Fatal(err)
+				}
+				after := heapInUse()
+				b.ReportMetric(float64(after-before)/float64(sh.shape.Pods()), "bytes/pod")
+				runtime.KeepAlive(r)
+				runtime.KeepAlive(store)
+				runtime.KeepAlive(nss)
+				runtime.KeepAlive(nps)
+			}
+		})
+	}
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
 }
