@@ -427,7 +427,7 @@ func createDelete() predicate.Predicate {
 func podChanged() predicate.Predicate {
 	hasIPs := func(o client.Object) bool {
 		p, ok := podOf(o)
-		return ok && len(p.Addrs) > 0
+		return ok && len(p.Addrs()) > 0
 	}
 	return predicate.Funcs{
 		CreateFunc:  func(e event.CreateEvent) bool { return hasIPs(e.Object) },
@@ -458,6 +458,6 @@ func podOf(o client.Object) (*compile.Pod, bool) {
 }
 
 func podRelevantChange(a, b *compile.Pod) bool {
-	return a.Node != b.Node || a.HostNetwork != b.HostNetwork || a.Finished != b.Finished ||
-		!slices.Equal(a.Addrs, b.Addrs) || !slices.Equal(a.Ports, b.Ports) || !maps.Equal(a.Labels, b.Labels)
+	return a.Node() != b.Node() || a.HostNetwork() != b.HostNetwork() || a.Finished() != b.Finished() ||
+		!slices.Equal(a.Addrs(), b.Addrs()) || !slices.Equal(a.Ports(), b.Ports()) || !maps.Equal(a.Labels(), b.Labels())
 }

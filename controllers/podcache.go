@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"sync"
@@ -24,10 +25,10 @@ import (
 // per pod is what its memory is made of (docs/scale.md, "One agent at 100,000
 // pods"). The informer's transform turns each pod into a cachedPod: a compile.Pod
 // (namespace, name, node, labels, addresses as netip.Addr, named ports, two flags;
-// ~150 bytes, against 1,240 for the corev1.Pod struct alone), with its label map
+// 112 bytes, against 1,240 for the corev1.Pod struct alone), with its label map
 // and port list interned so that the pods of one workload share one of each. The
-// Compiler references the record's map and slices rather than copying them, and
-// a full sync walks the informer's store rather than listing copies of it.
+// Compiler keeps a pointer to the record's Pod rather than a copy, and a full
+// sync walks the informer's store rather than listing copies of it.
 
 // cachedPod is what the pod cache holds of a pod. It is a client.Object only so
 // that the informer and controller-runtime's event handlers carry it: apart from
@@ -51,9 +52,9 @@ func (p *cachedPod) GetObjectKind() schema.ObjectKind { return schema.EmptyObjec
 // DeepCopyObject returns a copy sharing the record's (immutable) map and slices.
 func (p *cachedPod) DeepCopyObject() runtime.Object { c := *p; return &c }
 
-func (p *cachedPod) GetNamespace() string                          { return p.Namespace }
+func (p *cachedPod) GetNamespace() string                          { return p.Pod.Namespace() }
 func (p *cachedPod) SetNamespace(string)                           {}
-func (p *cachedPod) GetName() string                               { return p.Name }
+func (p *cachedPod) GetName() string                               { return p.Pod.Name() }
 func (p *cachedPod) SetName(string)                                {}
 func (p *cachedPod) GetGenerateName() string                       { return "" }
 func (p *cachedPod) SetGenerateName(string)                        {}
@@ -71,7 +72,7 @@ func (p *cachedPod) GetDeletionTimestamp() *metav1.Time            { return nil 
 func (p *cachedPod) SetDeletionTimestamp(*metav1.Time)             {}
 func (p *cachedPod) GetDeletionGracePeriodSeconds() *int64         { return nil }
 func (p *cachedPod) SetDeletionGracePeriodSeconds(*int64)          {}
-func (p *cachedPod) GetLabels() map[string]string                  { return p.Labels }
+func (p *cachedPod) GetLabels() map[string]string                  { return p.Pod.Labels() }
 func (p *cachedPod) SetLabels(map[string]string)                   {}
 func (p *cachedPod) GetAnnotations() map[string]string             { return nil }
 func (p *cachedPod) SetAnnotations(map[string]string)              {}
@@ -125,38 +126,33 @@ func (t *internTable[T]) get(key []byte, mk func() *T) *T {
 // record turns a pod into its cache record.
 func (in *podInterner) record(p *corev1.Pod) *cachedPod {
 	rec := &cachedPod{Pod: compile.PodOf(p)}
+	labels, ports := rec.Pod.Labels(), rec.Pod.Ports()
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if len(p.Labels) > 0 {
+	if len(labels) > 0 {
 		in.buf = in.buf[:0]
-		keys := make([]string, 0, len(p.Labels))
-		for k := range p.Labels {
+		keys := make([]string, 0, len(labels))
+		for k := range labels {
 			keys = append(keys, k)
 		}
 		slices.Sort(keys)
 		for _, k := range keys {
-			in.buf = append(append(append(append(in.buf, k...), 0), p.Labels[k]...), 0)
+			in.buf = append(append(append(append(in.buf, k...), 0), labels[k]...), 0)
 		}
-		rec.labels = in.labels.get(in.buf, func() *labelSet {
-			m := make(map[string]string, len(p.Labels))
-			for k, v := range p.Labels {
-				m[k] = v
-			}
-			return &labelSet{m}
-		})
-		rec.Labels = rec.labels.m
+		rec.labels = in.labels.get(in.buf, func() *labelSet { return &labelSet{maps.Clone(labels)} })
+		labels = rec.labels.m
 	}
-	if len(rec.Ports) > 0 {
+	if len(ports) > 0 {
 		in.buf = in.buf[:0]
-		for _, np := range rec.Ports {
+		for _, np := range ports {
 			in.buf = append(append(in.buf, np.Name...), 0, np.Proto)
 			in.buf = strconv.AppendUint(append(in.buf, 0), uint64(np.Port), 10)
 			in.buf = append(in.buf, 0)
 		}
-		ports := rec.Ports
 		rec.ports = in.ports.get(in.buf, func() *portList { return &portList{ports} })
-		rec.Ports = rec.ports.p
+		ports = rec.ports.p
 	}
+	rec.Share(labels, ports)
 	return rec
 }
 
@@ -239,11 +235,11 @@ func (r readerPods) each(ctx context.Context, fn func(*compile.Pod)) error {
 // podIPIndex on the pod informer: the pods with an address (not hostNetwork).
 func indexRecordIPs(obj any) ([]string, error) {
 	rec, ok := obj.(*cachedPod)
-	if !ok || rec.HostNetwork {
+	if !ok || rec.HostNetwork() {
 		return nil, nil // a node address names no pod
 	}
-	out := make([]string, len(rec.Addrs))
-	for i, a := range rec.Addrs {
+	out := make([]string, len(rec.Addrs()))
+	for i, a := range rec.Addrs() {
 		out[i] = a.String()
 	}
 	return out, nil
@@ -276,7 +272,7 @@ func (r podIPReader) List(_ context.Context, list client.ObjectList, opts ...cli
 	pl.Items = pl.Items[:0]
 	for _, obj := range objs {
 		if rec, ok := obj.(*cachedPod); ok {
-			pl.Items = append(pl.Items, corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: rec.Namespace, Name: rec.Name, Labels: rec.Labels}})
+			pl.Items = append(pl.Items, corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: rec.Pod.Namespace(), Name: rec.Pod.Name(), Labels: rec.Pod.Labels()}})
 		}
 	}
 	return nil

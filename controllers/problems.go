@@ -118,7 +118,7 @@ func selectedNodes(ctx context.Context, pods podSource, np *networkingv1.Network
 		return nil, nil
 	}
 	return nodesOf(ctx, pods, func(p *compile.Pod) bool {
-		return p.Namespace == np.Namespace && !p.HostNetwork && !p.Finished && sel.Matches(labels.Set(p.Labels))
+		return p.Namespace() == np.Namespace && !p.HostNetwork() && !p.Finished() && sel.Matches(labels.Set(p.Labels()))
 	})
 }
 
@@ -130,8 +130,8 @@ func podNodes(ctx context.Context, pods podSource) ([]string, error) {
 func nodesOf(ctx context.Context, pods podSource, keep func(*compile.Pod) bool) ([]string, error) {
 	seen := map[string]bool{}
 	err := pods.each(ctx, func(p *compile.Pod) {
-		if p.Node != "" && keep(p) {
-			seen[p.Node] = true
+		if p.Node() != "" && keep(p) {
+			seen[p.Node()] = true
 		}
 	})
 	return slices.Collect(maps.Keys(seen)), err

@@ -44,10 +44,10 @@ func TestPodRecordKeepsWhatCompileReads(t *testing.T) {
 		}
 		recs = append(recs, obj.(*cachedPod))
 	}
-	if p := recs[0].Ports; len(p) != 2 || p[0].Name != "http" || p[1].Name != "dns" {
+	if p := recs[0].Ports(); len(p) != 2 || p[0].Name != "http" || p[1].Name != "dns" {
 		t.Errorf("two containers: ports %+v", p)
 	}
-	if p := recs[1].Ports; len(p) != 0 {
+	if p := recs[1].Ports(); len(p) != 0 {
 		t.Errorf("unnamed ports only: ports %+v", p)
 	}
 	tcp, udp := corev1.ProtocolTCP, corev1.ProtocolUDP
@@ -85,14 +85,14 @@ func TestPodInternerShares(t *testing.T) {
 	a := mk("a", map[string]string{"app": "web", "tier": "1"})
 	b := mk("b", map[string]string{"tier": "1", "app": "web"})
 	c := mk("c", map[string]string{"app": "web", "tier": "2"})
-	if a.labels != b.labels || !maps.Equal(a.Labels, b.Labels) {
+	if a.labels != b.labels || !maps.Equal(a.Labels(), b.Labels()) {
 		t.Error("equal labels not shared")
 	}
-	if a.labels == c.labels || c.Labels["tier"] != "2" {
+	if a.labels == c.labels || c.Labels()["tier"] != "2" {
 		t.Error("different labels shared")
 	}
-	if a.ports != c.ports || len(a.Ports) != 1 || a.Ports[0] != (compile.NamedPort{Name: "http", Proto: 6, Port: 80}) {
-		t.Errorf("ports not shared: %+v %+v", a.Ports, c.Ports)
+	if a.ports != c.ports || len(a.Ports()) != 1 || a.Ports()[0] != (compile.NamedPort{Name: "http", Proto: 6, Port: 80}) {
+		t.Errorf("ports not shared: %+v %+v", a.Ports(), c.Ports())
 	}
 	// Churn through label values no pod keeps: the table stays bounded.
 	for i := range 10000 {

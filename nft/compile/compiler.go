@@ -84,9 +84,9 @@ func (c *Compiler) SetPod(p *corev1.Pod) {
 }
 
 // SetPodRecord records the pod p describes, added or changed. The Compiler keeps
-// references to p's strings, label map and slices: see Pod.
+// p itself: see Pod.
 func (c *Compiler) SetPodRecord(p *Pod) {
-	c.setPod(objKey{p.Namespace, p.Name}, p)
+	c.setPod(objKey{p.ns, p.name}, p)
 }
 
 // DeletePod records that the pod namespace/name is gone.

@@ -17,15 +17,13 @@ import (
 const nsNameLabel = "kubernetes.io/metadata.name"
 
 // podInfo is what the compiler keeps of a pod that can take part in policy: it has
-// addresses, is not hostNetwork and has not finished. Its strings, label map and
-// slices are the Pod's it was made from (shared, never copied or modified).
+// addresses, is not hostNetwork and has not finished. Its ns, name, labels, addrs
+// and ports are the Pod's it was given (a pointer: at 100,000 pods, a copy of
+// those five would be 8 MB).
 type podInfo struct {
-	ns, name string
-	ref      string // "namespace/name", of local pods only
-	labels   labels.Set
-	addrs    []netip.Addr // unmapped, sorted, unique
-	local    bool         // runs on the compiled node: a target
-	ports    []NamedPort  // named container ports with a valid number and protocol
+	*Pod
+	ref   string // "namespace/name", of local pods only
+	local bool   // runs on the compiled node: a target
 
 	ingress, egress *group // the target's groups, when isolated (set by each build)
 }
@@ -132,14 +130,7 @@ func (ix *index) setPod(key objKey, p *Pod) (old, cur *podInfo) {
 	old = ix.pods[key]
 	var pi *podInfo
 	if p != nil && p.Eligible() {
-		pi = &podInfo{
-			ns:     key.ns,
-			name:   key.name,
-			labels: labels.Set(p.Labels),
-			addrs:  p.Addrs,
-			local:  p.Node == ix.node,
-			ports:  p.Ports,
-		}
+		pi = &podInfo{Pod: p, local: p.node == ix.node}
 		if pi.local {
 			pi.ref = key.ns + "/" + key.name
 		}
