@@ -308,10 +308,10 @@ func TestDenyLogFlood(t *testing.T) {
 		return out, err
 	}, at)
 	scraped := fmt.Sprintf(`
-# HELP nftpolicy_policy_packets_total Packets the group chains of a policy allowed or dropped for isolation, by direction, read from the kernel's counters (a packet allowed in a group of several policies counts for each: see nft/doc.go).
+# HELP nftpolicy_policy_packets_total Packets the group chains of a policy allowed or dropped for isolation, by direction, read from the kernel's counters (a packet allowed in a group of several policies counts for each: see nft/doc.go); for a ClusterNetworkPolicy (tier admin or baseline, no namespace), the packets its rules accepted, denied or passed.
 # TYPE nftpolicy_policy_packets_total counter
-nftpolicy_policy_packets_total{direction="ingress",namespace="y",policy="web-from-x",verdict="allow"} %d
-nftpolicy_policy_packets_total{direction="ingress",namespace="y",policy="web-from-x",verdict="deny"} %d
+nftpolicy_policy_packets_total{direction="ingress",namespace="y",policy="web-from-x",tier="networkpolicy",verdict="allow"} %d
+nftpolicy_policy_packets_total{direction="ingress",namespace="y",policy="web-from-x",tier="networkpolicy",verdict="deny"} %d
 `, allow, deny)
 	if err := testutil.CollectAndCompare(collector, strings.NewReader(scraped)); err != nil {
 		t.Errorf("scrape: %v", err)

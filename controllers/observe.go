@@ -164,6 +164,9 @@ func (d *denyLogger) logPacket(ctx context.Context, p *nflog.Packet) {
 		policies[i] = pol.String()
 		namespace = pol.Namespace // a group's policies share the pod's namespace
 	}
+	if cr := g.Cluster; cr != nil {
+		policies = []string{"cnp/" + cr.Policy} // cluster-scoped: no namespace
+	}
 	deniedPackets.WithLabelValues(direction, namespace).Inc()
 
 	kv := []any{"direction", direction,
@@ -184,6 +187,20 @@ func (d *denyLogger) logPacket(ctx context.Context, p *nflog.Packet) {
 		kv = append(kv, "prefix", p.Prefix)
 	}
 	kv = append(kv, "policies", policies)
+	if cr := g.Cluster; cr != nil {
+		// The ClusterNetworkPolicy rule that dropped it (nft/compile ClusterRule).
+		kv = append(kv, "tier", cr.Tier, "priority", cr.Priority, "rule", cr.Index)
+		if cr.Name != "" {
+			kv = append(kv, "ruleName", cr.Name)
+		}
+		if cr.FailClosed {
+			kv = append(kv, "failClosed", true)
+		}
+	}
+	if g.Reply {
+		// Strict mode: a reply of an older epoch, judged as its connection.
+		kv = append(kv, "reply", true)
+	}
 	d.log.Info("packet denied", kv...)
 }
 
@@ -237,15 +254,23 @@ type seenCounter struct {
 	v  uint64
 }
 
-type policyKey struct{ namespace, name, direction, verdict string }
+type policyKey struct{ namespace, name, direction, verdict, tier string }
+
+// Tiers in the tier label.
+const (
+	tierLabelNetworkPolicy = "networkpolicy"
+	tierLabelAdmin         = "admin"
+	tierLabelBaseline      = "baseline"
+)
 
 func newPolicyCollector(read CounterPackets, at *attribution) *policyCollector {
 	return &policyCollector{read: read, attrib: at, seen: map[string]seenCounter{}, carried: map[policyKey]uint64{},
 		desc: prometheus.NewDesc(
 			"nftpolicy_policy_packets_total",
 			"Packets the group chains of a policy allowed or dropped for isolation, by direction, read from the kernel's "+
-				"counters (a packet allowed in a group of several policies counts for each: see nft/doc.go).",
-			[]string{"namespace", "policy", "direction", "verdict"}, nil)}
+				"counters (a packet allowed in a group of several policies counts for each: see nft/doc.go); "+
+				"for a ClusterNetworkPolicy (tier admin or baseline, no namespace), the packets its rules accepted, denied or passed.",
+			[]string{"namespace", "policy", "direction", "verdict", "tier"}, nil)}
 }
 
 func (c *policyCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
@@ -256,8 +281,16 @@ func credit(totals map[policyKey]uint64, gc compile.GroupCounter, n uint64) {
 	if gc.Ingress {
 		dir = "ingress"
 	}
+	if cr := gc.Cluster; cr != nil {
+		tier := tierLabelAdmin
+		if cr.Tier == "Baseline" {
+			tier = tierLabelBaseline
+		}
+		totals[policyKey{"", cr.Policy, dir, gc.Verdict, tier}] += n
+		return
+	}
 	for _, p := range gc.Policies {
-		totals[policyKey{p.Namespace, p.Name, dir, gc.Verdict}] += n
+		totals[policyKey{p.Namespace, p.Name, dir, gc.Verdict, tierLabelNetworkPolicy}] += n
 	}
 }
 
@@ -293,14 +326,20 @@ func (c *policyCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range next {
 		credit(totals, s.gc, s.v)
 	}
+	present := map[policyKey]bool{} // policies (any direction, any verdict) in the table
+	for k := range totals {
+		present[policyKey{namespace: k.namespace, name: k.name, tier: k.tier}] = true
+	}
 	for k, v := range c.carried {
-		if _, ok := totals[k]; !ok {
+		if !present[policyKey{namespace: k.namespace, name: k.name, tier: k.tier}] {
 			delete(c.carried, k) // the policy no longer isolates a pod here
 			continue
 		}
+		// A verdict the policy no longer counts (a ClusterNetworkPolicy rule
+		// whose action changed) keeps its total while the policy is here.
 		totals[k] += v
 	}
 	for k, v := range totals {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), k.namespace, k.name, k.direction, k.verdict)
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), k.namespace, k.name, k.direction, k.verdict, k.tier)
 	}
 }

@@ -99,6 +99,10 @@ func TestDenyLogger(t *testing.T) {
 			Policies: []types.NamespacedName{{Namespace: "y", Name: "allow-web"}, {Namespace: "y", Name: "deny-all"}}},
 		"nftpolicy-deny eg-12345678": {Chain: "eg-12345678-x/egress", Ingress: false,
 			Policies: []types.NamespacedName{{Namespace: "x", Name: "egress"}}},
+		"nftpolicy-deny cnp-0000000a in1": {Chain: "cnp-0000000a-cnp/guard-in1-drop", Ingress: true,
+			Cluster: &compile.ClusterRule{Policy: "guard", Tier: "Admin", Priority: 10, Ingress: true, Index: 1, Name: "no-z", Action: "Deny"}},
+		"nftpolicy-deny ing-3fa9c2d1 reply": {Chain: "ing-3fa9c2d1-y/a_and_1-reply", Ingress: true, Reply: true,
+			Policies: []types.NamespacedName{{Namespace: "y", Name: "allow-web"}, {Namespace: "y", Name: "deny-all"}}},
 	}})
 	var lines lineLog
 	src := newFakeSource()
@@ -115,12 +119,14 @@ func TestDenyLogger(t *testing.T) {
 		{Prefix: old, Family: 4, Src: netip.MustParseAddr("192.168.0.10"), Dst: netip.MustParseAddr("10.0.2.2"),
 			Protocol: nflog.ProtoICMP, ICMPType: 8, HasL4: true},
 		udpPacket("somebody else", "10.9.9.9", "10.0.2.2", 1, 2),
+		udpPacket("nftpolicy-deny cnp-0000000a in1", "10.0.1.1", "10.0.2.2", 40002, 80),
+		udpPacket("nftpolicy-deny ing-3fa9c2d1 reply", "10.0.2.2", "10.0.1.1", 53, 40000),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- d.Start(ctx) }()
 	deadline := time.Now().Add(10 * time.Second)
-	for len(lines.get()) < 4 && time.Now().Before(deadline) {
+	for len(lines.get()) < 6 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	cancel()
@@ -133,12 +139,14 @@ func TestDenyLogger(t *testing.T) {
 		`"level"=0 "msg"="packet denied" "direction"="egress" "src"="x/a" "dst"="203.0.113.7" "srcIP"="10.0.1.1" "dstIP"="203.0.113.7" "proto"="udp" "srcPort"=40001 "dstPort"=443 "policies"=["x/egress"]`,
 		`"level"=0 "msg"="packet denied" "direction"="ingress" "src"="192.168.0.10" "dst"="y/b" "srcIP"="192.168.0.10" "dstIP"="10.0.2.2" "proto"="icmp" "icmpType"=8 "icmpCode"=0 "policies"=["y/old"]`,
 		`"level"=0 "msg"="packet denied" "direction"="unknown" "src"="10.9.9.9" "dst"="y/b" "srcIP"="10.9.9.9" "dstIP"="10.0.2.2" "proto"="udp" "srcPort"=1 "dstPort"=2 "prefix"="somebody else" "policies"=[]`,
+		`"level"=0 "msg"="packet denied" "direction"="ingress" "src"="x/a" "dst"="y/b" "srcIP"="10.0.1.1" "dstIP"="10.0.2.2" "proto"="udp" "srcPort"=40002 "dstPort"=80 "policies"=["cnp/guard"] "tier"="Admin" "priority"=10 "rule"=1 "ruleName"="no-z"`,
+		`"level"=0 "msg"="packet denied" "direction"="ingress" "src"="y/b" "dst"="x/a" "srcIP"="10.0.2.2" "dstIP"="10.0.1.1" "proto"="udp" "srcPort"=53 "dstPort"=40000 "policies"=["y/allow-web" "y/deny-all"] "reply"=true`,
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("lines:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	if n := testutil.ToFloat64(deniedPackets.WithLabelValues("ingress", "y")) - before; n != 2 {
-		t.Errorf("denied packets {ingress, y}: +%v, want +2", n)
+	if n := testutil.ToFloat64(deniedPackets.WithLabelValues("ingress", "y")) - before; n != 3 {
+		t.Errorf("denied packets {ingress, y}: +%v, want +3", n)
 	}
 	if n := testutil.ToFloat64(denyLogLost) - lostBefore; n != 3 {
 		t.Errorf("lost: +%v, want +3", n)
@@ -197,7 +205,7 @@ func TestPolicyCollector(t *testing.T) {
 		return compile.Group{Chain: chain, Ingress: ingress, Policies: pols}
 	}
 	header := `
-# HELP nftpolicy_policy_packets_total Packets the group chains of a policy allowed or dropped for isolation, by direction, read from the kernel's counters (a packet allowed in a group of several policies counts for each: see nft/doc.go).
+# HELP nftpolicy_policy_packets_total Packets the group chains of a policy allowed or dropped for isolation, by direction, read from the kernel's counters (a packet allowed in a group of several policies counts for each: see nft/doc.go); for a ClusterNetworkPolicy (tier admin or baseline, no namespace), the packets its rules accepted, denied or passed.
 # TYPE nftpolicy_policy_packets_total counter
 `
 	check := func(step, want string) {
@@ -212,13 +220,19 @@ func TestPolicyCollector(t *testing.T) {
 		"ing-2-allow": {Group: group("ing-2", true, p, q), Verdict: compile.VerdictAllow},
 		"ing-2-deny":  {Group: group("ing-2", true, p, q), Verdict: compile.VerdictDeny},
 		"eg-1-deny":   {Group: group("eg-1", false, q), Verdict: compile.VerdictDeny},
+		// A ClusterNetworkPolicy rule's counter: cluster-scoped, its tier.
+		"cnp-1-guard-in1-deny": {Group: compile.Group{Ingress: true, Cluster: &compile.ClusterRule{Policy: "guard", Tier: "Admin", Priority: 10,
+			Ingress: true, Index: 1, Action: "Deny"}}, Verdict: compile.VerdictDeny},
+		"cnp-2-base-eg0-pass": {Group: compile.Group{Cluster: &compile.ClusterRule{Policy: "base", Tier: "Baseline", Action: "Pass"}}, Verdict: compile.VerdictPass},
 	}})
-	vals = map[string]uint64{"ing-1-allow": 7, "ing-2-allow": 3, "ing-2-deny": 2, "eg-1-deny": 4, "stray": 9}
-	check("two groups", `nftpolicy_policy_packets_total{direction="egress",namespace="x",policy="q",verdict="deny"} 4
-nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",verdict="allow"} 10
-nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",verdict="deny"} 2
-nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="q",verdict="allow"} 3
-nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="q",verdict="deny"} 2
+	vals = map[string]uint64{"ing-1-allow": 7, "ing-2-allow": 3, "ing-2-deny": 2, "eg-1-deny": 4, "stray": 9, "cnp-1-guard-in1-deny": 6, "cnp-2-base-eg0-pass": 1}
+	check("two groups", `nftpolicy_policy_packets_total{direction="egress",namespace="",policy="base",tier="baseline",verdict="pass"} 1
+nftpolicy_policy_packets_total{direction="ingress",namespace="",policy="guard",tier="admin",verdict="deny"} 6
+nftpolicy_policy_packets_total{direction="egress",namespace="x",policy="q",tier="networkpolicy",verdict="deny"} 4
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",tier="networkpolicy",verdict="allow"} 10
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",tier="networkpolicy",verdict="deny"} 2
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="q",tier="networkpolicy",verdict="allow"} 3
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="q",tier="networkpolicy",verdict="deny"} 2
 `)
 	// Regrouping: ing-2 is gone (its pods moved to ing-3, p alone); eg-1 was
 	// re-created and counts from zero.
@@ -228,10 +242,21 @@ nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="q",verd
 		"eg-1-deny":   {Group: group("eg-1", false, q), Verdict: compile.VerdictDeny},
 	}})
 	vals = map[string]uint64{"ing-1-allow": 8, "ing-3-allow": 1, "eg-1-deny": 1}
-	check("regrouped", `nftpolicy_policy_packets_total{direction="egress",namespace="x",policy="q",verdict="deny"} 5
-nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",verdict="allow"} 12
+	// p and q are still in the table: the series they no longer count into keep
+	// their totals (a counter never goes back while its policy is here).
+	check("regrouped", `nftpolicy_policy_packets_total{direction="egress",namespace="x",policy="q",tier="networkpolicy",verdict="deny"} 5
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",tier="networkpolicy",verdict="allow"} 12
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",tier="networkpolicy",verdict="deny"} 2
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="q",tier="networkpolicy",verdict="allow"} 3
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="q",tier="networkpolicy",verdict="deny"} 2
 `)
-	// p's ingress deny and q's ingress are no longer in the table: forgotten.
+	// q is gone from the table: forgotten, whatever it counted.
+	at.store(&compile.Attribution{Counters: map[string]compile.GroupCounter{
+		"ing-1-allow": {Group: group("ing-1", true, p), Verdict: compile.VerdictAllow},
+	}})
+	check("q gone", `nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",tier="networkpolicy",verdict="allow"} 12
+nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",tier="networkpolicy",verdict="deny"} 2
+`)
 	failing := newPolicyCollector(func(context.Context) (map[string]uint64, error) { return nil, errors.New("netlink") }, at)
 	before := testutil.ToFloat64(counterReadErrors)
 	if n := testutil.CollectAndCount(failing); n != 0 {

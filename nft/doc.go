@@ -128,9 +128,22 @@
 // last rule) is `goto ct-stamp` instead of accept, and each tier group chain starts
 // with `ct direction reply goto <chain>-reply`, its twin holding the same rules
 // with source and destination swapped (th dport read as th sport): a reply of an
-// older epoch is judged as its connection. The input chain keeps its own
-// `ct state established,related accept`: a pod's open connections to its own node
-// are not judged again after a change (a known limit).
+// older epoch is judged as its connection. The input chain is rechecked too:
+//
+//	chain input
+//	    ct state established,related ct mark and 0x00ff0000 == 0x00050000 accept   epoch 5
+//	    icmpv6 type { nd-* } accept
+//	    ct direction reply accept      a reply to a connection the node opened
+//	    jump admin-egress
+//	    jump baseline-egress
+//	    goto ct-stamp
+//
+// so a pod's open connection to its own node that a change now denies is cut at
+// its next packet, like forward's (StampEpoch moves both fast paths). A reply
+// arriving at input belongs to a connection the node itself opened (kubelet
+// probes leave by output, which no policy judges): it passes unjudged. Every
+// connection to the node, a pod's or not, is stamped at its first packet, so
+// established traffic to the node keeps the one-comparison fast path.
 // # Established connections: --established=recheck (strict mode)
 //
 // With keep, the first rule accepts every established and related packet: a
@@ -242,6 +255,35 @@
 // chain's pods: the agent logs their namespace/name, not the hash. The `ct state
 // invalid` drop is not logged.
 //
+// In strict mode a group's reply chain (a reply of an older epoch judged as its
+// connection) logs its drop the same way, with the prefix "nftpolicy-deny
+// ing-3fa9c2d1 reply": the agent's line says `"reply": true`, and its source and
+// destination are the reply's (the connection's server and client).
+//
+// In the tiers, a rule that drops (a Deny, or a Deny or Pass that fails closed
+// and denies all) sends what it matches to a chain of its own, shared by every
+// group that runs the policy, which logs and drops:
+//
+//	chain adm-in-a8a32e89-cnp/pass-x-ingress_and_2 {
+//	    ...
+//	    ip saddr @cnp-675d881c-cnp/deny-y-to-x-in0-v4 counter name "..." counter goto cnp-675d881c-cnp/deny-y-to-x-in0-drop
+//	}
+//	chain cnp-675d881c-cnp/deny-y-to-x-in0-drop {
+//	    limit name "deny-log" log prefix "nftpolicy-deny cnp-675d881c in0" group 100
+//	    drop comment "cnp/deny-y-to-x ingress rule 0 (no-y): Deny: logs and drops"
+//	}
+//
+// A chain rather than a log rule in the group chain: the log rule would need the
+// Deny rule's matches again (evaluated for every packet that reaches the rule,
+// matching or not), and the limit must never gate the drop. A packet that
+// matches no Deny pays nothing; a denied one a goto. The prefix is the policy's
+// hash and the rule's id (in0, eg1), which Attribution maps to the
+// ClusterNetworkPolicy, its tier, priority and rule: the agent logs
+// `"policies": ["cnp/deny-y-to-x"], "tier": "Admin", "priority": 10, "rule": 0,
+// "ruleName": "no-y"` (and `"failClosed": true` for a rule that fails closed). In
+// strict mode each such rule has a twin for replies (`...-in0-drop-reply`, prefix
+// "... in0 reply"), which the reply twins of the tier chains go to.
+//
 // # Policy counters
 //
 // With policy counters on, every group chain counts into two named counters of its
@@ -269,8 +311,23 @@
 // matched, so the packet counts as allowed for every policy of the group: read
 // `verdict="allow"` as "allowed while this policy isolated the pod", and the sum
 // over policies may exceed the packets. `nftpolicy explain` names the exact rule
-// for one connection. Replies (ct established) never reach a group chain and are
-// not counted; neither is `ct state invalid`.
+// for one connection. Replies (ct established) of the current epoch never reach
+// a group chain and are not counted; neither is `ct state invalid`. In strict
+// mode a packet of an older epoch is judged again, in either direction: its
+// verdict counts like a first packet's (a reply in the group's reply chain, into
+// the group's counters), so each recheck after an epoch change counts once.
+//
+// In the tiers every rule of a ClusterNetworkPolicy counts what it matched into a
+// named counter of its own, shared by every group that runs the policy and named
+// by the rule and what it does (`cnp-675d881c-cnp/deny-y-to-x-in0-deny`; allow,
+// deny or pass): a rule whose action changes counts into a new counter. The agent
+// serves them with tier="admin" or "baseline" and no namespace
+// (nftpolicy_policy_packets_total{namespace="",policy="deny-y-to-x",tier="admin",
+// direction="ingress",verdict="deny"}; NetworkPolicy's series have
+// tier="networkpolicy"). Attribution is exact: a rule counts only the packets it
+// decided. The cost is one named counter update per tier that decides a first
+// packet (at most one rule per tier and direction matches; none when no rule
+// does): TestCounterCost's figure per update, one to four times per connection.
 //
 // The counters are objects, not rule statements, so rewriting a chain (the periodic
 // full sync, a restarted agent adopting the table) keeps their counts. A group's

@@ -21,10 +21,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/controllers"
 	"github.com/nftpolicy/nftpolicy/nft"
@@ -247,7 +250,7 @@ func listCluster(ctx context.Context, kubeconfig string) (explain.Cluster, error
 	}
 	cfg.Timeout = 30 * time.Second
 	s := runtime.NewScheme()
-	if err := errors.Join(corev1.AddToScheme(s), networkingv1.AddToScheme(s)); err != nil {
+	if err := errors.Join(corev1.AddToScheme(s), networkingv1.AddToScheme(s), cnpv1.Install(s), cnpv1alpha2.Install(s)); err != nil {
 		return c, err
 	}
 	cl, err := client.New(cfg, client.Options{Scheme: s})
@@ -282,7 +285,49 @@ func listCluster(ctx context.Context, kubeconfig string) (explain.Cluster, error
 	for i := range pols.Items {
 		c.Policies = append(c.Policies, &pols.Items[i])
 	}
+	cnps, err := listClusterPolicies(ctx, cl)
+	if err != nil {
+		return c, fmt.Errorf("API server %s: %w", cfg.Host, err)
+	}
+	c.ClusterPolicies = cnps
 	return c, nil
+}
+
+// listClusterPolicies lists the ClusterNetworkPolicies as the agent reads them:
+// v1beta1 when served, else v1alpha2 (the same schema), else none (the CRD is
+// not installed).
+func listClusterPolicies(ctx context.Context, cl client.Client) ([]*cnpv1.ClusterNetworkPolicy, error) {
+	var out []*cnpv1.ClusterNetworkPolicy
+	var beta cnpv1.ClusterNetworkPolicyList
+	err := cl.List(ctx, &beta)
+	if err == nil {
+		for i := range beta.Items {
+			out = append(out, &beta.Items[i])
+		}
+		return out, nil
+	}
+	if !meta.IsNoMatchError(err) && !apierrors.IsNotFound(err) {
+		return nil, err
+	}
+	var alpha cnpv1alpha2.ClusterNetworkPolicyList
+	if err := cl.List(ctx, &alpha); err != nil {
+		if meta.IsNoMatchError(err) || apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	for i := range alpha.Items {
+		u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&alpha.Items[i])
+		if err != nil {
+			return nil, err
+		}
+		var c cnpv1.ClusterNetworkPolicy
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u, &c); err != nil {
+			return nil, err
+		}
+		out = append(out, &c)
+	}
+	return out, nil
 }
 
 // readManifests reads a file, every *.yaml, *.yml and *.json of a directory (sorted),
@@ -371,6 +416,8 @@ func typed(u *unstructured.Unstructured) ([]runtime.Object, error) {
 		obj = &corev1.Node{}
 	case gvk.Group == "networking.k8s.io" && gvk.Kind == "NetworkPolicy":
 		obj = &networkingv1.NetworkPolicy{}
+	case gvk.Group == cnpv1.GroupName && gvk.Kind == "ClusterNetworkPolicy" && (gvk.Version == "v1beta1" || gvk.Version == "v1alpha2"):
+		obj = &cnpv1.ClusterNetworkPolicy{} // v1alpha2 has the same schema
 	default:
 		return nil, nil
 	}
@@ -399,6 +446,8 @@ func overlay(c *explain.Cluster, objs []runtime.Object) {
 				o.Namespace = "default"
 			}
 			c.Policies = replace(c.Policies, o, func(p *networkingv1.NetworkPolicy) bool { return p.Namespace == o.Namespace && p.Name == o.Name })
+		case *cnpv1.ClusterNetworkPolicy:
+			c.ClusterPolicies = replace(c.ClusterPolicies, o, func(p *cnpv1.ClusterNetworkPolicy) bool { return p.Name == o.Name })
 		}
 	}
 }
@@ -415,7 +464,8 @@ func replace[T any](list []T, o T, same func(T) bool) []T {
 // kernel's rules in its terms.
 func compileHint(c explain.Cluster, o explainOptions, opts compile.Options, epoch uint32) *nft.Ruleset {
 	opts.Table = o.table
-	rs, _ := compile.Compile(compile.Snapshot{NodeName: o.nodeName, Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies}, opts)
+	rs, _ := compile.Compile(compile.Snapshot{NodeName: o.nodeName, Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies,
+		ClusterNetworkPolicies: c.ClusterPolicies, Nodes: c.Nodes}, opts)
 	if opts.Established == compile.EstablishedRecheck && epoch > 1 {
 		mask := opts.CtMarkMask
 		if mask == 0 {

@@ -71,6 +71,10 @@ func TestExplainContract(t *testing.T) {
 			"", 0, []string{"ALLOW", "shop/db-metrics rule 0"}},
 		{"a problem is named", with("-f", "testdata/explain-broken.yaml", "--from", "monitoring/prometheus", "--to", "shop/db", "--port", "5432"), "", 0,
 			[]string{"shop/broken: ingress rule 0: peer 0: invalid ipBlock cidr"}},
+		{"admin tier over NetworkPolicy", with("-f", "testdata/explain-cnp.yaml", "--from", "monitoring/prometheus", "--to", "shop/db", "--port", "9187"), "", 0,
+			[]string{"ALLOW", "ingress on node-2 allowed by Admin cnp/scrape (priority 5) rule 0 (from-monitoring)", "NetworkPolicy not consulted: shop/db-from-web"}},
+		{"pod to its own node, v1alpha2", with("-f", "testdata/explain-cnp.yaml", "--from", "shop/db", "--to", "node/node-2", "--port", "22"), "", 0,
+			[]string{"DENY", "egress on node-2 denied by Admin cnp/node-guard (priority 10) rule 0 (no-ssh-to-nodes)", "from hook input"}},
 		// Usage: exit 2.
 		{"no from", with("--to", "shop/db"), "", 2, []string{"--from and --to are required"}},
 		{"bad ref", with("--from", "a/b/c", "--to", "shop/db"), "", 2, []string{"--from", `"a/b/c"`}},

@@ -57,24 +57,41 @@ func tierChains(chains []nft.Chain, strict bool) []nft.Chain {
 	if strict {
 		allowed.Verdict = nft.Verdict{Kind: nft.Goto, Chain: nft.ChainStamp}
 	}
-	out := []nft.Chain{
-		{
-			Name: nft.ChainInput,
-			// A pod's traffic to its own node (and to hostNetwork pods and Service
-			// endpoints there) arrives here, never in forward. NetworkPolicy always
-			// allows it, so only the tiers judge it: Admin, then Baseline for pods
-			// no NetworkPolicy isolates for egress. An Admin egress Accept goes to
-			// ingress-tiers, which finds no pod at a node address and allows it.
-			// Established connections pass here whatever the mode: a change does
-			// not re-judge a pod's open connections to its own node.
-			Hook: &nft.Hook{Type: "filter", Hook: "input", Priority: 0, Policy: nft.Accept},
-			Rules: []nft.Rule{
-				{Matches: []nft.Match{nft.Is(nft.KeyCtState, nft.Num(nft.CtEstablished|nft.CtRelated))}, Verdict: nft.Verdict{Kind: nft.Accept}},
-				{Matches: []nft.Match{nft.Is(nft.KeyICMPv6Type, nft.Num(133), nft.Num(134), nft.Num(135), nft.Num(136))}, Verdict: nft.Verdict{Kind: nft.Accept}},
-				jump(nft.ChainAdminEgress),
-				jump(nft.ChainBaselineEgress),
-			},
+	// The established fast path is forward's own first rule: in strict mode it
+	// accepts only connections of the current epoch (StampEpoch moves both).
+	established := nft.Rule{Matches: []nft.Match{nft.Is(nft.KeyCtState, nft.Num(nft.CtEstablished|nft.CtRelated))}, Verdict: nft.Verdict{Kind: nft.Accept}}
+	for _, c := range chains {
+		if c.Name == nft.ChainForward && len(c.Rules) > 0 {
+			established = c.Rules[0]
+		}
+	}
+	input := nft.Chain{
+		Name: nft.ChainInput,
+		// A pod's traffic to its own node (and to hostNetwork pods and Service
+		// endpoints there) arrives here, never in forward. NetworkPolicy always
+		// allows it, so only the tiers judge it: Admin, then Baseline for pods
+		// no NetworkPolicy isolates for egress. An Admin egress Accept goes to
+		// ingress-tiers, which finds no pod at a node address and allows it.
+		Hook: &nft.Hook{Type: "filter", Hook: "input", Priority: 0, Policy: nft.Accept},
+		Rules: []nft.Rule{
+			established,
+			{Matches: []nft.Match{nft.Is(nft.KeyICMPv6Type, nft.Num(133), nft.Num(134), nft.Num(135), nft.Num(136))}, Verdict: nft.Verdict{Kind: nft.Accept}},
 		},
+	}
+	if strict {
+		// Strict mode: a pod's open connection to its own node of an older epoch
+		// is judged again like a first packet (and stamped, or dropped). A reply
+		// arriving here belongs to a connection the node itself opened (output,
+		// which no policy judges): it passes.
+		input.Rules = append(input.Rules, nft.Rule{Matches: []nft.Match{nft.Is(nft.KeyCtDirection, nft.Num(nft.CtReply))},
+			Verdict: nft.Verdict{Kind: nft.Accept}, Comment: "a reply to the node's own connection: not judged"})
+	}
+	input.Rules = append(input.Rules, jump(nft.ChainAdminEgress), jump(nft.ChainBaselineEgress))
+	if strict {
+		input.Rules = append(input.Rules, nft.Rule{Verdict: nft.Verdict{Kind: nft.Goto, Chain: nft.ChainStamp}})
+	}
+	out := []nft.Chain{
+		input,
 		dispatch(nft.ChainAdminEgress, nft.MapAdminEgressV4, nft.MapAdminEgressV6, nft.KeyIPSaddr, nft.KeyIP6Saddr),
 		dispatch(nft.ChainBaselineEgress, nft.MapBaselineEgressV4, nft.MapBaselineEgressV6, nft.KeyIPSaddr, nft.KeyIP6Saddr),
 		dispatch(nft.ChainAdminIngress, nft.MapAdminIngressV4, nft.MapAdminIngressV6, nft.KeyIPDaddr, nft.KeyIP6Daddr),

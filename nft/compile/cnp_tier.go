@@ -38,6 +38,8 @@ type tierGroup struct {
 	// Strict mode: the chain's twin for replies of an older epoch.
 	replyChain string
 	replyV     nft.Chain
+	// The policy rule of each rule of chainV and replyV (Attribution.Tiers).
+	ruleOf, replyRuleOf []*ClusterRule
 }
 
 // tierPass is the tiers' part of one compilation (pass.tiers): ClusterNetworkPolicy
@@ -49,6 +51,7 @@ type tierPass struct {
 	member map[*podInfo]*[4]*tierGroup
 	sets   []nft.Set
 	strict bool // EstablishedRecheck: allowed packets are stamped, replies rechecked
+	obs    tierObserve
 }
 
 // buildTiers groups the local subjects per tier and direction and fills the sets of
@@ -58,6 +61,7 @@ type tierPass struct {
 func (ps *pass) buildTiers(tp *tierPass, cache map[string][]nft.Set) map[string][]nft.Set {
 	ps.tiers = tp
 	tp.strict = ps.strict != nil
+	tp.obs = newTierObserve(ps.opts)
 	tp.member = map[*podInfo]*[4]*tierGroup{}
 	byKey := map[string]*tierGroup{}
 	var keys []string
@@ -109,7 +113,7 @@ func (ps *pass) buildTiers(tp *tierPass, cache map[string][]nft.Set) map[string]
 	for _, key := range keys {
 		g := byKey[key]
 		g.name(taken)
-		g.chainV = g.chainValue(tp.strict)
+		g.chainV = g.chainValue(tp.strict, tp.obs)
 		tp.groups = append(tp.groups, g)
 	}
 	next := map[string][]nft.Set{}
@@ -157,21 +161,32 @@ func (g *tierGroup) name(taken map[string]bool) {
 // to its twin, which judges them as their connection: the same rules with source
 // and destination swapped (addresses, and the destination port read as the reply's
 // source port), and an Admin egress Accept going on to ingress-tiers-reply.
-func (g *tierGroup) chainValue(strict bool) nft.Chain {
+func (g *tierGroup) chainValue(strict bool, obs tierObserve) nft.Chain {
 	c := nft.Chain{Name: g.chain}
 	var reply nft.Chain
+	g.ruleOf, g.replyRuleOf = nil, nil
 	if strict {
 		c.Rules = append(c.Rules, nft.Rule{Matches: []nft.Match{nft.Is(nft.KeyCtDirection, nft.Num(nft.CtReply))},
 			Verdict: nft.Verdict{Kind: nft.Goto, Chain: g.replyChain}})
+		g.ruleOf = append(g.ruleOf, nil)
 		reply.Name = g.replyChain
 	}
 	for _, p := range g.pols {
 		for _, r := range p.rules(g.ingress) {
-			rules := g.ruleRules(p, r, strict)
+			rules := g.ruleRules(p, r, strict, obs)
 			c.Rules = append(c.Rules, rules...)
+			cr := clusterRule(p, r)
+			for range rules {
+				g.ruleOf = append(g.ruleOf, cr)
+			}
 			if strict {
 				for _, ru := range rules {
-					reply.Rules = append(reply.Rules, reversed(ru))
+					rr := reversed(ru)
+					if r.denies() {
+						rr.Verdict = obs.verdict(p, r, nft.Verdict{Kind: nft.Drop}, true) // the reply's own drop chain
+					}
+					reply.Rules = append(reply.Rules, rr)
+					g.replyRuleOf = append(g.replyRuleOf, cr)
 				}
 			}
 		}
@@ -230,19 +245,20 @@ func (g *tierGroup) verdict(a action, strict bool) nft.Verdict {
 // ruleRules is one ClusterNetworkPolicy rule as nft rules: one per family and kind
 // of protocol match, all with the rule's verdict, so any of them matching is the
 // rule matching.
-func (g *tierGroup) ruleRules(p *clusterPolicy, r *cnpRule, strict bool) []nft.Rule {
+func (g *tierGroup) ruleRules(p *clusterPolicy, r *cnpRule, strict bool, obs tierObserve) []nft.Rule {
 	dir := "egress"
 	if r.ingress {
 		dir = "ingress"
 	}
 	act := map[action]string{actAccept: "Accept", actDeny: "Deny", actPass: "Pass"}[r.action]
 	text := fmt.Sprintf("%s %s rule %d%s: %s", p.ref, dir, r.index, ruleName(r.name), act)
-	v := g.verdict(r.action, strict)
+	v := obs.verdict(p, r, g.verdict(r.action, strict), false)
+	st := obs.statements(p, r)
 	switch {
 	case r.none:
 		return nil // fails closed: matches nothing (reported)
 	case r.denyAll:
-		return []nft.Rule{{Counter: true, Verdict: nft.Verdict{Kind: nft.Drop}, Comment: comment(text + ", fails closed: deny all")}}
+		return []nft.Rule{{Statements: st, Counter: true, Verdict: obs.verdict(p, r, nft.Verdict{Kind: nft.Drop}, false), Comment: comment(text + ", fails closed: deny all")}}
 	}
 	var out []nft.Rule
 	for _, v6 := range []bool{false, true} {
@@ -257,11 +273,11 @@ func (g *tierGroup) ruleRules(p *clusterPolicy, r *cnpRule, strict bool) []nft.R
 		}
 		peers := nft.InSet(p.setName(r, famSuffix("", v6)), peerKey)
 		if r.allPorts {
-			out = append(out, nft.Rule{Matches: []nft.Match{peers}, Counter: true, Verdict: v, Comment: comment(text)})
+			out = append(out, nft.Rule{Matches: []nft.Match{peers}, Statements: st, Counter: true, Verdict: v, Comment: comment(text)})
 		}
 		if len(r.ports) > 0 {
 			out = append(out, nft.Rule{Matches: []nft.Match{peers, nft.InSet(p.setName(r, "ports"), nft.KeyL4Proto, nft.KeyTHDport)},
-				Counter: true, Verdict: v, Comment: comment(text)})
+				Statements: st, Counter: true, Verdict: v, Comment: comment(text)})
 		}
 		if len(r.named) > 0 {
 			named := nft.InSet(p.setName(r, famSuffix("named-", v6)), local, nft.KeyL4Proto, nft.KeyTHDport)
@@ -269,7 +285,7 @@ func (g *tierGroup) ruleRules(p *clusterPolicy, r *cnpRule, strict bool) []nft.R
 			if r.ingress {
 				ms = []nft.Match{peers, named}
 			}
-			out = append(out, nft.Rule{Matches: ms, Counter: true, Verdict: v, Comment: comment(text + ", named ports")})
+			out = append(out, nft.Rule{Matches: ms, Statements: st, Counter: true, Verdict: v, Comment: comment(text + ", named ports")})
 		}
 	}
 	return out

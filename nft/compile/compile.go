@@ -79,6 +79,12 @@ func (p Problem) String() string {
 // Compile is a fresh Compiler loaded with s; a Compiler fed the same objects one
 // change at a time returns the same.
 func Compile(s Snapshot, opts Options) (*nft.Ruleset, []Problem) {
+	return Load(s, opts).Compile()
+}
+
+// Load is a fresh Compiler holding s's objects, as Compile reads them; its
+// Compile is Compile(s, opts), and its Attribution then names the table's rules.
+func Load(s Snapshot, opts Options) *Compiler {
 	c := NewCompiler(s.NodeName, opts)
 	for _, ns := range s.Namespaces {
 		if ns != nil {
@@ -115,5 +121,5 @@ func Compile(s Snapshot, opts Options) (*nft.Ruleset, []Problem) {
 			}
 		}
 	}
-	return c.Compile()
+	return c
 }

@@ -190,8 +190,14 @@
 // changing any verdict (the golden case `observe` is crosschecked like the others):
 // the deny log (a rule before the isolation drop that logs to NFLOG through one
 // node-wide limit) and the policy counters (two named counters per group chain,
-// allowed and denied, credited to the group's policies by the agent). Compiler.Attribution maps the log prefixes and counter names of the table
-// back to policies. nft/doc.go describes both and how packets are attributed.
+// allowed and denied, credited to the group's policies by the agent); in strict
+// mode the groups' reply chains log and count alike. In the tiers, each
+// ClusterNetworkPolicy rule counts into a named counter of its own, and a rule
+// that drops goes to a drop chain of its own that logs (cnp_observe.go).
+// Compiler.Attribution maps the log prefixes and counter names of the table back
+// to policies and rules, and each tier chain's rules to the ClusterNetworkPolicy
+// rules they are (Attribution.Tiers, for explain). nft/doc.go describes both and
+// how packets are attributed.
 //
 // # Where things are
 //
@@ -218,4 +224,5 @@
 //	cnp_tier.go      tierPass: subject groups per tier and direction, their chains, the maps
 //	cnp_sets.go      each rule's sets: peers, protocols and ports, named port destinations
 //	cnp_table.go     the tiers' fixed chains (forward's tier walk, ingress-tiers, input), nodeInfo
+//	cnp_observe.go   options in the tiers: per-rule counters, drop chains that log, Attribution
 package compile

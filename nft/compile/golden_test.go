@@ -87,6 +87,21 @@ var goldenCases = []goldenCase{
 	// And with strict mode's recheck: the two rooms side by side.
 	{name: "observe-strict", src: "union", upstream: true, node: "node-1", opts: Options{
 		DenyLog: DenyLog{Group: 100, Rate: 100, Burst: 20}, PolicyCounters: true, Established: EstablishedRecheck}},
+	// The tiers with the deny log and counters: per-rule counters, Deny rules
+	// through their drop chains; in strict mode with the reply twins' own.
+	{name: "cnp-observe", src: "cnp-admin", upstream: true, node: "node-1", opts: Options{
+		DenyLog: DenyLog{Group: 100, Rate: 100, Burst: 20}, PolicyCounters: true}},
+	{name: "cnp-observe-strict", src: "cnp-admin", upstream: true, node: "node-1", opts: Options{
+		DenyLog: DenyLog{Group: 100, Rate: 100, Burst: 20}, PolicyCounters: true, Established: EstablishedRecheck}},
+	// Rules that fail closed (deny all) are logged and counted like Deny rules.
+	{name: "cnp-problems-observe", src: "cnp-problems", upstream: true, node: "node-1", opts: Options{
+		DenyLog: DenyLog{Group: 100, Rate: 100, Burst: 20}, PolicyCounters: true}, problems: []string{
+		"cnp/accept-domains: egress rule 0: peer 0: domainNames peers are not implemented by nftpolicy; the rule matches nothing",
+		"cnp/accept-domains: egress rule 1: peer 0: domainNames peers are not implemented by nftpolicy; the rule matches through its other peers only",
+		`cnp/bad-tier: unknown tier "Middle": the policy is not enforced`,
+		"cnp/deny-domains: egress rule 0: peer 0: domainNames peers are not implemented by nftpolicy; the rule denies all",
+		"cnp/pass-bad: ingress rule 0: protocol 0: port 70000 out of range 1-65535; the rule denies all",
+	}},
 	{name: "duplicate-address", node: "node-1", noCrosscheck: "two pods, one address: no packet-level truth", problems: []string{
 		"pods dup/one and dup/two on this node share address 10.9.1.1; the first of them that a direction isolates keeps it",
 	}},

@@ -158,9 +158,10 @@ func (g *group) replyName() string {
 // belongs to. The peer is the reply's destination for ingress (the original
 // source), its source for egress (the original destination), and the port is the
 // reply's source port (the original destination port); the sets are the group's.
-// Its rules have anonymous counters only: the policy counters and the deny log
-// count what the group chain judges, first packets.
-func (g *group) replyValue(s *strictMode) nft.Chain {
+// Its verdicts are counted and logged as the group chain's (opts): a reply
+// re-judged is a packet the group's policies allow or drop, like the
+// connection's own next packet would be.
+func (g *group) replyValue(opts Options, s *strictMode) nft.Chain {
 	refs := make([]string, len(g.policies))
 	for i, p := range g.policies {
 		refs[i] = p.ref
@@ -171,8 +172,12 @@ func (g *group) replyValue(s *strictMode) nft.Chain {
 		allow = nft.Verdict{Kind: nft.Goto, Chain: nft.ChainStamp}
 		v4, v6 = nft.KeyIPDaddr, nft.KeyIP6Daddr
 	}
-	rules := g.allowRules(v4, v6, nft.KeyTHSport, allow, nil, listComment("replies allowed by", refs))
-	rules = append(rules, nft.Rule{Counter: true, Verdict: nft.Verdict{Kind: nft.Drop}, Comment: listComment("replies isolated by", refs)})
+	counted, dropCounted, _ := g.observeRules(opts)
+	rules := g.allowRules(v4, v6, nft.KeyTHSport, allow, counted, listComment("replies allowed by", refs))
+	if denyLog := g.replyDenyLog(opts); denyLog != nil {
+		rules = append(rules, *denyLog)
+	}
+	rules = append(rules, nft.Rule{Statements: dropCounted, Counter: true, Verdict: nft.Verdict{Kind: nft.Drop}, Comment: listComment("replies isolated by", refs)})
 	return nft.Chain{Name: g.replyName(), Rules: rules}
 }
 

@@ -1,6 +1,7 @@
 package compile
 
 import (
+	"fmt"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -39,10 +40,15 @@ func DenyLogPrefix(chain string) string {
 	return nft.DenyLogPrefix + " " + head
 }
 
+// DenyLogReplyPrefix is the log prefix of a group chain's reply twin (strict
+// mode): a reply re-judged as its connection and dropped.
+func DenyLogReplyPrefix(chain string) string { return DenyLogPrefix(chain) + " " + nft.SuffixReply }
+
 // Verdicts a group counter counts.
 const (
 	VerdictAllow = "allow"
 	VerdictDeny  = "deny"
+	VerdictPass  = "pass" // a ClusterNetworkPolicy Pass rule (cnp_tier.go)
 )
 
 // Attribution maps what the kernel reports (a deny log prefix, a counter name)
@@ -55,6 +61,12 @@ type Attribution struct {
 	Groups map[string]Group
 	// Counters by counter object name; set when the counters are on.
 	Counters map[string]GroupCounter
+	// Tiers maps each ClusterNetworkPolicy tier chain (group chains and their
+	// reply twins) to its rules: Tiers[chain][i] is the policy rule that rule i
+	// of the chain is part of, nil for a rule that is no policy's (strict
+	// mode's reply dispatch). Always set while some ClusterNetworkPolicy
+	// applies: explain reads it to name the rule a walk took.
+	Tiers map[string][]*ClusterRule
 }
 
 // Group is one group chain: the direction it judges and the policies that
@@ -63,6 +75,51 @@ type Group struct {
 	Chain    string
 	Ingress  bool
 	Policies []types.NamespacedName
+	// Reply: the prefix is the group's reply chain's (strict mode): the packet
+	// was a reply of an older epoch, judged as its connection and dropped.
+	Reply bool
+	// Cluster is set, and Policies empty, for a ClusterNetworkPolicy rule: its
+	// drop chain (deny log) or its counter.
+	Cluster *ClusterRule
+}
+
+// ClusterRule is one rule of a ClusterNetworkPolicy, as the deny log, the
+// counters and explain name it.
+type ClusterRule struct {
+	Policy   string // the ClusterNetworkPolicy's name (shown as cnp/<name>)
+	Tier     string // Admin or Baseline
+	Priority int32
+	Ingress  bool
+	Index    int    // in spec.ingress or spec.egress
+	Name     string // the rule's name, if it has one
+	Action   string // Accept, Deny or Pass
+	// FailClosed: a Deny or Pass rule that cannot be enforced as written and
+	// denies all instead (reported as a Problem).
+	FailClosed bool
+}
+
+// Verdict is what the rule does to a packet it matches: VerdictAllow,
+// VerdictDeny or VerdictPass.
+func (r *ClusterRule) Verdict() string {
+	switch {
+	case r.FailClosed || r.Action == "Deny":
+		return VerdictDeny
+	case r.Action == "Pass":
+		return VerdictPass
+	}
+	return VerdictAllow
+}
+
+func (r *ClusterRule) String() string {
+	dir := "egress"
+	if r.Ingress {
+		dir = "ingress"
+	}
+	s := fmt.Sprintf("cnp/%s %s rule %d%s: %s", r.Policy, dir, r.Index, ruleName(r.Name), r.Action)
+	if r.FailClosed {
+		s += ", fails closed: deny all"
+	}
+	return s
 }
 
 // GroupCounter is one of a group chain's two counters: the packets it allowed,
@@ -92,6 +149,30 @@ func (g *group) observeRules(opts Options) (allow, deny []nft.Statement, denyLog
 	return allow, deny, denyLog
 }
 
+// replyDenyLog is the deny log rule of the group's reply chain (strict mode);
+// nil when the deny log is off.
+func (g *group) replyDenyLog(opts Options) *nft.Rule {
+	if !opts.DenyLog.enabled() {
+		return nil
+	}
+	return &nft.Rule{
+		Statements: []nft.Statement{nft.LimitRef{Name: nft.ObjDenyLog}},
+		Log:        &nft.Log{Group: opts.DenyLog.Group, Prefix: DenyLogReplyPrefix(g.chain)},
+	}
+}
+
+// denyLogLimit is the one named limit of the node's deny log rules.
+func denyLogLimit(opts Options) nft.Object {
+	burst, per := opts.DenyLog.Burst, opts.DenyLog.Per
+	if burst == 0 {
+		burst = opts.DenyLog.Rate
+	}
+	if per == 0 {
+		per = nft.PerSecond
+	}
+	return nft.Object{Name: nft.ObjDenyLog, Kind: nft.LimitObject, Limit: nft.Limit{Rate: opts.DenyLog.Rate, Per: per, Burst: burst}}
+}
+
 // observeObjects returns the named objects the groups' chains use, and the
 // attribution of the compilation.
 func observeObjects(opts Options, groups []*group) ([]nft.Object, *Attribution) {
@@ -105,18 +186,15 @@ func observeObjects(opts Options, groups []*group) ([]nft.Object, *Attribution) 
 		return gr
 	}
 	if opts.DenyLog.enabled() && len(groups) > 0 {
-		burst, per := opts.DenyLog.Burst, opts.DenyLog.Per
-		if burst == 0 {
-			burst = opts.DenyLog.Rate
-		}
-		if per == 0 {
-			per = nft.PerSecond
-		}
-		objs = append(objs, nft.Object{Name: nft.ObjDenyLog, Kind: nft.LimitObject,
-			Limit: nft.Limit{Rate: opts.DenyLog.Rate, Per: per, Burst: burst}})
+		objs = append(objs, denyLogLimit(opts))
 		at.Groups = make(map[string]Group, len(groups))
 		for _, g := range groups {
 			at.Groups[DenyLogPrefix(g.chain)] = info(g)
+			if g.replyV.Name != "" {
+				reply := info(g)
+				reply.Chain, reply.Reply = g.replyV.Name, true
+				at.Groups[DenyLogReplyPrefix(g.chain)] = reply
+			}
 		}
 	}
 	if opts.PolicyCounters {

@@ -112,3 +112,72 @@ func TestDenyLogPrefix(t *testing.T) {
 		}
 	}
 }
+
+// TestAttributionTiers: in the tiers (Admin and Baseline cases, keep and strict
+// mode), every rule of a tier chain maps through Attribution.Tiers to the
+// ClusterNetworkPolicy rule its comment names; every counter a tier rule counts
+// into names that rule and its verdict; every deny log prefix (drop chains and
+// their reply twins, group reply chains) maps back to its chain, rule or
+// policies, and says whether it judges replies.
+func TestAttributionTiers(t *testing.T) {
+	for _, src := range []string{"cnp-admin", "cnp-baseline", "cnp-problems"} {
+		for _, est := range []Established{EstablishedKeep, EstablishedRecheck} {
+			c := goldenCase{name: src, upstream: true, node: "node-1"}
+			w := loadCase(t, c)
+			opts := observeOpts
+			opts.Established = est
+			comp := Load(w.snapshot(c.node), opts)
+			rs, _ := comp.Compile()
+			at := comp.Attribution()
+			if err := rs.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			tierRules, counted, logs := 0, 0, 0
+			for _, ch := range rs.Chains {
+				rules, isTier := at.Tiers[ch.Name]
+				if isTier && len(rules) != len(ch.Rules) {
+					t.Errorf("%s %s: %d rules, %d attributed", src, ch.Name, len(ch.Rules), len(rules))
+					continue
+				}
+				for i, r := range ch.Rules {
+					if isTier && rules[i] != nil {
+						tierRules++
+						cr := rules[i]
+						if !strings.HasPrefix(r.Comment, strings.TrimSuffix(cr.String(), ", fails closed: deny all")) {
+							t.Errorf("%s %s[%d]: comment %q, attributed to %q", src, ch.Name, i, r.Comment, cr)
+						}
+						for _, st := range r.Statements {
+							if ref, ok := st.(nft.CounterRef); ok {
+								counted++
+								gc := at.Counters[ref.Name]
+								if gc.Cluster == nil || *gc.Cluster != *cr || gc.Verdict != cr.Verdict() || !strings.HasSuffix(ref.Name, "-"+cr.Verdict()) {
+									t.Errorf("%s %s[%d]: counter %s maps to %+v, want %s", src, ch.Name, i, ref.Name, gc, cr)
+								}
+							}
+						}
+						if cr.Verdict() == VerdictDeny && (r.Verdict.Kind != nft.Goto || !strings.Contains(r.Verdict.Chain, "-drop")) {
+							t.Errorf("%s %s[%d]: a denying rule does not go to its drop chain: %s", src, ch.Name, i, nft.RenderRule(r))
+						}
+					}
+					if r.Log == nil {
+						continue
+					}
+					logs++
+					g, ok := at.Groups[r.Log.Prefix]
+					reply := strings.HasSuffix(ch.Name, "-reply")
+					switch {
+					case !ok || g.Chain != ch.Name || g.Reply != reply || len(r.Log.Prefix) > 64:
+						t.Errorf("%s %s: prefix %q maps to %+v", src, ch.Name, r.Log.Prefix, g)
+					case g.Cluster != nil && !strings.HasPrefix(ch.Rules[i+1].Comment, strings.TrimSuffix(g.Cluster.String(), ", fails closed: deny all")):
+						t.Errorf("%s %s: prefix %q names %s, the drop says %q", src, ch.Name, r.Log.Prefix, g.Cluster, ch.Rules[i+1].Comment)
+					case g.Cluster == nil && len(g.Policies) == 0:
+						t.Errorf("%s %s: prefix %q names no policy", src, ch.Name, r.Log.Prefix)
+					}
+				}
+			}
+			if tierRules == 0 || counted != tierRules || logs == 0 {
+				t.Errorf("%s %s: %d tier rules, %d counted, %d deny log rules", src, est, tierRules, counted, logs)
+			}
+		}
+	}
+}

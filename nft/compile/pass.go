@@ -102,7 +102,7 @@ func (ps *pass) build(prev map[string]*cachedGroup) map[string]*cachedGroup {
 			ps.fill(g)
 			g.chainV = g.chainValue(ps.opts, ps.strict)
 			if ps.strict != nil {
-				g.replyV = g.replyValue(ps.strict)
+				g.replyV = g.replyValue(ps.opts, ps.strict)
 			}
 			f = &cachedGroup{ingress: g.ingress, policies: g.policies, chain: g.chain, setNames: g.setNames, sets: g.sets, chainV: g.chainV, replyV: g.replyV}
 		}
@@ -339,7 +339,8 @@ func (ps *pass) ruleset(table string) (*nft.Ruleset, *Attribution) {
 	slices.SortFunc(rs.Sets, func(a, b nft.Set) int { return strings.Compare(a.Name, b.Name) })
 	objs, at := observeObjects(ps.opts, ps.groups)
 	rs.Objects = objs
-	slices.SortFunc(rs.Objects, func(a, b nft.Object) int { return strings.Compare(a.Name, b.Name) })
 	ps.tiers.tiersInto(rs, ps.ix.local.list())
+	ps.tiers.observeInto(rs, at, ps.opts)
+	slices.SortFunc(rs.Objects, func(a, b nft.Object) int { return strings.Compare(a.Name, b.Name) })
 	return rs, at
 }

@@ -116,15 +116,18 @@ func (c *Compiler) Epoch() uint32 {
 
 // StampEpoch changes a ruleset compiled in recheck mode with mask to epoch e: the
 // established fast path and the ct-stamp chain, the only rules that name the
-// epoch, so that going from one epoch to the next is two rules of one transaction.
+// epoch, so that going from one epoch to the next is two rules of one transaction
+// (three with the tiers' input chain).
 // It changes only those fixed chains, which each Compile builds anew.
 func StampEpoch(rs *nft.Ruleset, mask, e uint32) {
 	v := EpochMark(e, mask)
-	if c := rs.Chain(nft.ChainForward); c != nil {
-		for i := range c.Rules {
-			if m := c.Rules[i].CtMark; m != nil && m.Mask == mask {
-				c.Rules[i].CtMark = &nft.CtMarkMatch{Mask: mask, Value: v}
-				c.Rules[i].Comment = epochComment(e)
+	for _, name := range []string{nft.ChainForward, nft.ChainInput} { // input: with the tiers (cnp_table.go)
+		if c := rs.Chain(name); c != nil {
+			for i := range c.Rules {
+				if m := c.Rules[i].CtMark; m != nil && m.Mask == mask {
+					c.Rules[i].CtMark = &nft.CtMarkMatch{Mask: mask, Value: v}
+					c.Rules[i].Comment = epochComment(e)
+				}
 			}
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
 // RuleRef names the rule of a policy that allows the connection, and the peer and
@@ -44,13 +45,13 @@ type attributor struct {
 }
 
 func newAttributor(c *Cluster) *attributor {
+	a := &attributor{c: c}
 	var nss []*corev1.Namespace
 	for _, ns := range c.Namespaces {
 		if ns != nil {
 			nss = append(nss, ns)
 		}
 	}
-	a := &attributor{c: c, ref: netpolref.New(nil, nss, nil)}
 	seen := map[string]bool{}
 	for _, np := range c.Policies {
 		if np == nil || seen[np.Namespace+"/"+np.Name] {
@@ -62,7 +63,31 @@ func newAttributor(c *Cluster) *attributor {
 	slices.SortFunc(a.policies, func(x, y *networkingv1.NetworkPolicy) int {
 		return strings.Compare(x.Namespace+"/"+x.Name, y.Namespace+"/"+y.Name)
 	})
+	var cnps []*cnpv1.ClusterNetworkPolicy
+	seenC := map[string]bool{}
+	for _, p := range c.ClusterPolicies {
+		if p != nil && !seenC[p.Name] {
+			seenC[p.Name] = true
+			cnps = append(cnps, p)
+		}
+	}
+	var nodes []*corev1.Node
+	for _, n := range c.Nodes {
+		if n != nil {
+			nodes = append(nodes, n)
+		}
+	}
+	a.ref = netpolref.New(nil, nss, a.policies).WithTiers(cnps, nodes)
 	return a
+}
+
+// judge is the tiers' reading of one direction (netpolref's, the one the
+// compiler is cross-checked against): which tier decided, and by which rule.
+func (a *attributor) judge(egress bool, src, dst End, proto corev1.Protocol, port int) netpolref.Judgement {
+	if egress {
+		return a.ref.Egress(endpoint(src), endpoint(dst), proto, port)
+	}
+	return a.ref.Ingress(endpoint(src), endpoint(dst), proto, port)
 }
 
 // direction attributes egress (of src) or ingress (of dst) for a connection to the
@@ -177,4 +202,10 @@ func describePort(pp networkingv1.NetworkPolicyPort) string {
 }
 
 // endpoint is e as the reference evaluator takes it.
-func endpoint(e End) netpolref.Endpoint { return netpolref.Endpoint{Pod: e.pod, IP: e.addr} }
+func endpoint(e End) netpolref.Endpoint {
+	ep := netpolref.Endpoint{Pod: e.pod, IP: e.addr}
+	if e.Kind == KindNode {
+		ep.Node = e.Node
+	}
+	return ep
+}

@@ -7,9 +7,15 @@
 // Beside the walk it attributes the verdict to policies: for each direction (the
 // egress of the source pod, judged on its node; the ingress of the destination pod,
 // judged on its node), which policies isolate the pod and which rules of theirs (with
-// the peer and port that matched) allow the connection. The attribution reads the
-// policies on its own; the answer carries both, and Answer.Mismatch says when they
-// disagree (the tests prove they never do over random clusters).
+// the peer and port that matched) allow the connection. With ClusterNetworkPolicies
+// it also names, per direction, what the Admin and Baseline tiers decided: the
+// policy, its priority and the rule, and after an Admin Pass what NetworkPolicy or
+// Baseline decided; the walk must have taken that very rule (the compiler's
+// Attribution.Tiers maps a tier chain's rules to policy rules). A pod's traffic
+// to its own node is walked through the input hook, where the tiers judge it. The
+// attribution reads the policies on its own, through nft/internal/netpolref; the
+// answer carries both, and Answer.Mismatch says when they disagree (the tests
+// prove they never do over random clusters).
 //
 // No I/O: the caller lists the cluster or reads manifests and hands the objects in;
 // for `--live`, the caller reads the node's table from the kernel and passes it as

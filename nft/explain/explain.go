@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/compile"
@@ -23,6 +24,9 @@ type Cluster struct {
 	Namespaces []*corev1.Namespace
 	Nodes      []*corev1.Node
 	Policies   []*networkingv1.NetworkPolicy
+	// ClusterPolicies are the Admin and Baseline tiers (v1alpha2 objects converted
+	// to v1beta1, as the agent does).
+	ClusterPolicies []*cnpv1.ClusterNetworkPolicy
 	// Notes are what the caller could not load (nodes it may not list, ...),
 	// repeated in the answer.
 	Notes []string
@@ -101,6 +105,32 @@ type Direction struct {
 	IsolatedBy []string  `json:"isolatedBy"`         // namespace/name of the policies that isolate the pod
 	AllowedBy  []RuleRef `json:"allowedBy"`          // every rule of theirs that allows the connection
 	Trace      *Walk     `json:"trace,omitempty"`    // the walk through JudgedBy's table
+	// DecidedBy is the tier that decided, when some ClusterNetworkPolicy exists:
+	// Admin, NetworkPolicy or Baseline; "" when none did (allowed by default).
+	DecidedBy string `json:"decidedBy,omitempty"`
+	// Tiers are the ClusterNetworkPolicy tiers consulted, in order: Admin (when a
+	// policy of it selects the pod), then Baseline (when Admin did not decide and
+	// no NetworkPolicy isolates the pod). NetworkPolicy's part is IsolatedBy and
+	// AllowedBy.
+	Tiers []TierStep `json:"tiers,omitempty"`
+}
+
+// TierStep is what one ClusterNetworkPolicy tier decided for a direction.
+type TierStep struct {
+	Tier string `json:"tier"` // Admin or Baseline
+	// Action of the rule that decided: Accept, Deny or Pass; "none" when no rule
+	// of the tier's policies matched (the next tier judges).
+	Action   string `json:"action"`
+	Policy   string `json:"policy,omitempty"`   // cnp/<name> of that rule
+	Priority *int32 `json:"priority,omitempty"` // its spec.priority
+	Rule     int    `json:"rule"`               // its index in spec.ingress or spec.egress; -1 with none
+	RuleName string `json:"ruleName,omitempty"`
+	// FailClosed: the rule cannot be enforced as written and denies all (see
+	// problems).
+	FailClosed bool `json:"failClosed,omitempty"`
+	// Selecting are the tier's policies that select the pod for this direction
+	// (cnp/<name>), in evaluation order (priority, then name).
+	Selecting []string `json:"selecting"`
 }
 
 // Walk is the packet's walk through one node's table.
@@ -170,14 +200,17 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 		return nil, err
 	}
 	x := &explainer{c: &c, opts: opts, from: fromC.end(family), to: toC.end(family), attr: newAttributor(&c),
-		tables: map[string]*trace.Tracer{}, kind: map[string]string{}}
+		tables: map[string]*trace.Tracer{}, kind: map[string]string{}, hook: map[string]string{}, rules: map[string]*compile.Attribution{}}
 	x.crossed = x.crossedNodes()
 	a := &Answer{From: x.from, To: x.to, Family: family, Port: q.Port, Notes: c.Notes}
 	var problems []compile.Problem
 	for _, n := range x.crossed {
 		copts := opts.Compile
 		copts.Table = opts.Table
-		rs, ps := compile.Compile(compile.Snapshot{NodeName: n, Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies}, copts)
+		comp := compile.Load(compile.Snapshot{NodeName: n, Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies,
+			ClusterNetworkPolicies: c.ClusterPolicies, Nodes: c.Nodes}, copts)
+		rs, ps := comp.Compile()
+		x.rules[n] = comp.Attribution()
 		if copts.Established == compile.EstablishedRecheck && opts.Epoch > 1 {
 			mask := copts.CtMarkMask
 			if mask == 0 {
@@ -373,10 +406,16 @@ type explainer struct {
 	crossed  []string                 // nodes whose forward hook the packet crosses, in order
 	tables   map[string]*trace.Tracer // by node
 	kind     map[string]string        // by node: compiled or kernel
+	hook     map[string]string        // by node: the hook the packet crosses there (forward, or input)
+	rules    map[string]*compile.Attribution
 }
 
 // crossedNodes: a pod's packets cross its node's forward hook, except those between a
 // node and its own pods (output and input hooks, where no policy applies).
+//
+// With ClusterNetworkPolicies, a pod's traffic to its own node (or to a
+// hostNetwork pod there) crosses the node's input hook, where the tiers judge
+// the pod's egress (nft/doc.go): that node is crossed at hook input.
 func (x *explainer) crossedNodes() []string {
 	var out []string
 	if x.from.addr == x.to.addr {
@@ -384,9 +423,14 @@ func (x *explainer) crossedNodes() []string {
 	}
 	if x.from.Kind == KindPod && (x.to.Kind != KindNode || x.to.Node != x.from.Node) {
 		out = append(out, x.from.Node)
+		x.hook[x.from.Node] = "forward"
+	} else if x.from.Kind == KindPod && len(x.c.ClusterPolicies) > 0 {
+		out = append(out, x.from.Node)
+		x.hook[x.from.Node] = "input"
 	}
 	if x.to.Kind == KindPod && (x.from.Kind != KindNode || x.from.Node != x.to.Node) && !slices.Contains(out, x.to.Node) {
 		out = append(out, x.to.Node)
+		x.hook[x.to.Node] = "forward"
 	}
 	return out
 }
@@ -472,6 +516,28 @@ func (x *explainer) segments(proto corev1.Protocol) [][2]int {
 			}
 		}
 	}
+	for _, cnp := range x.c.ClusterPolicies {
+		var protos [][]cnpv1.ClusterNetworkPolicyProtocol
+		for _, r := range cnp.Spec.Ingress {
+			protos = append(protos, r.Protocols)
+		}
+		for _, r := range cnp.Spec.Egress {
+			protos = append(protos, r.Protocols)
+		}
+		for _, pps := range protos {
+			for _, pp := range pps {
+				for _, dp := range []*cnpv1.Port{tcpPort(pp.TCP), udpPort(pp.UDP), sctpPort(pp.SCTP)} {
+					switch {
+					case dp == nil:
+					case dp.Range != nil:
+						add(int(dp.Range.Start), int(dp.Range.End))
+					default:
+						add(int(dp.Number), int(dp.Number))
+					}
+				}
+			}
+		}
+	}
 	if x.to.pod != nil {
 		for _, ctr := range x.to.pod.Spec.Containers {
 			for _, cp := range ctr.Ports {
@@ -535,28 +601,35 @@ func (x *explainer) evaluate(proto corev1.Protocol, port int, withSteps bool) (*
 	pkt := x.packet(proto, port)
 	egAttr := x.attr.direction(true, x.from, x.to, proto, port)
 	ingAttr := x.attr.direction(false, x.from, x.to, proto, port)
+	egJ := x.attr.judge(true, x.from, x.to, proto, port)
+	ingJ := x.attr.judge(false, x.from, x.to, proto, port)
 	r.egress = Direction{Verdict: Allow, IsolatedBy: nonNil(egAttr.isolatedBy), AllowedBy: nonNilRefs(egAttr.allowedBy)}
 	r.ingress = Direction{Verdict: Allow, IsolatedBy: nonNil(ingAttr.isolatedBy), AllowedBy: nonNilRefs(ingAttr.allowedBy)}
+	if len(x.c.ClusterPolicies) > 0 {
+		r.egress.DecidedBy, r.egress.Tiers = tierSteps(egJ, false)
+		r.ingress.DecidedBy, r.ingress.Tiers = tierSteps(ingJ, true)
+	}
 
 	reached := true
-	walks := map[string]trace.Trace{}
+	var egWalk, ingWalk *trace.Trace // the walks each direction is read from
+	var egNode, ingNode string
 	for _, n := range x.crossed {
-		tr, err := x.tables[n].Forward(pkt)
+		tr, err := x.tables[n].Hook(x.hook[n], pkt)
 		if err != nil {
 			return nil, &WalkError{Node: n, Kernel: x.kind[n] == "kernel", Err: err}
 		}
-		walks[n] = tr
 		var full *Walk // one walk per node, shared by the directions it judges
 		if withSteps {
-			full = x.walk(n, tr, reached, "hook forward")
+			full = x.walk(n, tr, reached, "hook "+x.hook[n])
 		}
-		eg, egReached := section(tr, nft.ChainEgress)
-		ing, ingReached := section(tr, nft.ChainIngress)
+		eg, egReached := section(tr, false)
+		ing, ingReached := section(tr, true)
 		if x.from.pod != nil && x.from.Node == n {
 			d := &r.egress
 			d.JudgedBy = n
 			d.Verdict = verdictText(eg)
 			d.Trace = full
+			egWalk, egNode = &tr, n
 			if !egReached && eg != nft.Drop {
 				d.Note = "the table of node " + n + " never consults chain " + nft.ChainEgress
 			}
@@ -567,19 +640,22 @@ func (x *explainer) evaluate(proto corev1.Protocol, port int, withSteps bool) (*
 			if ingReached || eg != nft.Drop || x.from.Node != n || x.from.pod == nil {
 				d.Verdict = verdictText(ing)
 				d.Trace = full
+				ingWalk, ingNode = &tr, n
 				if !ingReached && tr.Verdict != nft.Drop {
 					d.Note = "the table of node " + n + " never consults chain " + nft.ChainIngress
 				}
 			} else {
 				// Egress dropped the packet on this node first: walk ingress alone.
-				alone, err := x.tables[n].Chain("forward", nft.ChainIngress, pkt)
+				entry := ingressEntry(x.tables[n].Ruleset())
+				alone, err := x.tables[n].Chain("forward", entry, pkt)
 				if err != nil {
-					return nil, &WalkError{Node: n, Kernel: x.kind[n] == "kernel", Err: fmt.Errorf("chain %s: %w", nft.ChainIngress, err)}
+					return nil, &WalkError{Node: n, Kernel: x.kind[n] == "kernel", Err: fmt.Errorf("chain %s: %w", entry, err)}
 				}
 				d.Verdict = verdictText(alone.Verdict)
-				d.Note = "egress dropped the packet first on this node; the walk shows chain " + nft.ChainIngress + " alone"
+				d.Note = "egress dropped the packet first on this node; the walk shows chain " + entry + " alone"
+				ingWalk, ingNode = &alone, n
 				if withSteps {
-					d.Trace = x.walk(n, alone, false, "chain "+nft.ChainIngress)
+					d.Trace = x.walk(n, alone, false, "chain "+entry)
 				}
 			}
 		}
@@ -590,26 +666,114 @@ func (x *explainer) evaluate(proto corev1.Protocol, port int, withSteps bool) (*
 		}
 	}
 	x.notes(r)
-	// The attribution must agree with the walk wherever a policy judges.
-	check := func(name string, d Direction, a attribution) {
+	// The attribution must agree with the walk wherever a policy judges: the
+	// verdict, and with the tiers the rule of each tier that decided.
+	disagree := func(node, msg string) {
+		if x.kind[node] == "kernel" {
+			// Not explain's bug: the kernel holds another table than the compile.
+			r.liveDisagree = append(r.liveDisagree, msg)
+		} else {
+			r.mismatch = append(r.mismatch, msg)
+		}
+	}
+	check := func(name string, d Direction, a attribution, j netpolref.Judgement, walk *trace.Trace, node string, ingress bool) {
 		if d.JudgedBy == "" {
 			return
 		}
-		want := verdictText(boolVerdict(a.allows()))
-		switch {
-		case want == d.Verdict:
-		case x.kind[d.JudgedBy] == "kernel":
-			// Not explain's bug: the kernel holds another table than the compile.
-			r.liveDisagree = append(r.liveDisagree, fmt.Sprintf("%s %s/%d: the kernel's table on %s says %s, the policies say %s", name,
-				strings.ToLower(string(proto)), port, d.JudgedBy, d.Verdict, want))
-		default:
-			r.mismatch = append(r.mismatch, fmt.Sprintf("%s %s/%d: the walk on %s says %s, the policies say %s", name,
-				strings.ToLower(string(proto)), port, d.JudgedBy, d.Verdict, want))
+		what := fmt.Sprintf("%s %s/%d", name, strings.ToLower(string(proto)), port)
+		if want := verdictText(boolVerdict(j.Allowed)); want != d.Verdict {
+			walker := "the walk on "
+			if x.kind[d.JudgedBy] == "kernel" {
+				walker = "the kernel's table on "
+			}
+			disagree(d.JudgedBy, fmt.Sprintf("%s: %s%s says %s, the policies say %s", what, walker, d.JudgedBy, d.Verdict, want))
+		}
+		if j.By == netpolref.ByNetworkPolicy && !j.OwnNode && a.allows() != j.Allowed {
+			disagree(d.JudgedBy, fmt.Sprintf("%s: the NetworkPolicy rules found (%d) do not explain the verdict %s", what, len(a.allowedBy), verdictText(boolVerdict(j.Allowed))))
+		}
+		if walk != nil && len(x.c.ClusterPolicies) > 0 {
+			for _, m := range x.tierWalkCheck(walk, node, ingress, j) {
+				disagree(d.JudgedBy, what+": "+m)
+			}
 		}
 	}
-	check("egress", r.egress, egAttr)
-	check("ingress", r.ingress, ingAttr)
+	check("egress", r.egress, egAttr, egJ, egWalk, egNode, false)
+	check("ingress", r.ingress, ingAttr, ingJ, ingWalk, ingNode, true)
 	return r, nil
+}
+
+// tierSteps is the tiers' part of a direction's answer.
+func tierSteps(j netpolref.Judgement, ingress bool) (string, []TierStep) {
+	var out []TierStep
+	add := func(tier string, v netpolref.TierVerdict) {
+		st := TierStep{Tier: tier, Action: v.Decision.String(), Rule: -1, Selecting: []string{}}
+		for _, p := range v.Selecting {
+			st.Selecting = append(st.Selecting, "cnp/"+p.Name)
+		}
+		if p := v.Policy; p != nil {
+			prio := p.Spec.Priority
+			st.Policy, st.Priority, st.Rule, st.FailClosed = "cnp/"+p.Name, &prio, v.Rule, v.FailClosed
+			if ingress {
+				st.RuleName = p.Spec.Ingress[v.Rule].Name
+			} else {
+				st.RuleName = p.Spec.Egress[v.Rule].Name
+			}
+		}
+		out = append(out, st)
+	}
+	if len(j.Admin.Selecting) > 0 {
+		add(netpolref.ByAdmin, j.Admin)
+	}
+	if j.Baseline != nil && len(j.Baseline.Selecting) > 0 {
+		add(netpolref.ByBaseline, *j.Baseline)
+	}
+	return j.By, out
+}
+
+// tierWalkCheck compares the tier rules a walk took in one direction with the
+// judgement: each tier that decided must have decided by the same rule in the
+// walk, and a tier that did not decide must have no rule taken.
+func (x *explainer) tierWalkCheck(walk *trace.Trace, node string, ingress bool, j netpolref.Judgement) []string {
+	at := x.rules[node]
+	took := map[string]*compile.ClusterRule{}
+	for _, s := range walk.Steps {
+		if at == nil || s.Verdict.Kind == nft.Continue || s.Index < 0 {
+			continue
+		}
+		rules := at.Tiers[s.Chain]
+		if s.Index >= len(rules) || rules[s.Index] == nil || rules[s.Index].Ingress != ingress {
+			continue
+		}
+		if cr := rules[s.Index]; took[cr.Tier] == nil {
+			took[cr.Tier] = cr
+		}
+	}
+	var out []string
+	want := func(tier string, v *netpolref.TierVerdict) {
+		got := took[tier]
+		switch {
+		case (v == nil || v.Decision == netpolref.NoDecision) && got != nil:
+			out = append(out, fmt.Sprintf("the walk took %s, the policies say no %s rule matches", got, tier))
+		case v == nil || v.Decision == netpolref.NoDecision:
+		case got == nil:
+			out = append(out, fmt.Sprintf("the policies say cnp/%s rule %d decides in %s (%s), the walk took no %s rule", v.Policy.Name, v.Rule, tier, v.Decision, tier))
+		case got.Policy != v.Policy.Name || got.Index != v.Rule || got.Verdict() != map[netpolref.Decision]string{
+			netpolref.Accepted: compile.VerdictAllow, netpolref.Denied: compile.VerdictDeny, netpolref.Passed: compile.VerdictPass}[v.Decision]:
+			out = append(out, fmt.Sprintf("the walk took %s, the policies say cnp/%s rule %d (%s)", got, v.Policy.Name, v.Rule, v.Decision))
+		}
+	}
+	want(netpolref.ByAdmin, &j.Admin)
+	want(netpolref.ByBaseline, j.Baseline)
+	return out
+}
+
+// ingressEntry is the chain that judges the destination's ingress in rs: all
+// tiers when the table has them, else NetworkPolicy's dispatch.
+func ingressEntry(rs *nft.Ruleset) string {
+	if rs.Chain(nft.ChainIngressTiers) != nil {
+		return nft.ChainIngressTiers
+	}
+	return nft.ChainIngress
 }
 
 // notes explains directions that no node judges.
@@ -658,18 +822,26 @@ func (x *explainer) walk(node string, tr trace.Trace, reached bool, from string)
 	return w
 }
 
-// section reads from a forward walk what the part of it behind the dispatch chain
-// (pod-egress or pod-ingress) decided: drop when the packet was dropped there,
-// accept otherwise; reached is false when the walk never entered it.
-func section(tr trace.Trace, dispatch string) (nft.VerdictKind, bool) {
-	cur, reached := "", false
+// section reads from a walk what the part of it behind one direction's
+// dispatch chains (egress: admin-egress, pod-egress, baseline-egress; ingress:
+// ingress-tiers and the three of its tiers) decided: drop when the packet was
+// dropped there, accept otherwise; reached is false when the walk never entered
+// them. An Admin egress Accept's goto ingress-tiers ends the egress part.
+func section(tr trace.Trace, ingress bool) (nft.VerdictKind, bool) {
+	dir := map[string]bool{
+		nft.ChainAdminEgress: false, nft.ChainEgress: false, nft.ChainBaselineEgress: false,
+		nft.ChainIngressTiers: true, nft.ChainAdminIngress: true, nft.ChainIngress: true, nft.ChainBaselineIngress: true,
+	}
+	in, cur, reached := false, false, false
 	for _, s := range tr.Steps {
-		if (s.Verdict.Kind == nft.Jump || s.Verdict.Kind == nft.Goto) && (s.Verdict.Chain == nft.ChainEgress || s.Verdict.Chain == nft.ChainIngress) {
-			cur = s.Verdict.Chain
-			reached = reached || cur == dispatch
-			continue
+		if s.Verdict.Kind == nft.Jump || s.Verdict.Kind == nft.Goto {
+			if d, ok := dir[s.Verdict.Chain]; ok {
+				in, cur = true, d
+				reached = reached || d == ingress
+				continue
+			}
 		}
-		if s.Verdict.Kind == nft.Drop && cur == dispatch {
+		if s.Verdict.Kind == nft.Drop && in && cur == ingress {
 			return nft.Drop, true
 		}
 	}
@@ -702,4 +874,25 @@ func nonNilRefs(s []RuleRef) []RuleRef {
 		return []RuleRef{}
 	}
 	return s
+}
+
+func tcpPort(p *cnpv1.ClusterNetworkPolicyProtocolTCP) *cnpv1.Port {
+	if p == nil {
+		return nil
+	}
+	return p.DestinationPort
+}
+
+func udpPort(p *cnpv1.ClusterNetworkPolicyProtocolUDP) *cnpv1.Port {
+	if p == nil {
+		return nil
+	}
+	return p.DestinationPort
+}
+
+func sctpPort(p *cnpv1.ClusterNetworkPolicyProtocolSCTP) *cnpv1.Port {
+	if p == nil {
+		return nil
+	}
+	return p.DestinationPort
 }

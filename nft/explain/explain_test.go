@@ -1,9 +1,11 @@
 package explain
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/nft/compile"
 	"github.com/nftpolicy/nftpolicy/nft/internal/netpolref"
@@ -163,6 +166,19 @@ func TestExplainErrors(t *testing.T) {
 // with the walk (no Mismatch), for both families, one port at a time and for every
 // port at once. Reproduce a failure with -seed and -cases.
 func TestExplainMatchesReference(t *testing.T) {
+	explainMatchesReference(t, netpolref.RandomWorld)
+}
+
+// TestExplainMatchesReferenceTiers is TestExplainMatchesReference over mixed
+// NetworkPolicy and ClusterNetworkPolicy clusters (netpolref.RandomTieredWorld),
+// with the nodes' addresses among the ends (a pod's traffic to its own node is
+// judged by the tiers at the input hook): the verdicts equal the reference's, and
+// for every direction the rule each tier decided by is the one the walk took.
+func TestExplainMatchesReferenceTiers(t *testing.T) {
+	explainMatchesReference(t, netpolref.RandomTieredWorld)
+}
+
+func explainMatchesReference(t *testing.T, world func(*rand.Rand) netpolref.World) {
 	seed := *seedFlag
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano())
@@ -172,12 +188,12 @@ func TestExplainMatchesReference(t *testing.T) {
 		cases /= 10
 	}
 	protos := []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP}
-	questions, ranges := 0, 0
+	questions, ranges, byTier, input := 0, 0, 0, 0
 	for i := range cases {
 		rng := rand.New(rand.NewPCG(seed, uint64(i)))
-		w := netpolref.RandomWorld(rng)
-		c := Cluster{Pods: w.Pods, Namespaces: w.Namespaces, Policies: w.Policies}
-		ref := netpolref.New(w.Pods, w.Namespaces, w.Policies)
+		w := world(rng)
+		c := Cluster{Pods: w.Pods, Namespaces: w.Namespaces, Policies: w.Policies, ClusterPolicies: w.ClusterPolicies, Nodes: w.Nodes}
+		ref := netpolref.New(w.Pods, w.Namespaces, w.Policies).WithTiers(w.ClusterPolicies, w.Nodes)
 		// Every other cluster: the table as the agent writes it by default (recheck
 		// mode at some epoch, policy counters) and with the deny log on.
 		opts := Options{}
@@ -195,6 +211,13 @@ func TestExplainMatchesReference(t *testing.T) {
 		}
 		for _, ip := range w.Externals {
 			eps = append(eps, netpolref.Endpoint{IP: ip})
+		}
+		for _, n := range w.Nodes {
+			for _, a := range n.Status.Addresses {
+				if ip, err := netip.ParseAddr(a.Address); err == nil {
+					eps = append(eps, netpolref.Endpoint{IP: ip, Node: n.Name})
+				}
+			}
 		}
 		fail := func(format string, args ...any) {
 			t.Helper()
@@ -239,6 +262,14 @@ func TestExplainMatchesReference(t *testing.T) {
 			if len(a.Mismatch) > 0 {
 				fail("mismatch: %v\n%s", a.Mismatch, a.Text())
 			}
+			for _, d := range []Direction{a.Egress, a.Ingress} {
+				if d.DecidedBy == netpolref.ByAdmin || d.DecidedBy == netpolref.ByBaseline {
+					byTier++
+				}
+			}
+			if a.Egress.Trace != nil && a.Egress.Trace.From == "hook input" {
+				input++
+			}
 			want := verdictOf(ref.Allowed(src, dst, proto, q.Port))
 			eg, ing := verdictOf(ref.EgressAllows(src, dst, proto, q.Port)), verdictOf(ref.IngressAllows(src, dst, proto, q.Port))
 			if a.Verdict != want || a.Egress.Verdict != eg || a.Ingress.Verdict != ing {
@@ -247,7 +278,8 @@ func TestExplainMatchesReference(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("seed %d: %d clusters, %d questions on one port, %d port ranges checked", seed, cases, questions, ranges)
+	t.Logf("seed %d: %d clusters, %d questions on one port (%d of their directions decided by a ClusterNetworkPolicy tier, %d walked through the input hook), %d port ranges checked, 0 mismatches",
+		seed, cases, questions, byTier, input, ranges)
 }
 
 func refOf(e netpolref.Endpoint) Ref {
@@ -262,4 +294,93 @@ func verdictOf(ok bool) string {
 		return Allow
 	}
 	return Deny
+}
+
+func cnp(name string, tier cnpv1.Tier, prio int32, subjectNS string) *cnpv1.ClusterNetworkPolicy {
+	c := &cnpv1.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	c.Spec.Tier, c.Spec.Priority = tier, prio
+	c.Spec.Subject.Namespaces = &metav1.LabelSelector{MatchLabels: map[string]string{"ns": subjectNS}}
+	return c
+}
+
+func fromNS(ns string) []cnpv1.ClusterNetworkPolicyIngressPeer {
+	return []cnpv1.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{MatchLabels: map[string]string{"ns": ns}}}}
+}
+
+// TestExplainTiers: explain names the tier, the ClusterNetworkPolicy, its
+// priority and the rule that decided; after an Admin Pass, what NetworkPolicy
+// or Baseline decided; and judges a pod's traffic to its own node at input.
+func TestExplainTiers(t *testing.T) {
+	c := upstream()
+	c.Nodes = netpolref.ModelNodes()
+	c.Policies = []*networkingv1.NetworkPolicy{allowWebFromA()} // y/b: ingress TCP 80 from x/a only
+	admin := cnp("guard", cnpv1.AdminTier, 10, "y")
+	admin.Spec.Ingress = []cnpv1.ClusterNetworkPolicyIngressRule{
+		{Name: "pass-x", Action: "Pass", From: fromNS("x")},
+		{Name: "no-z", Action: "Deny", From: fromNS("z")},
+	}
+	admin.Spec.Egress = []cnpv1.ClusterNetworkPolicyEgressRule{
+		{Name: "no-node", Action: "Deny", To: []cnpv1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1.CIDR{"172.18.0.0/24"}}}},
+	}
+	base := cnp("default-deny", cnpv1.BaselineTier, 5, "z")
+	base.Spec.Ingress = []cnpv1.ClusterNetworkPolicyIngressRule{{Action: "Deny", From: fromNS("x")}}
+	c.ClusterPolicies = []*cnpv1.ClusterNetworkPolicy{admin, base}
+	ask := func(from, to string, port int) *Answer {
+		t.Helper()
+		a, err := Explain(c, Question{From: mustRef(t, from), To: mustRef(t, to), Port: port}, Options{Compile: compile.Options{
+			Established: compile.EstablishedRecheck, PolicyCounters: true, DenyLog: compile.DenyLog{Group: 100, Rate: 10}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(a.Mismatch) > 0 {
+			t.Fatalf("mismatch: %v\n%s", a.Mismatch, a.Text())
+		}
+		return a
+	}
+	// z/a -> y/b: Admin denies (rule 1, no-z).
+	a := ask("z/a", "y/b", 80)
+	st := a.Ingress.Tiers
+	if a.Verdict != Deny || a.Ingress.DecidedBy != "Admin" || len(st) != 1 || st[0].Policy != "cnp/guard" || *st[0].Priority != 10 ||
+		st[0].Rule != 1 || st[0].RuleName != "no-z" || st[0].Action != "Deny" {
+		t.Errorf("z/a -> y/b:\n%s", a.Text())
+	}
+	if !strings.Contains(a.Summary, "ingress on node-1 denied by Admin cnp/guard (priority 10) rule 1 (no-z)") {
+		t.Errorf("summary %q", a.Summary)
+	}
+	// x/a -> y/b: Admin passes (rule 0), NetworkPolicy allows.
+	a = ask("x/a", "y/b", 80)
+	if a.Verdict != Allow || a.Ingress.DecidedBy != "NetworkPolicy" || a.Ingress.Tiers[0].Action != "Pass" || a.Ingress.Tiers[0].Rule != 0 ||
+		len(a.Ingress.AllowedBy) != 1 || !strings.Contains(a.Summary, "Admin cnp/guard (priority 10) rule 0 (pass-x) passes; ingress allowed by y/allow-80-from-x-a rule 0") {
+		t.Errorf("x/a -> y/b:\n%s", a.Text())
+	}
+	// x/b -> y/b: passed, then NetworkPolicy denies.
+	if a = ask("x/b", "y/b", 80); a.Verdict != Deny || a.Ingress.DecidedBy != "NetworkPolicy" || a.Ingress.Tiers[0].Action != "Pass" {
+		t.Errorf("x/b -> y/b:\n%s", a.Text())
+	}
+	// x/a -> z/b: no NetworkPolicy isolates z/b: Baseline denies.
+	a = ask("x/a", "z/b", 80)
+	if a.Verdict != Deny || a.Ingress.DecidedBy != "Baseline" || len(a.Ingress.Tiers) != 1 || a.Ingress.Tiers[0].Tier != "Baseline" ||
+		a.Ingress.Tiers[0].Policy != "cnp/default-deny" || a.Ingress.Tiers[0].Rule != 0 {
+		t.Errorf("x/a -> z/b:\n%s", a.Text())
+	}
+	// The walk ends in the rule's drop chain, which logs.
+	last := a.Ingress.Trace.Steps[len(a.Ingress.Trace.Steps)-1]
+	if !strings.HasSuffix(last.Chain, "-in0-drop") || last.Verdict != "drop" {
+		t.Errorf("last step %+v", last)
+	}
+	// y/b (node-1) -> its own node: judged at input, Admin denies.
+	a = ask("y/b", "node/node-1", 22)
+	if a.Verdict != Deny || a.Egress.JudgedBy != "node-1" || a.Egress.Trace.From != "hook input" || a.Egress.DecidedBy != "Admin" || a.Egress.Tiers[0].RuleName != "no-node" {
+		t.Errorf("y/b -> node-1:\n%s", a.Text())
+	}
+	// x/a -> its own node: no policy of x's tiers: allowed, still walked.
+	if a = ask("x/a", "node/node-1", 22); a.Verdict != Allow || a.Egress.Trace == nil {
+		t.Errorf("x/a -> node-1:\n%s", a.Text())
+	}
+	// The JSON carries the tier fields.
+	a = ask("z/a", "y/b", 80)
+	js, err := json.Marshal(a.Ingress)
+	if err != nil || !strings.Contains(string(js), `"decidedBy":"Admin","tiers":[{"tier":"Admin","action":"Deny","policy":"cnp/guard","priority":10,"rule":1,"ruleName":"no-z","selecting":["cnp/guard"]}]`) {
+		t.Errorf("json %s %v", js, err)
+	}
 }

@@ -369,7 +369,7 @@ func TestExplainMatchesKernel(t *testing.T) {
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano())
 	}
-	worlds := 4
+	worlds := 6 // the third of each three has ClusterNetworkPolicies (both tiers)
 	var lab *kernelLab
 	compared := map[string]int{}
 	retried := 0
@@ -377,10 +377,13 @@ func TestExplainMatchesKernel(t *testing.T) {
 	for i := range worlds {
 		rng := rand.New(rand.NewPCG(seed, uint64(1000+i)))
 		w := netpolref.RandomWorld(rng)
+		if i%3 == 2 {
+			w = netpolref.RandomTieredWorld(rng)
+		}
 		if lab == nil {
 			lab = newKernelLab(t, w.Ports)
 		}
-		c := Cluster{Pods: w.Pods, Namespaces: w.Namespaces, Policies: w.Policies}
+		c := Cluster{Pods: w.Pods, Namespaces: w.Namespaces, Policies: w.Policies, ClusterPolicies: w.ClusterPolicies, Nodes: w.Nodes}
 		// Keep mode, then the agent's default (recheck, with its ct marks), in turn.
 		copts := compile.Options{}
 		if i%2 == 1 {
@@ -389,7 +392,8 @@ func TestExplainMatchesKernel(t *testing.T) {
 		opts := Options{Compile: copts}
 		tables := map[string]*nft.Ruleset{}
 		for _, n := range []string{"node-1", "node-2"} {
-			tables[n], _ = compile.Compile(compile.Snapshot{NodeName: n, Pods: w.Pods, Namespaces: w.Namespaces, Policies: w.Policies}, copts)
+			tables[n], _ = compile.Compile(compile.Snapshot{NodeName: n, Pods: w.Pods, Namespaces: w.Namespaces, Policies: w.Policies,
+				ClusterNetworkPolicies: w.ClusterPolicies, Nodes: w.Nodes}, copts)
 		}
 		type end struct {
 			addr netip.Addr
@@ -476,7 +480,11 @@ func TestExplainMatchesKernel(t *testing.T) {
 					if p.src.Is6() {
 						fam = "IPv6"
 					}
-					compared[fam+" "+copts.Established.String()+" "+a.Verdict]++
+					kind := ""
+					if len(w.ClusterPolicies) > 0 {
+						kind = " tiers"
+					}
+					compared[fam+" "+copts.Established.String()+kind+" "+a.Verdict]++
 					if (a.Verdict == Allow) != got[p] {
 						t.Log(lab.diag())
 						t.Fatalf("seed %d world %d: %s: explain says %s, the kernel %s it\n%s", seed, i, p.key(), a.Verdict,

@@ -32,6 +32,40 @@ func familyOf(e End) int {
 
 // directionWhy is one direction's verdict in a few words.
 func directionWhy(name string, d Direction) string {
+	if d.JudgedBy != "" && (d.DecidedBy == "Admin" || d.DecidedBy == "Baseline") {
+		for _, st := range d.Tiers {
+			if st.Tier == d.DecidedBy {
+				verb := map[string]string{"Accept": "allowed", "Deny": "denied"}[st.Action]
+				if st.FailClosed {
+					verb = "denied (the rule fails closed)"
+				}
+				return fmt.Sprintf("%s on %s %s by %s %s", name, d.JudgedBy, verb, st.Tier, st.ruleText())
+			}
+		}
+	}
+	passed := ""
+	for _, st := range d.Tiers {
+		if st.Action == "Pass" {
+			passed += st.Tier + " " + st.ruleText() + " passes; "
+		}
+	}
+	return passed + npWhy(name, d)
+}
+
+// ruleText names the rule that decided: "cnp/x (priority 10) rule 1 (name)".
+func (st TierStep) ruleText() string {
+	if st.Policy == "" {
+		return "no rule matched"
+	}
+	s := fmt.Sprintf("%s (priority %d) rule %d", st.Policy, *st.Priority, st.Rule)
+	if st.RuleName != "" {
+		s += " (" + st.RuleName + ")"
+	}
+	return s
+}
+
+// npWhy is the NetworkPolicy tier's verdict (and the default's) in a few words.
+func npWhy(name string, d Direction) string {
 	switch {
 	case d.JudgedBy == "":
 		return name + " not judged"
@@ -208,6 +242,36 @@ func writeDirection(b *strings.Builder, name string, end End, d Direction) {
 		return
 	}
 	fmt.Fprintf(b, "%s of %s, judged on node %s: %s\n", name, who, d.JudgedBy, d.Verdict)
+	for _, st := range d.Tiers {
+		if st.Policy != "" {
+			fmt.Fprintf(b, "  %s tier: %s by %s", st.Tier, st.Action, st.ruleText())
+		} else {
+			fmt.Fprintf(b, "  %s tier: no rule matches", st.Tier)
+		}
+		if st.FailClosed {
+			fmt.Fprintf(b, ", failing closed (deny all)")
+		}
+		fmt.Fprintf(b, "; policies selecting the pod: %s\n", strings.Join(st.Selecting, ", "))
+	}
+	if len(d.Tiers) > 0 {
+		switch d.DecidedBy {
+		case "Admin", "Baseline":
+			fmt.Fprintf(b, "  decided by the %s tier", d.DecidedBy)
+			if len(d.IsolatedBy) > 0 && d.DecidedBy == "Admin" {
+				fmt.Fprintf(b, " (NetworkPolicy not consulted: %s)", strings.Join(d.IsolatedBy, ", "))
+			}
+			fmt.Fprintf(b, "\n")
+			if d.Note != "" {
+				fmt.Fprintf(b, "  note: %s\n", d.Note)
+			}
+			b.WriteByte('\n')
+			return
+		case "":
+			if len(d.IsolatedBy) == 0 {
+				fmt.Fprintf(b, "  no tier decided: allowed (the Kubernetes default)\n")
+			}
+		}
+	}
 	if len(d.IsolatedBy) == 0 {
 		fmt.Fprintf(b, "  not isolated: no NetworkPolicy of namespace %s selects it for %s\n", strings.SplitN(end.Pod, "/", 2)[0], name)
 	} else {

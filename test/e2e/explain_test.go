@@ -12,11 +12,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/nft/explain"
 	"github.com/nftpolicy/nftpolicy/test/e2e/cluster"
@@ -128,6 +132,113 @@ var _ = Describe("explain", func() {
 		wg.Wait()
 		Expect(failures).To(BeEmpty())
 		By(fmt.Sprintf("%d answers, %d cells each, all as probed", len(jobs), len(checks)))
+	}, specTimeout)
+
+	It("answers a tiered matrix as probed, naming the tier, the ClusterNetworkPolicy and the rule, which the deny log names too", func(ctx SpecContext) {
+		logStart := make([]int, len(env.Agents))
+		for i, a := range env.Agents {
+			log, err := a.Log()
+			Expect(err).NotTo(HaveOccurred())
+			logStart[i] = len(log)
+		}
+		// x allows every ingress by NetworkPolicy; the Admin tier denies y -> x
+		// over it; the Baseline tier denies x -> z (no NetworkPolicy isolates z).
+		create(ctx, "x", policy("allow-all", nil, ingress(from())))
+		admin := cnp("deny-y-to-x", cnpv1.AdminTier, 10, subjectNS("x"))
+		admin.Spec.Ingress = []cnpv1.ClusterNetworkPolicyIngressRule{inRule(deny, []string{"y"})}
+		admin.Spec.Ingress[0].Name = "no-y"
+		createCNP(ctx, admin)
+		base := cnp("z-not-from-x", cnpv1.BaselineTier, 5, subjectNS("z"))
+		base.Spec.Ingress = []cnpv1.ClusterNetworkPolicyIngressRule{inRule(deny, []string{"x"})}
+		createCNP(ctx, base)
+		r := reach(true)
+		r.ExpectPeer(ns("y"), ns("x"), false)
+		r.ExpectPeer(ns("x"), ns("z"), false)
+		validate(ctx, framework.TCP(r, 80))
+
+		By("asking explain about every pair on tcp/80")
+		var (
+			mu       sync.Mutex
+			failures []string
+			wg       sync.WaitGroup
+			sem      = make(chan struct{}, 3)
+			answers  int
+		)
+		for _, from := range env.Peers() {
+			for _, to := range env.Peers() {
+				if from == to {
+					continue
+				}
+				wg.Add(1)
+				go func() {
+					defer GinkgoRecover()
+					defer wg.Done()
+					sem <- struct{}{}
+					defer func() { <-sem }()
+					a, _, err := runExplain(ctx, "--from", from.String(), "--to", to.String(), "--port", "tcp/80", "--family", "4")
+					var bad []string
+					want, decided := explain.Allow, ""
+					if !r.Connected(from, to) {
+						want = explain.Deny
+					}
+					fromNS, toNS := strings.Split(from.String(), "/")[0], strings.Split(to.String(), "/")[0]
+					switch {
+					case fromNS == "y" && toNS == "x":
+						decided = "Admin cnp/deny-y-to-x 0 no-y Deny"
+					case fromNS == "x" && toNS == "z":
+						decided = "Baseline cnp/z-not-from-x 0  Deny"
+					}
+					switch {
+					case err != nil:
+						bad = append(bad, err.Error())
+					case len(a.Mismatch) > 0:
+						bad = append(bad, fmt.Sprintf("%s -> %s: mismatch %v", from, to, a.Mismatch))
+					case a.Verdict != want:
+						bad = append(bad, fmt.Sprintf("%s -> %s: explain %s, probes %s", from, to, a.Verdict, want))
+					case decided != "":
+						got := a.Ingress.DecidedBy
+						for _, st := range a.Ingress.Tiers {
+							if st.Tier == a.Ingress.DecidedBy {
+								got = fmt.Sprintf("%s %s %d %s %s", st.Tier, st.Policy, st.Rule, st.RuleName, st.Action)
+							}
+						}
+						if got != decided {
+							bad = append(bad, fmt.Sprintf("%s -> %s: decided by %q, want %q", from, to, got, decided))
+						}
+					}
+					mu.Lock()
+					answers++
+					failures = append(failures, bad...)
+					mu.Unlock()
+				}()
+			}
+		}
+		wg.Wait()
+		Expect(failures).To(BeEmpty())
+		By(fmt.Sprintf("%d answers as probed, the Admin and Baseline denials named by policy and rule", answers))
+
+		By("the deny log names the ClusterNetworkPolicy rule for every denied y -> x pair")
+		lineRE := regexp.MustCompile(`"msg":"packet denied".*"direction":"ingress","src":"([^"]+)","dst":"([^"]+)",.*"dstPort":80,"policies":\["cnp/deny-y-to-x"\],"tier":"Admin","priority":10,"rule":0,"ruleName":"no-y"`)
+		var denied []string
+		for _, from := range env.Peers("y") {
+			for _, to := range env.Peers("x") {
+				denied = append(denied, from.String()+" -> "+to.String())
+			}
+		}
+		missing := func() []string {
+			seen := map[string]bool{}
+			for i, a := range env.Agents {
+				log, err := a.Log()
+				if err != nil || len(log) < logStart[i] {
+					continue
+				}
+				for _, m := range lineRE.FindAllStringSubmatch(log[logStart[i]:], -1) {
+					seen[m[1]+" -> "+m[2]] = true
+				}
+			}
+			return slices.DeleteFunc(slices.Clone(denied), func(p string) bool { return seen[p] })
+		}
+		Eventually(missing, 10*time.Second, 100*time.Millisecond).Should(BeEmpty(), "denied probes without a deny log line naming cnp/deny-y-to-x rule 0")
 	}, specTimeout)
 
 	It("overlays -f on the listed cluster: a proposed policy against the real pods", func(ctx SpecContext) {

@@ -60,7 +60,7 @@ var _ = Describe("nftpolicy deny log and policy counters", func() {
 		By(fmt.Sprintf("%d denied pod pairs, each logged with both pods and x/%s", len(denied), name))
 
 		// The agents' counters saw at least one drop per denied pair, and no allow.
-		counterRE := regexp.MustCompile(`(?m)^nftpolicy_policy_packets_total\{direction="ingress",namespace="x",policy="` + name + `",verdict="(allow|deny)"\} (\d+)$`)
+		counterRE := regexp.MustCompile(`(?m)^nftpolicy_policy_packets_total\{direction="ingress",namespace="x",policy="` + name + `",tier="networkpolicy",verdict="(allow|deny)"\} (\d+)$`)
 		byVerdict := func(ctx context.Context) map[string]int {
 			out := map[string]int{}
 			for _, a := range env.Agents {

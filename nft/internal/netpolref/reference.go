@@ -10,9 +10,11 @@
 // invalid podSelector of a policy selects no pod.
 //
 // Besides the tests, nft/explain uses its rule-level pieces (PolicyHasType,
-// PolicySelects, RuleValid, PeerIs, PortIs) to name the policy and rule behind a
-// verdict, so the spec is read once; explain's verdict still comes from walking the
-// compiled table, which this package never sees.
+// PolicySelects, RuleValid, PeerIs, PortIs) and, for the ClusterNetworkPolicy
+// tiers, Egress, Ingress and TierDecision (which tier decided, by which rule) to
+// name the policy and rule behind a verdict, so the spec is read once; explain's
+// verdict still comes from walking the compiled table, which this package never
+// sees.
 package netpolref
 
 import (
@@ -88,34 +90,87 @@ func (c *Cluster) Allowed(src, dst Endpoint, proto corev1.Protocol, port int) bo
 // EgressAllows: the source's egress allows the connection: the Admin tier, then
 // NetworkPolicy, then (for a source no NetworkPolicy isolates) the Baseline tier.
 func (c *Cluster) EgressAllows(src, dst Endpoint, proto corev1.Protocol, port int) bool {
-	if src.Pod == nil {
-		return true
-	}
-	if d := c.tierDecision(cnpv1.AdminTier, false, src.Pod, dst, dst, proto, port); d == accepted || d == denied {
-		return d == accepted
-	}
-	if c.npIsolates(src.Pod, networkingv1.PolicyTypeEgress) {
-		if dst.Node != "" && dst.Node == src.Pod.Spec.NodeName {
-			return true // NetworkPolicy: traffic to the pod's own node is always allowed
-		}
-		return c.npEgressAllows(src, dst, proto, port)
-	}
-	return c.tierDecision(cnpv1.BaselineTier, false, src.Pod, dst, dst, proto, port) != denied
+	return c.Egress(src, dst, proto, port).Allowed
 }
 
 // IngressAllows: the destination's ingress allows the connection, tier by tier as
 // for egress. A node's own traffic to its pods is not judged.
 func (c *Cluster) IngressAllows(src, dst Endpoint, proto corev1.Protocol, port int) bool {
-	if dst.Pod == nil || (src.Node != "" && src.Node == dst.Pod.Spec.NodeName) {
-		return true
+	return c.Ingress(src, dst, proto, port).Allowed
+}
+
+// Tiers in a Judgement.
+const (
+	ByAdmin         = "Admin"
+	ByNetworkPolicy = "NetworkPolicy"
+	ByBaseline      = "Baseline"
+)
+
+// Judgement is how one direction of a connection is decided, tier by tier.
+type Judgement struct {
+	Allowed bool
+	// By is the tier that decided: ByAdmin, ByNetworkPolicy (it isolates the
+	// pod), ByBaseline; "" when none did (the default: allowed) or the end is no
+	// pod.
+	By    string
+	Admin TierVerdict // the Admin tier (NoDecision when nothing matched)
+	// Baseline is the Baseline tier, when it was consulted (Admin did not
+	// decide and no NetworkPolicy isolates the pod in this direction).
+	Baseline *TierVerdict
+	// OwnNode: NetworkPolicy decided by allowing a pod's traffic to its own node.
+	OwnNode bool
+}
+
+// Egress judges the source's egress: Admin, then NetworkPolicy, then (for a
+// source no NetworkPolicy isolates) Baseline.
+func (c *Cluster) Egress(src, dst Endpoint, proto corev1.Protocol, port int) Judgement {
+	if src.Pod == nil {
+		return Judgement{Allowed: true}
 	}
-	if d := c.tierDecision(cnpv1.AdminTier, true, dst.Pod, src, dst, proto, port); d == accepted || d == denied {
-		return d == accepted
+	j := Judgement{Admin: c.TierDecision(cnpv1.AdminTier, false, src.Pod, dst, dst, proto, port)}
+	if d := j.Admin.Decision; d == Accepted || d == Denied {
+		j.Allowed, j.By = d == Accepted, ByAdmin
+		return j
+	}
+	if c.npIsolates(src.Pod, networkingv1.PolicyTypeEgress) {
+		j.By = ByNetworkPolicy
+		if dst.Node != "" && dst.Node == src.Pod.Spec.NodeName {
+			j.Allowed, j.OwnNode = true, true // NetworkPolicy: traffic to the pod's own node is always allowed
+			return j
+		}
+		j.Allowed = c.npEgressAllows(src, dst, proto, port)
+		return j
+	}
+	b := c.TierDecision(cnpv1.BaselineTier, false, src.Pod, dst, dst, proto, port)
+	j.Baseline, j.Allowed = &b, b.Decision != Denied
+	if b.Decision == Accepted || b.Decision == Denied {
+		j.By = ByBaseline
+	}
+	return j
+}
+
+// Ingress judges the destination's ingress, tier by tier as Egress. A node's own
+// traffic to its pods is not judged.
+func (c *Cluster) Ingress(src, dst Endpoint, proto corev1.Protocol, port int) Judgement {
+	if dst.Pod == nil || (src.Node != "" && src.Node == dst.Pod.Spec.NodeName) {
+		return Judgement{Allowed: true}
+	}
+	j := Judgement{Admin: c.TierDecision(cnpv1.AdminTier, true, dst.Pod, src, dst, proto, port)}
+	if d := j.Admin.Decision; d == Accepted || d == Denied {
+		j.Allowed, j.By = d == Accepted, ByAdmin
+		return j
 	}
 	if c.npIsolates(dst.Pod, networkingv1.PolicyTypeIngress) {
-		return c.npIngressAllows(src, dst, proto, port)
+		j.By = ByNetworkPolicy
+		j.Allowed = c.npIngressAllows(src, dst, proto, port)
+		return j
 	}
-	return c.tierDecision(cnpv1.BaselineTier, true, dst.Pod, src, dst, proto, port) != denied
+	b := c.TierDecision(cnpv1.BaselineTier, true, dst.Pod, src, dst, proto, port)
+	j.Baseline, j.Allowed = &b, b.Decision != Denied
+	if b.Decision == Accepted || b.Decision == Denied {
+		j.By = ByBaseline
+	}
+	return j
 }
 
 // npIsolates: some NetworkPolicy of the pod's namespace selects it for t.

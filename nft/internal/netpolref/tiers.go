@@ -51,50 +51,71 @@ func (c *Cluster) WithTiers(cnps []*cnpv1.ClusterNetworkPolicy, nodes []*corev1.
 	return c
 }
 
-type decision int
+// Decision is what a tier decides for a connection.
+type Decision int
 
 const (
-	noDecision decision = iota
-	accepted
-	denied
-	passed
+	NoDecision Decision = iota // no rule of the tier matched
+	Accepted
+	Denied
+	Passed
 )
 
-// tierDecision: the first matching rule of the tier's policies that select subject,
-// in priority (then name) order.
-func (c *Cluster) tierDecision(tier cnpv1.Tier, ingress bool, subject *corev1.Pod, other, dst Endpoint, proto corev1.Protocol, port int) decision {
-	var pols []*cnpv1.ClusterNetworkPolicy
+func (d Decision) String() string {
+	return [...]string{"none", "Accept", "Deny", "Pass"}[d]
+}
+
+// TierVerdict is one tier's decision for one direction of a connection, and the
+// rule that made it.
+type TierVerdict struct {
+	Decision Decision
+	Policy   *cnpv1.ClusterNetworkPolicy // the policy whose rule decided; nil with NoDecision
+	Rule     int                         // that rule's index in spec.ingress or spec.egress
+	// FailClosed: the rule could not be enforced as written and denies all.
+	FailClosed bool
+	// Selecting are the tier's policies that select the pod and have rules in
+	// this direction, in evaluation order (priority, then name).
+	Selecting []*cnpv1.ClusterNetworkPolicy
+}
+
+// TierDecision: the first matching rule of the tier's policies that select
+// subject, in priority (then name) order. other is the connection's other end,
+// dst its destination (for ports).
+func (c *Cluster) TierDecision(tier cnpv1.Tier, ingress bool, subject *corev1.Pod, other, dst Endpoint, proto corev1.Protocol, port int) TierVerdict {
+	var v TierVerdict
 	for _, p := range c.cnps {
-		if p.Spec.Tier == tier && c.subjectSelects(p, subject) {
-			pols = append(pols, p)
+		if p.Spec.Tier == tier && c.subjectSelects(p, subject) && (ingress && len(p.Spec.Ingress) > 0 || !ingress && len(p.Spec.Egress) > 0) {
+			v.Selecting = append(v.Selecting, p)
 		}
 	}
-	slices.SortFunc(pols, func(a, b *cnpv1.ClusterNetworkPolicy) int {
+	slices.SortFunc(v.Selecting, func(a, b *cnpv1.ClusterNetworkPolicy) int {
 		if a.Spec.Priority != b.Spec.Priority {
 			return int(a.Spec.Priority) - int(b.Spec.Priority)
 		}
 		return strings.Compare(a.Name, b.Name)
 	})
-	for _, p := range pols {
+	for _, p := range v.Selecting {
 		if ingress {
-			for _, r := range p.Spec.Ingress {
+			for i, r := range p.Spec.Ingress {
 				peers := make([]cnpv1.ClusterNetworkPolicyEgressPeer, len(r.From))
 				for i, f := range r.From {
 					peers[i] = cnpv1.ClusterNetworkPolicyEgressPeer{Namespaces: f.Namespaces, Pods: f.Pods}
 				}
-				if d := c.cnpRule(r.Action, peers, r.Protocols, other, dst, proto, port); d != noDecision {
-					return d
+				if d, fc := c.cnpRule(r.Action, peers, r.Protocols, other, dst, proto, port); d != NoDecision {
+					v.Decision, v.Policy, v.Rule, v.FailClosed = d, p, i, fc
+					return v
 				}
 			}
 			continue
 		}
-		for _, r := range p.Spec.Egress {
-			if d := c.cnpRule(r.Action, r.To, r.Protocols, other, dst, proto, port); d != noDecision {
-				return d
+		for i, r := range p.Spec.Egress {
+			if d, fc := c.cnpRule(r.Action, r.To, r.Protocols, other, dst, proto, port); d != NoDecision {
+				v.Decision, v.Policy, v.Rule, v.FailClosed = d, p, i, fc
+				return v
 			}
 		}
 	}
-	return noDecision
+	return v
 }
 
 func (c *Cluster) subjectSelects(p *cnpv1.ClusterNetworkPolicy, pod *corev1.Pod) bool {
@@ -117,42 +138,43 @@ func (c *Cluster) labelsMatch(ls *metav1.LabelSelector, l map[string]string) boo
 	return sel != nil && sel.Matches(labels.Set(l))
 }
 
-// cnpRule: what one rule decides for the connection.
+// cnpRule: what one rule decides for the connection, and whether it does so
+// because it fails closed (deny all).
 func (c *Cluster) cnpRule(act cnpv1.ClusterNetworkPolicyRuleAction, peers []cnpv1.ClusterNetworkPolicyEgressPeer,
-	protos []cnpv1.ClusterNetworkPolicyProtocol, other, dst Endpoint, proto corev1.Protocol, port int) decision {
-	d := map[cnpv1.ClusterNetworkPolicyRuleAction]decision{"Accept": accepted, "Deny": denied, "Pass": passed}[act]
-	failClosed := func() decision {
-		if d == accepted {
-			return noDecision // matches no traffic
+	protos []cnpv1.ClusterNetworkPolicyProtocol, other, dst Endpoint, proto corev1.Protocol, port int) (Decision, bool) {
+	d := map[cnpv1.ClusterNetworkPolicyRuleAction]Decision{"Accept": Accepted, "Deny": Denied, "Pass": Passed}[act]
+	failClosed := func() (Decision, bool) {
+		if d == Accepted {
+			return NoDecision, false // matches no traffic
 		}
-		return denied // deny all
+		return Denied, true // deny all
 	}
-	if d == noDecision || len(peers) == 0 || !c.cnpRuleValid(peers, protos) {
+	if d == NoDecision || len(peers) == 0 || !c.cnpRuleValid(peers, protos) {
 		return failClosed()
 	}
 	peerOK := false
 	for _, pe := range peers {
 		switch c.cnpPeerIs(pe, other) {
 		case peerUnsupported:
-			if d != accepted {
-				return denied
+			if d != Accepted {
+				return Denied, true
 			}
 		case peerMatches:
 			peerOK = true
 		}
 	}
 	if !peerOK {
-		return noDecision
+		return NoDecision, false
 	}
 	if len(protos) == 0 {
-		return d
+		return d, false
 	}
 	for _, pp := range protos {
 		if cnpProtoIs(pp, dst, proto, port) {
-			return d
+			return d, false
 		}
 	}
-	return noDecision
+	return NoDecision, false
 }
 
 const (
