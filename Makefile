@@ -60,6 +60,10 @@ bench: envtest-assets ## As root: datapath vs an iptables+ipset peer, netlink co
 bench-go: ## Run the Go micro-benchmarks (go test -bench) of every package.
 	go test -run '^$$' -bench . $(GOTESTFLAGS) ./...
 
+.PHONY: bench-fanout
+bench-fanout: envtest-assets ## What N agents' watches cost the apiserver under pod churn, JSON and protobuf (test/bench/fanout; ~40 min).
+	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" NFTPOLICY_BENCH=1 go test -count=1 -timeout 90m -v -run TestFanout ./test/bench/fanout/
+
 .PHONY: bench-controlplane
 bench-controlplane: envtest-assets ## As root: agent latency and memory against 10k pods / 1k policies (test/bench/controlplane).
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" NFTPOLICY_BENCH=1 go test -count=1 -timeout 20m -v -run TestControlPlane ./test/bench/controlplane/

@@ -6,7 +6,8 @@
 # for trying things out), NFTPOLICY_BENCH_DATAPATH_SECONDS (time budget for rounds
 # beyond 5, default 420),
 # NFTPOLICY_BENCH_PLOT (where the plot goes, default test/bench/conn-rate.png),
-# NFTPOLICY_BENCH_100K=1 (also the control-plane benchmark at 100,000 pods).
+# NFTPOLICY_BENCH_100K=1 (also the control-plane benchmark at 100,000 pods),
+# NFTPOLICY_BENCH_FANOUT=1 (also the apiserver fan-out benchmark, ~40 min).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -43,6 +44,13 @@ if [ "${NFTPOLICY_BENCH_100K:-0}" = 1 ]; then
   NFTPOLICY_BENCH_SHAPE=100k go test -count=1 -timeout 120m -v -run TestControlPlane ./test/bench/controlplane/ || rc=1
   summary+=(startup_ms_100k b2_policy_enforce_p50_ms_100k b2_policy_enforce_p99_ms_100k
     b2_pod_enforce_p50_ms_100k b2_pod_enforce_p99_ms_100k b5_agent_rss_mib_100k b8_catchup_ms_100k)
+fi
+# What N agents' watches cost the apiserver (test/bench/fanout): opt in.
+if [ "${NFTPOLICY_BENCH_FANOUT:-0}" = 1 ]; then
+  go test -count=1 -timeout 90m -v -run TestFanout ./test/bench/fanout/ || rc=1
+  summary+=(fanout_wire_bytes_per_event_watcher_protobuf fanout_wire_bytes_per_event_watcher_json
+    fanout_cpu_us_per_event_watcher_protobuf fanout_cpu_us_per_event_watcher_json
+    fanout_heap_kib_per_watcher_protobuf fanout_endpointslice_wire_bytes_per_pod_event_watcher)
 fi
 
 echo
