@@ -46,7 +46,10 @@ import (
 // failure, every FullSyncPeriod) lists the cache and builds a new Compiler, so any
 // missed event is repaired there.
 type NodeReconciler struct {
-	Reader         client.Reader // the manager's cache
+	Reader client.Reader // the manager's cache
+	// Pods, when set, reads pods (the agent's pod cache of compact records,
+	// podcache.go); nil reads corev1.Pods through Reader.
+	Pods           podSource
 	NodeName       string
 	Table          string
 	DenyLog        compile.DenyLog // compile options: nft/doc.go, "Deny log"
@@ -147,7 +150,7 @@ func (r *NodeReconciler) notePending(t time.Time) {
 func (r *NodeReconciler) noteDirty(obj client.Object) {
 	var kind objectKind
 	switch obj.(type) {
-	case *corev1.Pod:
+	case *cachedPod, *corev1.Pod:
 		kind = kindPod
 	case *corev1.Namespace:
 		kind = kindNamespace
@@ -297,16 +300,21 @@ func (r *NodeReconciler) restorePending(since int64) {
 	}
 }
 
+// pods is where the reconciler reads pods.
+func (r *NodeReconciler) pods() podSource {
+	if r.Pods != nil {
+		return r.Pods
+	}
+	return readerPods{r.Reader}
+}
+
 // load lists the cache and returns a Compiler holding all of it. The lists are
-// not deep copies (the compiler only reads, and keeps only the objects' strings
-// and label maps, never the listed structs).
+// not deep copies (the compiler only reads, and keeps only the objects' strings,
+// label maps and slices, never the listed structs); pods are not listed at all
+// but read in place from the pod cache.
 func (r *NodeReconciler) load(ctx context.Context, log logr.Logger) (*compile.Compiler, error) {
-	var pods corev1.PodList
 	var nss corev1.NamespaceList
 	var nps networkingv1.NetworkPolicyList
-	if err := r.Reader.List(ctx, &pods, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, err
-	}
 	if err := r.Reader.List(ctx, &nss, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, err
 	}
@@ -329,7 +337,9 @@ func (r *NodeReconciler) load(ctx context.Context, log logr.Logger) (*compile.Co
 			}
 		}
 		r.ownNode(own)
-		r.checkPods(pods.Items)
+		if err := r.checkPods(ctx); err != nil {
+			return nil, err
+		}
 		r.settleUnknown(log)
 	}
 	c := compile.NewCompiler(r.NodeName, r.compileOptions())
@@ -345,8 +355,8 @@ func (r *NodeReconciler) load(ctx context.Context, log logr.Logger) (*compile.Co
 	for i := range nss.Items {
 		c.SetNamespace(&nss.Items[i])
 	}
-	for i := range pods.Items {
-		c.SetPod(&pods.Items[i])
+	if err := r.pods().each(ctx, c.SetPodRecord); err != nil {
+		return nil, err
 	}
 	for i := range nps.Items {
 		c.SetPolicy(&nps.Items[i])
@@ -362,8 +372,17 @@ func (r *NodeReconciler) update(ctx context.Context, changes map[objectRef]struc
 		var err error
 		switch ref.kind {
 		case kindPod:
-			err = record(ctx, r.Reader, ref.key, &corev1.Pod{}, func(p *corev1.Pod) { c.SetPod(p); r.notePod(ref.key, p) },
-				func() { c.DeletePod(ref.key.Namespace, ref.key.Name); r.notePod(ref.key, nil) })
+			var p *compile.Pod
+			var ok bool
+			if p, ok, err = r.pods().get(ctx, ref.key); err == nil {
+				if ok {
+					c.SetPodRecord(p)
+					r.notePod(ref.key, p)
+				} else {
+					c.DeletePod(ref.key.Namespace, ref.key.Name)
+					r.notePod(ref.key, nil)
+				}
+			}
 		case kindNamespace:
 			err = record(ctx, r.Reader, ref.key, &corev1.Namespace{}, c.SetNamespace,
 				func() { c.DeleteNamespace(ref.key.Name) })
@@ -402,11 +421,9 @@ func (r *NodeReconciler) update(ctx context.Context, changes map[objectRef]struc
 		return nil
 	}
 	if recheck {
-		var pods corev1.PodList
-		if err := r.Reader.List(ctx, &pods, client.UnsafeDisableDeepCopy); err != nil {
+		if err := r.checkPods(ctx); err != nil {
 			return err
 		}
-		r.checkPods(pods.Items)
 	}
 	if r.settleUnknown(log) {
 		c.SetUnknownLocalPods(r.unknownCIDRs())
@@ -437,21 +454,22 @@ func createDelete() predicate.Predicate {
 }
 
 // podChanged passes pod events that can change some node's table: creates and
-// deletes of pods that have (had) IPs, and updates that change IPs, labels, node,
-// hostNetwork, container ports or whether the pod has finished. Status-only updates
-// (conditions, container states) and resyncs are dropped.
+// deletes of pods that have (had) addresses, and updates that change addresses,
+// labels, node, hostNetwork, named container ports or whether the pod has
+// finished. Status-only updates (conditions, container states) and resyncs are
+// dropped.
 func podChanged() predicate.Predicate {
 	hasIPs := func(o client.Object) bool {
-		p, ok := o.(*corev1.Pod)
-		return ok && (p.Status.PodIP != "" || len(p.Status.PodIPs) > 0)
+		p, ok := podOf(o)
+		return ok && len(p.Addrs()) > 0
 	}
 	return predicate.Funcs{
 		CreateFunc:  func(e event.CreateEvent) bool { return hasIPs(e.Object) },
 		DeleteFunc:  func(e event.DeleteEvent) bool { return hasIPs(e.Object) },
 		GenericFunc: func(event.GenericEvent) bool { return false },
 		UpdateFunc: func(e event.UpdateEvent) bool {
-			a, ok1 := e.ObjectOld.(*corev1.Pod)
-			b, ok2 := e.ObjectNew.(*corev1.Pod)
+			a, ok1 := podOf(e.ObjectOld)
+			b, ok2 := podOf(e.ObjectNew)
 			if !ok1 || !ok2 {
 				return true
 			}
@@ -460,19 +478,20 @@ func podChanged() predicate.Predicate {
 	}
 }
 
-func podRelevantChange(a, b *corev1.Pod) bool {
-	if a.Spec.NodeName != b.Spec.NodeName || a.Spec.HostNetwork != b.Spec.HostNetwork ||
-		a.Status.PodIP != b.Status.PodIP || !slices.Equal(a.Status.PodIPs, b.Status.PodIPs) ||
-		compile.PodFinished(a) != compile.PodFinished(b) || !maps.Equal(a.Labels, b.Labels) {
-		return true
+// podOf is what the compiler reads of a pod object: the pod cache's record, or
+// made from a corev1.Pod.
+func podOf(o client.Object) (*compile.Pod, bool) {
+	switch p := o.(type) {
+	case *cachedPod:
+		return &p.Pod, true
+	case *corev1.Pod:
+		pod := compile.PodOf(p)
+		return &pod, true
 	}
-	if len(a.Spec.Containers) != len(b.Spec.Containers) {
-		return true
-	}
-	for i := range a.Spec.Containers {
-		if !slices.Equal(a.Spec.Containers[i].Ports, b.Spec.Containers[i].Ports) {
-			return true
-		}
-	}
-	return false
+	return nil, false
+}
+
+func podRelevantChange(a, b *compile.Pod) bool {
+	return a.Node() != b.Node() || a.HostNetwork() != b.HostNetwork() || a.Finished() != b.Finished() ||
+		!slices.Equal(a.Addrs(), b.Addrs()) || !slices.Equal(a.Ports(), b.Ports()) || !maps.Equal(a.Labels(), b.Labels())
 }

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -12,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/nftpolicy/nftpolicy/nft/compile"
@@ -81,15 +81,15 @@ func (r *NodeReconciler) ownNode(n *corev1.Node) bool {
 }
 
 // checkPods checks every pod against the Node's pod CIDRs afresh.
-func (r *NodeReconciler) checkPods(pods []corev1.Pod) {
+func (r *NodeReconciler) checkPods(ctx context.Context) error {
 	r.unknown.conflicts = map[types.NamespacedName]string{}
-	for i := range pods {
-		r.notePod(client.ObjectKeyFromObject(&pods[i]), &pods[i])
-	}
+	return r.pods().each(ctx, func(p *compile.Pod) {
+		r.notePod(types.NamespacedName{Namespace: p.Namespace(), Name: p.Name()}, p)
+	})
 }
 
 // notePod checks one pod (nil: it is gone) against the Node's pod CIDRs.
-func (r *NodeReconciler) notePod(key types.NamespacedName, p *corev1.Pod) {
+func (r *NodeReconciler) notePod(key types.NamespacedName, p *compile.Pod) {
 	if !r.UnknownPodCIDRsFromNode {
 		return
 	}
@@ -97,20 +97,11 @@ func (r *NodeReconciler) notePod(key types.NamespacedName, p *corev1.Pod) {
 		r.unknown.conflicts = map[types.NamespacedName]string{}
 	}
 	delete(r.unknown.conflicts, key)
-	if p == nil || len(r.unknown.cidrs) == 0 || p.Spec.HostNetwork || compile.PodFinished(p) || p.Spec.NodeName == "" {
+	if p == nil || len(r.unknown.cidrs) == 0 || p.HostNetwork() || p.Finished() || p.Node() == "" {
 		return
 	}
-	ips := p.Status.PodIPs
-	if len(ips) == 0 && p.Status.PodIP != "" {
-		ips = []corev1.PodIP{{IP: p.Status.PodIP}}
-	}
-	local := p.Spec.NodeName == r.NodeName
-	for _, ip := range ips {
-		a, err := netip.ParseAddr(ip.IP)
-		if err != nil {
-			continue
-		}
-		a = a.Unmap()
+	local := p.Node() == r.NodeName
+	for _, a := range p.Addrs() {
 		inside, family := false, false
 		for _, c := range r.unknown.cidrs {
 			if c.Addr().Is4() == a.Is4() {
@@ -123,7 +114,7 @@ func (r *NodeReconciler) notePod(key types.NamespacedName, p *corev1.Pod) {
 			r.unknown.conflicts[key] = fmt.Sprintf("pod %s of this node has %s, outside them", key, a)
 			return
 		case !local && inside:
-			r.unknown.conflicts[key] = fmt.Sprintf("pod %s of node %s has %s, inside them", key, p.Spec.NodeName, a)
+			r.unknown.conflicts[key] = fmt.Sprintf("pod %s of node %s has %s, inside them", key, p.Node(), a)
 			return
 		}
 	}

@@ -134,6 +134,11 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		"count each group chain's allowed and denied packets in the kernel and serve them per policy as nftpolicy_policy_packets_total")
 	fs.BoolVar(&opts.JSON, "api-json", false,
 		"talk JSON to the apiserver instead of protobuf (larger and slower; for comparison and debugging)")
+	fs.StringVar(&opts.PprofAddr, "pprof-bind-address", "0",
+		"serve Go's /debug/pprof profiles on this host:port (keep it on localhost); \"0\" disables")
+	fs.BoolVar(&opts.APICompression, "api-compression", false,
+		"accept gzip-compressed responses from the apiserver: a quarter of the bytes for a third more of the "+
+			"apiserver's CPU and a slower start (docs/scale.md)")
 	memoryLimit := fs.String("memory-limit", os.Getenv("MEMORY_LIMIT"),
 		"the memory the agent may use, as a quantity (e.g. 128Mi; default $MEMORY_LIMIT, which the DaemonSet "+
 			"sets from its memory limit); the Go runtime's soft memory limit is set to "+

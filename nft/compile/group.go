@@ -224,17 +224,21 @@ func (f *cachedGroup) selects(ix *index, p *podInfo) bool {
 			}
 		}
 	}
-	return f.anyPeer(func(pol *policy, pe *peer) bool {
-		if pe.isBlk {
+	return f.anyPeer(func(pol *policy, pe *peer) bool { return peerSelects(ix, pol, pe, p) })
+}
+
+// peerSelects reports whether selector peer pe of policy pol picks pod p, with
+// the namespaces' labels as they are now (an ipBlock peer picks no pod).
+func peerSelects(ix *index, pol *policy, pe *peer, p *podInfo) bool {
+	if pe.isBlk {
+		return false
+	}
+	if pe.nsSel == nil {
+		if p.ns != pol.ns {
 			return false
 		}
-		if pe.nsSel == nil {
-			if p.ns != pol.ns {
-				return false
-			}
-		} else if !pe.nsSel.Matches(ix.labelsOf(p.ns)) {
-			return false
-		}
-		return pe.podSel.Matches(p.labels)
-	})
+	} else if !pe.nsSel.Matches(ix.labelsOf(p.ns)) {
+		return false
+	}
+	return pe.podSel.Matches(p.labels)
 }
