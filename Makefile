@@ -126,6 +126,11 @@ conformance: build ## As root: cluster up, deploy nftpolicy, run e2e.test Netpol
 conformance-cnp: build ## As root: cluster up, run the upstream ClusterNetworkPolicy suite (network-policy-api conformance; IP_FAMILY=, CNI=, CNP_RUN=), tear down.
 	SUITE=cnp $(CONFORMANCE) run
 
+.PHONY: window
+window: ## As root, with the cluster up (make cluster-up): the first-packet window, --unknown-pod-cidrs off and node (FIRST_PACKET_PODS=50).
+	CONFORMANCE_KUBECONFIG=$${STATE:-/var/lib/nftpolicy-conformance}/admin.kubeconfig \
+	  go test -count=1 -v -timeout 45m -run TestFirstPacketWindow ./test/conformance/
+
 .PHONY: cluster-up
 cluster-up: build ## As root: bring the conformance cluster up with nftpolicy deployed, and keep it.
 	$(CONFORMANCE) up

@@ -17,6 +17,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -61,6 +62,8 @@ type Options struct {
 	TableName string
 	// MetricsAddr and HealthAddr are host:port bind addresses; "0" disables.
 	MetricsAddr, HealthAddr string
+	// PprofAddr serves /debug/pprof; "" or "0" disables.
+	PprofAddr string
 	// FullSyncPeriod is how often the node's table is rewritten whole even
 	// when nothing changed.
 	FullSyncPeriod time.Duration
@@ -84,10 +87,16 @@ type Options struct {
 	CtMarkMask  uint32
 	// UnknownPodCIDRs are this node's pod CIDRs: traffic from an address in them
 	// that no known local pod has is dropped (compile.Options.UnknownLocalPods).
-	UnknownPodCIDRs []netip.Prefix
+	// With UnknownPodCIDRsFromNode they are read from this node's Node object
+	// instead, and follow its changes (unknown.go); UnknownPodCIDRs is then unused.
+	UnknownPodCIDRs         []netip.Prefix
+	UnknownPodCIDRsFromNode bool
 	// JSON makes the agent's requests use JSON rather than protobuf (the
 	// default, as controller-runtime's for built-in kinds); for comparison.
 	JSON bool
+	// APICompression lets the apiserver gzip its responses (client-go's
+	// default); off, the agent asks for them uncompressed.
+	APICompression bool
 	// CNPDiscoveryInterval is how often the agent asks whether ClusterNetworkPolicy
 	// is served while it is not (cnp.go); 0 means 30s.
 	CNPDiscoveryInterval time.Duration
@@ -160,6 +169,10 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	// choice ours and visible.
 	cfg.ContentType = runtime.ContentTypeProtobuf
 	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	// Uncompressed: gzip made one agent's list of 100,000 pods cost the
+	// apiserver ~2.6 s more CPU (on ~5.5 s) and the agent a slower start, for
+	// bytes that cross a data-centre network (docs/scale.md).
+	cfg.DisableCompression = !opts.APICompression
 	if opts.JSON {
 		cfg.ContentType, cfg.AcceptContentTypes = runtime.ContentTypeJSON, runtime.ContentTypeJSON
 	}
@@ -169,7 +182,9 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 		return fmt.Errorf("scheme: %w", err)
 	}
 	link := newAPILink(log.WithName("apiserver"))
+	interner := &podInterner{}
 	mgr, err := manager.New(cfg, manager.Options{
+		PprofBindAddress:       opts.PprofAddr,
 		Scheme:                 scheme,
 		Logger:                 log,
 		LeaderElection:         false,
@@ -182,7 +197,7 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 			ReaderFailOnMissingInformer: true,
 			NewInformer:                 link.newInformer,
 			ByObject: map[client.Object]cache.ByObject{
-				&corev1.Pod{}:                 {Transform: trimPod},
+				&corev1.Pod{}:                 {Transform: interner.trimPod},
 				&corev1.Namespace{}:           {Transform: trimNamespace},
 				&networkingv1.NetworkPolicy{}: {Transform: trimPolicy},
 				&corev1.Node{}:                {Transform: trimNode},
@@ -198,9 +213,19 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 			return fmt.Errorf("informer for %T: %w", obj, err)
 		}
 	}
+	// The pod informer's store holds cachedPods (podcache.go), which the cache's
+	// typed reads cannot return: pods are read from the store itself.
+	inf, err := mgr.GetCache().GetInformer(ctx, &corev1.Pod{})
+	if err != nil {
+		return fmt.Errorf("pod informer: %w", err)
+	}
+	podInformer, ok := inf.(toolscache.SharedIndexInformer)
+	if !ok {
+		return fmt.Errorf("pod informer: a %T, not a SharedIndexInformer", inf)
+	}
 
 	at := &attribution{}
-	if err := setupObserve(ctx, mgr, opts, at, log); err != nil {
+	if err := setupObserve(mgr, podInformer, opts, at, log); err != nil {
 		return fmt.Errorf("deny log and counters setup: %w", err)
 	}
 	if opts.PolicyCounters != nil {
@@ -228,13 +253,13 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	); err != nil {
 		return fmt.Errorf("manager setup: %w", err)
 	}
-	if err := setupNodeSync(ctx, mgr, cfg, opts, ready, at, log); err != nil {
+	if err := setupNodeSync(ctx, mgr, cfg, storePods{podInformer.GetStore()}, opts, ready, at, log); err != nil {
 		return fmt.Errorf("node sync setup: %w", err)
 	}
 
 	log.Info("starting agent", "table", opts.TableName, "netns", opts.NetNS,
 		"metrics", opts.MetricsAddr, "health", opts.HealthAddr, "fullSyncPeriod", opts.FullSyncPeriod,
-		"established", opts.Established.String())
+		"established", opts.Established.String(), "unknownPodCIDRs", unknownFlag(opts))
 	errc := make(chan error, 1)
 	go func() { errc <- mgr.Start(ctx) }()
 	select {
@@ -247,6 +272,14 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	}
 	log.Info("agent stopped")
 	return nil
+}
+
+// unknownFlag is --unknown-pod-cidrs as the agent understood it, for its first log line.
+func unknownFlag(opts Options) string {
+	if opts.UnknownPodCIDRsFromNode {
+		return "node"
+	}
+	return prefixList(opts.UnknownPodCIDRs)
 }
 
 // awaitStop waits for the manager to return after its context is done. A
@@ -273,26 +306,31 @@ func awaitStop(errc <-chan error, ready *readiness, log logr.Logger) error {
 
 // setupNodeSync registers the node reconciler; its first successful sync (always
 // a full one: the applier starts without a last-applied table) marks the agent ready.
-func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, opts Options, ready *readiness, at *attribution, log logr.Logger) error {
+func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, pods podSource, opts Options, ready *readiness, at *attribution, log logr.Logger) error {
 	if opts.Applier == nil {
 		return errors.New("no applier configured")
 	}
+	if !opts.UnknownPodCIDRsFromNode && len(opts.UnknownPodCIDRs) > 0 {
+		unknownPodCIDRs.WithLabelValues("flag").Set(float64(len(opts.UnknownPodCIDRs)))
+	}
 	r := &NodeReconciler{
-		Reader:          mgr.GetCache(),
-		NodeName:        opts.NodeName,
-		Table:           opts.TableName,
-		DenyLog:         opts.DenyLog,
-		PolicyCounters:  opts.PolicyCounters != nil,
-		OnApplied:       at.store,
-		Applier:         opts.Applier,
-		Recorder:        mgr.GetEventRecorder("nftpolicy-agent"),
-		Log:             log.WithName("sync"),
-		FullSyncPeriod:  opts.FullSyncPeriod,
-		MinSyncInterval: opts.MinSyncInterval,
-		Established:     opts.Established,
-		CtMarkMask:      opts.CtMarkMask,
-		UnknownPodCIDRs: opts.UnknownPodCIDRs,
-		OnSynced:        ready.MarkSynced,
+		Reader:                  mgr.GetCache(),
+		Pods:                    pods,
+		NodeName:                opts.NodeName,
+		Table:                   opts.TableName,
+		DenyLog:                 opts.DenyLog,
+		PolicyCounters:          opts.PolicyCounters != nil,
+		OnApplied:               at.store,
+		Applier:                 opts.Applier,
+		Recorder:                mgr.GetEventRecorder("nftpolicy-agent"),
+		Log:                     log.WithName("sync"),
+		FullSyncPeriod:          opts.FullSyncPeriod,
+		MinSyncInterval:         opts.MinSyncInterval,
+		Established:             opts.Established,
+		CtMarkMask:              opts.CtMarkMask,
+		UnknownPodCIDRs:         opts.UnknownPodCIDRs,
+		UnknownPodCIDRsFromNode: opts.UnknownPodCIDRsFromNode,
+		OnSynced:                ready.MarkSynced,
 		// A full sync lists every object and compiles the whole table: the
 		// garbage it leaves (and, at start, the informers' initial lists) would
 		// otherwise stay in the process's RSS until the background scavenger
@@ -315,17 +353,17 @@ func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, o
 
 // setupObserve adds the deny log reader, with the pod address index it names
 // packets' ends with, when the deny log is on.
-func setupObserve(ctx context.Context, mgr manager.Manager, opts Options, at *attribution, log logr.Logger) error {
+func setupObserve(mgr manager.Manager, pods toolscache.SharedIndexInformer, opts Options, at *attribution, log logr.Logger) error {
 	if opts.DenyLog.Rate == 0 {
 		return nil
 	}
 	if opts.OpenDenyLog == nil {
 		return errors.New("deny log on, but no way to open it")
 	}
-	if err := mgr.GetFieldIndexer().IndexField(ctx, &corev1.Pod{}, podIPIndex, indexPodIPs); err != nil {
+	if err := pods.AddIndexers(toolscache.Indexers{podIPIndex: indexRecordIPs}); err != nil {
 		return fmt.Errorf("pod address index: %w", err)
 	}
-	return mgr.Add(&denyLogger{open: opts.OpenDenyLog, pods: mgr.GetCache(), attrib: at,
+	return mgr.Add(&denyLogger{open: opts.OpenDenyLog, pods: podIPReader{pods.GetIndexer()}, attrib: at,
 		log: log.WithName("deny"), retry: 10 * time.Second})
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -91,6 +93,12 @@ func newAPILink(log logr.Logger) *apiLink {
 func (l *apiLink) newInformer(lw toolscache.ListerWatcher, obj runtime.Object, resync time.Duration, indexers toolscache.Indexers) toolscache.SharedIndexInformer {
 	kind := strings.ToLower(strings.TrimPrefix(fmt.Sprintf("%T", obj), "*v1."))
 	apiConnected.WithLabelValues(kind).Set(0)
+	if _, ok := obj.(*corev1.Pod); ok {
+		// The pod cache is read by key and whole (podcache.go), never by
+		// namespace: its namespace index would cost ~30 bytes a pod for nothing.
+		indexers = maps.Clone(indexers)
+		delete(indexers, toolscache.NamespaceIndex)
+	}
 	return toolscache.NewSharedIndexInformer(&linkedLW{l: l, kind: kind, lw: toolscache.ToListerWatcherWithContext(lw)}, obj, resync, indexers)
 }
 

@@ -253,17 +253,20 @@ func trimClusterPolicy(obj any) (any, error) {
 	return obj, nil
 }
 
-// trimNode keeps identity, labels and addresses: what nodes peers read.
+// trimNode keeps identity, labels and addresses, what nodes peers read, and the
+// pod CIDRs, what --unknown-pod-cidrs=node reads (unknown.go).
 func trimNode(obj any) (any, error) {
 	n, ok := obj.(*corev1.Node)
 	if !ok {
 		return obj, nil
 	}
-	return &corev1.Node{ObjectMeta: trimMeta(n.ObjectMeta), Status: corev1.NodeStatus{Addresses: n.Status.Addresses}}, nil
+	return &corev1.Node{ObjectMeta: trimMeta(n.ObjectMeta),
+		Spec:   corev1.NodeSpec{PodCIDR: n.Spec.PodCIDR, PodCIDRs: n.Spec.PodCIDRs},
+		Status: corev1.NodeStatus{Addresses: n.Status.Addresses}}, nil
 }
 
-// nodeChanged passes node creates and deletes, and updates of labels or addresses
-// (not the heartbeats and conditions that make up most node updates).
+// nodeChanged passes node creates and deletes, and updates of labels, addresses or
+// pod CIDRs (not the heartbeats and conditions that make up most node updates).
 func nodeChanged() predicate.Predicate {
 	return predicate.Or(predicate.LabelChangedPredicate{}, createDelete(), predicate.Funcs{
 		CreateFunc:  func(event.CreateEvent) bool { return false },
@@ -272,7 +275,8 @@ func nodeChanged() predicate.Predicate {
 		UpdateFunc: func(e event.UpdateEvent) bool {
 			a, ok1 := e.ObjectOld.(*corev1.Node)
 			b, ok2 := e.ObjectNew.(*corev1.Node)
-			return !ok1 || !ok2 || !slices.Equal(a.Status.Addresses, b.Status.Addresses)
+			return !ok1 || !ok2 || !slices.Equal(a.Status.Addresses, b.Status.Addresses) ||
+				a.Spec.PodCIDR != b.Spec.PodCIDR || !slices.Equal(a.Spec.PodCIDRs, b.Spec.PodCIDRs)
 		},
 	})
 }

@@ -1,17 +1,20 @@
 // Package controllers is nftpolicy's only controller-runtime code: the node
 // agent. RunAgent builds a manager that caches Pods, Namespaces and
-// networking/v1 NetworkPolicies (managedFields stripped, nothing else
-// cached), serves metrics and the /healthz and /readyz probes, and turns
-// every relevant event into one sync of this node's nftables table.
+// networking/v1 NetworkPolicies (trimmed to what the compiler reads, nothing
+// else cached; pods as compact records with interned labels, podcache.go),
+// serves metrics and the /healthz and /readyz probes, and turns every relevant
+// event into one sync of this node's nftables table.
 //
 // Syncs are incremental: the reconciler keeps a compile.Compiler between syncs,
 // each event names the object that changed, and a sync reads only those objects
 // from the cache and recompiles only the groups they can affect; the applier
 // (nft/netlink with ShareDesired) keeps the compiler's ruleset rather than a copy
-// and sends the difference. A full sync (start, failure, --full-sync-period) lists
-// the cache into a new Compiler, replaces the table whole and then returns free
-// memory to the OS. BenchmarkIncrementalSync and BenchmarkFullSync measure both at
-// test/bench/controlplane's scale.
+// and sends the difference. A full sync (start, failure, --full-sync-period) reads
+// the cache into a new Compiler (pods in place, from the informer's store),
+// replaces the table whole and then returns free memory to the OS.
+// BenchmarkIncrementalSync and BenchmarkFullSync measure both, and
+// BenchmarkPodMemory what a cluster pod costs, at test/bench/controlplane's two
+// scales.
 //
 // Seeing verdicts (observe.go): with a deny log rate, the agent reads the NFLOG
 // group its group chains log isolation drops to and logs each packet ("packet

@@ -46,7 +46,10 @@ import (
 // failure, every FullSyncPeriod) lists the cache and builds a new Compiler, so any
 // missed event is repaired there.
 type NodeReconciler struct {
-	Reader         client.Reader // the manager's cache
+	Reader client.Reader // the manager's cache
+	// Pods, when set, reads pods (the agent's pod cache of compact records,
+	// podcache.go); nil reads corev1.Pods through Reader.
+	Pods           podSource
 	NodeName       string
 	Table          string
 	DenyLog        compile.DenyLog // compile options: nft/doc.go, "Deny log"
@@ -71,8 +74,9 @@ type NodeReconciler struct {
 	// (compile.DefaultCtMarkMask when 0). See strict.go.
 	Established compile.Established
 	CtMarkMask  uint32
-	// UnknownPodCIDRs: see Options.
-	UnknownPodCIDRs []netip.Prefix
+	// UnknownPodCIDRs and UnknownPodCIDRsFromNode: see Options and unknown.go.
+	UnknownPodCIDRs         []netip.Prefix
+	UnknownPodCIDRsFromNode bool
 
 	pending   atomic.Int64 // unix nanos of the earliest event not yet served; 0 = none
 	dirtyMu   sync.Mutex
@@ -84,6 +88,7 @@ type NodeReconciler struct {
 	compiler  *compile.Compiler               // what the cache held at the last sync; nil before the first
 	problems  map[types.NamespacedName]string // last reported problems, per policy (a ClusterNetworkPolicy: no namespace)
 	strict    epochState
+	unknown   unknownState
 
 	// ClusterNetworkPolicy (cnp.go): the version watched, if any, and what its
 	// watch needs once the API serves it.
@@ -145,7 +150,7 @@ func (r *NodeReconciler) notePending(t time.Time) {
 func (r *NodeReconciler) noteDirty(obj client.Object) {
 	var kind objectKind
 	switch obj.(type) {
-	case *corev1.Pod:
+	case *cachedPod, *corev1.Pod:
 		kind = kindPod
 	case *corev1.Namespace:
 		kind = kindNamespace
@@ -211,9 +216,9 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	changes := r.takeDirty()
 	var err error
 	if full || r.compiler == nil {
-		r.compiler, err = r.load(ctx)
+		r.compiler, err = r.load(ctx, log)
 	} else {
-		err = r.update(ctx, changes)
+		err = r.update(ctx, changes, log)
 	}
 	if err != nil {
 		r.compiler = nil // partly updated: the next sync rebuilds it from a list
@@ -295,16 +300,21 @@ func (r *NodeReconciler) restorePending(since int64) {
 	}
 }
 
+// pods is where the reconciler reads pods.
+func (r *NodeReconciler) pods() podSource {
+	if r.Pods != nil {
+		return r.Pods
+	}
+	return readerPods{r.Reader}
+}
+
 // load lists the cache and returns a Compiler holding all of it. The lists are
-// not deep copies (the compiler only reads, and keeps only the objects' strings
-// and label maps, never the listed structs).
-func (r *NodeReconciler) load(ctx context.Context) (*compile.Compiler, error) {
-	var pods corev1.PodList
+// not deep copies (the compiler only reads, and keeps only the objects' strings,
+// label maps and slices, never the listed structs); pods are not listed at all
+// but read in place from the pod cache.
+func (r *NodeReconciler) load(ctx context.Context, log logr.Logger) (*compile.Compiler, error) {
 	var nss corev1.NamespaceList
 	var nps networkingv1.NetworkPolicyList
-	if err := r.Reader.List(ctx, &pods, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, err
-	}
 	if err := r.Reader.List(ctx, &nss, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, err
 	}
@@ -319,6 +329,19 @@ func (r *NodeReconciler) load(ctx context.Context) (*compile.Compiler, error) {
 	if err != nil {
 		return nil, err
 	}
+	if r.UnknownPodCIDRsFromNode {
+		var own *corev1.Node
+		for i := range nodes.Items {
+			if nodes.Items[i].Name == r.NodeName {
+				own = &nodes.Items[i]
+			}
+		}
+		r.ownNode(own)
+		if err := r.checkPods(ctx); err != nil {
+			return nil, err
+		}
+		r.settleUnknown(log)
+	}
 	c := compile.NewCompiler(r.NodeName, r.compileOptions())
 	if r.strict.epoch != 0 {
 		c.SetEpoch(r.strict.epoch)
@@ -332,8 +355,8 @@ func (r *NodeReconciler) load(ctx context.Context) (*compile.Compiler, error) {
 	for i := range nss.Items {
 		c.SetNamespace(&nss.Items[i])
 	}
-	for i := range pods.Items {
-		c.SetPod(&pods.Items[i])
+	if err := r.pods().each(ctx, c.SetPodRecord); err != nil {
+		return nil, err
 	}
 	for i := range nps.Items {
 		c.SetPolicy(&nps.Items[i])
@@ -342,14 +365,24 @@ func (r *NodeReconciler) load(ctx context.Context) (*compile.Compiler, error) {
 }
 
 // update reads the changed objects from the cache and records them in the compiler.
-func (r *NodeReconciler) update(ctx context.Context, changes map[objectRef]struct{}) error {
+func (r *NodeReconciler) update(ctx context.Context, changes map[objectRef]struct{}, log logr.Logger) error {
 	c := r.compiler
+	recheck := false // this node's pod CIDRs changed: check every pod against them
 	for ref := range changes {
 		var err error
 		switch ref.kind {
 		case kindPod:
-			err = record(ctx, r.Reader, ref.key, &corev1.Pod{}, c.SetPod,
-				func() { c.DeletePod(ref.key.Namespace, ref.key.Name) })
+			var p *compile.Pod
+			var ok bool
+			if p, ok, err = r.pods().get(ctx, ref.key); err == nil {
+				if ok {
+					c.SetPodRecord(p)
+					r.notePod(ref.key, p)
+				} else {
+					c.DeletePod(ref.key.Namespace, ref.key.Name)
+					r.notePod(ref.key, nil)
+				}
+			}
 		case kindNamespace:
 			err = record(ctx, r.Reader, ref.key, &corev1.Namespace{}, c.SetNamespace,
 				func() { c.DeleteNamespace(ref.key.Name) })
@@ -357,8 +390,13 @@ func (r *NodeReconciler) update(ctx context.Context, changes map[objectRef]struc
 			err = record(ctx, r.Reader, ref.key, &networkingv1.NetworkPolicy{}, c.SetPolicy,
 				func() { c.DeletePolicy(ref.key.Namespace, ref.key.Name) })
 		case kindNode:
-			err = record(ctx, r.Reader, ref.key, &corev1.Node{}, c.SetNode,
-				func() { c.DeleteNode(ref.key.Name) })
+			own := func(n *corev1.Node) {
+				if r.UnknownPodCIDRsFromNode && ref.key.Name == r.NodeName && r.ownNode(n) {
+					recheck = true
+				}
+			}
+			err = record(ctx, r.Reader, ref.key, &corev1.Node{}, func(n *corev1.Node) { c.SetNode(n); own(n) },
+				func() { c.DeleteNode(ref.key.Name); own(nil) })
 		case kindClusterPolicy:
 			obj := r.cnp.object()
 			if obj == nil {
@@ -378,6 +416,17 @@ func (r *NodeReconciler) update(ctx context.Context, changes map[objectRef]struc
 		if err != nil {
 			return fmt.Errorf("%s: %w", ref.key, err)
 		}
+	}
+	if !r.UnknownPodCIDRsFromNode {
+		return nil
+	}
+	if recheck {
+		if err := r.checkPods(ctx); err != nil {
+			return err
+		}
+	}
+	if r.settleUnknown(log) {
+		c.SetUnknownLocalPods(r.unknownCIDRs())
 	}
 	return nil
 }
@@ -405,21 +454,22 @@ func createDelete() predicate.Predicate {
 }
 
 // podChanged passes pod events that can change some node's table: creates and
-// deletes of pods that have (had) IPs, and updates that change IPs, labels, node,
-// hostNetwork, container ports or whether the pod has finished. Status-only updates
-// (conditions, container states) and resyncs are dropped.
+// deletes of pods that have (had) addresses, and updates that change addresses,
+// labels, node, hostNetwork, named container ports or whether the pod has
+// finished. Status-only updates (conditions, container states) and resyncs are
+// dropped.
 func podChanged() predicate.Predicate {
 	hasIPs := func(o client.Object) bool {
-		p, ok := o.(*corev1.Pod)
-		return ok && (p.Status.PodIP != "" || len(p.Status.PodIPs) > 0)
+		p, ok := podOf(o)
+		return ok && len(p.Addrs()) > 0
 	}
 	return predicate.Funcs{
 		CreateFunc:  func(e event.CreateEvent) bool { return hasIPs(e.Object) },
 		DeleteFunc:  func(e event.DeleteEvent) bool { return hasIPs(e.Object) },
 		GenericFunc: func(event.GenericEvent) bool { return false },
 		UpdateFunc: func(e event.UpdateEvent) bool {
-			a, ok1 := e.ObjectOld.(*corev1.Pod)
-			b, ok2 := e.ObjectNew.(*corev1.Pod)
+			a, ok1 := podOf(e.ObjectOld)
+			b, ok2 := podOf(e.ObjectNew)
 			if !ok1 || !ok2 {
 				return true
 			}
@@ -428,19 +478,20 @@ func podChanged() predicate.Predicate {
 	}
 }
 
-func podRelevantChange(a, b *corev1.Pod) bool {
-	if a.Spec.NodeName != b.Spec.NodeName || a.Spec.HostNetwork != b.Spec.HostNetwork ||
-		a.Status.PodIP != b.Status.PodIP || !slices.Equal(a.Status.PodIPs, b.Status.PodIPs) ||
-		compile.PodFinished(a) != compile.PodFinished(b) || !maps.Equal(a.Labels, b.Labels) {
-		return true
+// podOf is what the compiler reads of a pod object: the pod cache's record, or
+// made from a corev1.Pod.
+func podOf(o client.Object) (*compile.Pod, bool) {
+	switch p := o.(type) {
+	case *cachedPod:
+		return &p.Pod, true
+	case *corev1.Pod:
+		pod := compile.PodOf(p)
+		return &pod, true
 	}
-	if len(a.Spec.Containers) != len(b.Spec.Containers) {
-		return true
-	}
-	for i := range a.Spec.Containers {
-		if !slices.Equal(a.Spec.Containers[i].Ports, b.Spec.Containers[i].Ports) {
-			return true
-		}
-	}
-	return false
+	return nil, false
+}
+
+func podRelevantChange(a, b *compile.Pod) bool {
+	return a.Node() != b.Node() || a.HostNetwork() != b.HostNetwork() || a.Finished() != b.Finished() ||
+		!slices.Equal(a.Addrs(), b.Addrs()) || !slices.Equal(a.Ports(), b.Ports()) || !maps.Equal(a.Labels(), b.Labels())
 }

@@ -11,8 +11,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftpolicy/nftpolicy/nft/compile"
 )
@@ -84,10 +84,10 @@ func (r *NodeReconciler) reportProblems(ctx context.Context, log logr.Logger, pr
 			log.Info("policy not fully enforceable", "policy", key.String(), "problems", text)
 			continue
 		}
-		candidates, err := selectedNodes(ctx, r.Reader, &np)
+		candidates, err := selectedNodes(ctx, r.pods(), &np)
 		if err == nil && len(candidates) == 0 {
 			if everyNode == nil {
-				everyNode, err = podNodes(ctx, r.Reader)
+				everyNode, err = podNodes(ctx, r.pods())
 			}
 			candidates = everyNode
 		}
@@ -112,36 +112,29 @@ func (r *NodeReconciler) reportProblems(ctx context.Context, log logr.Logger, pr
 // selectedNodes returns the nodes that host a pod np selects: scheduled, not
 // finished, not hostNetwork. An invalid podSelector selects nothing, as in
 // the compiler.
-func selectedNodes(ctx context.Context, rd client.Reader, np *networkingv1.NetworkPolicy) ([]string, error) {
+func selectedNodes(ctx context.Context, pods podSource, np *networkingv1.NetworkPolicy) ([]string, error) {
 	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
 	if err != nil {
 		return nil, nil
 	}
-	var pods corev1.PodList
-	if err := rd.List(ctx, &pods, client.InNamespace(np.Namespace), client.MatchingLabelsSelector{Selector: sel},
-		client.UnsafeDisableDeepCopy); err != nil {
-		return nil, err
-	}
-	return nodesOf(pods.Items, func(p *corev1.Pod) bool { return !p.Spec.HostNetwork && !compile.PodFinished(p) }), nil
+	return nodesOf(ctx, pods, func(p *compile.Pod) bool {
+		return p.Namespace() == np.Namespace && !p.HostNetwork() && !p.Finished() && sel.Matches(labels.Set(p.Labels()))
+	})
 }
 
 // podNodes returns the nodes that host any pod.
-func podNodes(ctx context.Context, rd client.Reader) ([]string, error) {
-	var pods corev1.PodList
-	if err := rd.List(ctx, &pods, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, err
-	}
-	return nodesOf(pods.Items, func(*corev1.Pod) bool { return true }), nil
+func podNodes(ctx context.Context, pods podSource) ([]string, error) {
+	return nodesOf(ctx, pods, func(*compile.Pod) bool { return true })
 }
 
-func nodesOf(pods []corev1.Pod, keep func(*corev1.Pod) bool) []string {
+func nodesOf(ctx context.Context, pods podSource, keep func(*compile.Pod) bool) ([]string, error) {
 	seen := map[string]bool{}
-	for i := range pods {
-		if p := &pods[i]; p.Spec.NodeName != "" && keep(p) {
-			seen[p.Spec.NodeName] = true
+	err := pods.each(ctx, func(p *compile.Pod) {
+		if p.Node() != "" && keep(p) {
+			seen[p.Node()] = true
 		}
-	}
-	return slices.Collect(maps.Keys(seen))
+	})
+	return slices.Collect(maps.Keys(seen)), err
 }
 
 // rendezvous returns the node of nodes with the highest hash with policy
@@ -181,7 +174,7 @@ func (r *NodeReconciler) reportClusterPolicy(ctx context.Context, log logr.Logge
 	}
 	var err error
 	if everyNode == nil {
-		if everyNode, err = podNodes(ctx, r.Reader); err != nil {
+		if everyNode, err = podNodes(ctx, r.pods()); err != nil {
 			log.Error(err, "choosing the reporter of a ClusterNetworkPolicy's problems; reporting them here", "clusterNetworkPolicy", name)
 		}
 	}

@@ -62,7 +62,7 @@ func (e *epochState) advance(mask uint32) (next uint32, sweep bool) {
 // compileOptions are the reconciler's compile options.
 func (r *NodeReconciler) compileOptions() compile.Options {
 	return compile.Options{Table: r.Table, DenyLog: r.DenyLog, PolicyCounters: r.PolicyCounters,
-		Established: r.Established, CtMarkMask: r.ctMarkMask(), UnknownLocalPods: r.UnknownPodCIDRs}
+		Established: r.Established, CtMarkMask: r.ctMarkMask(), UnknownLocalPods: r.unknownCIDRs()}
 }
 
 func (r *NodeReconciler) ctMarkMask() uint32 {

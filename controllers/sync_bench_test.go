@@ -3,11 +3,12 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftpolicy/nftpolicy/nft"
@@ -15,60 +16,42 @@ import (
 )
 
 // benchCluster is test/bench/benchcluster's cluster (the control-plane
-// benchmark's), as the agent's cache holds it: trimmed.
-func benchCluster() ([]*corev1.Namespace, []*corev1.Pod, []*networkingv1.NetworkPolicy) {
-	nss, pods, nps := benchcluster.Objects()
+// benchmark's), as the agent's cache holds it: trimmed, pods as the pod cache's
+// records (in a store, as the informer's).
+func benchCluster(shape benchcluster.Shape) ([]*corev1.Namespace, toolscache.Store, []*corev1.Pod, []*networkingv1.NetworkPolicy) {
+	nss, pods, nps := shape.Objects()
 	for i, ns := range nss {
 		obj, _ := trimNamespace(ns)
 		nss[i] = obj.(*corev1.Namespace)
 	}
-	for i, p := range pods {
-		obj, _ := trimPod(p)
-		pods[i] = obj.(*corev1.Pod)
+	store := toolscache.NewStore(toolscache.MetaNamespaceKeyFunc)
+	in := &podInterner{}
+	for _, p := range pods {
+		if err := store.Add(in.record(p)); err != nil {
+			panic(err)
+		}
 	}
 	for i, np := range nps {
 		obj, _ := trimPolicy(np)
 		nps[i] = obj.(*networkingv1.NetworkPolicy)
 	}
-	return nss, pods, nps
+	return nss, store, pods, nps
 }
 
-// memReader is a client.Reader over fixed lists, standing in for the informer
-// cache: List and Get copy the objects' structs, as the cache does with
-// UnsafeDisableDeepCopy.
+// memReader is a client.Reader over fixed lists of namespaces and policies,
+// standing in for the informer cache: List copies the objects' structs, as the
+// cache does with UnsafeDisableDeepCopy. (Pods are read from the pod store.)
 type memReader struct {
-	nss  []*corev1.Namespace
-	pods []*corev1.Pod
-	nps  []*networkingv1.NetworkPolicy
-	pod  map[client.ObjectKey]int // index in pods
+	nss []*corev1.Namespace
+	nps []*networkingv1.NetworkPolicy
 }
 
-func (m *memReader) Get(_ context.Context, key client.ObjectKey, obj client.Object, _ ...client.GetOption) error {
-	p, ok := obj.(*corev1.Pod)
-	if !ok {
-		return fmt.Errorf("memReader: Get of %T not supported", obj)
-	}
-	if m.pod == nil {
-		m.pod = map[client.ObjectKey]int{}
-		for i, p := range m.pods {
-			m.pod[client.ObjectKeyFromObject(p)] = i
-		}
-	}
-	i, ok := m.pod[key]
-	if !ok {
-		return apierrors.NewNotFound(corev1.Resource("pods"), key.Name)
-	}
-	*p = *m.pods[i]
-	return nil
+func (m *memReader) Get(_ context.Context, _ client.ObjectKey, obj client.Object, _ ...client.GetOption) error {
+	return fmt.Errorf("memReader: Get of %T not supported", obj)
 }
 
 func (m *memReader) List(_ context.Context, list client.ObjectList, _ ...client.ListOption) error {
 	switch l := list.(type) {
-	case *corev1.PodList:
-		l.Items = make([]corev1.Pod, len(m.pods))
-		for i, p := range m.pods {
-			l.Items[i] = *p
-		}
 	case *corev1.NamespaceList:
 		l.Items = make([]corev1.Namespace, len(m.nss))
 		for i, ns := range m.nss {
@@ -79,6 +62,8 @@ func (m *memReader) List(_ context.Context, list client.ObjectList, _ ...client.
 		for i, np := range m.nps {
 			l.Items[i] = *np
 		}
+	case *corev1.NodeList:
+		l.Items = nil // the benchmark cluster has no Node objects
 	default:
 		return fmt.Errorf("memReader: %T not supported", list)
 	}
@@ -103,51 +88,128 @@ func (a *planApplier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.S
 
 func (a *planApplier) Delete(context.Context) error { a.last = nil; return nil }
 
+// benchShapes are the control-plane benchmark's two cluster sizes.
+var benchShapes = []struct {
+	name  string
+	shape benchcluster.Shape
+}{{"10k", benchcluster.Shape10k}, {"100k", benchcluster.Shape100k}}
+
 // BenchmarkIncrementalSync is one incremental sync of node-0 at the control-plane
-// benchmark's scale (10k pods, 1k policies, 100 namespaces) after one remote pod
-// changed its labels: what each event costs the agent, apart from the kernel.
+// benchmark's scales (10k pods, 1k policies, 100 namespaces; 100k pods, 5k
+// policies, 2,000 namespaces) after one remote pod changed its labels: what each
+// event costs the agent, apart from the kernel. tier: the pod alternates between
+// two tiers, which tier selectors of its namespace's policies read, so their
+// groups are refilled; unread: it gains and loses a label no policy reads.
 func BenchmarkIncrementalSync(b *testing.B) {
-	nss, pods, nps := benchCluster()
-	reader := &memReader{nss: nss, pods: pods, nps: nps}
-	r := &NodeReconciler{Reader: reader, NodeName: "node-0", Table: nft.DefaultTable, Applier: &planApplier{}}
-	ctx := context.Background()
-	if _, err := r.Reconcile(ctx, r.request()); err != nil {
-		b.Fatal(err)
-	}
-	// Alternate one remote pod (node-1) between two tiers: tier selectors of
-	// policies of its namespace pick it, so their groups are refilled.
-	i := 1
-	orig := pods[i]
-	changed := orig.DeepCopy()
-	changed.Labels = map[string]string{"app": orig.Labels["app"], "tier": "tier-x"}
-	b.ReportAllocs()
-	n := 0
-	for b.Loop() {
-		if n%2 == 0 {
-			reader.pods[i] = changed
-		} else {
-			reader.pods[i] = orig
-		}
-		r.noteDirty(reader.pods[i])
-		n++
-		if _, err := r.Reconcile(ctx, r.request()); err != nil {
-			b.Fatal(err)
+	for _, sh := range benchShapes {
+		nss, store, pods, nps := benchCluster(sh.shape)
+		for _, kind := range []string{"tier", "unread"} {
+			b.Run(sh.name+"/"+kind, func(b *testing.B) {
+				reader := &memReader{nss: nss, nps: nps}
+				r := &NodeReconciler{Reader: reader, Pods: storePods{store}, NodeName: "node-0", Table: nft.DefaultTable, Applier: &planApplier{}}
+				ctx := context.Background()
+				if _, err := r.Reconcile(ctx, r.request()); err != nil {
+					b.Fatal(err)
+				}
+				in := &podInterner{}
+				orig := pods[1] // on node-1
+				changed := orig.DeepCopy()
+				if kind == "tier" {
+					changed.Labels = map[string]string{"app": orig.Labels["app"], "tier": "tier-x"}
+				} else {
+					changed.Labels["churn"] = "c1"
+				}
+				recs := []*cachedPod{in.record(changed), in.record(orig)}
+				b.ReportAllocs()
+				n := 0
+				for b.Loop() {
+					rec := recs[n%2]
+					if err := store.Update(rec); err != nil {
+						b.Fatal(err)
+					}
+					r.noteDirty(rec)
+					n++
+					if _, err := r.Reconcile(ctx, r.request()); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err := store.Update(recs[1]); err != nil {
+					b.Fatal(err)
+				}
+			})
 		}
 	}
 }
 
-// BenchmarkFullSync is one full sync of node-0 at the same scale: list the cache,
-// build the compiler, compile the whole table, plan it against the last one.
+// BenchmarkFullSync is one full sync of node-0 at the same scales: read the
+// cache, build the compiler, compile the whole table, plan it against the last one.
 func BenchmarkFullSync(b *testing.B) {
-	nss, pods, nps := benchCluster()
-	reader := &memReader{nss: nss, pods: pods, nps: nps}
-	r := &NodeReconciler{Reader: reader, NodeName: "node-0", Table: nft.DefaultTable, Applier: &planApplier{}}
-	ctx := context.Background()
-	b.ReportAllocs()
-	for b.Loop() {
-		r.needFull = true
-		if _, err := r.Reconcile(ctx, r.request()); err != nil {
-			b.Fatal(err)
-		}
+	for _, sh := range benchShapes {
+		b.Run(sh.name, func(b *testing.B) {
+			nss, store, _, nps := benchCluster(sh.shape)
+			reader := &memReader{nss: nss, nps: nps}
+			r := &NodeReconciler{Reader: reader, Pods: storePods{store}, NodeName: "node-0", Table: nft.DefaultTable, Applier: &planApplier{}}
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				r.needFull = true
+				if _, err := r.Reconcile(ctx, r.request()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
+}
+
+// BenchmarkPodMemory reports what the agent keeps per cluster pod at the two
+// benchmark shapes, load-independent: the heap in use after a GC with the pod
+// store (as the informer's, without its event buffers) and a Compiler that has
+// compiled node-0's table, less the heap before; policies and namespaces are
+// in both readings. bytes/pod divides by the pods; it includes the node's
+// ruleset, which grows with the cluster too.
+func BenchmarkPodMemory(b *testing.B) {
+	for _, sh := range benchShapes {
+		b.Run(sh.name, func(b *testing.B) {
+			for b.Loop() {
+				nss, _, nps := sh.shape.Objects()
+				for i, ns := range nss {
+					obj, _ := trimNamespace(ns)
+					nss[i] = obj.(*corev1.Namespace)
+				}
+				for i, np := range nps {
+					obj, _ := trimPolicy(np)
+					nps[i] = obj.(*networkingv1.NetworkPolicy)
+				}
+				before := heapInUse()
+				_, raw, _ := sh.shape.Objects()
+				store := toolscache.NewStore(toolscache.MetaNamespaceKeyFunc)
+				in := &podInterner{}
+				for i, p := range raw {
+					if err := store.Add(in.record(p)); err != nil {
+						b.Fatal(err)
+					}
+					raw[i] = nil // as the informer drops the decoded object
+				}
+				r := &NodeReconciler{Reader: &memReader{nss: nss, nps: nps}, Pods: storePods{store}, NodeName: "node-0",
+					Table: nft.DefaultTable, Applier: &planApplier{}}
+				if _, err := r.Reconcile(context.Background(), r.request()); err != nil {
+					b.Fatal(err)
+				}
+				after := heapInUse()
+				b.ReportMetric(float64(after-before)/float64(sh.shape.Pods()), "bytes/pod")
+				runtime.KeepAlive(r)
+				runtime.KeepAlive(store)
+				runtime.KeepAlive(nss)
+				runtime.KeepAlive(nps)
+			}
+		})
+	}
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
 }

@@ -6,47 +6,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// Cache transforms. Every node must know every pod of the cluster (peers are selected
-// cluster-wide), so the agent's memory is dominated by the pod cache: it keeps only
-// what the compiler reads — identity, labels, node, hostNetwork, container ports,
-// phase and IPs — and drops the rest (managedFields, annotations, images, env, volumes,
-// conditions, container statuses...) before the object enters the cache.
-
-// trimPod keeps only the fields the compiler reads. podRelevantChange compares
-// trimmed pods, so a change to an unnamed port is (rightly) no event.
-func trimPod(obj any) (any, error) {
-	p, ok := obj.(*corev1.Pod)
-	if !ok {
-		return obj, nil
-	}
-	out := &corev1.Pod{
-		ObjectMeta: trimMeta(p.ObjectMeta),
-		Spec: corev1.PodSpec{
-			NodeName:    p.Spec.NodeName,
-			HostNetwork: p.Spec.HostNetwork,
-		},
-		Status: corev1.PodStatus{
-			Phase:  p.Status.Phase,
-			PodIP:  p.Status.PodIP,
-			PodIPs: p.Status.PodIPs,
-		},
-	}
-	// The compiler reads container ports only to resolve port names, over all the
-	// pod's containers: keep the named ones, in one container (a Container is 408
-	// bytes), and none at all for the many pods without named ports.
-	var ports []corev1.ContainerPort
-	for _, c := range p.Spec.Containers {
-		for _, cp := range c.Ports {
-			if cp.Name != "" {
-				ports = append(ports, corev1.ContainerPort{Name: cp.Name, ContainerPort: cp.ContainerPort, Protocol: cp.Protocol})
-			}
-		}
-	}
-	if len(ports) > 0 {
-		out.Spec.Containers = []corev1.Container{{Ports: ports}}
-	}
-	return out, nil
-}
+// Cache transforms: each kind's cache keeps only what the compiler reads, and drops
+// the rest (managedFields, annotations, status...) before the object enters the
+// cache. Pods, which are most of the agent's memory, become compact records of
+// their own (podcache.go).
 
 // trimNamespace keeps identity and labels.
 func trimNamespace(obj any) (any, error) {

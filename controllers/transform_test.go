@@ -1,6 +1,9 @@
 package controllers
 
 import (
+	"maps"
+	"runtime"
+	"strconv"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -13,9 +16,9 @@ import (
 	"github.com/nftpolicy/nftpolicy/nft/compile"
 )
 
-// TestTrimPodKeepsWhatCompileReads: a trimmed pod compiles exactly like the full
-// one, and keeps one container with the named ports only (none without any).
-func TestTrimPodKeepsWhatCompileReads(t *testing.T) {
+// TestPodRecordKeepsWhatCompileReads: the pod cache's records compile exactly like
+// the full pods, and keep the named ports only (none without any).
+func TestPodRecordKeepsWhatCompileReads(t *testing.T) {
 	pod := func(name, ip string, containers ...corev1.Container) *corev1.Pod {
 		return &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: name, Labels: map[string]string{"app": "web"},
@@ -32,19 +35,20 @@ func TestTrimPodKeepsWhatCompileReads(t *testing.T) {
 		pod("remote", "10.0.1.1", corev1.Container{Name: "app", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}}),
 	}
 	full[2].Spec.NodeName = "n2"
-	var trimmed []*corev1.Pod
+	in := &podInterner{}
+	var recs []*cachedPod
 	for _, p := range full {
-		obj, err := trimPod(p)
+		obj, err := in.trimPod(p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		trimmed = append(trimmed, obj.(*corev1.Pod))
+		recs = append(recs, obj.(*cachedPod))
 	}
-	if c := trimmed[0].Spec.Containers; len(c) != 1 || len(c[0].Ports) != 2 || c[0].Ports[0].Name != "http" || c[0].Ports[1].Name != "dns" {
-		t.Errorf("two containers: trimmed to %+v", c)
+	if p := recs[0].Ports(); len(p) != 2 || p[0].Name != "http" || p[1].Name != "dns" {
+		t.Errorf("two containers: ports %+v", p)
 	}
-	if c := trimmed[1].Spec.Containers; len(c) != 0 {
-		t.Errorf("unnamed ports only: trimmed to %+v", c)
+	if p := recs[1].Ports(); len(p) != 0 {
+		t.Errorf("unnamed ports only: ports %+v", p)
 	}
 	tcp, udp := corev1.ProtocolTCP, corev1.ProtocolUDP
 	np := &networkingv1.NetworkPolicy{
@@ -57,11 +61,50 @@ func TestTrimPodKeepsWhatCompileReads(t *testing.T) {
 				{Protocol: &tcp, Port: ptr.To(intstr.FromString("http"))}}}},
 		},
 	}
-	compileText := func(pods []*corev1.Pod) string {
-		rs, _ := compile.Compile(compile.Snapshot{NodeName: "n1", Pods: pods, Policies: []*networkingv1.NetworkPolicy{np}}, compile.Options{})
-		return nft.Render(rs)
+	want, _ := compile.Compile(compile.Snapshot{NodeName: "n1", Pods: full, Policies: []*networkingv1.NetworkPolicy{np}}, compile.Options{})
+	c := compile.NewCompiler("n1", compile.Options{})
+	for _, r := range recs {
+		c.SetPodRecord(&r.Pod)
 	}
-	if got, want := compileText(trimmed), compileText(full); got != want {
-		t.Errorf("trimmed pods compile differently:\n%s\nfull pods:\n%s", got, want)
+	c.SetPolicy(np)
+	got, _ := c.Compile()
+	if g, w := nft.Render(got), nft.Render(want); g != w {
+		t.Errorf("records compile differently:\n%s\nfull pods:\n%s", g, w)
 	}
+}
+
+// TestPodInternerShares: pods with equal labels (in any order of insertion) and
+// equal named ports share one map and one port list; an entry no pod uses any
+// more is dropped.
+func TestPodInternerShares(t *testing.T) {
+	in := &podInterner{}
+	mk := func(name string, l map[string]string) *cachedPod {
+		return in.record(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: name, Labels: l},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 80}}}}}})
+	}
+	a := mk("a", map[string]string{"app": "web", "tier": "1"})
+	b := mk("b", map[string]string{"tier": "1", "app": "web"})
+	c := mk("c", map[string]string{"app": "web", "tier": "2"})
+	if a.labels != b.labels || !maps.Equal(a.Labels(), b.Labels()) {
+		t.Error("equal labels not shared")
+	}
+	if a.labels == c.labels || c.Labels()["tier"] != "2" {
+		t.Error("different labels shared")
+	}
+	if a.ports != c.ports || len(a.Ports()) != 1 || a.Ports()[0] != (compile.NamedPort{Name: "http", Proto: 6, Port: 80}) {
+		t.Errorf("ports not shared: %+v %+v", a.Ports(), c.Ports())
+	}
+	// Churn through label values no pod keeps: the table stays bounded.
+	for i := range 10000 {
+		mk("x", map[string]string{"pod-template-hash": strconv.Itoa(i)})
+		if i%1000 == 0 {
+			runtime.GC()
+		}
+	}
+	runtime.GC()
+	mk("y", map[string]string{"pod-template-hash": "last"})
+	if n := len(in.labels.m); n > 4096 {
+		t.Errorf("label table holds %d entries after churn", n)
+	}
+	runtime.KeepAlive([]*cachedPod{a, b, c})
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -216,6 +217,16 @@ func explainRun(o explainOptions, stdin io.Reader, stdout io.Writer) error {
 			return fmt.Errorf("--live: reading table inet %s: %w", o.table, err)
 		}
 		opts.Compile, opts.Epoch = explain.CompileOptionsOf(first)
+		if first != nil && (first.FindSet(nft.SetLocalPodsV4) != nil || first.FindSet(nft.SetLocalPodsV6) != nil) {
+			// The agent drops unknown local addresses (--unknown-pod-cidrs); the
+			// DaemonSet's takes the CIDRs from the Node, so the compile does too.
+			var why string
+			opts.Compile.UnknownLocalPods, why = unknownCIDRsOf(c, o.nodeName)
+			if len(opts.Compile.UnknownLocalPods) == 0 {
+				c.Notes = append(c.Notes, fmt.Sprintf("node %s's table drops unknown local pod addresses, but %s: "+
+					"its drops are not in the fresh compile", o.nodeName, why))
+			}
+		}
 		rs, err := a.Read(ctx, compileHint(c, o, opts.Compile, opts.Epoch))
 		if err != nil {
 			return fmt.Errorf("--live: reading table inet %s: %w", o.table, err)
@@ -458,6 +469,17 @@ func replace[T any](list []T, o T, same func(T) bool) []T {
 		return list
 	}
 	return append(list, o)
+}
+
+// unknownCIDRsOf returns the pod CIDRs of node in c, as the agent's
+// --unknown-pod-cidrs=node reads them, or why there are none.
+func unknownCIDRsOf(c explain.Cluster, node string) ([]netip.Prefix, string) {
+	for _, n := range c.Nodes {
+		if n.Name == node {
+			return controllers.NodePodCIDRs(n)
+		}
+	}
+	return nil, "there is no Node " + node
 }
 
 // compileHint is the fresh compile of the node --live reads: Read describes the

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -38,9 +39,11 @@ func TestExplainLive(t *testing.T) {
 	var c explain.Cluster
 	overlay(&c, objs)
 	// The table as the DaemonSet's agent writes it: deny log and policy counters
-	// on, recheck mode, some epoch after a few changes.
+	// on, recheck mode, some epoch after a few changes, unknown local addresses
+	// dropped by the Node's pod CIDRs.
 	rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-2", Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies},
-		compile.Options{DenyLog: compile.DenyLog{Group: 7600, Rate: 10, Burst: 20}, PolicyCounters: true, Established: compile.EstablishedRecheck})
+		compile.Options{DenyLog: compile.DenyLog{Group: 7600, Rate: 10, Burst: 20}, PolicyCounters: true, Established: compile.EstablishedRecheck,
+			UnknownLocalPods: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24"), netip.MustParsePrefix("fd00:10:244:2::/64")}})
 	compile.StampEpoch(rs, compile.DefaultCtMarkMask, 3)
 	a, err := netlink.New(netlink.Options{Table: rs.Table, NetNSPath: ns.Path()})
 	if err != nil {
@@ -74,6 +77,13 @@ func TestExplainLive(t *testing.T) {
 	}
 	if live := m["live"].(map[string]any); len(live["differences"].([]any)) != 0 {
 		t.Errorf("differences on an untouched table: %v", live)
+	}
+
+	// Back to a pod of node-1: node-1's table is compiled, and the unknown-address
+	// drops of node-2's CIDRs are node-2's alone (node-1 would drop node-2's pods).
+	if text, _ := ask("--from", "shop/db", "--to", "shop/web", "--port", "8080"); !strings.HasPrefix(text, "ALLOW") ||
+		strings.Contains(text, "does not know yet") {
+		t.Errorf("shop/db -> shop/web, across nodes:\n%s", text)
 	}
 
 	// Tamper: shop/db leaves the ingress map: its isolation is gone.

@@ -134,6 +134,11 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		"count each group chain's allowed and denied packets in the kernel and serve them per policy as nftpolicy_policy_packets_total")
 	fs.BoolVar(&opts.JSON, "api-json", false,
 		"talk JSON to the apiserver instead of protobuf (larger and slower; for comparison and debugging)")
+	fs.StringVar(&opts.PprofAddr, "pprof-bind-address", "0",
+		"serve Go's /debug/pprof profiles on this host:port (keep it on localhost); \"0\" disables")
+	fs.BoolVar(&opts.APICompression, "api-compression", false,
+		"accept gzip-compressed responses from the apiserver: a quarter of the bytes for a third more of the "+
+			"apiserver's CPU and a slower start (docs/scale.md)")
 	memoryLimit := fs.String("memory-limit", os.Getenv("MEMORY_LIMIT"),
 		"the memory the agent may use, as a quantity (e.g. 128Mi; default $MEMORY_LIMIT, which the DaemonSet "+
 			"sets from its memory limit); the Go runtime's soft memory limit is set to "+
@@ -146,9 +151,10 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		"the connection mark bits --established=recheck owns for its epochs (contiguous, at least 2 bits; "+
 			"other bits are never changed): pick bits no other component on the node uses")
 	unknownCIDRs := fs.String("unknown-pod-cidrs", "",
-		"this node's pod CIDRs, comma-separated: traffic from an address in them that no pod the agent knows has "+
-			"is dropped until the agent learns the pod (unknown means isolated: a new pod waits for the agent "+
-			"before its first packet leaves the node); empty: off")
+		"this node's pod CIDRs, comma-separated, or node to read them from this node's Node object "+
+			"(spec.podCIDRs; none there: off, with an error logged and a Warning Event on the Node): traffic "+
+			"from an address in them that no pod the agent knows has is dropped until the agent learns the pod "+
+			"(unknown means isolated: a new pod waits for the agent before its first packet leaves the node); empty: off")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 
@@ -162,7 +168,11 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	}
 	opts.CtMarkMask, maskErr = parseCtMarkMask(*ctMarkMask)
 	var cidrErr error
-	opts.UnknownPodCIDRs, cidrErr = parseCIDRs(*unknownCIDRs)
+	if strings.TrimSpace(*unknownCIDRs) == unknownFromNode {
+		opts.UnknownPodCIDRsFromNode = true
+	} else {
+		opts.UnknownPodCIDRs, cidrErr = parseCIDRs(*unknownCIDRs)
+	}
 	if opts.Kubeconfig == "" {
 		opts.Kubeconfig = os.Getenv("KUBECONFIG")
 	}
@@ -238,7 +248,11 @@ func parseCtMarkMask(v string) (uint32, error) {
 	return uint32(n), nil
 }
 
-// parseCIDRs reads --unknown-pod-cidrs: comma-separated prefixes, host bits zero.
+// unknownFromNode is the --unknown-pod-cidrs value that reads them from the Node.
+const unknownFromNode = "node"
+
+// parseCIDRs reads --unknown-pod-cidrs: comma-separated prefixes, host bits zero
+// ("node" alone is handled by the caller).
 func parseCIDRs(v string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, f := range strings.Split(v, ",") {
@@ -247,7 +261,7 @@ func parseCIDRs(v string) ([]netip.Prefix, error) {
 		}
 		p, err := netip.ParsePrefix(f)
 		if err != nil || p != p.Masked() {
-			return nil, fmt.Errorf("--unknown-pod-cidrs: %q is not a CIDR (network address/bits)", f)
+			return nil, fmt.Errorf("--unknown-pod-cidrs: %q is not a CIDR (network address/bits); want CIDRs or node alone", f)
 		}
 		out = append(out, p)
 	}

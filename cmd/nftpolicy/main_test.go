@@ -104,6 +104,11 @@ func TestContract(t *testing.T) {
 			wantCode: 2, wantOut: []string{"--ct-mark-mask", `"lots"`}},
 		{name: "bad unknown pod cidr", args: []string{"agent", "--node-name", "n", "--kubeconfig", good, "--unknown-pod-cidrs", "10.244.1.0/24,10.244.1.1/24"},
 			wantCode: 2, wantOut: []string{"--unknown-pod-cidrs", `"10.244.1.1/24"`}},
+		{name: "node mixed with CIDRs", args: []string{"agent", "--node-name", "n", "--kubeconfig", good, "--unknown-pod-cidrs", "node,10.244.1.0/24"},
+			wantCode: 2, wantOut: []string{"--unknown-pod-cidrs", `"node"`, "node alone"}},
+		// node alone passes, so the next check (the kubeconfig) is what fails.
+		{name: "unknown pod cidrs from the node", args: []string{"agent", "--node-name", "n", "--kubeconfig", "/nonexistent/k", "--unknown-pod-cidrs", "node"},
+			wantCode: 2, wantOut: []string{"/nonexistent/k"}},
 		{name: "bad table name", args: []string{"agent", "--node-name", "n", "--kubeconfig", good, "--table-name", "a b"},
 			wantCode: 2, wantOut: []string{"--table-name"}},
 		{name: "missing kubeconfig", args: []string{"agent", "--node-name", "n", "--kubeconfig", "/nonexistent/kubeconfig"},

@@ -79,7 +79,14 @@ func NewCompiler(node string, opts Options) *Compiler {
 
 // SetPod records pod p, added or changed.
 func (c *Compiler) SetPod(p *corev1.Pod) {
-	c.setPod(objKey{p.Namespace, p.Name}, p)
+	pod := PodOf(p)
+	c.setPod(objKey{p.Namespace, p.Name}, &pod)
+}
+
+// SetPodRecord records the pod p describes, added or changed. The Compiler keeps
+// p itself: see Pod.
+func (c *Compiler) SetPodRecord(p *Pod) {
+	c.setPod(objKey{p.ns, p.name}, p)
 }
 
 // DeletePod records that the pod namespace/name is gone.
@@ -87,13 +94,29 @@ func (c *Compiler) DeletePod(namespace, name string) {
 	c.setPod(objKey{namespace, name}, nil)
 }
 
-func (c *Compiler) setPod(key objKey, p *corev1.Pod) {
+func (c *Compiler) setPod(key objKey, p *Pod) {
 	old, cur := c.ix.setPod(key, p)
 	if samePod(old, cur) {
 		return
 	}
-	c.drop(func(f *cachedGroup) bool { return f.selects(c.ix, old) || f.selects(c.ix, cur) })
+	if old != nil && cur != nil && sameButLabels(old, cur) {
+		// A group's sets hold the pod's addresses (and ports) for the peers that
+		// select it: with those unchanged, only a peer whose verdict on the pod
+		// changed changes them. A label no peer reads drops nothing.
+		c.drop(func(f *cachedGroup) bool {
+			return f.anyPeer(func(pol *policy, pe *peer) bool {
+				return peerSelects(c.ix, pol, pe, old) != peerSelects(c.ix, pol, pe, cur)
+			})
+		})
+	} else {
+		c.drop(func(f *cachedGroup) bool { return f.selects(c.ix, old) || f.selects(c.ix, cur) })
+	}
 	c.podChangedTiers(old, cur)
+}
+
+// sameButLabels reports whether two versions of a pod differ at most in labels.
+func sameButLabels(a, b *podInfo) bool {
+	return a.local == b.local && slices.Equal(a.addrs, b.addrs) && slices.Equal(a.ports, b.ports)
 }
 
 // samePod reports whether two versions of a pod are alike to the compiler.
@@ -101,8 +124,7 @@ func samePod(a, b *podInfo) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	return a.local == b.local && slices.Equal(a.addrs, b.addrs) && slices.Equal(a.ports, b.ports) &&
-		maps.Equal(a.labels, b.labels)
+	return sameButLabels(a, b) && maps.Equal(a.labels, b.labels)
 }
 
 // SetNamespace records namespace ns, added or changed.

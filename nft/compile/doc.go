@@ -72,8 +72,8 @@
 // Local targets isolated for a direction are grouped by the sorted list of policies
 // that select them for that direction and, for ingress, by what the named ports those
 // policies use resolve to on the pod (so that every pod of a group is allowed the same
-// thing). Each group has one chain and four sets (any-v4, ports-v4, any-v6, ports-v6)
-// named by nft.ObjectName from a stable key (direction, policies, named port
+// thing). Each group has one chain and six sets (any-v4, ports-v4, ranges-v4, any-v6,
+// ports-v6, ranges-v6) named by nft.ObjectName from a stable key (direction, policies, named port
 // resolution); the verdict maps send each member's addresses to it. Rules are static:
 // when pods come and go, or a policy's peers change, only set and map elements change;
 // chains appear and disappear only when the grouping of policies does.
@@ -96,6 +96,15 @@
 // segment and so are disjoint. Elements of a ports set whose address is wholly within
 // the any set (one range of it, or one of its pod addresses) are left out: the any rule
 // already lets them through on every port.
+//
+// Each family's port elements are then split between two sets that allow the same
+// thing and are looked up one after the other (splitPortElems): ports, a hash of
+// exact address . protocol . port, gets every element of one address and at most 16
+// ports, spelled out port by port; ranges, an interval set, gets the rest (ipBlock
+// ranges with ports, wider port ranges, a whole protocol). An interval set of
+// concatenated fields is the kernel's pipapo, whose lookup cost grows with its
+// elements; a hash lookup's does not (nft/doc.go, "What a packet costs"). Both rules
+// are always there, so which set an element lands in never changes a rule.
 //
 // # Cost
 //

@@ -17,7 +17,7 @@ type group struct {
 	rep      *podInfo // one member, on which ingress named ports are resolved
 	label    string
 	chain    string
-	setNames [4]string // any-v4, ports-v4, any-v6, ports-v6
+	setNames [6]string // any-v4, ports-v4, ranges-v4, any-v6, ports-v6, ranges-v6
 	counters [2]string // allow, deny (observe.go)
 	sets     []nft.Set
 	chainV   nft.Chain
@@ -31,7 +31,7 @@ type cachedGroup struct {
 	ingress  bool
 	policies []*policy
 	chain    string
-	setNames [4]string
+	setNames [6]string
 	sets     []nft.Set
 	chainV   nft.Chain
 	replyV   nft.Chain
@@ -94,7 +94,7 @@ func (g *group) name(taken map[string]bool) {
 		key = g.key + "\ncollision " + strconv.Itoa(i)
 	}
 	taken[g.chain] = true
-	for i, suffix := range []string{"any-v4", "ports-v4", "any-v6", "ports-v6"} {
+	for i, suffix := range []string{"any-v4", "ports-v4", "ranges-v4", "any-v6", "ports-v6", "ranges-v6"} {
 		g.setNames[i] = nft.ObjectName(prefix, key, g.label, suffix)
 	}
 	g.counters = [2]string{nft.ObjectName(prefix, key, g.label, VerdictAllow), nft.ObjectName(prefix, key, g.label, VerdictDeny)}
@@ -137,15 +137,17 @@ func (g *group) chainValue(opts Options, s *strictMode) nft.Chain {
 	return nft.Chain{Name: g.chain, Rules: rules}
 }
 
-// allowRules are the four lookups of the group's sets, with the peer address in
-// v4 or v6 and the port in port, each with the statements counted and verdict allow.
+// allowRules are the six lookups of the group's sets (per family: any, ports,
+// ranges; see fill), with the peer address in v4 or v6 and the port in port, each
+// with the statements counted and verdict allow.
 func (g *group) allowRules(v4, v6, port nft.Key, allow nft.Verdict, counted []nft.Statement, comment string) []nft.Rule {
-	return []nft.Rule{
-		{Matches: []nft.Match{nft.InSet(g.setNames[0], v4)}, Statements: counted, Counter: true, Verdict: allow, Comment: comment},
-		{Matches: []nft.Match{nft.InSet(g.setNames[1], v4, nft.KeyL4Proto, port)}, Statements: counted, Counter: true, Verdict: allow, Comment: comment},
-		{Matches: []nft.Match{nft.InSet(g.setNames[2], v6)}, Statements: counted, Counter: true, Verdict: allow, Comment: comment},
-		{Matches: []nft.Match{nft.InSet(g.setNames[3], v6, nft.KeyL4Proto, port)}, Statements: counted, Counter: true, Verdict: allow, Comment: comment},
+	var rules []nft.Rule
+	for fi, addr := range []nft.Key{v4, v6} {
+		for si, keys := range [][]nft.Key{{addr}, {addr, nft.KeyL4Proto, port}, {addr, nft.KeyL4Proto, port}} {
+			rules = append(rules, nft.Rule{Matches: []nft.Match{nft.InSet(g.setNames[3*fi+si], keys...)}, Statements: counted, Counter: true, Verdict: allow, Comment: comment})
+		}
 	}
+	return rules
 }
 
 // replyName is the name of the group's reply chain (strict mode).
@@ -222,17 +224,21 @@ func (f *cachedGroup) selects(ix *index, p *podInfo) bool {
 			}
 		}
 	}
-	return f.anyPeer(func(pol *policy, pe *peer) bool {
-		if pe.isBlk {
+	return f.anyPeer(func(pol *policy, pe *peer) bool { return peerSelects(ix, pol, pe, p) })
+}
+
+// peerSelects reports whether selector peer pe of policy pol picks pod p, with
+// the namespaces' labels as they are now (an ipBlock peer picks no pod).
+func peerSelects(ix *index, pol *policy, pe *peer, p *podInfo) bool {
+	if pe.isBlk {
+		return false
+	}
+	if pe.nsSel == nil {
+		if p.ns != pol.ns {
 			return false
 		}
-		if pe.nsSel == nil {
-			if p.ns != pol.ns {
-				return false
-			}
-		} else if !pe.nsSel.Matches(ix.labelsOf(p.ns)) {
-			return false
-		}
-		return pe.podSel.Matches(p.labels)
-	})
+	} else if !pe.nsSel.Matches(ix.labelsOf(p.ns)) {
+		return false
+	}
+	return pe.podSel.Matches(p.labels)
 }

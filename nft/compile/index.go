@@ -17,23 +17,15 @@ import (
 const nsNameLabel = "kubernetes.io/metadata.name"
 
 // podInfo is what the compiler keeps of a pod that can take part in policy: it has
-// addresses, is not hostNetwork and has not finished. It keeps no reference to the
-// Pod object (only to its strings and label map, which the object does not change).
+// addresses, is not hostNetwork and has not finished. Its ns, name, labels, addrs
+// and ports are the Pod's it was given (a pointer: at 100,000 pods, a copy of
+// those five would be 8 MB).
 type podInfo struct {
-	ns, name string
-	ref      string // "namespace/name", of local pods only
-	labels   labels.Set
-	addrs    []netip.Addr // unmapped, sorted, unique
-	local    bool         // runs on the compiled node: a target
-	ports    []namedPort  // named container ports with a valid number and protocol
+	*Pod
+	ref   string // "namespace/name", of local pods only
+	local bool   // runs on the compiled node: a target
 
 	ingress, egress *group // the target's groups, when isolated (set by each build)
-}
-
-type namedPort struct {
-	name  string
-	proto uint8
-	port  uint16
 }
 
 // podAddr is one address of one pod, for lookups by address.
@@ -134,13 +126,13 @@ func newIndex(node string) *index {
 
 // setPod records p (nil or ineligible: no such pod) under key and returns the pod
 // info it replaced and the new one (either may be nil).
-func (ix *index) setPod(key objKey, p *corev1.Pod) (old, cur *podInfo) {
+func (ix *index) setPod(key objKey, p *Pod) (old, cur *podInfo) {
 	old = ix.pods[key]
 	var pi *podInfo
-	if p != nil {
-		pi = &podInfo{}
-		if !fillPodInfo(pi, p, ix.node) {
-			pi = nil
+	if p != nil && p.Eligible() {
+		pi = &podInfo{Pod: p, local: p.node == ix.node}
+		if pi.local {
+			pi.ref = key.ns + "/" + key.name
 		}
 	}
 	if old == nil && pi == nil {
@@ -150,10 +142,6 @@ func (ix *index) setPod(key objKey, p *corev1.Pod) (old, cur *podInfo) {
 		ix.removePod(old)
 	}
 	if pi != nil {
-		pi.ns, pi.name = key.ns, key.name
-		if pi.local {
-			pi.ref = key.ns + "/" + key.name
-		}
 		ix.insertPod(pi)
 	}
 	ix.byAddr = nil
@@ -310,65 +298,13 @@ func (ix *index) addrIndex() {
 	slices.SortStableFunc(ix.byAddr, func(a, b podAddr) int { return a.addr.Compare(b.addr) })
 }
 
-// PodFinished reports whether p has terminated (Succeeded or Failed): such a pod
-// takes no part in policy, and its address may already belong to another pod.
-func PodFinished(p *corev1.Pod) bool {
-	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
-}
-
-// fillPodInfo fills pi from p and reports whether p takes part in policy: it is not
-// hostNetwork, not finished (Succeeded or Failed) and has a valid address.
-func fillPodInfo(pi *podInfo, p *corev1.Pod, node string) bool {
-	if p == nil || p.Spec.HostNetwork || PodFinished(p) {
-		return false
-	}
-	addrs := make([]netip.Addr, 0, max(1, len(p.Status.PodIPs)))
-	for _, ip := range p.Status.PodIPs {
-		if a, err := netip.ParseAddr(ip.IP); err == nil {
-			addrs = append(addrs, a.Unmap())
-		}
-	}
-	if len(p.Status.PodIPs) == 0 && p.Status.PodIP != "" {
-		if a, err := netip.ParseAddr(p.Status.PodIP); err == nil {
-			addrs = append(addrs, a.Unmap())
-		}
-	}
-	if len(addrs) == 0 {
-		return false
-	}
-	if len(addrs) > 1 {
-		slices.SortFunc(addrs, netip.Addr.Compare)
-		addrs = slices.Compact(addrs)
-	}
-	var ports []namedPort
-	for _, c := range p.Spec.Containers {
-		for _, cp := range c.Ports {
-			if cp.Name == "" || cp.ContainerPort < 1 || cp.ContainerPort > 65535 {
-				continue
-			}
-			if proto, ok := protoNumber(cp.Protocol); ok {
-				ports = append(ports, namedPort{cp.Name, proto, uint16(cp.ContainerPort)})
-			}
-		}
-	}
-	*pi = podInfo{
-		ns:     p.Namespace,
-		name:   p.Name,
-		labels: labels.Set(p.Labels),
-		addrs:  addrs,
-		local:  p.Spec.NodeName == node,
-		ports:  ports,
-	}
-	return true
-}
-
 // resolve returns the port numbers pod p gives the name for the protocol (normally
 // zero or one: container port names are unique in a pod).
 func (p *podInfo) resolve(name string, proto uint8) []uint16 {
 	var out []uint16
 	for _, np := range p.ports {
-		if np.name == name && np.proto == proto {
-			out = append(out, np.port)
+		if np.Name == name && np.Proto == proto {
+			out = append(out, np.Port)
 		}
 	}
 	if len(out) > 1 {

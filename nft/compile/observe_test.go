@@ -79,7 +79,7 @@ func TestAttribution(t *testing.T) {
 				}
 			}
 		}
-		if groups == 0 || logs != groups || counters != 5*groups || len(at.Groups) != groups || len(at.Counters) != 2*groups {
+		if groups == 0 || logs != groups || counters != 7*groups || len(at.Groups) != groups || len(at.Counters) != 2*groups {
 			t.Errorf("%s: %d groups, %d deny log rules, %d counter uses, %d attributed groups", name, groups, logs, counters, len(at.Groups))
 		}
 

@@ -112,7 +112,9 @@ func (ps *pass) build(prev map[string]*cachedGroup) map[string]*cachedGroup {
 	return next
 }
 
-// fill computes the group's four sets: the union of its policies' rules.
+// fill computes the group's six sets: the union of its policies' rules. Per family:
+// any (peers on every port), ports (exact peer . protocol . port, a hash) and ranges
+// (the port elements a hash cannot hold; see splitPortElems).
 func (ps *pass) fill(g *group) {
 	var anys []*addrSet
 	var grants []grant
@@ -160,7 +162,7 @@ func (ps *pass) fill(g *group) {
 		if v6 {
 			addrType = nft.TypeIPv6Addr
 		}
-		anySet := nft.Set{Name: g.setNames[2*fi], Type: []nft.DataType{addrType}, Interval: true,
+		anySet := nft.Set{Name: g.setNames[3*fi], Type: []nft.DataType{addrType}, Interval: true,
 			Comment: listComment("peers on every port, of", refs)}
 		// Element keys come from the key table: the same peer on the same port
 		// recurs in the sets of many groups.
@@ -169,14 +171,20 @@ func (ps *pass) fill(g *group) {
 		for i, r := range anyElems {
 			anySet.Elements[i].Key = ps.keys.key(portElem{addrs: r})
 		}
-		portSet := nft.Set{Name: g.setNames[2*fi+1], Type: []nft.DataType{addrType, nft.TypeInetProto, nft.TypeInetService},
-			Interval: true, Comment: listComment("peers by protocol and port, of", refs)}
-		pes := portElems(grants, v6, cover)
-		portSet.Elements = make([]nft.Element, len(pes))
-		for i, e := range pes {
+		portType := []nft.DataType{addrType, nft.TypeInetProto, nft.TypeInetService}
+		exact, ranges := splitPortElems(portElems(grants, v6, cover))
+		portSet := nft.Set{Name: g.setNames[3*fi+1], Type: portType, Comment: listComment("peers by protocol and port, of", refs)}
+		portSet.Elements = make([]nft.Element, len(exact))
+		for i, e := range exact {
 			portSet.Elements[i].Key = ps.keys.key(e)
 		}
-		g.sets = append(g.sets, anySet, portSet)
+		rangeSet := nft.Set{Name: g.setNames[3*fi+2], Type: slices.Clone(portType), Interval: true,
+			Comment: listComment("peer ranges by protocol and port range, of", refs)}
+		rangeSet.Elements = make([]nft.Element, len(ranges))
+		for i, e := range ranges {
+			rangeSet.Elements[i].Key = ps.keys.key(e)
+		}
+		g.sets = append(g.sets, anySet, portSet, rangeSet)
 	}
 }
 

@@ -13,6 +13,21 @@ import (
 // what comes from an address of those CIDRs that no known local pod has: unknown
 // means isolated. See nft/doc.go, "Unknown local pods".
 
+// SetUnknownLocalPods replaces Options.UnknownLocalPods: the node's pod CIDRs can
+// come from its Node object (the agent's --unknown-pod-cidrs=node), which may gain
+// them after the Compiler was made. Empty turns the drops off. The next Compile
+// applies it; no group depends on it, so nothing is recompiled but the fixed chains
+// and the local pod sets.
+func (c *Compiler) SetUnknownLocalPods(cidrs []netip.Prefix) {
+	c.opts.UnknownLocalPods = slices.Clone(cidrs)
+}
+
+// UnknownLocalPods returns the pod CIDRs in force (Options.UnknownLocalPods or the
+// last SetUnknownLocalPods).
+func (c *Compiler) UnknownLocalPods() []netip.Prefix {
+	return slices.Clone(c.opts.UnknownLocalPods)
+}
+
 // unknownRules are the forward chain's drops of unknown local sources, one per
 // family with a CIDR: `ip saddr <cidrs> ip saddr != @local-pods-v4 counter drop`.
 func unknownRules(cidrs []netip.Prefix) []nft.Rule {

@@ -48,6 +48,8 @@ type Options struct {
 	// Compile are the agent's compile options (deny log, policy counters): they add
 	// steps to the walks, never change a verdict. Compile.Table is Table. With
 	// Live, CompileOptionsOf tells them from the kernel's table.
+	// Compile.UnknownLocalPods are LiveNode's pod CIDRs: only LiveNode's compile
+	// drops unknown addresses by them.
 	Compile compile.Options
 	// Epoch is the epoch a recheck-mode table stamps (compile.StampEpoch); 0 is 1,
 	// where an agent starts.
@@ -207,6 +209,11 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 	for _, n := range x.crossed {
 		copts := opts.Compile
 		copts.Table = opts.Table
+		if n != opts.LiveNode {
+			// Unknown-address drops are by one node's own pod CIDRs (the live
+			// node's, read from its table); no known pod meets another node's.
+			copts.UnknownLocalPods = nil
+		}
 		comp := compile.Load(compile.Snapshot{NodeName: n, Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies,
 			ClusterNetworkPolicies: c.ClusterPolicies, Nodes: c.Nodes}, copts)
 		rs, ps := comp.Compile()

@@ -15,6 +15,8 @@ summary=(
   b1_conn_ratio_typical b1_conn_ratio_adversarial b1_vs_peer_adversarial b6_ns_per_policy
   b1_rr_ratio b1_bulk_ratio b7_change_10k_commit_ms b7_change_10k_extra_cpu_ms b7_sweep_10k_ms
   b7_flow_ns_conntrack b7_flow_ns_chains
+  b10_typical_ct_conn_ratio b10_typical_current_conn_ratio_vs_ct b10_adversarial_current_conn_ratio_vs_ct
+  b10_typical_current_flow_ns_vs_ct b10_adversarial_current_flow_ns_vs_ct b10_adversarial_interval_flow_ns_vs_ct
   b2_policy_enforce_p50_ms b2_policy_enforce_p99_ms b2_pod_enforce_p50_ms b2_pod_enforce_p99_ms
   b3_restart_program_ms b3_restart_probe_errors b4_pod_add_bytes b4_full_rewrite_bytes
   b5_agent_rss_mib b5_rss_ratio_vs_bare b8_probe_errors b8_catchup_ms
@@ -38,6 +40,7 @@ export NFTPOLICY_BENCH_PLOT="${NFTPOLICY_BENCH_PLOT:-$PWD/test/bench/conn-rate.p
 start=$SECONDS
 rc=0
 go test -count=1 -timeout 12m -v -run 'TestDatapath|TestNetlinkCost|TestReplaceUnderTraffic|TestEstablished' ./test/bench/datapath/ || rc=1
+go test -count=1 -timeout 10m -v -run TestShapes ./test/bench/datapath/ || rc=1
 go test -count=1 -timeout 15m -v -run TestControlPlane ./test/bench/controlplane/ || rc=1
 # The 100k-pod point takes most of an hour here (creating 100,000 pods): opt in.
 if [ "${NFTPOLICY_BENCH_100K:-0}" = 1 ]; then

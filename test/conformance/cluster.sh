@@ -588,6 +588,14 @@ up() {
   for n in "${NODES[@]}"; do kubelet_up "$n"; done
   for n in "${NODES[@]}"; do proxy_up "$n"; done
   wait_for "both nodes Ready" 120 kubectl wait --for=condition=Ready node/node1 node/node2 --timeout=1s
+  # Each Node's pod CIDRs, as the node IPAM controller assigns them on kubeadm
+  # or kind clusters: the ranges its CNI config hands out, which the agent's
+  # --unknown-pod-cidrs=node reads.
+  local cidrs
+  for n in "${NODES[@]}"; do
+    cidrs=$(fam_list POD_CIDR "$n")
+    kubectl patch node "$n" --type merge -p "{\"spec\":{\"podCIDR\":\"${cidrs%%,*}\",\"podCIDRs\":[\"${cidrs//,/\",\"}\"]}}" >/dev/null
+  done
   wait_for "the default service account" 60 kubectl -n default get serviceaccount default
   log "cluster up in $((SECONDS - t0))s: KUBECONFIG=$KUBECONFIG"
   deploy

@@ -301,7 +301,10 @@ func (a *agentRun) start(t *testing.T) {
 	}
 	cmd := exec.Command(a.bin, "agent",
 		"--kubeconfig="+a.kubeconfig, "--node-name="+a.node, "--netns="+a.netns.Path(), "--table-name="+tableName,
-		"--metrics-bind-address=0", "--health-probe-bind-address=127.0.0.1:"+a.port)
+		"--metrics-bind-address=0", "--health-probe-bind-address=127.0.0.1:"+a.port,
+		// As deployed: the Node's pod CIDRs come from the same Node watch (its
+		// node has no Node object here, so it isolates nothing and says so).
+		"--unknown-pod-cidrs=node")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := framework.StartChild(cmd); err != nil { // dies with the test binary
 		t.Fatal(err)

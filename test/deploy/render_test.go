@@ -137,12 +137,13 @@ func checkAgentDaemonSet(t *testing.T, ds *appsv1.DaemonSet, metricsAddr string)
 	if c.Image != image {
 		t.Errorf("image = %q, want %s", c.Image, image)
 	}
-	// The deny log at a rate a node's log can take, the per-policy counters, and
-	// strict mode with its mark bits spelled out: the README's defaults, visible
-	// in the DaemonSet for an operator to change.
+	// The deny log at a rate a node's log can take, the per-policy counters,
+	// strict mode with its mark bits spelled out, and unknown pod addresses
+	// isolated by the Node's pod CIDRs: the README's defaults, visible in the
+	// DaemonSet for an operator to change.
 	wantArgs := []string{"agent", "--health-probe-bind-address=:8081", "--metrics-bind-address=" + metricsAddr,
 		"--deny-log-rate=10/second", "--deny-log-burst=20", "--deny-log-group=7600", "--policy-counters=true",
-		"--established=recheck", "--ct-mark-mask=0x00ff0000"}
+		"--established=recheck", "--ct-mark-mask=0x00ff0000", "--unknown-pod-cidrs=node"}
 	if len(c.Command) > 0 || !slices.Equal(c.Args, wantArgs) {
 		t.Errorf("command %q args %q, want the image's entrypoint with args %q", c.Command, c.Args, wantArgs)
 	}

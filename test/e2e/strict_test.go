@@ -212,60 +212,6 @@ func reuseAddress(ctx context.Context) (before, after int) {
 	return received.before(enforced), received.since(enforced.Add(grace))
 }
 
-var _ = Describe("unknown local pods", func() {
-	It("lets a pod the agent does not know yet send nothing with --unknown-pod-cidrs, and talk once it is known", func(ctx SpecContext) {
-		target := pod("x", "a")
-		probe := func(from *cluster.Pod) bool {
-			GinkgoHelper()
-			res, err := env.Cluster.Probe(ctx, from, target, cluster.TCP, cluster.V4, 80, 300*time.Millisecond)
-			Expect(err).NotTo(HaveOccurred())
-			return res.OK
-		}
-		newPod := func(name string) *cluster.Pod {
-			GinkgoHelper()
-			created, err := env.Cluster.AddPods(ctx, cluster.PodSpec{Namespace: "z", Name: name, Node: target.Node, Labels: labels("pod", name)})
-			Expect(err).NotTo(HaveOccurred())
-			DeferCleanup(func(ctx SpecContext) {
-				if env.Pod("z", name) != nil {
-					Expect(env.RemovePod(ctx, "z", name)).To(Succeed())
-				}
-			})
-			return created[0]
-		}
-
-		By("without the option: a pod whose object the agent has not seen talks freely (the window)")
-		early := newPod("early")
-		Expect(probe(early)).To(BeTrue())
-
-		By("with --unknown-pod-cidrs: it sends nothing until the agent knows it")
-		Expect(env.StopAgents()).To(Succeed())
-		for _, a := range env.Agents {
-			a.Args = []string{"--unknown-pod-cidrs=" + a.Node.PodCIDRv4.String() + "," + a.Node.PodCIDRv6.String()}
-		}
-		Expect(env.StartAgents(ctx)).To(Succeed())
-		DeferCleanup(func(ctx SpecContext) {
-			if env.Agents[0].Args != nil {
-				restartAgents(ctx)
-			}
-		}, NodeTimeout(3*time.Minute))
-		Expect(probe(early)).To(BeFalse(), "an unknown local address got through")
-		late := newPod("late")
-		Expect(probe(late)).To(BeFalse(), "an unknown local address got through")
-		Expect(probe(pod("x", "b"))).To(BeTrue(), "known pods are unaffected")
-
-		By("its Pod object appears: what it costs a pod no policy selects is the wait for the agent")
-		t0 := time.Now()
-		Expect(env.CreatePodObject(ctx, late)).To(Succeed())
-		Eventually(func() bool { return probe(late) }).WithTimeout(10 * time.Second).WithPolling(20 * time.Millisecond).Should(BeTrue())
-		By(fmt.Sprintf("z/late reached x/a %v after its Pod object was written", time.Since(t0).Round(time.Millisecond)))
-
-		// Leave the environment as the suite expects it before AfterEach checks it.
-		Expect(env.RemovePod(ctx, "z", "early")).To(Succeed())
-		Expect(env.RemovePod(ctx, "z", "late")).To(Succeed())
-		restartAgents(ctx)
-	}, SpecTimeout(4*time.Minute))
-})
-
 // restartAgents restarts every agent with the given extra flags.
 func restartAgents(ctx context.Context, args ...string) {
 	GinkgoHelper()
