@@ -36,6 +36,7 @@ import (
 
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 	"github.com/nftpolicy/nftpolicy/test/bench/benchcluster"
+	"github.com/nftpolicy/nftpolicy/test/bench/benchproc"
 	"github.com/nftpolicy/nftpolicy/test/e2e/cluster"
 	"github.com/nftpolicy/nftpolicy/test/e2e/framework"
 )
@@ -243,12 +244,12 @@ func TestControlPlane(t *testing.T) {
 	// sees each change; the label is one no policy selects on). After the
 	// memory readings, so that its garbage does not count there, and its
 	// syncs are not in incremental_sync_mean_ms.
-	cpu0 := procCPU(agent.cmd.Process.Pid)
+	cpu0 := benchproc.CPUSeconds(agent.cmd.Process.Pid)
 	mc0, _ := scrape(metricsURL)
 	_, bulk, _ := shape.Objects()
 	const churn = 1000
 	t0 := time.Now()
-	if err := parallel(churn, func(i int) error {
+	if err := benchproc.Parallel(createWorkers, churn, func(i int) error {
 		p := bulk[(i*shape.Pods()/churn+1)%len(bulk)]
 		patch := []byte(fmt.Sprintf(`{"metadata":{"labels":{"churn":"c%d"}}}`, i))
 		return c.Patch(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name}},
@@ -258,7 +259,7 @@ func TestControlPlane(t *testing.T) {
 	}
 	report("churn_pod_events_per_s", "%.0f", churn/time.Since(t0).Seconds())
 	time.Sleep(2 * time.Second) // the last syncs
-	report("agent_cpu_ms_per_1k_pod_events", "%.0f", 1000*(procCPU(agent.cmd.Process.Pid)-cpu0)*1000/churn)
+	report("agent_cpu_ms_per_1k_pod_events", "%.0f", 1000*(benchproc.CPUSeconds(agent.cmd.Process.Pid)-cpu0)*1000/churn)
 	if mc1, err := scrape(metricsURL); err == nil && mc0 != nil {
 		sum, count := `nftpolicy_sync_duration_seconds_sum{kind="incremental"}`, `nftpolicy_sync_duration_seconds_count{kind="incremental"}`
 		report("churn_syncs", "%.0f", mc1[count]-mc0[count])
@@ -371,7 +372,7 @@ func createCluster(ctx context.Context, c client.Client, shape benchcluster.Shap
 	report("setup_namespaces_s", "%.1f", time.Since(start).Seconds())
 
 	start = time.Now()
-	err := parallel(len(pods), func(i int) error {
+	err := benchproc.Parallel(createWorkers, len(pods), func(i int) error {
 		pod := pods[i]
 		status := pod.Status // Create keeps only the spec
 		if err := c.Create(ctx, pod); err != nil {
@@ -386,7 +387,7 @@ func createCluster(ctx context.Context, c client.Client, shape benchcluster.Shap
 	report("setup_pods_s", "%.1f", time.Since(start).Seconds())
 
 	start = time.Now()
-	if err := parallel(len(nps), func(i int) error { return c.Create(ctx, nps[i]) }); err != nil {
+	if err := benchproc.Parallel(createWorkers, len(nps), func(i int) error { return c.Create(ctx, nps[i]) }); err != nil {
 		return err
 	}
 	report("setup_policies_s", "%.1f", time.Since(start).Seconds())
@@ -430,7 +431,7 @@ func createLatencyFixtures(ctx context.Context, c client.Client) (latencyFixture
 		f.idlePeerIPs = append(f.idlePeerIPs, latIP(1, i))
 		f.unisolatedIPs = append(f.unisolatedIPs, latIP(2, i))
 	}
-	return f, parallel(samples, func(i int) error {
+	return f, benchproc.Parallel(createWorkers, samples, func(i int) error {
 		return errors.Join(
 			withIP(latPod(fmt.Sprintf("peer-%d", i), fmt.Sprintf("node-%d", 1+i%(benchcluster.Nodes-1)),
 				map[string]string{"role": "idle"}, f.idlePeerIPs[i])),
@@ -615,52 +616,6 @@ func procMemory(pid int) (rss, hwm float64) {
 		}
 	}
 	return rss, hwm
-}
-
-// procCPU returns the user+system CPU seconds of pid.
-func procCPU(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return math.NaN()
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	if len(f) < 13 {
-		return math.NaN()
-	}
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ
-}
-
-// parallel runs fn(0..n-1) on createWorkers goroutines and returns the first error.
-func parallel(n int, fn func(int) error) error {
-	next := make(chan int)
-	errs := make(chan error, createWorkers)
-	var wg sync.WaitGroup
-	for range createWorkers {
-		wg.Go(func() {
-			for i := range next {
-				if err := fn(i); err != nil {
-					select {
-					case errs <- err:
-					default:
-					}
-				}
-			}
-		})
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	select {
-	case err := <-errs:
-		return err
-	default:
-		return nil
-	}
 }
 
 func goBuild(ctx context.Context, out, pkg string) error {

@@ -44,6 +44,7 @@ import (
 
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 	"github.com/nftpolicy/nftpolicy/test/bench/benchcluster"
+	"github.com/nftpolicy/nftpolicy/test/bench/benchproc"
 	"github.com/nftpolicy/nftpolicy/test/e2e/framework"
 )
 
@@ -248,9 +249,9 @@ type phaseResult struct {
 // N = 0 phase (nil before it has run).
 func (b *bench) churnPhase(ctx context.Context, sets []*watcherSet, w *wire, base *phaseResult) (phaseResult, error) {
 	var r phaseResult
-	c0, t0 := procCPU(b.api), time.Now()
+	c0, t0 := benchproc.CPUSeconds(b.api), time.Now()
 	time.Sleep(idleWindow)
-	idleRate := (procCPU(b.api) - c0) / time.Since(t0).Seconds()
+	idleRate := (benchproc.CPUSeconds(b.api) - c0) / time.Since(t0).Seconds()
 
 	before := make([]int64, len(sets))
 	for i, s := range sets {
@@ -265,7 +266,7 @@ func (b *bench) churnPhase(ctx context.Context, sets []*watcherSet, w *wire, bas
 	if w != nil {
 		wire0 = w.read.Load()
 	}
-	c0, t0 = procCPU(b.api), time.Now()
+	c0, t0 = benchproc.CPUSeconds(b.api), time.Now()
 	if err := b.ch.run(ctx, churnWrites); err != nil {
 		return r, err
 	}
@@ -273,7 +274,7 @@ func (b *bench) churnPhase(ctx context.Context, sets []*watcherSet, w *wire, bas
 		return r, err
 	}
 	r.seconds = time.Since(t0).Seconds()
-	cpu := procCPU(b.api) - c0
+	cpu := benchproc.CPUSeconds(b.api) - c0
 	r.writes = churnWrites
 	r.cpuPerChange = (cpu - idleRate*r.seconds) / float64(events)
 	if w != nil {
@@ -360,7 +361,7 @@ func (b *bench) point(ctx context.Context, n int, json bool) (pointResult, error
 	if err != nil {
 		return r, err
 	}
-	c0, t0 := procCPU(b.api), time.Now()
+	c0, t0 := benchproc.CPUSeconds(b.api), time.Now()
 	sets := make([]*watcherSet, n)
 	for i := range n {
 		sets[i] = startSet(ctx, kinds[i])
@@ -380,7 +381,7 @@ func (b *bench) point(ctx context.Context, n int, json bool) (pointResult, error
 		}
 	}
 	r.relistSeconds = time.Since(t0).Seconds()
-	r.relistCPU = procCPU(b.api) - c0
+	r.relistCPU = benchproc.CPUSeconds(b.api) - c0
 	r.relistWire = float64(w.read.Load())
 	m1, err := b.cp.Metrics(ctx)
 	if err != nil {
@@ -405,7 +406,7 @@ func (b *bench) point(ctx context.Context, n int, json bool) (pointResult, error
 	for i, s := range sets {
 		before[i] = s.pods.events.Load()
 	}
-	c0, t0 = procCPU(b.api), time.Now()
+	c0, t0 = benchproc.CPUSeconds(b.api), time.Now()
 	cut := w.cut()
 	if err := b.ch.one(ctx); err != nil { // one pod event every set must get
 		return r, err
@@ -415,7 +416,7 @@ func (b *bench) point(ctx context.Context, n int, json bool) (pointResult, error
 	}
 	r.resumeSeconds = time.Since(t0).Seconds()
 	time.Sleep(time.Second) // the other kinds' watches come back meanwhile
-	r.resumeCPU = procCPU(b.api) - c0
+	r.resumeCPU = benchproc.CPUSeconds(b.api) - c0
 	r.relists = replaces(sets) - replaces0
 	b.report("fanout_resume_"+tag, "%.2f s, apiserver CPU %.2f s (incl. 1 s after), %d connections cut, %d relists",
 		r.resumeSeconds, r.resumeCPU, cut, r.relists)
@@ -582,7 +583,7 @@ func (b *bench) proxyPoint(ctx context.Context, n int) error {
 	if err != nil {
 		return err
 	}
-	c0, t0 := procCPU(b.api), time.Now()
+	c0, t0 := benchproc.CPUSeconds(b.api), time.Now()
 	if err := b.ch.run(ctx, churnWrites); err != nil {
 		return err
 	}
@@ -592,7 +593,7 @@ func (b *bench) proxyPoint(ctx context.Context, n int) error {
 	}
 	podEvents := churnEvents()
 	secs := time.Since(t0).Seconds()
-	cpu := procCPU(b.api) - c0
+	cpu := benchproc.CPUSeconds(b.api) - c0
 	m1, err := b.cp.Metrics(ctx)
 	if err != nil {
 		return err
@@ -798,7 +799,7 @@ func createCluster(ctx context.Context, c client.Client, shape benchcluster.Shap
 			return err
 		}
 	}
-	err := parallel(len(pods), func(i int) error {
+	err := benchproc.Parallel(createWorkers, len(pods), func(i int) error {
 		pod := pods[i]
 		status := pod.Status
 		if err := c.Create(ctx, pod); err != nil {
@@ -810,10 +811,10 @@ func createCluster(ctx context.Context, c client.Client, shape benchcluster.Shap
 	if err != nil {
 		return err
 	}
-	if err := parallel(len(nps), func(i int) error { return c.Create(ctx, nps[i]) }); err != nil {
+	if err := benchproc.Parallel(createWorkers, len(nps), func(i int) error { return c.Create(ctx, nps[i]) }); err != nil {
 		return err
 	}
-	return parallel(shape.Nodes, func(i int) error {
+	return benchproc.Parallel(createWorkers, shape.Nodes, func(i int) error {
 		n := nodeObject(i)
 		status := n.Status
 		if err := c.Create(ctx, n); err != nil {
@@ -858,36 +859,6 @@ func nodeObject(i int) *corev1.Node {
 			NodeInfo: corev1.NodeSystemInfo{KubeletVersion: "v1.37.2", ContainerRuntimeVersion: "containerd://2.1.0",
 				OSImage: "Debian GNU/Linux 12 (bookworm)", KernelVersion: "6.1.0-28-amd64", OperatingSystem: "linux", Architecture: "amd64"},
 		},
-	}
-}
-
-// parallel runs fn(0..n-1) on createWorkers goroutines and returns the first error.
-func parallel(n int, fn func(int) error) error {
-	next := make(chan int)
-	errs := make(chan error, 1)
-	var wg sync.WaitGroup
-	for range createWorkers {
-		wg.Go(func() {
-			for i := range next {
-				if err := fn(i); err != nil {
-					select {
-					case errs <- err:
-					default:
-					}
-				}
-			}
-		})
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	select {
-	case err := <-errs:
-		return err
-	default:
-		return nil
 	}
 }
 
