@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/nftpolicy/nftpolicy/nft"
+	"github.com/nftpolicy/nftpolicy/nft/internal/netpolref"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden .nft files in testdata")
@@ -287,15 +288,14 @@ func loadCase(t *testing.T, c goldenCase) world {
 			}
 		}
 		for _, pp := range protos {
-			for _, dp := range []*cnpv1.Port{tcpPort(pp.TCP), udpPort(pp.UDP), sctpPort(pp.SCTP)} {
-				switch {
-				case dp == nil:
-				case dp.Range != nil:
-					addPort(int(dp.Range.Start))
-					addPort(int(dp.Range.End))
-				default:
-					addPort(int(dp.Number))
-				}
+			_, dp := netpolref.CNPPort(pp)
+			switch {
+			case dp == nil:
+			case dp.Range != nil:
+				addPort(int(dp.Range.Start))
+				addPort(int(dp.Range.End))
+			default:
+				addPort(int(dp.Number))
 			}
 		}
 	}
@@ -317,27 +317,6 @@ func loadCase(t *testing.T, c goldenCase) world {
 	}
 	slices.Sort(w.ports)
 	return w
-}
-
-func tcpPort(p *cnpv1.ClusterNetworkPolicyProtocolTCP) *cnpv1.Port {
-	if p == nil {
-		return nil
-	}
-	return p.DestinationPort
-}
-
-func udpPort(p *cnpv1.ClusterNetworkPolicyProtocolUDP) *cnpv1.Port {
-	if p == nil {
-		return nil
-	}
-	return p.DestinationPort
-}
-
-func sctpPort(p *cnpv1.ClusterNetworkPolicyProtocolSCTP) *cnpv1.Port {
-	if p == nil {
-		return nil
-	}
-	return p.DestinationPort
 }
 
 var (

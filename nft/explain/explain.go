@@ -533,14 +533,13 @@ func (x *explainer) segments(proto corev1.Protocol) [][2]int {
 		}
 		for _, pps := range protos {
 			for _, pp := range pps {
-				for _, dp := range []*cnpv1.Port{tcpPort(pp.TCP), udpPort(pp.UDP), sctpPort(pp.SCTP)} {
-					switch {
-					case dp == nil:
-					case dp.Range != nil:
-						add(int(dp.Range.Start), int(dp.Range.End))
-					default:
-						add(int(dp.Number), int(dp.Number))
-					}
+				_, dp := netpolref.CNPPort(pp)
+				switch {
+				case dp == nil:
+				case dp.Range != nil:
+					add(int(dp.Range.Start), int(dp.Range.End))
+				default:
+					add(int(dp.Number), int(dp.Number))
 				}
 			}
 		}
@@ -881,25 +880,4 @@ func nonNilRefs(s []RuleRef) []RuleRef {
 		return []RuleRef{}
 	}
 	return s
-}
-
-func tcpPort(p *cnpv1.ClusterNetworkPolicyProtocolTCP) *cnpv1.Port {
-	if p == nil {
-		return nil
-	}
-	return p.DestinationPort
-}
-
-func udpPort(p *cnpv1.ClusterNetworkPolicyProtocolUDP) *cnpv1.Port {
-	if p == nil {
-		return nil
-	}
-	return p.DestinationPort
-}
-
-func sctpPort(p *cnpv1.ClusterNetworkPolicyProtocolSCTP) *cnpv1.Port {
-	if p == nil {
-		return nil
-	}
-	return p.DestinationPort
 }

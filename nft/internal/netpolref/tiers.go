@@ -243,16 +243,7 @@ func cnpProtoIs(pp cnpv1.ClusterNetworkPolicyProtocol, dst Endpoint, proto corev
 		}
 		return false
 	}
-	var want corev1.Protocol
-	var dp *cnpv1.Port
-	switch {
-	case pp.TCP != nil:
-		want, dp = corev1.ProtocolTCP, pp.TCP.DestinationPort
-	case pp.UDP != nil:
-		want, dp = corev1.ProtocolUDP, pp.UDP.DestinationPort
-	case pp.SCTP != nil:
-		want, dp = corev1.ProtocolSCTP, pp.SCTP.DestinationPort
-	}
+	want, dp := CNPPort(pp)
 	if want != proto {
 		return false
 	}
@@ -310,15 +301,7 @@ func (c *Cluster) cnpRuleValid(peers []cnpv1.ClusterNetworkPolicyEgressPeer, pro
 			}
 			continue
 		}
-		var dp *cnpv1.Port
-		switch {
-		case pp.TCP != nil:
-			dp = pp.TCP.DestinationPort
-		case pp.UDP != nil:
-			dp = pp.UDP.DestinationPort
-		default:
-			dp = pp.SCTP.DestinationPort
-		}
+		_, dp := CNPPort(pp)
 		switch {
 		case dp == nil:
 		case dp.Range != nil:
@@ -330,4 +313,19 @@ func (c *Cluster) cnpRuleValid(peers []cnpv1.ClusterNetworkPolicyEgressPeer, pro
 		}
 	}
 	return true
+}
+
+// CNPPort returns the protocol a ClusterNetworkPolicy protocol entry names and
+// its destination port (nil: every port of it); "" for a destinationNamedPort
+// entry (the API sets exactly one of the four).
+func CNPPort(pp cnpv1.ClusterNetworkPolicyProtocol) (corev1.Protocol, *cnpv1.Port) {
+	switch {
+	case pp.TCP != nil:
+		return corev1.ProtocolTCP, pp.TCP.DestinationPort
+	case pp.UDP != nil:
+		return corev1.ProtocolUDP, pp.UDP.DestinationPort
+	case pp.SCTP != nil:
+		return corev1.ProtocolSCTP, pp.SCTP.DestinationPort
+	}
+	return "", nil
 }
