@@ -199,6 +199,18 @@ func (cp *ControlPlane) guard() error {
 	return nil
 }
 
+// PID returns the process id of the control plane's server called name
+// ("etcd" or "kube-apiserver"), as the watchdog knows it (Up restarts them under
+// new ids), or 0 when there is none.
+func (cp *ControlPlane) PID(name string) int {
+	for _, s := range cp.servers {
+		if s.name == name {
+			return s.pid
+		}
+	}
+	return 0
+}
+
 // Down kills the apiserver and etcd (SIGKILL, the apiserver first), as a
 // crashed or unreachable control plane would be: clients see their
 // connections reset. Their data, certificates and users stay for Up.
