@@ -15,7 +15,9 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -140,7 +142,9 @@ func newScheme() (*runtime.Scheme, error) {
 
 // watched lists every kind the agent caches. The cache refuses reads of any
 // other kind (ReaderFailOnMissingInformer) so memory stays bounded by these:
-// every node must know every pod, namespace, policy and node. ClusterNetworkPolicy
+// every node must know every pod, namespace and policy. Of Nodes the cache
+// holds only this node's own; every Node is watched apart, and only while a
+// ClusterNetworkPolicy has a nodes peer (nodewatch.go). ClusterNetworkPolicy
 // joins them when the API serves it (cnp.go).
 func watched() []client.Object {
 	return []client.Object{&corev1.Pod{}, &corev1.Namespace{}, &networkingv1.NetworkPolicy{}, &corev1.Node{}}
@@ -200,7 +204,9 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 				&corev1.Pod{}:                 {Transform: interner.trimPod},
 				&corev1.Namespace{}:           {Transform: trimNamespace},
 				&networkingv1.NetworkPolicy{}: {Transform: trimPolicy},
-				&corev1.Node{}:                {Transform: trimNode},
+				// Only this node's own Node: the apiserver filters the others' status
+				// rewrites out of the watch (nodewatch.go).
+				&corev1.Node{}: {Transform: trimNode, Field: fields.OneTermEqualSelector("metadata.name", opts.NodeName)},
 			},
 		},
 	})
@@ -253,7 +259,13 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	); err != nil {
 		return fmt.Errorf("manager setup: %w", err)
 	}
-	if err := setupNodeSync(ctx, mgr, cfg, storePods{podInformer.GetStore()}, opts, ready, at, log); err != nil {
+	core, err := corev1client.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("node client: %w", err)
+	}
+	nodes := newAllNodes(ctx, link, toolscache.NewListWatchFromClient(core.RESTClient(), "nodes", "", fields.Everything()),
+		log.WithName("nodes"))
+	if err := setupNodeSync(ctx, mgr, cfg, storePods{podInformer.GetStore()}, nodes, opts, ready, at, log); err != nil {
 		return fmt.Errorf("node sync setup: %w", err)
 	}
 
@@ -306,7 +318,7 @@ func awaitStop(errc <-chan error, ready *readiness, log logr.Logger) error {
 
 // setupNodeSync registers the node reconciler; its first successful sync (always
 // a full one: the applier starts without a last-applied table) marks the agent ready.
-func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, pods podSource, opts Options, ready *readiness, at *attribution, log logr.Logger) error {
+func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, pods podSource, nodes *allNodes, opts Options, ready *readiness, at *attribution, log logr.Logger) error {
 	if opts.Applier == nil {
 		return errors.New("no applier configured")
 	}
@@ -316,6 +328,7 @@ func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, p
 	r := &NodeReconciler{
 		Reader:                  mgr.GetCache(),
 		Pods:                    pods,
+		Nodes:                   nodes,
 		NodeName:                opts.NodeName,
 		Table:                   opts.TableName,
 		DenyLog:                 opts.DenyLog,

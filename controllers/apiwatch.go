@@ -91,7 +91,13 @@ func newAPILink(log logr.Logger) *apiLink {
 
 // newInformer is a toolscache.NewSharedIndexInformer whose requests go through l.
 func (l *apiLink) newInformer(lw toolscache.ListerWatcher, obj runtime.Object, resync time.Duration, indexers toolscache.Indexers) toolscache.SharedIndexInformer {
-	kind := strings.ToLower(strings.TrimPrefix(fmt.Sprintf("%T", obj), "*v1."))
+	return l.newInformerAs(strings.ToLower(strings.TrimPrefix(fmt.Sprintf("%T", obj), "*v1.")), lw, obj, resync, indexers)
+}
+
+// newInformerAs is newInformer with kind, the name its requests are counted
+// and reported under, given: the all-node watch (nodewatch.go) is a second
+// informer of Nodes, reported apart from the own-node one.
+func (l *apiLink) newInformerAs(kind string, lw toolscache.ListerWatcher, obj runtime.Object, resync time.Duration, indexers toolscache.Indexers) toolscache.SharedIndexInformer {
 	apiConnected.WithLabelValues(kind).Set(0)
 	if _, ok := obj.(*corev1.Pod); ok {
 		// The pod cache is read by key and whole (podcache.go), never by
@@ -113,6 +119,16 @@ func (l *apiLink) check(*http.Request) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// forget drops kind, whose informer was stopped on purpose: a watch the agent
+// no longer needs is not one it lost.
+func (l *apiLink) forget(kind string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.lost, kind)
+	delete(l.lastErr, kind)
+	apiConnected.DeleteLabelValues(kind)
 }
 
 func (l *apiLink) answered(kind string) {

@@ -1,7 +1,9 @@
 // Package controllers is nftpolicy's only controller-runtime code: the node
-// agent. RunAgent builds a manager that caches Pods, Namespaces and
-// networking/v1 NetworkPolicies (trimmed to what the compiler reads, nothing
-// else cached; pods as compact records with interned labels, podcache.go),
+// agent. RunAgent builds a manager that caches Pods, Namespaces,
+// networking/v1 NetworkPolicies, ClusterNetworkPolicies when served, and its own
+// Node (trimmed to what the compiler reads, nothing else cached; pods as compact
+// records with interned labels, podcache.go; every Node only while a
+// ClusterNetworkPolicy has a nodes peer, nodewatch.go),
 // serves metrics and the /healthz and /readyz probes, and turns every relevant
 // event into one sync of this node's nftables table.
 //

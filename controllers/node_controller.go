@@ -16,6 +16,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -26,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
@@ -77,6 +79,10 @@ type NodeReconciler struct {
 	// UnknownPodCIDRs and UnknownPodCIDRsFromNode: see Options and unknown.go.
 	UnknownPodCIDRs         []netip.Prefix
 	UnknownPodCIDRsFromNode bool
+	// Nodes, when set, is the watch of every Node, run while a
+	// ClusterNetworkPolicy has a nodes peer (nodewatch.go); Reader then holds
+	// only this node's Node. nil: Reader holds every Node.
+	Nodes *allNodes
 
 	pending   atomic.Int64 // unix nanos of the earliest event not yet served; 0 = none
 	dirtyMu   sync.Mutex
@@ -89,6 +95,14 @@ type NodeReconciler struct {
 	problems  map[types.NamespacedName]string // last reported problems, per policy (a ClusterNetworkPolicy: no namespace)
 	strict    epochState
 	unknown   unknownState
+	// The node scope (nodewatch.go): the ClusterNetworkPolicies with a nodes
+	// peer, the other nodes the compiler holds (from Nodes), whether it holds
+	// every one of them, and whether the compiler is a full read not yet applied
+	// (a full sync that waited for them).
+	nodePeers   map[string]struct{}
+	remoteNodes map[string]struct{}
+	nodesLoaded bool
+	unapplied   bool
 
 	// ClusterNetworkPolicy (cnp.go): the version watched, if any, and what its
 	// watch needs once the API serves it.
@@ -126,15 +140,30 @@ func (r *NodeReconciler) SetupWithManager(mgr manager.Manager) error {
 		r.noteDirty(obj)
 		return []reconcile.Request{r.request()}
 	})
-	ctrl, err := builder.ControllerManagedBy(mgr).
+	b := builder.ControllerManagedBy(mgr).
 		Named("node").
 		// One reconciler per agent; tests run several agents in one process.
 		WithOptions(controller.Options{MaxConcurrentReconciles: 1, SkipNameValidation: ptr.To(true)}).
 		Watches(&networkingv1.NetworkPolicy{}, mapAll, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, createDelete()))).
 		Watches(&corev1.Pod{}, mapAll, builder.WithPredicates(podChanged())).
 		Watches(&corev1.Namespace{}, mapAll, builder.WithPredicates(predicate.Or(predicate.LabelChangedPredicate{}, createDelete()))).
-		Watches(&corev1.Node{}, mapAll, builder.WithPredicates(nodeChanged())).
-		Build(r)
+		Watches(&corev1.Node{}, mapAll, builder.WithPredicates(nodeChanged()))
+	if r.Nodes != nil {
+		// The all-node watch comes and goes (nodewatch.go): its events, already
+		// filtered by nodeChanged, and the news that it has synced reach the
+		// queue through this source, which outlives every watch.
+		b = b.WatchesRawSource(source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+			r.Nodes.setSink(func(obj client.Object) {
+				if obj == nil {
+					q.Add(r.request())
+					return
+				}
+				mapAll.Generic(ctx, event.GenericEvent{Object: obj}, q)
+			})
+			return nil
+		}))
+	}
+	ctrl, err := b.Build(r)
 	// ClusterNetworkPolicy is watched once the API serves it (clusterPolicyWatch).
 	r.ctrl, r.mapAll = ctrl, mapAll
 	return err
@@ -215,17 +244,31 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	// holds them when their event arrives, so reading them twice is harmless).
 	changes := r.takeDirty()
 	var err error
-	if full || r.compiler == nil {
+	// A full sync that waited for every Node (below) has read everything
+	// already: the retry updates that read rather than listing the cache again.
+	if r.compiler == nil || (full && !r.unapplied) {
 		r.compiler, err = r.load(ctx, log)
 	} else {
 		err = r.update(ctx, changes, log)
 	}
 	if err != nil {
 		r.compiler = nil // partly updated: the next sync rebuilds it from a list
+		r.unapplied = false
 		r.restoreDirty(changes)
 		r.restorePending(since)
 		return reconcile.Result{}, fmt.Errorf("reading the cache: %w", err)
 	}
+	if r.nodeScope(log) {
+		// A nodes peer, and not every Node known yet: compiling now would
+		// enforce it against a partial list. The table in force stays; the
+		// watch's sync queues the retry, and a slow one is asked again.
+		r.unapplied = r.unapplied || full
+		r.restorePending(since)
+		nodeWaits.Inc()
+		log.V(1).Info("waiting for the list of every Node before applying; the table in force stays", "policies", len(r.nodePeers))
+		return reconcile.Result{RequeueAfter: nodeWaitRetry}, nil
+	}
+	r.unapplied = false
 	desired, problems := r.compiler.Compile()
 	r.reportProblems(ctx, log, problems)
 	if err := r.stampEpoch(desired, log); err != nil {
@@ -321,8 +364,8 @@ func (r *NodeReconciler) load(ctx context.Context, log logr.Logger) (*compile.Co
 	if err := r.Reader.List(ctx, &nps, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, err
 	}
-	var nodes corev1.NodeList
-	if err := r.Reader.List(ctx, &nodes, client.UnsafeDisableDeepCopy); err != nil {
+	nodes, own, err := r.listNodes(ctx)
+	if err != nil {
 		return nil, err
 	}
 	cnps, err := r.cnp.list(ctx, r.Reader)
@@ -330,12 +373,6 @@ func (r *NodeReconciler) load(ctx context.Context, log logr.Logger) (*compile.Co
 		return nil, err
 	}
 	if r.UnknownPodCIDRsFromNode {
-		var own *corev1.Node
-		for i := range nodes.Items {
-			if nodes.Items[i].Name == r.NodeName {
-				own = &nodes.Items[i]
-			}
-		}
 		r.ownNode(own)
 		if err := r.checkPods(ctx); err != nil {
 			return nil, err
@@ -346,11 +383,15 @@ func (r *NodeReconciler) load(ctx context.Context, log logr.Logger) (*compile.Co
 	if r.strict.epoch != 0 {
 		c.SetEpoch(r.strict.epoch)
 	}
-	for i := range nodes.Items {
-		c.SetNode(&nodes.Items[i])
+	for _, n := range nodes {
+		c.SetNode(n)
 	}
+	// The other nodes, when they are needed, are added by nodeScope.
+	r.remoteNodes, r.nodesLoaded = nil, false
+	r.nodePeers = map[string]struct{}{}
 	for _, cnp := range cnps {
 		c.SetClusterNetworkPolicy(cnp)
+		r.noteNodePeers(cnp)
 	}
 	for i := range nss.Items {
 		c.SetNamespace(&nss.Items[i])
@@ -390,6 +431,10 @@ func (r *NodeReconciler) update(ctx context.Context, changes map[objectRef]struc
 			err = record(ctx, r.Reader, ref.key, &networkingv1.NetworkPolicy{}, c.SetPolicy,
 				func() { c.DeletePolicy(ref.key.Namespace, ref.key.Name) })
 		case kindNode:
+			if r.Nodes != nil && ref.key.Name != r.NodeName {
+				r.remoteNode(ref.key.Name)
+				continue
+			}
 			own := func(n *corev1.Node) {
 				if r.UnknownPodCIDRsFromNode && ref.key.Name == r.NodeName && r.ownNode(n) {
 					recheck = true
@@ -410,7 +455,11 @@ func (r *NodeReconciler) update(ctx context.Context, changes map[objectRef]struc
 					return
 				}
 				c.SetClusterNetworkPolicy(cnp)
-			}, func() { c.DeleteClusterNetworkPolicy(ref.key.Name) })
+				r.noteNodePeers(cnp)
+			}, func() {
+				c.DeleteClusterNetworkPolicy(ref.key.Name)
+				delete(r.nodePeers, ref.key.Name)
+			})
 			err = errors.Join(err, convErr)
 		}
 		if err != nil {

@@ -22,9 +22,10 @@ import (
 // pod CIDRs that no pod the agent knows has is dropped (nft/doc.go, "Unknown local
 // pods"). The CIDRs are given on the command line, or, with
 // --unknown-pod-cidrs=node, read from this node's Node object (spec.podCIDRs, else
-// spec.podCIDR), so one DaemonSet serves every node: the reconciler already
-// watches Nodes (ClusterNetworkPolicy nodes peers), and its own Node's CIDRs are
-// taken at every full sync and whenever that Node changes.
+// spec.podCIDR), so one DaemonSet serves every node: the agent's cache always
+// holds its own Node (and only it, unless a ClusterNetworkPolicy has a nodes
+// peer: nodewatch.go), and its CIDRs are taken at every full sync and whenever
+// that Node changes.
 //
 // A Node without pod CIDRs (a CNI with its own IPAM, such as Calico IPAM or
 // Cilium's cluster-pool, leaves them unset or unused; or the node IPAM controller
