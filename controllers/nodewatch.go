@@ -108,8 +108,8 @@ func (a *allNodes) start(policy string, count int) {
 	_ = inf.SetTransform(trimNode)
 	_, _ = inf.AddEventHandler(a.handler())
 	ctx, cancel := context.WithCancel(a.base)
-	done := make(chan struct{})
-	a.inf, a.stop, a.done, a.started = inf, cancel, done, time.Now()
+	done, started := make(chan struct{}), time.Now()
+	a.inf, a.stop, a.done, a.started = inf, cancel, done, started
 	a.runs++
 	go func() {
 		defer close(done)
@@ -117,7 +117,7 @@ func (a *allNodes) start(policy string, count int) {
 	}()
 	go func() {
 		if toolscache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-			a.log.Info("every Node is known", "nodes", len(inf.GetStore().ListKeys()), "after", time.Since(a.started).Round(time.Millisecond))
+			a.log.Info("every Node is known", "nodes", len(inf.GetStore().ListKeys()), "after", time.Since(started).Round(time.Millisecond))
 			a.notify(nil)
 		}
 	}()

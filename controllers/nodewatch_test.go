@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -153,11 +154,19 @@ func TestNodeScopeWaitsForEveryNode(t *testing.T) {
 	r := &NodeReconciler{Reader: rd, NodeName: "nw-own", Table: nft.DefaultTable, Applier: applier, Log: logr.Discard(),
 		Nodes: all, cnp: &clusterPolicyAPI{}}
 	r.cnp.version.Store("v1beta1")
-	var sunk atomic.Int32
+	var sunkMu sync.Mutex
+	sunk := map[string]int{} // Node events passed, by node
+	passed := func(name string) int {
+		sunkMu.Lock()
+		defer sunkMu.Unlock()
+		return sunk[name]
+	}
 	all.setSink(func(obj client.Object) {
 		if obj != nil {
 			r.noteDirty(obj)
-			sunk.Add(1)
+			sunkMu.Lock()
+			sunk[obj.GetName()]++
+			sunkMu.Unlock()
 		}
 	})
 	gauge := func(scope string) float64 { return testutil.ToFloat64(nodeWatchScope.WithLabelValues(scope)) }
@@ -229,9 +238,10 @@ func TestNodeScopeWaitsForEveryNode(t *testing.T) {
 	relabel.ResourceVersion = "3"
 	relabel.Labels = map[string]string{"nodewatch": "other"}
 	fw.Modify(relabel)
-	waitFor("the relabelled Node's event", func() bool { return sunk.Load() > 0 })
-	if n := sunk.Load(); n != 1 {
-		t.Errorf("%d Node events passed, want 1 (the label change; not the status rewrite)", n)
+	// Events arrive in order: once the relabel's has passed, the rewrite's has been judged.
+	waitFor("the relabelled Node's event", func() bool { return passed("nw-2") == 2 })
+	if n := passed("nw-1"); n != 1 {
+		t.Errorf("%d events of the rewritten Node passed, want 1 (its add; not the status rewrite)", n)
 	}
 	sync()
 	if got := nodeAddrsIn(applier.Last(), addrs); got != len(addrs)-1 || strings.Contains(nft.Render(applier.Last()), nodeAddr("10.203", 2)) {
