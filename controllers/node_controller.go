@@ -84,7 +84,11 @@ type NodeReconciler struct {
 	// only this node's Node. nil: Reader holds every Node.
 	Nodes *allNodes
 
-	pending   atomic.Int64 // unix nanos of the earliest event not yet served; 0 = none
+	pending atomic.Int64 // unix nanos of the earliest event not yet served; 0 = none
+	// noting is false until the first sync starts: that sync reads the whole
+	// cache, so the events before it (at start, every object of the cache,
+	// replayed to the controller's handlers: 100,000 at 100k pods) need no note.
+	noting    atomic.Bool
 	dirtyMu   sync.Mutex
 	dirty     map[objectRef]struct{} // objects changed since the last sync took them
 	mu        sync.Mutex             // serialises syncs and guards the fields below
@@ -177,6 +181,11 @@ func (r *NodeReconciler) notePending(t time.Time) {
 
 // noteDirty records that obj changed (or went away).
 func (r *NodeReconciler) noteDirty(obj client.Object) {
+	if !r.noting.Load() {
+		// The first sync has not read the cache yet: it will read obj as
+		// changed, since the cache holds a change before its event arrives.
+		return
+	}
 	var kind objectKind
 	switch obj.(type) {
 	case *cachedPod, *corev1.Pod:
@@ -242,6 +251,7 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 
 	// Changes noted from here on are served by the next sync (the cache already
 	// holds them when their event arrives, so reading them twice is harmless).
+	r.noting.Store(true)
 	changes := r.takeDirty()
 	var err error
 	// A full sync that waited for every Node (below) has read everything
