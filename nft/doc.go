@@ -121,13 +121,23 @@
 //	chain adm-eg-<hash>-cnp/<name>[_and_N]    one per group of local subjects that the
 //	    same policies select (in evaluation order: priority, then name); the rules of
 //	    those policies, in order, one nft rule per family and protocol kind:
-//	    ip daddr @cnp-<hash>-cnp/<name>-eg0-v4 [meta l4proto . th dport @...-eg0-ports] <verdict>
-//	    ip daddr . meta l4proto . th dport @...-eg1-named-v4 <verdict>   named ports
+//	    ip daddr @cnp-<hash>-cnp/<name>-eg0-v4 <verdict>                              every port
+//	    ip daddr @...-eg1-v4 meta l4proto . th dport @...-eg1-ports <verdict>         exact ports (hash)
+//	    ip daddr @...-eg1-v4 meta l4proto . th dport @...-eg1-ranges <verdict>        wide ranges (interval)
+//	    ip daddr . meta l4proto . th dport @...-eg2-named-v4 <verdict>                named ports (hash)
 //	    counter drop                                  a Deny or Pass that fails closed
 //	chain adm-in-..., bl-eg-..., bl-in-...    the same for the other tiers and directions
-//	set cnp-<hash>-cnp/<name>-<eg|in><rule>-<v4|v6|ports|named-v4|named-v6>
-//	                       a rule's peers, protocol/port ranges, named port destinations;
-//	                       shared by every group that runs the policy
+//	set cnp-<hash>-cnp/<name>-<eg|in><rule>-<v4|v6|ports|ranges|named-v4|named-v6>
+//	                       a rule's peers; its single ports (and ranges of at most 16
+//	                       ports, spelled out); its wider port ranges; its named port
+//	                       destinations. Shared by every group that runs the policy
+//
+// A rule's -ports and -ranges sets exist only when it has such ports (most rules
+// name single ports and have no -ranges set, nor the rule that would look it
+// up): for the same reason as the groups' ports and ranges, an interval set of
+// concatenated fields is the kernel's pipapo, a dearer lookup than a hash's. Both
+// nft rules of one policy rule have its verdict and count into its one named
+// counter.
 //
 // Verdicts by tier and direction. Every group chain is jumped to from its tier's
 // dispatch chain, so `return` hands the packet to the next tier:
