@@ -135,9 +135,11 @@
 // A rule's -ports and -ranges sets exist only when it has such ports (most rules
 // name single ports and have no -ranges set, nor the rule that would look it
 // up): for the same reason as the groups' ports and ranges, an interval set of
-// concatenated fields is the kernel's pipapo, a dearer lookup than a hash's. Both
-// nft rules of one policy rule have its verdict and count into its one named
-// counter.
+// concatenated fields is the kernel's pipapo, a dearer lookup than a hash's even
+// with a handful of elements (perf, B10's tiered scenario: about 0.1 µs per
+// pipapo lookup, 0.04 µs per hash lookup; its new flows' pipapo went from 0.58 to
+// 0.15 µs). Both nft rules of one policy rule have its verdict and count into its
+// one named counter.
 //
 // Verdicts by tier and direction. Every group chain is jumped to from its tier's
 // dispatch chain, so `return` hands the packet to the next tier:
