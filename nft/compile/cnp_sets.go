@@ -13,9 +13,10 @@ import (
 // addresses per family (`-v4`, `-v6`), the exact protocols and ports (`-ports`, a
 // hash) and the wide port ranges (`-ranges`, an interval set) as splitPorts divides
 // them, each only when it has elements, and the destinations of named ports
-// (address . protocol . port, a hash) per family (`-named-v4`, `-named-v6`). They depend on the pods, namespaces and
-// nodes the rules select (and, for ingress named ports, on the policy's local
-// subjects), never on which group runs them: every group shares them.
+// (address . protocol . port, a hash) per family (`-named-v4`, `-named-v6`). They
+// depend on the pods, namespaces and nodes the rules select (and, for ingress named
+// ports, on the policy's local subjects), never on which group runs them: every
+// group shares them.
 func (ps *pass) cnpSets(p *clusterPolicy) []nft.Set {
 	var out []nft.Set
 	for _, rules := range [][]*cnpRule{p.egress, p.ingress} {
