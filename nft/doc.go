@@ -244,8 +244,11 @@
 // stamps it again (a sender repeats a lost PMTU error).
 //
 // Which changes move the epoch (compile.Narrows): every change but elements added
-// to allow sets. A new peer pod, the commonest pod event, adds elements and
-// rechecks nothing; a pod deleted (elements removed), a new local isolated pod (a
+// to allow sets. The sets of a ClusterNetworkPolicy rule that denies, or that
+// passes from the Admin tier (skipping the tier's later Accept rules), are not
+// allow sets: a peer, port or named port destination added to one may deny an
+// open connection. A new peer pod of an allowing rule, the commonest pod event,
+// adds elements and rechecks nothing; a pod deleted (elements removed), a new local isolated pod (a
 // map element) and any policy change that reshapes chains recheck every open
 // connection through the node once. What a recheck costs is one slow-path walk per
 // open connection, spread over their next packets (test/bench: b7_*).

@@ -243,3 +243,55 @@ func TestClusterPortSetShapes(t *testing.T) {
 	}
 	t.Logf("random tiered clusters: %d ports hashes, %d ranges sets, %d named port hashes", totals[0], totals[1], totals[2])
 }
+
+// TestNarrowsTiers: in strict mode, an element added to a set of a
+// ClusterNetworkPolicy rule that denies, or passes from the Admin tier, may deny
+// an open connection (Narrows true: a new epoch); one added to an Accept rule's
+// sets, or a Baseline Pass's, only allows more. Peers, exact ports and port
+// ranges alike, with and without the deny log (whose Deny rules go to a drop
+// chain instead of dropping).
+func TestNarrowsTiers(t *testing.T) {
+	name := func(pol, id string) string { return nft.ObjectName("cnp", pol, "cnp/"+pol, id) }
+	addr := nft.Elem(nft.Addr(mustAddr("10.99.0.1")))
+	port := func(proto uint8, n uint32) nft.Element { return nft.Elem(nft.Num(uint32(proto)), nft.Num(n)) }
+	cases := []struct {
+		src, set string
+		elem     nft.Element
+		narrows  bool
+	}{
+		{"cnp-admin", name("deny-y-to-x", "in0-v4"), addr, true},              // Admin Deny peers
+		{"cnp-admin", name("pass-x-ingress", "in0-v4"), addr, true},           // Admin Pass peers
+		{"cnp-admin", name("accept-z-to-x", "in0-v4"), addr, false},           // Admin Accept peers
+		{"cnp-admin", name("accept-z-to-x", "in0-ports"), port(6, 81), false}, // Admin Accept ports
+		{"cnp-admin", name("dns-and-no-9", "eg1-v4"), addr, true},             // Admin egress Deny
+		{"cnp-baseline", name("default-deny", "in0-v4"), addr, true},          // Baseline Deny
+		{"cnp-baseline", name("web-from-x", "in0-v4"), addr, false},           // Baseline Accept
+		{"cnp-baseline", name("web-from-x", "eg0-v4"), addr, true},            // Baseline egress Deny
+		{"cnp-baseline", name("z-pass", "eg0-v4"), addr, true},                // Admin egress Pass
+		{"cnp-ports", name("x-ports-out", "eg1-ports"), port(17, 5003), true}, // Deny on one more port
+		{"cnp-ports", name("x-ports-out", "eg0-ranges"), nft.Elem(nft.Num(6), nft.NumRange(9000, 9100)), true},
+		{"cnp-ports", name("x-ports-in", "in0-ranges"), nft.Elem(nft.Num(17), nft.NumRange(9000, 9100)), false},
+	}
+	for _, denyLog := range []bool{false, true} {
+		opts := Options{Established: EstablishedRecheck}
+		if denyLog {
+			opts.DenyLog, opts.PolicyCounters = DenyLog{Group: 100, Rate: 100, Burst: 20}, true
+		}
+		for _, c := range cases {
+			w := loadCase(t, goldenCase{name: c.src, upstream: true})
+			base, _ := Compile(w.snapshot("node-1"), opts)
+			if Narrows(base, base) {
+				t.Fatalf("%s: no change narrows", c.src)
+			}
+			next := base.Clone()
+			s := next.FindSet(c.set)
+			if s == nil {
+				t.Fatalf("%s: no set %s", c.src, c.set)
+			}
+			s.Elements = append(s.Elements, c.elem)
+			if got := Narrows(base, next); got != c.narrows {
+				t.Errorf("deny log %v: an element added to %s: Narrows %v, want %v", denyLog, c.set, got, c.narrows)
+			}
+		}
+	}
+}

@@ -370,3 +370,34 @@ func famName(v6 bool) string {
 	}
 	return "IPv4"
 }
+
+// tierNarrowingSets is the sets of rs that tier rules look up to deny or pass
+// (Narrows): a new element there may deny a packet that was allowed. A Deny rule
+// drops (or goes to its drop chain, with the deny log); an Admin Pass returns,
+// skipping the tier's later rules, an Accept among them, for NetworkPolicy or
+// Baseline to judge. A Baseline return is an Accept or a Pass, both "allowed";
+// an Accept of either tier only allows more. Group chains and their reply twins
+// are named adm-... and bl-... (tierGroup.name).
+func tierNarrowingSets(rs *nft.Ruleset) map[string]bool {
+	out := map[string]bool{}
+	for _, c := range rs.Chains {
+		admin := strings.HasPrefix(c.Name, "adm-")
+		if !admin && !strings.HasPrefix(c.Name, "bl-") {
+			continue
+		}
+		for _, r := range c.Rules {
+			v := r.Verdict
+			drops := v.Kind == nft.Drop || (v.Kind == nft.Goto && strings.HasPrefix(v.Chain, "cnp-") &&
+				(strings.HasSuffix(v.Chain, "-drop") || strings.HasSuffix(v.Chain, "-drop-"+nft.SuffixReply)))
+			if !drops && !(admin && v.Kind == nft.Return) {
+				continue
+			}
+			for _, m := range r.Matches {
+				if m.Set != "" {
+					out[m.Set] = true
+				}
+			}
+		}
+	}
+	return out
+}
