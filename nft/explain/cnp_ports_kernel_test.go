@@ -1,11 +1,13 @@
 package explain
 
 import (
+	"net"
 	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -233,4 +235,109 @@ func TestClusterPortsInKernel(t *testing.T) {
 		}
 		t.Logf("%s: %d packets as the policies say, explain agreeing", mode, len(probes))
 	}
+}
+
+// TestClusterPortsRecheckInKernel: strict mode's reply twins read a rule's port
+// ranges too. y/a opens a TCP connection to x/a on port 8600 (x-ports-in's
+// -ranges set) at epoch 1. At epoch 2, the same policies, the server speaks
+// first: its packet, a reply of an older epoch, is judged as its connection by
+// the reply twin (th sport in -ranges) and passes, and the client's next too. At
+// epoch 3 the policy has lost the range (its Deny of the rest of y now matches):
+// the connection is cut at its next packet.
+func TestClusterPortsRecheckInKernel(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: no kernel")
+	}
+	lab := newKernelLab(t, []int{80})
+	nss, pods := netpolref.UpstreamModel()
+	tables := func(cnps []*cnpv1.ClusterNetworkPolicy, epoch uint32) map[string]*nft.Ruleset {
+		out := map[string]*nft.Ruleset{}
+		for _, n := range []string{"node-1", "node-2"} {
+			rs, problems := compile.Compile(compile.Snapshot{NodeName: n, Pods: pods, Namespaces: nss, ClusterNetworkPolicies: cnps,
+				Nodes: netpolref.ModelNodes()}, compile.Options{Established: compile.EstablishedRecheck})
+			if len(problems) > 0 {
+				t.Fatal(problems)
+			}
+			compile.StampEpoch(rs, compile.DefaultCtMarkMask, epoch)
+			out[n] = rs
+		}
+		return out
+	}
+	load := func(ts map[string]*nft.Ruleset) {
+		lab.load(lab.a, ts["node-2"]) // y/a's node
+		lab.load(lab.b, ts["node-1"]) // x/a's node
+	}
+	narrowed := portsPolicies()
+	narrowed[0].Spec.Ingress[0].Protocols = narrowed[0].Spec.Ingress[0].Protocols[:4] // without TCP 8000-8999
+	if ts := tables(narrowed, 3); ts["node-1"].FindSet(nft.ObjectName("cnp", "x-ports-in", "cnp/x-ports-in", "in0-ranges")) != nil {
+		t.Fatal("the narrowed policy still has its port range")
+	}
+
+	var src, dst netip.Addr
+	for _, p := range pods {
+		switch p.Namespace + "/" + p.Name {
+		case "y/a":
+			src = netpolref.PodIPs(p)[0]
+		case "x/a":
+			dst = netpolref.PodIPs(p)[0]
+		}
+	}
+	off := lab.place([]netip.Addr{src}, []netip.Addr{dst})
+	defer off()
+	to := netip.AddrPortFrom(dst, 8600)
+	var ln net.Listener
+	if err := lab.r.Do(func() (err error) { ln, err = net.Listen("tcp4", to.String()); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	load(tables(portsPolicies(), 1))
+	var cl net.Conn
+	err := lab.l.Do(func() (err error) {
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), Timeout: 2 * time.Second}
+		cl, err = d.Dial("tcp4", to.String())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("epoch 1: y/a cannot connect to x/a:8600: %v\n%s", err, lab.diag())
+	}
+	defer cl.Close()
+	var srv net.Conn
+	select {
+	case srv = <-accepted:
+		defer srv.Close()
+	case <-time.After(2 * time.Second):
+		t.Fatal("epoch 1: no connection accepted")
+	}
+	// exchange sends one byte from first and reads it at second; a lost segment
+	// is retransmitted within the deadline, a dropped one never arrives.
+	exchange := func(first, second net.Conn) error {
+		_ = first.SetDeadline(time.Now().Add(2 * time.Second))
+		_ = second.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := first.Write([]byte{1}); err != nil {
+			return err
+		}
+		_, err := second.Read(make([]byte, 1))
+		return err
+	}
+	if err := exchange(cl, srv); err != nil {
+		t.Fatalf("epoch 1: %v", err)
+	}
+	load(tables(portsPolicies(), 2))
+	if err := exchange(srv, cl); err != nil {
+		t.Fatalf("epoch 2, same policies: the server's packet (a reply of epoch 1, judged by the reply twin on -ranges) did not arrive: %v\n%s", err, lab.diag())
+	}
+	if err := exchange(cl, srv); err != nil {
+		t.Fatalf("epoch 2: the client's next packet: %v", err)
+	}
+	load(tables(narrowed, 3))
+	if err := exchange(srv, cl); err == nil {
+		t.Fatal("epoch 3, the range gone from the policy: the connection lives on")
+	}
+	t.Logf("x/a:8600 from y/a: kept at epoch 2 (reply twin on the -ranges set), cut at epoch 3 (range removed)")
 }
