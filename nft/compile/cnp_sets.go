@@ -10,10 +10,13 @@ import (
 )
 
 // cnpSets computes the named sets of every rule of p, both directions: the peers'
-// addresses per family, the protocols and port ranges, and the destinations of named
-// ports (address, protocol, port) per family. They depend on the pods, namespaces and
-// nodes the rules select (and, for ingress named ports, on the policy's local
-// subjects), never on which group runs them: every group shares them.
+// addresses per family (`-v4`, `-v6`), the exact protocols and ports (`-ports`, a
+// hash) and the wide port ranges (`-ranges`, an interval set) as splitPorts divides
+// them, each only when it has elements, and the destinations of named ports
+// (address . protocol . port, a hash) per family (`-named-v4`, `-named-v6`). They
+// depend on the pods, namespaces and nodes the rules select (and, for ingress named
+// ports, on the policy's local subjects), never on which group runs them: every
+// group shares them.
 func (ps *pass) cnpSets(p *clusterPolicy) []nft.Set {
 	var out []nft.Set
 	for _, rules := range [][]*cnpRule{p.egress, p.ingress} {
@@ -49,8 +52,10 @@ func (ps *pass) cnpSets(p *clusterPolicy) []nft.Set {
 					out = append(out, s)
 				}
 				if len(r.named) > 0 {
+					// A hash: a named port resolves to one number per pod, so
+					// every element is exact.
 					s := nft.Set{Name: p.setName(r, famSuffix("named-", v6)), Type: []nft.DataType{typ, nft.TypeInetProto, nft.TypeInetService},
-						Interval: true, Comment: comment("named port destinations of " + what)}
+						Comment: comment("named port destinations of " + what)}
 					for _, e := range named {
 						if e.addr.Is6() == v6 {
 							s.Elements = append(s.Elements, nft.Element{Key: []nft.Value{nft.Addr(e.addr), nft.Num(uint32(e.proto)), nft.Num(uint32(e.port))}})
@@ -59,10 +64,19 @@ func (ps *pass) cnpSets(p *clusterPolicy) []nft.Set {
 					out = append(out, s)
 				}
 			}
-			if len(r.ports) > 0 {
-				s := nft.Set{Name: p.setName(r, "ports"), Type: []nft.DataType{nft.TypeInetProto, nft.TypeInetService}, Interval: true,
+			exact, ranges := splitPorts(r.ports)
+			if len(exact) > 0 {
+				s := nft.Set{Name: p.setName(r, "ports"), Type: []nft.DataType{nft.TypeInetProto, nft.TypeInetService},
 					Comment: comment("protocols and ports of " + what)}
-				for _, pt := range mergePorts(r.ports) {
+				for _, pt := range exact {
+					s.Elements = append(s.Elements, nft.Element{Key: []nft.Value{nft.Num(uint32(pt.proto)), nft.Num(uint32(pt.lo))}})
+				}
+				out = append(out, s)
+			}
+			if len(ranges) > 0 {
+				s := nft.Set{Name: p.setName(r, "ranges"), Type: []nft.DataType{nft.TypeInetProto, nft.TypeInetService}, Interval: true,
+					Comment: comment("protocols and port ranges of " + what)}
+				for _, pt := range ranges {
 					s.Elements = append(s.Elements, nft.Element{Key: []nft.Value{nft.Num(uint32(pt.proto)), nft.NumRange(uint32(pt.lo), uint32(pt.hi))}})
 				}
 				out = append(out, s)
@@ -158,4 +172,25 @@ func mergePorts(in []port) []port {
 		out = append(out, pt)
 	}
 	return out
+}
+
+// splitPorts divides a rule's numbered ports between its two port sets, as
+// splitPortElems does a group's: exact holds one element per protocol and port,
+// every range of at most maxExactPorts ports spelled out (a hash, `-ports`);
+// ranges holds the wider ranges (an interval set, `-ranges`). An interval set of
+// concatenated fields is the kernel's pipapo, a lookup that costs more than a
+// hash's even with a handful of elements; most rules name single ports and so
+// have no ranges set, and no rule to look it up. Which sets a rule has depends on
+// its ports alone, never on pods: its nft rules change only with the policy.
+func splitPorts(in []port) (exact, ranges []port) {
+	for _, pt := range mergePorts(in) {
+		if int(pt.hi)-int(pt.lo) >= maxExactPorts {
+			ranges = append(ranges, pt)
+			continue
+		}
+		for n := int(pt.lo); n <= int(pt.hi); n++ {
+			exact = append(exact, port{proto: pt.proto, lo: uint16(n), hi: uint16(n)})
+		}
+	}
+	return exact, ranges
 }

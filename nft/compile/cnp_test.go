@@ -2,7 +2,9 @@ package compile
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -98,4 +100,198 @@ func TestTierCostIgnoresOtherSubjects(t *testing.T) {
 		t.Fatalf("the 300 policies added no rules (%d vs %d): the test proves nothing", cm.Rules, cf.Rules)
 	}
 	t.Logf("table: %d rules with 2 policies, %d with 302; the packets' paths are identical", cf.Rules, cm.Rules)
+}
+
+// TestClusterPortSetShapes: a ClusterNetworkPolicy rule's exact ports are a hash
+// and only its wide ranges an interval set (the kernel's pipapo, a dearer lookup:
+// issue 16 §4), each set and its nft rule present only when it has elements, and
+// named port destinations a hash; every nft rule of one policy rule counts into
+// its one named counter. Over the golden case cnp-ports (which names each shape)
+// and random tiered clusters.
+func TestClusterPortSetShapes(t *testing.T) {
+	opts := Options{PolicyCounters: true, DenyLog: DenyLog{Group: 100, Rate: 100, Burst: 20}, Established: EstablishedRecheck}
+	check := func(name string, rs *nft.Ruleset, counters bool) (ports, ranges, named int) {
+		t.Helper()
+		for _, s := range rs.Sets {
+			if !strings.HasPrefix(s.Name, "cnp-") {
+				continue
+			}
+			switch {
+			case strings.HasSuffix(s.Name, "-ports"):
+				ports++
+				if s.Interval || len(s.Elements) == 0 {
+					t.Errorf("%s: set %s: interval %v, %d elements; want a hash with elements", name, s.Name, s.Interval, len(s.Elements))
+				}
+				for _, e := range s.Elements {
+					if e.Key[1].Range {
+						t.Errorf("%s: set %s holds a range %v", name, s.Name, e.Key[1])
+					}
+				}
+				if strings.Contains(nft.Render(&nft.Ruleset{Table: "t", Sets: []nft.Set{s}}), "flags interval") {
+					t.Errorf("%s: set %s renders with flags interval", name, s.Name)
+				}
+			case strings.HasSuffix(s.Name, "-ranges"):
+				ranges++
+				if !s.Interval || len(s.Elements) == 0 {
+					t.Errorf("%s: set %s: interval %v, %d elements; want an interval set with elements", name, s.Name, s.Interval, len(s.Elements))
+				}
+				for _, e := range s.Elements {
+					if int(e.Key[1].NumEnd)-int(e.Key[1].Num) < maxExactPorts {
+						t.Errorf("%s: set %s holds %v, which the hash should spell out", name, s.Name, e.Key[1])
+					}
+				}
+			case strings.Contains(s.Name, "-named-v"):
+				named++
+				if s.Interval {
+					t.Errorf("%s: set %s: a named port set with flags interval", name, s.Name)
+				}
+			}
+		}
+		// Every rule of a tier chain that looks up a rule's sets counts into the
+		// counter named after that rule (cnp-<hash>-cnp/<name>-<eg|in><N>-...).
+		for _, c := range rs.Chains {
+			for _, r := range c.Rules {
+				var set, counter string
+				for _, m := range r.Matches {
+					if strings.HasPrefix(m.Set, "cnp-") {
+						set = m.Set
+						if rs.FindSet(m.Set) == nil {
+							t.Errorf("%s: chain %s looks up %s, which does not exist", name, c.Name, m.Set)
+						}
+					}
+				}
+				for _, st := range r.Statements {
+					if cr, ok := st.(nft.CounterRef); ok {
+						counter = cr.Name
+					}
+				}
+				if set == "" || !counters {
+					continue
+				}
+				if i := strings.LastIndexByte(counter, '-'); i < 0 || !strings.HasPrefix(set, counter[:i+1]) {
+					t.Errorf("%s: chain %s: the rule on %s counts into %q", name, c.Name, set, counter)
+				}
+			}
+		}
+		return ports, ranges, named
+	}
+
+	w := loadCase(t, goldenCase{name: "cnp-ports", upstream: true})
+	rs, problems := Compile(w.snapshot("node-1"), opts)
+	if len(problems) > 0 {
+		t.Fatal(problems)
+	}
+	check("cnp-ports", rs, true)
+	// The shapes the case names, set by set and rule by rule.
+	in := func(pol, id string) string { return nft.ObjectName("cnp", pol, "cnp/"+pol, id) }
+	for _, c := range []struct {
+		set   string
+		want  bool
+		rules int // per chain (group and reply twin): one per family
+	}{
+		{in("x-ports-in", "in0-ports"), true, 2}, // exact ports and a wide range: both
+		{in("x-ports-in", "in0-ranges"), true, 2},
+		{in("x-ports-out", "eg0-ports"), false, 0}, // a wide range only
+		{in("x-ports-out", "eg0-ranges"), true, 2},
+		{in("x-ports-out", "eg1-ports"), true, 2}, // one port only
+		{in("x-ports-out", "eg1-ranges"), false, 0},
+	} {
+		if got := rs.FindSet(c.set) != nil; got != c.want {
+			t.Errorf("set %s: present %v, want %v", c.set, got, c.want)
+		}
+		dir := "adm-eg-"
+		if strings.Contains(c.set, "-in0-") {
+			dir = "adm-in-"
+		}
+		chains := 0
+		for _, ch := range rs.Chains {
+			if !strings.HasPrefix(ch.Name, dir) {
+				continue
+			}
+			chains++
+			n := 0
+			for _, r := range ch.Rules {
+				for _, m := range r.Matches {
+					if m.Set == c.set {
+						n++
+					}
+				}
+			}
+			if n != c.rules {
+				t.Errorf("chain %s: %d rules look up %s, want %d", ch.Name, n, c.set, c.rules)
+			}
+		}
+		if chains != 2 { // the group chain and its reply twin
+			t.Errorf("%d chains %s*, want 2", chains, dir)
+		}
+	}
+	if s := rs.FindSet(in("x-ports-in", "in0-ports")); s == nil || len(s.Elements) != 7 {
+		t.Errorf("x-ports-in in0-ports: want TCP 80, UDP 53, UDP 5000-5003 spelled out and SCTP 9000 (7 elements): %v", s)
+	}
+
+	var totals [3]int
+	for i := range 40 {
+		w := randomTieredWorld(rand.New(rand.NewPCG(21, uint64(i))))
+		for _, o := range []Options{{}, opts} {
+			rs, _ := Compile(w.snapshot("node-1"), o)
+			p, r, n := check(fmt.Sprintf("random %d", i), rs, o.PolicyCounters)
+			totals[0], totals[1], totals[2] = totals[0]+p, totals[1]+r, totals[2]+n
+		}
+	}
+	if totals[0] == 0 || totals[1] == 0 || totals[2] == 0 {
+		t.Errorf("the random clusters did not cover every shape (ports, ranges, named sets): %v", totals)
+	}
+	t.Logf("random tiered clusters: %d ports hashes, %d ranges sets, %d named port hashes", totals[0], totals[1], totals[2])
+}
+
+// TestNarrowsTiers: in strict mode, an element added to a set of a
+// ClusterNetworkPolicy rule that denies, or passes from the Admin tier, may deny
+// an open connection (Narrows true: a new epoch); one added to an Accept rule's
+// sets, or a Baseline Pass's, only allows more. Peers, exact ports and port
+// ranges alike, with and without the deny log (whose Deny rules go to a drop
+// chain instead of dropping).
+func TestNarrowsTiers(t *testing.T) {
+	name := func(pol, id string) string { return nft.ObjectName("cnp", pol, "cnp/"+pol, id) }
+	addr := nft.Elem(nft.Addr(mustAddr("10.99.0.1")))
+	port := func(proto uint8, n uint32) nft.Element { return nft.Elem(nft.Num(uint32(proto)), nft.Num(n)) }
+	cases := []struct {
+		src, set string
+		elem     nft.Element
+		narrows  bool
+	}{
+		{"cnp-admin", name("deny-y-to-x", "in0-v4"), addr, true},              // Admin Deny peers
+		{"cnp-admin", name("pass-x-ingress", "in0-v4"), addr, true},           // Admin Pass peers
+		{"cnp-admin", name("accept-z-to-x", "in0-v4"), addr, false},           // Admin Accept peers
+		{"cnp-admin", name("accept-z-to-x", "in0-ports"), port(6, 81), false}, // Admin Accept ports
+		{"cnp-admin", name("dns-and-no-9", "eg1-v4"), addr, true},             // Admin egress Deny
+		{"cnp-baseline", name("default-deny", "in0-v4"), addr, true},          // Baseline Deny
+		{"cnp-baseline", name("web-from-x", "in0-v4"), addr, false},           // Baseline Accept
+		{"cnp-baseline", name("web-from-x", "eg0-v4"), addr, true},            // Baseline egress Deny
+		{"cnp-baseline", name("z-pass", "eg0-v4"), addr, true},                // Admin egress Pass
+		{"cnp-ports", name("x-ports-out", "eg1-ports"), port(17, 5003), true}, // Deny on one more port
+		{"cnp-ports", name("x-ports-out", "eg0-ranges"), nft.Elem(nft.Num(6), nft.NumRange(9000, 9100)), true},
+		{"cnp-ports", name("x-ports-in", "in0-ranges"), nft.Elem(nft.Num(17), nft.NumRange(9000, 9100)), false},
+	}
+	for _, denyLog := range []bool{false, true} {
+		opts := Options{Established: EstablishedRecheck}
+		if denyLog {
+			opts.DenyLog, opts.PolicyCounters = DenyLog{Group: 100, Rate: 100, Burst: 20}, true
+		}
+		for _, c := range cases {
+			w := loadCase(t, goldenCase{name: c.src, upstream: true})
+			base, _ := Compile(w.snapshot("node-1"), opts)
+			if Narrows(base, base) {
+				t.Fatalf("%s: no change narrows", c.src)
+			}
+			next := base.Clone()
+			s := next.FindSet(c.set)
+			if s == nil {
+				t.Fatalf("%s: no set %s", c.src, c.set)
+			}
+			s.Elements = append(s.Elements, c.elem)
+			if got := Narrows(base, next); got != c.narrows {
+				t.Errorf("deny log %v: an element added to %s: Narrows %v, want %v", denyLog, c.set, got, c.narrows)
+			}
+		}
+	}
 }

@@ -243,8 +243,9 @@ func (g *tierGroup) verdict(a action, strict bool) nft.Verdict {
 }
 
 // ruleRules is one ClusterNetworkPolicy rule as nft rules: one per family and kind
-// of protocol match, all with the rule's verdict, so any of them matching is the
-// rule matching.
+// of protocol match (every port; exact ports; port ranges; named ports), all with
+// the rule's verdict and named counter, so any of them matching is the rule
+// matching, counted once.
 func (g *tierGroup) ruleRules(p *clusterPolicy, r *cnpRule, strict bool, obs tierObserve) []nft.Rule {
 	dir := "egress"
 	if r.ingress {
@@ -260,6 +261,7 @@ func (g *tierGroup) ruleRules(p *clusterPolicy, r *cnpRule, strict bool, obs tie
 	case r.denyAll:
 		return []nft.Rule{{Statements: st, Counter: true, Verdict: obs.verdict(p, r, nft.Verdict{Kind: nft.Drop}, false), Comment: comment(text + ", fails closed: deny all")}}
 	}
+	exact, ranges := splitPorts(r.ports)
 	var out []nft.Rule
 	for _, v6 := range []bool{false, true} {
 		peerKey, local := nft.KeyIPDaddr, nft.KeyIPDaddr
@@ -275,9 +277,16 @@ func (g *tierGroup) ruleRules(p *clusterPolicy, r *cnpRule, strict bool, obs tie
 		if r.allPorts {
 			out = append(out, nft.Rule{Matches: []nft.Match{peers}, Statements: st, Counter: true, Verdict: v, Comment: comment(text)})
 		}
-		if len(r.ports) > 0 {
+		// Exact ports (a hash) and wide ranges (an interval set) are two sets
+		// and so two rules, each present only when its set is (splitPorts);
+		// both count into the rule's one named counter.
+		if len(exact) > 0 {
 			out = append(out, nft.Rule{Matches: []nft.Match{peers, nft.InSet(p.setName(r, "ports"), nft.KeyL4Proto, nft.KeyTHDport)},
 				Statements: st, Counter: true, Verdict: v, Comment: comment(text)})
+		}
+		if len(ranges) > 0 {
+			out = append(out, nft.Rule{Matches: []nft.Match{peers, nft.InSet(p.setName(r, "ranges"), nft.KeyL4Proto, nft.KeyTHDport)},
+				Statements: st, Counter: true, Verdict: v, Comment: comment(text + ", port ranges")})
 		}
 		if len(r.named) > 0 {
 			named := nft.InSet(p.setName(r, famSuffix("named-", v6)), local, nft.KeyL4Proto, nft.KeyTHDport)
@@ -360,4 +369,35 @@ func famName(v6 bool) string {
 		return "IPv6"
 	}
 	return "IPv4"
+}
+
+// tierNarrowingSets is the sets of rs that tier rules look up to deny or pass
+// (Narrows): a new element there may deny a packet that was allowed. A Deny rule
+// drops (or goes to its drop chain, with the deny log); an Admin Pass returns,
+// skipping the tier's later rules, an Accept among them, for NetworkPolicy or
+// Baseline to judge. A Baseline return is an Accept or a Pass, both "allowed";
+// an Accept of either tier only allows more. Group chains and their reply twins
+// are named adm-... and bl-... (tierGroup.name).
+func tierNarrowingSets(rs *nft.Ruleset) map[string]bool {
+	out := map[string]bool{}
+	for _, c := range rs.Chains {
+		admin := strings.HasPrefix(c.Name, "adm-")
+		if !admin && !strings.HasPrefix(c.Name, "bl-") {
+			continue
+		}
+		for _, r := range c.Rules {
+			v := r.Verdict
+			drops := v.Kind == nft.Drop || (v.Kind == nft.Goto && strings.HasPrefix(v.Chain, "cnp-") &&
+				(strings.HasSuffix(v.Chain, "-drop") || strings.HasSuffix(v.Chain, "-drop-"+nft.SuffixReply)))
+			if !drops && !(admin && v.Kind == nft.Return) {
+				continue
+			}
+			for _, m := range r.Matches {
+				if m.Set != "" {
+					out[m.Set] = true
+				}
+			}
+		}
+	}
+	return out
 }

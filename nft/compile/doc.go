@@ -189,10 +189,19 @@
 // that select them (in evaluation order); each group has one chain holding those
 // policies' rules, reached from a verdict map on the subject's address. A packet
 // walks only the rules of the policies that select its pods. Each rule is one nft
-// rule per family, with named sets of the rule's own (peers' addresses; protocols and
-// ports; named port destinations) shared by every group that runs the policy, so pod
-// churn is element changes. With no ClusterNetworkPolicy at all the table is exactly
-// the NetworkPolicy table; nft/doc.go shows both layouts.
+// rule per family and kind of port match, with named sets of the rule's own shared
+// by every group that runs the policy, so pod churn is element changes: the peers'
+// addresses (-v4, -v6); the protocols and ports, split as a group's ports and
+// ranges are (splitPorts): single ports, and ranges of at most 16 ports spelled
+// out, in a hash of protocol . port (-ports), wider ranges in an interval set
+// (-ranges), each set and the rule that looks it up only when the rule's ports
+// have such elements; and the named port destinations, a hash of address .
+// protocol . port (-named-v4, -named-v6: a named port resolves to one number per
+// pod). So a rule on single ports, nearly every rule, costs no pipapo lookup; one
+// with both kinds is two nft rules with the same verdict and named counter, one
+// looking up each set. Which sets a rule has depends on its ports alone, never on
+// pods. With no ClusterNetworkPolicy at all the table is exactly the NetworkPolicy
+// table; nft/doc.go shows both layouts.
 // # Seeing verdicts
 //
 // Two options add to each group chain what lets a person see its verdicts, without
@@ -231,7 +240,7 @@
 //	cnp_parse.go     ClusterNetworkPolicy parsed once into clusterPolicy, cnpRule, cnpPeer
 //	cnp_compiler.go  the Compiler's Set/Delete for them and for nodes, and invalidation
 //	cnp_tier.go      tierPass: subject groups per tier and direction, their chains, the maps
-//	cnp_sets.go      each rule's sets: peers, protocols and ports, named port destinations
+//	cnp_sets.go      each rule's sets: peers, exact ports and port ranges, named port destinations
 //	cnp_table.go     the tiers' fixed chains (forward's tier walk, ingress-tiers, input), nodeInfo
 //	cnp_observe.go   options in the tiers: per-rule counters, drop chains that log, Attribution
 package compile

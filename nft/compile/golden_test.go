@@ -70,6 +70,12 @@ var goldenCases = []goldenCase{
 	{name: "cnp-admin", upstream: true, node: "node-1"},
 	{name: "cnp-baseline", upstream: true, node: "node-1"},
 	{name: "cnp-nodes-named", upstream: true, node: "node-1"},
+	{name: "cnp-ports", upstream: true, node: "node-1"},
+	// The port sets with counters, the deny log and strict mode: a rule's two
+	// lookups (-ports, -ranges) count into its one counter, and their reply
+	// twins read the reply's source port.
+	{name: "cnp-ports-observe-strict", src: "cnp-ports", upstream: true, node: "node-1", opts: Options{
+		DenyLog: DenyLog{Group: 100, Rate: 100, Burst: 20}, PolicyCounters: true, Established: EstablishedRecheck}},
 	{name: "cnp-problems", upstream: true, node: "node-1", problems: []string{
 		"cnp/accept-domains: egress rule 0: peer 0: domainNames peers are not implemented by nftpolicy; the rule matches nothing",
 		"cnp/accept-domains: egress rule 1: peer 0: domainNames peers are not implemented by nftpolicy; the rule matches through its other peers only",

@@ -152,14 +152,23 @@ func epochComment(e uint32) string {
 // allowed, so that open connections must be judged again: true unless next is
 // last plus elements added to allow sets (a new peer for some group, the commonest
 // pod event). A new map element isolates an address (a new local pod, or a reused
-// address); removed elements, and any change to chains or rules, may narrow. With
-// last nil (nothing known to be in force), true. Both must carry the same epoch.
+// address); an element added to a set of a ClusterNetworkPolicy rule that denies
+// or passes may deny (tierNarrowingSets); removed elements, and any change to
+// chains or rules, may narrow. With last nil (nothing known to be in force),
+// true. Both must carry the same epoch.
 func Narrows(last, next *nft.Ruleset) bool {
 	if last == nil || next == nil {
 		return true
 	}
+	var narrowing map[string]bool
 	for _, op := range nft.Plan(last, next).Ops {
 		if op.Kind != nft.OpAddElements || op.Set == nil || op.Set.Verdicts {
+			return true
+		}
+		if narrowing == nil {
+			narrowing = tierNarrowingSets(next)
+		}
+		if narrowing[op.Set.Name] {
 			return true
 		}
 	}

@@ -231,59 +231,8 @@ func (k *kernelLab) send(pkts []labPacket) map[labPacket]bool {
 			dsts = append(dsts, p.dst)
 		}
 	}
-	cmds := func(verb string, addrs []netip.Addr, dev string) (on, route []string) {
-		for _, a := range addrs {
-			bits, via, nodad := 32, labL, ""
-			if a.Is6() {
-				bits, nodad = 128, " nodad"
-			}
-			if dev == "to-l" {
-				if a.Is6() {
-					via = labL6
-				}
-			} else if via = "192.0.2.6"; a.Is6() {
-				via = "2001:db8:0:3::6"
-			}
-			if verb == "add" {
-				on = append(on, fmt.Sprintf("addr add %s/%d dev eth0%s", a, bits, nodad))
-			} else {
-				on = append(on, fmt.Sprintf("addr del %s/%d dev eth0", a, bits))
-			}
-			route = append(route, fmt.Sprintf("route %s %s/%d via %s dev %s", verb, a, bits, via, dev))
-		}
-		return on, route
-	}
-	lOn, aRoute := cmds("add", srcs, "to-l")
-	rOn, bRoute := cmds("add", dsts, "to-r")
-	k.ip(k.l, lOn...)
-	k.ip(k.a, aRoute...)
-	k.ip(k.r, rOn...)
-	k.ip(k.b, bRoute...)
-	// Prime every new address with a datagram to the neighbouring router's own
-	// address (its input hook: no table judges it).
-	prime := func(n *nfttest.NetNS, addrs []netip.Addr, to4, to6 string) {
-		err := n.Do(func() error {
-			for _, a := range addrs {
-				to := netip.MustParseAddr(to4)
-				if a.Is6() {
-					to = netip.MustParseAddr(to6)
-				}
-				c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, 0)))
-				if err != nil {
-					return err
-				}
-				_, _ = c.WriteToUDPAddrPort([]byte("prime"), netip.AddrPortFrom(to, 9))
-				c.Close()
-			}
-			return nil
-		})
-		if err != nil {
-			k.t.Fatal(err)
-		}
-	}
-	prime(k.l, srcs, "192.0.2.10", "2001:db8:0:1::10")
-	prime(k.r, dsts, labB, labB6)
-	time.Sleep(50 * time.Millisecond)
+	off := k.place(srcs, dsts)
+	defer off()
 	var fds []int
 	type udpProbe struct {
 		c *net.UDPConn
@@ -348,13 +297,75 @@ func (k *kernelLab) send(pkts []labPacket) map[labPacket]bool {
 		delete(k.got, p.key())
 	}
 	k.mu.Unlock()
-	lOff, aOff := cmds("del", srcs, "to-l")
-	rOff, bOff := cmds("del", dsts, "to-r")
-	k.ip(k.a, aOff...)
-	k.ip(k.b, bOff...)
-	k.ip(k.l, lOff...)
-	k.ip(k.r, rOff...)
 	return out
+}
+
+// place gives L the source addresses and R the destination addresses, with A's
+// and B's routes to them, primes each (a datagram to the neighbouring router's
+// own address, which no table judges), and returns what takes them away.
+func (k *kernelLab) place(srcs, dsts []netip.Addr) func() {
+	k.t.Helper()
+	cmds := func(verb string, addrs []netip.Addr, dev string) (on, route []string) {
+		for _, a := range addrs {
+			bits, via, nodad := 32, labL, ""
+			if a.Is6() {
+				bits, nodad = 128, " nodad"
+			}
+			if dev == "to-l" {
+				if a.Is6() {
+					via = labL6
+				}
+			} else if via = "192.0.2.6"; a.Is6() {
+				via = "2001:db8:0:3::6"
+			}
+			if verb == "add" {
+				on = append(on, fmt.Sprintf("addr add %s/%d dev eth0%s", a, bits, nodad))
+			} else {
+				on = append(on, fmt.Sprintf("addr del %s/%d dev eth0", a, bits))
+			}
+			route = append(route, fmt.Sprintf("route %s %s/%d via %s dev %s", verb, a, bits, via, dev))
+		}
+		return on, route
+	}
+	lOn, aRoute := cmds("add", srcs, "to-l")
+	rOn, bRoute := cmds("add", dsts, "to-r")
+	k.ip(k.l, lOn...)
+	k.ip(k.a, aRoute...)
+	k.ip(k.r, rOn...)
+	k.ip(k.b, bRoute...)
+	// Prime every new address with a datagram to the neighbouring router's own
+	// address (its input hook: no table judges it).
+	prime := func(n *nfttest.NetNS, addrs []netip.Addr, to4, to6 string) {
+		err := n.Do(func() error {
+			for _, a := range addrs {
+				to := netip.MustParseAddr(to4)
+				if a.Is6() {
+					to = netip.MustParseAddr(to6)
+				}
+				c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, 0)))
+				if err != nil {
+					return err
+				}
+				_, _ = c.WriteToUDPAddrPort([]byte("prime"), netip.AddrPortFrom(to, 9))
+				c.Close()
+			}
+			return nil
+		})
+		if err != nil {
+			k.t.Fatal(err)
+		}
+	}
+	prime(k.l, srcs, "192.0.2.10", "2001:db8:0:1::10")
+	prime(k.r, dsts, labB, labB6)
+	time.Sleep(50 * time.Millisecond)
+	return func() {
+		lOff, aOff := cmds("del", srcs, "to-l")
+		rOff, bOff := cmds("del", dsts, "to-r")
+		k.ip(k.a, aOff...)
+		k.ip(k.b, bOff...)
+		k.ip(k.l, lOff...)
+		k.ip(k.r, rOff...)
+	}
 }
 
 // TestExplainMatchesKernel: over random clusters, explain's verdict for a TCP or UDP

@@ -1,6 +1,7 @@
 package netlink
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -13,8 +14,8 @@ import (
 )
 
 // TestDifferentialTiers is TestDifferential on compiled tables with
-// ClusterNetworkPolicy tiers (the input hook, goto, protocol/port and named port
-// sets; in strict mode the reply twins), from random tiered clusters: the nft CLI and netlink must load the same
+// ClusterNetworkPolicy tiers (the input hook, goto, exact port, port range and
+// named port sets; in strict mode the reply twins), from random tiered clusters: the nft CLI and netlink must load the same
 // bytecode. Each table is loaded fresh on both sides (a set's listing shows its
 // elements in insertion order, which an incremental apply changes).
 func TestDifferentialTiers(t *testing.T) {
@@ -31,7 +32,7 @@ func TestDifferentialTiers(t *testing.T) {
 		rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-1", Pods: w.Pods, Namespaces: w.Namespaces, Policies: w.Policies,
 			ClusterNetworkPolicies: w.ClusterPolicies, Nodes: w.Nodes}, opts)
 		text := nft.Render(rs)
-		for _, shape := range []string{"hook input", "goto ingress-tiers", "-ports ", "-named-v4 ", "goto ingress-tiers-reply"} {
+		for _, shape := range []string{"hook input", "goto ingress-tiers", "-ports ", "-ranges ", "-named-v4 ", "goto ingress-tiers-reply"} {
 			if strings.Contains(text, shape) {
 				seen[shape] = true
 			}
@@ -47,8 +48,58 @@ func TestDifferentialTiers(t *testing.T) {
 			t.Fatalf("world %d: nft --debug=netlink list differs (- nft -f, + netlink):\n%s", i, diffText(wantNL, gotNL))
 		}
 	}
-	if len(seen) != 5 {
+	if len(seen) != 6 {
 		t.Errorf("the worlds did not cover every tier shape: %v", seen)
 	}
 	t.Logf("12 tiered tables, shapes covered: %v", seen)
+}
+
+// TestTierPortSetsUpgrade: an agent upgraded over the table an older one left,
+// with the ClusterNetworkPolicy port sets of before the split (one interval
+// -ports set per rule, interval named port sets: nfttest.ClusterPortsAsIntervals),
+// adopts it: its first FullSync re-creates the reshaped sets and rewrites the
+// rules that look them up in one batch, the table then equals a fresh load of the
+// new one, and applying again sends nothing. Random tiered clusters, with the
+// counters (kept across the upgrade) and, every other one, strict mode and the
+// deny log.
+func TestTierPortSetsUpgrade(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	upgraded := 0
+	for i := range 6 {
+		w := netpolref.RandomTieredWorld(rand.New(rand.NewPCG(13, uint64(i))))
+		opts := compile.Options{Table: "np", PolicyCounters: true}
+		if i%2 == 1 {
+			opts.Established = compile.EstablishedRecheck
+			opts.DenyLog = compile.DenyLog{Group: 100, Rate: 100, Burst: 20}
+		}
+		rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-1", Pods: w.Pods, Namespaces: w.Namespaces, Policies: w.Policies,
+			ClusterNetworkPolicies: w.ClusterPolicies, Nodes: w.Nodes}, opts)
+		old := nfttest.ClusterPortsAsIntervals(rs.Clone())
+		if nft.Render(old) == nft.Render(rs) {
+			continue // no ClusterNetworkPolicy rule with ports: nothing to upgrade
+		}
+		upgraded++
+		ns, fresh := nfttest.NewNetNS(t, fmt.Sprintf("np3-upg-%d", i)), nfttest.NewNetNS(t, fmt.Sprintf("np3-upg-f%d", i))
+		mustApply(t, newApplier(t, ns, "np"), old)
+		if text := listing(t, ns, "np"); !strings.Contains(text, "type inet_proto . inet_service\n\t\tflags interval") {
+			t.Fatalf("world %d: the older table has no interval port set:\n%s", i, text)
+		}
+		a := newApplier(t, ns, "np")
+		st, err := a.FullSync(ctx, rs)
+		if err != nil {
+			t.Fatalf("world %d: the upgraded agent's first sync: %v", i, err)
+		}
+		mustApply(t, newApplier(t, fresh, "np"), rs)
+		if got, want := listing(t, ns, "np"), listing(t, fresh, "np"); got != want {
+			t.Fatalf("world %d: the upgraded table differs from a fresh load:\n%s", i, diffText(want, got))
+		}
+		if st2, err := a.Apply(ctx, rs); err != nil || st2.Operations != 0 {
+			t.Errorf("world %d: apply after the upgrade: %+v %v", i, st2, err)
+		}
+		t.Logf("world %d (%s): upgraded: %v", i, opts.Established, st.Drift)
+	}
+	if upgraded == 0 {
+		t.Fatal("no random cluster had ClusterNetworkPolicy ports: the test proves nothing")
+	}
 }

@@ -8,6 +8,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
 // The synthetic cluster every scenario shares: 10,000 pods in 100 namespaces on
@@ -53,6 +54,7 @@ type objects struct {
 	namespaces []*corev1.Namespace
 	pods       []*corev1.Pod
 	policies   []*networkingv1.NetworkPolicy
+	cnps       []*cnpv1.ClusterNetworkPolicy
 }
 
 // build returns the objects of scenario s, with the real pods in it. The
@@ -177,4 +179,63 @@ func pod(ns, name, node string, ip netip.Addr, labels map[string]string) *corev1
 		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip.String(),
 			PodIPs: []corev1.PodIP{{IP: ip.String()}}},
 	}
+}
+
+// withTiers adds to o the ClusterNetworkPolicies of B10's tiered scenario, a
+// cluster operator's usual guard rails, and the two DNS pods one of them names
+// (on other nodes). A new flow from the client to the server walks, with the
+// typical scenario's NetworkPolicies:
+//
+//   - the client's Admin egress: `dns` (Accept to kube-system's named port dns:
+//     a lookup of address . protocol . port, no match) and `no-smtp` (Deny to
+//     every address on TCP 25: the peers match, then a protocol . port lookup,
+//     no match);
+//   - its Baseline egress (no NetworkPolicy isolates the client for egress):
+//     `no-nodeports` (Deny to every address on TCP 30000-32767: a range, so an
+//     interval set in every shape; no match);
+//   - the server's Admin ingress: `bench-to-netpol` (Pass from every namespace on
+//     the bench's ports, TCP 5001-5003 and UDP 5001: a protocol . port lookup
+//     that matches), then NetworkPolicy, which allows it.
+//
+// So three of its port lookups are the ones the ClusterNetworkPolicy port split
+// turned from interval sets (pipapo) into hashes, and one stays an interval set.
+func withTiers(o objects) objects {
+	o.namespaces = append(o.namespaces, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+		Name: "kube-system", Labels: map[string]string{"kubernetes.io/metadata.name": "kube-system"}}})
+	for i, ip := range []string{"10.99.0.10", "10.99.1.10"} {
+		p := pod("kube-system", fmt.Sprintf("coredns-%d", i), fmt.Sprintf("node-%d", 10+i), netip.MustParseAddr(ip), map[string]string{"k8s-app": "kube-dns"})
+		p.Spec.Containers[0].Ports = []corev1.ContainerPort{
+			{Name: "dns", ContainerPort: 53, Protocol: corev1.ProtocolUDP},
+			{Name: "dns-tcp", ContainerPort: 53, Protocol: corev1.ProtocolTCP},
+		}
+		o.pods = append(o.pods, p)
+	}
+	all := &metav1.LabelSelector{}
+	everywhere := []cnpv1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1.CIDR{"0.0.0.0/0", "::/0"}}}
+	tcp := func(p *cnpv1.Port) cnpv1.ClusterNetworkPolicyProtocol {
+		return cnpv1.ClusterNetworkPolicyProtocol{TCP: &cnpv1.ClusterNetworkPolicyProtocolTCP{DestinationPort: p}}
+	}
+	udp := func(p *cnpv1.Port) cnpv1.ClusterNetworkPolicyProtocol {
+		return cnpv1.ClusterNetworkPolicyProtocol{UDP: &cnpv1.ClusterNetworkPolicyProtocolUDP{DestinationPort: p}}
+	}
+	guard := &cnpv1.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "cluster-guard"}}
+	guard.Spec.Tier, guard.Spec.Priority, guard.Spec.Subject.Namespaces = cnpv1.AdminTier, 10, all
+	guard.Spec.Egress = []cnpv1.ClusterNetworkPolicyEgressRule{
+		{Name: "dns", Action: "Accept", To: []cnpv1.ClusterNetworkPolicyEgressPeer{{Namespaces: &metav1.LabelSelector{
+			MatchLabels: map[string]string{"kubernetes.io/metadata.name": "kube-system"}}}},
+			Protocols: []cnpv1.ClusterNetworkPolicyProtocol{{DestinationNamedPort: "dns"}, {DestinationNamedPort: "dns-tcp"}}},
+		{Name: "no-smtp", Action: "Deny", To: everywhere, Protocols: []cnpv1.ClusterNetworkPolicyProtocol{tcp(&cnpv1.Port{Number: 25})}},
+	}
+	bench := &cnpv1.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "bench-to-netpol"}}
+	bench.Spec.Tier, bench.Spec.Priority = cnpv1.AdminTier, 20
+	bench.Spec.Subject.Namespaces = &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": benchNS}}
+	bench.Spec.Ingress = []cnpv1.ClusterNetworkPolicyIngressRule{{Name: "bench-ports", Action: "Pass",
+		From:      []cnpv1.ClusterNetworkPolicyIngressPeer{{Namespaces: all}},
+		Protocols: []cnpv1.ClusterNetworkPolicyProtocol{tcp(&cnpv1.Port{Range: &cnpv1.PortRange{Start: benchPort, End: bulkPort}}), udp(&cnpv1.Port{Number: benchPort})}}}
+	base := &cnpv1.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "no-nodeports"}}
+	base.Spec.Tier, base.Spec.Priority, base.Spec.Subject.Namespaces = cnpv1.BaselineTier, 10, all
+	base.Spec.Egress = []cnpv1.ClusterNetworkPolicyEgressRule{{Name: "nodeports", Action: "Deny", To: everywhere,
+		Protocols: []cnpv1.ClusterNetworkPolicyProtocol{tcp(&cnpv1.Port{Range: &cnpv1.PortRange{Start: 30000, End: 32767}})}}}
+	o.cnps = append(o.cnps, guard, bench, base)
+	return o
 }

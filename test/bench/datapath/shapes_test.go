@@ -12,12 +12,14 @@ import (
 	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/compile"
 	"github.com/nftpolicy/nftpolicy/nft/netlink"
+	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 	"github.com/nftpolicy/nftpolicy/test/e2e/cluster"
 )
 
 // TestShapes is B10 (issue 16 §4): where a new flow's CPU goes, and what other
 // shapes of the same table would cost, side by side in one run. One node, the
-// server and client of B1, the typical and adversarial scenarios; per round and
+// server and client of B1, the typical and adversarial scenarios and tiered
+// (typical with ClusterNetworkPolicies: withTiers); per round and
 // scenario the variants in the order A B ... B A (rotated), each measured for new
 // TCP connections, new flows (flow_ns), request/response and bulk, all per
 // CPU-second (see cpuTime). The variants:
@@ -28,7 +30,9 @@ import (
 //   - the shapes of shapeVariants, each the scenario's compiled table reshaped.
 //
 // NFTPOLICY_BENCH_SHAPES=a,b,c picks the variants (default none, ct, current and
-// interval; the others are experiments that were not adopted: ../README.md);
+// interval, for tiered cnpinterval instead of interval; the others are
+// experiments that were not adopted: ../README.md);
+// NFTPOLICY_BENCH_SHAPES_SCENARIOS=a,b picks the scenarios (default all three);
 // NFTPOLICY_BENCH_SHAPES_PROFILE=scenario:variant:workload:seconds only runs one
 // workload (conn or flow) through one variant for that long, for perf record -a.
 func TestShapes(t *testing.T) {
@@ -81,30 +85,54 @@ func TestShapes(t *testing.T) {
 	}
 
 	// By default the table against its shape before issue 16 (and the two
-	// baselines); the experiments only when asked for.
-	names := []string{estNone, estCt, "current", "interval"}
-	if only := os.Getenv("NFTPOLICY_BENCH_SHAPES"); only != "" {
-		names = strings.Split(only, ",")
-	}
+	// baselines): the NetworkPolicy groups' ports sets for typical and
+	// adversarial, the ClusterNetworkPolicy port sets for tiered. The
+	// experiments only when asked for.
 	type scen struct {
 		name   string
+		names  []string // variants
 		tables map[string]*nft.Ruleset
 	}
 	var scens []scen
-	for _, s := range []scenario{{name: "typical", selecting: 5}, {name: "adversarial", selecting: 1000}} {
+	only := map[string]bool{}
+	if o := os.Getenv("NFTPOLICY_BENCH_SHAPES_SCENARIOS"); o != "" {
+		for _, n := range strings.Split(o, ",") {
+			only[n] = true
+		}
+	}
+	for _, s := range []scenario{{name: "typical", selecting: 5}, {name: "adversarial", selecting: 1000}, {name: "tiered", selecting: 5}} {
+		if len(only) > 0 && !only[s.name] {
+			continue
+		}
+		names := []string{estNone, estCt, "current", "interval"}
 		o := build(s, real)
-		rs, problems := compile.Compile(compile.Snapshot{NodeName: node.Name, Pods: o.pods, Namespaces: o.namespaces, Policies: o.policies}, compile.Options{})
+		if s.name == "tiered" {
+			o = withTiers(o)
+			names = []string{estNone, estCt, "current", "cnpinterval"}
+		}
+		if v := os.Getenv("NFTPOLICY_BENCH_SHAPES"); v != "" {
+			names = strings.Split(v, ",")
+		}
+		rs, problems := compile.Compile(compile.Snapshot{NodeName: node.Name, Pods: o.pods, Namespaces: o.namespaces, Policies: o.policies,
+			ClusterNetworkPolicies: o.cnps}, compile.Options{})
 		if len(problems) > 0 {
 			t.Fatal(problems)
 		}
 		tables := map[string]*nft.Ruleset{estCt: ctOnly()}
 		for _, v := range shapeVariants {
+			if !slices.Contains(names, v.name) {
+				continue // inline, say, expects the table without tiers
+			}
 			tables[v.name] = v.shape(rs.Clone())
 			if err := tables[v.name].Validate(); err != nil {
 				t.Fatalf("%s %s: %v", s.name, v.name, err)
 			}
 		}
-		scens = append(scens, scen{s.name, tables})
+		if s.name == "tiered" {
+			t.Logf("tiered: %d rules, %d sets; ClusterNetworkPolicy sets: %s", rs.Counts().Rules, len(rs.Sets), cnpSetShapes(rs))
+			t.Logf("tiered before the split (cnpinterval): %s", cnpSetShapes(nfttest.ClusterPortsAsIntervals(rs.Clone())))
+		}
+		scens = append(scens, scen{s.name, names, tables})
 	}
 
 	loaded := ""
@@ -158,6 +186,7 @@ func TestShapes(t *testing.T) {
 	for r := range rounds {
 		for si := range scens {
 			s := scens[(si+r)%len(scens)]
+			names := s.names
 			order := slices.Clone(names)
 			for range r + si {
 				order = append(order[1:], order[0])
@@ -211,7 +240,7 @@ func TestShapes(t *testing.T) {
 	div := func(x, y float64) float64 { return x / y }
 	sub := func(x, y float64) float64 { return x - y }
 	for _, s := range scens {
-		for _, v := range names {
+		for _, v := range s.names {
 			k, none, ct := s.name+"/"+v, s.name+"/"+estNone, s.name+"/"+estCt
 			t.Logf("b10 %-11s %-10s conn %s (÷none %s, ÷ct %s) | conn_ns %s (-none %s, -ct %s) | flow_ns %s (-none %s, -ct %s) | rr ÷none %s ÷ct %s | bulk ÷none %s ÷ct %s",
 				s.name, v, mmm(samples["conn"][k]), mmm(per("conn", k, none, div)), mmm(per("conn", k, ct, div)),
@@ -250,6 +279,23 @@ var shapeVariants = []struct {
 	{"interval", oneIntervalSet},
 	{"inline", inlineDispatch},
 	{"portsfirst", portsFirst},
+	{"cnpinterval", nfttest.ClusterPortsAsIntervals},
+}
+
+// cnpSetShapes says how many of the table's ClusterNetworkPolicy port sets
+// (-ports, -ranges, -named-v4/v6) are interval sets and how many hashes.
+func cnpSetShapes(rs *nft.Ruleset) string {
+	var interval, hash int
+	for _, s := range rs.Sets {
+		if strings.HasPrefix(s.Name, "cnp-") && len(s.Type) >= 2 {
+			if s.Interval {
+				interval++
+			} else {
+				hash++
+			}
+		}
+	}
+	return fmt.Sprintf("%d interval sets of concatenated fields, %d hashes", interval, hash)
 }
 
 // oneIntervalSet is the shape before issue 16: each group's ports and ranges sets
@@ -259,8 +305,8 @@ func oneIntervalSet(rs *nft.Ruleset) *nft.Ruleset {
 	drop := map[string]bool{}
 	for i := range rs.Sets {
 		s := &rs.Sets[i]
-		if s.Interval || len(s.Type) != 3 || s.Verdicts {
-			continue
+		if s.Interval || len(s.Type) != 3 || s.Verdicts || !(strings.HasSuffix(s.Name, "-ports-v4") || strings.HasSuffix(s.Name, "-ports-v6")) {
+			continue // not a group's ports set (a ClusterNetworkPolicy named port set, ...)
 		}
 		name := strings.Replace(s.Name, "-ports-", "-ranges-", 1)
 		ranges := rs.FindSet(name)
