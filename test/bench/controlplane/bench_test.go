@@ -16,6 +16,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -185,8 +186,16 @@ func TestControlPlane(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	listMap := func() (string, error) { return netns.NFT("", "list", "map", "inet", "nftpolicy", "ingress-v4") }
-	listSet := func() (string, error) { return netns.NFT("", "list", "set", "inet", "nftpolicy", peerSet) }
+	// From here on the samples learn of the kernel's changes from its
+	// notifications (kernelwatch_test.go), not by listing.
+	kw, err := watchKernel(netns.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kw.close()
+	const dispatchMap = "ingress-v4"
+	// The outage measurement still lists the dispatch map (cheap: it is small).
+	listMap := func() (string, error) { return netns.NFT("", "list", "map", "inet", "nftpolicy", dispatchMap) }
 
 	var podAdd, label, policy series
 	for i := range samples {
@@ -196,7 +205,7 @@ func TestControlPlane(t *testing.T) {
 			t.Fatal(err)
 		}
 		ip := latIP(3, i)
-		err := podAdd.measure(metricsURL, listMap, ip, func() error {
+		err := podAdd.measure(metricsURL, kw, dispatchMap, ip, func() error {
 			pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}}
 			return c.Status().Update(ctx, pod)
 		})
@@ -204,7 +213,7 @@ func TestControlPlane(t *testing.T) {
 			t.Fatalf("pod add sample %d: %v", i, err)
 		}
 		// (b) a remote pod's labels make it a peer of a policy selecting node-0 pods.
-		err = label.measure(metricsURL, listSet, lat.idlePeerIPs[i], func() error {
+		err = label.measure(metricsURL, kw, peerSet, lat.idlePeerIPs[i], func() error {
 			p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: latNS, Name: fmt.Sprintf("peer-%d", i)}}
 			patch := []byte(`{"metadata":{"labels":{"role":"peer"}}}`)
 			return c.Patch(ctx, p, client.RawPatch("application/merge-patch+json", patch))
@@ -213,7 +222,7 @@ func TestControlPlane(t *testing.T) {
 			t.Fatalf("label change sample %d: %v", i, err)
 		}
 		// (c) a new policy isolates a node-0 pod.
-		err = policy.measure(metricsURL, listMap, lat.unisolatedIPs[i], func() error {
+		err = policy.measure(metricsURL, kw, dispatchMap, lat.unisolatedIPs[i], func() error {
 			return c.Create(ctx, peerPolicy(fmt.Sprintf("pa-%d", i), fmt.Sprintf("pa-%d", i)))
 		})
 		if err != nil {
@@ -465,36 +474,34 @@ func peerPolicy(name, app string) *networkingv1.NetworkPolicy {
 
 // series holds one latency kind's samples, in milliseconds.
 type series struct {
-	external []float64 // API write returned -> visible in the kernel (nft listing)
+	external []float64 // API write started -> committed in the kernel (its notification)
 	agent    []float64 // the agent's own programming latency for the same change
 }
 
-// measure runs write, then polls list every pollInterval until ip is listed,
+// measure runs write, then waits for the kernel to commit an element of set
+// whose key starts with ip (kw: the kernel's own notification, no polling),
 // then waits for the agent's programming-latency histogram to count the sync
 // and takes its mean over the syncs this sample caused (one, normally).
-func (s *series) measure(metricsURL string, list func() (string, error), ip string, write func() error) error {
+func (s *series) measure(metricsURL string, kw *kernelWatch, set, ip string, write func() error) error {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return err
+	}
 	before, err := scrape(metricsURL)
 	if err != nil {
 		return err
 	}
+	// From the write's start: the agent may commit the change before the
+	// apiserver's answer to the write reaches the benchmark.
+	t0 := time.Now()
 	if err := write(); err != nil {
 		return err
 	}
-	t0 := time.Now()
-	for {
-		out, err := list()
-		if err != nil {
-			return err
-		}
-		if containsIP(out, ip) {
-			break
-		}
-		if time.Since(t0) > latencyTimeout {
-			return fmt.Errorf("%s not in the kernel after %v", ip, latencyTimeout)
-		}
-		time.Sleep(pollInterval)
+	at, err := kw.wait(set, addr, t0, latencyTimeout)
+	if err != nil {
+		return err
 	}
-	s.external = append(s.external, ms(time.Since(t0)))
+	s.external = append(s.external, ms(at.Sub(t0)))
 	for {
 		after, err := scrape(metricsURL)
 		if err != nil {
