@@ -138,8 +138,10 @@ func (s *keyStore) Resync() error { return nil }
 
 // watcherSet is one agent's worth of watches on one connection: pods,
 // namespaces, networkpolicies, nodes and clusternetworkpolicies, every object
-// of each (the agent uses no field or label selector: every node must know
-// every pod), through client-go reflectors as controller-runtime's informers
+// of each (every node must know every pod; the real agent watches only its own
+// Node unless a ClusterNetworkPolicy has a nodes peer, controllers/nodewatch.go,
+// but this benchmark's Nodes never change, so watching them all costs only
+// their initial list), through client-go reflectors as controller-runtime's informers
 // run them (a streamed watch-list first, then watches from the last
 // resourceVersion), in the agent's content type. With endpointSlices it is
 // instead kube-proxy's EndpointSlice watch (its label selector, protobuf).
