@@ -1,0 +1,82 @@
+package controlplane
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/nftpolicy/nftpolicy/test/bench/benchcluster"
+	"github.com/nftpolicy/nftpolicy/test/e2e/framework"
+)
+
+// TestHold fills a control plane with a benchmark cluster and holds it, for
+// experiments that start agents against the same objects again and again (the
+// start-up study in docs/scale.md): creating 100,000 pods takes ~10 minutes, a
+// start ~10 s. With NFTPOLICY_BENCH_HOLD=DIR it writes DIR/kubeconfig,
+// DIR/apiserver.pid (to read the apiserver's CPU from /proc) and, last, DIR/ready,
+// then holds the control plane until DIR/stop exists. NFTPOLICY_BENCH_SHAPE=10k
+// holds the 10k cluster; the default is the 100k one. Run it as
+//
+//	NFTPOLICY_BENCH_HOLD=/tmp/hold go test -timeout 3h -run TestHold ./test/bench/controlplane/
+func TestHold(t *testing.T) {
+	hold := os.Getenv("NFTPOLICY_BENCH_HOLD")
+	if hold == "" {
+		t.Skip("holds a benchmark cluster for experiments: set NFTPOLICY_BENCH_HOLD=DIR")
+	}
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		t.Skip("KUBEBUILDER_ASSETS is unset")
+	}
+	cp, err := framework.StartControlPlane(t.TempDir(), framework.ControlPlaneOptions{User: "bench"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := cp.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	cfg := rest.CopyConfig(cp.Config)
+	cfg.QPS, cfg.Burst = 5000, 5000
+	c, err := client.New(cfg, client.Options{Scheme: scheme.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	shape := benchcluster.Shape100k
+	if os.Getenv("NFTPOLICY_BENCH_SHAPE") == "10k" {
+		shape = benchcluster.Shape10k
+	}
+	if err := createCluster(t.Context(), c, shape, func(name, format string, args ...any) {
+		t.Logf("%s: %s", name, fmt.Sprintf(format, args...))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig, err := os.ReadFile(cp.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{"kubeconfig": kubeconfig, "apiserver.pid": fmt.Appendf(nil, "%d", cp.PID("kube-apiserver"))} {
+		if err := os.WriteFile(filepath.Join(hold, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(hold, "ready"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("holding the cluster (kubeconfig %s) until %s exists", filepath.Join(hold, "kubeconfig"), filepath.Join(hold, "stop"))
+	for {
+		if _, err := os.Stat(filepath.Join(hold, "stop")); err == nil {
+			return
+		}
+		select {
+		case <-t.Context().Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
