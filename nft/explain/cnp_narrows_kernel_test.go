@@ -1,10 +1,8 @@
 package explain
 
 import (
-	"net"
 	"net/netip"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -82,45 +80,8 @@ func TestTierDenyGrowsRecheckInKernel(t *testing.T) {
 	}
 	off := lab.place([]netip.Addr{src}, []netip.Addr{dst})
 	defer off()
-	to := netip.AddrPortFrom(dst, 8700)
-	var ln net.Listener
-	if err := lab.r.Do(func() (err error) { ln, err = net.Listen("tcp4", to.String()); return err }); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			accepted <- c
-		}
-	}()
 	apply(compileAll(nss))
-	var cl net.Conn
-	err := lab.l.Do(func() (err error) {
-		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), Timeout: 2 * time.Second}
-		cl, err = d.Dial("tcp4", to.String())
-		return err
-	})
-	if err != nil {
-		t.Fatalf("no namespace blocked: y/a cannot connect to x/a:8700: %v\n%s", err, lab.diag())
-	}
-	defer cl.Close()
-	var srv net.Conn
-	select {
-	case srv = <-accepted:
-		defer srv.Close()
-	case <-time.After(2 * time.Second):
-		t.Fatal("no connection accepted")
-	}
-	exchange := func(first, second net.Conn) error {
-		_ = first.SetDeadline(time.Now().Add(2 * time.Second))
-		_ = second.SetDeadline(time.Now().Add(2 * time.Second))
-		if _, err := first.Write([]byte{1}); err != nil {
-			return err
-		}
-		_, err := second.Read(make([]byte, 1))
-		return err
-	}
+	cl, srv := lab.tcpConn(src, dst, 8700)
 	if err := exchange(cl, srv); err != nil {
 		t.Fatalf("no namespace blocked: %v", err)
 	}

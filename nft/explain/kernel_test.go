@@ -514,3 +514,50 @@ func boolInt(b bool) int {
 	}
 	return 0
 }
+
+// tcpConn opens a TCP connection from src (in l) to dst:port (in r) through the
+// tables loaded now, and returns both ends; the test fails if it cannot. Both
+// ends close with the test.
+func (k *kernelLab) tcpConn(src, dst netip.Addr, port uint16) (client, server net.Conn) {
+	k.t.Helper()
+	to := netip.AddrPortFrom(dst, port)
+	var ln net.Listener
+	if err := k.r.Do(func() (err error) { ln, err = net.Listen("tcp4", to.String()); return err }); err != nil {
+		k.t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	err := k.l.Do(func() (err error) {
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), Timeout: 2 * time.Second}
+		client, err = d.Dial("tcp4", to.String())
+		return err
+	})
+	if err != nil {
+		k.t.Fatalf("%s cannot connect to %s: %v\n%s", src, to, err, k.diag())
+	}
+	k.t.Cleanup(func() { client.Close() })
+	select {
+	case server = <-accepted:
+		k.t.Cleanup(func() { server.Close() })
+	case <-time.After(2 * time.Second):
+		k.t.Fatalf("%s: no connection accepted", to)
+	}
+	return client, server
+}
+
+// exchange sends one byte from first and reads it at second; a lost segment is
+// retransmitted within the deadline, a dropped one never arrives.
+func exchange(first, second net.Conn) error {
+	_ = first.SetDeadline(time.Now().Add(2 * time.Second))
+	_ = second.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := first.Write([]byte{1}); err != nil {
+		return err
+	}
+	_, err := second.Read(make([]byte, 1))
+	return err
+}
