@@ -31,8 +31,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
@@ -93,21 +91,7 @@ func TestControlPlane(t *testing.T) {
 			goBuild(ctx, bareBin, "github.com/nftpolicy/nftpolicy/test/bench/controlplane/bare"))
 	}()
 
-	cp, err := framework.StartControlPlane(dir, framework.ControlPlaneOptions{User: "bench"})
-	if err != nil {
-		t.Fatalf("envtest: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := cp.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	cfg := rest.CopyConfig(cp.Config)
-	cfg.QPS, cfg.Burst = 5000, 5000
-	c, err := client.New(cfg, client.Options{Scheme: scheme.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cp, c := benchcluster.StartControlPlane(t, dir)
 	// Agent and baseline share one cluster-admin identity: this measures
 	// cost, not RBAC (controllers/agent_test.go covers that).
 	kubeconfig := cp.Kubeconfig

@@ -7,12 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/rest"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-
 	"github.com/nftpolicy/nftpolicy/test/bench/benchcluster"
-	"github.com/nftpolicy/nftpolicy/test/e2e/framework"
 )
 
 // TestHold fills a control plane with a benchmark cluster and holds it, for
@@ -32,21 +27,7 @@ func TestHold(t *testing.T) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		t.Skip("KUBEBUILDER_ASSETS is unset")
 	}
-	cp, err := framework.StartControlPlane(t.TempDir(), framework.ControlPlaneOptions{User: "bench"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := cp.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	cfg := rest.CopyConfig(cp.Config)
-	cfg.QPS, cfg.Burst = 5000, 5000
-	c, err := client.New(cfg, client.Options{Scheme: scheme.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cp, c := benchcluster.StartControlPlane(t, t.TempDir())
 	shape := benchcluster.Shape100k
 	if os.Getenv("NFTPOLICY_BENCH_SHAPE") == "10k" {
 		shape = benchcluster.Shape10k

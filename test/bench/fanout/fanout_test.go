@@ -136,28 +136,14 @@ func TestFanout(t *testing.T) {
 	}
 	ctx := t.Context()
 	dir := t.TempDir()
-	cp, err := framework.StartControlPlane(dir, framework.ControlPlaneOptions{User: "bench"})
-	if err != nil {
-		t.Fatalf("envtest: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := cp.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	cfg := rest.CopyConfig(cp.Config)
-	cfg.QPS, cfg.Burst = 5000, 5000
-	c, err := client.New(cfg, client.Options{Scheme: scheme.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cp, c := benchcluster.StartControlPlane(t, dir)
 	api := cp.PID("kube-apiserver")
 	if api == 0 {
 		t.Fatal("the control plane has no kube-apiserver process")
 	}
 	b := &bench{t: t, cp: cp, c: c, api: api, ch: newChurn(c, churnRate, churnSlots)}
-	b.cnp, err = servedCNPVersion(cp.Config)
-	if err != nil {
+	var err error
+	if b.cnp, err = servedCNPVersion(cp.Config); err != nil {
 		t.Fatal(err)
 	}
 
