@@ -702,6 +702,7 @@ cnp() {
   kubectl apply --server-side -f "$dir/config/crd/experimental/policy.networking.k8s.io_clusternetworkpolicies.yaml" >&2 || return
   kubectl wait --for=condition=Established crd/clusternetworkpolicies.policy.networking.k8s.io --timeout=60s >&2 || return
   (cd "$root" && go test -c -o "$STATE/cnp.test" ./test/conformance/cnp) || return
+  cnp_enforced || return
   log "ClusterNetworkPolicy suite ($(basename "$dir")), cluster $(cat "$STATE/logs/shape" 2>/dev/null) (log: $report/cnp.log)"
   (
     cd "$report"
@@ -713,6 +714,30 @@ cnp() {
   sed -n '/upstream ClusterNetworkPolicy suite:/,/SCTP probes run/p' "$report/cnp.log"
   grep -E '^(--- |PASS$|FAIL$|ok |FAIL\s)' "$report/cnp.log" || true
   return $rc
+}
+
+# cnp_enforced waits until every agent enforces ClusterNetworkPolicy. An agent
+# started before the CRD asks discovery again every 30 s (controllers/cnp.go):
+# a suite started at once would judge ClusterNetworkPolicies no agent
+# reads yet (its first test failed so, 10 s in, on 2026-12-03).
+cnp_enforced() {
+  local start=$SECONDS pod pods missing
+  pods=$(kubectl -n nftpolicy-system get pods -o name) || return
+  while :; do
+    missing=""
+    for pod in $pods; do
+      kubectl -n nftpolicy-system logs "$pod" 2>/dev/null | grep -q '"msg":"enforcing ClusterNetworkPolicy"' || missing+=" $pod"
+    done
+    if [ -z "$missing" ]; then
+      log "every agent enforces ClusterNetworkPolicy ($((SECONDS - start))s after the CRD)"
+      return 0
+    fi
+    if [ $((SECONDS - start)) -ge 120 ]; then
+      log "after $((SECONDS - start))s these agents do not enforce ClusterNetworkPolicy yet:$missing"
+      return 1
+    fi
+    sleep 2
+  done
 }
 
 # finish: keep the suite's log and the component logs (the state directory
