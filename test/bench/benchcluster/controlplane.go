@@ -1,12 +1,15 @@
 package benchcluster
 
 import (
+	"context"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/nftpolicy/nftpolicy/test/bench/benchproc"
 	"github.com/nftpolicy/nftpolicy/test/e2e/framework"
 )
 
@@ -33,4 +36,18 @@ func StartControlPlane(t testing.TB, dir string) (*framework.ControlPlane, clien
 		t.Fatal(err)
 	}
 	return cp, c
+}
+
+// CreatePods creates pods with their status, workers at a time: Create keeps
+// only the spec, so each pod's status (its addresses) is written after it.
+func CreatePods(ctx context.Context, c client.Client, pods []*corev1.Pod, workers int) error {
+	return benchproc.Parallel(workers, len(pods), func(i int) error {
+		pod := pods[i]
+		status := pod.Status
+		if err := c.Create(ctx, pod); err != nil {
+			return err
+		}
+		pod.Status = status
+		return c.Status().Update(ctx, pod)
+	})
 }

@@ -365,16 +365,7 @@ func createCluster(ctx context.Context, c client.Client, shape benchcluster.Shap
 	report("setup_namespaces_s", "%.1f", time.Since(start).Seconds())
 
 	start = time.Now()
-	err := benchproc.Parallel(createWorkers, len(pods), func(i int) error {
-		pod := pods[i]
-		status := pod.Status // Create keeps only the spec
-		if err := c.Create(ctx, pod); err != nil {
-			return err
-		}
-		pod.Status = status
-		return c.Status().Update(ctx, pod)
-	})
-	if err != nil {
+	if err := benchcluster.CreatePods(ctx, c, pods, createWorkers); err != nil {
 		return err
 	}
 	report("setup_pods_s", "%.1f", time.Since(start).Seconds())

@@ -26,6 +26,7 @@ import (
 	"github.com/nftpolicy/nftpolicy/nft/compile"
 	"github.com/nftpolicy/nftpolicy/nft/netlink"
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
+	"github.com/nftpolicy/nftpolicy/test/bench/benchproc"
 	"github.com/nftpolicy/nftpolicy/test/e2e/cluster"
 )
 
@@ -368,7 +369,7 @@ func TestDatapath(t *testing.T) {
 		}
 		return out
 	}
-	t.Logf("rounds: %d; load times ms (median): nftpolicy %.0f, peer %.0f", done, median(loadTimes[ours]), median(loadTimes[peer]))
+	t.Logf("rounds: %d; load times ms (median): nftpolicy %.0f, peer %.0f", done, benchproc.Median(loadTimes[ours]), benchproc.Median(loadTimes[peer]))
 	for _, p := range prep {
 		metrics := []string{"conn_same", "conn_same_wall", "lat_ns", "lat_wall_ns", "flow_ns"}
 		if p.full() {
@@ -382,16 +383,16 @@ func TestDatapath(t *testing.T) {
 	}
 	for _, s := range []string{"typical", "adversarial"} {
 		for _, m := range []string{"conn_same_wall", "conn_cross", "conn_cross_wall", "rr", "rr_wall", "bulk", "bulk_wall"} {
-			sum.emit(fmt.Sprintf("b1_%s_ratio_%s", m, s), "%.3f", median(ratio(s, m, ours, none)))
+			sum.emit(fmt.Sprintf("b1_%s_ratio_%s", m, s), "%.3f", benchproc.Median(ratio(s, m, ours, none)))
 		}
-		sum.emit("b1_peer_conn_ratio_"+s, "%.3f", median(ratio(s, "conn_same", peer, none)))
+		sum.emit("b1_peer_conn_ratio_"+s, "%.3f", benchproc.Median(ratio(s, "conn_same", peer, none)))
 	}
-	sum.emit("b1_vs_peer_adversarial_wall", "%.2f", median(ratio("adversarial", "conn_same_wall", ours, peer)))
-	sum.emit("b1_vs_peer_adversarial_cross", "%.2f", median(ratio("adversarial", "conn_cross", ours, peer)))
+	sum.emit("b1_vs_peer_adversarial_wall", "%.2f", benchproc.Median(ratio("adversarial", "conn_same_wall", ours, peer)))
+	sum.emit("b1_vs_peer_adversarial_cross", "%.2f", benchproc.Median(ratio("adversarial", "conn_cross", ours, peer)))
 	sum.emit("b1_rounds", "%d", done)
-	sum.emit("b1_conn_ratio_typical", "%.3f", median(ratio("typical", "conn_same", ours, none)))
-	sum.emit("b1_conn_ratio_adversarial", "%.3f", median(ratio("adversarial", "conn_same", ours, none)))
-	sum.emit("b1_vs_peer_adversarial", "%.2f", median(ratio("adversarial", "conn_same", ours, peer)))
+	sum.emit("b1_conn_ratio_typical", "%.3f", benchproc.Median(ratio("typical", "conn_same", ours, none)))
+	sum.emit("b1_conn_ratio_adversarial", "%.3f", benchproc.Median(ratio("adversarial", "conn_same", ours, none)))
+	sum.emit("b1_vs_peer_adversarial", "%.2f", benchproc.Median(ratio("adversarial", "conn_same", ours, peer)))
 
 	// B6: added latency per connection (variant minus none, same round) against
 	// the number of policies selecting the server, and of CIDRs.
@@ -401,7 +402,7 @@ func TestDatapath(t *testing.T) {
 		for i := range min(len(x), len(y)) {
 			d = append(d, x[i]-y[i])
 		}
-		return median(d)
+		return benchproc.Median(d)
 	}
 	added := func(s, v string) float64 { return addedBy(s, v, "flow_ns") }
 	addedConn := func(s, v string) float64 { return addedBy(s, v, "lat_ns") }
@@ -433,7 +434,7 @@ func TestDatapath(t *testing.T) {
 		for _, p := range prep {
 			if p.cidrs == 0 {
 				ps.x = append(ps.x, float64(p.selecting))
-				ps.y = append(ps.y, median(samples[sampleKey{p.name, v, "conn_same"}]))
+				ps.y = append(ps.y, benchproc.Median(samples[sampleKey{p.name, v, "conn_same"}]))
 			}
 		}
 		series = append(series, ps)
@@ -535,24 +536,13 @@ func TestNetlinkCost(t *testing.T) {
 	t.Logf("%-22s full=%v messages=%d elements=%d bytes=%d", "full rewrite", full.Full, full.Operations, full.Elements, full.Bytes)
 	sum.emit("b4_resync_bytes", "%d", resync.Bytes)
 	sum.emit("b4_resync_messages", "%d", resync.Operations)
-	sum.emit("b4_pod_add_messages", "%.0f", median(podOps))
-	sum.emit("b4_pod_add_new_chain_bytes", "%.0f", median(newBytes))
-	sum.emit("b4_policy_add_bytes", "%.0f", median(polBytes))
-	sum.emit("b4_policy_add_messages", "%.0f", median(polOps))
+	sum.emit("b4_pod_add_messages", "%.0f", benchproc.Median(podOps))
+	sum.emit("b4_pod_add_new_chain_bytes", "%.0f", benchproc.Median(newBytes))
+	sum.emit("b4_policy_add_bytes", "%.0f", benchproc.Median(polBytes))
+	sum.emit("b4_policy_add_messages", "%.0f", benchproc.Median(polOps))
 	sum.emit("b4_full_rewrite_messages", "%d", full.Operations)
-	sum.emit("b4_pod_add_bytes", "%.0f", median(podBytes))
+	sum.emit("b4_pod_add_bytes", "%.0f", benchproc.Median(podBytes))
 	sum.emit("b4_full_rewrite_bytes", "%d", full.Bytes)
-}
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return math.NaN()
-	}
-	s := slices.Sorted(slices.Values(v))
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // mmm formats min/median/max.
@@ -560,7 +550,7 @@ func mmm(v []float64) string {
 	if len(v) == 0 {
 		return "-"
 	}
-	return fmt.Sprintf("%s/%s/%s", short(slices.Min(v)), short(median(v)), short(slices.Max(v)))
+	return fmt.Sprintf("%s/%s/%s", short(slices.Min(v)), short(benchproc.Median(v)), short(slices.Max(v)))
 }
 
 func short(x float64) string {

@@ -18,6 +18,7 @@ import (
 	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/compile"
 	"github.com/nftpolicy/nftpolicy/nft/netlink"
+	"github.com/nftpolicy/nftpolicy/test/bench/benchproc"
 	"github.com/nftpolicy/nftpolicy/test/e2e/cluster"
 )
 
@@ -197,21 +198,21 @@ func TestEstablished(t *testing.T) {
 		for i := range min(len(x), len(y)) {
 			d = append(d, x[i]-y[i])
 		}
-		return median(d)
+		return benchproc.Median(d)
 	}
 	t.Logf("b7 flow_ns  none %s | ct %s | keep %s | recheck %s", mmm(samples["flow_ns"][estNone]), mmm(samples["flow_ns"][estCt]),
 		mmm(samples["flow_ns"][estKeep]), mmm(samples["flow_ns"][estRecheck]))
 	sum.emit("b7_flow_ns_conntrack", "%.0f", added(estCt, estNone))
 	sum.emit("b7_flow_ns_chains", "%.0f", added(estKeep, estCt))
 	sum.emit("b7_flow_ns_recheck", "%.0f", added(estRecheck, estKeep))
-	sum.emit("b1_rr_ratio", "%.3f", median(ratio("rr", estRecheck, estNone)))
-	sum.emit("b1_bulk_ratio", "%.3f", median(ratio("bulk", estRecheck, estNone)))
-	sum.emit("b7_rr_ratio_keep", "%.3f", median(ratio("rr", estKeep, estNone)))
-	sum.emit("b7_bulk_ratio_keep", "%.3f", median(ratio("bulk", estKeep, estNone)))
-	sum.emit("b7_rr_ratio_ct_only", "%.3f", median(ratio("rr", estCt, estNone)))
-	sum.emit("b7_bulk_ratio_ct_only", "%.3f", median(ratio("bulk", estCt, estNone)))
-	sum.emit("b7_rr_recheck_vs_keep", "%.3f", median(ratio("rr", estRecheck, estKeep)))
-	sum.emit("b7_bulk_recheck_vs_keep", "%.3f", median(ratio("bulk", estRecheck, estKeep)))
+	sum.emit("b1_rr_ratio", "%.3f", benchproc.Median(ratio("rr", estRecheck, estNone)))
+	sum.emit("b1_bulk_ratio", "%.3f", benchproc.Median(ratio("bulk", estRecheck, estNone)))
+	sum.emit("b7_rr_ratio_keep", "%.3f", benchproc.Median(ratio("rr", estKeep, estNone)))
+	sum.emit("b7_bulk_ratio_keep", "%.3f", benchproc.Median(ratio("bulk", estKeep, estNone)))
+	sum.emit("b7_rr_ratio_ct_only", "%.3f", benchproc.Median(ratio("rr", estCt, estNone)))
+	sum.emit("b7_bulk_ratio_ct_only", "%.3f", benchproc.Median(ratio("bulk", estCt, estNone)))
+	sum.emit("b7_rr_recheck_vs_keep", "%.3f", benchproc.Median(ratio("rr", estRecheck, estKeep)))
+	sum.emit("b7_bulk_recheck_vs_keep", "%.3f", benchproc.Median(ratio("bulk", estRecheck, estKeep)))
 
 	// The one-time cost of a policy change across 10,000 open connections.
 	load(estRecheck)
@@ -267,7 +268,7 @@ func TestEstablished(t *testing.T) {
 		for i := range a {
 			d = append(d, a[i]-b[i])
 		}
-		return median(d)
+		return benchproc.Median(d)
 	}
 	// What the sweep before an epoch comes round again costs (once at start-up
 	// and once per cycle of epochs) with 10,000 connections open: all of them of
@@ -294,7 +295,7 @@ func TestEstablished(t *testing.T) {
 	sum.emit("b7_sweep_clear_10k_ms", "%.1f", ms(clearAll))
 	t.Logf("b7 10k connections, one round trip each: quiet %s ms (CPU %s), after a policy change %s ms (CPU %s); commit %s ms (CPU %s)",
 		mmm(quiet), mmm(quietCPU), mmm(changed), mmm(changedCPU), mmm(commit), mmm(commitCPU))
-	sum.emit("b7_change_10k_commit_ms", "%.2f", median(commit))
+	sum.emit("b7_change_10k_commit_ms", "%.2f", benchproc.Median(commit))
 	sum.emit("b7_change_10k_extra_ms", "%.2f", extra(changed, quiet))
 	sum.emit("b7_change_10k_extra_cpu_ms", "%.2f", extra(changedCPU, quietCPU))
 	sum.emit("b7_change_ns_per_conn", "%.0f", extra(changedCPU, quietCPU)*1e6/established10k)

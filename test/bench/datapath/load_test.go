@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
+	"github.com/nftpolicy/nftpolicy/test/bench/benchproc"
 )
 
 // The traffic is plain blocking sockets on OS threads inside the pod
@@ -327,7 +328,7 @@ func latLoad(ns *nfttest.NetNS, dst netip.Addr, d time.Duration) (float64, float
 		return nil
 	})
 	cpu := cpuTime() - cpu0
-	return median(durs), float64(cpu.Nanoseconds()) / float64(max(len(durs), 1)), err
+	return benchproc.Median(durs), float64(cpu.Nanoseconds()) / float64(max(len(durs), 1)), err
 }
 
 // rrLoad is request/response on one connection, one byte out and one back, for
@@ -358,7 +359,7 @@ func rrLoad(ns *nfttest.NetNS, dst netip.Addr, d time.Duration) (float64, float6
 		}
 		return nil
 	})
-	return 1e9 / median(durs), float64(len(durs)) / cpu.Seconds(), err
+	return 1e9 / benchproc.Median(durs), float64(len(durs)) / cpu.Seconds(), err
 }
 
 // bulkLoad writes as fast as it can on one connection for d.

@@ -13,6 +13,7 @@ import (
 	"github.com/nftpolicy/nftpolicy/nft/compile"
 	"github.com/nftpolicy/nftpolicy/nft/netlink"
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
+	"github.com/nftpolicy/nftpolicy/test/bench/benchproc"
 	"github.com/nftpolicy/nftpolicy/test/e2e/cluster"
 )
 
@@ -250,12 +251,12 @@ func TestShapes(t *testing.T) {
 			if v == estNone {
 				continue
 			}
-			sum.emit(fmt.Sprintf("b10_%s_%s_conn_ratio", s.name, v), "%.3f", median(per("conn", k, none, div)))
-			sum.emit(fmt.Sprintf("b10_%s_%s_conn_ratio_vs_ct", s.name, v), "%.3f", median(per("conn", k, ct, div)))
-			sum.emit(fmt.Sprintf("b10_%s_%s_flow_ns", s.name, v), "%.0f", median(per("flow_ns", k, none, sub)))
-			sum.emit(fmt.Sprintf("b10_%s_%s_flow_ns_vs_ct", s.name, v), "%.0f", median(per("flow_ns", k, ct, sub)))
-			sum.emit(fmt.Sprintf("b10_%s_%s_rr_ratio", s.name, v), "%.3f", median(per("rr", k, none, div)))
-			sum.emit(fmt.Sprintf("b10_%s_%s_bulk_ratio", s.name, v), "%.3f", median(per("bulk", k, none, div)))
+			sum.emit(fmt.Sprintf("b10_%s_%s_conn_ratio", s.name, v), "%.3f", benchproc.Median(per("conn", k, none, div)))
+			sum.emit(fmt.Sprintf("b10_%s_%s_conn_ratio_vs_ct", s.name, v), "%.3f", benchproc.Median(per("conn", k, ct, div)))
+			sum.emit(fmt.Sprintf("b10_%s_%s_flow_ns", s.name, v), "%.0f", benchproc.Median(per("flow_ns", k, none, sub)))
+			sum.emit(fmt.Sprintf("b10_%s_%s_flow_ns_vs_ct", s.name, v), "%.0f", benchproc.Median(per("flow_ns", k, ct, sub)))
+			sum.emit(fmt.Sprintf("b10_%s_%s_rr_ratio", s.name, v), "%.3f", benchproc.Median(per("rr", k, none, div)))
+			sum.emit(fmt.Sprintf("b10_%s_%s_bulk_ratio", s.name, v), "%.3f", benchproc.Median(per("bulk", k, none, div)))
 		}
 	}
 }

@@ -25,7 +25,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -497,10 +496,10 @@ func (b *bench) fit(base phaseResult, results []pointResult) {
 			}
 			b.report("fanout_cpu_us_per_event_watcher"+suffix, "%.1f", slope*1e6)
 			b.report("fanout_cpu_us_per_change_intercept"+suffix, "%.0f", icept*1e6)
-			b.report("fanout_wire_bytes_per_event_watcher"+suffix, "%.0f", median(wire))
-			b.report("fanout_encoded_bytes_per_event"+suffix, "%.0f", median(enc))
+			b.report("fanout_wire_bytes_per_event_watcher"+suffix, "%.0f", benchproc.Median(wire))
+			b.report("fanout_encoded_bytes_per_event"+suffix, "%.0f", benchproc.Median(enc))
 			if kind == "plain" && len(rss) > 0 {
-				b.report("fanout_heap_kib_per_watcher"+suffix, "%.0f", median(rss))
+				b.report("fanout_heap_kib_per_watcher"+suffix, "%.0f", benchproc.Median(rss))
 			}
 		}
 	}
@@ -679,7 +678,7 @@ func (b *bench) agentsCheck(ctx context.Context, dir string, k int, json bool, r
 		}
 	}
 	b.report("fanout_agents_"+encName(json), "%d real agents: %.0f pod events, encoded %.0f B/event; watchers %.0f B/event (ratio %.3f)",
-		k, count, sizes/count, median(model), (sizes/count)/median(model))
+		k, count, sizes/count, benchproc.Median(model), (sizes/count)/benchproc.Median(model))
 	return nil
 }
 
@@ -785,16 +784,7 @@ func createCluster(ctx context.Context, c client.Client, shape benchcluster.Shap
 			return err
 		}
 	}
-	err := benchproc.Parallel(createWorkers, len(pods), func(i int) error {
-		pod := pods[i]
-		status := pod.Status
-		if err := c.Create(ctx, pod); err != nil {
-			return err
-		}
-		pod.Status = status
-		return c.Status().Update(ctx, pod)
-	})
-	if err != nil {
+	if err := benchcluster.CreatePods(ctx, c, pods, createWorkers); err != nil {
 		return err
 	}
 	if err := benchproc.Parallel(createWorkers, len(nps), func(i int) error { return c.Create(ctx, nps[i]) }); err != nil {
@@ -863,15 +853,4 @@ func leastSquares(xs, ys []float64) (slope, intercept float64) {
 	}
 	slope = (n*sxy - sx*sy) / d
 	return slope, (sy - slope*sx) / n
-}
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return math.NaN()
-	}
-	s := slices.Sorted(slices.Values(v))
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
