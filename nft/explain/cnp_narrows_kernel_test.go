@@ -69,15 +69,7 @@ func TestTierDenyGrowsRecheckInKernel(t *testing.T) {
 		return moved
 	}
 
-	var src, dst netip.Addr
-	for _, p := range pods {
-		switch p.Namespace + "/" + p.Name {
-		case "y/a":
-			src = netpolref.PodIPs(p)[0]
-		case "x/a":
-			dst = netpolref.PodIPs(p)[0]
-		}
-	}
+	src, dst := firstIP(t, pods, "y/a"), firstIP(t, pods, "x/a")
 	off := lab.place([]netip.Addr{src}, []netip.Addr{dst})
 	defer off()
 	apply(compileAll(nss))

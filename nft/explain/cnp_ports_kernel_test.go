@@ -271,15 +271,7 @@ func TestClusterPortsRecheckInKernel(t *testing.T) {
 		t.Fatal("the narrowed policy still has its port range")
 	}
 
-	var src, dst netip.Addr
-	for _, p := range pods {
-		switch p.Namespace + "/" + p.Name {
-		case "y/a":
-			src = netpolref.PodIPs(p)[0]
-		case "x/a":
-			dst = netpolref.PodIPs(p)[0]
-		}
-	}
+	src, dst := firstIP(t, pods, "y/a"), firstIP(t, pods, "x/a")
 	off := lab.place([]netip.Addr{src}, []netip.Addr{dst})
 	defer off()
 	load(tables(portsPolicies(), 1))

@@ -561,3 +561,15 @@ func exchange(first, second net.Conn) error {
 	_, err := second.Read(make([]byte, 1))
 	return err
 }
+
+// firstIP is the first address of pod namespace/name of pods.
+func firstIP(t *testing.T, pods []*corev1.Pod, key string) netip.Addr {
+	t.Helper()
+	for _, p := range pods {
+		if p.Namespace+"/"+p.Name == key {
+			return netpolref.PodIPs(p)[0]
+		}
+	}
+	t.Fatalf("no pod %s", key)
+	return netip.Addr{}
+}
