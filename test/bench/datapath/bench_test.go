@@ -172,16 +172,7 @@ func TestDatapath(t *testing.T) {
 	if err := client.NetNS.Sysctl("net.ipv4.ip_local_port_range", "1024 65000"); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := startServers(server.NetNS, server.IPv4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.stop)
-	closeSink, err := udpSink(server.NetNS, server.IPv4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(closeSink)
+	serve(t, server, true)
 	appliers := make([]*netlink.Applier, len(nodes))
 	for i, n := range nodes {
 		if appliers[i], err = netlink.New(netlink.Options{NetNSPath: n.NetNSPath()}); err != nil {

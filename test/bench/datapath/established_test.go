@@ -51,33 +51,10 @@ func TestEstablished(t *testing.T) {
 	sum := &summary{t: t, file: "established.txt"}
 	ctx := t.Context()
 
-	cl, err := cluster.New(ctx, cluster.Config{Prefix: "npest", Nodes: 1, Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := cl.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	pods, err := cl.AddPods(ctx,
-		cluster.PodSpec{Namespace: benchNS, Name: "server", Node: 0, Labels: map[string]string{"app": "server"}},
-		cluster.PodSpec{Namespace: benchNS, Name: "client", Node: 0, Labels: map[string]string{"role": "client"}},
-		// The server of the 10,000 connections, selected by the same policies.
-		cluster.PodSpec{Namespace: benchNS, Name: "many", Node: 0, Labels: map[string]string{"app": "server"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The server of the 10,000 connections, selected by the same policies.
+	node, pods := oneNode(t, "npest", cluster.PodSpec{Namespace: benchNS, Name: "many", Node: 0, Labels: map[string]string{"app": "server"}})
 	server, client, manyPod := pods[0], pods[1], pods[2]
-	node := cl.Node(0)
-	if err := node.NetNS.Sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1"); err != nil {
-		t.Fatal(err)
-	}
-	srv, err := startServers(server.NetNS, server.IPv4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.stop)
+	serve(t, server, false)
 	applier, err := netlink.New(netlink.Options{NetNSPath: node.NetNSPath()})
 	if err != nil {
 		t.Fatal(err)

@@ -10,12 +10,14 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 	"github.com/nftpolicy/nftpolicy/test/bench/benchproc"
+	"github.com/nftpolicy/nftpolicy/test/e2e/cluster"
 )
 
 // The traffic is plain blocking sockets on OS threads inside the pod
@@ -490,4 +492,52 @@ func udpFrame(srcMAC net.HardwareAddr, src, dst netip.Addr) []byte {
 	udp[2], udp[3] = byte(flowPort>>8), byte(flowPort&0xff)
 	udp[4], udp[5] = 0, byte(8+payload)
 	return f
+}
+
+// serve starts the benchmark's servers in the server pod, and its UDP sink when
+// udp; both stop when the test ends.
+func serve(t *testing.T, server *cluster.Pod, udp bool) {
+	t.Helper()
+	srv, err := startServers(server.NetNS, server.IPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.stop)
+	if !udp {
+		return
+	}
+	closeSink, err := udpSink(server.NetNS, server.IPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(closeSink)
+}
+
+// oneNode is a one-node cluster (prefix names its namespaces) holding the
+// server and client pods of benchNS, then extra, closed when the test ends;
+// conntrack keeps closed connections in TIME_WAIT for 1 s (see TestDatapath).
+// It returns the node and the pods, server and client first.
+func oneNode(t *testing.T, prefix string, extra ...cluster.PodSpec) (*cluster.Node, []*cluster.Pod) {
+	t.Helper()
+	ctx := t.Context()
+	cl, err := cluster.New(ctx, cluster.Config{Prefix: prefix, Nodes: 1, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := cl.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	pods, err := cl.AddPods(ctx, append([]cluster.PodSpec{
+		{Namespace: benchNS, Name: "server", Node: 0, Labels: map[string]string{"app": "server"}},
+		{Namespace: benchNS, Name: "client", Node: 0, Labels: map[string]string{"role": "client"}}}, extra...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := cl.Node(0)
+	if err := node.NetNS.Sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1"); err != nil {
+		t.Fatal(err)
+	}
+	return node, pods
 }

@@ -63,11 +63,7 @@ func TestReplaceUnderTraffic(t *testing.T) {
 	if len(problems) > 0 {
 		t.Fatal(problems)
 	}
-	srv, err := startServers(server.NetNS, server.IPv4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.stop)
+	serve(t, server, false)
 	if err := cl.Node(0).NetNS.Sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1"); err != nil {
 		t.Fatal(err)
 	}

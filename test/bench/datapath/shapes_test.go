@@ -14,7 +14,6 @@ import (
 	"github.com/nftpolicy/nftpolicy/nft/netlink"
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 	"github.com/nftpolicy/nftpolicy/test/bench/benchproc"
-	"github.com/nftpolicy/nftpolicy/test/e2e/cluster"
 )
 
 // TestShapes is B10 (issue 16 §4): where a new flow's CPU goes, and what other
@@ -42,39 +41,12 @@ func TestShapes(t *testing.T) {
 	sum := &summary{t: t, file: "shapes.txt"}
 	ctx := t.Context()
 
-	cl, err := cluster.New(ctx, cluster.Config{Prefix: "npshp", Nodes: 1, Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := cl.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	pods, err := cl.AddPods(ctx,
-		cluster.PodSpec{Namespace: benchNS, Name: "server", Node: 0, Labels: map[string]string{"app": "server"}},
-		cluster.PodSpec{Namespace: benchNS, Name: "client", Node: 0, Labels: map[string]string{"role": "client"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	node, pods := oneNode(t, "npshp")
 	server, client := pods[0], pods[1]
-	node := cl.Node(0)
-	if err := node.NetNS.Sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1"); err != nil {
-		t.Fatal(err)
-	}
 	if err := client.NetNS.Sysctl("net.ipv4.ip_local_port_range", "1024 65000"); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := startServers(server.NetNS, server.IPv4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.stop)
-	closeSink, err := udpSink(server.NetNS, server.IPv4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(closeSink)
+	serve(t, server, true)
 	applier, err := netlink.New(netlink.Options{NetNSPath: node.NetNSPath()})
 	if err != nil {
 		t.Fatal(err)
