@@ -99,8 +99,9 @@ type Options struct {
 	// APICompression lets the apiserver gzip its responses (client-go's
 	// default); off, the agent asks for them uncompressed.
 	APICompression bool
-	// CNPDiscoveryInterval is how often the agent asks whether ClusterNetworkPolicy
-	// is served while it is not (cnp.go); 0 means 30s.
+	// CNPDiscoveryInterval is how often the agent asks discovery whether
+	// ClusterNetworkPolicy is served when it may not watch the CRD (an old
+	// ClusterRole; crdwatch.go); 0 means 30s.
 	CNPDiscoveryInterval time.Duration
 }
 
@@ -265,7 +266,7 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	}
 	nodes := newAllNodes(ctx, link, toolscache.NewListWatchFromClient(core.RESTClient(), "nodes", "", fields.Everything()),
 		log.WithName("nodes"))
-	if err := setupNodeSync(ctx, mgr, cfg, storePods{podInformer.GetStore()}, nodes, opts, ready, at, log); err != nil {
+	if err := setupNodeSync(ctx, mgr, cfg, link, storePods{podInformer.GetStore()}, nodes, opts, ready, at, log); err != nil {
 		return fmt.Errorf("node sync setup: %w", err)
 	}
 
@@ -318,7 +319,7 @@ func awaitStop(errc <-chan error, ready *readiness, log logr.Logger) error {
 
 // setupNodeSync registers the node reconciler; its first successful sync (always
 // a full one: the applier starts without a last-applied table) marks the agent ready.
-func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, pods podSource, nodes *allNodes, opts Options, ready *readiness, at *attribution, log logr.Logger) error {
+func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, link *apiLink, pods podSource, nodes *allNodes, opts Options, ready *readiness, at *attribution, log logr.Logger) error {
 	if opts.Applier == nil {
 		return errors.New("no applier configured")
 	}
@@ -354,11 +355,14 @@ func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, p
 	if err := r.SetupWithManager(mgr); err != nil {
 		return err
 	}
-	w, err := newClusterPolicyWatch(mgr, cfg, r.ctrl, r.cnp, r.mapAll, opts.CNPDiscoveryInterval, log.WithName("clusternetworkpolicy"))
+	w, err := newClusterPolicyWatch(mgr.GetCache(), cfg, r, link, opts.CNPDiscoveryInterval, log.WithName("clusternetworkpolicy"))
 	if err != nil {
 		return err
 	}
 	if err := w.watchIfServed(ctx); err != nil {
+		return err
+	}
+	if err := r.ctrl.Watch(clusterPolicySource{w}); err != nil {
 		return err
 	}
 	return mgr.Add(w)

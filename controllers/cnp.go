@@ -6,21 +6,14 @@ import (
 	"fmt"
 	"slices"
 	"sync/atomic"
-	"time"
 
-	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/discovery"
-	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
-	"sigs.k8s.io/controller-runtime/pkg/handler"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
-	"sigs.k8s.io/controller-runtime/pkg/source"
 	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
@@ -28,11 +21,10 @@ import (
 // ClusterNetworkPolicy is a CRD (sigs.k8s.io/network-policy-api): a cluster may
 // serve v1beta1 (the storage version), only v1alpha2 (same schema), or neither.
 // The agent reads v1beta1 when served, else v1alpha2 (converted to v1beta1 for the
-// compiler). Without the CRD it enforces NetworkPolicy exactly as before, says so
-// once, and asks discovery again every CNPDiscoveryInterval: when the CRD appears it
-// starts the informer and the watch without a restart, and NetworkPolicy
-// enforcement never stops meanwhile. (A CRD removed while the agent runs leaves its
-// informer retrying; the last ClusterNetworkPolicies stay enforced until a restart.)
+// compiler). Without the CRD it enforces NetworkPolicy exactly as before and says
+// so once; it watches the one CustomResourceDefinition object, and when the CRD
+// appears it starts the informer and the watch without a restart, and stops them
+// when the CRD goes (crdwatch.go). NetworkPolicy enforcement never stops meanwhile.
 //
 // +kubebuilder:rbac:groups=policy.networking.k8s.io,resources=clusternetworkpolicies,verbs=list;watch
 // Nodes, for nodes peers (their labels and status.addresses).
@@ -134,96 +126,6 @@ func discoverClusterPolicies(dc discovery.DiscoveryInterface) (string, error) {
 		}
 	}
 	return "", nil
-}
-
-// clusterPolicyWatch is the runnable that starts watching ClusterNetworkPolicies as
-// soon as the API serves them (at once, or when the CRD appears).
-type clusterPolicyWatch struct {
-	mgr      manager.Manager
-	ctrl     controller.Controller
-	api      *clusterPolicyAPI
-	dc       discovery.DiscoveryInterface
-	handler  handler.EventHandler
-	interval time.Duration
-	log      logr.Logger
-}
-
-func newClusterPolicyWatch(mgr manager.Manager, cfg *rest.Config, ctrl controller.Controller, api *clusterPolicyAPI,
-	h handler.EventHandler, interval time.Duration, log logr.Logger) (*clusterPolicyWatch, error) {
-	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("discovery client: %w", err)
-	}
-	if interval <= 0 {
-		interval = 30 * time.Second
-	}
-	return &clusterPolicyWatch{mgr: mgr, ctrl: ctrl, api: api, dc: dc, handler: h, interval: interval, log: log}, nil
-}
-
-// NeedLeaderElection: every agent watches (there is no leader election anyway).
-func (w *clusterPolicyWatch) NeedLeaderElection() bool { return false }
-
-// watchIfServed asks discovery once, before the manager starts: when the API
-// serves ClusterNetworkPolicy, its informer is registered with the others, so the
-// caches sync, and the first full sync (readiness) happens, with it.
-func (w *clusterPolicyWatch) watchIfServed(ctx context.Context) error {
-	v, err := discoverClusterPolicies(w.dc)
-	if err != nil || v == "" {
-		return nil // Start asks again, and says why
-	}
-	return w.watch(ctx, v)
-}
-
-// Start asks discovery until ClusterNetworkPolicy is served, then starts its
-// informer and watch, and returns. Discovery errors are logged and retried:
-// NetworkPolicy enforcement does not depend on them.
-func (w *clusterPolicyWatch) Start(ctx context.Context) error {
-	if w.api.served() != "" {
-		return nil
-	}
-	said := false
-	for {
-		v, err := discoverClusterPolicies(w.dc)
-		switch {
-		case err != nil:
-			w.log.Error(err, "cannot tell whether ClusterNetworkPolicy is served; asking again", "every", w.interval)
-		case v == "":
-			if !said {
-				w.log.Info("ClusterNetworkPolicy is not served by the API server (no policy.networking.k8s.io CRD): enforcing NetworkPolicy only; ClusterNetworkPolicy will be enforced once its CRD is installed",
-					"checkEvery", w.interval)
-				said = true
-			}
-		default:
-			return w.watch(ctx, v)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(w.interval):
-		}
-	}
-}
-
-func (w *clusterPolicyWatch) watch(ctx context.Context, version string) error {
-	var obj client.Object = &cnpv1beta1.ClusterNetworkPolicy{}
-	if version == "v1alpha2" {
-		obj = &cnpv1alpha2.ClusterNetworkPolicy{}
-	}
-	// The RESTMapper cached by the manager may predate the CRD: GetInformer resolves
-	// the kind afresh (the default dynamic mapper reloads on a miss).
-	if _, err := w.mgr.GetCache().GetInformer(ctx, obj); err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return fmt.Errorf("informer for ClusterNetworkPolicy %s: %w", version, err)
-	}
-	w.api.version.Store(version)
-	src := source.Kind(w.mgr.GetCache(), obj, w.handler, predicate.Or(predicate.GenerationChangedPredicate{}, createDelete()))
-	if err := w.ctrl.Watch(src); err != nil {
-		return fmt.Errorf("watch ClusterNetworkPolicy %s: %w", version, err)
-	}
-	w.log.Info("enforcing ClusterNetworkPolicy", "version", cnpGroup+"/"+version)
-	return nil
 }
 
 // trimClusterPolicyOr trims ClusterNetworkPolicies and hands other objects to

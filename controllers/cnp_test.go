@@ -1,7 +1,6 @@
 package controllers
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,16 +13,13 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 )
 
@@ -51,41 +47,15 @@ func serveOnly(crd *apiextensionsv1.CustomResourceDefinition, v string, also boo
 	}
 }
 
-func startAgentWith(applier nft.Applier, set func(*Options)) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	opts := Options{
-		Config: cfg, NodeName: "node-1", TableName: nft.DefaultTable,
-		MetricsAddr: "0", HealthAddr: "0", FullSyncPeriod: time.Hour, Applier: applier,
-	}
-	set(&opts)
-	go func() { done <- RunAgent(ctx, opts, zap.New(zap.WriteTo(GinkgoWriter))) }()
-	DeferCleanup(func() {
-		cancel()
-		Eventually(done, time.Minute).Should(Receive(BeNil()))
-	})
-}
-
 var _ = Describe("ClusterNetworkPolicy", func() {
 	It("is optional: NetworkPolicy is enforced without its CRD, v1alpha2 is enforced once a CRD serving only it appears, v1beta1 when served", func(ctx SpecContext) {
 		Expect(cnpv1beta1.Install(scheme.Scheme)).To(Succeed())
 		Expect(cnpv1alpha2.Install(scheme.Scheme)).To(Succeed())
-		var existing apiextensionsv1.CustomResourceDefinitionList
-		crdClient, err := client.New(cfg, client.Options{Scheme: func() *runtime.Scheme {
-			s := runtime.NewScheme()
-			Expect(apiextensionsv1.AddToScheme(s)).To(Succeed())
-			return s
-		}()})
-		Expect(err).NotTo(HaveOccurred())
-		Expect(crdClient.List(ctx, &existing)).To(Succeed())
-		for _, c := range existing.Items {
-			if c.Spec.Group == cnpGroup {
-				Skip("the ClusterNetworkPolicy CRD is already installed (this spec installs it)")
-			}
-		}
+		removeClusterPolicyCRD(ctx)
+		DeferCleanup(func(ctx SpecContext) { removeClusterPolicyCRD(ctx) })
 
 		fake := nfttest.NewFake()
-		startAgentWith(fake, func(o *Options) { o.CNPDiscoveryInterval = 200 * time.Millisecond })
+		log := startLoggedAgent(cfg, "node-1", fake, 0)
 		f := newFixture()
 		f.namespace(ctx, "x", map[string]string{})
 		f.pod(ctx, "x", "a", podOpts{node: "node-1", ips: []string{"10.1.0.10"}})
@@ -100,7 +70,7 @@ var _ = Describe("ClusterNetworkPolicy", func() {
 		By("a CRD serving only v1alpha2 appears: the running agent enforces it")
 		crd := clusterPolicyCRD()
 		serveOnly(crd, "v1alpha2", false)
-		_, err = envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{CRDs: []*apiextensionsv1.CustomResourceDefinition{crd}})
+		_, err := envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{CRDs: []*apiextensionsv1.CustomResourceDefinition{crd}})
 		Expect(err).NotTo(HaveOccurred())
 		deny := &cnpv1alpha2.ClusterNetworkPolicy{
 			ObjectMeta: metav1.ObjectMeta{Name: "deny-x-" + f.sfx},
@@ -146,13 +116,16 @@ var _ = Describe("ClusterNetworkPolicy", func() {
 			return false
 		}, 20*time.Second, 100*time.Millisecond).Should(BeTrue())
 
-		By("the CRD serves v1beta1 too (stored): a new agent reads v1beta1")
+		By("the CRD serves v1beta1 too (stored): the running agent moves to v1beta1, a new agent reads v1beta1")
+		Expect(log.count(`"msg":"enforcing ClusterNetworkPolicy"`, "v1alpha2")).To(Equal(1))
 		crd = clusterPolicyCRD()
 		serveOnly(crd, "v1beta1", true)
 		_, err = envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{CRDs: []*apiextensionsv1.CustomResourceDefinition{crd}})
 		Expect(err).NotTo(HaveOccurred())
+		Eventually(func() int { return log.count(`"msg":"enforcing ClusterNetworkPolicy"`, "v1beta1") }, 30*time.Second, 50*time.Millisecond).Should(Equal(1))
+		Expect(fake.Dump()).To(MatchRegexp(`10\.1\.0\.10 comment "x-` + f.sfx + `/a" : jump adm-in-[0-9a-f]+-cnp/deny-x-` + f.sfx))
 		fake2 := nfttest.NewFake()
-		startAgentWith(fake2, func(o *Options) { o.CNPDiscoveryInterval = 200 * time.Millisecond })
+		startLoggedAgent(cfg, "node-1", fake2, 0)
 		Eventually(fake2.Dump, 30*time.Second, 50*time.Millisecond).Should(
 			MatchRegexp(`10\.1\.0\.10 comment "x-` + f.sfx + `/a" : jump adm-in-[0-9a-f]+-cnp/deny-x-` + f.sfx))
 		var got cnpv1beta1.ClusterNetworkPolicy

@@ -108,7 +108,7 @@ type NodeReconciler struct {
 	nodesLoaded bool
 	unapplied   bool
 
-	// ClusterNetworkPolicy (cnp.go): the version watched, if any, and what its
+	// ClusterNetworkPolicy (cnp.go, crdwatch.go): the version read, if any, and what its
 	// watch needs once the API serves it.
 	cnp    *clusterPolicyAPI
 	ctrl   controller.Controller

@@ -286,7 +286,7 @@ func startNodeWatchAgent(c *rest.Config, node string, applier nft.Applier) {
 		done <- RunAgent(ctx, Options{
 			Config: c, NodeName: node, TableName: nft.DefaultTable,
 			MetricsAddr: "0", HealthAddr: "0", FullSyncPeriod: time.Hour,
-			Applier: applier, UnknownPodCIDRsFromNode: true, CNPDiscoveryInterval: 200 * time.Millisecond,
+			Applier: applier, UnknownPodCIDRsFromNode: true,
 		}, zap.New(zap.WriteTo(GinkgoWriter)))
 	}()
 	DeferCleanup(func() {

@@ -52,7 +52,10 @@ const (
 // table in a network namespace of its own. It must do its whole job: become
 // ready (caches synced, first full sync done), enforce a deny-all policy
 // created afterwards (the pod's address appears in the table's ingress map),
-// and record a Warning Event on a policy it cannot enforce.
+// record a Warning Event on a policy it cannot enforce, and watch the
+// ClusterNetworkPolicy CRD (its metrics say so: an agent refused that watch
+// still enforces, but follows the CRD by asking discovery every 30 s, and says
+// that instead).
 //
 // Then, for each rule of the ClusterRole, and for each resource of a rule that
 // names several, an agent runs with a copy of the role without it, all in
@@ -282,6 +285,7 @@ type agentRun struct {
 
 	log     string         // the agent's output, a file
 	port    string         // of /healthz and /readyz
+	metrics string         // port of /metrics
 	netns   *nfttest.NetNS // where it programs its table
 	exited  chan struct{}  // closed when the process has exited
 	failure string         // what exercise found missing; "" when it all worked
@@ -294,6 +298,7 @@ func (a *agentRun) start(t *testing.T) {
 	t.Helper()
 	a.netns = nfttest.NewNetNS(t, "np-deploy")
 	a.port = freePort(t)
+	a.metrics = freePort(t)
 	a.log = filepath.Join(t.TempDir(), "agent.log")
 	logf, err := os.Create(a.log)
 	if err != nil {
@@ -301,7 +306,7 @@ func (a *agentRun) start(t *testing.T) {
 	}
 	cmd := exec.Command(a.bin, "agent",
 		"--kubeconfig="+a.kubeconfig, "--node-name="+a.node, "--netns="+a.netns.Path(), "--table-name="+tableName,
-		"--metrics-bind-address=0", "--health-probe-bind-address=127.0.0.1:"+a.port,
+		"--metrics-bind-address=127.0.0.1:"+a.metrics, "--health-probe-bind-address=127.0.0.1:"+a.port,
 		// As deployed: the Node's pod CIDRs come from the same Node watch (its
 		// node has no Node object here, so it isolates nothing and says so).
 		"--unknown-pod-cidrs=node")
@@ -363,6 +368,16 @@ func (a *agentRun) exercise(bound time.Duration) (failure string, err error) {
 			return "", fmt.Errorf("listing events: %w", listErr)
 		}
 		return fmt.Sprintf("no NotEnforceable Event within %s", bound), nil
+	}
+
+	// 4. Watch the ClusterNetworkPolicy CRD rather than ask discovery for it.
+	const watching = `nftpolicy_clusterpolicy_crd{mode="watch"} 1`
+	var crd string
+	if !poll(bound, a.exited, func() bool {
+		crd = metricLines(httpBody("http://127.0.0.1:"+a.metrics+"/metrics"), "nftpolicy_clusterpolicy_crd{")
+		return strings.Contains(crd, watching)
+	}) {
+		return fmt.Sprintf("not watching the ClusterNetworkPolicy CRD within %s (want %s; /metrics: %q)", bound, watching, crd), nil
 	}
 
 	return "", nil
@@ -479,6 +494,29 @@ func httpOK(url string) (bool, string) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 	return resp.StatusCode == http.StatusOK, fmt.Sprintf("%d %s", resp.StatusCode, strings.Join(strings.Fields(string(body)), " "))
+}
+
+// httpBody GETs url and returns its body, or "" when that fails.
+func httpBody(url string) string {
+	client := http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return string(body)
+}
+
+// metricLines returns the lines of a Prometheus text exposition that start with prefix.
+func metricLines(text, prefix string) string {
+	var out []string
+	for line := range strings.Lines(text) {
+		if strings.HasPrefix(line, prefix) {
+			out = append(out, strings.TrimSpace(line))
+		}
+	}
+	return strings.Join(out, "; ")
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.
