@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap/zapcore"
 	eventsv1 "k8s.io/api/events/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -73,6 +75,7 @@ func installServingBeta() {
 type crdTraffic struct {
 	discovery, cnp, crd atomic.Int64
 	crdBytes            atomic.Int64
+	crdType             atomic.Value // string: the content type of the CRD watch's last response
 }
 
 func (t *crdTraffic) wrap(rt http.RoundTripper) http.RoundTripper {
@@ -92,6 +95,7 @@ func (t *crdTraffic) wrap(rt http.RoundTripper) http.RoundTripper {
 		resp, err := rt.RoundTrip(req)
 		if crd && err == nil {
 			resp.Body = &byteCount{ReadCloser: resp.Body, n: &t.crdBytes}
+			t.crdType.Store(resp.Header.Get("Content-Type"))
 		}
 		return resp, err
 	})
@@ -141,6 +145,24 @@ func (l *agentLog) count(parts ...string) int {
 	return n
 }
 
+// at is the time stamp of the last line of the log that contains all of parts
+// (zero when none does).
+func (l *agentLog) at(parts ...string) time.Time {
+	var t time.Time
+	for line := range strings.Lines(l.String()) {
+		if slices.ContainsFunc(parts, func(p string) bool { return !strings.Contains(line, p) }) {
+			continue
+		}
+		var rec struct {
+			TS string `json:"ts"`
+		}
+		if json.Unmarshal([]byte(line), &rec) == nil {
+			t, _ = time.Parse(time.RFC3339Nano, rec.TS)
+		}
+	}
+	return t
+}
+
 // startLoggedAgent runs RunAgent for node with c and interval (0: the
 // default) until the spec ends, and returns its log.
 func startLoggedAgent(c *rest.Config, node string, applier nft.Applier, interval time.Duration) *agentLog {
@@ -152,7 +174,7 @@ func startLoggedAgent(c *rest.Config, node string, applier nft.Applier, interval
 			Config: c, NodeName: node, TableName: nft.DefaultTable,
 			MetricsAddr: "0", HealthAddr: "0", FullSyncPeriod: time.Hour, Applier: applier,
 			CNPDiscoveryInterval: interval,
-		}, zap.New(zap.WriteTo(io.MultiWriter(GinkgoWriter, log))))
+		}, zap.New(zap.WriteTo(io.MultiWriter(GinkgoWriter, log)), func(o *zap.Options) { o.TimeEncoder = zapcore.RFC3339NanoTimeEncoder }))
 	}()
 	DeferCleanup(func() {
 		cancel()
@@ -247,15 +269,22 @@ var _ = Describe("ClusterNetworkPolicy CRD watch", func() {
 		By("the CRD appears: both agents enforce a ClusterNetworkPolicy within 10 s of its creation, the default interval included")
 		bytes0 := trDefault.crdBytes.Load()
 		t0 := time.Now()
-		installServingBeta()
+		installServingBeta() // returns once discovery serves it
+		served := time.Since(t0)
 		createOnceServed(ctx, denyFrom("deny-x-"+f.sfx, f.ns("x")))
+		GinkgoWriter.Printf("ClusterNetworkPolicy created %v after the CRD\n", time.Since(t0))
 		var took []time.Duration
 		for _, fk := range []*nfttest.Fake{fakeDefault, fakeFast} {
 			Eventually(fk.Dump, 30*time.Second, 20*time.Millisecond).Should(And(MatchRegexp(cnpRule), ContainSubstring(npRule)))
 			took = append(took, time.Since(t0))
 		}
-		AddReportEntry("CRD created -> ClusterNetworkPolicy enforced (default interval; 200 ms interval)", fmt.Sprint(took))
-		GinkgoWriter.Printf("CRD created -> enforced: %v; the CRD watch read %d B for the install\n", took, trDefault.crdBytes.Load()-bytes0)
+		enforcing := logDefault.at(`"msg":"enforcing ClusterNetworkPolicy"`).Sub(t0)
+		AddReportEntry("CRD created -> the agent with the default interval logs enforcing ClusterNetworkPolicy", enforcing)
+		Expect(enforcing).To(BeNumerically("<", 10*time.Second), "with the 30 s default interval: no poll involved")
+		AddReportEntry("CRD created -> a ClusterNetworkPolicy, created as soon as the apiserver accepted it, enforced (default interval; 200 ms interval)", fmt.Sprint(took))
+		AddReportEntry("of which CRD created -> served by discovery (envtest's wait)", served)
+		GinkgoWriter.Printf("CRD created -> served by discovery %v, enforcing logged %v, policy enforced %v; the CRD watch read %d B (%v) for the install\n",
+			served, enforcing, took, trDefault.crdBytes.Load()-bytes0, trDefault.crdType.Load())
 		Expect(took[0]).To(BeNumerically("<", 10*time.Second), "with the 30 s default interval: no poll involved")
 		Expect(logDefault.count(`"msg":"enforcing ClusterNetworkPolicy"`, "v1beta1")).To(Equal(1))
 		AddReportEntry("bytes the CRD watch read while the CRD was installed (one agent)", trDefault.crdBytes.Load()-bytes0)
@@ -284,6 +313,8 @@ var _ = Describe("ClusterNetworkPolicy CRD watch", func() {
 		}
 		again := time.Since(t1)
 		AddReportEntry("CRD re-created -> ClusterNetworkPolicy enforced by both", again)
+		AddReportEntry("CRD re-created -> the agent with the default interval logs enforcing ClusterNetworkPolicy",
+			logDefault.at(`"msg":"enforcing ClusterNetworkPolicy"`).Sub(t1))
 		Expect(again).To(BeNumerically("<", 10*time.Second))
 		Expect(logDefault.count(`"msg":"enforcing ClusterNetworkPolicy"`, "v1beta1")).To(Equal(2))
 		GinkgoWriter.Printf("requests at the end: default interval %s; 200 ms interval %s\n", &trDefault, &trFast)
@@ -326,8 +357,11 @@ var _ = Describe("ClusterNetworkPolicy CRD watch", func() {
 		npRule := `10.1.0.11 comment "x-` + f.sfx + `/a" : goto ing-`
 		cnpRule := `10\.1\.0\.11 comment "x-` + f.sfx + `/a" : jump adm-in-[0-9a-f]+-cnp/deny-x-` + f.sfx
 
+		var tr crdTraffic
+		oldCfg := rest.CopyConfig(au.Config())
+		oldCfg.WrapTransport = tr.wrap
 		fake := nfttest.NewFake()
-		log := startLoggedAgent(au.Config(), nodeName, fake, 500*time.Millisecond)
+		log := startLoggedAgent(oldCfg, nodeName, fake, 500*time.Millisecond)
 		mode := func(m string) func() float64 {
 			return func() float64 { return testutil.ToFloat64(clusterPolicyCRDMode.WithLabelValues(m)) }
 		}
@@ -339,6 +373,14 @@ var _ = Describe("ClusterNetworkPolicy CRD watch", func() {
 		Expect(mode("watch")()).To(BeZero())
 		Eventually(func() bool { return hasEvent(ctx, nodeName, "ClusterPolicyCRDWatchDenied") }, 30*time.Second, 200*time.Millisecond).Should(BeTrue())
 		Eventually(fake.Dump, 30*time.Second, 20*time.Millisecond).Should(ContainSubstring(npRule))
+
+		By("it asks discovery every 500 ms instead, two GETs a poll (v1beta1, v1alpha2) while the CRD is absent")
+		d0 := tr.discovery.Load()
+		time.Sleep(3 * time.Second)
+		polled := tr.discovery.Load() - d0
+		AddReportEntry("discovery GETs of the fallback poll in 3 s at 500 ms, without the CRD", polled)
+		Expect(polled).To(BeNumerically(">=", 6), "~6 polls of 2 GETs")
+		Expect(polled).To(BeNumerically("<=", 16))
 
 		By("the CRD appears: the discovery poll finds it")
 		installServingBeta()

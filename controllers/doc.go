@@ -1,6 +1,7 @@
 // Package controllers is nftpolicy's only controller-runtime code: the node
 // agent. RunAgent builds a manager that caches Pods, Namespaces,
-// networking/v1 NetworkPolicies, ClusterNetworkPolicies when served, and its own
+// networking/v1 NetworkPolicies, ClusterNetworkPolicies while their CRD is
+// installed (it watches that one CustomResourceDefinition, crdwatch.go), and its own
 // Node (trimmed to what the compiler reads, nothing else cached; pods as compact
 // records with interned labels, podcache.go; every Node only while a
 // ClusterNetworkPolicy has a nodes peer, nodewatch.go),
@@ -40,5 +41,5 @@
 // Errors go up: this package logs once, with logr key/values ("node",
 // "policy"), and returns what it cannot handle to cmd/nftpolicy, which
 // turns it into an exit code. The agent only reads the API; the
-// +kubebuilder:rbac markers in agent.go are its whole RBAC.
+// +kubebuilder:rbac markers (agent.go, cnp.go, crdwatch.go) are its whole RBAC.
 package controllers

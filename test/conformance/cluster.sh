@@ -717,9 +717,10 @@ cnp() {
 }
 
 # cnp_enforced waits until every agent enforces ClusterNetworkPolicy. An agent
-# started before the CRD asks discovery again every 30 s (controllers/cnp.go):
-# a suite started at once would judge ClusterNetworkPolicies no agent
-# reads yet (its first test failed so, 10 s in, on 2026-12-03).
+# started before the CRD learns of it from its watch of the CRD object, within
+# seconds (controllers/crdwatch.go); until then a suite would judge
+# ClusterNetworkPolicies no agent reads yet (its first test failed so, 10 s in,
+# on 2026-12-03, when agents asked discovery every 30 s).
 cnp_enforced() {
   local start=$SECONDS pod pods missing
   pods=$(kubectl -n nftpolicy-system get pods -o name) || return
