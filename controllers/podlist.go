@@ -92,7 +92,13 @@ func (l *recordList) DeepCopyObject() runtime.Object {
 // as soon as it is decoded. It fails on a truncated or malformed answer rather
 // than returning part of a list: the reflector then lists again.
 func decodePodList(r io.Reader, record func(*corev1.Pod) runtime.Object) (*recordList, error) {
-	d := &pbReader{r: bufio.NewReaderSize(r, 256<<10)}
+	return decodePodListKeeping(r, record, podFields)
+}
+
+// decodePodListKeeping is decodePodList decoding the fields of each pod that
+// k names; nil decodes every field.
+func decodePodListKeeping(r io.Reader, record func(*corev1.Pod) runtime.Object, k keep) (*recordList, error) {
+	d := &pbReader{r: bufio.NewReaderSize(r, 256<<10), keep: k}
 	var prefix [4]byte
 	if _, err := io.ReadFull(d.r, prefix[:]); err != nil {
 		return nil, fmt.Errorf("pod list: %w", noEOF(err))
@@ -167,8 +173,14 @@ func (d *pbReader) podList(end int64, list *recordList, record func(*corev1.Pod)
 			if err != nil {
 				return fmt.Errorf("item %d: %w", len(list.Items), err)
 			}
-			// Unmarshal copies what it keeps (strings, byte slices) out of b,
-			// which the next item reuses.
+			// Only what the record reads is decoded (podFields); Unmarshal
+			// copies what it keeps out of the buffers, which the next item reuses.
+			if d.keep != nil {
+				if d.pruned, err = prune(d.pruned[:0], b, d.keep); err != nil {
+					return fmt.Errorf("item %d: %w", len(list.Items), err)
+				}
+				b = d.pruned
+			}
 			pod := &corev1.Pod{}
 			if err := pod.Unmarshal(b); err != nil {
 				return fmt.Errorf("item %d: %w", len(list.Items), err)
@@ -186,6 +198,80 @@ func (d *pbReader) podList(end int64, list *recordList, record func(*corev1.Pod)
 	return nil
 }
 
+// keep is a tree of protobuf field numbers: the fields of a message to keep,
+// each with the fields to keep of its own message, or nil to keep it whole.
+type keep map[uint64]keep
+
+// podFields are the fields of a Pod that podInterner.record (compile.PodOf)
+// reads, by their numbers in k8s.io/api/core/v1/generated.proto and
+// apimachinery's meta/v1: a pod's managed fields, annotations, volumes,
+// environment, conditions and container statuses, most of its bytes, are never
+// decoded. TestPrunedPodRecords fills every field of a Pod at random and fails
+// if a record made from the pruned pod differs from one made from the whole.
+var podFields = keep{
+	1: {1: nil, 3: nil, 11: nil}, // metadata: name, namespace, labels
+	2: { // spec
+		2:  {6: nil}, // containers: ports
+		10: nil,      // nodeName
+		11: nil,      // hostNetwork
+	},
+	3: {1: nil, 6: nil, 12: nil}, // status: phase, podIP, podIPs
+}
+
+// prune appends to dst the fields of the message b that k names, recursively;
+// the rest is dropped. Field order is kept.
+func prune(dst, b []byte, k keep) ([]byte, error) {
+	for len(b) > 0 {
+		t, n := binary.Uvarint(b)
+		if n <= 0 {
+			return dst, errors.New("a corrupt field tag")
+		}
+		field, wire := t>>3, t&7
+		var size int
+		switch wire {
+		case wireVarint:
+			_, m := binary.Uvarint(b[n:])
+			if m <= 0 {
+				return dst, errors.New("a corrupt varint")
+			}
+			size = n + m
+		case wireFixed64:
+			size = n + 8
+		case wireFixed32:
+			size = n + 4
+		case wireBytes:
+			l, m := binary.Uvarint(b[n:])
+			if m <= 0 || l > uint64(len(b)-n-m) {
+				return dst, errors.New("a corrupt length")
+			}
+			if sub, ok := k[field]; ok && sub != nil {
+				// A kept message with fields of its own to prune: its length
+				// is known only once pruned.
+				inner, err := prune(nil, b[n+m:n+m+int(l)], sub)
+				if err != nil {
+					return dst, err
+				}
+				dst = binary.AppendUvarint(dst, t)
+				dst = binary.AppendUvarint(dst, uint64(len(inner)))
+				dst = append(dst, inner...)
+				b = b[n+m+int(l):]
+				continue
+			}
+			size = n + m + int(l)
+		default:
+			return dst, fmt.Errorf("unknown protobuf wire type %d", wire)
+		}
+		if size > len(b) {
+			return dst, errors.New("a field overruns its message")
+		}
+		if _, ok := k[field]; ok {
+			dst = append(dst, b[:size]...)
+		}
+		b = b[size:]
+	}
+	return dst, nil
+}
+
 // Protobuf wire types (https://protobuf.dev/programming-guides/encoding/).
 const (
 	wireVarint  = 0
@@ -201,9 +287,11 @@ const maxPodBytes = 16 << 20
 
 // pbReader reads protobuf fields from a stream, counting the bytes it consumed.
 type pbReader struct {
-	r   *bufio.Reader
-	n   int64
-	buf []byte
+	r      *bufio.Reader
+	n      int64
+	buf    []byte
+	pruned []byte
+	keep   keep
 }
 
 func (d *pbReader) ReadByte() (byte, error) {

@@ -8,12 +8,20 @@ import (
 	"strings"
 	"testing"
 
+	"math/rand"
+
 	corev1 "k8s.io/api/core/v1"
+
+	"k8s.io/apimachinery/pkg/api/apitesting/fuzzer"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metafuzzer "k8s.io/apimachinery/pkg/apis/meta/fuzzer"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer/protobuf"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/randfill"
 )
 
 // listPods makes n pods with what the compiler reads (labels, named ports,
@@ -28,6 +36,22 @@ func listPods(n int) *corev1.PodList {
 		p.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubelet", Operation: metav1.ManagedFieldsOperationUpdate,
 			FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:status":{"f:podIPs":{}}}`)}}}
 		p.Spec.NodeName = fmt.Sprintf("node-%d", i%11)
+		// What a real pod carries besides: the compiler reads none of it.
+		p.ManagedFields = append(p.ManagedFields, metav1.ManagedFieldsEntry{Manager: "kube-controller-manager", Operation: metav1.ManagedFieldsOperationUpdate,
+			FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:metadata":{"f:generateName":{},"f:labels":{".":{},"f:app":{},"f:pod-template-hash":{}},"f:ownerReferences":{".":{},"k:{\"uid\":\"5b6c\"}":{}}},"f:spec":{"f:containers":{"k:{\"name\":\"c\"}":{".":{},"f:image":{},"f:imagePullPolicy":{},"f:name":{},"f:ports":{".":{},"k:{\"containerPort\":8000,\"protocol\":\"TCP\"}":{".":{},"f:containerPort":{},"f:name":{},"f:protocol":{}}},"f:resources":{},"f:terminationMessagePath":{},"f:terminationMessagePolicy":{}}},"f:dnsPolicy":{},"f:enableServiceLinks":{},"f:restartPolicy":{},"f:schedulerName":{},"f:securityContext":{},"f:terminationGracePeriodSeconds":{}}}`)}})
+		p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "app-7d9f8b6c5d", UID: "5b6c"}}
+		p.Spec.Volumes = []corev1.Volume{{Name: "kube-api-access-x7k2p", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token"}}}}}}}
+		p.Spec.Tolerations = []corev1.Toleration{{Key: "node.kubernetes.io/not-ready", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute},
+			{Key: "node.kubernetes.io/unreachable", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute}}
+		for _, c := range []corev1.PodConditionType{corev1.PodReadyToStartContainers, corev1.PodInitialized, corev1.PodReady, corev1.ContainersReady, corev1.PodScheduled} {
+			p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: c, Status: corev1.ConditionTrue, LastTransitionTime: metav1.Now()})
+		}
+		p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "c", Ready: true, Image: "registry.example/app:1",
+			ImageID: "registry.example/app@sha256:4b1d0f8e2c6a9b3d5e7f1a2c4e6b8d0f2a4c6e8b0d2f4a6c8e0b2d4f6a8c0e2d", ContainerID: "containerd://9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}}}}
+		p.Status.HostIP = "192.168.1.10"
+		p.Status.HostIPs = []corev1.HostIP{{IP: "192.168.1.10"}}
 		p.Spec.Containers = []corev1.Container{{Name: "c", Image: "registry.example/app:1", Ports: []corev1.ContainerPort{
 			{Name: "http", ContainerPort: int32(8000 + i%3), Protocol: corev1.ProtocolTCP},
 			{Name: "dns", ContainerPort: 53, Protocol: corev1.ProtocolUDP}}}}
@@ -140,15 +164,75 @@ func TestDecodePodListSkipsUnknownFields(t *testing.T) {
 	}
 }
 
-// BenchmarkDecodePodList is the agent's cost per pod of its first list.
+// BenchmarkDecodePodList is the agent's cost per pod of its first list, with
+// the pods pruned to what the record reads before they are decoded, and whole.
 func BenchmarkDecodePodList(b *testing.B) {
 	body := encodeProtobuf(b, listPods(10000))
-	in := &podInterner{}
-	b.SetBytes(int64(len(body)))
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := decodePodList(bytes.NewReader(body), func(p *corev1.Pod) runtime.Object { return in.record(p) }); err != nil {
-			b.Fatal(err)
+	for _, bc := range []struct {
+		name string
+		k    keep
+	}{{"pruned", podFields}, {"whole", nil}} {
+		b.Run(bc.name, func(b *testing.B) {
+			in := &podInterner{}
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := decodePodListKeeping(bytes.NewReader(body), func(p *corev1.Pod) runtime.Object { return in.record(p) }, bc.k); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// TestPrunedPodRecords: for pods with every field filled at random, the record
+// made from the pruned pod is the record made from the whole one. A field
+// compile.PodOf comes to read that podFields does not keep fails it.
+func TestPrunedPodRecords(t *testing.T) {
+	f := fuzzer.FuzzerFor(metafuzzer.Funcs, rand.NewSource(7), scheme.Codecs).
+		NilChance(0.2).NumElements(1, 3).
+		Funcs(func(q *resource.Quantity, c randfill.Continue) {
+			*q = *resource.NewQuantity(c.Int63n(1000), resource.DecimalSI)
+		}, func(v *intstr.IntOrString, c randfill.Continue) {
+			*v = intstr.FromInt32(c.Int31n(65535))
+		})
+	phases := []corev1.PodPhase{corev1.PodPending, corev1.PodRunning, corev1.PodSucceeded, corev1.PodFailed, "Other"}
+	for i := range 300 {
+		var p corev1.Pod
+		f.Fill(&p)
+		// Values the record parses, so that reading them is visible.
+		p.Status.Phase = phases[i%len(phases)]
+		if i%2 == 0 {
+			p.Status.PodIP = fmt.Sprintf("10.80.%d.%d", i/200, i%200+1)
+			p.Status.PodIPs = []corev1.PodIP{{IP: p.Status.PodIP}, {IP: fmt.Sprintf("fd00:80::%x", i+1)}}
+		}
+		for c := range p.Spec.Containers {
+			for j := range p.Spec.Containers[c].Ports {
+				p.Spec.Containers[c].Ports[j].ContainerPort = int32(1 + (i*7+j)%65535)
+				p.Spec.Containers[c].Ports[j].Protocol = []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP}[j%3]
+			}
+		}
+		whole, err := p.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pruned, err := prune(nil, whole, podFields)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fromWhole, fromPruned corev1.Pod
+		if err := fromWhole.Unmarshal(whole); err != nil {
+			t.Fatal(err)
+		}
+		if err := fromPruned.Unmarshal(pruned); err != nil {
+			t.Fatal(err)
+		}
+		want, got := (&podInterner{}).record(&fromWhole), (&podInterner{}).record(&fromPruned)
+		if !reflect.DeepEqual(got.Pod, want.Pod) {
+			t.Fatalf("pod %d: the pruned pod's record\n%+v\nthe whole pod's\n%+v", i, got.Pod, want.Pod)
+		}
+		if len(pruned) >= len(whole) {
+			t.Errorf("pod %d: pruned to %d of %d bytes", i, len(pruned), len(whole))
 		}
 	}
 }
