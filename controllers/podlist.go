@@ -246,14 +246,19 @@ func prune(dst, b []byte, k keep) ([]byte, error) {
 			}
 			if sub, ok := k[field]; ok && sub != nil {
 				// A kept message with fields of its own to prune: its length
-				// is known only once pruned.
-				inner, err := prune(nil, b[n+m:n+m+int(l)], sub)
-				if err != nil {
+				// is known only once pruned, so it is pruned after room for
+				// the longest length, and moved up to its actual length.
+				dst = binary.AppendUvarint(dst, t)
+				at := len(dst)
+				dst = append(dst, make([]byte, binary.MaxVarintLen64)...)
+				var err error
+				if dst, err = prune(dst, b[n+m:n+m+int(l)], sub); err != nil {
 					return dst, err
 				}
-				dst = binary.AppendUvarint(dst, t)
-				dst = binary.AppendUvarint(dst, uint64(len(inner)))
-				dst = append(dst, inner...)
+				inner := len(dst) - at - binary.MaxVarintLen64
+				w := binary.PutUvarint(dst[at:], uint64(inner))
+				copy(dst[at+w:], dst[at+binary.MaxVarintLen64:])
+				dst = dst[:at+w+inner]
 				b = b[n+m+int(l):]
 				continue
 			}
