@@ -96,6 +96,10 @@ type Options struct {
 	// JSON makes the agent's requests use JSON rather than protobuf (the
 	// default, as controller-runtime's for built-in kinds); for comparison.
 	JSON bool
+	// PodWatchList lists pods through client-go's watch-list, a stream of one
+	// event per pod, rather than the agent's own list decoded as it arrives
+	// (podlist.go); for comparison.
+	PodWatchList bool
 	// APICompression lets the apiserver gzip its responses (client-go's
 	// default); off, the agent asks for them uncompressed.
 	APICompression bool
@@ -188,6 +192,16 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	}
 	link := newAPILink(log.WithName("apiserver"))
 	interner := &podInterner{}
+	core, err := corev1client.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("core client: %w", err)
+	}
+	if !opts.PodWatchList && !opts.JSON {
+		// The first list of pods, decoded as it arrives (podlist.go); it needs
+		// protobuf, so with JSON the pods come through client-go's watch-list.
+		pl := &podLister{rc: core.RESTClient(), record: func(p *corev1.Pod) runtime.Object { return interner.record(p) }}
+		link.podList = pl.list
+	}
 	mgr, err := manager.New(cfg, manager.Options{
 		PprofBindAddress:       opts.PprofAddr,
 		Scheme:                 scheme,
@@ -202,6 +216,7 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 			ReaderFailOnMissingInformer: true,
 			NewInformer:                 link.newInformer,
 			ByObject: map[client.Object]cache.ByObject{
+				// Every pod, without a selector: the first list (podlist.go) takes none.
 				&corev1.Pod{}:                 {Transform: interner.trimPod},
 				&corev1.Namespace{}:           {Transform: trimNamespace},
 				&networkingv1.NetworkPolicy{}: {Transform: trimPolicy},
@@ -259,10 +274,6 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 		})),
 	); err != nil {
 		return fmt.Errorf("manager setup: %w", err)
-	}
-	core, err := corev1client.NewForConfig(cfg)
-	if err != nil {
-		return fmt.Errorf("node client: %w", err)
 	}
 	nodes := newAllNodes(ctx, link, toolscache.NewListWatchFromClient(core.RESTClient(), "nodes", "", fields.Everything()),
 		log.WithName("nodes"))

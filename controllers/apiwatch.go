@@ -83,6 +83,9 @@ type apiLink struct {
 	// in contact has no entry.
 	lost    map[string]time.Time
 	lastErr map[string]error
+	// podList, when set, is how the pod informer lists (podlist.go), instead
+	// of client-go's watch-list.
+	podList func(context.Context, metav1.ListOptions) (runtime.Object, error)
 }
 
 func newAPILink(log logr.Logger) *apiLink {
@@ -99,13 +102,15 @@ func (l *apiLink) newInformer(lw toolscache.ListerWatcher, obj runtime.Object, r
 // informer of Nodes, reported apart from the own-node one.
 func (l *apiLink) newInformerAs(kind string, lw toolscache.ListerWatcher, obj runtime.Object, resync time.Duration, indexers toolscache.Indexers) toolscache.SharedIndexInformer {
 	apiConnected.WithLabelValues(kind).Set(0)
+	linked := &linkedLW{l: l, kind: kind, lw: toolscache.ToListerWatcherWithContext(lw)}
 	if _, ok := obj.(*corev1.Pod); ok {
 		// The pod cache is read by key and whole (podcache.go), never by
 		// namespace: its namespace index would cost ~30 bytes a pod for nothing.
 		indexers = maps.Clone(indexers)
 		delete(indexers, toolscache.NamespaceIndex)
+		linked.list = l.podList
 	}
-	return toolscache.NewSharedIndexInformer(&linkedLW{l: l, kind: kind, lw: toolscache.ToListerWatcherWithContext(lw)}, obj, resync, indexers)
+	return toolscache.NewSharedIndexInformer(linked, obj, resync, indexers)
 }
 
 // check is the /readyz check: an error naming every kind out of contact for longer than apiGrace.
@@ -172,14 +177,24 @@ type linkedLW struct {
 	l    *apiLink
 	kind string
 	lw   toolscache.ListerWatcherWithContext
+	// list, when set, replaces lw's list, and the reflector lists with it
+	// rather than with a watch-list (IsWatchListSemanticsUnSupported).
+	list func(context.Context, metav1.ListOptions) (runtime.Object, error)
 }
 
 func (w *linkedLW) ListWithContext(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
 	return retry(ctx, w, func() (runtime.Object, error) {
 		apiRequests.WithLabelValues(w.kind, "list").Inc()
+		if w.list != nil {
+			return w.list(ctx, opts)
+		}
 		return w.lw.ListWithContext(ctx, opts)
 	})
 }
+
+// IsWatchListSemanticsUnSupported tells client-go's reflector (util/watchlist)
+// to list, not watch-list, when the list is the agent's own.
+func (w *linkedLW) IsWatchListSemanticsUnSupported() bool { return w.list != nil }
 
 func (w *linkedLW) WatchWithContext(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
 	request := "watch"

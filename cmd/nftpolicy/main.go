@@ -134,6 +134,9 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		"count each group chain's allowed and denied packets in the kernel and serve them per policy as nftpolicy_policy_packets_total")
 	fs.BoolVar(&opts.JSON, "api-json", false,
 		"talk JSON to the apiserver instead of protobuf (larger and slower; for comparison and debugging)")
+	fs.BoolVar(&opts.PodWatchList, "pod-watch-list", false,
+		"list pods at start through client-go's watch-list (one event per pod: ~3 times the apiserver's CPU at 100k pods) "+
+			"instead of one list decoded pod by pod as it arrives (docs/scale.md); for comparison")
 	fs.StringVar(&opts.PprofAddr, "pprof-bind-address", "0",
 		"serve Go's /debug/pprof profiles on this host:port (keep it on localhost); \"0\" disables")
 	fs.BoolVar(&opts.APICompression, "api-compression", false,

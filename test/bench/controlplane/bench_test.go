@@ -284,11 +284,16 @@ func TestControlPlane(t *testing.T) {
 	current.stop()
 
 	// 6. Start-up with the informers' lists and watches in JSON (--api-json),
-	// then protobuf (the default).
-	for _, enc := range []string{"json", "protobuf"} {
+	// then protobuf with the pods listed through client-go's watch-list
+	// (--pod-watch-list), then the default: protobuf, the pods in one list
+	// decoded as it arrives (controllers/podlist.go).
+	for _, enc := range []string{"json", "watchlist", "protobuf"} {
 		var extra []string
-		if enc == "json" {
+		switch enc {
+		case "json":
 			extra = append(extra, "--api-json")
+		case "watchlist":
+			extra = append(extra, "--pod-watch-list")
 		}
 		before, _ := cp.Metrics(ctx)
 		logPath := filepath.Join(dir, "agent-"+enc+".log")
@@ -312,6 +317,8 @@ func TestControlPlane(t *testing.T) {
 			report(fmt.Sprintf("b9_apiserver_sent_%s_kib_%s", res, enc), "%.0f", (sum(after)-sum(before))/1024)
 		}
 		report("b9_apiserver_cpu_s_"+enc, "%.2f", after["process_cpu_seconds_total"]-before["process_cpu_seconds_total"])
+		_, peak := procMemory(a.cmd.Process.Pid)
+		report("b9_agent_peak_rss_mib_"+enc, "%.1f", peak)
 		time.Sleep(settleTime)
 		rss, _ := procMemory(a.cmd.Process.Pid)
 		report("b9_agent_rss_mib_"+enc, "%.1f", rss)

@@ -147,7 +147,8 @@ func measureOutage(ctx context.Context, cp *framework.ControlPlane, c client.Cli
 		}
 		report("b8_apiserver_list_bytes_"+res, "%.0f",
 			framework.SumMetrics(m, "apiserver_response_sizes_sum", `resource="`+res+`"`, `verb="LIST"`))
-		// A relist is a streamed watch-list: its objects are watch events.
+		// A relist of pods is a LIST (the agent's own, controllers/podlist.go),
+		// of the other kinds a streamed watch-list, whose objects are watch events.
 		report("b8_apiserver_watch_events_"+res, "%.0f", framework.SumMetrics(m, "apiserver_watch_events_total", `resource="`+res+`"`))
 		report("b8_apiserver_watch_event_kib_"+res, "%.0f", framework.SumMetrics(m, "apiserver_watch_events_sizes_sum", `resource="`+res+`"`)/1024)
 	}
