@@ -99,6 +99,13 @@ var clusterPolicyCRDMode = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 
 func init() { metrics.Registry.MustRegister(clusterPolicyCRDMode) }
 
+// cnpListWarn is how long the first list of ClusterNetworkPolicy may take
+// before the agent says so (a variable for the tests).
+var cnpListWarn = 30 * time.Second
+
+// errCNPListSlow is what the agent logs when that list takes longer.
+var errCNPListSlow = errors.New("the first list of ClusterNetworkPolicy has not completed")
+
 // errCRDWatchDenied is what the agent logs when its CRD watch is refused.
 var errCRDWatchDenied = errors.New("the agent may not list and watch customresourcedefinitions (apiextensions.k8s.io)")
 
@@ -217,6 +224,15 @@ func (w *clusterPolicyWatch) open(ctx context.Context, version string) (*cnpInfo
 	wctx, cancel := context.WithCancel(ctx)
 	c := &cnpInformer{version: version, obj: obj, inf: inf, cancel: cancel}
 	go func() {
+		// A list that never completes (a ClusterRole without clusternetworkpolicies)
+		// would otherwise only show as client-go's retries in the log.
+		slow := time.AfterFunc(cnpListWarn, func() {
+			if wctx.Err() == nil && !inf.HasSynced() {
+				w.log.Error(errCNPListSlow, "ClusterNetworkPolicy is served but not enforced: is list and watch of "+
+					"clusternetworkpolicies in the agent's ClusterRole? NetworkPolicy enforcement goes on", "version", cnpGroup+"/"+version, "after", cnpListWarn)
+			}
+		})
+		defer slow.Stop()
 		if toolscache.WaitForCacheSync(wctx.Done(), inf.HasSynced) {
 			w.poke()
 		}

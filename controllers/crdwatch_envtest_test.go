@@ -404,4 +404,51 @@ var _ = Describe("ClusterNetworkPolicy CRD watch", func() {
 		Eventually(fake.Dump, 30*time.Second, 20*time.Millisecond).ShouldNot(ContainSubstring("cnp/deny-x-"))
 		Expect(fake.Dump()).To(ContainSubstring(npRule))
 	}, SpecTimeout(6*time.Minute))
+
+	It("without the clusternetworkpolicies rule says that ClusterNetworkPolicy is served but not enforced, and goes on enforcing NetworkPolicy", func(ctx SpecContext) {
+		Expect(cnpv1beta1.Install(scheme.Scheme)).To(Succeed())
+		removeClusterPolicyCRD(ctx)
+		DeferCleanup(func(ctx SpecContext) { removeClusterPolicyCRD(ctx) })
+		warn := cnpListWarn
+		cnpListWarn = 2 * time.Second
+		DeferCleanup(func() { cnpListWarn = warn })
+		f := newFixture()
+
+		role := agentClusterRole()
+		role.Name = "nftpolicy-agent-nocnp-" + f.sfx
+		n := len(role.Rules)
+		role.Rules = slices.DeleteFunc(role.Rules, func(r rbacv1.PolicyRule) bool { return slices.Contains(r.Resources, cnpResource) })
+		Expect(role.Rules).To(HaveLen(n - 1))
+		user := "crdwatch-nocnp-" + f.sfx
+		binding := &rbacv1.ClusterRoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: role.Name},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+			Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
+		}
+		for _, o := range []client.Object{role, binding} {
+			Expect(k8sClient.Create(ctx, o)).To(Succeed())
+			DeferCleanup(func(ctx SpecContext) { Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, o))).To(Succeed()) })
+		}
+		au, err := testEnv.AddUser(envtest.User{Name: user}, nil)
+		Expect(err).NotTo(HaveOccurred())
+
+		f.namespace(ctx, "x", map[string]string{})
+		f.pod(ctx, "x", "a", podOpts{node: "node-1", ips: []string{"10.1.0.12"}})
+		Expect(k8sClient.Create(ctx, &networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Namespace: f.ns("x"), Name: "deny-all"},
+			Spec:       networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}},
+		})).To(Succeed())
+		fake := nfttest.NewFake()
+		log := startLoggedAgent(au.Config(), "node-1", fake, 0)
+		Eventually(fake.Dump, 30*time.Second, 20*time.Millisecond).Should(ContainSubstring(`10.1.0.12 comment "x-` + f.sfx + `/a" : goto ing-`))
+
+		installServingBeta()
+		Eventually(func() int {
+			return log.count(`"level":"error"`, "ClusterNetworkPolicy is served but not enforced", "has not completed")
+		}, 30*time.Second, 100*time.Millisecond).Should(Equal(1))
+		Expect(log.count(`"msg":"enforcing ClusterNetworkPolicy"`)).To(BeZero())
+		By("the policies in force stay: a NetworkPolicy change is still enforced")
+		f.pod(ctx, "x", "b", podOpts{node: "node-1", ips: []string{"10.1.0.13"}})
+		Eventually(fake.Dump, 30*time.Second, 20*time.Millisecond).Should(ContainSubstring(`10.1.0.13 comment "x-` + f.sfx + `/b" : goto ing-`))
+	}, SpecTimeout(3*time.Minute))
 })
