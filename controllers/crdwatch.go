@@ -43,7 +43,11 @@ import (
 // counted in nftpolicy_apiserver_*, reported by /readyz when lost). An absent
 // CRD costs one idle watch per agent and no request at all; asking discovery
 // every 30 s instead cost 5,000 agents ~330 discovery GETs a second forever
-// (two group versions each), and started enforcement up to 30 s late.
+// (two group versions each), and started enforcement up to 30 s late. The
+// price is paid when the CRD changes, rarely: each of its events sends every
+// agent the whole CRD (~287 KB per agent for an install, docs/scale.md). At
+// start the agent asks discovery once (watchIfServed), so that its first
+// table holds the ClusterNetworkPolicies a restarted agent's last one did.
 //
 // What the CRD object says, at each of its events:
 //   - gone (deleted: the apiserver deletes every ClusterNetworkPolicy before it
