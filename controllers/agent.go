@@ -277,7 +277,7 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	}
 	nodes := newAllNodes(ctx, link, toolscache.NewListWatchFromClient(core.RESTClient(), "nodes", "", fields.Everything()),
 		log.WithName("nodes"))
-	if err := setupNodeSync(ctx, mgr, cfg, link, storePods{podInformer.GetStore()}, nodes, opts, ready, at, log); err != nil {
+	if err := setupNodeSync(ctx, mgr, cfg, link, podInformer, nodes, opts, ready, at, log); err != nil {
 		return fmt.Errorf("node sync setup: %w", err)
 	}
 
@@ -330,7 +330,7 @@ func awaitStop(errc <-chan error, ready *readiness, log logr.Logger) error {
 
 // setupNodeSync registers the node reconciler; its first successful sync (always
 // a full one: the applier starts without a last-applied table) marks the agent ready.
-func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, link *apiLink, pods podSource, nodes *allNodes, opts Options, ready *readiness, at *attribution, log logr.Logger) error {
+func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, link *apiLink, pods toolscache.SharedIndexInformer, nodes *allNodes, opts Options, ready *readiness, at *attribution, log logr.Logger) error {
 	if opts.Applier == nil {
 		return errors.New("no applier configured")
 	}
@@ -339,7 +339,8 @@ func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, l
 	}
 	r := &NodeReconciler{
 		Reader:                  mgr.GetCache(),
-		Pods:                    pods,
+		Pods:                    storePods{pods.GetStore()},
+		PodEvents:               pods,
 		Nodes:                   nodes,
 		NodeName:                opts.NodeName,
 		Table:                   opts.TableName,

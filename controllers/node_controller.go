@@ -16,6 +16,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -51,7 +52,11 @@ type NodeReconciler struct {
 	Reader client.Reader // the manager's cache
 	// Pods, when set, reads pods (the agent's pod cache of compact records,
 	// podcache.go); nil reads corev1.Pods through Reader.
-	Pods           podSource
+	Pods podSource
+	// PodEvents, when set, is the pod informer whose events the controller
+	// takes directly (podEvents), without waiting for its replay of the cache
+	// at start; nil watches pods through the manager's cache.
+	PodEvents      toolscache.SharedIndexInformer
 	NodeName       string
 	Table          string
 	DenyLog        compile.DenyLog // compile options: nft/doc.go, "Deny log"
@@ -139,19 +144,23 @@ func (r *NodeReconciler) request() reconcile.Request {
 
 // SetupWithManager registers the controller and its watches.
 func (r *NodeReconciler) SetupWithManager(mgr manager.Manager) error {
-	mapAll := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
-		r.notePending(time.Now())
-		r.noteDirty(obj)
-		return []reconcile.Request{r.request()}
-	})
+	mapAll := r.enqueue()
 	b := builder.ControllerManagedBy(mgr).
 		Named("node").
 		// One reconciler per agent; tests run several agents in one process.
 		WithOptions(controller.Options{MaxConcurrentReconciles: 1, SkipNameValidation: ptr.To(true)}).
 		Watches(&networkingv1.NetworkPolicy{}, mapAll, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, createDelete()))).
-		Watches(&corev1.Pod{}, mapAll, builder.WithPredicates(podChanged())).
 		Watches(&corev1.Namespace{}, mapAll, builder.WithPredicates(predicate.Or(predicate.LabelChangedPredicate{}, createDelete()))).
 		Watches(&corev1.Node{}, mapAll, builder.WithPredicates(nodeChanged()))
+	if r.PodEvents != nil {
+		b = b.WatchesRawSource(source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+			_, err := r.PodEvents.AddEventHandler(&podEvents{ctx: ctx, pred: podChanged(), mapAll: mapAll, q: q})
+			q.Add(r.request()) // the first sync, which the pods' replay no longer asks for
+			return err
+		}))
+	} else {
+		b = b.Watches(&corev1.Pod{}, mapAll, builder.WithPredicates(podChanged()))
+	}
 	if r.Nodes != nil {
 		// The all-node watch comes and goes (nodewatch.go): its events, already
 		// filtered by nodeChanged, and the news that it has synced reach the
@@ -171,6 +180,69 @@ func (r *NodeReconciler) SetupWithManager(mgr manager.Manager) error {
 	// ClusterNetworkPolicy is watched once the API serves it (clusterPolicyWatch).
 	r.ctrl, r.mapAll = ctrl, mapAll
 	return err
+}
+
+// enqueue is the handler of every watched kind: it notes the object as changed
+// and asks for a sync.
+func (r *NodeReconciler) enqueue() handler.EventHandler {
+	return handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
+		r.notePending(time.Now())
+		r.noteDirty(obj)
+		return []reconcile.Request{r.request()}
+	})
+}
+
+// podEvents hands the pod informer's events to the controller as a
+// source.Kind would, with two differences that matter at 100,000 pods. The
+// informer replays every cached pod to a new handler as an add; the reconciler
+// notes none of them (the first sync reads the whole cache), so they are
+// dropped here rather than carried through the controller's handler, one
+// event each. And source.Func is no SyncingSource: the controller's first sync
+// does not wait for that replay to finish (it took 0.6-1.3 s at 100k, before
+// the first sync could start: docs/scale.md). The pods are in the informer's
+// store before the manager starts the controller, so the first sync reads them
+// all; a change after the replay began arrives as an update or a delete.
+type podEvents struct {
+	ctx    context.Context
+	pred   predicate.Predicate
+	mapAll handler.EventHandler
+	q      workqueue.TypedRateLimitingInterface[reconcile.Request]
+}
+
+func (h *podEvents) OnAdd(obj any, isInInitialList bool) {
+	o, ok := obj.(client.Object)
+	if isInInitialList || !ok {
+		return
+	}
+	if e := (event.CreateEvent{Object: o}); h.pred.Create(e) {
+		h.mapAll.Create(h.ctx, e, h.q)
+	}
+}
+
+func (h *podEvents) OnUpdate(oldObj, newObj any) {
+	o, ok1 := oldObj.(client.Object)
+	n, ok2 := newObj.(client.Object)
+	if !ok1 || !ok2 {
+		return
+	}
+	if e := (event.UpdateEvent{ObjectOld: o, ObjectNew: n}); h.pred.Update(e) {
+		h.mapAll.Update(h.ctx, e, h.q)
+	}
+}
+
+func (h *podEvents) OnDelete(obj any) {
+	e := event.DeleteEvent{}
+	if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+		// The watch missed the delete: the informer's last copy.
+		obj, e.DeleteStateUnknown = tomb.Obj, true
+	}
+	o, ok := obj.(client.Object)
+	if !ok {
+		return
+	}
+	if e.Object = o; h.pred.Delete(e) {
+		h.mapAll.Delete(h.ctx, e, h.q)
+	}
 }
 
 // notePending records t as the time of the earliest unserved event, unless an
