@@ -10,7 +10,8 @@ import (
 )
 
 // cnpSets computes the named sets of every rule of p, both directions: the peers'
-// addresses per family (`-v4`, `-v6`), the exact protocols and ports (`-ports`, a
+// addresses per family (`-v4`, `-v6`; none for a family whose every address the
+// rule's networks cover: ruleRules looks nothing up then), the exact protocols and ports (`-ports`, a
 // hash) and the wide port ranges (`-ranges`, an interval set) as splitPorts divides
 // them, each only when it has elements, and the destinations of named ports
 // (address . protocol . port, a hash) per family (`-named-v4`, `-named-v6`). They
@@ -43,7 +44,7 @@ func (ps *pass) cnpSets(p *clusterPolicy) []nft.Set {
 				if v6 {
 					typ = nft.TypeIPv6Addr
 				}
-				if needPeers {
+				if needPeers && !r.everyAddr(v6) {
 					s := nft.Set{Name: p.setName(r, famSuffix("", v6)), Type: []nft.DataType{typ}, Interval: true,
 						Comment: comment("peers of " + what)}
 					for _, rg := range peers.elems(v6, nil) {

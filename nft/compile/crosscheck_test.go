@@ -173,6 +173,9 @@ func crosscheckOpts(t testing.TB, w world, opts Options, strictToo bool) (int, [
 							return count, append(errs, fmt.Sprintf("node %s %s: %v: %v", c.node, c.hook, pkt, err))
 						}
 						traces = append(traces, tr)
+						if msg := tierFamilyWalk(tracers[c.node].Ruleset(), tr, pkt.Saddr.Is6()); msg != "" && len(errs) < 5 {
+							errs = append(errs, fmt.Sprintf("node %s %s: %v: %s", c.node, c.hook, pkt, msg))
+						}
 						if tr.Verdict != nft.Accept {
 							got = false
 							break
