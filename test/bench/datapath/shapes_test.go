@@ -13,6 +13,7 @@ import (
 	"github.com/nftpolicy/nftpolicy/nft/compile"
 	"github.com/nftpolicy/nftpolicy/nft/netlink"
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
+	"github.com/nftpolicy/nftpolicy/nft/trace"
 	"github.com/nftpolicy/nftpolicy/test/bench/benchproc"
 )
 
@@ -105,6 +106,20 @@ func TestShapes(t *testing.T) {
 			t.Logf("tiered: %d rules, %d sets; ClusterNetworkPolicy sets: %s", rs.Counts().Rules, len(rs.Sets), cnpSetShapes(rs))
 			t.Logf("tiered before the ports split (cnpinterval): %s", cnpSetShapes(nfttest.ClusterPortsAsIntervals(rs.Clone())))
 			t.Logf("tiered before the family split (cnpmixed): %d rules", nfttest.ClusterTiersMixedFamily(rs.Clone()).Counts().Rules)
+		}
+		if s.name == "tiered" {
+			// What one of the benchmark's new flows walks through each table.
+			pkt := trace.Packet{Saddr: client.IPv4, Daddr: server.IPv4, L4Proto: nft.ProtoUDP, DPort: flowPort, CtState: nft.CtNew}
+			for _, v := range names {
+				if tables[v] == nil || v == estCt {
+					continue
+				}
+				tr, err := trace.New(tables[v]).Forward(pkt)
+				if err != nil || tr.Verdict != nft.Accept {
+					t.Fatalf("tiered %s: the benchmark's flow: %v %v", v, tr.Verdict, err)
+				}
+				t.Logf("tiered %s: a new flow walks %d rules", v, len(tr.Walked))
+			}
 		}
 		scens = append(scens, scen{s.name, names, tables})
 	}
