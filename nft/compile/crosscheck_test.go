@@ -257,6 +257,9 @@ func crossStrict(tracers map[string]*trace.Tracer, crossed []crossing, pkt trace
 			if err != nil {
 				return fmt.Sprintf("%s: node %s: %v", c.what, n, err)
 			}
+			if msg := tierFamilyWalk(tracers[n].Ruleset(), tr, p.Saddr.Is6()); msg != "" {
+				return fmt.Sprintf("%s: node %s: %s", c.what, n, msg)
+			}
 			wantMark := c.markBefore
 			if c.judged && tr.Verdict == nft.Accept {
 				wantMark = cur
