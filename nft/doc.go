@@ -132,9 +132,11 @@
 //	chain adm-eg-<hash>-cnp/<name>[_and_N]-v6    the same rules for IPv6 (ip6 daddr, -v6 sets)
 //	chain adm-in-..., bl-eg-..., bl-in-...    the same for the other tiers and directions
 //	set cnp-<hash>-cnp/<name>-<eg|in><rule>-<v4|v6|ports|ranges|named-v4|named-v6>
-//	                       a rule's peers; its single ports (and ranges of at most 16
-//	                       ports, spelled out); its wider port ranges; its named port
-//	                       destinations. Shared by every group that runs the policy
+//	                       a rule's peers (a hash when they are pods and nodes only,
+//	                       an interval set with networks); its single ports (and
+//	                       ranges of at most 16 ports, spelled out); its wider port
+//	                       ranges; its named port destinations. Shared by every group
+//	                       that runs the policy
 //
 // A rule's -ports and -ranges sets exist only when it has such ports (most rules
 // name single ports and have no -ranges set, nor the rule that would look it
@@ -156,7 +158,12 @@
 // that may hold every pod of the cluster): a conjunction means the same in either
 // order. A rule whose networks cover every address of a family (0.0.0.0/0, ::/0)
 // needs no peer lookup in that family's chain, and its -v4 or -v6 set is left
-// out. B10's tiered scenario (four tier chains on a new flow's way): 21 rules
+// out. A rule whose peers are pods and nodes only (no networks) has hashes for
+// peer sets: every element is one address, and an interval set's lookup is a
+// binary search over its elements, which for a peer of every namespace is every
+// pod of the cluster (0.55-0.64 µs per new flow at 10,000 pods, 0.05-0.07 µs as
+// a hash; perf). Whether a rule's peer sets are hashes depends on its peers'
+// kinds, never on pods. B10's tiered scenario (four tier chains on a new flow's way): 21 rules
 // walked per new flow instead of 27, nf_tables 2.33 µs of it instead of 2.68
 // (perf, medians of five profiles; ../test/bench/README.md has the runs).
 //

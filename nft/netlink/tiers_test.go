@@ -106,9 +106,11 @@ func TestTierPortSetsUpgrade(t *testing.T) {
 
 // TestTierFamilyUpgrade: an agent upgraded over the table an older one left, with
 // the tier group chains of before the family split (one chain per group holding
-// both families' rules, reached by jump: nfttest.ClusterTiersMixedFamily), adopts
-// it in its first FullSync, one batch: the maps' elements go to the new chains,
-// the old chains go, and the table then equals a fresh load of the new one;
+// both families' rules, reached by jump, every peer set an interval set:
+// nfttest.ClusterTiersMixedFamily), adopts it in its first FullSync, one batch:
+// the maps' elements go to the new chains, the old chains go, peer sets of pods
+// and nodes only are made again as hashes (same names), and the table then
+// equals a fresh load of the new one;
 // applying again sends nothing. Random tiered clusters, with the counters (kept
 // across the upgrade) and, every other one, strict mode and the deny log.
 func TestTierFamilyUpgrade(t *testing.T) {

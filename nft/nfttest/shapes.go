@@ -114,7 +114,8 @@ func mergeServices(in []nft.Element) []nft.Element {
 // ClusterNetworkPolicy tier chains of the agent before they were split by family:
 // one chain per tier group (`adm-eg-<hash>-<label>`, and its `-reply` twin in
 // strict mode) holding each policy rule's IPv4 rules then its IPv6 rules, peers
-// looked up before ports, reached from the tier maps by jump. Upgrade tests load
+// looked up before ports, reached from the tier maps by jump; every rule's peer
+// sets (`-v4`, `-v6`) interval sets, also where the peers are pods and nodes only. Upgrade tests load
 // it as the table an older agent left; the datapath benchmark (B10) measures it
 // against the current shape.
 //
@@ -233,6 +234,9 @@ func ClusterTiersMixedFamily(rs *nft.Ruleset) *nft.Ruleset {
 	rs.Chains = out
 	for i := range rs.Sets {
 		s := &rs.Sets[i]
+		if strings.HasPrefix(s.Name, "cnp-") && len(s.Type) == 1 && (s.Type[0] == nft.TypeIPv4Addr || s.Type[0] == nft.TypeIPv6Addr) {
+			s.Interval = true
+		}
 		if !s.Verdicts || !(strings.HasPrefix(s.Name, "admin-") || strings.HasPrefix(s.Name, "baseline-")) {
 			continue
 		}
