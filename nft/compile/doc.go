@@ -193,7 +193,7 @@
 // rule per family and kind of port match (the port lookup before the peers';
 // none of the peers when its networks cover the family), with named sets of the rule's own shared
 // by every group that runs the policy, so pod churn is element changes: the peers'
-// addresses (-v4, -v6); the protocols and ports, split as a group's ports and
+// addresses (-v4, -v6; hashes unless the rule has networks peers); the protocols and ports, split as a group's ports and
 // ranges are (splitPorts): single ports, and ranges of at most 16 ports spelled
 // out, in a hash of protocol . port (-ports), wider ranges in an interval set
 // (-ranges), each set and the rule that looks it up only when the rule's ports
