@@ -266,7 +266,7 @@ func (g *tierGroup) verdict(a action, strict bool) nft.Verdict {
 //
 // The protocol and port lookup comes before the peers': the conjunction means the
 // same in either order, and most new flows fail on the port (a hash of a few
-// elements) before the peers' interval set, which may hold every pod of the
+// elements) before the peers' set, which may hold every pod of the
 // cluster. Peers that are every address of the family (a networks peer
 // 0.0.0.0/0, ::/0) are no lookup at all: the family's chain only sees that
 // family. Which rules and matches a rule has depends on the policy alone, never
