@@ -100,7 +100,7 @@ var _ = Describe("ClusterNetworkPolicy", func() {
 		}
 		Eventually(fake.Dump, 30*time.Second, 50*time.Millisecond).Should(And(
 			ContainSubstring(`counter drop comment "cnp/deny-x-`+f.sfx+` ingress rule 0: Deny"`),
-			MatchRegexp(`10\.1\.0\.10 comment "x-`+f.sfx+`/a" : jump adm-in-[0-9a-f]+-cnp/deny-x-`+f.sfx),
+			MatchRegexp(`10\.1\.0\.10 comment "x-`+f.sfx+`/a" : goto adm-in-[0-9a-f]+-cnp/deny-x-`+f.sfx+`-v4`),
 			ContainSubstring(`10.1.0.10 comment "x-`+f.sfx+`/a" : goto ing-`), // NetworkPolicy still enforced
 		))
 
@@ -127,7 +127,7 @@ var _ = Describe("ClusterNetworkPolicy", func() {
 		fake2 := nfttest.NewFake()
 		startLoggedAgent(cfg, "node-1", fake2, 0)
 		Eventually(fake2.Dump, 30*time.Second, 50*time.Millisecond).Should(
-			MatchRegexp(`10\.1\.0\.10 comment "x-` + f.sfx + `/a" : jump adm-in-[0-9a-f]+-cnp/deny-x-` + f.sfx))
+			MatchRegexp(`10\.1\.0\.10 comment "x-` + f.sfx + `/a" : goto adm-in-[0-9a-f]+-cnp/deny-x-` + f.sfx + `-v4`))
 		var got cnpv1beta1.ClusterNetworkPolicy
 		Expect(k8sClient.Get(ctx, client.ObjectKey{Name: deny.Name}, &got)).To(Succeed())
 		Expect(got.Spec.Tier).To(Equal(cnpv1beta1.AdminTier))

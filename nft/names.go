@@ -88,8 +88,9 @@ func sanitize(s string) string {
 
 // The ClusterNetworkPolicy tiers' fixed objects (present only while some
 // ClusterNetworkPolicy exists; see the package documentation). Per-group chains are
-// `adm-eg-…`, `adm-in-…`, `bl-eg-…`, `bl-in-…` and per-rule sets `cnp-…`, all
-// labelled `cnp/<name>`.
+// `adm-eg-…`, `adm-in-…`, `bl-eg-…`, `bl-in-…`, one per family (`…-v4`, `…-v6`,
+// and their `…-v4-reply` twins), and per-rule sets `cnp-…`, all labelled
+// `cnp/<name>`.
 const (
 	ChainInput           = "input"            // base chain: filter hook input (a pod to its own node)
 	ChainAdminEgress     = "admin-egress"     // Admin tier: dispatch on the source pod's address

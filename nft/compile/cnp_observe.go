@@ -105,9 +105,11 @@ func (tp *tierPass) observeInto(rs *nft.Ruleset, at *Attribution, opts Options) 
 	var used []*clusterPolicy
 	seen := map[*clusterPolicy]bool{}
 	for _, g := range tp.groups {
-		at.Tiers[g.chain] = g.ruleOf
-		if tp.strict {
-			at.Tiers[g.replyChain] = g.replyRuleOf
+		for _, f := range g.fam {
+			at.Tiers[f.chain] = f.ruleOf
+			if tp.strict {
+				at.Tiers[f.replyChain] = f.replyRuleOf
+			}
 		}
 		for _, p := range g.pols {
 			if !seen[p] {

@@ -10,7 +10,9 @@ import (
 )
 
 // cnpSets computes the named sets of every rule of p, both directions: the peers'
-// addresses per family (`-v4`, `-v6`), the exact protocols and ports (`-ports`, a
+// addresses per family (`-v4`, `-v6`: interval sets with networks peers, hashes
+// without (hasNetworks); none for a family whose every address the rule's
+// networks cover: ruleRules looks nothing up then), the exact protocols and ports (`-ports`, a
 // hash) and the wide port ranges (`-ranges`, an interval set) as splitPorts divides
 // them, each only when it has elements, and the destinations of named ports
 // (address . protocol . port, a hash) per family (`-named-v4`, `-named-v6`). They
@@ -43,8 +45,8 @@ func (ps *pass) cnpSets(p *clusterPolicy) []nft.Set {
 				if v6 {
 					typ = nft.TypeIPv6Addr
 				}
-				if needPeers {
-					s := nft.Set{Name: p.setName(r, famSuffix("", v6)), Type: []nft.DataType{typ}, Interval: true,
+				if needPeers && !r.everyAddr(v6) {
+					s := nft.Set{Name: p.setName(r, famSuffix("", v6)), Type: []nft.DataType{typ}, Interval: r.hasNetworks(),
 						Comment: comment("peers of " + what)}
 					for _, rg := range peers.elems(v6, nil) {
 						s.Elements = append(s.Elements, nft.Element{Key: []nft.Value{addrValue(rg)}})
@@ -84,6 +86,23 @@ func (ps *pass) cnpSets(p *clusterPolicy) []nft.Set {
 		}
 	}
 	return out
+}
+
+// hasNetworks reports whether some peer of the rule is networks (CIDRs): its peer
+// sets are then interval sets. Without networks every peer address is a pod's or
+// a node's, a single address, and the sets are hashes: a lookup that does not
+// grow with the peers, where an interval set's is a binary search over them (a
+// peer of every namespace holds every pod of the cluster; perf, B10's tiered
+// scenario: about 0.6 µs per new flow for that one lookup at 10,000 pods, 0.04
+// µs as a hash). A policy property, never a pod's: a rule's sets change type only when
+// its peers change kind.
+func (r *cnpRule) hasNetworks() bool {
+	for _, pe := range r.peers {
+		if pe.cidrs != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // cnpPeers is the addresses of a rule's peers: selected pods, networks, and the

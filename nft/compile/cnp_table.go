@@ -123,11 +123,13 @@ func (tp *tierPass) tiersInto(rs *nft.Ruleset, local []*podInfo) {
 		return
 	}
 	rs.Chains = append(rs.Chains, tierChains(rs.Chains, tp.strict)...)
-	slices.SortFunc(tp.groups, func(a, b *tierGroup) int { return strings.Compare(a.chain, b.chain) })
+	slices.SortFunc(tp.groups, func(a, b *tierGroup) int { return strings.Compare(a.fam[0].chain, b.fam[0].chain) })
 	for _, g := range tp.groups {
-		rs.Chains = append(rs.Chains, g.chainV)
-		if tp.strict {
-			rs.Chains = append(rs.Chains, g.replyV)
+		for _, f := range g.fam {
+			rs.Chains = append(rs.Chains, f.chainV)
+			if tp.strict {
+				rs.Chains = append(rs.Chains, f.replyV)
+			}
 		}
 	}
 	rs.Sets = append(rs.Sets, tp.tierMaps(local)...)

@@ -28,11 +28,18 @@ func (s slot) index() int {
 var slots = []slot{{tierAdmin, false}, {tierAdmin, true}, {tierBaseline, false}, {tierBaseline, true}}
 
 // tierGroup is the local subjects that run the same ClusterNetworkPolicies, in the
-// same order, for one tier and direction: one chain holding those policies' rules.
+// same order, for one tier and direction: one chain per family holding those
+// policies' rules for that family (fam[0] IPv4, fam[1] IPv6).
 type tierGroup struct {
 	slot
-	key    string
-	pols   []*clusterPolicy // evaluation order
+	key  string
+	pols []*clusterPolicy // evaluation order
+	fam  [2]famChain
+}
+
+// famChain is a tier group's chain for one family: its tier map of that family
+// sends the group's subjects there, so a packet walks only its own family's rules.
+type famChain struct {
 	chain  string
 	chainV nft.Chain
 	// Strict mode: the chain's twin for replies of an older epoch.
@@ -113,7 +120,9 @@ func (ps *pass) buildTiers(tp *tierPass, cache map[string][]nft.Set) map[string]
 	for _, key := range keys {
 		g := byKey[key]
 		g.name(taken)
-		g.chainV = g.chainValue(tp.strict, tp.obs)
+		for fi := range g.fam {
+			g.chainValue(fi == 1, tp.strict, tp.obs)
+		}
 		tp.groups = append(tp.groups, g)
 	}
 	next := map[string][]nft.Set{}
@@ -131,7 +140,8 @@ func (ps *pass) buildTiers(tp *tierPass, cache map[string][]nft.Set) map[string]
 	return next
 }
 
-// name sets the group's chain name, avoiding a hash collision with the names taken.
+// name sets the group's chain names (`<prefix>-<hash>-<label>-v4` and `-v6`, with
+// `-reply` twins), avoiding a hash collision with the names taken.
 func (g *tierGroup) name(taken map[string]bool) {
 	prefix := map[slot]string{
 		{tierAdmin, false}: "adm-eg", {tierAdmin, true}: "adm-in",
@@ -143,41 +153,48 @@ func (g *tierGroup) name(taken map[string]bool) {
 	}
 	key := g.key
 	for i := 1; ; i++ {
-		g.chain = nft.ObjectName(prefix, key, label, "")
-		if !taken[g.chain] {
+		if !taken[nft.ObjectName(prefix, key, label, "v4")] {
 			break
 		}
 		key = g.key + "\ncollision " + strconv.Itoa(i)
 	}
-	taken[g.chain] = true
-	g.replyChain = nft.ObjectName(prefix, key, label, nft.SuffixReply)
+	for fi, fam := range []string{"v4", "v6"} {
+		g.fam[fi].chain = nft.ObjectName(prefix, key, label, fam)
+		g.fam[fi].replyChain = nft.ObjectName(prefix, key, label, fam+"-"+nft.SuffixReply)
+		taken[g.fam[fi].chain] = true
+	}
 }
 
-// chainValue is the group's chain: its policies' rules, policy after policy in
-// evaluation order, rules in written order. Nothing matched: the chain ends and
-// returns, and the next tier judges.
+// chainValue builds the group's chain of one family: its policies' rules for that
+// family, policy after policy in evaluation order, rules in written order. Nothing
+// matched: the chain ends and returns to the caller of the tier's dispatch chain
+// (the tier map's verdict is a goto), and the next tier judges.
 //
 // In strict mode the chain first sends replies (of connections of an older epoch)
 // to its twin, which judges them as their connection: the same rules with source
 // and destination swapped (addresses, and the destination port read as the reply's
 // source port), and an Admin egress Accept going on to ingress-tiers-reply.
-func (g *tierGroup) chainValue(strict bool, obs tierObserve) nft.Chain {
-	c := nft.Chain{Name: g.chain}
+func (g *tierGroup) chainValue(v6 bool, strict bool, obs tierObserve) {
+	f := &g.fam[0]
+	if v6 {
+		f = &g.fam[1]
+	}
+	c := nft.Chain{Name: f.chain}
 	var reply nft.Chain
-	g.ruleOf, g.replyRuleOf = nil, nil
+	f.ruleOf, f.replyRuleOf = nil, nil
 	if strict {
 		c.Rules = append(c.Rules, nft.Rule{Matches: []nft.Match{nft.Is(nft.KeyCtDirection, nft.Num(nft.CtReply))},
-			Verdict: nft.Verdict{Kind: nft.Goto, Chain: g.replyChain}})
-		g.ruleOf = append(g.ruleOf, nil)
-		reply.Name = g.replyChain
+			Verdict: nft.Verdict{Kind: nft.Goto, Chain: f.replyChain}})
+		f.ruleOf = append(f.ruleOf, nil)
+		reply.Name = f.replyChain
 	}
 	for _, p := range g.pols {
 		for _, r := range p.rules(g.ingress) {
-			rules := g.ruleRules(p, r, strict, obs)
+			rules := g.ruleRules(p, r, v6, strict, obs)
 			c.Rules = append(c.Rules, rules...)
 			cr := clusterRule(p, r)
 			for range rules {
-				g.ruleOf = append(g.ruleOf, cr)
+				f.ruleOf = append(f.ruleOf, cr)
 			}
 			if strict {
 				for _, ru := range rules {
@@ -186,13 +203,12 @@ func (g *tierGroup) chainValue(strict bool, obs tierObserve) nft.Chain {
 						rr.Verdict = obs.verdict(p, r, nft.Verdict{Kind: nft.Drop}, true) // the reply's own drop chain
 					}
 					reply.Rules = append(reply.Rules, rr)
-					g.replyRuleOf = append(g.replyRuleOf, cr)
+					f.replyRuleOf = append(f.replyRuleOf, cr)
 				}
 			}
 		}
 	}
-	g.replyV = reply
-	return c
+	f.chainV, f.replyV = c, reply
 }
 
 // reversed is rule r for a reply: source and destination swapped.
@@ -220,8 +236,8 @@ func reversed(r nft.Rule) nft.Rule {
 }
 
 // verdict is what a matching rule does, by tier and direction (see nft/doc.go):
-// returning hands the packet to the next tier, because the group chain was jumped
-// to from its tier's dispatch chain.
+// returning hands the packet to the next tier, because the tier's dispatch chain
+// was jumped to (and went on to the group chain by goto).
 func (g *tierGroup) verdict(a action, strict bool) nft.Verdict {
 	switch {
 	case a == actDeny:
@@ -242,11 +258,20 @@ func (g *tierGroup) verdict(a action, strict bool) nft.Verdict {
 	}
 }
 
-// ruleRules is one ClusterNetworkPolicy rule as nft rules: one per family and kind
-// of protocol match (every port; exact ports; port ranges; named ports), all with
-// the rule's verdict and named counter, so any of them matching is the rule
-// matching, counted once.
-func (g *tierGroup) ruleRules(p *clusterPolicy, r *cnpRule, strict bool, obs tierObserve) []nft.Rule {
+// ruleRules is one ClusterNetworkPolicy rule as nft rules of one family, one per
+// kind of protocol match (every port; exact ports; port ranges; named ports), all
+// with the rule's verdict and named counter, so any of them matching is the rule
+// matching, counted once (the other family's chain has the same rules for its
+// addresses, counting into the same counter).
+//
+// The protocol and port lookup comes before the peers': the conjunction means the
+// same in either order, and most new flows fail on the port (a hash of a few
+// elements) before the peers' set, which may hold every pod of the
+// cluster. Peers that are every address of the family (a networks peer
+// 0.0.0.0/0, ::/0) are no lookup at all: the family's chain only sees that
+// family. Which rules and matches a rule has depends on the policy alone, never
+// on pods.
+func (g *tierGroup) ruleRules(p *clusterPolicy, r *cnpRule, v6 bool, strict bool, obs tierObserve) []nft.Rule {
 	dir := "egress"
 	if r.ingress {
 		dir = "ingress"
@@ -262,42 +287,59 @@ func (g *tierGroup) ruleRules(p *clusterPolicy, r *cnpRule, strict bool, obs tie
 		return []nft.Rule{{Statements: st, Counter: true, Verdict: obs.verdict(p, r, nft.Verdict{Kind: nft.Drop}, false), Comment: comment(text + ", fails closed: deny all")}}
 	}
 	exact, ranges := splitPorts(r.ports)
+	peerKey, local := nft.KeyIPDaddr, nft.KeyIPDaddr
+	switch {
+	case r.ingress && v6:
+		peerKey, local = nft.KeyIP6Saddr, nft.KeyIP6Daddr
+	case r.ingress:
+		peerKey = nft.KeyIPSaddr
+	case v6:
+		peerKey, local = nft.KeyIP6Daddr, nft.KeyIP6Daddr
+	}
+	var peers []nft.Match
+	if !r.everyAddr(v6) {
+		peers = []nft.Match{nft.InSet(p.setName(r, famSuffix("", v6)), peerKey)}
+	}
+	rule := func(ms []nft.Match, text string) nft.Rule {
+		return nft.Rule{Matches: ms, Statements: st, Counter: true, Verdict: v, Comment: comment(text)}
+	}
 	var out []nft.Rule
-	for _, v6 := range []bool{false, true} {
-		peerKey, local := nft.KeyIPDaddr, nft.KeyIPDaddr
-		switch {
-		case r.ingress && v6:
-			peerKey, local = nft.KeyIP6Saddr, nft.KeyIP6Daddr
-		case r.ingress:
-			peerKey = nft.KeyIPSaddr
-		case v6:
-			peerKey, local = nft.KeyIP6Daddr, nft.KeyIP6Daddr
+	if r.allPorts {
+		out = append(out, rule(peers, text))
+	}
+	// Exact ports (a hash) and wide ranges (an interval set) are two sets and so
+	// two rules, each present only when its set is (splitPorts); both count into
+	// the rule's one named counter.
+	if len(exact) > 0 {
+		out = append(out, rule(append([]nft.Match{nft.InSet(p.setName(r, "ports"), nft.KeyL4Proto, nft.KeyTHDport)}, peers...), text))
+	}
+	if len(ranges) > 0 {
+		out = append(out, rule(append([]nft.Match{nft.InSet(p.setName(r, "ranges"), nft.KeyL4Proto, nft.KeyTHDport)}, peers...), text+", port ranges"))
+	}
+	if len(r.named) > 0 {
+		ms := []nft.Match{nft.InSet(p.setName(r, famSuffix("named-", v6)), local, nft.KeyL4Proto, nft.KeyTHDport)}
+		if r.ingress {
+			ms = append(ms, peers...)
 		}
-		peers := nft.InSet(p.setName(r, famSuffix("", v6)), peerKey)
-		if r.allPorts {
-			out = append(out, nft.Rule{Matches: []nft.Match{peers}, Statements: st, Counter: true, Verdict: v, Comment: comment(text)})
-		}
-		// Exact ports (a hash) and wide ranges (an interval set) are two sets
-		// and so two rules, each present only when its set is (splitPorts);
-		// both count into the rule's one named counter.
-		if len(exact) > 0 {
-			out = append(out, nft.Rule{Matches: []nft.Match{peers, nft.InSet(p.setName(r, "ports"), nft.KeyL4Proto, nft.KeyTHDport)},
-				Statements: st, Counter: true, Verdict: v, Comment: comment(text)})
-		}
-		if len(ranges) > 0 {
-			out = append(out, nft.Rule{Matches: []nft.Match{peers, nft.InSet(p.setName(r, "ranges"), nft.KeyL4Proto, nft.KeyTHDport)},
-				Statements: st, Counter: true, Verdict: v, Comment: comment(text + ", port ranges")})
-		}
-		if len(r.named) > 0 {
-			named := nft.InSet(p.setName(r, famSuffix("named-", v6)), local, nft.KeyL4Proto, nft.KeyTHDport)
-			ms := []nft.Match{named}
-			if r.ingress {
-				ms = []nft.Match{peers, named}
-			}
-			out = append(out, nft.Rule{Matches: ms, Statements: st, Counter: true, Verdict: v, Comment: comment(text + ", named ports")})
-		}
+		out = append(out, rule(ms, text+", named ports"))
 	}
 	return out
+}
+
+// everyAddr reports whether the rule's networks peers cover every address of the
+// family: its peers then need no lookup in that family (nor a set).
+func (r *cnpRule) everyAddr(v6 bool) bool {
+	var nets []*addrSet
+	for _, pe := range r.peers {
+		if pe.cidrs != nil {
+			nets = append(nets, pe.cidrs)
+		}
+	}
+	all := allAddrs.cidrs[0]
+	if v6 {
+		all = allAddrs.cidrs[1]
+	}
+	return len(nets) > 0 && unionAddrs(nets).covers(all)
 }
 
 func famSuffix(prefix string, v6 bool) string {
@@ -318,7 +360,9 @@ func (p *clusterPolicy) setName(r *cnpRule, what string) string {
 }
 
 // tierMaps builds the eight tier verdict maps: each local subject's addresses to its
-// group chains. A Baseline map leaves out the pods NetworkPolicy isolates in that
+// group's chain of the address's family, by goto: the dispatch chain's only other
+// rule is the other family's lookup, so the group chain's return (nothing
+// decided, or a Pass) goes straight back to the dispatch chain's caller. A Baseline map leaves out the pods NetworkPolicy isolates in that
 // direction: NetworkPolicy always decides for them.
 func (tp *tierPass) tierMaps(local []*podInfo) []nft.Set {
 	names := map[slot][2]string{
@@ -355,7 +399,7 @@ func (tp *tierPass) tierMaps(local []*podInfo) []nft.Set {
 					}
 					taken[a] = true
 					m.Elements = append(m.Elements, nft.Element{Key: []nft.Value{nft.Addr(a)},
-						Verdict: nft.Verdict{Kind: nft.Jump, Chain: mine[s.index()].chain}, Comment: comment(pod.ref)})
+						Verdict: nft.Verdict{Kind: nft.Goto, Chain: mine[s.index()].fam[fi].chain}, Comment: comment(pod.ref)})
 				}
 			}
 			out = append(out, m)

@@ -173,6 +173,9 @@ func crosscheckOpts(t testing.TB, w world, opts Options, strictToo bool) (int, [
 							return count, append(errs, fmt.Sprintf("node %s %s: %v: %v", c.node, c.hook, pkt, err))
 						}
 						traces = append(traces, tr)
+						if msg := tierFamilyWalk(tracers[c.node].Ruleset(), tr, pkt.Saddr.Is6()); msg != "" && len(errs) < 5 {
+							errs = append(errs, fmt.Sprintf("node %s %s: %v: %s", c.node, c.hook, pkt, msg))
+						}
 						if tr.Verdict != nft.Accept {
 							got = false
 							break
@@ -253,6 +256,9 @@ func crossStrict(tracers map[string]*trace.Tracer, crossed []crossing, pkt trace
 			tr, err := tracers[n].Hook(cr.hook, p)
 			if err != nil {
 				return fmt.Sprintf("%s: node %s: %v", c.what, n, err)
+			}
+			if msg := tierFamilyWalk(tracers[n].Ruleset(), tr, p.Saddr.Is6()); msg != "" {
+				return fmt.Sprintf("%s: node %s: %s", c.what, n, msg)
 			}
 			wantMark := c.markBefore
 			if c.judged && tr.Verdict == nft.Accept {

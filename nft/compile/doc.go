@@ -186,12 +186,14 @@
 // the object and one log line, and it never changes what other policies enforce.
 //
 // Cost. Local subjects are grouped per tier and direction by the list of policies
-// that select them (in evaluation order); each group has one chain holding those
-// policies' rules, reached from a verdict map on the subject's address. A packet
-// walks only the rules of the policies that select its pods. Each rule is one nft
-// rule per family and kind of port match, with named sets of the rule's own shared
+// that select them (in evaluation order); each group has one chain per family
+// holding those policies' rules for that family, reached by goto from the
+// family's verdict map on the subject's address. A packet walks only the rules of
+// the policies that select its pods, and of its own family. Each rule is one nft
+// rule per family and kind of port match (the port lookup before the peers';
+// none of the peers when its networks cover the family), with named sets of the rule's own shared
 // by every group that runs the policy, so pod churn is element changes: the peers'
-// addresses (-v4, -v6); the protocols and ports, split as a group's ports and
+// addresses (-v4, -v6; hashes unless the rule has networks peers); the protocols and ports, split as a group's ports and
 // ranges are (splitPorts): single ports, and ranges of at most 16 ports spelled
 // out, in a hash of protocol . port (-ports), wider ranges in an interval set
 // (-ranges), each set and the rule that looks it up only when the rule's ports

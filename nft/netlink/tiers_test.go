@@ -103,3 +103,54 @@ func TestTierPortSetsUpgrade(t *testing.T) {
 		t.Fatal("no random cluster had ClusterNetworkPolicy ports: the test proves nothing")
 	}
 }
+
+// TestTierFamilyUpgrade: an agent upgraded over the table an older one left, with
+// the tier group chains of before the family split (one chain per group holding
+// both families' rules, reached by jump, every peer set an interval set:
+// nfttest.ClusterTiersMixedFamily), adopts it in its first FullSync, one batch:
+// the maps' elements go to the new chains, the old chains go, peer sets of pods
+// and nodes only are made again as hashes (same names), and the table then
+// equals a fresh load of the new one;
+// applying again sends nothing. Random tiered clusters, with the counters (kept
+// across the upgrade) and, every other one, strict mode and the deny log.
+func TestTierFamilyUpgrade(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	upgraded := 0
+	for i := range 6 {
+		w := netpolref.RandomTieredWorld(rand.New(rand.NewPCG(17, uint64(i))))
+		opts := compile.Options{Table: "np", PolicyCounters: true}
+		if i%2 == 1 {
+			opts.Established = compile.EstablishedRecheck
+			opts.DenyLog = compile.DenyLog{Group: 100, Rate: 100, Burst: 20}
+		}
+		rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-1", Pods: w.Pods, Namespaces: w.Namespaces, Policies: w.Policies,
+			ClusterNetworkPolicies: w.ClusterPolicies, Nodes: w.Nodes}, opts)
+		old := nfttest.ClusterTiersMixedFamily(rs.Clone())
+		if nft.Render(old) == nft.Render(rs) {
+			continue // no tier group on this node: nothing to upgrade
+		}
+		upgraded++
+		ns, fresh := nfttest.NewNetNS(t, fmt.Sprintf("np3-fam-%d", i)), nfttest.NewNetNS(t, fmt.Sprintf("np3-fam-f%d", i))
+		mustApply(t, newApplier(t, ns, "np"), old)
+		if text := listing(t, ns, "np"); !strings.Contains(text, ": jump adm-") && !strings.Contains(text, ": jump bl-") {
+			t.Fatalf("world %d: the older table's tier maps jump to no group chain:\n%s", i, text)
+		}
+		a := newApplier(t, ns, "np")
+		st, err := a.FullSync(ctx, rs)
+		if err != nil {
+			t.Fatalf("world %d: the upgraded agent's first sync: %v", i, err)
+		}
+		mustApply(t, newApplier(t, fresh, "np"), rs)
+		if got, want := listing(t, ns, "np"), listing(t, fresh, "np"); got != want {
+			t.Fatalf("world %d: the upgraded table differs from a fresh load:\n%s", i, diffText(want, got))
+		}
+		if st2, err := a.Apply(ctx, rs); err != nil || st2.Operations != 0 {
+			t.Errorf("world %d: apply after the upgrade: %+v %v", i, st2, err)
+		}
+		t.Logf("world %d (%s): upgraded: %v", i, opts.Established, st.Drift)
+	}
+	if upgraded == 0 {
+		t.Fatal("no random cluster had a tier group on the node: the test proves nothing")
+	}
+}

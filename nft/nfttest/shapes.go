@@ -109,3 +109,143 @@ func mergeServices(in []nft.Element) []nft.Element {
 	}
 	return elems
 }
+
+// ClusterTiersMixedFamily reshapes a compiled table, in place, to the
+// ClusterNetworkPolicy tier chains of the agent before they were split by family:
+// one chain per tier group (`adm-eg-<hash>-<label>`, and its `-reply` twin in
+// strict mode) holding each policy rule's IPv4 rules then its IPv6 rules, peers
+// looked up before ports, reached from the tier maps by jump; every rule's peer
+// sets (`-v4`, `-v6`) interval sets, also where the peers are pods and nodes only. Upgrade tests load
+// it as the table an older agent left; the datapath benchmark (B10) measures it
+// against the current shape.
+//
+// A rule whose networks cover every address of a family has no peer lookup in
+// that family's chain now; here it gets `meta nfproto` instead of the older
+// agent's lookup in a set of 0.0.0.0/0 (or ::/0): a table of the older shape,
+// one lookup cheaper for those rules.
+func ClusterTiersMixedFamily(rs *nft.Ruleset) *nft.Ruleset {
+	isGroup := func(name string) bool { return strings.HasPrefix(name, "adm-") || strings.HasPrefix(name, "bl-") }
+	base := func(name string) (string, int, bool) { // X-v4[-reply] -> X[-reply], family
+		reply := strings.HasSuffix(name, "-reply")
+		n := strings.TrimSuffix(name, "-reply")
+		fam := 4
+		switch {
+		case strings.HasSuffix(n, "-v4"):
+		case strings.HasSuffix(n, "-v6"):
+			fam = 6
+		default:
+			return "", 0, false
+		}
+		n = n[:len(n)-len("-v4")]
+		if reply {
+			n += "-reply"
+		}
+		return n, fam, true
+	}
+	addrFamily := func(r nft.Rule) int {
+		for _, m := range r.Matches {
+			for _, k := range m.Keys {
+				switch k {
+				case nft.KeyIPSaddr, nft.KeyIPDaddr:
+					return 4
+				case nft.KeyIP6Saddr, nft.KeyIP6Daddr:
+					return 6
+				}
+			}
+		}
+		return 0
+	}
+	// A policy rule's nft rules are consecutive and share its comment, but for
+	// what says which kind of port they look up.
+	ruleKey := func(r nft.Rule) string {
+		c := r.Comment
+		for _, s := range []string{", port ranges", ", named ports"} {
+			c = strings.TrimSuffix(c, s)
+		}
+		return c
+	}
+	type run struct {
+		key   string
+		rules []nft.Rule
+	}
+	runs := func(c nft.Chain, fam int) (head []nft.Rule, out []run) {
+		for _, r := range c.Rules {
+			if len(r.Matches) == 1 && r.Matches[0].Keys[0] == nft.KeyCtDirection {
+				head = append(head, r)
+				continue
+			}
+			switch {
+			case addrFamily(r) != 0:
+				// Peers first, as the older agent wrote them.
+				r.Matches = slices.Clone(r.Matches)
+				slices.SortStableFunc(r.Matches, func(a, b nft.Match) int {
+					return cmp.Compare(len(a.Keys), len(b.Keys))
+				})
+			case len(r.Matches) == 0 && strings.Contains(r.Comment, "fails closed"):
+				// Deny all: one rule for both families.
+			default:
+				p := nft.NFProtoIPv4
+				if fam == 6 {
+					p = nft.NFProtoIPv6
+				}
+				r.Matches = append([]nft.Match{nft.Is(nft.KeyNFProto, nft.Num(uint32(p)))}, r.Matches...)
+			}
+			if n := len(out); n > 0 && out[n-1].key == ruleKey(r) {
+				out[n-1].rules = append(out[n-1].rules, r)
+				continue
+			}
+			out = append(out, run{ruleKey(r), []nft.Rule{r}})
+		}
+		return head, out
+	}
+	pairs := map[string]*[2]*nft.Chain{}
+	var order []string
+	var out []nft.Chain
+	for i := range rs.Chains {
+		c := &rs.Chains[i]
+		b, fam, ok := base(c.Name)
+		if !isGroup(c.Name) || !ok {
+			out = append(out, *c)
+			continue
+		}
+		if pairs[b] == nil {
+			pairs[b] = &[2]*nft.Chain{}
+			order = append(order, b)
+		}
+		pairs[b][fam/6] = c
+	}
+	for _, b := range order {
+		p := pairs[b]
+		merged := nft.Chain{Name: b}
+		head4, r4 := runs(*p[0], 4)
+		_, r6 := runs(*p[1], 6)
+		for _, h := range head4 {
+			h.Verdict.Chain = b + "-reply"
+			merged.Rules = append(merged.Rules, h)
+		}
+		for i := range r4 {
+			merged.Rules = append(merged.Rules, r4[i].rules...)
+			if i < len(r6) && !(len(r6[i].rules) == 1 && len(r6[i].rules[0].Matches) == 0) {
+				merged.Rules = append(merged.Rules, r6[i].rules...)
+			}
+		}
+		out = append(out, merged)
+	}
+	rs.Chains = out
+	for i := range rs.Sets {
+		s := &rs.Sets[i]
+		if strings.HasPrefix(s.Name, "cnp-") && len(s.Type) == 1 && (s.Type[0] == nft.TypeIPv4Addr || s.Type[0] == nft.TypeIPv6Addr) {
+			s.Interval = true
+		}
+		if !s.Verdicts || !(strings.HasPrefix(s.Name, "admin-") || strings.HasPrefix(s.Name, "baseline-")) {
+			continue
+		}
+		for j := range s.Elements {
+			e := &s.Elements[j]
+			if b, _, ok := base(e.Verdict.Chain); ok && e.Verdict.Kind == nft.Goto {
+				e.Verdict = nft.Verdict{Kind: nft.Jump, Chain: b}
+			}
+		}
+	}
+	return rs
+}

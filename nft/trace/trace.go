@@ -101,6 +101,16 @@ type Trace struct {
 	Verdict nft.VerdictKind // nft.Accept or nft.Drop
 	Steps   []Step
 	CtMark  uint32 // the connection's mark when the walk ended (ct mark set statements)
+	// Walked is every rule the walk evaluated, matched or not, in order: what
+	// the packet cost the kernel (a rule that fails its first match costs that
+	// match), where Steps has only the rules that matched.
+	Walked []RuleRef
+}
+
+// RuleRef is one rule of the ruleset: the chain and the rule's position in it.
+type RuleRef struct {
+	Chain string
+	Index int
 }
 
 // String shows the steps, one a line, then the verdict.
@@ -197,6 +207,7 @@ func (t *Tracer) walk(base *nft.Chain, p *Packet, tr *Trace) (nft.VerdictKind, e
 		idx := i
 		rule := &cur.Rules[i]
 		i++
+		tr.Walked = append(tr.Walked, RuleRef{cur.Name, idx})
 		var hits []Hit
 		ok, err := t.matchAll(rule.Matches, p, &hits)
 		if err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/nftpolicy/nftpolicy/nft/compile"
 	"github.com/nftpolicy/nftpolicy/nft/netlink"
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
+	"github.com/nftpolicy/nftpolicy/nft/trace"
 	"github.com/nftpolicy/nftpolicy/test/bench/benchproc"
 )
 
@@ -30,8 +31,8 @@ import (
 //   - the shapes of shapeVariants, each the scenario's compiled table reshaped.
 //
 // NFTPOLICY_BENCH_SHAPES=a,b,c picks the variants (default none, ct, current and
-// interval, for tiered cnpinterval instead of interval; the others are
-// experiments that were not adopted: ../README.md);
+// interval, for tiered cnpmixed instead of interval; the others are experiments
+// that were not adopted, or older shapes: ../README.md);
 // NFTPOLICY_BENCH_SHAPES_SCENARIOS=a,b picks the scenarios (default all three);
 // NFTPOLICY_BENCH_SHAPES_PROFILE=scenario:variant:workload:seconds only runs one
 // workload (conn or flow) through one variant for that long, for perf record -a.
@@ -57,9 +58,9 @@ func TestShapes(t *testing.T) {
 		real = append(real, realPod{name: p.Name, node: p.Node, ip: p.IPv4, labels: p.Labels})
 	}
 
-	// By default the table against its shape before issue 16 (and the two
-	// baselines): the NetworkPolicy groups' ports sets for typical and
-	// adversarial, the ClusterNetworkPolicy port sets for tiered. The
+	// By default the table against an older shape (and the two baselines): the
+	// NetworkPolicy groups' ports sets before issue 16 for typical and
+	// adversarial, the tier chains before the family split for tiered. The
 	// experiments only when asked for.
 	type scen struct {
 		name   string
@@ -81,7 +82,7 @@ func TestShapes(t *testing.T) {
 		o := build(s, real)
 		if s.name == "tiered" {
 			o = withTiers(o)
-			names = []string{estNone, estCt, "current", "cnpinterval"}
+			names = []string{estNone, estCt, "current", "cnpmixed"}
 		}
 		if v := os.Getenv("NFTPOLICY_BENCH_SHAPES"); v != "" {
 			names = strings.Split(v, ",")
@@ -103,7 +104,22 @@ func TestShapes(t *testing.T) {
 		}
 		if s.name == "tiered" {
 			t.Logf("tiered: %d rules, %d sets; ClusterNetworkPolicy sets: %s", rs.Counts().Rules, len(rs.Sets), cnpSetShapes(rs))
-			t.Logf("tiered before the split (cnpinterval): %s", cnpSetShapes(nfttest.ClusterPortsAsIntervals(rs.Clone())))
+			t.Logf("tiered before the ports split (cnpinterval): %s", cnpSetShapes(nfttest.ClusterPortsAsIntervals(rs.Clone())))
+			t.Logf("tiered before the family split (cnpmixed): %d rules", nfttest.ClusterTiersMixedFamily(rs.Clone()).Counts().Rules)
+		}
+		if s.name == "tiered" {
+			// What one of the benchmark's new flows walks through each table.
+			pkt := trace.Packet{Saddr: client.IPv4, Daddr: server.IPv4, L4Proto: nft.ProtoUDP, DPort: flowPort, CtState: nft.CtNew}
+			for _, v := range names {
+				if tables[v] == nil || v == estCt {
+					continue
+				}
+				tr, err := trace.New(tables[v]).Forward(pkt)
+				if err != nil || tr.Verdict != nft.Accept {
+					t.Fatalf("tiered %s: the benchmark's flow: %v %v", v, tr.Verdict, err)
+				}
+				t.Logf("tiered %s: a new flow walks %d rules", v, len(tr.Walked))
+			}
 		}
 		scens = append(scens, scen{s.name, names, tables})
 	}
@@ -253,6 +269,7 @@ var shapeVariants = []struct {
 	{"inline", inlineDispatch},
 	{"portsfirst", portsFirst},
 	{"cnpinterval", nfttest.ClusterPortsAsIntervals},
+	{"cnpmixed", nfttest.ClusterTiersMixedFamily}, // the tier chains before the family split
 }
 
 // cnpSetShapes says how many of the table's ClusterNetworkPolicy port sets
