@@ -123,7 +123,7 @@ var _ = Describe("ClusterNetworkPolicy", func() {
 		_, err = envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{CRDs: []*apiextensionsv1.CustomResourceDefinition{crd}})
 		Expect(err).NotTo(HaveOccurred())
 		Eventually(func() int { return log.count(`"msg":"enforcing ClusterNetworkPolicy"`, "v1beta1") }, 30*time.Second, 50*time.Millisecond).Should(Equal(1))
-		Expect(fake.Dump()).To(MatchRegexp(`10\.1\.0\.10 comment "x-` + f.sfx + `/a" : jump adm-in-[0-9a-f]+-cnp/deny-x-` + f.sfx))
+		Expect(fake.Dump()).To(MatchRegexp(`10\.1\.0\.10 comment "x-` + f.sfx + `/a" : goto adm-in-[0-9a-f]+-cnp/deny-x-` + f.sfx + `-v4`))
 		fake2 := nfttest.NewFake()
 		startLoggedAgent(cfg, "node-1", fake2, 0)
 		Eventually(fake2.Dump, 30*time.Second, 50*time.Millisecond).Should(

@@ -136,8 +136,8 @@ type clusterPolicyWatch struct {
 	access atomic.Int32
 
 	mu   sync.Mutex
-	sink func(client.Object) // the reconciler's queue; nil until its controller starts
-	cur  *cnpInformer        // the informer the reconciler reads; nil while none
+	sink              // the reconciler's queue
+	cur  *cnpInformer // the informer the reconciler reads; nil while none
 
 	// The loop's own (Start, and watchIfServed before it).
 	crd      toolscache.SharedIndexInformer
@@ -635,22 +635,6 @@ func (l *accessLW) List(opts metav1.ListOptions) (runtime.Object, error) {
 
 func (l *accessLW) Watch(opts metav1.ListOptions) (watch.Interface, error) {
 	return l.WatchWithContext(context.Background(), opts)
-}
-
-func (w *clusterPolicyWatch) setSink(f func(client.Object)) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.sink = f
-}
-
-// notify hands obj to the reconciler's queue; nil asks for a sync.
-func (w *clusterPolicyWatch) notify(obj client.Object) {
-	w.mu.Lock()
-	f := w.sink
-	w.mu.Unlock()
-	if f != nil {
-		f(obj)
-	}
 }
 
 // handler passes ClusterNetworkPolicy creates, deletes and spec changes

@@ -236,7 +236,7 @@ var _ = Describe("ClusterNetworkPolicy CRD watch", func() {
 			Spec:       networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}},
 		})).To(Succeed())
 		npRule := `10.1.0.10 comment "x-` + f.sfx + `/a" : goto ing-`
-		cnpRule := `10\.1\.0\.10 comment "x-` + f.sfx + `/a" : jump adm-in-[0-9a-f]+-cnp/deny-x-` + f.sfx
+		cnpRule := `10\.1\.0\.10 comment "x-` + f.sfx + `/a" : goto adm-in-[0-9a-f]+-cnp/deny-x-` + f.sfx + `-v4`
 
 		// Two agents: one with the discovery interval at its default (30 s),
 		// which must still enforce within seconds; one with it at 200 ms, which
@@ -332,17 +332,7 @@ var _ = Describe("ClusterNetworkPolicy CRD watch", func() {
 		old.Rules = slices.DeleteFunc(old.Rules, func(r rbacv1.PolicyRule) bool { return slices.Contains(r.APIGroups, "apiextensions.k8s.io") })
 		Expect(old.Rules).To(HaveLen(len(full.Rules)-1), "config/rbac/role.yaml has one rule for the CRD")
 		user := "crdwatch-old-" + f.sfx
-		binding := &rbacv1.ClusterRoleBinding{
-			ObjectMeta: metav1.ObjectMeta{Name: old.Name},
-			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: old.Name},
-			Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
-		}
-		for _, o := range []client.Object{old, binding} {
-			Expect(k8sClient.Create(ctx, o)).To(Succeed())
-			DeferCleanup(func(ctx SpecContext) { Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, o))).To(Succeed()) })
-		}
-		au, err := testEnv.AddUser(envtest.User{Name: user}, nil)
-		Expect(err).NotTo(HaveOccurred())
+		au := userWithRole(ctx, old, user)
 
 		nodeName := "crd-old-" + f.sfx
 		node := testNode(nodeName, "10.202.0.7", nil)
@@ -355,7 +345,7 @@ var _ = Describe("ClusterNetworkPolicy CRD watch", func() {
 			Spec:       networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}},
 		})).To(Succeed())
 		npRule := `10.1.0.11 comment "x-` + f.sfx + `/a" : goto ing-`
-		cnpRule := `10\.1\.0\.11 comment "x-` + f.sfx + `/a" : jump adm-in-[0-9a-f]+-cnp/deny-x-` + f.sfx
+		cnpRule := `10\.1\.0\.11 comment "x-` + f.sfx + `/a" : goto adm-in-[0-9a-f]+-cnp/deny-x-` + f.sfx + `-v4`
 
 		var tr crdTraffic
 		oldCfg := rest.CopyConfig(au.Config())
@@ -420,17 +410,7 @@ var _ = Describe("ClusterNetworkPolicy CRD watch", func() {
 		role.Rules = slices.DeleteFunc(role.Rules, func(r rbacv1.PolicyRule) bool { return slices.Contains(r.Resources, cnpResource) })
 		Expect(role.Rules).To(HaveLen(n - 1))
 		user := "crdwatch-nocnp-" + f.sfx
-		binding := &rbacv1.ClusterRoleBinding{
-			ObjectMeta: metav1.ObjectMeta{Name: role.Name},
-			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
-			Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
-		}
-		for _, o := range []client.Object{role, binding} {
-			Expect(k8sClient.Create(ctx, o)).To(Succeed())
-			DeferCleanup(func(ctx SpecContext) { Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, o))).To(Succeed()) })
-		}
-		au, err := testEnv.AddUser(envtest.User{Name: user}, nil)
-		Expect(err).NotTo(HaveOccurred())
+		au := userWithRole(ctx, role, user)
 
 		f.namespace(ctx, "x", map[string]string{})
 		f.pod(ctx, "x", "a", podOpts{node: "node-1", ips: []string{"10.1.0.12"}})
@@ -452,3 +432,20 @@ var _ = Describe("ClusterNetworkPolicy CRD watch", func() {
 		Eventually(fake.Dump, 30*time.Second, 20*time.Millisecond).Should(ContainSubstring(`10.1.0.13 comment "x-` + f.sfx + `/b" : goto ing-`))
 	}, SpecTimeout(3*time.Minute))
 })
+
+// userWithRole creates role, binds it to a new envtest user named user, and
+// returns that user; both objects go when the spec ends.
+func userWithRole(ctx SpecContext, role *rbacv1.ClusterRole, user string) *envtest.AuthenticatedUser {
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: role.Name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
+	}
+	for _, o := range []client.Object{role, binding} {
+		Expect(k8sClient.Create(ctx, o)).To(Succeed())
+		DeferCleanup(func(ctx SpecContext) { Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, o))).To(Succeed()) })
+	}
+	au, err := testEnv.AddUser(envtest.User{Name: user}, nil)
+	Expect(err).NotTo(HaveOccurred())
+	return au
+}

@@ -65,9 +65,9 @@ type allNodes struct {
 	inf  toolscache.SharedIndexInformer // nil while only the own Node is watched
 	stop context.CancelFunc
 	done chan struct{} // closed when the informer has returned
-	// sink is told of a relevant Node event (nil: only a sync is wanted, the
-	// watch has synced); the reconciler's source sets it when its controller starts.
-	sink func(client.Object)
+	// Told of a relevant Node event (nil: only a sync is wanted, the watch
+	// has synced).
+	sink
 	// started is when the current watch started; runs counts watches started.
 	started time.Time
 	runs    int
@@ -79,16 +79,26 @@ func newAllNodes(ctx context.Context, link *apiLink, lw toolscache.ListerWatcher
 	return &allNodes{base: ctx, link: link, lw: lw, log: log}
 }
 
-func (a *allNodes) setSink(f func(client.Object)) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.sink = f
+// sink is how a watch that comes and goes (the all-node watch, the
+// ClusterNetworkPolicy watch) reaches the reconciler's queue, which outlives it:
+// the reconciler's source sets it when its controller starts.
+type sink struct {
+	mu sync.Mutex
+	f  func(client.Object)
 }
 
-func (a *allNodes) notify(obj client.Object) {
-	a.mu.Lock()
-	f := a.sink
-	a.mu.Unlock()
+func (s *sink) setSink(f func(client.Object)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.f = f
+}
+
+// notify hands obj to the reconciler's queue (nil asks for a sync); before
+// the controller starts there is no queue, and the first sync reads everything.
+func (s *sink) notify(obj client.Object) {
+	s.mu.Lock()
+	f := s.f
+	s.mu.Unlock()
 	if f != nil {
 		f(obj)
 	}
