@@ -63,45 +63,9 @@ func TestDifferentialTiers(t *testing.T) {
 // counters (kept across the upgrade) and, every other one, strict mode and the
 // deny log.
 func TestTierPortSetsUpgrade(t *testing.T) {
-	requireKernel(t)
-	ctx := context.Background()
-	upgraded := 0
-	for i := range 6 {
-		w := netpolref.RandomTieredWorld(rand.New(rand.NewPCG(13, uint64(i))))
-		opts := compile.Options{Table: "np", PolicyCounters: true}
-		if i%2 == 1 {
-			opts.Established = compile.EstablishedRecheck
-			opts.DenyLog = compile.DenyLog{Group: 100, Rate: 100, Burst: 20}
-		}
-		rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-1", Pods: w.Pods, Namespaces: w.Namespaces, Policies: w.Policies,
-			ClusterNetworkPolicies: w.ClusterPolicies, Nodes: w.Nodes}, opts)
-		old := nfttest.ClusterPortsAsIntervals(rs.Clone())
-		if nft.Render(old) == nft.Render(rs) {
-			continue // no ClusterNetworkPolicy rule with ports: nothing to upgrade
-		}
-		upgraded++
-		ns, fresh := nfttest.NewNetNS(t, fmt.Sprintf("np3-upg-%d", i)), nfttest.NewNetNS(t, fmt.Sprintf("np3-upg-f%d", i))
-		mustApply(t, newApplier(t, ns, "np"), old)
-		if text := listing(t, ns, "np"); !strings.Contains(text, "type inet_proto . inet_service\n\t\tflags interval") {
-			t.Fatalf("world %d: the older table has no interval port set:\n%s", i, text)
-		}
-		a := newApplier(t, ns, "np")
-		st, err := a.FullSync(ctx, rs)
-		if err != nil {
-			t.Fatalf("world %d: the upgraded agent's first sync: %v", i, err)
-		}
-		mustApply(t, newApplier(t, fresh, "np"), rs)
-		if got, want := listing(t, ns, "np"), listing(t, fresh, "np"); got != want {
-			t.Fatalf("world %d: the upgraded table differs from a fresh load:\n%s", i, diffText(want, got))
-		}
-		if st2, err := a.Apply(ctx, rs); err != nil || st2.Operations != 0 {
-			t.Errorf("world %d: apply after the upgrade: %+v %v", i, st2, err)
-		}
-		t.Logf("world %d (%s): upgraded: %v", i, opts.Established, st.Drift)
-	}
-	if upgraded == 0 {
-		t.Fatal("no random cluster had ClusterNetworkPolicy ports: the test proves nothing")
-	}
+	upgradeTiers(t, 13, "np3-upg", nfttest.ClusterPortsAsIntervals, func(listing string) bool {
+		return strings.Contains(listing, "type inet_proto . inet_service\n\t\tflags interval")
+	}, "no ClusterNetworkPolicy rule with ports")
 }
 
 // TestTierFamilyUpgrade: an agent upgraded over the table an older one left, with
@@ -114,11 +78,23 @@ func TestTierPortSetsUpgrade(t *testing.T) {
 // applying again sends nothing. Random tiered clusters, with the counters (kept
 // across the upgrade) and, every other one, strict mode and the deny log.
 func TestTierFamilyUpgrade(t *testing.T) {
+	upgradeTiers(t, 17, "np3-fam", nfttest.ClusterTiersMixedFamily, func(listing string) bool {
+		return strings.Contains(listing, ": jump adm-") || strings.Contains(listing, ": jump bl-")
+	}, "no tier group on the node")
+}
+
+// upgradeTiers is an upgrade test over random tiered clusters (seed): a table
+// made by the older agent (older, applied to the new table; isOlder checks its
+// listing) is taken over by the new one's first FullSync, in one batch, and
+// then equals a fresh load of the new table; applying again sends nothing.
+// Every cluster has the counters, every other one strict mode and the deny
+// log. It fails when no cluster had anything to upgrade (none says what).
+func upgradeTiers(t *testing.T, seed uint64, netns string, older func(*nft.Ruleset) *nft.Ruleset, isOlder func(listing string) bool, none string) {
 	requireKernel(t)
 	ctx := context.Background()
 	upgraded := 0
 	for i := range 6 {
-		w := netpolref.RandomTieredWorld(rand.New(rand.NewPCG(17, uint64(i))))
+		w := netpolref.RandomTieredWorld(rand.New(rand.NewPCG(seed, uint64(i))))
 		opts := compile.Options{Table: "np", PolicyCounters: true}
 		if i%2 == 1 {
 			opts.Established = compile.EstablishedRecheck
@@ -126,15 +102,15 @@ func TestTierFamilyUpgrade(t *testing.T) {
 		}
 		rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-1", Pods: w.Pods, Namespaces: w.Namespaces, Policies: w.Policies,
 			ClusterNetworkPolicies: w.ClusterPolicies, Nodes: w.Nodes}, opts)
-		old := nfttest.ClusterTiersMixedFamily(rs.Clone())
+		old := older(rs.Clone())
 		if nft.Render(old) == nft.Render(rs) {
-			continue // no tier group on this node: nothing to upgrade
+			continue // nothing the older agent did differently on this node
 		}
 		upgraded++
-		ns, fresh := nfttest.NewNetNS(t, fmt.Sprintf("np3-fam-%d", i)), nfttest.NewNetNS(t, fmt.Sprintf("np3-fam-f%d", i))
+		ns, fresh := nfttest.NewNetNS(t, fmt.Sprintf("%s-%d", netns, i)), nfttest.NewNetNS(t, fmt.Sprintf("%s-f%d", netns, i))
 		mustApply(t, newApplier(t, ns, "np"), old)
-		if text := listing(t, ns, "np"); !strings.Contains(text, ": jump adm-") && !strings.Contains(text, ": jump bl-") {
-			t.Fatalf("world %d: the older table's tier maps jump to no group chain:\n%s", i, text)
+		if text := listing(t, ns, "np"); !isOlder(text) {
+			t.Fatalf("world %d: the older table is not in the older shape:\n%s", i, text)
 		}
 		a := newApplier(t, ns, "np")
 		st, err := a.FullSync(ctx, rs)
@@ -151,6 +127,6 @@ func TestTierFamilyUpgrade(t *testing.T) {
 		t.Logf("world %d (%s): upgraded: %v", i, opts.Established, st.Drift)
 	}
 	if upgraded == 0 {
-		t.Fatal("no random cluster had a tier group on the node: the test proves nothing")
+		t.Fatalf("%s in any random cluster: the test proves nothing", none)
 	}
 }
