@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,12 +58,7 @@ var _ = Describe("ClusterNetworkPolicy", func() {
 		fake := nfttest.NewFake()
 		log := startLoggedAgent(cfg, "node-1", fake, 0)
 		f := newFixture()
-		f.namespace(ctx, "x", map[string]string{})
-		f.pod(ctx, "x", "a", podOpts{node: "node-1", ips: []string{"10.1.0.10"}})
-		Expect(k8sClient.Create(ctx, &networkingv1.NetworkPolicy{
-			ObjectMeta: metav1.ObjectMeta{Namespace: f.ns("x"), Name: "deny-all"},
-			Spec:       networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}},
-		})).To(Succeed())
+		f.isolatedPod(ctx, "node-1", "10.1.0.10")
 		By("no CRD: NetworkPolicy alone")
 		Eventually(fake.Dump, 20*time.Second, 20*time.Millisecond).Should(ContainSubstring(`10.1.0.10 comment "x-` + f.sfx + `/a" : goto ing-`))
 		Expect(fake.Dump()).NotTo(ContainSubstring("admin-ingress"))
@@ -133,3 +129,14 @@ var _ = Describe("ClusterNetworkPolicy", func() {
 		Expect(got.Spec.Tier).To(Equal(cnpv1beta1.AdminTier))
 	}, SpecTimeout(3*time.Minute))
 })
+
+// isolatedPod makes pod x/a on node with address ip, isolated for ingress by a
+// deny-all NetworkPolicy: the table's map sends ip to its ingress chain.
+func (f *fixture) isolatedPod(ctx context.Context, node, ip string) {
+	f.namespace(ctx, "x", map[string]string{})
+	f.pod(ctx, "x", "a", podOpts{node: node, ips: []string{ip}})
+	Expect(k8sClient.Create(ctx, &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: f.ns("x"), Name: "deny-all"},
+		Spec:       networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}},
+	})).To(Succeed())
+}

@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zapcore"
 	eventsv1 "k8s.io/api/events/v1"
-	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -229,12 +228,7 @@ var _ = Describe("ClusterNetworkPolicy CRD watch", func() {
 		DeferCleanup(func(ctx SpecContext) { removeClusterPolicyCRD(ctx) })
 
 		f := newFixture()
-		f.namespace(ctx, "x", map[string]string{})
-		f.pod(ctx, "x", "a", podOpts{node: "node-1", ips: []string{"10.1.0.10"}})
-		Expect(k8sClient.Create(ctx, &networkingv1.NetworkPolicy{
-			ObjectMeta: metav1.ObjectMeta{Namespace: f.ns("x"), Name: "deny-all"},
-			Spec:       networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}},
-		})).To(Succeed())
+		f.isolatedPod(ctx, "node-1", "10.1.0.10")
 		npRule := `10.1.0.10 comment "x-` + f.sfx + `/a" : goto ing-`
 		cnpRule := `10\.1\.0\.10 comment "x-` + f.sfx + `/a" : goto adm-in-[0-9a-f]+-cnp/deny-x-` + f.sfx + `-v4`
 
@@ -338,12 +332,7 @@ var _ = Describe("ClusterNetworkPolicy CRD watch", func() {
 		node := testNode(nodeName, "10.202.0.7", nil)
 		Expect(k8sClient.Create(ctx, node)).To(Succeed())
 		DeferCleanup(func(ctx SpecContext) { Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, node))).To(Succeed()) })
-		f.namespace(ctx, "x", map[string]string{})
-		f.pod(ctx, "x", "a", podOpts{node: nodeName, ips: []string{"10.1.0.11"}})
-		Expect(k8sClient.Create(ctx, &networkingv1.NetworkPolicy{
-			ObjectMeta: metav1.ObjectMeta{Namespace: f.ns("x"), Name: "deny-all"},
-			Spec:       networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}},
-		})).To(Succeed())
+		f.isolatedPod(ctx, nodeName, "10.1.0.11")
 		npRule := `10.1.0.11 comment "x-` + f.sfx + `/a" : goto ing-`
 		cnpRule := `10\.1\.0\.11 comment "x-` + f.sfx + `/a" : goto adm-in-[0-9a-f]+-cnp/deny-x-` + f.sfx + `-v4`
 
@@ -412,12 +401,7 @@ var _ = Describe("ClusterNetworkPolicy CRD watch", func() {
 		user := "crdwatch-nocnp-" + f.sfx
 		au := userWithRole(ctx, role, user)
 
-		f.namespace(ctx, "x", map[string]string{})
-		f.pod(ctx, "x", "a", podOpts{node: "node-1", ips: []string{"10.1.0.12"}})
-		Expect(k8sClient.Create(ctx, &networkingv1.NetworkPolicy{
-			ObjectMeta: metav1.ObjectMeta{Namespace: f.ns("x"), Name: "deny-all"},
-			Spec:       networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}},
-		})).To(Succeed())
+		f.isolatedPod(ctx, "node-1", "10.1.0.12")
 		fake := nfttest.NewFake()
 		log := startLoggedAgent(au.Config(), "node-1", fake, 0)
 		Eventually(fake.Dump, 30*time.Second, 20*time.Millisecond).Should(ContainSubstring(`10.1.0.12 comment "x-` + f.sfx + `/a" : goto ing-`))

@@ -73,19 +73,7 @@ func TestClusterPortsInKernel(t *testing.T) {
 	ports := []int{53, 80, 81, 4999, 5000, 5002, 5003, 5004, 7999, 8000, 8099, 8100, 8150, 8199, 8200, 8500, 8999, 9000}
 	nss, pods := netpolref.UpstreamModel()
 	c := Cluster{Pods: pods, Namespaces: nss, ClusterPolicies: portsPolicies(), Nodes: netpolref.ModelNodes()}
-	addr := func(ref string, v6 bool) netip.Addr {
-		for _, p := range pods {
-			if p.Namespace+"/"+p.Name == ref {
-				for _, ip := range netpolref.PodIPs(p) {
-					if ip.Is6() == v6 {
-						return ip
-					}
-				}
-			}
-		}
-		t.Fatalf("no pod %s", ref)
-		return netip.Addr{}
-	}
+	addr := func(ref string, v6 bool) netip.Addr { return firstFamilyIP(t, pods, ref, v6) }
 	// What the policies say, port by port.
 	inAllowed := func(proto corev1.Protocol, port int) bool { // y -> x
 		if proto == corev1.ProtocolTCP {
