@@ -43,7 +43,7 @@ var podListPrefix = []byte{0x6b, 0x38, 0x73, 0x00}
 
 // errNotProtobuf is returned when the apiserver answers a pod list in another
 // encoding than protobuf (a proxy rewrote it, or it was asked for JSON).
-var errNotProtobuf = errors.New("the apiserver's pod list is not protobuf")
+var errNotProtobuf = errors.New("the apiserver's pod list is not protobuf (something between the agent and the apiserver re-encodes it?); --pod-watch-list lists pods through client-go instead")
 
 // podLister lists pods through rc (a core/v1 REST client) and hands each pod to
 // record, keeping what record returns.
