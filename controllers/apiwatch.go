@@ -94,7 +94,13 @@ func newAPILink(log logr.Logger) *apiLink {
 
 // newInformer is a toolscache.NewSharedIndexInformer whose requests go through l.
 func (l *apiLink) newInformer(lw toolscache.ListerWatcher, obj runtime.Object, resync time.Duration, indexers toolscache.Indexers) toolscache.SharedIndexInformer {
-	return l.newInformerAs(strings.ToLower(strings.TrimPrefix(fmt.Sprintf("%T", obj), "*v1.")), lw, obj, resync, indexers)
+	return l.newInformerAs(informerKind(obj), lw, obj, resync, indexers)
+}
+
+// informerKind is the name the requests of the cache's informer of obj's type
+// are counted and reported under.
+func informerKind(obj runtime.Object) string {
+	return strings.ToLower(strings.TrimPrefix(fmt.Sprintf("%T", obj), "*v1."))
 }
 
 // newInformerAs is newInformer with kind, the name its requests are counted

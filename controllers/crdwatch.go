@@ -26,8 +26,8 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
@@ -253,9 +253,8 @@ func (w *clusterPolicyWatch) drop(ctx context.Context, c *cnpInformer) {
 	if err := w.cache.RemoveInformer(ctx, c.obj); err != nil {
 		w.log.Error(err, "removing the ClusterNetworkPolicy informer", "version", c.version)
 	}
-	// A watch the agent no longer needs is not one it lost (/readyz). The
-	// kind is the one apiLink.newInformer names the cache's informers by.
-	w.link.forget(strings.ToLower(strings.TrimPrefix(fmt.Sprintf("%T", c.obj), "*v1.")))
+	// A watch the agent no longer needs is not one it lost (/readyz).
+	w.link.forget(informerKind(c.obj))
 }
 
 // Start watches the CRD and follows it until ctx is done.
@@ -640,31 +639,7 @@ func (l *accessLW) Watch(opts metav1.ListOptions) (watch.Interface, error) {
 // handler passes ClusterNetworkPolicy creates, deletes and spec changes
 // (generation) to the reconciler.
 func (w *clusterPolicyWatch) handler() toolscache.ResourceEventHandler {
-	object := func(o any) client.Object {
-		if t, ok := o.(toolscache.DeletedFinalStateUnknown); ok {
-			o = t.Obj
-		}
-		c, _ := o.(client.Object)
-		return c
-	}
-	return toolscache.ResourceEventHandlerFuncs{
-		AddFunc: func(o any) {
-			if c := object(o); c != nil {
-				w.notify(c)
-			}
-		},
-		UpdateFunc: func(o, n any) {
-			a, b := object(o), object(n)
-			if a != nil && b != nil && a.GetGeneration() != b.GetGeneration() {
-				w.notify(b)
-			}
-		},
-		DeleteFunc: func(o any) {
-			if c := object(o); c != nil {
-				w.notify(c)
-			}
-		},
-	}
+	return informerEvents{pred: predicate.GenerationChangedPredicate{}, to: w.notify}
 }
 
 // clusterPolicySource is the reconciler's source of ClusterNetworkPolicy
@@ -672,14 +647,7 @@ func (w *clusterPolicyWatch) handler() toolscache.ResourceEventHandler {
 type clusterPolicySource struct{ w *clusterPolicyWatch }
 
 func (s clusterPolicySource) Start(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
-	r := s.w.r
-	s.w.setSink(func(obj client.Object) {
-		if obj == nil {
-			q.Add(r.request())
-			return
-		}
-		r.mapAll.Generic(ctx, event.GenericEvent{Object: obj}, q)
-	})
+	s.w.setSink(s.w.r.queue(ctx, q))
 	return nil
 }
 

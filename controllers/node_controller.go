@@ -54,8 +54,8 @@ type NodeReconciler struct {
 	// podcache.go); nil reads corev1.Pods through Reader.
 	Pods podSource
 	// PodEvents, when set, is the pod informer whose events the controller
-	// takes directly (podEvents), without waiting for its replay of the cache
-	// at start; nil watches pods through the manager's cache.
+	// takes directly (SetupWithManager), without waiting for its replay of the
+	// cache at start; nil watches pods through the manager's cache.
 	PodEvents      toolscache.SharedIndexInformer
 	NodeName       string
 	Table          string
@@ -145,6 +145,7 @@ func (r *NodeReconciler) request() reconcile.Request {
 // SetupWithManager registers the controller and its watches.
 func (r *NodeReconciler) SetupWithManager(mgr manager.Manager) error {
 	mapAll := r.enqueue()
+	r.mapAll = mapAll
 	b := builder.ControllerManagedBy(mgr).
 		Named("node").
 		// One reconciler per agent; tests run several agents in one process.
@@ -154,7 +155,15 @@ func (r *NodeReconciler) SetupWithManager(mgr manager.Manager) error {
 		Watches(&corev1.Node{}, mapAll, builder.WithPredicates(nodeChanged()))
 	if r.PodEvents != nil {
 		b = b.WatchesRawSource(source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
-			_, err := r.PodEvents.AddEventHandler(&podEvents{ctx: ctx, pred: podChanged(), mapAll: mapAll, q: q})
+			// The informer replays every cached pod to a new handler as an
+			// add: 100,000 events at 100k pods that the reconciler notes none
+			// of (the first sync reads the whole cache). They are dropped here,
+			// and source.Func is no SyncingSource, so the controller's first
+			// sync does not wait for that replay to end either (it took
+			// 0.6-1.3 s at 100k: docs/scale.md). The pods are in the store
+			// before the manager starts the controller, so the first sync
+			// reads them all; a change after that is an update or a delete.
+			_, err := r.PodEvents.AddEventHandler(informerEvents{pred: podChanged(), to: r.queue(ctx, q), skipInitial: true})
 			q.Add(r.request()) // the first sync, which the pods' replay no longer asks for
 			return err
 		}))
@@ -166,19 +175,13 @@ func (r *NodeReconciler) SetupWithManager(mgr manager.Manager) error {
 		// filtered by nodeChanged, and the news that it has synced reach the
 		// queue through this source, which outlives every watch.
 		b = b.WatchesRawSource(source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
-			r.Nodes.setSink(func(obj client.Object) {
-				if obj == nil {
-					q.Add(r.request())
-					return
-				}
-				mapAll.Generic(ctx, event.GenericEvent{Object: obj}, q)
-			})
+			r.Nodes.setSink(r.queue(ctx, q))
 			return nil
 		}))
 	}
 	ctrl, err := b.Build(r)
 	// ClusterNetworkPolicy is watched once the API serves it (clusterPolicyWatch).
-	r.ctrl, r.mapAll = ctrl, mapAll
+	r.ctrl = ctrl
 	return err
 }
 
@@ -192,56 +195,52 @@ func (r *NodeReconciler) enqueue() handler.EventHandler {
 	})
 }
 
-// podEvents hands the pod informer's events to the controller as a
-// source.Kind would, with two differences that matter at 100,000 pods. The
-// informer replays every cached pod to a new handler as an add; the reconciler
-// notes none of them (the first sync reads the whole cache), so they are
-// dropped here rather than carried through the controller's handler, one
-// event each. And source.Func is no SyncingSource: the controller's first sync
-// does not wait for that replay to finish (it took 0.6-1.3 s at 100k, before
-// the first sync could start: docs/scale.md). The pods are in the informer's
-// store before the manager starts the controller, so the first sync reads them
-// all; a change after the replay began arrives as an update or a delete.
-type podEvents struct {
-	ctx    context.Context
-	pred   predicate.Predicate
-	mapAll handler.EventHandler
-	q      workqueue.TypedRateLimitingInterface[reconcile.Request]
-}
-
-func (h *podEvents) OnAdd(obj any, isInInitialList bool) {
-	o, ok := obj.(client.Object)
-	if isInInitialList || !ok {
-		return
-	}
-	if e := (event.CreateEvent{Object: o}); h.pred.Create(e) {
-		h.mapAll.Create(h.ctx, e, h.q)
+// queue is how a source outside the controller's builder reaches its queue q:
+// obj is noted as changed and a sync asked for; nil asks for a sync alone.
+func (r *NodeReconciler) queue(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) func(client.Object) {
+	return func(obj client.Object) {
+		if obj == nil {
+			q.Add(r.request())
+			return
+		}
+		r.mapAll.Generic(ctx, event.GenericEvent{Object: obj}, q)
 	}
 }
 
-func (h *podEvents) OnUpdate(oldObj, newObj any) {
+// informerEvents is an event handler on an informer the controller does not
+// own (the pods', the all-node watch, ClusterNetworkPolicy's): the objects of
+// the events pred lets through go to to, a delete the watch missed with the
+// informer's last copy. With skipInitial the adds of the informer's replay of
+// its cache to the new handler are dropped.
+type informerEvents struct {
+	pred        predicate.Predicate
+	to          func(client.Object)
+	skipInitial bool
+}
+
+func (h informerEvents) OnAdd(obj any, isInInitialList bool) {
+	if o, ok := obj.(client.Object); ok && !(isInInitialList && h.skipInitial) && h.pred.Create(event.CreateEvent{Object: o}) {
+		h.to(o)
+	}
+}
+
+func (h informerEvents) OnUpdate(oldObj, newObj any) {
 	o, ok1 := oldObj.(client.Object)
 	n, ok2 := newObj.(client.Object)
-	if !ok1 || !ok2 {
-		return
-	}
-	if e := (event.UpdateEvent{ObjectOld: o, ObjectNew: n}); h.pred.Update(e) {
-		h.mapAll.Update(h.ctx, e, h.q)
+	if ok1 && ok2 && h.pred.Update(event.UpdateEvent{ObjectOld: o, ObjectNew: n}) {
+		h.to(n)
 	}
 }
 
-func (h *podEvents) OnDelete(obj any) {
+func (h informerEvents) OnDelete(obj any) {
 	e := event.DeleteEvent{}
 	if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
-		// The watch missed the delete: the informer's last copy.
 		obj, e.DeleteStateUnknown = tomb.Obj, true
 	}
-	o, ok := obj.(client.Object)
-	if !ok {
-		return
-	}
-	if e.Object = o; h.pred.Delete(e) {
-		h.mapAll.Delete(h.ctx, e, h.q)
+	if o, ok := obj.(client.Object); ok {
+		if e.Object = o; h.pred.Delete(e) {
+			h.to(o)
+		}
 	}
 }
 

@@ -13,7 +13,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
@@ -219,32 +218,7 @@ func (a *allNodes) stats() (held, runs int) {
 
 // handler passes the informer's events that nodeChanged passes to the sink.
 func (a *allNodes) handler() toolscache.ResourceEventHandler {
-	pred := nodeChanged()
-	node := func(obj any) *corev1.Node {
-		if t, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
-			obj = t.Obj
-		}
-		n, _ := obj.(*corev1.Node)
-		return n
-	}
-	return toolscache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) {
-			if n := node(obj); n != nil && pred.Create(event.CreateEvent{Object: n}) {
-				a.notify(n)
-			}
-		},
-		UpdateFunc: func(oldObj, newObj any) {
-			o, n := node(oldObj), node(newObj)
-			if o != nil && n != nil && pred.Update(event.UpdateEvent{ObjectOld: o, ObjectNew: n}) {
-				a.notify(n)
-			}
-		},
-		DeleteFunc: func(obj any) {
-			if n := node(obj); n != nil && pred.Delete(event.DeleteEvent{Object: n}) {
-				a.notify(n)
-			}
-		},
-	}
+	return informerEvents{pred: nodeChanged(), to: a.notify}
 }
 
 // nodeWaitRetry is how soon a sync that waits for every Node is retried when

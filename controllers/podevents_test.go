@@ -16,7 +16,8 @@ import (
 )
 
 // TestPodEventsSkipTheReplay: the pod informer replays its whole cache to the
-// controller's handler at start; podEvents drops that replay (no sync asked,
+// controller's handler at start; the controller's handler (informerEvents with
+// skipInitial) drops that replay (no sync asked,
 // nothing noted) and hands on what happens after it: a new pod, a relevant
 // change (not an irrelevant one), a delete, and a delete the watch missed.
 func TestPodEventsSkipTheReplay(t *testing.T) {
@@ -43,9 +44,10 @@ func TestPodEventsSkipTheReplay(t *testing.T) {
 	}
 
 	r := &NodeReconciler{NodeName: "node-0", Log: logr.Discard()}
+	r.mapAll = r.enqueue()
 	q := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[reconcile.Request]())
 	defer q.ShutDown()
-	reg, err := inf.AddEventHandler(&podEvents{ctx: ctx, pred: podChanged(), mapAll: r.enqueue(), q: q})
+	reg, err := inf.AddEventHandler(informerEvents{pred: podChanged(), to: r.queue(ctx, q), skipInitial: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +102,7 @@ func TestPodEventsSkipTheReplay(t *testing.T) {
 	src.Modify(annotated)
 	src.Delete(pod("p-5", "10.90.0.6"))
 	noted("p-5") // and not p-4
-	(&podEvents{ctx: ctx, pred: podChanged(), mapAll: r.enqueue(), q: q}).OnDelete(
+	informerEvents{pred: podChanged(), to: r.queue(ctx, q), skipInitial: true}.OnDelete(
 		toolscache.DeletedFinalStateUnknown{Key: "ev/p-6", Obj: in.record(pod("p-6", "10.90.0.7"))})
 	noted("p-6")
 }
