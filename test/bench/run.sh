@@ -13,6 +13,9 @@ cd "$(dirname "$0")/../.."
 
 summary=(
   b1_conn_ratio_typical b1_conn_ratio_adversarial b1_vs_peer_adversarial b6_ns_per_policy
+  b11_conn_ratio_control b11_conn_ratio_ct b11_conn_ratio_typical b11_conn_ratio_typical_ci95 b11_conn_ratio_typical_vs_ct
+  b11_conn_ratio_adversarial b11_rr_ratio_typical b11_rr_ratio_typical_vs_ct b11_bulk_ratio_typical b11_bulk_ratio_typical_vs_ct
+  b11_flow_ns_added_ct b11_flow_ns_added_typical
   b1_rr_ratio b1_bulk_ratio b7_change_10k_commit_ms b7_change_10k_extra_cpu_ms b7_sweep_10k_ms
   b7_flow_ns_conntrack b7_flow_ns_chains
   b10_typical_ct_conn_ratio b10_typical_current_conn_ratio_vs_ct b10_adversarial_current_conn_ratio_vs_ct
@@ -42,6 +45,7 @@ start=$SECONDS
 rc=0
 go test -count=1 -timeout 12m -v -run 'TestDatapath|TestNetlinkCost|TestReplaceUnderTraffic|TestEstablished' ./test/bench/datapath/ || rc=1
 go test -count=1 -timeout 10m -v -run TestShapes ./test/bench/datapath/ || rc=1
+go test -count=1 -timeout 10m -v -run TestTwins ./test/bench/datapath/ || rc=1
 go test -count=1 -timeout 15m -v -run TestControlPlane ./test/bench/controlplane/ || rc=1
 # The 100k-pod point takes most of an hour here (creating 100,000 pods): opt in.
 if [ "${NFTPOLICY_BENCH_100K:-0}" = 1 ]; then

@@ -326,12 +326,12 @@ func TestDatapath(t *testing.T) {
 				}
 				add(v, "conn_cross_wall", res.rate())
 				add(v, "conn_cross", res.cpuRate())
-				rr, rrCPU, err := rrLoad(client.NetNS, server.IPv4, rrWindow)
+				rr, rrRes, err := rrLoad(client.NetNS, server.IPv4, rrWindow)
 				if err != nil {
 					t.Fatalf("round %d, %s, %s: rr: %v", r, p.name, v, err)
 				}
 				add(v, "rr_wall", rr)
-				add(v, "rr", rrCPU)
+				add(v, "rr", rrRes.cpuRate())
 				if res, err = bulkLoad(client.NetNS, server.IPv4, bulkWindow); err != nil {
 					t.Fatalf("round %d, %s, %s: bulk: %v", r, p.name, v, err)
 				}

@@ -133,7 +133,7 @@ func TestEstablished(t *testing.T) {
 		visit := map[[2]string][]float64{}
 		for _, v := range order {
 			load(v)
-			rr, rrCPU, err := rrLoad(client.NetNS, server.IPv4, rrWindow)
+			rr, rrRes, err := rrLoad(client.NetNS, server.IPv4, rrWindow)
 			if err != nil {
 				t.Fatalf("round %d, %s: rr: %v", r, v, err)
 			}
@@ -145,7 +145,7 @@ func TestEstablished(t *testing.T) {
 			if err != nil {
 				t.Fatalf("round %d, %s: new flows: %v", r, v, err)
 			}
-			for m, x := range map[string]float64{"rr": rrCPU, "rr_wall": rr, "bulk": bulk.cpuRate(), "bulk_wall": bulk.rate(), "flow_ns": flow} {
+			for m, x := range map[string]float64{"rr": rrRes.cpuRate(), "rr_wall": rr, "bulk": bulk.cpuRate(), "bulk_wall": bulk.rate(), "flow_ns": flow} {
 				visit[[2]string{m, v}] = append(visit[[2]string{m, v}], x)
 			}
 		}

@@ -335,10 +335,10 @@ func latLoad(ns *nfttest.NetNS, dst netip.Addr, d time.Duration) (float64, float
 
 // rrLoad is request/response on one connection, one byte out and one back, for
 // d. It returns transactions per second from the median transaction time (see
-// latLoad for why the median), and per CPU-second.
-func rrLoad(ns *nfttest.NetNS, dst netip.Addr, d time.Duration) (float64, float64, error) {
+// latLoad for why the median), and the transactions with the CPU time they took.
+func rrLoad(ns *nfttest.NetNS, dst netip.Addr, d time.Duration) (float64, loadResult, error) {
 	durs := make([]float64, 0, 1<<16)
-	var cpu time.Duration
+	var res loadResult
 	err := ns.Do(func() error {
 		fd, err := dialIn(dst, rrPort, ioTimeout)
 		if err != nil {
@@ -347,8 +347,9 @@ func rrLoad(ns *nfttest.NetNS, dst netip.Addr, d time.Duration) (float64, float6
 		defer syscall.Close(fd)
 		b := []byte{'x'}
 		cpu0 := cpuTime()
-		defer func() { cpu = cpuTime() - cpu0 }()
-		deadline := time.Now().Add(d)
+		start := time.Now()
+		defer func() { res.cpu, res.elapsed = cpuTime()-cpu0, time.Since(start) }()
+		deadline := start.Add(d)
 		for i := 0; i < maxConnsPer && time.Now().Before(deadline); i++ {
 			t0 := time.Now()
 			if _, err := write(fd, b); err != nil {
@@ -361,7 +362,8 @@ func rrLoad(ns *nfttest.NetNS, dst netip.Addr, d time.Duration) (float64, float6
 		}
 		return nil
 	})
-	return 1e9 / benchproc.Median(durs), float64(len(durs)) / cpu.Seconds(), err
+	res.ops = int64(len(durs))
+	return 1e9 / benchproc.Median(durs), res, err
 }
 
 // bulkLoad writes as fast as it can on one connection for d.

@@ -203,7 +203,7 @@ func TestShapes(t *testing.T) {
 					t.Fatalf("round %d, %s: bulk: %v", r, loaded, err)
 				}
 				for m, x := range map[string]float64{"conn": conn.cpuRate(), "conn_ns": float64(conn.cpu.Nanoseconds()) / float64(max(conn.ops, 1)),
-					"flow_ns": flow, "rr": rr, "bulk": bulk.cpuRate()} {
+					"flow_ns": flow, "rr": rr.cpuRate(), "bulk": bulk.cpuRate()} {
 					visit[[2]string{m, v}] = append(visit[[2]string{m, v}], x)
 				}
 			}
