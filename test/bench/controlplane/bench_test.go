@@ -9,6 +9,7 @@
 package controlplane
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -219,6 +220,10 @@ func TestControlPlane(t *testing.T) {
 	if m, err = scrape(metricsURL); err == nil {
 		report("incremental_sync_mean_ms", "%.2f", 1000*m["nftpolicy_sync_duration_seconds_sum{kind=\"incremental\"}"]/
 			m["nftpolicy_sync_duration_seconds_count{kind=\"incremental\"}"])
+		// From the agent's histogram, interpolated within its buckets
+		// (1-2-5 steps), as Prometheus' histogram_quantile does.
+		report("incremental_sync_p50_ms", "%.2f", 1000*histQuantile(m, "nftpolicy_sync_duration_seconds", `kind="incremental"`, 0.5))
+		report("incremental_sync_p99_ms", "%.2f", 1000*histQuantile(m, "nftpolicy_sync_duration_seconds", `kind="incremental"`, 0.99))
 		report("apply_failures", "%.0f", m["nftpolicy_apply_failures_total"])
 	}
 	if m, err = scrape(metricsURL); err == nil {
@@ -326,6 +331,15 @@ func TestControlPlane(t *testing.T) {
 			report("b9_agent_heap_inuse_mib_"+enc, "%.1f", m["go_memstats_heap_inuse_bytes"]/(1<<20))
 		}
 		a.stop()
+	}
+
+	// 7. The full syncs after the first: every --full-sync-period (5 min by
+	// default) the agent lists its cache, compiles anew and rewrites its chains
+	// (drift repair), and events wait meanwhile. An agent with a short period,
+	// for three of them.
+	if err := measurePeriodicFullSync(ctx, startAgent, fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort), metricsURL,
+		filepath.Join(dir, "agent-fullsync.log"), report); err != nil {
+		t.Fatalf("periodic full syncs: %v", err)
 	}
 
 	bareLog := filepath.Join(dir, "bare.log")
@@ -712,4 +726,84 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// measurePeriodicFullSync starts an agent with a 5 s full-sync period and
+// reports the mean duration of its full syncs after the first, and how many.
+func measurePeriodicFullSync(ctx context.Context, startAgent func(string, ...string) (*process, error), readyURL, metricsURL, logPath string,
+	report func(string, string, ...any)) error {
+	const periodic = 3
+	a, err := startAgent(logPath, "--full-sync-period=5s")
+	if err != nil {
+		return err
+	}
+	defer a.stop()
+	if err := waitHTTP(ctx, readyURL, a, 2*time.Minute); err != nil {
+		return fmt.Errorf("agent not ready: %w", err)
+	}
+	const sum, count = `nftpolicy_sync_duration_seconds_sum{kind="full"}`, `nftpolicy_sync_duration_seconds_count{kind="full"}`
+	m0, err := scrape(metricsURL)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		m1, err := scrape(metricsURL)
+		if err != nil {
+			return err
+		}
+		if n := m1[count] - m0[count]; n >= periodic {
+			report("full_sync_periodic_ms", "%.1f", 1000*(m1[sum]-m0[sum])/n)
+			report("full_sync_periodic_n", "%.0f", n)
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%.0f full syncs in a minute, want %d", m1[count]-m0[count], periodic)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// histQuantile is the q-quantile of the histogram name (the series whose labels
+// contain label), interpolated linearly within the bucket it falls in, as
+// Prometheus' histogram_quantile does; NaN without observations.
+func histQuantile(m map[string]float64, name, label string, q float64) float64 {
+	type bucket struct{ le, n float64 }
+	var bs []bucket
+	for k, v := range m {
+		rest, ok := strings.CutPrefix(k, name+"_bucket{")
+		if !ok || !strings.Contains(rest, label) {
+			continue
+		}
+		_, le, ok := strings.Cut(rest, `le="`)
+		if !ok {
+			continue
+		}
+		le, _, _ = strings.Cut(le, `"`)
+		x, err := strconv.ParseFloat(le, 64) // "+Inf" parses as +Inf
+		if err != nil {
+			continue
+		}
+		bs = append(bs, bucket{x, v})
+	}
+	slices.SortFunc(bs, func(a, b bucket) int { return cmp.Compare(a.le, b.le) })
+	if len(bs) == 0 || bs[len(bs)-1].n == 0 {
+		return math.NaN()
+	}
+	rank := q * bs[len(bs)-1].n
+	lo, below := 0.0, 0.0
+	for _, b := range bs {
+		if b.n >= rank {
+			if math.IsInf(b.le, 1) {
+				return lo // beyond the last bound: its bound, as Prometheus does
+			}
+			return lo + (b.le-lo)*(rank-below)/max(b.n-below, 1e-9)
+		}
+		lo, below = b.le, b.n
+	}
+	return lo
 }
