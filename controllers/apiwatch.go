@@ -41,10 +41,13 @@ import (
 // apiLink also records what the informers do, which says whether a return
 // cost the apiserver a relist (nftpolicy_apiserver_requests_total{request}:
 // list, a full list; watch-list, a list streamed as a watch with initial
-// events; watch, a watch resumed from the last resourceVersion) and whether the
-// agent is in contact: /readyz reports a kind whose watch has been lost for
-// longer than apiGrace (liveness does not: an agent without its apiserver
-// still enforces its last table and must not be restarted for it).
+// events; watch, a watch from the last resourceVersion, which resumes unless
+// the apiserver refuses it as too old, 410, and a list or watch-list follows:
+// after a restart of the whole control plane, always but for the kind written
+// last, TestWatchesAcrossControlPlaneRestart) and whether the agent is in
+// contact: /readyz reports a kind whose watch has been lost for longer than
+// apiGrace (liveness does not: an agent without its apiserver still enforces
+// its last table and must not be restarted for it).
 
 // apiRetryMin and apiRetryMax bound the wait between two attempts of a request
 // that got no answer.
@@ -59,7 +62,7 @@ const (
 var (
 	apiRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nftpolicy_apiserver_requests_total",
-		Help: "Lists and watches the informers started, by kind and request (list, watch-list: a full list; watch: resumed from a resourceVersion).",
+		Help: "Lists and watches the informers started, by kind and request (list, watch-list: a full list; watch: from the last resourceVersion, a resume unless a list or watch-list follows).",
 	}, []string{"kind", "request"})
 	apiUnanswered = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nftpolicy_apiserver_unanswered_total",

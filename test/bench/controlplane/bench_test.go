@@ -265,7 +265,7 @@ func TestControlPlane(t *testing.T) {
 	}
 
 	// 4. The apiserver goes away for a minute (outage_test.go).
-	if err := measureOutage(ctx, cp, c, cl, rp, agent, fmt.Sprintf("http://127.0.0.1:%d", healthPort),
+	if err := measureOutage(ctx, cp, c, cl, rp, agent, fmt.Sprintf("http://127.0.0.1:%d", healthPort), metricsURL,
 		listMap, report, t.Logf); err != nil {
 		t.Fatalf("outage: %v", err)
 	}

@@ -23,7 +23,10 @@ import (
 // starts again with its data, a pod of node-0 gets an address at once, and the
 // benchmark measures how long after the apiserver's return the address is in
 // the kernel, and what the apiserver served to bring the agent up to date: a
-// resumed watch costs nothing, a relist every object.
+// resumed watch costs nothing, a relist every object. The agent's own request
+// counters say which each kind did: a watch resumes after a full restart only
+// if nothing else reached etcd after that kind's last event (docs/scale.md,
+// "Resumed or relisted?").
 
 const defaultOutage = time.Minute
 
@@ -40,11 +43,15 @@ func outageDuration() time.Duration {
 }
 
 func measureOutage(ctx context.Context, cp *framework.ControlPlane, c client.Client, cl *cluster.Cluster, rp restartPods,
-	agent *process, healthBase string, listMap func() (string, error), report func(string, string, ...any),
+	agent *process, healthBase, metricsURL string, listMap func() (string, error), report func(string, string, ...any),
 	logf func(string, ...any)) error {
 	outage := outageDuration()
 	if outage <= 0 {
 		return nil
+	}
+	agent0, err := scrape(metricsURL)
+	if err != nil {
+		return fmt.Errorf("the agent's metrics before the outage: %w", err)
 	}
 	pctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -166,6 +173,29 @@ func measureOutage(ctx context.Context, cp *framework.ControlPlane, c client.Cli
 	}
 	slices.Sort(lines)
 	logf("apiserver since its return:\n%s", strings.Join(lines, "\n"))
+
+	// What the agent asked, by kind: every kind's watch from its last
+	// resourceVersion, and a list or watch-list after it where the apiserver
+	// refused that as too old. A refused watch is relisted after the
+	// reflector's backoff (~1 s), which may not have passed yet.
+	time.Sleep(3 * time.Second)
+	agent1, err := scrape(metricsURL)
+	if err != nil {
+		return fmt.Errorf("the agent's metrics after the outage: %w", err)
+	}
+	var relisted []string
+	for _, kind := range []string{"pod", "namespace", "networkpolicy", "node"} {
+		delta := map[string]float64{}
+		for _, req := range []string{"watch", "list", "watch-list"} {
+			series := fmt.Sprintf(`nftpolicy_apiserver_requests_total{kind="%s",request="%s"}`, kind, req)
+			delta[req] = agent1[series] - agent0[series]
+		}
+		report("b8_agent_requests_"+kind, "watch %.0f, list %.0f, watch-list %.0f", delta["watch"], delta["list"], delta["watch-list"])
+		if delta["list"]+delta["watch-list"] > 0 {
+			relisted = append(relisted, kind)
+		}
+	}
+	report("b8_agent_relisted", "%q", strings.Join(relisted, ","))
 	return nil
 }
 
