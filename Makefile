@@ -53,7 +53,7 @@ test-e2e: build envtest-assets ## Run the end-to-end tests (real apiserver, agen
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" go test -count=1 -timeout $(TEST_TIMEOUT) $(GOTESTFLAGS) ./test/e2e/...
 
 .PHONY: bench
-bench: envtest-assets ## As root: datapath vs an iptables+ipset peer, netlink cost, control plane; summary lines last (~12 min).
+bench: envtest-assets ## As root: datapath vs an iptables+ipset peer, netlink cost, control plane; summary lines last (~16 min).
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" test/bench/run.sh
 
 .PHONY: bench-go
