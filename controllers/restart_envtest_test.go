@@ -230,15 +230,7 @@ func (r *restartRig) start(ctx context.Context) {
 	link := newAPILink(logr.Discard())
 	pl := &podLister{rc: r.core.RESTClient(), record: func(p *corev1.Pod) runtime.Object { return in.record(p) }}
 	link.podList = func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
-		req := r.note(restartPodKind, "list", opts)
-		if err := r.gate.wait(ctx); err != nil {
-			return nil, err
-		}
-		obj, err := pl.list(ctx, opts)
-		if err != nil {
-			r.refused(req, err.Error())
-		}
-		return obj, err
+		return r.listed(ctx, restartPodKind, opts, pl.list)
 	}
 	lws := map[string]struct {
 		lw  *toolscache.ListWatch
@@ -275,20 +267,27 @@ func (r *restartRig) start(ctx context.Context) {
 	}
 }
 
+// listed makes one list of kind through list, recorded, behind the gate, and
+// notes a refusal.
+func (r *restartRig) listed(ctx context.Context, kind string, opts metav1.ListOptions,
+	list func(context.Context, metav1.ListOptions) (runtime.Object, error)) (runtime.Object, error) {
+	req := r.note(kind, "list", opts)
+	if err := r.gate.wait(ctx); err != nil {
+		return nil, err
+	}
+	obj, err := list(ctx, opts)
+	if err != nil {
+		r.refused(req, err.Error())
+	}
+	return obj, err
+}
+
 // recorded wraps lw's watches with the recorder and the gate (the pod list
 // is the agent's own, link.podList).
 func (r *restartRig) recorded(kind string, lw *toolscache.ListWatch) *toolscache.ListWatch {
 	return &toolscache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
-			req := r.note(kind, "list", opts)
-			if err := r.gate.wait(ctx); err != nil {
-				return nil, err
-			}
-			obj, err := lw.ListWithContext(ctx, opts)
-			if err != nil {
-				r.refused(req, err.Error())
-			}
-			return obj, err
+			return r.listed(ctx, kind, opts, lw.ListWithContext)
 		},
 		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
 			verb := "watch"
