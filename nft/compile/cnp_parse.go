@@ -63,8 +63,14 @@ type cnpRule struct {
 	none, denyAll bool
 	peers         []*cnpPeer // OR; unsupported peers left out
 	allPorts      bool       // no protocols: every protocol and port
-	ports         []port     // numbered ports (lo-hi), name ""
-	named         []portRef  // destinationNamedPort, each with TCP, UDP and SCTP
+	// networks: some peer is networks (CIDRs), so the peer sets are interval
+	// sets. everyAddr[fi]: the networks cover every address of family fi (0
+	// IPv4, 1 IPv6), so that family needs no peer lookup nor set. Both derive
+	// from the peers, once (networksOfPeers).
+	networks  bool
+	everyAddr [2]bool
+	ports     []port    // numbered ports (lo-hi), name ""
+	named     []portRef // destinationNamedPort, each with TCP, UDP and SCTP
 }
 
 // cnpPeer is one peer: pods (sel.nsSel and sel.podSel; namespaces has podSel
@@ -278,6 +284,7 @@ func parseCNPRule(index int, ingress bool, name string, act cnpv1.ClusterNetwork
 	if r.none || r.denyAll {
 		r.peers, r.ports, r.named = nil, nil, nil
 	}
+	r.networksOfPeers()
 	return r
 }
 

@@ -11,7 +11,7 @@ import (
 
 // cnpSets computes the named sets of every rule of p, both directions: the peers'
 // addresses per family (`-v4`, `-v6`: interval sets with networks peers, hashes
-// without (hasNetworks); none for a family whose every address the rule's
+// without (networksOfPeers); none for a family whose every address the rule's
 // networks cover: ruleRules looks nothing up then), the exact protocols and ports (`-ports`, a
 // hash) and the wide port ranges (`-ranges`, an interval set) as splitPorts divides
 // them, each only when it has elements, and the destinations of named ports
@@ -45,8 +45,8 @@ func (ps *pass) cnpSets(p *clusterPolicy) []nft.Set {
 				if v6 {
 					typ = nft.TypeIPv6Addr
 				}
-				if needPeers && !r.everyAddr(v6) {
-					s := nft.Set{Name: p.setName(r, famSuffix("", v6)), Type: []nft.DataType{typ}, Interval: r.hasNetworks(),
+				if needPeers && !r.everyAddr[famIndex(v6)] {
+					s := nft.Set{Name: p.setName(r, famSuffix("", v6)), Type: []nft.DataType{typ}, Interval: r.networks,
 						Comment: comment("peers of " + what)}
 					for _, rg := range peers.elems(v6, nil) {
 						s.Elements = append(s.Elements, nft.Element{Key: []nft.Value{addrValue(rg)}})
@@ -88,21 +88,30 @@ func (ps *pass) cnpSets(p *clusterPolicy) []nft.Set {
 	return out
 }
 
-// hasNetworks reports whether some peer of the rule is networks (CIDRs): its peer
-// sets are then interval sets. Without networks every peer address is a pod's or
-// a node's, a single address, and the sets are hashes: a lookup that does not
-// grow with the peers, where an interval set's is a binary search over them (a
-// peer of every namespace holds every pod of the cluster; perf, B10's tiered
-// scenario: about 0.6 µs per new flow for that one lookup at 10,000 pods, 0.04
-// µs as a hash). A policy property, never a pod's: a rule's sets change type only when
-// its peers change kind.
-func (r *cnpRule) hasNetworks() bool {
+// networksOfPeers derives the rule's networks and everyAddr from its peers.
+// With networks the peer sets are interval sets; without, every peer address is
+// a pod's or a node's, a single address, and the sets are hashes: a lookup that
+// does not grow with the peers, where an interval set's is a binary search over
+// them (a peer of every namespace holds every pod of the cluster; perf, B10's
+// tiered scenario: about 0.6 µs per new flow for that one lookup at 10,000 pods,
+// 0.04 µs as a hash). A policy property, never a pod's: a rule's sets change type
+// only when its peers change kind. A family whose every address the networks
+// cover needs no lookup at all (a networks peer 0.0.0.0/0, ::/0).
+func (r *cnpRule) networksOfPeers() {
+	var nets []*addrSet
 	for _, pe := range r.peers {
 		if pe.cidrs != nil {
-			return true
+			nets = append(nets, pe.cidrs)
 		}
 	}
-	return false
+	r.networks = len(nets) > 0
+	if !r.networks {
+		return
+	}
+	u := unionAddrs(nets)
+	for fi := range r.everyAddr {
+		r.everyAddr[fi] = u.covers(allAddrs.cidrs[fi])
+	}
 }
 
 // cnpPeers is the addresses of a rule's peers: selected pods, networks, and the

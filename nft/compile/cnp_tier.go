@@ -175,10 +175,7 @@ func (g *tierGroup) name(taken map[string]bool) {
 // and destination swapped (addresses, and the destination port read as the reply's
 // source port), and an Admin egress Accept going on to ingress-tiers-reply.
 func (g *tierGroup) chainValue(v6 bool, strict bool, obs tierObserve) {
-	f := &g.fam[0]
-	if v6 {
-		f = &g.fam[1]
-	}
+	f := &g.fam[famIndex(v6)]
 	c := nft.Chain{Name: f.chain}
 	var reply nft.Chain
 	f.ruleOf, f.replyRuleOf = nil, nil
@@ -297,7 +294,7 @@ func (g *tierGroup) ruleRules(p *clusterPolicy, r *cnpRule, v6 bool, strict bool
 		peerKey, local = nft.KeyIP6Daddr, nft.KeyIP6Daddr
 	}
 	var peers []nft.Match
-	if !r.everyAddr(v6) {
+	if !r.everyAddr[famIndex(v6)] {
 		peers = []nft.Match{nft.InSet(p.setName(r, famSuffix("", v6)), peerKey)}
 	}
 	rule := func(ms []nft.Match, text string) nft.Rule {
@@ -326,20 +323,12 @@ func (g *tierGroup) ruleRules(p *clusterPolicy, r *cnpRule, v6 bool, strict bool
 	return out
 }
 
-// everyAddr reports whether the rule's networks peers cover every address of the
-// family: its peers then need no lookup in that family (nor a set).
-func (r *cnpRule) everyAddr(v6 bool) bool {
-	var nets []*addrSet
-	for _, pe := range r.peers {
-		if pe.cidrs != nil {
-			nets = append(nets, pe.cidrs)
-		}
-	}
-	all := allAddrs.cidrs[0]
+// famIndex is a family's index in per-family pairs: 0 IPv4, 1 IPv6.
+func famIndex(v6 bool) int {
 	if v6 {
-		all = allAddrs.cidrs[1]
+		return 1
 	}
-	return len(nets) > 0 && unionAddrs(nets).covers(all)
+	return 0
 }
 
 func famSuffix(prefix string, v6 bool) string {
