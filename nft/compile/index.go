@@ -48,30 +48,58 @@ func comparePods(a, b *podInfo) int {
 	return cmp.Or(strings.Compare(a.ns, b.ns), strings.Compare(a.name, b.name))
 }
 
-// podList is a list of pods kept in namespace/name order lazily: additions append,
-// and the list is sorted again on its next read.
+// podList is a list of pods in namespace/name order, kept so lazily that a bulk
+// load appends and an update or removal never scans it: items[:sorted] is in
+// order, items[sorted:] holds the pods added since the last read, in arrival
+// order. A read puts the tail in place (sorting only the tail and merging it when
+// it is small).
 type podList struct {
 	items  []*podInfo
-	sorted bool
+	sorted int
 }
 
 func (l *podList) add(p *podInfo) {
-	l.sorted = len(l.items) == 0 || (l.sorted && comparePods(l.items[len(l.items)-1], p) < 0)
+	if l.sorted == len(l.items) && (l.sorted == 0 || comparePods(l.items[l.sorted-1], p) < 0) {
+		l.sorted++
+	}
 	l.items = append(l.items, p)
 }
 
-func (l *podList) remove(p *podInfo) {
-	i := -1
-	if l.sorted {
-		if j, found := slices.BinarySearchFunc(l.items, p, comparePods); found && l.items[j] == p {
-			i = j
+// find returns p's position, or -1: a binary search of the ordered part, a scan
+// of the tail. A long tail (a bulk load no read has ordered yet) is put in place
+// first, once.
+func (l *podList) find(p *podInfo) int {
+	if len(l.items)-l.sorted > 32 {
+		l.list()
+	}
+	if i, found := slices.BinarySearchFunc(l.items[:l.sorted], p, comparePods); found && l.items[i] == p {
+		return i
+	}
+	for i := l.sorted; i < len(l.items); i++ {
+		if l.items[i] == p {
+			return i
 		}
-	} else {
-		i = slices.Index(l.items, p)
 	}
-	if i >= 0 {
+	return -1
+}
+
+func (l *podList) remove(p *podInfo) {
+	if i := l.find(p); i >= 0 {
 		l.items = slices.Delete(l.items, i, i+1)
+		if i < l.sorted {
+			l.sorted--
+		}
 	}
+}
+
+// replace puts cur where old is: both are versions of one pod (one namespace and
+// name), so the order holds. It reports whether old was there.
+func (l *podList) replace(old, cur *podInfo) bool {
+	if i := l.find(old); i >= 0 {
+		l.items[i] = cur
+		return true
+	}
+	return false
 }
 
 // list returns the pods in namespace/name order; valid until the next change.
@@ -79,11 +107,32 @@ func (l *podList) list() []*podInfo {
 	if l == nil {
 		return nil
 	}
-	if !l.sorted {
-		slices.SortFunc(l.items, comparePods)
-		l.sorted = true
+	if n := len(l.items) - l.sorted; n > 0 {
+		if n > len(l.items)/8 {
+			slices.SortFunc(l.items, comparePods)
+		} else {
+			l.mergeTail()
+		}
+		l.sorted = len(l.items)
 	}
 	return l.items
+}
+
+// mergeTail sorts the short unordered tail and merges it into the ordered part,
+// from the back, in place: O(len) moves instead of a sort of the whole list.
+func (l *podList) mergeTail() {
+	tail := slices.Clone(l.items[l.sorted:])
+	slices.SortFunc(tail, comparePods)
+	i, j := l.sorted-1, len(tail)-1
+	for w := len(l.items) - 1; j >= 0; w-- {
+		if i >= 0 && comparePods(l.items[i], tail[j]) > 0 {
+			l.items[w] = l.items[i]
+			i--
+		} else {
+			l.items[w] = tail[j]
+			j--
+		}
+	}
 }
 
 func (l *podList) len() int {
@@ -135,41 +184,87 @@ func (ix *index) setPod(key objKey, p *Pod) (old, cur *podInfo) {
 			pi.ref = key.ns + "/" + key.name
 		}
 	}
-	if old == nil && pi == nil {
+	switch {
+	case old == nil && pi == nil:
 		return nil, nil
-	}
-	if old != nil {
+	case old != nil && pi != nil:
+		ix.replacePod(old, pi)
+	case old != nil:
 		ix.removePod(old)
-	}
-	if pi != nil {
+	default:
 		ix.insertPod(pi)
 	}
 	ix.byAddr = nil
 	return old, pi
 }
 
+// replacePod puts cur, a new version of old, in old's place in every list that
+// holds both, and moves it only in the label lists its label changes concern: a
+// pod's update costs its labels, not the lists' lengths.
+func (ix *index) replacePod(old, cur *podInfo) {
+	ix.pods[objKey{cur.ns, cur.name}] = cur
+	ix.all.replace(old, cur)
+	ix.byNS[cur.ns].replace(old, cur)
+	switch {
+	case old.local && cur.local:
+		ix.local.replace(old, cur)
+	case old.local:
+		ix.local.remove(old)
+	case cur.local:
+		ix.local.add(cur)
+	}
+	for k, v := range old.labels {
+		if w, ok := cur.labels[k]; ok {
+			ix.byKey[k].replace(old, cur)
+			if w == v {
+				ix.byLabel[labelKV{k, v}].replace(old, cur)
+				continue
+			}
+		} else {
+			removeFrom(ix.byKey, k, old)
+		}
+		removeFrom(ix.byLabel, labelKV{k, v}, old)
+	}
+	for k, v := range cur.labels {
+		if w, ok := old.labels[k]; ok && w == v {
+			continue
+		}
+		addTo(ix.byLabel, labelKV{k, v}, cur)
+		if _, ok := old.labels[k]; !ok {
+			addTo(ix.byKey, k, cur)
+		}
+	}
+}
+
+// addTo adds p to the list at m[k], making the list if need be.
+func addTo[K comparable](m map[K]*podList, k K, p *podInfo) {
+	l := m[k]
+	if l == nil {
+		l = &podList{}
+		m[k] = l
+	}
+	l.add(p)
+}
+
+// removeFrom removes p from the list at m[k], and the list when it empties.
+func removeFrom[K comparable](m map[K]*podList, k K, p *podInfo) {
+	if l := m[k]; l != nil {
+		if l.remove(p); len(l.items) == 0 {
+			delete(m, k)
+		}
+	}
+}
+
 func (ix *index) insertPod(p *podInfo) {
 	ix.pods[objKey{p.ns, p.name}] = p
 	ix.all.add(p)
-	l := ix.byNS[p.ns]
-	if l == nil {
-		l = &podList{}
-		ix.byNS[p.ns] = l
-	}
-	l.add(p)
+	addTo(ix.byNS, p.ns, p)
 	if p.local {
 		ix.local.add(p)
 	}
 	for k, v := range p.labels {
-		kv := labelKV{k, v}
-		if ix.byLabel[kv] == nil {
-			ix.byLabel[kv] = &podList{}
-		}
-		ix.byLabel[kv].add(p)
-		if ix.byKey[k] == nil {
-			ix.byKey[k] = &podList{}
-		}
-		ix.byKey[k].add(p)
+		addTo(ix.byLabel, labelKV{k, v}, p)
+		addTo(ix.byKey, k, p)
 	}
 	ix.nsPods[p.ns]++
 	if _, ok := ix.nsLabels[p.ns]; !ok {
@@ -183,26 +278,13 @@ func (ix *index) insertPod(p *podInfo) {
 func (ix *index) removePod(p *podInfo) {
 	delete(ix.pods, objKey{p.ns, p.name})
 	ix.all.remove(p)
-	if l := ix.byNS[p.ns]; l != nil {
-		if l.remove(p); len(l.items) == 0 {
-			delete(ix.byNS, p.ns)
-		}
-	}
+	removeFrom(ix.byNS, p.ns, p)
 	if p.local {
 		ix.local.remove(p)
 	}
 	for k, v := range p.labels {
-		kv := labelKV{k, v}
-		if l := ix.byLabel[kv]; l != nil {
-			if l.remove(p); len(l.items) == 0 {
-				delete(ix.byLabel, kv)
-			}
-		}
-		if l := ix.byKey[k]; l != nil {
-			if l.remove(p); len(l.items) == 0 {
-				delete(ix.byKey, k)
-			}
-		}
+		removeFrom(ix.byLabel, labelKV{k, v}, p)
+		removeFrom(ix.byKey, k, p)
 	}
 	if ix.nsPods[p.ns]--; ix.nsPods[p.ns] <= 0 {
 		delete(ix.nsPods, p.ns)

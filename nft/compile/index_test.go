@@ -1,0 +1,116 @@
+package compile
+
+import (
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/labels"
+)
+
+// TestPodListAgainstMap drives a podList with random additions, removals,
+// replacements and reads, bulk and one at a time, and checks every read
+// against the set it should hold, in order.
+func TestPodListAgainstMap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 200 {
+		var l podList
+		want := map[objKey]*podInfo{}
+		pod := func() *podInfo {
+			k := objKey{fmt.Sprintf("ns-%d", rng.IntN(5)), fmt.Sprintf("p-%03d", rng.IntN(300))}
+			return &podInfo{Pod: &Pod{ns: k.ns, name: k.name}}
+		}
+		for range rng.IntN(400) { // a bulk load, in any order
+			if p := pod(); want[objKey{p.ns, p.name}] == nil {
+				want[objKey{p.ns, p.name}] = p
+				l.add(p)
+			}
+		}
+		for op := range 300 {
+			switch p := pod(); {
+			case rng.IntN(4) == 0:
+				check(t, round, op, l.list(), want)
+			case want[objKey{p.ns, p.name}] == nil:
+				want[objKey{p.ns, p.name}] = p
+				l.add(p)
+			case rng.IntN(2) == 0:
+				old := want[objKey{p.ns, p.name}]
+				want[objKey{p.ns, p.name}] = p
+				if !l.replace(old, p) {
+					t.Fatalf("round %d op %d: replace did not find %s/%s", round, op, p.ns, p.name)
+				}
+			default:
+				l.remove(want[objKey{p.ns, p.name}])
+				delete(want, objKey{p.ns, p.name})
+			}
+			if l.len() != len(want) {
+				t.Fatalf("round %d op %d: %d pods, want %d", round, op, l.len(), len(want))
+			}
+		}
+		check(t, round, -1, l.list(), want)
+	}
+}
+
+func check(t *testing.T, round, op int, got []*podInfo, want map[objKey]*podInfo) {
+	t.Helper()
+	keys := slices.SortedFunc(maps.Keys(want), compareKeys)
+	if len(got) != len(keys) {
+		t.Fatalf("round %d op %d: list has %d pods, want %d", round, op, len(got), len(keys))
+	}
+	for i, k := range keys {
+		if got[i] != want[k] {
+			t.Fatalf("round %d op %d: list[%d] is %s/%s, want %s/%s", round, op, i, got[i].ns, got[i].name, k.ns, k.name)
+		}
+	}
+}
+
+// TestIndexReplacePod checks that a pod's new version replaces the old one in
+// the label lists its labels keep and moves between those its changes concern.
+func TestIndexReplacePod(t *testing.T) {
+	ix := newIndex("n1")
+	mk := func(node string, l labels.Set) *Pod {
+		return &Pod{ns: "a", name: "p", node: node, labels: l, addrs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}
+	}
+	ix.setPod(objKey{"a", "q"}, &Pod{ns: "a", name: "q", node: "n1", labels: labels.Set{"app": "x", "tier": "t"}, addrs: []netip.Addr{netip.MustParseAddr("10.0.0.2")}})
+	_, v1 := ix.setPod(objKey{"a", "p"}, mk("n1", labels.Set{"app": "x", "tier": "t", "gone": "1"}))
+	old, v2 := ix.setPod(objKey{"a", "p"}, mk("n2", labels.Set{"app": "x", "tier": "u", "new": "2"}))
+	if old != v1 {
+		t.Fatalf("setPod returned %p as the old version, want %p", old, v1)
+	}
+	names := func(l *podList) []string {
+		var out []string
+		for _, p := range l.list() {
+			out = append(out, p.name)
+		}
+		return out
+	}
+	for _, c := range []struct {
+		what string
+		l    *podList
+		want []string
+	}{
+		{"all", &ix.all, []string{"p", "q"}},
+		{"namespace a", ix.byNS["a"], []string{"p", "q"}},
+		{"local", &ix.local, []string{"q"}},
+		{"app=x", ix.byLabel[labelKV{"app", "x"}], []string{"p", "q"}},
+		{"tier=t", ix.byLabel[labelKV{"tier", "t"}], []string{"q"}},
+		{"tier=u", ix.byLabel[labelKV{"tier", "u"}], []string{"p"}},
+		{"tier", ix.byKey["tier"], []string{"p", "q"}},
+		{"new", ix.byKey["new"], []string{"p"}},
+	} {
+		if got := names(c.l); !slices.Equal(got, c.want) {
+			t.Errorf("%s: %v, want %v", c.what, got, c.want)
+		}
+		for _, p := range c.l.list() {
+			if p.name == "p" && p != v2 {
+				t.Errorf("%s holds an old version of a/p", c.what)
+			}
+		}
+	}
+	if ix.byKey["gone"] != nil || ix.byLabel[labelKV{"gone", "1"}] != nil {
+		t.Error("the lists of a label the pod lost are still there")
+	}
+}
