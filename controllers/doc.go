@@ -12,7 +12,11 @@
 // each event names the object that changed, and a sync reads only those objects
 // from the cache and recompiles only the groups they can affect; the applier
 // (nft/netlink with ShareDesired) keeps the compiler's ruleset rather than a copy
-// and sends the difference. A full sync (start, failure, --full-sync-period) reads
+// and sends the difference. When the changes read could not change the table
+// (compile.Compiler.Unchanged: another node's pod that no set holds and no peer
+// selects, before or after; most of a large cluster's pod churn, seen from one
+// node), the sync ends there, kind "unchanged": nothing compiled, planned or sent.
+// A full sync (start, failure, --full-sync-period) reads
 // the cache into a new Compiler (pods in place, from the informer's store),
 // replaces the table whole and then returns free memory to the OS.
 // BenchmarkIncrementalSync and BenchmarkFullSync measure both, and

@@ -16,12 +16,12 @@ var (
 	})
 	syncDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "nftpolicy_sync_duration_seconds",
-		Help:    "Duration of one sync (snapshot, compile, apply), by kind (full or incremental).",
+		Help:    "Duration of one sync (snapshot, compile, apply), by kind (full, incremental, or unchanged: its events could not change the table, so nothing was compiled or applied).",
 		Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2},
 	}, []string{"kind"})
 	syncsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nftpolicy_syncs_total",
-		Help: "Syncs by kind (full, incremental) and result (ok, error).",
+		Help: "Syncs by kind (full, incremental, unchanged) and result (ok, error).",
 	}, []string{"kind", "result"})
 	applyFailures = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "nftpolicy_apply_failures_total",

@@ -45,7 +45,8 @@ import (
 //
 // The reconciler keeps a compile.Compiler across syncs: each event also records
 // which object changed, and an incremental sync reads only those objects from the
-// cache and recompiles only what they can affect. A full sync (at start, after a
+// cache and recompiles only what they can affect, or nothing at all when they
+// cannot change the table (compile.Compiler.Unchanged). A full sync (at start, after a
 // failure, every FullSyncPeriod) lists the cache and builds a new Compiler, so any
 // missed event is repaired there.
 type NodeReconciler struct {
@@ -350,6 +351,19 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 		return reconcile.Result{RequeueAfter: nodeWaitRetry}, nil
 	}
 	r.unapplied = false
+	if !full && r.compiler.Unchanged() {
+		// The events read could not change the table (another node's pod that
+		// no set holds and no peer selects, before or after): the table in
+		// force is the one Compile would return. Nothing to compile, plan or
+		// send; the event is served.
+		syncDuration.WithLabelValues("unchanged").Observe(time.Since(now).Seconds())
+		syncsTotal.WithLabelValues("unchanged", "ok").Inc()
+		log.V(2).Info("synced: nothing to change", "changes", len(changes))
+		if r.OnSynced != nil {
+			r.OnSynced()
+		}
+		return r.requeue(), nil
+	}
 	desired, problems := r.compiler.Compile()
 	r.reportProblems(ctx, log, problems)
 	if err := r.stampEpoch(desired, log); err != nil {
@@ -410,11 +424,16 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	if r.OnSynced != nil {
 		r.OnSynced()
 	}
+	return r.requeue(), nil
+}
+
+// requeue is a successful sync's result: the next periodic full sync, if any.
+func (r *NodeReconciler) requeue() reconcile.Result {
 	var res reconcile.Result
 	if r.FullSyncPeriod > 0 {
 		res.RequeueAfter = r.FullSyncPeriod - time.Since(r.lastFull)
 	}
-	return res, nil
+	return res
 }
 
 // restorePending puts back the event time a failed sync did not serve.

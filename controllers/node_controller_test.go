@@ -13,6 +13,7 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -311,6 +312,41 @@ var _ = Describe("node reconciler", func() {
 			Eventually(func() string { return normalize(list(real), f.sfx) }, 10*time.Second, 20*time.Millisecond).Should(Equal(want), "step %s", s.name)
 		}
 	}, SpecTimeout(3*time.Minute))
+
+	It("serves an event no table depends on without compiling or a kernel transaction, and the next that matters as before", func(ctx SpecContext) {
+		fake := nfttest.NewFake()
+		startAgent(fake, 0)
+		f := newFixture()
+		f.namespace(ctx, "quiet", map[string]string{})
+		f.pod(ctx, "quiet", "a", podOpts{node: "node-1", ips: []string{"10.1.0.1"}})
+		f.pod(ctx, "quiet", "r", podOpts{node: "node-2", ips: []string{"10.2.0.77"}})
+		np := &networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Namespace: f.ns("quiet"), Name: "from-friends"},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"pod": "a"}},
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{
+					{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"friend": "yes"}}}}}},
+			},
+		}
+		Expect(k8sClient.Create(ctx, np)).To(Succeed())
+		dump := func() string { return fake.Dump() }
+		Eventually(dump, 10*time.Second, 10*time.Millisecond).Should(ContainSubstring("from-friends"))
+		settled := dump()
+		Consistently(dump, 300*time.Millisecond, 20*time.Millisecond).Should(Equal(settled))
+
+		unchanged := func() float64 { return testutil.ToFloat64(syncsTotal.WithLabelValues("unchanged", "ok")) }
+		before, applies := unchanged(), fake.Calls().Apply
+		By("a label no policy reads, on another node's pod")
+		f.relabel(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: f.ns("quiet"), Name: "r"}}, "unread", "1")
+		Eventually(unchanged, 10*time.Second, 10*time.Millisecond).Should(BeNumerically(">", before))
+		Consistently(func() int { return fake.Calls().Apply }, 300*time.Millisecond, 20*time.Millisecond).Should(Equal(applies))
+		Expect(dump()).To(Equal(settled))
+
+		By("a label the policy's peer selects, on the same pod")
+		f.relabel(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: f.ns("quiet"), Name: "r"}}, "friend", "yes")
+		Eventually(dump, 10*time.Second, 10*time.Millisecond).Should(ContainSubstring("10.2.0.77"))
+		Expect(fake.Calls().Apply).To(BeNumerically(">", applies))
+	}, SpecTimeout(time.Minute))
 
 	It("coalesces a burst of 1,000 pod events: at most one sync per MinSyncInterval, fewer syncs than events", func(ctx SpecContext) {
 		fake := nfttest.NewFake()

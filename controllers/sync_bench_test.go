@@ -73,11 +73,15 @@ func (m *memReader) List(_ context.Context, list client.ObjectList, _ ...client.
 // planApplier is the netlink Applier without a kernel: it plans each transaction
 // against what it applied last and keeps that, as the real one does with
 // Options.ShareDesired (cmd/nftpolicy sets it).
-type planApplier struct{ last *nft.Ruleset }
+type planApplier struct {
+	last    *nft.Ruleset
+	applies int
+}
 
 func (a *planApplier) Apply(_ context.Context, desired *nft.Ruleset) (nft.Stats, error) {
 	tx := nft.Plan(a.last, desired)
 	a.last = desired
+	a.applies++
 	return tx.Stats(), nil
 }
 
@@ -98,44 +102,61 @@ var benchShapes = []struct {
 // benchmark's scales (10k pods, 1k policies, 100 namespaces; 100k pods, 5k
 // policies, 2,000 namespaces) after one remote pod changed its labels: what each
 // event costs the agent, apart from the kernel. tier: the pod alternates between
-// two tiers, which tier selectors of its namespace's policies read, so their
-// groups are refilled; unread: it gains and loses a label no policy reads.
+// two tiers, which a tier selector of a policy on node-0 reads, so its groups are
+// refilled and the table changes; unread: it gains and loses a label no policy
+// reads, so the sync finds nothing to change (kind "unchanged").
 func BenchmarkIncrementalSync(b *testing.B) {
 	for _, sh := range benchShapes {
 		nss, store, pods, nps := benchCluster(sh.shape)
 		for _, kind := range []string{"tier", "unread"} {
 			b.Run(sh.name+"/"+kind, func(b *testing.B) {
 				reader := &memReader{nss: nss, nps: nps}
-				r := &NodeReconciler{Reader: reader, Pods: storePods{store}, NodeName: "node-0", Table: nft.DefaultTable, Applier: &planApplier{}}
+				applier := &planApplier{}
+				r := &NodeReconciler{Reader: reader, Pods: storePods{store}, NodeName: "node-0", Table: nft.DefaultTable, Applier: applier}
 				ctx := context.Background()
 				if _, err := r.Reconcile(ctx, r.request()); err != nil {
 					b.Fatal(err)
 				}
 				in := &podInterner{}
-				orig := pods[1] // on node-1
-				changed := orig.DeepCopy()
-				if kind == "tier" {
-					changed.Labels = map[string]string{"app": orig.Labels["app"], "tier": "tier-x"}
-				} else {
-					changed.Labels["churn"] = "c1"
-				}
-				recs := []*cachedPod{in.record(changed), in.record(orig)}
-				b.ReportAllocs()
-				n := 0
-				for b.Loop() {
-					rec := recs[n%2]
+				// sync sets the pod's record and reports whether the table changed.
+				sync := func(rec *cachedPod) bool {
 					if err := store.Update(rec); err != nil {
 						b.Fatal(err)
 					}
 					r.noteDirty(rec)
-					n++
+					before := applier.applies
 					if _, err := r.Reconcile(ctx, r.request()); err != nil {
 						b.Fatal(err)
 					}
+					return applier.applies > before
 				}
-				if err := store.Update(recs[1]); err != nil {
-					b.Fatal(err)
+				var recs []*cachedPod
+				for _, orig := range pods { // the first remote pod that does what kind says
+					if orig.Spec.NodeName == "node-0" {
+						continue
+					}
+					changed := orig.DeepCopy()
+					if kind == "tier" {
+						changed.Labels = map[string]string{"app": orig.Labels["app"], "tier": "tier-x"}
+					} else {
+						changed.Labels["churn"] = "c1"
+					}
+					recs = []*cachedPod{in.record(changed), in.record(orig)}
+					if sync(recs[0]) == (kind == "tier") && sync(recs[1]) == (kind == "tier") {
+						break
+					}
+					recs = nil
 				}
+				if recs == nil {
+					b.Fatalf("no remote pod whose %s change does what the benchmark says", kind)
+				}
+				b.ReportAllocs()
+				n := 0
+				for b.Loop() {
+					sync(recs[n%2])
+					n++
+				}
+				sync(recs[1])
 			})
 		}
 	}

@@ -23,6 +23,7 @@ func (c *Compiler) SetClusterNetworkPolicy(cnp *cnpv1.ClusterNetworkPolicy) {
 	p, problems := parseClusterPolicy(cnp)
 	c.cnps[cnp.Name] = &clusterEntry{p: p, problems: problems}
 	c.cnpOrder = nil
+	c.changed = true
 	delete(c.cnpCached, cnp.Name)
 }
 
@@ -33,6 +34,7 @@ func (c *Compiler) DeleteClusterNetworkPolicy(name string) {
 	}
 	delete(c.cnps, name)
 	c.cnpOrder = nil
+	c.changed = true
 	delete(c.cnpCached, name)
 }
 
@@ -59,6 +61,7 @@ func (c *Compiler) nodeChanged(old, cur *nodeInfo) {
 	if old != nil && cur != nil && maps.Equal(old.labels, cur.labels) && slices.Equal(old.addrs, cur.addrs) {
 		return
 	}
+	c.changed = true // the tier pass lists the nodes at every compilation
 	c.dropCNPs(func(p *clusterPolicy) bool {
 		return p.anyPeer(func(pe *cnpPeer) bool {
 			return pe.nodeSel != nil && ((old != nil && pe.nodeSel.Matches(old.labels)) || (cur != nil && pe.nodeSel.Matches(cur.labels)))
@@ -69,8 +72,8 @@ func (c *Compiler) nodeChanged(old, cur *nodeInfo) {
 // podChangedTiers drops the cached sets a pod change can affect: a pod peer selects
 // the pod (before or after), or the pod is a local subject of a policy whose ingress
 // named ports are resolved on its subjects.
-func (c *Compiler) podChangedTiers(old, cur *podInfo) {
-	c.dropCNPs(func(p *clusterPolicy) bool {
+func (c *Compiler) podChangedTiers(old, cur *podInfo) bool {
+	return c.dropCNPs(func(p *clusterPolicy) bool {
 		for _, pod := range []*podInfo{old, cur} {
 			if pod == nil {
 				continue
@@ -102,12 +105,15 @@ func (c *Compiler) namespaceChangedTiers(before, after labels.Set) {
 	})
 }
 
-// dropCNPs forgets the cached sets of the policies for which affected is true.
-func (c *Compiler) dropCNPs(affected func(*clusterPolicy) bool) {
+// dropCNPs forgets the cached sets of the policies for which affected is true,
+// and reports whether there were any.
+func (c *Compiler) dropCNPs(affected func(*clusterPolicy) bool) bool {
+	n := len(c.cnpCached)
 	maps.DeleteFunc(c.cnpCached, func(name string, _ []nft.Set) bool {
 		e := c.cnps[name]
 		return e == nil || e.p == nil || affected(e.p)
 	})
+	return len(c.cnpCached) < n
 }
 
 // cnpProblems returns the ClusterNetworkPolicies' problems, by name.

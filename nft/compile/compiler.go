@@ -24,6 +24,9 @@ import (
 // those with a namespaceSelector whose verdict on it changed; a policy change those
 // that the policy is part of. Compile refills the dropped and new groups, and rebuilds
 // only what is proportional to this node's pods (grouping and the verdict maps).
+// When no change since the last Compile dropped a group or touched this node's pods,
+// policies, namespaces' labels or nodes, Unchanged says so and Compile would return
+// the same table: the agent skips that sync.
 //
 // The Set methods keep no reference to the object itself, only to its strings,
 // label map and, for policies, the parsed spec: the caller must not modify them
@@ -38,10 +41,14 @@ type Compiler struct {
 	ix     *index
 	pols   map[objKey]*policyEntry
 	byNS   map[string][]*policy    // by name
-	order  []objKey                // policy keys, sorted; nil when stale
+	order  []*policyEntry          // the policies in key order; nil when stale
 	cached map[string]*cachedGroup // by group key, from the last Compile
 	keys   *keyTable
 	strict *strictMode // nil: keep mode
+	// changed is false when nothing recorded since the last Compile can change
+	// its result (Unchanged): a pod no peer's verdict and no node-local rule
+	// depends on, or a version of an object alike to the compiler.
+	changed bool
 
 	// ClusterNetworkPolicy tiers (cnp_compiler.go).
 	cnps      map[string]*clusterEntry
@@ -62,14 +69,15 @@ func NewCompiler(node string, opts Options) *Compiler {
 		table = nft.DefaultTable
 	}
 	return &Compiler{
-		table:  table,
-		opts:   opts,
-		ix:     newIndex(node),
-		pols:   map[objKey]*policyEntry{},
-		byNS:   map[string][]*policy{},
-		cached: map[string]*cachedGroup{},
-		keys:   newKeyTable(),
-		strict: newStrict(opts),
+		changed: true,
+		table:   table,
+		opts:    opts,
+		ix:      newIndex(node),
+		pols:    map[objKey]*policyEntry{},
+		byNS:    map[string][]*policy{},
+		cached:  map[string]*cachedGroup{},
+		keys:    newKeyTable(),
+		strict:  newStrict(opts),
 
 		cnps:      map[string]*clusterEntry{},
 		cnpCached: map[string][]nft.Set{},
@@ -99,19 +107,26 @@ func (c *Compiler) setPod(key objKey, p *Pod) {
 	if samePod(old, cur) {
 		return
 	}
+	var dropped bool
 	if old != nil && cur != nil && sameButLabels(old, cur) {
 		// A group's sets hold the pod's addresses (and ports) for the peers that
 		// select it: with those unchanged, only a peer whose verdict on the pod
 		// changed changes them. A label no peer reads drops nothing.
-		c.drop(func(f *cachedGroup) bool {
+		dropped = c.drop(func(f *cachedGroup) bool {
 			return f.anyPeer(func(pol *policy, pe *peer) bool {
 				return peerSelects(c.ix, pol, pe, old) != peerSelects(c.ix, pol, pe, cur)
 			})
 		})
 	} else {
-		c.drop(func(f *cachedGroup) bool { return f.selects(c.ix, old) || f.selects(c.ix, cur) })
+		dropped = c.drop(func(f *cachedGroup) bool { return f.selects(c.ix, old) || f.selects(c.ix, cur) })
 	}
-	c.podChangedTiers(old, cur)
+	dropped = c.podChangedTiers(old, cur) || dropped
+	// Beyond the cached sets, a compilation reads only the node's own pods
+	// (grouping, verdict maps, address problems, tier subjects): another node's
+	// pod that no cached set depends on changes nothing.
+	if dropped || (old != nil && old.local) || (cur != nil && cur.local) {
+		c.changed = true
+	}
 }
 
 // sameButLabels reports whether two versions of a pod differ at most in labels.
@@ -142,6 +157,8 @@ func (c *Compiler) namespaceChanged(before, after labels.Set) {
 	if maps.Equal(before, after) {
 		return
 	}
+	// The tiers' subjects are matched on namespace labels at every compilation.
+	c.changed = true
 	c.drop(func(f *cachedGroup) bool {
 		return f.anyPeer(func(_ *policy, pe *peer) bool {
 			return pe.nsSel != nil && pe.nsSel.Matches(before) != pe.nsSel.Matches(after)
@@ -157,6 +174,7 @@ func (c *Compiler) SetPolicy(np *networkingv1.NetworkPolicy) {
 	p, problems := parsePolicy(np)
 	c.pols[key] = &policyEntry{p: p, problems: problems}
 	c.order = nil
+	c.changed = true
 	list := c.byNS[p.ns]
 	i, _ := slices.BinarySearchFunc(list, p.name, func(q *policy, name string) int { return strings.Compare(q.name, name) })
 	c.byNS[p.ns] = slices.Insert(list, i, p)
@@ -174,6 +192,7 @@ func (c *Compiler) removePolicy(key objKey) {
 	}
 	delete(c.pols, key)
 	c.order = nil
+	c.changed = true
 	c.byNS[key.ns] = slices.DeleteFunc(c.byNS[key.ns], func(q *policy) bool { return q == old.p })
 	if len(c.byNS[key.ns]) == 0 {
 		delete(c.byNS, key.ns)
@@ -186,20 +205,31 @@ func (c *Compiler) removePolicy(key objKey) {
 // never modified: callers may keep it and share it between goroutines.
 func (c *Compiler) Attribution() *Attribution { return c.attrib }
 
-// drop forgets the groups for which affected is true.
-func (c *Compiler) drop(affected func(*cachedGroup) bool) {
+// drop forgets the groups for which affected is true, and reports whether there
+// were any.
+func (c *Compiler) drop(affected func(*cachedGroup) bool) bool {
+	n := len(c.cached)
 	maps.DeleteFunc(c.cached, func(_ string, f *cachedGroup) bool { return affected(f) })
+	return len(c.cached) < n
 }
+
+// Unchanged reports whether Compile would return what it returned last, table
+// and problems alike: nothing recorded since then can change them. False before
+// the first Compile. The agent skips a sync on it (an event no table depends on).
+func (c *Compiler) Unchanged() bool { return !c.changed }
 
 // Compile returns the table for every object recorded so far, and the problems
 // found, as Compile(Snapshot) does.
 func (c *Compiler) Compile() (*nft.Ruleset, []Problem) {
 	problems := c.ix.addressProblems()
 	if c.order == nil {
-		c.order = slices.SortedFunc(maps.Keys(c.pols), compareKeys)
+		c.order = make([]*policyEntry, 0, len(c.pols))
+		for _, k := range slices.SortedFunc(maps.Keys(c.pols), compareKeys) {
+			c.order = append(c.order, c.pols[k])
+		}
 	}
-	for _, k := range c.order {
-		problems = append(problems, c.pols[k].problems...)
+	for _, e := range c.order {
+		problems = append(problems, e.problems...)
 	}
 	problems = append(problems, c.cnpProblems()...)
 	p := newPass(c.ix, c.byNS, c.keys, c.opts)
@@ -210,6 +240,7 @@ func (c *Compiler) Compile() (*nft.Ruleset, []Problem) {
 	}
 	rs, at := p.ruleset(c.table)
 	c.attrib = at
+	c.changed = false
 	// Bound the key table: drop it when it holds more than twice the keys the
 	// ruleset uses (plus slack); the next fills start a new one.
 	if n := len(c.keys.keys); n > 4096 && n > 2*rs.Counts().Elements {

@@ -61,7 +61,7 @@ func compilerMatchesCompile(t *testing.T, gen func(*rand.Rand) world, cases int)
 	if testing.Short() {
 		cases /= 10
 	}
-	compared := 0
+	compared, unchanged := 0, 0
 	for i := range cases {
 		rng := rand.New(rand.NewPCG(seed, uint64(i)))
 		w := gen(rng)
@@ -94,11 +94,23 @@ func compilerMatchesCompile(t *testing.T, gen func(*rand.Rand) world, cases int)
 			c.SetClusterNetworkPolicy(cnp)
 		}
 		var log []string
+		var last string // the last result, rendered
+		var lastProblems []Problem
 		for step := range steps {
 			if step%(1+rng.IntN(3)) == 0 {
+				same := c.Unchanged()
 				got, gotProblems := c.Compile()
 				want, wantProblems := Compile(cl.snapshot(node), opts)
 				compared++
+				if same {
+					// The agent skips the sync: the fresh result must be the last one.
+					unchanged++
+					if w := nft.Render(want); w != last || !slices.Equal(wantProblems, lastProblems) {
+						t.Fatalf("seed %d case %d: Unchanged after:\n%s\nlast:\n%s\nfresh:\n%s\nproblems %v, last %v",
+							seed, i, strings.Join(log, "\n"), last, w, wantProblems, lastProblems)
+					}
+				}
+				last, lastProblems = nft.Render(got), gotProblems
 				if g, w := nft.Render(got), nft.Render(want); g != w {
 					t.Fatalf("seed %d case %d (rerun with -seed %d) after:\n%s\nincremental:\n%s\nfresh:\n%s",
 						seed, i, seed, strings.Join(log, "\n"), g, w)
@@ -110,7 +122,10 @@ func compilerMatchesCompile(t *testing.T, gen func(*rand.Rand) world, cases int)
 			log = append(log, randomChange(rng, cl, c, w))
 		}
 	}
-	t.Logf("seed %d: %d cases, %d comparisons", seed, cases, compared)
+	t.Logf("seed %d: %d cases, %d comparisons, %d of them Unchanged", seed, cases, compared, unchanged)
+	if unchanged == 0 {
+		t.Error("no comparison followed changes the compiler called Unchanged: the check above never ran")
+	}
 }
 
 // randomChange makes one change to cl and tells c; it returns what it did.

@@ -101,8 +101,9 @@ func newStrict(opts Options) *strictMode {
 // SetEpoch sets the epoch the next Compile stamps connections with (1 to
 // MaxEpoch; a Compiler starts at 1). It does nothing in keep mode.
 func (c *Compiler) SetEpoch(e uint32) {
-	if c.strict != nil {
+	if c.strict != nil && c.strict.epoch != e {
 		c.strict.epoch = e
+		c.changed = true
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 // and the local pod sets.
 func (c *Compiler) SetUnknownLocalPods(cidrs []netip.Prefix) {
 	c.opts.UnknownLocalPods = slices.Clone(cidrs)
+	c.changed = true
 }
 
 // UnknownLocalPods returns the pod CIDRs in force (Options.UnknownLocalPods or the
