@@ -138,7 +138,16 @@ func TestControlPlane(t *testing.T) {
 			"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", healthPort),
 			"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", metricsPort)}, extra...)...)
 	}
-	agent, err := startAgent(agentLog)
+	// NFTPOLICY_BENCH_CP_PROFILE=dir: the first agent serves pprof, and the
+	// churn below is profiled into dir/churn<suffix>.pprof.
+	profileDir, pprofURL := os.Getenv("NFTPOLICY_BENCH_CP_PROFILE"), ""
+	var first []string
+	if profileDir != "" {
+		pprofPort := freePort(t)
+		pprofURL = fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile", pprofPort)
+		first = []string{"--pprof-bind-address", fmt.Sprintf("127.0.0.1:%d", pprofPort)}
+	}
+	agent, err := startAgent(agentLog, first...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,30 +247,35 @@ func TestControlPlane(t *testing.T) {
 	report("agent_rss_mib", "%.1f", agentRSS)
 	report("agent_rss_peak_mib", "%.1f", max(hwm, agentHWM))
 
-	// CPU per 1,000 pod events: remote bulk pods change a label (every agent
-	// sees each change; the label is one no policy selects on). After the
-	// memory readings, so that its garbage does not count there, and its
-	// syncs are not in incremental_sync_mean_ms.
-	cpu0 := benchproc.CPUSeconds(agent.cmd.Process.Pid)
-	mc0, _ := scrape(metricsURL)
+	// CPU per 1,000 pod events, twice: remote bulk pods change a label no
+	// policy reads (every agent sees each change; agent_cpu_ms_per_1k_pod_events),
+	// then others change their tier, which policies' peers select
+	// (agent_cpu_ms_per_1k_selected_pod_events). After the memory readings, so
+	// that their garbage does not count there, and their syncs are not in
+	// incremental_sync_mean_ms.
 	_, bulk, _ := shape.Objects()
-	const churn = 1000
-	t0 := time.Now()
-	if err := benchproc.Parallel(createWorkers, churn, func(i int) error {
-		p := bulk[(i*shape.Pods()/churn+1)%len(bulk)]
-		patch := []byte(fmt.Sprintf(`{"metadata":{"labels":{"churn":"c%d"}}}`, i))
-		return c.Patch(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name}},
-			client.RawPatch("application/merge-patch+json", patch))
-	}); err != nil {
-		t.Fatalf("pod churn: %v", err)
-	}
-	report("churn_pod_events_per_s", "%.0f", churn/time.Since(t0).Seconds())
-	time.Sleep(2 * time.Second) // the last syncs
-	report("agent_cpu_ms_per_1k_pod_events", "%.0f", 1000*(benchproc.CPUSeconds(agent.cmd.Process.Pid)-cpu0)*1000/churn)
-	if mc1, err := scrape(metricsURL); err == nil && mc0 != nil {
-		sum, count := `nftpolicy_sync_duration_seconds_sum{kind="incremental"}`, `nftpolicy_sync_duration_seconds_count{kind="incremental"}`
-		report("churn_syncs", "%.0f", mc1[count]-mc0[count])
-		report("churn_sync_mean_ms", "%.1f", 1000*(mc1[sum]-mc0[sum])/(mc1[count]-mc0[count]))
+	for _, ch := range []struct {
+		name, lines string // the profile's name; the lines' infix
+		offset      int    // into the bulk pods: each churn changes others
+		patch       func(p *corev1.Pod, i int) string
+	}{
+		{"churn", "", 1, func(_ *corev1.Pod, i int) string { return fmt.Sprintf(`{"metadata":{"labels":{"churn":"c%d"}}}`, i) }},
+		{"churn-selected", "selected_", 2, func(p *corev1.Pod, _ int) string {
+			var t int
+			fmt.Sscanf(p.Labels["tier"], "tier-%d", &t)
+			return fmt.Sprintf(`{"metadata":{"labels":{"tier":"tier-%d"}}}`, (t+1)%benchcluster.Tiers)
+		}},
+	} {
+		profile := ""
+		if pprofURL != "" {
+			profile = filepath.Join(profileDir, ch.name+suffix+".pprof")
+		}
+		if err := measureChurn(ctx, c, agent, metricsURL, pprofURL, profile, ch.lines, report, func(i int) (*corev1.Pod, []byte) {
+			p := bulk[(i*shape.Pods()/churnEvents+ch.offset)%len(bulk)]
+			return p, []byte(ch.patch(p, i))
+		}); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	// 4. The apiserver goes away for a minute (outage_test.go).
@@ -662,6 +676,84 @@ func (p *process) stop() {
 			<-p.exited
 		}
 	})
+}
+
+// churnEvents is how many pod changes a churn measurement makes.
+const churnEvents = 1000
+
+// measureChurn patches churnEvents pods (patch gives each one's object and
+// merge patch), 16 at a time, and reports the agent's CPU per 1,000 of their
+// events and its syncs meanwhile: all of them, those that found nothing to
+// change, and their mean duration. With pprofURL it saves the agent's CPU
+// profile of the churn at profile.
+func measureChurn(ctx context.Context, c client.Client, agent *process, metricsURL, pprofURL, profile, infix string,
+	report func(string, string, ...any), patch func(i int) (*corev1.Pod, []byte)) error {
+	cpu0 := benchproc.CPUSeconds(agent.cmd.Process.Pid)
+	mc0, err := scrape(metricsURL)
+	if err != nil {
+		return err
+	}
+	profiled := make(chan error, 1)
+	if pprofURL != "" {
+		go func() { profiled <- fetchProfile(ctx, pprofURL+"?seconds=6", profile) }()
+		time.Sleep(100 * time.Millisecond) // the profile has started
+	}
+	t0 := time.Now()
+	if err := benchproc.Parallel(createWorkers, churnEvents, func(i int) error {
+		p, body := patch(i)
+		return c.Patch(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name}},
+			client.RawPatch("application/merge-patch+json", body))
+	}); err != nil {
+		return fmt.Errorf("pod churn: %w", err)
+	}
+	report("churn_"+infix+"pod_events_per_s", "%.0f", churnEvents/time.Since(t0).Seconds())
+	time.Sleep(2 * time.Second) // the last syncs
+	if pprofURL != "" {
+		if err := <-profiled; err != nil {
+			return fmt.Errorf("profiling the churn: %w", err)
+		}
+	}
+	report("agent_cpu_ms_per_1k_"+infix+"pod_events", "%.0f", 1000*(benchproc.CPUSeconds(agent.cmd.Process.Pid)-cpu0)*1000/churnEvents)
+	mc1, err := scrape(metricsURL)
+	if err != nil {
+		return err
+	}
+	delta := func(name, kind string) float64 {
+		m := fmt.Sprintf(`nftpolicy_sync_duration_seconds_%s{kind="%s"}`, name, kind)
+		return mc1[m] - mc0[m]
+	}
+	syncs := delta("count", "incremental") + delta("count", "unchanged")
+	report("churn_"+infix+"syncs", "%.0f", syncs)
+	report("churn_"+infix+"syncs_unchanged", "%.0f", delta("count", "unchanged"))
+	if syncs > 0 {
+		report("churn_"+infix+"sync_mean_ms", "%.2f", 1000*(delta("sum", "incremental")+delta("sum", "unchanged"))/syncs)
+	}
+	return nil
+}
+
+// fetchProfile saves the CPU profile served at url into path.
+func fetchProfile(ctx context.Context, url, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 func waitHTTP(ctx context.Context, url string, p *process, timeout time.Duration) error {
