@@ -459,8 +459,10 @@ func (r *NodeReconciler) pods() podSource {
 
 // load lists the cache and returns a Compiler holding all of it. The lists are
 // not deep copies (the compiler only reads, and keeps only the objects' strings,
-// label maps and slices, never the listed structs); pods are not listed at all
-// but read in place from the pod cache.
+// label maps and slices, never the listed structs); pods are not copied but read
+// in place from the pod cache, in namespace/name order, so that the compiler's
+// index lists are built in order and no later update or read has to sort them
+// (at 100,000 pods, the first update after a full sync sorted them: 0.6 s).
 func (r *NodeReconciler) load(ctx context.Context, log logr.Logger) (*compile.Compiler, error) {
 	var nss corev1.NamespaceList
 	var nps networkingv1.NetworkPolicyList
@@ -502,8 +504,13 @@ func (r *NodeReconciler) load(ctx context.Context, log logr.Logger) (*compile.Co
 	for i := range nss.Items {
 		c.SetNamespace(&nss.Items[i])
 	}
-	if err := r.pods().each(ctx, c.SetPodRecord); err != nil {
+	pods, err := r.pods().ordered(ctx)
+	if err != nil {
 		return nil, err
+	}
+	c.GrowPods(len(pods))
+	for _, p := range pods {
+		c.SetPodRecord(p)
 	}
 	for i := range nps.Items {
 		c.SetPolicy(&nps.Items[i])

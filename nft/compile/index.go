@@ -3,6 +3,7 @@ package compile
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -171,6 +172,17 @@ func newIndex(node string) *index {
 		byLabel:  map[labelKV]*podList{},
 		byKey:    map[string]*podList{},
 	}
+}
+
+// grow makes room for n more pods in the map and lists every pod is in.
+func (ix *index) grow(n int) {
+	if n <= 0 {
+		return
+	}
+	pods := make(map[objKey]*podInfo, len(ix.pods)+n)
+	maps.Copy(pods, ix.pods)
+	ix.pods = pods
+	ix.all.items = slices.Grow(ix.all.items, n)
 }
 
 // setPod records p (nil or ineligible: no such pod) under key and returns the pod
