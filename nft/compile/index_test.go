@@ -114,3 +114,30 @@ func TestIndexReplacePod(t *testing.T) {
 		t.Error("the lists of a label the pod lost are still there")
 	}
 }
+
+// TestSortAddrs: sortAddrs orders as netip.Addr.Compare does, IPv4 and IPv6
+// mixed, duplicates kept.
+func TestSortAddrs(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for round := range 500 {
+		var addrs []netip.Addr
+		for range rng.IntN(60) {
+			switch rng.IntN(3) {
+			case 0:
+				addrs = append(addrs, netip.AddrFrom4([4]byte{10, byte(rng.IntN(3)), byte(rng.IntN(256)), byte(rng.IntN(256))}))
+			case 1:
+				addrs = append(addrs, netip.AddrFrom4([4]byte{byte(rng.IntN(256)), byte(rng.IntN(256)), 0, byte(rng.IntN(4))}))
+			default:
+				var b [16]byte
+				b[0], b[1], b[15] = 0xfd, byte(rng.IntN(2)), byte(rng.IntN(8))
+				addrs = append(addrs, netip.AddrFrom16(b))
+			}
+		}
+		want := slices.Clone(addrs)
+		slices.SortFunc(want, netip.Addr.Compare)
+		sortAddrs(addrs)
+		if !slices.Equal(addrs, want) {
+			t.Fatalf("round %d: %v, want %v", round, addrs, want)
+		}
+	}
+}

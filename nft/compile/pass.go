@@ -227,7 +227,11 @@ func (ps *pass) selectPeer(p *policy, pe *peer) *podSelection {
 		nss = []string{p.ns}
 	}
 	s := &podSelection{pods: ps.ix.selectPods(nss, pe.podSel)}
-	var addrs []netip.Addr
+	n := 0
+	for _, pod := range s.pods {
+		n += len(pod.addrs)
+	}
+	addrs := make([]netip.Addr, 0, n)
 	for _, pod := range s.pods {
 		addrs = append(addrs, pod.addrs...)
 	}
