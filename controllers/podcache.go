@@ -7,7 +7,6 @@ import (
 	"maps"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"weak"
 
@@ -173,11 +172,6 @@ type podSource interface {
 	// each calls fn for every pod, in no particular order. fn must not keep p
 	// (it may keep p's strings, map and slices).
 	each(ctx context.Context, fn func(p *compile.Pod)) error
-	// ordered returns every pod in namespace/name order: a Compiler given them
-	// so builds its index lists in order, and none needs sorting afterwards.
-	// The caller must not keep the Pods (it may keep their strings, maps and
-	// slices).
-	ordered(ctx context.Context) ([]*compile.Pod, error)
 }
 
 // storePods reads the pod informer's store of cachedPods, without copies.
@@ -204,36 +198,6 @@ func (s storePods) each(_ context.Context, fn func(*compile.Pod)) error {
 		fn(&rec.Pod)
 	}
 	return nil
-}
-
-func (s storePods) ordered(context.Context) ([]*compile.Pod, error) {
-	objs := s.store.List()
-	pods := make([]*compile.Pod, len(objs))
-	for i, obj := range objs {
-		rec, ok := obj.(*cachedPod)
-		if !ok {
-			return nil, errUnexpectedPod(obj)
-		}
-		pods[i] = &rec.Pod
-	}
-	sortPods(pods)
-	return pods, nil
-}
-
-// sortPods sorts pods by namespace, then name: grouped by namespace first,
-// which takes a third of the comparisons of one sort of them all (each a
-// cache miss, at 100,000 pods).
-func sortPods(pods []*compile.Pod) {
-	byNS := map[string][]*compile.Pod{}
-	for _, p := range pods {
-		byNS[p.Namespace()] = append(byNS[p.Namespace()], p)
-	}
-	out := pods[:0]
-	for _, ns := range slices.Sorted(maps.Keys(byNS)) {
-		in := byNS[ns]
-		slices.SortFunc(in, func(a, b *compile.Pod) int { return strings.Compare(a.Name(), b.Name()) })
-		out = append(out, in...)
-	}
 }
 
 func errUnexpectedPod(obj any) error {
@@ -266,13 +230,6 @@ func (r readerPods) each(ctx context.Context, fn func(*compile.Pod)) error {
 		fn(&pod)
 	}
 	return nil
-}
-
-func (r readerPods) ordered(ctx context.Context) ([]*compile.Pod, error) {
-	var pods []*compile.Pod
-	err := r.each(ctx, func(p *compile.Pod) { pods = append(pods, p) })
-	sortPods(pods)
-	return pods, err
 }
 
 // podIPIndex on the pod informer: the pods with an address (not hostNetwork).

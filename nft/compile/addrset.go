@@ -50,7 +50,7 @@ func podAddrs(addrs []netip.Addr) *addrSet {
 // of a sort by Compare, which showed in every refill of a large selection.
 func sortAddrs(addrs []netip.Addr) {
 	var v4 []uint32
-	rest := addrs[:0:0]
+	var rest []netip.Addr
 	for _, a := range addrs {
 		if a.Is4() {
 			b := a.As4()

@@ -85,11 +85,18 @@ func NewCompiler(node string, opts Options) *Compiler {
 	}
 }
 
-// GrowPods makes room for n more pods: a Compiler about to be given a whole
-// cluster's pods grows its index's maps once instead of doubling them all the way
-// (a seventh of a 100,000-pod load in BenchmarkFullSync's profile).
-func (c *Compiler) GrowPods(n int) {
-	c.ix.grow(n)
+// SetPodRecords records many pods at once, as SetPodRecord does each (a full
+// read of the cluster). It sorts pods in place to namespace/name order and grows
+// the index once, so that every index list is built in order: no update or read
+// sorts one afterwards (at 100,000 pods the first update after a full read
+// sorted the largest: 0.6 s), and the map does not double its way up (a seventh
+// of a 100,000-pod load in BenchmarkFullSync's profile).
+func (c *Compiler) SetPodRecords(pods []*Pod) {
+	sortPods(pods)
+	c.ix.grow(len(pods))
+	for _, p := range pods {
+		c.SetPodRecord(p)
+	}
 }
 
 // SetPod records pod p, added or changed.

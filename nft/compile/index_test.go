@@ -141,3 +141,41 @@ func TestSortAddrs(t *testing.T) {
 		}
 	}
 }
+
+// TestSetPodRecordsOrdersTheIndex: pods given at once, in any order, leave
+// every index list ordered by namespace/name with nothing left to sort.
+func TestSetPodRecordsOrdersTheIndex(t *testing.T) {
+	var pods []*Pod
+	var want []string
+	for _, i := range rand.Perm(300) {
+		ns, name := fmt.Sprintf("ns-%d", i%7), fmt.Sprintf("p-%d", i)
+		want = append(want, ns+"/"+name)
+		pods = append(pods, &Pod{ns: ns, name: name, node: fmt.Sprintf("n%d", i%2),
+			labels: labels.Set{"app": fmt.Sprintf("a%d", i%3)}, addrs: []netip.Addr{netip.AddrFrom4([4]byte{10, 0, byte(i / 256), byte(i)})}})
+	}
+	slices.Sort(want)
+	c := NewCompiler("n0", Options{})
+	c.SetPodRecords(pods)
+	var got []string
+	for _, p := range c.ix.all.items {
+		got = append(got, p.ns+"/"+p.name)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("pods in the index:\n%v\nwant\n%v", got, want)
+	}
+	lists := map[string]*podList{"all": &c.ix.all, "local": &c.ix.local}
+	for ns, l := range c.ix.byNS {
+		lists["namespace "+ns] = l
+	}
+	for kv, l := range c.ix.byLabel {
+		lists["label "+kv.k+"="+kv.v] = l
+	}
+	for k, l := range c.ix.byKey {
+		lists["key "+k] = l
+	}
+	for what, l := range lists {
+		if l.sorted != len(l.items) || !slices.IsSortedFunc(l.items, comparePods) {
+			t.Errorf("%s: %d of %d pods in order", what, l.sorted, len(l.items))
+		}
+	}
+}
