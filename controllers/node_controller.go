@@ -71,9 +71,12 @@ type NodeReconciler struct {
 	MinSyncInterval time.Duration
 	// OnSynced is called after every successful sync (readiness).
 	OnSynced func()
-	// OnApplied, when set, is given the Attribution of every table applied, before
-	// OnSynced (the deny log reader and the counters collector read it).
-	OnApplied func(*compile.Attribution)
+	// OnApplying, when set, is given the Attribution of every table before it is
+	// applied, and OnApplied then says whether it went in force (before
+	// OnSynced). The deny log reader and the counters collector read it; the
+	// kernel may log the new table's packets before Apply returns.
+	OnApplying func(*compile.Attribution)
+	OnApplied  func(ok bool)
 	// AfterFullSync, when set, is called after every successful full sync, on the
 	// reconciler's goroutine (RunAgent returns memory to the OS there).
 	AfterFullSync func()
@@ -379,11 +382,17 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 		return reconcile.Result{}, err
 	}
 
+	if r.OnApplying != nil {
+		r.OnApplying(r.compiler.Attribution())
+	}
 	var stats nft.Stats
 	if full {
 		stats, err = r.Applier.FullSync(ctx, desired)
 	} else {
 		stats, err = r.Applier.Apply(ctx, desired)
+	}
+	if r.OnApplied != nil {
+		r.OnApplied(err == nil)
 	}
 	elapsed := time.Since(now)
 	syncDuration.WithLabelValues(kind).Observe(elapsed.Seconds())
@@ -423,9 +432,6 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 		"changes", len(changes), "chains", c.Chains, "rules", c.Rules, "setElements", c.Elements, "epoch", r.strict.epoch)
 	if log.V(5).Enabled() {
 		log.V(5).Info("ruleset", "nft", nft.Render(desired))
-	}
-	if r.OnApplied != nil {
-		r.OnApplied(r.compiler.Attribution())
 	}
 	if r.OnSynced != nil {
 		r.OnSynced()

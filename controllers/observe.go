@@ -20,21 +20,38 @@ import (
 // the deny log reader, which logs each denied packet the kernel hands it with
 // the policies that isolate the pod, and the collector that serves the kernel's
 // per-policy counters at scrape time. Both read the Attribution that the node
-// reconciler publishes after each successful sync, and neither is in the path of
+// reconciler publishes with each table it applies, and neither is in the path of
 // a packet or of a sync: a slow, failing or absent reader loses log lines, and
 // that is all.
 
-// attribution holds the Attribution of the table last applied, and of the one
-// before it: a packet logged just before a change may be read just after it.
+// attribution holds the Attribution of the table in force, of the one before it
+// (a packet logged just before a change may be read just after it), and of the
+// one being applied: the kernel logs the new table's packets as soon as its
+// transaction commits, before the agent hears that it did.
 type attribution struct {
-	cur, prev atomic.Pointer[compile.Attribution]
+	cur, prev, next atomic.Pointer[compile.Attribution]
 }
 
+// applying publishes the Attribution of a table about to be applied.
+func (a *attribution) applying(at *compile.Attribution) { a.next.Store(at) }
+
+// applied ends the change applying began: its table is in force (ok), or the
+// one before still is.
+func (a *attribution) applied(ok bool) {
+	if next := a.next.Load(); ok && next != nil {
+		a.prev.Store(a.cur.Load())
+		a.cur.Store(next)
+	}
+	a.next.Store(nil)
+}
+
+// store records a table applied: applying, then applied.
 func (a *attribution) store(at *compile.Attribution) {
-	a.prev.Store(a.cur.Load())
-	a.cur.Store(at)
+	a.applying(at)
+	a.applied(true)
 }
 
+// load is the Attribution of the table in force (the counters' names).
 func (a *attribution) load() *compile.Attribution {
 	if at := a.cur.Load(); at != nil {
 		return at
@@ -42,9 +59,10 @@ func (a *attribution) load() *compile.Attribution {
 	return &compile.Attribution{}
 }
 
-// group finds the group chain of a deny log prefix.
+// group finds the group chain of a deny log prefix: in the table in force, the
+// one being applied, or the one before.
 func (a *attribution) group(prefix string) (compile.Group, bool) {
-	for _, at := range []*compile.Attribution{a.cur.Load(), a.prev.Load()} {
+	for _, at := range []*compile.Attribution{a.cur.Load(), a.next.Load(), a.prev.Load()} {
 		if at != nil {
 			if g, ok := at.Groups[prefix]; ok {
 				return g, true

@@ -154,6 +154,51 @@ func TestDenyLogger(t *testing.T) {
 }
 
 // TestDenyLoggerRetries: a group that cannot be opened is retried, never fatal.
+// TestAttributionInFlight: a table's prefixes are named from the moment it is
+// about to be applied (the kernel logs its packets as soon as the transaction
+// commits, before Apply returns), its predecessor's for one change after, and
+// a table that failed to apply is forgotten.
+func TestAttributionInFlight(t *testing.T) {
+	table := func(prefix string) *compile.Attribution {
+		return &compile.Attribution{Groups: map[string]compile.Group{prefix: {Chain: prefix}}}
+	}
+	at := &attribution{}
+	known := func(prefixes ...string) string {
+		var out []string
+		for _, p := range prefixes {
+			if g, ok := at.group(p); ok && g.Chain == p {
+				out = append(out, p)
+			}
+		}
+		return strings.Join(out, " ")
+	}
+	at.store(table("a"))
+	at.applying(table("b"))
+	if got := known("a", "b"); got != "a b" {
+		t.Fatalf("while b is applied over a: known %q, want both", got)
+	}
+	at.applied(false)
+	if got := known("a", "b"); got != "a" {
+		t.Fatalf("after b failed: known %q, want a", got)
+	}
+	at.applying(table("c"))
+	at.applied(true)
+	if got := known("a", "b", "c"); got != "a c" {
+		t.Fatalf("after c replaced a: known %q, want a c", got)
+	}
+	if _, ok := at.load().Groups["c"]; !ok {
+		t.Fatalf("the table in force is not c")
+	}
+	at.applying(table("d"))
+	if _, ok := at.load().Groups["c"]; !ok {
+		t.Fatalf("while d is applied, the table in force is still c (its counters)")
+	}
+	at.applied(true)
+	if got := known("a", "b", "c", "d"); got != "c d" {
+		t.Fatalf("after d replaced c: known %q, want c d", got)
+	}
+}
+
 func TestDenyLoggerRetries(t *testing.T) {
 	var lines lineLog
 	opens := 0
