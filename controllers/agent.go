@@ -199,8 +199,13 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	if !opts.PodWatchList && !opts.JSON {
 		// The first list of pods, decoded as it arrives (podlist.go); it needs
 		// protobuf, so with JSON the pods come through client-go's watch-list.
-		pl := &podLister{rc: core.RESTClient(), record: func(p *corev1.Pod) runtime.Object { return interner.record(p) }}
-		link.podList = pl.list
+		// Its watch decodes pods pruned (podwatch.go).
+		rc, err := newPodClient(cfg)
+		if err != nil {
+			return fmt.Errorf("pod client: %w", err)
+		}
+		pl := &podLister{rc: rc, record: func(p *corev1.Pod) runtime.Object { return interner.record(p) }}
+		link.podList, link.podWatch = pl.list, pl.watch
 	}
 	mgr, err := manager.New(cfg, manager.Options{
 		PprofBindAddress:       opts.PprofAddr,

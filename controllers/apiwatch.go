@@ -87,8 +87,9 @@ type apiLink struct {
 	lost    map[string]time.Time
 	lastErr map[string]error
 	// podList, when set, is how the pod informer lists (podlist.go), instead
-	// of client-go's watch-list.
-	podList func(context.Context, metav1.ListOptions) (runtime.Object, error)
+	// of client-go's watch-list, and podWatch how it watches (podwatch.go).
+	podList  func(context.Context, metav1.ListOptions) (runtime.Object, error)
+	podWatch func(context.Context, metav1.ListOptions) (watch.Interface, error)
 }
 
 func newAPILink(log logr.Logger) *apiLink {
@@ -117,7 +118,7 @@ func (l *apiLink) newInformerAs(kind string, lw toolscache.ListerWatcher, obj ru
 		// namespace: its namespace index would cost ~30 bytes a pod for nothing.
 		indexers = maps.Clone(indexers)
 		delete(indexers, toolscache.NamespaceIndex)
-		linked.list = l.podList
+		linked.list, linked.watch = l.podList, l.podWatch
 	}
 	return toolscache.NewSharedIndexInformer(linked, obj, resync, indexers)
 }
@@ -187,8 +188,10 @@ type linkedLW struct {
 	kind string
 	lw   toolscache.ListerWatcherWithContext
 	// list, when set, replaces lw's list, and the reflector lists with it
-	// rather than with a watch-list (IsWatchListSemanticsUnSupported).
-	list func(context.Context, metav1.ListOptions) (runtime.Object, error)
+	// rather than with a watch-list (IsWatchListSemanticsUnSupported); watch,
+	// when set, replaces lw's watch.
+	list  func(context.Context, metav1.ListOptions) (runtime.Object, error)
+	watch func(context.Context, metav1.ListOptions) (watch.Interface, error)
 }
 
 func (w *linkedLW) ListWithContext(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
@@ -212,6 +215,9 @@ func (w *linkedLW) WatchWithContext(ctx context.Context, opts metav1.ListOptions
 	}
 	return retry(ctx, w, func() (watch.Interface, error) {
 		apiRequests.WithLabelValues(w.kind, request).Inc()
+		if w.watch != nil && request == "watch" {
+			return w.watch(ctx, opts)
+		}
 		return w.lw.WatchWithContext(ctx, opts)
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -14,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -23,8 +25,8 @@ import (
 // The agent's first pod list, decoded as it arrives (podlist.go), against the
 // real apiserver: the informer's store holds what the apiserver holds, the
 // first request is one list (no watch-list), and the watch that follows
-// resumes from the list's resourceVersion, carrying later changes without a
-// second list.
+// resumes from the list's resourceVersion, its pods decoded pruned
+// (podwatch.go), carrying later changes without a second list.
 var _ = Describe("the pod list decoded as it arrives", func() {
 	It("fills the pod cache from one list and resumes the watch from it", func(ctx SpecContext) {
 		const ns, n = "podlist", 120
@@ -50,7 +52,15 @@ var _ = Describe("the pod list decoded as it arrives", func() {
 		Expect(err).NotTo(HaveOccurred())
 		in := &podInterner{}
 		link := newAPILink(logr.Discard())
-		link.podList = (&podLister{rc: core.RESTClient(), record: func(p *corev1.Pod) runtime.Object { return in.record(p) }}).list
+		rc, err := newPodClient(pc)
+		Expect(err).NotTo(HaveOccurred())
+		pl := &podLister{rc: rc, record: func(p *corev1.Pod) runtime.Object { return in.record(p) }}
+		var prunedWatches atomic.Int32
+		link.podList = pl.list
+		link.podWatch = func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+			prunedWatches.Add(1)
+			return pl.watch(ctx, opts)
+		}
 		const kind = "pod-podlist-spec"
 		// Every pod, as the agent lists them: the pod list takes no selector.
 		lw := toolscache.NewListWatchFromClient(core.RESTClient(), "pods", "", fields.Everything())
@@ -102,5 +112,6 @@ var _ = Describe("the pod list decoded as it arrives", func() {
 		Eventually(same).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
 		Expect(requests("list")).To(Equal(1.0), "a change after the list cost a second list")
 		Expect(requests("watch")).To(BeNumerically(">=", 1))
+		Expect(prunedWatches.Load()).To(BeNumerically(">=", 1), "the watch was not the pruning one (podwatch.go)")
 	})
 })

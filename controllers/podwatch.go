@@ -1,0 +1,186 @@
+package controllers
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+)
+
+// The pod watch, decoded pruned.
+//
+// After its first list (podlist.go) the agent hears of every pod change in the
+// cluster, and at 5,000 nodes almost none of them is about its own table. What
+// such an event costs it is receiving it, and client-go decodes every event's
+// pod whole: managed fields, annotations, volumes, conditions and container
+// statuses, all allocated, to be thrown away by the informer's transform at
+// once (a sixth of the agent's CPU per unread event at 100k pods, and most of
+// the garbage the GC then collects). The pod watch's client decodes a pod as
+// the list does: the protobuf bytes pruned to what the record reads
+// (podFields) and the resourceVersion the reflector resumes from, then
+// unmarshalled. Anything else the watch carries (a Status in an ERROR event, an
+// object in another encoding) is decoded as client-go would.
+
+// podWatchFields are podFields and the pod's metadata.resourceVersion (field 6):
+// the reflector resumes its watch from the last event's.
+var podWatchFields = func() keep {
+	k := maps.Clone(podFields)
+	meta := maps.Clone(k[1])
+	meta[6] = nil
+	k[1] = meta
+	return k
+}()
+
+// newPodClient is a core/v1 REST client whose watches decode pods pruned
+// (prunedPodDecoder); podLister lists and watches pods with it.
+func newPodClient(cfg *rest.Config) (rest.Interface, error) {
+	c := rest.CopyConfig(cfg)
+	gv := corev1.SchemeGroupVersion
+	c.GroupVersion = &gv
+	c.APIPath = "/api"
+	c.NegotiatedSerializer = prunedPodCodecs{rest.CodecFactoryForGeneratedClient(scheme.Scheme, scheme.Codecs).WithoutConversion()}
+	if c.UserAgent == "" {
+		c.UserAgent = rest.DefaultKubernetesUserAgent()
+	}
+	return rest.RESTClientFor(c)
+}
+
+// watch is a ListerWatcher's watch of pods for opts, as the reflector asks for
+// it (client-go's typed PodInterface.Watch, through the pruning client).
+func (pl *podLister) watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+	opts.Watch = true
+	var timeout time.Duration
+	if opts.TimeoutSeconds != nil {
+		timeout = time.Duration(*opts.TimeoutSeconds) * time.Second
+	}
+	return pl.rc.Get().
+		Resource("pods").
+		VersionedParams(&opts, scheme.ParameterCodec).
+		Timeout(timeout).
+		Watch(ctx)
+}
+
+// prunedPodCodecs is a client's serializers with the protobuf one's decoding
+// of pods pruned.
+type prunedPodCodecs struct{ runtime.NegotiatedSerializer }
+
+func (c prunedPodCodecs) SupportedMediaTypes() []runtime.SerializerInfo {
+	infos := slices.Clone(c.NegotiatedSerializer.SupportedMediaTypes())
+	for i := range infos {
+		if infos[i].MediaType == runtime.ContentTypeProtobuf {
+			infos[i].Serializer = prunedPodDecoder{infos[i].Serializer}
+		}
+	}
+	return infos
+}
+
+// prunedPodDecoder decodes a protobuf-encoded v1 Pod keeping podWatchFields, and
+// everything else as its Serializer does. Encoding is the Serializer's.
+type prunedPodDecoder struct{ runtime.Serializer }
+
+var podGVK = corev1.SchemeGroupVersion.WithKind("Pod")
+
+// prunedBufs holds the buffers pods are pruned into: Unmarshal copies what it
+// keeps out of them.
+var prunedBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+func (d prunedPodDecoder) Decode(data []byte, defaults *schema.GroupVersionKind, into runtime.Object) (runtime.Object, *schema.GroupVersionKind, error) {
+	raw, ok := protobufPod(data)
+	if !ok {
+		return d.Serializer.Decode(data, defaults, into)
+	}
+	pod, isPod := into.(*corev1.Pod)
+	if into != nil && !isPod {
+		return d.Serializer.Decode(data, defaults, into)
+	}
+	buf := prunedBufs.Get().(*[]byte)
+	defer prunedBufs.Put(buf)
+	pruned, err := prune((*buf)[:0], raw, podWatchFields)
+	*buf = pruned[:0]
+	if err != nil {
+		return nil, nil, err
+	}
+	if pod == nil {
+		pod = &corev1.Pod{}
+	} else {
+		*pod = corev1.Pod{}
+	}
+	if err := pod.Unmarshal(pruned); err != nil {
+		return nil, nil, err
+	}
+	pod.SetGroupVersionKind(podGVK)
+	gvk := podGVK
+	return pod, &gvk, nil
+}
+
+// protobufPod returns the bytes of the Pod in data, an apiserver protobuf
+// object (podListPrefix, then a runtime.Unknown: 1 typeMeta {1 apiVersion,
+// 2 kind}, 2 raw, 3 contentEncoding, 4 contentType), if it holds a v1 Pod,
+// unencoded.
+func protobufPod(data []byte) ([]byte, bool) {
+	b, ok := bytes.CutPrefix(data, podListPrefix)
+	if !ok {
+		return nil, false
+	}
+	var raw []byte
+	var apiVersion, kind []byte
+	sawRaw := false
+	err := eachField(b, func(field uint64, v []byte) error {
+		switch field {
+		case 1:
+			return eachField(v, func(field uint64, v []byte) error {
+				switch field {
+				case 1:
+					apiVersion = v
+				case 2:
+					kind = v
+				}
+				return nil
+			})
+		case 2:
+			raw, sawRaw = v, true
+		case 3:
+			if len(v) > 0 {
+				return errors.New("an encoded object")
+			}
+		}
+		return nil
+	})
+	if err != nil || !sawRaw || string(apiVersion) != "v1" || string(kind) != "Pod" {
+		return nil, false
+	}
+	return raw, true
+}
+
+// eachField calls fn with the number and bytes of every length-delimited
+// field of the message b; it fails on any other wire type (the fields it
+// reads are all length-delimited) or a corrupt message.
+func eachField(b []byte, fn func(field uint64, v []byte) error) error {
+	for len(b) > 0 {
+		t, n := binary.Uvarint(b)
+		if n <= 0 || t&7 != wireBytes {
+			return errors.New("not a message of length-delimited fields")
+		}
+		l, m := binary.Uvarint(b[n:])
+		if m <= 0 || l > uint64(len(b)-n-m) {
+			return errors.New("a corrupt length")
+		}
+		if err := fn(t>>3, b[n+m:n+m+int(l)]); err != nil {
+			return err
+		}
+		b = b[n+m+int(l):]
+	}
+	return nil
+}
