@@ -154,7 +154,10 @@ func (r *NodeReconciler) SetupWithManager(mgr manager.Manager) error {
 	// reconcile (zap encodes them at once): an eighth of the agent's CPU in a
 	// churn of events that change nothing (the control-plane bench's profile).
 	// Nothing reads it but its own error lines, which this one serves as well.
-	ctrlLog := mgr.GetLogger().WithValues("controller", "node")
+	// It still adds a reconcileID to it, and the sync its kind: both deferred
+	// to a line actually written (logsink.go).
+	ctrlLog := deferValues(mgr.GetLogger().WithValues("controller", "node"))
+	r.Log = deferValues(r.Log)
 	b := builder.ControllerManagedBy(mgr).
 		Named("node").
 		// One reconciler per agent; tests run several agents in one process.
