@@ -678,17 +678,28 @@ func (p *process) stop() {
 	})
 }
 
-// churnEvents is how many pod changes a churn measurement makes.
-const churnEvents = 1000
+// churnEvents is how many pod changes a churn measurement makes; churnIdle how
+// long it first watches the agent idle.
+const (
+	churnEvents = 1000
+	churnIdle   = 4 * time.Second
+)
 
 // measureChurn patches churnEvents pods (patch gives each one's object and
 // merge patch), 16 at a time, and reports the agent's CPU per 1,000 of their
-// events and its syncs meanwhile: all of them, those that found nothing to
+// events (as measured, and net of its idle rate just before) and its syncs meanwhile: all of them, those that found nothing to
 // change, and their mean duration. With pprofURL it saves the agent's CPU
 // profile of the churn at profile.
 func measureChurn(ctx context.Context, c client.Client, agent *process, metricsURL, pprofURL, profile, infix string,
 	report func(string, string, ...any), patch func(i int) (*corev1.Pod, []byte)) error {
-	cpu0 := benchproc.CPUSeconds(agent.cmd.Process.Pid)
+	// The agent's CPU while nothing changes (probes, scrapes, the runtime's
+	// own work), over as long as a churn takes, to tell its events' CPU from it.
+	pid := agent.cmd.Process.Pid
+	idle0, idleT0 := benchproc.CPUSeconds(pid), time.Now()
+	time.Sleep(churnIdle)
+	idleRate := (benchproc.CPUSeconds(pid) - idle0) / time.Since(idleT0).Seconds()
+	report("agent_idle_cpu_ms_per_s_"+strings.TrimSuffix(infix, "_"), "%.1f", 1000*idleRate)
+	cpu0, cpuT0 := benchproc.CPUSeconds(pid), time.Now()
 	mc0, err := scrape(metricsURL)
 	if err != nil {
 		return err
@@ -713,7 +724,9 @@ func measureChurn(ctx context.Context, c client.Client, agent *process, metricsU
 			return fmt.Errorf("profiling the churn: %w", err)
 		}
 	}
-	report("agent_cpu_ms_per_1k_"+infix+"pod_events", "%.0f", 1000*(benchproc.CPUSeconds(agent.cmd.Process.Pid)-cpu0)*1000/churnEvents)
+	cpu := benchproc.CPUSeconds(pid) - cpu0
+	report("agent_cpu_ms_per_1k_"+infix+"pod_events", "%.0f", 1000*cpu*1000/churnEvents)
+	report("agent_cpu_ms_per_1k_"+infix+"pod_events_net", "%.0f", 1000*(cpu-idleRate*time.Since(cpuT0).Seconds())*1000/churnEvents)
 	mc1, err := scrape(metricsURL)
 	if err != nil {
 		return err
