@@ -698,7 +698,7 @@ func measureChurn(ctx context.Context, c client.Client, agent *process, metricsU
 	idle0, idleT0 := benchproc.CPUSeconds(pid), time.Now()
 	time.Sleep(churnIdle)
 	idleRate := (benchproc.CPUSeconds(pid) - idle0) / time.Since(idleT0).Seconds()
-	report("agent_idle_cpu_ms_per_s_"+strings.TrimSuffix(infix, "_"), "%.1f", 1000*idleRate)
+	report("agent_idle_cpu_ms_per_s"+strings.TrimSuffix("_"+infix, "_"), "%.1f", 1000*idleRate)
 	cpu0, cpuT0 := benchproc.CPUSeconds(pid), time.Now()
 	mc0, err := scrape(metricsURL)
 	if err != nil {
