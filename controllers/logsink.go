@@ -10,8 +10,8 @@ import (
 // through it. Every sync makes a logger with values of its own (its kind, and
 // controller-runtime's reconcileID), and zap encodes values when they are
 // added (a reconcileID through reflection and a JSON encoder), although a sync
-// rarely logs a line: a tenth of the agent's CPU for an event no table depends
-// on (docs/scale.md). A record written gets the same values, name and caller.
+// rarely logs a line: 13.9 µs and 4.3 KB a sync, 1.6 µs and 368 B deferred
+// (BenchmarkSyncLogger). A record written gets the same values, name and caller.
 func deferValues(l logr.Logger) logr.Logger {
 	sink := l.GetSink()
 	if sink == nil {
