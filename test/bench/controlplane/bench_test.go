@@ -254,24 +254,32 @@ func TestControlPlane(t *testing.T) {
 	// that their garbage does not count there, and their syncs are not in
 	// incremental_sync_mean_ms.
 	_, bulk, _ := shape.Objects()
+	// NFTPOLICY_BENCH_CHURN_EVENTS: more events per churn (the same 1,000 pods
+	// changed again, with other values), for a profile with enough samples.
+	events := churnEvents
+	if n, err := strconv.Atoi(os.Getenv("NFTPOLICY_BENCH_CHURN_EVENTS")); err == nil && n > 0 {
+		events = n
+	}
 	for _, ch := range []struct {
 		name, lines string // the profile's name; the lines' infix
 		offset      int    // into the bulk pods: each churn changes others
 		patch       func(p *corev1.Pod, i int) string
 	}{
 		{"churn", "", 1, func(_ *corev1.Pod, i int) string { return fmt.Sprintf(`{"metadata":{"labels":{"churn":"c%d"}}}`, i) }},
-		{"churn-selected", "selected_", 2, func(p *corev1.Pod, _ int) string {
+		{"churn-selected", "selected_", 2, func(p *corev1.Pod, i int) string {
 			var t int
 			fmt.Sscanf(p.Labels["tier"], "tier-%d", &t)
-			return fmt.Sprintf(`{"metadata":{"labels":{"tier":"tier-%d"}}}`, (t+1)%benchcluster.Tiers)
+			// Round r of the same pods moves each r+1 tiers from its own: a
+			// change every round.
+			return fmt.Sprintf(`{"metadata":{"labels":{"tier":"tier-%d"}}}`, (t+1+i/churnEvents)%benchcluster.Tiers)
 		}},
 	} {
 		profile := ""
 		if pprofURL != "" {
 			profile = filepath.Join(profileDir, ch.name+suffix+".pprof")
 		}
-		if err := measureChurn(ctx, c, agent, metricsURL, pprofURL, profile, ch.lines, report, func(i int) (*corev1.Pod, []byte) {
-			p := bulk[(i*shape.Pods()/churnEvents+ch.offset)%len(bulk)]
+		if err := measureChurn(ctx, c, agent, metricsURL, pprofURL, profile, ch.lines, events, report, func(i int) (*corev1.Pod, []byte) {
+			p := bulk[((i%churnEvents)*shape.Pods()/churnEvents+ch.offset)%len(bulk)]
 			return p, []byte(ch.patch(p, i))
 		}); err != nil {
 			t.Fatal(err)
@@ -678,19 +686,19 @@ func (p *process) stop() {
 	})
 }
 
-// churnEvents is how many pod changes a churn measurement makes; churnIdle how
-// long it first watches the agent idle.
+// churnEvents is how many pod changes a churn measurement makes by default, on
+// as many pods; churnIdle how long it first watches the agent idle.
 const (
 	churnEvents = 1000
 	churnIdle   = 4 * time.Second
 )
 
-// measureChurn patches churnEvents pods (patch gives each one's object and
+// measureChurn makes events pod changes (patch gives each one's object and
 // merge patch), 16 at a time, and reports the agent's CPU per 1,000 of their
 // events (as measured, and net of its idle rate just before) and its syncs meanwhile: all of them, those that found nothing to
 // change, and their mean duration. With pprofURL it saves the agent's CPU
 // profile of the churn at profile.
-func measureChurn(ctx context.Context, c client.Client, agent *process, metricsURL, pprofURL, profile, infix string,
+func measureChurn(ctx context.Context, c client.Client, agent *process, metricsURL, pprofURL, profile, infix string, events int,
 	report func(string, string, ...any), patch func(i int) (*corev1.Pod, []byte)) error {
 	// The agent's CPU while nothing changes (probes, scrapes, the runtime's
 	// own work), over as long as a churn takes, to tell its events' CPU from it.
@@ -706,18 +714,18 @@ func measureChurn(ctx context.Context, c client.Client, agent *process, metricsU
 	}
 	profiled := make(chan error, 1)
 	if pprofURL != "" {
-		go func() { profiled <- fetchProfile(ctx, pprofURL+"?seconds=6", profile) }()
+		go func() { profiled <- fetchProfile(ctx, fmt.Sprintf("%s?seconds=%d", pprofURL, 2+4*events/churnEvents), profile) }()
 		time.Sleep(100 * time.Millisecond) // the profile has started
 	}
 	t0 := time.Now()
-	if err := benchproc.Parallel(createWorkers, churnEvents, func(i int) error {
+	if err := benchproc.Parallel(createWorkers, events, func(i int) error {
 		p, body := patch(i)
 		return c.Patch(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name}},
 			client.RawPatch("application/merge-patch+json", body))
 	}); err != nil {
 		return fmt.Errorf("pod churn: %w", err)
 	}
-	report("churn_"+infix+"pod_events_per_s", "%.0f", churnEvents/time.Since(t0).Seconds())
+	report("churn_"+infix+"pod_events_per_s", "%.0f", float64(events)/time.Since(t0).Seconds())
 	time.Sleep(2 * time.Second) // the last syncs
 	if pprofURL != "" {
 		if err := <-profiled; err != nil {
@@ -725,8 +733,8 @@ func measureChurn(ctx context.Context, c client.Client, agent *process, metricsU
 		}
 	}
 	cpu := benchproc.CPUSeconds(pid) - cpu0
-	report("agent_cpu_ms_per_1k_"+infix+"pod_events", "%.0f", 1000*cpu*1000/churnEvents)
-	report("agent_cpu_ms_per_1k_"+infix+"pod_events_net", "%.0f", 1000*(cpu-idleRate*time.Since(cpuT0).Seconds())*1000/churnEvents)
+	report("agent_cpu_ms_per_1k_"+infix+"pod_events", "%.0f", 1000*cpu*1000/float64(events))
+	report("agent_cpu_ms_per_1k_"+infix+"pod_events_net", "%.0f", 1000*(cpu-idleRate*time.Since(cpuT0).Seconds())*1000/float64(events))
 	mc1, err := scrape(metricsURL)
 	if err != nil {
 		return err
