@@ -120,19 +120,21 @@ func (l *podList) list() []*podInfo {
 }
 
 // mergeTail sorts the short unordered tail and merges it into the ordered part,
-// from the back, in place: O(len) moves instead of a sort of the whole list.
+// from the back, in place: each tail pod's place found by a binary search, the
+// ordered pods after it moved up as one block. A comparison reads two pods
+// (cache misses at 100k), a move does not: comparing every ordered pod, as a
+// plain merge does, was half the agent's CPU in the 100k bench's tier churn.
 func (l *podList) mergeTail() {
 	tail := slices.Clone(l.items[l.sorted:])
 	slices.SortFunc(tail, comparePods)
-	i, j := l.sorted-1, len(tail)-1
-	for w := len(l.items) - 1; j >= 0; w-- {
-		if i >= 0 && comparePods(l.items[i], tail[j]) > 0 {
-			l.items[w] = l.items[i]
-			i--
-		} else {
-			l.items[w] = tail[j]
-			j--
-		}
+	end, hi := len(l.items), l.sorted // items[end:] is merged; items[:hi] is still in place
+	for j := len(tail) - 1; j >= 0; j-- {
+		at, _ := slices.BinarySearchFunc(l.items[:hi], tail[j], comparePods)
+		n := hi - at
+		copy(l.items[end-n:end], l.items[at:hi])
+		end -= n + 1
+		l.items[end] = tail[j]
+		hi = at
 	}
 }
 

@@ -179,3 +179,24 @@ func TestSetPodRecordsOrdersTheIndex(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkPodListMergeTail is a large list's cost of taking in a tail of 33
+// pods (what a find then does): a tier's list in the 100k bench's tier churn.
+func BenchmarkPodListMergeTail(b *testing.B) {
+	const n, tail = 25000, 33
+	rng := rand.New(rand.NewPCG(3, 4))
+	pods := make([]*podInfo, n+tail)
+	for i := range pods {
+		pods[i] = &podInfo{Pod: &Pod{ns: fmt.Sprintf("ns-%d", rng.IntN(2000)), name: fmt.Sprintf("pod-%d", i)}}
+	}
+	rng.Shuffle(len(pods), func(i, j int) { pods[i], pods[j] = pods[j], pods[i] })
+	base := slices.SortedFunc(slices.Values(pods[:n]), comparePods)
+	b.ReportAllocs()
+	for b.Loop() {
+		l := podList{items: slices.Clone(base), sorted: n}
+		for _, p := range pods[n:] {
+			l.add(p)
+		}
+		l.list()
+	}
+}
