@@ -714,7 +714,9 @@ func measureChurn(ctx context.Context, c client.Client, agent *process, metricsU
 	}
 	profiled := make(chan error, 1)
 	if pprofURL != "" {
-		go func() { profiled <- fetchProfile(ctx, fmt.Sprintf("%s?seconds=%d", pprofURL, 2+4*events/churnEvents), profile) }()
+		go func() {
+			profiled <- fetchProfile(ctx, fmt.Sprintf("%s?seconds=%d", pprofURL, 2+4*events/churnEvents), profile)
+		}()
 		time.Sleep(100 * time.Millisecond) // the profile has started
 	}
 	t0 := time.Now()
