@@ -45,12 +45,6 @@ func (a *attribution) applied(ok bool) {
 	a.next.Store(nil)
 }
 
-// store records a table applied: applying, then applied.
-func (a *attribution) store(at *compile.Attribution) {
-	a.applying(at)
-	a.applied(true)
-}
-
 // load is the Attribution of the table in force (the counters' names).
 func (a *attribution) load() *compile.Attribution {
 	if at := a.cur.Load(); at != nil {

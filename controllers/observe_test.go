@@ -154,6 +154,12 @@ func TestDenyLogger(t *testing.T) {
 }
 
 // TestDenyLoggerRetries: a group that cannot be opened is retried, never fatal.
+// store records a table applied, as the reconciler does: applying, then applied.
+func (a *attribution) store(at *compile.Attribution) {
+	a.applying(at)
+	a.applied(true)
+}
+
 // TestAttributionInFlight: a table's prefixes are named from the moment it is
 // about to be applied (the kernel logs its packets as soon as the transaction
 // commits, before Apply returns), its predecessor's for one change after, and
