@@ -15,8 +15,9 @@ var (
 		Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10},
 	})
 	syncDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "nftpolicy_sync_duration_seconds",
-		Help:    "Duration of one sync (snapshot, compile, apply), by kind (full, incremental, or unchanged: its events could not change the table, so nothing was compiled or applied).",
+		Name: "nftpolicy_sync_duration_seconds",
+		Help: "Duration of one sync (snapshot, compile, apply), by kind (full, incremental, or unchanged: its events could not change the table, so nothing was compiled or applied); " +
+			"rebuild: a periodic full sync's read of the cache and first compile, off the sync path (the full sync that follows is counted as full).",
 		Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2},
 	}, []string{"kind"})
 	syncsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{

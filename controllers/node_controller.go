@@ -48,7 +48,8 @@ import (
 // cache and recompiles only what they can affect, or nothing at all when they
 // cannot change the table (compile.Compiler.Unchanged). A full sync (at start, after a
 // failure, every FullSyncPeriod) lists the cache and builds a new Compiler, so any
-// missed event is repaired there.
+// missed event is repaired there; the periodic one builds it off the sync path while
+// incremental syncs go on (rebuild.go).
 type NodeReconciler struct {
 	Reader client.Reader // the manager's cache
 	// Pods, when set, reads pods (the agent's pod cache of compact records,
@@ -105,6 +106,8 @@ type NodeReconciler struct {
 	lastStart time.Time
 	needFull  bool
 	compiler  *compile.Compiler               // what the cache held at the last sync; nil before the first
+	rebuild   *rebuild                        // the periodic full sync's read of the cache, while under way (rebuild.go)
+	kick      func()                          // asks for a sync (nil without a controller)
 	problems  map[types.NamespacedName]string // last reported problems, per policy (a ClusterNetworkPolicy: no namespace)
 	strict    epochState
 	unknown   unknownState
@@ -166,6 +169,14 @@ func (r *NodeReconciler) SetupWithManager(mgr manager.Manager) error {
 		Watches(&networkingv1.NetworkPolicy{}, mapAll, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, createDelete()))).
 		Watches(&corev1.Namespace{}, mapAll, builder.WithPredicates(predicate.Or(predicate.LabelChangedPredicate{}, createDelete()))).
 		Watches(&corev1.Node{}, mapAll, builder.WithPredicates(nodeChanged()))
+	// The periodic full sync's rebuild asks for the sync that completes it
+	// through this source (rebuild.go).
+	b = b.WatchesRawSource(source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.kick = func() { q.Add(r.request()) }
+		return nil
+	}))
 	if r.PodEvents != nil {
 		b = b.WatchesRawSource(source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
 			// The informer replays every cached pod to a new handler as an
@@ -326,7 +337,14 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	r.lastStart = now
 	since := r.pending.Swap(0)
 
-	full := r.needFull || r.lastFull.IsZero() || (r.FullSyncPeriod > 0 && now.Sub(r.lastFull) >= r.FullSyncPeriod)
+	// A full sync reads the whole cache: at start, after a failure, and when
+	// one waited for every Node (below). The periodic one (drift repair) reads
+	// it off the sync path first (rebuild.go) and is done by the sync after
+	// that read.
+	full := r.needFull || r.lastFull.IsZero() || r.unapplied
+	due := !full && r.FullSyncPeriod > 0 && now.Sub(r.lastFull) >= r.FullSyncPeriod
+	rebuilt := due && r.rebuild.ready()
+	full = full || rebuilt
 	kind := "incremental"
 	if full {
 		kind = "full"
@@ -338,12 +356,21 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	r.noting.Store(true)
 	changes := r.takeDirty()
 	var err error
-	// A full sync that waited for every Node (below) has read everything
-	// already: the retry updates that read rather than listing the cache again.
-	if r.compiler == nil || (full && !r.unapplied) {
+	switch {
+	case r.compiler == nil || (full && !rebuilt && !r.unapplied):
 		r.compiler, err = r.load(ctx, log)
-	} else {
-		err = r.update(ctx, changes, log)
+	case rebuilt:
+		err = r.adoptRebuild(ctx, changes, log)
+	default:
+		// A full sync that waited for every Node has read everything
+		// already: the retry updates that read rather than listing again.
+		if due && r.rebuild == nil {
+			err = r.startRebuild(ctx, log)
+		}
+		if err == nil {
+			r.rebuild.caughtUp(changes)
+			err = r.update(ctx, changes, log)
+		}
 	}
 	if err != nil {
 		r.compiler = nil // partly updated: the next sync rebuilds it from a list
@@ -443,9 +470,17 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 }
 
 // requeue is a successful sync's result: the next periodic full sync, if any.
+// While its rebuild is under way, the rebuild asks for the sync that completes
+// it (rebuildDone); the requeue only stands in for that when nothing can be
+// asked (no controller), or a request was lost.
 func (r *NodeReconciler) requeue() reconcile.Result {
 	var res reconcile.Result
-	if r.FullSyncPeriod > 0 {
+	switch {
+	case r.rebuild != nil && r.kick == nil:
+		res.RequeueAfter = rebuildPoll
+	case r.rebuild != nil:
+		res.RequeueAfter = rebuildCheck
+	case r.FullSyncPeriod > 0:
 		res.RequeueAfter = r.FullSyncPeriod - time.Since(r.lastFull)
 	}
 	return res
@@ -472,55 +507,95 @@ func (r *NodeReconciler) pods() podSource {
 // in place from the pod cache, and given to the compiler at once
 // (SetPodRecords, which orders them for its index).
 func (r *NodeReconciler) load(ctx context.Context, log logr.Logger) (*compile.Compiler, error) {
-	var nss corev1.NamespaceList
-	var nps networkingv1.NetworkPolicyList
-	if err := r.Reader.List(ctx, &nss, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, err
-	}
-	if err := r.Reader.List(ctx, &nps, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, err
-	}
-	nodes, own, err := r.listNodes(ctx)
-	if err != nil {
-		return nil, err
-	}
-	cnps, err := r.cnp.list(ctx, r.Reader)
+	r.rebuild = nil // a rebuild under way read the cache earlier than this
+	in, err := r.readCache(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if r.UnknownPodCIDRsFromNode {
-		r.ownNode(own)
+		r.ownNode(in.own)
 		if err := r.checkPods(ctx); err != nil {
 			return nil, err
 		}
 		r.settleUnknown(log)
 	}
-	c := compile.NewCompiler(r.NodeName, r.compileOptions())
-	if r.strict.epoch != 0 {
-		c.SetEpoch(r.strict.epoch)
-	}
-	for _, n := range nodes {
-		c.SetNode(n)
+	c, err := in.compiler(ctx, r.NodeName, r.compileOptions(), r.strict.epoch, r.pods())
+	if err != nil {
+		return nil, err
 	}
 	// The other nodes, when they are needed, are added by nodeScope.
 	r.remoteNodes, r.nodesLoaded = nil, false
-	r.nodePeers = map[string]struct{}{}
-	for _, cnp := range cnps {
-		c.SetClusterNetworkPolicy(cnp)
-		r.noteNodePeers(cnp)
-	}
-	for i := range nss.Items {
-		c.SetNamespace(&nss.Items[i])
-	}
-	var pods []*compile.Pod
-	if err := r.pods().each(ctx, func(p *compile.Pod) { pods = append(pods, p) }); err != nil {
+	r.nodePeers = in.nodePeers()
+	return c, nil
+}
+
+// cacheRead is what a full read lists of the cache but the pods, which the
+// compiler reads in place from the pod cache (cacheRead.compiler).
+type cacheRead struct {
+	nss   corev1.NamespaceList
+	nps   networkingv1.NetworkPolicyList
+	nodes []*corev1.Node
+	own   *corev1.Node // this node's, nil when it does not exist
+	cnps  []*cnpv1beta1.ClusterNetworkPolicy
+}
+
+// readCache lists the namespaces, policies, Nodes and ClusterNetworkPolicies
+// of the cache (not deep copies: see load). Under the reconciler's lock: the
+// ClusterNetworkPolicy informer read must not be going away (useClusterPolicies).
+func (r *NodeReconciler) readCache(ctx context.Context) (*cacheRead, error) {
+	in := &cacheRead{}
+	if err := r.Reader.List(ctx, &in.nss, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, err
 	}
-	c.SetPodRecords(pods)
-	for i := range nps.Items {
-		c.SetPolicy(&nps.Items[i])
+	if err := r.Reader.List(ctx, &in.nps, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, err
+	}
+	var err error
+	if in.nodes, in.own, err = r.listNodes(ctx); err != nil {
+		return nil, err
+	}
+	if in.cnps, err = r.cnp.list(ctx, r.Reader); err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+// compiler returns a Compiler for node holding in and every pod of pods. It
+// touches nothing of the reconciler's: a rebuild calls it off the sync path.
+func (in *cacheRead) compiler(ctx context.Context, node string, opts compile.Options, epoch uint32, pods podSource) (*compile.Compiler, error) {
+	c := compile.NewCompiler(node, opts)
+	if epoch != 0 {
+		c.SetEpoch(epoch)
+	}
+	for _, n := range in.nodes {
+		c.SetNode(n)
+	}
+	for _, cnp := range in.cnps {
+		c.SetClusterNetworkPolicy(cnp)
+	}
+	for i := range in.nss.Items {
+		c.SetNamespace(&in.nss.Items[i])
+	}
+	var all []*compile.Pod
+	if err := pods.each(ctx, func(p *compile.Pod) { all = append(all, p) }); err != nil {
+		return nil, err
+	}
+	c.SetPodRecords(all)
+	for i := range in.nps.Items {
+		c.SetPolicy(&in.nps.Items[i])
 	}
 	return c, nil
+}
+
+// nodePeers returns the names of the ClusterNetworkPolicies with a nodes peer.
+func (in *cacheRead) nodePeers() map[string]struct{} {
+	peers := map[string]struct{}{}
+	for _, cnp := range in.cnps {
+		if hasNodesPeer(cnp) {
+			peers[cnp.Name] = struct{}{}
+		}
+	}
+	return peers
 }
 
 // update reads the changed objects from the cache and records them in the compiler.

@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -47,7 +48,25 @@ type memReader struct {
 	nps []*networkingv1.NetworkPolicy
 }
 
-func (m *memReader) Get(_ context.Context, _ client.ObjectKey, obj client.Object, _ ...client.GetOption) error {
+func (m *memReader) Get(_ context.Context, key client.ObjectKey, obj client.Object, _ ...client.GetOption) error {
+	switch o := obj.(type) {
+	case *corev1.Namespace:
+		for _, ns := range m.nss {
+			if ns.Name == key.Name {
+				*o = *ns
+				return nil
+			}
+		}
+		return apierrors.NewNotFound(corev1.Resource("namespaces"), key.Name)
+	case *networkingv1.NetworkPolicy:
+		for _, np := range m.nps {
+			if np.Namespace == key.Namespace && np.Name == key.Name {
+				*o = *np
+				return nil
+			}
+		}
+		return apierrors.NewNotFound(networkingv1.Resource("networkpolicies"), key.Name)
+	}
 	return fmt.Errorf("memReader: Get of %T not supported", obj)
 }
 
