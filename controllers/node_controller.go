@@ -443,7 +443,7 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 		r.needFull = false
 		if len(stats.Drift) > 0 {
 			driftTotal.Add(float64(len(stats.Drift)))
-			log.Info("repaired drift in the kernel's table", "differences", len(stats.Drift), "first", stats.Drift[0])
+			log.Info("repaired drift in the kernel's table", "differences", len(stats.Drift), "first", stats.Drift[0], "readAhead", stats.ReadAhead)
 		}
 		if r.AfterFullSync != nil {
 			r.AfterFullSync()

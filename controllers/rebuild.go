@@ -8,6 +8,7 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/compile"
 )
 
@@ -22,8 +23,10 @@ import (
 //     policies, Nodes, ClusterNetworkPolicies) under the lock, starts the
 //     rebuild, and goes on as an incremental sync.
 //  2. The rebuild reads every pod from the pod cache, builds the Compiler and
-//     compiles it once, on its own goroutine; incremental syncs go on
-//     meanwhile and record in it what they served (caughtUp).
+//     compiles it once, on its own goroutine, then has the Applier read the
+//     kernel's table for the full sync (nft.ReadsAhead, when it can);
+//     incremental syncs go on meanwhile and record in it what they served
+//     (caughtUp).
 //  3. It asks for a sync, which adopts it (adoptRebuild): what the incremental
 //     syncs served since step 1, and what that sync serves, are read again
 //     into the new Compiler, which replaces the old one; that sync is the full
@@ -92,7 +95,7 @@ func (r *NodeReconciler) startRebuild(ctx context.Context, log logr.Logger) erro
 	b := &rebuild{started: time.Now(), served: map[objectRef]struct{}{}, nodePeers: in.nodePeers(), own: in.own,
 		done: make(chan struct{})}
 	opts, epoch, pods, node := r.compileOptions(), r.strict.epoch, r.pods(), r.NodeName
-	kick := r.kick
+	kick, applier := r.kick, r.Applier
 	r.rebuild = b
 	log.V(1).Info("full sync due: reading the cache off the sync path")
 	go func() {
@@ -101,6 +104,14 @@ func (r *NodeReconciler) startRebuild(ctx context.Context, log logr.Logger) erro
 			// The first compile of a Compiler is its longest: done here, the
 			// adopting sync compiles only what changed since.
 			c.Compile()
+			// And the full sync's read of the kernel's table (nft.ReadsAhead),
+			// last, so that it is as recent as can be. If it fails, the full
+			// sync reads as before.
+			if ra, ok := applier.(nft.ReadsAhead); ok {
+				if rerr := ra.ReadAhead(ctx); rerr != nil {
+					log.V(1).Info("the full sync will read the kernel's table itself", "reason", rerr.Error())
+				}
+			}
 		}
 		b.compiler, b.err, b.elapsed = c, err, time.Since(b.started)
 		syncDuration.WithLabelValues("rebuild").Observe(b.elapsed.Seconds())

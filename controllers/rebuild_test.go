@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/compile"
+	"github.com/nftpolicy/nftpolicy/nft/netlink"
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 )
 
@@ -298,5 +300,52 @@ func TestPeriodicFullSyncRebuildKeepsTheEpoch(t *testing.T) {
 	want := fmt.Sprintf(`"epoch %d: judged under the policies in force"`, moved)
 	if err := holds(got, want); err != nil {
 		t.Fatalf("after the adoption: %v\n%s", err, got)
+	}
+}
+
+// aheadApplier is the netlink Applier, keeping the last FullSync's stats.
+type aheadApplier struct {
+	*netlink.Applier
+	full nft.Stats
+}
+
+func (a *aheadApplier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
+	st, err := a.Applier.FullSync(ctx, desired)
+	a.full = st
+	return st, err
+}
+
+// TestPeriodicFullSyncReadsTheKernelAhead: with the netlink Applier, the
+// rebuild also reads the kernel's table, so the full sync that adopts it reads
+// nothing; drift made before that read is reported and repaired by it.
+func TestPeriodicFullSyncReadsTheKernelAhead(t *testing.T) {
+	nfttest.RequireRoot(t)
+	ns := nfttest.NewNetNS(t, "np-rebuild")
+	nl, err := netlink.New(netlink.Options{Table: nft.DefaultTable, NetNSPath: ns.Path(), ShareDesired: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	applier := &aheadApplier{Applier: nl}
+	f := newRebuildFixture(t)
+	f.r.Applier = applier
+	f.r.needFull = true
+	f.sync()
+	if applier.full.ReadAhead {
+		t.Fatal("a full sync without a rebuild read ahead")
+	}
+	// Drift: someone deletes the target's map element.
+	if _, err := ns.NFT("", "delete", "element", "inet", nft.DefaultTable, nft.MapIngressV4, "{ 10.60.0.2 }"); err != nil {
+		t.Fatal(err)
+	}
+	f.startRebuild()
+	f.finish()
+	f.sync()
+	if want := []string{"set " + nft.MapIngressV4 + ": 1 elements missing"}; !applier.full.ReadAhead || !slices.Equal(applier.full.Drift, want) {
+		t.Fatalf("the adopting full sync: %+v, want it read ahead with drift %q", applier.full, want)
+	}
+	out, err := ns.NFT("", "list", "map", "inet", nft.DefaultTable, nft.MapIngressV4)
+	if err != nil || !strings.Contains(out, "10.60.0.2") {
+		t.Fatalf("the drift was not repaired: %v\n%s", err, out)
 	}
 }

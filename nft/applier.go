@@ -35,6 +35,22 @@ type Stats struct {
 	ChainsRewritten int      // chains flushed and refilled, or added
 	Bytes           int      // bytes of netlink messages sent
 	Drift           []string // FullSync only: differences found before replacing
+	ReadAhead       bool     // FullSync only: Drift comes from ReadAhead's read, not one of its own
+}
+
+// ReadsAhead is an Applier that can read the kernel's table for the next
+// FullSync ahead of it while Apply goes on, so that FullSync itself reads
+// nothing. nft/netlink's Applier implements it.
+type ReadsAhead interface {
+	// ReadAhead reads the table the kernel holds and compares it with what was
+	// last applied, each part (a chain's rules, a set's elements) as of its
+	// read: the next FullSync reports those differences (Stats.ReadAhead)
+	// instead of reading. An Apply that changes the part being read waits for
+	// that read. Changes made by someone else after a part was read are seen by
+	// the FullSync after. It fails, and FullSync reads as before, when there is
+	// nothing applied to compare with, or when a transaction changed the
+	// table's shape meanwhile (which chains, sets and objects there are).
+	ReadAhead(ctx context.Context) error
 }
 
 // ConnMarks is what strict mode (--established=recheck) needs of the kernel besides

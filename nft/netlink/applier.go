@@ -46,9 +46,19 @@ type Applier struct {
 	tr     *transport
 	writer *nftables.Conn // batches go through tr
 	reader *nftables.Conn // FullSync reads what the kernel holds
+	readMu sync.Mutex     // every use of reader (ReadAhead's without mu)
 
 	// last is what the kernel is known to hold; nil forces a full sync.
-	last *nft.Ruleset
+	last    *nft.Ruleset
+	commits uint64    // transactions committed
+	watch   *touchLog // while ReadAhead reads: what transactions change
+	// readDone is signalled when ReadAhead ends the read of a chain or set,
+	// which Apply may be waiting for.
+	readDone *sync.Cond
+	ahead    *readAhead // ReadAhead's result for the next FullSync
+	// aheadHook, in tests, runs before ReadAhead reads a chain or set (key
+	// "chain NAME", "set NAME"), without the lock.
+	aheadHook func(key string)
 }
 
 var _ nft.Applier = (*Applier)(nil)
@@ -66,6 +76,7 @@ func New(opts Options) (*Applier, error) {
 		opts.SocketBufferBytes = defaultSocketBuffer
 	}
 	a := &Applier{opts: opts}
+	a.readDone = sync.NewCond(&a.mu)
 	fd := 0
 	if opts.NetNSPath != "" {
 		f, err := os.Open(opts.NetNSPath)
@@ -111,16 +122,20 @@ func (a *Applier) Close() error {
 	if a.writer != nil {
 		errs = append(errs, a.writer.CloseLasting())
 	}
+	a.readMu.Lock()
 	if a.reader != nil {
 		errs = append(errs, a.reader.CloseLasting())
 	}
+	a.readMu.Unlock()
 	if a.tr != nil {
 		errs = append(errs, a.tr.close())
 	}
 	if a.netns != nil {
 		errs = append(errs, a.netns.Close())
 	}
+	a.readMu.Lock()
 	a.writer, a.reader, a.tr, a.netns = nil, nil, nil, nil
+	a.readMu.Unlock()
 	return errors.Join(errs...)
 }
 
@@ -138,7 +153,18 @@ func (a *Applier) Table() string { return a.opts.Table }
 func (a *Applier) Apply(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.apply(ctx, a.last, desired, nft.Plan)
+	for {
+		if err := a.check(desired); err != nil {
+			return nft.Stats{}, err
+		}
+		tx := nft.Plan(a.last, desired)
+		if !a.watch.reading(tx) {
+			return a.commit(ctx, a.last, desired, tx)
+		}
+		// ReadAhead is reading a chain or set this changes: its dump would
+		// be no snapshot of it. Wait for that one read (ahead.go).
+		a.readDone.Wait()
+	}
 }
 
 // FullSync reads the table the kernel holds, reports in Stats.Drift how it differs
@@ -146,18 +172,35 @@ func (a *Applier) Apply(ctx context.Context, desired *nft.Ruleset) (nft.Stats, e
 // makes it desired in one transaction: without drift by rewriting every chain and
 // keeping the sets; with no table applied yet by adopting the one found (adopt.go);
 // otherwise, or when adopting fails, by replacing it whole. Failing to read the
-// table does not stop the replace; Drift says so.
+// table does not stop the replace; Drift says so. After a ReadAhead it reads
+// nothing and reports what ReadAhead found (ahead.go).
 func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.tr == nil {
 		return nft.Stats{}, errClosed
 	}
-	kt, err := a.readTable()
-	var drift []string
-	if err == nil {
-		drift, err = a.drift(a.last, kt)
+	ahead := a.ahead
+	a.ahead = nil
+	if ahead != nil && a.last != nil {
+		// Read ahead (ahead.go), and no transaction failed or replaced the
+		// table since: what it found is what this read would find.
+		last, plan := a.last, nft.PlanRewrite // as below
+		if len(ahead.drift) > 0 {
+			last, plan = nil, nft.Plan
+		}
+		st, err := a.apply(ctx, last, desired, plan)
+		st.Drift, st.ReadAhead = ahead.drift, true
+		return st, err
 	}
+	var kt *kernelTable
+	var drift []string
+	err := a.reading(func() (err error) {
+		if kt, err = a.readTable(); err == nil {
+			drift, err = a.drift(a.last, kt)
+		}
+		return err
+	})
 	if err != nil {
 		// The replace matters more than the report.
 		drift = []string{fmt.Sprintf("could not read table inet %s: %v", a.opts.Table, err)}
@@ -166,13 +209,19 @@ func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats
 	if a.last != nil && len(drift) == 0 {
 		// The kernel holds what we applied last: rewrite every chain but keep
 		// the sets (see nft.PlanRewrite: replacing them drops packets).
-		st, err := a.apply(ctx, a.last, desired, nft.PlanRewrite)
-		return st, err
+		return a.apply(ctx, a.last, desired, nft.PlanRewrite)
 	}
 	if a.last == nil {
 		// A table this Applier did not write (a previous agent's): keep what of
 		// it is exactly right. If the kernel refuses that plan, nothing changed.
-		if last, kept, keptObjs, ok := a.adoptable(desired, kt); ok && kept+keptObjs > 0 {
+		var last *nft.Ruleset
+		var kept, keptObjs int
+		var ok bool
+		_ = a.reading(func() error {
+			last, kept, keptObjs, ok = a.adoptable(desired, kt)
+			return nil
+		})
+		if ok && kept+keptObjs > 0 {
 			st, err := a.apply(ctx, last, desired, nft.PlanRewrite)
 			if err == nil {
 				st.Drift = append(drift, fmt.Sprintf("adopted: %d of %d sets kept", kept, len(desired.Sets)))
@@ -193,7 +242,10 @@ func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats
 func (a *Applier) Delete(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.last = nil
+	a.last, a.ahead = nil, nil
+	if a.watch != nil {
+		a.watch.shape = true
+	}
 	tx := nft.Transaction{Full: true, Ops: []nft.Op{
 		{Kind: nft.OpAddTable, Name: a.opts.Table},
 		{Kind: nft.OpDelTable, Name: a.opts.Table},
@@ -205,21 +257,45 @@ func (a *Applier) Delete(ctx context.Context) error {
 var errClosed = errors.New("nft/netlink: applier is closed")
 
 func (a *Applier) apply(ctx context.Context, last, desired *nft.Ruleset, plan func(last, desired *nft.Ruleset) nft.Transaction) (nft.Stats, error) {
+	if err := a.check(desired); err != nil {
+		return nft.Stats{}, err
+	}
+	return a.commit(ctx, last, desired, plan(last, desired))
+}
+
+// check says whether desired can be applied.
+func (a *Applier) check(desired *nft.Ruleset) error {
 	if a.tr == nil {
-		return nft.Stats{}, errClosed
+		return errClosed
 	}
 	if desired == nil || desired.Table != a.opts.Table {
-		return nft.Stats{}, fmt.Errorf("nft/netlink: ruleset is for table %q, applier owns %q", tableOf(desired), a.opts.Table)
+		return fmt.Errorf("nft/netlink: ruleset is for table %q, applier owns %q", tableOf(desired), a.opts.Table)
 	}
-	tx := plan(last, desired)
+	return nil
+}
+
+// commit sends tx, which takes the table from last to desired.
+func (a *Applier) commit(ctx context.Context, last, desired *nft.Ruleset, tx nft.Transaction) (nft.Stats, error) {
 	if len(tx.Ops) == 0 {
 		return nft.Stats{}, nil
 	}
 	// Forget what the kernel holds until the transaction is known to have succeeded.
 	a.last = nil
 	st, err := a.send(ctx, tx, last, desired)
+	if err != nil || tx.Full {
+		// A read ahead compared the kernel with a table this one replaced
+		// (or may have: the kernel's state is unknown after some failures).
+		a.ahead = nil
+		if a.watch != nil {
+			a.watch.shape = true
+		}
+	}
 	if err != nil {
 		return st, err
+	}
+	a.commits++
+	if a.watch != nil {
+		a.watch.record(tx, a.commits)
 	}
 	if a.opts.ShareDesired {
 		a.last = desired

@@ -23,6 +23,8 @@ import (
 func (a *Applier) TableCtMark(chain string, mask uint32) (value uint32, found bool, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.readMu.Lock()
+	defer a.readMu.Unlock()
 	if a.reader == nil {
 		return 0, false, errClosed
 	}

@@ -64,6 +64,9 @@ func (a *Applier) readTable() (*kernelTable, error) {
 // elementDiff counts the elements of s, as the kernel holds them once added,
 // that the kernel's set ks lacks, and those of ks that s lacks.
 func (a *Applier) elementDiff(s *nft.Set, ks *nftables.Set) (missing, unexpected int, err error) {
+	if s == nil {
+		return 0, 0, nil // gone from the model since the table was listed: nothing to compare
+	}
 	got, err := a.reader.GetSetElements(ks)
 	if err != nil {
 		return 0, 0, fmt.Errorf("listing elements of set %s: %w", s.Name, err)
@@ -96,8 +99,24 @@ func (a *Applier) elementDiff(s *nft.Set, ks *nftables.Set) (missing, unexpected
 // applied; nil when it applied nothing yet or failed) and describes the
 // differences: missing and unexpected chains, sets and named objects (and objects
 // whose definition changed), rule counts, and set elements (by key and, in maps,
-// verdict).
+// verdict). Under the Applier's lock: last is what the kernel should hold
+// throughout.
 func (a *Applier) drift(last *nft.Ruleset, kt *kernelTable) ([]string, error) {
+	return a.compare(last, kt, func(_ string, read func(*nft.Ruleset) error) (*nft.Ruleset, error) {
+		return last, read(last)
+	})
+}
+
+// contentRead reads the rules of a chain or the elements of a set (key: "chain
+// NAME", "set NAME") and returns what the kernel should have held of it then.
+// read is given that ruleset.
+type contentRead func(key string, read func(should *nft.Ruleset) error) (*nft.Ruleset, error)
+
+// compare is drift with each chain's rules and each set's elements read
+// through content: last is what the kernel should hold of kt's shape (which
+// chains, sets and objects, base chain hooks), and each content read says what
+// it should have held of that chain or set at the time.
+func (a *Applier) compare(last *nft.Ruleset, kt *kernelTable, content contentRead) ([]string, error) {
 	table := a.opts.Table
 	if kt.tab == nil {
 		if last != nil {
@@ -118,15 +137,23 @@ func (a *Applier) drift(last *nft.Ruleset, kt *kernelTable) ([]string, error) {
 			drift = append(drift, fmt.Sprintf("chain %s missing", c.Name))
 			continue
 		}
-		rules, err := a.reader.GetRules(kt.tab, kc)
+		if (kc.Hooknum == nil) != (c.Hook == nil) {
+			drift = append(drift, fmt.Sprintf("chain %s: base chain %v, want %v", c.Name, kc.Hooknum != nil, c.Hook != nil))
+		}
+		var rules []*nftables.Rule
+		should, err := content("chain "+c.Name, func(*nft.Ruleset) (err error) {
+			rules, err = a.reader.GetRules(kt.tab, kc)
+			return err
+		})
 		if err != nil {
 			return nil, fmt.Errorf("listing rules of chain %s: %w", c.Name, err)
 		}
-		if len(rules) != len(c.Rules) {
-			drift = append(drift, fmt.Sprintf("chain %s: %d rules, want %d", c.Name, len(rules), len(c.Rules)))
+		want := &c
+		if should != last {
+			want = should.Chain(c.Name)
 		}
-		if (kc.Hooknum == nil) != (c.Hook == nil) {
-			drift = append(drift, fmt.Sprintf("chain %s: base chain %v, want %v", c.Name, kc.Hooknum != nil, c.Hook != nil))
+		if want != nil && len(rules) != len(want.Rules) {
+			drift = append(drift, fmt.Sprintf("chain %s: %d rules, want %d", c.Name, len(rules), len(want.Rules)))
 		}
 	}
 	for _, name := range sortedKeys(kt.chains) {
@@ -134,6 +161,7 @@ func (a *Applier) drift(last *nft.Ruleset, kt *kernelTable) ([]string, error) {
 			drift = append(drift, fmt.Sprintf("chain %s unexpected", name))
 		}
 	}
+	var index setIndex
 	for _, s := range nft.SortedSets(last) {
 		known["set "+s.Name] = true
 		ks := kt.sets[s.Name]
@@ -141,7 +169,15 @@ func (a *Applier) drift(last *nft.Ruleset, kt *kernelTable) ([]string, error) {
 			drift = append(drift, fmt.Sprintf("set %s missing", s.Name))
 			continue
 		}
-		missing, unexpected, err := a.elementDiff(&s, ks)
+		var missing, unexpected int
+		_, err := content("set "+s.Name, func(should *nft.Ruleset) (err error) {
+			want := &s
+			if should != last {
+				want = index.find(should, s.Name)
+			}
+			missing, unexpected, err = a.elementDiff(want, ks)
+			return err
+		})
 		if err != nil {
 			return nil, err
 		}
@@ -159,6 +195,22 @@ func (a *Applier) drift(last *nft.Ruleset, kt *kernelTable) ([]string, error) {
 	}
 	drift = append(drift, objectDrift(last, kt.objs)...)
 	return drift, nil
+}
+
+// setIndex finds sets by name in the last ruleset it was asked about.
+type setIndex struct {
+	of   *nft.Ruleset
+	sets map[string]*nft.Set
+}
+
+func (x *setIndex) find(r *nft.Ruleset, name string) *nft.Set {
+	if x.of != r {
+		x.of, x.sets = r, make(map[string]*nft.Set, len(r.Sets))
+		for i := range r.Sets {
+			x.sets[r.Sets[i].Name] = &r.Sets[i]
+		}
+	}
+	return x.sets[name]
 }
 
 // elemID identifies a kernel element by key, key end, interval-end flag and, in a

@@ -43,6 +43,11 @@ const unreadableKey nft.Key = 255
 func (a *Applier) Read(ctx context.Context, hint *nft.Ruleset) (*nft.Ruleset, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.readMu.Lock()
+	defer a.readMu.Unlock()
+	if a.reader == nil {
+		return nil, errClosed
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
