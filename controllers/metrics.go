@@ -40,6 +40,10 @@ var (
 		Name: "nftpolicy_policy_problems",
 		Help: "Policy rules the compiler could not (fully) enforce, as of the last sync.",
 	})
+	fullSyncReads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nftpolicy_full_sync_kernel_reads_total",
+		Help: "Full syncs by where the kernel's table was read for them: ahead (off the sync path, with the cache's, before a periodic one) or sync (inside it, holding up events).",
+	}, []string{"read"})
 	driftTotal = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "nftpolicy_drift_total",
 		Help: "Differences found between the kernel's table and the last applied one by periodic full syncs.",
@@ -62,5 +66,5 @@ var (
 
 func init() {
 	metrics.Registry.MustRegister(programmingLatency, syncDuration, syncsTotal, applyFailures,
-		rulesetSize, netlinkBytes, policyProblems, driftTotal, deniedPackets, denyLogLost, counterReadErrors)
+		rulesetSize, netlinkBytes, policyProblems, fullSyncReads, driftTotal, deniedPackets, denyLogLost, counterReadErrors)
 }

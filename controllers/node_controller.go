@@ -441,6 +441,11 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	if full {
 		r.lastFull = now
 		r.needFull = false
+		read := "sync"
+		if stats.ReadAhead {
+			read = "ahead"
+		}
+		fullSyncReads.WithLabelValues(read).Inc()
 		if len(stats.Drift) > 0 {
 			driftTotal.Add(float64(len(stats.Drift)))
 			log.Info("repaired drift in the kernel's table", "differences", len(stats.Drift), "first", stats.Drift[0], "readAhead", stats.ReadAhead)
@@ -458,7 +463,7 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	rulesetSize.WithLabelValues("sets").Set(float64(c.Sets))
 	rulesetSize.WithLabelValues("elements").Set(float64(c.Elements))
 	log.V(2).Info("synced", "elapsed", elapsed, "operations", stats.Operations, "elements", stats.Elements,
-		"chainsRewritten", stats.ChainsRewritten, "bytes", stats.Bytes,
+		"chainsRewritten", stats.ChainsRewritten, "bytes", stats.Bytes, "readAhead", stats.ReadAhead,
 		"changes", len(changes), "chains", c.Chains, "rules", c.Rules, "setElements", c.Elements, "epoch", r.strict.epoch)
 	if log.V(5).Enabled() {
 		log.V(5).Info("ruleset", "nft", nft.Render(desired))

@@ -109,7 +109,7 @@ func (r *NodeReconciler) startRebuild(ctx context.Context, log logr.Logger) erro
 			// sync reads as before.
 			if ra, ok := applier.(nft.ReadsAhead); ok {
 				if rerr := ra.ReadAhead(ctx); rerr != nil {
-					log.V(1).Info("the full sync will read the kernel's table itself", "reason", rerr.Error())
+					log.Info("the full sync will read the kernel's table itself, holding up changes meanwhile", "reason", rerr.Error())
 				}
 			}
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -340,9 +341,13 @@ func TestPeriodicFullSyncReadsTheKernelAhead(t *testing.T) {
 	}
 	f.startRebuild()
 	f.finish()
+	ahead := testutil.ToFloat64(fullSyncReads.WithLabelValues("ahead"))
 	f.sync()
 	if want := []string{"set " + nft.MapIngressV4 + ": 1 elements missing"}; !applier.full.ReadAhead || !slices.Equal(applier.full.Drift, want) {
 		t.Fatalf("the adopting full sync: %+v, want it read ahead with drift %q", applier.full, want)
+	}
+	if n := testutil.ToFloat64(fullSyncReads.WithLabelValues("ahead")) - ahead; n != 1 {
+		t.Errorf("nftpolicy_full_sync_kernel_reads_total{read=\"ahead\"} grew by %v, want 1", n)
 	}
 	out, err := ns.NFT("", "list", "map", "inet", nft.DefaultTable, nft.MapIngressV4)
 	if err != nil || !strings.Contains(out, "10.60.0.2") {

@@ -122,7 +122,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&opts.HealthAddr, "health-probe-bind-address", defaultHealthAddr,
 		"host:port for the /healthz and /readyz endpoints; 0 disables them")
 	fs.DurationVar(&opts.FullSyncPeriod, "full-sync-period", defaultFullSyncPeriod,
-		"how often to rewrite the whole table even without changes (repairs outside tampering)")
+		"how often to read the whole cache and the kernel's table again and rewrite the table (repairs outside tampering and missed events; read off the sync path)")
 	fs.DurationVar(&opts.MinSyncInterval, "min-sync-interval", defaultMinSyncInterval,
 		"least time between the starts of two syncs; events arriving meanwhile are coalesced into the next")
 	denyLogRate := fs.String("deny-log-rate", defaultDenyLogRate,

@@ -35,6 +35,11 @@
 // new sets created one batch ahead, tried and dropped as needless). Delete removes
 // the table (add then delete, so that a missing table is not an error).
 //
+// ReadAhead (nft.ReadsAhead, ahead.go) does FullSync's read before it, while Apply
+// goes on, so that a periodic full sync holds up no change for it: each chain and
+// set is compared with what was applied when it was read, and an Apply that changes
+// the one being read waits for that read. FullSync then reads nothing.
+//
 // # The same bytecode as nft
 //
 // The translation reproduces what nft 1.0.6 sends for the text nft.Render prints, so

@@ -356,9 +356,10 @@ func TestControlPlane(t *testing.T) {
 	}
 
 	// 7. The full syncs after the first: every --full-sync-period (5 min by
-	// default) the agent lists its cache, compiles anew and rewrites its chains
-	// (drift repair), and events wait meanwhile. An agent with a short period,
-	// for three of them.
+	// default) the agent lists its cache and compiles anew, and reads the
+	// kernel's table, off the sync path; then the full sync rewrites its
+	// chains (drift repair), and events wait for that. An agent with a short
+	// period, for three of them.
 	if err := measurePeriodicFullSync(ctx, startAgent, fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort), metricsURL,
 		filepath.Join(dir, "agent-fullsync.log"), report); err != nil {
 		t.Fatalf("periodic full syncs: %v", err)
@@ -876,6 +877,8 @@ func measurePeriodicFullSync(ctx context.Context, startAgent func(string, ...str
 			if rn := m1[rcount] - m0[rcount]; rn > 0 {
 				report("full_sync_rebuild_ms", "%.1f", 1000*(m1[rsum]-m0[rsum])/rn)
 			}
+			const ahead = `nftpolicy_full_sync_kernel_reads_total{read="ahead"}`
+			report("full_sync_read_ahead_n", "%.0f", m1[ahead]-m0[ahead])
 			return nil
 		}
 		if time.Now().After(deadline) {
