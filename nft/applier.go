@@ -17,10 +17,11 @@ type Applier interface {
 	// before, and reports in Stats.Drift how the kernel's table differed from the
 	// last applied ruleset (someone else edited it, or a previous agent left
 	// another one). When the kernel holds the last applied ruleset (no drift), it
-	// rewrites every chain and sends only element differences, keeping the sets
-	// (see PlanRewrite: replacing a set makes its lookups miss for a moment);
-	// an implementation may likewise keep the exactly-right sets of a table it
-	// did not write; otherwise it replaces the whole table.
+	// sends only what changed since, as Apply; when only some chains' rules
+	// differ, it rewrites those chains (PlanRepair), keeping the sets (see
+	// PlanRewrite: replacing a set makes its lookups miss for a moment); an
+	// implementation may likewise keep the exactly-right sets of a table it did
+	// not write; otherwise it replaces the whole table.
 	FullSync(ctx context.Context, desired *Ruleset) (Stats, error)
 
 	// Delete removes the table. A missing table is not an error.

@@ -165,7 +165,7 @@ func Plan(last, desired *Ruleset) Transaction {
 	if last == nil || last.Table != desired.Table {
 		return fullPlan(desired)
 	}
-	return plan(last, desired, false)
+	return plan(last, desired, nil)
 }
 
 // PlanRewrite is Plan for a table known to hold last, that must also be made
@@ -182,10 +182,21 @@ func PlanRewrite(last, desired *Ruleset) Transaction {
 	if last == nil || last.Table != desired.Table {
 		return fullPlan(desired)
 	}
-	return plan(last, desired, true)
+	return plan(last, desired, func(string) bool { return true })
 }
 
-func plan(last, desired *Ruleset, rewriteAll bool) Transaction {
+// PlanRepair is Plan for a table known to hold last but for the rules of the
+// named chains, which are flushed and refilled as PlanRewrite does.
+func PlanRepair(last, desired *Ruleset, chains []string) Transaction {
+	if last == nil || last.Table != desired.Table {
+		return fullPlan(desired)
+	}
+	return plan(last, desired, func(name string) bool { return slices.Contains(chains, name) })
+}
+
+// plan is Plan; rewrite, when set, names chains to flush and refill even when
+// their rules did not change.
+func plan(last, desired *Ruleset, rewrite func(chain string) bool) Transaction {
 	var t Transaction
 	add := func(op Op) { t.Ops = append(t.Ops, op) }
 
@@ -244,6 +255,7 @@ func plan(last, desired *Ruleset, rewriteAll bool) Transaction {
 	for i := range desiredChains {
 		c := &desiredChains[i]
 		old := lastChains[c.Name]
+		forced := rewrite != nil && rewrite(c.Name)
 		switch {
 		case old == nil:
 			newChains = append(newChains, c)
@@ -252,9 +264,9 @@ func plan(last, desired *Ruleset, rewriteAll bool) Transaction {
 			if len(old.Rules) > 0 {
 				flushChains = append(flushChains, c)
 			}
-		case rewriteAll || !sameRules(old.Rules, c.Rules) || refersToAny(old.Rules, recreated) || refersToObjects(old.Rules, recreatedObj):
+		case forced || !sameRules(old.Rules, c.Rules) || refersToAny(old.Rules, recreated) || refersToObjects(old.Rules, recreatedObj):
 			rewriteChains = append(rewriteChains, c)
-			if rewriteAll || len(old.Rules) > 0 {
+			if forced || len(old.Rules) > 0 {
 				flushChains = append(flushChains, c)
 			}
 		}

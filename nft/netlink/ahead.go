@@ -46,7 +46,7 @@ var (
 
 // readAhead is ReadAhead's result, for the next FullSync.
 type readAhead struct {
-	drift []string
+	drift drift
 }
 
 // touchLog records, while ReadAhead reads, which parts of the table the

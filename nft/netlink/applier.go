@@ -169,11 +169,13 @@ func (a *Applier) Apply(ctx context.Context, desired *nft.Ruleset) (nft.Stats, e
 
 // FullSync reads the table the kernel holds, reports in Stats.Drift how it differs
 // from what was last applied (or that the table existed before the first sync), and
-// makes it desired in one transaction: without drift by rewriting every chain and
-// keeping the sets; with no table applied yet by adopting the one found (adopt.go);
-// otherwise, or when adopting fails, by replacing it whole. Failing to read the
-// table does not stop the replace; Drift says so. After a ReadAhead it reads
-// nothing and reports what ReadAhead found (ahead.go).
+// makes it desired in one transaction: without drift by sending only what changed
+// since (rules are compared by bytecode and comment, so nothing is rewritten that
+// the kernel holds right); when only some chains' rules differ, by rewriting those
+// and keeping the rest; with no table applied yet by adopting the one found
+// (adopt.go); otherwise, or when adopting fails, by replacing it whole. Failing to
+// read the table does not stop the replace; Drift says so. After a ReadAhead it
+// reads nothing and reports what ReadAhead found (ahead.go).
 func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -185,56 +187,71 @@ func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats
 	if ahead != nil && a.last != nil {
 		// Read ahead (ahead.go), and no transaction failed or replaced the
 		// table since: what it found is what this read would find.
-		last, plan := a.last, nft.PlanRewrite // as below
-		if len(ahead.drift) > 0 {
-			last, plan = nil, nft.Plan
-		}
-		st, err := a.apply(ctx, last, desired, plan)
-		st.Drift, st.ReadAhead = ahead.drift, true
+		st, err := a.repair(ctx, ahead.drift, desired)
+		st.ReadAhead = true
 		return st, err
 	}
 	var kt *kernelTable
-	var drift []string
+	var d drift
 	err := a.reading(func() (err error) {
 		if kt, err = a.readTable(); err == nil {
-			drift, err = a.drift(a.last, kt)
+			d, err = a.drift(a.last, kt)
 		}
 		return err
 	})
 	if err != nil {
 		// The replace matters more than the report.
-		drift = []string{fmt.Sprintf("could not read table inet %s: %v", a.opts.Table, err)}
+		d = drift{lines: []string{fmt.Sprintf("could not read table inet %s: %v", a.opts.Table, err)}}
 		kt = nil
 	}
-	if a.last != nil && len(drift) == 0 {
-		// The kernel holds what we applied last: rewrite every chain but keep
-		// the sets (see nft.PlanRewrite: replacing them drops packets).
-		return a.apply(ctx, a.last, desired, nft.PlanRewrite)
+	if a.last != nil {
+		return a.repair(ctx, d, desired)
 	}
-	if a.last == nil {
-		// A table this Applier did not write (a previous agent's): keep what of
-		// it is exactly right. If the kernel refuses that plan, nothing changed.
-		var last *nft.Ruleset
-		var kept, keptObjs int
-		var ok bool
-		_ = a.reading(func() error {
-			last, kept, keptObjs, ok = a.adoptable(desired, kt)
-			return nil
-		})
-		if ok && kept+keptObjs > 0 {
-			st, err := a.apply(ctx, last, desired, nft.PlanRewrite)
-			if err == nil {
-				st.Drift = append(drift, fmt.Sprintf("adopted: %d of %d sets kept", kept, len(desired.Sets)))
-				if len(desired.Objects) > 0 {
-					st.Drift = append(st.Drift, fmt.Sprintf("adopted: %d of %d objects kept", keptObjs, len(desired.Objects)))
-				}
-				return st, nil
+	// A table this Applier did not write (a previous agent's): keep what of it
+	// is exactly right. If the kernel refuses that plan, nothing changed.
+	drift := d.lines
+	var last *nft.Ruleset
+	var kept, keptObjs int
+	var ok bool
+	_ = a.reading(func() error {
+		last, kept, keptObjs, ok = a.adoptable(desired, kt)
+		return nil
+	})
+	if ok && kept+keptObjs > 0 {
+		st, err := a.apply(ctx, last, desired, nft.PlanRewrite)
+		if err == nil {
+			st.Drift = append(drift, fmt.Sprintf("adopted: %d of %d sets kept", kept, len(desired.Sets)))
+			if len(desired.Objects) > 0 {
+				st.Drift = append(st.Drift, fmt.Sprintf("adopted: %d of %d objects kept", keptObjs, len(desired.Objects)))
 			}
-			drift = append(drift, fmt.Sprintf("adopting failed (%v): replaced", err))
+			return st, nil
 		}
+		drift = append(drift, fmt.Sprintf("adopting failed (%v): replaced", err))
 	}
 	st, err := a.apply(ctx, nil, desired, nft.Plan)
 	st.Drift = drift
+	return st, err
+}
+
+// repair makes the table desired, from the last applied one that the kernel
+// holds but for d: with no difference it sends only what changed since (often
+// nothing); when only some chains' rules differ it rewrites those; otherwise
+// it replaces the table whole. Sets are kept but in the last case (replacing
+// them drops packets: nft.PlanRewrite).
+func (a *Applier) repair(ctx context.Context, d drift, desired *nft.Ruleset) (nft.Stats, error) {
+	var st nft.Stats
+	var err error
+	switch {
+	case len(d.lines) == 0:
+		st, err = a.apply(ctx, a.last, desired, nft.Plan)
+	case d.rulesOnly():
+		st, err = a.apply(ctx, a.last, desired, func(last, desired *nft.Ruleset) nft.Transaction {
+			return nft.PlanRepair(last, desired, d.rules)
+		})
+	default:
+		st, err = a.apply(ctx, nil, desired, nft.Plan)
+	}
+	st.Drift = d.lines
 	return st, err
 }
 

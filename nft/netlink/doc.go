@@ -18,10 +18,12 @@
 // nothing refers to any more. A TransactionError names the operation, and for element
 // lists the element, that the kernel refused.
 //
-// FullSync first reads the table back (tables, chains, rule counts, sets and their
-// elements by key and, in maps, verdict) and reports how it differs from what was
-// last applied in Stats.Drift. Without drift it rewrites every chain and keeps the
-// sets (nft.PlanRewrite). With nothing applied yet (a restarted agent) it adopts
+// FullSync first reads the table back (tables, chains and their hooks, rules by
+// bytecode and comment as Read compares them, sets and their elements by key and,
+// in maps, verdict) and reports how it differs from what was last applied in
+// Stats.Drift. Without drift it sends only what changed since (nothing, when
+// nothing did); when only some chains' rules differ it rewrites those and keeps
+// everything else (nft.PlanRepair). With nothing applied yet (a restarted agent) it adopts
 // the table it finds (adopt.go): sets whose type, flags and elements are exactly
 // right are kept, the rest re-created, every chain rewritten. With drift, or when
 // adopting is not possible (a base chain's hook changed) or the kernel refuses

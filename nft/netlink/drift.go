@@ -5,8 +5,11 @@ import (
 	"encoding/hex"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
 	mnl "github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
@@ -95,13 +98,26 @@ func (a *Applier) elementDiff(s *nft.Set, ks *nftables.Set) (missing, unexpected
 	return missing, unexpected, nil
 }
 
+// drift is how the kernel's table differs from what was applied.
+type drift struct {
+	lines []string // every difference, described
+	// rules are the chains whose only difference is their rules' contents
+	// (bytecode or comments, with the right count): each has one line, and
+	// rewriting them repairs it.
+	rules []string
+}
+
+// rulesOnly reports whether rewriting d.rules repairs every difference.
+func (d drift) rulesOnly() bool { return len(d.lines) > 0 && len(d.lines) == len(d.rules) }
+
 // drift compares the table the kernel holds (kt) with last (what this Applier
 // applied; nil when it applied nothing yet or failed) and describes the
 // differences: missing and unexpected chains, sets and named objects (and objects
-// whose definition changed), rule counts, and set elements (by key and, in maps,
-// verdict). Under the Applier's lock: last is what the kernel should hold
-// throughout.
-func (a *Applier) drift(last *nft.Ruleset, kt *kernelTable) ([]string, error) {
+// whose definition changed), base chain hooks, rules (their count, then each by
+// bytecode, as Read compares them, and comment), and set elements (by key and,
+// in maps, verdict). Under the Applier's lock: last is what the kernel should
+// hold throughout.
+func (a *Applier) drift(last *nft.Ruleset, kt *kernelTable) (drift, error) {
 	return a.compare(last, kt, func(_ string, read func(*nft.Ruleset) error) (*nft.Ruleset, error) {
 		return last, read(last)
 	})
@@ -116,49 +132,62 @@ type contentRead func(key string, read func(should *nft.Ruleset) error) (*nft.Ru
 // through content: last is what the kernel should hold of kt's shape (which
 // chains, sets and objects, base chain hooks), and each content read says what
 // it should have held of that chain or set at the time.
-func (a *Applier) compare(last *nft.Ruleset, kt *kernelTable, content contentRead) ([]string, error) {
+func (a *Applier) compare(last *nft.Ruleset, kt *kernelTable, content contentRead) (drift, error) {
 	table := a.opts.Table
 	if kt.tab == nil {
 		if last != nil {
-			return []string{fmt.Sprintf("table inet %s missing", table)}, nil
+			return drift{lines: []string{fmt.Sprintf("table inet %s missing", table)}}, nil
 		}
-		return nil, nil
+		return drift{}, nil
 	}
 	if last == nil {
-		return []string{fmt.Sprintf("table inet %s existed before this agent's first sync (%d chains, %d sets)", table, len(kt.chains), len(kt.sets))}, nil
+		return drift{lines: []string{fmt.Sprintf("table inet %s existed before this agent's first sync (%d chains, %d sets)", table, len(kt.chains), len(kt.sets))}}, nil
 	}
 
-	var drift []string
+	var d drift
+	rc, err := a.newRuleComparer(last, kt)
+	if err != nil {
+		return d, err
+	}
 	known := map[string]bool{} // "chain NAME" and "set NAME" of last
 	for _, c := range nft.SortedChains(last) {
 		known["chain "+c.Name] = true
 		kc := kt.chains[c.Name]
 		if kc == nil {
-			drift = append(drift, fmt.Sprintf("chain %s missing", c.Name))
+			d.lines = append(d.lines, fmt.Sprintf("chain %s missing", c.Name))
 			continue
 		}
 		if (kc.Hooknum == nil) != (c.Hook == nil) {
-			drift = append(drift, fmt.Sprintf("chain %s: base chain %v, want %v", c.Name, kc.Hooknum != nil, c.Hook != nil))
+			d.lines = append(d.lines, fmt.Sprintf("chain %s: base chain %v, want %v", c.Name, kc.Hooknum != nil, c.Hook != nil))
+		} else if c.Hook != nil && !sameKernelHook(kc, c.Hook) {
+			d.lines = append(d.lines, fmt.Sprintf("chain %s: hook differs", c.Name))
 		}
 		var rules []*nftables.Rule
-		should, err := content("chain "+c.Name, func(*nft.Ruleset) (err error) {
-			rules, err = a.reader.GetRules(kt.tab, kc)
+		differs := -1
+		should, err := content("chain "+c.Name, func(should *nft.Ruleset) (err error) {
+			if rules, err = a.reader.GetRules(kt.tab, kc); err != nil {
+				return err
+			}
+			if want := chainOf(should, last, &c); want != nil && len(rules) == len(want.Rules) {
+				differs, err = rc.firstDifference(want, rules)
+			}
 			return err
 		})
 		if err != nil {
-			return nil, fmt.Errorf("listing rules of chain %s: %w", c.Name, err)
+			return d, fmt.Errorf("listing rules of chain %s: %w", c.Name, err)
 		}
-		want := &c
-		if should != last {
-			want = should.Chain(c.Name)
-		}
-		if want != nil && len(rules) != len(want.Rules) {
-			drift = append(drift, fmt.Sprintf("chain %s: %d rules, want %d", c.Name, len(rules), len(want.Rules)))
+		switch want := chainOf(should, last, &c); {
+		case want == nil:
+		case len(rules) != len(want.Rules):
+			d.lines = append(d.lines, fmt.Sprintf("chain %s: %d rules, want %d", c.Name, len(rules), len(want.Rules)))
+		case differs >= 0:
+			d.lines = append(d.lines, fmt.Sprintf("chain %s: rule %d differs", c.Name, differs))
+			d.rules = append(d.rules, c.Name)
 		}
 	}
 	for _, name := range sortedKeys(kt.chains) {
 		if !known["chain "+name] {
-			drift = append(drift, fmt.Sprintf("chain %s unexpected", name))
+			d.lines = append(d.lines, fmt.Sprintf("chain %s unexpected", name))
 		}
 	}
 	var index setIndex
@@ -166,7 +195,7 @@ func (a *Applier) compare(last *nft.Ruleset, kt *kernelTable, content contentRea
 		known["set "+s.Name] = true
 		ks := kt.sets[s.Name]
 		if ks == nil {
-			drift = append(drift, fmt.Sprintf("set %s missing", s.Name))
+			d.lines = append(d.lines, fmt.Sprintf("set %s missing", s.Name))
 			continue
 		}
 		var missing, unexpected int
@@ -179,22 +208,95 @@ func (a *Applier) compare(last *nft.Ruleset, kt *kernelTable, content contentRea
 			return err
 		})
 		if err != nil {
-			return nil, err
+			return d, err
 		}
 		if missing > 0 {
-			drift = append(drift, fmt.Sprintf("set %s: %d elements missing", s.Name, missing))
+			d.lines = append(d.lines, fmt.Sprintf("set %s: %d elements missing", s.Name, missing))
 		}
 		if unexpected > 0 {
-			drift = append(drift, fmt.Sprintf("set %s: %d elements unexpected", s.Name, unexpected))
+			d.lines = append(d.lines, fmt.Sprintf("set %s: %d elements unexpected", s.Name, unexpected))
 		}
 	}
 	for _, name := range sortedKeys(kt.sets) {
 		if !known["set "+name] {
-			drift = append(drift, fmt.Sprintf("set %s unexpected", name))
+			d.lines = append(d.lines, fmt.Sprintf("set %s unexpected", name))
 		}
 	}
-	drift = append(drift, objectDrift(last, kt.objs)...)
-	return drift, nil
+	d.lines = append(d.lines, objectDrift(last, kt.objs)...)
+	return d, nil
+}
+
+// chainOf returns should's chain c (c itself when should is last), nil when
+// should has none.
+func chainOf(should, last *nft.Ruleset, c *nft.Chain) *nft.Chain {
+	if should == last {
+		return c
+	}
+	return should.Chain(c.Name)
+}
+
+// sameKernelHook reports whether the kernel's base chain kc has hook h: type,
+// hook, priority and policy.
+func sameKernelHook(kc *nftables.Chain, h *nft.Hook) bool {
+	policy := nft.Accept
+	if kc.Policy != nil && *kc.Policy == nftables.ChainPolicyDrop {
+		policy = nft.Drop
+	}
+	return string(kc.Type) == h.Type && hookName(*kc.Hooknum) == h.Hook &&
+		kc.Priority != nil && int(*kc.Priority) == h.Priority && policy == h.Policy
+}
+
+// ruleComparer compares the kernel's rules with the model's by bytecode, as
+// this package loads them, and comment (sameExprs: as Read does).
+type ruleComparer struct {
+	a    *Applier
+	kt   *kernelTable
+	enc  *encoder
+	anon map[string][]nftables.SetElement // the kernel's anonymous sets, by name; read when a rule names one not read yet
+}
+
+func (a *Applier) newRuleComparer(r *nft.Ruleset, kt *kernelTable) (*ruleComparer, error) {
+	conn, err := nftables.New(nftables.WithTestDial(nopDial))
+	if err != nil {
+		return nil, err
+	}
+	enc := newEncoder(conn, a.opts.Table, nft.Transaction{}, nil, r)
+	enc.anon = map[uint32][]nftables.SetElement{}
+	return &ruleComparer{a: a, kt: kt, enc: enc}, nil
+}
+
+// firstDifference returns the position of the first rule of got that is not
+// want's rule there, or -1. got has want's count of rules.
+func (rc *ruleComparer) firstDifference(want *nft.Chain, got []*nftables.Rule) (int, error) {
+	for i, kr := range got {
+		if err := rc.readAnonymous(kr); err != nil {
+			return 0, err
+		}
+		ex, err := rc.enc.ruleExprs(0, &want.Rules[i])
+		if err != nil {
+			return 0, fmt.Errorf("encoding rule %d: %w", i, err)
+		}
+		comment, _ := userdata.GetString(kr.UserData, userdata.TypeComment)
+		if comment != want.Rules[i].Comment || !sameExprs(ex, kr.Exprs, rc.enc.anon, rc.anon) {
+			return i, nil
+		}
+	}
+	return -1, nil
+}
+
+// readAnonymous reads the table's anonymous sets again when kr names one not
+// read yet (the first time, or its chain was rewritten since).
+func (rc *ruleComparer) readAnonymous(kr *nftables.Rule) error {
+	for _, x := range kr.Exprs {
+		if l, ok := x.(*expr.Lookup); ok && strings.HasPrefix(l.SetName, "__set") {
+			if _, read := rc.anon[l.SetName]; !read {
+				var err error
+				rc.anon, err = rc.a.anonymousSets(rc.kt)
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // setIndex finds sets by name in the last ruleset it was asked about.

@@ -124,6 +124,10 @@ func upgradeTiers(t *testing.T, seed uint64, netns string, older func(*nft.Rules
 		if st2, err := a.Apply(ctx, rs); err != nil || st2.Operations != 0 {
 			t.Errorf("world %d: apply after the upgrade: %+v %v", i, st2, err)
 		}
+		// Every rule compares equal to its encoding (tiers, deny log, strict mode).
+		if st3, err := a.FullSync(ctx, rs); err != nil || len(st3.Drift) != 0 || st3.Operations != 0 {
+			t.Errorf("world %d: a full sync after the upgrade: %+v %v; want no drift and nothing sent", i, st3, err)
+		}
 		t.Logf("world %d (%s): upgraded: %v", i, opts.Established, st.Drift)
 	}
 	if upgraded == 0 {
