@@ -25,8 +25,8 @@ import (
 //     set again from its start for each message): Apply waits for the read of
 //     the chain or set it changes, the longest wait being the dump of the
 //     largest set (~20-30 ms at 5,000 elements, TestReadAheadUnderChurn). A
-//     part some other transaction changed during its read (FullSync's chain
-//     rewrite) is read again, a few times at most.
+//     part changed during its read all the same (by a FullSync, which does not
+//     wait) is read again, a few times at most.
 //
 // Every part is thus compared with what the Applier had committed when the part
 // was read; the Applier's later transactions take each part exactly from that to
@@ -36,7 +36,7 @@ import (
 // after its read is seen by the next full sync, as one made just after
 // FullSync's own read would be.
 
-// aheadTries is how many times a part Apply keeps changing is read.
+// aheadTries is how many times a part changed during each read is read.
 const aheadTries = 5
 
 var (
