@@ -371,6 +371,28 @@ table ip np {
 	}
 }
 
+// tamper edits richModel's table np behind the applier's back and returns the
+// drift a full sync then reports.
+func tamper(t *testing.T, ns *nfttest.NetNS) []string {
+	t.Helper()
+	nftRun(t, ns, "", "delete", "element", "inet", "np", "vm4", "{ 10.244.1.5, 10.244.1.6, 10.244.1.7 }")
+	nftRun(t, ns, "", "add", "element", "inet", "np", "s4", "{ 10.9.9.9 }")
+	nftRun(t, ns, "", "flush", "chain", "inet", "np", "c2")
+	nftRun(t, ns, "", "add", "chain", "inet", "np", "intruder")
+	nftRun(t, ns, "", "flush", "chain", "inet", "np", "c3")
+	nftRun(t, ns, "", "delete", "map", "inet", "np", "emap")
+	nftRun(t, ns, "", "delete", "chain", "inet", "np", "c4")
+	return []string{
+		"chain c2: 0 rules, want 2",
+		"chain c3: 0 rules, want 1",
+		"chain c4 missing",
+		"chain intruder unexpected",
+		"set emap missing",
+		"set s4: 1 elements unexpected",
+		"set vm4: 3 elements missing",
+	}
+}
+
 func TestFullSyncReportsDrift(t *testing.T) {
 	requireKernel(t)
 	ctx := context.Background()
@@ -387,26 +409,10 @@ func TestFullSyncReportsDrift(t *testing.T) {
 	if err != nil || len(st.Drift) != 0 {
 		t.Fatalf("full sync without drift: %q %v", st.Drift, err)
 	}
-	// Someone edits the table behind the applier's back.
-	nftRun(t, ns, "", "delete", "element", "inet", "np", "vm4", "{ 10.244.1.5, 10.244.1.6, 10.244.1.7 }")
-	nftRun(t, ns, "", "add", "element", "inet", "np", "s4", "{ 10.9.9.9 }")
-	nftRun(t, ns, "", "flush", "chain", "inet", "np", "c2")
-	nftRun(t, ns, "", "add", "chain", "inet", "np", "intruder")
-	nftRun(t, ns, "", "flush", "chain", "inet", "np", "c3")
-	nftRun(t, ns, "", "delete", "map", "inet", "np", "emap")
-	nftRun(t, ns, "", "delete", "chain", "inet", "np", "c4")
+	want := tamper(t, ns)
 	st, err = a.FullSync(ctx, model)
 	if err != nil {
 		t.Fatal(err)
-	}
-	want := []string{
-		"chain c2: 0 rules, want 2",
-		"chain c3: 0 rules, want 1",
-		"chain c4 missing",
-		"chain intruder unexpected",
-		"set emap missing",
-		"set s4: 1 elements unexpected",
-		"set vm4: 3 elements missing",
 	}
 	if !slices.Equal(st.Drift, want) {
 		t.Errorf("drift:\n%s\nwant:\n%s", strings.Join(st.Drift, "\n"), strings.Join(want, "\n"))
