@@ -42,7 +42,9 @@
 # IP_FAMILY (ipv4), CNI (ptp), FOCUS (Netpol), SKIP (SCTP), PARALLEL (4
 # ginkgo processes; 1 runs e2e.test alone), E2E_ARGS (extra e2e.test flags),
 # NFTPOLICY_BIN (the agent binary to pack as the image; default bin/nftpolicy),
-# SUITE (what `run` runs: netpol, the default, cnp, or all: both),
+# AGENT_ARGS (extra agent flags, space-separated, appended to the
+# DaemonSet's: e.g. --full-sync-period=10s to have periodic full syncs run
+# during the suite), SUITE (what `run` runs: netpol, the default, cnp, or all: both),
 # CNP_RUN (a go test -run pattern under TestClusterNetworkPolicyConformance,
 # e.g. CNPAdminTierGress; default all) and CNP_SCTP (skip: skip the four
 # SCTP-only tests instead of probing them with sctp-connect).
@@ -542,6 +544,12 @@ control_plane_up() {
 deploy() {
   log "deploying nftpolicy (kubectl apply -k test/conformance)"
   kubectl apply -k "$root/test/conformance" >"$STATE/logs/deploy.log"
+  local arg
+  for arg in ${AGENT_ARGS:-}; do
+    log "agent flag $arg (AGENT_ARGS)"
+    kubectl -n nftpolicy-system patch daemonset nftpolicy-agent --type=json \
+      -p "[{\"op\":\"add\",\"path\":\"/spec/template/spec/containers/0/args/-\",\"value\":\"$arg\"}]" >>"$STATE/logs/deploy.log"
+  done
   kubectl -n nftpolicy-system rollout status daemonset/nftpolicy-agent --timeout=180s >&2
   local ready
   ready=$(kubectl -n nftpolicy-system get daemonset nftpolicy-agent -o jsonpath='{.status.numberReady}')
