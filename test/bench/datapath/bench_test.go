@@ -504,7 +504,8 @@ func TestNetlinkCost(t *testing.T) {
 		polBytes, polOps = append(polBytes, float64(st.Bytes)), append(polOps, float64(st.Operations))
 	}
 	rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-0", Pods: o.pods, Namespaces: o.namespaces, Policies: o.policies}, compile.Options{})
-	// The running agent's periodic full sync: every chain rewritten, sets kept.
+	// The running agent's periodic full sync: without drift nothing is sent
+	// (rules compared by bytecode; until 2026-12-04 every chain was rewritten).
 	resync, err := a.FullSync(bg, rs)
 	if err != nil {
 		t.Fatal(err)

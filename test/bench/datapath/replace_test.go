@@ -35,7 +35,8 @@ import (
 //   - regroup: an incremental Apply that gives the server a new group (a policy
 //     more selects it, allowing the same clients), and back: a new chain and new
 //     sets, and the map element that sends the server there, in one batch;
-//   - resync: the same Applier's periodic FullSync (chains rewritten, sets kept).
+//   - resync: the same Applier's periodic FullSync (sets kept; without drift it
+//     sends nothing since 2026-12-04, before which it rewrote every chain).
 //
 // The kernel's TCP_INFO tells, per connection, whether anything had to be
 // retransmitted. The last three must lose nothing.
