@@ -15,9 +15,9 @@ import (
 // The periodic full sync (NodeReconciler.FullSyncPeriod) repairs what
 // incremental syncs may have missed: it builds a Compiler from a fresh read of
 // the whole cache, and the kernel's table is compared with the last applied one
-// and rewritten from it. Building that Compiler takes ~0.25 s at 100k pods
-// (docs/scale.md); done inside the sync, every event arriving meanwhile waited
-// for it. So it is built off the sync path:
+// and repaired. Building that Compiler takes ~0.25 s at 100k pods, and reading
+// the kernel's table ~0.15 s (docs/scale.md); done inside the sync, every event
+// arriving meanwhile waited for them. So both are done off the sync path:
 //
 //  1. The sync that finds the full sync due lists the small kinds (namespaces,
 //     policies, Nodes, ClusterNetworkPolicies) under the lock, starts the
@@ -30,7 +30,8 @@ import (
 //  3. It asks for a sync, which adopts it (adoptRebuild): what the incremental
 //     syncs served since step 1, and what that sync serves, are read again
 //     into the new Compiler, which replaces the old one; that sync is the full
-//     one (a full compile's table, the kernel's compared and rewritten).
+//     one (the Applier repairs what its read ahead found, sending nothing
+//     when the kernel holds what was applied).
 //
 // Every object changed after step 1's lists is read again in step 3 (its note
 // is taken by a sync after step 1), and every change before them is in them,
