@@ -476,8 +476,8 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 
 // requeue is a successful sync's result: the next periodic full sync, if any.
 // While its rebuild is under way, the rebuild asks for the sync that completes
-// it (rebuildDone); the requeue only stands in for that when nothing can be
-// asked (no controller), or a request was lost.
+// it (kick); the requeue only stands in for that when nothing can be asked (no
+// controller), or a request was lost.
 func (r *NodeReconciler) requeue() reconcile.Result {
 	var res reconcile.Result
 	switch {

@@ -16,25 +16,9 @@ import (
 
 	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/compile"
-	"github.com/nftpolicy/nftpolicy/nft/netlink"
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 	"github.com/nftpolicy/nftpolicy/test/bench/benchcluster"
 )
-
-// countingApplier is the netlink Applier, counting the Applies that changed
-// something.
-type countingApplier struct {
-	*netlink.Applier
-	changed int
-}
-
-func (c *countingApplier) Apply(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
-	st, err := c.Applier.Apply(ctx, desired)
-	if st.Operations > 0 {
-		c.changed++
-	}
-	return st, err
-}
 
 // TestPeriodicFullSyncUnderChurn (make bench; NFTPOLICY_BENCH=1, root) measures
 // what periodic full syncs cost the changes arriving meanwhile, at the
@@ -83,13 +67,7 @@ func TestPeriodicFullSyncUnderChurn(t *testing.T) {
 // returns the changes' waits, sorted, the full syncs done, how many of them
 // read ahead, and the syncs that changed the table.
 func churnWithFullSyncs(t *testing.T, nss []*corev1.Namespace, store toolscache.Store, pods []*corev1.Pod, nps []*networkingv1.NetworkPolicy, ahead bool) ([]time.Duration, int, int, int) {
-	ns := nfttest.NewNetNS(t, "np-churn")
-	nl, err := netlink.New(netlink.Options{Table: nft.DefaultTable, NetNSPath: ns.Path(), ShareDesired: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nl.Close()
-	applier := &countingApplier{Applier: nl}
+	applier := newKernelApplier(t, "np-churn")
 	r := &NodeReconciler{Reader: &memReader{nss: nss, nps: nps}, Pods: storePods{store}, NodeName: "node-0", Table: nft.DefaultTable,
 		Applier: applier, FullSyncPeriod: time.Hour, PolicyCounters: true, Established: compile.EstablishedRecheck}
 	kicked := make(chan struct{}, 1)

@@ -304,13 +304,35 @@ func TestPeriodicFullSyncRebuildKeepsTheEpoch(t *testing.T) {
 	}
 }
 
-// aheadApplier is the netlink Applier, keeping the last FullSync's stats.
-type aheadApplier struct {
+// kernelApplier is the netlink Applier in a new network namespace, keeping the
+// last FullSync's stats and counting the Applies that changed something.
+type kernelApplier struct {
 	*netlink.Applier
-	full nft.Stats
+	ns      *nfttest.NetNS
+	full    nft.Stats
+	changed int
 }
 
-func (a *aheadApplier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
+func newKernelApplier(t *testing.T, netns string) *kernelApplier {
+	t.Helper()
+	ns := nfttest.NewNetNS(t, netns)
+	nl, err := netlink.New(netlink.Options{Table: nft.DefaultTable, NetNSPath: ns.Path(), ShareDesired: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nl.Close() })
+	return &kernelApplier{Applier: nl, ns: ns}
+}
+
+func (a *kernelApplier) Apply(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
+	st, err := a.Applier.Apply(ctx, desired)
+	if st.Operations > 0 {
+		a.changed++
+	}
+	return st, err
+}
+
+func (a *kernelApplier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
 	st, err := a.Applier.FullSync(ctx, desired)
 	a.full = st
 	return st, err
@@ -321,13 +343,7 @@ func (a *aheadApplier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.
 // nothing; drift made before that read is reported and repaired by it.
 func TestPeriodicFullSyncReadsTheKernelAhead(t *testing.T) {
 	nfttest.RequireRoot(t)
-	ns := nfttest.NewNetNS(t, "np-rebuild")
-	nl, err := netlink.New(netlink.Options{Table: nft.DefaultTable, NetNSPath: ns.Path(), ShareDesired: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nl.Close()
-	applier := &aheadApplier{Applier: nl}
+	applier := newKernelApplier(t, "np-rebuild")
 	f := newRebuildFixture(t)
 	f.r.Applier = applier
 	f.r.needFull = true
@@ -336,7 +352,7 @@ func TestPeriodicFullSyncReadsTheKernelAhead(t *testing.T) {
 		t.Fatal("a full sync without a rebuild read ahead")
 	}
 	// Drift: someone deletes the target's map element.
-	if _, err := ns.NFT("", "delete", "element", "inet", nft.DefaultTable, nft.MapIngressV4, "{ 10.60.0.2 }"); err != nil {
+	if _, err := applier.ns.NFT("", "delete", "element", "inet", nft.DefaultTable, nft.MapIngressV4, "{ 10.60.0.2 }"); err != nil {
 		t.Fatal(err)
 	}
 	f.startRebuild()
@@ -349,7 +365,7 @@ func TestPeriodicFullSyncReadsTheKernelAhead(t *testing.T) {
 	if n := testutil.ToFloat64(fullSyncReads.WithLabelValues("ahead")) - ahead; n != 1 {
 		t.Errorf("nftpolicy_full_sync_kernel_reads_total{read=\"ahead\"} grew by %v, want 1", n)
 	}
-	out, err := ns.NFT("", "list", "map", "inet", nft.DefaultTable, nft.MapIngressV4)
+	out, err := applier.ns.NFT("", "list", "map", "inet", nft.DefaultTable, nft.MapIngressV4)
 	if err != nil || !strings.Contains(out, "10.60.0.2") {
 		t.Fatalf("the drift was not repaired: %v\n%s", err, out)
 	}

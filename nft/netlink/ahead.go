@@ -44,11 +44,6 @@ var (
 	errShapeChanged   = errors.New("the table's shape changed while it was read")
 )
 
-// readAhead is ReadAhead's result, for the next FullSync.
-type readAhead struct {
-	drift drift
-}
-
 // touchLog records, while ReadAhead reads, which parts of the table the
 // Applier's transactions changed (under the Applier's lock).
 type touchLog struct {
@@ -82,12 +77,9 @@ func (l *touchLog) reading(tx nft.Transaction) bool {
 	return false
 }
 
-// record notes what transaction tx, commit number n, changed.
+// record notes what transaction tx, commit number n, changed (a replacement
+// adds and deletes the table: its shape).
 func (l *touchLog) record(tx nft.Transaction, n uint64) {
-	if tx.Full {
-		l.shape = true
-		return
-	}
 	for _, op := range tx.Ops {
 		if part := partOf(op); part != "" {
 			l.parts[part] = n
@@ -126,19 +118,19 @@ func (a *Applier) ReadAhead(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("nft/netlink: reading ahead: %w", err)
 	}
-	drift, err := a.compare(last, kt, func(key string, read func(*nft.Ruleset) error) (*nft.Ruleset, error) {
+	drift, err := a.compare(last, kt, func(key string, read func(*nft.Ruleset) error) error {
 		for range aheadTries {
 			if err := ctx.Err(); err != nil {
-				return nil, err
+				return err
 			}
 			a.mu.Lock()
 			should, from, shape := a.last, a.commits, log.shape
 			a.mu.Unlock()
 			switch {
 			case shape:
-				return nil, errShapeChanged
+				return errShapeChanged
 			case should == nil:
-				return nil, errNothingApplied // a transaction failed: FullSync replaces the table
+				return errNothingApplied // a transaction failed: FullSync replaces the table
 			}
 			if a.aheadHook != nil {
 				a.aheadHook(key)
@@ -154,12 +146,12 @@ func (a *Applier) ReadAhead(ctx context.Context) error {
 			a.mu.Unlock()
 			switch {
 			case shape:
-				return nil, errShapeChanged
+				return errShapeChanged
 			case !touched:
-				return should, err
+				return err
 			}
 		}
-		return nil, fmt.Errorf("%s changed during each of %d reads", key, aheadTries)
+		return fmt.Errorf("%s changed during each of %d reads", key, aheadTries)
 	})
 	if err != nil {
 		return fmt.Errorf("nft/netlink: reading ahead: %w", err)
@@ -174,7 +166,7 @@ func (a *Applier) ReadAhead(ctx context.Context) error {
 	case a.last == nil:
 		return fmt.Errorf("nft/netlink: reading ahead: %w", errNothingApplied)
 	}
-	a.ahead = &readAhead{drift: drift}
+	a.ahead = &drift
 	return nil
 }
 

@@ -55,7 +55,7 @@ type Applier struct {
 	// readDone is signalled when ReadAhead ends the read of a chain or set,
 	// which Apply may be waiting for.
 	readDone *sync.Cond
-	ahead    *readAhead // ReadAhead's result for the next FullSync
+	ahead    *drift // ReadAhead's result for the next FullSync
 	// aheadHook, in tests, runs before ReadAhead reads a chain or set (key
 	// "chain NAME", "set NAME"), without the lock.
 	aheadHook func(key string)
@@ -187,7 +187,7 @@ func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats
 	if ahead != nil && a.last != nil {
 		// Read ahead (ahead.go), and no transaction failed or replaced the
 		// table since: what it found is what this read would find.
-		st, err := a.repair(ctx, ahead.drift, desired)
+		st, err := a.repair(ctx, *ahead, desired)
 		st.ReadAhead = true
 		return st, err
 	}
@@ -259,10 +259,8 @@ func (a *Applier) repair(ctx context.Context, d drift, desired *nft.Ruleset) (nf
 func (a *Applier) Delete(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.last, a.ahead = nil, nil
-	if a.watch != nil {
-		a.watch.shape = true
-	}
+	a.last = nil
+	a.forgetAhead()
 	tx := nft.Transaction{Full: true, Ops: []nft.Op{
 		{Kind: nft.OpAddTable, Name: a.opts.Table},
 		{Kind: nft.OpDelTable, Name: a.opts.Table},
@@ -278,6 +276,15 @@ func (a *Applier) apply(ctx context.Context, last, desired *nft.Ruleset, plan fu
 		return nft.Stats{}, err
 	}
 	return a.commit(ctx, last, desired, plan(last, desired))
+}
+
+// forgetAhead drops what ReadAhead found or is finding: the table it compares
+// with the kernel's was (or may have been) replaced.
+func (a *Applier) forgetAhead() {
+	a.ahead = nil
+	if a.watch != nil {
+		a.watch.shape = true
+	}
 }
 
 // check says whether desired can be applied.
@@ -300,12 +307,8 @@ func (a *Applier) commit(ctx context.Context, last, desired *nft.Ruleset, tx nft
 	a.last = nil
 	st, err := a.send(ctx, tx, last, desired)
 	if err != nil || tx.Full {
-		// A read ahead compared the kernel with a table this one replaced
-		// (or may have: the kernel's state is unknown after some failures).
-		a.ahead = nil
-		if a.watch != nil {
-			a.watch.shape = true
-		}
+		// The kernel's state is unknown after some failures.
+		a.forgetAhead()
 	}
 	if err != nil {
 		return st, err

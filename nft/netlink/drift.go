@@ -118,15 +118,13 @@ func (d drift) rulesOnly() bool { return len(d.lines) > 0 && len(d.lines) == len
 // in maps, verdict). Under the Applier's lock: last is what the kernel should
 // hold throughout.
 func (a *Applier) drift(last *nft.Ruleset, kt *kernelTable) (drift, error) {
-	return a.compare(last, kt, func(_ string, read func(*nft.Ruleset) error) (*nft.Ruleset, error) {
-		return last, read(last)
-	})
+	return a.compare(last, kt, func(_ string, read func(*nft.Ruleset) error) error { return read(last) })
 }
 
-// contentRead reads the rules of a chain or the elements of a set (key: "chain
-// NAME", "set NAME") and returns what the kernel should have held of it then.
-// read is given that ruleset.
-type contentRead func(key string, read func(should *nft.Ruleset) error) (*nft.Ruleset, error)
+// contentRead runs read, which reads the rules of a chain or the elements of a
+// set (key: "chain NAME", "set NAME"), giving it what the kernel should have
+// held then.
+type contentRead func(key string, read func(should *nft.Ruleset) error) error
 
 // compare is drift with each chain's rules and each set's elements read
 // through content: last is what the kernel should hold of kt's shape (which
@@ -163,12 +161,13 @@ func (a *Applier) compare(last *nft.Ruleset, kt *kernelTable, content contentRea
 			d.lines = append(d.lines, fmt.Sprintf("chain %s: hook differs", c.Name))
 		}
 		var rules []*nftables.Rule
+		var want *nft.Chain
 		differs := -1
-		should, err := content("chain "+c.Name, func(should *nft.Ruleset) (err error) {
+		err := content("chain "+c.Name, func(should *nft.Ruleset) (err error) {
 			if rules, err = a.reader.GetRules(kt.tab, kc); err != nil {
 				return err
 			}
-			if want := chainOf(should, last, &c); want != nil && len(rules) == len(want.Rules) {
+			if want = chainOf(should, last, &c); want != nil && len(rules) == len(want.Rules) {
 				differs, err = rc.firstDifference(want, rules)
 			}
 			return err
@@ -176,7 +175,7 @@ func (a *Applier) compare(last *nft.Ruleset, kt *kernelTable, content contentRea
 		if err != nil {
 			return d, fmt.Errorf("listing rules of chain %s: %w", c.Name, err)
 		}
-		switch want := chainOf(should, last, &c); {
+		switch {
 		case want == nil:
 		case len(rules) != len(want.Rules):
 			d.lines = append(d.lines, fmt.Sprintf("chain %s: %d rules, want %d", c.Name, len(rules), len(want.Rules)))
@@ -199,7 +198,7 @@ func (a *Applier) compare(last *nft.Ruleset, kt *kernelTable, content contentRea
 			continue
 		}
 		var missing, unexpected int
-		_, err := content("set "+s.Name, func(should *nft.Ruleset) (err error) {
+		err := content("set "+s.Name, func(should *nft.Ruleset) (err error) {
 			want := &s
 			if should != last {
 				want = index.find(should, s.Name)
