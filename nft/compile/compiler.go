@@ -257,7 +257,7 @@ func (c *Compiler) Compile() (*nft.Ruleset, []Problem) {
 	c.changed = false
 	// Bound the key table: drop it when it holds more than twice the keys the
 	// ruleset uses (plus slack); the next fills start a new one.
-	if n := len(c.keys.keys); n > 4096 && n > 2*rs.Counts().Elements {
+	if n := c.keys.len(); n > 4096 && n > 2*rs.Counts().Elements {
 		c.keys = newKeyTable()
 	}
 	return rs, problems

@@ -245,16 +245,16 @@ func TestCompilerKeyTableBounded(t *testing.T) {
 		c.SetPolicy(np)
 	}
 	rs, _ := c.Compile()
-	if n := len(c.keys.keys); n < 4096 {
+	if n := c.keys.len(); n < 4096 {
 		t.Fatalf("only %d keys: the test needs more than the table's slack", n)
 	}
-	t.Logf("%d elements, %d distinct keys", rs.Counts().Elements, len(c.keys.keys))
+	t.Logf("%d elements, %d distinct keys", rs.Counts().Elements, c.keys.len())
 	// Most pods go: far fewer elements, and the table is dropped.
 	for _, p := range pods[100:] {
 		c.DeletePod(p.Namespace, p.Name)
 	}
 	got, _ := c.Compile()
-	if n := len(c.keys.keys); n > 4096 {
+	if n := c.keys.len(); n > 4096 {
 		t.Errorf("key table kept %d keys for %d elements", n, got.Counts().Elements)
 	}
 	want, _ := Compile(Snapshot{NodeName: "node-000", Pods: pods[:100], Namespaces: nss, Policies: pols}, Options{})
