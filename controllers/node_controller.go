@@ -405,7 +405,8 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	}
 	desired, problems := r.compiler.Compile()
 	r.reportProblems(ctx, log, problems)
-	if err := r.stampEpoch(desired, log); err != nil {
+	planned, err := r.stampEpoch(desired, full, log)
+	if err != nil {
 		r.needFull = true
 		r.restoreDirty(changes)
 		r.restorePending(since)
@@ -416,9 +417,12 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 		r.OnApplying(r.compiler.Attribution())
 	}
 	var stats nft.Stats
-	if full {
+	switch {
+	case full:
 		stats, err = r.Applier.FullSync(ctx, desired)
-	} else {
+	case planned != nil:
+		stats, err = r.Applier.(nft.PlansAhead).ApplyPlanned(ctx, *planned)
+	default:
 		stats, err = r.Applier.Apply(ctx, desired)
 	}
 	if r.OnApplied != nil {

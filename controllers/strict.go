@@ -80,25 +80,32 @@ func (r *NodeReconciler) ctMarkMask() uint32 {
 // ran. Before an epoch can come round again to connections idle since its last
 // use, every connection's epoch but the current one is cleared (advance says when),
 // so that those connections are judged again.
-func (r *NodeReconciler) stampEpoch(desired *nft.Ruleset, log logr.Logger) error {
+//
+// For an incremental sync whose epoch stays, it returns the Applier's plan of
+// desired when that plan answered whether desired narrows (narrows): the
+// Apply sends it rather than planning again.
+func (r *NodeReconciler) stampEpoch(desired *nft.Ruleset, full bool, log logr.Logger) (*nft.Planned, error) {
 	if r.Established != compile.EstablishedRecheck {
-		return nil
+		return nil, nil
 	}
 	mask := r.ctMarkMask()
 	cm, _ := r.Applier.(nft.ConnMarks)
 	if r.strict.epoch == 0 && cm != nil {
 		v, found, err := cm.TableCtMark(nft.ChainForward, mask)
 		if err != nil {
-			return fmt.Errorf("reading the epoch in force: %w", err)
+			return nil, fmt.Errorf("reading the epoch in force: %w", err)
 		}
 		if found {
 			r.strict.epoch = v >> trailingZeros(mask)
 			log.V(1).Info("epoch in force", "epoch", r.strict.epoch)
 		}
 	}
-	if r.strict.epoch != 0 && !compile.Narrows(r.strict.inForce, desired) {
-		compile.StampEpoch(desired, mask, r.strict.epoch)
-		return nil
+	if r.strict.epoch != 0 {
+		narrows, planned := r.narrows(desired, full)
+		if !narrows {
+			compile.StampEpoch(desired, mask, r.strict.epoch)
+			return planned, nil
+		}
 	}
 	cur := r.strict.epoch
 	next, sweep := r.strict.advance(mask)
@@ -107,7 +114,7 @@ func (r *NodeReconciler) stampEpoch(desired *nft.Ruleset, log logr.Logger) error
 		n, err := cm.ClearCtMark(mask, compile.EpochMark(cur, mask))
 		if err != nil {
 			r.strict.epoch, r.strict.guard = cur, 0 // sweep again next time
-			return fmt.Errorf("clearing old epochs before epoch %d: %w", next, err)
+			return nil, fmt.Errorf("clearing old epochs before epoch %d: %w", next, err)
 		}
 		epochCleared.Add(float64(n))
 		log.V(1).Info("cleared old epochs from idle connections", "kept", cur, "next", next, "connections", n, "elapsed", time.Since(start))
@@ -116,7 +123,24 @@ func (r *NodeReconciler) stampEpoch(desired *nft.Ruleset, log logr.Logger) error
 	r.compiler.SetEpoch(next)
 	compile.StampEpoch(desired, mask, next)
 	epochChanges.Inc()
-	return nil
+	return nil, nil
+}
+
+// narrows reports whether desired may deny what the table in force allows
+// (compile.Narrows). For an incremental sync, when the Applier plans ahead
+// from the table in force and desired was compiled with the epoch in force
+// (so that stamping it changes nothing), the Applier's plan answers, and is
+// returned for the Apply to send: one plan per change instead of two.
+func (r *NodeReconciler) narrows(desired *nft.Ruleset, full bool) (bool, *nft.Planned) {
+	pa, ok := r.Applier.(nft.PlansAhead)
+	if full || !ok || r.strict.inForce == nil || r.compiler.Epoch() != r.strict.epoch {
+		return compile.Narrows(r.strict.inForce, desired), nil
+	}
+	p, ok := pa.PlanFrom(r.strict.inForce, desired)
+	if !ok {
+		return compile.Narrows(r.strict.inForce, desired), nil
+	}
+	return compile.NarrowsPlan(p.Tx, desired), &p
 }
 
 // epochApplied records that desired is in force.

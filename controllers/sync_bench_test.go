@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftpolicy/nftpolicy/nft"
+	"github.com/nftpolicy/nftpolicy/nft/compile"
 	"github.com/nftpolicy/nftpolicy/test/bench/benchcluster"
 )
 
@@ -96,6 +98,8 @@ func (m *memReader) List(_ context.Context, list client.ObjectList, _ ...client.
 type planApplier struct {
 	last    *nft.Ruleset
 	applies int
+	// plansFrom counts PlanFrom's plans, planned the applies that sent one.
+	plansFrom, planned int
 }
 
 func (a *planApplier) Apply(_ context.Context, desired *nft.Ruleset) (nft.Stats, error) {
@@ -103,6 +107,28 @@ func (a *planApplier) Apply(_ context.Context, desired *nft.Ruleset) (nft.Stats,
 	a.last = desired
 	a.applies++
 	return tx.Stats(), nil
+}
+
+// onlyApplier hides every method of an Applier but nft.Applier's.
+type onlyApplier struct{ nft.Applier }
+
+// PlanFrom and ApplyPlanned: nft.PlansAhead, as the real one.
+func (a *planApplier) PlanFrom(from, desired *nft.Ruleset) (nft.Planned, bool) {
+	if from == nil || from != a.last {
+		return nft.Planned{}, false
+	}
+	a.plansFrom++
+	return nft.Planned{From: from, Desired: desired, Tx: nft.Plan(from, desired)}, true
+}
+
+func (a *planApplier) ApplyPlanned(ctx context.Context, p nft.Planned) (nft.Stats, error) {
+	if p.From != a.last {
+		return a.Apply(ctx, p.Desired)
+	}
+	a.last = p.Desired
+	a.applies++
+	a.planned++
+	return p.Tx.Stats(), nil
 }
 
 func (a *planApplier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
@@ -124,15 +150,26 @@ var benchShapes = []struct {
 // event costs the agent, apart from the kernel. tier: the pod alternates between
 // two tiers, which a tier selector of a policy on node-0 reads, so its groups are
 // refilled and the table changes; unread: it gains and loses a label no policy
-// reads, so the sync finds nothing to change (kind "unchanged").
+// reads, so the sync finds nothing to change (kind "unchanged"). tier-strict is
+// tier in strict mode (--established=recheck), where every other change moves
+// the epoch (the pod leaves a set); tier-strict-plan-twice is the same with an
+// Applier that does not plan ahead, so that strict mode plans each change
+// once to weigh it and once more to apply it.
 func BenchmarkIncrementalSync(b *testing.B) {
 	for _, sh := range benchShapes {
 		nss, store, pods, nps := benchCluster(sh.shape)
-		for _, kind := range []string{"tier", "unread"} {
+		for _, kind := range []string{"tier", "tier-strict", "tier-strict-plan-twice", "unread"} {
 			b.Run(sh.name+"/"+kind, func(b *testing.B) {
 				reader := &memReader{nss: nss, nps: nps}
 				applier := &planApplier{}
 				r := &NodeReconciler{Reader: reader, Pods: storePods{store}, NodeName: "node-0", Table: nft.DefaultTable, Applier: applier}
+				if strings.HasPrefix(kind, "tier-strict") {
+					r.Established = compile.EstablishedRecheck
+				}
+				if kind == "tier-strict-plan-twice" {
+					r.Applier = onlyApplier{applier}
+				}
+				tier := strings.HasPrefix(kind, "tier")
 				ctx := context.Background()
 				if _, err := r.Reconcile(ctx, r.request()); err != nil {
 					b.Fatal(err)
@@ -157,7 +194,7 @@ func BenchmarkIncrementalSync(b *testing.B) {
 						continue
 					}
 					changed := orig.DeepCopy()
-					if kind == "tier" {
+					if tier {
 						changed.Labels = map[string]string{"app": orig.Labels["app"], "tier": "tier-x"}
 					} else {
 						changed.Labels["churn"] = "c1"
@@ -168,7 +205,7 @@ func BenchmarkIncrementalSync(b *testing.B) {
 					if first == 0 {
 						first = time.Since(start)
 					}
-					if changedTable == (kind == "tier") && sync(recs[1]) == (kind == "tier") {
+					if changedTable == tier && sync(recs[1]) == tier {
 						break
 					}
 					recs = nil
@@ -178,11 +215,17 @@ func BenchmarkIncrementalSync(b *testing.B) {
 				}
 				b.ReportAllocs()
 				n := 0
+				applier.planned = 0
 				for b.Loop() {
 					sync(recs[n%2])
 					n++
 				}
 				sync(recs[1])
+				if kind == "tier-strict" {
+					// Half the changes widen the table: those send the plan
+					// that weighed them.
+					b.ReportMetric(float64(applier.planned)/float64(n+1), "planned-once/op")
+				}
 				// An update must not pay for ordering what a full sync built.
 				b.ReportMetric(float64(first.Microseconds())/1000, "first-sync-ms")
 			})

@@ -70,3 +70,23 @@ type ConnMarks interface {
 	// before the failure stay changed.
 	ClearCtMark(mask, keep uint32) (int, error)
 }
+
+// PlansAhead is an Applier that can say what Apply would send before sending
+// it, so that a caller that must weigh a change first (strict mode: may it deny
+// an open connection?) plans it once. nft/netlink's Applier implements it.
+type PlansAhead interface {
+	// PlanFrom returns the transaction Apply(desired) would send now, when
+	// the table last applied is from (the very Ruleset: an Applier that keeps
+	// what it was given); false, having planned nothing, when it is not.
+	PlanFrom(from, desired *Ruleset) (Planned, bool)
+
+	// ApplyPlanned is Apply(p.Desired), sending p.Tx when the table last
+	// applied is still p.From, and planning again when it is not.
+	ApplyPlanned(ctx context.Context, p Planned) (Stats, error)
+}
+
+// Planned is a transaction PlansAhead planned: from From to Desired.
+type Planned struct {
+	From, Desired *Ruleset
+	Tx            Transaction
+}

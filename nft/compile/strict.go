@@ -161,8 +161,17 @@ func Narrows(last, next *nft.Ruleset) bool {
 	if last == nil || next == nil {
 		return true
 	}
+	return NarrowsPlan(nft.Plan(last, next), next)
+}
+
+// NarrowsPlan is Narrows for tx, the plan (nft.Plan) from a table known to be in
+// force to next: for a caller that has it already (nft.PlansAhead).
+func NarrowsPlan(tx nft.Transaction, next *nft.Ruleset) bool {
+	if tx.Full {
+		return true
+	}
 	var narrowing map[string]bool
-	for _, op := range nft.Plan(last, next).Ops {
+	for _, op := range tx.Ops {
 		if op.Kind != nft.OpAddElements || op.Set == nil || op.Set.Verdicts {
 			return true
 		}

@@ -151,13 +151,40 @@ func (a *Applier) Table() string { return a.opts.Table }
 // On error the kernel still holds what it held before the call, and the error
 // (a *TransactionError when the kernel refused the batch) names the refused object.
 func (a *Applier) Apply(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
+	return a.applyChange(ctx, desired, nil)
+}
+
+// PlanFrom returns what Apply(desired) would send now, when the table last
+// applied is from (nft.PlansAhead: with ShareDesired, the caller's own).
+func (a *Applier) PlanFrom(from, desired *nft.Ruleset) (nft.Planned, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if from == nil || from != a.last {
+		return nft.Planned{}, false
+	}
+	return nft.Planned{From: from, Desired: desired, Tx: nft.Plan(from, desired)}, true
+}
+
+// ApplyPlanned is Apply(p.Desired) sending p.Tx, unless a transaction since
+// PlanFrom changed what it starts from (nft.PlansAhead).
+func (a *Applier) ApplyPlanned(ctx context.Context, p nft.Planned) (nft.Stats, error) {
+	return a.applyChange(ctx, p.Desired, &p)
+}
+
+// applyChange is Apply, with p (when not nil) the plan of desired made earlier.
+func (a *Applier) applyChange(ctx context.Context, desired *nft.Ruleset, p *nft.Planned) (nft.Stats, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for {
 		if err := a.check(desired); err != nil {
 			return nft.Stats{}, err
 		}
-		tx := nft.Plan(a.last, desired)
+		var tx nft.Transaction
+		if p != nil && p.From == a.last {
+			tx = p.Tx
+		} else {
+			tx = nft.Plan(a.last, desired)
+		}
 		if !a.watch.reading(tx) {
 			return a.commit(ctx, a.last, desired, tx)
 		}
@@ -301,6 +328,9 @@ func (a *Applier) check(desired *nft.Ruleset) error {
 // commit sends tx, which takes the table from last to desired.
 func (a *Applier) commit(ctx context.Context, last, desired *nft.Ruleset, tx nft.Transaction) (nft.Stats, error) {
 	if len(tx.Ops) == 0 {
+		if a.opts.ShareDesired && last != nil {
+			a.last = desired // the same table: the newer one is what the caller holds
+		}
 		return nft.Stats{}, nil
 	}
 	// Forget what the kernel holds until the transaction is known to have succeeded.
