@@ -43,6 +43,7 @@ type Compiler struct {
 	byNS   map[string][]*policy    // by name
 	order  []*policyEntry          // the policies in key order; nil when stale
 	cached map[string]*cachedGroup // by group key, from the last Compile
+	names  map[string]groupNames   // by group key, from the last Compile: every group's
 	keys   *keyTable
 	strict *strictMode // nil: keep mode
 	// changed is false when nothing recorded since the last Compile can change
@@ -248,7 +249,7 @@ func (c *Compiler) Compile() (*nft.Ruleset, []Problem) {
 	problems = append(problems, c.cnpProblems()...)
 	p := newPass(c.ix, c.byNS, c.keys, c.opts)
 	p.strict = c.strict
-	c.cached = p.build(c.cached)
+	c.cached, c.names = p.build(c.cached, c.names)
 	if tp := c.tierPass(); tp != nil {
 		c.cnpCached = p.buildTiers(tp, c.cnpCached)
 	}

@@ -15,13 +15,19 @@ type group struct {
 	key      string
 	policies []*policy
 	rep      *podInfo // one member, on which ingress named ports are resolved
+	groupNames
+	sets   []nft.Set
+	chainV nft.Chain
+	replyV nft.Chain // strict mode: the chain judging replies (name "" in keep mode)
+}
+
+// groupNames is what a group's chain, sets and counters are called (name).
+type groupNames struct {
 	label    string
 	chain    string
 	setNames [6]string // any-v4, ports-v4, ranges-v4, any-v6, ports-v6, ranges-v6
 	counters [2]string // allow, deny (observe.go)
-	sets     []nft.Set
-	chainV   nft.Chain
-	replyV   nft.Chain // strict mode: the chain judging replies (name "" in keep mode)
+	collided bool      // the chain's name was another group's first: named after another key
 }
 
 // cachedGroup is a group's sets and chain as a pass left them, for the next pass to
@@ -76,7 +82,19 @@ func groupKey(ingress bool, pols []*policy, pod *podInfo) string {
 
 // name sets the group's chain and set names, avoiding a hash collision with the names
 // taken so far (groups are named in key order, so the outcome is deterministic).
-func (g *group) name(taken map[string]bool) {
+//
+// known, when not nil, is what the group was called by the pass before, which
+// the Compiler keeps even when it drops the group's sets: the names depend on
+// the key alone (the label too: the key lists the policies), so when known is
+// a first choice that no group took in this pass, it is what naming again
+// would give. Hashing nine names per group on every pass was a twentieth of
+// an event that changes the table.
+func (g *group) name(taken map[string]bool, known *groupNames) {
+	if known != nil && !known.collided && !taken[known.chain] {
+		g.groupNames = *known
+		taken[g.chain] = true
+		return
+	}
 	prefix := "eg"
 	if g.ingress {
 		prefix = "ing"
@@ -98,6 +116,7 @@ func (g *group) name(taken map[string]bool) {
 		g.setNames[i] = nft.ObjectName(prefix, key, g.label, suffix)
 	}
 	g.counters = [2]string{nft.ObjectName(prefix, key, g.label, VerdictAllow), nft.ObjectName(prefix, key, g.label, VerdictDeny)}
+	g.collided = key != g.key
 }
 
 // chainValue is the group's chain: see nft/doc.go. opts add the deny log rule and

@@ -87,3 +87,40 @@ func TestCompileIsDeterministicRandom(t *testing.T) {
 		}
 	}
 }
+
+// TestKnownNames: a group named by the pass before keeps its names when they
+// were a first choice that no group took in this pass; otherwise it is named
+// again, as a first compilation names it (taken chains, collisions).
+func TestKnownNames(t *testing.T) {
+	pols := []*policy{{ref: "ns/a"}, {ref: "ns/b"}}
+	fresh := func(key string, taken map[string]bool) group {
+		g := group{key: key, policies: pols}
+		g.name(taken, nil)
+		return g
+	}
+	first := fresh("ingress\nns/a\nns/b", map[string]bool{})
+	if first.collided {
+		t.Fatal("a first name collided with nothing")
+	}
+	// Kept: a first choice, free in this pass.
+	g := group{key: first.key, policies: pols}
+	taken := map[string]bool{}
+	g.name(taken, &groupNames{label: first.label, chain: first.chain, setNames: first.setNames, counters: first.counters})
+	if g.groupNames != first.groupNames || !taken[first.chain] {
+		t.Fatalf("known first names: %+v, taken %v; want %+v", g.groupNames, taken, first.groupNames)
+	}
+	// Taken by a group before it in this pass: named again, after the collision.
+	taken = map[string]bool{first.chain: true}
+	want := fresh(first.key, map[string]bool{first.chain: true})
+	g = group{key: first.key, policies: pols}
+	g.name(taken, &first.groupNames)
+	if g.groupNames != want.groupNames || !g.collided || g.chain == first.chain {
+		t.Fatalf("known names taken this pass: %+v; want %+v", g.groupNames, want.groupNames)
+	}
+	// Collided before, free now: named again, which gives the first choice.
+	g = group{key: first.key, policies: pols}
+	g.name(map[string]bool{}, &want.groupNames)
+	if g.groupNames != first.groupNames {
+		t.Fatalf("known names that collided, now free: %+v; want %+v", g.groupNames, first.groupNames)
+	}
+}

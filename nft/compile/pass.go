@@ -52,9 +52,9 @@ func newPass(ix *index, byNS map[string][]*policy, keys *keyTable, opts Options)
 }
 
 // build groups the local targets and fills each group's sets, reusing prev's cached
-// groups (by group key) where the names agree; it returns this pass's groups for the
-// next pass to reuse.
-func (ps *pass) build(prev map[string]*cachedGroup) map[string]*cachedGroup {
+// groups (by group key) where the names agree, and prevNames' names; it returns
+// this pass's groups and names for the next pass to reuse.
+func (ps *pass) build(prev map[string]*cachedGroup, prevNames map[string]groupNames) (map[string]*cachedGroup, map[string]groupNames) {
 	byKey := map[string]*group{}
 	var keys []string
 	for _, pod := range ps.ix.local.list() {
@@ -92,9 +92,15 @@ func (ps *pass) build(prev map[string]*cachedGroup) map[string]*cachedGroup {
 	slices.Sort(keys)
 	names := map[string]bool{}
 	next := make(map[string]*cachedGroup, len(keys))
+	nextNames := make(map[string]groupNames, len(keys))
 	for _, key := range keys {
 		g := byKey[key]
-		g.name(names)
+		var known *groupNames
+		if n, ok := prevNames[key]; ok {
+			known = &n
+		}
+		g.name(names, known)
+		nextNames[key] = g.groupNames
 		f := prev[key]
 		if f != nil && f.chain == g.chain && f.setNames == g.setNames {
 			g.sets, g.chainV, g.replyV = f.sets, f.chainV, f.replyV
@@ -109,7 +115,7 @@ func (ps *pass) build(prev map[string]*cachedGroup) map[string]*cachedGroup {
 		next[key] = f
 		ps.groups = append(ps.groups, g)
 	}
-	return next
+	return next, nextNames
 }
 
 // fill computes the group's six sets: the union of its policies' rules. Per family:
