@@ -40,12 +40,14 @@ type Compiler struct {
 	attrib *Attribution // of the last Compile
 	ix     *index
 	pols   map[objKey]*policyEntry
-	byNS   map[string][]*policy    // by name
-	order  []*policyEntry          // the policies in key order; nil when stale
-	cached map[string]*cachedGroup // by group key, from the last Compile
-	names  map[string]groupNames   // by group key, from the last Compile: every group's
-	keys   *keyTable
-	strict *strictMode // nil: keep mode
+	byNS   map[string][]*policy // by name
+	// polProblems is the policies' problems in key order; stale when polStale.
+	polProblems []Problem
+	polStale    bool
+	cached      map[string]*cachedGroup // by group key, from the last Compile
+	names       map[string]groupNames   // by group key, from the last Compile: every group's
+	keys        *keyTable
+	strict      *strictMode // nil: keep mode
 	// changed is false when nothing recorded since the last Compile can change
 	// its result (Unchanged): a pod no peer's verdict and no node-local rule
 	// depends on, or a version of an object alike to the compiler.
@@ -188,7 +190,7 @@ func (c *Compiler) SetPolicy(np *networkingv1.NetworkPolicy) {
 	c.removePolicy(key)
 	p, problems := parsePolicy(np)
 	c.pols[key] = &policyEntry{p: p, problems: problems}
-	c.order = nil
+	c.polStale = true
 	c.changed = true
 	list := c.byNS[p.ns]
 	i, _ := slices.BinarySearchFunc(list, p.name, func(q *policy, name string) int { return strings.Compare(q.name, name) })
@@ -206,7 +208,7 @@ func (c *Compiler) removePolicy(key objKey) {
 		return
 	}
 	delete(c.pols, key)
-	c.order = nil
+	c.polStale = true
 	c.changed = true
 	c.byNS[key.ns] = slices.DeleteFunc(c.byNS[key.ns], func(q *policy) bool { return q == old.p })
 	if len(c.byNS[key.ns]) == 0 {
@@ -236,16 +238,16 @@ func (c *Compiler) Unchanged() bool { return !c.changed }
 // Compile returns the table for every object recorded so far, and the problems
 // found, as Compile(Snapshot) does.
 func (c *Compiler) Compile() (*nft.Ruleset, []Problem) {
-	problems := c.ix.addressProblems()
-	if c.order == nil {
-		c.order = make([]*policyEntry, 0, len(c.pols))
+	// Both lists are kept between compilations: this is a copy.
+	problems := slices.Clone(c.ix.addressProblems())
+	if c.polStale {
+		c.polProblems = nil
 		for _, k := range slices.SortedFunc(maps.Keys(c.pols), compareKeys) {
-			c.order = append(c.order, c.pols[k])
+			c.polProblems = append(c.polProblems, c.pols[k].problems...)
 		}
+		c.polStale = false
 	}
-	for _, e := range c.order {
-		problems = append(problems, e.problems...)
-	}
+	problems = append(problems, c.polProblems...)
 	problems = append(problems, c.cnpProblems()...)
 	p := newPass(c.ix, c.byNS, c.keys, c.opts)
 	p.strict = c.strict

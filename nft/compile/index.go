@@ -161,6 +161,8 @@ type index struct {
 	byLabel  map[labelKV]*podList  // pods by label
 	byKey    map[string]*podList   // pods that have the label key
 	byAddr   []podAddr             // sorted by address; nil when stale, built on use
+	// addrProblems is addressProblems' result; nil when a local pod changed since.
+	addrProblems *[]Problem
 }
 
 func newIndex(node string) *index {
@@ -209,6 +211,9 @@ func (ix *index) setPod(key objKey, p *Pod) (old, cur *podInfo) {
 		ix.insertPod(pi)
 	}
 	ix.byAddr = nil
+	if (old != nil && old.local) || (pi != nil && pi.local) {
+		ix.addrProblems = nil
+	}
 	return old, pi
 }
 
@@ -362,6 +367,14 @@ func (ix *index) namespaces() []string {
 
 // addressProblems reports local pods that share an address, in namespace/name order.
 func (ix *index) addressProblems() []Problem {
+	if ix.addrProblems == nil {
+		p := ix.findAddressProblems()
+		ix.addrProblems = &p
+	}
+	return *ix.addrProblems
+}
+
+func (ix *index) findAddressProblems() []Problem {
 	var problems []Problem
 	var owner map[netip.Addr]*podInfo
 	for _, p := range ix.local.list() {
