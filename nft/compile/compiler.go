@@ -47,7 +47,8 @@ type Compiler struct {
 	cached      map[string]*cachedGroup // by group key, from the last Compile
 	names       map[string]groupNames   // by group key, from the last Compile: every group's
 	keys        *keyTable
-	strict      *strictMode // nil: keep mode
+	sels        map[string]*podSelection // peer selections, by peer key, kept between passes
+	strict      *strictMode              // nil: keep mode
 	// changed is false when nothing recorded since the last Compile can change
 	// its result (Unchanged): a pod no peer's verdict and no node-local rule
 	// depends on, or a version of an object alike to the compiler.
@@ -80,6 +81,7 @@ func NewCompiler(node string, opts Options) *Compiler {
 		byNS:    map[string][]*policy{},
 		cached:  map[string]*cachedGroup{},
 		keys:    newKeyTable(),
+		sels:    map[string]*podSelection{},
 		strict:  newStrict(opts),
 
 		cnps:      map[string]*clusterEntry{},
@@ -134,8 +136,10 @@ func (c *Compiler) setPod(key objKey, p *Pod) {
 				return peerSelects(c.ix, pol, pe, old) != peerSelects(c.ix, pol, pe, cur)
 			})
 		})
+		maps.DeleteFunc(c.sels, func(_ string, s *podSelection) bool { return s.picks(c.ix, old) != s.picks(c.ix, cur) })
 	} else {
 		dropped = c.drop(func(f *cachedGroup) bool { return f.selects(c.ix, old) || f.selects(c.ix, cur) })
+		maps.DeleteFunc(c.sels, func(_ string, s *podSelection) bool { return s.picks(c.ix, old) || s.picks(c.ix, cur) })
 	}
 	dropped = c.podChangedTiers(old, cur) || dropped
 	// Beyond the cached sets, a compilation reads only the node's own pods
@@ -180,6 +184,9 @@ func (c *Compiler) namespaceChanged(before, after labels.Set) {
 		return f.anyPeer(func(_ *policy, pe *peer) bool {
 			return pe.nsSel != nil && pe.nsSel.Matches(before) != pe.nsSel.Matches(after)
 		})
+	})
+	maps.DeleteFunc(c.sels, func(_ string, s *podSelection) bool {
+		return s.nsSel != nil && s.nsSel.Matches(before) != s.nsSel.Matches(after)
 	})
 	c.namespaceChangedTiers(before, after)
 }
@@ -249,7 +256,7 @@ func (c *Compiler) Compile() (*nft.Ruleset, []Problem) {
 	}
 	problems = append(problems, c.polProblems...)
 	problems = append(problems, c.cnpProblems()...)
-	p := newPass(c.ix, c.byNS, c.keys, c.opts)
+	p := newPass(c.ix, c.byNS, c.keys, c.sels, c.opts)
 	p.strict = c.strict
 	c.cached, c.names = p.build(c.cached, c.names)
 	if tp := c.tierPass(); tp != nil {
@@ -258,6 +265,11 @@ func (c *Compiler) Compile() (*nft.Ruleset, []Problem) {
 	rs, at := p.ruleset(c.table)
 	c.attrib = at
 	c.changed = false
+	// Bound the selections the same way: those of peers no longer in any
+	// policy, or whose groups went, are not read again.
+	if n := len(c.sels); n > 64 && n > 2*len(p.selUsed) {
+		maps.DeleteFunc(c.sels, func(k string, _ *podSelection) bool { return !p.selUsed[k] })
+	}
 	// Bound the key table: drop it when it holds more than twice the keys the
 	// ruleset uses (plus slack); the next fills start a new one.
 	if n := c.keys.len(); n > 4096 && n > 2*rs.Counts().Elements {

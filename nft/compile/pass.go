@@ -20,7 +20,8 @@ type pass struct {
 	byNS   map[string][]*policy // by name
 	groups []*group
 
-	selections map[string]*podSelection // pod selections by peer key
+	selections map[string]*podSelection // pod selections by peer key (the Compiler's)
+	selUsed    map[string]bool          // the selections this pass read
 	allPods    *podSelection            // every eligible pod (rules without peers)
 	nsSels     map[string][]string      // namespace selections by selector text
 	resolved   map[*rule]*addrSet       // rule peers' addresses
@@ -31,20 +32,46 @@ type pass struct {
 	tiers      *tierPass   // ClusterNetworkPolicy (cnp_tier.go); nil without any
 }
 
-// podSelection is the pods a peer's selectors pick and their addresses.
+// podSelection is the pods a peer's selectors pick and their addresses. The
+// Compiler keeps selections between passes (its sels), and drops those a change
+// may alter (picks): a label change that leaves a pod picked or not keeps them,
+// with the pod's older version in pods, alike in all they are read for
+// (addresses and ports).
 type podSelection struct {
 	pods  []*podInfo
 	addrs *addrSet
 	named map[portRef][]portAddrs // destinations by named port (egress)
+
+	ns            string          // the policy's namespace, when nsSel is nil
+	nsSel, podSel labels.Selector // the peer's
 }
 
-func newPass(ix *index, byNS map[string][]*policy, keys *keyTable, opts Options) *pass {
+// picks reports whether the selection's selectors pick pod p (nil: none), with the
+// namespaces' labels as they are now.
+func (s *podSelection) picks(ix *index, p *podInfo) bool {
+	if p == nil {
+		return false
+	}
+	if s.nsSel == nil {
+		if p.ns != s.ns {
+			return false
+		}
+	} else if !s.nsSel.Matches(ix.labelsOf(p.ns)) {
+		return false
+	}
+	return s.podSel.Matches(p.labels)
+}
+
+// newPass returns a pass over the Compiler's state; sels is its selections, which
+// the pass reads and adds to.
+func newPass(ix *index, byNS map[string][]*policy, keys *keyTable, sels map[string]*podSelection, opts Options) *pass {
 	return &pass{
 		ix:         ix,
 		opts:       opts,
 		byNS:       byNS,
 		keys:       keys,
-		selections: map[string]*podSelection{},
+		selections: sels,
+		selUsed:    map[string]bool{},
 		nsSels:     map[string][]string{},
 		resolved:   map[*rule]*addrSet{},
 		named:      map[*rule]map[portRef][]portAddrs{},
@@ -223,16 +250,19 @@ func (ps *pass) selectPeer(p *policy, pe *peer) *podSelection {
 	if pe.nsSel == nil {
 		key = "in:" + p.ns + "\x00pod:" + pe.podSel.String()
 	}
+	ps.selUsed[key] = true
 	if s := ps.selections[key]; s != nil {
 		return s
 	}
+	s := &podSelection{nsSel: pe.nsSel, podSel: pe.podSel}
 	var nss []string
 	if pe.nsSel != nil {
 		nss = ps.selectNamespaces(pe.nsSel)
 	} else {
+		s.ns = p.ns
 		nss = []string{p.ns}
 	}
-	s := &podSelection{pods: ps.ix.selectPods(nss, pe.podSel)}
+	s.pods = ps.ix.selectPods(nss, pe.podSel)
 	n := 0
 	for _, pod := range s.pods {
 		n += len(pod.addrs)
