@@ -95,7 +95,8 @@ func portElems(grants []grant, v6 bool, cover *addrSet) []portElem {
 const maxExactPorts = 16
 
 // splitPortElems splits a group's port elements between its two port sets, which
-// allow the same thing and are looked up one after the other. exact holds one
+// allow the same thing and are looked up one after the other, as the sets'
+// elements with the keys key gives. exact holds one
 // element per peer address, protocol and port: every element of one address and at
 // most maxExactPorts ports, spelled out. ranges holds the rest (ipBlock address
 // ranges, wide port ranges), which need an interval set.
@@ -107,7 +108,7 @@ const maxExactPorts = 16
 // Pod peers on single ports, the common case, all go to the hash, and the pipapo
 // set is usually empty. Each element still comes from one piece of portElems, so a
 // pod's address joins or leaves elements of its own only.
-func splitPortElems(pes []portElem) (exact, ranges []portElem) {
+func splitPortElems(pes []portElem, key func(portElem) []nft.Value) (exact, ranges []nft.Element) {
 	nExact, nRanges := 0, 0
 	for _, e := range pes {
 		if isExact(e) {
@@ -116,17 +117,15 @@ func splitPortElems(pes []portElem) (exact, ranges []portElem) {
 			nRanges++
 		}
 	}
-	exact = make([]portElem, 0, nExact)
-	if nRanges > 0 {
-		ranges = make([]portElem, 0, nRanges)
-	}
+	exact = make([]nft.Element, 0, nExact)
+	ranges = make([]nft.Element, 0, nRanges)
 	for _, e := range pes {
 		if !isExact(e) {
-			ranges = append(ranges, e)
+			ranges = append(ranges, nft.Element{Key: key(e)})
 			continue
 		}
 		for p := int(e.lo); p <= int(e.hi); p++ {
-			exact = append(exact, portElem{e.addrs, e.proto, uint16(p), uint16(p)})
+			exact = append(exact, nft.Element{Key: key(portElem{e.addrs, e.proto, uint16(p), uint16(p)})})
 		}
 	}
 	return exact, ranges

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"go4.org/netipx"
+
+	"github.com/nftpolicy/nftpolicy/nft"
 )
 
 // TestSplitPortElems: one address with at most maxExactPorts ports is spelled out
@@ -20,7 +22,24 @@ func TestSplitPortElems(t *testing.T) {
 		{one, 17, 0, 65535},                    // a whole protocol
 		{block, 6, 443, 443},                   // an ipBlock: a range of addresses
 	}
-	exact, ranges := splitPortElems(in)
+	// The key of element i of what splitPortElems handed the key function is i.
+	var handed []portElem
+	key := func(e portElem) []nft.Value {
+		handed = append(handed, e)
+		return []nft.Value{nft.Num(uint32(len(handed) - 1))}
+	}
+	keyed := func(es []nft.Element) []portElem {
+		var out []portElem
+		for _, e := range es {
+			out = append(out, handed[e.Key[0].Num])
+		}
+		return out
+	}
+	exactElems, rangeElems := splitPortElems(in, key)
+	exact, ranges := keyed(exactElems), keyed(rangeElems)
+	if len(handed) != len(exact)+len(ranges) {
+		t.Errorf("%d keys for %d elements", len(handed), len(exact)+len(ranges))
+	}
 	if len(exact) != 1+maxExactPorts {
 		t.Fatalf("exact: %d elements, want %d: %v", len(exact), 1+maxExactPorts, exact)
 	}

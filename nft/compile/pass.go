@@ -205,18 +205,10 @@ func (ps *pass) fill(g *group) {
 			anySet.Elements[i].Key = ps.keys.key(portElem{addrs: r})
 		}
 		portType := []nft.DataType{addrType, nft.TypeInetProto, nft.TypeInetService}
-		exact, ranges := splitPortElems(portElems(grants, v6, cover))
 		portSet := nft.Set{Name: g.setNames[3*fi+1], Type: portType, Comment: listComment("peers by protocol and port, of", refs)}
-		portSet.Elements = make([]nft.Element, len(exact))
-		for i, e := range exact {
-			portSet.Elements[i].Key = ps.keys.key(e)
-		}
 		rangeSet := nft.Set{Name: g.setNames[3*fi+2], Type: slices.Clone(portType), Interval: true,
 			Comment: listComment("peer ranges by protocol and port range, of", refs)}
-		rangeSet.Elements = make([]nft.Element, len(ranges))
-		for i, e := range ranges {
-			rangeSet.Elements[i].Key = ps.keys.key(e)
-		}
+		portSet.Elements, rangeSet.Elements = splitPortElems(portElems(grants, v6, cover), ps.keys.key)
 		g.sets = append(g.sets, anySet, portSet, rangeSet)
 	}
 }
