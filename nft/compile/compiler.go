@@ -131,14 +131,14 @@ func (c *Compiler) setPod(key objKey, p *Pod) {
 		// A group's sets hold the pod's addresses (and ports) for the peers that
 		// select it: with those unchanged, only a peer whose verdict on the pod
 		// changed changes them. A label no peer reads drops nothing.
-		dropped = c.drop(func(f *cachedGroup) bool {
+		dropped = c.touch(func(f *cachedGroup) bool {
 			return f.anyPeer(func(pol *policy, pe *peer) bool {
 				return peerSelects(c.ix, pol, pe, old) != peerSelects(c.ix, pol, pe, cur)
 			})
-		})
+		}, old, cur)
 		maps.DeleteFunc(c.sels, func(_ string, s *podSelection) bool { return s.picks(c.ix, old) != s.picks(c.ix, cur) })
 	} else {
-		dropped = c.drop(func(f *cachedGroup) bool { return f.selects(c.ix, old) || f.selects(c.ix, cur) })
+		dropped = c.touch(func(f *cachedGroup) bool { return f.selects(c.ix, old) || f.selects(c.ix, cur) }, old, cur)
 		maps.DeleteFunc(c.sels, func(_ string, s *podSelection) bool { return s.picks(c.ix, old) || s.picks(c.ix, cur) })
 	}
 	dropped = c.podChangedTiers(old, cur) || dropped
@@ -228,6 +228,29 @@ func (c *Compiler) removePolicy(key objKey) {
 // Compile returned to their policies; nil before the first Compile. The value is
 // never modified: callers may keep it and share it between goroutines.
 func (c *Compiler) Attribution() *Attribution { return c.attrib }
+
+// touch is drop for a change of pod old to cur (either may be nil): a group it
+// affects whose sets can be patched (patch.go) is kept, with the pod's addresses
+// to patch at the next Compile.
+func (c *Compiler) touch(affected func(*cachedGroup) bool, old, cur *podInfo) bool {
+	n := 0
+	maps.DeleteFunc(c.cached, func(_ string, f *cachedGroup) bool {
+		if !affected(f) {
+			return false
+		}
+		n++
+		if !f.patchable {
+			return true
+		}
+		for _, p := range []*podInfo{old, cur} {
+			if p != nil {
+				f.pending = append(f.pending, p.addrs...)
+			}
+		}
+		return false
+	})
+	return n > 0
+}
 
 // drop forgets the groups for which affected is true, and reports whether there
 // were any.

@@ -114,11 +114,14 @@
 // roughly linear in the size of the result (the number of set elements), which is the
 // number of groups times the peers each is allowed: see BenchmarkCompile.
 //
-// A Compiler keeps the index, the parsed policies and each group's sets between
-// compilations, and a change drops only the groups it can affect, so recompiling
-// after one change costs the node's grouping (its own pods) plus the groups that
-// change refills, not the whole table. Compile is a fresh Compiler, and
-// TestCompilerMatchesCompile checks the two agree over random change sequences.
+// A Compiler keeps the index, the parsed policies, the peer selections and each
+// group's sets and names between compilations, and a change drops only the
+// groups it can affect; a pod's change, in a group of pod peers, is patched in
+// instead (patch.go: the elements of the pod's addresses, made anew), so
+// recompiling after one change costs the node's grouping (its own pods) plus
+// the groups that change refills or patches, not the whole table. Compile is a
+// fresh Compiler, and TestCompilerMatchesCompile checks the two agree over
+// random change sequences.
 //
 // # ClusterNetworkPolicy: the Admin and Baseline tiers
 //
@@ -228,6 +231,7 @@
 //	pass.go       pass: one compilation (group the local targets, fill groups, assemble)
 //	group.go      group and cachedGroup: one chain and its sets; its key, names, chain
 //	elements.go   set elements: disjoint port elements (portElems) and shared keys (keyTable)
+//	patch.go      a pod's change patched into a group's sets: its addresses' elements only
 //	addrset.go    addrSet: address unions on interval sets
 //	table.go      the fixed chains, the verdict maps, comments
 //	observe.go    options: the deny log rule and the policy counters; Attribution

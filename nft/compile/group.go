@@ -1,6 +1,7 @@
 package compile
 
 import (
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -41,6 +42,10 @@ type cachedGroup struct {
 	sets     []nft.Set
 	chainV   nft.Chain
 	replyV   nft.Chain
+	// patchable: a pod's change is patched into sets (patch.go) rather than
+	// the group dropped; pending are the addresses to patch at the next pass.
+	patchable bool
+	pending   []netip.Addr
 }
 
 // groupKey identifies a group: direction, selecting policies and, for ingress, what

@@ -130,6 +130,9 @@ func (ps *pass) build(prev map[string]*cachedGroup, prevNames map[string]groupNa
 		nextNames[key] = g.groupNames
 		f := prev[key]
 		if f != nil && f.chain == g.chain && f.setNames == g.setNames {
+			if len(f.pending) > 0 {
+				f = ps.patch(g, f)
+			}
 			g.sets, g.chainV, g.replyV = f.sets, f.chainV, f.replyV
 		} else {
 			ps.fill(g)
@@ -137,7 +140,8 @@ func (ps *pass) build(prev map[string]*cachedGroup, prevNames map[string]groupNa
 			if ps.strict != nil {
 				g.replyV = g.replyValue(ps.opts, ps.strict)
 			}
-			f = &cachedGroup{ingress: g.ingress, policies: g.policies, chain: g.chain, setNames: g.setNames, sets: g.sets, chainV: g.chainV, replyV: g.replyV}
+			f = &cachedGroup{ingress: g.ingress, policies: g.policies, chain: g.chain, setNames: g.setNames, sets: g.sets, chainV: g.chainV, replyV: g.replyV,
+				patchable: g.patchable()}
 		}
 		next[key] = f
 		ps.groups = append(ps.groups, g)

@@ -1,0 +1,80 @@
+package compile
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/nftpolicy/nftpolicy/nft"
+)
+
+// TestPodChangePatchesGroups: a peer's change keeps a group of pod peers, its
+// addresses to patch, and drops one with an ipBlock peer; the next Compile is a
+// fresh compilation's table, and the patched group's sets are new slices (the
+// table handed out before is not modified).
+func TestPodChangePatchesGroups(t *testing.T) {
+	target := modelPod("a", "target", "node-1", "10.0.0.1", "fd00::1", upstreamPorts())
+	peer := modelPod("a", "peer", "node-2", "10.0.0.2", "fd00::2", upstreamPorts())
+	peer.Labels["role"] = "peer"
+	tcp := corev1.ProtocolTCP
+	port := func(n int) []networkingv1.NetworkPolicyPort {
+		return []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: new(intstr.FromInt32(int32(n)))}}
+	}
+	peers := []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "peer"}}}}
+	onTarget := metav1.LabelSelector{MatchLabels: map[string]string{"pod": "target"}}
+	pols := []*networkingv1.NetworkPolicy{
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "pods"}, Spec: networkingv1.NetworkPolicySpec{PodSelector: onTarget,
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{From: peers, Ports: port(80)}}}},
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "blocks"}, Spec: networkingv1.NetworkPolicySpec{PodSelector: onTarget,
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
+			Egress: []networkingv1.NetworkPolicyEgressRule{{
+				To:    append(slices.Clone(peers), networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "10.1.0.0/16"}}),
+				Ports: port(53)}}}},
+	}
+	c := NewCompiler("node-1", Options{})
+	for _, p := range []*corev1.Pod{target, peer} {
+		c.SetPod(p)
+	}
+	for _, np := range pols {
+		c.SetPolicy(np)
+	}
+	before, _ := c.Compile()
+	kept := nft.Render(before)
+
+	moved := peer.DeepCopy()
+	moved.Status.PodIPs = []corev1.PodIP{{IP: "10.0.0.3"}, {IP: "fd00::3"}}
+	c.SetPod(moved)
+	var ing, eg *cachedGroup
+	for _, f := range c.cached {
+		if f.ingress {
+			ing = f
+		} else {
+			eg = f
+		}
+	}
+	want := []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("fd00::2"), netip.MustParseAddr("10.0.0.3"), netip.MustParseAddr("fd00::3")}
+	if ing == nil || !ing.patchable || !slices.Equal(ing.pending, want) {
+		t.Fatalf("the pod peers' group after the peer moved: %+v; want it kept, to patch %v", ing, want)
+	}
+	if eg != nil {
+		t.Fatalf("the ipBlock group was kept: %+v", eg)
+	}
+	got, _ := c.Compile()
+	fresh, _ := Compile(Snapshot{NodeName: "node-1", Pods: []*corev1.Pod{target, moved}, Policies: pols}, Options{})
+	if g, w := nft.Render(got), nft.Render(fresh); g != w {
+		t.Fatalf("patched:\n%s\nfresh:\n%s", g, w)
+	}
+	if nft.Render(before) != kept {
+		t.Fatal("the patch modified the table handed out before it")
+	}
+	for _, f := range c.cached {
+		if len(f.pending) > 0 {
+			t.Errorf("pending addresses after Compile: %v", f.pending)
+		}
+	}
+}
