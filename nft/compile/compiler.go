@@ -45,7 +45,7 @@ type Compiler struct {
 	polProblems []Problem
 	polStale    bool
 	cached      map[string]*cachedGroup // by group key, from the last Compile
-	names       map[string]groupNames   // by group key, from the last Compile: every group's
+	names       map[string]groupNames   // every group's, by group key, from the last Compile
 	keys        *keyTable
 	sels        map[string]*podSelection // peer selections, by peer key, kept between passes
 	strict      *strictMode              // nil: keep mode

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/labels"
+
 	"github.com/nftpolicy/nftpolicy/nft"
 )
 
@@ -254,15 +256,19 @@ func (f *cachedGroup) selects(ix *index, p *podInfo) bool {
 // peerSelects reports whether selector peer pe of policy pol picks pod p, with
 // the namespaces' labels as they are now (an ipBlock peer picks no pod).
 func peerSelects(ix *index, pol *policy, pe *peer, p *podInfo) bool {
-	if pe.isBlk {
-		return false
-	}
-	if pe.nsSel == nil {
-		if p.ns != pol.ns {
+	return !pe.isBlk && selectorsPick(ix, pol.ns, pe.nsSel, pe.podSel, p)
+}
+
+// selectorsPick reports whether a peer's selectors pick pod p: nsSel on the
+// namespaces' labels as they are now, or with nsSel nil namespace ns alone, and
+// podSel on p's labels.
+func selectorsPick(ix *index, ns string, nsSel, podSel labels.Selector, p *podInfo) bool {
+	if nsSel == nil {
+		if p.ns != ns {
 			return false
 		}
-	} else if !pe.nsSel.Matches(ix.labelsOf(p.ns)) {
+	} else if !nsSel.Matches(ix.labelsOf(p.ns)) {
 		return false
 	}
-	return pe.podSel.Matches(p.labels)
+	return podSel.Matches(p.labels)
 }

@@ -49,17 +49,7 @@ type podSelection struct {
 // picks reports whether the selection's selectors pick pod p (nil: none), with the
 // namespaces' labels as they are now.
 func (s *podSelection) picks(ix *index, p *podInfo) bool {
-	if p == nil {
-		return false
-	}
-	if s.nsSel == nil {
-		if p.ns != s.ns {
-			return false
-		}
-	} else if !s.nsSel.Matches(ix.labelsOf(p.ns)) {
-		return false
-	}
-	return s.podSel.Matches(p.labels)
+	return p != nil && selectorsPick(ix, s.ns, s.nsSel, s.podSel, p)
 }
 
 // newPass returns a pass over the Compiler's state; sels is its selections, which
