@@ -1,6 +1,7 @@
 package compile
 
 import (
+	"iter"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -212,23 +213,33 @@ func (g *group) replyValue(opts Options, s *strictMode) nft.Chain {
 // anyPeer reports whether match is true for a peer of a rule the group's sets are
 // made of.
 func (f *cachedGroup) anyPeer(match func(*policy, *peer) bool) bool {
-	for _, p := range f.policies {
-		rules := p.egRules
-		if f.ingress {
-			rules = p.ingRules
-		}
-		for _, r := range rules {
-			if r.broken {
-				continue
-			}
-			for _, pe := range r.peers {
-				if match(p, pe) {
-					return true
-				}
+	for p, r := range rulesOf(f.ingress, f.policies) {
+		for _, pe := range r.peers {
+			if match(p, pe) {
+				return true
 			}
 		}
 	}
 	return false
+}
+
+// rulesOf yields the rules of one direction of the policies, each with its
+// policy, but the broken ones: a rule with a problem allows nothing (it is
+// reported; fail closed).
+func rulesOf(ingress bool, pols []*policy) iter.Seq2[*policy, *rule] {
+	return func(yield func(*policy, *rule) bool) {
+		for _, p := range pols {
+			rules := p.egRules
+			if ingress {
+				rules = p.ingRules
+			}
+			for _, r := range rules {
+				if !r.broken && !yield(p, r) {
+					return
+				}
+			}
+		}
+	}
 }
 
 // selects reports whether the group's sets may depend on pod p: a selector peer of

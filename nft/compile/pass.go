@@ -145,32 +145,23 @@ func (ps *pass) build(prev map[string]*cachedGroup, prevNames map[string]groupNa
 func (ps *pass) fill(g *group) {
 	var anys []*addrSet
 	var grants []grant
-	for _, p := range g.policies {
-		rules := p.egRules
-		if g.ingress {
-			rules = p.ingRules
+	for p, r := range rulesOf(g.ingress, g.policies) {
+		peers := ps.rulePeers(p, r)
+		if r.allPorts {
+			anys = append(anys, peers)
+			continue
 		}
-		for _, r := range rules {
-			if r.broken {
-				continue // fail closed: reported as a problem, allows nothing
-			}
-			peers := ps.rulePeers(p, r)
-			if r.allPorts {
-				anys = append(anys, peers)
-				continue
-			}
-			for _, pt := range r.ports {
-				switch {
-				case pt.name == "":
-					grants = append(grants, grant{pt.proto, pt.lo, pt.hi, peers})
-				case g.ingress:
-					for _, n := range g.rep.resolve(pt.name, pt.proto) {
-						grants = append(grants, grant{pt.proto, n, n, peers})
-					}
-				default:
-					for _, pa := range ps.namedDestinations(p, r, portRef{pt.name, pt.proto}) {
-						grants = append(grants, grant{pt.proto, pa.port, pa.port, pa.addrs})
-					}
+		for _, pt := range r.ports {
+			switch {
+			case pt.name == "":
+				grants = append(grants, grant{pt.proto, pt.lo, pt.hi, peers})
+			case g.ingress:
+				for _, n := range g.rep.resolve(pt.name, pt.proto) {
+					grants = append(grants, grant{pt.proto, n, n, peers})
+				}
+			default:
+				for _, pa := range ps.namedDestinations(p, r, portRef{pt.name, pt.proto}) {
+					grants = append(grants, grant{pt.proto, pa.port, pa.port, pa.addrs})
 				}
 			}
 		}

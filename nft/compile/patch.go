@@ -24,21 +24,9 @@ import (
 
 // patchable reports whether a pod's change can be patched into g's sets.
 func (g *group) patchable() bool {
-	for _, p := range g.policies {
-		rules := p.egRules
-		if g.ingress {
-			rules = p.ingRules
-		}
-		for _, r := range rules {
-			if r.broken {
-				continue
-			}
-			if !g.ingress && r.hasNamedPort() {
-				return false
-			}
-			if slices.ContainsFunc(r.peers, func(pe *peer) bool { return pe.isBlk }) {
-				return false
-			}
+	for _, r := range rulesOf(g.ingress, g.policies) {
+		if (!g.ingress && r.hasNamedPort()) || slices.ContainsFunc(r.peers, func(pe *peer) bool { return pe.isBlk }) {
+			return false
 		}
 	}
 	return true
@@ -85,39 +73,30 @@ func (ps *pass) patch(g *group, f *cachedGroup) *cachedGroup {
 func (ps *pass) addrElems(g *group, a netip.Addr) (anyE, portE, rangeE []nft.Element) {
 	var anyPod, anyAll bool
 	byPod, byAll := map[uint8][]interval{}, map[uint8][]interval{}
-	for _, p := range g.policies {
-		rules := p.egRules
-		if g.ingress {
-			rules = p.ingRules
+	for p, r := range rulesOf(g.ingress, g.policies) {
+		all := r.allPeers
+		pod := !all && slices.ContainsFunc(r.peers, func(pe *peer) bool {
+			_, found := slices.BinarySearchFunc(ps.selectPeer(p, pe).addrs.pods, a, netip.Addr.Compare)
+			return found
+		})
+		if !all && !pod {
+			continue
 		}
-		for _, r := range rules {
-			if r.broken {
+		if r.allPorts {
+			anyAll, anyPod = anyAll || all, anyPod || pod
+			continue
+		}
+		to := byPod
+		if all {
+			to = byAll
+		}
+		for _, pt := range r.ports {
+			if pt.name == "" {
+				to[pt.proto] = append(to[pt.proto], interval{int(pt.lo), int(pt.hi)})
 				continue
 			}
-			all := r.allPeers
-			pod := !all && slices.ContainsFunc(r.peers, func(pe *peer) bool {
-				_, found := slices.BinarySearchFunc(ps.selectPeer(p, pe).addrs.pods, a, netip.Addr.Compare)
-				return found
-			})
-			if !all && !pod {
-				continue
-			}
-			if r.allPorts {
-				anyAll, anyPod = anyAll || all, anyPod || pod
-				continue
-			}
-			to := byPod
-			if all {
-				to = byAll
-			}
-			for _, pt := range r.ports {
-				if pt.name == "" {
-					to[pt.proto] = append(to[pt.proto], interval{int(pt.lo), int(pt.hi)})
-					continue
-				}
-				for _, n := range g.rep.resolve(pt.name, pt.proto) { // ingress: patchable
-					to[pt.proto] = append(to[pt.proto], interval{int(n), int(n)})
-				}
+			for _, n := range g.rep.resolve(pt.name, pt.proto) { // ingress: patchable
+				to[pt.proto] = append(to[pt.proto], interval{int(n), int(n)})
 			}
 		}
 	}
