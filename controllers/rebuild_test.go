@@ -305,7 +305,8 @@ func TestPeriodicFullSyncRebuildKeepsTheEpoch(t *testing.T) {
 }
 
 // kernelApplier is the netlink Applier in a new network namespace, keeping the
-// last FullSync's stats and counting the Applies that changed something.
+// last FullSync's stats and counting the Applies (planned or not) that changed
+// something.
 type kernelApplier struct {
 	*netlink.Applier
 	ns      *nfttest.NetNS
@@ -326,6 +327,14 @@ func newKernelApplier(t *testing.T, netns string) *kernelApplier {
 
 func (a *kernelApplier) Apply(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
 	st, err := a.Applier.Apply(ctx, desired)
+	if st.Operations > 0 {
+		a.changed++
+	}
+	return st, err
+}
+
+func (a *kernelApplier) ApplyPlanned(ctx context.Context, p nft.Planned) (nft.Stats, error) {
+	st, err := a.Applier.ApplyPlanned(ctx, p)
 	if st.Operations > 0 {
 		a.changed++
 	}
