@@ -136,7 +136,11 @@ func (c *Compiler) setPod(key objKey, p *Pod) {
 				return peerSelects(c.ix, pol, pe, old) != peerSelects(c.ix, pol, pe, cur)
 			})
 		}, old, cur)
-		maps.DeleteFunc(c.sels, func(_ string, s *podSelection) bool { return s.picks(c.ix, old) != s.picks(c.ix, cur) })
+		for k, s := range c.sels {
+			if was, is := s.picks(c.ix, old), s.picks(c.ix, cur); was != is {
+				c.sels[k] = s.relabeled(old, cur, is)
+			}
+		}
 	} else {
 		dropped = c.touch(func(f *cachedGroup) bool { return f.selects(c.ix, old) || f.selects(c.ix, cur) }, old, cur)
 		maps.DeleteFunc(c.sels, func(_ string, s *podSelection) bool { return s.picks(c.ix, old) || s.picks(c.ix, cur) })

@@ -34,9 +34,9 @@ type pass struct {
 
 // podSelection is the pods a peer's selectors pick and their addresses. The
 // Compiler keeps selections between passes (its sels), and drops those a change
-// may alter (picks): a label change that leaves a pod picked or not keeps them,
-// with the pod's older version in pods, alike in all they are read for
-// (addresses and ports).
+// may alter (picks). A label change is applied instead (relabeled), and one that
+// leaves a pod picked or not keeps them, with the pod's older version in pods,
+// alike in all they are read for (addresses and ports).
 type podSelection struct {
 	pods  []*podInfo
 	addrs *addrSet
@@ -44,6 +44,38 @@ type podSelection struct {
 
 	ns            string          // the policy's namespace, when nsSel is nil
 	nsSel, podSel labels.Selector // the peer's
+}
+
+// relabeled returns the selection after a pod's labels changed from old's to
+// cur's (addresses and ports alike: sameButLabels), which took the pod in
+// (joined) or out; a new selection: s, which a pass may hold, stays as it is.
+// The selection may hold an older version of the pod than old: it goes by name.
+func (s *podSelection) relabeled(old, cur *podInfo, joined bool) *podSelection {
+	out := &podSelection{ns: s.ns, nsSel: s.nsSel, podSel: s.podSel} // named: made again on use
+	addrs := slices.Clone(s.addrs.pods)
+	if joined {
+		out.pods = append(slices.Clip(s.pods), cur)
+		for _, a := range cur.addrs {
+			if i, found := slices.BinarySearchFunc(addrs, a, netip.Addr.Compare); !found {
+				addrs = slices.Insert(addrs, i, a)
+			}
+		}
+	} else {
+		out.pods = slices.DeleteFunc(slices.Clone(s.pods), func(p *podInfo) bool { return p.ns == old.ns && p.name == old.name })
+		for _, a := range old.addrs {
+			if slices.ContainsFunc(out.pods, func(p *podInfo) bool { return slices.Contains(p.addrs, a) }) {
+				continue // another pod's too (a finished pod's, reused)
+			}
+			if i, found := slices.BinarySearchFunc(addrs, a, netip.Addr.Compare); found {
+				addrs = slices.Delete(addrs, i, i+1)
+			}
+		}
+	}
+	out.addrs = noAddrs
+	if len(addrs) > 0 {
+		out.addrs = &addrSet{pods: addrs}
+	}
+	return out
 }
 
 // picks reports whether the selection's selectors pick pod p (nil: none), with the

@@ -3,6 +3,7 @@ package compile
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -76,5 +77,37 @@ func TestPodChangePatchesGroups(t *testing.T) {
 		if len(f.pending) > 0 {
 			t.Errorf("pending addresses after Compile: %v", f.pending)
 		}
+	}
+}
+
+// TestRelabelKeepsSharedAddress: two pods hold one address (a stale status);
+// when one of them leaves a peer's selection by a label change, the address
+// stays in the selection and in the group's sets, as a fresh compilation has it.
+func TestRelabelKeepsSharedAddress(t *testing.T) {
+	target := modelPod("a", "target", "node-1", "10.0.0.1", "", upstreamPorts())
+	p1 := modelPod("a", "p1", "node-2", "10.0.0.5", "", upstreamPorts())
+	p2 := modelPod("a", "p2", "node-2", "10.0.0.5", "", upstreamPorts())
+	p1.Labels["role"], p2.Labels["role"] = "peer", "peer"
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "peers"}, Spec: networkingv1.NetworkPolicySpec{
+		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"pod": "target"}},
+		Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{
+			{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "peer"}}}}}},
+	}}
+	c := NewCompiler("node-1", Options{})
+	for _, p := range []*corev1.Pod{target, p1, p2} {
+		c.SetPod(p)
+	}
+	c.SetPolicy(np)
+	c.Compile()
+	left := p1.DeepCopy()
+	left.Labels["role"] = "other"
+	c.SetPod(left)
+	got, _ := c.Compile()
+	fresh, _ := Compile(Snapshot{NodeName: "node-1", Pods: []*corev1.Pod{target, left, p2}, Policies: []*networkingv1.NetworkPolicy{np}}, Options{})
+	if g, w := nft.Render(got), nft.Render(fresh); g != w {
+		t.Fatalf("after one of two pods of 10.0.0.5 left:\n%s\nfresh:\n%s", g, w)
+	}
+	if !strings.Contains(nft.Render(got), "10.0.0.5") {
+		t.Fatal("10.0.0.5 left the table though p2 still holds it")
 	}
 }
