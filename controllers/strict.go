@@ -132,15 +132,12 @@ func (r *NodeReconciler) stampEpoch(desired *nft.Ruleset, full bool, log logr.Lo
 // (so that stamping it changes nothing), the Applier's plan answers, and is
 // returned for the Apply to send: one plan per change instead of two.
 func (r *NodeReconciler) narrows(desired *nft.Ruleset, full bool) (bool, *nft.Planned) {
-	pa, ok := r.Applier.(nft.PlansAhead)
-	if full || !ok || r.strict.inForce == nil || r.compiler.Epoch() != r.strict.epoch {
-		return compile.Narrows(r.strict.inForce, desired), nil
+	if pa, ok := r.Applier.(nft.PlansAhead); ok && !full && r.compiler.Epoch() == r.strict.epoch {
+		if p, ok := pa.PlanFrom(r.strict.inForce, desired); ok { // false with nothing in force
+			return compile.NarrowsPlan(p.Tx, desired), &p
+		}
 	}
-	p, ok := pa.PlanFrom(r.strict.inForce, desired)
-	if !ok {
-		return compile.Narrows(r.strict.inForce, desired), nil
-	}
-	return compile.NarrowsPlan(p.Tx, desired), &p
+	return compile.Narrows(r.strict.inForce, desired), nil
 }
 
 // epochApplied records that desired is in force.

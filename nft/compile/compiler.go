@@ -41,9 +41,10 @@ type Compiler struct {
 	ix     *index
 	pols   map[objKey]*policyEntry
 	byNS   map[string][]*policy // by name
-	// polProblems is the policies' problems in key order; stale when polStale.
+	// polProblems is the policies' problems in key order while polKnown:
+	// until a policy changes.
 	polProblems []Problem
-	polStale    bool
+	polKnown    bool
 	cached      map[string]*cachedGroup // by group key, from the last Compile
 	names       map[string]groupNames   // every group's, by group key, from the last Compile
 	keys        *keyTable
@@ -201,7 +202,7 @@ func (c *Compiler) SetPolicy(np *networkingv1.NetworkPolicy) {
 	c.removePolicy(key)
 	p, problems := parsePolicy(np)
 	c.pols[key] = &policyEntry{p: p, problems: problems}
-	c.polStale = true
+	c.polKnown = false
 	c.changed = true
 	list := c.byNS[p.ns]
 	i, _ := slices.BinarySearchFunc(list, p.name, func(q *policy, name string) int { return strings.Compare(q.name, name) })
@@ -219,7 +220,7 @@ func (c *Compiler) removePolicy(key objKey) {
 		return
 	}
 	delete(c.pols, key)
-	c.polStale = true
+	c.polKnown = false
 	c.changed = true
 	c.byNS[key.ns] = slices.DeleteFunc(c.byNS[key.ns], func(q *policy) bool { return q == old.p })
 	if len(c.byNS[key.ns]) == 0 {
@@ -274,12 +275,12 @@ func (c *Compiler) Unchanged() bool { return !c.changed }
 func (c *Compiler) Compile() (*nft.Ruleset, []Problem) {
 	// Both lists are kept between compilations: this is a copy.
 	problems := slices.Clone(c.ix.addressProblems())
-	if c.polStale {
+	if !c.polKnown {
 		c.polProblems = nil
 		for _, k := range slices.SortedFunc(maps.Keys(c.pols), compareKeys) {
 			c.polProblems = append(c.polProblems, c.pols[k].problems...)
 		}
-		c.polStale = false
+		c.polKnown = true
 	}
 	problems = append(problems, c.polProblems...)
 	problems = append(problems, c.cnpProblems()...)

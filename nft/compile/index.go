@@ -161,8 +161,10 @@ type index struct {
 	byLabel  map[labelKV]*podList  // pods by label
 	byKey    map[string]*podList   // pods that have the label key
 	byAddr   []podAddr             // sorted by address; nil when stale, built on use
-	// addrProblems is addressProblems' result; nil when a local pod changed since.
-	addrProblems *[]Problem
+	// addrProblems is addressProblems' result while addrKnown: until a local
+	// pod changes.
+	addrProblems []Problem
+	addrKnown    bool
 }
 
 func newIndex(node string) *index {
@@ -212,7 +214,7 @@ func (ix *index) setPod(key objKey, p *Pod) (old, cur *podInfo) {
 	}
 	ix.byAddr = nil
 	if (old != nil && old.local) || (pi != nil && pi.local) {
-		ix.addrProblems = nil
+		ix.addrKnown = false
 	}
 	return old, pi
 }
@@ -367,11 +369,10 @@ func (ix *index) namespaces() []string {
 
 // addressProblems reports local pods that share an address, in namespace/name order.
 func (ix *index) addressProblems() []Problem {
-	if ix.addrProblems == nil {
-		p := ix.findAddressProblems()
-		ix.addrProblems = &p
+	if !ix.addrKnown {
+		ix.addrProblems, ix.addrKnown = ix.findAddressProblems(), true
 	}
-	return *ix.addrProblems
+	return ix.addrProblems
 }
 
 func (ix *index) findAddressProblems() []Problem {
