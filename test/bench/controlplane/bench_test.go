@@ -132,11 +132,20 @@ func TestControlPlane(t *testing.T) {
 	healthPort, metricsPort := freePort(t), freePort(t)
 	metricsURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)
 	agentLog := filepath.Join(dir, "agent.log")
-	startAgent := func(logPath string, extra ...string) (*process, error) {
-		return startProcess(logPath, agentBin, append([]string{"agent", "--kubeconfig", kubeconfig, "--node-name", ourNode,
+	agentArgs := func(extra ...string) []string {
+		return append([]string{"agent", "--kubeconfig", kubeconfig, "--node-name", ourNode,
 			"--netns", netns.Path(),
 			"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", healthPort),
-			"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", metricsPort)}, extra...)...)
+			"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", metricsPort)}, extra...)
+	}
+	startAgent := func(logPath string, extra ...string) (*process, error) {
+		return startProcess(logPath, agentBin, agentArgs(extra...)...)
+	}
+	// startAgentIn starts the agent in the cgroup whose tasks file is tasks: a
+	// shell joins it, then becomes the agent, so that all of the agent's
+	// memory is charged to the group from its first page.
+	startAgentIn := func(logPath, tasks string, extra ...string) (*process, error) {
+		return startProcess(logPath, "/bin/sh", append([]string{"-c", `echo $$ > "$0" && exec "$@"`, tasks, agentBin}, agentArgs(extra...)...)...)
 	}
 	// NFTPOLICY_BENCH_CP_PROFILE=dir: the first agent serves pprof, and the
 	// churn below is profiled into dir/churn<suffix>.pprof.
@@ -363,6 +372,20 @@ func TestControlPlane(t *testing.T) {
 	if err := measurePeriodicFullSync(ctx, startAgent, fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort), metricsURL,
 		filepath.Join(dir, "agent-fullsync.log"), report, t.Logf); err != nil {
 		t.Fatalf("periodic full syncs: %v", err)
+	}
+
+	// 8. Under the DaemonSet's memory limit and smaller ones (memlimit_test.go),
+	// each agent through a churn of the selected pods' tiers.
+	churnRound := func(round int) error {
+		return benchproc.Parallel(createWorkers, churnEvents, func(i int) error {
+			p := bulk[(i*shape.Pods()/churnEvents+3+round)%len(bulk)]
+			return c.Patch(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name}},
+				client.RawPatch("application/merge-patch+json", fmt.Appendf(nil, `{"metadata":{"labels":{"tier":"tier-%d"}}}`, (round+1+i)%benchcluster.Tiers)))
+		})
+	}
+	if err := measureMemoryLimits(ctx, startAgentIn, dir, fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort), metricsURL,
+		churnRound, report, t.Logf); err != nil {
+		t.Fatalf("memory limits: %v", err)
 	}
 
 	bareLog := filepath.Join(dir, "bare.log")

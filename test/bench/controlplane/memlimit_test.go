@@ -1,0 +1,233 @@
+package controlplane
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"sigs.k8s.io/yaml"
+
+	"github.com/nftpolicy/nftpolicy/test/bench/benchproc"
+)
+
+// Under a memory limit. The DaemonSet gives the agent a memory limit
+// (config/agent/daemonset.yaml) and passes it as MEMORY_LIMIT, of which the
+// agent gives the Go runtime 80% as its soft limit. A node enforces the limit
+// with the container's memory cgroup: past it, the kernel kills the agent. The
+// rest of this benchmark measures the agent without a limit;
+// measureMemoryLimits runs it as a kubelet would, in a memory cgroup of its
+// own, at the shipped limit and at smaller ones, so that the margin at each
+// cluster size is a figure and not a guess.
+
+// shippedMemoryLimit is limits.memory of the agent container in
+// config/agent/daemonset.yaml.
+func shippedMemoryLimit() (resource.Quantity, error) {
+	path := filepath.Join("..", "..", "..", "config", "agent", "daemonset.yaml")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return resource.Quantity{}, err
+	}
+	var ds appsv1.DaemonSet
+	if err := yaml.Unmarshal(b, &ds); err != nil {
+		return resource.Quantity{}, fmt.Errorf("%s: %w", path, err)
+	}
+	for _, c := range ds.Spec.Template.Spec.Containers {
+		if q, ok := c.Resources.Limits["memory"]; ok && c.Name == "agent" {
+			return q, nil
+		}
+	}
+	return resource.Quantity{}, fmt.Errorf("%s: no memory limit on the agent container", path)
+}
+
+// memcg is a cgroup v1 memory group for one agent, a child of the test's own.
+type memcg struct{ dir string }
+
+// newMemcg creates the group name with limit bytes (none if 0).
+func newMemcg(name string, limit int64) (*memcg, error) {
+	root, err := memcgMount()
+	if err != nil {
+		return nil, err
+	}
+	self, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return nil, err
+	}
+	for line := range strings.Lines(string(self)) {
+		f := strings.SplitN(strings.TrimSpace(line), ":", 3)
+		if len(f) != 3 || !slices.Contains(strings.Split(f[1], ","), "memory") {
+			continue
+		}
+		m := &memcg{dir: filepath.Join(root, f[2], name)}
+		_ = os.Remove(m.dir) // a group left by a killed run
+		if err := os.Mkdir(m.dir, 0o755); err != nil {
+			return nil, err
+		}
+		if limit > 0 {
+			if err := os.WriteFile(filepath.Join(m.dir, "memory.limit_in_bytes"), []byte(strconv.FormatInt(limit, 10)), 0); err != nil {
+				m.close()
+				return nil, err
+			}
+		}
+		return m, nil
+	}
+	return nil, errors.New("this process is in no cgroup v1 memory group (/proc/self/cgroup)")
+}
+
+// memcgMount is where the cgroup v1 memory controller is mounted.
+func memcgMount() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// ... mount-point ... - fstype source super-options
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		fields, tail := strings.Fields(pre), strings.Fields(post)
+		if ok && len(fields) >= 5 && len(tail) >= 3 && tail[0] == "cgroup" && slices.Contains(strings.Split(tail[2], ","), "memory") {
+			return fields[4], nil
+		}
+	}
+	return "", errors.New("no cgroup v1 memory controller is mounted (cgroup v2 only is not supported here)")
+}
+
+// tasks is the file a process writes its pid to to join the group.
+func (m *memcg) tasks() string { return filepath.Join(m.dir, "tasks") }
+
+// bytes reads one of the group's counters.
+func (m *memcg) bytes(file string) int64 {
+	b, err := os.ReadFile(filepath.Join(m.dir, file))
+	if err != nil {
+		return -1
+	}
+	n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return n
+}
+
+// oomKills is how many processes the kernel killed for the group's limit.
+func (m *memcg) oomKills() int64 {
+	b, err := os.ReadFile(filepath.Join(m.dir, "memory.oom_control"))
+	if err != nil {
+		return -1
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "oom_kill "); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return -1
+}
+
+// close removes the group (its processes must have exited).
+func (m *memcg) close() { _ = os.Remove(m.dir) }
+
+// measureMemoryLimits starts the agent in a memory cgroup of its own, once
+// without a limit and then at the DaemonSet's limit, 3/4, 1/2 and 1/4 of it,
+// each time with --memory-limit as MEMORY_LIMIT would give it and a 5 s
+// full-sync period. Each agent starts, makes two periodic full syncs, and
+// syncs a churn of 1,000 pod changes (churn). For each limit it reports
+// whether the agent lived through that (memlimit_<L>_alive), its start to
+// ready, the group's peak usage, the kernel's OOM kills, its garbage
+// collections and CPU. The churn is made whether or not the agent lives.
+func measureMemoryLimits(ctx context.Context, startAgentIn func(logPath, tasks string, extra ...string) (*process, error), dir, readyURL, metricsURL string,
+	churn func(round int) error, report func(string, string, ...any), logf func(string, ...any)) error {
+	shipped, err := shippedMemoryLimit()
+	if err != nil {
+		return err
+	}
+	report("memlimit_shipped_mib", "%d", shipped.Value()>>20)
+	limits := []int64{0, shipped.Value(), shipped.Value() / 4 * 3, shipped.Value() / 2, shipped.Value() / 4}
+	for round, limit := range limits {
+		name := "none"
+		if limit > 0 {
+			name = fmt.Sprintf("%dmi", limit>>20)
+		}
+		cg, err := newMemcg("nftpolicy-bench-"+name, limit)
+		if err != nil {
+			report("memlimit_skipped", "%q", err.Error())
+			return nil
+		}
+		var extra []string
+		if limit > 0 {
+			extra = append(extra, "--memory-limit", strconv.FormatInt(limit, 10))
+		}
+		logPath := filepath.Join(dir, "agent-memlimit-"+name+".log")
+		a, err := startAgentIn(logPath, cg.tasks(), append([]string{"--full-sync-period=5s"}, extra...)...)
+		if err != nil {
+			cg.close()
+			return err
+		}
+		pid := a.cmd.Process.Pid
+		t0 := time.Now()
+		alive := true
+		if err := waitHTTP(ctx, readyURL, a, 2*time.Minute); err != nil {
+			logf("memlimit %s: not ready: %v", name, err)
+			alive = false
+		} else {
+			report("memlimit_"+name+"_ready_ms", "%.0f", ms(time.Since(t0)))
+		}
+		if alive {
+			alive = waitFullSyncs(ctx, metricsURL, a, 2, time.Minute) == nil
+		}
+		if err := churn(round); err != nil {
+			a.stop()
+			cg.close()
+			return fmt.Errorf("churn: %w", err)
+		}
+		time.Sleep(3 * time.Second) // the last syncs
+		var gcs float64 = -1
+		if m, err := scrape(metricsURL); err == nil {
+			gcs = m["go_gc_duration_seconds_count"]
+		}
+		cpu := benchproc.CPUSeconds(pid)
+		select {
+		case <-a.exited:
+			alive = false
+		default:
+		}
+		report("memlimit_"+name+"_alive", "%v", alive)
+		report("memlimit_"+name+"_peak_mib", "%.1f", float64(cg.bytes("memory.max_usage_in_bytes"))/(1<<20))
+		report("memlimit_"+name+"_oom_kills", "%d", cg.oomKills())
+		report("memlimit_"+name+"_limit_hits", "%d", cg.bytes("memory.failcnt"))
+		if alive {
+			report("memlimit_"+name+"_gc_cycles", "%.0f", gcs)
+			report("memlimit_"+name+"_cpu_s", "%.2f", cpu)
+		}
+		a.stop()
+		cg.close()
+	}
+	return nil
+}
+
+// waitFullSyncs waits for n full syncs after the agent's first.
+func waitFullSyncs(ctx context.Context, metricsURL string, a *process, n float64, timeout time.Duration) error {
+	const count = `nftpolicy_sync_duration_seconds_count{kind="full"}`
+	deadline := time.Now().Add(timeout)
+	for {
+		m, err := scrape(metricsURL)
+		if err == nil && m[count] >= 1+n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("fewer than %.0f full syncs after the first in %v", n, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-a.exited:
+			return errors.New("the agent exited")
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
