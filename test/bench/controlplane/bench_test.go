@@ -141,12 +141,6 @@ func TestControlPlane(t *testing.T) {
 	startAgent := func(logPath string, extra ...string) (*process, error) {
 		return startProcess(logPath, agentBin, agentArgs(extra...)...)
 	}
-	// startAgentIn starts the agent in the cgroup whose tasks file is tasks: a
-	// shell joins it, then becomes the agent, so that all of the agent's
-	// memory is charged to the group from its first page.
-	startAgentIn := func(logPath, tasks string, extra ...string) (*process, error) {
-		return startProcess(logPath, "/bin/sh", append([]string{"-c", `echo $$ > "$0" && exec "$@"`, tasks, agentBin}, agentArgs(extra...)...)...)
-	}
 	// NFTPOLICY_BENCH_CP_PROFILE=dir: the first agent serves pprof, and the
 	// churn below is profiled into dir/churn<suffix>.pprof.
 	profileDir, pprofURL := os.Getenv("NFTPOLICY_BENCH_CP_PROFILE"), ""
@@ -383,7 +377,7 @@ func TestControlPlane(t *testing.T) {
 				client.RawPatch("application/merge-patch+json", fmt.Appendf(nil, `{"metadata":{"labels":{"tier":"tier-%d"}}}`, (round+1+i)%benchcluster.Tiers)))
 		})
 	}
-	if err := measureMemoryLimits(ctx, startAgentIn, dir, fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort), metricsURL,
+	if err := measureMemoryLimits(ctx, agentBin, agentArgs, dir, fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort), metricsURL,
 		churnRound, report, t.Logf); err != nil {
 		t.Fatalf("memory limits: %v", err)
 	}

@@ -10,12 +10,16 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 	"github.com/nftpolicy/nftpolicy/test/bench/benchproc"
 )
 
@@ -137,10 +141,14 @@ func (m *memcg) close() { _ = os.Remove(m.dir) }
 // each time with --memory-limit as MEMORY_LIMIT would give it and a 5 s
 // full-sync period. Each agent starts, makes two periodic full syncs, and
 // syncs a churn of 1,000 pod changes (churn). For each limit it reports
-// whether the agent lived through that (memlimit_<L>_alive), its start to
-// ready, the group's peak usage, the kernel's OOM kills, its garbage
-// collections and CPU. The churn is made whether or not the agent lives.
-func measureMemoryLimits(ctx context.Context, startAgentIn func(logPath, tasks string, extra ...string) (*process, error), dir, readyURL, metricsURL string,
+// whether the agent kept up (memlimit_<L>_kept_up: ready within 2 minutes, the
+// two full syncs within one, alive after the churn), its start to ready, the
+// group's peak usage (page cache included, as the kernel counts it against the
+// limit), the kernel's OOM kills, how often a charge met the limit, and when it
+// kept up its own peak RSS, garbage collections and CPU; then the peak at the
+// shipped limit as a share of it, and the smallest limit the agent kept up
+// under (0: none). The churn is made whether or not the agent keeps up.
+func measureMemoryLimits(ctx context.Context, agentBin string, agentArgs func(...string) []string, dir, readyURL, metricsURL string,
 	churn func(round int) error, report func(string, string, ...any), logf func(string, ...any)) error {
 	shipped, err := shippedMemoryLimit()
 	if err != nil {
@@ -148,6 +156,7 @@ func measureMemoryLimits(ctx context.Context, startAgentIn func(logPath, tasks s
 	}
 	report("memlimit_shipped_mib", "%d", shipped.Value()>>20)
 	limits := []int64{0, shipped.Value(), shipped.Value() / 4 * 3, shipped.Value() / 2, shipped.Value() / 4}
+	smallest := int64(-1) // the smallest limit the agent kept up under
 	for round, limit := range limits {
 		name := "none"
 		if limit > 0 {
@@ -162,23 +171,37 @@ func measureMemoryLimits(ctx context.Context, startAgentIn func(logPath, tasks s
 		if limit > 0 {
 			extra = append(extra, "--memory-limit", strconv.FormatInt(limit, 10))
 		}
+		// A shell joins the group, then becomes the agent, so that all of the
+		// agent's memory is charged to the group from its first page; its
+		// binary is a fresh copy, not in the page cache, so that the pages of
+		// its text it reads are charged too, as a container's first start
+		// reads its image.
+		bin := filepath.Join(dir, "nftpolicy-memlimit-"+name)
+		if err := uncachedCopy(agentBin, bin); err != nil {
+			cg.close()
+			return err
+		}
 		logPath := filepath.Join(dir, "agent-memlimit-"+name+".log")
-		a, err := startAgentIn(logPath, cg.tasks(), append([]string{"--full-sync-period=5s"}, extra...)...)
+		a, err := startProcess(logPath, "/bin/sh", append([]string{"-c", `echo $$ > "$0" && exec "$@"`, cg.tasks(), bin},
+			agentArgs(append([]string{"--full-sync-period=5s"}, extra...)...)...)...)
 		if err != nil {
 			cg.close()
 			return err
 		}
 		pid := a.cmd.Process.Pid
 		t0 := time.Now()
-		alive := true
+		keptUp := true
 		if err := waitHTTP(ctx, readyURL, a, 2*time.Minute); err != nil {
 			logf("memlimit %s: not ready: %v", name, err)
-			alive = false
+			keptUp = false
 		} else {
 			report("memlimit_"+name+"_ready_ms", "%.0f", ms(time.Since(t0)))
 		}
-		if alive {
-			alive = waitFullSyncs(ctx, metricsURL, a, 2, time.Minute) == nil
+		if keptUp {
+			if err := waitFullSyncs(ctx, metricsURL, a, 2, time.Minute); err != nil {
+				logf("memlimit %s: %v", name, err)
+				keptUp = false
+			}
 		}
 		if err := churn(round); err != nil {
 			a.stop()
@@ -191,23 +214,57 @@ func measureMemoryLimits(ctx context.Context, startAgentIn func(logPath, tasks s
 			gcs = m["go_gc_duration_seconds_count"]
 		}
 		cpu := benchproc.CPUSeconds(pid)
+		_, hwm := procMemory(pid)
 		select {
 		case <-a.exited:
-			alive = false
+			if keptUp {
+				logf("memlimit %s: the agent exited in the churn", name)
+			}
+			keptUp = false
 		default:
 		}
-		report("memlimit_"+name+"_alive", "%v", alive)
-		report("memlimit_"+name+"_peak_mib", "%.1f", float64(cg.bytes("memory.max_usage_in_bytes"))/(1<<20))
+		peak := cg.bytes("memory.max_usage_in_bytes")
+		report("memlimit_"+name+"_kept_up", "%v", keptUp)
+		report("memlimit_"+name+"_peak_mib", "%.1f", float64(peak)/(1<<20))
+		if limit == shipped.Value() {
+			report("memlimit_shipped_peak_ratio", "%.2f", float64(peak)/float64(limit))
+		}
 		report("memlimit_"+name+"_oom_kills", "%d", cg.oomKills())
 		report("memlimit_"+name+"_limit_hits", "%d", cg.bytes("memory.failcnt"))
-		if alive {
+		if keptUp {
+			report("memlimit_"+name+"_peak_rss_mib", "%.1f", hwm)
 			report("memlimit_"+name+"_gc_cycles", "%.0f", gcs)
 			report("memlimit_"+name+"_cpu_s", "%.2f", cpu)
+			if limit > 0 {
+				smallest = limit
+			}
 		}
 		a.stop()
 		cg.close()
 	}
+	report("memlimit_smallest_kept_up_mib", "%d", max(smallest, 0)>>20)
 	return nil
+}
+
+// uncachedCopy copies the file src to dst (executable), and drops dst's pages
+// from the page cache.
+func uncachedCopy(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync() // clean pages can be dropped
+	}
+	if err == nil {
+		err = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+	}
+	return errors.Join(err, f.Close())
 }
 
 // waitFullSyncs waits for n full syncs after the agent's first.
@@ -229,5 +286,41 @@ func waitFullSyncs(ctx context.Context, metricsURL string, a *process, n float64
 			return errors.New("the agent exited")
 		case <-time.After(500 * time.Millisecond):
 		}
+	}
+}
+
+// TestMemcgCountsOOMKills: a process that joins a memcg group the way
+// measureMemoryLimits starts the agent, and then grows to 64 MiB, is charged
+// from its first page and killed at the group's 16 MiB limit, and the group
+// says so.
+func TestMemcgCountsOOMKills(t *testing.T) {
+	nfttest.RequireRoot(t)
+	const limit = 16 << 20
+	cg, err := newMemcg(fmt.Sprintf("nftpolicy-test-%d", os.Getpid()), limit)
+	if err != nil {
+		t.Skipf("no memory cgroup to test in: %v", err)
+	}
+	defer cg.close()
+	// tail keeps the whole of a line without end in memory: 64 MiB of it,
+	// bounded should the group not hold it.
+	p, err := startProcess(filepath.Join(t.TempDir(), "tail.log"), "/bin/sh", "-c", `echo $$ > "$0" && exec "$@"`, cg.tasks(),
+		"/bin/sh", "-c", "head -c 67108864 /dev/zero | tail")
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(30 * time.Second):
+		p.stop()
+		t.Fatal("tail was not done in 30 s")
+	}
+	if n := cg.oomKills(); n != 1 {
+		t.Errorf("oom kills: %d, want 1", n)
+	}
+	if peak := cg.bytes("memory.max_usage_in_bytes"); peak < limit*3/4 || peak > limit {
+		t.Errorf("peak usage %d bytes, want near the limit %d", peak, limit)
+	}
+	if hits := cg.bytes("memory.failcnt"); hits < 1 {
+		t.Errorf("limit hits: %d, want some", hits)
 	}
 }
