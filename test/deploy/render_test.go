@@ -177,7 +177,7 @@ func checkAgentDaemonSet(t *testing.T, ds *appsv1.DaemonSet, metricsAddr string)
 	}
 	want := corev1.ResourceRequirements{
 		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("50m"), corev1.ResourceMemory: resource.MustParse("128Mi")},
-		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("384Mi")},
 	}
 	if !equality.Semantic.DeepEqual(c.Resources, want) {
 		t.Errorf("resources = %+v, want %+v", c.Resources, want)
