@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -154,13 +155,19 @@ var benchShapes = []struct {
 // tier in strict mode (--established=recheck), where every other change moves
 // the epoch (the pod leaves a set); tier-strict-plan-twice is the same with an
 // Applier that does not plan ahead, so that strict mode plans each change
-// once to weigh it and once more to apply it.
+// once to weigh it and once more to apply it. tier-blocks is tier with every
+// policy also admitting an ipBlock (withIPBlocks), so that the groups the
+// change touches have ipBlock peers next to their pod peers.
 func BenchmarkIncrementalSync(b *testing.B) {
 	for _, sh := range benchShapes {
 		nss, store, pods, nps := benchCluster(sh.shape)
-		for _, kind := range []string{"tier", "tier-strict", "tier-strict-plan-twice", "unread"} {
+		withBlocks := withIPBlocks(nps)
+		for _, kind := range []string{"tier", "tier-blocks", "tier-strict", "tier-strict-plan-twice", "unread"} {
 			b.Run(sh.name+"/"+kind, func(b *testing.B) {
 				reader := &memReader{nss: nss, nps: nps}
+				if kind == "tier-blocks" {
+					reader.nps = withBlocks
+				}
 				applier := &planApplier{}
 				r := &NodeReconciler{Reader: reader, Pods: storePods{store}, NodeName: "node-0", Table: nft.DefaultTable, Applier: applier}
 				if strings.HasPrefix(kind, "tier-strict") {
@@ -231,6 +238,33 @@ func BenchmarkIncrementalSync(b *testing.B) {
 			})
 		}
 	}
+}
+
+// withIPBlocks returns copies of nps in which every policy with ingress rules
+// also admits 192.168.0.0/16 on TCP 80 (a load balancer's addresses), and
+// every policy with egress rules also lets out to everything but 10.0.0.0/8 on
+// TCP 443 (the internet): the ipBlock rules real policies carry next to their
+// pod peers.
+func withIPBlocks(nps []*networkingv1.NetworkPolicy) []*networkingv1.NetworkPolicy {
+	tcp := corev1.ProtocolTCP
+	port := func(n int32) []networkingv1.NetworkPolicyPort {
+		p := intstr.FromInt32(n)
+		return []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &p}}
+	}
+	out := make([]*networkingv1.NetworkPolicy, len(nps))
+	for i, np := range nps {
+		np = np.DeepCopy()
+		if len(np.Spec.Ingress) > 0 {
+			np.Spec.Ingress = append(np.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{Ports: port(80),
+				From: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "192.168.0.0/16"}}}})
+		}
+		if len(np.Spec.Egress) > 0 {
+			np.Spec.Egress = append(np.Spec.Egress, networkingv1.NetworkPolicyEgressRule{Ports: port(443),
+				To: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "0.0.0.0/0", Except: []string{"10.0.0.0/8"}}}}})
+		}
+		out[i] = np
+	}
+	return out
 }
 
 // BenchmarkFullSync is one full sync of node-0 at the same scales: read the

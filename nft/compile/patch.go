@@ -10,22 +10,28 @@ import (
 	"go4.org/netipx"
 )
 
-// Patching a group's sets. A pod's change alters, in a group made of pod peers
-// and every-address peers only (patchable), the elements of the pod's own
-// addresses and no other: an address's elements depend on which rules' peers
-// hold it and on nothing else (elements.go: "a pod's address joins or leaves
-// elements of its own only"; an every-address peer is a range that no pod's
-// change moves). So the Compiler keeps such a group through a pod change, notes
-// the pod's addresses (pending), and the next pass replaces those addresses'
-// elements (patch) instead of refilling the group. A group with an ipBlock peer
-// (a pod address inside a block, or a /32 block, shares elements with the
-// block) or an egress named port (resolved on the destination pods) is
-// refilled, as any group is after a policy or namespace change.
+// Patching a group's sets. A pod's change alters, in a group whose rules have
+// no named port on an egress rule (patchable), the elements of the pod's own
+// addresses and no other. An address's elements are its own single-address
+// elements, and which of them exist depends only on which rules hold that
+// address: as a pod address of a selector peer, or inside an ipBlock (or
+// every-address) peer's range, and whether such a range is the address alone
+// (a /32, not merged with a neighbour) or wider (elements.go: "a pod's address
+// joins or leaves elements of its own only"; a range's elements depend on the
+// blocks alone, which no pod's change moves). So the Compiler keeps such a
+// group through a pod change, notes the pod's addresses (pending), and the next
+// pass replaces those addresses' elements (patch) instead of refilling the
+// group. A group with an egress named port (resolved on the destination pods,
+// whose ports cut the port axis) is refilled, as any group is after a policy or
+// namespace change.
 
 // patchable reports whether a pod's change can be patched into g's sets.
 func (g *group) patchable() bool {
+	if g.ingress {
+		return true // named ports are resolved on the group's own member
+	}
 	for _, r := range rulesOf(g.ingress, g.policies) {
-		if (!g.ingress && r.hasNamedPort()) || slices.ContainsFunc(r.peers, func(pe *peer) bool { return pe.isBlk }) {
+		if r.hasNamedPort() {
 			return false
 		}
 	}
@@ -66,51 +72,80 @@ func (ps *pass) patch(g *group, f *cachedGroup) *cachedGroup {
 }
 
 // addrElems returns the elements address a has in g's three sets of its
-// family, as fill makes them: in the any set when a peer on every port holds
-// it as a pod address and no every-address peer does; else, on the ports its
-// pod peers allow and no every-address peer does, runs of ports, spelled out in
-// the ports set when narrow, whole in the ranges set (splitPortElems).
+// family, as fill makes them. fill's sets are, per rule, the union of its
+// peers: ipBlock ranges (merged where they overlap or touch) and pod addresses,
+// each pod address outside every range its own element (addrSet.elems). So a
+// is its own element wherever the rules there hold it as a range of its own
+// (inside a block, and no block there holds a neighbour of a) or as a pod
+// address outside every block there. In the any set that is over the rules on
+// every port; on the ports, per protocol, over the rules on each port, as
+// maximal runs, spelled out in the ports set when narrow and whole in the
+// ranges set (splitPortElems), and none at all where the any set's peers hold a
+// (they cover it on every port).
 func (ps *pass) addrElems(g *group, a netip.Addr) (anyE, portE, rangeE []nft.Element) {
-	var anyPod, anyAll bool
-	byPod, byAll := map[uint8][]interval{}, map[uint8][]interval{}
+	next, prev := a.Next(), a.Prev()
+	inBlock := func(r *rule, b netip.Addr) bool {
+		return b.IsValid() && (r.allPeers || slices.ContainsFunc(r.peers, func(pe *peer) bool {
+			return pe.isBlk && pe.block.cidrs.containsRange(netipx.IPRangeFrom(b, b))
+		}))
+	}
+	// Where the rules hold a inside a block (blk), a neighbour of a inside a
+	// block (nbr), a as a pod address (pod); per protocol, as port intervals.
+	var anyBlk, anyNbr, anyPod bool
+	blk, nbr, pod := map[uint8][]interval{}, map[uint8][]interval{}, map[uint8][]interval{}
 	for p, r := range rulesOf(g.ingress, g.policies) {
-		all := r.allPeers
-		pod := !all && slices.ContainsFunc(r.peers, func(pe *peer) bool {
+		isBlk, isNbr := inBlock(r, a), inBlock(r, prev) || inBlock(r, next)
+		isPod := !r.allPeers && slices.ContainsFunc(r.peers, func(pe *peer) bool {
+			if pe.isBlk {
+				return false
+			}
 			_, found := slices.BinarySearchFunc(ps.selectPeer(p, pe).addrs.pods, a, netip.Addr.Compare)
 			return found
 		})
-		if !all && !pod {
+		if !isBlk && !isNbr && !isPod {
 			continue
 		}
 		if r.allPorts {
-			anyAll, anyPod = anyAll || all, anyPod || pod
+			anyBlk, anyNbr, anyPod = anyBlk || isBlk, anyNbr || isNbr, anyPod || isPod
 			continue
 		}
-		to := byPod
-		if all {
-			to = byAll
-		}
 		for _, pt := range r.ports {
-			if pt.name == "" {
-				to[pt.proto] = append(to[pt.proto], interval{int(pt.lo), int(pt.hi)})
-				continue
+			ivs := []interval{{int(pt.lo), int(pt.hi)}}
+			if pt.name != "" {
+				ivs = ivs[:0]
+				for _, n := range g.rep.resolve(pt.name, pt.proto) { // ingress: patchable
+					ivs = append(ivs, interval{int(n), int(n)})
+				}
 			}
-			for _, n := range g.rep.resolve(pt.name, pt.proto) { // ingress: patchable
-				to[pt.proto] = append(to[pt.proto], interval{int(n), int(n)})
+			for _, on := range []struct {
+				yes bool
+				to  map[uint8][]interval
+			}{{isBlk, blk}, {isNbr, nbr}, {isPod, pod}} {
+				if on.yes {
+					on.to[pt.proto] = append(on.to[pt.proto], ivs...)
+				}
 			}
 		}
 	}
 	r := netipx.IPRangeFrom(a, a)
-	if anyPod && !anyAll {
+	if (anyBlk && !anyNbr) || (!anyBlk && anyPod) {
 		anyE = []nft.Element{{Key: ps.keys.key(portElem{addrs: r})}}
 	}
-	if anyPod || anyAll {
+	if anyBlk || anyPod {
 		return anyE, nil, nil // on every port: the ports sets leave it out
 	}
-	for _, proto := range slices.Sorted(maps.Keys(byPod)) {
-		// The ports where a is its own element: its pod peers' less the
-		// every-address peers', as maximal runs.
-		for _, run := range subtractIntervals(mergeIntervals(byPod[proto]), mergeIntervals(byAll[proto])) {
+	protos := slices.Collect(maps.Keys(blk))
+	for proto := range pod {
+		protos = append(protos, proto)
+	}
+	slices.Sort(protos)
+	for _, proto := range slices.Compact(protos) {
+		// a's own ports: in a block there and no neighbour, or a pod address
+		// there outside every block.
+		inBlk := mergeIntervals(blk[proto])
+		own := mergeIntervals(append(subtractIntervals(inBlk, mergeIntervals(nbr[proto])),
+			subtractIntervals(mergeIntervals(pod[proto]), inBlk)...))
+		for _, run := range own {
 			e := portElem{r, proto, uint16(run.lo), uint16(run.hi)}
 			if !isExact(e) {
 				rangeE = append(rangeE, nft.Element{Key: ps.keys.key(e)})

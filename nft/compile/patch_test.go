@@ -14,31 +14,43 @@ import (
 	"github.com/nftpolicy/nftpolicy/nft"
 )
 
-// TestPodChangePatchesGroups: a peer's change keeps a group of pod peers, its
-// addresses to patch, and drops one with an ipBlock peer; the next Compile is a
-// fresh compilation's table, and the patched group's sets are new slices (the
-// table handed out before is not modified).
+// TestPodChangePatchesGroups: a peer's change keeps a group of pod peers, and
+// one of pod peers and ipBlocks (one of them the peer's old address alone),
+// with the peer's addresses to patch, and drops one with a named port on an
+// egress rule; the next Compile is a fresh compilation's table, and the
+// patched groups' sets are new slices (the table handed out before is not
+// modified).
 func TestPodChangePatchesGroups(t *testing.T) {
 	target := modelPod("a", "target", "node-1", "10.0.0.1", "fd00::1", upstreamPorts())
+	named := modelPod("a", "named", "node-1", "10.0.0.9", "fd00::9", upstreamPorts())
+	named.Labels["pod"] = "named"
 	peer := modelPod("a", "peer", "node-2", "10.0.0.2", "fd00::2", upstreamPorts())
 	peer.Labels["role"] = "peer"
 	tcp := corev1.ProtocolTCP
-	port := func(n int) []networkingv1.NetworkPolicyPort {
-		return []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: new(intstr.FromInt32(int32(n)))}}
+	port := func(p intstr.IntOrString) []networkingv1.NetworkPolicyPort {
+		return []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &p}}
 	}
 	peers := []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "peer"}}}}
-	onTarget := metav1.LabelSelector{MatchLabels: map[string]string{"pod": "target"}}
+	on := func(pod string) metav1.LabelSelector { return metav1.LabelSelector{MatchLabels: map[string]string{"pod": pod}} }
+	egress := []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}
+	block := func(cidr string) networkingv1.NetworkPolicyPeer {
+		return networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: cidr}}
+	}
 	pols := []*networkingv1.NetworkPolicy{
-		{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "pods"}, Spec: networkingv1.NetworkPolicySpec{PodSelector: onTarget,
-			Ingress: []networkingv1.NetworkPolicyIngressRule{{From: peers, Ports: port(80)}}}},
-		{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "blocks"}, Spec: networkingv1.NetworkPolicySpec{PodSelector: onTarget,
-			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
-			Egress: []networkingv1.NetworkPolicyEgressRule{{
-				To:    append(slices.Clone(peers), networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "10.1.0.0/16"}}),
-				Ports: port(53)}}}},
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "pods"}, Spec: networkingv1.NetworkPolicySpec{PodSelector: on("target"),
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{From: peers, Ports: port(intstr.FromInt32(80))}}}},
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "blocks"}, Spec: networkingv1.NetworkPolicySpec{PodSelector: on("target"),
+			PolicyTypes: egress,
+			Egress: []networkingv1.NetworkPolicyEgressRule{
+				{To: append(slices.Clone(peers), block("10.1.0.0/16")), Ports: port(intstr.FromInt32(53))},
+				{To: []networkingv1.NetworkPolicyPeer{block("10.0.0.2/32")}, Ports: port(intstr.FromInt32(443))},
+			}}},
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "named"}, Spec: networkingv1.NetworkPolicySpec{PodSelector: on("named"),
+			PolicyTypes: egress,
+			Egress:      []networkingv1.NetworkPolicyEgressRule{{To: peers, Ports: port(intstr.FromString("serve-80-tcp"))}}}},
 	}
 	c := NewCompiler("node-1", Options{})
-	for _, p := range []*corev1.Pod{target, peer} {
+	for _, p := range []*corev1.Pod{target, named, peer} {
 		c.SetPod(p)
 	}
 	for _, np := range pols {
@@ -46,27 +58,28 @@ func TestPodChangePatchesGroups(t *testing.T) {
 	}
 	before, _ := c.Compile()
 	kept := nft.Render(before)
+	if !strings.Contains(kept, "10.0.0.2 . tcp . 443") {
+		t.Fatalf("the /32 block is not the peer's address on 443:\n%s", kept)
+	}
 
 	moved := peer.DeepCopy()
 	moved.Status.PodIPs = []corev1.PodIP{{IP: "10.0.0.3"}, {IP: "fd00::3"}}
 	c.SetPod(moved)
-	var ing, eg *cachedGroup
+	byPolicy := map[string]*cachedGroup{}
 	for _, f := range c.cached {
-		if f.ingress {
-			ing = f
-		} else {
-			eg = f
-		}
+		byPolicy[f.policies[0].ref] = f
 	}
 	want := []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("fd00::2"), netip.MustParseAddr("10.0.0.3"), netip.MustParseAddr("fd00::3")}
-	if ing == nil || !ing.patchable || !slices.Equal(ing.pending, want) {
-		t.Fatalf("the pod peers' group after the peer moved: %+v; want it kept, to patch %v", ing, want)
+	for _, ref := range []string{"a/pods", "a/blocks"} {
+		if f := byPolicy[ref]; f == nil || !f.patchable || !slices.Equal(f.pending, want) {
+			t.Fatalf("the group of %s after the peer moved: %+v; want it kept, to patch %v", ref, f, want)
+		}
 	}
-	if eg != nil {
-		t.Fatalf("the ipBlock group was kept: %+v", eg)
+	if f := byPolicy["a/named"]; f != nil {
+		t.Fatalf("the group with an egress named port was kept: %+v", f)
 	}
 	got, _ := c.Compile()
-	fresh, _ := Compile(Snapshot{NodeName: "node-1", Pods: []*corev1.Pod{target, moved}, Policies: pols}, Options{})
+	fresh, _ := Compile(Snapshot{NodeName: "node-1", Pods: []*corev1.Pod{target, named, moved}, Policies: pols}, Options{})
 	if g, w := nft.Render(got), nft.Render(fresh); g != w {
 		t.Fatalf("patched:\n%s\nfresh:\n%s", g, w)
 	}
