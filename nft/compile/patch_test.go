@@ -31,7 +31,9 @@ func TestPodChangePatchesGroups(t *testing.T) {
 		return []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &p}}
 	}
 	peers := []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "peer"}}}}
-	on := func(pod string) metav1.LabelSelector { return metav1.LabelSelector{MatchLabels: map[string]string{"pod": pod}} }
+	on := func(pod string) metav1.LabelSelector {
+		return metav1.LabelSelector{MatchLabels: map[string]string{"pod": pod}}
+	}
 	egress := []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}
 	block := func(cidr string) networkingv1.NetworkPolicyPeer {
 		return networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: cidr}}
