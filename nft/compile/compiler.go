@@ -234,26 +234,22 @@ func (c *Compiler) removePolicy(key objKey) {
 // never modified: callers may keep it and share it between goroutines.
 func (c *Compiler) Attribution() *Attribution { return c.attrib }
 
-// touch is drop for a change of pod old to cur (either may be nil): a group it
-// affects whose sets can be patched (patch.go) is kept, with the pod's addresses
-// to patch at the next Compile.
+// touch is what drop is for a change of pod old to cur (either may be nil): a
+// group it affects is kept, with the pod's addresses to patch (patch.go) at the
+// next Compile. It reports whether any group was affected.
 func (c *Compiler) touch(affected func(*cachedGroup) bool, old, cur *podInfo) bool {
 	n := 0
-	maps.DeleteFunc(c.cached, func(_ string, f *cachedGroup) bool {
+	for _, f := range c.cached {
 		if !affected(f) {
-			return false
+			continue
 		}
 		n++
-		if !f.patchable {
-			return true
-		}
 		for _, p := range []*podInfo{old, cur} {
 			if p != nil {
 				f.pending = append(f.pending, p.addrs...)
 			}
 		}
-		return false
-	})
+	}
 	return n > 0
 }
 

@@ -45,10 +45,9 @@ type cachedGroup struct {
 	sets     []nft.Set
 	chainV   nft.Chain
 	replyV   nft.Chain
-	// patchable: a pod's change is patched into sets (patch.go) rather than
-	// the group dropped; pending are the addresses to patch at the next pass.
-	patchable bool
-	pending   []netip.Addr
+	// pending are the addresses of pods that changed since, whose elements the
+	// next pass makes anew (patch.go) rather than refilling the group.
+	pending []netip.Addr
 }
 
 // groupKey identifies a group: direction, selecting policies and, for ingress, what

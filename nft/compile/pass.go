@@ -162,8 +162,7 @@ func (ps *pass) build(prev map[string]*cachedGroup, prevNames map[string]groupNa
 			if ps.strict != nil {
 				g.replyV = g.replyValue(ps.opts, ps.strict)
 			}
-			f = &cachedGroup{ingress: g.ingress, policies: g.policies, chain: g.chain, setNames: g.setNames, sets: g.sets, chainV: g.chainV, replyV: g.replyV,
-				patchable: g.patchable()}
+			f = &cachedGroup{ingress: g.ingress, policies: g.policies, chain: g.chain, setNames: g.setNames, sets: g.sets, chainV: g.chainV, replyV: g.replyV}
 		}
 		next[key] = f
 		ps.groups = append(ps.groups, g)

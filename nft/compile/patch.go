@@ -10,33 +10,19 @@ import (
 	"go4.org/netipx"
 )
 
-// Patching a group's sets. A pod's change alters, in a group whose rules have
-// no named port on an egress rule (patchable), the elements of the pod's own
+// Patching a group's sets. A pod's change alters the elements of the pod's own
 // addresses and no other. An address's elements are its own single-address
 // elements, and which of them exist depends only on which rules hold that
-// address: as a pod address of a selector peer, or inside an ipBlock (or
+// address: as a pod address of a selector peer (on a named port of an egress
+// rule, one the destination pod resolves), or inside an ipBlock (or
 // every-address) peer's range, and whether such a range is the address alone
 // (a /32, not merged with a neighbour) or wider (elements.go: "a pod's address
 // joins or leaves elements of its own only"; a range's elements depend on the
-// blocks alone, which no pod's change moves). So the Compiler keeps such a
-// group through a pod change, notes the pod's addresses (pending), and the next
-// pass replaces those addresses' elements (patch) instead of refilling the
-// group. A group with an egress named port (resolved on the destination pods,
-// whose ports cut the port axis) is refilled, as any group is after a policy or
-// namespace change.
-
-// patchable reports whether a pod's change can be patched into g's sets.
-func (g *group) patchable() bool {
-	if g.ingress {
-		return true // named ports are resolved on the group's own member
-	}
-	for _, r := range rulesOf(g.ingress, g.policies) {
-		if r.hasNamedPort() {
-			return false
-		}
-	}
-	return true
-}
+// blocks alone, which no pod's change moves). So the Compiler keeps a group
+// through a pod change, notes the pod's addresses (pending), and the next pass
+// replaces those addresses' elements (patch) instead of refilling the group.
+// A policy or namespace change still drops the groups it affects, to be
+// refilled.
 
 // patch returns f, g's cached group, with the elements of f's pending addresses
 // made anew (f itself, and the sets it shares with the tables handed out, are
@@ -110,10 +96,18 @@ func (ps *pass) addrElems(g *group, a netip.Addr) (anyE, portE, rangeE []nft.Ele
 			continue
 		}
 		for _, pt := range r.ports {
+			if pt.name != "" && !g.ingress { // resolved on the destination pods: pod addresses only
+				for _, pa := range ps.namedDestinations(p, r, portRef{pt.name, pt.proto}) {
+					if _, found := slices.BinarySearchFunc(pa.addrs.pods, a, netip.Addr.Compare); found {
+						pod[pt.proto] = append(pod[pt.proto], interval{int(pa.port), int(pa.port)})
+					}
+				}
+				continue
+			}
 			ivs := []interval{{int(pt.lo), int(pt.hi)}}
 			if pt.name != "" {
 				ivs = ivs[:0]
-				for _, n := range g.rep.resolve(pt.name, pt.proto) { // ingress: patchable
+				for _, n := range g.rep.resolve(pt.name, pt.proto) { // ingress: on the group's own members
 					ivs = append(ivs, interval{int(n), int(n)})
 				}
 			}

@@ -14,12 +14,12 @@ import (
 	"github.com/nftpolicy/nftpolicy/nft"
 )
 
-// TestPodChangePatchesGroups: a peer's change keeps a group of pod peers, and
-// one of pod peers and ipBlocks (one of them the peer's old address alone),
-// with the peer's addresses to patch, and drops one with a named port on an
-// egress rule; the next Compile is a fresh compilation's table, and the
-// patched groups' sets are new slices (the table handed out before is not
-// modified).
+// TestPodChangePatchesGroups: a peer's change keeps, with the peer's addresses
+// to patch, a group of pod peers, one of pod peers and ipBlocks (one of them
+// the peer's old address alone), and one with a named port on an egress rule
+// (resolved on the peer); the next Compile is a fresh compilation's table,
+// and the patched groups' sets are new slices (the table handed out before is
+// not modified).
 func TestPodChangePatchesGroups(t *testing.T) {
 	target := modelPod("a", "target", "node-1", "10.0.0.1", "fd00::1", upstreamPorts())
 	named := modelPod("a", "named", "node-1", "10.0.0.9", "fd00::9", upstreamPorts())
@@ -72,13 +72,10 @@ func TestPodChangePatchesGroups(t *testing.T) {
 		byPolicy[f.policies[0].ref] = f
 	}
 	want := []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("fd00::2"), netip.MustParseAddr("10.0.0.3"), netip.MustParseAddr("fd00::3")}
-	for _, ref := range []string{"a/pods", "a/blocks"} {
-		if f := byPolicy[ref]; f == nil || !f.patchable || !slices.Equal(f.pending, want) {
+	for _, ref := range []string{"a/pods", "a/blocks", "a/named"} {
+		if f := byPolicy[ref]; f == nil || !slices.Equal(f.pending, want) {
 			t.Fatalf("the group of %s after the peer moved: %+v; want it kept, to patch %v", ref, f, want)
 		}
-	}
-	if f := byPolicy["a/named"]; f != nil {
-		t.Fatalf("the group with an egress named port was kept: %+v", f)
 	}
 	got, _ := c.Compile()
 	fresh, _ := Compile(Snapshot{NodeName: "node-1", Pods: []*corev1.Pod{target, named, moved}, Policies: pols}, Options{})
