@@ -2,6 +2,7 @@ package compile
 
 import (
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -136,14 +137,14 @@ func (c *Compiler) setPod(key objKey, p *Pod) {
 			return f.anyPeer(func(pol *policy, pe *peer) bool {
 				return peerSelects(c.ix, pol, pe, old) != peerSelects(c.ix, pol, pe, cur)
 			})
-		}, old, cur)
+		}, addrsOf(old, cur))
 		for k, s := range c.sels {
 			if was, is := s.picks(c.ix, old), s.picks(c.ix, cur); was != is {
 				c.sels[k] = s.relabeled(old, cur, is)
 			}
 		}
 	} else {
-		dropped = c.touch(func(f *cachedGroup) bool { return f.selects(c.ix, old) || f.selects(c.ix, cur) }, old, cur)
+		dropped = c.touch(func(f *cachedGroup) bool { return f.selects(c.ix, old) || f.selects(c.ix, cur) }, addrsOf(old, cur))
 		maps.DeleteFunc(c.sels, func(_ string, s *podSelection) bool { return s.picks(c.ix, old) || s.picks(c.ix, cur) })
 	}
 	dropped = c.podChangedTiers(old, cur) || dropped
@@ -170,25 +171,35 @@ func samePod(a, b *podInfo) bool {
 
 // SetNamespace records namespace ns, added or changed.
 func (c *Compiler) SetNamespace(ns *corev1.Namespace) {
-	c.namespaceChanged(c.ix.setNamespace(ns.Name, ns))
+	before, after := c.ix.setNamespace(ns.Name, ns)
+	c.namespaceChanged(ns.Name, before, after)
 }
 
 // DeleteNamespace records that namespace name is gone (its pods, if any remain,
 // keep the name label alone).
 func (c *Compiler) DeleteNamespace(name string) {
-	c.namespaceChanged(c.ix.setNamespace(name, nil))
+	before, after := c.ix.setNamespace(name, nil)
+	c.namespaceChanged(name, before, after)
 }
 
-func (c *Compiler) namespaceChanged(before, after labels.Set) {
+func (c *Compiler) namespaceChanged(name string, before, after labels.Set) {
 	if maps.Equal(before, after) {
 		return
 	}
 	// The tiers' subjects are matched on namespace labels at every compilation.
 	c.changed = true
-	c.drop(func(f *cachedGroup) bool {
+	// A group's sets change where a peer's verdict on the namespace changed:
+	// in the elements of its pods' addresses.
+	c.touch(func(f *cachedGroup) bool {
 		return f.anyPeer(func(_ *policy, pe *peer) bool {
 			return pe.nsSel != nil && pe.nsSel.Matches(before) != pe.nsSel.Matches(after)
 		})
+	}, func() []netip.Addr {
+		var addrs []netip.Addr
+		for _, p := range c.ix.byNS[name].list() {
+			addrs = append(addrs, p.addrs...)
+		}
+		return addrs
 	})
 	maps.DeleteFunc(c.sels, func(_ string, s *podSelection) bool {
 		return s.nsSel != nil && s.nsSel.Matches(before) != s.nsSel.Matches(after)
@@ -234,23 +245,36 @@ func (c *Compiler) removePolicy(key objKey) {
 // never modified: callers may keep it and share it between goroutines.
 func (c *Compiler) Attribution() *Attribution { return c.attrib }
 
-// touch is what drop is for a change of pod old to cur (either may be nil): a
-// group it affects is kept, with the pod's addresses to patch (patch.go) at the
-// next Compile. It reports whether any group was affected.
-func (c *Compiler) touch(affected func(*cachedGroup) bool, old, cur *podInfo) bool {
+// touch is what drop is for a change that moves the elements of some addresses
+// only (a pod's, a namespace's pods'): a group it affects is kept, with addrs()
+// to patch (patch.go) at the next Compile. It reports whether any group was
+// affected.
+func (c *Compiler) touch(affected func(*cachedGroup) bool, addrs func() []netip.Addr) bool {
+	var pending []netip.Addr
 	n := 0
 	for _, f := range c.cached {
 		if !affected(f) {
 			continue
 		}
-		n++
-		for _, p := range []*podInfo{old, cur} {
-			if p != nil {
-				f.pending = append(f.pending, p.addrs...)
-			}
+		if n++; n == 1 {
+			pending = addrs()
 		}
+		f.pending = append(f.pending, pending...)
 	}
 	return n > 0
+}
+
+// addrsOf returns the addresses of two versions of a pod (either may be nil).
+func addrsOf(old, cur *podInfo) func() []netip.Addr {
+	return func() []netip.Addr {
+		var addrs []netip.Addr
+		for _, p := range []*podInfo{old, cur} {
+			if p != nil {
+				addrs = append(addrs, p.addrs...)
+			}
+		}
+		return addrs
+	}
 }
 
 // drop forgets the groups for which affected is true, and reports whether there
