@@ -116,8 +116,9 @@
 //
 // A Compiler keeps the index, the parsed policies, the peer selections and each
 // group's sets and names between compilations, and a change drops only the
-// groups it can affect; a pod's change is patched in instead (patch.go: the
-// elements of the pod's addresses, made anew), so
+// groups it can affect; a pod's change, or a namespace's, is patched in
+// instead (patch.go: the elements of the pod's addresses, or of the
+// namespace's pods', made anew), so
 // recompiling after one change costs the node's grouping (its own pods) plus
 // the groups that change refills or patches, not the whole table. Compile is a
 // fresh Compiler, and TestCompilerMatchesCompile checks the two agree over

@@ -20,9 +20,9 @@ import (
 // joins or leaves elements of its own only"; a range's elements depend on the
 // blocks alone, which no pod's change moves). So the Compiler keeps a group
 // through a pod change, notes the pod's addresses (pending), and the next pass
-// replaces those addresses' elements (patch) instead of refilling the group.
-// A policy or namespace change still drops the groups it affects, to be
-// refilled.
+// replaces those addresses' elements (patch) instead of refilling the group;
+// a namespace's label change likewise, with its pods' addresses. A policy
+// change still drops the groups it affects, to be refilled.
 
 // patch returns f, g's cached group, with the elements of f's pending addresses
 // made anew (f itself, and the sets it shares with the tables handed out, are
