@@ -230,11 +230,10 @@ func randomChange(rng *rand.Rand, cl *cluster, c *Compiler, w world) string {
 	}
 }
 
-// TestCompilerKeyTableBounded: keys of elements that are gone do not pile up in the
-// key table, and dropping the table changes no result.
-func TestCompilerKeyTableBounded(t *testing.T) {
-	nss, pods, pols := bigCluster(2000, 200, 20, 4, true)
-	c := NewCompiler("node-000", Options{})
+// compilerOf is a Compiler for node told about the namespaces, pods and
+// policies, in that order.
+func compilerOf(node string, nss []*corev1.Namespace, pods []*corev1.Pod, pols []*networkingv1.NetworkPolicy) *Compiler {
+	c := NewCompiler(node, Options{})
 	for _, ns := range nss {
 		c.SetNamespace(ns)
 	}
@@ -244,6 +243,14 @@ func TestCompilerKeyTableBounded(t *testing.T) {
 	for _, np := range pols {
 		c.SetPolicy(np)
 	}
+	return c
+}
+
+// TestCompilerKeyTableBounded: keys of elements that are gone do not pile up in the
+// key table, and dropping the table changes no result.
+func TestCompilerKeyTableBounded(t *testing.T) {
+	nss, pods, pols := bigCluster(2000, 200, 20, 4, true)
+	c := compilerOf("node-000", nss, pods, pols)
 	rs, _ := c.Compile()
 	if n := c.keys.len(); n < 4096 {
 		t.Fatalf("only %d keys: the test needs more than the table's slack", n)

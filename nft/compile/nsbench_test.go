@@ -16,16 +16,7 @@ import (
 // two teams, and every Compile changes the table.
 func BenchmarkNamespaceRelabel(b *testing.B) {
 	nss, pods, nps := benchcluster.Shape10k.Objects()
-	c := NewCompiler("node-0", Options{})
-	for _, ns := range nss {
-		c.SetNamespace(ns)
-	}
-	for _, p := range pods {
-		c.SetPod(p)
-	}
-	for _, np := range nps {
-		c.SetPolicy(np)
-	}
+	c := compilerOf("node-0", nss, pods, nps)
 	c.Compile()
 	// The first namespace whose team change changes the table.
 	var versions [2]*corev1.Namespace
