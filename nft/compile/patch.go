@@ -111,13 +111,14 @@ func (ps *pass) addrElems(g *group, a netip.Addr) (anyE, portE, rangeE []nft.Ele
 					ivs = append(ivs, interval{int(n), int(n)})
 				}
 			}
-			for _, on := range []struct {
-				yes bool
-				to  map[uint8][]interval
-			}{{isBlk, blk}, {isNbr, nbr}, {isPod, pod}} {
-				if on.yes {
-					on.to[pt.proto] = append(on.to[pt.proto], ivs...)
-				}
+			if isBlk {
+				blk[pt.proto] = append(blk[pt.proto], ivs...)
+			}
+			if isNbr {
+				nbr[pt.proto] = append(nbr[pt.proto], ivs...)
+			}
+			if isPod {
+				pod[pt.proto] = append(pod[pt.proto], ivs...)
 			}
 		}
 	}

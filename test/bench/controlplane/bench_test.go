@@ -881,40 +881,51 @@ func measurePeriodicFullSync(ctx context.Context, startAgent func(string, ...str
 	if err != nil {
 		return err
 	}
-	deadline := time.Now().Add(time.Minute)
-	for {
-		m1, err := scrape(metricsURL)
-		if err != nil {
-			return err
-		}
-		if n := m1[count] - m0[count]; n >= periodic {
-			report("full_sync_periodic_ms", "%.1f", 1000*(m1[sum]-m0[sum])/n)
-			report("full_sync_periodic_n", "%.0f", n)
-			const rsum, rcount = `nftpolicy_sync_duration_seconds_sum{kind="rebuild"}`, `nftpolicy_sync_duration_seconds_count{kind="rebuild"}`
-			if rn := m1[rcount] - m0[rcount]; rn > 0 {
-				report("full_sync_rebuild_ms", "%.1f", 1000*(m1[rsum]-m0[rsum])/rn)
-			}
-			const ahead = `nftpolicy_full_sync_kernel_reads_total{read="ahead"}`
-			report("full_sync_read_ahead_n", "%.0f", m1[ahead]-m0[ahead])
-			if m1[ahead]-m0[ahead] < n {
-				// Why a full sync read the kernel's table itself, or the
-				// cache under the lock: the agent says (controllers/rebuild.go).
-				if b, err := os.ReadFile(logPath); err == nil {
-					for _, line := range strings.Split(string(b), "\n") {
-						if strings.Contains(line, "itself") || strings.Contains(line, "off the sync path failed") {
-							logf("full sync not read ahead: %s", line)
-						}
-					}
+	m1, err := waitFullSyncs(ctx, metricsURL, a, m0[count]+periodic, time.Minute)
+	if err != nil {
+		return err
+	}
+	n := m1[count] - m0[count]
+	report("full_sync_periodic_ms", "%.1f", 1000*(m1[sum]-m0[sum])/n)
+	report("full_sync_periodic_n", "%.0f", n)
+	const rsum, rcount = `nftpolicy_sync_duration_seconds_sum{kind="rebuild"}`, `nftpolicy_sync_duration_seconds_count{kind="rebuild"}`
+	if rn := m1[rcount] - m0[rcount]; rn > 0 {
+		report("full_sync_rebuild_ms", "%.1f", 1000*(m1[rsum]-m0[rsum])/rn)
+	}
+	const ahead = `nftpolicy_full_sync_kernel_reads_total{read="ahead"}`
+	report("full_sync_read_ahead_n", "%.0f", m1[ahead]-m0[ahead])
+	if m1[ahead]-m0[ahead] < n {
+		// Why a full sync read the kernel's table itself, or the cache under
+		// the lock: the agent says (controllers/rebuild.go).
+		if b, err := os.ReadFile(logPath); err == nil {
+			for _, line := range strings.Split(string(b), "\n") {
+				if strings.Contains(line, "itself") || strings.Contains(line, "off the sync path failed") {
+					logf("full sync not read ahead: %s", line)
 				}
 			}
-			return nil
+		}
+	}
+	return nil
+}
+
+// waitFullSyncs waits until the agent has made want full syncs in all (its
+// first included), and returns its metrics then.
+func waitFullSyncs(ctx context.Context, metricsURL string, a *process, want float64, timeout time.Duration) (map[string]float64, error) {
+	const count = `nftpolicy_sync_duration_seconds_count{kind="full"}`
+	deadline := time.Now().Add(timeout)
+	for {
+		m, err := scrape(metricsURL)
+		if err == nil && m[count] >= want {
+			return m, nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%.0f full syncs in a minute, want %d", m1[count]-m0[count], periodic)
+			return nil, fmt.Errorf("%.0f full syncs in %v, want %.0f (scrape: %v)", m[count], timeout, want, err)
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil, ctx.Err()
+		case <-a.exited:
+			return nil, errors.New("the agent exited")
 		case <-time.After(500 * time.Millisecond):
 		}
 	}

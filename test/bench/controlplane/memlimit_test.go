@@ -105,8 +105,11 @@ func memcgMount() (string, error) {
 	return "", errors.New("no cgroup v1 memory controller is mounted (cgroup v2 only is not supported here)")
 }
 
-// tasks is the file a process writes its pid to to join the group.
-func (m *memcg) tasks() string { return filepath.Join(m.dir, "tasks") }
+// start starts bin in the group: a shell joins it, then becomes bin, so that
+// all of bin's memory is charged to the group from its first page.
+func (m *memcg) start(logPath, bin string, args ...string) (*process, error) {
+	return startProcess(logPath, "/bin/sh", append([]string{"-c", `echo $$ > "$0" && exec "$@"`, filepath.Join(m.dir, "tasks"), bin}, args...)...)
+}
 
 // bytes reads one of the group's counters.
 func (m *memcg) bytes(file string) int64 {
@@ -167,83 +170,85 @@ func measureMemoryLimits(ctx context.Context, agentBin string, agentArgs func(..
 			report("memlimit_skipped", "%q", err.Error())
 			return nil
 		}
-		var extra []string
-		if limit > 0 {
-			extra = append(extra, "--memory-limit", strconv.FormatInt(limit, 10))
+		keptUp, err := measureUnderLimit(ctx, cg, limit, name, agentBin, agentArgs, dir, readyURL, metricsURL, func() error { return churn(round) },
+			report, logf)
+		if err == nil && limit == shipped.Value() {
+			report("memlimit_shipped_peak_ratio", "%.2f", float64(cg.bytes("memory.max_usage_in_bytes"))/float64(limit))
 		}
-		// A shell joins the group, then becomes the agent, so that all of the
-		// agent's memory is charged to the group from its first page; its
-		// binary is a fresh copy, not in the page cache, so that the pages of
-		// its text it reads are charged too, as a container's first start
-		// reads its image.
-		bin := filepath.Join(dir, "nftpolicy-memlimit-"+name)
-		if err := uncachedCopy(agentBin, bin); err != nil {
-			cg.close()
-			return err
-		}
-		logPath := filepath.Join(dir, "agent-memlimit-"+name+".log")
-		a, err := startProcess(logPath, "/bin/sh", append([]string{"-c", `echo $$ > "$0" && exec "$@"`, cg.tasks(), bin},
-			agentArgs(append([]string{"--full-sync-period=5s"}, extra...)...)...)...)
-		if err != nil {
-			cg.close()
-			return err
-		}
-		pid := a.cmd.Process.Pid
-		t0 := time.Now()
-		keptUp := true
-		if err := waitHTTP(ctx, readyURL, a, 2*time.Minute); err != nil {
-			logf("memlimit %s: not ready: %v", name, err)
-			keptUp = false
-		} else {
-			report("memlimit_"+name+"_ready_ms", "%.0f", ms(time.Since(t0)))
-		}
-		if keptUp {
-			if err := waitFullSyncs(ctx, metricsURL, a, 2, time.Minute); err != nil {
-				logf("memlimit %s: %v", name, err)
-				keptUp = false
-			}
-		}
-		if err := churn(round); err != nil {
-			a.stop()
-			cg.close()
-			return fmt.Errorf("churn: %w", err)
-		}
-		time.Sleep(3 * time.Second) // the last syncs
-		var gcs float64 = -1
-		if m, err := scrape(metricsURL); err == nil {
-			gcs = m["go_gc_duration_seconds_count"]
-		}
-		cpu := benchproc.CPUSeconds(pid)
-		_, hwm := procMemory(pid)
-		select {
-		case <-a.exited:
-			if keptUp {
-				logf("memlimit %s: the agent exited in the churn", name)
-			}
-			keptUp = false
-		default:
-		}
-		peak := cg.bytes("memory.max_usage_in_bytes")
-		report("memlimit_"+name+"_kept_up", "%v", keptUp)
-		report("memlimit_"+name+"_peak_mib", "%.1f", float64(peak)/(1<<20))
-		if limit == shipped.Value() {
-			report("memlimit_shipped_peak_ratio", "%.2f", float64(peak)/float64(limit))
-		}
-		report("memlimit_"+name+"_oom_kills", "%d", cg.oomKills())
-		report("memlimit_"+name+"_limit_hits", "%d", cg.bytes("memory.failcnt"))
-		if keptUp {
-			report("memlimit_"+name+"_peak_rss_mib", "%.1f", hwm)
-			report("memlimit_"+name+"_gc_cycles", "%.0f", gcs)
-			report("memlimit_"+name+"_cpu_s", "%.2f", cpu)
-			if limit > 0 {
-				smallest = limit
-			}
-		}
-		a.stop()
 		cg.close()
+		if err != nil {
+			return err
+		}
+		if keptUp && limit > 0 {
+			smallest = limit
+		}
 	}
 	report("memlimit_smallest_kept_up_mib", "%d", max(smallest, 0)>>20)
 	return nil
+}
+
+// measureUnderLimit is one agent of measureMemoryLimits, in cg (limit bytes, 0
+// for none; name is the limit in the lines' names): it reports the agent's
+// lines and whether it kept up.
+func measureUnderLimit(ctx context.Context, cg *memcg, limit int64, name, agentBin string, agentArgs func(...string) []string,
+	dir, readyURL, metricsURL string, churn func() error, report func(string, string, ...any), logf func(string, ...any)) (bool, error) {
+	args := []string{"--full-sync-period=5s"}
+	if limit > 0 {
+		args = append(args, "--memory-limit", strconv.FormatInt(limit, 10))
+	}
+	// A fresh copy of the binary, not in the page cache: the pages of its text
+	// the agent reads are charged too, as a container's first start reads its
+	// image.
+	bin := filepath.Join(dir, "nftpolicy-memlimit-"+name)
+	if err := uncachedCopy(agentBin, bin); err != nil {
+		return false, err
+	}
+	a, err := cg.start(filepath.Join(dir, "agent-memlimit-"+name+".log"), bin, agentArgs(args...)...)
+	if err != nil {
+		return false, err
+	}
+	defer a.stop()
+	t0 := time.Now()
+	keptUp := true
+	if err := waitHTTP(ctx, readyURL, a, 2*time.Minute); err != nil {
+		logf("memlimit %s: not ready: %v", name, err)
+		keptUp = false
+	} else {
+		report("memlimit_"+name+"_ready_ms", "%.0f", ms(time.Since(t0)))
+		if _, err := waitFullSyncs(ctx, metricsURL, a, 3, time.Minute); err != nil { // the first and two more
+			logf("memlimit %s: %v", name, err)
+			keptUp = false
+		}
+	}
+	if err := churn(); err != nil {
+		return false, fmt.Errorf("churn: %w", err)
+	}
+	time.Sleep(3 * time.Second) // the last syncs
+	var gcs float64 = -1
+	if m, err := scrape(metricsURL); err == nil {
+		gcs = m["go_gc_duration_seconds_count"]
+	}
+	pid := a.cmd.Process.Pid
+	cpu := benchproc.CPUSeconds(pid)
+	_, hwm := procMemory(pid)
+	select {
+	case <-a.exited:
+		if keptUp {
+			logf("memlimit %s: the agent exited in the churn", name)
+		}
+		keptUp = false
+	default:
+	}
+	report("memlimit_"+name+"_kept_up", "%v", keptUp)
+	report("memlimit_"+name+"_peak_mib", "%.1f", float64(cg.bytes("memory.max_usage_in_bytes"))/(1<<20))
+	report("memlimit_"+name+"_oom_kills", "%d", cg.oomKills())
+	report("memlimit_"+name+"_limit_hits", "%d", cg.bytes("memory.failcnt"))
+	if keptUp {
+		report("memlimit_"+name+"_peak_rss_mib", "%.1f", hwm)
+		report("memlimit_"+name+"_gc_cycles", "%.0f", gcs)
+		report("memlimit_"+name+"_cpu_s", "%.2f", cpu)
+	}
+	return keptUp, nil
 }
 
 // uncachedCopy copies the file src to dst (executable), and drops dst's pages
@@ -267,28 +272,6 @@ func uncachedCopy(src, dst string) error {
 	return errors.Join(err, f.Close())
 }
 
-// waitFullSyncs waits for n full syncs after the agent's first.
-func waitFullSyncs(ctx context.Context, metricsURL string, a *process, n float64, timeout time.Duration) error {
-	const count = `nftpolicy_sync_duration_seconds_count{kind="full"}`
-	deadline := time.Now().Add(timeout)
-	for {
-		m, err := scrape(metricsURL)
-		if err == nil && m[count] >= 1+n {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("fewer than %.0f full syncs after the first in %v", n, timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-a.exited:
-			return errors.New("the agent exited")
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
-}
-
 // TestMemcgCountsOOMKills: a process that joins a memcg group the way
 // measureMemoryLimits starts the agent, and then grows to 64 MiB, is charged
 // from its first page and killed at the group's 16 MiB limit, and the group
@@ -303,8 +286,7 @@ func TestMemcgCountsOOMKills(t *testing.T) {
 	defer cg.close()
 	// tail keeps the whole of a line without end in memory: 64 MiB of it,
 	// bounded should the group not hold it.
-	p, err := startProcess(filepath.Join(t.TempDir(), "tail.log"), "/bin/sh", "-c", `echo $$ > "$0" && exec "$@"`, cg.tasks(),
-		"/bin/sh", "-c", "head -c 67108864 /dev/zero | tail")
+	p, err := cg.start(filepath.Join(t.TempDir(), "tail.log"), "/bin/sh", "-c", "head -c 67108864 /dev/zero | tail")
 	if err != nil {
 		t.Fatal(err)
 	}
