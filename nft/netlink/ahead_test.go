@@ -3,6 +3,7 @@ package netlink
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -224,6 +225,55 @@ func TestReadAheadUnderChurn(t *testing.T) {
 		t.Logf("round %d: %d applies meanwhile, the longest %v", round, n, longest)
 		if aheadErr != nil || err != nil || len(st.Drift) != 0 || !st.ReadAhead {
 			t.Fatalf("round %d: read ahead %v; full sync %+v %v", round, aheadErr, st, err)
+		}
+	}
+}
+
+// TestReadAheadWithCounterScrapes: Prometheus scrapes the table's counters
+// (Counters) at any time, also while ReadAhead reads the table through the same
+// socket. Neither may read the other's replies: every read ahead succeeds, the
+// full sync after it uses it, and every scrape returns every counter.
+func TestReadAheadWithCounterScrapes(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	ns := nfttest.NewNetNS(t, "np3-ahead4")
+	a := newApplier(t, ns, "np")
+	model := scaleModel("np", 10000, 50)
+	for i := range 200 {
+		model.Objects = append(model.Objects, nft.Object{Name: fmt.Sprintf("pol-%03d/ingress-allow", i), Kind: nft.CounterObject})
+	}
+	if _, err := a.FullSync(ctx, model); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 5 {
+		stop, done := make(chan struct{}), make(chan int)
+		go func() {
+			n := 0
+			defer func() { done <- n }()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := a.Counters(ctx)
+				if err != nil || len(c) != 200 {
+					t.Errorf("round %d: scrape %d: %d counters, %v; want 200", round, n, len(c), err)
+					return
+				}
+				n++
+			}
+		}()
+		aheadErr := a.ReadAhead(ctx)
+		close(stop)
+		n := <-done
+		st, err := a.FullSync(ctx, model)
+		t.Logf("round %d: %d scrapes meanwhile", round, n)
+		if aheadErr != nil || err != nil || len(st.Drift) != 0 || !st.ReadAhead {
+			t.Fatalf("round %d: read ahead %v; full sync %+v %v", round, aheadErr, st, err)
+		}
+		if n == 0 {
+			t.Fatalf("round %d: no scrape while reading ahead", round)
 		}
 	}
 }

@@ -101,17 +101,18 @@ type CounterValue struct {
 
 // Counters reads every named counter of the Applier's table from the kernel, by
 // name: what Prometheus scrapes. Reading does not reset them. A table that does
-// not exist has no counters (an empty map, no error).
+// not exist has no counters (an empty map, no error). It holds the reader, not
+// the Applier: a scrape waits for a read ahead (they share the socket), but
+// never holds up a transaction.
 func (a *Applier) Counters(ctx context.Context) (map[string]CounterValue, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if a.reader == nil {
-		return nil, fmt.Errorf("applier closed")
-	}
-	objs, err := a.readObjects(&nftables.Table{Name: a.opts.Table, Family: nftables.TableFamilyINet})
+	var objs map[string]kernelObject
+	err := a.reading(func() (err error) {
+		objs, err = a.readObjects(&nftables.Table{Name: a.opts.Table, Family: nftables.TableFamilyINet})
+		return err
+	})
 	if err != nil {
 		if isNoSuchTable(err) {
 			return map[string]CounterValue{}, nil
