@@ -131,6 +131,10 @@ window: ## As root, with the cluster up (make cluster-up): the first-packet wind
 	CONFORMANCE_KUBECONFIG=$${STATE:-/var/lib/nftpolicy-conformance}/admin.kubeconfig \
 	  go test -count=1 -v -timeout 45m -run TestFirstPacketWindow ./test/conformance/
 
+.PHONY: rollout
+rollout: ## As root, with the cluster up (make cluster-up): roll the agent DaemonSet under probes (make conformance runs it too).
+	$(CONFORMANCE) rollout
+
 .PHONY: cluster-up
 cluster-up: build ## As root: bring the conformance cluster up with nftpolicy deployed, and keep it.
 	$(CONFORMANCE) up

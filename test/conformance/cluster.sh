@@ -724,6 +724,21 @@ cnp() {
   return $rc
 }
 
+# rollout restarts the agent DaemonSet while probing allowed and denied
+# connections on both nodes (test/conformance/rollout_test.go): policy must
+# hold through a rolling update; it reports each node's step.
+rollout() {
+  local report="$STATE/rollout" rc=0
+  mkdir -p "$report"
+  (cd "$root" && go test -c -o "$STATE/rollout.test" ./test/conformance) || return
+  log "rolling update of the agents under probes (log: $report/rollout.log)"
+  CONFORMANCE_KUBECONFIG="$KUBECONFIG" "$STATE/rollout.test" -test.v -test.timeout 20m \
+    -test.run '^TestRollingUpdate$' >"$report/rollout.log" 2>&1 || rc=$?
+  grep -E 'rollout_|^(--- |PASS$|FAIL$|ok |FAIL\s)' "$report/rollout.log" | grep -v inconclusive || true
+  grep -E 'want allowed' "$report/rollout.log" | head -20 || true
+  return $rc
+}
+
 # cnp_enforced waits until every agent enforces ClusterNetworkPolicy. An agent
 # started before the CRD learns of it from its watch of the CRD object, within
 # seconds (controllers/crdwatch.go); until then a suite would judge
@@ -766,6 +781,7 @@ finish() {
     cp -r "$STATE/logs" "$root/bin/conformance/last-run/"
     [ -d "$STATE/e2e" ] && cp -r "$STATE/e2e" "$root/bin/conformance/last-run/"
     [ -d "$STATE/cnp" ] && cp -r "$STATE/cnp" "$root/bin/conformance/last-run/"
+    [ -d "$STATE/rollout" ] && cp -r "$STATE/rollout" "$root/bin/conformance/last-run/"
   fi
   down
   log "total $((SECONDS - T0))s, exit $rc, IP_FAMILY=$IP_FAMILY CNI=$CNI (logs: bin/conformance/last-run)"
@@ -783,6 +799,8 @@ run() {
   local rc=0
   if [ "$SUITE" != cnp ]; then e2e || rc=$?; fi
   if [ "$SUITE" != netpol ]; then cnp || rc=$?; fi
+  # Last: it replaces the agents the suites ran against.
+  rollout || rc=$?
   return $rc
 }
 
@@ -791,6 +809,7 @@ case "${1:-}" in
   down) down ;;
   e2e) trap 'exit 130' INT; e2e ;;
   cnp) trap 'exit 130' INT; cnp ;;
+  rollout) trap 'exit 130' INT; rollout ;;
   run) run ;;
-  *) echo "usage: $0 up|down|e2e|cnp|run" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|e2e|cnp|rollout|run" >&2; exit 2 ;;
 esac
