@@ -373,6 +373,11 @@ func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, l
 	if err := r.SetupWithManager(mgr); err != nil {
 		return err
 	}
+	if tw, ok := opts.Applier.(nft.WatchesTable); ok {
+		if err := mgr.Add(&tableWatch{w: tw, r: r, ready: ready, log: log.WithName("table"), retry: 10 * time.Second}); err != nil {
+			return err
+		}
+	}
 	w, err := newClusterPolicyWatch(mgr.GetCache(), cfg, r, link, opts.CNPDiscoveryInterval, log.WithName("clusternetworkpolicy"))
 	if err != nil {
 		return err

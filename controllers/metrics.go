@@ -46,7 +46,7 @@ var (
 	}, []string{"read"})
 	driftTotal = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "nftpolicy_drift_total",
-		Help: "Differences found between the kernel's table and the last applied one by periodic full syncs.",
+		Help: "Differences found between the kernel's table and the last applied one by full syncs (periodic, or repairs of other processes' changes).",
 	})
 	// The deny log (observe.go). Bounded labels: no pod names, no addresses.
 	deniedPackets = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -58,6 +58,10 @@ var (
 		Name: "nftpolicy_deny_log_lost_total",
 		Help: "Denied packets the kernel logged that the agent never received (its socket buffer was full).",
 	})
+	foreignChanges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nftpolicy_table_foreign_changes_total",
+		Help: "Transactions of other processes that changed the node's table (an nft command, a firewall's flush ruleset), each repaired at once; lost: notifications were lost, so the table was read and repaired in case.",
+	}, []string{"kind"})
 	counterReadErrors = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "nftpolicy_counter_read_errors_total",
 		Help: "Scrapes that could not read the kernel's policy counters.",
@@ -66,5 +70,5 @@ var (
 
 func init() {
 	metrics.Registry.MustRegister(programmingLatency, syncDuration, syncsTotal, applyFailures,
-		rulesetSize, netlinkBytes, policyProblems, fullSyncReads, driftTotal, deniedPackets, denyLogLost, counterReadErrors)
+		rulesetSize, netlinkBytes, policyProblems, fullSyncReads, driftTotal, deniedPackets, denyLogLost, counterReadErrors, foreignChanges)
 }

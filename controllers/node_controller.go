@@ -105,9 +105,13 @@ type NodeReconciler struct {
 	lastFull  time.Time
 	lastStart time.Time
 	needFull  bool
-	compiler  *compile.Compiler               // what the cache held at the last sync; nil before the first
-	rebuild   *rebuild                        // the periodic full sync's read of the cache, while under way (rebuild.go)
-	kick      func()                          // asks for a sync (nil without a controller)
+	compiler  *compile.Compiler // what the cache held at the last sync; nil before the first
+	rebuild   *rebuild          // the periodic full sync's read of the cache, while under way (rebuild.go)
+	kick      func()            // asks for a sync (nil without a controller)
+	// repairDue: another process changed the table (tablewatch.go); the next
+	// sync reads the kernel's table and repairs it, with the compiler as it is.
+	repairDue atomic.Bool
+	kickNow   atomic.Pointer[func()]          // kick, for callers that do not hold mu
 	problems  map[types.NamespacedName]string // last reported problems, per policy (a ClusterNetworkPolicy: no namespace)
 	strict    epochState
 	unknown   unknownState
@@ -175,6 +179,7 @@ func (r *NodeReconciler) SetupWithManager(mgr manager.Manager) error {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		r.kick = func() { q.Add(r.request()) }
+		r.kickNow.Store(&r.kick)
 		return nil
 	}))
 	if r.PodEvents != nil {
@@ -345,9 +350,14 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	due := !full && r.FullSyncPeriod > 0 && now.Sub(r.lastFull) >= r.FullSyncPeriod
 	rebuilt := due && r.rebuild.ready()
 	full = full || rebuilt
+	// A repair: another process changed the table. A full sync repairs it too.
+	repair := r.repairDue.Swap(false) && !full
 	kind := "incremental"
-	if full {
+	switch {
+	case full:
 		kind = "full"
+	case repair:
+		kind = "repair"
 	}
 	log := r.Log.WithValues("kind", kind) // RunAgent's logger already carries "node"
 
@@ -390,7 +400,7 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 		return reconcile.Result{RequeueAfter: nodeWaitRetry}, nil
 	}
 	r.unapplied = false
-	if !full && r.compiler.Unchanged() {
+	if !full && !repair && r.compiler.Unchanged() {
 		// The events read could not change the table (another node's pod that
 		// no set holds and no peer selects, before or after): the table in
 		// force is the one Compile would return. Nothing to compile, plan or
@@ -405,7 +415,7 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	}
 	desired, problems := r.compiler.Compile()
 	r.reportProblems(ctx, log, problems)
-	planned, err := r.stampEpoch(desired, full, log)
+	planned, err := r.stampEpoch(desired, full || repair, log)
 	if err != nil {
 		r.needFull = true
 		r.restoreDirty(changes)
@@ -418,7 +428,7 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	}
 	var stats nft.Stats
 	switch {
-	case full:
+	case full || repair:
 		stats, err = r.Applier.FullSync(ctx, desired)
 	case planned != nil:
 		stats, err = r.Applier.(nft.PlansAhead).ApplyPlanned(ctx, *planned)
@@ -442,9 +452,7 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	}
 	syncsTotal.WithLabelValues(kind, "ok").Inc()
 	r.epochApplied(desired)
-	if full {
-		r.lastFull = now
-		r.needFull = false
+	if full || repair {
 		read := "sync"
 		if stats.ReadAhead {
 			read = "ahead"
@@ -454,6 +462,10 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 			driftTotal.Add(float64(len(stats.Drift)))
 			log.Info("repaired drift in the kernel's table", "differences", len(stats.Drift), "first", stats.Drift[0], "readAhead", stats.ReadAhead)
 		}
+	}
+	if full {
+		r.lastFull = now
+		r.needFull = false
 		if r.AfterFullSync != nil {
 			r.AfterFullSync()
 		}
@@ -745,4 +757,13 @@ func podOf(o client.Object) (*compile.Pod, bool) {
 func podRelevantChange(a, b *compile.Pod) bool {
 	return a.Node() != b.Node() || a.HostNetwork() != b.HostNetwork() || a.Finished() != b.Finished() ||
 		!slices.Equal(a.Addrs(), b.Addrs()) || !slices.Equal(a.Ports(), b.Ports()) || !maps.Equal(a.Labels(), b.Labels())
+}
+
+// repairSoon asks for a sync that reads the kernel's table and repairs what
+// another process changed in it (tablewatch.go).
+func (r *NodeReconciler) repairSoon() {
+	r.repairDue.Store(true)
+	if k := r.kickNow.Load(); k != nil {
+		(*k)()
+	}
 }

@@ -54,6 +54,26 @@ type ReadsAhead interface {
 	ReadAhead(ctx context.Context) error
 }
 
+// WatchesTable is an Applier that can tell, as they happen, the changes other
+// processes make to its table (an `nft delete element`, a `flush ruleset` by a
+// firewall service's start), so that its owner repairs them at once rather
+// than at the next periodic full sync. nft/netlink's Applier implements it.
+type WatchesTable interface {
+	// WatchTable calls changed for each transaction of another process that
+	// changed the table, or when notifications were lost (Lost), until ctx is
+	// done (nil) or the watch fails. It also makes a read ahead that such a
+	// change may have made stale unusable.
+	WatchTable(ctx context.Context, changed func(ForeignChange)) error
+}
+
+// ForeignChange is one transaction of another process on the table.
+type ForeignChange struct {
+	Changes []string // what it did, in nft's words ("delete element from set ingress-v4"), at most a few
+	Count   int      // how many changes to the table it made
+	Process string   // the committing process's name and pid, as the kernel reports them ("" if unknown)
+	Lost    bool     // notifications were lost: the table may have changed
+}
+
 // ConnMarks is what strict mode (--established=recheck) needs of the kernel besides
 // the table. nft/netlink's Applier implements it; an Applier without it (a fake)
 // gets no epoch read at start-up and no clearing before an epoch is reused.

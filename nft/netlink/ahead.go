@@ -42,6 +42,7 @@ const aheadTries = 5
 var (
 	errNothingApplied = errors.New("nothing applied to compare the kernel's table with")
 	errShapeChanged   = errors.New("the table's shape changed while it was read")
+	errForeignChange  = errors.New("another process changed the table while it was read")
 )
 
 // touchLog records, while ReadAhead reads, which parts of the table the
@@ -50,6 +51,9 @@ type touchLog struct {
 	shape bool              // a transaction changed the shape, or replaced or deleted the table
 	parts map[string]uint64 // "chain NAME", "set NAME": the last commit that changed it
 	part  string            // the part being read, "" between reads
+	// foreign: another process changed the table (WatchTable), which the
+	// parts read before may not show.
+	foreign bool
 }
 
 // partOf is the part an operation changes the content of ("" for the shape).
@@ -161,6 +165,8 @@ func (a *Applier) ReadAhead(ctx context.Context) error {
 	switch {
 	case log.shape:
 		return fmt.Errorf("nft/netlink: reading ahead: %w", errShapeChanged)
+	case log.foreign:
+		return fmt.Errorf("nft/netlink: reading ahead: %w", errForeignChange)
 	case a.watch != log:
 		return errors.New("nft/netlink: reading ahead: another read ahead began meanwhile")
 	case a.last == nil:

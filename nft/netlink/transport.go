@@ -349,3 +349,24 @@ func setKeyByteOrderHost(m *mnl.Message) {
 		pos += int(align4(uint32(l)))
 	}
 }
+
+// portID is the socket's netlink port: what the kernel's notifications of the
+// transactions sent on it carry as their sender.
+func (t *transport) portID() (uint32, error) {
+	var pid uint32
+	var serr error
+	err := t.raw.Control(func(fd uintptr) {
+		sa, err := unix.Getsockname(int(fd))
+		if err != nil {
+			serr = err
+			return
+		}
+		nl, ok := sa.(*unix.SockaddrNetlink)
+		if !ok {
+			serr = fmt.Errorf("socket address %T, not netlink", sa)
+			return
+		}
+		pid = nl.Pid
+	})
+	return pid, errors.Join(err, serr)
+}

@@ -1,0 +1,101 @@
+package controllers
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/nftpolicy/nftpolicy/nft"
+	"github.com/nftpolicy/nftpolicy/nft/nfttest"
+)
+
+// TestForeignChangeRepairedAtOnce: with the netlink Applier, another process's
+// change to the table (an element deleted, then the whole ruleset flushed)
+// asks for a sync at once, which reads the kernel's table and repairs it with
+// the compiler as it is, long before the periodic full sync (an hour here).
+// The repair is the agent's own change: it asks for nothing more.
+func TestForeignChangeRepairedAtOnce(t *testing.T) {
+	nfttest.RequireRoot(t)
+	applier := newKernelApplier(t, "np-foreign")
+	f := newRebuildFixture(t)
+	f.r.Applier = applier
+	f.r.needFull = true
+	f.sync()
+	f.r.kickNow.Store(&f.r.kick)
+	lastFull := f.r.lastFull
+
+	ready := &readiness{}
+	ready.MarkSynced()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- (&tableWatch{w: applier.Applier, r: f.r, ready: ready, log: logr.Discard(), retry: time.Second}).Start(ctx)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("the watch: %v", err)
+		}
+	}()
+	time.Sleep(200 * time.Millisecond) // listening
+
+	kicked := func(after string, from int32) {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Second)
+		for f.kicks.Load() == from {
+			if time.Now().After(deadline) {
+				t.Fatalf("after %s: no sync asked for within 2 s", after)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if !f.r.repairDue.Load() {
+			t.Fatalf("after %s: a sync was asked for, but no repair", after)
+		}
+	}
+	changes := testutil.ToFloat64(foreignChanges.WithLabelValues("change"))
+	repairs := testutil.ToFloat64(syncsTotal.WithLabelValues("repair", "ok"))
+
+	kicks := f.kicks.Load()
+	if _, err := applier.ns.NFT("", "delete", "element", "inet", nft.DefaultTable, nft.MapIngressV4, "{ 10.60.0.2 }"); err != nil {
+		t.Fatal(err)
+	}
+	kicked("nft delete element", kicks)
+	f.sync()
+	if want := []string{"set " + nft.MapIngressV4 + ": 1 elements missing"}; applier.full.ReadAhead || !slices.Equal(applier.full.Drift, want) {
+		t.Fatalf("the repair: %+v, want the kernel read, drift %q", applier.full, want)
+	}
+	if out, err := applier.ns.NFT("", "list", "map", "inet", nft.DefaultTable, nft.MapIngressV4); err != nil || !strings.Contains(out, "10.60.0.2") {
+		t.Fatalf("the element was not restored: %v\n%s", err, out)
+	}
+	if f.r.repairDue.Load() || !f.r.lastFull.Equal(lastFull) {
+		t.Errorf("after the repair: repair still due %v, last full sync moved %v", f.r.repairDue.Load(), !f.r.lastFull.Equal(lastFull))
+	}
+
+	kicks = f.kicks.Load()
+	if _, err := applier.ns.NFT("", "flush", "ruleset"); err != nil {
+		t.Fatal(err)
+	}
+	kicked("nft flush ruleset", kicks)
+	f.sync()
+	if out, err := applier.ns.NFT("", "list", "map", "inet", nft.DefaultTable, nft.MapIngressV4); err != nil || !strings.Contains(out, "10.60.0.2") {
+		t.Fatalf("the table was not restored after flush ruleset: %v\n%s", err, out)
+	}
+	if n := testutil.ToFloat64(foreignChanges.WithLabelValues("change")) - changes; n != 2 {
+		t.Errorf("nftpolicy_table_foreign_changes_total{kind=\"change\"} grew by %v, want 2", n)
+	}
+	if n := testutil.ToFloat64(syncsTotal.WithLabelValues("repair", "ok")) - repairs; n != 2 {
+		t.Errorf("repair syncs: %v, want 2", n)
+	}
+
+	// The repairs were the agent's own transactions.
+	kicks = f.kicks.Load()
+	time.Sleep(300 * time.Millisecond)
+	if f.kicks.Load() != kicks || f.r.repairDue.Load() {
+		t.Errorf("the agent's own repair asked for another")
+	}
+}

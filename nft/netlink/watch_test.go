@@ -1,0 +1,152 @@
+package netlink
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nftpolicy/nftpolicy/nft"
+	"github.com/nftpolicy/nftpolicy/nft/nfttest"
+)
+
+// watchTable runs a.WatchTable until the test ends and returns what it reports.
+func watchTable(t *testing.T, a *Applier) <-chan nft.ForeignChange {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	got := make(chan nft.ForeignChange, 100)
+	done := make(chan error, 1)
+	go func() { done <- a.WatchTable(ctx, func(fc nft.ForeignChange) { got <- fc }) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("WatchTable: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("WatchTable did not return after its context was cancelled")
+		}
+	})
+	time.Sleep(100 * time.Millisecond) // joined
+	return got
+}
+
+// quiet fails if anything is reported within d.
+func quiet(t *testing.T, got <-chan nft.ForeignChange, d time.Duration, after string) {
+	t.Helper()
+	select {
+	case fc := <-got:
+		t.Fatalf("after %s: reported %+v, want nothing", after, fc)
+	case <-time.After(d):
+	}
+}
+
+// reported waits for one report.
+func reported(t *testing.T, got <-chan nft.ForeignChange, after string) nft.ForeignChange {
+	t.Helper()
+	select {
+	case fc := <-got:
+		return fc
+	case <-time.After(5 * time.Second):
+		t.Fatalf("after %s: nothing reported within 5 s", after)
+	}
+	return nft.ForeignChange{}
+}
+
+// TestWatchTable: another process's change to the table is reported at once,
+// with what it did and who did it; the Applier's own transactions, other
+// tables' (another name, or the same name in another family) are not. A read
+// ahead that a foreign change may have made stale is not used.
+func TestWatchTable(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	ns := nfttest.NewNetNS(t, "np3-watch")
+	a := newApplier(t, ns, "np")
+	model := richModel("np")
+	if _, err := a.FullSync(ctx, model); err != nil {
+		t.Fatal(err)
+	}
+	got := watchTable(t, a)
+
+	// Ours, whatever their size: nothing.
+	if _, err := a.Apply(ctx, withS4(model, "10.1.1.1", "10.1.1.2")); err != nil {
+		t.Fatal(err)
+	}
+	big := scaleModel("np", 4000, 20)
+	if _, err := a.FullSync(ctx, big); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.FullSync(ctx, model); err != nil {
+		t.Fatal(err)
+	}
+	// Other tables: nothing.
+	nftRun(t, ns, "", "add", "table", "inet", "other")
+	nftRun(t, ns, "", "add", "chain", "inet", "other", "c")
+	nftRun(t, ns, "", "add", "table", "ip", "np")
+	nftRun(t, ns, "", "add", "chain", "ip", "np", "c")
+	nftRun(t, ns, "", "add", "table", "inet", "np2")
+	nftRun(t, ns, "", "add", "table", "inet", "n")
+	nftRun(t, ns, "", "add", "table", "inet", "nq")
+	quiet(t, got, 500*time.Millisecond, "the Applier's own transactions and other tables'")
+
+	// A name of three words: one that differs in its last word is another table.
+	long := newApplier(t, ns, "nftpolicy")
+	if _, err := long.FullSync(ctx, richModel("nftpolicy")); err != nil {
+		t.Fatal(err)
+	}
+	gotLong := watchTable(t, long)
+	nftRun(t, ns, "", "add", "table", "inet", "nftpolicz")
+	nftRun(t, ns, "", "add", "table", "inet", "mftpolicy")
+	quiet(t, gotLong, 300*time.Millisecond, "tables nftpolicz and mftpolicy")
+	nftRun(t, ns, "", "add", "chain", "inet", "nftpolicy", "extra")
+	if fc := reported(t, gotLong, "a chain added to nftpolicy"); !slices.Equal(fc.Changes, []string{"add chain extra"}) {
+		t.Errorf("a chain added to nftpolicy: reported %+v", fc)
+	}
+	quiet(t, got, 100*time.Millisecond, "changes to table nftpolicy")
+
+	// Someone's element.
+	nftRun(t, ns, "", "add", "element", "inet", "np", "s4", "{ 10.9.9.9 }")
+	fc := reported(t, got, "nft add element")
+	if fc.Count != 1 || !slices.Equal(fc.Changes, []string{"add element to set s4"}) || !strings.HasPrefix(fc.Process, "nft (pid ") || fc.Lost {
+		t.Errorf("nft add element: reported %+v", fc)
+	}
+	// One transaction, several changes.
+	nftRun(t, ns, "add element inet np s4 { 10.9.9.8 }\ndelete element inet np s4 { 10.9.9.9 }\nadd chain inet np extra\n", "-f", "-")
+	fc = reported(t, got, "a file of three changes")
+	if fc.Count != 3 || !slices.Equal(fc.Changes, []string{"add element to set s4", "delete element from set s4", "add chain extra"}) {
+		t.Errorf("three changes in one transaction: reported %+v", fc)
+	}
+	quiet(t, got, 200*time.Millisecond, "one transaction's report")
+
+	// A read ahead before a foreign change is not used: FullSync reads itself
+	// and finds the change.
+	if _, err := a.FullSync(ctx, model); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ReadAhead(ctx); err != nil {
+		t.Fatal(err)
+	}
+	nftRun(t, ns, "", "delete", "element", "inet", "np", "s4", "{ 10.1.1.1 }")
+	reported(t, got, "nft delete element")
+	st, err := a.FullSync(ctx, model)
+	if err != nil || st.ReadAhead || len(st.Drift) == 0 {
+		t.Fatalf("full sync after a read ahead and a foreign change: %+v %v; want its own read, and drift", st, err)
+	}
+
+	// flush ruleset (a firewall service's start): the table is gone.
+	nftRun(t, ns, "", "flush", "ruleset")
+	fc = reported(t, got, "nft flush ruleset")
+	if len(fc.Changes) == 0 || fc.Changes[0] != "delete table inet np" || fc.Count < 10 {
+		t.Errorf("flush ruleset: reported %+v, want the table's deletion first", fc)
+	}
+	t.Logf("flush ruleset: %+v", fc)
+	if st, err := a.FullSync(ctx, model); err != nil || len(st.Drift) == 0 {
+		t.Fatalf("full sync after flush ruleset: %+v %v", st, err)
+	}
+	if d, err := a.Read(ctx, model); err != nil || d == nil {
+		t.Fatalf("table after the repair: %v %v", d, err)
+	}
+	quiet(t, got, 300*time.Millisecond, "the repair (ours)")
+}
