@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/nftables"
 	mnl "github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/nftpolicy/nftpolicy/nft"
 )
@@ -46,7 +47,8 @@ type Applier struct {
 	tr     *transport
 	writer *nftables.Conn // batches go through tr
 	reader *nftables.Conn // FullSync reads what the kernel holds
-	readMu sync.Mutex     // every use of reader (ReadAhead's without mu)
+	gen    *mnl.Conn      // asks for the ruleset's generation (gen.go)
+	readMu sync.Mutex     // every use of reader and gen (ReadAhead's without mu)
 
 	// last is what the kernel is known to hold; nil forces a full sync.
 	last    *nft.Ruleset
@@ -101,6 +103,10 @@ func New(opts Options) (*Applier, error) {
 		a.Close()
 		return nil, fmt.Errorf("nft/netlink: opening netlink socket: %w", err)
 	}
+	if a.gen, err = mnl.Dial(unix.NETLINK_NETFILTER, &mnl.Config{NetNS: fd}); err != nil {
+		a.Close()
+		return nil, fmt.Errorf("nft/netlink: opening netlink socket: %w", err)
+	}
 	return a, nil
 }
 
@@ -126,6 +132,9 @@ func (a *Applier) Close() error {
 	if a.reader != nil {
 		errs = append(errs, a.reader.CloseLasting())
 	}
+	if a.gen != nil {
+		errs = append(errs, a.gen.Close())
+	}
 	a.readMu.Unlock()
 	if a.tr != nil {
 		errs = append(errs, a.tr.close())
@@ -134,7 +143,7 @@ func (a *Applier) Close() error {
 		errs = append(errs, a.netns.Close())
 	}
 	a.readMu.Lock()
-	a.writer, a.reader, a.tr, a.netns = nil, nil, nil, nil
+	a.writer, a.reader, a.gen, a.tr, a.netns = nil, nil, nil, nil, nil
 	a.readMu.Unlock()
 	return errors.Join(errs...)
 }

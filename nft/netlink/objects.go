@@ -109,9 +109,13 @@ func (a *Applier) Counters(ctx context.Context) (map[string]CounterValue, error)
 		return nil, err
 	}
 	var objs map[string]kernelObject
-	err := a.reading(func() (err error) {
-		objs, err = a.readObjects(&nftables.Table{Name: a.opts.Table, Family: nftables.TableFamilyINet})
-		return err
+	err := a.reading(func() error {
+		// A transaction committed during the dump could make it skip
+		// counters (gen.go): the read must see one ruleset.
+		return a.consistent(func() (err error) {
+			objs, err = a.readObjects(&nftables.Table{Name: a.opts.Table, Family: nftables.TableFamilyINet})
+			return err
+		})
 	})
 	if err != nil {
 		if isNoSuchTable(err) {
