@@ -27,27 +27,45 @@ import (
 // attribution holds the Attribution of the table in force, of the one before it
 // (a packet logged just before a change may be read just after it), and of the
 // one being applied: the kernel logs the new table's packets as soon as its
-// transaction commits, before the agent hears that it did.
+// transaction commits, before the agent hears that it did. The three are
+// published together, so that a reader sees them as of one moment: read one
+// by one, a table applied between two reads could be in neither.
 type attribution struct {
-	cur, prev, next atomic.Pointer[compile.Attribution]
+	tables atomic.Pointer[attributionTables]
 }
 
-// applying publishes the Attribution of a table about to be applied.
-func (a *attribution) applying(at *compile.Attribution) { a.next.Store(at) }
+type attributionTables struct{ cur, prev, next *compile.Attribution }
+
+// get is the tables as of now (never nil).
+func (a *attribution) get() attributionTables {
+	if t := a.tables.Load(); t != nil {
+		return *t
+	}
+	return attributionTables{}
+}
+
+// applying publishes the Attribution of a table about to be applied. The
+// reconciler is the only writer.
+func (a *attribution) applying(at *compile.Attribution) {
+	t := a.get()
+	t.next = at
+	a.tables.Store(&t)
+}
 
 // applied ends the change applying began: its table is in force (ok), or the
 // one before still is.
 func (a *attribution) applied(ok bool) {
-	if next := a.next.Load(); ok && next != nil {
-		a.prev.Store(a.cur.Load())
-		a.cur.Store(next)
+	t := a.get()
+	if ok && t.next != nil {
+		t.prev, t.cur = t.cur, t.next
 	}
-	a.next.Store(nil)
+	t.next = nil
+	a.tables.Store(&t)
 }
 
 // load is the Attribution of the table in force (the counters' names).
 func (a *attribution) load() *compile.Attribution {
-	if at := a.cur.Load(); at != nil {
+	if at := a.get().cur; at != nil {
 		return at
 	}
 	return &compile.Attribution{}
@@ -56,7 +74,8 @@ func (a *attribution) load() *compile.Attribution {
 // group finds the group chain of a deny log prefix: in the table in force, the
 // one being applied, or the one before.
 func (a *attribution) group(prefix string) (compile.Group, bool) {
-	for _, at := range []*compile.Attribution{a.cur.Load(), a.next.Load(), a.prev.Load()} {
+	t := a.get()
+	for _, at := range []*compile.Attribution{t.cur, t.next, t.prev} {
 		if at != nil {
 			if g, ok := at.Groups[prefix]; ok {
 				return g, true
@@ -309,19 +328,28 @@ func credit(totals map[policyKey]uint64, gc compile.GroupCounter, n uint64) {
 func (c *policyCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	// One scrape at a time (two Prometheus replicas, a curl): each read is
+	// then newer than the one recorded before it. A scrape that read first
+	// and recorded last would take its older values for resets, and carry the
+	// newer ones into the totals for good.
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	at := c.attrib.load()
 	vals, err := c.read(ctx)
 	if err != nil {
 		counterReadErrors.Inc()
 		return
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	next := make(map[string]seenCounter, len(at.Counters))
 	for name, gc := range at.Counters {
 		v, ok := vals[name]
 		if !ok {
-			continue // not in the kernel yet
+			// Not in the kernel yet, or not read: its group is in the
+			// table in force, so it is not gone.
+			if old, seen := c.seen[name]; seen {
+				next[name] = old
+			}
+			continue
 		}
 		if old, ok := c.seen[name]; ok && v < old.v {
 			credit(c.carried, old.gc, old.v) // counting again from zero
