@@ -51,9 +51,11 @@ type touchLog struct {
 	shape bool              // a transaction changed the shape, or replaced or deleted the table
 	parts map[string]uint64 // "chain NAME", "set NAME": the last commit that changed it
 	part  string            // the part being read, "" between reads
-	// foreign: another process changed the table (WatchTable), which the
-	// parts read before may not show.
-	foreign bool
+	// stale: why what was read before cannot be used (nil while it can):
+	// another process changed the table (WatchTable). (A FullSync that reads
+	// itself meanwhile is no reason: one that repairs drift changes the
+	// shape, and one that finds none changes nothing.)
+	stale error
 }
 
 // partOf is the part an operation changes the content of ("" for the shape).
@@ -165,8 +167,8 @@ func (a *Applier) ReadAhead(ctx context.Context) error {
 	switch {
 	case log.shape:
 		return fmt.Errorf("nft/netlink: reading ahead: %w", errShapeChanged)
-	case log.foreign:
-		return fmt.Errorf("nft/netlink: reading ahead: %w", errForeignChange)
+	case log.stale != nil:
+		return fmt.Errorf("nft/netlink: reading ahead: %w", log.stale)
 	case a.watch != log:
 		return errors.New("nft/netlink: reading ahead: another read ahead began meanwhile")
 	case a.last == nil:

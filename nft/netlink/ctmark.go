@@ -72,6 +72,9 @@ const (
 func (a *Applier) ClearCtMark(mask, keep uint32) (int, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.tr == nil {
+		return 0, errClosed // and a.netns is gone: never the agent's own namespace instead
+	}
 	cfg := &mnl.Config{}
 	if a.netns != nil {
 		cfg.NetNS = int(a.netns.Fd())

@@ -197,7 +197,7 @@ func (a *Applier) foreignChange() {
 	defer a.mu.Unlock()
 	a.ahead = nil
 	if a.watch != nil {
-		a.watch.foreign = true
+		a.watch.stale = errForeignChange
 	}
 }
 
