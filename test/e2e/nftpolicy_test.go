@@ -11,7 +11,9 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -86,6 +88,42 @@ var _ = Describe("nftpolicy", func() {
 		validate(ctx, framework.TCP(pods, 80),
 			framework.Check{Protocols: both, Families: []cluster.Family{cluster.V4}, Want: fromExtV4},
 			framework.Check{Protocols: both, Families: []cluster.Family{cluster.V6}, Want: fromExt})
+	}, specTimeout)
+
+	It("repairs at once a table that another process deleted", func(ctx SpecContext) {
+		xa := pod("x", "a")
+		create(ctx, "x", policy("x-a-from-x-b", labels("pod", "a"), ingress(from(podPeer(matching("pod", "b"))))))
+		want := reach(true)
+		want.ExpectAllIngress(xa, false)
+		want.Expect(pod("x", "b"), xa, true)
+		validate(ctx, framework.TCP(want, 80))
+
+		// Someone deletes the table on every node (a firewall's start that
+		// flushes the ruleset does the same to it). The periodic full sync is 5
+		// minutes away: the agent's watch of its table must bring it back.
+		for i, n := range env.Cluster.Nodes() {
+			before, err := env.Table(i, true)
+			Expect(err).NotTo(HaveOccurred())
+			start := time.Now()
+			_, err = n.NetNS.NFT("", "delete", "table", "inet", "nftpolicy")
+			Expect(err).NotTo(HaveOccurred())
+			Eventually(func() error { _, err := env.Table(i, true); return err }).
+				WithTimeout(3*time.Second).WithPolling(5*time.Millisecond).Should(Succeed(), "node %s: no table 3 s after its deletion", n.Name)
+			By(fmt.Sprintf("node %s: the table was back %v after its deletion", n.Name, time.Since(start).Round(time.Millisecond)))
+			after, err := env.Table(i, true)
+			Expect(err).NotTo(HaveOccurred())
+			// Listed in creation order: the same lines, in another order.
+			Expect(sortedLines(after)).To(Equal(sortedLines(before)), "node %s: the table restored is not the one deleted", n.Name)
+		}
+		validate(ctx, framework.TCP(want, 80))
+		for _, a := range env.Agents {
+			m, err := a.Metrics(ctx)
+			Expect(err).NotTo(HaveOccurred())
+			Expect(m).To(MatchRegexp(`nftpolicy_table_foreign_changes_total\{kind="change"\} [1-9]`))
+			log, err := a.Log()
+			Expect(err).NotTo(HaveOccurred())
+			Expect(log).To(MatchRegexp(`another process changed the node's table: repairing it",.*"process":"nft \(pid [0-9]+\)","changes":[0-9]+,"first":\["delete table inet nftpolicy"`))
+		}
 	}, specTimeout)
 
 	It("never lets an IPv4 block open IPv6, nor the reverse", func(ctx SpecContext) {
@@ -481,4 +519,11 @@ func (p *pinger) stop() (ok, failed int, firstErr error) {
 	p.once.Do(func() { close(p.done) })
 	<-p.finished
 	return p.ok, p.failed, p.firstErr
+}
+
+// sortedLines is s's lines, sorted.
+func sortedLines(s string) []string {
+	lines := strings.Split(s, "\n")
+	slices.Sort(lines)
+	return lines
 }
