@@ -2,6 +2,7 @@ package netlink
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -119,6 +120,29 @@ func TestWatchTable(t *testing.T) {
 		t.Errorf("three changes in one transaction: reported %+v", fc)
 	}
 	quiet(t, got, 200*time.Millisecond, "one transaction's report")
+
+	// A transaction of 20,000 changes overflows the watch's buffer: reported
+	// as lost (or counted whole), and the watch goes on.
+	var b strings.Builder
+	b.WriteString("add element inet np s4 { ")
+	for i := range 20000 {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "10.20.%d.%d", i/250, i%250+1)
+	}
+	b.WriteString(" }\n")
+	nftRun(t, ns, b.String(), "-f", "-")
+	fc = reported(t, got, "20,000 elements added")
+	t.Logf("20,000 elements added: lost %v, %d changes counted", fc.Lost, fc.Count)
+	if !fc.Lost && fc.Count != 20000 {
+		t.Errorf("20,000 elements added: reported %+v, want them counted or the loss", fc)
+	}
+	nftRun(t, ns, "", "delete", "chain", "inet", "np", "extra")
+	// After the reports of what the buffer held past the loss, if any.
+	for fc := reported(t, got, "a chain deleted after the loss"); !slices.Contains(fc.Changes, "delete chain extra"); {
+		fc = reported(t, got, "a chain deleted after the loss")
+	}
 
 	// A read ahead before a foreign change is not used: FullSync reads itself
 	// and finds the change.
