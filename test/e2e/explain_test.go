@@ -294,6 +294,10 @@ spec:
 		Expect(a.Ingress.Trace.Table).To(Equal("kernel"))
 		Expect(a.Ingress.IsolatedBy).To(Equal([]string{"x/x-a-tcp-75-80"}))
 
+		By("stopping x/a's node's agent, which would repair what follows at once")
+		Expect(env.Agents[xa.Node].Stop()).To(Succeed())
+		DeferCleanup(func(ctx SpecContext) error { return env.StartAgents(ctx) })
+
 		By("deleting x/a's element from the ingress map behind the agent's back")
 		elem := xa.IPv4.String()
 		_, err := node.NetNS.NFT("", "delete", "element", "inet", "nftpolicy", "ingress-v4", "{ "+elem+" }")
