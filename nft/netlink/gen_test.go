@@ -2,6 +2,7 @@ package netlink
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -42,39 +43,26 @@ func TestCountersDuringApplies(t *testing.T) {
 	if _, err := a.Apply(ctx, model(0)); err != nil {
 		t.Fatal(err)
 	}
-	var stop atomic.Bool
-	var scrapes, short, failed atomic.Int64
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for !stop.Load() {
-			c, err := a.Counters(ctx)
-			if err != nil { // changing faster than read: the collector keeps what it had
-				failed.Add(1)
-				continue
-			}
-			scrapes.Add(1)
-			n := 0
-			for name := range c {
-				if strings.HasPrefix(name, "stable-") {
-					n++
-				}
-			}
-			if n != stable && short.Add(1) == 1 {
-				t.Logf("a scrape returned %d of the %d counters that exist throughout", n, stable)
+	scrapes, failed, short := readWhile(t, "a scrape", stable, func() {
+		for i := 1; i <= churn; i++ { // one counter deleted per transaction
+			if _, err := a.Apply(ctx, model(i)); err != nil {
+				t.Error(err)
+				return
 			}
 		}
-	}()
-	for i := 1; i <= churn; i++ { // one counter deleted per transaction
-		if _, err := a.Apply(ctx, model(i)); err != nil {
-			t.Fatal(err)
+	}, func() (int, error) {
+		c, err := a.Counters(ctx)
+		n := 0
+		for name := range c {
+			if strings.HasPrefix(name, "stable-") {
+				n++
+			}
 		}
-	}
-	stop.Store(true)
-	<-done
-	t.Logf("%d scrapes (%d more failed: the table changed during each read) during %d transactions", scrapes.Load(), failed.Load(), churn)
-	if short.Load() > 0 {
-		t.Errorf("%d scrapes missed counters that existed before and after every transaction", short.Load())
+		return n, err
+	})
+	t.Logf("%d scrapes (%d more failed: the table changed during each read) during %d transactions", scrapes, failed, churn)
+	if short > 0 {
+		t.Errorf("%d scrapes missed counters that existed before and after every transaction", short)
 	}
 	if c, err := a.Counters(ctx); err != nil || len(c) != stable {
 		t.Errorf("a scrape after: %d counters, %v; want %d", len(c), err, stable)
@@ -108,46 +96,66 @@ func TestReadDuringApplies(t *testing.T) {
 	if _, err := agent.Apply(ctx, model(0)); err != nil {
 		t.Fatal(err)
 	}
+	reads, failed, short := readWhile(t, "a read", stable, func() {
+		for i := 10; i <= churn; i += 10 {
+			if _, err := agent.Apply(ctx, model(i)); err != nil {
+				t.Error(err)
+				return
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}, func() (int, error) {
+		rs, err := explain.Read(ctx, model(0))
+		if err != nil {
+			return 0, err
+		}
+		n := 0
+		for _, e := range rs.Sets[0].Elements {
+			if e.Key[0].Addr.As4()[1] >= 1 { // 10.1.x.x and up: the stable ones
+				n++
+			}
+		}
+		return n, nil
+	})
+	t.Logf("%d reads (%d more gave up) during %d transactions", reads, failed, churn/10)
+	if short > 0 {
+		t.Errorf("%d reads missed elements present before and after every transaction", short)
+	}
+	if reads == 0 {
+		t.Error("no read succeeded while the agent committed")
+	}
+}
+
+// readWhile runs read over and over on another goroutine while apply runs,
+// and counts its outcomes: read returns how many of the want things that
+// exist throughout it found, or an error when the table changed during each
+// of its tries (gen.go).
+func readWhile(t *testing.T, what string, want int, apply func(), read func() (int, error)) (reads, gaveUp, short int) {
+	t.Helper()
 	var stop atomic.Bool
-	var reads, short, failed atomic.Int64
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		for !stop.Load() {
-			rs, err := explain.Read(ctx, model(0))
-			if err != nil {
-				if !strings.Contains(err.Error(), "change faster than they can be read") {
-					t.Errorf("read: %v", err)
-					return
+			n, err := read()
+			switch {
+			case errors.Is(err, errGenerationMoved):
+				gaveUp++
+			case err != nil:
+				t.Errorf("%s: %v", what, err)
+				return
+			case n != want:
+				if short++; short == 1 {
+					t.Logf("%s found %d of the %d that exist throughout", what, n, want)
 				}
-				failed.Add(1)
-				continue
-			}
-			reads.Add(1)
-			n := 0
-			for _, e := range rs.Sets[0].Elements {
-				if e.Key[0].Addr.As4()[1] >= 1 { // 10.1.x.x and up: the stable ones
-					n++
-				}
-			}
-			if n != stable && short.Add(1) == 1 {
-				t.Logf("a read has %d of the %d elements present throughout", n, stable)
+				reads++
+			default:
+				reads++
 			}
 		}
 	}()
-	for i := 10; i <= churn; i += 10 {
-		if _, err := agent.Apply(ctx, model(i)); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	apply()
 	stop.Store(true)
 	<-done
-	t.Logf("%d reads (%d more gave up) during %d transactions", reads.Load(), failed.Load(), churn/10)
-	if short.Load() > 0 {
-		t.Errorf("%d reads missed elements present before and after every transaction", short.Load())
-	}
-	if reads.Load() == 0 {
-		t.Error("no read succeeded while the agent committed")
-	}
+	return reads, gaveUp, short
 }
