@@ -325,6 +325,19 @@ func newKernelApplier(t *testing.T, netns string) *kernelApplier {
 	return &kernelApplier{Applier: nl, ns: ns}
 }
 
+// newKernelFixture is the rebuild fixture with the netlink Applier in a new
+// network namespace, after the first (full) sync.
+func newKernelFixture(t *testing.T, netns string) (*rebuildFixture, *kernelApplier) {
+	t.Helper()
+	nfttest.RequireRoot(t)
+	applier := newKernelApplier(t, netns)
+	f := newRebuildFixture(t)
+	f.r.Applier = applier
+	f.r.needFull = true
+	f.sync()
+	return f, applier
+}
+
 func (a *kernelApplier) Apply(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
 	st, err := a.Applier.Apply(ctx, desired)
 	if st.Operations > 0 {
@@ -351,12 +364,7 @@ func (a *kernelApplier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft
 // rebuild also reads the kernel's table, so the full sync that adopts it reads
 // nothing; drift made before that read is reported and repaired by it.
 func TestPeriodicFullSyncReadsTheKernelAhead(t *testing.T) {
-	nfttest.RequireRoot(t)
-	applier := newKernelApplier(t, "np-rebuild")
-	f := newRebuildFixture(t)
-	f.r.Applier = applier
-	f.r.needFull = true
-	f.sync()
+	f, applier := newKernelFixture(t, "np-rebuild")
 	if applier.full.ReadAhead {
 		t.Fatal("a full sync without a rebuild read ahead")
 	}

@@ -11,7 +11,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/nftpolicy/nftpolicy/nft"
-	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 )
 
 // TestForeignChangeRepairedAtOnce: with the netlink Applier, another process's
@@ -20,12 +19,7 @@ import (
 // the compiler as it is, long before the periodic full sync (an hour here).
 // The repair is the agent's own change: it asks for nothing more.
 func TestForeignChangeRepairedAtOnce(t *testing.T) {
-	nfttest.RequireRoot(t)
-	applier := newKernelApplier(t, "np-foreign")
-	f := newRebuildFixture(t)
-	f.r.Applier = applier
-	f.r.needFull = true
-	f.sync()
+	f, applier := newKernelFixture(t, "np-foreign")
 	f.r.kickNow.Store(&f.r.kick)
 	lastFull := f.r.lastFull
 
