@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -86,6 +87,8 @@ type apiLink struct {
 	// in contact has no entry.
 	lost    map[string]time.Time
 	lastErr map[string]error
+	// live is, per kind, the ListerWatcher of its informer, until forget.
+	live map[string]*linkedLW
 	// podList, when set, is how the pod informer lists (podlist.go), instead
 	// of client-go's watch-list, and podWatch how it watches (podwatch.go).
 	podList  func(context.Context, metav1.ListOptions) (runtime.Object, error)
@@ -93,7 +96,7 @@ type apiLink struct {
 }
 
 func newAPILink(log logr.Logger) *apiLink {
-	return &apiLink{log: log, lost: map[string]time.Time{}, lastErr: map[string]error{}}
+	return &apiLink{log: log, lost: map[string]time.Time{}, lastErr: map[string]error{}, live: map[string]*linkedLW{}}
 }
 
 // newInformer is a toolscache.NewSharedIndexInformer whose requests go through l.
@@ -113,6 +116,9 @@ func informerKind(obj runtime.Object) string {
 func (l *apiLink) newInformerAs(kind string, lw toolscache.ListerWatcher, obj runtime.Object, resync time.Duration, indexers toolscache.Indexers) toolscache.SharedIndexInformer {
 	apiConnected.WithLabelValues(kind).Set(0)
 	linked := &linkedLW{l: l, kind: kind, lw: toolscache.ToListerWatcherWithContext(lw)}
+	l.mu.Lock()
+	l.live[kind] = linked
+	l.mu.Unlock()
 	if _, ok := obj.(*corev1.Pod); ok {
 		// The pod cache is read by key and whole (podcache.go), never by
 		// namespace: its namespace index would cost ~30 bytes a pod for nothing.
@@ -141,6 +147,12 @@ func (l *apiLink) check(*http.Request) error {
 func (l *apiLink) forget(kind string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	// Its informer stops asynchronously: a request of it that fails after
+	// this must not mark the kind lost again, for good.
+	if w := l.live[kind]; w != nil {
+		w.gone.Store(true)
+		delete(l.live, kind)
+	}
 	delete(l.lost, kind)
 	delete(l.lastErr, kind)
 	apiConnected.DeleteLabelValues(kind)
@@ -187,6 +199,7 @@ type linkedLW struct {
 	l    *apiLink
 	kind string
 	lw   toolscache.ListerWatcherWithContext
+	gone atomic.Bool // forgotten: its informer is being stopped
 	// list, when set, replaces lw's list, and the reflector lists with it
 	// rather than with a watch-list (IsWatchListSemanticsUnSupported); watch,
 	// when set, replaces lw's watch.
@@ -227,8 +240,8 @@ func (w *linkedLW) WatchWithContext(ctx context.Context, opts metav1.ListOptions
 func retry[T any](ctx context.Context, w *linkedLW, do func() (T, error)) (T, error) {
 	for attempt := 0; ; attempt++ {
 		v, err := do()
-		if !noAnswer(err) || ctx.Err() != nil {
-			if err == nil || !noAnswer(err) {
+		if !noAnswer(err) || ctx.Err() != nil || w.gone.Load() {
+			if (err == nil || !noAnswer(err)) && !w.gone.Load() {
 				w.l.answered(w.kind)
 			}
 			return v, err

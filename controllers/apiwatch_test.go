@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -87,3 +88,49 @@ type transportErr struct{ err error }
 
 func (u *transportErr) Error() string { return "dial tcp: " + u.err.Error() }
 func (u *transportErr) Unwrap() error { return u.err }
+
+// TestAPILinkForgetsADroppedInformer: an informer dropped on purpose (the
+// ClusterNetworkPolicy CRD removed) stops asynchronously. A request of it that
+// the apiserver does not answer after the drop must not mark its kind lost:
+// nothing would answer for it again, and /readyz would fail for good.
+func TestAPILinkForgetsADroppedInformer(t *testing.T) {
+	l := newAPILink(logr.Discard())
+	started, release := make(chan struct{}), make(chan struct{})
+	var first sync.Once
+	lw := &toolscache.ListWatch{
+		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+			first.Do(func() {
+				close(started)
+				<-release // in flight while the informer is dropped
+			})
+			return nil, &transportErr{err: syscall.ECONNRESET}
+		},
+		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
+			return &corev1.PodList{}, nil
+		},
+	}
+	l.newInformerAs("clusternetworkpolicy", lw, &corev1.Pod{}, 0, toolscache.Indexers{})
+	w := l.live["clusternetworkpolicy"]
+	done := make(chan error)
+	go func() {
+		_, err := w.WatchWithContext(context.Background(), metav1.ListOptions{ResourceVersion: "5"})
+		done <- err
+	}()
+	<-started
+	l.forget("clusternetworkpolicy")
+	close(release)
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("the dropped informer's watch succeeded")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the dropped informer's watch is still retried")
+	}
+	l.mu.Lock()
+	_, lost := l.lost["clusternetworkpolicy"]
+	l.mu.Unlock()
+	if lost {
+		t.Error("a request of a dropped informer marked its kind lost")
+	}
+}
