@@ -113,6 +113,9 @@ func (a *Applier) Counters(ctx context.Context) (map[string]CounterValue, error)
 		// A transaction committed during the dump could make it skip
 		// counters (gen.go): the read must see one ruleset.
 		return a.consistent(func() (err error) {
+			if err := ctx.Err(); err != nil { // the scrape's timeout, after a wait for the reader
+				return err
+			}
 			objs, err = a.readObjects(&nftables.Table{Name: a.opts.Table, Family: nftables.TableFamilyINet})
 			return err
 		})
