@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -31,7 +32,17 @@ type tableWatch struct {
 	ready *readiness
 	log   logr.Logger
 	retry time.Duration // after the watch fails
+
+	mu      sync.Mutex
+	last    time.Time // the last repair asked for
+	pending bool      // a repair is scheduled
 }
+
+// repairInterval is the least time between two repairs asked for. Another
+// process that keeps changing the table (a second agent with other flags, run
+// by hand beside the DaemonSet's) would otherwise have the two repair each
+// other's changes as fast as they can commit.
+const repairInterval = time.Second
 
 // Start implements manager.Runnable.
 func (t *tableWatch) Start(ctx context.Context) error {
@@ -66,7 +77,26 @@ func (t *tableWatch) changed(fc nft.ForeignChange) {
 		kind = "lost"
 	}
 	foreignChanges.WithLabelValues(kind).Inc()
-	t.log.Info("another process changed the node's table: repairing it", "process", fc.Process,
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	wait := time.Until(t.last.Add(repairInterval))
+	log := t.log
+	if wait > 0 {
+		log = log.V(1) // the first of a burst is logged; the counter has them all
+	}
+	log.Info("another process changed the node's table: repairing it", "process", fc.Process,
 		"changes", fc.Count, "first", fc.Changes, "lost", fc.Lost)
-	t.r.repairSoon()
+	switch {
+	case wait <= 0:
+		t.last = time.Now()
+		t.r.repairSoon()
+	case !t.pending:
+		t.pending = true
+		time.AfterFunc(wait, func() {
+			t.mu.Lock()
+			t.pending, t.last = false, time.Now()
+			t.mu.Unlock()
+			t.r.repairSoon()
+		})
+	}
 }

@@ -40,10 +40,10 @@ func TestForeignChangeRepairedAtOnce(t *testing.T) {
 
 	kicked := func(after string, from int32) {
 		t.Helper()
-		deadline := time.Now().Add(2 * time.Second)
+		deadline := time.Now().Add(3 * time.Second) // a second change waits out repairInterval
 		for f.kicks.Load() == from {
 			if time.Now().After(deadline) {
-				t.Fatalf("after %s: no sync asked for within 2 s", after)
+				t.Fatalf("after %s: no sync asked for within 3 s", after)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
@@ -91,5 +91,33 @@ func TestForeignChangeRepairedAtOnce(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if f.kicks.Load() != kicks || f.r.repairDue.Load() {
 		t.Errorf("the agent's own repair asked for another")
+	}
+}
+
+// TestForeignChangesRepairedAtMostOnceASecond: a burst of foreign changes (a
+// second agent fighting this one) asks for one repair at once and one more a
+// second later, not one per change.
+func TestForeignChangesRepairedAtMostOnceASecond(t *testing.T) {
+	f := newRebuildFixture(t)
+	f.r.kickNow.Store(&f.r.kick)
+	tw := &tableWatch{r: f.r, log: logr.Discard()}
+	kicks := f.kicks.Load()
+	for range 20 {
+		tw.changed(nft.ForeignChange{Count: 1, Changes: []string{"add element to set ingress-v4"}})
+	}
+	if n := f.kicks.Load() - kicks; n != 1 {
+		t.Fatalf("20 foreign changes at once asked for %d repairs, want 1", n)
+	}
+	time.Sleep(repairInterval + 300*time.Millisecond)
+	if n := f.kicks.Load() - kicks; n != 2 {
+		t.Fatalf("a second later: %d repairs, want 2 (the burst's rest in one)", n)
+	}
+	time.Sleep(repairInterval + 300*time.Millisecond)
+	if n := f.kicks.Load() - kicks; n != 2 {
+		t.Fatalf("with no change since: %d repairs, want still 2", n)
+	}
+	tw.changed(nft.ForeignChange{Count: 1})
+	if n := f.kicks.Load() - kicks; n != 3 {
+		t.Fatalf("a change after a quiet second: %d repairs, want 3 (at once)", n)
 	}
 }
