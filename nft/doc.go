@@ -264,6 +264,22 @@
 // address reused by a new pod is a new map element, hence a new epoch: an old
 // connection to the address is judged as a connection to the new pod.
 //
+// Connections conntrack picks up midstream. Strict mode judges a connection in
+// the direction conntrack recorded it. That direction is right when conntrack saw
+// the connection's first packet. A connection whose entry is lost while it lives
+// is picked up again from whichever packet comes next, in either direction: TCP
+// when nf_conntrack_tcp_loose is 1 (the default), and UDP always. Entries are lost
+// by `conntrack -F`, and by a namespace in which nothing uses conntrack any more
+// (this table deleted, and no other table, such as kube-proxy's, with a ct
+// expression). If the server's packet comes first, the connection is judged as the
+// server's to the client, which policy may allow where the real one is denied.
+// test/e2e keeps a user of conntrack in place when it deletes the table ("cuts,
+// once the table is back, the connections opened while it was gone"). Without one,
+// the denied TCP flow of that spec survived the table's return in this reversed
+// direction. Judging a midstream TCP pickup in both directions would close this
+// for TCP, at the price of cutting allowed connections after a conntrack flush.
+// Not done.
+//
 // Related packets carry their connection's mark (ICMP errors; expected
 // connections inherit their master's mark). Of the current epoch they pass; of an
 // older one they are judged as packets of their own, which passes an ICMP error

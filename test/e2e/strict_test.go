@@ -140,6 +140,61 @@ var _ = Describe("strict mode", func() {
 		}
 	}, SpecTimeout(4*time.Minute))
 
+	It("cuts, once the table is back, the connections opened while it was gone", func(ctx SpecContext) {
+		srv, client := pod("x", "a"), pod("y", "b")
+		create(ctx, "x", policy("x-a-from-x", labels("pod", "a"), ingress(from(podPeer(matching())))))
+		r := reach(true)
+		r.ExpectAllIngress(srv, false)
+		for _, p := range env.Pods("x") {
+			r.Expect(p, srv, true)
+		}
+		validate(ctx, framework.TCP(r, 80))
+		servers := startStrictServers(srv)
+		DeferCleanup(servers.close)
+
+		// The server's node without its table: a flush by a firewall's start.
+		// Its agent is stopped first, or it would put the table back within
+		// milliseconds (the window a connection would have to hit).
+		By("the server's node's agent stopped and its table deleted: a denied client connects")
+		node := env.Cluster.Node(srv.Node)
+		// Connection tracking stays on in the namespace, as kube-proxy's table
+		// keeps it on a real node. Without any user of it, the kernel stops
+		// tracking when the table goes: the connection then has no entry, and
+		// the first of its packets seen after the table is back makes one, in
+		// whichever direction that packet goes (the server's, here: judged as
+		// x/a's egress to y/b, which no policy isolates). nft/doc.go
+		// ("Connections conntrack picks up midstream") has this.
+		_, err := node.NetNS.NFT("table inet ct-user {\n chain c {\n type filter hook prerouting priority raw; policy accept;\n ct state new counter\n }\n}\n", "-f", "-")
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(func() error { _, err := node.NetNS.NFT("", "delete", "table", "inet", "ct-user"); return err })
+		agent := env.Agents[srv.Node]
+		Expect(agent.Stop()).To(Succeed())
+		DeferCleanup(func(ctx SpecContext) error { return env.StartAgents(ctx) })
+		_, err = node.NetNS.NFT("", "delete", "table", "inet", "nftpolicy")
+		Expect(err).NotTo(HaveOccurred())
+		var flows []*flow
+		for _, start := range []func(c, s *cluster.Pod, f cluster.Family) (*flow, error){startTCPFlow, startUDPFlow, startPushFlow} {
+			f, err := start(client, srv, cluster.V4)
+			Expect(err).NotTo(HaveOccurred(), "without a table the connection should open")
+			DeferCleanup(f.stop)
+			flows = append(flows, f)
+		}
+		time.Sleep(300 * time.Millisecond)
+		for _, f := range flows {
+			Expect(f.okSince(time.Time{})).To(BeNumerically(">", 0), "%s never passed without a table", f)
+		}
+
+		By("the agent back: its table cuts them")
+		Expect(env.StartAgents(ctx)).To(Succeed())
+		validate(ctx, framework.TCP(r, 80))
+		enforced := time.Now()
+		time.Sleep(settle)
+		for _, f := range flows {
+			By(fmt.Sprintf("%s: last packet through %v before the table was back in force", f, enforced.Sub(f.lastOK()).Round(time.Millisecond)))
+			Expect(f.okSince(enforced.Add(grace))).To(BeZero(), "%s, opened while the table was gone, still passes", f)
+		}
+	}, specTimeout)
+
 	It("judges an old connection to a reused pod address as a connection to the new pod", func(ctx SpecContext) {
 		before, after := reuseAddress(ctx)
 		By(fmt.Sprintf("the new z/c received %d datagrams of the old flow before its isolation was enforced, %d after", before, after))
