@@ -51,11 +51,6 @@ type touchLog struct {
 	shape bool              // a transaction changed the shape, or replaced or deleted the table
 	parts map[string]uint64 // "chain NAME", "set NAME": the last commit that changed it
 	part  string            // the part being read, "" between reads
-	// stale: why what was read before cannot be used (nil while it can):
-	// another process changed the table (WatchTable). (A FullSync that reads
-	// itself meanwhile is no reason: one that repairs drift changes the
-	// shape, and one that finds none changes nothing.)
-	stale error
 }
 
 // partOf is the part an operation changes the content of ("" for the shape).
@@ -105,6 +100,9 @@ func (a *Applier) ReadAhead(ctx context.Context) error {
 	last, log := a.last, &touchLog{parts: map[string]uint64{}}
 	a.ahead, a.watch = nil, log
 	a.mu.Unlock()
+	// Another process's change to the table (WatchTable) from here on may be
+	// missing from what is read: it makes the read unusable.
+	foreign := a.foreign.Load()
 	defer func() {
 		a.mu.Lock()
 		if a.watch == log {
@@ -167,14 +165,14 @@ func (a *Applier) ReadAhead(ctx context.Context) error {
 	switch {
 	case log.shape:
 		return fmt.Errorf("nft/netlink: reading ahead: %w", errShapeChanged)
-	case log.stale != nil:
-		return fmt.Errorf("nft/netlink: reading ahead: %w", log.stale)
+	case a.foreign.Load() != foreign:
+		return fmt.Errorf("nft/netlink: reading ahead: %w", errForeignChange)
 	case a.watch != log:
 		return errors.New("nft/netlink: reading ahead: another read ahead began meanwhile")
 	case a.last == nil:
 		return fmt.Errorf("nft/netlink: reading ahead: %w", errNothingApplied)
 	}
-	a.ahead = &drift
+	a.ahead, a.aheadForeign = &drift, foreign
 	return nil
 }
 

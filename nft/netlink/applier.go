@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/google/nftables"
@@ -58,6 +59,12 @@ type Applier struct {
 	// which Apply may be waiting for.
 	readDone *sync.Cond
 	ahead    *drift // ReadAhead's result for the next FullSync
+	// aheadForeign is foreign when the read ahead began: another process's
+	// change since makes it unusable.
+	aheadForeign uint64
+	// foreign counts the transactions of other processes on the table that
+	// WatchTable has seen (atomic: the watch never waits for a sync).
+	foreign atomic.Uint64
 	// aheadHook, in tests, runs before ReadAhead reads a chain or set (key
 	// "chain NAME", "set NAME"), without the lock.
 	aheadHook func(key string)
@@ -220,7 +227,7 @@ func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats
 	}
 	ahead := a.ahead
 	a.ahead = nil
-	if ahead != nil && a.last != nil {
+	if ahead != nil && a.last != nil && a.aheadForeign == a.foreign.Load() {
 		// Read ahead (ahead.go), and no transaction failed or replaced the
 		// table since: what it found is what this read would find.
 		st, err := a.repair(ctx, *ahead, desired)

@@ -18,25 +18,36 @@ import (
 
 // Watching the table (nft.WatchesTable). The kernel tells every socket that
 // joins the nftables multicast group about each change committed in the
-// network namespace: one message per table, chain, rule, set, element or
-// object added or deleted, then one NEWGEN message naming the process that
-// committed the transaction. Each message carries the netlink port of the
-// socket that sent the transaction.
+// network namespace: a message per table, chain, rule, set, element or object
+// added or deleted, packed several to a packet (up to a page), then one NEWGEN
+// message, alone in its packet, naming the process that committed the
+// transaction. Every message carries the netlink port of the socket that sent
+// the transaction, so all the messages of one packet carry the same.
 //
-// A socket filter (classic BPF, run by the kernel on each message before it
-// is queued) keeps only:
-//   - messages of inet family on this Applier's table, and
-//   - NEWGEN messages,
+// A socket filter (classic BPF, run by the kernel on each packet before it is
+// queued) drops:
+//   - the packets of this Applier's own writing socket, however large its
+//     transactions;
+//   - a packet of one message, but NEWGEN, that is not about our table (not
+//     inet, or another table's name: the first attribute of every message
+//     type). kube-proxy's small transactions stop there.
 //
-// and of those only the ones whose port is not this Applier's writing socket.
-// The Applier's own transactions, however large, and every other table's (kube-proxy's)
-// never reach the agent. What does reach it is another process's change to
-// our table, which is what a periodic full sync would find as drift minutes
-// later.
+// A packet of several messages passes whole: a filter judges a packet, not its
+// messages, and one of them may be ours behind another table's. So the agent
+// looks at each message again, and keeps those about our table. What is left
+// is another process's change to our table, which a periodic full sync would
+// find as drift minutes later.
 
-// watchReadBuffer is the watching socket's receive buffer. What passes the filter is
-// other processes' changes to our table, few unless someone rewrites it.
-const watchReadBuffer = 1 << 20
+// watchReadBuffer is the watching socket's receive buffer: other processes'
+// transactions of several changes pass the filter (kube-proxy's large ones
+// too). An overflow is reported as lost, and repaired as a change would be.
+// (A variable: tests make it small.)
+var watchReadBuffer = 4 << 20
+
+// watchDrain is how long, after an overflow, the queue must stay empty
+// before the loss is reported: until it is empty the kernel drops what comes
+// without saying so again.
+const watchDrain = 20 * time.Millisecond
 
 // watchGenWait is how long a change waits for its transaction's NEWGEN message
 // (which names the process) before it is reported without it.
@@ -65,34 +76,16 @@ var nameAttr = map[uint16]uint16{
 
 // WatchTable implements nft.WatchesTable (see above).
 func (a *Applier) WatchTable(ctx context.Context, changed func(nft.ForeignChange)) error {
-	a.mu.Lock()
-	tr := a.tr
-	a.mu.Unlock()
-	if tr == nil {
-		return errClosed
-	}
-	own, err := tr.portID()
+	conn, filter, err := a.watchSocket()
 	if err != nil {
 		return fmt.Errorf("nft/netlink: watching the table: %w", err)
-	}
-	filter, err := watchFilter(own, a.opts.Table)
-	if err != nil {
-		return fmt.Errorf("nft/netlink: watching the table: %w", err)
-	}
-	fd := 0
-	if a.netns != nil {
-		fd = int(a.netns.Fd())
-	}
-	conn, err := mnl.Dial(unix.NETLINK_NETFILTER, &mnl.Config{NetNS: fd})
-	if err != nil {
-		return fmt.Errorf("nft/netlink: watching the table: opening a netlink socket: %w", err)
 	}
 	defer conn.Close()
 	// The filter first: nothing unfiltered is queued once the group is joined.
 	if err := conn.SetBPF(filter); err != nil {
 		return fmt.Errorf("nft/netlink: watching the table: attaching the filter: %w", err)
 	}
-	if err := conn.SetReadBuffer(watchReadBuffer); err != nil {
+	if err := setBuffers(conn, watchReadBuffer); err != nil {
 		return fmt.Errorf("nft/netlink: watching the table: %w", err)
 	}
 	if err := conn.JoinGroup(unix.NFNLGRP_NFTABLES); err != nil {
@@ -103,7 +96,7 @@ func (a *Applier) WatchTable(ctx context.Context, changed func(nft.ForeignChange
 
 	var pending tally
 	report := func(fc nft.ForeignChange) {
-		a.foreignChange()
+		a.foreign.Add(1) // a read ahead under way or done is stale
 		changed(fc)
 	}
 	for {
@@ -123,7 +116,12 @@ func (a *Applier) WatchTable(ctx context.Context, changed func(nft.ForeignChange
 			continue
 		case errors.Is(err, unix.ENOBUFS):
 			// More than the buffer holds arrived at once: what was lost may
-			// have been a change to the table.
+			// have been a change to the table. The kernel drops what comes
+			// until the queue is empty, without a second ENOBUFS: drain it,
+			// then report the loss, so that the repair comes after.
+			if err := drain(conn); err != nil && ctx.Err() == nil {
+				return fmt.Errorf("nft/netlink: watching the table: %w", err)
+			}
 			fc := pending.take("")
 			fc.Lost = true
 			report(fc)
@@ -142,9 +140,69 @@ func (a *Applier) WatchTable(ctx context.Context, changed func(nft.ForeignChange
 				}
 				continue
 			}
-			pending.add(describeChange(typ, m.Data[4:], a.opts.Table), typ == unix.NFT_MSG_DELTABLE)
+			if aboutTable(m.Data, a.opts.Table) {
+				pending.add(describeChange(typ, m.Data[4:], a.opts.Table), typ == unix.NFT_MSG_DELTABLE)
+			}
 		}
 	}
+}
+
+// watchSocket opens the watching socket in the Applier's network namespace,
+// and makes the filter for its writing socket's port.
+func (a *Applier) watchSocket() (*mnl.Conn, []bpf.RawInstruction, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock() // Close would take the namespace away meanwhile
+	if a.tr == nil {
+		return nil, nil, errClosed
+	}
+	own, err := a.tr.portID()
+	if err != nil {
+		return nil, nil, err
+	}
+	filter, err := watchFilter(own, a.opts.Table)
+	if err != nil {
+		return nil, nil, err
+	}
+	fd := 0
+	if a.netns != nil {
+		fd = int(a.netns.Fd())
+	}
+	conn, err := mnl.Dial(unix.NETLINK_NETFILTER, &mnl.Config{NetNS: fd})
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening a netlink socket: %w", err)
+	}
+	return conn, filter, nil
+}
+
+// drain reads and drops what conn holds until it has been empty for
+// watchDrain.
+func drain(conn *mnl.Conn) error {
+	for {
+		if err := conn.SetReadDeadline(time.Now().Add(watchDrain)); err != nil {
+			return err
+		}
+		_, err := conn.Receive()
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return nil
+		case err != nil && !errors.Is(err, unix.ENOBUFS):
+			return err
+		}
+	}
+}
+
+// aboutTable reports whether a change message (its nfgenmsg and attributes) is
+// about the inet table named table: the first attribute of every change
+// message names the table.
+func aboutTable(data []byte, table string) bool {
+	if len(data) < 4 || data[0] != unix.NFPROTO_INET {
+		return false
+	}
+	ad, err := mnl.NewAttributeDecoder(data[4:])
+	if err != nil || !ad.Next() {
+		return false
+	}
+	return ad.Type() == 1 && ad.String() == table
 }
 
 // tally gathers one transaction's changes: each distinct description with
@@ -187,18 +245,6 @@ func (t *tally) take(process string) nft.ForeignChange {
 	}
 	*t = tally{}
 	return fc
-}
-
-// foreignChange notes that another process changed the table: a read ahead
-// under way or done before it may not have seen it, so the next FullSync
-// reads itself.
-func (a *Applier) foreignChange() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.ahead = nil
-	if a.watch != nil {
-		a.watch.stale = errForeignChange
-	}
 }
 
 // describeChange words one change message, in nft's terms.
@@ -245,15 +291,20 @@ func genProcess(attrs []byte) string {
 	return fmt.Sprintf("%s (pid %d)", name, pid)
 }
 
-// watchFilter is the socket filter that passes, of the nftables group's
-// messages, those of inet family on table and NEWGEN messages, except the
-// ones sent on netlink port own. The kernel lays a message out in host
+// watchFilter is the socket filter (see above): it drops the packets sent on
+// netlink port own, and the packets of one message, but NEWGEN, that are not
+// about the inet table named table. The kernel lays a message out in host
 // order; the filter loads words big-endian, so each constant is the host
-// layout's bytes read big-endian.
+// layout's bytes read big-endian, and the first message's length is put
+// together from its bytes.
 func watchFilter(own uint32, table string) ([]bpf.RawInstruction, error) {
 	he := binary.NativeEndian
 	word := func(b []byte) uint32 { return binary.BigEndian.Uint32(b) }
-	u32 := func(v uint32) uint32 { b := make([]byte, 4); he.PutUint32(b, v); return word(b) }
+	u32 := func(v uint32) uint32 {
+		b := make([]byte, 4)
+		he.PutUint32(b, v)
+		return word(b)
+	}
 	u16 := func(v uint16) uint32 {
 		b := make([]byte, 2)
 		he.PutUint16(b, v)
@@ -272,8 +323,9 @@ func watchFilter(own uint32, table string) ([]bpf.RawInstruction, error) {
 	he.PutUint16(hdr[2:], 1)
 
 	const (
-		offPID    = 12 // nlmsghdr.nlmsg_pid
+		offLen    = 0  // nlmsghdr.nlmsg_len
 		offType   = 4  // nlmsghdr.nlmsg_type
+		offPID    = 12 // nlmsghdr.nlmsg_pid
 		offFamily = 16 // nfgenmsg.nfgen_family
 		offAttr   = 20 // the first attribute's header
 	)
@@ -286,14 +338,38 @@ func watchFilter(own uint32, table string) ([]bpf.RawInstruction, error) {
 		onTrue bool // the jump taken when the comparison is true
 	}
 	var fixes []fix
+	jump := func(j bpf.Instruction, onTrue, accept bool) {
+		fixes = append(fixes, fix{at: len(prog), accept: accept, onTrue: onTrue})
+		prog = append(prog, j)
+	}
 	cmp := func(val uint32, onEqual bool, accept bool) {
-		fixes = append(fixes, fix{at: len(prog), accept: accept, onTrue: onEqual})
-		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: val})
+		jump(bpf.JumpIf{Cond: bpf.JumpEqual, Val: val}, onEqual, accept)
 	}
 	prog = append(prog, bpf.LoadAbsolute{Off: offPID, Size: 4})
 	cmp(u32(own), true, false) // ours: drop
 	prog = append(prog, bpf.LoadAbsolute{Off: offType, Size: 2})
 	cmp(u16(newGen), true, true) // a transaction's end: accept
+	// The first message's length, in host order, from its four bytes.
+	order := []uint32{3, 2, 1, 0} // little-endian: the last byte is the most significant
+	if he.Uint16([]byte{0, 1}) == 1 {
+		order = []uint32{0, 1, 2, 3}
+	}
+	prog = append(prog, bpf.LoadAbsolute{Off: offLen + order[0], Size: 1}, bpf.StoreScratch{Src: bpf.RegA, N: 0})
+	for _, b := range order[1:] { // M[0] = M[0]<<8 | the next byte
+		prog = append(prog,
+			bpf.LoadScratch{Dst: bpf.RegA, N: 0},
+			bpf.ALUOpConstant{Op: bpf.ALUOpShiftLeft, Val: 8},
+			bpf.StoreScratch{Src: bpf.RegA, N: 0},
+			bpf.LoadAbsolute{Off: offLen + b, Size: 1},
+			bpf.LoadScratch{Dst: bpf.RegX, N: 0},
+			bpf.ALUOpX{Op: bpf.ALUOpOr},
+			bpf.StoreScratch{Src: bpf.RegA, N: 0})
+	}
+	// X = the first message's length and its padding to 4 bytes: a second
+	// message is longer than that.
+	prog = append(prog, bpf.ALUOpConstant{Op: bpf.ALUOpAdd, Val: 3}, bpf.TAX{})
+	prog = append(prog, bpf.LoadExtension{Num: bpf.ExtLen})
+	jump(bpf.JumpIfX{Cond: bpf.JumpGreaterThan}, true, true) // several messages: accept
 	prog = append(prog, bpf.LoadAbsolute{Off: offFamily, Size: 1})
 	cmp(unix.NFPROTO_INET, false, false) // another family: drop
 	prog = append(prog, bpf.LoadAbsolute{Off: offAttr, Size: 4})
@@ -303,7 +379,7 @@ func watchFilter(own uint32, table string) ([]bpf.RawInstruction, error) {
 		cmp(word(name[i:i+4]), false, false) // another table: drop
 	}
 	accept := len(prog)
-	prog = append(prog, bpf.RetConstant{Val: math.MaxUint32}) // the whole message
+	prog = append(prog, bpf.RetConstant{Val: math.MaxUint32}) // the whole packet
 	drop := len(prog)
 	prog = append(prog, bpf.RetConstant{Val: 0})
 	for _, f := range fixes {
@@ -312,13 +388,22 @@ func watchFilter(own uint32, table string) ([]bpf.RawInstruction, error) {
 			to = accept
 		}
 		skip := uint8(to - f.at - 1)
-		j := prog[f.at].(bpf.JumpIf)
-		if f.onTrue {
-			j.SkipTrue = skip
-		} else {
-			j.SkipFalse = skip
+		switch j := prog[f.at].(type) {
+		case bpf.JumpIf:
+			if f.onTrue {
+				j.SkipTrue = skip
+			} else {
+				j.SkipFalse = skip
+			}
+			prog[f.at] = j
+		case bpf.JumpIfX:
+			if f.onTrue {
+				j.SkipTrue = skip
+			} else {
+				j.SkipFalse = skip
+			}
+			prog[f.at] = j
 		}
-		prog[f.at] = j
 	}
 	return bpf.Assemble(prog)
 }

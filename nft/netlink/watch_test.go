@@ -174,3 +174,119 @@ func TestWatchTable(t *testing.T) {
 	}
 	quiet(t, got, 300*time.Millisecond, "the repair (ours)")
 }
+
+// TestWatchTableBehindOtherTables: the kernel packs a transaction's changes
+// several to a packet, and a filter judges a packet by what it can see. A
+// change to our table behind another table's in one transaction, and a flush
+// of a ruleset in which other tables came first, are reported all the same,
+// counting ours only. (The filter judged a packet by its first message: both
+// went unnoticed, the review found.)
+func TestWatchTableBehindOtherTables(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	for _, rules := range []int{0, 1, 5, 20} {
+		ns := nfttest.NewNetNS(t, fmt.Sprintf("np3-watch-b%d", rules))
+		var b strings.Builder
+		b.WriteString("table ip kube-proxy {\n set s { type ipv4_addr; }\n chain c {\n")
+		for i := range rules {
+			fmt.Fprintf(&b, "  ip daddr 10.96.0.%d counter\n", i+1)
+		}
+		b.WriteString(" }\n}\n")
+		nftRun(t, ns, b.String(), "-f", "-")
+		a := newApplier(t, ns, "np")
+		if _, err := a.FullSync(ctx, richModel("np")); err != nil {
+			t.Fatal(err)
+		}
+		got := watchTable(t, a)
+		nftRun(t, ns, "add element ip kube-proxy s { 1.2.3.4 }\nadd element inet np s4 { 10.9.9.9 }\n", "-f", "-")
+		if fc := reported(t, got, "kube-proxy's element, then ours, in one file"); fc.Count != 1 || !slices.Equal(fc.Changes, []string{"add element to set s4"}) {
+			t.Errorf("%d rules ahead: theirs then ours: reported %+v, want our one change", rules, fc)
+		}
+		nftRun(t, ns, "", "add", "element", "ip", "kube-proxy", "s", "{ 1.2.3.5 }")
+		quiet(t, got, 200*time.Millisecond, "kube-proxy's element alone")
+		nftRun(t, ns, "", "flush", "ruleset")
+		fc := reported(t, got, fmt.Sprintf("flush ruleset with %d rules of kube-proxy's ahead", rules))
+		if len(fc.Changes) == 0 || fc.Changes[0] != "delete table inet np" {
+			t.Errorf("%d rules ahead: flush ruleset: reported %+v, want the deletion of our table first", rules, fc)
+		}
+		t.Logf("%d rules ahead: flush ruleset: %d changes of ours", rules, fc.Count)
+	}
+}
+
+// TestWatchTableDebianFirewallRestart: Debian's nftables.service starts (and
+// restarts) by loading /etc/nftables.conf, which begins with flush ruleset.
+// Its restart deletes our table; the watch says so.
+func TestWatchTableDebianFirewallRestart(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	const conf = `flush ruleset
+
+table inet filter {
+	chain input { type filter hook input priority filter; }
+	chain forward { type filter hook forward priority filter; }
+	chain output { type filter hook output priority filter; }
+}
+`
+	ns := nfttest.NewNetNS(t, "np3-watch-deb")
+	nftRun(t, ns, conf, "-f", "-") // boot
+	a := newApplier(t, ns, "np")
+	if _, err := a.FullSync(ctx, richModel("np")); err != nil {
+		t.Fatal(err)
+	}
+	got := watchTable(t, a)
+	nftRun(t, ns, conf, "-f", "-") // systemctl restart nftables
+	if fc := reported(t, got, "the firewall's restart"); len(fc.Changes) == 0 || fc.Changes[0] != "delete table inet np" || !strings.HasPrefix(fc.Process, "nft (pid ") {
+		t.Errorf("the firewall's restart: reported %+v, want our table's deletion, by nft", fc)
+	}
+}
+
+// TestWatchTableAfterOverflow (a 32 KiB buffer, for the overflow's sake):
+// after an overflow the kernel drops what comes,
+// without a second ENOBUFS, until the queue is empty. The loss is reported once
+// the queue is drained, so a change made after that report is reported too,
+// even while the reports' reader is slow. (Reported at once, the loss came
+// while the queue was still full: a change made then was dropped unreported,
+// the review found.)
+func TestWatchTableAfterOverflow(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	ns := nfttest.NewNetNS(t, "np3-watch-ovf")
+	a := newApplier(t, ns, "np")
+	if _, err := a.FullSync(ctx, richModel("np")); err != nil {
+		t.Fatal(err)
+	}
+	nftRun(t, ns, "", "add", "chain", "inet", "np", "extra")
+	defer func(n int) { watchReadBuffer = n }(watchReadBuffer)
+	watchReadBuffer = 32 << 10 // 20,000 elements overflow it
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	got, hold := make(chan nft.ForeignChange, 100), make(chan struct{})
+	go func() { _ = a.WatchTable(wctx, func(fc nft.ForeignChange) { got <- fc; <-hold }) }() // a slow reader
+	time.Sleep(100 * time.Millisecond)
+	nftRun(t, ns, "", "add", "element", "inet", "np", "s4", "{ 10.9.9.9 }")
+	reported(t, got, "an element")
+	var b strings.Builder
+	b.WriteString("add element inet np s4 { ")
+	for i := range 20000 {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "10.20.%d.%d", i/250, i%250+1)
+	}
+	b.WriteString(" }\n")
+	nftRun(t, ns, b.String(), "-f", "-") // overflows the buffer while the reader is held
+	hold <- struct{}{}
+	if fc := reported(t, got, "20,000 elements added"); !fc.Lost {
+		close(hold)
+		t.Fatalf("20,000 elements added: counted %d, no overflow of a 32 KiB buffer", fc.Count)
+	}
+	nftRun(t, ns, "", "delete", "chain", "inet", "np", "extra")
+	close(hold)
+	for {
+		fc := reported(t, got, "a chain deleted after the loss was reported")
+		if slices.Contains(fc.Changes, "delete chain extra") {
+			return
+		}
+		t.Logf("reported first: %+v", fc)
+	}
+}
