@@ -172,6 +172,22 @@ func (l *apiLink) answered(kind string) {
 func (l *apiLink) unanswered(kind string, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.markLost(kind, err)
+}
+
+// unansweredBy is unanswered for w's request, unless w's informer was
+// forgotten meanwhile (checked under the lock, against forget).
+func (l *apiLink) unansweredBy(w *linkedLW, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if w.gone.Load() {
+		return
+	}
+	l.markLost(w.kind, err)
+}
+
+// markLost records that kind's requests are not answered; l.mu is held.
+func (l *apiLink) markLost(kind string, err error) {
 	if _, ok := l.lost[kind]; !ok {
 		l.log.Info("apiserver does not answer; the table in force stays, retrying", "kind", kind, "error", err.Error())
 		l.lost[kind] = time.Now()
@@ -246,7 +262,7 @@ func retry[T any](ctx context.Context, w *linkedLW, do func() (T, error)) (T, er
 			}
 			return v, err
 		}
-		w.l.unanswered(w.kind, err)
+		w.l.unansweredBy(w, err)
 		select {
 		case <-ctx.Done():
 			return v, err

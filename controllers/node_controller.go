@@ -351,7 +351,15 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	rebuilt := due && r.rebuild.ready()
 	full = full || rebuilt
 	// A repair: another process changed the table. A full sync repairs it too.
+	// A sync that returns before its FullSync (a failed read of the cache,
+	// the wait for every Node) leaves the repair due for the next.
 	repair := r.repairDue.Swap(false) && !full
+	repairing := false
+	defer func() {
+		if repair && !repairing {
+			r.repairDue.Store(true)
+		}
+	}()
 	kind := "incremental"
 	switch {
 	case full:
@@ -429,6 +437,7 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	var stats nft.Stats
 	switch {
 	case full || repair:
+		repairing = true // a failure makes the next sync a full one
 		stats, err = r.Applier.FullSync(ctx, desired)
 	case planned != nil:
 		stats, err = r.Applier.(nft.PlansAhead).ApplyPlanned(ctx, *planned)

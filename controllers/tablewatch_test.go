@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	networkingv1 "k8s.io/api/networking/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftpolicy/nftpolicy/nft"
 )
@@ -119,5 +122,45 @@ func TestForeignChangesRepairedAtMostOnceASecond(t *testing.T) {
 	tw.changed(nft.ForeignChange{Count: 1})
 	if n := f.kicks.Load() - kicks; n != 3 {
 		t.Fatalf("a change after a quiet second: %d repairs, want 3 (at once)", n)
+	}
+}
+
+// failingPolicyRead fails the next read of a NetworkPolicy once.
+type failingPolicyRead struct {
+	client.Reader
+	fail bool
+}
+
+func (f *failingPolicyRead) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if _, ok := obj.(*networkingv1.NetworkPolicy); ok && f.fail {
+		f.fail = false
+		return errors.New("injected cache read failure")
+	}
+	return f.Reader.Get(ctx, key, obj, opts...)
+}
+
+// TestRepairOutlivesAFailedSync: a sync that had a repair to do but failed
+// before its FullSync (here, reading the cache) leaves the repair to the
+// retry; the retry was an incremental Apply, and the foreign change stood
+// until the periodic full sync (found by the review).
+func TestRepairOutlivesAFailedSync(t *testing.T) {
+	f := newRebuildFixture(t)
+	f.r.kickNow.Store(&f.r.kick)
+	f.r.Reader = &failingPolicyRead{Reader: f.reader, fail: true}
+	before := f.applier.Calls()
+	f.r.noteDirty(f.policy("from-peers", "peer")) // an event, then another process's change
+	f.r.repairSoon()
+	if _, err := f.r.Reconcile(f.ctx, f.r.request()); err == nil {
+		t.Fatal("the sync did not fail")
+	}
+	if !f.r.repairDue.Load() {
+		t.Error("the failed sync dropped the repair")
+	}
+	f.sync() // controller-runtime's retry
+	if c := f.applier.Calls(); c.FullSync == before.FullSync {
+		t.Errorf("the retry did no FullSync (Apply +%d): the repair was dropped", c.Apply-before.Apply)
+	}
+	if f.r.repairDue.Load() {
+		t.Error("a repair is still due after the retry repaired")
 	}
 }
