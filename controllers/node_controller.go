@@ -408,7 +408,7 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 		return reconcile.Result{RequeueAfter: nodeWaitRetry}, nil
 	}
 	r.unapplied = false
-	if !full && !repair && r.compiler.Unchanged() {
+	if !full && !repair && !r.strict.drifted && r.compiler.Unchanged() {
 		// The events read could not change the table (another node's pod that
 		// no set holds and no peer selects, before or after): the table in
 		// force is the one Compile would return. Nothing to compile, plan or
@@ -435,9 +435,11 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 		r.OnApplying(r.compiler.Attribution())
 	}
 	var stats nft.Stats
+	hadInForce := false // a table of this agent's was in force (strict mode)
 	switch {
 	case full || repair:
 		repairing = true // a failure makes the next sync a full one
+		hadInForce = r.strict.inForce != nil
 		stats, err = r.Applier.FullSync(ctx, desired)
 	case planned != nil:
 		stats, err = r.Applier.(nft.PlansAhead).ApplyPlanned(ctx, *planned)
@@ -470,6 +472,15 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 		if len(stats.Drift) > 0 {
 			driftTotal.Add(float64(len(stats.Drift)))
 			log.Info("repaired drift in the kernel's table", "differences", len(stats.Drift), "first", stats.Drift[0], "readAhead", stats.ReadAhead)
+			if r.Established == compile.EstablishedRecheck && hadInForce {
+				// What the drifted table let through carries the epoch in
+				// force: the sync asked for here moves to the next epoch.
+				// (Without a table in force, this sync's epoch moved already.)
+				r.strict.drifted = true
+				if k := r.kickNow.Load(); k != nil {
+					(*k)()
+				}
+			}
 		}
 	}
 	if full {

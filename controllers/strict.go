@@ -34,6 +34,11 @@ func init() { metrics.Registry.MustRegister(epochChanges, epochCleared) }
 type epochState struct {
 	epoch   uint32       // of the table in force; 0 before the first sync
 	inForce *nft.Ruleset // the last table applied, stamped with epoch; nil when unknown
+	// drifted: a full sync or a repair found the kernel's table other than
+	// inForce. Connections it let through carry the epoch in force, as if
+	// inForce had allowed them: the next sync moves to a new epoch, so that
+	// each is judged again.
+	drifted bool
 	// guard is the first epoch that connections may still carry from before the
 	// last sweep (ConnMarks.ClearCtMark, which leaves only the epoch then current):
 	// moving to it again needs a sweep first. 0 before the first sweep.
@@ -100,7 +105,7 @@ func (r *NodeReconciler) stampEpoch(desired *nft.Ruleset, full bool, log logr.Lo
 			log.V(1).Info("epoch in force", "epoch", r.strict.epoch)
 		}
 	}
-	if r.strict.epoch != 0 {
+	if r.strict.epoch != 0 && !r.strict.drifted {
 		narrows, planned := r.narrows(desired, full)
 		if !narrows {
 			compile.StampEpoch(desired, mask, r.strict.epoch)
@@ -144,6 +149,7 @@ func (r *NodeReconciler) narrows(desired *nft.Ruleset, full bool) (bool, *nft.Pl
 func (r *NodeReconciler) epochApplied(desired *nft.Ruleset) {
 	if r.Established == compile.EstablishedRecheck {
 		r.strict.inForce = desired
+		r.strict.drifted = false
 	}
 }
 

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"errors"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -14,6 +15,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftpolicy/nftpolicy/nft"
+	"github.com/nftpolicy/nftpolicy/nft/compile"
+	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 )
 
 // TestForeignChangeRepairedAtOnce: with the netlink Applier, another process's
@@ -162,5 +165,55 @@ func TestRepairOutlivesAFailedSync(t *testing.T) {
 	}
 	if f.r.repairDue.Load() {
 		t.Error("a repair is still due after the retry repaired")
+	}
+}
+
+// TestDriftMovesTheEpoch: in strict mode, connections that a drifted table let
+// through carry the epoch in force, as if the agent's table had allowed them.
+// A repair that finds drift is followed at once by a sync that moves to the
+// next epoch, so each is judged again by the repaired table; a repair that
+// finds none moves nothing (found by the review).
+func TestDriftMovesTheEpoch(t *testing.T) {
+	nfttest.RequireRoot(t)
+	applier := newKernelApplier(t, "np-drift-epoch")
+	f := newRebuildFixture(t)
+	f.r.Applier, f.r.Established, f.r.needFull = applier, compile.EstablishedRecheck, true
+	f.sync()
+	f.r.kickNow.Store(&f.r.kick)
+	f.sync()
+	e0 := f.r.strict.epoch
+	listing, err := applier.ns.NFT("", "list", "table", "inet", nft.DefaultTable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := regexp.MustCompile(`set (ing-\S+-any-v4) `).FindStringSubmatch(listing)
+	if set == nil {
+		t.Fatalf("no ingress any-v4 set in:\n%s", listing)
+	}
+
+	// A repair that finds nothing: the epoch stays.
+	f.r.repairSoon()
+	f.sync()
+	if len(applier.full.Drift) != 0 || f.r.strict.drifted || f.r.strict.epoch != e0 {
+		t.Fatalf("a repair without drift: %+v, drifted %v, epoch %d (was %d)", applier.full, f.r.strict.drifted, f.r.strict.epoch, e0)
+	}
+
+	// Someone opens the target to 10.60.9.9: the repair closes it, and asks
+	// for the sync that moves the epoch.
+	if _, err := applier.ns.NFT("", "add", "element", "inet", nft.DefaultTable, set[1], "{ 10.60.9.9 }"); err != nil {
+		t.Fatal(err)
+	}
+	kicks := f.kicks.Load()
+	f.r.repairSoon()
+	f.sync()
+	if len(applier.full.Drift) == 0 || !f.r.strict.drifted || f.kicks.Load() == kicks {
+		t.Fatalf("the repair of an added element: %+v, drifted %v, sync asked for %v", applier.full, f.r.strict.drifted, f.kicks.Load() != kicks)
+	}
+	f.sync()
+	if f.r.strict.epoch == e0 || f.r.strict.drifted {
+		t.Fatalf("the sync after the repair: epoch %d (was %d), drifted %v; want the next epoch", f.r.strict.epoch, e0, f.r.strict.drifted)
+	}
+	if v, found, err := applier.TableCtMark(nft.ChainForward, f.r.ctMarkMask()); err != nil || !found || v>>trailingZeros(f.r.ctMarkMask()) != f.r.strict.epoch {
+		t.Fatalf("the kernel's epoch: %#x %v %v, want %d", v, found, err, f.r.strict.epoch)
 	}
 }

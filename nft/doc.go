@@ -264,6 +264,11 @@
 // address reused by a new pod is a new map element, hence a new epoch: an old
 // connection to the address is judged as a connection to the new pod.
 //
+// A table found drifted (a full sync's or a repair's read: someone else's change)
+// may have let connections through that the agent's table denies, stamped with the
+// epoch in force. The sync after such a repair moves to the next epoch, so each is
+// judged again.
+//
 // Connections conntrack picks up midstream. Strict mode judges a connection in
 // the direction conntrack recorded it. That direction is right when conntrack saw
 // the connection's first packet. A connection whose entry is lost while it lives
