@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"regexp"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -193,6 +195,88 @@ var _ = Describe("strict mode", func() {
 			By(fmt.Sprintf("%s: last packet through %v before the table was back in force", f, enforced.Sub(f.lastOK()).Round(time.Millisecond)))
 			Expect(f.okSince(enforced.Add(grace))).To(BeZero(), "%s, opened while the table was gone, still passes", f)
 		}
+	}, specTimeout)
+
+	It("closes a backdoor someone adds to the table, and the connections it let in", func(ctx SpecContext) {
+		srv, client := pod("x", "a"), pod("y", "b")
+		create(ctx, "x", policy("x-a-from-x", labels("pod", "a"), ingress(from(podPeer(matching())))))
+		r := reach(true)
+		r.ExpectAllIngress(srv, false)
+		for _, p := range env.Pods("x") {
+			r.Expect(p, srv, true)
+		}
+		validate(ctx, framework.TCP(r, 80))
+		servers := startStrictServers(srv)
+		DeferCleanup(servers.close)
+		node := env.Cluster.Node(srv.Node)
+		epochs := func() int {
+			m, err := env.Agents[srv.Node].Metrics(ctx)
+			Expect(err).NotTo(HaveOccurred())
+			n := 0
+			if sub := regexp.MustCompile(`(?m)^nftpolicy_epoch_changes_total (\d+)`).FindStringSubmatch(m); sub != nil {
+				n, _ = strconv.Atoi(sub[1])
+			}
+			return n
+		}
+		before := epochs()
+
+		// y/b sends a datagram every millisecond and counts the echoes.
+		conn, err := dialIn(client, "udp", netip.AddrPortFrom(srv.IPv4, strictUDPPort))
+		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(conn.Close)
+		var mu sync.Mutex
+		var echoes []time.Time
+		go func() {
+			buf := make([]byte, 64)
+			for {
+				if _, err := conn.Read(buf); err != nil {
+					return
+				}
+				mu.Lock()
+				echoes = append(echoes, time.Now())
+				mu.Unlock()
+			}
+		}()
+		stop := make(chan struct{})
+		DeferCleanup(func() { close(stop) })
+		go func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Millisecond):
+					_, _ = conn.Write([]byte("ping"))
+				}
+			}
+		}()
+		time.Sleep(200 * time.Millisecond)
+
+		By("someone adds y/b to x/a's allow set; the agent repairs it at once, and moves the epoch")
+		listing, err := node.NetNS.NFT("", "list", "table", "inet", "nftpolicy")
+		Expect(err).NotTo(HaveOccurred())
+		set := regexp.MustCompile(`set (ing-\S+-any-v4) `).FindStringSubmatch(listing)
+		Expect(set).NotTo(BeNil())
+		tampered := time.Now()
+		_, err = node.NetNS.NFT("", "add", "element", "inet", "nftpolicy", set[1], "{ "+client.IPv4.String()+" }")
+		Expect(err).NotTo(HaveOccurred())
+		Eventually(epochs).WithTimeout(3*time.Second).WithPolling(10*time.Millisecond).Should(BeNumerically(">", before),
+			"no epoch change after the repair of an added element")
+		moved := time.Now()
+		time.Sleep(settle)
+		mu.Lock()
+		defer mu.Unlock()
+		var during, after int
+		for _, at := range echoes {
+			switch {
+			case at.After(moved.Add(grace)):
+				after++
+			case at.After(tampered):
+				during++
+			}
+		}
+		By(fmt.Sprintf("%d echoes before the epoch moved (%v after the tampering), %d after", during, moved.Sub(tampered).Round(time.Millisecond), after))
+		Expect(during).To(BeNumerically(">", 0), "the backdoor let nothing in before the repair: nothing was tested")
+		Expect(after).To(BeZero(), "the flow the backdoor let in outlived the repair")
 	}, specTimeout)
 
 	It("judges an old connection to a reused pod address as a connection to the new pod", func(ctx SpecContext) {
