@@ -12,6 +12,20 @@ import (
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 )
 
+// addManyToS4 is an nft file adding 20,000 elements to set s4 of table np.
+var addManyToS4 = func() string {
+	var b strings.Builder
+	b.WriteString("add element inet np s4 { ")
+	for i := range 20000 {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "10.20.%d.%d", i/250, i%250+1)
+	}
+	b.WriteString(" }\n")
+	return b.String()
+}()
+
 // watchTable runs a.WatchTable until the test ends and returns what it reports.
 func watchTable(t *testing.T, a *Applier) <-chan nft.ForeignChange {
 	t.Helper()
@@ -123,16 +137,7 @@ func TestWatchTable(t *testing.T) {
 
 	// A transaction of 20,000 changes overflows the watch's buffer: reported
 	// as lost (or counted whole), and the watch goes on.
-	var b strings.Builder
-	b.WriteString("add element inet np s4 { ")
-	for i := range 20000 {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		fmt.Fprintf(&b, "10.20.%d.%d", i/250, i%250+1)
-	}
-	b.WriteString(" }\n")
-	nftRun(t, ns, b.String(), "-f", "-")
+	nftRun(t, ns, addManyToS4, "-f", "-")
 	fc = reported(t, got, "20,000 elements added")
 	t.Logf("20,000 elements added: lost %v, %d changes counted", fc.Lost, fc.Count)
 	if !fc.Lost && fc.Count != 20000 {
@@ -192,7 +197,7 @@ func TestWatchTableBehindOtherTables(t *testing.T) {
 			fmt.Fprintf(&b, "  ip daddr 10.96.0.%d counter\n", i+1)
 		}
 		b.WriteString(" }\n}\n")
-		nftRun(t, ns, b.String(), "-f", "-")
+		nftRun(t, ns, addManyToS4, "-f", "-")
 		a := newApplier(t, ns, "np")
 		if _, err := a.FullSync(ctx, richModel("np")); err != nil {
 			t.Fatal(err)
@@ -265,16 +270,7 @@ func TestWatchTableAfterOverflow(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	nftRun(t, ns, "", "add", "element", "inet", "np", "s4", "{ 10.9.9.9 }")
 	reported(t, got, "an element")
-	var b strings.Builder
-	b.WriteString("add element inet np s4 { ")
-	for i := range 20000 {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		fmt.Fprintf(&b, "10.20.%d.%d", i/250, i%250+1)
-	}
-	b.WriteString(" }\n")
-	nftRun(t, ns, b.String(), "-f", "-") // overflows the buffer while the reader is held
+	nftRun(t, ns, addManyToS4, "-f", "-") // overflows the buffer while the reader is held
 	hold <- struct{}{}
 	if fc := reported(t, got, "20,000 elements added"); !fc.Lost {
 		close(hold)

@@ -144,15 +144,7 @@ var _ = Describe("strict mode", func() {
 
 	It("cuts, once the table is back, the connections opened while it was gone", func(ctx SpecContext) {
 		srv, client := pod("x", "a"), pod("y", "b")
-		create(ctx, "x", policy("x-a-from-x", labels("pod", "a"), ingress(from(podPeer(matching())))))
-		r := reach(true)
-		r.ExpectAllIngress(srv, false)
-		for _, p := range env.Pods("x") {
-			r.Expect(p, srv, true)
-		}
-		validate(ctx, framework.TCP(r, 80))
-		servers := startStrictServers(srv)
-		DeferCleanup(servers.close)
+		r := onlyFromX(ctx, srv)
 
 		// The server's node without its table: a flush by a firewall's start.
 		// Its agent is stopped first, or it would put the table back within
@@ -199,15 +191,7 @@ var _ = Describe("strict mode", func() {
 
 	It("closes a backdoor someone adds to the table, and the connections it let in", func(ctx SpecContext) {
 		srv, client := pod("x", "a"), pod("y", "b")
-		create(ctx, "x", policy("x-a-from-x", labels("pod", "a"), ingress(from(podPeer(matching())))))
-		r := reach(true)
-		r.ExpectAllIngress(srv, false)
-		for _, p := range env.Pods("x") {
-			r.Expect(p, srv, true)
-		}
-		validate(ctx, framework.TCP(r, 80))
-		servers := startStrictServers(srv)
-		DeferCleanup(servers.close)
+		onlyFromX(ctx, srv)
 		node := env.Cluster.Node(srv.Node)
 		epochs := func() int {
 			m, err := env.Agents[srv.Node].Metrics(ctx)
@@ -317,6 +301,22 @@ var _ = Describe("strict mode", func() {
 		Expect(after).To(BeNumerically(">", 0))
 	}, SpecTimeout(4*time.Minute))
 })
+
+// onlyFromX makes srv (of x) admit the pods of x alone, validates it, starts
+// srv's servers, and returns the reachability it validated.
+func onlyFromX(ctx context.Context, srv *cluster.Pod) *framework.Expectation {
+	GinkgoHelper()
+	create(ctx, "x", policy("x-a-from-x", labels("pod", "a"), ingress(from(podPeer(matching())))))
+	r := reach(true)
+	r.ExpectAllIngress(srv, false)
+	for _, p := range env.Pods("x") {
+		r.Expect(p, srv, true)
+	}
+	validate(ctx, framework.TCP(r, 80))
+	servers := startStrictServers(srv)
+	DeferCleanup(servers.close)
+	return r
+}
 
 // reuseAddress keeps a UDP flow from y/a to z/c going while z/c is removed, a
 // policy isolating it appears, and z/c comes back on the same address; it returns
