@@ -197,7 +197,7 @@ func TestWatchTableBehindOtherTables(t *testing.T) {
 			fmt.Fprintf(&b, "  ip daddr 10.96.0.%d counter\n", i+1)
 		}
 		b.WriteString(" }\n}\n")
-		nftRun(t, ns, addManyToS4, "-f", "-")
+		nftRun(t, ns, b.String(), "-f", "-")
 		a := newApplier(t, ns, "np")
 		if _, err := a.FullSync(ctx, richModel("np")); err != nil {
 			t.Fatal(err)
