@@ -256,8 +256,11 @@ func (w *linkedLW) WatchWithContext(ctx context.Context, opts metav1.ListOptions
 func retry[T any](ctx context.Context, w *linkedLW, do func() (T, error)) (T, error) {
 	for attempt := 0; ; attempt++ {
 		v, err := do()
-		if !noAnswer(err) || ctx.Err() != nil || w.gone.Load() {
-			if (err == nil || !noAnswer(err)) && !w.gone.Load() {
+		if w.gone.Load() {
+			return v, err // its informer is being stopped: nothing to report
+		}
+		if !noAnswer(err) || ctx.Err() != nil {
+			if !noAnswer(err) {
 				w.l.answered(w.kind)
 			}
 			return v, err

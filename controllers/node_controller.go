@@ -107,11 +107,12 @@ type NodeReconciler struct {
 	needFull  bool
 	compiler  *compile.Compiler // what the cache held at the last sync; nil before the first
 	rebuild   *rebuild          // the periodic full sync's read of the cache, while under way (rebuild.go)
-	kick      func()            // asks for a sync (nil without a controller)
+	// kick asks for a sync (nil without a controller); read it with askSync,
+	// which any goroutine may call.
+	kick atomic.Pointer[func()]
 	// repairDue: another process changed the table (tablewatch.go); the next
 	// sync reads the kernel's table and repairs it, with the compiler as it is.
 	repairDue atomic.Bool
-	kickNow   atomic.Pointer[func()]          // kick, for callers that do not hold mu
 	problems  map[types.NamespacedName]string // last reported problems, per policy (a ClusterNetworkPolicy: no namespace)
 	strict    epochState
 	unknown   unknownState
@@ -178,8 +179,7 @@ func (r *NodeReconciler) SetupWithManager(mgr manager.Manager) error {
 	b = b.WatchesRawSource(source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
 		r.mu.Lock()
 		defer r.mu.Unlock()
-		r.kick = func() { q.Add(r.request()) }
-		r.kickNow.Store(&r.kick)
+		r.setKick(func() { q.Add(r.request()) })
 		return nil
 	}))
 	if r.PodEvents != nil {
@@ -477,9 +477,7 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 				// force: the sync asked for here moves to the next epoch.
 				// (Without a table in force, this sync's epoch moved already.)
 				r.strict.drifted = true
-				if k := r.kickNow.Load(); k != nil {
-					(*k)()
-				}
+				r.askSync()
 			}
 		}
 	}
@@ -517,7 +515,7 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 func (r *NodeReconciler) requeue() reconcile.Result {
 	var res reconcile.Result
 	switch {
-	case r.rebuild != nil && r.kick == nil:
+	case r.rebuild != nil && r.kick.Load() == nil:
 		res.RequeueAfter = rebuildPoll
 	case r.rebuild != nil:
 		res.RequeueAfter = rebuildCheck
@@ -783,7 +781,15 @@ func podRelevantChange(a, b *compile.Pod) bool {
 // another process changed in it (tablewatch.go).
 func (r *NodeReconciler) repairSoon() {
 	r.repairDue.Store(true)
-	if k := r.kickNow.Load(); k != nil {
+	r.askSync()
+}
+
+// setKick sets how a sync is asked for.
+func (r *NodeReconciler) setKick(kick func()) { r.kick.Store(&kick) }
+
+// askSync asks for a sync, if there is a way to (a controller).
+func (r *NodeReconciler) askSync() {
+	if k := r.kick.Load(); k != nil {
 		(*k)()
 	}
 }

@@ -96,7 +96,7 @@ func (r *NodeReconciler) startRebuild(ctx context.Context, log logr.Logger) erro
 	b := &rebuild{started: time.Now(), served: map[objectRef]struct{}{}, nodePeers: in.nodePeers(), own: in.own,
 		done: make(chan struct{})}
 	opts, epoch, pods, node := r.compileOptions(), r.strict.epoch, r.pods(), r.NodeName
-	kick, applier := r.kick, r.Applier
+	applier := r.Applier
 	r.rebuild = b
 	log.V(1).Info("full sync due: reading the cache off the sync path")
 	go func() {
@@ -117,9 +117,7 @@ func (r *NodeReconciler) startRebuild(ctx context.Context, log logr.Logger) erro
 		b.compiler, b.err, b.elapsed = c, err, time.Since(b.started)
 		syncDuration.WithLabelValues("rebuild").Observe(b.elapsed.Seconds())
 		close(b.done)
-		if kick != nil {
-			kick()
-		}
+		r.askSync()
 	}()
 	return nil
 }

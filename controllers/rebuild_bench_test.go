@@ -71,12 +71,12 @@ func churnWithFullSyncs(t *testing.T, nss []*corev1.Namespace, store toolscache.
 	r := &NodeReconciler{Reader: &memReader{nss: nss, nps: nps}, Pods: storePods{store}, NodeName: "node-0", Table: nft.DefaultTable,
 		Applier: applier, FullSyncPeriod: time.Hour, PolicyCounters: true, Established: compile.EstablishedRecheck}
 	kicked := make(chan struct{}, 1)
-	r.kick = func() {
+	r.setKick(func() {
 		select {
 		case kicked <- struct{}{}:
 		default:
 		}
-	}
+	})
 	ctx := context.Background()
 	sync := func() {
 		if _, err := r.Reconcile(ctx, r.request()); err != nil {

@@ -68,7 +68,7 @@ func newRebuildFixture(t *testing.T) *rebuildFixture {
 	f.pod("peer-1", "node-1", "10.60.1.2", "peer", false)
 	f.r = &NodeReconciler{Reader: f.reader, Pods: f.pods, NodeName: "node-0", Table: nft.DefaultTable, Applier: f.applier,
 		Log: logr.Discard(), cnp: &clusterPolicyAPI{}, FullSyncPeriod: time.Hour}
-	f.r.kick = func() { f.kicks.Add(1) }
+	f.r.setKick(func() { f.kicks.Add(1) })
 	f.sync()
 	return f
 }

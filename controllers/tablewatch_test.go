@@ -26,7 +26,6 @@ import (
 // The repair is the agent's own change: it asks for nothing more.
 func TestForeignChangeRepairedAtOnce(t *testing.T) {
 	f, applier := newKernelFixture(t, "np-foreign")
-	f.r.kickNow.Store(&f.r.kick)
 	lastFull := f.r.lastFull
 
 	ready := &readiness{}
@@ -105,7 +104,6 @@ func TestForeignChangeRepairedAtOnce(t *testing.T) {
 // second later, not one per change.
 func TestForeignChangesRepairedAtMostOnceASecond(t *testing.T) {
 	f := newRebuildFixture(t)
-	f.r.kickNow.Store(&f.r.kick)
 	tw := &tableWatch{r: f.r, log: logr.Discard()}
 	kicks := f.kicks.Load()
 	for range 20 {
@@ -148,7 +146,6 @@ func (f *failingPolicyRead) Get(ctx context.Context, key client.ObjectKey, obj c
 // until the periodic full sync (found by the review).
 func TestRepairOutlivesAFailedSync(t *testing.T) {
 	f := newRebuildFixture(t)
-	f.r.kickNow.Store(&f.r.kick)
 	f.r.Reader = &failingPolicyRead{Reader: f.reader, fail: true}
 	before := f.applier.Calls()
 	f.r.noteDirty(f.policy("from-peers", "peer")) // an event, then another process's change
@@ -179,7 +176,6 @@ func TestDriftMovesTheEpoch(t *testing.T) {
 	f := newRebuildFixture(t)
 	f.r.Applier, f.r.Established, f.r.needFull = applier, compile.EstablishedRecheck, true
 	f.sync()
-	f.r.kickNow.Store(&f.r.kick)
 	f.sync()
 	e0 := f.r.strict.epoch
 	listing, err := applier.ns.NFT("", "list", "table", "inet", nft.DefaultTable)

@@ -110,11 +110,21 @@ func New(opts Options) (*Applier, error) {
 		a.Close()
 		return nil, fmt.Errorf("nft/netlink: opening netlink socket: %w", err)
 	}
-	if a.gen, err = mnl.Dial(unix.NETLINK_NETFILTER, &mnl.Config{NetNS: fd}); err != nil {
+	if a.gen, err = a.dial(); err != nil {
 		a.Close()
 		return nil, fmt.Errorf("nft/netlink: opening netlink socket: %w", err)
 	}
 	return a, nil
+}
+
+// dial opens a netfilter netlink socket in the Applier's network namespace;
+// the caller holds mu, or is New.
+func (a *Applier) dial() (*mnl.Conn, error) {
+	cfg := &mnl.Config{}
+	if a.netns != nil {
+		cfg.NetNS = int(a.netns.Fd())
+	}
+	return mnl.Dial(unix.NETLINK_NETFILTER, cfg)
 }
 
 // newWriter (re)creates the Conn that serialises batches; its socket is tr's.

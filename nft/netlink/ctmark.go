@@ -75,11 +75,7 @@ func (a *Applier) ClearCtMark(mask, keep uint32) (int, error) {
 	if a.tr == nil {
 		return 0, errClosed // and a.netns is gone: never the agent's own namespace instead
 	}
-	cfg := &mnl.Config{}
-	if a.netns != nil {
-		cfg.NetNS = int(a.netns.Fd())
-	}
-	c, err := mnl.Dial(unix.NETLINK_NETFILTER, cfg)
+	c, err := a.dial()
 	if err != nil {
 		return 0, fmt.Errorf("nft/netlink: ctnetlink: %w", err)
 	}

@@ -83,12 +83,8 @@ func (a *Applier) readParts(hint *nft.Ruleset) (*nft.Ruleset, error) {
 		hint = &nft.Ruleset{Table: a.opts.Table}
 	}
 	out := &nft.Ruleset{Table: a.opts.Table}
-	var objs map[string]kernelObject
-	if err := a.consistent(func() (err error) { objs, err = a.readObjects(kt.tab); return err }); err != nil {
-		return nil, fmt.Errorf("nft/netlink: %w", err)
-	}
-	for _, name := range sortedKeys(objs) {
-		if o := objs[name]; o.ok { // an object the model cannot describe is left out
+	for _, name := range sortedKeys(kt.objs) { // read with the shape, consistently
+		if o := kt.objs[name]; o.ok { // an object the model cannot describe is left out
 			out.Objects = append(out.Objects, o.def)
 		}
 	}

@@ -163,11 +163,7 @@ func (a *Applier) watchSocket() (*mnl.Conn, []bpf.RawInstruction, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	fd := 0
-	if a.netns != nil {
-		fd = int(a.netns.Fd())
-	}
-	conn, err := mnl.Dial(unix.NETLINK_NETFILTER, &mnl.Config{NetNS: fd})
+	conn, err := a.dial()
 	if err != nil {
 		return nil, nil, fmt.Errorf("opening a netlink socket: %w", err)
 	}
