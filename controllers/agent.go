@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,8 +35,10 @@ import (
 	"github.com/nftpolicy/nftpolicy/nft/compile"
 )
 
-// The agent only reads, and only through its informer caches (list and watch;
-// never a get from the API); these markers are the whole of its RBAC.
+// The agent reads only through its informer caches (list and watch; never a
+// get from the API). It writes Events, and one patch of its own Node when that
+// carries the startup taint (startuptaint.go). These markers, there and in
+// cnp.go and crdwatch.go, are the whole of its RBAC.
 // +kubebuilder:rbac:groups="",resources=pods;namespaces,verbs=list;watch
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=list;watch
 // Warning Events on policies that cannot be fully enforced, one agent per
@@ -56,6 +59,9 @@ type Options struct {
 	Config *rest.Config
 	// NodeName is the Node whose pods this agent enforces policy for.
 	NodeName string
+	// StartupTaint is the key of the taint the agent removes from its Node once
+	// the node's table is in force (startuptaint.go); "" leaves taints alone.
+	StartupTaint string
 	// NetNS is the path of the network namespace to program the table in;
 	// "" means the agent's own. The apiserver is always reached from the
 	// agent's own namespace.
@@ -265,7 +271,7 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 		defer metrics.Registry.Unregister(pc)
 	}
 
-	ready := &readiness{}
+	ready := newReadiness()
 	if err := errors.Join(
 		mgr.AddHealthzCheck("ping", healthz.Ping),
 		mgr.AddReadyzCheck("synced", ready.check),
@@ -284,6 +290,9 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 		log.WithName("nodes"))
 	if err := setupNodeSync(ctx, mgr, cfg, link, podInformer, nodes, opts, ready, at, log); err != nil {
 		return fmt.Errorf("node sync setup: %w", err)
+	}
+	if err := setupStartupTaint(ctx, mgr, core, opts, ready, log); err != nil {
+		return fmt.Errorf("startup taint setup: %w", err)
 	}
 
 	log.Info("starting agent", "table", opts.TableName, "netns", opts.NetNS,
@@ -391,6 +400,43 @@ func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, l
 	return mgr.Add(w)
 }
 
+// setupStartupTaint adds the removal of opts.StartupTaint from the agent's Node
+// after the first full sync (startuptaint.go), unless it is "".
+func setupStartupTaint(ctx context.Context, mgr manager.Manager, core corev1client.CoreV1Interface, opts Options, ready *readiness, log logr.Logger) error {
+	if opts.StartupTaint == "" {
+		return nil
+	}
+	inf, err := mgr.GetCache().GetInformer(ctx, &corev1.Node{})
+	if err != nil {
+		return err
+	}
+	changed := make(chan struct{}, 1)
+	signal := func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
+	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { signal() },
+		UpdateFunc: func(any, any) { signal() },
+	}); err != nil {
+		return err
+	}
+	reader := mgr.GetCache()
+	return mgr.Add(&startupTaint{
+		key: opts.StartupTaint, node: opts.NodeName,
+		own: func(ctx context.Context) (*corev1.Node, error) {
+			var n corev1.Node
+			err := reader.Get(ctx, client.ObjectKey{Name: opts.NodeName}, &n)
+			return &n, err
+		},
+		nodes: core.Nodes(), synced: ready.syncedCh, changed: changed,
+		recorder: mgr.GetEventRecorder("nftpolicy-agent"), log: log.WithName("startup-taint"),
+		retry: time.Second, maxRetry: time.Minute,
+	})
+}
+
 // setupObserve adds the deny log reader, with the pod address index it names
 // packets' ends with, when the deny log is on.
 func setupObserve(mgr manager.Manager, pods toolscache.SharedIndexInformer, opts Options, at *attribution, log logr.Logger) error {
@@ -413,10 +459,21 @@ func setupObserve(mgr manager.Manager, pods toolscache.SharedIndexInformer, opts
 type readiness struct {
 	cachesSynced atomic.Bool
 	synced       atomic.Bool
+	once         sync.Once
+	syncedCh     chan struct{} // closed by MarkSynced; see newReadiness
 }
 
+func newReadiness() *readiness { return &readiness{syncedCh: make(chan struct{})} }
+
 // MarkSynced records that the node's table has been fully synced once.
-func (r *readiness) MarkSynced() { r.synced.Store(true) }
+func (r *readiness) MarkSynced() {
+	r.synced.Store(true)
+	r.once.Do(func() {
+		if r.syncedCh != nil {
+			close(r.syncedCh)
+		}
+	})
+}
 
 // Ready reports both conditions.
 func (r *readiness) Ready() bool { return r.cachesSynced.Load() && r.synced.Load() }

@@ -163,7 +163,9 @@ func trimNode(obj any) (any, error) {
 		return obj, nil
 	}
 	return &corev1.Node{ObjectMeta: trimMeta(n.ObjectMeta),
-		Spec:   corev1.NodeSpec{PodCIDR: n.Spec.PodCIDR, PodCIDRs: n.Spec.PodCIDRs},
+		// Taints for the startup taint (startuptaint.go): a few per node, and
+		// only the agent's own Node is cached.
+		Spec:   corev1.NodeSpec{PodCIDR: n.Spec.PodCIDR, PodCIDRs: n.Spec.PodCIDRs, Taints: n.Spec.Taints},
 		Status: corev1.NodeStatus{Addresses: n.Status.Addresses}}, nil
 }
 

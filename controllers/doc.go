@@ -44,6 +44,8 @@
 //
 // Errors go up: this package logs once, with logr key/values ("node",
 // "policy"), and returns what it cannot handle to cmd/nftpolicy, which
-// turns it into an exit code. The agent only reads the API; the
-// +kubebuilder:rbac markers (agent.go, cnp.go, crdwatch.go) are its whole RBAC.
+// turns it into an exit code. The agent reads the API, and writes only Events
+// and the removal of the startup taint from its own Node (startuptaint.go); the
+// +kubebuilder:rbac markers (agent.go, cnp.go, crdwatch.go, startuptaint.go)
+// are its whole RBAC.
 package controllers

@@ -32,6 +32,7 @@ import (
 
 	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
@@ -158,6 +159,10 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 			"(spec.podCIDRs; none there: off, with an error logged and a Warning Event on the Node): traffic "+
 			"from an address in them that no pod the agent knows has is dropped until the agent learns the pod "+
 			"(unknown means isolated: a new pod waits for the agent before its first packet leaves the node); empty: off")
+	fs.StringVar(&opts.StartupTaint, "startup-taint", controllers.DefaultStartupTaint,
+		"the key of a taint the agent removes from its own Node once the node's policies are in force (its first full "+
+			"sync): register nodes with it (e.g. kubelet --register-with-taints="+controllers.DefaultStartupTaint+"=:NoSchedule) "+
+			"and no pod that does not tolerate it starts on a node before its policies apply; empty: taints are left alone")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 
@@ -191,6 +196,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		checkPositive("full-sync-period", opts.FullSyncPeriod),
 		checkTableName(opts.TableName),
 		checkNetNS(opts.NetNS),
+		checkTaintKey(opts.StartupTaint),
 		estErr,
 		maskErr,
 		cidrErr,
@@ -236,6 +242,17 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	return exitOK
+}
+
+// checkTaintKey checks --startup-taint: empty, or a taint key (a qualified name).
+func checkTaintKey(key string) error {
+	if key == "" {
+		return nil
+	}
+	if errs := validation.IsQualifiedName(key); len(errs) > 0 {
+		return fmt.Errorf("--startup-taint: %q is not a taint key: %s", key, strings.Join(errs, "; "))
+	}
+	return nil
 }
 
 // parseCtMarkMask reads --ct-mark-mask: a number (0x for hex) that

@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -52,7 +51,9 @@ const (
 // table in a network namespace of its own. It must do its whole job: become
 // ready (caches synced, first full sync done), enforce a deny-all policy
 // created afterwards (the pod's address appears in the table's ingress map),
-// record a Warning Event on a policy it cannot enforce, and watch the
+// record a Warning Event on a policy it cannot enforce, remove the startup
+// taint from its Node (through config/rbac's admission policy: its token is
+// bound to a pod on that node, as the kubelet mounts it), and watch the
 // ClusterNetworkPolicy CRD (its metrics say so: an agent refused that watch
 // still enforces, but follows the CRD by asking discovery every 30 s, and says
 // that instead).
@@ -91,8 +92,10 @@ func TestLeastPrivilege(t *testing.T) {
 	// come back as errors and are reported below.
 	agents := make([]*agentRun, len(cases))
 	for i, tc := range cases {
-		agents[i] = &agentRun{c: c, bin: bin, kubeconfig: c.serviceAccountKubeconfig(t, tc.sa),
-			node: "node-" + tc.name, podIP: fmt.Sprintf("10.250.%d.10", i), k8sNamespace: "lp-" + tc.name}
+		node := "node-" + tc.name
+		c.createTaintedNode(t, node)
+		agents[i] = &agentRun{c: c, bin: bin, kubeconfig: c.serviceAccountKubeconfig(t, tc.sa, node),
+			node: node, podIP: fmt.Sprintf("10.250.%d.10", i), k8sNamespace: "lp-" + tc.name}
 		agents[i].start(t)
 	}
 	var wg sync.WaitGroup
@@ -117,7 +120,7 @@ func TestLeastPrivilege(t *testing.T) {
 					a.dumpLog(t)
 					t.Fatalf("the agent with the deployed ClusterRole failed: %s", a.failure)
 				}
-				t.Log("with the deployed ClusterRole the agent became ready, enforced the policy and recorded the Event")
+				t.Log("with the deployed ClusterRole the agent became ready, enforced the policy, recorded the Event and removed the startup taint")
 				return
 			}
 			if a.failure == "" {
@@ -235,22 +238,29 @@ func (c *cluster) bindReducedRole(t *testing.T, sa string, rules []rbacv1.Policy
 	create(err)
 }
 
-// serviceAccountKubeconfig writes a kubeconfig that authenticates with a fresh
-// token of the ServiceAccount, as the in-cluster config of its pod would.
-func (c *cluster) serviceAccountKubeconfig(t *testing.T, sa string) string {
+// createTaintedNode creates the Node an agent runs for, registered with the
+// startup taint.
+func (c *cluster) createTaintedNode(t *testing.T, name string) {
 	t.Helper()
-	tr, err := c.clientset.CoreV1().ServiceAccounts(namespace).CreateToken(context.Background(), sa,
-		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(3600))}},
-		metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("token for service account %s: %v", sa, err)
+	ctx := context.Background()
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.NodeSpec{Taints: []corev1.Taint{startupTaint}}}
+	if _, err := c.clientset.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = c.clientset.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{}) })
+}
+
+// serviceAccountKubeconfig writes a kubeconfig that authenticates with a fresh
+// token of the ServiceAccount bound to a pod of it on node, as the in-cluster
+// config of its pod would.
+func (c *cluster) serviceAccountKubeconfig(t *testing.T, sa, node string) string {
+	t.Helper()
 	cfg, err := clientcmd.LoadFromFile(c.kubeconfig) // the admin's: server and CA
 	if err != nil {
 		t.Fatal(err)
 	}
 	user := "system:serviceaccount:" + namespace + ":" + sa
-	cfg.AuthInfos = map[string]*clientcmdapi.AuthInfo{user: {Token: tr.Status.Token}}
+	cfg.AuthInfos = map[string]*clientcmdapi.AuthInfo{user: {Token: c.boundToken(t, sa, node)}}
 	for _, ctx := range cfg.Contexts {
 		ctx.AuthInfo = user
 	}
@@ -370,7 +380,20 @@ func (a *agentRun) exercise(bound time.Duration) (failure string, err error) {
 		return fmt.Sprintf("no NotEnforceable Event within %s", bound), nil
 	}
 
-	// 4. Watch the ClusterNetworkPolicy CRD rather than ask discovery for it.
+	// 4. Remove the startup taint from its Node (it is ready, so its table is in force).
+	var taints []corev1.Taint
+	if !poll(bound, a.exited, func() bool {
+		n, err := a.c.clientset.CoreV1().Nodes().Get(context.Background(), a.node, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		taints = n.Spec.Taints
+		return !slices.ContainsFunc(taints, func(t corev1.Taint) bool { return t.Key == startupTaint.Key })
+	}) {
+		return fmt.Sprintf("the startup taint is still on Node %s after %s (taints %v)", a.node, bound, taints), nil
+	}
+
+	// 5. Watch the ClusterNetworkPolicy CRD rather than ask discovery for it.
 	const watching = `nftpolicy_clusterpolicy_crd{mode="watch"} 1`
 	var crd string
 	if !poll(bound, a.exited, func() bool {

@@ -16,6 +16,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/nftpolicy/nftpolicy/controllers"
 )
 
 // TestDefaultObjects checks what config/default deploys, object by object.
@@ -24,15 +26,20 @@ func TestDefaultObjects(t *testing.T) {
 	var kinds []string
 	for _, o := range objs {
 		kinds = append(kinds, o.GetKind()+"/"+o.GetName())
-		if o.GetKind() != "Namespace" && o.GetKind() != "ClusterRole" && o.GetKind() != "ClusterRoleBinding" &&
-			o.GetNamespace() != namespace {
-			t.Errorf("%s %s is in namespace %q, want %s", o.GetKind(), o.GetName(), o.GetNamespace(), namespace)
+		clusterScoped := []string{"Namespace", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+		want := namespace
+		if slices.Contains(clusterScoped, o.GetKind()) {
+			want = ""
+		}
+		if o.GetNamespace() != want {
+			t.Errorf("%s %s is in namespace %q, want %q", o.GetKind(), o.GetName(), o.GetNamespace(), want)
 		}
 	}
 	slices.Sort(kinds)
 	want := []string{
 		"ClusterRole/" + agentName, "ClusterRoleBinding/" + agentName, "DaemonSet/" + agentName,
 		"Namespace/" + namespace, "ServiceAccount/" + agentName,
+		"ValidatingAdmissionPolicy/" + agentName + "-node", "ValidatingAdmissionPolicyBinding/" + agentName + "-node",
 	}
 	if !slices.Equal(kinds, want) {
 		t.Fatalf("config/default renders %v, want %v", kinds, want)
@@ -58,7 +65,8 @@ func TestDefaultObjects(t *testing.T) {
 }
 
 // TestClusterRoleLeastPrivilege checks the generated ClusterRole by shape: no
-// wildcards, reads only, except creating Events.
+// wildcards, reads only, except creating Events and patching Nodes (the
+// startup taint, which config/rbac's admission policy narrows: TestNodePatchPolicy).
 func TestClusterRoleLeastPrivilege(t *testing.T) {
 	role := typed[rbacv1.ClusterRole](t, find(t, decode(t, render(t, "default")), "ClusterRole", agentName))
 	if role.AggregationRule != nil {
@@ -84,18 +92,19 @@ func TestClusterRoleLeastPrivilege(t *testing.T) {
 				t.Errorf("rule %d grants a subresource %q", i, res)
 			}
 		}
-		if slices.ContainsFunc(r.Verbs, func(v string) bool { return slices.Contains(read, v) }) && !slices.Equal(r.Verbs, read) {
+		// The writes: Warning Events on policies the node cannot enforce, and
+		// the startup taint's removal from the agent's Node.
+		events := slices.Equal(r.APIGroups, []string{"events.k8s.io"}) && slices.Equal(r.Resources, []string{"events"})
+		nodes := slices.Equal(r.APIGroups, []string{""}) && slices.Equal(r.Resources, []string{"nodes"})
+		reads := slices.DeleteFunc(slices.Clone(r.Verbs), func(v string) bool { return !slices.Contains(read, v) })
+		if len(reads) > 0 && !slices.Equal(reads, read) {
 			t.Errorf("rule %d grants %v: a read rule grants exactly list and watch, the informers' pair", i, r.Verbs)
 		}
 		for _, v := range r.Verbs {
-			if slices.Contains(read, v) {
+			if slices.Contains(read, v) || events && v == "create" || nodes && v == "patch" {
 				continue
 			}
-			// The one write: Warning Events on policies the node cannot enforce.
-			if !slices.Equal(r.APIGroups, []string{"events.k8s.io"}) || !slices.Equal(r.Resources, []string{"events"}) ||
-				v != "create" {
-				t.Errorf("rule %d grants %q on %v/%v; the agent only reads, and creates events.k8s.io events", i, v, r.APIGroups, r.Resources)
-			}
+			t.Errorf("rule %d grants %q on %v/%v; the agent only reads, creates events.k8s.io events and patches nodes", i, v, r.APIGroups, r.Resources)
 		}
 	}
 }
@@ -139,11 +148,12 @@ func checkAgentDaemonSet(t *testing.T, ds *appsv1.DaemonSet, metricsAddr string)
 	}
 	// The deny log at a rate a node's log can take, the per-policy counters,
 	// strict mode with its mark bits spelled out, and unknown pod addresses
-	// isolated by the Node's pod CIDRs: the README's defaults, visible in the
-	// DaemonSet for an operator to change.
+	// isolated by the Node's pod CIDRs, the startup taint: the README's
+	// defaults, visible in the DaemonSet for an operator to change.
 	wantArgs := []string{"agent", "--health-probe-bind-address=:8081", "--metrics-bind-address=" + metricsAddr,
 		"--deny-log-rate=10/second", "--deny-log-burst=20", "--deny-log-group=7600", "--policy-counters=true",
-		"--established=recheck", "--ct-mark-mask=0x00ff0000", "--unknown-pod-cidrs=node"}
+		"--established=recheck", "--ct-mark-mask=0x00ff0000", "--unknown-pod-cidrs=node",
+		"--startup-taint=" + controllers.DefaultStartupTaint}
 	if len(c.Command) > 0 || !slices.Equal(c.Args, wantArgs) {
 		t.Errorf("command %q args %q, want the image's entrypoint with args %q", c.Command, c.Args, wantArgs)
 	}
