@@ -14,16 +14,21 @@ import (
 //
 // Only what can be told exactly from the kernel is kept: a set whose key type,
 // flags and elements (keys and map verdicts, byte for byte) equal desired's is
-// kept; a set that differs in any way is described so that the plan deletes and
-// creates it again; a set or chain desired lacks is described so that the plan
+// kept; a set of desired's key type and flags whose elements differ is
+// described with the elements it holds, when they read back exactly (decoded,
+// then encoded again, byte for byte the kernel's), so that the plan deletes and
+// adds elements in place (patched: a policy changed while no agent ran, and
+// the connections the restart judges again look up that very set); a set that
+// differs in any other way is described so that the plan deletes and creates
+// it again; a set or chain desired lacks is described so that the plan
 // deletes it. Every chain is flushed and refilled. A base chain whose hook,
 // priority, type or policy differs, or a chain that is a base chain on one side
 // only, makes the table not adoptable (ok false): the caller replaces it whole.
 // The plan it leads to is one transaction like any other: if the kernel refuses
 // it, nothing changed and the caller replaces the table.
-func (a *Applier) adoptable(desired *nft.Ruleset, kt *kernelTable) (last *nft.Ruleset, kept, keptObjs int, ok bool) {
+func (a *Applier) adoptable(desired *nft.Ruleset, kt *kernelTable) (last *nft.Ruleset, kept, patched, keptObjs int, ok bool) {
 	if kt == nil || kt.tab == nil {
-		return nil, 0, 0, false
+		return nil, 0, 0, 0, false
 	}
 	last = &nft.Ruleset{Table: a.opts.Table}
 	// A rule no desired chain has: every chain of last differs from desired's, so
@@ -40,12 +45,12 @@ func (a *Applier) adoptable(desired *nft.Ruleset, kt *kernelTable) (last *nft.Ru
 		c := nft.Chain{Name: kc.Name, Rules: flushMe}
 		if d := want[kc.Name]; d != nil {
 			if (d.Hook == nil) != (kc.Hooknum == nil) {
-				return nil, 0, 0, false
+				return nil, 0, 0, 0, false
 			}
 			if d.Hook != nil {
 				wc, err := enc.chain(d.Name, d.Hook)
 				if err != nil || !sameBaseChain(wc, kc) {
-					return nil, 0, 0, false
+					return nil, 0, 0, 0, false
 				}
 				h := *d.Hook
 				c.Hook = &h
@@ -66,20 +71,28 @@ func (a *Applier) adoptable(desired *nft.Ruleset, kt *kernelTable) (last *nft.Ru
 			continue
 		}
 		s := *d // elements included: kept as they are
-		if !a.sameSet(d, ks) {
+		switch {
+		case a.sameSet(d, ks):
+			kept++
+		case a.sameSetType(d, ks):
+			if elems, exact := a.exactElements(d, ks); exact {
+				s.Elements = elems // patched
+				patched++
+				break
+			}
+			fallthrough
+		default:
 			s.Comment = d.Comment + " (adopted: differs)" // re-created
 			s.Elements = nil
-		} else {
-			kept++
 		}
 		last.Sets = append(last.Sets, s)
 	}
 	// Objects: kept when exactly desired's (a counter keeps its count), deleted or
 	// re-created otherwise; one the model cannot describe is not ours.
 	if last.Objects, keptObjs, ok = adoptObjects(desired, kt.objs); !ok {
-		return nil, 0, 0, false
+		return nil, 0, 0, 0, false
 	}
-	return last, kept, keptObjs, true
+	return last, kept, patched, keptObjs, true
 }
 
 // sameBaseChain compares the hook, priority, type and policy of two base chains.
@@ -93,18 +106,39 @@ func sameBaseChain(want, got *nftables.Chain) bool {
 // sameSet reports whether the kernel's set ks has d's key type and flags and
 // exactly d's elements, as the kernel holds them.
 func (a *Applier) sameSet(d *nft.Set, ks *nftables.Set) bool {
+	if !a.sameSetType(d, ks) {
+		return false
+	}
+	missing, unexpected, err := a.elementDiff(d, ks)
+	return err == nil && missing == 0 && unexpected == 0
+}
+
+// sameSetType reports whether the kernel's set ks has d's key type and flags.
+func (a *Applier) sameSetType(d *nft.Set, ks *nftables.Set) bool {
 	kt, err := keyType(d.Type)
 	if err != nil || ks.Interval != d.Interval || ks.IsMap != d.Verdicts {
 		return false
 	}
 	// google/nftables v0.3.0 reports a map's key type as its data type
-	// (verdict); for maps the byte-for-byte element comparison below stands in
-	// (an empty map of another key type would be kept, and then refuse the
-	// first element of the wrong length: a failed transaction, which the
-	// caller answers with a replacement).
-	if !ks.IsMap && (ks.KeyType.Bytes != kt.Bytes || ks.KeyType.GetNFTMagic() != kt.GetNFTMagic()) {
-		return false
+	// (verdict); for maps the byte-for-byte element comparison stands in (an
+	// empty map of another key type would be kept, and then refuse the first
+	// element of the wrong length: a failed transaction, which the caller
+	// answers with a replacement).
+	return ks.IsMap || ks.KeyType.Bytes == kt.Bytes && ks.KeyType.GetNFTMagic() == kt.GetNFTMagic()
+}
+
+// exactElements reads the elements of the kernel's set ks (of d's type and
+// flags) into the model, and reports whether they describe it exactly: encoded
+// as an Apply would add them, they are byte for byte the kernel's. Then a plan
+// from them deletes and adds only what differs from desired; otherwise the set
+// is re-created, so that nothing the model cannot describe stays in it.
+func (a *Applier) exactElements(d *nft.Set, ks *nftables.Set) ([]nft.Element, bool) {
+	rs, err := a.readSet(ks, d)
+	if err != nil {
+		return nil, false
 	}
-	missing, unexpected, err := a.elementDiff(d, ks)
-	return err == nil && missing == 0 && unexpected == 0
+	probe := *d
+	probe.Elements = rs.Elements
+	missing, unexpected, err := a.elementDiff(&probe, ks)
+	return rs.Elements, err == nil && missing == 0 && unexpected == 0
 }

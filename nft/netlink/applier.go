@@ -264,16 +264,19 @@ func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats
 	// is exactly right. If the kernel refuses that plan, nothing changed.
 	drift := d.lines
 	var last *nft.Ruleset
-	var kept, keptObjs int
+	var kept, patched, keptObjs int
 	var ok bool
 	_ = a.reading(func() error {
-		last, kept, keptObjs, ok = a.adoptable(desired, kt)
+		last, kept, patched, keptObjs, ok = a.adoptable(desired, kt)
 		return nil
 	})
-	if ok && kept+keptObjs > 0 {
+	if ok && kept+patched+keptObjs > 0 {
 		st, err := a.apply(ctx, last, desired, nft.PlanRewrite)
 		if err == nil {
 			st.Drift = append(drift, fmt.Sprintf("adopted: %d of %d sets kept", kept, len(desired.Sets)))
+			if patched > 0 {
+				st.Drift = append(st.Drift, fmt.Sprintf("adopted: %d of %d sets patched (elements deleted and added in place)", patched, len(desired.Sets)))
+			}
 			if len(desired.Objects) > 0 {
 				st.Drift = append(st.Drift, fmt.Sprintf("adopted: %d of %d objects kept", keptObjs, len(desired.Objects)))
 			}

@@ -25,13 +25,19 @@
 // nothing did); when only some chains' rules differ it rewrites those and keeps
 // everything else (nft.PlanRepair). With nothing applied yet (a restarted agent) it adopts
 // the table it finds (adopt.go): sets whose type, flags and elements are exactly
-// right are kept, the rest re-created, every chain rewritten. With drift, or when
-// adopting is not possible (a base chain's hook changed) or the kernel refuses
-// it, it replaces the table whole. Keeping sets matters: when a set is replaced,
-// its lookups miss for a moment around the commit, so new connections it allows
+// right are kept, those of the right type and flags patched in place (elements
+// deleted and added), the rest re-created, every chain rewritten. With drift, or
+// when adopting is not possible (a base chain's hook changed) or the kernel
+// refuses it, it replaces the table whole. Keeping sets matters: when a set is
+// replaced, its lookups miss for a moment around the commit, so packets it allows
 // are dropped once and retransmitted (test/bench/datapath's
 // TestReplaceUnderTraffic: a few connections per twenty replacements; none for
-// adoptions and rewrites). Creating sets is not affected: an incremental sync that
+// adoptions and rewrites). Patching matters after a restart: a policy changed
+// while no agent ran, and in strict mode every open connection is judged again at
+// the first sync, in those very sets. test/e2e's strict restart spec failed once
+// in 40 runs so, before adoption patched sets: the deny log named an allowed
+// connection's packet denied by the one policy whose set had been re-created,
+// at the commit of the adoption. Creating sets is not affected: an incremental sync that
 // gives a pod a new group (new chain and sets, and its map element moved there in
 // the same batch) lost nothing in the same test (its regroup phase; also with the
 // new sets created one batch ahead, tried and dropped as needless). Delete removes

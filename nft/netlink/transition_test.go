@@ -554,8 +554,10 @@ func TestFullSyncKeepsSets(t *testing.T) {
 }
 
 // TestAdoptionKeepsSets: an Applier that did not write the table (a restarted
-// agent) keeps the previous agent's sets that are exactly right, re-creates
-// those that are not, and leaves the table equal to a fresh load of desired.
+// agent) keeps the previous agent's sets that are exactly right, patches those
+// whose elements differ (elements deleted and added in place, every set type of
+// richModel), re-creates those whose type differs, and leaves the table equal
+// to a fresh load of desired.
 func TestAdoptionKeepsSets(t *testing.T) {
 	requireKernel(t)
 	ctx := context.Background()
@@ -578,15 +580,26 @@ func TestAdoptionKeepsSets(t *testing.T) {
 		t.Errorf("apply after adopting: %+v %v: the applier's idea of the table is off", st, err)
 	}
 
-	// Another ruleset: one set lost an element (re-created), one chain is gone.
+	// Another ruleset: every set with more than one element lost its first
+	// (patched), one chain is gone.
 	next := richModel("np")
-	next.Sets[0].Elements = next.Sets[0].Elements[1:]
+	changed := 0
+	for i := range next.Sets {
+		if len(next.Sets[i].Elements) > 1 {
+			next.Sets[i].Elements = next.Sets[i].Elements[1:]
+			changed++
+		}
+	}
 	next.Chains = slices.DeleteFunc(next.Chains, func(c nft.Chain) bool { return c.Name == "c4" })
 	c := newApplier(t, ns, "np")
 	st, err = c.FullSync(ctx, next)
-	keptMsg := fmt.Sprintf("adopted: %d of %d sets kept", len(next.Sets)-1, len(next.Sets))
-	if err != nil || st.Full || !slices.Contains(st.Drift, keptMsg) {
-		t.Fatalf("adopting a table that differs: %+v %v; want %q", st, err, keptMsg)
+	keptMsg := fmt.Sprintf("adopted: %d of %d sets kept", len(next.Sets)-changed, len(next.Sets))
+	patchedMsg := fmt.Sprintf("adopted: %d of %d sets patched (elements deleted and added in place)", changed, len(next.Sets))
+	if err != nil || st.Full || !slices.Contains(st.Drift, keptMsg) || !slices.Contains(st.Drift, patchedMsg) {
+		t.Fatalf("adopting a table that differs: %+v %v; want %q and %q", st, err, keptMsg, patchedMsg)
+	}
+	if st.Elements != changed {
+		t.Errorf("adopting sent %d elements, want %d (one deleted per changed set, none added)", st.Elements, changed)
 	}
 	mustApply(t, newApplier(t, fresh, "np"), next)
 	if got, want := listing(t, ns, "np"), listing(t, fresh, "np"); got != want {
@@ -595,4 +608,39 @@ func TestAdoptionKeepsSets(t *testing.T) {
 	if st, err := c.Apply(ctx, next); err != nil || st.Operations != 0 {
 		t.Errorf("apply after adopting: %+v %v", st, err)
 	}
+
+	// A set whose type changed is re-created (s4, one of those changed above;
+	// the others get their first elements back).
+	third := richModel("np")
+	for i := range third.Sets {
+		if third.Sets[i].Name == "s4" {
+			third.Sets[i].Interval = true
+		}
+	}
+	st, err = newApplier(t, ns, "np").FullSync(ctx, third)
+	keptMsg = fmt.Sprintf("adopted: %d of %d sets kept", len(third.Sets)-changed, len(third.Sets))
+	patchedMsg = fmt.Sprintf("adopted: %d of %d sets patched (elements deleted and added in place)", changed-1, len(third.Sets))
+	if err != nil || st.Full || !slices.Contains(st.Drift, keptMsg) || !slices.Contains(st.Drift, patchedMsg) {
+		t.Fatalf("adopting a table with a set of another type: %+v %v; want %q and %q", st, err, keptMsg, patchedMsg)
+	}
+	mustApply(t, newApplier(t, fresh, "np"), third)
+	// A patched pipapo set lists its elements in the order they were added.
+	if got, want := elementsSorted(listing(t, ns, "np")), elementsSorted(listing(t, fresh, "np")); got != want {
+		t.Errorf("adopted table differs from a fresh load:\n%s", diffText(want, got))
+	}
+}
+
+var elementsRE = regexp.MustCompile(`(?s)elements = \{(.*?)\}`)
+
+// elementsSorted sorts the elements of each set in an nft listing.
+func elementsSorted(listing string) string {
+	return elementsRE.ReplaceAllStringFunc(listing, func(block string) string {
+		inner := elementsRE.FindStringSubmatch(block)[1]
+		var elems []string
+		for _, e := range strings.Split(inner, ",") {
+			elems = append(elems, strings.TrimSpace(e))
+		}
+		slices.Sort(elems)
+		return "elements = { " + strings.Join(elems, ", ") + " }"
+	})
 }

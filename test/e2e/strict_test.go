@@ -604,7 +604,8 @@ func (f *flow) roundTrips(timeout time.Duration) {
 		case <-time.After(flowPeriod):
 		}
 		binary.BigEndian.PutUint64(msg, i)
-		_ = f.conn.SetDeadline(time.Now().Add(timeout))
+		sent := time.Now()
+		_ = f.conn.SetDeadline(sent.Add(timeout))
 		_, err := f.conn.Write(msg)
 		for err == nil {
 			if _, err = readFull(f.conn, buf); err == nil && binary.BigEndian.Uint64(buf) == i {
@@ -615,7 +616,8 @@ func (f *flow) roundTrips(timeout time.Duration) {
 			return
 		}
 		if err != nil {
-			err = fmt.Errorf("round trip %d: %w", i, err)
+			// The time places a lost round trip against the agents' logs.
+			err = fmt.Errorf("round trip %d sent at %s: %w", i, sent.Format("15:04:05.000000"), err)
 		}
 		f.record(err)
 	}

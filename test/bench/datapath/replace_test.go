@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/compile"
@@ -32,6 +33,10 @@ import (
 //     re-created sets miss around the commit;
 //   - restart: a fresh Applier's first FullSync, which adopts the table it finds
 //     (keeps the sets that are exactly right, rewrites the chains);
+//   - restart-changed: the same, alternately towards the ruleset and one whose
+//     server's peer sets hold one more client address (a pod added while no
+//     agent ran): the adopted sets are patched in place (until 2026-12-05 they
+//     were re-created, and lost packets as replace does);
 //   - regroup: an incremental Apply that gives the server a new group (a policy
 //     more selects it, allowing the same clients), and back: a new chain and new
 //     sets, and the map element that sends the server there, in one batch;
@@ -39,7 +44,7 @@ import (
 //     sends nothing since 2026-12-04, before which it rewrote every chain).
 //
 // The kernel's TCP_INFO tells, per connection, whether anything had to be
-// retransmitted. The last three must lose nothing.
+// retransmitted. The last four must lose nothing.
 func TestReplaceUnderTraffic(t *testing.T) {
 	gate(t)
 	sum := &summary{t: t, file: "replace.txt"}
@@ -88,7 +93,27 @@ func TestReplaceUnderTraffic(t *testing.T) {
 	if len(problems) > 0 {
 		t.Fatal(problems)
 	}
-	flip := false
+	// One more client, as if a pod had been added while no agent ran.
+	var more []*corev1.Pod
+	for _, p := range o.pods {
+		if p.Name == client.Name && p.Namespace == benchNS {
+			extra := p.DeepCopy()
+			extra.Name, extra.Status.PodIP, extra.Status.PodIPs = "client-2", "10.99.0.9", []corev1.PodIP{{IP: "10.99.0.9"}}
+			more = append(more, extra)
+		}
+	}
+	if len(more) != 1 {
+		t.Fatalf("no client pod in the scenario")
+	}
+	rs3, problems := compile.Compile(compile.Snapshot{NodeName: "node-0", Pods: append(slices.Clone(o.pods), more...), Namespaces: o.namespaces,
+		Policies: o.policies}, compile.Options{})
+	if len(problems) > 0 {
+		t.Fatal(problems)
+	}
+	if nft.Render(rs3) == nft.Render(rs) {
+		t.Fatal("the extra client changes no set")
+	}
+	flip, flip3 := false, false
 	const phase, every = 6 * time.Second, 300 * time.Millisecond
 	node := cl.Node(0)
 	replaceText := "table inet " + rs.Table + "\ndelete table inet " + rs.Table + "\n" + nft.Render(rs)
@@ -100,6 +125,14 @@ func TestReplaceUnderTraffic(t *testing.T) {
 		{"control", nil},
 		{"replace", func() error { _, err := node.NetNS.NFT(replaceText, "-f", "-"); return err }},
 		{"restart", func() error { return restartOnce(t.Context(), node.NetNSPath(), rs) }},
+		{"restart-changed", func() error {
+			flip3 = !flip3
+			next := rs
+			if flip3 {
+				next = rs3
+			}
+			return restartOnce(t.Context(), node.NetNSPath(), next)
+		}},
 		{"regroup", func() error {
 			flip = !flip
 			next := rs
@@ -129,6 +162,12 @@ func TestReplaceUnderTraffic(t *testing.T) {
 			}
 		}
 		c := connectWhile(t.Context(), client.NetNS, server.IPv4, phase, tick)
+		if flip3 { // leave the table as the next phase's Applier wrote it
+			flip3 = false
+			if err := restartOnce(t.Context(), node.NetNSPath(), rs); err != nil {
+				t.Error(err)
+			}
+		}
 		t.Logf("%s: %d writes every %v; %d connections, %d with a retransmission, %d failed", p.name, writes, every, c.conns, c.retrans, c.failed)
 		sum.emit(p.name+"_count", "%d", writes)
 		sum.emit(p.name+"_retransmitted_conns", "%d", c.retrans)
