@@ -364,7 +364,7 @@ func (a *Applier) commit(ctx context.Context, last, desired *nft.Ruleset, tx nft
 	}
 	// Forget what the kernel holds until the transaction is known to have succeeded.
 	a.last = nil
-	st, err := a.send(ctx, tx, last, desired)
+	st, err := a.sendAhead(ctx, tx, last, desired)
 	if err != nil || tx.Full {
 		// The kernel's state is unknown after some failures.
 		a.forgetAhead()
@@ -382,6 +382,88 @@ func (a *Applier) commit(ctx context.Context, last, desired *nft.Ruleset, tx nft
 		a.last = keepApplied(desired, last, tx)
 	}
 	return st, nil
+}
+
+// sendAhead sends tx, with the interval sets it creates under new names (and
+// their elements) in a batch of their own first. The kernel makes an interval
+// set's elements visible to lookups only after the commit that created the set
+// has switched the rules to it: a rule that starts to look in such a set in the
+// same batch misses, for a moment, what it holds (measured: 18-94 packets per
+// 150 such commits, at ~250,000 packets a second; none when the set was
+// created a batch before; hash sets miss nothing either way). Created ahead,
+// the sets are complete before any rule refers to them, and the change of
+// policy is still one batch. If that batch fails, the sets stay unused until
+// the full sync that follows a failure deletes them.
+func (a *Applier) sendAhead(ctx context.Context, tx nft.Transaction, last, desired *nft.Ruleset) (nft.Stats, error) {
+	ahead, rest := setsAhead(tx, last)
+	if len(ahead.Ops) == 0 {
+		return a.send(ctx, tx, last, desired)
+	}
+	st, err := a.send(ctx, ahead, last, desired)
+	if err != nil {
+		return st, err
+	}
+	rst, err := a.send(ctx, rest, last, desired)
+	rst.Operations += st.Operations
+	rst.Bytes += st.Bytes
+	rst.Elements += st.Elements
+	if err != nil {
+		// The change was refused: take the sets away again, so that the table
+		// is the one before (if this fails too, the full sync that follows a
+		// failure deletes them).
+		var undo nft.Transaction
+		for _, op := range ahead.Ops {
+			if op.Kind == nft.OpAddSet {
+				undo.Ops = append(undo.Ops, nft.Op{Kind: nft.OpDelSet, Name: op.Name})
+			}
+		}
+		if _, uerr := a.send(context.WithoutCancel(ctx), undo, last, desired); uerr != nil {
+			err = fmt.Errorf("%w; and deleting the sets created ahead of it failed: %v", err, uerr)
+		}
+	}
+	return rst, err
+}
+
+// setsAhead splits off tx's creation of interval sets that last, the table the
+// kernel holds, lacks (new ones, not re-created ones) and that get elements,
+// with those elements: see sendAhead. Without last (the kernel's table unknown)
+// or for a replacement (it deletes the table) nothing is split.
+func setsAhead(tx nft.Transaction, last *nft.Ruleset) (ahead, rest nft.Transaction) {
+	if tx.Full || last == nil {
+		return nft.Transaction{}, tx
+	}
+	deleted, filled := map[string]bool{}, map[string]bool{}
+	for _, op := range tx.Ops {
+		switch op.Kind {
+		case nft.OpDelTable, nft.OpAddTable:
+			return nft.Transaction{}, tx
+		case nft.OpDelSet:
+			deleted[op.Name] = true
+		case nft.OpAddElements:
+			filled[op.Name] = true
+		}
+	}
+	early := map[string]bool{}
+	for _, op := range tx.Ops {
+		if op.Kind == nft.OpAddSet && op.Set != nil && op.Set.Interval && filled[op.Name] && !deleted[op.Name] && last.FindSet(op.Name) == nil {
+			early[op.Name] = true
+		}
+	}
+	if len(early) == 0 {
+		return nft.Transaction{}, tx
+	}
+	rest.ChainsRewritten = tx.ChainsRewritten
+	for _, op := range tx.Ops {
+		if (op.Kind == nft.OpAddSet || op.Kind == nft.OpAddElements) && early[op.Name] {
+			ahead.Ops = append(ahead.Ops, op)
+		} else {
+			rest.Ops = append(rest.Ops, op)
+		}
+	}
+	if len(rest.Ops) == 0 {
+		return nft.Transaction{}, tx // nothing refers to them: one batch
+	}
+	return ahead, rest
 }
 
 // keepApplied returns what the kernel holds after tx took the table from last to

@@ -37,10 +37,17 @@
 // the first sync, in those very sets. test/e2e's strict restart spec failed once
 // in 40 runs so, before adoption patched sets: the deny log named an allowed
 // connection's packet denied by the one policy whose set had been re-created,
-// at the commit of the adoption. Creating sets is not affected: an incremental sync that
-// gives a pod a new group (new chain and sets, and its map element moved there in
-// the same batch) lost nothing in the same test (its regroup phase; also with the
-// new sets created one batch ahead, tried and dropped as needless). Delete removes
+// at the commit of the adoption. Creating an interval set is affected the same
+// way, in every transaction: a rule that starts to look in an interval set created
+// in its own batch misses, for a moment, what the set holds (hash sets do not), so
+// a pod's new group (new chain and sets, its map element moved there) dropped some
+// of the packets it allows at the commit. TestReplaceUnderTraffic's regroup phase,
+// with new TCP connections, did not see it; TestNewIntervalSetsGoAhead, a flood of
+// datagrams through a set swapped for a new one 400 times, counts 100-300 misses
+// with one batch. So the Applier creates new interval sets, and their elements, in
+// a batch of its own just before the change (sendAhead): nothing refers to them
+// yet, so it enforces nothing, and the change itself is still one batch; if that
+// batch is refused, the sets are deleted again. None missed since. Delete removes
 // the table (add then delete, so that a missing table is not an error).
 //
 // ReadAhead (nft.ReadsAhead, ahead.go) does FullSync's read before it, while Apply
