@@ -493,6 +493,11 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
 serializeImagePulls: false
+# As a large cluster's node pools would: the agent's startup taint, which it
+# removes once the node's policies are in force, so that no pod lands on a node
+# before its agent enforces (README, "New nodes"). deploy checks it went.
+registerWithTaints:
+- {key: nftpolicy.io/agent-not-ready, effect: NoSchedule}
 EOF
   start "kubelet-$node" "$node" "$K8S/kubelet" --config="$d/kubelet.yaml" --kubeconfig="$KUBECONFIG" \
     --hostname-override="$node" --node-ip="${NODE_IP[$node]}" --root-dir="$d/kubelet" --cert-dir="$d/kubelet/pki" --v=1
@@ -554,6 +559,16 @@ deploy() {
   local ready
   ready=$(kubectl -n nftpolicy-system get daemonset nftpolicy-agent -o jsonpath='{.status.numberReady}')
   [ "$ready" = 2 ] || die "nftpolicy agent ready on $ready of 2 nodes"
+  # The kubelets registered the nodes with the startup taint; each agent removes
+  # it from its own Node after its first full sync.
+  local start=$SECONDS tainted
+  while :; do
+    tainted=$(kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.taints[*].key}{"\n"}{end}' | grep nftpolicy.io/agent-not-ready | cut -d' ' -f1 | tr '\n' ' ' || true)
+    [ -z "$tainted" ] && break
+    [ $((SECONDS - start)) -ge 60 ] && die "the agents did not remove the startup taint from: $tainted"
+    sleep 0.5
+  done
+  log "startup taint removed from both nodes by their agents"
 }
 
 cluster_exists() { [ -d "$STATE/pids" ] && [ -n "$(ls "$STATE/pids")" ]; }
