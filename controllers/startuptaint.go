@@ -69,18 +69,24 @@ func (t *startupTaint) Start(ctx context.Context) error {
 	wait := t.retry
 	reported := false
 	for {
+		n, err := t.remove(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
 		var retry <-chan time.Time
 		var timer *time.Timer
-		if n, err := t.remove(ctx); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			startupTaintRemovals.WithLabelValues("error").Inc()
-			t.log.Error(err, "cannot remove the startup taint: no pod that does not tolerate it is scheduled to this node", "taint", t.key, "retryIn", wait)
-			if !reported && n != nil && t.recorder != nil {
-				reported = true
-				t.recorder.Eventf(n, nil, corev1.EventTypeWarning, "StartupTaintKept", "RemoveTaint",
-					"nftpolicy agent on %s enforces this node's policies but cannot remove its taint %s: %v", t.node, t.key, err)
+		if err != nil {
+			if apierrors.IsInvalid(err) || apierrors.IsConflict(err) {
+				// The patch's test failed: the cache is behind the Node.
+				t.log.V(1).Info("the Node changed under the taint's removal: trying again", "error", err.Error())
+			} else {
+				startupTaintRemovals.WithLabelValues("error").Inc()
+				t.log.Error(err, "cannot remove the startup taint: no pod that does not tolerate it is scheduled to this node", "taint", t.key, "retryIn", wait)
+				if !reported && n != nil && t.recorder != nil {
+					reported = true
+					t.recorder.Eventf(n, nil, corev1.EventTypeWarning, "StartupTaintKept", "RemoveTaint",
+						"nftpolicy agent on %s enforces this node's policies but cannot remove its taint %s: %v", t.node, t.key, err)
+				}
 			}
 			timer = time.NewTimer(wait)
 			retry = timer.C
@@ -95,9 +101,6 @@ func (t *startupTaint) Start(ctx context.Context) error {
 		}
 		if timer != nil {
 			timer.Stop()
-		}
-		if ctx.Err() != nil {
-			return nil
 		}
 	}
 }
