@@ -2,7 +2,9 @@ package netlink
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -110,5 +112,77 @@ func TestNewIntervalSetsGoAhead(t *testing.T) {
 	}
 	if sent.Load() < 1000 {
 		t.Errorf("only %d datagrams sent: the test did not test", sent.Load())
+	}
+}
+
+// TestSetsAhead: which sets a transaction creates a batch ahead.
+func TestSetsAhead(t *testing.T) {
+	ipv4 := func(name string, interval bool, elems ...string) nft.Set {
+		s := nft.Set{Name: name, Type: tInet4, Interval: interval}
+		for _, e := range elems {
+			s.Elements = append(s.Elements, nft.Elem(ad(e)))
+		}
+		return s
+	}
+	base := func(sets ...nft.Set) *nft.Ruleset {
+		r := &nft.Ruleset{Table: "np", Sets: sets, Chains: []nft.Chain{{Name: "c"}}}
+		for _, s := range sets {
+			r.Chains[0].Rules = append(r.Chains[0].Rules, rule(acc(), nft.InSet(s.Name, nft.KeyIPSaddr)))
+		}
+		return r
+	}
+	names := func(tx nft.Transaction) (out []string) {
+		for _, op := range tx.Ops {
+			out = append(out, fmt.Sprintf("%d:%s", op.Kind, op.Name))
+		}
+		return out
+	}
+	last := base(ipv4("old", true, "10.0.0.1"))
+	for _, tc := range []struct {
+		name    string
+		last    *nft.Ruleset
+		desired *nft.Ruleset
+		ahead   []string // set names created ahead
+	}{
+		{"a new filled interval set", last, base(ipv4("new", true, "10.0.0.1")), []string{"new"}},
+		{"two, and a hash set that stays in the change", last,
+			base(ipv4("new", true, "10.0.0.1"), ipv4("new2", true, "10.0.0.2"), ipv4("h", false, "10.0.0.3")), []string{"new", "new2"}},
+		{"an empty new interval set", last, base(ipv4("new", true)), nil},
+		{"a kept set gaining elements", last, base(ipv4("old", true, "10.0.0.1", "10.0.0.2")), nil},
+		{"a set re-created under its name", last, base(ipv4("old", false, "10.0.0.1")), nil},
+		{"the kernel's table unknown", nil, base(ipv4("new", true, "10.0.0.1")), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tx := nft.Plan(tc.last, tc.desired)
+			ahead, rest := setsAhead(tx, tc.last)
+			var got []string
+			for _, op := range ahead.Ops {
+				if op.Kind == nft.OpAddSet {
+					got = append(got, op.Name)
+				}
+			}
+			if !slices.Equal(got, tc.ahead) {
+				t.Fatalf("created ahead %v, want %v (ahead %v, rest %v)", got, tc.ahead, names(ahead), names(rest))
+			}
+			if len(ahead.Ops) == 0 {
+				if !slices.Equal(names(rest), names(tx)) {
+					t.Errorf("not split, but the transaction changed: %v, want %v", names(rest), names(tx))
+				}
+				return
+			}
+			// Together they are the transaction, each op once, in its order.
+			all := append(names(ahead), names(rest)...)
+			want := names(tx)
+			slices.Sort(all)
+			slices.Sort(want)
+			if !slices.Equal(all, want) {
+				t.Errorf("ahead %v and rest %v are not the transaction %v", names(ahead), names(rest), names(tx))
+			}
+			for _, op := range rest.Ops {
+				if (op.Kind == nft.OpAddSet || op.Kind == nft.OpAddElements) && slices.Contains(tc.ahead, op.Name) {
+					t.Errorf("%s is created ahead and again in the change", op.Name)
+				}
+			}
+		})
 	}
 }
