@@ -362,7 +362,9 @@ func (a *kernelApplier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft
 
 // TestPeriodicFullSyncReadsTheKernelAhead: with the netlink Applier, the
 // rebuild also reads the kernel's table, so the full sync that adopts it reads
-// nothing; drift made before that read is reported and repaired by it.
+// nothing; drift made before that read is found by it, and when it is drift in
+// elements (which the full sync mends by patching the sets, from the kernel's
+// table) the full sync reads the table itself and repairs it.
 func TestPeriodicFullSyncReadsTheKernelAhead(t *testing.T) {
 	f, applier := newKernelFixture(t, "np-rebuild")
 	if applier.full.ReadAhead {
@@ -375,9 +377,22 @@ func TestPeriodicFullSyncReadsTheKernelAhead(t *testing.T) {
 	f.startRebuild()
 	f.finish()
 	ahead := testutil.ToFloat64(fullSyncReads.WithLabelValues("ahead"))
+	inSync := testutil.ToFloat64(fullSyncReads.WithLabelValues("sync"))
 	f.sync()
-	if want := []string{"set " + nft.MapIngressV4 + ": 1 elements missing"}; !applier.full.ReadAhead || !slices.Equal(applier.full.Drift, want) {
-		t.Fatalf("the adopting full sync: %+v, want it read ahead with drift %q", applier.full, want)
+	if want := []string{"set " + nft.MapIngressV4 + ": 1 elements missing"}; applier.full.ReadAhead || applier.full.Full || !slices.Equal(applier.full.Drift, want) {
+		t.Fatalf("the full sync: %+v, want its own read (elements drifted), drift %q, repaired in place", applier.full, want)
+	}
+	if a, s := testutil.ToFloat64(fullSyncReads.WithLabelValues("ahead"))-ahead, testutil.ToFloat64(fullSyncReads.WithLabelValues("sync"))-inSync; a != 0 || s != 1 {
+		t.Errorf("nftpolicy_full_sync_kernel_reads_total grew by %v ahead, %v in the sync; want 0 and 1", a, s)
+	}
+
+	// Without drift, the next periodic full sync uses what the rebuild read.
+	f.startRebuild()
+	f.finish()
+	ahead = testutil.ToFloat64(fullSyncReads.WithLabelValues("ahead"))
+	f.sync()
+	if !applier.full.ReadAhead || len(applier.full.Drift) != 0 {
+		t.Fatalf("the full sync after: %+v, want it read ahead, no drift", applier.full)
 	}
 	if n := testutil.ToFloat64(fullSyncReads.WithLabelValues("ahead")) - ahead; n != 1 {
 		t.Errorf("nftpolicy_full_sync_kernel_reads_total{read=\"ahead\"} grew by %v, want 1", n)

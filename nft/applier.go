@@ -20,8 +20,9 @@ type Applier interface {
 	// sends only what changed since, as Apply; when only some chains' rules
 	// differ, it rewrites those chains (PlanRepair), keeping the sets (see
 	// PlanRewrite: replacing a set makes its lookups miss for a moment); an
-	// implementation may likewise keep the exactly-right sets of a table it did
-	// not write; otherwise it replaces the whole table.
+	// implementation may likewise keep the exactly-right sets, and patch the
+	// others, of a table it did not write or that drifted in more than rules;
+	// otherwise it replaces the whole table.
 	FullSync(ctx context.Context, desired *Ruleset) (Stats, error)
 
 	// Delete removes the table. A missing table is not an error.

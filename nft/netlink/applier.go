@@ -225,10 +225,12 @@ func (a *Applier) applyChange(ctx context.Context, desired *nft.Ruleset, p *nft.
 // makes it desired in one transaction: without drift by sending only what changed
 // since (rules are compared by bytecode and comment, so nothing is rewritten that
 // the kernel holds right); when only some chains' rules differ, by rewriting those
-// and keeping the rest; with no table applied yet by adopting the one found
-// (adopt.go); otherwise, or when adopting fails, by replacing it whole. Failing to
+// and keeping the rest; with no table applied yet, or other drift, by adopting
+// the one found (adopt.go: what is right kept, sets patched in place); otherwise,
+// or when adopting fails, by replacing it whole. Failing to
 // read the table does not stop the replace; Drift says so. After a ReadAhead it
-// reads nothing and reports what ReadAhead found (ahead.go).
+// reads nothing and reports what ReadAhead found (ahead.go), unless that is drift
+// in more than rules, which needs the kernel's table: then it reads it.
 func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -237,9 +239,10 @@ func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats
 	}
 	ahead := a.ahead
 	a.ahead = nil
-	if ahead != nil && a.last != nil && a.aheadForeign == a.foreign.Load() {
+	if ahead != nil && a.last != nil && a.aheadForeign == a.foreign.Load() && ahead.repairable() {
 		// Read ahead (ahead.go), and no transaction failed or replaced the
-		// table since: what it found is what this read would find.
+		// table since: what it found is what this read would find. (Other
+		// drift needs the kernel's table itself, read below.)
 		st, err := a.repair(ctx, *ahead, desired)
 		st.ReadAhead = true
 		return st, err
@@ -257,12 +260,16 @@ func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats
 		d = drift{lines: []string{fmt.Sprintf("could not read table inet %s: %v", a.opts.Table, err)}}
 		kt = nil
 	}
-	if a.last != nil {
+	if a.last != nil && d.repairable() {
 		return a.repair(ctx, d, desired)
 	}
-	// A table this Applier did not write (a previous agent's): keep what of it
-	// is exactly right. If the kernel refuses that plan, nothing changed.
+	// A table this Applier did not write (a previous agent's), or one that
+	// drifted in more than rules (someone deleted or added elements, sets or
+	// chains): keep what of it is exactly right, patch the sets that only hold
+	// other elements (re-created sets drop packets: see doc.go). If the kernel
+	// refuses that plan, nothing changed, and the table is replaced.
 	drift := d.lines
+	repairing := a.last != nil // else adopting: the lines below say what was kept
 	var last *nft.Ruleset
 	var kept, patched, keptObjs int
 	var ok bool
@@ -272,6 +279,10 @@ func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats
 	})
 	if ok && kept+patched+keptObjs > 0 {
 		st, err := a.apply(ctx, last, desired, nft.PlanRewrite)
+		if err == nil && repairing {
+			st.Drift = drift
+			return st, nil
+		}
 		if err == nil {
 			st.Drift = append(drift, fmt.Sprintf("adopted: %d of %d sets kept", kept, len(desired.Sets)))
 			if patched > 0 {
@@ -290,22 +301,18 @@ func (a *Applier) FullSync(ctx context.Context, desired *nft.Ruleset) (nft.Stats
 }
 
 // repair makes the table desired, from the last applied one that the kernel
-// holds but for d: with no difference it sends only what changed since (often
-// nothing); when only some chains' rules differ it rewrites those; otherwise
-// it replaces the table whole. Sets are kept but in the last case (replacing
-// them drops packets: nft.PlanRewrite).
+// holds but for d, which is repairable: with no difference it sends only what
+// changed since (often nothing); when only some chains' rules differ it
+// rewrites those, keeping the sets.
 func (a *Applier) repair(ctx context.Context, d drift, desired *nft.Ruleset) (nft.Stats, error) {
 	var st nft.Stats
 	var err error
-	switch {
-	case len(d.lines) == 0:
+	if len(d.lines) == 0 {
 		st, err = a.apply(ctx, a.last, desired, nft.Plan)
-	case d.rulesOnly():
+	} else {
 		st, err = a.apply(ctx, a.last, desired, func(last, desired *nft.Ruleset) nft.Transaction {
 			return nft.PlanRepair(last, desired, d.rules)
 		})
-	default:
-		st, err = a.apply(ctx, nil, desired, nft.Plan)
 	}
 	st.Drift = d.lines
 	return st, err

@@ -23,12 +23,14 @@
 // in maps, verdict) and reports how it differs from what was last applied in
 // Stats.Drift. Without drift it sends only what changed since (nothing, when
 // nothing did); when only some chains' rules differ it rewrites those and keeps
-// everything else (nft.PlanRepair). With nothing applied yet (a restarted agent) it adopts
-// the table it finds (adopt.go): sets whose type, flags and elements are exactly
-// right are kept, those of the right type and flags patched in place (elements
-// deleted and added), the rest re-created, every chain rewritten. With drift, or
-// when adopting is not possible (a base chain's hook changed) or the kernel
-// refuses it, it replaces the table whole. Keeping sets matters: when a set is
+// everything else (nft.PlanRepair). With nothing applied yet (a restarted agent), or
+// with drift in more than rules (elements, sets, chains or objects someone added or
+// deleted), it adopts the table it finds (adopt.go): sets whose type, flags and
+// elements are exactly right are kept, those of the right type and flags patched in
+// place (elements deleted and added), the rest re-created, every chain rewritten,
+// named objects kept (a counter keeps its count). When adopting is not possible (no
+// table, a base chain's hook changed) or the kernel refuses it, it replaces the
+// table whole. Keeping sets matters: when a set is
 // replaced, its lookups miss for a moment around the commit, so packets it allows
 // are dropped once and retransmitted (test/bench/datapath's
 // TestReplaceUnderTraffic: a few connections per twenty replacements; none for

@@ -110,6 +110,10 @@ type drift struct {
 // rulesOnly reports whether rewriting d.rules repairs every difference.
 func (d drift) rulesOnly() bool { return len(d.lines) > 0 && len(d.lines) == len(d.rules) }
 
+// repairable reports whether repair mends d from the last applied table alone:
+// no difference, or rules only.
+func (d drift) repairable() bool { return len(d.lines) == 0 || d.rulesOnly() }
+
 // drift compares the table the kernel holds (kt) with last (what this Applier
 // applied; nil when it applied nothing yet or failed) and describes the
 // differences: missing and unexpected chains, sets and named objects (and objects
