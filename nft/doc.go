@@ -426,9 +426,10 @@
 // does): TestCounterCost's figure per update, one to four times per connection.
 //
 // The counters are objects, not rule statements, so rewriting a chain (the periodic
-// full sync, a restarted agent adopting the table) keeps their counts. A group's
-// counters go with the group (when the policies selecting its pods change) and
-// start at zero when the table is replaced whole; the agent carries each counter's
+// full sync, a restarted agent adopting the table, a repair of someone else's
+// change) keeps their counts. A group's counters go with the group (when the
+// policies selecting its pods change) and start at zero when the table is replaced
+// whole (it was deleted, or could not be adopted); the agent carries each counter's
 // last value read into its policies' totals, so a policy's total never decreases
 // (what a vanished group counted since the last scrape is lost).
 //
