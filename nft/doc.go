@@ -124,6 +124,7 @@
 //	    family; the rules of those policies for IPv4 addresses, in order, one nft
 //	    rule per protocol kind:
 //	    ip daddr @cnp-<hash>-cnp/<name>-eg0-v4 <verdict>                              every port
+//	        (peers with networks: an interval set, -eg0-net-v4; without, a hash)
 //	    meta l4proto . th dport @...-eg1-ports ip daddr @...-eg1-v4 <verdict>         exact ports (hash)
 //	    meta l4proto . th dport @...-eg1-ranges ip daddr @...-eg1-v4 <verdict>        wide ranges (interval)
 //	    ip daddr . meta l4proto . th dport @...-eg2-named-v4 <verdict>                named ports (hash)

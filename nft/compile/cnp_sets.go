@@ -46,7 +46,7 @@ func (ps *pass) cnpSets(p *clusterPolicy) []nft.Set {
 					typ = nft.TypeIPv6Addr
 				}
 				if needPeers && !r.everyAddr[famIndex(v6)] {
-					s := nft.Set{Name: p.setName(r, famSuffix("", v6)), Type: []nft.DataType{typ}, Interval: r.networks,
+					s := nft.Set{Name: p.peerSetName(r, v6), Type: []nft.DataType{typ}, Interval: r.networks,
 						Comment: comment("peers of " + what)}
 					for _, rg := range peers.elems(v6, nil) {
 						s.Elements = append(s.Elements, nft.Element{Key: []nft.Value{addrValue(rg)}})

@@ -263,11 +263,11 @@ func TestNarrowsTiers(t *testing.T) {
 		{"cnp-admin", name("pass-x-ingress", "in0-v4"), addr, true},           // Admin Pass peers
 		{"cnp-admin", name("accept-z-to-x", "in0-v4"), addr, false},           // Admin Accept peers
 		{"cnp-admin", name("accept-z-to-x", "in0-ports"), port(6, 81), false}, // Admin Accept ports
-		{"cnp-admin", name("dns-and-no-9", "eg1-v4"), addr, true},             // Admin egress Deny
+		{"cnp-admin", name("dns-and-no-9", "eg1-net-v4"), addr, true},         // Admin egress Deny (networks)
 		{"cnp-baseline", name("default-deny", "in0-v4"), addr, true},          // Baseline Deny
 		{"cnp-baseline", name("web-from-x", "in0-v4"), addr, false},           // Baseline Accept
-		{"cnp-baseline", name("web-from-x", "eg0-v4"), addr, true},            // Baseline egress Deny
-		{"cnp-baseline", name("z-pass", "eg0-v4"), addr, true},                // Admin egress Pass
+		{"cnp-baseline", name("web-from-x", "eg0-net-v4"), addr, true},        // Baseline egress Deny (networks)
+		{"cnp-baseline", name("z-pass", "eg0-net-v4"), addr, true},            // Admin egress Pass (networks)
 		{"cnp-ports", name("x-ports-out", "eg1-ports"), port(17, 5003), true}, // Deny on one more port
 		{"cnp-ports", name("x-ports-out", "eg0-ranges"), nft.Elem(nft.Num(6), nft.NumRange(9000, 9100)), true},
 		{"cnp-ports", name("x-ports-in", "in0-ranges"), nft.Elem(nft.Num(17), nft.NumRange(9000, 9100)), false},

@@ -295,7 +295,7 @@ func (g *tierGroup) ruleRules(p *clusterPolicy, r *cnpRule, v6 bool, strict bool
 	}
 	var peers []nft.Match
 	if !r.everyAddr[famIndex(v6)] {
-		peers = []nft.Match{nft.InSet(p.setName(r, famSuffix("", v6)), peerKey)}
+		peers = []nft.Match{nft.InSet(p.peerSetName(r, v6), peerKey)}
 	}
 	rule := func(ms []nft.Match, text string) nft.Rule {
 		return nft.Rule{Matches: ms, Statements: st, Counter: true, Verdict: v, Comment: comment(text)}
@@ -336,6 +336,18 @@ func famSuffix(prefix string, v6 bool) string {
 		return prefix + "v6"
 	}
 	return prefix + "v4"
+}
+
+// peerSetName names the rule's peer set of one family. A set of peers with
+// networks is an interval set, one without a hash: the two types have two names,
+// so that a rule whose peers gain or lose networks gets a new set, which the
+// applier creates ahead of the change (nft/netlink sendAhead), rather than one
+// re-created under its name, whose lookups miss for a moment at the commit.
+func (p *clusterPolicy) peerSetName(r *cnpRule, v6 bool) string {
+	if r.networks {
+		return p.setName(r, famSuffix("net-", v6))
+	}
+	return p.setName(r, famSuffix("", v6))
 }
 
 // setName names one of the rule's sets: `cnp-<hash>-cnp/<name>-<eg|in><rule>-<what>`.
