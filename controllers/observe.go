@@ -121,7 +121,18 @@ type denyLogger struct {
 	log    logr.Logger
 	// retry is how long to wait before opening the group again after a failure.
 	retry time.Duration
+	// firstWait bounds how long packets read before the agent's first table is
+	// in force wait for its attribution (see read); 0: firstTableWait.
+	firstWait time.Duration
+	waited    bool
 }
+
+// firstTableWait: a restarted agent reads the packets the table in force (its
+// predecessor's) logged from the moment it opens the group, before its own first
+// sync can name their chains. It holds them until that sync is done, this long at
+// most (a first sync takes 1-8 s): the names are the same unless policies changed
+// while no agent ran.
+const firstTableWait = 30 * time.Second
 
 // NeedLeaderElection: every agent reads its own node's log.
 func (d *denyLogger) NeedLeaderElection() bool { return false }
@@ -168,6 +179,10 @@ func (d *denyLogger) read(ctx context.Context, src DenyLogSource) error {
 			}
 			return err
 		}
+		if !d.waited {
+			d.waitForFirstTable(ctx)
+			d.waited = true
+		}
 		for i := range pkts {
 			d.logPacket(ctx, &pkts[i])
 		}
@@ -175,6 +190,19 @@ func (d *denyLogger) read(ctx context.Context, src DenyLogSource) error {
 			denyLogLost.Add(float64(l - lost))
 			lost = l
 		}
+	}
+}
+
+// waitForFirstTable waits until a table's attribution is in force, ctx is done,
+// or firstWait has passed.
+func (d *denyLogger) waitForFirstTable(ctx context.Context) {
+	wait := d.firstWait
+	if wait == 0 {
+		wait = firstTableWait
+	}
+	deadline := time.Now().Add(wait)
+	for d.attrib.get().cur == nil && ctx.Err() == nil && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -153,6 +153,62 @@ func TestDenyLogger(t *testing.T) {
 	}
 }
 
+// TestDenyLoggerWaitsForTheFirstTable: packets read before the agent's first
+// table is in force (a restarted agent reads what its predecessor's table
+// logged) are held until its attribution can name them, and no longer than
+// firstWait.
+func TestDenyLoggerWaitsForTheFirstTable(t *testing.T) {
+	scheme, err := newScheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := fake.NewClientBuilder().WithScheme(scheme).WithIndex(&corev1.Pod{}, podIPIndex, indexPodIPs).Build()
+	prefix := "nftpolicy-deny ing-3fa9c2d1"
+	for _, tc := range []struct {
+		name      string
+		firstWait time.Duration
+		store     bool
+		want      string
+	}{
+		{"named once the first table is in force", time.Minute, true, `"direction"="ingress"`},
+		{"unnamed when no table comes in time", 100 * time.Millisecond, false, `"direction"="unknown"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			at := &attribution{}
+			var lines lineLog
+			src := newFakeSource()
+			d := &denyLogger{open: func() (DenyLogSource, error) { return src, nil }, pods: pods, attrib: at,
+				log: lines.logger(), retry: time.Hour, firstWait: tc.firstWait}
+			src.batches <- []nflog.Packet{udpPacket(prefix, "10.0.1.1", "10.0.2.2", 40000, 53)}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error)
+			go func() { done <- d.Start(ctx) }()
+			defer func() {
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("Start: %v", err)
+				}
+			}()
+			if tc.store {
+				time.Sleep(300 * time.Millisecond)
+				if n := len(lines.get()); n != 0 {
+					t.Fatalf("%d lines before the first table: %q", n, lines.get())
+				}
+				at.store(&compile.Attribution{Groups: map[string]compile.Group{prefix: {Chain: "ing-3fa9c2d1-y/a", Ingress: true,
+					Policies: []types.NamespacedName{{Namespace: "y", Name: "deny-all"}}}}})
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for len(lines.get()) < 1 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			got := lines.get()
+			if len(got) != 1 || !strings.Contains(got[0], tc.want) {
+				t.Fatalf("lines %q, want one with %s", got, tc.want)
+			}
+		})
+	}
+}
+
 // TestDenyLoggerRetries: a group that cannot be opened is retried, never fatal.
 // store records a table applied, as the reconciler does: applying, then applied.
 func (a *attribution) store(at *compile.Attribution) {
