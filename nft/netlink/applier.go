@@ -399,8 +399,9 @@ func (a *Applier) commit(ctx context.Context, last, desired *nft.Ruleset, tx nft
 // 150 such commits, at ~250,000 packets a second; none when the set was
 // created a batch before; hash sets miss nothing either way). Created ahead,
 // the sets are complete before any rule refers to them, and the change of
-// policy is still one batch. If that batch fails, the sets stay unused until
-// the full sync that follows a failure deletes them.
+// policy is still one batch. If the kernel refuses the change, the sets are
+// deleted again, so that the table is as it was (should that fail too, the
+// full sync that follows a failure deletes them).
 func (a *Applier) sendAhead(ctx context.Context, tx nft.Transaction, last, desired *nft.Ruleset) (nft.Stats, error) {
 	ahead, rest := setsAhead(tx, last)
 	if len(ahead.Ops) == 0 {
