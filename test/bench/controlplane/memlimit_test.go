@@ -224,12 +224,21 @@ func measureUnderLimit(ctx context.Context, cg *memcg, limit int64, name, agentB
 		return false, fmt.Errorf("churn: %w", err)
 	}
 	time.Sleep(3 * time.Second) // the last syncs
-	var gcs float64 = -1
+	var gcs, faults, gcCPU float64 = -1, -1, -1
 	if m, err := scrape(metricsURL); err == nil {
 		gcs = m["go_gc_duration_seconds_count"]
+		faults, gcCPU = m["nftpolicy_process_major_page_faults_total"], m["nftpolicy_gc_cpu_seconds_total"]
 	}
 	pid := a.cmd.Process.Pid
 	cpu := benchproc.CPUSeconds(pid)
+	if faults >= 0 {
+		// The agent's own signals of a limit too small (controllers/pressure.go),
+		// whether it kept up or not.
+		report("memlimit_"+name+"_major_faults", "%.0f", faults)
+		if cpu > 0 {
+			report("memlimit_"+name+"_gc_cpu_share", "%.2f", gcCPU/cpu)
+		}
+	}
 	_, hwm := procMemory(pid)
 	select {
 	case <-a.exited:
