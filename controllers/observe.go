@@ -124,7 +124,6 @@ type denyLogger struct {
 	// firstWait bounds how long packets read before the agent's first table is
 	// in force wait for its attribution (see read); 0: firstTableWait.
 	firstWait time.Duration
-	waited    bool
 }
 
 // firstTableWait: a restarted agent reads the packets the table in force (its
@@ -170,6 +169,8 @@ func (d *denyLogger) read(ctx context.Context, src DenyLogSource) error {
 		}
 		src.Close() // unblocks Read
 	}()
+	// The group is open: what the kernel logs meanwhile waits in the socket.
+	d.waitForFirstTable(ctx)
 	var lost uint64
 	for {
 		pkts, err := src.Read()
@@ -178,10 +179,6 @@ func (d *denyLogger) read(ctx context.Context, src DenyLogSource) error {
 				return nil
 			}
 			return err
-		}
-		if !d.waited {
-			d.waitForFirstTable(ctx)
-			d.waited = true
 		}
 		for i := range pkts {
 			d.logPacket(ctx, &pkts[i])

@@ -78,6 +78,17 @@ func udpPacket(prefix, src, dst string, sport, dport uint16) nflog.Packet {
 		Protocol: nflog.ProtoUDP, SrcPort: sport, DstPort: dport, HasL4: true}
 }
 
+// runDenyLogger runs d until stop, which returns what Start returned.
+func runDenyLogger(d *denyLogger) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Start(ctx) }()
+	return func() error {
+		cancel()
+		return <-done
+	}
+}
+
 // TestDenyLogger: each packet is one line with both ends named (pod when one pod
 // has the address, else the address), ports, direction and the isolating
 // policies; a prefix of an older table still resolves; an unknown one says so.
@@ -122,15 +133,12 @@ func TestDenyLogger(t *testing.T) {
 		udpPacket("nftpolicy-deny cnp-0000000a in1", "10.0.1.1", "10.0.2.2", 40002, 80),
 		udpPacket("nftpolicy-deny ing-3fa9c2d1 reply", "10.0.2.2", "10.0.1.1", 53, 40000),
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- d.Start(ctx) }()
+	stop := runDenyLogger(d)
 	deadline := time.Now().Add(10 * time.Second)
 	for len(lines.get()) < 6 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
 	got := lines.get()
@@ -180,12 +188,9 @@ func TestDenyLoggerWaitsForTheFirstTable(t *testing.T) {
 			d := &denyLogger{open: func() (DenyLogSource, error) { return src, nil }, pods: pods, attrib: at,
 				log: lines.logger(), retry: time.Hour, firstWait: tc.firstWait}
 			src.batches <- []nflog.Packet{udpPacket(prefix, "10.0.1.1", "10.0.2.2", 40000, 53)}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error)
-			go func() { done <- d.Start(ctx) }()
+			stop := runDenyLogger(d)
 			defer func() {
-				cancel()
-				if err := <-done; err != nil {
+				if err := stop(); err != nil {
 					t.Errorf("Start: %v", err)
 				}
 			}()
@@ -272,9 +277,7 @@ func TestDenyLoggerRetries(t *testing.T) {
 		}
 		return src, nil
 	}, attrib: &attribution{}, log: lines.logger(), retry: 10 * time.Millisecond}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- d.Start(ctx) }()
+	stop := runDenyLogger(d)
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
@@ -288,8 +291,7 @@ func TestDenyLoggerRetries(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	time.Sleep(50 * time.Millisecond)
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 	if opens != 3 || !strings.Contains(strings.Join(lines.get(), "\n"), "group taken") {

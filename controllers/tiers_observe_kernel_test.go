@@ -194,12 +194,9 @@ func TestTierDenyLogAndCounters(t *testing.T) {
 	d := &denyLogger{open: func() (DenyLogSource, error) {
 		return nflog.Open(nflog.Config{Group: group, NetNS: int(nsFile.Fd()), ReadBuffer: 1 << 20})
 	}, pods: cache, attrib: at, log: lines.logger(), retry: time.Second}
-	ctx, cancel := context.WithCancel(context.Background())
-	loggerDone := make(chan error)
-	go func() { loggerDone <- d.Start(ctx) }()
+	stopLogger := runDenyLogger(d)
 	defer func() {
-		cancel()
-		if err := <-loggerDone; err != nil {
+		if err := stopLogger(); err != nil {
 			t.Errorf("deny logger: %v", err)
 		}
 	}()

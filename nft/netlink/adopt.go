@@ -71,11 +71,12 @@ func (a *Applier) adoptable(desired *nft.Ruleset, kt *kernelTable) (last *nft.Ru
 			continue
 		}
 		s := *d // elements included: kept as they are
+		got, typeOK := a.elementsOfType(kt, d, ks)
 		switch {
-		case a.sameSet(d, ks):
+		case typeOK && holdsExactly(d, got):
 			kept++
-		case a.sameSetType(d, ks):
-			if elems, exact := a.exactElements(d, ks); exact {
+		case typeOK:
+			if elems, exact := exactElements(d, ks, got); exact {
 				s.Elements = elems // patched
 				patched++
 				break
@@ -103,13 +104,21 @@ func sameBaseChain(want, got *nftables.Chain) bool {
 		got.Policy != nil && *got.Policy == *want.Policy
 }
 
-// sameSet reports whether the kernel's set ks has d's key type and flags and
-// exactly d's elements, as the kernel holds them.
-func (a *Applier) sameSet(d *nft.Set, ks *nftables.Set) bool {
+// elementsOfType returns the elements of the kernel's set ks when it has d's key
+// type and flags (false otherwise, or when they cannot be read), read once per
+// kernelTable.
+func (a *Applier) elementsOfType(kt *kernelTable, d *nft.Set, ks *nftables.Set) ([]nftables.SetElement, bool) {
 	if !a.sameSetType(d, ks) {
-		return false
+		return nil, false
 	}
-	missing, unexpected, err := a.elementDiff(d, ks)
+	got, err := a.keptElements(kt, ks)
+	return got, err == nil
+}
+
+// holdsExactly reports whether got, a kernel set's elements, are exactly d's,
+// as the kernel holds them.
+func holdsExactly(d *nft.Set, got []nftables.SetElement) bool {
+	missing, unexpected, err := elementDiff(d, got)
 	return err == nil && missing == 0 && unexpected == 0
 }
 
@@ -127,18 +136,17 @@ func (a *Applier) sameSetType(d *nft.Set, ks *nftables.Set) bool {
 	return ks.IsMap || ks.KeyType.Bytes == kt.Bytes && ks.KeyType.GetNFTMagic() == kt.GetNFTMagic()
 }
 
-// exactElements reads the elements of the kernel's set ks (of d's type and
-// flags) into the model, and reports whether they describe it exactly: encoded
-// as an Apply would add them, they are byte for byte the kernel's. Then a plan
-// from them deletes and adds only what differs from desired; otherwise the set
-// is re-created, so that nothing the model cannot describe stays in it.
-func (a *Applier) exactElements(d *nft.Set, ks *nftables.Set) ([]nft.Element, bool) {
-	rs, err := a.readSet(ks, d)
+// exactElements decodes got, the elements of the kernel's set ks (of d's type
+// and flags), into the model, and reports whether they describe it exactly:
+// encoded as an Apply would add them, they are byte for byte the kernel's. Then
+// a plan from them deletes and adds only what differs from desired; otherwise
+// the set is re-created, so that nothing the model cannot describe stays in it.
+func exactElements(d *nft.Set, ks *nftables.Set, got []nftables.SetElement) ([]nft.Element, bool) {
+	rs, err := decodeSet(ks, d, got)
 	if err != nil {
 		return nil, false
 	}
 	probe := *d
 	probe.Elements = rs.Elements
-	missing, unexpected, err := a.elementDiff(&probe, ks)
-	return rs.Elements, err == nil && missing == 0 && unexpected == 0
+	return rs.Elements, holdsExactly(&probe, got)
 }

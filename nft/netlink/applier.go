@@ -443,8 +443,6 @@ func setsAhead(tx nft.Transaction, last *nft.Ruleset) (ahead, rest nft.Transacti
 	deleted, filled := map[string]bool{}, map[string]bool{}
 	for _, op := range tx.Ops {
 		switch op.Kind {
-		case nft.OpDelTable, nft.OpAddTable:
-			return nft.Transaction{}, tx
 		case nft.OpDelSet:
 			deleted[op.Name] = true
 		case nft.OpAddElements:

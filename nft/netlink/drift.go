@@ -23,6 +23,32 @@ type kernelTable struct {
 	chains map[string]*nftables.Chain
 	sets   map[string]*nftables.Set // named sets only
 	objs   map[string]kernelObject
+	// elems: each named set's elements, as the last read of them found them
+	// (setElements). FullSync compares and then adopts under the Applier's
+	// lock, so an adoption after a drift compare reads no set again.
+	elems map[string][]nftables.SetElement
+}
+
+// setElements lists the elements of the kernel's set ks, and keeps them in kt
+// for the adoption that may follow (keptElements).
+func (a *Applier) setElements(kt *kernelTable, ks *nftables.Set) ([]nftables.SetElement, error) {
+	got, err := a.reader.GetSetElements(ks)
+	if err != nil {
+		return nil, fmt.Errorf("listing elements of set %s: %w", ks.Name, err)
+	}
+	if kt.elems == nil {
+		kt.elems = map[string][]nftables.SetElement{}
+	}
+	kt.elems[ks.Name] = got
+	return got, nil
+}
+
+// keptElements is what setElements last found in ks, or a fresh read of it.
+func (a *Applier) keptElements(kt *kernelTable, ks *nftables.Set) ([]nftables.SetElement, error) {
+	if got, ok := kt.elems[ks.Name]; ok {
+		return got, nil
+	}
+	return a.setElements(kt, ks)
 }
 
 // readTable reads the Applier's table, its chains and its named sets.
@@ -65,15 +91,9 @@ func (a *Applier) readTable() (*kernelTable, error) {
 }
 
 // elementDiff counts the elements of s, as the kernel holds them once added,
-// that the kernel's set ks lacks, and those of ks that s lacks.
-func (a *Applier) elementDiff(s *nft.Set, ks *nftables.Set) (missing, unexpected int, err error) {
-	if s == nil {
-		return 0, 0, nil // gone from the model since the table was listed: nothing to compare
-	}
-	got, err := a.reader.GetSetElements(ks)
-	if err != nil {
-		return 0, 0, fmt.Errorf("listing elements of set %s: %w", s.Name, err)
-	}
+// that got (the kernel's elements of that set) lacks, and those of got that s
+// lacks.
+func elementDiff(s *nft.Set, got []nftables.SetElement) (missing, unexpected int, err error) {
 	want, _, err := kernelElements(s, s.Elements, true) // as added: with verdicts
 	if err != nil {
 		return 0, 0, err
@@ -207,7 +227,14 @@ func (a *Applier) compare(last *nft.Ruleset, kt *kernelTable, content contentRea
 			if should != last {
 				want = index.find(should, s.Name)
 			}
-			missing, unexpected, err = a.elementDiff(want, ks)
+			if want == nil {
+				return nil // gone from the model since the table was listed: nothing to compare
+			}
+			got, err := a.setElements(kt, ks) // fresh: a read ahead may read a set again
+			if err != nil {
+				return err
+			}
+			missing, unexpected, err = elementDiff(want, got)
 			return err
 		})
 		if err != nil {

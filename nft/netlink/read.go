@@ -377,6 +377,16 @@ func keyTypes(magic uint32) ([]nft.DataType, error) {
 }
 
 func (a *Applier) readSet(ks *nftables.Set, hint *nft.Set) (nft.Set, error) {
+	elems, err := a.reader.GetSetElements(ks)
+	if err != nil {
+		return nft.Set{Name: ks.Name}, fmt.Errorf("listing elements: %w", err)
+	}
+	return decodeSet(ks, hint, elems)
+}
+
+// decodeSet describes the kernel's set ks, holding elems, in the model; hint is
+// the model's set of that name, if any (see readSet).
+func decodeSet(ks *nftables.Set, hint *nft.Set, elems []nftables.SetElement) (nft.Set, error) {
 	s := nft.Set{Name: ks.Name, Interval: ks.Interval, Verdicts: ks.IsMap, Comment: ks.Comment}
 	if s.Comment == "" && hint != nil {
 		// google/nftables v0.3.0 does not read a set's comment back.
@@ -385,10 +395,6 @@ func (a *Applier) readSet(ks *nftables.Set, hint *nft.Set) (nft.Set, error) {
 	var err error
 	if s.Type, err = keyTypes(ks.KeyType.GetNFTMagic()); err != nil && !ks.IsMap {
 		return s, err
-	}
-	elems, err := a.reader.GetSetElements(ks)
-	if err != nil {
-		return s, fmt.Errorf("listing elements: %w", err)
 	}
 	if ks.IsMap {
 		// google/nftables v0.3.0 reports a map's key type as its data type (see
