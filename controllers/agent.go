@@ -31,6 +31,7 @@ import (
 	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 	cnpv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
+	"github.com/nftpolicy/nftpolicy/controllers/cnigate"
 	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/compile"
 )
@@ -109,6 +110,10 @@ type Options struct {
 	// APICompression lets the apiserver gzip its responses (client-go's
 	// default); off, the agent asks for them uncompressed.
 	APICompression bool
+	// CNIGateConfDir and CNIGateBinDir, when set, are the node's CNI
+	// configuration and plugin directories: the agent keeps its binary
+	// (CNIGateBinary, its own) and the gate's entry there (cnigate.go).
+	CNIGateConfDir, CNIGateBinDir, CNIGateBinary string
 	// CNPDiscoveryInterval is how often the agent asks discovery whether
 	// ClusterNetworkPolicy is served when it may not watch the CRD (an old
 	// ClusterRole; crdwatch.go); 0 means 30s.
@@ -294,6 +299,9 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	if err := setupStartupTaint(ctx, mgr, core, opts, ready, log); err != nil {
 		return fmt.Errorf("startup taint setup: %w", err)
 	}
+	if err := setupCNIGate(mgr, opts, log); err != nil {
+		return fmt.Errorf("CNI gate setup: %w", err)
+	}
 
 	log.Info("starting agent", "table", opts.TableName, "netns", opts.NetNS,
 		"metrics", opts.MetricsAddr, "health", opts.HealthAddr, "fullSyncPeriod", opts.FullSyncPeriod,
@@ -437,6 +445,27 @@ func setupStartupTaint(ctx context.Context, mgr manager.Manager, core corev1clie
 	})
 }
 
+// setupCNIGate adds the keeping of the CNI gate's files (cnigate.go) when
+// opts names the node's CNI directories.
+func setupCNIGate(mgr manager.Manager, opts Options, log logr.Logger) error {
+	if opts.CNIGateConfDir == "" {
+		return nil
+	}
+	reader := mgr.GetCache()
+	return mgr.Add(&cniGate{
+		in: &cnigate.Installer{ConfDir: opts.CNIGateConfDir, BinDir: opts.CNIGateBinDir, Table: opts.TableName, Binary: opts.CNIGateBinary},
+		period: cniGatePeriod,
+		own: func(ctx context.Context) *corev1.Node {
+			var n corev1.Node
+			if err := reader.Get(ctx, client.ObjectKey{Name: opts.NodeName}, &n); err != nil {
+				return nil
+			}
+			return &n
+		},
+		recorder: mgr.GetEventRecorder("nftpolicy-agent"), log: log.WithName("cni-gate"),
+	})
+}
+
 // setupObserve adds the deny log reader, with the pod address index it names
 // packets' ends with, when the deny log is on.
 func setupObserve(mgr manager.Manager, pods toolscache.SharedIndexInformer, opts Options, at *attribution, log logr.Logger) error {
@@ -495,6 +524,9 @@ type TableRemover func(ctx context.Context, netns, table string) error
 // CleanupOptions configures RunCleanup.
 type CleanupOptions struct {
 	NetNS, TableName string
+	// CNIGateConfDir and CNIGateBinDir, when set, are where the agent kept the
+	// CNI gate: its entries and binary are removed first.
+	CNIGateConfDir, CNIGateBinDir string
 	// RemoveTable does the removal; cmd/nftpolicy wires it to nft/netlink.
 	RemoveTable TableRemover
 }
@@ -502,10 +534,17 @@ type CleanupOptions struct {
 // ErrNoTableRemover is returned by RunCleanup when no TableRemover is wired.
 var ErrNoTableRemover = errors.New("not implemented: no table remover is wired into this build")
 
-// RunCleanup removes the agent's table: what a node needs after uninstall.
+// RunCleanup removes the agent's table: what a node needs after uninstall. The
+// CNI gate goes first: without the table, it would hold every new pod.
 func RunCleanup(ctx context.Context, opts CleanupOptions) error {
 	if opts.RemoveTable == nil {
 		return ErrNoTableRemover
+	}
+	if opts.CNIGateConfDir != "" {
+		in := &cnigate.Installer{ConfDir: opts.CNIGateConfDir, BinDir: opts.CNIGateBinDir}
+		if _, err := in.Remove(); err != nil {
+			return fmt.Errorf("remove the CNI gate (the table stays, so that pods can start): %w", err)
+		}
 	}
 	if err := opts.RemoveTable(ctx, opts.NetNS, opts.TableName); err != nil {
 		return fmt.Errorf("remove table inet %s: %w", opts.TableName, err)

@@ -8,6 +8,9 @@
 //	nftpolicy explain  why a connection is allowed or denied, and by which policy
 //	nftpolicy version  print the version and the Go version
 //
+// Run with CNI_COMMAND in its environment and no arguments, it is the CNI gate's
+// plugin (controllers/cnigate).
+//
 // This file is the binary's contract and nothing more: flags -> Options ->
 // run(). Exit codes: 0 success (including a clean SIGTERM/SIGINT shutdown),
 // 1 a failure while running, 2 a usage or configuration error found before
@@ -23,6 +26,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"runtime/debug"
@@ -37,6 +41,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/nftpolicy/nftpolicy/controllers"
+	"github.com/nftpolicy/nftpolicy/controllers/cnigate"
 	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/compile"
 	"github.com/nftpolicy/nftpolicy/nft/netlink"
@@ -71,6 +76,12 @@ const (
 )
 
 func main() {
+	if cnigate.IsPluginCall(os.Args[1:], os.Getenv) {
+		// The runtime runs the binary as the CNI gate (controllers/cnigate).
+		os.Exit(cnigate.Run(os.Getenv, os.Stdin, os.Stdout, func(table string) (bool, error) {
+			return netlink.TableExists("", table)
+		}))
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -163,6 +174,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		"the key of a taint the agent removes from its own Node once the node's policies are in force (its first full "+
 			"sync): register nodes with it (e.g. kubelet --register-with-taints="+controllers.DefaultStartupTaint+"=:NoSchedule) "+
 			"and no pod that does not tolerate it starts on a node before its policies apply; empty: taints are left alone")
+	cniGateFlags(fs, &opts.CNIGateConfDir, &opts.CNIGateBinDir, "keep")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 
@@ -197,6 +209,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		checkTableName(opts.TableName),
 		checkNetNS(opts.NetNS),
 		checkTaintKey(opts.StartupTaint),
+		checkCNIGate(opts.CNIGateConfDir, opts.CNIGateBinDir),
 		estErr,
 		maskErr,
 		cidrErr,
@@ -230,6 +243,12 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 				out[name] = v.Packets
 			}
 			return out, err
+		}
+	}
+	if opts.CNIGateConfDir != "" {
+		if opts.CNIGateBinary, err = os.Executable(); err != nil {
+			fmt.Fprintf(stderr, "nftpolicy agent: the CNI gate needs the agent's own binary: %v\n", err)
+			return exitFailure
 		}
 	}
 	if opts.DenyLog.Rate > 0 {
@@ -363,10 +382,11 @@ func runCleanup(args []string, stdout, stderr io.Writer) int {
 	opts := controllers.CleanupOptions{RemoveTable: removeTable}
 	netnsFlag(fs, &opts.NetNS)
 	tableFlag(fs, &opts.TableName)
+	cniGateFlags(fs, &opts.CNIGateConfDir, &opts.CNIGateBinDir, "remove")
 	if code, done := parse(fs, args, stdout, stderr); done {
 		return code
 	}
-	if err := errors.Join(checkTableName(opts.TableName), checkNetNS(opts.NetNS)); err != nil {
+	if err := errors.Join(checkTableName(opts.TableName), checkNetNS(opts.NetNS), checkCNIGate(opts.CNIGateConfDir, opts.CNIGateBinDir)); err != nil {
 		return usageError(stderr, "cleanup", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -390,6 +410,32 @@ func newFlagSet(cmd string) *flag.FlagSet {
 func netnsFlag(fs *flag.FlagSet, p *string) {
 	fs.StringVar(p, "netns", "",
 		"program the table inside the network namespace at this path (e.g. /var/run/netns/node-1); default: the agent's own")
+}
+
+// cniGateFlags are the node's CNI directories, where the agent keeps the CNI
+// gate (verb "keep") and cleanup removes it ("remove").
+func cniGateFlags(fs *flag.FlagSet, confDir, binDir *string, verb string) {
+	fs.StringVar(confDir, "cni-gate-conf-dir", "",
+		"the node's CNI network configuration directory (e.g. /etc/cni/net.d, mounted from the host): "+verb+
+			" the CNI gate's entry in the configuration the runtime uses, so that after a reboot no pod's network comes up "+
+			"before the table is in force; with --cni-gate-bin-dir; empty: no gate")
+	fs.StringVar(binDir, "cni-gate-bin-dir", "",
+		"the node's CNI plugin directory (e.g. /opt/cni/bin, mounted from the host): "+verb+" the gate's plugin binary "+
+			cnigate.PluginType+" there; with --cni-gate-conf-dir")
+}
+
+// checkCNIGate checks --cni-gate-conf-dir and --cni-gate-bin-dir: both or
+// neither, absolute.
+func checkCNIGate(confDir, binDir string) error {
+	switch {
+	case confDir == "" && binDir == "":
+		return nil
+	case confDir == "" || binDir == "":
+		return errors.New("--cni-gate-conf-dir and --cni-gate-bin-dir go together")
+	case !filepath.IsAbs(confDir) || !filepath.IsAbs(binDir):
+		return errors.New("--cni-gate-conf-dir and --cni-gate-bin-dir must be absolute paths")
+	}
+	return nil
 }
 
 func tableFlag(fs *flag.FlagSet, p *string) {

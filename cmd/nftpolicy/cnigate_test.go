@@ -1,0 +1,130 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nftpolicy/nftpolicy/controllers/cnigate"
+	"github.com/nftpolicy/nftpolicy/nft/compile"
+	"github.com/nftpolicy/nftpolicy/nft/netlink"
+	"github.com/nftpolicy/nftpolicy/nft/nfttest"
+)
+
+// The node's network configuration, as a routed CNI writes it.
+const nodeConflist = `{
+  "cniVersion": "1.0.0",
+  "name": "podnet",
+  "plugins": [{"type": "ptp", "ipMasq": false, "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24"}]]}}]
+}`
+
+// TestCNIGate: the binary, installed by the agent's Installer as the gate and
+// run as a container runtime runs a chained plugin (in the node's network
+// namespace, CNI_* in the environment, the plugin's configuration with the
+// previous result on stdin), holds a pod's network until the node holds the
+// agent's table, then passes the previous result on; cleanup takes the gate
+// away before the table.
+func TestCNIGate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: no kernel")
+	}
+	nfttest.RequireRoot(t)
+	ns := nfttest.NewNetNS(t, "np-cnigate")
+	confDir, binDir := t.TempDir(), t.TempDir()
+	conflist := filepath.Join(confDir, "10-podnet.conflist")
+	if err := os.WriteFile(conflist, []byte(nodeConflist), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	in := &cnigate.Installer{ConfDir: confDir, BinDir: binDir, Table: "nftpolicy", Binary: bin}
+	if _, err := in.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+
+	// What the runtime hands the gate: its entry, with the list's name and
+	// version, and the ptp plugin's result.
+	var list struct {
+		CNIVersion string            `json:"cniVersion"`
+		Name       string            `json:"name"`
+		Plugins    []json.RawMessage `json:"plugins"`
+	}
+	data, _ := os.ReadFile(conflist)
+	if err := json.Unmarshal(data, &list); err != nil || len(list.Plugins) != 2 {
+		t.Fatalf("configuration after install: %v\n%s", err, data)
+	}
+	var entry map[string]any
+	json.Unmarshal(list.Plugins[1], &entry)
+	entry["cniVersion"], entry["name"] = list.CNIVersion, list.Name
+	entry["prevResult"] = json.RawMessage(`{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/cni-1"}],"ips":[{"address":"10.244.1.7/24","interface":0}]}`)
+	stdin, _ := json.Marshal(entry)
+	plugin := func(cmd string) (int, map[string]any) {
+		t.Helper()
+		c := exec.Command("nsenter", "--net="+ns.Path(), filepath.Join(binDir, entry["type"].(string)))
+		c.Env = []string{"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=c1", "CNI_NETNS=/var/run/netns/cni-1", "CNI_IFNAME=eth0", "CNI_PATH=" + binDir}
+		c.Stdin = bytes.NewReader(stdin)
+		var out bytes.Buffer
+		c.Stdout, c.Stderr = &out, os.Stderr
+		err := c.Run()
+		code := 0
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			code = exit.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		var res map[string]any
+		if out.Len() > 0 {
+			if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+				t.Fatalf("%s: stdout is not JSON: %s", cmd, out.String())
+			}
+		}
+		return code, res
+	}
+
+	// No table: try again later, and the pod's teardown is not in the way.
+	if code, res := plugin("ADD"); code == 0 || res["code"] != float64(11) || !strings.Contains(res["msg"].(string), "not in force") {
+		t.Fatalf("ADD before the table: exit %d, %v", code, res)
+	}
+	if code, _ := plugin("DEL"); code != 0 {
+		t.Errorf("DEL before the table: exit %d", code)
+	}
+
+	// The agent's first table (an empty cluster's) in force: the result passes.
+	rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-1"}, compile.Options{})
+	a, err := netlink.New(netlink.Options{Table: rs.Table, NetNSPath: ns.Path()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if _, err := a.Apply(context.Background(), rs); err != nil {
+		t.Fatal(err)
+	}
+	code, res := plugin("ADD")
+	if code != 0 || res["cniVersion"] != "1.0.0" || res["ips"] == nil {
+		t.Fatalf("ADD with the table: exit %d, %v", code, res)
+	}
+	// The host's own namespace has no bearing: the gate asks where it runs.
+	if ok, err := netlink.TableExists(ns.Path(), "nftpolicy"); !ok || err != nil {
+		t.Errorf("TableExists in the namespace: %v, %v", ok, err)
+	}
+
+	// Cleanup: the entry and the binary, then the table.
+	if code, _, stderr := runBin(t, "", "cleanup", "--netns", ns.Path(), "--cni-gate-conf-dir", confDir, "--cni-gate-bin-dir", binDir); code != 0 {
+		t.Fatalf("cleanup: exit %d: %s", code, stderr)
+	}
+	data, _ = os.ReadFile(conflist)
+	if strings.Contains(string(data), cnigate.PluginType) {
+		t.Errorf("entry left after cleanup:\n%s", data)
+	}
+	if _, err := os.Stat(filepath.Join(binDir, cnigate.PluginType)); !os.IsNotExist(err) {
+		t.Errorf("binary left after cleanup: %v", err)
+	}
+	if ok, err := netlink.TableExists(ns.Path(), "nftpolicy"); ok || err != nil {
+		t.Errorf("table after cleanup: %v, %v", ok, err)
+	}
+}

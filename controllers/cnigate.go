@@ -1,0 +1,105 @@
+package controllers
+
+import (
+	"context"
+	"path/filepath"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+
+	"github.com/nftpolicy/nftpolicy/controllers/cnigate"
+)
+
+// The CNI gate (controllers/cnigate): with --cni-gate-conf-dir and
+// --cni-gate-bin-dir the agent keeps its binary and the gate's entry in the
+// node's CNI configuration, so that after the node's next reboot no pod's
+// network comes up before the table is in force. It is put in place at once,
+// before the first sync (a pod the gate holds then starts at that sync), and
+// checked again every cniGatePeriod: a CNI agent that writes its configuration
+// anew drops the entry.
+
+var (
+	cniGateInstalled = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "nftpolicy_cni_gate",
+		Help: "1 when the CNI gate's binary and entry are in place on this node, 0 when the agent, asked to keep them, cannot (see its log and the Node's Events).",
+	})
+	cniGateWrites = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nftpolicy_cni_gate_writes_total",
+		Help: "Writes of the CNI gate's files, by what was written (binary, config): a config count that keeps growing is a CNI agent rewriting its configuration.",
+	}, []string{"file"})
+)
+
+func init() { metrics.Registry.MustRegister(cniGateInstalled, cniGateWrites) }
+
+// cniGatePeriod is how often the gate's files are checked: a stat and the read
+// of one small file.
+const cniGatePeriod = 2 * time.Second
+
+// cniGate keeps in's files in place until ctx is done.
+type cniGate struct {
+	in     *cnigate.Installer
+	period time.Duration
+	// own returns the agent's Node, for Events (nil when it cannot be had).
+	own      func(ctx context.Context) *corev1.Node
+	recorder recorder.EventRecorder // may be nil
+	log      logr.Logger
+}
+
+// Start checks at once, then every period. Each change of state (in place, or
+// failing with another error) is logged once, not every period, and a failure
+// recorded as a Warning Event on the Node.
+func (g *cniGate) Start(ctx context.Context) error {
+	cniGateWrites.WithLabelValues("binary")
+	cniGateWrites.WithLabelValues("config")
+	last := "unset"
+	tick := time.NewTicker(g.period)
+	defer tick.Stop()
+	for {
+		st, err := g.in.Ensure()
+		if st.BinaryWritten {
+			cniGateWrites.WithLabelValues("binary").Inc()
+		}
+		if st.ConfigWritten {
+			cniGateWrites.WithLabelValues("config").Inc()
+			g.log.Info("CNI gate added to the network configuration", "config", st.Config)
+		}
+		state := ""
+		if err != nil {
+			state = err.Error()
+			cniGateInstalled.Set(0)
+		} else {
+			cniGateInstalled.Set(1)
+		}
+		if state != last {
+			g.report(ctx, st, err)
+			last = state
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+func (g *cniGate) report(ctx context.Context, st cnigate.State, err error) {
+	var n *corev1.Node
+	if g.recorder != nil && g.own != nil {
+		n = g.own(ctx)
+	}
+	if err != nil {
+		g.log.Error(err, "CNI gate not in place: after this node's next reboot, its pods may start before their policies are in force",
+			"confDir", g.in.ConfDir, "binDir", g.in.BinDir)
+		if n != nil {
+			g.recorder.Eventf(n, nil, corev1.EventTypeWarning, "CNIGateNotInstalled", "InstallCNIGate",
+				"the CNI gate is not in place (%v): after this node's next reboot, its pods may start before their policies are in force", err)
+		}
+		return
+	}
+	// No Event when it is in place: every agent start on every node would make one.
+	g.log.Info("CNI gate in place", "config", st.Config, "binary", filepath.Join(g.in.BinDir, cnigate.PluginType), "table", g.in.Table)
+}

@@ -1,0 +1,220 @@
+package cnigate
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// Installer keeps the gate on one node: its binary in BinDir and its entry in
+// the network configuration of ConfDir that the runtime uses.
+type Installer struct {
+	ConfDir, BinDir string
+	// Table is the table the gate waits for.
+	Table string
+	// Binary is the file installed as BinDir/nftpolicy: the agent's own.
+	Binary string
+
+	sum       [32]byte // Binary's hash, once read
+	installed fileID   // BinDir/nftpolicy as it was when last found equal to Binary
+}
+
+// fileID tells whether a file was replaced or written since it was last read.
+type fileID struct {
+	ino, size int64
+	mtime     time.Time
+}
+
+func idOf(fi fs.FileInfo) fileID {
+	id := fileID{size: fi.Size(), mtime: fi.ModTime()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		id.ino = int64(st.Ino)
+	}
+	return id
+}
+
+// State is what Ensure found or did.
+type State struct {
+	// Config is the network configuration the runtime uses (empty if none).
+	Config string
+	// BinaryWritten and ConfigWritten say what Ensure or Remove changed.
+	BinaryWritten, ConfigWritten bool
+}
+
+// Ensure puts the binary, then the entry, in place (in that order: an entry
+// whose binary is missing fails every pod with a worse message). Cheap when
+// both are there: one stat of the binary and one read of the configuration.
+func (in *Installer) Ensure() (State, error) {
+	var st State
+	written, err := in.ensureBinary()
+	if err != nil {
+		return st, fmt.Errorf("installing %s: %w", filepath.Join(in.BinDir, PluginType), err)
+	}
+	st.BinaryWritten = written
+	if st.Config, err = ActiveConfig(in.ConfDir); err != nil {
+		return st, err
+	}
+	st.ConfigWritten, err = rewrite(st.Config, func(data []byte) ([]byte, bool, error) { return withGate(data, in.Table) })
+	if err != nil {
+		return st, fmt.Errorf("adding the gate to %s: %w", st.Config, err)
+	}
+	return st, nil
+}
+
+// Remove takes the gate's entry out of every network configuration of ConfDir,
+// then its binary out of BinDir (the reverse of Ensure). What is not there is
+// not an error.
+func (in *Installer) Remove() (State, error) {
+	var st State
+	var errs []error
+	entries, err := os.ReadDir(in.ConfDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	for _, e := range entries {
+		if e.IsDir() || filepath.Ext(e.Name()) != ".conflist" && filepath.Ext(e.Name()) != ".json" {
+			continue
+		}
+		path := filepath.Join(in.ConfDir, e.Name())
+		written, err := rewrite(path, withoutGate)
+		if err != nil {
+			// Not a configuration list, or not ours to judge: it has no entry of ours.
+			continue
+		}
+		if written {
+			st.ConfigWritten = true
+			st.Config = path
+		}
+	}
+	if len(errs) == 0 {
+		bin := filepath.Join(in.BinDir, PluginType)
+		switch err := os.Remove(bin); {
+		case err == nil:
+			st.BinaryWritten = true
+		case !errors.Is(err, fs.ErrNotExist):
+			errs = append(errs, err)
+		}
+	}
+	return st, errors.Join(errs...)
+}
+
+// ensureBinary writes Binary to BinDir/nftpolicy unless the file there is the
+// same (hashed again only when it changed since it was last found equal).
+func (in *Installer) ensureBinary() (bool, error) {
+	dst := filepath.Join(in.BinDir, PluginType)
+	if fi, err := os.Stat(dst); err == nil && fi.Mode().IsRegular() && idOf(fi) == in.installed && in.installed != (fileID{}) {
+		return false, nil
+	}
+	if in.sum == ([32]byte{}) {
+		sum, err := hashFile(in.Binary)
+		if err != nil {
+			return false, err
+		}
+		in.sum = sum
+	}
+	if sum, err := hashFile(dst); err == nil && sum == in.sum {
+		return false, in.remember(dst)
+	}
+	src, err := os.Open(in.Binary)
+	if err != nil {
+		return false, err
+	}
+	defer src.Close()
+	if err := writeAtomic(dst, 0o755, func(w io.Writer) error { _, err := io.Copy(w, src); return err }); err != nil {
+		return false, err
+	}
+	return true, in.remember(dst)
+}
+
+func (in *Installer) remember(dst string) error {
+	fi, err := os.Stat(dst)
+	if err != nil {
+		return err
+	}
+	in.installed = idOf(fi)
+	return nil
+}
+
+func hashFile(path string) ([32]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return [32]byte{}, err
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	return sum, nil
+}
+
+// rewrite replaces the file at path with edit's result when edit changes it.
+// The file is read again just before the rename: if someone else (the CNI's
+// own agent) wrote it meanwhile, nothing is written, and the next Ensure
+// edits what they wrote.
+func rewrite(path string, edit func([]byte) ([]byte, bool, error)) (bool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false, err
+	}
+	out, changed, err := edit(data)
+	if err != nil || !changed {
+		return false, err
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return false, err
+	}
+	var raced bool
+	err = writeAtomic(path, fi.Mode().Perm(), func(w io.Writer) error {
+		if now, err := os.ReadFile(path); err != nil || !bytes.Equal(now, data) {
+			raced = true
+			return errRaced
+		}
+		_, err := w.Write(out)
+		return err
+	})
+	if raced {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+var errRaced = errors.New("changed meanwhile")
+
+// writeAtomic writes a file beside path, under a name no runtime reads as a
+// configuration (no .conf, .conflist or .json, not the plugin's name), syncs it
+// and renames it over path: a runtime reads the old file or the new one, never
+// a part.
+func writeAtomic(path string, mode fs.FileMode, write func(io.Writer) error) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".nftpolicy-*.tmp")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // after the rename, there is nothing to remove
+	if err := write(tmp); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

@@ -1,0 +1,134 @@
+package cnigate
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func newInstaller(t *testing.T) (*Installer, string) {
+	t.Helper()
+	root := t.TempDir()
+	in := &Installer{ConfDir: filepath.Join(root, "net.d"), BinDir: filepath.Join(root, "bin"), Table: "nftpolicy", Binary: filepath.Join(root, "agent")}
+	os.Mkdir(in.ConfDir, 0o755)
+	os.Mkdir(in.BinDir, 0o755)
+	if err := os.WriteFile(in.Binary, []byte("#!/bin/sh\necho agent v1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return in, filepath.Join(in.ConfDir, "10-kindnet.conflist")
+}
+
+func TestInstallerEnsure(t *testing.T) {
+	in, conf := newInstaller(t)
+	bin := filepath.Join(in.BinDir, PluginType)
+
+	// No configuration yet: the binary goes in, the error says what is missing.
+	if st, err := in.Ensure(); err == nil || !st.BinaryWritten {
+		t.Fatalf("Ensure without a configuration: %+v, %v", st, err)
+	}
+	os.WriteFile(conf, []byte(kindnet), 0o640)
+	st, err := in.Ensure()
+	if err != nil || st.BinaryWritten || !st.ConfigWritten || st.Config != conf {
+		t.Fatalf("Ensure: %+v, %v", st, err)
+	}
+	data, _ := os.ReadFile(conf)
+	if got := strings.Join(pluginTypes(t, data), ","); got != "ptp,portmap,nftpolicy/nftpolicy" {
+		t.Errorf("plugins %s", got)
+	}
+	if fi, _ := os.Stat(conf); fi.Mode().Perm() != 0o640 {
+		t.Errorf("configuration mode %v, want 0640 kept", fi.Mode().Perm())
+	}
+	if fi, _ := os.Stat(bin); fi.Mode().Perm() != 0o755 {
+		t.Errorf("binary mode %v, want 0755", fi.Mode().Perm())
+	}
+
+	// In place: nothing written.
+	if st, err := in.Ensure(); err != nil || st.BinaryWritten || st.ConfigWritten {
+		t.Errorf("Ensure again: %+v, %v", st, err)
+	}
+
+	// The CNI's agent writes its list again: the entry comes back.
+	os.WriteFile(conf, []byte(kindnet), 0o640)
+	if st, err := in.Ensure(); err != nil || !st.ConfigWritten {
+		t.Errorf("Ensure after the list was rewritten: %+v, %v", st, err)
+	}
+	// Someone changes the binary: it is put back.
+	os.WriteFile(bin, []byte("something else"), 0o755)
+	if st, err := in.Ensure(); err != nil || !st.BinaryWritten {
+		t.Errorf("Ensure after the binary changed: %+v, %v", st, err)
+	}
+	if got, _ := os.ReadFile(bin); string(got) != "#!/bin/sh\necho agent v1\n" {
+		t.Errorf("binary %q", got)
+	}
+	// A new agent (an upgrade) brings another binary.
+	in2 := &Installer{ConfDir: in.ConfDir, BinDir: in.BinDir, Table: in.Table, Binary: in.Binary}
+	os.WriteFile(in.Binary, []byte("#!/bin/sh\necho agent v2\n"), 0o755)
+	if st, err := in2.Ensure(); err != nil || !st.BinaryWritten || st.ConfigWritten {
+		t.Errorf("Ensure of a new binary: %+v, %v", st, err)
+	}
+	// A file of a name before ours becomes the runtime's: the gate goes there too.
+	first := filepath.Join(in.ConfDir, "05-cilium.conflist")
+	os.WriteFile(first, []byte(strings.Replace(kindnet, "kindnet", "cilium", 1)), 0o644)
+	if st, err := in2.Ensure(); err != nil || st.Config != first || !st.ConfigWritten {
+		t.Errorf("Ensure with a new first file: %+v, %v", st, err)
+	}
+	// No file left behind by the atomic writes.
+	for _, dir := range []string{in.ConfDir, in.BinDir} {
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if strings.HasSuffix(e.Name(), ".tmp") {
+				t.Errorf("left behind: %s", filepath.Join(dir, e.Name()))
+			}
+		}
+	}
+
+	// Remove: every entry, then the binary.
+	st, err = in2.Remove()
+	if err != nil || !st.BinaryWritten || !st.ConfigWritten {
+		t.Fatalf("Remove: %+v, %v", st, err)
+	}
+	for _, f := range []string{conf, first} {
+		data, _ := os.ReadFile(f)
+		if got := strings.Join(pluginTypes(t, data), ","); got != "ptp,portmap" {
+			t.Errorf("%s after Remove: %s", filepath.Base(f), got)
+		}
+	}
+	if _, err := os.Stat(bin); !os.IsNotExist(err) {
+		t.Errorf("binary still there: %v", err)
+	}
+	if st, err := in2.Remove(); err != nil || st.BinaryWritten || st.ConfigWritten {
+		t.Errorf("Remove again: %+v, %v", st, err)
+	}
+}
+
+func TestInstallerLeavesSingleConf(t *testing.T) {
+	in, _ := newInstaller(t)
+	conf := filepath.Join(in.ConfDir, "10-bridge.conf")
+	single := `{"cniVersion": "1.0.0", "name": "n", "type": "bridge"}`
+	os.WriteFile(conf, []byte(single), 0o644)
+	if _, err := in.Ensure(); err == nil || !strings.Contains(err.Error(), "single plugin") {
+		t.Errorf("Ensure on a single plugin's configuration: %v", err)
+	}
+	if data, _ := os.ReadFile(conf); string(data) != single {
+		t.Errorf("configuration changed: %s", data)
+	}
+}
+
+// rewrite writes nothing when the file changed between its read and the rename.
+func TestRewriteRace(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "10-kindnet.conflist")
+	os.WriteFile(path, []byte(kindnet), 0o644)
+	theirs := strings.Replace(kindnet, "1500", "9000", 1)
+	written, err := rewrite(path, func(data []byte) ([]byte, bool, error) {
+		os.WriteFile(path, []byte(theirs), 0o644) // the CNI's agent, meanwhile
+		return withGate(data, "nftpolicy")
+	})
+	if err != nil || written {
+		t.Errorf("rewrite: written %v, err %v", written, err)
+	}
+	if data, _ := os.ReadFile(path); string(data) != theirs {
+		t.Errorf("their write was lost: %s", data)
+	}
+}

@@ -1,0 +1,148 @@
+package cnigate
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+)
+
+// PluginType is the gate's type in a network configuration, and so its
+// binary's name in the CNI bin directory.
+const PluginType = "nftpolicy"
+
+// DefaultTable is the table the gate waits for when its entry names none.
+const DefaultTable = "nftpolicy"
+
+// The CNI versions the gate speaks: chaining (prevResult) came with 0.3.0.
+var supportedVersions = []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}
+
+// CNI error codes (the CNI specification, "Error").
+const (
+	codeIncompatibleVersion = 1
+	codeInvalidEnvironment  = 4
+	codeIOFailure           = 5
+	codeDecodingFailure     = 6
+	codeInvalidConfig       = 7
+	codeTryAgainLater       = 11
+)
+
+// TableCheck says whether the inet table named table exists in the network
+// namespace the plugin runs in (netlink.TableExists in the binary).
+type TableCheck func(table string) (bool, error)
+
+// IsPluginCall says whether the process was started as a CNI plugin: the runtime
+// passes everything in CNI_* variables and stdin, and no arguments.
+func IsPluginCall(args []string, getenv func(string) string) bool {
+	return len(args) == 0 && getenv("CNI_COMMAND") != ""
+}
+
+// netConf is what the gate reads of its network configuration.
+type netConf struct {
+	CNIVersion string          `json:"cniVersion"`
+	Name       string          `json:"name"`
+	Type       string          `json:"type"`
+	Table      string          `json:"table"`
+	PrevResult json.RawMessage `json:"prevResult"`
+}
+
+// pluginError is a CNI error result, printed on stdout with a non-zero exit.
+type pluginError struct {
+	CNIVersion string `json:"cniVersion"`
+	Code       int    `json:"code"`
+	Msg        string `json:"msg"`
+	Details    string `json:"details,omitempty"`
+}
+
+// Run is the plugin: the CNI command in getenv("CNI_COMMAND"), the network
+// configuration on stdin, the result or error on stdout. It returns the exit
+// code.
+func Run(getenv func(string) string, stdin io.Reader, stdout io.Writer, inForce TableCheck) int {
+	cmd := getenv("CNI_COMMAND")
+	raw, err := io.ReadAll(stdin)
+	if err != nil {
+		return fail(stdout, "", codeIOFailure, "nftpolicy: reading the network configuration", err.Error())
+	}
+	var conf netConf
+	if len(strings.TrimSpace(string(raw))) > 0 {
+		if err := json.Unmarshal(raw, &conf); err != nil {
+			return fail(stdout, "", codeDecodingFailure, "nftpolicy: decoding the network configuration", err.Error())
+		}
+	}
+	switch cmd {
+	case "VERSION":
+		return write(stdout, map[string]any{"cniVersion": supportedVersions[len(supportedVersions)-1], "supportedVersions": supportedVersions})
+	case "DEL", "CHECK", "GC", "STATUS":
+		// Never in the way of a teardown, and never the node's network
+		// readiness: see the package documentation.
+		return 0
+	case "ADD":
+	default:
+		return fail(stdout, conf.CNIVersion, codeInvalidEnvironment, fmt.Sprintf("nftpolicy: unknown CNI_COMMAND %q", cmd), "")
+	}
+	if !slices.Contains(supportedVersions, conf.CNIVersion) {
+		return fail(stdout, conf.CNIVersion, codeIncompatibleVersion,
+			fmt.Sprintf("nftpolicy: CNI version %q not supported (chaining needs 0.3.0 or later)", conf.CNIVersion),
+			"supported: "+strings.Join(supportedVersions, ", "))
+	}
+	if len(conf.PrevResult) == 0 || string(conf.PrevResult) == "null" {
+		return fail(stdout, conf.CNIVersion, codeInvalidConfig,
+			"nftpolicy: no prevResult: the gate must come after the plugin that sets up the pod's network in the plugins of "+quoted(conf.Name), "")
+	}
+	table := conf.Table
+	if table == "" {
+		table = DefaultTable
+	}
+	ok, err := inForce(table)
+	if err != nil {
+		return fail(stdout, conf.CNIVersion, codeTryAgainLater,
+			fmt.Sprintf("nftpolicy: cannot tell whether table inet %s is in force on this node", table), err.Error())
+	}
+	if !ok {
+		return fail(stdout, conf.CNIVersion, codeTryAgainLater,
+			fmt.Sprintf("nftpolicy: table inet %s is not in force on this node yet: the pod waits for its network policies", table),
+			"the nftpolicy agent creates the table at its first sync after the node starts; if nftpolicy was removed from the cluster, "+
+				"run its cleanup (config/cleanup) on this node, or delete the \"type\": \"nftpolicy\" entry from the plugins of "+quoted(conf.Name)+" in the CNI configuration directory")
+	}
+	return passThrough(stdout, conf.CNIVersion, conf.PrevResult)
+}
+
+// passThrough prints the previous plugin's result as the gate's own, in the
+// configuration's version (the specification: a chained plugin that changes
+// nothing returns prevResult).
+func passThrough(stdout io.Writer, version string, prev json.RawMessage) int {
+	var res map[string]json.RawMessage
+	if err := json.Unmarshal(prev, &res); err != nil {
+		return fail(stdout, version, codeDecodingFailure, "nftpolicy: decoding prevResult", err.Error())
+	}
+	v, _ := json.Marshal(version)
+	res["cniVersion"] = v
+	return write(stdout, res)
+}
+
+func quoted(name string) string {
+	if name == "" {
+		return "the network configuration"
+	}
+	return fmt.Sprintf("network %q", name)
+}
+
+func fail(stdout io.Writer, version string, code int, msg, details string) int {
+	if version == "" {
+		version = supportedVersions[len(supportedVersions)-1]
+	}
+	write(stdout, pluginError{CNIVersion: version, Code: code, Msg: msg, Details: details})
+	return 1
+}
+
+func write(stdout io.Writer, v any) int {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return 1
+	}
+	if _, err := stdout.Write(append(b, '\n')); err != nil {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,103 @@
+package cnigate
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+)
+
+// A ptp plugin's result, as libcni injects it into the next plugin's configuration.
+const prevResult = `{"cniVersion":"1.0.0","interfaces":[{"name":"veth1","mac":"aa:bb:cc:dd:ee:ff"},{"name":"eth0","sandbox":"/var/run/netns/x"}],"ips":[{"address":"10.244.1.7/24","gateway":"10.244.1.1","interface":1}]}`
+
+func runPlugin(t *testing.T, cmd, stdin string, check TableCheck) (int, map[string]any, string) {
+	t.Helper()
+	env := map[string]string{"CNI_COMMAND": cmd, "CNI_CONTAINERID": "abc", "CNI_NETNS": "/var/run/netns/x", "CNI_IFNAME": "eth0"}
+	var out bytes.Buffer
+	code := Run(func(k string) string { return env[k] }, strings.NewReader(stdin), &out, check)
+	var res map[string]any
+	if out.Len() > 0 {
+		if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+			t.Fatalf("%s: stdout is not JSON: %v: %s", cmd, err, out.String())
+		}
+	}
+	return code, res, out.String()
+}
+
+func conf(version, table string, prev string) string {
+	c := `{"cniVersion":"` + version + `","name":"kindnet","type":"nftpolicy"`
+	if table != "" {
+		c += `,"table":"` + table + `"`
+	}
+	if prev != "" {
+		c += `,"prevResult":` + prev
+	}
+	return c + "}"
+}
+
+func TestPluginAdd(t *testing.T) {
+	var asked []string
+	tables := map[string]bool{"nftpolicy": true}
+	check := func(table string) (bool, error) { asked = append(asked, table); return tables[table], nil }
+
+	// The table is there: the previous result passes, in the configuration's version.
+	code, res, out := runPlugin(t, "ADD", conf("0.4.0", "", prevResult), check)
+	if code != 0 {
+		t.Fatalf("ADD with the table: exit %d, %s", code, out)
+	}
+	if res["cniVersion"] != "0.4.0" || res["ips"] == nil || res["interfaces"] == nil {
+		t.Errorf("ADD result %s", out)
+	}
+	if strings.Join(asked, ",") != "nftpolicy" {
+		t.Errorf("asked for %v, want the default table", asked)
+	}
+
+	// Another table named, and missing: try again later.
+	code, res, out = runPlugin(t, "ADD", conf("1.0.0", "other", prevResult), check)
+	if code == 0 || res["code"] != float64(codeTryAgainLater) || !strings.Contains(out, "table inet other is not in force") || !strings.Contains(out, "config/cleanup") {
+		t.Errorf("ADD without the table: exit %d, %s", code, out)
+	}
+	// The kernel cannot be asked: also try again later, with the reason.
+	code, res, out = runPlugin(t, "ADD", conf("1.0.0", "", prevResult), func(string) (bool, error) { return false, errors.New("netlink: permission denied") })
+	if code == 0 || res["code"] != float64(codeTryAgainLater) || !strings.Contains(out, "permission denied") {
+		t.Errorf("ADD when the check fails: exit %d, %s", code, out)
+	}
+	// First in the chain: a configuration error, whatever the table.
+	code, res, out = runPlugin(t, "ADD", conf("1.0.0", "", ""), check)
+	if code == 0 || res["code"] != float64(codeInvalidConfig) {
+		t.Errorf("ADD without prevResult: exit %d, %s", code, out)
+	}
+	// A version before chaining.
+	code, res, out = runPlugin(t, "ADD", conf("0.2.0", "", prevResult), check)
+	if code == 0 || res["code"] != float64(codeIncompatibleVersion) {
+		t.Errorf("ADD 0.2.0: exit %d, %s", code, out)
+	}
+	code, res, out = runPlugin(t, "ADD", "{", check)
+	if code == 0 || res["code"] != float64(codeDecodingFailure) {
+		t.Errorf("ADD of bad JSON: exit %d, %s", code, out)
+	}
+}
+
+func TestPluginOtherCommands(t *testing.T) {
+	never := func(string) (bool, error) { t.Error("the table was asked for"); return false, nil }
+	for _, cmd := range []string{"DEL", "CHECK", "GC", "STATUS"} {
+		if code, _, out := runPlugin(t, cmd, conf("1.1.0", "", prevResult), never); code != 0 || out != "" {
+			t.Errorf("%s: exit %d, %q", cmd, code, out)
+		}
+	}
+	code, res, out := runPlugin(t, "VERSION", `{"cniVersion":"1.0.0"}`, never)
+	if code != 0 || res["cniVersion"] != "1.1.0" || !strings.Contains(out, `"0.3.1"`) {
+		t.Errorf("VERSION: exit %d, %s", code, out)
+	}
+	if code, res, _ := runPlugin(t, "FROB", conf("1.0.0", "", ""), never); code == 0 || res["code"] != float64(codeInvalidEnvironment) {
+		t.Errorf("unknown command: exit %d", code)
+	}
+}
+
+func TestIsPluginCall(t *testing.T) {
+	env := func(v string) func(string) string { return func(string) string { return v } }
+	if !IsPluginCall(nil, env("ADD")) || IsPluginCall([]string{"agent"}, env("ADD")) || IsPluginCall(nil, env("")) {
+		t.Error("IsPluginCall")
+	}
+}

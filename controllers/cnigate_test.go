@@ -1,0 +1,99 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/nftpolicy/nftpolicy/controllers/cnigate"
+)
+
+// nodeRecorder keeps the Events sent on Nodes.
+type nodeRecorder struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (r *nodeRecorder) Eventf(regarding, _ runtime.Object, eventtype, reason, _, note string, args ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, fmt.Sprintf("%s %s %s: %s", eventtype, reason, regarding.(*corev1.Node).Name, fmt.Sprintf(note, args...)))
+}
+
+func (r *nodeRecorder) AnnotatedEventf(regarding, related runtime.Object, _ map[string]string, eventtype, reason, action, note string, args ...any) {
+	r.Eventf(regarding, related, eventtype, reason, action, note, args...)
+}
+
+func (r *nodeRecorder) list() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.events...)
+}
+
+// The agent keeps the gate: not possible without a network configuration (the
+// gauge at 0, one Warning Event however many checks fail alike), in place once
+// the CNI writes one, and back after the CNI writes its list anew.
+func TestCNIGateKept(t *testing.T) {
+	root := t.TempDir()
+	confDir, binDir := filepath.Join(root, "net.d"), filepath.Join(root, "bin")
+	os.Mkdir(confDir, 0o755)
+	os.Mkdir(binDir, 0o755)
+	self := filepath.Join(root, "agent")
+	os.WriteFile(self, []byte("agent"), 0o755)
+	rec := &nodeRecorder{}
+	g := &cniGate{
+		in:     &cnigate.Installer{ConfDir: confDir, BinDir: binDir, Table: "nftpolicy", Binary: self},
+		period: 10 * time.Millisecond,
+		own: func(context.Context) *corev1.Node {
+			return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}
+		},
+		recorder: rec, log: logr.Discard(),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { g.Start(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	configWrites := func() float64 { return testutil.ToFloat64(cniGateWrites.WithLabelValues("config")) }
+	writes0 := configWrites()
+
+	eventually := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("not within 5s: %s (events %q)", what, rec.list())
+			}
+		}
+	}
+	eventually("a Warning Event for the missing configuration", func() bool { return len(rec.list()) == 1 })
+	time.Sleep(100 * time.Millisecond) // ten more checks, alike
+	if ev := rec.list(); len(ev) != 1 || !strings.Contains(ev[0], "Warning CNIGateNotInstalled node-1") || testutil.ToFloat64(cniGateInstalled) != 0 {
+		t.Fatalf("events %q, gauge %v", ev, testutil.ToFloat64(cniGateInstalled))
+	}
+
+	conf := filepath.Join(confDir, "10-podnet.conflist")
+	list := `{"cniVersion": "1.0.0", "name": "podnet", "plugins": [{"type": "ptp"}]}`
+	os.WriteFile(conf, []byte(list), 0o644)
+	hasGate := func() bool { data, _ := os.ReadFile(conf); return strings.Contains(string(data), `"nftpolicy"`) }
+	eventually("the entry in the configuration", hasGate)
+	eventually("the gauge at 1", func() bool { return testutil.ToFloat64(cniGateInstalled) == 1 })
+
+	os.WriteFile(conf, []byte(list), 0o644) // the CNI's agent writes its list again
+	eventually("the entry back", hasGate)
+	if got := configWrites() - writes0; got != 2 {
+		t.Errorf("config writes %v, want 2", got)
+	}
+	if ev := rec.list(); len(ev) != 1 {
+		t.Errorf("events %q: none expected once in place", ev)
+	}
+}
