@@ -453,7 +453,7 @@ func setupCNIGate(mgr manager.Manager, opts Options, log logr.Logger) error {
 	}
 	reader := mgr.GetCache()
 	return mgr.Add(&cniGate{
-		in: &cnigate.Installer{ConfDir: opts.CNIGateConfDir, BinDir: opts.CNIGateBinDir, Table: opts.TableName, Binary: opts.CNIGateBinary},
+		in:     &cnigate.Installer{ConfDir: opts.CNIGateConfDir, BinDir: opts.CNIGateBinDir, Table: opts.TableName, Binary: opts.CNIGateBinary},
 		period: cniGatePeriod,
 		own: func(ctx context.Context) *corev1.Node {
 			var n corev1.Node
