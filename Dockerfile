@@ -18,11 +18,15 @@ RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
-    go build -trimpath -ldflags "-s -w -X main.version=$VERSION" -o /out/nftpolicy ./cmd/nftpolicy
+    go build -trimpath -ldflags "-s -w -X main.version=$VERSION" -o /out/nftpolicy ./cmd/nftpolicy && \
+    CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
+    go build -trimpath -ldflags "-s -w" -o /out/nftpolicy-cni-gate ./cmd/nftpolicy-cni-gate
 
 # distroless/static: CA certificates, /etc/passwd, tzdata; no shell.
 FROM gcr.io/distroless/static:latest
 COPY --from=builder /out/nftpolicy /nftpolicy
+# The CNI gate's plugin, which the agent installs on the node (config/cni-gate).
+COPY --from=builder /out/nftpolicy-cni-gate /nftpolicy-cni-gate
 # Root, deliberately (the :nonroot variant would not work): the agent needs
 # CAP_NET_ADMIN in the host network namespace, and Kubernetes can only grant a
 # capability that a root process keeps. The DaemonSet drops every other

@@ -37,8 +37,9 @@ help: ## Show this help.
 ##@ Development
 
 .PHONY: build
-build: ## Build bin/nftpolicy (static, version from git).
+build: ## Build bin/nftpolicy and the CNI gate's plugin bin/nftpolicy-cni-gate (static, version from git).
 	CGO_ENABLED=0 go build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/nftpolicy ./cmd/nftpolicy
+	CGO_ENABLED=0 go build -ldflags "-s -w" -o $(BIN)/nftpolicy-cni-gate ./cmd/nftpolicy-cni-gate
 
 .PHONY: test
 test: build envtest-assets ## Run every test CI runs: unit, envtest, and (as root) real-kernel tests.
@@ -134,6 +135,10 @@ window: ## As root, with the cluster up (make cluster-up): the first-packet wind
 .PHONY: rollout
 rollout: ## As root, with the cluster up (make cluster-up): roll the agent DaemonSet under probes (make conformance runs it too).
 	$(CONFORMANCE) rollout
+
+.PHONY: cni-gate
+cni-gate: ## As root, with the cluster up (make cluster-up): a pod on a "rebooted" node waits for its table (make conformance runs it too).
+	$(CONFORMANCE) gate
 
 .PHONY: cluster-up
 cluster-up: build ## As root: bring the conformance cluster up with nftpolicy deployed, and keep it.

@@ -24,8 +24,8 @@ const nodeConflist = `{
   "plugins": [{"type": "ptp", "ipMasq": false, "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24"}]]}}]
 }`
 
-// TestCNIGate: the binary, installed by the agent's Installer as the gate and
-// run as a container runtime runs a chained plugin (in the node's network
+// TestCNIGate: the gate's plugin, installed by the agent's Installer and run as
+// a container runtime runs a chained plugin (in the node's network
 // namespace, CNI_* in the environment, the plugin's configuration with the
 // previous result on stdin), holds a pod's network until the node holds the
 // agent's table, then passes the previous result on; cleanup takes the gate
@@ -41,7 +41,7 @@ func TestCNIGate(t *testing.T) {
 	if err := os.WriteFile(conflist, []byte(nodeConflist), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	in := &cnigate.Installer{ConfDir: confDir, BinDir: binDir, Table: "nftpolicy", Binary: bin}
+	in := &cnigate.Installer{ConfDir: confDir, BinDir: binDir, Table: "nftpolicy", Binary: filepath.Join(filepath.Dir(bin), gatePluginName)}
 	if _, err := in.Ensure(); err != nil {
 		t.Fatal(err)
 	}

@@ -8,9 +8,6 @@
 //	nftpolicy explain  why a connection is allowed or denied, and by which policy
 //	nftpolicy version  print the version and the Go version
 //
-// Run with CNI_COMMAND in its environment and no arguments, it is the CNI gate's
-// plugin (controllers/cnigate).
-//
 // This file is the binary's contract and nothing more: flags -> Options ->
 // run(). Exit codes: 0 success (including a clean SIGTERM/SIGINT shutdown),
 // 1 a failure while running, 2 a usage or configuration error found before
@@ -76,12 +73,6 @@ const (
 )
 
 func main() {
-	if cnigate.IsPluginCall(os.Args[1:], os.Getenv) {
-		// The runtime runs the binary as the CNI gate (controllers/cnigate).
-		os.Exit(cnigate.Run(os.Getenv, os.Stdin, os.Stdout, func(table string) (bool, error) {
-			return netlink.TableExists("", table)
-		}))
-	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -197,8 +188,11 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		opts.Kubeconfig = os.Getenv("KUBECONFIG")
 	}
 	softLimit, limitErr := goMemoryLimit(*memoryLimit)
-	var denyLogErr error
+	var denyLogErr, gateErr error
 	opts.DenyLog, denyLogErr = denyLogOptions(*denyLogRate, *denyLogBurst, *denyLogGroup)
+	if opts.CNIGateConfDir != "" {
+		opts.CNIGateBinary, gateErr = gatePlugin()
+	}
 	err := errors.Join(
 		limitErr,
 		denyLogErr,
@@ -210,6 +204,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		checkNetNS(opts.NetNS),
 		checkTaintKey(opts.StartupTaint),
 		checkCNIGate(opts.CNIGateConfDir, opts.CNIGateBinDir),
+		gateErr,
 		estErr,
 		maskErr,
 		cidrErr,
@@ -243,12 +238,6 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 				out[name] = v.Packets
 			}
 			return out, err
-		}
-	}
-	if opts.CNIGateConfDir != "" {
-		if opts.CNIGateBinary, err = os.Executable(); err != nil {
-			fmt.Fprintf(stderr, "nftpolicy agent: the CNI gate needs the agent's own binary: %v\n", err)
-			return exitFailure
 		}
 	}
 	if opts.DenyLog.Rate > 0 {
@@ -422,6 +411,23 @@ func cniGateFlags(fs *flag.FlagSet, confDir, binDir *string, verb string) {
 	fs.StringVar(binDir, "cni-gate-bin-dir", "",
 		"the node's CNI plugin directory (e.g. /opt/cni/bin, mounted from the host): "+verb+" the gate's plugin binary "+
 			cnigate.PluginType+" there; with --cni-gate-conf-dir")
+}
+
+// gatePluginName is the CNI gate's plugin binary, beside nftpolicy's (the
+// image has both; make build builds both).
+const gatePluginName = "nftpolicy-cni-gate"
+
+// gatePlugin returns the path of the gate's plugin binary, beside the running one.
+func gatePlugin() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("--cni-gate-conf-dir: locating the agent's binary: %w", err)
+	}
+	p := filepath.Join(filepath.Dir(exe), gatePluginName)
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("--cni-gate-conf-dir: the gate's plugin is not beside the agent's binary: %w", err)
+	}
+	return p, nil
 }
 
 // checkCNIGate checks --cni-gate-conf-dir and --cni-gate-bin-dir: both or

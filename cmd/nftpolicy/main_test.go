@@ -29,11 +29,14 @@ func testMain(m *testing.M) int {
 	}
 	defer func() { _ = os.RemoveAll(dir) }()
 	bin = filepath.Join(dir, "nftpolicy")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building nftpolicy:", err)
-		return 1
+	// The CNI gate's plugin beside it, as in the image.
+	for out, pkg := range map[string]string{bin: ".", filepath.Join(dir, gatePluginName): "../nftpolicy-cni-gate"} {
+		build := exec.Command("go", "build", "-o", out, pkg)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building", pkg+":", err)
+			return 1
+		}
 	}
 	return m.Run()
 }

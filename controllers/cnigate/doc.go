@@ -4,8 +4,8 @@
 // again at the same time as the agent: their networks come up, and they talk
 // without their policies until the agent's first full sync. The startup taint
 // cannot help there (the pods are already bound to the node). The gate can: a
-// chained CNI plugin, the agent's own binary installed as `nftpolicy` in the
-// node's CNI bin directory and appended to the plugins of the network
+// chained CNI plugin (cmd/nftpolicy-cni-gate), installed by the agent as
+// `nftpolicy` in the node's CNI bin directory and appended to the plugins of the network
 // configuration the container runtime uses, whose ADD fails with "try again
 // later" (CNI error code 11) while the table does not exist. The kubelet tears
 // the half-made sandbox down and tries again later; once the table exists (the
@@ -28,6 +28,6 @@
 //     uninstalled without it leaves a node where no pod starts after the next
 //     reboot, and the sandbox's error says what to run.
 //
-// Install keeps the binary and the entry in place (Installer); Run is the plugin
-// (what the runtime executes, with CNI_COMMAND in its environment).
+// Installer keeps the binary and the entry in place; Run is the plugin (what the
+// runtime executes, with CNI_COMMAND in its environment).
 package cnigate

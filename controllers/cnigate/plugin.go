@@ -32,12 +32,6 @@ const (
 // namespace the plugin runs in (netlink.TableExists in the binary).
 type TableCheck func(table string) (bool, error)
 
-// IsPluginCall says whether the process was started as a CNI plugin: the runtime
-// passes everything in CNI_* variables and stdin, and no arguments.
-func IsPluginCall(args []string, getenv func(string) string) bool {
-	return len(args) == 0 && getenv("CNI_COMMAND") != ""
-}
-
 // netConf is what the gate reads of its network configuration.
 type netConf struct {
 	CNIVersion string          `json:"cniVersion"`

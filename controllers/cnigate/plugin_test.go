@@ -94,10 +94,3 @@ func TestPluginOtherCommands(t *testing.T) {
 		t.Errorf("unknown command: exit %d", code)
 	}
 }
-
-func TestIsPluginCall(t *testing.T) {
-	env := func(v string) func(string) string { return func(string) string { return v } }
-	if !IsPluginCall(nil, env("ADD")) || IsPluginCall([]string{"agent"}, env("ADD")) || IsPluginCall(nil, env("")) {
-		t.Error("IsPluginCall")
-	}
-}
