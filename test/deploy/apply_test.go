@@ -18,9 +18,12 @@ func TestServerSideDryRun(t *testing.T) {
 	// config/prometheus has a ServiceMonitor: install a stand-in for its CRD.
 	c.installServiceMonitorCRD(t)
 
-	for _, dir := range []string{"default", "prometheus", "cleanup"} {
-		t.Run(dir, func(t *testing.T) {
-			rendered := render(t, dir)
+	config := func(dir string) string { return filepath.Join(repoRoot(t), "config", dir) }
+	for _, dir := range []string{config("default"), config("prometheus"), config("cleanup"),
+		filepath.Join("testdata", "cni-gate"), // config/default with config/cni-gate
+	} {
+		t.Run(filepath.Base(dir), func(t *testing.T) {
+			rendered := renderPath(t, dir)
 			objs := decode(t, rendered)
 			// A dry-run namespace does not exist for the objects in it: create it for real.
 			c.applyObjects(t, find(t, objs, "Namespace", namespace))
@@ -32,7 +35,7 @@ func TestServerSideDryRun(t *testing.T) {
 			if n := strings.Count(string(out), "(server dry run)"); n != len(objs) {
 				t.Errorf("the API server accepted %d of %d objects:\n%s", n, len(objs), out)
 			}
-			t.Logf("config/%s:\n%s", dir, out)
+			t.Logf("%s:\n%s", dir, out)
 		})
 	}
 }

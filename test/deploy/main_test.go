@@ -96,7 +96,14 @@ func run(ctx context.Context, stdin []byte, name string, args ...string) ([]byte
 // render returns `kubectl kustomize config/<dir>`.
 func render(t testing.TB, dir string) []byte {
 	t.Helper()
-	out, err := run(context.Background(), nil, kubectl(t), "kustomize", filepath.Join(repoRoot(t), "config", dir))
+	return renderPath(t, filepath.Join(repoRoot(t), "config", dir))
+}
+
+// renderPath returns `kubectl kustomize <dir>`: an overlay under testdata that
+// puts a kustomize Component of config/ to use, as a user's overlay would.
+func renderPath(t testing.TB, dir string) []byte {
+	t.Helper()
+	out, err := run(context.Background(), nil, kubectl(t), "kustomize", dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 
 	"github.com/nftpolicy/nftpolicy/controllers"
 )
@@ -296,6 +297,92 @@ func TestPrometheusVariant(t *testing.T) {
 	}
 }
 
+// The CNI gate's flags, and the node's directory each names: config/cni-gate
+// mounts them into the agent there, config/cleanup into its init container.
+var (
+	cniGateArgs     = []string{"--cni-gate-conf-dir=/host/etc/cni/net.d", "--cni-gate-bin-dir=/host/opt/cni/bin"}
+	cniGateHostDirs = map[string]string{"/host/etc/cni/net.d": "/etc/cni/net.d", "/host/opt/cni/bin": "/opt/cni/bin"}
+)
+
+// TestCNIGateComponent checks config/cni-gate as a user's overlay adds it
+// (testdata/cni-gate: config/default and the component): config/default's
+// agent with the two flags appended and the node's CNI directories mounted
+// where they point, nothing else changed. The same on config/prometheus
+// (testdata/cni-gate-prometheus), whose patch edits the agent's args too.
+func TestCNIGateComponent(t *testing.T) {
+	for _, v := range []struct{ overlay, base string }{{"cni-gate", "default"}, {"cni-gate-prometheus", "prometheus"}} {
+		t.Run(v.overlay, func(t *testing.T) {
+			base := decode(t, render(t, v.base))
+			objs := decode(t, renderPath(t, filepath.Join("testdata", v.overlay)))
+			if len(objs) != len(base) {
+				t.Errorf("%d objects, config/%s has %d: the component adds none", len(objs), v.base, len(base))
+			}
+			for _, o := range base {
+				if o.GetKind() != "DaemonSet" && !equality.Semantic.DeepEqual(o, find(t, objs, o.GetKind(), o.GetName())) {
+					t.Errorf("the component changes %s %s", o.GetKind(), o.GetName())
+				}
+			}
+
+			ds := typed[appsv1.DaemonSet](t, find(t, objs, "DaemonSet", agentName))
+			spec := ds.Spec.Template.Spec
+			if len(spec.Containers) != 1 {
+				t.Fatalf("%d containers, want the agent alone", len(spec.Containers))
+			}
+			c := spec.Containers[0]
+			if n := len(c.Args); n < 2 || !slices.Equal(c.Args[n-2:], cniGateArgs) {
+				t.Errorf("args %q, want them to end with %q", c.Args, cniGateArgs)
+			}
+			// Directory: a node whose runtime keeps its CNI files elsewhere gets
+			// an agent that does not start, not directories nothing reads.
+			checkCNIGateMounts(t, "agent", spec, c, corev1.HostPathDirectory)
+
+			// Apart from them, config/<base>'s agent.
+			want := typed[appsv1.DaemonSet](t, find(t, base, "DaemonSet", agentName))
+			got := ds.DeepCopy()
+			gc := &got.Spec.Template.Spec.Containers[0]
+			gc.Args = gc.Args[:max(len(gc.Args)-len(cniGateArgs), 0)]
+			gc.VolumeMounts = nil
+			got.Spec.Template.Spec.Volumes = nil
+			if !equality.Semantic.DeepEqual(got.Spec, want.Spec) {
+				t.Errorf("the component changes more of config/%s's DaemonSet than two flags and their mounts", v.base)
+			}
+		})
+	}
+}
+
+// checkCNIGateMounts asserts that container c of spec mounts the node's CNI
+// directories read-write (hostPath of type typ) at the paths the gate's flags
+// name, and has no other mount.
+func checkCNIGateMounts(t *testing.T, name string, spec corev1.PodSpec, c corev1.Container, typ corev1.HostPathType) {
+	t.Helper()
+	if len(c.VolumeMounts) != len(cniGateHostDirs) || len(spec.Volumes) != len(cniGateHostDirs) {
+		t.Errorf("%s: %d mounts of %d volumes, want %d: the node's CNI directories", name, len(c.VolumeMounts), len(spec.Volumes), len(cniGateHostDirs))
+	}
+	seen := map[string]bool{}
+	for _, m := range c.VolumeMounts {
+		host, ok := cniGateHostDirs[m.MountPath]
+		if !ok {
+			t.Errorf("%s mounts %s, which no gate flag names", name, m.MountPath)
+			continue
+		}
+		seen[m.MountPath] = true
+		if m.ReadOnly || m.SubPath != "" || m.SubPathExpr != "" {
+			t.Errorf("%s's mount %s: %+v, want the whole directory read-write", name, m.MountPath, m)
+		}
+		i := slices.IndexFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == m.Name })
+		if i < 0 || spec.Volumes[i].HostPath == nil {
+			t.Errorf("%s's mount %s is not of a hostPath volume", name, m.MountPath)
+			continue
+		}
+		if hp := spec.Volumes[i].HostPath; hp.Path != host || hp.Type == nil || *hp.Type != typ {
+			t.Errorf("%s mounts hostPath %s (type %v) at %s, want %s (type %s)", name, hp.Path, ptr.Deref(hp.Type, ""), m.MountPath, host, typ)
+		}
+	}
+	if len(seen) != len(cniGateHostDirs) {
+		t.Errorf("%s mounts %v of %v", name, seen, cniGateHostDirs)
+	}
+}
+
 // TestCleanupVariant checks config/cleanup: a DaemonSet on every node whose init
 // container removes the agent's table, with nothing else of the agent.
 func TestCleanupVariant(t *testing.T) {
@@ -329,10 +416,19 @@ func TestCleanupVariant(t *testing.T) {
 		t.Fatalf("want one init container (cleanup) and one container (pause), got %d and %d", len(spec.InitContainers), len(spec.Containers))
 	}
 	ic := spec.InitContainers[0]
-	if ic.Image != image || !slices.Equal(ic.Args, []string{"cleanup", "--table-name=" + tableName}) {
-		t.Errorf("init container runs %s %q, want %s cleanup --table-name=%s", ic.Image, ic.Args, image, tableName)
+	// The CNI gate's removal, on every node whether or not its agent ran with
+	// the gate (a no-op where it did not): a gate left behind without the table
+	// fails every new pod of a node after its next reboot.
+	wantArgs := append([]string{"cleanup", "--table-name=" + tableName}, cniGateArgs...)
+	if ic.Image != image || !slices.Equal(ic.Args, wantArgs) {
+		t.Errorf("init container runs %s %q, want %s %q", ic.Image, ic.Args, image, wantArgs)
 	}
 	checkRootNetAdmin(t, "cleanup", ic.SecurityContext)
+	// DirectoryOrCreate: the cleanup must finish on a node without them too.
+	checkCNIGateMounts(t, "cleanup", spec, ic, corev1.HostPathDirectoryOrCreate)
+	if m := spec.Containers[0].VolumeMounts; len(m) > 0 {
+		t.Errorf("the pause container mounts %+v", m)
+	}
 	pause := spec.Containers[0].SecurityContext
 	if pause == nil || pause.RunAsNonRoot == nil || !*pause.RunAsNonRoot || pause.Capabilities == nil ||
 		len(pause.Capabilities.Add) > 0 || !slices.Equal(pause.Capabilities.Drop, []corev1.Capability{"ALL"}) {
