@@ -299,7 +299,7 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	if err := setupStartupTaint(ctx, mgr, core, opts, ready, log); err != nil {
 		return fmt.Errorf("startup taint setup: %w", err)
 	}
-	if err := setupCNIGate(mgr, opts, log); err != nil {
+	if err := setupCNIGate(mgr, opts, ready, log); err != nil {
 		return fmt.Errorf("CNI gate setup: %w", err)
 	}
 
@@ -447,14 +447,14 @@ func setupStartupTaint(ctx context.Context, mgr manager.Manager, core corev1clie
 
 // setupCNIGate adds the keeping of the CNI gate's files (cnigate.go) when
 // opts names the node's CNI directories.
-func setupCNIGate(mgr manager.Manager, opts Options, log logr.Logger) error {
+func setupCNIGate(mgr manager.Manager, opts Options, ready *readiness, log logr.Logger) error {
 	if opts.CNIGateConfDir == "" {
 		return nil
 	}
 	reader := mgr.GetCache()
 	return mgr.Add(&cniGate{
 		in:     &cnigate.Installer{ConfDir: opts.CNIGateConfDir, BinDir: opts.CNIGateBinDir, Table: opts.TableName, Binary: opts.CNIGateBinary},
-		period: cniGatePeriod,
+		period: cniGatePeriod, synced: ready.syncedCh, bootID: cnigate.BootID,
 		own: func(ctx context.Context) *corev1.Node {
 			var n corev1.Node
 			if err := reader.Get(ctx, client.ObjectKey{Name: opts.NodeName}, &n); err != nil {

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"time"
 
@@ -15,10 +16,11 @@ import (
 )
 
 // The CNI gate (controllers/cnigate): with --cni-gate-conf-dir and
-// --cni-gate-bin-dir the agent keeps its binary and the gate's entry in the
+// --cni-gate-bin-dir the agent keeps the gate's plugin and its entry in the
 // node's CNI configuration, so that after the node's next reboot no pod's
 // network comes up before the table is in force. It is put in place at once,
-// before the first sync (a pod the gate holds then starts at that sync), and
+// before the first sync, holding new pods; right after the first full sync the
+// entry gets the node's boot id, which opens the gate for this boot. Both are
 // checked again every cniGatePeriod: a CNI agent that writes its configuration
 // anew drops the entry.
 
@@ -43,6 +45,9 @@ const cniGatePeriod = 2 * time.Second
 type cniGate struct {
 	in     *cnigate.Installer
 	period time.Duration
+	// synced is closed at the first full sync; bootID reads the node's boot id.
+	synced <-chan struct{}
+	bootID func() (string, error)
 	// own returns the agent's Node, for Events (nil when it cannot be had).
 	own      func(ctx context.Context) *corev1.Node
 	recorder recorder.EventRecorder // may be nil
@@ -56,16 +61,24 @@ func (g *cniGate) Start(ctx context.Context) error {
 	cniGateWrites.WithLabelValues("binary")
 	cniGateWrites.WithLabelValues("config")
 	last := "unset"
+	var bootErr error
 	tick := time.NewTicker(g.period)
 	defer tick.Stop()
+	synced := g.synced
 	for {
+		if synced == nil && g.in.Boot == "" {
+			g.in.Boot, bootErr = g.bootID()
+		}
 		st, err := g.in.Ensure()
+		if err == nil && bootErr != nil {
+			err = fmt.Errorf("reading the node's boot id: %w", bootErr)
+		}
 		if st.BinaryWritten {
 			cniGateWrites.WithLabelValues("binary").Inc()
 		}
 		if st.ConfigWritten {
 			cniGateWrites.WithLabelValues("config").Inc()
-			g.log.Info("CNI gate added to the network configuration", "config", st.Config)
+			g.log.Info("CNI gate entry written", "config", st.Config, "open", g.in.Boot != "")
 		}
 		state := ""
 		if err != nil {
@@ -81,6 +94,8 @@ func (g *cniGate) Start(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-synced:
+			synced = nil // the table is in force: open the gate for this boot
 		case <-tick.C:
 		}
 	}

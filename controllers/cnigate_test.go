@@ -43,7 +43,8 @@ func (r *nodeRecorder) list() []string {
 
 // The agent keeps the gate: not possible without a network configuration (the
 // gauge at 0, one Warning Event however many checks fail alike), in place once
-// the CNI writes one, and back after the CNI writes its list anew.
+// the CNI writes one, holding until the first full sync and open (this boot's
+// id in the entry) from it, and back after the CNI writes its list anew.
 func TestCNIGateKept(t *testing.T) {
 	root := t.TempDir()
 	confDir, binDir := filepath.Join(root, "net.d"), filepath.Join(root, "bin")
@@ -52,9 +53,11 @@ func TestCNIGateKept(t *testing.T) {
 	self := filepath.Join(root, "agent")
 	os.WriteFile(self, []byte("agent"), 0o755)
 	rec := &nodeRecorder{}
+	synced := make(chan struct{})
 	g := &cniGate{
 		in:     &cnigate.Installer{ConfDir: confDir, BinDir: binDir, Table: "nftpolicy", Binary: self},
-		period: 10 * time.Millisecond,
+		period: 10 * time.Millisecond, synced: synced,
+		bootID: func() (string, error) { return "boot-7", nil },
 		own: func(context.Context) *corev1.Node {
 			return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}
 		},
@@ -84,14 +87,22 @@ func TestCNIGateKept(t *testing.T) {
 	conf := filepath.Join(confDir, "10-podnet.conflist")
 	list := `{"cniVersion": "1.0.0", "name": "podnet", "plugins": [{"type": "ptp"}]}`
 	os.WriteFile(conf, []byte(list), 0o644)
-	hasGate := func() bool { data, _ := os.ReadFile(conf); return strings.Contains(string(data), `"nftpolicy"`) }
+	read := func() string { data, _ := os.ReadFile(conf); return string(data) }
+	hasGate := func() bool { return strings.Contains(read(), `"nftpolicy"`) }
+	open := func() bool { return strings.Contains(read(), `"boot": "boot-7"`) }
 	eventually("the entry in the configuration", hasGate)
 	eventually("the gauge at 1", func() bool { return testutil.ToFloat64(cniGateInstalled) == 1 })
+	time.Sleep(50 * time.Millisecond)
+	if open() {
+		t.Fatalf("the gate opened before the first sync:\n%s", read())
+	}
 
+	close(synced)
+	eventually("the gate open after the first sync", open)
 	os.WriteFile(conf, []byte(list), 0o644) // the CNI's agent writes its list again
-	eventually("the entry back", hasGate)
-	if got := configWrites() - writes0; got != 2 {
-		t.Errorf("config writes %v, want 2", got)
+	eventually("the entry back, open", open)
+	if got := configWrites() - writes0; got != 3 {
+		t.Errorf("config writes %v, want 3 (entry, boot id, entry again)", got)
 	}
 	if ev := rec.list(); len(ev) != 1 {
 		t.Errorf("events %q: none expected once in place", ev)

@@ -27,9 +27,10 @@ const nodeConflist = `{
 // TestCNIGate: the gate's plugin, installed by the agent's Installer and run as
 // a container runtime runs a chained plugin (in the node's network
 // namespace, CNI_* in the environment, the plugin's configuration with the
-// previous result on stdin), holds a pod's network until the node holds the
-// agent's table, then passes the previous result on; cleanup takes the gate
-// away before the table.
+// previous result on stdin), holds a pod's network until the agent has had
+// its table in force in this boot of the node and while the table is there,
+// then passes the previous result on; cleanup takes the gate away before the
+// table.
 func TestCNIGate(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: no kernel")
@@ -48,23 +49,31 @@ func TestCNIGate(t *testing.T) {
 
 	// What the runtime hands the gate: its entry, with the list's name and
 	// version, and the ptp plugin's result.
-	var list struct {
-		CNIVersion string            `json:"cniVersion"`
-		Name       string            `json:"name"`
-		Plugins    []json.RawMessage `json:"plugins"`
+	runtimeConfig := func() []byte {
+		t.Helper()
+		var list struct {
+			CNIVersion string            `json:"cniVersion"`
+			Name       string            `json:"name"`
+			Plugins    []json.RawMessage `json:"plugins"`
+		}
+		data, _ := os.ReadFile(conflist)
+		if err := json.Unmarshal(data, &list); err != nil || len(list.Plugins) != 2 {
+			t.Fatalf("configuration after install: %v\n%s", err, data)
+		}
+		var entry map[string]any
+		json.Unmarshal(list.Plugins[1], &entry)
+		if entry["type"] != cnigate.PluginType {
+			t.Fatalf("last plugin %v", entry)
+		}
+		entry["cniVersion"], entry["name"] = list.CNIVersion, list.Name
+		entry["prevResult"] = json.RawMessage(`{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/cni-1"}],"ips":[{"address":"10.244.1.7/24","interface":0}]}`)
+		b, _ := json.Marshal(entry)
+		return b
 	}
-	data, _ := os.ReadFile(conflist)
-	if err := json.Unmarshal(data, &list); err != nil || len(list.Plugins) != 2 {
-		t.Fatalf("configuration after install: %v\n%s", err, data)
-	}
-	var entry map[string]any
-	json.Unmarshal(list.Plugins[1], &entry)
-	entry["cniVersion"], entry["name"] = list.CNIVersion, list.Name
-	entry["prevResult"] = json.RawMessage(`{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/cni-1"}],"ips":[{"address":"10.244.1.7/24","interface":0}]}`)
-	stdin, _ := json.Marshal(entry)
+	stdin := runtimeConfig()
 	plugin := func(cmd string) (int, map[string]any) {
 		t.Helper()
-		c := exec.Command("nsenter", "--net="+ns.Path(), filepath.Join(binDir, entry["type"].(string)))
+		c := exec.Command("nsenter", "--net="+ns.Path(), filepath.Join(binDir, cnigate.PluginType))
 		c.Env = []string{"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=c1", "CNI_NETNS=/var/run/netns/cni-1", "CNI_IFNAME=eth0", "CNI_PATH=" + binDir}
 		c.Stdin = bytes.NewReader(stdin)
 		var out bytes.Buffer
@@ -87,14 +96,15 @@ func TestCNIGate(t *testing.T) {
 	}
 
 	// No table: try again later, and the pod's teardown is not in the way.
-	if code, res := plugin("ADD"); code == 0 || res["code"] != float64(11) || !strings.Contains(res["msg"].(string), "not in force") {
+	if code, res := plugin("ADD"); code == 0 || res["code"] != float64(11) || !strings.Contains(res["msg"].(string), "since this node started") {
 		t.Fatalf("ADD before the table: exit %d, %v", code, res)
 	}
 	if code, _ := plugin("DEL"); code != 0 {
 		t.Errorf("DEL before the table: exit %d", code)
 	}
 
-	// The agent's first table (an empty cluster's) in force: the result passes.
+	// The agent's first table (an empty cluster's) in force: still held, until
+	// the agent, synced, writes this boot's id into the entry.
 	rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-1"}, compile.Options{})
 	a, err := netlink.New(netlink.Options{Table: rs.Table, NetNSPath: ns.Path()})
 	if err != nil {
@@ -104,6 +114,16 @@ func TestCNIGate(t *testing.T) {
 	if _, err := a.Apply(context.Background(), rs); err != nil {
 		t.Fatal(err)
 	}
+	if code, res := plugin("ADD"); code == 0 || res["code"] != float64(11) {
+		t.Fatalf("ADD with a table but no boot id in the entry: exit %d, %v", code, res)
+	}
+	if in.Boot, err = cnigate.BootID(); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := in.Ensure(); err != nil || !st.ConfigWritten {
+		t.Fatalf("Ensure with the boot id: %+v, %v", st, err)
+	}
+	stdin = runtimeConfig()
 	code, res := plugin("ADD")
 	if code != 0 || res["cniVersion"] != "1.0.0" || res["ips"] == nil {
 		t.Fatalf("ADD with the table: exit %d, %v", code, res)
@@ -112,12 +132,22 @@ func TestCNIGate(t *testing.T) {
 	if ok, err := netlink.TableExists(ns.Path(), "nftpolicy"); !ok || err != nil {
 		t.Errorf("TableExists in the namespace: %v, %v", ok, err)
 	}
+	// The table deleted (by hand, or a firewall's flush): held again.
+	if out, err := ns.NFT("", "delete", "table", "inet", "nftpolicy"); err != nil {
+		t.Fatal(err, out)
+	}
+	if code, res := plugin("ADD"); code == 0 || !strings.Contains(res["msg"].(string), "is not in force") {
+		t.Fatalf("ADD after the table was deleted: exit %d, %v", code, res)
+	}
+	if _, err := a.Apply(context.Background(), rs); err != nil {
+		t.Fatal(err)
+	}
 
 	// Cleanup: the entry and the binary, then the table.
 	if code, _, stderr := runBin(t, "", "cleanup", "--netns", ns.Path(), "--cni-gate-conf-dir", confDir, "--cni-gate-bin-dir", binDir); code != 0 {
 		t.Fatalf("cleanup: exit %d: %s", code, stderr)
 	}
-	data, _ = os.ReadFile(conflist)
+	data, _ := os.ReadFile(conflist)
 	if strings.Contains(string(data), cnigate.PluginType) {
 		t.Errorf("entry left after cleanup:\n%s", data)
 	}

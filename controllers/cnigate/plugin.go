@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strings"
 )
@@ -28,9 +29,31 @@ const (
 	codeTryAgainLater       = 11
 )
 
-// TableCheck says whether the inet table named table exists in the network
-// namespace the plugin runs in (netlink.TableExists in the binary).
-type TableCheck func(table string) (bool, error)
+// Node is what the gate asks of the node it runs on.
+type Node struct {
+	// TableExists says whether the inet table named table exists in the
+	// network namespace the plugin runs in (netlink.TableExists).
+	TableExists func(table string) (bool, error)
+	// BootID identifies the node's current boot (BootID).
+	BootID func() (string, error)
+}
+
+// bootIDFile changes at every boot of the kernel (it is not namespaced: a
+// container reads the node's).
+const bootIDFile = "/proc/sys/kernel/random/boot_id"
+
+// BootID returns the kernel's boot identifier.
+func BootID() (string, error) {
+	b, err := os.ReadFile(bootIDFile)
+	if err != nil {
+		return "", err
+	}
+	id := strings.TrimSpace(string(b))
+	if id == "" {
+		return "", fmt.Errorf("%s is empty", bootIDFile)
+	}
+	return id, nil
+}
 
 // netConf is what the gate reads of its network configuration.
 type netConf struct {
@@ -38,6 +61,7 @@ type netConf struct {
 	Name       string          `json:"name"`
 	Type       string          `json:"type"`
 	Table      string          `json:"table"`
+	Boot       string          `json:"boot"`
 	PrevResult json.RawMessage `json:"prevResult"`
 }
 
@@ -51,8 +75,11 @@ type pluginError struct {
 
 // Run is the plugin: the CNI command in getenv("CNI_COMMAND"), the network
 // configuration on stdin, the result or error on stdout. It returns the exit
-// code.
-func Run(getenv func(string) string, stdin io.Reader, stdout io.Writer, inForce TableCheck) int {
+// code. ADD passes when the entry names this boot (the agent writes it there
+// after its first full sync, so a table restored at boot from a saved ruleset
+// does not open the gate) and the table exists (so a table deleted since does
+// not either).
+func Run(getenv func(string) string, stdin io.Reader, stdout io.Writer, node Node) int {
 	cmd := getenv("CNI_COMMAND")
 	raw, err := io.ReadAll(stdin)
 	if err != nil {
@@ -88,16 +115,24 @@ func Run(getenv func(string) string, stdin io.Reader, stdout io.Writer, inForce 
 	if table == "" {
 		table = DefaultTable
 	}
-	ok, err := inForce(table)
+	wait := func(msg string, args ...any) int {
+		return fail(stdout, conf.CNIVersion, codeTryAgainLater, fmt.Sprintf(msg, args...),
+			"the nftpolicy agent opens the gate at its first sync after the node starts; if nftpolicy was removed from the cluster, "+
+				"run its cleanup (config/cleanup) on this node, or delete the \"type\": \"nftpolicy\" entry from the plugins of "+quoted(conf.Name)+" in the CNI configuration directory")
+	}
+	boot, err := node.BootID()
 	if err != nil {
-		return fail(stdout, conf.CNIVersion, codeTryAgainLater,
-			fmt.Sprintf("nftpolicy: cannot tell whether table inet %s is in force on this node", table), err.Error())
+		return wait("nftpolicy: cannot read this node's boot id: %v", err)
+	}
+	if conf.Boot != boot {
+		return wait("nftpolicy: the agent has not put table inet %s in force since this node started: the pod waits for its network policies", table)
+	}
+	ok, err := node.TableExists(table)
+	if err != nil {
+		return wait("nftpolicy: cannot tell whether table inet %s is in force on this node: %v", table, err)
 	}
 	if !ok {
-		return fail(stdout, conf.CNIVersion, codeTryAgainLater,
-			fmt.Sprintf("nftpolicy: table inet %s is not in force on this node yet: the pod waits for its network policies", table),
-			"the nftpolicy agent creates the table at its first sync after the node starts; if nftpolicy was removed from the cluster, "+
-				"run its cleanup (config/cleanup) on this node, or delete the \"type\": \"nftpolicy\" entry from the plugins of "+quoted(conf.Name)+" in the CNI configuration directory")
+		return wait("nftpolicy: table inet %s is not in force on this node: the pod waits for its network policies", table)
 	}
 	return passThrough(stdout, conf.CNIVersion, conf.PrevResult)
 }
