@@ -7,8 +7,12 @@
 #   cluster.sh e2e    run e2e.test against the running cluster (FOCUS, SKIP)
 #   cluster.sh cnp    run the upstream ClusterNetworkPolicy suite against the
 #                     running cluster (test/conformance/cnp; installs the CRD)
-#   cluster.sh run    up, then e2e and/or cnp (SUITE), down; down also runs
-#                     on failure and Ctrl-C
+#   cluster.sh gate   the CNI gate on a "rebooted" node2: a new pod waits for
+#                     the node's table (test/conformance/gate_test.go)
+#   cluster.sh rollout  roll the agent DaemonSet under probes
+#                     (test/conformance/rollout_test.go)
+#   cluster.sh run    up, then gate, e2e and/or cnp (SUITE), rollout, down;
+#                     down also runs on failure and Ctrl-C
 #
 # Topology (no Docker, no VMs):
 #   node1  the machine's own network namespace. Bridge npc-br0 10.99.0.1/24
@@ -25,6 +29,10 @@
 #          through br_netfilter). Services 10.96.0.0/16 and/or fd99:96::/112,
 #          kube-proxy in nftables mode. Images are imported from archives
 #          (test/conformance/imagepack): nothing is ever pulled.
+#   CNI    each node's containerd reads $STATE/<node>/cni and runs plugins from
+#          $STATE/<node>/cni-bin (links to /usr/lib/cni's), where the agents
+#          install the CNI gate (config/cni-gate; test/conformance/
+#          kustomization.yaml mounts the node's two directories).
 #
 # Shapes: IP_FAMILY ipv4 (default), ipv6 or dual (IPv4 primary: node IPs,
 # pod IPs, Service ranges and cluster CIDRs of both families); CNI ptp
@@ -200,7 +208,8 @@ assets() {
   "$pack" -o "$img/agnhost-cnp.tar" -name "$AGNHOST_CNP_IMAGE" -entrypoint /agnhost -cmd pause \
     "$K8S/agnhost:/agnhost" /bin/bash-static:/bin/bash "$root/bin/conformance/sctp-connect:/sctp-connect"
   "$pack" -o "$img/pause.tar" -name "$PAUSE_IMAGE" -entrypoint /pause,pause "$K8S/agnhost:/pause"
-  "$pack" -o "$img/nftpolicy.tar" -name "$NFTPOLICY_IMAGE" -entrypoint /nftpolicy "$NFTPOLICY_BIN:/nftpolicy"
+  "$pack" -o "$img/nftpolicy.tar" -name "$NFTPOLICY_IMAGE" -entrypoint /nftpolicy "$NFTPOLICY_BIN:/nftpolicy" \
+    "$(dirname "$NFTPOLICY_BIN")/nftpolicy-cni-gate:/nftpolicy-cni-gate"
 }
 
 # ---------------------------------------------------------------- PKI
@@ -397,7 +406,11 @@ cgroups_down() {
 
 containerd_up() {
   local node=$1; local d="$STATE/$node"
-  mkdir -p "$d/cni" "$d/containerd" "$d/pod-logs" "$d/kubelet"
+  mkdir -p "$d/cni" "$d/cni-bin" "$d/containerd" "$d/pod-logs" "$d/kubelet"
+  # The node's plugin directory: the system's plugins, linked, and the agent's
+  # CNI gate once it installs itself (never in /usr/lib/cni).
+  local p
+  for p in /usr/lib/cni/*; do ln -sfn "$p" "$d/cni-bin/"; done
   # One range and one default route per family; the pod's first address is
   # of the primary family, and so is status.podIP.
   local f ranges=() routes=() v4 v6
@@ -446,7 +459,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   disable_apparmor = true
   stream_server_address = "127.0.0.1"
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+    bin_dir = "$d/cni-bin"
     conf_dir = "$d/cni"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -547,8 +560,10 @@ control_plane_up() {
 }
 
 deploy() {
-  log "deploying nftpolicy (kubectl apply -k test/conformance)"
-  kubectl apply -k "$root/test/conformance" >"$STATE/logs/deploy.log"
+  log "deploying nftpolicy (kubectl apply -k test/conformance, hostPaths under $STATE)"
+  # The gate's hostPaths name the default state directory.
+  kubectl kustomize "$root/test/conformance" | sed "s#path: /var/lib/nftpolicy-conformance\$#path: $STATE#" |
+    kubectl apply -f - >"$STATE/logs/deploy.log"
   local arg
   for arg in ${AGENT_ARGS:-}; do
     log "agent flag $arg (AGENT_ARGS)"
@@ -754,6 +769,22 @@ rollout() {
   return $rc
 }
 
+# gate proves the CNI gate on the running cluster
+# (test/conformance/gate_test.go): node2 loses its agent and its table, as at a
+# reboot, and a pod created there waits until the agent is back and the table
+# is in force. It puts node2's agent back.
+gate() {
+  local report="$STATE/gate" rc=0
+  mkdir -p "$report"
+  (cd "$root" && go test -c -o "$STATE/conformance.test" ./test/conformance) || return
+  log "the CNI gate on a rebooted node (log: $report/gate.log)"
+  CONFORMANCE_KUBECONFIG="$KUBECONFIG" CONFORMANCE_NODE_NETNS="node2=/run/netns/$NS2" \
+    "$STATE/conformance.test" -test.v -test.timeout 10m \
+    -test.run '^TestRebootedNodeWaitsForTable$' >"$report/gate.log" 2>&1 || rc=$?
+  grep -E 'cni_gate_|^(--- |PASS$|FAIL$|ok |FAIL\s)' "$report/gate.log" || true
+  return $rc
+}
+
 # cnp_enforced waits until every agent enforces ClusterNetworkPolicy. An agent
 # started before the CRD learns of it from its watch of the CRD object, within
 # seconds (controllers/crdwatch.go); until then a suite would judge
@@ -797,6 +828,7 @@ finish() {
     [ -d "$STATE/e2e" ] && cp -r "$STATE/e2e" "$root/bin/conformance/last-run/"
     [ -d "$STATE/cnp" ] && cp -r "$STATE/cnp" "$root/bin/conformance/last-run/"
     [ -d "$STATE/rollout" ] && cp -r "$STATE/rollout" "$root/bin/conformance/last-run/"
+    [ -d "$STATE/gate" ] && cp -r "$STATE/gate" "$root/bin/conformance/last-run/"
   fi
   down
   log "total $((SECONDS - T0))s, exit $rc, IP_FAMILY=$IP_FAMILY CNI=$CNI (logs: bin/conformance/last-run)"
@@ -812,6 +844,8 @@ run() {
   trap 'exit 143' TERM
   up
   local rc=0
+  # First: the suites run on the nodes it hands back.
+  gate || rc=$?
   if [ "$SUITE" != cnp ]; then e2e || rc=$?; fi
   if [ "$SUITE" != netpol ]; then cnp || rc=$?; fi
   # Last: it replaces the agents the suites ran against.
@@ -825,6 +859,7 @@ case "${1:-}" in
   e2e) trap 'exit 130' INT; e2e ;;
   cnp) trap 'exit 130' INT; cnp ;;
   rollout) trap 'exit 130' INT; rollout ;;
+  gate) trap 'exit 130' INT; gate ;;
   run) run ;;
-  *) echo "usage: $0 up|down|e2e|cnp|rollout|run" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|e2e|cnp|rollout|gate|run" >&2; exit 2 ;;
 esac

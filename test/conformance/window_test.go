@@ -15,11 +15,13 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
@@ -151,16 +153,39 @@ func must(t *testing.T, err error) {
 
 // setAgentArgs sets the agent container's args and waits for the rollout.
 func setAgentArgs(ctx context.Context, c client.Client, args []string) error {
-	var ds appsv1.DaemonSet
-	if err := c.Get(ctx, client.ObjectKey{Namespace: dsNamespace, Name: dsName}, &ds); err != nil {
+	return updateAgents(ctx, c, func(spec *corev1.PodSpec) { spec.Containers[0].Args = args })
+}
+
+// updateAgents changes the agent DaemonSet's pod template with change and
+// waits for the rollout (waitAgents).
+func updateAgents(ctx context.Context, c client.Client, change func(*corev1.PodSpec)) error {
+	if err := changeAgents(ctx, c, change); err != nil {
 		return err
 	}
-	if !slices.Equal(ds.Spec.Template.Spec.Containers[0].Args, args) {
-		ds.Spec.Template.Spec.Containers[0].Args = args
-		if err := c.Update(ctx, &ds); err != nil {
+	return waitAgents(ctx, c)
+}
+
+// changeAgents changes the agent DaemonSet's pod template with change, when
+// that changes it.
+func changeAgents(ctx context.Context, c client.Client, change func(*corev1.PodSpec)) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var ds appsv1.DaemonSet
+		if err := c.Get(ctx, client.ObjectKey{Namespace: dsNamespace, Name: dsName}, &ds); err != nil {
 			return err
 		}
-	}
+		before := ds.Spec.Template.Spec.DeepCopy()
+		change(&ds.Spec.Template.Spec)
+		if equality.Semantic.DeepEqual(before, &ds.Spec.Template.Spec) {
+			return nil
+		}
+		return c.Update(ctx, &ds)
+	})
+}
+
+// waitAgents waits until the agent DaemonSet is rolled out: every agent it
+// wants ready and of its template, no other left.
+func waitAgents(ctx context.Context, c client.Client) error {
+	ds := appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: dsNamespace, Name: dsName}}
 	return wait.PollUntilContextTimeout(ctx, time.Second, 5*time.Minute, true, func(ctx context.Context) (bool, error) {
 		if err := c.Get(ctx, client.ObjectKeyFromObject(&ds), &ds); err != nil {
 			return false, err
@@ -170,7 +195,8 @@ func setAgentArgs(ctx context.Context, c client.Client, args []string) error {
 			s.NumberReady != s.DesiredNumberScheduled || s.NumberUnavailable != 0 {
 			return false, nil
 		}
-		// No agent of the old template left (terminating, still programming).
+		// No agent of the old template left (terminating, still programming),
+		// nor on a node the DaemonSet no longer wants.
 		var pods corev1.PodList
 		if err := c.List(ctx, &pods, client.InNamespace(dsNamespace), client.MatchingLabels(ds.Spec.Selector.MatchLabels)); err != nil {
 			return false, err
