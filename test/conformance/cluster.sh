@@ -11,8 +11,10 @@
 #                     the node's table (test/conformance/gate_test.go)
 #   cluster.sh rollout  roll the agent DaemonSet under probes
 #                     (test/conformance/rollout_test.go)
-#   cluster.sh run    up, then gate, e2e and/or cnp (SUITE), rollout, down;
-#                     down also runs on failure and Ctrl-C
+#   cluster.sh uninstall  delete the agents and run config/cleanup: every
+#                     node's CNI gate and table go, a pod starts on node2
+#   cluster.sh run    up, then gate, e2e and/or cnp (SUITE), rollout,
+#                     uninstall, down; down also runs on failure and Ctrl-C
 #
 # Topology (no Docker, no VMs):
 #   node1  the machine's own network namespace. Bridge npc-br0 10.99.0.1/24
@@ -559,11 +561,15 @@ control_plane_up() {
   start kube-scheduler node1 "$K8S/kube-scheduler" --kubeconfig="$KUBECONFIG" --leader-elect=false --secure-port=0
 }
 
+# kustomize DIR: `kubectl kustomize DIR`, its hostPaths under $STATE (the
+# kustomizations name the default state directory).
+kustomize() {
+  kubectl kustomize "$1" | sed "s#path: /var/lib/nftpolicy-conformance\$#path: $STATE#"
+}
+
 deploy() {
   log "deploying nftpolicy (kubectl apply -k test/conformance, hostPaths under $STATE)"
-  # The gate's hostPaths name the default state directory.
-  kubectl kustomize "$root/test/conformance" | sed "s#path: /var/lib/nftpolicy-conformance\$#path: $STATE#" |
-    kubectl apply -f - >"$STATE/logs/deploy.log"
+  kustomize "$root/test/conformance" | kubectl apply -f - >"$STATE/logs/deploy.log"
   local arg
   for arg in ${AGENT_ARGS:-}; do
     log "agent flag $arg (AGENT_ARGS)"
@@ -785,6 +791,44 @@ gate() {
   return $rc
 }
 
+# uninstall removes nftpolicy as the README's uninstall does: the agents
+# deleted, then config/cleanup (test/conformance/cleanup) on every node. Each
+# node must be left without the gate's conflist entry, its plugin binary and
+# the table, and a pod on node2 must start (a gate left behind would hold it
+# for good). The agents' logs are kept first. Each step returns on failure.
+uninstall() {
+  local report="$STATE/uninstall" n pod
+  mkdir -p "$report"
+  keep_logs
+  log "uninstalling: the agent DaemonSet deleted, then config/cleanup (log: $report/uninstall.log)"
+  {
+    kubectl -n nftpolicy-system delete daemonset nftpolicy-agent --cascade=foreground --timeout=60s &&
+      kustomize "$root/test/conformance/cleanup" | kubectl apply -f - &&
+      kubectl -n nftpolicy-system rollout status daemonset/nftpolicy-cleanup --timeout=120s
+  } >"$report/uninstall.log" 2>&1 || { log "config/cleanup did not finish (log: $report/uninstall.log)"; return 1; }
+  local left=()
+  for n in "${NODES[@]}"; do
+    grep -qs '"type": *"nftpolicy"' "$STATE/$n/cni/"* && left+=("$n: the gate's entry in $(grep -ls '"type": *"nftpolicy"' "$STATE/$n/cni/"*)")
+    [ -e "$STATE/$n/cni-bin/nftpolicy" ] && left+=("$n: $STATE/$n/cni-bin/nftpolicy")
+    in_node "$n" nft list table inet nftpolicy >/dev/null 2>&1 && left+=("$n: table inet nftpolicy")
+  done
+  if [ ${#left[@]} -gt 0 ]; then
+    log "config/cleanup left: ${left[*]}"
+    return 1
+  fi
+  pod=uninstalled-node2
+  kubectl run "$pod" --image="$AGNHOST_IMAGE" --image-pull-policy=Never --restart=Never \
+    --overrides='{"spec": {"nodeName": "node2", "terminationGracePeriodSeconds": 0}}' -- pause >>"$report/uninstall.log" 2>&1 || return
+  if ! kubectl wait --for=condition=Ready "pod/$pod" --timeout=60s >>"$report/uninstall.log" 2>&1; then
+    kubectl describe pod "$pod" >>"$report/uninstall.log" 2>&1
+    log "after config/cleanup a pod on node2 did not start within 60s (log: $report/uninstall.log)"
+    return 1
+  fi
+  kubectl delete pod "$pod" --wait=false >>"$report/uninstall.log" 2>&1
+  kubectl delete --wait=false -f <(kustomize "$root/test/conformance/cleanup") >>"$report/uninstall.log" 2>&1
+  log "config/cleanup removed the CNI gate and the table from every node; a pod started on node2"
+}
+
 # cnp_enforced waits until every agent enforces ClusterNetworkPolicy. An agent
 # started before the CRD learns of it from its watch of the CRD object, within
 # seconds (controllers/crdwatch.go); until then a suite would judge
@@ -812,23 +856,29 @@ cnp_enforced() {
 
 # finish: keep the suite's log and the component logs (the state directory
 # goes with `down`), then tear down. The EXIT trap of `run`.
+# keep_logs: the agents' logs and each node's ruleset, in $STATE/logs.
+keep_logs() {
+  local n pod
+  for n in "${NODES[@]}"; do
+    in_node "$n" nft list ruleset >"$STATE/logs/ruleset-$n.nft" 2>&1 || true
+    pod=$(kubectl -n nftpolicy-system get pods -o name --field-selector "spec.nodeName=$n" 2>/dev/null | head -1) || true
+    [ -z "$pod" ] || kubectl -n nftpolicy-system logs "$pod" >"$STATE/logs/agent-$n.log" 2>&1 || true
+  done
+}
+
 finish() {
   local rc=$?
   trap - EXIT INT TERM
   if [ -d "$STATE/logs" ]; then
-    # The agents' logs and each node's ruleset as the suite left them.
-    local n pod
-    for n in "${NODES[@]}"; do
-      in_node "$n" nft list ruleset >"$STATE/logs/ruleset-$n.nft" 2>&1 || true
-      pod=$(kubectl -n nftpolicy-system get pods -o name --field-selector "spec.nodeName=$n" 2>/dev/null | head -1) || true
-      [ -z "$pod" ] || kubectl -n nftpolicy-system logs "$pod" >"$STATE/logs/agent-$n.log" 2>&1 || true
-    done
+    # As the suites left them; uninstall kept them before it removed the agents.
+    [ -d "$STATE/uninstall" ] || keep_logs
     rm -rf "$root/bin/conformance/last-run" && mkdir -p "$root/bin/conformance/last-run"
     cp -r "$STATE/logs" "$root/bin/conformance/last-run/"
     [ -d "$STATE/e2e" ] && cp -r "$STATE/e2e" "$root/bin/conformance/last-run/"
     [ -d "$STATE/cnp" ] && cp -r "$STATE/cnp" "$root/bin/conformance/last-run/"
     [ -d "$STATE/rollout" ] && cp -r "$STATE/rollout" "$root/bin/conformance/last-run/"
     [ -d "$STATE/gate" ] && cp -r "$STATE/gate" "$root/bin/conformance/last-run/"
+    [ -d "$STATE/uninstall" ] && cp -r "$STATE/uninstall" "$root/bin/conformance/last-run/"
   fi
   down
   log "total $((SECONDS - T0))s, exit $rc, IP_FAMILY=$IP_FAMILY CNI=$CNI (logs: bin/conformance/last-run)"
@@ -848,8 +898,10 @@ run() {
   gate || rc=$?
   if [ "$SUITE" != cnp ]; then e2e || rc=$?; fi
   if [ "$SUITE" != netpol ]; then cnp || rc=$?; fi
-  # Last: it replaces the agents the suites ran against.
+  # It replaces the agents the suites ran against.
   rollout || rc=$?
+  # Last: nftpolicy goes.
+  uninstall || rc=$?
   return $rc
 }
 
@@ -860,6 +912,7 @@ case "${1:-}" in
   cnp) trap 'exit 130' INT; cnp ;;
   rollout) trap 'exit 130' INT; rollout ;;
   gate) trap 'exit 130' INT; gate ;;
+  uninstall) trap 'exit 130' INT; uninstall ;;
   run) run ;;
-  *) echo "usage: $0 up|down|e2e|cnp|rollout|gate|run" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|e2e|cnp|rollout|gate|uninstall|run" >&2; exit 2 ;;
 esac

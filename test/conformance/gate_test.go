@@ -25,29 +25,37 @@ import (
 // test/conformance/kustomization.yaml deploys). After a reboot a node's pods
 // start while its agent does, and would run unfiltered until the agent's first
 // full sync creates the table; the gate, a plugin the agent chains into the
-// node's CNI conflist, fails their network setup until the table exists.
+// node's CNI conflist, fails their network setup until the agent has put the
+// table in force in this boot: its entry names the boot the agent last synced
+// in, and the table must exist.
 //
-// The test reboots node2 as far as the gate can tell: its agent taken off the
-// node (a node affinity in the DaemonSet), its table deleted, its conflist
-// entry and plugin binary left where they are (files outlive a reboot). A pod
-// created on node2 must not start: for gateHold it is not Running, and the
-// kubelet reports FailedCreatePodSandBox with nftpolicy's error. With the agent
-// back (the agent itself runs with hostNetwork: never gated) the pod must run
-// once the table is in force, within gateRelease. The DaemonSet is restored at
-// the end, and both agents are ready again.
+// The test takes node2 through what a reboot does to the gate, one condition at
+// a time. Its agent is taken off the node (a node affinity in the DaemonSet)
+// and its table deleted, the entry and plugin binary left where they are (files
+// outlive a reboot): a pod created on node2 must not start, for gateHold, and
+// the kubelet reports FailedCreatePodSandBox with nftpolicy's error. Then the
+// entry names an earlier boot and the table is back, empty, as a ruleset
+// restored at boot would bring it: the pod must still not start, through one
+// more sandbox failure. With the agent back (it runs with hostNetwork: never
+// gated) the pod must run once the agent's table is in force and the entry
+// names this boot again, within gateRelease. The DaemonSet is restored at the
+// end, and both agents are ready again.
 //
 // Run against a cluster from `test/conformance/cluster.sh up` (cluster.sh gate,
 // make cni-gate); `make conformance` runs it before the suites. The nodes' CNI
 // directories are $STATE/<node>/cni and $STATE/<node>/cni-bin, $STATE being
 // CONFORMANCE_KUBECONFIG's directory; CONFORMANCE_NODE_NETNS names the network
 // namespace of each node that does not run in this process's
-// (node2=/run/netns/npc-node2).
+// (node2=/run/netns/npc-node2). The nodes share this machine's kernel, so its
+// boot id is theirs.
 
 const (
 	gateTable   = "nftpolicy" // the agent's --table-name
 	gatePlugin  = "nftpolicy" // the conflist entry's type, and its binary's name
 	gateHold    = 15 * time.Second
 	gateRelease = 90 * time.Second
+	// staleBoot stands for the boot before the node's reboot.
+	staleBoot = "00000000-0000-0000-0000-000000000000"
 )
 
 func TestRebootedNodeWaitsForTable(t *testing.T) {
@@ -62,6 +70,9 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 			netns[node] = path
 		}
 	}
+	bootID, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	must(t, err)
+	boot := strings.TrimSpace(string(bootID))
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	must(t, err)
 	c, err := client.New(cfg, client.Options{Scheme: clientgoscheme.Scheme})
@@ -81,22 +92,25 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 	}
 	rebooted := nodeNames[len(nodeNames)-1]
 
-	// (a) Every agent has installed the gate: its entry last in the node's
-	// conflist, its binary in the node's plugin directory.
+	// (a) Every agent has installed the gate and opened it for this boot: its
+	// entry last in the node's conflist, naming the table and this boot, its
+	// binary in the node's plugin directory.
 	for _, node := range nodeNames {
-		var msg string
+		var g gateState
 		var missing error
 		err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(context.Context) (bool, error) {
-			msg, missing = gateInstalled(state, node)
+			if g, missing = readGate(state, node); missing == nil && g.boot != boot {
+				missing = fmt.Errorf("%s: the entry names boot %q, this boot is %s", g.conf, g.boot, boot)
+			}
 			return missing == nil, nil
 		})
 		if err != nil {
-			t.Fatalf("%s: the gate is not installed: %v", node, missing)
+			t.Fatalf("%s: the gate is not in place: %v", node, missing)
 		}
-		t.Logf("%s: %s", node, msg)
+		t.Logf("%s: %s", node, g)
 	}
 
-	// (b) node2 "reboots": no agent, no table. The DaemonSet is put back
+	// (b) node2 loses its agent and its table. The DaemonSet is put back
 	// whatever happens next.
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -116,13 +130,11 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 	if out, err := inNode(ctx, netns, rebooted, "nft", "delete", "table", "inet", gateTable); err != nil {
 		t.Fatalf("deleting %s's table: %v: %s", rebooted, err, out)
 	}
-	if msg, err := gateInstalled(state, rebooted); err != nil {
-		t.Fatalf("%s without its agent: %v", rebooted, err)
-	} else {
-		t.Logf("%s: no agent, no table inet %s; %s", rebooted, gateTable, msg)
-	}
+	g, err := readGate(state, rebooted)
+	must(t, err)
+	t.Logf("%s: no agent, no table inet %s; %s", rebooted, gateTable, g)
 
-	// (c) A pod on node2 does not start.
+	// (c) A pod on node2 does not start: no table.
 	ns := createNamespace(ctx, t, c, fmt.Sprintf("cni-gate-%d", time.Now().Unix()%100000))
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "after-reboot"},
@@ -135,31 +147,50 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 	}
 	must(t, c.Create(ctx, pod))
 	created := time.Now()
-	for time.Since(created) < gateHold {
-		must(t, c.Get(ctx, client.ObjectKeyFromObject(pod), pod))
-		if pod.Status.Phase == corev1.PodRunning {
-			t.Fatalf("%s on %s is Running %v after its creation, without a table", pod.Name, rebooted, time.Since(created).Round(time.Millisecond))
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	failures, first, others := sandboxFailures(ctx, t, c, pod)
+	holdPod(ctx, t, c, pod, func() bool { return time.Since(created) >= gateHold })
+	failures, last, others := sandboxFailures(ctx, t, c, pod, time.Time{})
 	if failures == 0 {
 		t.Fatalf("%s: no FailedCreatePodSandBox event naming %s in %v (phase %s); other events: %q",
 			pod.Name, gatePlugin, gateHold, pod.Status.Phase, others)
 	}
-	t.Logf("%s: %s after %v, %d failed sandboxes; the first: %s", pod.Name, pod.Status.Phase, gateHold, failures, first)
+	t.Logf("%s: %s after %v without a table, %d failed sandboxes; the last: %s", pod.Name, pod.Status.Phase, gateHold, failures, last)
 
-	// (d) The agent back on node2: the table, then the pod.
+	// (c2) Nor with a table the agent did not put in force in this boot: the
+	// entry as an earlier boot left it, the table back (empty) as a ruleset
+	// restored at boot would bring it.
+	must(t, setGateBoot(state, rebooted, staleBoot))
+	if out, err := inNode(ctx, netns, rebooted, "nft", "add", "table", "inet", gateTable); err != nil {
+		t.Fatalf("adding %s's table: %v: %s", rebooted, err, out)
+	}
+	// A failure first seen a second after the change (events have seconds)
+	// is of a sandbox set up after it.
+	restored := time.Now()
+	holdPod(ctx, t, c, pod, func() bool {
+		if n, newest, _ := sandboxFailures(ctx, t, c, pod, restored.Add(time.Second)); n > 0 {
+			last = newest
+			return true
+		}
+		if time.Since(restored) > 45*time.Second {
+			t.Fatalf("%s: no sandbox failure in the %v since the table was restored", pod.Name, time.Since(restored).Round(time.Second))
+		}
+		return false
+	})
+	t.Logf("%s: still %s %v after a stale entry and a restored table; the last failure: %s",
+		pod.Name, pod.Status.Phase, time.Since(restored).Round(100*time.Millisecond), last)
+
+	// (d) The agent back on node2: its table in force, the entry naming this
+	// boot, then the pod.
 	released := time.Now()
 	must(t, changeAgents(ctx, c, func(spec *corev1.PodSpec) { spec.Affinity = nil }))
-	tableExists := func(ctx context.Context) bool {
-		_, err := inNode(ctx, netns, rebooted, "nft", "list", "table", "inet", gateTable)
-		return err == nil
-	}
-	var tableAt, runningAt time.Time
+	var tableAt, openAt, runningAt time.Time
 	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, gateRelease, true, func(ctx context.Context) (bool, error) {
-		if tableAt.IsZero() && tableExists(ctx) {
+		// Order matters: a pod Running is looked at last, so that the table
+		// and the entry it needed were seen at the latest in the same round.
+		if tableAt.IsZero() && agentTable(ctx, netns, rebooted) {
 			tableAt = time.Now()
+		}
+		if g, err := readGate(state, rebooted); openAt.IsZero() && err == nil && g.boot == boot {
+			openAt = time.Now()
 		}
 		if err := c.Get(ctx, client.ObjectKeyFromObject(pod), pod); err != nil {
 			return false, err
@@ -168,105 +199,188 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 			return false, nil
 		}
 		runningAt = time.Now()
-		if tableAt.IsZero() { // created since the look above, or never
-			if !tableExists(ctx) {
-				return false, fmt.Errorf("%s is Running, and %s has no table", pod.Name, rebooted)
-			}
-			tableAt = runningAt
+		if tableAt.IsZero() || openAt.IsZero() {
+			return false, fmt.Errorf("%s is Running, with the agent's table seen at %s and the entry naming this boot at %s",
+				pod.Name, tableAt.Format("15:04:05.0"), openAt.Format("15:04:05.0"))
 		}
 		return true, nil
 	})
 	if err != nil {
-		t.Fatalf("%s on %s: agent back at %s, table at %s, Running at %s (phase %s): %v", pod.Name, rebooted, released.Format("15:04:05.0"),
-			tableAt.Format("15:04:05.0"), runningAt.Format("15:04:05.0"), pod.Status.Phase, err)
+		t.Fatalf("%s on %s: agent back at %s, table at %s, entry for this boot at %s, Running at %s (phase %s): %v", pod.Name, rebooted,
+			released.Format("15:04:05.0"), tableAt.Format("15:04:05.0"), openAt.Format("15:04:05.0"), runningAt.Format("15:04:05.0"), pod.Status.Phase, err)
 	}
-	must(t, waitAgents(ctx, c))
-	// The sandbox's network came up once the table was there (the condition's
+	if openAt.Before(tableAt) {
+		t.Errorf("%s's entry named this boot at %s, before the agent's table was in force (%s)", rebooted, openAt.Format("15:04:05.0"), tableAt.Format("15:04:05.0"))
+	}
+	// The sandbox's network came up once the gate was open (the condition's
 	// time has a resolution of one second).
 	for _, cond := range pod.Status.Conditions {
 		if cond.Type == corev1.PodReadyToStartContainers && cond.Status == corev1.ConditionTrue {
-			t.Logf("%s: sandbox ready at %s, table at %s", pod.Name, cond.LastTransitionTime.Format("15:04:05"), tableAt.Format("15:04:05.0"))
-			if cond.LastTransitionTime.Time.Before(tableAt.Truncate(time.Second)) {
-				t.Errorf("%s's sandbox was ready at %s, before the table (%s)", pod.Name, cond.LastTransitionTime.Format("15:04:05"), tableAt.Format("15:04:05.0"))
+			t.Logf("%s: sandbox ready at %s", pod.Name, cond.LastTransitionTime.Format("15:04:05"))
+			if cond.LastTransitionTime.Time.Before(openAt.Truncate(time.Second)) {
+				t.Errorf("%s's sandbox was ready at %s, before the gate opened (%s)", pod.Name, cond.LastTransitionTime.Format("15:04:05"), openAt.Format("15:04:05.0"))
 			}
 		}
 	}
-	failures, _, _ = sandboxFailures(ctx, t, c, pod)
+	must(t, waitAgents(ctx, c))
+	failures, _, _ = sandboxFailures(ctx, t, c, pod, time.Time{})
 	t.Logf("cni_gate_pod_waited_s: %.1f (created %s, Running %s)", runningAt.Sub(created).Seconds(),
 		created.Format("15:04:05.0"), runningAt.Format("15:04:05.0"))
-	t.Logf("cni_gate_agent_to_table_s: %.1f (agent given back %s, table %s)", tableAt.Sub(released).Seconds(),
-		released.Format("15:04:05.0"), tableAt.Format("15:04:05.0"))
+	t.Logf("cni_gate_agent_to_table_s: %.1f (agent given back %s, table in force %s, entry for this boot %s)", tableAt.Sub(released).Seconds(),
+		released.Format("15:04:05.0"), tableAt.Format("15:04:05.0"), openAt.Format("15:04:05.0"))
+	t.Logf("cni_gate_table_to_open_s: %.1f", openAt.Sub(tableAt).Seconds())
 	t.Logf("cni_gate_table_to_running_s: %.1f", runningAt.Sub(tableAt).Seconds())
 	t.Logf("cni_gate_sandbox_failures: %d", failures)
 
-	// (e) Every node as the test found it: the agents ready (updateAgents
-	// waited), each node's gate installed and table in force.
+	// (e) Every node as the test found it: the agents ready (waitAgents), each
+	// node's gate in place and open, its table in force.
 	for _, node := range nodeNames {
-		if _, err := gateInstalled(state, node); err != nil {
-			t.Errorf("%s after the test: %v", node, err)
+		if g, err := readGate(state, node); err != nil || g.boot != boot {
+			t.Errorf("%s after the test: %v (%s)", node, err, g)
 		}
-		if out, err := inNode(ctx, netns, node, "nft", "list", "table", "inet", gateTable); err != nil {
-			t.Errorf("%s after the test: no table: %v: %s", node, err, out)
+		if !agentTable(ctx, netns, node) {
+			t.Errorf("%s after the test: table inet %s is not the agent's", node, gateTable)
 		}
 	}
 }
 
-// gateInstalled says what of the gate is on node (the conflist's plugins and
-// the binary), or what is missing: the first conflist of the node's CNI
-// directory by name (the one the runtime uses) must end with exactly one
-// entry of the gate, naming the table, and the plugin directory must hold the
-// gate's executable.
-func gateInstalled(state, node string) (string, error) {
-	confDir, binDir := filepath.Join(state, node, "cni"), filepath.Join(state, node, "cni-bin")
-	entries, err := os.ReadDir(confDir)
-	if err != nil {
-		return "", err
-	}
-	var conf string
-	for _, e := range entries { // by name
-		if ext := filepath.Ext(e.Name()); !e.IsDir() && (ext == ".conflist" || ext == ".conf" || ext == ".json") {
-			conf = filepath.Join(confDir, e.Name())
-			break
+// holdPod fails t if pod is Running at any look (every 500 ms) until done.
+func holdPod(ctx context.Context, t *testing.T, c client.Client, pod *corev1.Pod, done func() bool) {
+	t.Helper()
+	for !done() {
+		must(t, c.Get(ctx, client.ObjectKeyFromObject(pod), pod))
+		if pod.Status.Phase == corev1.PodRunning {
+			t.Fatalf("%s on %s is Running: the gate let it through", pod.Name, pod.Spec.NodeName)
 		}
+		time.Sleep(500 * time.Millisecond)
 	}
-	if conf == "" {
-		return "", fmt.Errorf("no CNI configuration in %s", confDir)
-	}
-	data, err := os.ReadFile(conf)
+}
+
+// agentTable says whether node has the table with chains in it: the agent's
+// (a table restored by hand, empty, is not).
+func agentTable(ctx context.Context, netns map[string]string, node string) bool {
+	out, err := inNode(ctx, netns, node, "nft", "list", "table", "inet", gateTable)
+	return err == nil && strings.Contains(string(out), "\tchain ")
+}
+
+// gateState is the gate on a node as its files show it.
+type gateState struct {
+	conf  string   // the conflist the runtime uses
+	types []string // its plugins' types
+	boot  string   // the boot the entry names
+	bin   string
+	mode  os.FileMode
+	size  int64
+}
+
+func (g gateState) String() string {
+	return fmt.Sprintf("%s plugins %v, boot %q; %s %v, %d bytes", filepath.Base(g.conf), g.types, g.boot, g.bin, g.mode, g.size)
+}
+
+// readGate reads the gate's files on node, or says what is missing: the first
+// conflist of the node's CNI directory by name (the one the runtime uses) must
+// end with exactly one entry of the gate, naming the table, and the plugin
+// directory must hold the gate's executable.
+func readGate(state, node string) (gateState, error) {
+	var g gateState
+	conf, list, err := readConflist(state, node)
+	g.conf = conf
 	if err != nil {
-		return "", err
+		return g, err
 	}
-	var list struct {
-		Plugins []map[string]any `json:"plugins"`
-	}
-	if err := json.Unmarshal(data, &list); err != nil {
-		return "", fmt.Errorf("%s: %w", conf, err)
-	}
-	var types []string
 	gates := 0
-	for _, p := range list.Plugins {
+	for _, p := range list {
 		typ, _ := p["type"].(string)
-		types = append(types, typ)
+		g.types = append(g.types, typ)
 		if typ == gatePlugin {
 			gates++
 		}
 	}
 	last := map[string]any{}
-	if n := len(list.Plugins); n > 0 {
-		last = list.Plugins[n-1]
+	if n := len(list); n > 0 {
+		last = list[n-1]
 	}
+	g.boot, _ = last["boot"].(string)
 	if gates != 1 || last["type"] != gatePlugin || last["table"] != gateTable {
-		return "", fmt.Errorf("%s: plugins %v, want one %q entry naming table %q, last: %s", conf, types, gatePlugin, gateTable, data)
+		return g, fmt.Errorf("%s: plugins %v, want one %q entry naming table %q, last", conf, g.types, gatePlugin, gateTable)
 	}
-	bin := filepath.Join(binDir, gatePlugin)
-	fi, err := os.Stat(bin)
+	g.bin = filepath.Join(state, node, "cni-bin", gatePlugin)
+	fi, err := os.Stat(g.bin)
 	if err != nil {
-		return "", err
+		return g, err
 	}
-	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
-		return "", fmt.Errorf("%s: mode %v, want an executable file", bin, fi.Mode())
+	g.mode, g.size = fi.Mode().Perm(), fi.Size()
+	if !fi.Mode().IsRegular() || g.mode&0o111 == 0 {
+		return g, fmt.Errorf("%s: mode %v, want an executable file", g.bin, fi.Mode())
 	}
-	return fmt.Sprintf("%s plugins %v; %s %v, %d bytes", filepath.Base(conf), types, bin, fi.Mode().Perm(), fi.Size()), nil
+	return g, nil
+}
+
+// readConflist returns the path and the plugins of the network configuration
+// node's runtime uses: the first *.conflist, *.conf or *.json by name.
+func readConflist(state, node string) (string, []map[string]any, error) {
+	dir := filepath.Join(state, node, "cni")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return "", nil, err
+	}
+	var conf string
+	for _, e := range entries { // by name
+		if ext := filepath.Ext(e.Name()); !e.IsDir() && (ext == ".conflist" || ext == ".conf" || ext == ".json") {
+			conf = filepath.Join(dir, e.Name())
+			break
+		}
+	}
+	if conf == "" {
+		return "", nil, fmt.Errorf("no CNI configuration in %s", dir)
+	}
+	data, err := os.ReadFile(conf)
+	if err != nil {
+		return conf, nil, err
+	}
+	var list struct {
+		Plugins []map[string]any `json:"plugins"`
+	}
+	if err := json.Unmarshal(data, &list); err != nil {
+		return conf, nil, fmt.Errorf("%s: %w", conf, err)
+	}
+	return conf, list.Plugins, nil
+}
+
+// setGateBoot makes node's gate entry name boot, as the agent would have
+// written it in that boot. The file is replaced whole (renamed over), as the
+// agent and CNIs write it, so that the runtime never reads half of it.
+func setGateBoot(state, node, boot string) error {
+	conf, _, err := readConflist(state, node)
+	if err != nil {
+		return err
+	}
+	data, err := os.ReadFile(conf)
+	if err != nil {
+		return err
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return err
+	}
+	plugins, _ := doc["plugins"].([]any)
+	if len(plugins) == 0 {
+		return fmt.Errorf("%s: no plugins", conf)
+	}
+	last, _ := plugins[len(plugins)-1].(map[string]any)
+	if last == nil || last["type"] != gatePlugin {
+		return fmt.Errorf("%s: the last plugin is not the gate", conf)
+	}
+	last["boot"] = boot
+	out, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(filepath.Dir(conf), ".gate-test.tmp") // no extension a runtime reads
+	if err := os.WriteFile(tmp, append(out, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, conf)
 }
 
 // inNode runs a command in node's network namespace: netns's, or this
@@ -278,14 +392,15 @@ func inNode(ctx context.Context, netns map[string]string, node string, cmd ...st
 	return exec.CommandContext(ctx, cmd[0], cmd[1:]...).CombinedOutput()
 }
 
-// sandboxFailures counts pod's FailedCreatePodSandBox events whose message
-// names the gate's plugin (an Event's count included), with the first such
-// message; others are the messages of its other events.
-func sandboxFailures(ctx context.Context, t *testing.T, c client.Client, pod *corev1.Pod) (n int, first string, others []string) {
+// sandboxFailures counts pod's FailedCreatePodSandBox events since since
+// (first seen then or later) whose message names the gate's plugin, an Event's
+// count included, with the newest such message; others are the messages of
+// its other events.
+func sandboxFailures(ctx context.Context, t *testing.T, c client.Client, pod *corev1.Pod, since time.Time) (n int, newest string, others []string) {
 	t.Helper()
 	var events corev1.EventList
 	must(t, c.List(ctx, &events, client.InNamespace(pod.Namespace)))
-	slices.SortFunc(events.Items, func(a, b corev1.Event) int { return a.FirstTimestamp.Compare(b.FirstTimestamp.Time) })
+	slices.SortFunc(events.Items, func(a, b corev1.Event) int { return a.LastTimestamp.Compare(b.LastTimestamp.Time) })
 	for _, e := range events.Items {
 		if e.InvolvedObject.Name != pod.Name || e.InvolvedObject.UID != pod.UID {
 			continue
@@ -294,10 +409,11 @@ func sandboxFailures(ctx context.Context, t *testing.T, c client.Client, pod *co
 			others = append(others, e.Reason+": "+e.Message)
 			continue
 		}
-		n += max(int(e.Count), 1)
-		if first == "" {
-			first = e.Message
+		if e.FirstTimestamp.Time.Before(since) {
+			continue
 		}
+		n += max(int(e.Count), 1)
+		newest = e.Message
 	}
-	return n, first, others
+	return n, newest, others
 }
