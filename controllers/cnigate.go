@@ -25,10 +25,11 @@ import (
 // anew drops the entry.
 
 var (
-	cniGateInstalled = prometheus.NewGauge(prometheus.GaugeOpts{
+	// A vector without labels: no series at all unless the gate is asked for.
+	cniGateInstalled = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "nftpolicy_cni_gate",
-		Help: "1 when the CNI gate's binary and entry are in place on this node, 0 when the agent, asked to keep them, cannot (see its log and the Node's Events).",
-	})
+		Help: "1 when the CNI gate's binary and entry are in place on this node, 0 when the agent, asked to keep them, cannot (see its log and the Node's Events); absent without --cni-gate-conf-dir.",
+	}, nil)
 	cniGateWrites = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nftpolicy_cni_gate_writes_total",
 		Help: "Writes of the CNI gate's files, by what was written (binary, config): a config count that keeps growing is a CNI agent rewriting its configuration.",
@@ -83,9 +84,9 @@ func (g *cniGate) Start(ctx context.Context) error {
 		state := ""
 		if err != nil {
 			state = err.Error()
-			cniGateInstalled.Set(0)
+			cniGateInstalled.WithLabelValues().Set(0)
 		} else {
-			cniGateInstalled.Set(1)
+			cniGateInstalled.WithLabelValues().Set(1)
 		}
 		if state != last {
 			g.report(ctx, st, err)

@@ -80,8 +80,8 @@ func TestCNIGateKept(t *testing.T) {
 	}
 	eventually("a Warning Event for the missing configuration", func() bool { return len(rec.list()) == 1 })
 	time.Sleep(100 * time.Millisecond) // ten more checks, alike
-	if ev := rec.list(); len(ev) != 1 || !strings.Contains(ev[0], "Warning CNIGateNotInstalled node-1") || testutil.ToFloat64(cniGateInstalled) != 0 {
-		t.Fatalf("events %q, gauge %v", ev, testutil.ToFloat64(cniGateInstalled))
+	if ev := rec.list(); len(ev) != 1 || !strings.Contains(ev[0], "Warning CNIGateNotInstalled node-1") || testutil.ToFloat64(cniGateInstalled.WithLabelValues()) != 0 {
+		t.Fatalf("events %q, gauge %v", ev, testutil.ToFloat64(cniGateInstalled.WithLabelValues()))
 	}
 
 	conf := filepath.Join(confDir, "10-podnet.conflist")
@@ -91,7 +91,7 @@ func TestCNIGateKept(t *testing.T) {
 	hasGate := func() bool { return strings.Contains(read(), `"nftpolicy"`) }
 	open := func() bool { return strings.Contains(read(), `"boot": "boot-7"`) }
 	eventually("the entry in the configuration", hasGate)
-	eventually("the gauge at 1", func() bool { return testutil.ToFloat64(cniGateInstalled) == 1 })
+	eventually("the gauge at 1", func() bool { return testutil.ToFloat64(cniGateInstalled.WithLabelValues()) == 1 })
 	time.Sleep(50 * time.Millisecond)
 	if open() {
 		t.Fatalf("the gate opened before the first sync:\n%s", read())

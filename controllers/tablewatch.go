@@ -46,6 +46,9 @@ const repairInterval = time.Second
 
 // Start implements manager.Runnable.
 func (t *tableWatch) Start(ctx context.Context) error {
+	// Both series from 0, so that an alert on their increase sees the first.
+	foreignChanges.WithLabelValues("change")
+	foreignChanges.WithLabelValues("lost")
 	for !t.ready.synced.Load() {
 		select {
 		case <-ctx.Done():
