@@ -15,6 +15,10 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 GOLANGCI_LINT := $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 CONTROLLER_GEN_VERSION ?= v0.23.0
 CONTROLLER_GEN := $(BIN)/controller-gen-$(CONTROLLER_GEN_VERSION)
+# promtool tests config/prometheus's alerts (test/deploy TestAlerts); the
+# Prometheus module's v0.316.0 is Prometheus 3.x's promtool (~3 min to build cold).
+PROMTOOL_VERSION ?= v0.316.0
+PROMTOOL := $(BIN)/promtool-$(PROMTOOL_VERSION)
 # config/rbac/role.yaml from the +kubebuilder:rbac markers; config/default prefixes it nftpolicy-.
 RBAC_GEN = rbac:roleName=agent paths=./controllers/...
 
@@ -42,8 +46,8 @@ build: ## Build bin/nftpolicy and the CNI gate's plugin bin/nftpolicy-cni-gate (
 	CGO_ENABLED=0 go build -ldflags "-s -w" -o $(BIN)/nftpolicy-cni-gate ./cmd/nftpolicy-cni-gate
 
 .PHONY: test
-test: build envtest-assets ## Run every test CI runs: unit, envtest, and (as root) real-kernel tests.
-	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" go test -count=1 -timeout $(TEST_TIMEOUT) $(GOTESTFLAGS) ./...
+test: build envtest-assets $(PROMTOOL) ## Run every test CI runs: unit, envtest, and (as root) real-kernel tests.
+	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" NFTPOLICY_PROMTOOL=$(PROMTOOL) go test -count=1 -timeout $(TEST_TIMEOUT) $(GOTESTFLAGS) ./...
 
 .PHONY: test-unit
 test-unit: ## Run the fast tests only: no root, no apiserver (go test -short).
@@ -166,6 +170,12 @@ undeploy: envtest-assets ## Remove what deploy created; nodes keep their tables 
 
 .PHONY: controller-gen
 controller-gen: $(CONTROLLER_GEN) ## Install the pinned controller-gen as bin/controller-gen.
+
+$(PROMTOOL):
+	mkdir -p $(BIN)
+	rm -f $(BIN)/promtool
+	GOBIN=$(BIN) GOFLAGS=-mod=mod go install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+	mv $(BIN)/promtool $@
 
 $(CONTROLLER_GEN):
 	mkdir -p $(BIN)

@@ -15,8 +15,9 @@ const fieldManager = "nftpolicy-deploy-test"
 // object (schemas, strict field validation, defaulting) without keeping it.
 func TestServerSideDryRun(t *testing.T) {
 	c := requireCluster(t)
-	// config/prometheus has a ServiceMonitor: install a stand-in for its CRD.
-	c.installServiceMonitorCRD(t)
+	// config/prometheus has a ServiceMonitor and a PrometheusRule: install
+	// stand-ins for their CRDs.
+	c.installMonitoringCRDs(t)
 
 	config := func(dir string) string { return filepath.Join(repoRoot(t), "config", dir) }
 	for _, dir := range []string{config("default"), config("prometheus"), config("cleanup"),
@@ -40,19 +41,21 @@ func TestServerSideDryRun(t *testing.T) {
 	}
 }
 
-// installServiceMonitorCRD installs testdata/servicemonitor-crd.yaml for real
-// and waits until the kind is served.
-func (c *cluster) installServiceMonitorCRD(t *testing.T) {
+// installMonitoringCRDs installs testdata's stand-ins for the ServiceMonitor
+// and PrometheusRule CRDs for real and waits until the kinds are served.
+func (c *cluster) installMonitoringCRDs(t *testing.T) {
 	t.Helper()
-	crd, err := os.ReadFile(filepath.Join("testdata", "servicemonitor-crd.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.kubectl(t, crd, "apply", "--server-side", "--field-manager="+fieldManager, "-f", "-"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.kubectl(t, nil, "wait", "--for=condition=Established", "--timeout=60s",
-		"crd/servicemonitors.monitoring.coreos.com"); err != nil {
-		t.Fatal(err)
+	for _, kind := range []string{"servicemonitor", "prometheusrule"} {
+		crd, err := os.ReadFile(filepath.Join("testdata", kind+"-crd.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.kubectl(t, crd, "apply", "--server-side", "--field-manager="+fieldManager, "-f", "-"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.kubectl(t, nil, "wait", "--for=condition=Established", "--timeout=60s",
+			"crd/"+kind+"s.monitoring.coreos.com"); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -56,7 +56,9 @@ const (
 // bound to a pod on that node, as the kubelet mounts it), and watch the
 // ClusterNetworkPolicy CRD (its metrics say so: an agent refused that watch
 // still enforces, but follows the CRD by asking discovery every 30 s, and says
-// that instead).
+// that instead). The agent with the deployed role runs with the CNI gate too
+// (which needs no permission): it opens the gate once synced, and its /metrics
+// serves every metric and label config/prometheus's alerts read.
 //
 // Then, for each rule of the ClusterRole, and for each resource of a rule that
 // names several, an agent runs with a copy of the role without it, all in
@@ -95,7 +97,7 @@ func TestLeastPrivilege(t *testing.T) {
 		node := "node-" + tc.name
 		c.createTaintedNode(t, node)
 		agents[i] = &agentRun{c: c, bin: bin, kubeconfig: c.serviceAccountKubeconfig(t, tc.sa, node),
-			node: node, podIP: fmt.Sprintf("10.250.%d.10", i), k8sNamespace: "lp-" + tc.name}
+			node: node, podIP: fmt.Sprintf("10.250.%d.10", i), k8sNamespace: "lp-" + tc.name, gate: tc.remove == ""}
 		agents[i].start(t)
 	}
 	var wg sync.WaitGroup
@@ -120,7 +122,8 @@ func TestLeastPrivilege(t *testing.T) {
 					a.dumpLog(t)
 					t.Fatalf("the agent with the deployed ClusterRole failed: %s", a.failure)
 				}
-				t.Log("with the deployed ClusterRole the agent became ready, enforced the policy, recorded the Event and removed the startup taint")
+				t.Log("with the deployed ClusterRole the agent became ready, enforced the policy, recorded the Event, removed the startup taint and opened the CNI gate")
+				checkAlertMetrics(t, a.metricsText)
 				return
 			}
 			if a.failure == "" {
@@ -271,16 +274,19 @@ func (c *cluster) serviceAccountKubeconfig(t *testing.T, sa, node string) string
 	return path
 }
 
-// buildAgent builds ./cmd/nftpolicy once per test binary.
+// buildAgent builds ./cmd/nftpolicy, and the CNI gate's plugin beside it (as
+// in the image), once per test binary.
 func buildAgent(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "nftpolicy")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/nftpolicy")
-	cmd.Dir = repoRoot(t)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/nftpolicy: %v\n%s", err, out)
+	dir := t.TempDir()
+	for _, name := range []string{"nftpolicy", "nftpolicy-cni-gate"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), "./cmd/"+name)
+		cmd.Dir = repoRoot(t)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build ./cmd/%s: %v\n%s", name, err, out)
+		}
 	}
-	return bin
+	return filepath.Join(dir, "nftpolicy")
 }
 
 // agentRun is one agent process on its own node name, network namespace and
@@ -292,6 +298,12 @@ type agentRun struct {
 	node         string
 	podIP        string
 	k8sNamespace string
+
+	// gate runs the agent with the CNI gate, on a CNI configuration of its own
+	// (gateConf); metricsText is its /metrics once its job is done.
+	gate        bool
+	gateConf    string
+	metricsText string
 
 	log     string         // the agent's output, a file
 	port    string         // of /healthz and /readyz
@@ -320,6 +332,19 @@ func (a *agentRun) start(t *testing.T) {
 		// As deployed: the Node's pod CIDRs come from the same Node watch (its
 		// node has no Node object here, so it isolates nothing and says so).
 		"--unknown-pod-cidrs=node")
+	if a.gate {
+		confDir, binDir := filepath.Join(t.TempDir(), "net.d"), filepath.Join(t.TempDir(), "bin")
+		for _, d := range []string{confDir, binDir} {
+			if err := os.Mkdir(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		a.gateConf = filepath.Join(confDir, "10-podnet.conflist")
+		if err := os.WriteFile(a.gateConf, []byte(`{"cniVersion": "1.0.0", "name": "podnet", "plugins": [{"type": "ptp"}]}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cmd.Args = append(cmd.Args, "--cni-gate-conf-dir="+confDir, "--cni-gate-bin-dir="+binDir)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := framework.StartChild(cmd); err != nil { // dies with the test binary
 		t.Fatal(err)
@@ -403,6 +428,19 @@ func (a *agentRun) exercise(bound time.Duration) (failure string, err error) {
 		return fmt.Sprintf("not watching the ClusterNetworkPolicy CRD within %s (want %s; /metrics: %q)", bound, watching, crd), nil
 	}
 
+	// 6. With the CNI gate: open for this boot once synced, nothing more asked
+	// of the API. Then what it serves, for the alerts' metrics.
+	if a.gate {
+		var conf string
+		if !poll(bound, a.exited, func() bool {
+			b, _ := os.ReadFile(a.gateConf)
+			conf = string(b)
+			return strings.Contains(conf, `"boot":`)
+		}) {
+			return fmt.Sprintf("the CNI gate not open within %s:\n%s", bound, conf), nil
+		}
+		a.metricsText = httpBody("http://127.0.0.1:" + a.metrics + "/metrics")
+	}
 	return "", nil
 }
 
