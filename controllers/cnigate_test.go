@@ -48,10 +48,12 @@ func (r *nodeRecorder) list() []string {
 func TestCNIGateKept(t *testing.T) {
 	root := t.TempDir()
 	confDir, binDir := filepath.Join(root, "net.d"), filepath.Join(root, "bin")
-	os.Mkdir(confDir, 0o755)
-	os.Mkdir(binDir, 0o755)
 	self := filepath.Join(root, "agent")
-	os.WriteFile(self, []byte("agent"), 0o755)
+	for _, err := range []error{os.Mkdir(confDir, 0o755), os.Mkdir(binDir, 0o755), os.WriteFile(self, []byte("agent"), 0o755)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	rec := &nodeRecorder{}
 	synced := make(chan struct{})
 	g := &cniGate{
@@ -65,7 +67,7 @@ func TestCNIGateKept(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { g.Start(ctx); close(done) }()
+	go func() { _ = g.Start(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 	configWrites := func() float64 { return testutil.ToFloat64(cniGateWrites.WithLabelValues("config")) }
 	writes0 := configWrites()
@@ -86,7 +88,9 @@ func TestCNIGateKept(t *testing.T) {
 
 	conf := filepath.Join(confDir, "10-podnet.conflist")
 	list := `{"cniVersion": "1.0.0", "name": "podnet", "plugins": [{"type": "ptp"}]}`
-	os.WriteFile(conf, []byte(list), 0o644)
+	if err := os.WriteFile(conf, []byte(list), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	read := func() string { data, _ := os.ReadFile(conf); return string(data) }
 	hasGate := func() bool { return strings.Contains(read(), `"nftpolicy"`) }
 	open := func() bool { return strings.Contains(read(), `"boot": "boot-7"`) }
@@ -99,7 +103,9 @@ func TestCNIGateKept(t *testing.T) {
 
 	close(synced)
 	eventually("the gate open after the first sync", open)
-	os.WriteFile(conf, []byte(list), 0o644) // the CNI's agent writes its list again
+	if err := os.WriteFile(conf, []byte(list), 0o644); err != nil { // the CNI's agent writes its list again
+		t.Fatal(err)
+	}
 	eventually("the entry back, open", open)
 	if got := configWrites() - writes0; got != 3 {
 		t.Errorf("config writes %v, want 3 (entry, boot id, entry again)", got)

@@ -248,7 +248,7 @@ type informerEvents struct {
 }
 
 func (h informerEvents) OnAdd(obj any, isInInitialList bool) {
-	if o, ok := obj.(client.Object); ok && !(isInInitialList && h.skipInitial) && h.pred.Create(event.CreateEvent{Object: o}) {
+	if o, ok := obj.(client.Object); ok && (!isInInitialList || !h.skipInitial) && h.pred.Create(event.CreateEvent{Object: o}) {
 		h.to(o)
 	}
 }

@@ -52,9 +52,9 @@ func (p *cachedPod) GetObjectKind() schema.ObjectKind { return schema.EmptyObjec
 // DeepCopyObject returns a copy sharing the record's (immutable) map and slices.
 func (p *cachedPod) DeepCopyObject() runtime.Object { c := *p; return &c }
 
-func (p *cachedPod) GetNamespace() string                          { return p.Pod.Namespace() }
+func (p *cachedPod) GetNamespace() string                          { return p.Namespace() }
 func (p *cachedPod) SetNamespace(string)                           {}
-func (p *cachedPod) GetName() string                               { return p.Pod.Name() }
+func (p *cachedPod) GetName() string                               { return p.Name() }
 func (p *cachedPod) SetName(string)                                {}
 func (p *cachedPod) GetGenerateName() string                       { return "" }
 func (p *cachedPod) SetGenerateName(string)                        {}
@@ -72,7 +72,7 @@ func (p *cachedPod) GetDeletionTimestamp() *metav1.Time            { return nil 
 func (p *cachedPod) SetDeletionTimestamp(*metav1.Time)             {}
 func (p *cachedPod) GetDeletionGracePeriodSeconds() *int64         { return nil }
 func (p *cachedPod) SetDeletionGracePeriodSeconds(*int64)          {}
-func (p *cachedPod) GetLabels() map[string]string                  { return p.Pod.Labels() }
+func (p *cachedPod) GetLabels() map[string]string                  { return p.Labels() }
 func (p *cachedPod) SetLabels(map[string]string)                   {}
 func (p *cachedPod) GetAnnotations() map[string]string             { return nil }
 func (p *cachedPod) SetAnnotations(map[string]string)              {}
@@ -126,7 +126,7 @@ func (t *internTable[T]) get(key []byte, mk func() *T) *T {
 // record turns a pod into its cache record.
 func (in *podInterner) record(p *corev1.Pod) *cachedPod {
 	rec := &cachedPod{Pod: compile.PodOf(p)}
-	labels, ports := rec.Pod.Labels(), rec.Pod.Ports()
+	labels, ports := rec.Labels(), rec.Ports()
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if len(labels) > 0 {
@@ -272,7 +272,7 @@ func (r podIPReader) List(_ context.Context, list client.ObjectList, opts ...cli
 	pl.Items = pl.Items[:0]
 	for _, obj := range objs {
 		if rec, ok := obj.(*cachedPod); ok {
-			pl.Items = append(pl.Items, corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: rec.Pod.Namespace(), Name: rec.Pod.Name(), Labels: rec.Pod.Labels()}})
+			pl.Items = append(pl.Items, corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: rec.Namespace(), Name: rec.Name(), Labels: rec.Labels()}})
 		}
 	}
 	return nil

@@ -34,11 +34,11 @@ func listPods(n int) *corev1.PodList {
 		p.Labels = map[string]string{"app": fmt.Sprintf("app-%d", i%5), "pod": p.Name}
 		p.Annotations = map[string]string{"note": strings.Repeat("x", 100)}
 		p.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubelet", Operation: metav1.ManagedFieldsOperationUpdate,
-			FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:status":{"f:podIPs":{}}}`)}}}
+			FieldsV1: metav1.NewFieldsV1(`{"f:status":{"f:podIPs":{}}}`)}}
 		p.Spec.NodeName = fmt.Sprintf("node-%d", i%11)
 		// What a real pod carries besides: the compiler reads none of it.
 		p.ManagedFields = append(p.ManagedFields, metav1.ManagedFieldsEntry{Manager: "kube-controller-manager", Operation: metav1.ManagedFieldsOperationUpdate,
-			FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:metadata":{"f:generateName":{},"f:labels":{".":{},"f:app":{},"f:pod-template-hash":{}},"f:ownerReferences":{".":{},"k:{\"uid\":\"5b6c\"}":{}}},"f:spec":{"f:containers":{"k:{\"name\":\"c\"}":{".":{},"f:image":{},"f:imagePullPolicy":{},"f:name":{},"f:ports":{".":{},"k:{\"containerPort\":8000,\"protocol\":\"TCP\"}":{".":{},"f:containerPort":{},"f:name":{},"f:protocol":{}}},"f:resources":{},"f:terminationMessagePath":{},"f:terminationMessagePolicy":{}}},"f:dnsPolicy":{},"f:enableServiceLinks":{},"f:restartPolicy":{},"f:schedulerName":{},"f:securityContext":{},"f:terminationGracePeriodSeconds":{}}}`)}})
+			FieldsV1: metav1.NewFieldsV1(`{"f:metadata":{"f:generateName":{},"f:labels":{".":{},"f:app":{},"f:pod-template-hash":{}},"f:ownerReferences":{".":{},"k:{\"uid\":\"5b6c\"}":{}}},"f:spec":{"f:containers":{"k:{\"name\":\"c\"}":{".":{},"f:image":{},"f:imagePullPolicy":{},"f:name":{},"f:ports":{".":{},"k:{\"containerPort\":8000,\"protocol\":\"TCP\"}":{".":{},"f:containerPort":{},"f:name":{},"f:protocol":{}}},"f:resources":{},"f:terminationMessagePath":{},"f:terminationMessagePolicy":{}}},"f:dnsPolicy":{},"f:enableServiceLinks":{},"f:restartPolicy":{},"f:schedulerName":{},"f:securityContext":{},"f:terminationGracePeriodSeconds":{}}}`)})
 		p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "app-7d9f8b6c5d", UID: "5b6c"}}
 		p.Spec.Volumes = []corev1.Volume{{Name: "kube-api-access-x7k2p", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
 			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token"}}}}}}}
@@ -154,7 +154,7 @@ func TestDecodePodListRefusesPartAnswers(t *testing.T) {
 func TestDecodePodListSkipsUnknownFields(t *testing.T) {
 	body := encodeProtobuf(t, listPods(3))
 	// Unknown fields after the envelope's own: 9 varint, 10 fixed64, 11 bytes, 12 fixed32.
-	extra := []byte{9<<3 | 0, 0x96, 0x01, 10<<3 | 1, 1, 2, 3, 4, 5, 6, 7, 8, 11<<3 | 2, 3, 'a', 'b', 'c', 12<<3 | 5, 1, 2, 3, 4}
+	extra := []byte{9 << 3 /* | 0 */, 0x96, 0x01, 10<<3 | 1, 1, 2, 3, 4, 5, 6, 7, 8, 11<<3 | 2, 3, 'a', 'b', 'c', 12<<3 | 5, 1, 2, 3, 4}
 	got, err := decodePodList(bytes.NewReader(append(bytes.Clone(body), extra...)), func(p *corev1.Pod) runtime.Object { return (&podInterner{}).record(p) })
 	if err != nil {
 		t.Fatal(err)

@@ -61,7 +61,9 @@ func TestCNIGate(t *testing.T) {
 			t.Fatalf("configuration after install: %v\n%s", err, data)
 		}
 		var entry map[string]any
-		json.Unmarshal(list.Plugins[1], &entry)
+		if err := json.Unmarshal(list.Plugins[1], &entry); err != nil {
+			t.Fatal(err)
+		}
 		if entry["type"] != cnigate.PluginType {
 			t.Fatalf("last plugin %v", entry)
 		}

@@ -23,6 +23,13 @@ const kindnet = `{
 	]
 }`
 
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 func pluginTypes(t *testing.T, data []byte) []string {
 	t.Helper()
 	var l struct {
@@ -54,12 +61,12 @@ func TestWithGate(t *testing.T) {
 		t.Errorf("plugins %s, want the gate last", got)
 	}
 	// The keys keep their order, and what the gate does not own its values.
-	if i, j, k := strings.Index(string(out), `"cniVersion"`), strings.Index(string(out), `"name"`), strings.Index(string(out), `"plugins"`); !(i < j && j < k) {
+	if i, j, k := strings.Index(string(out), `"cniVersion"`), strings.Index(string(out), `"name"`), strings.Index(string(out), `"plugins"`); i >= j || j >= k {
 		t.Errorf("keys reordered:\n%s", out)
 	}
 	var before, after map[string]any
-	json.Unmarshal([]byte(kindnet), &before)
-	json.Unmarshal(out, &after)
+	must(t, json.Unmarshal([]byte(kindnet), &before))
+	must(t, json.Unmarshal(out, &after))
 	if before["cniVersion"] != after["cniVersion"] || before["name"] != after["name"] {
 		t.Errorf("values changed:\n%s", out)
 	}
@@ -96,7 +103,7 @@ func TestWithGate(t *testing.T) {
 		t.Errorf("plugins after removal %s", got)
 	}
 	var removed map[string]any
-	json.Unmarshal(gone, &removed)
+	must(t, json.Unmarshal(gone, &removed))
 	b1, _ := json.Marshal(before)
 	b2, _ := json.Marshal(removed)
 	if string(b1) != string(b2) {
@@ -127,9 +134,9 @@ func TestActiveConfig(t *testing.T) {
 		t.Fatal("empty directory: no error")
 	}
 	for _, name := range []string{"99-loopback.conf", "20-other.conflist", "10-kindnet.conflist", ".nftpolicy-1.tmp", "05-notes.txt"} {
-		os.WriteFile(filepath.Join(dir, name), []byte(kindnet), 0o644)
+		must(t, os.WriteFile(filepath.Join(dir, name), []byte(kindnet), 0o644))
 	}
-	os.Mkdir(filepath.Join(dir, "00-dir.conflist"), 0o755)
+	must(t, os.Mkdir(filepath.Join(dir, "00-dir.conflist"), 0o755))
 	got, err := ActiveConfig(dir)
 	if err != nil || filepath.Base(got) != "10-kindnet.conflist" {
 		t.Errorf("ActiveConfig = %q, %v; want 10-kindnet.conflist", got, err)

@@ -11,8 +11,8 @@ func newInstaller(t *testing.T) (*Installer, string) {
 	t.Helper()
 	root := t.TempDir()
 	in := &Installer{ConfDir: filepath.Join(root, "net.d"), BinDir: filepath.Join(root, "bin"), Table: "nftpolicy", Binary: filepath.Join(root, "agent")}
-	os.Mkdir(in.ConfDir, 0o755)
-	os.Mkdir(in.BinDir, 0o755)
+	must(t, os.Mkdir(in.ConfDir, 0o755))
+	must(t, os.Mkdir(in.BinDir, 0o755))
 	if err := os.WriteFile(in.Binary, []byte("#!/bin/sh\necho agent v1\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -27,7 +27,7 @@ func TestInstallerEnsure(t *testing.T) {
 	if st, err := in.Ensure(); err == nil || !st.BinaryWritten {
 		t.Fatalf("Ensure without a configuration: %+v, %v", st, err)
 	}
-	os.WriteFile(conf, []byte(kindnet), 0o640)
+	must(t, os.WriteFile(conf, []byte(kindnet), 0o640))
 	st, err := in.Ensure()
 	if err != nil || st.BinaryWritten || !st.ConfigWritten || st.Config != conf {
 		t.Fatalf("Ensure: %+v, %v", st, err)
@@ -49,12 +49,12 @@ func TestInstallerEnsure(t *testing.T) {
 	}
 
 	// The CNI's agent writes its list again: the entry comes back.
-	os.WriteFile(conf, []byte(kindnet), 0o640)
+	must(t, os.WriteFile(conf, []byte(kindnet), 0o640))
 	if st, err := in.Ensure(); err != nil || !st.ConfigWritten {
 		t.Errorf("Ensure after the list was rewritten: %+v, %v", st, err)
 	}
 	// Someone changes the binary: it is put back.
-	os.WriteFile(bin, []byte("something else"), 0o755)
+	must(t, os.WriteFile(bin, []byte("something else"), 0o755))
 	if st, err := in.Ensure(); err != nil || !st.BinaryWritten {
 		t.Errorf("Ensure after the binary changed: %+v, %v", st, err)
 	}
@@ -63,13 +63,13 @@ func TestInstallerEnsure(t *testing.T) {
 	}
 	// A new agent (an upgrade) brings another binary.
 	in2 := &Installer{ConfDir: in.ConfDir, BinDir: in.BinDir, Table: in.Table, Binary: in.Binary}
-	os.WriteFile(in.Binary, []byte("#!/bin/sh\necho agent v2\n"), 0o755)
+	must(t, os.WriteFile(in.Binary, []byte("#!/bin/sh\necho agent v2\n"), 0o755))
 	if st, err := in2.Ensure(); err != nil || !st.BinaryWritten || st.ConfigWritten {
 		t.Errorf("Ensure of a new binary: %+v, %v", st, err)
 	}
 	// A file of a name before ours becomes the runtime's: the gate goes there too.
 	first := filepath.Join(in.ConfDir, "05-cilium.conflist")
-	os.WriteFile(first, []byte(strings.Replace(kindnet, "kindnet", "cilium", 1)), 0o644)
+	must(t, os.WriteFile(first, []byte(strings.Replace(kindnet, "kindnet", "cilium", 1)), 0o644))
 	if st, err := in2.Ensure(); err != nil || st.Config != first || !st.ConfigWritten {
 		t.Errorf("Ensure with a new first file: %+v, %v", st, err)
 	}
@@ -106,7 +106,7 @@ func TestInstallerLeavesSingleConf(t *testing.T) {
 	in, _ := newInstaller(t)
 	conf := filepath.Join(in.ConfDir, "10-bridge.conf")
 	single := `{"cniVersion": "1.0.0", "name": "n", "type": "bridge"}`
-	os.WriteFile(conf, []byte(single), 0o644)
+	must(t, os.WriteFile(conf, []byte(single), 0o644))
 	if _, err := in.Ensure(); err == nil || !strings.Contains(err.Error(), "single plugin") {
 		t.Errorf("Ensure on a single plugin's configuration: %v", err)
 	}
@@ -119,10 +119,10 @@ func TestInstallerLeavesSingleConf(t *testing.T) {
 func TestRewriteRace(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "10-kindnet.conflist")
-	os.WriteFile(path, []byte(kindnet), 0o644)
+	must(t, os.WriteFile(path, []byte(kindnet), 0o644))
 	theirs := strings.Replace(kindnet, "1500", "9000", 1)
 	written, err := rewrite(path, func(data []byte) ([]byte, bool, error) {
-		os.WriteFile(path, []byte(theirs), 0o644) // the CNI's agent, meanwhile
+		must(t, os.WriteFile(path, []byte(theirs), 0o644)) // the CNI's agent, meanwhile
 		return withGate(data, "nftpolicy", "")
 	})
 	if err != nil || written {

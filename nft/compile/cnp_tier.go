@@ -434,7 +434,7 @@ func tierNarrowingSets(rs *nft.Ruleset) map[string]bool {
 			v := r.Verdict
 			drops := v.Kind == nft.Drop || (v.Kind == nft.Goto && strings.HasPrefix(v.Chain, "cnp-") &&
 				(strings.HasSuffix(v.Chain, "-drop") || strings.HasSuffix(v.Chain, "-drop-"+nft.SuffixReply)))
-			if !drops && !(admin && v.Kind == nft.Return) {
+			if !drops && (!admin || v.Kind != nft.Return) {
 				continue
 			}
 			for _, m := range r.Matches {

@@ -225,7 +225,7 @@ func ClusterTiersMixedFamily(rs *nft.Ruleset) *nft.Ruleset {
 		}
 		for i := range r4 {
 			merged.Rules = append(merged.Rules, r4[i].rules...)
-			if i < len(r6) && !(len(r6[i].rules) == 1 && len(r6[i].rules[0].Matches) == 0) {
+			if i < len(r6) && (len(r6[i].rules) != 1 || len(r6[i].rules[0].Matches) != 0) {
 				merged.Rules = append(merged.Rules, r6[i].rules...)
 			}
 		}
@@ -237,7 +237,7 @@ func ClusterTiersMixedFamily(rs *nft.Ruleset) *nft.Ruleset {
 		if strings.HasPrefix(s.Name, "cnp-") && len(s.Type) == 1 && (s.Type[0] == nft.TypeIPv4Addr || s.Type[0] == nft.TypeIPv6Addr) {
 			s.Interval = true
 		}
-		if !s.Verdicts || !(strings.HasPrefix(s.Name, "admin-") || strings.HasPrefix(s.Name, "baseline-")) {
+		if !s.Verdicts || !strings.HasPrefix(s.Name, "admin-") && !strings.HasPrefix(s.Name, "baseline-") {
 			continue
 		}
 		for j := range s.Elements {

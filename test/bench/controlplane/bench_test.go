@@ -271,7 +271,7 @@ func TestControlPlane(t *testing.T) {
 		{"churn", "", 1, func(_ *corev1.Pod, i int) string { return fmt.Sprintf(`{"metadata":{"labels":{"churn":"c%d"}}}`, i) }},
 		{"churn-selected", "selected_", 2, func(p *corev1.Pod, i int) string {
 			var t int
-			fmt.Sscanf(p.Labels["tier"], "tier-%d", &t)
+			_, _ = fmt.Sscanf(p.Labels["tier"], "tier-%d", &t) // a pod without a tier is tier 0
 			// Round r of the same pods moves each r+1 tiers from its own: a
 			// change every round.
 			return fmt.Sprintf(`{"metadata":{"labels":{"tier":"tier-%d"}}}`, (t+1+i/churnEvents)%benchcluster.Tiers)

@@ -295,7 +295,7 @@ func oneIntervalSet(rs *nft.Ruleset) *nft.Ruleset {
 	drop := map[string]bool{}
 	for i := range rs.Sets {
 		s := &rs.Sets[i]
-		if s.Interval || len(s.Type) != 3 || s.Verdicts || !(strings.HasSuffix(s.Name, "-ports-v4") || strings.HasSuffix(s.Name, "-ports-v6")) {
+		if s.Interval || len(s.Type) != 3 || s.Verdicts || !strings.HasSuffix(s.Name, "-ports-v4") && !strings.HasSuffix(s.Name, "-ports-v6") {
 			continue // not a group's ports set (a ClusterNetworkPolicy named port set, ...)
 		}
 		name := strings.Replace(s.Name, "-ports-", "-ranges-", 1)

@@ -617,7 +617,7 @@ func (b *bench) agentsCheck(ctx context.Context, dir string, k int, json bool, r
 		if err != nil {
 			return err
 		}
-		defer ns.Delete()
+		defer func() { _ = ns.Delete() }()
 		port, err := freePort()
 		if err != nil {
 			return err
