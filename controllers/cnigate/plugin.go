@@ -81,6 +81,12 @@ type pluginError struct {
 // not either).
 func Run(getenv func(string) string, stdin io.Reader, stdout io.Writer, node Node) int {
 	cmd := getenv("CNI_COMMAND")
+	switch cmd {
+	case "DEL", "CHECK", "GC", "STATUS":
+		// Never in the way of a teardown, and never the node's network
+		// readiness (see the package documentation), whatever the input.
+		return 0
+	}
 	raw, err := io.ReadAll(stdin)
 	if err != nil {
 		return fail(stdout, "", codeIOFailure, "nftpolicy: reading the network configuration", err.Error())
@@ -94,10 +100,6 @@ func Run(getenv func(string) string, stdin io.Reader, stdout io.Writer, node Nod
 	switch cmd {
 	case "VERSION":
 		return write(stdout, map[string]any{"cniVersion": supportedVersions[len(supportedVersions)-1], "supportedVersions": supportedVersions})
-	case "DEL", "CHECK", "GC", "STATUS":
-		// Never in the way of a teardown, and never the node's network
-		// readiness: see the package documentation.
-		return 0
 	case "ADD":
 	default:
 		return fail(stdout, conf.CNIVersion, codeInvalidEnvironment, fmt.Sprintf("nftpolicy: unknown CNI_COMMAND %q", cmd), "")

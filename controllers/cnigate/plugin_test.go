@@ -120,8 +120,10 @@ func TestPluginOtherCommands(t *testing.T) {
 		BootID:      func() (string, error) { t.Error("the boot id was asked for"); return "", nil },
 	}
 	for _, cmd := range []string{"DEL", "CHECK", "GC", "STATUS"} {
-		if code, _, out := runPlugin(t, cmd, conf("1.1.0", "", "", prevResult), never); code != 0 || out != "" {
-			t.Errorf("%s: exit %d, %q", cmd, code, out)
+		for _, stdin := range []string{conf("1.1.0", "", "", prevResult), "{not JSON", ""} {
+			if code, _, out := runPlugin(t, cmd, stdin, never); code != 0 || out != "" {
+				t.Errorf("%s of %q: exit %d, %q", cmd, stdin, code, out)
+			}
 		}
 	}
 	code, res, out := runPlugin(t, "VERSION", `{"cniVersion":"1.0.0"}`, never)
