@@ -3,6 +3,7 @@ package conformance
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -29,17 +30,19 @@ import (
 // table in force in this boot: its entry names the boot the agent last synced
 // in, and the table must exist.
 //
-// The test takes node2 through what a reboot does to the gate, one condition at
-// a time. Its agent is taken off the node (a node affinity in the DaemonSet)
-// and its table deleted, the entry and plugin binary left where they are (files
-// outlive a reboot): a pod created on node2 must not start, for gateHold, and
-// the kubelet reports FailedCreatePodSandBox with nftpolicy's error. Then the
-// entry names an earlier boot and the table is back, empty, as a ruleset
-// restored at boot would bring it: the pod must still not start, through one
-// more sandbox failure. With the agent back (it runs with hostNetwork: never
-// gated) the pod must run once the agent's table is in force and the entry
-// names this boot again, within gateRelease. The DaemonSet is restored at the
-// end, and both agents are ready again.
+// First the entry is dropped from node1's conflist, as a CNI that writes its
+// configuration anew would: its agent must put it back. Then the test takes
+// node2 through what a reboot does to the gate, one condition at a time. Its
+// agent is taken off the node (a node affinity in the DaemonSet) and its table
+// deleted, the entry and plugin binary left where they are (files outlive a
+// reboot): a pod created on node2 must not start, for gateHold, and the kubelet
+// reports FailedCreatePodSandBox with nftpolicy's error. Then the entry names
+// an earlier boot and the table is back, empty, as a ruleset restored at boot
+// would bring it: the pod must still not start, through one more sandbox
+// failure. With the agent back (it runs with hostNetwork: never gated) the pod
+// must run once the agent's table is in force and the entry names this boot
+// again, within gateRelease. The DaemonSet is restored at the end, and both
+// agents are ready again.
 //
 // Run against a cluster from `test/conformance/cluster.sh up` (cluster.sh gate,
 // make cni-gate); `make conformance` runs it before the suites. The nodes' CNI
@@ -109,6 +112,21 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 		}
 		t.Logf("%s: %s", node, g)
 	}
+
+	// (a2) A CNI that writes its configuration anew drops the entry: the agent
+	// puts it back (node1, whose agent stays).
+	kept := nodeNames[0]
+	must(t, editGate(state, kept, func(plugins []any) []any { return plugins[:len(plugins)-1] }))
+	dropped := time.Now()
+	var back gateState
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		g, err := readGate(state, kept)
+		back = g
+		return err == nil && g.boot == boot, nil
+	}); err != nil {
+		t.Fatalf("%s: the entry is not back a minute after its conflist was written without it: %s", kept, back)
+	}
+	t.Logf("cni_gate_entry_back_s: %.1f (%s: %s)", time.Since(dropped).Seconds(), kept, back)
 
 	// (b) node2 loses its agent and its table. The DaemonSet is put back
 	// whatever happens next.
@@ -348,9 +366,25 @@ func readConflist(state, node string) (string, []map[string]any, error) {
 }
 
 // setGateBoot makes node's gate entry name boot, as the agent would have
-// written it in that boot. The file is replaced whole (renamed over), as the
-// agent and CNIs write it, so that the runtime never reads half of it.
+// written it in that boot.
 func setGateBoot(state, node, boot string) error {
+	var err error
+	edit := editGate(state, node, func(plugins []any) []any {
+		last, _ := plugins[len(plugins)-1].(map[string]any)
+		if last == nil || last["type"] != gatePlugin {
+			err = errors.New("the last plugin is not the gate")
+			return plugins
+		}
+		last["boot"] = boot
+		return plugins
+	})
+	return errors.Join(err, edit)
+}
+
+// editGate rewrites the plugins of the conflist node's runtime uses with edit
+// (given at least one). The file is replaced whole (renamed over), as the agent
+// and CNIs write it, so that the runtime never reads half of it.
+func editGate(state, node string, edit func(plugins []any) []any) error {
 	conf, _, err := readConflist(state, node)
 	if err != nil {
 		return err
@@ -367,11 +401,7 @@ func setGateBoot(state, node, boot string) error {
 	if len(plugins) == 0 {
 		return fmt.Errorf("%s: no plugins", conf)
 	}
-	last, _ := plugins[len(plugins)-1].(map[string]any)
-	if last == nil || last["type"] != gatePlugin {
-		return fmt.Errorf("%s: the last plugin is not the gate", conf)
-	}
-	last["boot"] = boot
+	doc["plugins"] = edit(plugins)
 	out, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
 		return err
