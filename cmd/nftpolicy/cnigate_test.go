@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,14 +79,7 @@ func TestCNIGate(t *testing.T) {
 		c.Stdin = bytes.NewReader(stdin)
 		var out bytes.Buffer
 		c.Stdout, c.Stderr = &out, os.Stderr
-		err := c.Run()
-		code := 0
-		var exit *exec.ExitError
-		if errors.As(err, &exit) {
-			code = exit.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
+		code := exitCode(t, c.Run())
 		var res map[string]any
 		if out.Len() > 0 {
 			if err := json.Unmarshal(out.Bytes(), &res); err != nil {
@@ -108,17 +100,11 @@ func TestCNIGate(t *testing.T) {
 	// The agent's first table (an empty cluster's) in force: still held, until
 	// the agent, synced, writes this boot's id into the entry.
 	rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-1"}, compile.Options{})
-	a, err := netlink.New(netlink.Options{Table: rs.Table, NetNSPath: ns.Path()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if _, err := a.Apply(context.Background(), rs); err != nil {
-		t.Fatal(err)
-	}
+	a := applyIn(t, ns.Path(), rs)
 	if code, res := plugin("ADD"); code == 0 || res["code"] != float64(11) {
 		t.Fatalf("ADD with a table but no boot id in the entry: exit %d, %v", code, res)
 	}
+	var err error
 	if in.Boot, err = cnigate.BootID(); err != nil {
 		t.Fatal(err)
 	}

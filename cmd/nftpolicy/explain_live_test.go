@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"net/netip"
 	"path/filepath"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/nftpolicy/nftpolicy/nft/compile"
 	"github.com/nftpolicy/nftpolicy/nft/explain"
-	"github.com/nftpolicy/nftpolicy/nft/netlink"
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 )
 
@@ -45,14 +43,7 @@ func TestExplainLive(t *testing.T) {
 		compile.Options{DenyLog: compile.DenyLog{Group: 7600, Rate: 10, Burst: 20}, PolicyCounters: true, Established: compile.EstablishedRecheck,
 			UnknownLocalPods: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24"), netip.MustParsePrefix("fd00:10:244:2::/64")}})
 	compile.StampEpoch(rs, compile.DefaultCtMarkMask, 3)
-	a, err := netlink.New(netlink.Options{Table: rs.Table, NetNSPath: ns.Path()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if _, err := a.Apply(context.Background(), rs); err != nil {
-		t.Fatal(err)
-	}
+	applyIn(t, ns.Path(), rs)
 
 	ask := func(extra ...string) (string, map[string]any) {
 		t.Helper()
@@ -147,14 +138,7 @@ func TestExplainLiveTiers(t *testing.T) {
 		ClusterNetworkPolicies: c.ClusterPolicies, Nodes: c.Nodes},
 		compile.Options{DenyLog: compile.DenyLog{Group: 7600, Rate: 10, Burst: 20}, PolicyCounters: true, Established: compile.EstablishedRecheck})
 	compile.StampEpoch(rs, compile.DefaultCtMarkMask, 4)
-	a, err := netlink.New(netlink.Options{Table: rs.Table, NetNSPath: ns.Path()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if _, err := a.Apply(context.Background(), rs); err != nil {
-		t.Fatal(err)
-	}
+	applyIn(t, ns.Path(), rs)
 	for _, q := range []struct {
 		from, to, port string
 		want           []string

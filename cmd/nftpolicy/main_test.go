@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +11,9 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/nftpolicy/nftpolicy/nft"
+	"github.com/nftpolicy/nftpolicy/nft/netlink"
 )
 
 // bin is the nftpolicy binary under test, built once by TestMain: these tests
@@ -39,6 +43,35 @@ func testMain(m *testing.M) int {
 		}
 	}
 	return m.Run()
+}
+
+// exitCode is a finished command's exit code, from cmd.Run's error; t fails
+// when the command did not run at all.
+func exitCode(t *testing.T, err error) int {
+	t.Helper()
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		return exit.ExitCode()
+	case err != nil:
+		t.Fatal(err)
+	}
+	return 0
+}
+
+// applyIn applies rs with the agent's applier in the network namespace at
+// netns; t's cleanup closes the applier.
+func applyIn(t *testing.T, netns string, rs *nft.Ruleset) *netlink.Applier {
+	t.Helper()
+	a, err := netlink.New(netlink.Options{Table: rs.Table, NetNSPath: netns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Close() })
+	if _, err := a.Apply(context.Background(), rs); err != nil {
+		t.Fatal(err)
+	}
+	return a
 }
 
 // A kubeconfig that parses but points nowhere: the flag checks that need a
@@ -166,14 +199,7 @@ func TestContract(t *testing.T) {
 			cmd.Env = append(cleanEnv(), tt.env...)
 			var stdout, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
-			err := cmd.Run()
-			code := 0
-			var exit *exec.ExitError
-			if errors.As(err, &exit) {
-				code = exit.ExitCode()
-			} else if err != nil {
-				t.Fatal(err)
-			}
+			code := exitCode(t, cmd.Run())
 			if code != tt.wantCode {
 				t.Fatalf("exit code %d, want %d\nstdout: %s\nstderr: %s", code, tt.wantCode, stdout.String(), stderr.String())
 			}
