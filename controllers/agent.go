@@ -454,7 +454,7 @@ func setupCNIGate(mgr manager.Manager, opts Options, ready *readiness, log logr.
 	reader := mgr.GetCache()
 	return mgr.Add(&cniGate{
 		in:     &cnigate.Installer{ConfDir: opts.CNIGateConfDir, BinDir: opts.CNIGateBinDir, Table: opts.TableName, Binary: opts.CNIGateBinary},
-		period: cniGatePeriod, synced: ready.syncedCh, bootID: cnigate.BootID,
+		period: cniGatePeriod, eventAfter: cniGateEventAfter, synced: ready.syncedCh, bootID: cnigate.BootID,
 		own: func(ctx context.Context) *corev1.Node {
 			var n corev1.Node
 			if err := reader.Get(ctx, client.ObjectKey{Name: opts.NodeName}, &n); err != nil {

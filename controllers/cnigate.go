@@ -39,8 +39,12 @@ var (
 func init() { metrics.Registry.MustRegister(cniGateInstalled, cniGateWrites) }
 
 // cniGatePeriod is how often the gate's files are checked: a stat and the read
-// of one small file.
-const cniGatePeriod = 2 * time.Second
+// of one small file. cniGateEventAfter is how long a failure lasts before it
+// becomes a Warning Event.
+const (
+	cniGatePeriod     = 2 * time.Second
+	cniGateEventAfter = time.Minute
+)
 
 // cniGate keeps in's files in place until ctx is done.
 type cniGate struct {
@@ -50,18 +54,24 @@ type cniGate struct {
 	synced <-chan struct{}
 	bootID func() (string, error)
 	// own returns the agent's Node, for Events (nil when it cannot be had).
-	own      func(ctx context.Context) *corev1.Node
-	recorder recorder.EventRecorder // may be nil
-	log      logr.Logger
+	own func(ctx context.Context) *corev1.Node
+	// eventAfter is how long a failure lasts before it is recorded as an
+	// Event: on a new node the agent may start before the CNI has written its
+	// configuration, and a few seconds of that are not worth an Event.
+	eventAfter time.Duration
+	recorder   recorder.EventRecorder // may be nil
+	log        logr.Logger
 }
 
 // Start checks at once, then every period. Each change of state (in place, or
 // failing with another error) is logged once, not every period, and a failure
-// recorded as a Warning Event on the Node.
+// that lasts eventAfter recorded as a Warning Event on the Node, once.
 func (g *cniGate) Start(ctx context.Context) error {
 	cniGateWrites.WithLabelValues("binary")
 	cniGateWrites.WithLabelValues("config")
 	last := "unset"
+	var failingSince time.Time // zero while in place
+	recorded := ""             // the failure last recorded as an Event
 	var bootErr error
 	tick := time.NewTicker(g.period)
 	defer tick.Stop()
@@ -89,8 +99,18 @@ func (g *cniGate) Start(ctx context.Context) error {
 			cniGateInstalled.WithLabelValues().Set(1)
 		}
 		if state != last {
-			g.report(ctx, st, err)
+			g.report(st, err)
 			last = state
+		}
+		switch {
+		case err == nil:
+			failingSince, recorded = time.Time{}, ""
+		case failingSince.IsZero():
+			failingSince = time.Now()
+		}
+		if err != nil && state != recorded && time.Since(failingSince) >= g.eventAfter {
+			g.record(ctx, err)
+			recorded = state
 		}
 		select {
 		case <-ctx.Done():
@@ -102,20 +122,24 @@ func (g *cniGate) Start(ctx context.Context) error {
 	}
 }
 
-func (g *cniGate) report(ctx context.Context, st cnigate.State, err error) {
-	var n *corev1.Node
-	if g.recorder != nil && g.own != nil {
-		n = g.own(ctx)
-	}
+// report logs a change of state.
+func (g *cniGate) report(st cnigate.State, err error) {
 	if err != nil {
 		g.log.Error(err, "CNI gate not in place: after this node's next reboot, its pods may start before their policies are in force",
 			"confDir", g.in.ConfDir, "binDir", g.in.BinDir)
-		if n != nil {
-			g.recorder.Eventf(n, nil, corev1.EventTypeWarning, "CNIGateNotInstalled", "InstallCNIGate",
-				"the CNI gate is not in place (%v): after this node's next reboot, its pods may start before their policies are in force", err)
-		}
 		return
 	}
 	// No Event when it is in place: every agent start on every node would make one.
 	g.log.Info("CNI gate in place", "config", st.Config, "binary", filepath.Join(g.in.BinDir, cnigate.PluginType), "table", g.in.Table)
+}
+
+// record sends the Warning Event for a lasting failure.
+func (g *cniGate) record(ctx context.Context, err error) {
+	if g.recorder == nil || g.own == nil {
+		return
+	}
+	if n := g.own(ctx); n != nil {
+		g.recorder.Eventf(n, nil, corev1.EventTypeWarning, "CNIGateNotInstalled", "InstallCNIGate",
+			"the CNI gate is not in place (%v): after this node's next reboot, its pods may start before their policies are in force", err)
+	}
 }

@@ -42,7 +42,8 @@ func (r *nodeRecorder) list() []string {
 }
 
 // The agent keeps the gate: not possible without a network configuration (the
-// gauge at 0, one Warning Event however many checks fail alike), in place once
+// gauge at 0; one Warning Event once that lasted eventAfter, however many
+// checks fail alike), in place once
 // the CNI writes one, holding until the first full sync and open (this boot's
 // id in the entry) from it, and back after the CNI writes its list anew.
 func TestCNIGateKept(t *testing.T) {
@@ -58,7 +59,7 @@ func TestCNIGateKept(t *testing.T) {
 	synced := make(chan struct{})
 	g := &cniGate{
 		in:     &cnigate.Installer{ConfDir: confDir, BinDir: binDir, Table: "nftpolicy", Binary: self},
-		period: 10 * time.Millisecond, synced: synced,
+		period: 10 * time.Millisecond, eventAfter: 50 * time.Millisecond, synced: synced,
 		bootID: func() (string, error) { return "boot-7", nil },
 		own: func(context.Context) *corev1.Node {
 			return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}
@@ -67,6 +68,7 @@ func TestCNIGateKept(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
+	start := time.Now() // before the first check, so before the first failure
 	go func() { _ = g.Start(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 	configWrites := func() float64 { return testutil.ToFloat64(cniGateWrites.WithLabelValues("config")) }
@@ -81,6 +83,9 @@ func TestCNIGateKept(t *testing.T) {
 		}
 	}
 	eventually("a Warning Event for the missing configuration", func() bool { return len(rec.list()) == 1 })
+	if waited := time.Since(start); waited < 50*time.Millisecond {
+		t.Errorf("the Event came %v after the first failure, before eventAfter", waited)
+	}
 	time.Sleep(100 * time.Millisecond) // ten more checks, alike
 	if ev := rec.list(); len(ev) != 1 || !strings.Contains(ev[0], "Warning CNIGateNotInstalled node-1") || testutil.ToFloat64(cniGateInstalled.WithLabelValues()) != 0 {
 		t.Fatalf("events %q, gauge %v", ev, testutil.ToFloat64(cniGateInstalled.WithLabelValues()))

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 )
@@ -82,7 +83,7 @@ func (in *Installer) Remove() (State, error) {
 		errs = append(errs, err)
 	}
 	for _, e := range entries {
-		if e.IsDir() || filepath.Ext(e.Name()) != ".conflist" && filepath.Ext(e.Name()) != ".json" {
+		if e.IsDir() || !slices.Contains(configExtensions, filepath.Ext(e.Name())) {
 			continue
 		}
 		path := filepath.Join(in.ConfDir, e.Name())
