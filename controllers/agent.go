@@ -431,14 +431,9 @@ func setupStartupTaint(ctx context.Context, mgr manager.Manager, core corev1clie
 	}); err != nil {
 		return err
 	}
-	reader := mgr.GetCache()
 	return mgr.Add(&startupTaint{
 		key: opts.StartupTaint, node: opts.NodeName,
-		own: func(ctx context.Context) (*corev1.Node, error) {
-			var n corev1.Node
-			err := reader.Get(ctx, client.ObjectKey{Name: opts.NodeName}, &n)
-			return &n, err
-		},
+		own:   ownNode(mgr.GetCache(), opts.NodeName),
 		nodes: core.Nodes(), synced: ready.syncedCh, changed: changed,
 		recorder: mgr.GetEventRecorder("nftpolicy-agent"), log: log.WithName("startup-taint"),
 		retry: time.Second, maxRetry: time.Minute,
@@ -451,19 +446,21 @@ func setupCNIGate(mgr manager.Manager, opts Options, ready *readiness, log logr.
 	if opts.CNIGateConfDir == "" {
 		return nil
 	}
-	reader := mgr.GetCache()
 	return mgr.Add(&cniGate{
 		in:     &cnigate.Installer{ConfDir: opts.CNIGateConfDir, BinDir: opts.CNIGateBinDir, Table: opts.TableName, Binary: opts.CNIGateBinary},
 		period: cniGatePeriod, eventAfter: cniGateEventAfter, synced: ready.syncedCh, bootID: cnigate.BootID,
-		own: func(ctx context.Context) *corev1.Node {
-			var n corev1.Node
-			if err := reader.Get(ctx, client.ObjectKey{Name: opts.NodeName}, &n); err != nil {
-				return nil
-			}
-			return &n
-		},
+		own:      ownNode(mgr.GetCache(), opts.NodeName),
 		recorder: mgr.GetEventRecorder("nftpolicy-agent"), log: log.WithName("cni-gate"),
 	})
+}
+
+// ownNode reads the agent's Node named name from the cache.
+func ownNode(reader client.Reader, name string) func(ctx context.Context) (*corev1.Node, error) {
+	return func(ctx context.Context) (*corev1.Node, error) {
+		var n corev1.Node
+		err := reader.Get(ctx, client.ObjectKey{Name: name}, &n)
+		return &n, err
+	}
 }
 
 // setupObserve adds the deny log reader, with the pod address index it names

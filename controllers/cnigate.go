@@ -53,8 +53,8 @@ type cniGate struct {
 	// synced is closed at the first full sync; bootID reads the node's boot id.
 	synced <-chan struct{}
 	bootID func() (string, error)
-	// own returns the agent's Node, for Events (nil when it cannot be had).
-	own func(ctx context.Context) *corev1.Node
+	// own returns the agent's Node, for Events.
+	own func(ctx context.Context) (*corev1.Node, error)
 	// eventAfter is how long a failure lasts before it is recorded as an
 	// Event: on a new node the agent may start before the CNI has written its
 	// configuration, and a few seconds of that are not worth an Event.
@@ -134,12 +134,12 @@ func (g *cniGate) report(st cnigate.State, err error) {
 }
 
 // record sends the Warning Event for a lasting failure.
-func (g *cniGate) record(ctx context.Context, err error) {
+func (g *cniGate) record(ctx context.Context, failure error) {
 	if g.recorder == nil || g.own == nil {
 		return
 	}
-	if n := g.own(ctx); n != nil {
+	if n, err := g.own(ctx); err == nil {
 		g.recorder.Eventf(n, nil, corev1.EventTypeWarning, "CNIGateNotInstalled", "InstallCNIGate",
-			"the CNI gate is not in place (%v): after this node's next reboot, its pods may start before their policies are in force", err)
+			"the CNI gate is not in place (%v): after this node's next reboot, its pods may start before their policies are in force", failure)
 	}
 }

@@ -61,8 +61,8 @@ func TestCNIGateKept(t *testing.T) {
 		in:     &cnigate.Installer{ConfDir: confDir, BinDir: binDir, Table: "nftpolicy", Binary: self},
 		period: 10 * time.Millisecond, eventAfter: 50 * time.Millisecond, synced: synced,
 		bootID: func() (string, error) { return "boot-7", nil },
-		own: func(context.Context) *corev1.Node {
-			return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}
+		own: func(context.Context) (*corev1.Node, error) {
+			return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}, nil
 		},
 		recorder: rec, log: logr.Discard(),
 	}

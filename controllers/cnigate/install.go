@@ -74,39 +74,45 @@ func (in *Installer) Ensure() (State, error) {
 
 // Remove takes the gate's entry out of every network configuration of ConfDir,
 // then its binary out of BinDir (the reverse of Ensure). What is not there is
-// not an error.
+// not an error. A file whose entry could not be taken out keeps the binary in
+// place (an entry without its plugin fails every pod with a worse message).
 func (in *Installer) Remove() (State, error) {
 	var st State
-	var errs []error
 	entries, err := os.ReadDir(in.ConfDir)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		errs = append(errs, err)
+		return st, err
 	}
+	// Not a configuration list (a single plugin's, not JSON): no entry of ours.
+	without := func(data []byte) ([]byte, bool, error) {
+		out, changed, err := withoutGate(data)
+		if err != nil {
+			return nil, false, nil
+		}
+		return out, changed, nil
+	}
+	var errs []error
 	for _, e := range entries {
 		if e.IsDir() || !slices.Contains(configExtensions, filepath.Ext(e.Name())) {
 			continue
 		}
 		path := filepath.Join(in.ConfDir, e.Name())
-		written, err := rewrite(path, withoutGate)
-		if err != nil {
-			// Not a configuration list, or not ours to judge: it has no entry of ours.
-			continue
-		}
-		if written {
-			st.ConfigWritten = true
-			st.Config = path
-		}
-	}
-	if len(errs) == 0 {
-		bin := filepath.Join(in.BinDir, PluginType)
-		switch err := os.Remove(bin); {
-		case err == nil:
-			st.BinaryWritten = true
-		case !errors.Is(err, fs.ErrNotExist):
+		switch written, err := rewrite(path, without); {
+		case err != nil:
 			errs = append(errs, err)
+		case written:
+			st.ConfigWritten, st.Config = true, path
 		}
 	}
-	return st, errors.Join(errs...)
+	if len(errs) > 0 {
+		return st, errors.Join(errs...)
+	}
+	switch err := os.Remove(filepath.Join(in.BinDir, PluginType)); {
+	case err == nil:
+		st.BinaryWritten = true
+	case !errors.Is(err, fs.ErrNotExist):
+		return st, err
+	}
+	return st, nil
 }
 
 // ensureBinary writes Binary to BinDir/nftpolicy unless the file there is the
@@ -220,5 +226,8 @@ func writeAtomic(path string, mode fs.FileMode, write func(io.Writer) error) err
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), path)
+	return rename(tmp.Name(), path)
 }
+
+// rename is os.Rename; tests make it fail.
+var rename = os.Rename

@@ -1,6 +1,7 @@
 package cnigate
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -130,5 +131,26 @@ func TestRewriteRace(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(path); string(data) != theirs {
 		t.Errorf("their write was lost: %s", data)
+	}
+}
+
+// Remove keeps the binary when an entry cannot be taken out (the
+// configuration cannot be replaced), and says so.
+func TestInstallerRemoveKeepsBinaryOnFailure(t *testing.T) {
+	in, conf := newInstaller(t)
+	must(t, os.WriteFile(conf, []byte(kindnet), 0o644))
+	if _, err := in.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	rename = func(string, string) error { return errors.New("read-only file system") }
+	t.Cleanup(func() { rename = os.Rename })
+	if st, err := in.Remove(); err == nil || st.BinaryWritten {
+		t.Fatalf("Remove when the configuration cannot be written: %+v, %v", st, err)
+	}
+	if _, err := os.Stat(filepath.Join(in.BinDir, PluginType)); err != nil {
+		t.Errorf("the binary went while the entry stayed: %v", err)
+	}
+	if data, _ := os.ReadFile(conf); !strings.Contains(string(data), `"nftpolicy"`) {
+		t.Errorf("entry gone although the write failed:\n%s", data)
 	}
 }

@@ -26,6 +26,7 @@ func TestAlerts(t *testing.T) {
 	}
 	dir := t.TempDir()
 	rules := alertRules(t)
+	groups := parseRules(t, rules)
 	if err := os.WriteFile(filepath.Join(dir, "rules.yaml"), rules, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +45,7 @@ func TestAlerts(t *testing.T) {
 		t.Logf("promtool %s:\n%s", strings.Join(args, " "), out)
 	}
 	// Every alert has its test.
-	for _, name := range alertNames(t) {
+	for _, name := range groups.alertNames() {
 		if !strings.Contains(string(tests), "alertname: "+name) {
 			t.Errorf("alert %s has no test in testdata/alerts-test.yaml", name)
 		}
@@ -77,18 +78,18 @@ func alertRules(t *testing.T) []byte {
 	return b
 }
 
-func parsedRules(t *testing.T) ruleGroups {
+func parseRules(t *testing.T, rules []byte) ruleGroups {
 	t.Helper()
 	var g ruleGroups
-	if err := yaml.Unmarshal(alertRules(t), &g); err != nil {
+	if err := yaml.Unmarshal(rules, &g); err != nil {
 		t.Fatal(err)
 	}
 	return g
 }
 
-func alertNames(t *testing.T) []string {
+func (rg ruleGroups) alertNames() []string {
 	var names []string
-	for _, g := range parsedRules(t).Groups {
+	for _, g := range rg.Groups {
 		for _, r := range g.Rules {
 			names = append(names, r.Alert)
 		}
@@ -107,7 +108,7 @@ var (
 func alertSelectors(t *testing.T) map[string][]string {
 	t.Helper()
 	sel := map[string][]string{}
-	for _, g := range parsedRules(t).Groups {
+	for _, g := range parseRules(t, alertRules(t)).Groups {
 		for _, r := range g.Rules {
 			for _, m := range selectorRE.FindAllStringSubmatch(r.Expr, -1) {
 				name := m[1]
