@@ -9,15 +9,17 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/nftpolicy/nftpolicy/nft"
 )
 
 // configExtensions are the files a container runtime reads network
 // configurations from (libcni's ConfFiles, as containerd and CRI-O call it).
 var configExtensions = []string{".conf", ".conflist", ".json"}
 
-// ErrNoConfig: the directory holds no network configuration yet (the CNI's own
+// errNoConfig: the directory holds no network configuration yet (the CNI's own
 // agent has not written it).
-var ErrNoConfig = errors.New("no CNI network configuration")
+var errNoConfig = errors.New("no CNI network configuration")
 
 // ActiveConfig returns the path of the network configuration the runtime sets
 // pods up with: the first file of dir, in name order, with one of
@@ -37,7 +39,7 @@ func ActiveConfig(dir string) (string, error) {
 		}
 	}
 	if len(names) == 0 {
-		return "", fmt.Errorf("%w in %s", ErrNoConfig, dir)
+		return "", fmt.Errorf("%w in %s", errNoConfig, dir)
 	}
 	slices.Sort(names)
 	return filepath.Join(dir, names[0]), nil
@@ -96,7 +98,7 @@ func asGate(p json.RawMessage) (gateEntry, bool) {
 		return gateEntry{}, false
 	}
 	if e.Table == "" {
-		e.Table = DefaultTable
+		e.Table = nft.DefaultTable
 	}
 	return e, true
 }

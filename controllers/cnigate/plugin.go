@@ -7,14 +7,13 @@ import (
 	"os"
 	"slices"
 	"strings"
+
+	"github.com/nftpolicy/nftpolicy/nft"
 )
 
 // PluginType is the gate's type in a network configuration, and so its
 // binary's name in the CNI bin directory.
 const PluginType = "nftpolicy"
-
-// DefaultTable is the table the gate waits for when its entry names none.
-const DefaultTable = "nftpolicy"
 
 // The CNI versions the gate speaks: chaining (prevResult) came with 0.3.0.
 var supportedVersions = []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}
@@ -115,7 +114,7 @@ func Run(getenv func(string) string, stdin io.Reader, stdout io.Writer, node Nod
 	}
 	table := conf.Table
 	if table == "" {
-		table = DefaultTable
+		table = nft.DefaultTable // the entry names none
 	}
 	wait := func(msg string, args ...any) int {
 		return fail(stdout, conf.CNIVersion, codeTryAgainLater, fmt.Sprintf(msg, args...),
