@@ -114,6 +114,10 @@ type Options struct {
 	// configuration and plugin directories: the agent keeps its binary
 	// (CNIGateBinary, its own) and the gate's entry there (cnigate.go).
 	CNIGateConfDir, CNIGateBinDir, CNIGateBinary string
+	// SyncedBoot is the node's boot id that the table carries for the gate
+	// (compile.Options.SyncedBoot); with CNIGateConfDir, read from the kernel
+	// when "".
+	SyncedBoot string
 	// CNPDiscoveryInterval is how often the agent asks discovery whether
 	// ClusterNetworkPolicy is served when it may not watch the CRD (an old
 	// ClusterRole; crdwatch.go); 0 means 30s.
@@ -293,13 +297,20 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	}
 	nodes := newAllNodes(ctx, link, toolscache.NewListWatchFromClient(core.RESTClient(), "nodes", "", fields.Everything()),
 		log.WithName("nodes"))
+	if opts.CNIGateConfDir != "" && opts.SyncedBoot == "" {
+		// The gate opens when the table names this boot: the agent reads the
+		// id the plugin will (not namespaced; a container reads the node's).
+		if opts.SyncedBoot, err = cnigate.BootID(); err != nil {
+			return fmt.Errorf("CNI gate: reading the node's boot id: %w", err)
+		}
+	}
 	if err := setupNodeSync(ctx, mgr, cfg, link, podInformer, nodes, opts, ready, at, log); err != nil {
 		return fmt.Errorf("node sync setup: %w", err)
 	}
 	if err := setupStartupTaint(ctx, mgr, core, opts, ready, log); err != nil {
 		return fmt.Errorf("startup taint setup: %w", err)
 	}
-	if err := setupCNIGate(mgr, opts, ready, log); err != nil {
+	if err := setupCNIGate(mgr, opts, log); err != nil {
 		return fmt.Errorf("CNI gate setup: %w", err)
 	}
 
@@ -379,6 +390,7 @@ func setupNodeSync(ctx context.Context, mgr manager.Manager, cfg *rest.Config, l
 		CtMarkMask:              opts.CtMarkMask,
 		UnknownPodCIDRs:         opts.UnknownPodCIDRs,
 		UnknownPodCIDRsFromNode: opts.UnknownPodCIDRsFromNode,
+		SyncedBoot:              opts.SyncedBoot,
 		OnSynced:                ready.MarkSynced,
 		// A full sync lists every object and compiles the whole table: the
 		// garbage it leaves (and, at start, the informers' initial lists) would
@@ -442,13 +454,13 @@ func setupStartupTaint(ctx context.Context, mgr manager.Manager, core corev1clie
 
 // setupCNIGate adds the keeping of the CNI gate's files (cnigate.go) when
 // opts names the node's CNI directories.
-func setupCNIGate(mgr manager.Manager, opts Options, ready *readiness, log logr.Logger) error {
+func setupCNIGate(mgr manager.Manager, opts Options, log logr.Logger) error {
 	if opts.CNIGateConfDir == "" {
 		return nil
 	}
 	return mgr.Add(&cniGate{
 		in:     &cnigate.Installer{ConfDir: opts.CNIGateConfDir, BinDir: opts.CNIGateBinDir, Table: opts.TableName, Binary: opts.CNIGateBinary},
-		period: cniGatePeriod, eventAfter: cniGateEventAfter, synced: ready.syncedCh, bootID: cnigate.BootID,
+		period: cniGatePeriod, eventAfter: cniGateEventAfter,
 		own:      ownNode(mgr.GetCache(), opts.NodeName),
 		recorder: mgr.GetEventRecorder("nftpolicy-agent"), log: log.WithName("cni-gate"),
 	})

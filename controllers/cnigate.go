@@ -2,7 +2,6 @@ package controllers
 
 import (
 	"context"
-	"fmt"
 	"path/filepath"
 	"time"
 
@@ -18,11 +17,11 @@ import (
 // The CNI gate (controllers/cnigate): with --cni-gate-conf-dir and
 // --cni-gate-bin-dir the agent keeps the gate's plugin and its entry in the
 // node's CNI configuration, so that after the node's next reboot no pod's
-// network comes up before the table is in force. It is put in place at once,
-// before the first sync, holding new pods; right after the first full sync the
-// entry gets the node's boot id, which opens the gate for this boot. Both are
-// checked again every cniGatePeriod: a CNI agent that writes its configuration
-// anew drops the entry.
+// network comes up before the table is in force. They are put in place at
+// once, before the first sync; the gate opens when the table holds this boot's
+// set (compile.Options.SyncedBoot, which the agent's every table has with the
+// gate on), so nothing is written here at a sync. Both are checked again every
+// cniGatePeriod: a CNI agent that writes its configuration anew drops the entry.
 
 var (
 	// A vector without labels: no series at all unless the gate is asked for.
@@ -50,9 +49,6 @@ const (
 type cniGate struct {
 	in     *cnigate.Installer
 	period time.Duration
-	// synced is closed at the first full sync; bootID reads the node's boot id.
-	synced <-chan struct{}
-	bootID func() (string, error)
 	// own returns the agent's Node, for Events.
 	own func(ctx context.Context) (*corev1.Node, error)
 	// eventAfter is how long a failure lasts before it is recorded as an
@@ -72,24 +68,16 @@ func (g *cniGate) Start(ctx context.Context) error {
 	last := "unset"
 	var failingSince time.Time // zero while in place
 	recorded := ""             // the failure last recorded as an Event
-	var bootErr error
 	tick := time.NewTicker(g.period)
 	defer tick.Stop()
-	synced := g.synced
 	for {
-		if synced == nil && g.in.Boot == "" {
-			g.in.Boot, bootErr = g.bootID()
-		}
 		st, err := g.in.Ensure()
-		if err == nil && bootErr != nil {
-			err = fmt.Errorf("reading the node's boot id: %w", bootErr)
-		}
 		if st.BinaryWritten {
 			cniGateWrites.WithLabelValues("binary").Inc()
 		}
 		if st.ConfigWritten {
 			cniGateWrites.WithLabelValues("config").Inc()
-			g.log.Info("CNI gate entry written", "config", st.Config, "open", g.in.Boot != "")
+			g.log.Info("CNI gate entry written", "config", st.Config)
 		}
 		state := ""
 		if err != nil {
@@ -115,8 +103,6 @@ func (g *cniGate) Start(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-synced:
-			synced = nil // the table is in force: open the gate for this boot
 		case <-tick.C:
 		}
 	}

@@ -89,6 +89,8 @@ type NodeReconciler struct {
 	// UnknownPodCIDRs and UnknownPodCIDRsFromNode: see Options and unknown.go.
 	UnknownPodCIDRs         []netip.Prefix
 	UnknownPodCIDRsFromNode bool
+	// SyncedBoot: compile.Options.SyncedBoot (the CNI gate's mark).
+	SyncedBoot string
 	// Nodes, when set, is the watch of every Node, run while a
 	// ClusterNetworkPolicy has a nodes peer (nodewatch.go); Reader then holds
 	// only this node's Node. nil: Reader holds every Node.

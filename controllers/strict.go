@@ -67,7 +67,7 @@ func (e *epochState) advance(mask uint32) (next uint32, sweep bool) {
 // compileOptions are the reconciler's compile options.
 func (r *NodeReconciler) compileOptions() compile.Options {
 	return compile.Options{Table: r.Table, DenyLog: r.DenyLog, PolicyCounters: r.PolicyCounters,
-		Established: r.Established, CtMarkMask: r.ctMarkMask(), UnknownLocalPods: r.unknownCIDRs()}
+		Established: r.Established, CtMarkMask: r.ctMarkMask(), UnknownLocalPods: r.unknownCIDRs(), SyncedBoot: r.SyncedBoot}
 }
 
 func (r *NodeReconciler) ctMarkMask() uint32 {

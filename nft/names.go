@@ -32,6 +32,12 @@ const (
 	SetLocalPodsV4 = "local-pods-v4"
 	SetLocalPodsV6 = "local-pods-v6"
 
+	// SetSyncedBootPrefix starts the name of the empty set that says the table
+	// is in force in this boot of the node: synced-boot-<boot id>, in every
+	// table an agent with the CNI gate writes (SyncedBootSet). The one name
+	// that is not stable across a reboot: that is what it is for.
+	SetSyncedBootPrefix = "synced-boot-"
+
 	MapIngressV4 = "ingress-v4" // local pod IPv4 -> its ingress chain
 	MapIngressV6 = "ingress-v6"
 	MapEgressV4  = "egress-v4" // local pod IPv4 -> its egress chain
@@ -43,6 +49,11 @@ const (
 	// DenyLogPrefix starts the log prefix of every deny log rule.
 	DenyLogPrefix = "nftpolicy-deny"
 )
+
+// SyncedBootSet is the name of the set that marks a table compiled and put in
+// force in the node's boot bootID (/proc/sys/kernel/random/boot_id): the CNI
+// gate (controllers/cnigate) admits new pods while it is in the table.
+func SyncedBootSet(bootID string) string { return SetSyncedBootPrefix + bootID }
 
 // HashLen is the number of hex digits of the hash in per-policy names.
 const HashLen = 8

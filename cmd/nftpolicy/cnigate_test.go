@@ -9,8 +9,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nftpolicy/nftpolicy/controllers/cnigate"
+	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/compile"
 	"github.com/nftpolicy/nftpolicy/nft/netlink"
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
@@ -26,10 +28,10 @@ const nodeConflist = `{
 // TestCNIGate: the gate's plugin, installed by the agent's Installer and run as
 // a container runtime runs a chained plugin (in the node's network
 // namespace, CNI_* in the environment, the plugin's configuration with the
-// previous result on stdin), holds a pod's network until the agent has had
-// its table in force in this boot of the node and while the table is there,
-// then passes the previous result on; cleanup takes the gate away before the
-// table.
+// previous result on stdin), holds a pod's network while the table does not
+// hold this boot's set (no table, an earlier boot's table), passes the
+// previous result on as soon as it does (a waiting ADD within a poll), and
+// again after the table is gone; cleanup takes the gate away before the table.
 func TestCNIGate(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: no kernel")
@@ -72,10 +74,12 @@ func TestCNIGate(t *testing.T) {
 		return b
 	}
 	stdin := runtimeConfig()
-	plugin := func(cmd string) (int, map[string]any) {
+	// plugin runs the gate's cmd, waiting up to wait for the table.
+	plugin := func(cmd string, wait time.Duration) (int, map[string]any) {
 		t.Helper()
 		c := exec.Command("nsenter", "--net="+ns.Path(), filepath.Join(binDir, cnigate.PluginType))
-		c.Env = []string{"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=c1", "CNI_NETNS=/var/run/netns/cni-1", "CNI_IFNAME=eth0", "CNI_PATH=" + binDir}
+		c.Env = []string{"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=c1", "CNI_NETNS=/var/run/netns/cni-1", "CNI_IFNAME=eth0", "CNI_PATH=" + binDir,
+			"NFTPOLICY_CNI_GATE_WAIT=" + wait.String()}
 		c.Stdin = bytes.NewReader(stdin)
 		var out bytes.Buffer
 		c.Stdout, c.Stderr = &out, os.Stderr
@@ -88,46 +92,85 @@ func TestCNIGate(t *testing.T) {
 		}
 		return code, res
 	}
+	boot, err := cnigate.BootID()
+	if err != nil {
+		t.Fatal(err)
+	}
 
-	// No table: try again later, and the pod's teardown is not in the way.
-	if code, res := plugin("ADD"); code == 0 || res["code"] != float64(11) || !strings.Contains(res["msg"].(string), "since this node started") {
+	// No table: try again later once the wait is over, and the pod's teardown
+	// is not in the way.
+	start := time.Now()
+	if code, res := plugin("ADD", 300*time.Millisecond); code == 0 || res["code"] != float64(11) || !strings.Contains(res["msg"].(string), "is not in force") {
 		t.Fatalf("ADD before the table: exit %d, %v", code, res)
 	}
-	if code, _ := plugin("DEL"); code != 0 {
+	if waited := time.Since(start); waited < 300*time.Millisecond || waited > 5*time.Second {
+		t.Errorf("ADD before the table returned after %v, want its wait (300ms)", waited)
+	}
+	if code, _ := plugin("DEL", time.Minute); code != 0 {
 		t.Errorf("DEL before the table: exit %d", code)
 	}
 
-	// The agent's first table (an empty cluster's) in force: still held, until
-	// the agent, synced, writes this boot's id into the entry.
-	rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-1"}, compile.Options{})
-	a := applyIn(t, ns.Path(), rs)
-	if code, res := plugin("ADD"); code == 0 || res["code"] != float64(11) {
-		t.Fatalf("ADD with a table but no boot id in the entry: exit %d, %v", code, res)
+	// A table without this boot's set (one restored at boot from a ruleset
+	// saved in an earlier one, or an agent's without the gate): held.
+	earlier, _ := compile.Compile(compile.Snapshot{NodeName: "node-1"}, compile.Options{SyncedBoot: "00000000-0000-0000-0000-000000000000"})
+	a := applyIn(t, ns.Path(), earlier)
+	if code, res := plugin("ADD", 0); code == 0 || res["code"] != float64(11) || !strings.Contains(res["msg"].(string), "since this node started") {
+		t.Fatalf("ADD with an earlier boot's table: exit %d, %v", code, res)
 	}
-	var err error
-	if in.Boot, err = cnigate.BootID(); err != nil {
+
+	// The agent's first table (an empty cluster's) comes while a pod waits:
+	// the pod's ADD passes the previous result on within a poll of it.
+	rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-1"}, compile.Options{SyncedBoot: boot})
+	if rs.FindSet(nft.SyncedBootSet(boot)) == nil {
+		t.Fatalf("no set %s in the compile", nft.SyncedBootSet(boot))
+	}
+	type result struct {
+		code int
+		res  map[string]any
+		at   time.Time
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, res := plugin("ADD", 20*time.Second)
+		done <- result{code, res, time.Now()}
+	}()
+	time.Sleep(500 * time.Millisecond)
+	select {
+	case r := <-done:
+		t.Fatalf("ADD returned before the table was in force: exit %d, %v", r.code, r.res)
+	default:
+	}
+	if _, err := a.FullSync(context.Background(), rs); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := in.Ensure(); err != nil || !st.ConfigWritten {
-		t.Fatalf("Ensure with the boot id: %+v, %v", st, err)
+	inForce := time.Now()
+	r := <-done
+	if r.code != 0 || r.res["cniVersion"] != "1.0.0" || r.res["ips"] == nil {
+		t.Fatalf("ADD with the table: exit %d, %v", r.code, r.res)
 	}
-	stdin = runtimeConfig()
-	code, res := plugin("ADD")
-	if code != 0 || res["cniVersion"] != "1.0.0" || res["ips"] == nil {
-		t.Fatalf("ADD with the table: exit %d, %v", code, res)
+	t.Logf("the waiting ADD returned %v after the table was in force", r.at.Sub(inForce).Round(time.Millisecond))
+	if after := r.at.Sub(inForce); after > 2*time.Second {
+		t.Errorf("the waiting ADD returned %v after the table was in force, want within a poll (100ms)", after)
 	}
-	// The host's own namespace has no bearing: the gate asks where it runs.
-	if ok, err := netlink.TableExists(ns.Path(), "nftpolicy"); !ok || err != nil {
-		t.Errorf("TableExists in the namespace: %v, %v", ok, err)
+	// At once when it is there; the host's own namespace has no bearing:
+	// the gate asks where it runs.
+	if code, _ := plugin("ADD", 0); code != 0 {
+		t.Fatalf("ADD with the table in force: exit %d", code)
+	}
+	if ok, err := netlink.SetExists(ns.Path(), "nftpolicy", nft.SyncedBootSet(boot)); !ok || err != nil {
+		t.Errorf("SetExists in the namespace: %v, %v", ok, err)
+	}
+	if ok, err := netlink.SetExists("", "nftpolicy", nft.SyncedBootSet(boot)); ok {
+		t.Errorf("SetExists in the host's namespace: %v, %v", ok, err)
 	}
 	// The table deleted (by hand, or a firewall's flush): held again.
 	if out, err := ns.NFT("", "delete", "table", "inet", "nftpolicy"); err != nil {
 		t.Fatal(err, out)
 	}
-	if code, res := plugin("ADD"); code == 0 || !strings.Contains(res["msg"].(string), "is not in force") {
+	if code, res := plugin("ADD", 0); code == 0 || !strings.Contains(res["msg"].(string), "is not in force") {
 		t.Fatalf("ADD after the table was deleted: exit %d, %v", code, res)
 	}
-	if _, err := a.Apply(context.Background(), rs); err != nil {
+	if _, err := a.FullSync(context.Background(), rs); err != nil {
 		t.Fatal(err)
 	}
 

@@ -45,38 +45,31 @@ func ActiveConfig(dir string) (string, error) {
 	return filepath.Join(dir, names[0]), nil
 }
 
-// gateEntry is the gate's entry in a list of plugins. Boot is the boot id of
-// the node when the agent last had the table in force; the gate opens only in
-// that boot.
+// gateEntry is the gate's entry in a list of plugins.
 type gateEntry struct {
 	Type  string `json:"type"`
 	Table string `json:"table"`
-	Boot  string `json:"boot,omitempty"`
 }
 
 // withGate returns the configuration list data with the gate's entry for table
-// among its plugins: where it is if it is there, else last. The entry gets boot
-// unless boot is "": an agent not yet synced keeps what an earlier one of the
-// same boot wrote (a rolling update holds no pod). changed is false when data
-// already has it as wanted. Everything else is kept as it was, the order of the
-// keys too; the result is indented anew.
-func withGate(data []byte, table, boot string) (out []byte, changed bool, err error) {
+// among its plugins: where it is if it is there, else last. An entry with
+// anything else in it (an earlier version's "boot") is written anew. changed
+// is false when data already has it as wanted. Everything else is kept as it
+// was, the order of the keys too; the result is indented anew.
+func withGate(data []byte, table string) (out []byte, changed bool, err error) {
+	want, _ := json.Marshal(gateEntry{Type: PluginType, Table: table})
 	return editPlugins(data, func(plugins []json.RawMessage) ([]json.RawMessage, bool) {
 		for i, p := range plugins {
-			if e, ok := asGate(p); ok {
-				want := gateEntry{Type: PluginType, Table: table, Boot: e.Boot}
-				if boot != "" {
-					want.Boot = boot
-				}
-				if e == want {
+			if _, ok := asGate(p); ok {
+				var got bytes.Buffer
+				if json.Compact(&got, p) == nil && bytes.Equal(got.Bytes(), want) {
 					return plugins, false
 				}
-				plugins[i], _ = json.Marshal(want)
+				plugins[i] = want
 				return plugins, true
 			}
 		}
-		entry, _ := json.Marshal(gateEntry{Type: PluginType, Table: table, Boot: boot})
-		return append(plugins, entry), true
+		return append(plugins, want), true
 	})
 }
 

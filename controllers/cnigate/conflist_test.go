@@ -53,7 +53,7 @@ func pluginTypes(t *testing.T, data []byte) []string {
 }
 
 func TestWithGate(t *testing.T) {
-	out, changed, err := withGate([]byte(kindnet), "nftpolicy", "")
+	out, changed, err := withGate([]byte(kindnet), "nftpolicy")
 	if err != nil || !changed {
 		t.Fatalf("withGate: changed %v, err %v", changed, err)
 	}
@@ -71,27 +71,31 @@ func TestWithGate(t *testing.T) {
 		t.Errorf("values changed:\n%s", out)
 	}
 	// Again: nothing to do.
-	if again, changed, err := withGate(out, "nftpolicy", ""); err != nil || changed || string(again) != string(out) {
+	if again, changed, err := withGate(out, "nftpolicy"); err != nil || changed || string(again) != string(out) {
 		t.Errorf("second withGate: changed %v, err %v", changed, err)
 	}
-	// The agent synced: the entry gets the boot id; an agent of the same boot
-	// not yet synced keeps it; the next boot's replaces it.
-	booted, changed, err := withGate(out, "nftpolicy", "boot-1")
-	if err != nil || !changed || !strings.Contains(string(booted), `"boot": "boot-1"`) {
-		t.Fatalf("withGate(boot-1): changed %v, err %v\n%s", changed, err, booted)
+	// An earlier version's entry (with the boot it opened for), or one with
+	// its keys in another order, where it stands: written anew, in place.
+	earlier := strings.Replace(kindnet, `{"type": "portmap"`, `{"type": "nftpolicy", "boot": "boot-1", "table": "nftpolicy"}, {"type": "portmap"`, 1)
+	if earlier == kindnet {
+		t.Fatal("kindnet has no portmap entry to put the old one before")
 	}
-	if _, changed, _ := withGate(booted, "nftpolicy", ""); changed {
-		t.Error("an agent not yet synced changed the boot id")
+	mended, changed, err := withGate([]byte(earlier), "nftpolicy")
+	if err != nil || !changed || strings.Contains(string(mended), "boot") {
+		t.Fatalf("withGate(earlier entry): changed %v, err %v\n%s", changed, err, mended)
 	}
-	if next, changed, _ := withGate(booted, "nftpolicy", "boot-2"); !changed || !strings.Contains(string(next), `"boot": "boot-2"`) {
-		t.Errorf("the next boot's agent: changed %v\n%s", changed, next)
+	if got := strings.Join(pluginTypes(t, mended), ","); got != "ptp,nftpolicy/nftpolicy,portmap" {
+		t.Errorf("plugins %s, want the entry where it stood", got)
 	}
-	// Another table: the entry is corrected where it stands, its boot kept.
-	other, changed, err := withGate(booted, "other", "")
+	if _, changed, _ := withGate(mended, "nftpolicy"); changed {
+		t.Error("a mended entry written again")
+	}
+	// Another table: the entry is corrected where it stands.
+	other, changed, err := withGate(out, "other")
 	if err != nil || !changed {
 		t.Fatalf("withGate(other): changed %v, err %v", changed, err)
 	}
-	if got := strings.Join(pluginTypes(t, other), ","); got != "ptp,portmap,nftpolicy/other" || !strings.Contains(string(other), `"boot": "boot-1"`) {
+	if got := strings.Join(pluginTypes(t, other), ","); got != "ptp,portmap,nftpolicy/other" {
 		t.Errorf("plugins %s\n%s", got, other)
 	}
 	// Removed: the list as it was, but for the indentation.
@@ -122,7 +126,7 @@ func TestWithGateRefuses(t *testing.T) {
 		"two objects":   `{"plugins": [{"type": "ptp"}]} {}`,
 		"an array":      `[{"type": "ptp"}]`,
 	} {
-		if _, _, err := withGate([]byte(data), "nftpolicy", ""); err == nil {
+		if _, _, err := withGate([]byte(data), "nftpolicy"); err == nil {
 			t.Errorf("%s: no error", name)
 		}
 	}

@@ -20,9 +20,6 @@ type Installer struct {
 	ConfDir, BinDir string
 	// Table is the table the gate waits for.
 	Table string
-	// Boot, once the table is in force, is the node's boot id (BootID): the
-	// entry gets it, and the gate opens. "" keeps the entry's.
-	Boot string
 	// Binary is the file installed as BinDir/nftpolicy: the agent's own.
 	Binary string
 
@@ -65,7 +62,7 @@ func (in *Installer) Ensure() (State, error) {
 	if st.Config, err = ActiveConfig(in.ConfDir); err != nil {
 		return st, err
 	}
-	st.ConfigWritten, err = rewrite(st.Config, func(data []byte) ([]byte, bool, error) { return withGate(data, in.Table, in.Boot) })
+	st.ConfigWritten, err = rewrite(st.Config, func(data []byte) ([]byte, bool, error) { return withGate(data, in.Table) })
 	if err != nil {
 		return st, fmt.Errorf("adding the gate to %s: %w", st.Config, err)
 	}

@@ -124,7 +124,7 @@ func TestRewriteRace(t *testing.T) {
 	theirs := strings.Replace(kindnet, "1500", "9000", 1)
 	written, err := rewrite(path, func(data []byte) ([]byte, bool, error) {
 		must(t, os.WriteFile(path, []byte(theirs), 0o644)) // the CNI's agent, meanwhile
-		return withGate(data, "nftpolicy", "")
+		return withGate(data, "nftpolicy")
 	})
 	if err != nil || written {
 		t.Errorf("rewrite: written %v, err %v", written, err)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nftpolicy/nftpolicy/nft"
 )
@@ -30,12 +31,29 @@ const (
 
 // Node is what the gate asks of the node it runs on.
 type Node struct {
-	// TableExists says whether the inet table named table exists in the
-	// network namespace the plugin runs in (netlink.TableExists).
+	// SetExists says whether the inet table named table holds the set named
+	// set, in the network namespace the plugin runs in (netlink.SetExists);
+	// false, not an error, when there is no such table.
+	SetExists func(table, set string) (bool, error)
+	// TableExists says whether the inet table named table exists there
+	// (netlink.TableExists): asked only to say why a pod waited in vain.
 	TableExists func(table string) (bool, error)
 	// BootID identifies the node's current boot (BootID).
 	BootID func() (string, error)
+	// Wait is how long an ADD waits for the table to be in force before it
+	// fails with "try again later" (none when 0); it looks every Poll
+	// (DefaultPoll when 0) meanwhile.
+	Wait, Poll time.Duration
 }
+
+// How long the plugin's ADD waits, and how often it looks. The kubelet gives a
+// sandbox's creation twice its --runtime-request-timeout (4 minutes by
+// default), and a pod that waits here starts within a Poll of its policies;
+// one that waits longer is tried again by the kubelet, ~10 s later.
+const (
+	DefaultWait = 20 * time.Second
+	DefaultPoll = 100 * time.Millisecond
+)
 
 // bootIDFile changes at every boot of the kernel (it is not namespaced: a
 // container reads the node's).
@@ -60,7 +78,6 @@ type netConf struct {
 	Name       string          `json:"name"`
 	Type       string          `json:"type"`
 	Table      string          `json:"table"`
-	Boot       string          `json:"boot"`
 	PrevResult json.RawMessage `json:"prevResult"`
 }
 
@@ -74,10 +91,10 @@ type pluginError struct {
 
 // Run is the plugin: the CNI command in getenv("CNI_COMMAND"), the network
 // configuration on stdin, the result or error on stdout. It returns the exit
-// code. ADD passes when the entry names this boot (the agent writes it there
-// after its first full sync, so a table restored at boot from a saved ruleset
-// does not open the gate) and the table exists (so a table deleted since does
-// not either).
+// code. ADD passes once the table holds the set that marks it in force in this
+// boot of the node (nft.SyncedBootSet: the agent's every table has it, and a
+// table restored at boot from a ruleset saved in an earlier one has that
+// boot's), waiting up to node.Wait for it.
 func Run(getenv func(string) string, stdin io.Reader, stdout io.Writer, node Node) int {
 	cmd := getenv("CNI_COMMAND")
 	switch cmd {
@@ -118,24 +135,34 @@ func Run(getenv func(string) string, stdin io.Reader, stdout io.Writer, node Nod
 	}
 	wait := func(msg string, args ...any) int {
 		return fail(stdout, conf.CNIVersion, codeTryAgainLater, fmt.Sprintf(msg, args...),
-			"the nftpolicy agent opens the gate at its first sync after the node starts; if nftpolicy was removed from the cluster, "+
+			"the nftpolicy agent opens the gate at its first sync after the node starts (its table then holds set "+nft.SyncedBootSet("<boot id>")+"); if nftpolicy was removed from the cluster, "+
 				"run its cleanup (config/cleanup) on this node, or delete the \"type\": \"nftpolicy\" entry from the plugins of "+quoted(conf.Name)+" in the CNI configuration directory")
 	}
 	boot, err := node.BootID()
 	if err != nil {
 		return wait("nftpolicy: cannot read this node's boot id: %v", err)
 	}
-	if conf.Boot != boot {
-		return wait("nftpolicy: the agent has not put table inet %s in force since this node started: the pod waits for its network policies", table)
+	marker := nft.SyncedBootSet(boot)
+	poll := node.Poll
+	if poll <= 0 {
+		poll = DefaultPoll
 	}
-	ok, err := node.TableExists(table)
-	if err != nil {
-		return wait("nftpolicy: cannot tell whether table inet %s is in force on this node: %v", table, err)
+	deadline := time.Now().Add(node.Wait)
+	for {
+		ok, err := node.SetExists(table, marker)
+		switch {
+		case ok:
+			return passThrough(stdout, conf.CNIVersion, conf.PrevResult)
+		case err != nil && !time.Now().Before(deadline):
+			return wait("nftpolicy: cannot tell whether table inet %s is in force on this node: %v", table, err)
+		case !time.Now().Before(deadline):
+			if ok, err := node.TableExists(table); err == nil && ok {
+				return wait("nftpolicy: the agent has not put table inet %s in force since this node started (no set %s): the pod waits for its network policies", table, marker)
+			}
+			return wait("nftpolicy: table inet %s is not in force on this node: the pod waits for its network policies", table)
+		}
+		time.Sleep(min(poll, time.Until(deadline)))
 	}
-	if !ok {
-		return wait("nftpolicy: table inet %s is not in force on this node: the pod waits for its network policies", table)
-	}
-	return passThrough(stdout, conf.CNIVersion, conf.PrevResult)
 }
 
 // passThrough prints the previous plugin's result as the gate's own, in the

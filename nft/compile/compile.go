@@ -48,6 +48,11 @@ type Options struct {
 	// UnknownLocalPods are the node's pod CIDRs: packets from an address in them
 	// that no known local pod has are dropped (unknown.go). Empty: none.
 	UnknownLocalPods []netip.Prefix
+	// SyncedBoot is the node's boot id, or "": the table gets an empty set
+	// named nft.SyncedBootSet(SyncedBoot), which the CNI gate looks for before
+	// it lets a new pod's network come up (controllers/cnigate). The agent
+	// compiles only from complete caches, so any table of its carries it.
+	SyncedBoot string
 }
 
 // Problem is something Compile could not enforce exactly as written. Policy names the

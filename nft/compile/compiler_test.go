@@ -316,3 +316,41 @@ func randomTierChange(rng *rand.Rand, cl *cluster, c *Compiler, podKeys []objKey
 	c.SetClusterNetworkPolicy(cnp)
 	return "cnp " + cnp.Name + ": set"
 }
+
+// Options.SyncedBoot: every table compiled with it, the first and each
+// incremental one after it, holds the one empty set named for the boot (the
+// CNI gate's mark), a valid one; without it, no such set.
+func TestSyncedBoot(t *testing.T) {
+	const boot = "8d2f6c1e-3b4a-4f0e-9c1d-2a7b5e6f8091"
+	marks := func(rs *nft.Ruleset) []string {
+		var out []string
+		for _, s := range rs.Sets {
+			if strings.HasPrefix(s.Name, nft.SetSyncedBootPrefix) {
+				out = append(out, fmt.Sprintf("%s/%d", s.Name, len(s.Elements)))
+			}
+		}
+		return out
+	}
+	c := NewCompiler("node-1", Options{SyncedBoot: boot})
+	want := []string{nft.SyncedBootSet(boot) + "/0"}
+	for i := range 3 {
+		if i > 0 {
+			c.SetPod(&corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: fmt.Sprintf("p%d", i), Labels: map[string]string{"app": "a"}},
+				Spec:       corev1.PodSpec{NodeName: "node-1"},
+				Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: fmt.Sprintf("10.0.0.%d", i), PodIPs: []corev1.PodIP{{IP: fmt.Sprintf("10.0.0.%d", i)}}},
+			})
+		}
+		rs, _ := c.Compile()
+		if err := rs.Validate(); err != nil {
+			t.Fatalf("compile %d: %v", i, err)
+		}
+		if got := marks(rs); !slices.Equal(got, want) {
+			t.Errorf("compile %d: marks %q, want %q", i, got, want)
+		}
+	}
+	rs, _ := Compile(Snapshot{NodeName: "node-1"}, Options{})
+	if got := marks(rs); len(got) != 0 {
+		t.Errorf("without SyncedBoot: marks %q", got)
+	}
+}

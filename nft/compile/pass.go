@@ -369,6 +369,13 @@ func byPortList(byPort map[uint16][]netip.Addr) []portAddrs {
 	return out
 }
 
+// syncedBootSet is the empty set that marks the table as in force in the boot
+// bootID (Options.SyncedBoot). Its type is of no use but to be a set's.
+func syncedBootSet(bootID string) nft.Set {
+	return nft.Set{Name: nft.SyncedBootSet(bootID), Type: []nft.DataType{nft.TypeInetProto},
+		Comment: "in force since the agent's first full sync in this boot of the node: the CNI gate admits new pods while this set is here"}
+}
+
 // ruleset assembles the table from the pass's groups: the fixed chains, the verdict
 // maps, each group's chain and sets, and the named objects they use; and the
 // attribution of deny log prefixes and counters to policies.
@@ -382,6 +389,9 @@ func (ps *pass) ruleset(table string) (*nft.Ruleset, *Attribution) {
 	if len(ps.opts.UnknownLocalPods) > 0 {
 		withUnknownRules(fixed, unknownRules(ps.opts.UnknownLocalPods))
 		rs.Sets = append(rs.Sets, localPodSets(ps.ix.local.list())...)
+	}
+	if ps.opts.SyncedBoot != "" {
+		rs.Sets = append(rs.Sets, syncedBootSet(ps.opts.SyncedBoot))
 	}
 	rs.Chains = append(rs.Chains, fixed...)
 	slices.SortFunc(ps.groups, func(a, b *group) int { return strings.Compare(a.chain, b.chain) })

@@ -292,6 +292,12 @@ func CompileOptionsOf(kernel *nft.Ruleset) (compile.Options, uint32) {
 			}
 		}
 	}
+	// An agent with the CNI gate marks its table with the node's boot.
+	for _, st := range kernel.Sets {
+		if id, ok := strings.CutPrefix(st.Name, nft.SetSyncedBootPrefix); ok && len(st.Elements) == 0 {
+			o.SyncedBoot = id
+		}
+	}
 	// The agent's only named counters are the policy counters (two per group
 	// chain, nft/doc.go "Policy counters").
 	for _, ob := range kernel.Objects {

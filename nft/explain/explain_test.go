@@ -384,3 +384,23 @@ func TestExplainTiers(t *testing.T) {
 		t.Errorf("json %s %v", js, err)
 	}
 }
+
+// CompileOptionsOf reads the CNI gate's boot mark back from a table an agent
+// wrote, so that --live compiles the same table.
+func TestCompileOptionsOfSyncedBoot(t *testing.T) {
+	for _, want := range []compile.Options{
+		{},
+		{SyncedBoot: "8d2f6c1e-3b4a-4f0e-9c1d-2a7b5e6f8091"},
+		{SyncedBoot: "8d2f6c1e-3b4a-4f0e-9c1d-2a7b5e6f8091", Established: compile.EstablishedRecheck, CtMarkMask: compile.DefaultCtMarkMask},
+	} {
+		rs, _ := compile.Compile(compile.Snapshot{NodeName: "node-1"}, want)
+		got, _ := CompileOptionsOf(rs)
+		if got.SyncedBoot != want.SyncedBoot || got.Established != want.Established {
+			t.Errorf("options %+v read back as %+v", want, got)
+		}
+		again, _ := compile.Compile(compile.Snapshot{NodeName: "node-1"}, got)
+		if d := Diff(again, rs); len(d) > 0 {
+			t.Errorf("options %+v: the table compiled with what was read back differs: %q", want, d)
+		}
+	}
+}

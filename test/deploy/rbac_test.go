@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 	"github.com/nftpolicy/nftpolicy/test/e2e/framework"
 )
@@ -428,16 +429,23 @@ func (a *agentRun) exercise(bound time.Duration) (failure string, err error) {
 		return fmt.Sprintf("not watching the ClusterNetworkPolicy CRD within %s (want %s; /metrics: %q)", bound, watching, crd), nil
 	}
 
-	// 6. With the CNI gate: open for this boot once synced, nothing more asked
-	// of the API. Then what it serves, for the alerts' metrics.
+	// 6. With the CNI gate: its entry in the node's list, and the table
+	// marked for this boot, nothing more asked of the API. Then what it
+	// serves, for the alerts' metrics.
 	if a.gate {
-		var conf string
+		b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+		if err != nil {
+			return "", err
+		}
+		mark := nft.SyncedBootSet(strings.TrimSpace(string(b)))
+		var conf, table string
 		if !poll(bound, a.exited, func() bool {
 			b, _ := os.ReadFile(a.gateConf)
 			conf = string(b)
-			return strings.Contains(conf, `"boot":`)
+			table, _ = a.netns.NFT("", "list", "set", "inet", tableName, mark)
+			return strings.Contains(conf, `"type": "nftpolicy"`) && strings.Contains(table, "set "+mark+" {")
 		}) {
-			return fmt.Sprintf("the CNI gate not open within %s:\n%s", bound, conf), nil
+			return fmt.Sprintf("the CNI gate not open within %s:\n%s\n%s", bound, conf, table), nil
 		}
 		a.metricsText = httpBody("http://127.0.0.1:" + a.metrics + "/metrics")
 	}
