@@ -483,6 +483,21 @@
 // real cluster it is usually over before the pod's first container starts (the
 // README has the counts).
 //
+// # The CNI gate's mark: --cni-gate-conf-dir
+//
+// With the CNI gate on (controllers/cnigate), every table the agent writes holds
+// one empty set more:
+//
+//	set synced-boot-8d2f6c1e-3b4a-4f0e-9c1d-2a7b5e6f8091 { type inet_proto; comment "in force since ..." }
+//
+// named for the node's boot (/proc/sys/kernel/random/boot_id). The agent compiles
+// only from complete caches, so a table with it is this boot's agent's, in force;
+// the gate's plugin asks for the set by name (one netlink GETSET) before it lets a
+// new pod's network come up. A table loaded at boot from a ruleset saved in an
+// earlier one carries that boot's name, so it does not count. No rule refers to
+// the set: it costs no packet anything. Its name is the one that changes at a
+// reboot, the first sync after which replaces it in the same batch as the rest.
+//
 // # Names
 //
 // names.go holds the naming contract; see ObjectName.
