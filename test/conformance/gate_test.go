@@ -3,13 +3,16 @@ package conformance
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"io/fs"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,43 +23,70 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/nftpolicy/nftpolicy/controllers/cnigate"
+	"github.com/nftpolicy/nftpolicy/nft"
 )
 
 // The CNI gate on the real cluster (config/cni-gate, which
 // test/conformance/kustomization.yaml deploys). After a reboot a node's pods
 // start while its agent does, and would run unfiltered until the agent's first
 // full sync creates the table; the gate, a plugin the agent chains into the
-// node's CNI conflist, fails their network setup until the agent has put the
-// table in force in this boot: its entry names the boot the agent last synced
-// in, and the table must exist.
+// node's CNI conflist as {"type": "nftpolicy", "table": "nftpolicy"} (written
+// once, nothing in it about a boot), holds their network setup until the table
+// is in force in this boot: until table inet nftpolicy holds the empty set
+// synced-boot-<boot id> of the node's current boot (nft.SyncedBootSet), which
+// every table the agent writes carries. The plugin's ADD looks for that set
+// every 100 ms for up to cnigate.DefaultWait (20 s, the cluster does not set
+// NFTPOLICY_CNI_GATE_WAIT), passes as soon as it is there, and past the wait
+// fails with "try again later": the kubelet reports FailedCreatePodSandBox with
+// the gate's message, tears the sandbox down and tries again at its next retry.
 //
-// First the entry is dropped from node1's conflist, as a CNI that writes its
-// configuration anew would: its agent must put it back. Then the test takes
+// First every node's gate is checked: the entry last in its conflist, exactly
+// type and table, the plugin in its plugin directory, its table holding this
+// boot's set. The entry is dropped from node1's conflist, as a CNI that writes
+// its configuration anew would: its agent must put it back. Then the test takes
 // node2 through what a reboot does to the gate, one condition at a time. Its
 // agent is taken off the node (a node affinity in the DaemonSet) and its table
 // deleted, the entry and plugin binary left where they are (files outlive a
-// reboot): a pod created on node2 must not start, for gateHold, and the kubelet
-// reports FailedCreatePodSandBox with nftpolicy's error. Then the entry names
-// an earlier boot and the table is back, empty, as a ruleset restored at boot
-// would bring it: the pod must still not start, through one more sandbox
-// failure. With the agent back (it runs with hostNetwork: never gated) the pod
-// must run once the agent's table is in force and the entry names this boot
-// again, within gateRelease. The DaemonSet is restored at the end, and both
-// agents are ready again.
+// reboot): a pod created on node2 must not start, for gateHold and until the
+// kubelet reports FailedCreatePodSandBox with the gate's "not in force on this
+// node", which comes only once the plugin's ADD has waited cnigate.DefaultWait.
+// Then the table is back with the set of an earlier boot, as a ruleset saved
+// then and restored at boot would bring it: the pod must still not start,
+// through a sandbox failure that says the agent has not put the table in force
+// since the node started. With the agent back (it runs with hostNetwork: never
+// gated) its first sync writes the table with this boot's set, and the pod must
+// run within gateRunning of that, never before. Meanwhile the plugin's ADDs for
+// the pod are watched in /proc (the nodes' containerds run on this machine): an
+// ADD that ended before the table must have waited cnigate.DefaultWait, and the
+// log says whether one was waiting when the table came (the pod then starts
+// within a poll, ~1-2 s with the rest of the sandbox) or the pod waited for the
+// kubelet's next retry. No address is left reserved by the failed sandboxes.
+// The DaemonSet is restored at the end, and both agents are ready again, every
+// node's gate in place and its table in force.
 //
 // Run against a cluster from `test/conformance/cluster.sh up` (cluster.sh gate,
 // make cni-gate); `make conformance` runs it before the suites. The nodes' CNI
-// directories are $STATE/<node>/cni and $STATE/<node>/cni-bin, $STATE being
+// directories are $STATE/<node>/cni and $STATE/<node>/cni-bin, and host-local
+// keeps their addresses in $STATE/<node>/ipam, $STATE being
 // CONFORMANCE_KUBECONFIG's directory; CONFORMANCE_NODE_NETNS names the network
 // namespace of each node that does not run in this process's
 // (node2=/run/netns/npc-node2). The nodes share this machine's kernel, so its
 // boot id is theirs.
 
 const (
-	gateTable   = "nftpolicy" // the agent's --table-name
-	gatePlugin  = "nftpolicy" // the conflist entry's type, and its binary's name
-	gateHold    = 15 * time.Second
-	gateRelease = 90 * time.Second
+	gateTable  = "nftpolicy" // the agent's --table-name
+	gatePlugin = "nftpolicy" // the conflist entry's type, and its binary's name
+	// gateWait is how long the plugin's ADD waits for the table before it fails.
+	gateWait = cnigate.DefaultWait
+	// gateHold is the least a pod on the rebooted node is held without a table.
+	gateHold = gateWait + 5*time.Second
+	// gateFailure bounds the wait for a sandbox failure of a new state of the
+	// node: the kubelet's next retry, then the plugin's whole wait.
+	gateFailure = 75 * time.Second
+	gateAgent   = 90 * time.Second // the agent given back -> its table in force
+	gateRunning = 30 * time.Second // the table in force -> the pod Running
 	// staleBoot stands for the boot before the node's reboot.
 	staleBoot = "00000000-0000-0000-0000-000000000000"
 )
@@ -76,6 +106,10 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 	bootID, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	must(t, err)
 	boot := strings.TrimSpace(string(bootID))
+	mark := nft.SyncedBootSet(boot)
+	// What the plugin says of each state of the node, in the sandbox's error.
+	noTable := fmt.Sprintf("nftpolicy: table inet %s is not in force on this node", gateTable)
+	staleTable := fmt.Sprintf("nftpolicy: the agent has not put table inet %s in force since this node started (no set %s)", gateTable, mark)
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	must(t, err)
 	c, err := client.New(cfg, client.Options{Scheme: clientgoscheme.Scheme})
@@ -95,22 +129,25 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 	}
 	rebooted := nodeNames[len(nodeNames)-1]
 
-	// (a) Every agent has installed the gate and opened it for this boot: its
-	// entry last in the node's conflist, naming the table and this boot, its
-	// binary in the node's plugin directory.
+	// (a) Every agent has installed the gate and put its table in force in
+	// this boot: the entry last in the node's conflist, exactly type and table,
+	// the binary in the node's plugin directory, this boot's set in the table.
 	for _, node := range nodeNames {
 		var g gateState
 		var missing error
-		err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(context.Context) (bool, error) {
-			if g, missing = readGate(state, node); missing == nil && g.boot != boot {
-				missing = fmt.Errorf("%s: the entry names boot %q, this boot is %s", g.conf, g.boot, boot)
+		err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+			if g, missing = readGate(state, node); missing == nil && !inForce(ctx, netns, node, mark) {
+				missing = fmt.Errorf("table inet %s does not hold set %s", gateTable, mark)
 			}
 			return missing == nil, nil
 		})
 		if err != nil {
-			t.Fatalf("%s: the gate is not in place: %v", node, missing)
+			t.Fatalf("%s: the gate is not in place: %v (%s)", node, missing, g)
 		}
-		t.Logf("%s: %s", node, g)
+		if !agentTable(ctx, netns, node) {
+			t.Fatalf("%s: table inet %s holds set %s and no chain", node, gateTable, mark)
+		}
+		t.Logf("%s: %s; table inet %s holds %v", node, g, gateTable, bootSets(ctx, netns, node))
 	}
 
 	// (a2) A CNI that writes its configuration anew drops the entry: the agent
@@ -122,7 +159,7 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
 		g, err := readGate(state, kept)
 		back = g
-		return err == nil && g.boot == boot, nil
+		return err == nil, nil
 	}); err != nil {
 		t.Fatalf("%s: the entry is not back a minute after its conflist was written without it: %s", kept, back)
 	}
@@ -152,7 +189,8 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 	must(t, err)
 	t.Logf("%s: no agent, no table inet %s; %s", rebooted, gateTable, g)
 
-	// (c) A pod on node2 does not start: no table.
+	// (c) A pod on node2 does not start: no table. Its ADDs are watched from
+	// before it exists.
 	ns := createNamespace(ctx, t, c, fmt.Sprintf("cni-gate-%d", time.Now().Unix()%100000))
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "after-reboot"},
@@ -163,117 +201,177 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 				Args: []string{"pause"}}},
 		},
 	}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	adds, watched := watchAdds(watchCtx, g.bin, pod.Namespace, pod.Name)
+	t.Cleanup(func() { stopWatch(); <-watched })
 	must(t, c.Create(ctx, pod))
 	created := time.Now()
-	holdPod(ctx, t, c, pod, func() bool { return time.Since(created) >= gateHold })
-	failures, last, others := sandboxFailures(ctx, t, c, pod, time.Time{})
-	if failures == 0 {
-		t.Fatalf("%s: no FailedCreatePodSandBox event naming %s in %v (phase %s); other events: %q",
-			pod.Name, gatePlugin, gateHold, pod.Status.Phase, others)
-	}
-	t.Logf("%s: %s after %v without a table, %d failed sandboxes; the last: %s", pod.Name, pod.Status.Phase, gateHold, failures, last)
-
-	// (c2) Nor with a table the agent did not put in force in this boot: the
-	// entry as an earlier boot left it, the table back (empty) as a ruleset
-	// restored at boot would bring it.
-	must(t, setGateBoot(state, rebooted, staleBoot))
-	if out, err := inNode(ctx, netns, rebooted, "nft", "add", "table", "inet", gateTable); err != nil {
-		t.Fatalf("adding %s's table: %v: %s", rebooted, err, out)
-	}
-	// A failure first seen a second after the change (events have seconds)
-	// is of a sandbox set up after it.
-	restored := time.Now()
+	var failures int
+	var first time.Time
+	var last string
 	holdPod(ctx, t, c, pod, func() bool {
-		if n, newest, _ := sandboxFailures(ctx, t, c, pod, restored.Add(time.Second)); n > 0 {
-			last = newest
+		var others []string
+		failures, last, first, others = sandboxFailures(ctx, t, c, pod, noTable)
+		if failures > 0 && time.Since(created) >= gateHold {
 			return true
 		}
-		if time.Since(restored) > 45*time.Second {
-			t.Fatalf("%s: no sandbox failure in the %v since the table was restored", pod.Name, time.Since(restored).Round(time.Second))
+		if time.Since(created) > gateFailure {
+			t.Fatalf("%s: no FailedCreatePodSandBox event with %q in %v (phase %s); other events: %q",
+				pod.Name, noTable, gateFailure, pod.Status.Phase, others)
 		}
 		return false
 	})
-	t.Logf("%s: still %s %v after a stale entry and a restored table; the last failure: %s",
-		pod.Name, pod.Status.Phase, time.Since(restored).Round(100*time.Millisecond), last)
+	// The first failure came once an ADD had waited its whole gateWait (the
+	// event's time has a resolution of one second).
+	if d := first.Sub(created); d < gateWait-2*time.Second {
+		t.Errorf("%s: the first sandbox failure came %v after the pod was created, before the plugin's wait of %v", pod.Name, d, gateWait)
+	}
+	t.Logf("cni_gate_first_failure_s: %.0f (pod created %s, first failure %s)", first.Sub(created).Seconds(),
+		created.Format("15:04:05.0"), first.Format("15:04:05"))
+	t.Logf("%s: %s %v after it was created without a table, %d failed sandboxes; the last: %s",
+		pod.Name, pod.Status.Phase, time.Since(created).Round(100*time.Millisecond), failures, last)
 
-	// (d) The agent back on node2: its table in force, the entry naming this
-	// boot, then the pod.
+	// (c2) Nor with a table the agent did not put in force in this boot: the
+	// table back with an earlier boot's set, as a ruleset saved then and
+	// restored at boot would bring it.
+	if out, err := inNode(ctx, netns, rebooted, "nft", "add", "table", "inet", gateTable); err != nil {
+		t.Fatalf("adding %s's table: %v: %s", rebooted, err, out)
+	}
+	if out, err := inNode(ctx, netns, rebooted, "nft", "add", "set", "inet", gateTable, nft.SyncedBootSet(staleBoot), "{ type inet_proto; }"); err != nil {
+		t.Fatalf("adding set %s to %s's table: %v: %s", nft.SyncedBootSet(staleBoot), rebooted, err, out)
+	}
+	restored := time.Now()
+	holdPod(ctx, t, c, pod, func() bool {
+		n, newest, _, others := sandboxFailures(ctx, t, c, pod, staleTable)
+		if n > 0 {
+			last = newest
+			return true
+		}
+		if time.Since(restored) > gateFailure {
+			t.Fatalf("%s: no FailedCreatePodSandBox event with %q in the %v since the table was restored; other events: %q",
+				pod.Name, staleTable, gateFailure, others)
+		}
+		return false
+	})
+	t.Logf("%s: still %s %v after the table was restored with %s's set; the failure: %s",
+		pod.Name, pod.Status.Phase, time.Since(restored).Round(100*time.Millisecond), staleBoot, last)
+
+	// (d) The agent back on node2: its table in force (this boot's set in
+	// it), then the pod, never before.
 	released := time.Now()
 	must(t, changeAgents(ctx, c, func(spec *corev1.PodSpec) { spec.Affinity = nil }))
-	var tableAt, openAt, runningAt time.Time
-	// The gate open (the entry naming this boot) and the table in force, looked
-	// at in that order: an entry seen open and then a table not the agent's
-	// would be an open gate before the policies, pods let through unfiltered.
-	look := func(ctx context.Context) (open, inForce bool) {
-		g, err := readGate(state, rebooted)
-		open = err == nil && g.boot == boot
-		return open, agentTable(ctx, netns, rebooted)
-	}
-	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, gateRelease, true, func(ctx context.Context) (bool, error) {
-		open, inForce := look(ctx)
-		now := time.Now()
-		if open && !inForce {
-			return false, fmt.Errorf("the entry names this boot, and table inet %s is not the agent's", gateTable)
+	var tableAt, runningAt time.Time
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, gateAgent+gateRunning, true, func(ctx context.Context) (bool, error) {
+		// The table looked at before the pod: a pod Running in a round whose
+		// table was not in force is looked at once more below.
+		if tableAt.IsZero() {
+			if inForce(ctx, netns, rebooted, mark) {
+				tableAt = time.Now()
+			} else if time.Since(released) > gateAgent {
+				return false, fmt.Errorf("table inet %s does not hold set %s %v after the agent was given back", gateTable, mark, gateAgent)
+			}
 		}
-		if tableAt.IsZero() && inForce {
-			tableAt = now
-		}
-		if openAt.IsZero() && open {
-			openAt = now
-		}
-		// The pod last: Running, it had an open gate, seen in this round at the
-		// latest (or just after it: looked at once more).
 		if err := c.Get(ctx, client.ObjectKeyFromObject(pod), pod); err != nil {
 			return false, err
 		}
 		if pod.Status.Phase != corev1.PodRunning {
+			if !tableAt.IsZero() && time.Since(tableAt) > gateRunning {
+				return false, fmt.Errorf("%s is not Running %v after its table was in force", pod.Name, gateRunning)
+			}
 			return false, nil
 		}
 		runningAt = time.Now()
-		if openAt.IsZero() {
-			if open, inForce := look(ctx); !open || !inForce {
-				return false, fmt.Errorf("%s is Running, and the gate is not open (entry for this boot %v, the agent's table %v)", pod.Name, open, inForce)
+		if tableAt.IsZero() {
+			if !inForce(ctx, netns, rebooted, mark) {
+				return false, fmt.Errorf("%s is Running, and table inet %s does not hold set %s", pod.Name, gateTable, mark)
 			}
-			openAt = runningAt
-			if tableAt.IsZero() {
-				tableAt = runningAt
-			}
+			tableAt = runningAt
 		}
 		return true, nil
 	})
 	if err != nil {
-		t.Fatalf("%s on %s: agent back at %s, table at %s, entry for this boot at %s, Running at %s (phase %s): %v", pod.Name, rebooted,
-			released.Format("15:04:05.0"), tableAt.Format("15:04:05.0"), openAt.Format("15:04:05.0"), runningAt.Format("15:04:05.0"), pod.Status.Phase, err)
+		t.Fatalf("%s on %s: agent given back at %s, table in force at %s, Running at %s (phase %s): %v", pod.Name, rebooted,
+			released.Format("15:04:05.0"), tableAt.Format("15:04:05.0"), runningAt.Format("15:04:05.0"), pod.Status.Phase, err)
 	}
-	// The sandbox's network came up once the gate was open (the condition's
-	// time has a resolution of one second).
+	if !agentTable(ctx, netns, rebooted) {
+		t.Errorf("%s: table inet %s holds set %s and no chain", rebooted, gateTable, mark)
+	}
+	// The sandbox's network came up once the table was in force (the
+	// condition's time has a resolution of one second).
 	for _, cond := range pod.Status.Conditions {
 		if cond.Type == corev1.PodReadyToStartContainers && cond.Status == corev1.ConditionTrue {
 			t.Logf("%s: sandbox ready at %s", pod.Name, cond.LastTransitionTime.Format("15:04:05"))
-			if cond.LastTransitionTime.Time.Before(openAt.Truncate(time.Second)) {
-				t.Errorf("%s's sandbox was ready at %s, before the gate opened (%s)", pod.Name, cond.LastTransitionTime.Format("15:04:05"), openAt.Format("15:04:05.0"))
+			if cond.LastTransitionTime.Time.Before(tableAt.Truncate(time.Second)) {
+				t.Errorf("%s's sandbox was ready at %s, before its table was in force (%s)", pod.Name, cond.LastTransitionTime.Format("15:04:05"), tableAt.Format("15:04:05.0"))
 			}
 		}
 	}
+	reserved, leaked := leakedAddresses(ctx, t, c, state, rebooted)
+	if len(leaked) > 0 {
+		t.Errorf("%s: addresses reserved by host-local and no pod's: %v", rebooted, leaked)
+	}
+	t.Logf("%s: host-local holds %d addresses, %d of no pod", rebooted, reserved, len(leaked))
+
+	// The plugin's ADDs for the pod, seen every 100 ms. One begun before the
+	// table came and seen at it or after it, or last seen within 500 ms
+	// before it (the plugin polls every 100 ms, this test too) having waited
+	// less than gateWait, was waiting when the table came, and passed; any
+	// other begun before the table failed, and must have waited the whole
+	// gateWait.
+	stopWatch()
+	<-watched
+	seen := adds()
+	var pending *gateAdd
+	var timeline []string
+	for i, a := range seen {
+		took := a.last.Sub(a.first)
+		switch {
+		case !a.first.Before(tableAt): // a retry after the table
+		case !a.last.Before(tableAt), !a.last.Before(tableAt.Add(-500*time.Millisecond)) && took < gateWait-500*time.Millisecond:
+			pending = &seen[i]
+		case took < gateWait-time.Second:
+			t.Errorf("an ADD of %s (sandbox %.12s) ended %v after it began, before the table: the plugin did not wait %v",
+				pod.Name, a.sandbox, took.Round(100*time.Millisecond), gateWait)
+		}
+		gap := ""
+		if i > 0 {
+			gap = fmt.Sprintf(" (%.1f s after the last)", a.first.Sub(seen[i-1].last).Seconds())
+		}
+		timeline = append(timeline, fmt.Sprintf("%+.1f s..%+.1f s%s", a.first.Sub(tableAt).Seconds(), a.last.Sub(tableAt).Seconds(), gap))
+	}
+	if len(seen) == 0 {
+		t.Errorf("no ADD of the plugin for %s seen in /proc (%s)", pod.Name, g.bin)
+	}
 	must(t, waitAgents(ctx, c))
-	failures, _, _ = sandboxFailures(ctx, t, c, pod, time.Time{})
+	failures, _, _, _ = sandboxFailures(ctx, t, c, pod, "nftpolicy: ")
+	stale, _, _, _ := sandboxFailures(ctx, t, c, pod, staleTable)
 	t.Logf("cni_gate_pod_waited_s: %.1f (created %s, Running %s)", runningAt.Sub(created).Seconds(),
 		created.Format("15:04:05.0"), runningAt.Format("15:04:05.0"))
-	t.Logf("cni_gate_agent_to_table_s: %.1f (agent given back %s, table in force %s, entry for this boot %s)", tableAt.Sub(released).Seconds(),
-		released.Format("15:04:05.0"), tableAt.Format("15:04:05.0"), openAt.Format("15:04:05.0"))
-	t.Logf("cni_gate_table_to_open_s: %.1f", openAt.Sub(tableAt).Seconds())
+	t.Logf("cni_gate_agent_to_table_s: %.1f (agent given back %s, table in force %s)", tableAt.Sub(released).Seconds(),
+		released.Format("15:04:05.0"), tableAt.Format("15:04:05.0"))
 	t.Logf("cni_gate_table_to_running_s: %.1f", runningAt.Sub(tableAt).Seconds())
-	t.Logf("cni_gate_sandbox_failures: %d", failures)
+	if pending != nil {
+		t.Logf("cni_gate_add_pending: yes (an ADD waiting %.1f s when the table came, gone %+.1f s after it)",
+			tableAt.Sub(pending.first).Seconds(), pending.last.Sub(tableAt).Seconds())
+	} else {
+		t.Logf("cni_gate_add_pending: no (the pod waited for the kubelet's next retry)")
+	}
+	t.Logf("cni_gate_adds: %d, seen from..to relative to the table: %s", len(seen), strings.Join(timeline, ", "))
+	t.Logf("cni_gate_sandbox_failures: %d (%d without a table, %d with an earlier boot's)", failures, failures-stale, stale)
 
 	// (e) Every node as the test found it: the agents ready (waitAgents), each
-	// node's gate in place and open, its table in force.
+	// node's gate in place, its table in force. The earlier boot's set went
+	// with the table the agent replaced, or is logged.
 	for _, node := range nodeNames {
-		if g, err := readGate(state, node); err != nil || g.boot != boot {
+		if g, err := readGate(state, node); err != nil {
 			t.Errorf("%s after the test: %v (%s)", node, err, g)
 		}
-		if !agentTable(ctx, netns, node) {
-			t.Errorf("%s after the test: table inet %s is not the agent's", node, gateTable)
+		if !inForce(ctx, netns, node, mark) || !agentTable(ctx, netns, node) {
+			t.Errorf("%s after the test: table inet %s is not the agent's in force (synced-boot sets %v)", node, gateTable, bootSets(ctx, netns, node))
 		}
+	}
+	if sets := bootSets(ctx, netns, rebooted); !slices.Equal(sets, []string{mark}) {
+		t.Logf("%s after the test: table inet %s holds %v", rebooted, gateTable, sets)
 	}
 }
 
@@ -289,31 +387,54 @@ func holdPod(ctx context.Context, t *testing.T, c client.Client, pod *corev1.Pod
 	}
 }
 
+// inForce says whether node's table holds set (the plugin's one question).
+func inForce(ctx context.Context, netns map[string]string, node, set string) bool {
+	_, err := inNode(ctx, netns, node, "nft", "list", "set", "inet", gateTable, set)
+	return err == nil
+}
+
 // agentTable says whether node has the table with chains in it: the agent's
-// (a table restored by hand, empty, is not).
+// (a table restored by hand, a set in it, is not).
 func agentTable(ctx context.Context, netns map[string]string, node string) bool {
 	out, err := inNode(ctx, netns, node, "nft", "list", "table", "inet", gateTable)
 	return err == nil && strings.Contains(string(out), "\tchain ")
+}
+
+// bootSets returns the names of the synced-boot sets in node's table.
+func bootSets(ctx context.Context, netns map[string]string, node string) []string {
+	out, err := inNode(ctx, netns, node, "nft", "-t", "list", "table", "inet", gateTable)
+	if err != nil {
+		return nil
+	}
+	var sets []string
+	for line := range strings.Lines(string(out)) {
+		if name, ok := strings.CutPrefix(strings.TrimSpace(line), "set "+nft.SetSyncedBootPrefix); ok {
+			sets = append(sets, nft.SetSyncedBootPrefix+strings.TrimSuffix(name, " {"))
+		}
+	}
+	slices.Sort(sets)
+	return sets
 }
 
 // gateState is the gate on a node as its files show it.
 type gateState struct {
 	conf  string   // the conflist the runtime uses
 	types []string // its plugins' types
-	boot  string   // the boot the entry names
+	entry string   // the last plugin's entry
 	bin   string
 	mode  os.FileMode
 	size  int64
 }
 
 func (g gateState) String() string {
-	return fmt.Sprintf("%s plugins %v, boot %q; %s %v, %d bytes", filepath.Base(g.conf), g.types, g.boot, g.bin, g.mode, g.size)
+	return fmt.Sprintf("%s plugins %v, last %s; %s %v, %d bytes", filepath.Base(g.conf), g.types, g.entry, g.bin, g.mode, g.size)
 }
 
 // readGate reads the gate's files on node, or says what is missing: the first
 // conflist of the node's CNI directory by name (the one the runtime uses) must
-// end with exactly one entry of the gate, naming the table, and the plugin
-// directory must hold the gate's executable.
+// end with exactly one entry of the gate, {"type": "nftpolicy", "table":
+// "nftpolicy"} and nothing else (no "boot"), and the plugin directory must
+// hold the gate's executable.
 func readGate(state, node string) (gateState, error) {
 	var g gateState
 	conf, list, err := readConflist(state, node)
@@ -333,9 +454,11 @@ func readGate(state, node string) (gateState, error) {
 	if n := len(list); n > 0 {
 		last = list[n-1]
 	}
-	g.boot, _ = last["boot"].(string)
-	if gates != 1 || last["type"] != gatePlugin || last["table"] != gateTable {
-		return g, fmt.Errorf("%s: plugins %v, want one %q entry naming table %q, last", conf, g.types, gatePlugin, gateTable)
+	entry, _ := json.Marshal(last) // keys sorted
+	g.entry = string(entry)
+	if gates != 1 || len(last) != 2 || last["type"] != gatePlugin || last["table"] != gateTable {
+		return g, fmt.Errorf("%s: plugins %v, the last %s: want one entry of the gate, last, exactly {\"type\": %q, \"table\": %q}",
+			conf, g.types, entry, gatePlugin, gateTable)
 	}
 	g.bin = filepath.Join(state, node, "cni-bin", gatePlugin)
 	fi, err := os.Stat(g.bin)
@@ -380,22 +503,6 @@ func readConflist(state, node string) (string, []map[string]any, error) {
 	return conf, list.Plugins, nil
 }
 
-// setGateBoot makes node's gate entry name boot, as the agent would have
-// written it in that boot.
-func setGateBoot(state, node, boot string) error {
-	var err error
-	edit := editGate(state, node, func(plugins []any) []any {
-		last, _ := plugins[len(plugins)-1].(map[string]any)
-		if last == nil || last["type"] != gatePlugin {
-			err = errors.New("the last plugin is not the gate")
-			return plugins
-		}
-		last["boot"] = boot
-		return plugins
-	})
-	return errors.Join(err, edit)
-}
-
 // editGate rewrites the plugins of the conflist node's runtime uses with edit
 // (given at least one). The file is replaced whole (renamed over), as the agent
 // and CNIs write it, so that the runtime never reads half of it.
@@ -437,11 +544,10 @@ func inNode(ctx context.Context, netns map[string]string, node string, cmd ...st
 	return exec.CommandContext(ctx, cmd[0], cmd[1:]...).CombinedOutput()
 }
 
-// sandboxFailures counts pod's FailedCreatePodSandBox events since since
-// (first seen then or later) whose message names the gate's plugin, an Event's
-// count included, with the newest such message; others are the messages of
-// its other events.
-func sandboxFailures(ctx context.Context, t *testing.T, c client.Client, pod *corev1.Pod, since time.Time) (n int, newest string, others []string) {
+// sandboxFailures counts pod's FailedCreatePodSandBox events whose message
+// holds msg, an Event's count included, with the newest such message and the
+// first time one was seen; others are the messages of its other events.
+func sandboxFailures(ctx context.Context, t *testing.T, c client.Client, pod *corev1.Pod, msg string) (n int, newest string, first time.Time, others []string) {
 	t.Helper()
 	var events corev1.EventList
 	must(t, c.List(ctx, &events, client.InNamespace(pod.Namespace)))
@@ -450,15 +556,134 @@ func sandboxFailures(ctx context.Context, t *testing.T, c client.Client, pod *co
 		if e.InvolvedObject.Name != pod.Name || e.InvolvedObject.UID != pod.UID {
 			continue
 		}
-		if e.Reason != "FailedCreatePodSandBox" || !strings.Contains(e.Message, gatePlugin) {
+		if e.Reason != "FailedCreatePodSandBox" || !strings.Contains(e.Message, msg) {
 			others = append(others, e.Reason+": "+e.Message)
-			continue
-		}
-		if e.FirstTimestamp.Time.Before(since) {
 			continue
 		}
 		n += max(int(e.Count), 1)
 		newest = e.Message
+		if first.IsZero() || e.FirstTimestamp.Time.Before(first) {
+			first = e.FirstTimestamp.Time
+		}
 	}
-	return n, newest, others
+	return n, newest, first, others
+}
+
+// gateAdd is one ADD of the gate's plugin, as /proc showed it.
+type gateAdd struct {
+	sandbox     string    // CNI_CONTAINERID
+	first, last time.Time // first and last seen running
+}
+
+// watchAdds looks in /proc every 100 ms, until ctx is done, for the gate's
+// plugin bin running an ADD for the pod namespace/name (CNI_COMMAND and the
+// CNI_ARGS containerd gives it, in its environment); the nodes' containerds
+// run on this machine, and their plugins in its PID namespace. It returns the
+// ADDs seen so far, in the order they were first seen, and a channel closed
+// when it has stopped looking.
+func watchAdds(ctx context.Context, bin, namespace, name string) (adds func() []gateAdd, done <-chan struct{}) {
+	if real, err := filepath.EvalSymlinks(bin); err == nil {
+		bin = real
+	}
+	var mu sync.Mutex
+	var seen []gateAdd
+	index := map[string]int{} // by sandbox
+	stopped := make(chan struct{})
+	look := func() {
+		procs, _ := os.ReadDir("/proc")
+		now := time.Now()
+		for _, p := range procs {
+			if _, err := strconv.Atoi(p.Name()); err != nil {
+				continue
+			}
+			exe, err := os.Readlink(filepath.Join("/proc", p.Name(), "exe"))
+			if err != nil || strings.TrimSuffix(exe, " (deleted)") != bin {
+				continue
+			}
+			environ, err := os.ReadFile(filepath.Join("/proc", p.Name(), "environ"))
+			if err != nil {
+				continue
+			}
+			env := map[string]string{}
+			for kv := range strings.SplitSeq(string(environ), "\x00") {
+				if k, v, ok := strings.Cut(kv, "="); ok {
+					env[k] = v
+				}
+			}
+			args := map[string]string{}
+			for kv := range strings.SplitSeq(env["CNI_ARGS"], ";") {
+				if k, v, ok := strings.Cut(kv, "="); ok {
+					args[k] = v
+				}
+			}
+			if env["CNI_COMMAND"] != "ADD" || args["K8S_POD_NAMESPACE"] != namespace || args["K8S_POD_NAME"] != name {
+				continue
+			}
+			sandbox := env["CNI_CONTAINERID"]
+			mu.Lock()
+			if i, ok := index[sandbox]; ok {
+				seen[i].last = now
+			} else {
+				index[sandbox] = len(seen)
+				seen = append(seen, gateAdd{sandbox: sandbox, first: now, last: now})
+			}
+			mu.Unlock()
+		}
+	}
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			look()
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() []gateAdd {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(seen)
+	}, stopped
+}
+
+// leakedAddresses returns how many addresses host-local keeps reserved on node
+// (under $STATE/<node>/ipam), and those that no pod on the node has: what a
+// failed sandbox would leave if its teardown did not release its address.
+func leakedAddresses(ctx context.Context, t *testing.T, c client.Client, state, node string) (reserved int, leaked []string) {
+	t.Helper()
+	var pods corev1.PodList
+	must(t, c.List(ctx, &pods))
+	owned := map[netip.Addr]bool{}
+	for _, p := range pods.Items {
+		if p.Spec.NodeName != node {
+			continue
+		}
+		for _, ip := range p.Status.PodIPs {
+			if a, err := netip.ParseAddr(ip.IP); err == nil {
+				owned[a] = true
+			}
+		}
+	}
+	err := filepath.WalkDir(filepath.Join(state, node, "ipam"), func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		a, perr := netip.ParseAddr(d.Name())
+		if perr != nil || d.IsDir() {
+			return nil
+		}
+		reserved++
+		if !owned[a] {
+			leaked = append(leaked, a.String())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("reading %s's reserved addresses: %v", node, err)
+	}
+	return reserved, leaked
 }
