@@ -55,14 +55,17 @@ import (
 // Then the table is back with the set of an earlier boot, as a ruleset saved
 // then and restored at boot would bring it: the pod must still not start,
 // through a sandbox failure that says the agent has not put the table in force
-// since the node started. With the agent back (it runs with hostNetwork: never
-// gated) its first sync writes the table with this boot's set, and the pod must
-// run within gateRunning of that, never before. Meanwhile the plugin's ADDs for
-// the pod are watched in /proc (the nodes' containerds run on this machine): an
-// ADD that ended before the table must have waited cnigate.DefaultWait, and the
-// log says whether one was waiting when the table came (the pod then starts
-// within a poll, ~1-2 s with the rest of the sandbox) or the pod waited for the
-// kubelet's next retry. No address is left reserved by the failed sandboxes.
+// since the node started; nor a second pod created then, whose sandbox retries
+// are out of step with the first's. Meanwhile the plugin's ADDs for the pods
+// are watched in /proc (the nodes' containerds run on this machine): an ADD
+// that ended before the table must have waited cnigate.DefaultWait. The agent
+// is given back (it runs with hostNetwork: never gated) when one pod's ADD is
+// waiting and the other's sandbox is between the kubelet's retries: its first
+// sync writes the table with this boot's set, and each pod must run within
+// gateRunning of that, never before; the log says, for each, whether an ADD was
+// waiting when the table came (the pod then starts within a poll, ~1-2 s with
+// the rest of its sandbox) or the pod waited for the kubelet's next retry. No
+// address is left reserved by the failed sandboxes.
 // The DaemonSet is restored at the end, and both agents are ready again, every
 // node's gate in place and its table in force.
 //
@@ -189,33 +192,25 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 	must(t, err)
 	t.Logf("%s: no agent, no table inet %s; %s", rebooted, gateTable, g)
 
-	// (c) A pod on node2 does not start: no table. Its ADDs are watched from
-	// before it exists.
+	// (c) A pod on node2 does not start: no table. The plugin's ADDs for the
+	// test's pods are watched from before they exist.
 	ns := createNamespace(ctx, t, c, fmt.Sprintf("cni-gate-%d", time.Now().Unix()%100000))
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "after-reboot"},
-		Spec: corev1.PodSpec{
-			NodeName:                      rebooted,
-			TerminationGracePeriodSeconds: ptr.To[int64](0),
-			Containers: []corev1.Container{{Name: "pause", Image: agnhost, ImagePullPolicy: corev1.PullNever,
-				Args: []string{"pause"}}},
-		},
-	}
 	watchCtx, stopWatch := context.WithCancel(ctx)
-	adds, watched := watchAdds(watchCtx, g.bin, pod.Namespace, pod.Name)
+	adds, watched := watchAdds(watchCtx, g.bin, ns)
 	t.Cleanup(func() { stopWatch(); <-watched })
+	pod := gatedPod(ns, "after-reboot", rebooted)
 	must(t, c.Create(ctx, pod))
-	created := time.Now()
+	created := map[string]time.Time{pod.Name: time.Now()}
 	var failures int
 	var first time.Time
 	var last string
-	holdPod(ctx, t, c, pod, func() bool {
+	holdPods(ctx, t, c, []*corev1.Pod{pod}, func() bool {
 		var others []string
 		failures, last, first, others = sandboxFailures(ctx, t, c, pod, noTable)
-		if failures > 0 && time.Since(created) >= gateHold {
+		if failures > 0 && time.Since(created[pod.Name]) >= gateHold {
 			return true
 		}
-		if time.Since(created) > gateFailure {
+		if time.Since(created[pod.Name]) > gateFailure {
 			t.Fatalf("%s: no FailedCreatePodSandBox event with %q in %v (phase %s); other events: %q",
 				pod.Name, noTable, gateFailure, pod.Status.Phase, others)
 		}
@@ -223,17 +218,19 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 	})
 	// The first failure came once an ADD had waited its whole gateWait (the
 	// event's time has a resolution of one second).
-	if d := first.Sub(created); d < gateWait-2*time.Second {
+	if d := first.Sub(created[pod.Name]); d < gateWait-2*time.Second {
 		t.Errorf("%s: the first sandbox failure came %v after the pod was created, before the plugin's wait of %v", pod.Name, d, gateWait)
 	}
-	t.Logf("cni_gate_first_failure_s: %.0f (pod created %s, first failure %s)", first.Sub(created).Seconds(),
-		created.Format("15:04:05.0"), first.Format("15:04:05"))
+	t.Logf("cni_gate_first_failure_s: %.0f (%s created %s, first failure %s)", first.Sub(created[pod.Name]).Seconds(),
+		pod.Name, created[pod.Name].Format("15:04:05.0"), first.Format("15:04:05"))
 	t.Logf("%s: %s %v after it was created without a table, %d failed sandboxes; the last: %s",
-		pod.Name, pod.Status.Phase, time.Since(created).Round(100*time.Millisecond), failures, last)
+		pod.Name, pod.Status.Phase, time.Since(created[pod.Name]).Round(100*time.Millisecond), failures, last)
 
 	// (c2) Nor with a table the agent did not put in force in this boot: the
 	// table back with an earlier boot's set, as a ruleset saved then and
-	// restored at boot would bring it.
+	// restored at boot would bring it. A second pod, created now, is held by
+	// this table from its first sandbox on; its retries are out of step with
+	// the first pod's, for (d).
 	if out, err := inNode(ctx, netns, rebooted, "nft", "add", "table", "inet", gateTable); err != nil {
 		t.Fatalf("adding %s's table: %v: %s", rebooted, err, out)
 	}
@@ -241,28 +238,65 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 		t.Fatalf("adding set %s to %s's table: %v: %s", nft.SyncedBootSet(staleBoot), rebooted, err, out)
 	}
 	restored := time.Now()
-	holdPod(ctx, t, c, pod, func() bool {
-		n, newest, _, others := sandboxFailures(ctx, t, c, pod, staleTable)
-		if n > 0 {
-			last = newest
-			return true
+	late := gatedPod(ns, "after-reboot-late", rebooted)
+	must(t, c.Create(ctx, late))
+	created[late.Name] = time.Now()
+	held := []*corev1.Pod{pod, late}
+	lasts := map[string]string{}
+	holdPods(ctx, t, c, held, func() bool {
+		for _, p := range held {
+			n, newest, first, others := sandboxFailures(ctx, t, c, p, staleTable)
+			if n == 0 {
+				if time.Since(restored) > gateFailure {
+					t.Fatalf("%s: no FailedCreatePodSandBox event with %q in the %v since the table was restored; other events: %q",
+						p.Name, staleTable, gateFailure, others)
+				}
+				return false
+			}
+			if lasts[p.Name] == "" && p == late {
+				if d := first.Sub(created[p.Name]); d < gateWait-2*time.Second {
+					t.Errorf("%s: the first sandbox failure came %v after the pod was created, before the plugin's wait of %v", p.Name, d, gateWait)
+				}
+			}
+			lasts[p.Name] = newest
 		}
-		if time.Since(restored) > gateFailure {
-			t.Fatalf("%s: no FailedCreatePodSandBox event with %q in the %v since the table was restored; other events: %q",
-				pod.Name, staleTable, gateFailure, others)
-		}
-		return false
+		return true
 	})
-	t.Logf("%s: still %s %v after the table was restored with %s's set; the failure: %s",
-		pod.Name, pod.Status.Phase, time.Since(restored).Round(100*time.Millisecond), staleBoot, last)
+	for _, p := range held {
+		t.Logf("%s: still %s %v after the table was restored with %s's set; the failure: %s",
+			p.Name, p.Status.Phase, time.Since(restored).Round(100*time.Millisecond), staleBoot, lasts[p.Name])
+	}
 
 	// (d) The agent back on node2: its table in force (this boot's set in
-	// it), then the pod, never before.
+	// it), then the pods, never before. It is given back when one pod's ADD
+	// has been waiting less than 10 s (it will see the table) and the other
+	// pod has none (between the kubelet's retries), so that the table comes
+	// to both; at most gateFailure later, when the pods' retries stay in step.
+	waiting := func() (names []string) {
+		for _, p := range held {
+			if a := adds(p.Name); len(a) > 0 {
+				if last := a[len(a)-1]; time.Since(last.last) < 300*time.Millisecond && time.Since(last.first) < 10*time.Second {
+					names = append(names, p.Name)
+				}
+			}
+		}
+		return names
+	}
+	settled := time.Now()
+	var waitingAt []string
+	holdPods(ctx, t, c, held, func() bool {
+		waitingAt = waiting()
+		return len(waitingAt) == 1 || time.Since(settled) > gateFailure
+	})
+	if len(waitingAt) != 1 {
+		t.Logf("the agent given back with ADDs waiting for %v: no moment with one in %v", waitingAt, gateFailure)
+	}
 	released := time.Now()
 	must(t, changeAgents(ctx, c, func(spec *corev1.PodSpec) { spec.Affinity = nil }))
-	var tableAt, runningAt time.Time
+	var tableAt time.Time
+	runningAt := map[string]time.Time{}
 	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, gateAgent+gateRunning, true, func(ctx context.Context) (bool, error) {
-		// The table looked at before the pod: a pod Running in a round whose
+		// The table looked at before the pods: a pod Running in a round whose
 		// table was not in force is looked at once more below.
 		if tableAt.IsZero() {
 			if inForce(ctx, netns, rebooted, mark) {
@@ -271,38 +305,45 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 				return false, fmt.Errorf("table inet %s does not hold set %s %v after the agent was given back", gateTable, mark, gateAgent)
 			}
 		}
-		if err := c.Get(ctx, client.ObjectKeyFromObject(pod), pod); err != nil {
-			return false, err
-		}
-		if pod.Status.Phase != corev1.PodRunning {
-			if !tableAt.IsZero() && time.Since(tableAt) > gateRunning {
-				return false, fmt.Errorf("%s is not Running %v after its table was in force", pod.Name, gateRunning)
+		for _, p := range held {
+			if !runningAt[p.Name].IsZero() {
+				continue
 			}
-			return false, nil
-		}
-		runningAt = time.Now()
-		if tableAt.IsZero() {
-			if !inForce(ctx, netns, rebooted, mark) {
-				return false, fmt.Errorf("%s is Running, and table inet %s does not hold set %s", pod.Name, gateTable, mark)
+			if err := c.Get(ctx, client.ObjectKeyFromObject(p), p); err != nil {
+				return false, err
 			}
-			tableAt = runningAt
+			if p.Status.Phase != corev1.PodRunning {
+				if !tableAt.IsZero() && time.Since(tableAt) > gateRunning {
+					return false, fmt.Errorf("%s is not Running %v after its table was in force", p.Name, gateRunning)
+				}
+				continue
+			}
+			runningAt[p.Name] = time.Now()
+			if tableAt.IsZero() {
+				if !inForce(ctx, netns, rebooted, mark) {
+					return false, fmt.Errorf("%s is Running, and table inet %s does not hold set %s", p.Name, gateTable, mark)
+				}
+				tableAt = runningAt[p.Name]
+			}
 		}
-		return true, nil
+		return len(runningAt) == len(held), nil
 	})
 	if err != nil {
-		t.Fatalf("%s on %s: agent given back at %s, table in force at %s, Running at %s (phase %s): %v", pod.Name, rebooted,
-			released.Format("15:04:05.0"), tableAt.Format("15:04:05.0"), runningAt.Format("15:04:05.0"), pod.Status.Phase, err)
+		t.Fatalf("on %s: agent given back at %s, table in force at %s, Running at %v: %v", rebooted,
+			released.Format("15:04:05.0"), tableAt.Format("15:04:05.0"), runningAt, err)
 	}
 	if !agentTable(ctx, netns, rebooted) {
 		t.Errorf("%s: table inet %s holds set %s and no chain", rebooted, gateTable, mark)
 	}
-	// The sandbox's network came up once the table was in force (the
+	// The sandboxes' networks came up once the table was in force (the
 	// condition's time has a resolution of one second).
-	for _, cond := range pod.Status.Conditions {
-		if cond.Type == corev1.PodReadyToStartContainers && cond.Status == corev1.ConditionTrue {
-			t.Logf("%s: sandbox ready at %s", pod.Name, cond.LastTransitionTime.Format("15:04:05"))
-			if cond.LastTransitionTime.Time.Before(tableAt.Truncate(time.Second)) {
-				t.Errorf("%s's sandbox was ready at %s, before its table was in force (%s)", pod.Name, cond.LastTransitionTime.Format("15:04:05"), tableAt.Format("15:04:05.0"))
+	for _, p := range held {
+		for _, cond := range p.Status.Conditions {
+			if cond.Type == corev1.PodReadyToStartContainers && cond.Status == corev1.ConditionTrue {
+				t.Logf("%s: sandbox ready at %s", p.Name, cond.LastTransitionTime.Format("15:04:05"))
+				if cond.LastTransitionTime.Time.Before(tableAt.Truncate(time.Second)) {
+					t.Errorf("%s's sandbox was ready at %s, before its table was in force (%s)", p.Name, cond.LastTransitionTime.Format("15:04:05"), tableAt.Format("15:04:05.0"))
+				}
 			}
 		}
 	}
@@ -311,8 +352,9 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 		t.Errorf("%s: addresses reserved by host-local and no pod's: %v", rebooted, leaked)
 	}
 	t.Logf("%s: host-local holds %d addresses, %d of no pod", rebooted, reserved, len(leaked))
+	must(t, waitAgents(ctx, c))
 
-	// The plugin's ADDs for the pod, seen every 100 ms. One begun before the
+	// The plugin's ADDs for each pod, seen every 100 ms. One begun before the
 	// table came and seen at it or after it, or last seen within 500 ms
 	// before it (the plugin polls every 100 ms, this test too) having waited
 	// less than gateWait, was waiting when the table came, and passed; any
@@ -320,44 +362,44 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 	// gateWait.
 	stopWatch()
 	<-watched
-	seen := adds()
-	var pending *gateAdd
-	var timeline []string
-	for i, a := range seen {
-		took := a.last.Sub(a.first)
-		switch {
-		case !a.first.Before(tableAt): // a retry after the table
-		case !a.last.Before(tableAt), !a.last.Before(tableAt.Add(-500*time.Millisecond)) && took < gateWait-500*time.Millisecond:
-			pending = &seen[i]
-		case took < gateWait-time.Second:
-			t.Errorf("an ADD of %s (sandbox %.12s) ended %v after it began, before the table: the plugin did not wait %v",
-				pod.Name, a.sandbox, took.Round(100*time.Millisecond), gateWait)
-		}
-		gap := ""
-		if i > 0 {
-			gap = fmt.Sprintf(" (%.1f s after the last)", a.first.Sub(seen[i-1].last).Seconds())
-		}
-		timeline = append(timeline, fmt.Sprintf("%+.1f s..%+.1f s%s", a.first.Sub(tableAt).Seconds(), a.last.Sub(tableAt).Seconds(), gap))
-	}
-	if len(seen) == 0 {
-		t.Errorf("no ADD of the plugin for %s seen in /proc (%s)", pod.Name, g.bin)
-	}
-	must(t, waitAgents(ctx, c))
-	failures, _, _, _ = sandboxFailures(ctx, t, c, pod, "nftpolicy: ")
-	stale, _, _, _ := sandboxFailures(ctx, t, c, pod, staleTable)
-	t.Logf("cni_gate_pod_waited_s: %.1f (created %s, Running %s)", runningAt.Sub(created).Seconds(),
-		created.Format("15:04:05.0"), runningAt.Format("15:04:05.0"))
 	t.Logf("cni_gate_agent_to_table_s: %.1f (agent given back %s, table in force %s)", tableAt.Sub(released).Seconds(),
 		released.Format("15:04:05.0"), tableAt.Format("15:04:05.0"))
-	t.Logf("cni_gate_table_to_running_s: %.1f", runningAt.Sub(tableAt).Seconds())
-	if pending != nil {
-		t.Logf("cni_gate_add_pending: yes (an ADD waiting %.1f s when the table came, gone %+.1f s after it)",
-			tableAt.Sub(pending.first).Seconds(), pending.last.Sub(tableAt).Seconds())
-	} else {
-		t.Logf("cni_gate_add_pending: no (the pod waited for the kubelet's next retry)")
+	for _, p := range held {
+		seen := adds(p.Name)
+		var pending *gateAdd
+		var timeline []string
+		for i, a := range seen {
+			took := a.last.Sub(a.first)
+			switch {
+			case !a.first.Before(tableAt): // a retry after the table
+			case !a.last.Before(tableAt), !a.last.Before(tableAt.Add(-500*time.Millisecond)) && took < gateWait-500*time.Millisecond:
+				pending = &seen[i]
+			case took < gateWait-time.Second:
+				t.Errorf("an ADD of %s (sandbox %.12s) ended %v after it began, before the table: the plugin did not wait %v",
+					p.Name, a.sandbox, took.Round(100*time.Millisecond), gateWait)
+			}
+			gap := ""
+			if i > 0 {
+				gap = fmt.Sprintf(" (%.1f s after the last)", a.first.Sub(seen[i-1].last).Seconds())
+			}
+			timeline = append(timeline, fmt.Sprintf("%+.1f..%+.1f s%s", a.first.Sub(tableAt).Seconds(), a.last.Sub(tableAt).Seconds(), gap))
+		}
+		if len(seen) == 0 {
+			t.Errorf("no ADD of the plugin for %s seen in /proc (%s)", p.Name, g.bin)
+		}
+		at := "ADD pending: no, the kubelet's next retry"
+		if pending != nil {
+			at = fmt.Sprintf("ADD pending: yes, waiting %.1f s when the table came, last seen %v after it",
+				tableAt.Sub(pending.first).Seconds(), pending.last.Sub(tableAt).Round(10*time.Millisecond))
+		}
+		failures, _, _, _ := sandboxFailures(ctx, t, c, p, "nftpolicy: ")
+		stale, _, _, _ := sandboxFailures(ctx, t, c, p, staleTable)
+		t.Logf("cni_gate_table_to_running_s: %.1f (%s; %s)", runningAt[p.Name].Sub(tableAt).Seconds(), p.Name, at)
+		t.Logf("cni_gate_pod_waited_s: %.1f (%s created %s, Running %s)", runningAt[p.Name].Sub(created[p.Name]).Seconds(),
+			p.Name, created[p.Name].Format("15:04:05.0"), runningAt[p.Name].Format("15:04:05.0"))
+		t.Logf("cni_gate_adds: %d (%s; seen from..to, relative to the table: %s)", len(seen), p.Name, strings.Join(timeline, ", "))
+		t.Logf("cni_gate_sandbox_failures: %d (%s; %d without a table, %d with an earlier boot's)", failures, p.Name, failures-stale, stale)
 	}
-	t.Logf("cni_gate_adds: %d, seen from..to relative to the table: %s", len(seen), strings.Join(timeline, ", "))
-	t.Logf("cni_gate_sandbox_failures: %d (%d without a table, %d with an earlier boot's)", failures, failures-stale, stale)
 
 	// (e) Every node as the test found it: the agents ready (waitAgents), each
 	// node's gate in place, its table in force. The earlier boot's set went
@@ -375,13 +417,29 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 	}
 }
 
-// holdPod fails t if pod is Running at any look (every 500 ms) until done.
-func holdPod(ctx context.Context, t *testing.T, c client.Client, pod *corev1.Pod, done func() bool) {
+// gatedPod is a pod on node that starts only if its network comes up.
+func gatedPod(ns, name, node string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: corev1.PodSpec{
+			NodeName:                      node,
+			TerminationGracePeriodSeconds: ptr.To[int64](0),
+			Containers: []corev1.Container{{Name: "pause", Image: agnhost, ImagePullPolicy: corev1.PullNever,
+				Args: []string{"pause"}}},
+		},
+	}
+}
+
+// holdPods fails t if one of pods is Running at any look (every 500 ms)
+// until done.
+func holdPods(ctx context.Context, t *testing.T, c client.Client, pods []*corev1.Pod, done func() bool) {
 	t.Helper()
 	for !done() {
-		must(t, c.Get(ctx, client.ObjectKeyFromObject(pod), pod))
-		if pod.Status.Phase == corev1.PodRunning {
-			t.Fatalf("%s on %s is Running: the gate let it through", pod.Name, pod.Spec.NodeName)
+		for _, pod := range pods {
+			must(t, c.Get(ctx, client.ObjectKeyFromObject(pod), pod))
+			if pod.Status.Phase == corev1.PodRunning {
+				t.Fatalf("%s on %s is Running: the gate let it through", pod.Name, pod.Spec.NodeName)
+			}
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
@@ -576,18 +634,18 @@ type gateAdd struct {
 }
 
 // watchAdds looks in /proc every 100 ms, until ctx is done, for the gate's
-// plugin bin running an ADD for the pod namespace/name (CNI_COMMAND and the
+// plugin bin running an ADD for a pod of namespace (CNI_COMMAND and the
 // CNI_ARGS containerd gives it, in its environment); the nodes' containerds
 // run on this machine, and their plugins in its PID namespace. It returns the
-// ADDs seen so far, in the order they were first seen, and a channel closed
-// when it has stopped looking.
-func watchAdds(ctx context.Context, bin, namespace, name string) (adds func() []gateAdd, done <-chan struct{}) {
+// ADDs seen so far for a pod, by its name, in the order they were first seen,
+// and a channel closed when it has stopped looking.
+func watchAdds(ctx context.Context, bin, namespace string) (adds func(pod string) []gateAdd, done <-chan struct{}) {
 	if real, err := filepath.EvalSymlinks(bin); err == nil {
 		bin = real
 	}
 	var mu sync.Mutex
-	var seen []gateAdd
-	index := map[string]int{} // by sandbox
+	seen := map[string][]gateAdd{} // by pod
+	index := map[string]int{}      // by sandbox, in its pod's
 	stopped := make(chan struct{})
 	look := func() {
 		procs, _ := os.ReadDir("/proc")
@@ -616,16 +674,16 @@ func watchAdds(ctx context.Context, bin, namespace, name string) (adds func() []
 					args[k] = v
 				}
 			}
-			if env["CNI_COMMAND"] != "ADD" || args["K8S_POD_NAMESPACE"] != namespace || args["K8S_POD_NAME"] != name {
+			pod, sandbox := args["K8S_POD_NAME"], env["CNI_CONTAINERID"]
+			if env["CNI_COMMAND"] != "ADD" || args["K8S_POD_NAMESPACE"] != namespace || pod == "" {
 				continue
 			}
-			sandbox := env["CNI_CONTAINERID"]
 			mu.Lock()
 			if i, ok := index[sandbox]; ok {
-				seen[i].last = now
+				seen[pod][i].last = now
 			} else {
-				index[sandbox] = len(seen)
-				seen = append(seen, gateAdd{sandbox: sandbox, first: now, last: now})
+				index[sandbox] = len(seen[pod])
+				seen[pod] = append(seen[pod], gateAdd{sandbox: sandbox, first: now, last: now})
 			}
 			mu.Unlock()
 		}
@@ -643,10 +701,10 @@ func watchAdds(ctx context.Context, bin, namespace, name string) (adds func() []
 			}
 		}
 	}()
-	return func() []gateAdd {
+	return func(pod string) []gateAdd {
 		mu.Lock()
 		defer mu.Unlock()
-		return slices.Clone(seen)
+		return slices.Clone(seen[pod])
 	}, stopped
 }
 
