@@ -114,9 +114,8 @@ type Options struct {
 	// configuration and plugin directories: the agent keeps its binary
 	// (CNIGateBinary, its own) and the gate's entry there (cnigate.go).
 	CNIGateConfDir, CNIGateBinDir, CNIGateBinary string
-	// SyncedBoot is the node's boot id that the table carries for the gate
-	// (compile.Options.SyncedBoot); with CNIGateConfDir, read from the kernel
-	// when "".
+	// SyncedBoot is the node's boot id that the table carries for the CNI
+	// gate (compile.Options.SyncedBoot); read from the kernel when "".
 	SyncedBoot string
 	// CNPDiscoveryInterval is how often the agent asks discovery whether
 	// ClusterNetworkPolicy is served when it may not watch the CRD (an old
@@ -297,11 +296,20 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	}
 	nodes := newAllNodes(ctx, link, toolscache.NewListWatchFromClient(core.RESTClient(), "nodes", "", fields.Everything()),
 		log.WithName("nodes"))
-	if opts.CNIGateConfDir != "" && opts.SyncedBoot == "" {
-		// The gate opens when the table names this boot: the agent reads the
-		// id the plugin will (not namespaced; a container reads the node's).
-		if opts.SyncedBoot, err = cnigate.BootID(); err != nil {
+	if opts.SyncedBoot == "" {
+		// The CNI gate opens when the table names this boot: the agent reads
+		// the id the plugin will (not namespaced; a container reads the
+		// node's). Marked with the gate off too: an entry left on the node
+		// (the component taken out of the overlay, without config/cleanup)
+		// then holds no pod while an agent runs.
+		id, err := cnigate.BootID()
+		switch {
+		case err == nil:
+			opts.SyncedBoot = id
+		case opts.CNIGateConfDir != "":
 			return fmt.Errorf("CNI gate: reading the node's boot id: %w", err)
+		default:
+			log.Error(err, "cannot read the node's boot id: the table carries no synced-boot set, so a CNI gate left on this node holds its new pods")
 		}
 	}
 	if err := setupNodeSync(ctx, mgr, cfg, link, podInformer, nodes, opts, ready, at, log); err != nil {

@@ -485,8 +485,8 @@
 //
 // # The CNI gate's mark: --cni-gate-conf-dir
 //
-// With the CNI gate on (controllers/cnigate), every table the agent writes holds
-// one empty set more:
+// Every table the agent writes holds one empty set for the CNI gate
+// (controllers/cnigate), with the gate on or off:
 //
 //	set synced-boot-8d2f6c1e-3b4a-4f0e-9c1d-2a7b5e6f8091 { type inet_proto; comment "in force since ..." }
 //
@@ -497,6 +497,9 @@
 // earlier one carries that boot's name, so it does not count. No rule refers to
 // the set: it costs no packet anything. Its name is the one that changes at a
 // reboot, the first sync after which replaces it in the same batch as the rest.
+// Marked with the gate off too, so that an entry left in a node's CNI
+// configuration (the gate's component taken out of the overlay without
+// config/cleanup) holds no pod while an agent runs.
 //
 // # Names
 //

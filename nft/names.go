@@ -34,7 +34,7 @@ const (
 
 	// SetSyncedBootPrefix starts the name of the empty set that says the table
 	// is in force in this boot of the node: synced-boot-<boot id>, in every
-	// table an agent with the CNI gate writes (SyncedBootSet). The one name
+	// table the agent writes (SyncedBootSet). The one name
 	// that is not stable across a reboot: that is what it is for.
 	SetSyncedBootPrefix = "synced-boot-"
 

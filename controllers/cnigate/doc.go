@@ -15,8 +15,9 @@
 //
 // In force means: the table holds an empty set named synced-boot-<boot id>
 // (nft.SyncedBootSet), the kernel's boot_id of the node's current boot. Every
-// table an agent with the gate writes has it (it writes only from complete
-// caches), so it is there from the agent's first full sync in this boot on; a
+// table the agent writes has it, with the gate on or off (it writes only from
+// complete caches), so it is there from the agent's first full sync in this
+// boot on; a
 // table restored at boot from a ruleset saved in an earlier one (`nft list
 // ruleset` loaded by the node's firewall service, with the last boot's pod
 // addresses in its sets) has an earlier boot's, and holds pods as no table does.

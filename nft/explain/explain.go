@@ -292,7 +292,7 @@ func CompileOptionsOf(kernel *nft.Ruleset) (compile.Options, uint32) {
 			}
 		}
 	}
-	// An agent with the CNI gate marks its table with the node's boot.
+	// The agent marks its table with the node's boot (the CNI gate's).
 	for _, st := range kernel.Sets {
 		if id, ok := strings.CutPrefix(st.Name, nft.SetSyncedBootPrefix); ok && len(st.Elements) == 0 {
 			o.SyncedBoot = id
