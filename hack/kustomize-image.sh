@@ -26,7 +26,7 @@ fi
 
 # Split IMG the way the container runtimes read it: a digest after '@', else a
 # tag after the last ':' unless that ':' belongs to a registry host:port.
-name=$img tag= digest=
+name=$img tag='' digest=
 if [[ $img == *@* ]]; then
   name=${img%%@*} digest=${img#*@}
 elif [[ ${img##*:} != "$img" && ${img##*:} != */* ]]; then

@@ -111,7 +111,7 @@ fam_list() {
   local out=() f n
   for f in "${FAMILIES[@]}"; do
     n="$1$f"
-    if [ $# -gt 1 ]; then n="$n[$2]"; fi
+    if [ $# -gt 1 ]; then n="${n}[$2]"; fi
     out+=("${!n}")
   done
   (IFS=,; echo "${out[*]}")
@@ -120,7 +120,7 @@ declare -A NODE_IP=([node1]="$(fam_list NODE_IP node1)" [node2]="$(fam_list NODE
 PRIMARY=${FAMILIES[0]}
 # hostport HOST PORT: HOST:PORT, an IPv6 HOST in brackets.
 hostport() { if [[ $1 == *:* ]]; then echo "[$1]:$2"; else echo "$1:$2"; fi; }
-primary_ip() { local n="NODE_IP$PRIMARY[$1]"; echo "${!n}"; }
+primary_ip() { local n="NODE_IP${PRIMARY}[$1]"; echo "${!n}"; }
 APISERVER=$(primary_ip node1)
 SERVICE_CIDR=$(fam_list SERVICE_CIDR)
 CLUSTER_CIDR=$(fam_list CLUSTER_CIDR)
@@ -415,10 +415,10 @@ containerd_up() {
   for p in /usr/lib/cni/*; do ln -sfn "$p" "$d/cni-bin/"; done
   # One range and one default route per family; the pod's first address is
   # of the primary family, and so is status.podIP.
-  local f ranges=() routes=() v4 v6
+  local f ranges=() routes=() cidr
   for f in "${FAMILIES[@]}"; do
-    v4="POD_CIDR$f[$node]"
-    ranges+=("[{\"subnet\": \"${!v4}\"}]")
+    cidr="POD_CIDR${f}[$node]"
+    ranges+=("[{\"subnet\": \"${!cidr}\"}]")
     if [ "$f" = 4 ]; then routes+=('{"dst": "0.0.0.0/0"}'); else routes+=('{"dst": "::/0"}'); fi
   done
   local plugin
