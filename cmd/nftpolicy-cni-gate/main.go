@@ -33,5 +33,6 @@ func main() {
 		TableExists: func(table string) (bool, error) { return netlink.TableExists("", table) },
 		BootID:      cnigate.BootID,
 		Wait:        wait,
+		Log:         os.Stderr, // the runtime's log
 	}))
 }

@@ -74,16 +74,19 @@ func TestCNIGate(t *testing.T) {
 		return b
 	}
 	stdin := runtimeConfig()
-	// plugin runs the gate's cmd, waiting up to wait for the table.
+	// plugin runs the gate's cmd, waiting up to wait for the table; stderr
+	// is what it wrote there (the runtime's log).
+	var stderr string
 	plugin := func(cmd string, wait time.Duration) (int, map[string]any) {
 		t.Helper()
 		c := exec.Command("nsenter", "--net="+ns.Path(), filepath.Join(binDir, cnigate.PluginType))
 		c.Env = []string{"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=c1", "CNI_NETNS=/var/run/netns/cni-1", "CNI_IFNAME=eth0", "CNI_PATH=" + binDir,
-			"NFTPOLICY_CNI_GATE_WAIT=" + wait.String()}
+			"CNI_ARGS=K8S_POD_NAMESPACE=x;K8S_POD_NAME=a", "NFTPOLICY_CNI_GATE_WAIT=" + wait.String()}
 		c.Stdin = bytes.NewReader(stdin)
-		var out bytes.Buffer
-		c.Stdout, c.Stderr = &out, os.Stderr
+		var out, errOut bytes.Buffer
+		c.Stdout, c.Stderr = &out, &errOut
 		code := exitCode(t, c.Run())
+		stderr = errOut.String()
 		var res map[string]any
 		if out.Len() > 0 {
 			if err := json.Unmarshal(out.Bytes(), &res); err != nil {
@@ -105,6 +108,9 @@ func TestCNIGate(t *testing.T) {
 	}
 	if waited := time.Since(start); waited < 300*time.Millisecond || waited > 5*time.Second {
 		t.Errorf("ADD before the table returned after %v, want its wait (300ms)", waited)
+	}
+	if !strings.HasPrefix(stderr, "nftpolicy-cni-gate: pod x/a (sandbox c1) waited 3") || !strings.Contains(stderr, ": try again later: table inet nftpolicy is not in force") {
+		t.Errorf("ADD before the table: stderr %q", stderr)
 	}
 	if code, _ := plugin("DEL", time.Minute); code != 0 {
 		t.Errorf("DEL before the table: exit %d", code)
@@ -148,14 +154,17 @@ func TestCNIGate(t *testing.T) {
 	if r.code != 0 || r.res["cniVersion"] != "1.0.0" || r.res["ips"] == nil {
 		t.Fatalf("ADD with the table: exit %d, %v", r.code, r.res)
 	}
+	if !strings.HasPrefix(stderr, "nftpolicy-cni-gate: pod x/a (sandbox c1) waited ") || !strings.HasSuffix(stderr, ": passed\n") {
+		t.Errorf("the waiting ADD: stderr %q", stderr)
+	}
 	t.Logf("the waiting ADD returned %v after the table was in force", r.at.Sub(inForce).Round(time.Millisecond))
 	if after := r.at.Sub(inForce); after > 2*time.Second {
 		t.Errorf("the waiting ADD returned %v after the table was in force, want within a poll (100ms)", after)
 	}
 	// At once when it is there. (The gate asks where it runs: the earlier
 	// boot's table held pods above whatever the host's namespace holds.)
-	if code, _ := plugin("ADD", 0); code != 0 {
-		t.Fatalf("ADD with the table in force: exit %d", code)
+	if code, _ := plugin("ADD", 0); code != 0 || stderr != "" {
+		t.Fatalf("ADD with the table in force: exit %d, stderr %q", code, stderr)
 	}
 	if ok, err := netlink.SetExists(ns.Path(), "nftpolicy", nft.SyncedBootSet(boot)); !ok || err != nil {
 		t.Errorf("SetExists in the namespace: %v, %v", ok, err)

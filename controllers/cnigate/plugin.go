@@ -44,6 +44,12 @@ type Node struct {
 	// fails with "try again later" (none when 0); it looks every Poll
 	// (DefaultPoll when 0) meanwhile.
 	Wait, Poll time.Duration
+	// Log, when set, gets one line for each ADD that did not pass at once:
+	// which pod waited, how long, and how it ended. The plugin's standard
+	// error: a runtime on libcni (containerd, CRI-O) writes that of an ADD
+	// that passed to its own (the node's journal); of one that failed, it
+	// keeps the error result only, which the pod's Events show.
+	Log io.Writer
 }
 
 // How long the plugin's ADD waits, and how often it looks. The kubelet gives a
@@ -133,10 +139,21 @@ func Run(getenv func(string) string, stdin io.Reader, stdout io.Writer, node Nod
 	if table == "" {
 		table = nft.DefaultTable // the entry names none
 	}
-	wait := func(msg string, args ...any) int {
+	waitResult := func(msg string, args ...any) int {
 		return fail(stdout, conf.CNIVersion, codeTryAgainLater, fmt.Sprintf(msg, args...),
 			"the nftpolicy agent opens the gate at its first sync after the node starts (its table then holds set "+nft.SyncedBootSet("<boot id>")+"); if nftpolicy was removed from the cluster, "+
 				"run its cleanup (config/cleanup) on this node, or delete the \"type\": \"nftpolicy\" entry from the plugins of "+quoted(conf.Name)+" in the CNI configuration directory")
+	}
+	start := time.Now()
+	logged := func(code int, how string) int {
+		if node.Log != nil {
+			fmt.Fprintf(node.Log, "nftpolicy-cni-gate: pod %s (sandbox %.12s) waited %v for table inet %s to be in force in this boot: %s\n",
+				podOf(getenv("CNI_ARGS")), getenv("CNI_CONTAINERID"), time.Since(start).Round(time.Millisecond), table, how)
+		}
+		return code
+	}
+	wait := func(msg string, args ...any) int {
+		return logged(waitResult(msg, args...), "try again later: "+strings.TrimPrefix(fmt.Sprintf(msg, args...), "nftpolicy: "))
 	}
 	boot, err := node.BootID()
 	if err != nil {
@@ -148,11 +165,13 @@ func Run(getenv func(string) string, stdin io.Reader, stdout io.Writer, node Nod
 		poll = DefaultPoll
 	}
 	deadline := time.Now().Add(node.Wait)
-	for {
+	for slept := false; ; slept = true {
 		ok, err := node.SetExists(table, marker)
 		switch {
+		case ok && !slept:
+			return passThrough(stdout, conf.CNIVersion, conf.PrevResult) // the common case: not logged
 		case ok:
-			return passThrough(stdout, conf.CNIVersion, conf.PrevResult)
+			return logged(passThrough(stdout, conf.CNIVersion, conf.PrevResult), "passed")
 		case err != nil && !time.Now().Before(deadline):
 			return wait("nftpolicy: cannot tell whether table inet %s is in force on this node: %v", table, err)
 		case !time.Now().Before(deadline):
@@ -163,6 +182,25 @@ func Run(getenv func(string) string, stdin io.Reader, stdout io.Writer, node Nod
 		}
 		time.Sleep(min(poll, time.Until(deadline)))
 	}
+}
+
+// podOf names the pod in CNI_ARGS (as the kubelet's runtime passes it:
+// K8S_POD_NAMESPACE=ns;K8S_POD_NAME=name;...), or "?".
+func podOf(args string) string {
+	var ns, name string
+	for kv := range strings.SplitSeq(args, ";") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "K8S_POD_NAMESPACE":
+			ns = v
+		case "K8S_POD_NAME":
+			name = v
+		}
+	}
+	if name == "" {
+		return "?"
+	}
+	return ns + "/" + name
 }
 
 // passThrough prints the previous plugin's result as the gate's own, in the

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -17,7 +18,8 @@ const prevResult = `{"cniVersion":"1.0.0","interfaces":[{"name":"veth1","mac":"a
 
 func runPlugin(t *testing.T, cmd, stdin string, node Node) (int, map[string]any, string) {
 	t.Helper()
-	env := map[string]string{"CNI_COMMAND": cmd, "CNI_CONTAINERID": "abc", "CNI_NETNS": "/var/run/netns/x", "CNI_IFNAME": "eth0"}
+	env := map[string]string{"CNI_COMMAND": cmd, "CNI_CONTAINERID": "abc", "CNI_NETNS": "/var/run/netns/x", "CNI_IFNAME": "eth0",
+		"CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc"}
 	var out bytes.Buffer
 	code := Run(func(k string) string { return env[k] }, strings.NewReader(stdin), &out, node)
 	var res map[string]any
@@ -75,6 +77,8 @@ func (k *kernel) set(table string, sets ...string) {
 func TestPluginAdd(t *testing.T) {
 	k := &kernel{tables: map[string][]string{"nftpolicy": {"egress-v4", "synced-boot-boot-2"}}}
 	node := k.node("boot-2")
+	var log bytes.Buffer
+	node.Log = &log
 
 	// The table holds this boot's set: the previous result passes, in the
 	// configuration's version, after one question.
@@ -88,6 +92,9 @@ func TestPluginAdd(t *testing.T) {
 	if strings.Join(k.asked, ",") != "nftpolicy/synced-boot-boot-2" {
 		t.Errorf("asked for %v, want this boot's set of the default table", k.asked)
 	}
+	if log.Len() > 0 {
+		t.Errorf("a pod that passed at once logged %q", log.String())
+	}
 
 	// A table of the last boot (restored from a saved ruleset), or of an
 	// agent without the gate: try again later, saying so.
@@ -97,6 +104,11 @@ func TestPluginAdd(t *testing.T) {
 		if code == 0 || res["code"] != float64(codeTryAgainLater) || !strings.Contains(out, "since this node started") || !strings.Contains(out, "config/cleanup") {
 			t.Errorf("ADD with sets %q: exit %d, %s", sets, code, out)
 		}
+	}
+	// Each of those is one line of the runtime's log, naming the pod.
+	want := "nftpolicy-cni-gate: pod team-a/web-0 (sandbox abc) waited 0s for table inet nftpolicy to be in force in this boot: try again later: the agent has not put"
+	if lines := strings.Split(strings.TrimSpace(log.String()), "\n"); len(lines) != 2 || !strings.HasPrefix(lines[0], want) {
+		t.Errorf("log %q, want two lines starting %q", log.String(), want)
 	}
 	// Another table named, and missing: try again later.
 	code, res, out = runPlugin(t, "ADD", conf("1.0.0", "other", prevResult), node)
@@ -139,6 +151,8 @@ func TestPluginAddWaits(t *testing.T) {
 	k := &kernel{tables: map[string][]string{}}
 	node := k.node("boot-2")
 	node.Wait, node.Poll = 5*time.Second, 10*time.Millisecond
+	var log bytes.Buffer
+	node.Log = &log
 	var calls atomic.Int32
 	ask := node.SetExists
 	node.SetExists = func(table, set string) (bool, error) {
@@ -168,6 +182,9 @@ func TestPluginAddWaits(t *testing.T) {
 	}
 	if n := calls.Load(); n < 10 {
 		t.Errorf("asked %d times in 300ms, polling every 10ms", n)
+	}
+	if l := log.String(); !regexp.MustCompile(`^nftpolicy-cni-gate: pod team-a/web-0 \(sandbox abc\) waited [1-9][0-9.]*m?s for table inet nftpolicy to be in force in this boot: passed\n$`).MatchString(l) {
+		t.Errorf("log %q, want the pod's wait of ~300ms, passed", l)
 	}
 
 	node.Wait = 150 * time.Millisecond

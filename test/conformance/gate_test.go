@@ -399,6 +399,21 @@ func TestRebootedNodeWaitsForTable(t *testing.T) {
 			p.Name, created[p.Name].Format("15:04:05.0"), runningAt[p.Name].Format("15:04:05.0"))
 		t.Logf("cni_gate_adds: %d (%s; seen from..to, relative to the table: %s)", len(seen), p.Name, strings.Join(timeline, ", "))
 		t.Logf("cni_gate_sandbox_failures: %d (%s; %d without a table, %d with an earlier boot's)", failures, p.Name, failures-stale, stale)
+		// The plugin's own account, in the runtime's log: a line for an ADD
+		// that passed after a wait (libcni passes a failed plugin's error on,
+		// not its standard error).
+		lines := pluginLog(t, state, rebooted, ns+"/"+p.Name)
+		passed := slices.ContainsFunc(lines, func(l string) bool { return strings.HasSuffix(l, ": passed") })
+		if len(lines) > 1 || len(lines) == 1 && !passed {
+			t.Errorf("containerd's log of %s: %d lines of the gate for %s, want one (passed) for the ADD the table came to, at most:\n%s",
+				rebooted, len(lines), p.Name, strings.Join(lines, "\n"))
+		}
+		if passed != (pending != nil) { // /proc seen every 100 ms: an ADD that ended as the table came may be either
+			t.Logf("%s: the plugin's log says an ADD passed after a wait: %v; /proc said one was pending: %v", p.Name, passed, pending != nil)
+		}
+		for _, l := range lines {
+			t.Logf("containerd-%s: %s", rebooted, l)
+		}
 	}
 
 	// (e) Every node as the test found it: the agents ready (waitAgents), each
@@ -744,4 +759,23 @@ func leakedAddresses(ctx context.Context, t *testing.T, c client.Client, state, 
 		t.Errorf("reading %s's reserved addresses: %v", node, err)
 	}
 	return reserved, leaked
+}
+
+// pluginLog returns the gate's lines for pod (namespace/name) in node's
+// containerd log ($STATE/logs/containerd-<node>.log, where cluster.sh sends
+// the runtime's standard error, and so its plugins').
+func pluginLog(t *testing.T, state, node, pod string) []string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(state, "logs", "containerd-"+node+".log"))
+	if err != nil {
+		t.Errorf("containerd's log of %s: %v", node, err)
+		return nil
+	}
+	var out []string
+	for l := range strings.SplitSeq(string(data), "\n") {
+		if strings.HasPrefix(l, "nftpolicy-cni-gate: pod "+pod+" ") {
+			out = append(out, l)
+		}
+	}
+	return out
 }
