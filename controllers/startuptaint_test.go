@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	"github.com/nftpolicy/nftpolicy/controllers/cnigate"
 	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 )
@@ -108,5 +109,10 @@ var _ = Describe("the startup taint", func() {
 		run("taint-node-b", "", applier)
 		Eventually(applier.Last, 30*time.Second, 20*time.Millisecond).ShouldNot(BeNil())
 		Consistently(taints, 2*time.Second, 100*time.Millisecond).Should(Satisfy(hasStartup))
+		// Without the CNI gate too, the table carries the node's boot, read
+		// from the kernel (a gate's entry left on the node holds no pod).
+		boot, err := cnigate.BootID()
+		Expect(err).NotTo(HaveOccurred())
+		Expect(applier.Last().FindSet(nft.SyncedBootSet(boot))).NotTo(BeNil(), "no set %s", nft.SyncedBootSet(boot))
 	}, SpecTimeout(time.Minute))
 })
