@@ -144,7 +144,13 @@ HOST_PATHS=(/var/lib/kubelet /var/lib/cni /var/log/containers)
 # Sysctls that kubelet, CNI and this script write in the machine's namespace
 # (writing all.forwarding of IPv6 also writes default.forwarding and every
 # interface's, so both are saved; restoring all first puts the interfaces back).
-SYSCTLS=(net.ipv4.ip_forward vm.overcommit_memory kernel.panic kernel.panic_on_oops)
+SYSCTLS=(net.ipv4.ip_forward vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.ip_local_reserved_ports)
+# The ClusterNetworkPolicy suite's hostNetwork servers (test/conformance/cnp's
+# hostNetworkPorts): kept out of the nodes' ephemeral ports, or a socket of
+# any process on node1 (the machine's own namespace) can hold one when the
+# server starts, and the server crash-loops (seen: UDP 34347, a node peer test
+# failed with "connection refused").
+HOST_NETWORK_PORTS=34345-34352
 has6 && SYSCTLS+=(net.ipv6.conf.all.forwarding net.ipv6.conf.default.forwarding)
 [ "$CNI" = bridge ] && SYSCTLS+=(net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables)
 
@@ -314,8 +320,16 @@ EOF
     has6 && ip -n "$NS2" -6 route add default via "${NODE_IP6[node1]}"
     has4 && ip netns exec "$NS2" sysctl -qw net.ipv4.ip_forward=1
     has6 && ip netns exec "$NS2" sysctl -qw net.ipv6.conf.all.forwarding=1
+    ip netns exec "$NS2" sysctl -qw net.ipv4.ip_local_reserved_ports="$HOST_NETWORK_PORTS"
     true
   }
+  local reserved
+  reserved=$(sysctl -n net.ipv4.ip_local_reserved_ports)
+  case ",$reserved," in
+    *",$HOST_NETWORK_PORTS,"*) ;;
+    ,,) sysctl -qw net.ipv4.ip_local_reserved_ports="$HOST_NETWORK_PORTS" ;;
+    *) sysctl -qw net.ipv4.ip_local_reserved_ports="$reserved,$HOST_NETWORK_PORTS" ;;
+  esac
   has4 && ip route replace "${POD_CIDR4[node2]}" via "${NODE_IP4[node2]}" dev "$BRIDGE"
   has6 && ip -6 route replace "${POD_CIDR6[node2]}" via "${NODE_IP6[node2]}" dev "$BRIDGE"
   has4 && sysctl -qw net.ipv4.ip_forward=1

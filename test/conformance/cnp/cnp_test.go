@@ -79,7 +79,8 @@ var (
 )
 
 // hostNetworkPorts is the suite's default port range for its hostNetwork pods
-// (34345 and the 7 above it: the suite uses 8).
+// (34345 and the 7 above it: the suite uses 8). cluster.sh keeps them out of
+// the nodes' ephemeral ports (HOST_NETWORK_PORTS): a change here goes there too.
 var hostNetworkPorts = []int{34345, 34346, 34347, 34348, 34349, 34350, 34351, 34352}
 
 // outcome is what the test saw of one upstream test.
