@@ -17,10 +17,10 @@
 // (nft.SyncedBootSet), the kernel's boot_id of the node's current boot. Every
 // table the agent writes has it, with the gate on or off (it writes only from
 // complete caches), so it is there from the agent's first full sync in this
-// boot on; a
-// table restored at boot from a ruleset saved in an earlier one (`nft list
-// ruleset` loaded by the node's firewall service, with the last boot's pod
-// addresses in its sets) has an earlier boot's, and holds pods as no table does.
+// boot on; a table restored at boot from a ruleset saved in an earlier one
+// (`nft list ruleset` loaded by the node's firewall service, with the last
+// boot's pod addresses in its sets) has an earlier boot's, and holds pods as no
+// table does.
 // The plugin asks for that one set by name, in the runtime's network namespace
 // (the node's), every DefaultPoll: one netlink request, which also fails when
 // the table is gone. Nothing is written on the node's disk at a boot or a sync:

@@ -139,11 +139,6 @@ func Run(getenv func(string) string, stdin io.Reader, stdout io.Writer, node Nod
 	if table == "" {
 		table = nft.DefaultTable // the entry names none
 	}
-	waitResult := func(msg string, args ...any) int {
-		return fail(stdout, conf.CNIVersion, codeTryAgainLater, fmt.Sprintf(msg, args...),
-			"the nftpolicy agent opens the gate at its first sync after the node starts (its table then holds set "+nft.SyncedBootSet("<boot id>")+"); if nftpolicy was removed from the cluster, "+
-				"run its cleanup (config/cleanup) on this node, or delete the \"type\": \"nftpolicy\" entry from the plugins of "+quoted(conf.Name)+" in the CNI configuration directory")
-	}
 	start := time.Now()
 	logged := func(code int, how string) int {
 		if node.Log != nil {
@@ -152,8 +147,12 @@ func Run(getenv func(string) string, stdin io.Reader, stdout io.Writer, node Nod
 		}
 		return code
 	}
-	wait := func(msg string, args ...any) int {
-		return logged(waitResult(msg, args...), "try again later: "+strings.TrimPrefix(fmt.Sprintf(msg, args...), "nftpolicy: "))
+	wait := func(format string, args ...any) int {
+		msg := fmt.Sprintf(format, args...)
+		code := fail(stdout, conf.CNIVersion, codeTryAgainLater, msg,
+			"the nftpolicy agent opens the gate at its first sync after the node starts (its table then holds set "+nft.SyncedBootSet("<boot id>")+"); if nftpolicy was removed from the cluster, "+
+				"run its cleanup (config/cleanup) on this node, or delete the \"type\": \"nftpolicy\" entry from the plugins of "+quoted(conf.Name)+" in the CNI configuration directory")
+		return logged(code, "try again later: "+strings.TrimPrefix(msg, "nftpolicy: "))
 	}
 	boot, err := node.BootID()
 	if err != nil {
