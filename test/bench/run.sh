@@ -22,7 +22,7 @@ summary=(
   b10_typical_current_flow_ns_vs_ct b10_adversarial_current_flow_ns_vs_ct b10_adversarial_interval_flow_ns_vs_ct
   b2_policy_enforce_p50_ms b2_policy_enforce_p99_ms b2_pod_enforce_p50_ms b2_pod_enforce_p99_ms
   b3_restart_program_ms b3_restart_probe_errors b4_pod_add_bytes b4_full_rewrite_bytes
-  b5_agent_rss_mib b5_rss_ratio_vs_bare b8_probe_errors b8_catchup_ms
+  b5_agent_rss_mib b5_rss_ratio_vs_bare b5_metric_series b5_policy_counter_series b5_metrics_scrape_kib b8_probe_errors b8_catchup_ms
   incremental_sync_p50_ms incremental_sync_p99_ms full_sync_periodic_ms full_sync_rebuild_ms
   full_sync_churn_wait_p99_ms_sync full_sync_churn_wait_p99_ms_ahead full_sync_churn_wait_p99_ratio
   startup_ms b9_startup_ms_watchlist b9_startup_ms_protobuf b9_apiserver_cpu_s_watchlist b9_apiserver_cpu_s_protobuf
@@ -55,7 +55,7 @@ go test -count=1 -timeout 5m -v -run TestPeriodicFullSyncUnderChurn ./controller
 if [ "${NFTPOLICY_BENCH_100K:-0}" = 1 ]; then
   NFTPOLICY_BENCH_SHAPE=100k go test -count=1 -timeout 120m -v -run TestControlPlane ./test/bench/controlplane/ || rc=1
   summary+=(startup_ms_100k incremental_sync_p50_ms_100k incremental_sync_p99_ms_100k full_sync_periodic_ms_100k full_sync_rebuild_ms_100k b2_policy_enforce_p50_ms_100k b2_policy_enforce_p99_ms_100k
-    b2_pod_enforce_p50_ms_100k b2_pod_enforce_p99_ms_100k b5_agent_rss_mib_100k b8_catchup_ms_100k
+    b2_pod_enforce_p50_ms_100k b2_pod_enforce_p99_ms_100k b5_agent_rss_mib_100k b5_metric_series_100k b5_policy_counter_series_100k b8_catchup_ms_100k
     b9_startup_ms_watchlist_100k b9_startup_ms_protobuf_100k b9_apiserver_cpu_s_watchlist_100k b9_apiserver_cpu_s_protobuf_100k
     memlimit_shipped_peak_ratio_100k memlimit_smallest_kept_up_mib_100k)
 fi

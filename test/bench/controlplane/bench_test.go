@@ -243,6 +243,15 @@ func TestControlPlane(t *testing.T) {
 			report("agent_heap_inuse_mib", "%.1f", v/(1<<20))
 		}
 	}
+	// What every node's agent adds to Prometheus (docs/scale.md, "Metrics"):
+	// its series, those of the policy counters, and one scrape's bytes.
+	if all, counters, size, err := scrapeSize(metricsURL, "nftpolicy_policy_packets_total"); err == nil {
+		report("b5_metric_series", "%d", all)
+		report("b5_policy_counter_series", "%d", counters)
+		report("b5_metrics_scrape_kib", "%.1f", float64(size)/1024)
+	} else {
+		t.Logf("metrics size: %v", err)
+	}
 
 	// 3. Memory, agent then baseline, each after the same settle time.
 	time.Sleep(settleTime)
@@ -637,6 +646,31 @@ func scrape(url string) (map[string]float64, error) {
 		return nil, err
 	}
 	return framework.ParseMetrics(body)
+}
+
+// scrapeSize reads the metrics at url once and returns how many series they
+// hold, how many of those are family's, and the response's size in bytes
+// (uncompressed, as the text format is served without gzip).
+func scrapeSize(url, family string) (series, ofFamily, size int, err error) {
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	for line := range strings.Lines(string(body)) {
+		if line == "\n" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		series++
+		if strings.HasPrefix(line, family+"{") || strings.HasPrefix(line, family+" ") {
+			ofFamily++
+		}
+	}
+	return series, ofFamily, len(body), nil
 }
 
 // procMemory returns VmRSS and VmHWM of pid in MiB.
