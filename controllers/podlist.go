@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -41,9 +42,9 @@ import (
 // podListPrefix starts every protobuf-encoded apiserver response.
 var podListPrefix = []byte{0x6b, 0x38, 0x73, 0x00}
 
-// errNotProtobuf is returned when the apiserver answers a pod list in another
+// ErrNotProtobuf is returned when the apiserver answers a pod list in another
 // encoding than protobuf (a proxy rewrote it, or it was asked for JSON).
-var errNotProtobuf = errors.New("the apiserver's pod list is not protobuf (something between the agent and the apiserver re-encodes it?); --pod-watch-list lists pods through client-go instead")
+var ErrNotProtobuf = errors.New("the apiserver's pod list is not protobuf (something between the agent and the apiserver re-encodes it?); --pod-watch-list lists pods through client-go instead")
 
 // podLister lists pods through rc (a core/v1 REST client) and hands each pod to
 // record, keeping what record returns.
@@ -70,6 +71,34 @@ func (pl *podLister) list(ctx context.Context, opts metav1.ListOptions) (runtime
 	}
 	defer body.Close()
 	return decodePodList(body, pl.record)
+}
+
+// ListPods lists every pod of the cluster once, the way the agent's first list
+// does: one protobuf list decoded as it arrives, each pod pruned to the fields
+// the compiler reads (podFields) before it is decoded, so at 100,000 pods the
+// caller holds the pruned pods and never the list's bytes or full Pods
+// (`nftpolicy explain`, which compiles tables as the agent does). cfg's
+// content types are overridden; timeout bounds the whole list (0: none).
+// ErrNotProtobuf when something between the caller and the apiserver answers
+// in another encoding.
+func ListPods(ctx context.Context, cfg *rest.Config, timeout time.Duration) ([]*corev1.Pod, error) {
+	c := rest.CopyConfig(cfg)
+	c.ContentType = runtime.ContentTypeProtobuf
+	c.AcceptContentTypes = runtime.ContentTypeProtobuf
+	c.Timeout = timeout
+	rc, err := newPodClient(c)
+	if err != nil {
+		return nil, err
+	}
+	var pods []*corev1.Pod
+	pl := &podLister{rc: rc, record: func(p *corev1.Pod) runtime.Object {
+		pods = append(pods, p)
+		return nil
+	}}
+	if _, err := pl.list(ctx, metav1.ListOptions{}); err != nil {
+		return nil, err
+	}
+	return pods, nil
 }
 
 // recordList is the list podLister returns: the list's metadata, and the
@@ -104,7 +133,7 @@ func decodePodListKeeping(r io.Reader, record func(*corev1.Pod) runtime.Object, 
 		return nil, fmt.Errorf("pod list: %w", noEOF(err))
 	}
 	if !bytes.Equal(prefix[:], podListPrefix) {
-		return nil, errNotProtobuf
+		return nil, ErrNotProtobuf
 	}
 	list := &recordList{}
 	sawList := false

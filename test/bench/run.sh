@@ -27,6 +27,7 @@ summary=(
   full_sync_churn_wait_p99_ms_sync full_sync_churn_wait_p99_ms_ahead full_sync_churn_wait_p99_ratio
   startup_ms b9_startup_ms_watchlist b9_startup_ms_protobuf b9_apiserver_cpu_s_watchlist b9_apiserver_cpu_s_protobuf
   memlimit_shipped_mib memlimit_shipped_peak_ratio memlimit_smallest_kept_up_mib
+  b12_explain_ms b12_explain_peak_rss_mib
 )
 
 if [ "$(id -u)" != 0 ]; then
@@ -57,7 +58,7 @@ if [ "${NFTPOLICY_BENCH_100K:-0}" = 1 ]; then
   summary+=(startup_ms_100k incremental_sync_p50_ms_100k incremental_sync_p99_ms_100k full_sync_periodic_ms_100k full_sync_rebuild_ms_100k b2_policy_enforce_p50_ms_100k b2_policy_enforce_p99_ms_100k
     b2_pod_enforce_p50_ms_100k b2_pod_enforce_p99_ms_100k b5_agent_rss_mib_100k b5_metric_series_100k b5_policy_counter_series_100k b8_catchup_ms_100k
     b9_startup_ms_watchlist_100k b9_startup_ms_protobuf_100k b9_apiserver_cpu_s_watchlist_100k b9_apiserver_cpu_s_protobuf_100k
-    memlimit_shipped_peak_ratio_100k memlimit_smallest_kept_up_mib_100k)
+    memlimit_shipped_peak_ratio_100k memlimit_smallest_kept_up_mib_100k b12_explain_ms_100k b12_explain_peak_rss_mib_100k)
 fi
 # What N agents' watches cost the apiserver (test/bench/fanout): opt in.
 if [ "${NFTPOLICY_BENCH_FANOUT:-0}" = 1 ]; then

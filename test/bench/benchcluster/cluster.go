@@ -11,9 +11,11 @@ package benchcluster
 import (
 	"fmt"
 	"math/rand/v2"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -38,6 +40,9 @@ type Shape struct {
 	// Policies is spread over the namespaces, namespace n getting one more
 	// than Policies/Namespaces when n < Policies%Namespaces.
 	Policies int
+	// DeploymentPods gives every pod what a Deployment's running pod carries
+	// besides (DeploymentShaped): the benchmarks' pods are thin by default.
+	DeploymentPods bool
 }
 
 // Shapes: the 10k point (Objects) and the 100k point of a 2,000-5,000 node
@@ -81,6 +86,9 @@ func (s Shape) Objects() ([]*corev1.Namespace, []*corev1.Pod, []*networkingv1.Ne
 			Spec:   PodSpecOn(fmt.Sprintf("node-%d", i%s.Nodes)),
 			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}},
 		})
+		if s.DeploymentPods {
+			DeploymentShaped(pods[len(pods)-1], i)
+		}
 	}
 	var nps []*networkingv1.NetworkPolicy
 	for n := range s.Namespaces {
@@ -102,6 +110,63 @@ func PodSpecOn(node string) corev1.PodSpec {
 		Name: "serve", Image: "registry.k8s.io/e2e-test-images/agnhost:2.53",
 		Ports: []corev1.ContainerPort{{Name: NamedPort, ContainerPort: 80, Protocol: corev1.ProtocolTCP}},
 	}}}
+}
+
+// DeploymentShaped adds to p (pod i) what a running pod of a Deployment
+// carries that no policy reads: its owner, template hash, service account
+// volume and mounts, environment, resources, probes, security context,
+// tolerations, and the kubelet's conditions, container status and host
+// address. With the managed fields the apiserver records for its creation and
+// status update, ~6 KiB of JSON, ~3 KiB of protobuf: real pods' bytes, for
+// what lists and watches cost.
+func DeploymentShaped(p *corev1.Pod, i int) {
+	hash := fmt.Sprintf("%010x", uint64(i)*2654435761)[:10]
+	p.GenerateName = p.Labels["app"] + "-" + hash + "-"
+	p.Labels["pod-template-hash"] = hash
+	p.Annotations = map[string]string{"kubectl.kubernetes.io/restartedAt": "2026-12-01T10:00:00Z"}
+	p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: p.Labels["app"] + "-" + hash,
+		UID: "5b6c1d2e-3f40-4a5b-8c6d-7e8f9a0b1c2d", Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}}
+	p.Spec.ServiceAccountName = "default"
+	p.Spec.Volumes = []corev1.Volume{{Name: "kube-api-access-x7k2p", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		DefaultMode: ptr.To(int32(420)),
+		Sources: []corev1.VolumeProjection{
+			{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token", ExpirationSeconds: ptr.To(int64(3607))}},
+			{ConfigMap: &corev1.ConfigMapProjection{LocalObjectReference: corev1.LocalObjectReference{Name: "kube-root-ca.crt"},
+				Items: []corev1.KeyToPath{{Key: "ca.crt", Path: "ca.crt"}}}},
+			{DownwardAPI: &corev1.DownwardAPIProjection{Items: []corev1.DownwardAPIVolumeFile{{Path: "namespace",
+				FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.namespace"}}}}},
+		}}}}}
+	c := &p.Spec.Containers[0]
+	c.Env = []corev1.EnvVar{{Name: "LOG_LEVEL", Value: "info"}, {Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{
+		FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.name"}}}, {Name: "GOMAXPROCS", Value: "2"}}
+	c.Resources = corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("128Mi")},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")}}
+	c.VolumeMounts = []corev1.VolumeMount{{Name: "kube-api-access-x7k2p", ReadOnly: true, MountPath: "/var/run/secrets/kubernetes.io/serviceaccount"}}
+	probe := func(path string) *corev1.Probe {
+		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromString(NamedPort)}},
+			PeriodSeconds: 10, TimeoutSeconds: 1, SuccessThreshold: 1, FailureThreshold: 3}
+	}
+	c.LivenessProbe, c.ReadinessProbe = probe("/healthz"), probe("/readyz")
+	c.SecurityContext = &corev1.SecurityContext{AllowPrivilegeEscalation: ptr.To(false), RunAsNonRoot: ptr.To(true),
+		Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}
+	p.Spec.Tolerations = []corev1.Toleration{
+		{Key: "node.kubernetes.io/not-ready", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute, TolerationSeconds: ptr.To(int64(300))},
+		{Key: "node.kubernetes.io/unreachable", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute, TolerationSeconds: ptr.To(int64(300))}}
+	start := metav1.NewTime(time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC))
+	for _, t := range []corev1.PodConditionType{corev1.PodReadyToStartContainers, corev1.PodInitialized, corev1.PodReady, corev1.ContainersReady, corev1.PodScheduled} {
+		p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: t, Status: corev1.ConditionTrue, LastTransitionTime: start})
+	}
+	p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: c.Name, Ready: true, Started: ptr.To(true), Image: c.Image,
+		ImageID:     "registry.k8s.io/e2e-test-images/agnhost@sha256:4b1d0f8e2c6a9b3d5e7f1a2c4e6b8d0f2a4c6e8b0d2f4a6c8e0b2d4f6a8c0e2d",
+		ContainerID: fmt.Sprintf("containerd://%064x", i),
+		State:       corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: start}},
+		VolumeMounts: []corev1.VolumeMountStatus{{Name: "kube-api-access-x7k2p", MountPath: "/var/run/secrets/kubernetes.io/serviceaccount",
+			ReadOnly: true, RecursiveReadOnly: ptr.To(corev1.RecursiveReadOnlyDisabled)}}}}
+	host := fmt.Sprintf("10.250.%d.%d", (i>>8)&255, i&255)
+	p.Status.HostIP, p.Status.HostIPs = host, []corev1.HostIP{{IP: host}}
+	p.Status.StartTime = &start
+	p.Status.QOSClass = corev1.PodQOSBurstable
 }
 
 // mixedPolicy is policy j of a namespace: four shapes in rotation, from a plain

@@ -377,6 +377,13 @@ func TestControlPlane(t *testing.T) {
 		t.Fatalf("periodic full syncs: %v", err)
 	}
 
+	// 7b. nftpolicy explain from an operator's laptop, or from the agent's
+	// container (kubectl exec: its memory counts against the container's
+	// limit): it lists the cluster and compiles both ends' nodes.
+	if err := measureExplain(ctx, cp, agentBin, kubeconfig, bulk[0], bulk[len(bulk)-1], report); err != nil {
+		t.Fatalf("explain: %v", err)
+	}
+
 	// 8. Under the DaemonSet's memory limit and smaller ones (memlimit_test.go),
 	// each agent through a churn of the selected pods' tiers.
 	churnRound := func(round int) error {
@@ -646,6 +653,40 @@ func scrape(url string) (map[string]float64, error) {
 		return nil, err
 	}
 	return framework.ParseMetrics(body)
+}
+
+// measureExplain runs `nftpolicy explain` from pod from to pod to three
+// times, and reports its median wall time, its largest peak RSS, and the
+// apiserver's CPU for one run.
+func measureExplain(ctx context.Context, cp *framework.ControlPlane, bin, kubeconfig string, from, to *corev1.Pod,
+	report func(string, string, ...any)) error {
+	var walls []float64
+	var peak, apiCPU float64
+	for range 3 {
+		before, _ := cp.Metrics(ctx)
+		cmd := exec.CommandContext(ctx, bin, "explain", "--kubeconfig", kubeconfig, "--port", "tcp/80",
+			"--from", from.Namespace+"/"+from.Name, "--to", to.Namespace+"/"+to.Name)
+		t0 := time.Now()
+		out, err := cmd.CombinedOutput()
+		wall := time.Since(t0)
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		if !strings.HasPrefix(string(out), "ALLOW") && !strings.HasPrefix(string(out), "DENY") {
+			return fmt.Errorf("explain answered %q", out)
+		}
+		after, _ := cp.Metrics(ctx)
+		walls = append(walls, ms(wall))
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			peak = max(peak, float64(ru.Maxrss)/1024) // KiB
+		}
+		apiCPU = after["process_cpu_seconds_total"] - before["process_cpu_seconds_total"]
+	}
+	slices.Sort(walls)
+	report("b12_explain_ms", "%.0f", walls[len(walls)/2])
+	report("b12_explain_peak_rss_mib", "%.1f", peak)
+	report("b12_explain_apiserver_cpu_s", "%.2f", apiCPU)
+	return nil
 }
 
 // scrapeSize reads the metrics at url once and returns how many series they

@@ -16,7 +16,8 @@ import (
 // start ~10 s. With NFTPOLICY_BENCH_HOLD=DIR it writes DIR/kubeconfig,
 // DIR/apiserver.pid (to read the apiserver's CPU from /proc) and, last, DIR/ready,
 // then holds the control plane until DIR/stop exists. NFTPOLICY_BENCH_SHAPE=10k
-// holds the 10k cluster; the default is the 100k one. Run it as
+// holds the 10k cluster; the default is the 100k one. NFTPOLICY_BENCH_PODS=deployment
+// makes its pods as big as real ones. Run it as
 //
 //	NFTPOLICY_BENCH_HOLD=/tmp/hold go test -timeout 3h -run TestHold ./test/bench/controlplane/
 func TestHold(t *testing.T) {
@@ -32,6 +33,9 @@ func TestHold(t *testing.T) {
 	if os.Getenv("NFTPOLICY_BENCH_SHAPE") == "10k" {
 		shape = benchcluster.Shape10k
 	}
+	// NFTPOLICY_BENCH_PODS=deployment: pods as a Deployment's carry
+	// everything else too (benchcluster.DeploymentShaped).
+	shape.DeploymentPods = os.Getenv("NFTPOLICY_BENCH_PODS") == "deployment"
 	if err := createCluster(t.Context(), c, shape, func(name, format string, args ...any) {
 		t.Logf("%s: %s", name, fmt.Sprintf(format, args...))
 	}); err != nil {
