@@ -131,8 +131,8 @@ func TestDecodePodListRefusesPartAnswers(t *testing.T) {
 		t.Errorf("%d cuts decode whole; only the envelope's last 4 bytes may go", whole)
 	}
 
-	if _, err := decodePodList(strings.NewReader(`{"kind":"PodList","apiVersion":"v1","items":[]}`), record); !errors.Is(err, errNotProtobuf) {
-		t.Errorf("JSON: %v, want errNotProtobuf", err)
+	if _, err := decodePodList(strings.NewReader(`{"kind":"PodList","apiVersion":"v1","items":[]}`), record); !errors.Is(err, ErrNotProtobuf) {
+		t.Errorf("JSON: %v, want ErrNotProtobuf", err)
 	}
 	status := encodeProtobuf(t, &metav1.Status{Status: metav1.StatusFailure, Message: "no"})
 	if _, err := decodePodList(bytes.NewReader(status), record); err == nil || !strings.Contains(err.Error(), `"Status"`) {
