@@ -25,6 +25,7 @@ import (
 
 	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/nfttest"
+	"github.com/nftpolicy/nftpolicy/test/bench/benchcluster"
 )
 
 // nodeAddr is the InternalIP test Node i gets: one address per /24, so that no
@@ -40,36 +41,8 @@ func testNode(name, addr string, labels map[string]string) *corev1.Node {
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
 		Spec:       corev1.NodeSpec{ProviderID: "test://" + name},
 	}
-	n.Status = nodeStatus(name, addr, time.Unix(1_700_000_000, 0))
+	n.Status = benchcluster.NodeStatus(name, addr, time.Unix(1_700_000_000, 0))
 	return n
-}
-
-func nodeStatus(name, addr string, beat time.Time) corev1.NodeStatus {
-	s := corev1.NodeStatus{
-		Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: addr}, {Type: corev1.NodeHostName, Address: name}},
-		NodeInfo: corev1.NodeSystemInfo{MachineID: strings.Repeat("a", 32), SystemUUID: strings.Repeat("b", 36), BootID: strings.Repeat("c", 36),
-			KernelVersion: "6.12.0-amd64", OSImage: "Debian GNU/Linux 13 (trixie)", ContainerRuntimeVersion: "containerd://2.1.0",
-			KubeletVersion: "v1.37.2", OperatingSystem: "linux", Architecture: "amd64"},
-		DaemonEndpoints: corev1.NodeDaemonEndpoints{KubeletEndpoint: corev1.DaemonEndpoint{Port: 10250}},
-	}
-	for _, c := range []corev1.NodeConditionType{"MemoryPressure", "DiskPressure", "PIDPressure", "Ready", "NetworkUnavailable"} {
-		st := corev1.ConditionFalse
-		if c == corev1.NodeReady {
-			st = corev1.ConditionTrue
-		}
-		s.Conditions = append(s.Conditions, corev1.NodeCondition{Type: c, Status: st,
-			LastHeartbeatTime: metav1.NewTime(beat), LastTransitionTime: metav1.NewTime(time.Unix(1_690_000_000, 0)),
-			Reason: "Kubelet" + string(c), Message: "kubelet reports " + string(c) + " as " + string(st)})
-	}
-	for i := range 50 {
-		digest := fmt.Sprintf("%064x", i*7919+1)
-		repo := fmt.Sprintf("registry.example.com/team-%02d/service-%02d", i%17, i)
-		s.Images = append(s.Images, corev1.ContainerImage{
-			Names:     []string{repo + "@sha256:" + digest, repo + fmt.Sprintf(":v1.%d.%d", i, i*3)},
-			SizeBytes: int64(20_000_000 + i*1_234_567),
-		})
-	}
-	return s
 }
 
 // nodesPolicy is a v1beta1 ClusterNetworkPolicy denying every pod egress to
@@ -232,7 +205,7 @@ func TestNodeScopeWaitsForEveryNode(t *testing.T) {
 	// A status rewrite of a remote Node is filtered out; a label change is not.
 	beat := nodes[1].DeepCopy()
 	beat.ResourceVersion = "2"
-	beat.Status = nodeStatus(beat.Name, nodeAddr("10.203", 1), time.Unix(1_700_000_300, 0))
+	beat.Status = benchcluster.NodeStatus(beat.Name, nodeAddr("10.203", 1), time.Unix(1_700_000_300, 0))
 	fw.Modify(beat)
 	relabel := nodes[2].DeepCopy()
 	relabel.ResourceVersion = "3"

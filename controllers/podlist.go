@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/scheme"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 )
 
@@ -101,6 +103,44 @@ func ListPods(ctx context.Context, cfg *rest.Config, timeout time.Duration) ([]*
 	return pods, nil
 }
 
+// nodeFields are the fields of a Node that `nftpolicy explain` reads, and the
+// compiler through it (compile's nodeInfo): name, labels and addresses. A
+// kubelet's Node is mostly its images (50 by default), conditions and managed
+// fields: ~10 KB in protobuf, of which these are ~200 B.
+var nodeFields = keep{
+	1: {1: nil, 11: nil}, // metadata: name, labels
+	3: {5: nil},          // status: addresses
+}
+
+// ListNodes lists every Node of the cluster once, as ListPods lists pods: one
+// protobuf list decoded as it arrives, each Node pruned to its name, labels
+// and addresses (nodeFields) before it is decoded.
+func ListNodes(ctx context.Context, cfg *rest.Config, timeout time.Duration) ([]*corev1.Node, error) {
+	c := rest.CopyConfig(cfg)
+	c.ContentType = runtime.ContentTypeProtobuf
+	c.AcceptContentTypes = runtime.ContentTypeProtobuf
+	c.Timeout = timeout
+	core, err := corev1client.NewForConfig(c)
+	if err != nil {
+		return nil, err
+	}
+	body, err := core.RESTClient().Get().Resource("nodes").SetHeader("Accept", runtime.ContentTypeProtobuf).Stream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer body.Close()
+	var nodes []*corev1.Node
+	_, err = decodeList(body, "NodeList", nodeFields, func(b []byte) error {
+		n := &corev1.Node{}
+		if err := n.Unmarshal(b); err != nil {
+			return err
+		}
+		nodes = append(nodes, n)
+		return nil
+	})
+	return nodes, err
+}
+
 // recordList is the list podLister returns: the list's metadata, and the
 // records of its pods, which the reflector hands to the informer's store (the
 // pod transform passes records through unchanged).
@@ -127,15 +167,38 @@ func decodePodList(r io.Reader, record func(*corev1.Pod) runtime.Object) (*recor
 // decodePodListKeeping is decodePodList decoding the fields of each pod that
 // k names; nil decodes every field.
 func decodePodListKeeping(r io.Reader, record func(*corev1.Pod) runtime.Object, k keep) (*recordList, error) {
+	list := &recordList{}
+	meta, err := decodeList(r, "PodList", k, func(b []byte) error {
+		pod := &corev1.Pod{}
+		if err := pod.Unmarshal(b); err != nil {
+			return err
+		}
+		list.Items = append(list.Items, record(pod))
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	list.ListMeta = meta
+	list.Kind, list.APIVersion = "PodList", "v1"
+	return list, nil
+}
+
+// decodeList reads one protobuf list of kind (PodList, NodeList) from r and
+// calls item with each item's bytes, pruned to the fields k names (nil: whole),
+// as soon as they are read; the bytes are reused once item returns. It fails
+// on a truncated or malformed answer rather than returning part of a list.
+func decodeList(r io.Reader, kind string, k keep, item func([]byte) error) (metav1.ListMeta, error) {
+	var meta metav1.ListMeta
+	what := strings.ToLower(strings.TrimSuffix(kind, "List")) + " list" // "pod list"
 	d := &pbReader{r: bufio.NewReaderSize(r, 256<<10), keep: k}
 	var prefix [4]byte
 	if _, err := io.ReadFull(d.r, prefix[:]); err != nil {
-		return nil, fmt.Errorf("pod list: %w", noEOF(err))
+		return meta, fmt.Errorf("%s: %w", what, noEOF(err))
 	}
 	if !bytes.Equal(prefix[:], podListPrefix) {
-		return nil, ErrNotProtobuf
+		return meta, ErrNotProtobuf
 	}
-	list := &recordList{}
 	sawList := false
 	// The envelope: runtime.Unknown, up to the end of the body.
 	for {
@@ -144,45 +207,46 @@ func decodePodListKeeping(r io.Reader, record func(*corev1.Pod) runtime.Object, 
 			break
 		}
 		if err != nil {
-			return nil, fmt.Errorf("pod list: %w", err)
+			return meta, fmt.Errorf("%s: %w", what, err)
 		}
 		switch {
 		case field == 1 && wire == wireBytes: // typeMeta
 			b, err := d.bytes()
 			if err != nil {
-				return nil, fmt.Errorf("pod list: type: %w", err)
+				return meta, fmt.Errorf("%s: type: %w", what, err)
 			}
 			var tm runtime.TypeMeta
 			if err := tm.Unmarshal(b); err != nil {
-				return nil, fmt.Errorf("pod list: type: %w", err)
+				return meta, fmt.Errorf("%s: type: %w", what, err)
 			}
-			if tm.Kind != "PodList" {
-				return nil, fmt.Errorf("pod list: the apiserver answered a %q, not a PodList", tm.Kind)
+			if tm.Kind != kind {
+				return meta, fmt.Errorf("%s: the apiserver answered a %q, not a %s", what, tm.Kind, kind)
 			}
-		case field == 2 && wire == wireBytes: // raw: the PodList
+		case field == 2 && wire == wireBytes: // raw: the list
 			n, err := d.uvarint()
 			if err != nil {
-				return nil, fmt.Errorf("pod list: %w", noEOF(err))
+				return meta, fmt.Errorf("%s: %w", what, noEOF(err))
 			}
-			if err := d.podList(d.n+int64(n), list, record); err != nil {
-				return nil, fmt.Errorf("pod list: %w", err)
+			if err := d.list(d.n+int64(n), &meta, item); err != nil {
+				return meta, fmt.Errorf("%s: %w", what, err)
 			}
 			sawList = true
 		default:
 			if err := d.skip(wire); err != nil {
-				return nil, fmt.Errorf("pod list: %w", err)
+				return meta, fmt.Errorf("%s: %w", what, err)
 			}
 		}
 	}
 	if !sawList {
-		return nil, errors.New("pod list: the answer holds no list")
+		return meta, fmt.Errorf("%s: the answer holds no list", what)
 	}
-	list.Kind, list.APIVersion = "PodList", "v1"
-	return list, nil
+	return meta, nil
 }
 
-// podList reads a PodList's fields up to offset end.
-func (d *pbReader) podList(end int64, list *recordList, record func(*corev1.Pod) runtime.Object) error {
+// list reads a list's fields up to offset end: its metadata into meta, each
+// item to item.
+func (d *pbReader) list(end int64, meta *metav1.ListMeta, item func([]byte) error) error {
+	items := 0
 	for d.n < end {
 		field, wire, err := d.tag()
 		if err != nil {
@@ -194,27 +258,26 @@ func (d *pbReader) podList(end int64, list *recordList, record func(*corev1.Pod)
 			if err != nil {
 				return fmt.Errorf("metadata: %w", err)
 			}
-			if err := list.ListMeta.Unmarshal(b); err != nil {
+			if err := meta.Unmarshal(b); err != nil {
 				return fmt.Errorf("metadata: %w", err)
 			}
 		case field == 2 && wire == wireBytes: // items
 			b, err := d.bytes()
 			if err != nil {
-				return fmt.Errorf("item %d: %w", len(list.Items), err)
+				return fmt.Errorf("item %d: %w", items, err)
 			}
-			// Only what the record reads is decoded (podFields); Unmarshal
+			// Only what the caller reads is decoded (podFields); Unmarshal
 			// copies what it keeps out of the buffers, which the next item reuses.
 			if d.keep != nil {
 				if d.pruned, err = prune(d.pruned[:0], b, d.keep); err != nil {
-					return fmt.Errorf("item %d: %w", len(list.Items), err)
+					return fmt.Errorf("item %d: %w", items, err)
 				}
 				b = d.pruned
 			}
-			pod := &corev1.Pod{}
-			if err := pod.Unmarshal(b); err != nil {
-				return fmt.Errorf("item %d: %w", len(list.Items), err)
+			if err := item(b); err != nil {
+				return fmt.Errorf("item %d: %w", items, err)
 			}
-			list.Items = append(list.Items, record(pod))
+			items++
 		default:
 			if err := d.skip(wire); err != nil {
 				return err

@@ -20,6 +20,8 @@ import (
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/nftpolicy/nftpolicy/test/bench/benchcluster"
 )
 
 // The agent's first pod list, decoded as it arrives (podlist.go), against the
@@ -127,6 +129,32 @@ var _ = Describe("the pod list decoded as it arrives", func() {
 			Expect(wr).NotTo(BeNil(), "pod %s/%s", p.Namespace, p.Name)
 			Expect((&podInterner{}).record(p).Pod).To(Equal(wr.Pod), "pod %s/%s", p.Namespace, p.Name)
 			Expect(p.ManagedFields).To(BeEmpty(), "pod %s/%s: not pruned", p.Namespace, p.Name)
+		}
+	})
+
+	It("lists Nodes pruned to their name, labels and addresses (ListNodes)", func(ctx SpecContext) {
+		var made []*corev1.Node
+		for i := range 3 {
+			n := benchcluster.NodeObject(900 + i)
+			status := n.Status
+			Expect(k8sClient.Create(ctx, n)).To(Succeed())
+			n.Status = status
+			Expect(k8sClient.Status().Update(ctx, n)).To(Succeed())
+			made = append(made, n)
+			DeferCleanup(func(ctx context.Context) { Expect(k8sClient.Delete(ctx, n)).To(Succeed()) })
+		}
+		listed, err := ListNodes(ctx, cfg, time.Minute)
+		Expect(err).NotTo(HaveOccurred())
+		byName := map[string]*corev1.Node{}
+		for _, n := range listed {
+			byName[n.Name] = n
+		}
+		for _, n := range made {
+			got := byName[n.Name]
+			Expect(got).NotTo(BeNil(), "node %s", n.Name)
+			want := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: n.Labels},
+				Status: corev1.NodeStatus{Addresses: n.Status.Addresses}}
+			Expect(got).To(Equal(want), "node %s: not pruned to name, labels and addresses", n.Name)
 		}
 	})
 })

@@ -252,9 +252,10 @@ func explainRun(o explainOptions, stdin io.Reader, stdout io.Writer) error {
 	return errors.Join(err, werr)
 }
 
-// podListTimeout bounds explain's list of pods, the one list whose size grows
-// with the cluster: 100,000 pods arrive in ~3 s on a quiet apiserver.
-const podListTimeout = 2 * time.Minute
+// bigListTimeout bounds explain's lists of pods and Nodes, the lists whose
+// size grows with the cluster: 100,000 pods arrive in ~3 s from a quiet
+// apiserver. The others take the config's 30 s.
+const bigListTimeout = 2 * time.Minute
 
 // listCluster lists pods, namespaces, nodes and NetworkPolicies once.
 func listCluster(ctx context.Context, kubeconfig string) (explain.Cluster, error) {
@@ -276,42 +277,40 @@ func listCluster(ctx context.Context, kubeconfig string) (explain.Cluster, error
 	if err != nil {
 		return c, fmt.Errorf("API server %s: %w", cfg.Host, err)
 	}
-	// The pods as the agent lists them (controllers.ListPods): at 100,000 pods
-	// one list of every field of every pod is gigabytes of JSON to decode
-	// (docs/explain.md, "On a large cluster").
-	c.Pods, err = controllers.ListPods(ctx, cfg, podListTimeout)
-	if errors.Is(err, controllers.ErrNotProtobuf) {
-		var pods corev1.PodList
-		if err = cl.List(ctx, &pods); err == nil {
-			c.Pods = nil
-			for i := range pods.Items {
-				c.Pods = append(c.Pods, &pods.Items[i])
-			}
-		}
+	// The pods as the agent lists them, and the Nodes likewise: one protobuf
+	// list each, decoded as it arrives, each object pruned to what the
+	// compiler reads (controllers.ListPods, ListNodes). At 100,000 pods and
+	// thousands of Nodes, whole objects are gigabytes to decode, and explain
+	// run in the agent's container shares its memory limit (docs/explain.md,
+	// "On a large cluster").
+	c.Pods, err = controllers.ListPods(ctx, cfg, bigListTimeout)
+	if errors.Is(err, controllers.ErrNotProtobuf) { // something re-encodes: list them whole
+		c.Pods, err = listWhole[*corev1.Pod](ctx, cl, &corev1.PodList{})
 	}
 	if err != nil {
 		return c, fmt.Errorf("API server %s: %w", cfg.Host, err)
 	}
+	c.Nodes, err = controllers.ListNodes(ctx, cfg, bigListTimeout)
+	if errors.Is(err, controllers.ErrNotProtobuf) {
+		c.Nodes, err = listWhole[*corev1.Node](ctx, cl, &corev1.NodeList{})
+	}
+	switch {
+	case apierrors.IsForbidden(err):
+		// The agent's own service account (kubectl exec ... explain --live)
+		// may not list nodes: explain works without them, node/NAME aside.
+		c.Notes = append(c.Notes, "nodes not listed (forbidden): a node's address counts as external, and node/NAME is unknown")
+	case err != nil:
+		return c, fmt.Errorf("API server %s: %w", cfg.Host, err)
+	}
 	var nss corev1.NamespaceList
-	var nodes corev1.NodeList
 	var pols networkingv1.NetworkPolicyList
-	for _, l := range []client.ObjectList{&nss, &nodes, &pols} {
-		err := cl.List(ctx, l)
-		if l == &nodes && apierrors.IsForbidden(err) {
-			// The agent's own service account (kubectl exec ... explain --live)
-			// may not list nodes: explain works without them, node/NAME aside.
-			c.Notes = append(c.Notes, "nodes not listed (forbidden): a node's address counts as external, and node/NAME is unknown")
-			continue
-		}
-		if err != nil {
+	for _, l := range []client.ObjectList{&nss, &pols} {
+		if err := cl.List(ctx, l); err != nil {
 			return c, fmt.Errorf("API server %s: %w", cfg.Host, err)
 		}
 	}
 	for i := range nss.Items {
 		c.Namespaces = append(c.Namespaces, &nss.Items[i])
-	}
-	for i := range nodes.Items {
-		c.Nodes = append(c.Nodes, &nodes.Items[i])
 	}
 	for i := range pols.Items {
 		c.Policies = append(c.Policies, &pols.Items[i])
@@ -322,6 +321,26 @@ func listCluster(ctx context.Context, kubeconfig string) (explain.Cluster, error
 	}
 	c.ClusterPolicies = cnps
 	return c, nil
+}
+
+// listWhole lists list's kind through cl, whole objects, and returns its items.
+func listWhole[T runtime.Object](ctx context.Context, cl client.Client, list client.ObjectList) ([]T, error) {
+	if err := cl.List(ctx, list); err != nil {
+		return nil, err
+	}
+	objs, err := meta.ExtractList(list)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]T, 0, len(objs))
+	for _, o := range objs {
+		t, ok := o.(T)
+		if !ok {
+			return nil, fmt.Errorf("listing %T: an item is a %T", list, o)
+		}
+		out = append(out, t)
+	}
+	return out, nil
 }
 
 // listClusterPolicies lists the ClusterNetworkPolicies as the agent reads them:

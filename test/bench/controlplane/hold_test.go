@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nftpolicy/nftpolicy/test/bench/benchcluster"
+	"github.com/nftpolicy/nftpolicy/test/bench/benchproc"
 )
 
 // TestHold fills a control plane with a benchmark cluster and holds it, for
@@ -17,7 +18,7 @@ import (
 // DIR/apiserver.pid (to read the apiserver's CPU from /proc) and, last, DIR/ready,
 // then holds the control plane until DIR/stop exists. NFTPOLICY_BENCH_SHAPE=10k
 // holds the 10k cluster; the default is the 100k one. NFTPOLICY_BENCH_PODS=deployment
-// makes its pods as big as real ones. Run it as
+// makes its pods as big as real ones, NFTPOLICY_BENCH_NODES=1 adds its Nodes. Run it as
 //
 //	NFTPOLICY_BENCH_HOLD=/tmp/hold go test -timeout 3h -run TestHold ./test/bench/controlplane/
 func TestHold(t *testing.T) {
@@ -40,6 +41,22 @@ func TestHold(t *testing.T) {
 		t.Logf("%s: %s", name, fmt.Sprintf(format, args...))
 	}); err != nil {
 		t.Fatal(err)
+	}
+	// NFTPOLICY_BENCH_NODES=1: the shape's Nodes too, as kubelets report them
+	// (benchcluster.NodeObject); the benchmarks run without Node objects.
+	if os.Getenv("NFTPOLICY_BENCH_NODES") == "1" {
+		err := benchproc.Parallel(createWorkers, shape.Nodes, func(i int) error {
+			n := benchcluster.NodeObject(i)
+			status := n.Status
+			if err := c.Create(t.Context(), n); err != nil {
+				return err
+			}
+			n.Status = status
+			return c.Status().Update(t.Context(), n)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 	kubeconfig, err := os.ReadFile(cp.Kubeconfig)
 	if err != nil {
