@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -126,7 +128,7 @@ func TestRollingUpdate(t *testing.T) {
 		for _, from := range nodeNames {
 			for _, to := range nodeNames {
 				probes = append(probes, probe{client: client + "-" + from, server: "server-" + to,
-					addr: fmt.Sprintf("%s:%d", addrs["server-"+to], rolloutPort), allowed: client == "allowed"})
+					addr: net.JoinHostPort(addrs["server-"+to], strconv.Itoa(rolloutPort)), allowed: client == "allowed"})
 			}
 		}
 	}
