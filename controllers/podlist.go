@@ -17,6 +17,8 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
+
+	"github.com/nftpolicy/nftpolicy/nft/compile"
 )
 
 // The agent's first list of pods, decoded as it arrives.
@@ -75,15 +77,16 @@ func (pl *podLister) list(ctx context.Context, opts metav1.ListOptions) (runtime
 	return decodePodList(body, pl.record)
 }
 
-// ListPods lists every pod of the cluster once, the way the agent's first list
-// does: one protobuf list decoded as it arrives, each pod pruned to the fields
-// the compiler reads (podFields) before it is decoded, so at 100,000 pods the
-// caller holds the pruned pods and never the list's bytes or full Pods
-// (`nftpolicy explain`, which compiles tables as the agent does). cfg's
+// ListPodRecords lists every pod of the cluster once, the way the agent's
+// first list does: one protobuf list decoded as it arrives, each pod pruned to
+// the fields the compiler reads (podFields) before it is decoded and kept as
+// the compiler's record (compile.Pod, label maps and port lists shared), so
+// that at 100,000 pods the caller never holds the list's bytes or the pods as
+// objects (`nftpolicy explain`, which compiles tables as the agent does). cfg's
 // content types are overridden; timeout bounds the whole list (0: none).
 // ErrNotProtobuf when something between the caller and the apiserver answers
 // in another encoding.
-func ListPods(ctx context.Context, cfg *rest.Config, timeout time.Duration) ([]*corev1.Pod, error) {
+func ListPodRecords(ctx context.Context, cfg *rest.Config, timeout time.Duration) ([]*compile.Pod, error) {
 	c := rest.CopyConfig(cfg)
 	c.ContentType = runtime.ContentTypeProtobuf
 	c.AcceptContentTypes = runtime.ContentTypeProtobuf
@@ -92,9 +95,11 @@ func ListPods(ctx context.Context, cfg *rest.Config, timeout time.Duration) ([]*
 	if err != nil {
 		return nil, err
 	}
-	var pods []*corev1.Pod
+	var pods []*compile.Pod
+	in := &podInterner{}
 	pl := &podLister{rc: rc, record: func(p *corev1.Pod) runtime.Object {
-		pods = append(pods, p)
+		rec := in.record(p)
+		pods = append(pods, &rec.Pod) // rec holds the interned entries
 		return nil
 	}}
 	if _, err := pl.list(ctx, metav1.ListOptions{}); err != nil {

@@ -116,19 +116,18 @@ var _ = Describe("the pod list decoded as it arrives", func() {
 		Expect(requests("watch")).To(BeNumerically(">=", 1))
 		Expect(prunedWatches.Load()).To(BeNumerically(">=", 1), "the watch was not the pruning one (podwatch.go)")
 
-		// ListPods (nftpolicy explain's list): every pod, pruned to what the
-		// compiler reads, whatever content type the caller's config asks for.
+		// ListPodRecords (nftpolicy explain's list): every pod, as the
+		// compiler's record, whatever content type the caller's config asks for.
 		jc := rest.CopyConfig(cfg)
 		jc.ContentType, jc.AcceptContentTypes = runtime.ContentTypeJSON, runtime.ContentTypeJSON
-		listed, err := ListPods(ctx, jc, time.Minute)
+		listed, err := ListPodRecords(ctx, jc, time.Minute)
 		Expect(err).NotTo(HaveOccurred())
 		w := want(ctx)
 		Expect(listed).To(HaveLen(len(w)))
 		for _, p := range listed {
-			wr := w[p.Namespace+"/"+p.Name]
-			Expect(wr).NotTo(BeNil(), "pod %s/%s", p.Namespace, p.Name)
-			Expect((&podInterner{}).record(p).Pod).To(Equal(wr.Pod), "pod %s/%s", p.Namespace, p.Name)
-			Expect(p.ManagedFields).To(BeEmpty(), "pod %s/%s: not pruned", p.Namespace, p.Name)
+			wr := w[p.Namespace()+"/"+p.Name()]
+			Expect(wr).NotTo(BeNil(), "pod %s/%s", p.Namespace(), p.Name())
+			Expect(*p).To(Equal(wr.Pod), "pod %s/%s", p.Namespace(), p.Name())
 		}
 	})
 

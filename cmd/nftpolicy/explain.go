@@ -279,11 +279,12 @@ func listCluster(ctx context.Context, kubeconfig string) (explain.Cluster, error
 	}
 	// The pods as the agent lists them, and the Nodes likewise: one protobuf
 	// list each, decoded as it arrives, each object pruned to what the
-	// compiler reads (controllers.ListPods, ListNodes). At 100,000 pods and
+	// compiler reads, the pods kept as its records (controllers.ListPodRecords,
+	// ListNodes; the files of -f overlay them as objects). At 100,000 pods and
 	// thousands of Nodes, whole objects are gigabytes to decode, and explain
 	// run in the agent's container shares its memory limit (docs/explain.md,
 	// "On a large cluster").
-	c.Pods, err = controllers.ListPods(ctx, cfg, bigListTimeout)
+	c.PodRecords, err = controllers.ListPodRecords(ctx, cfg, bigListTimeout)
 	if errors.Is(err, controllers.ErrNotProtobuf) { // something re-encodes: list them whole
 		c.Pods, err = listWhole[*corev1.Pod](ctx, cl, &corev1.PodList{})
 	}

@@ -20,6 +20,10 @@ import (
 type Snapshot struct {
 	NodeName   string
 	Pods       []*corev1.Pod
+	// PodRecords are pods as the compiler reads them (PodOf), for a caller
+	// that keeps no pod objects (nftpolicy explain at 100,000 pods); a pod of
+	// Pods with the same namespace and name wins.
+	PodRecords []*Pod
 	Namespaces []*corev1.Namespace
 	Policies   []*networkingv1.NetworkPolicy
 
@@ -102,6 +106,14 @@ func Load(s Snapshot, opts Options) *Compiler {
 		}
 		if _, dup := c.ix.pods[objKey{p.Namespace, p.Name}]; !dup {
 			c.SetPod(p)
+		}
+	}
+	for _, p := range s.PodRecords {
+		if p == nil {
+			continue
+		}
+		if _, dup := c.ix.pods[objKey{p.ns, p.name}]; !dup {
+			c.SetPodRecord(p)
 		}
 	}
 	for _, np := range s.Policies {

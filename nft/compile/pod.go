@@ -8,6 +8,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/nftpolicy/nftpolicy/nft"
 )
 
 // Pod is all the compiler reads of a pod, in the form it reads it: what an agent
@@ -76,6 +78,44 @@ func PodOf(p *corev1.Pod) Pod {
 		}
 	}
 	return out
+}
+
+// Object is a pod object of which p is what the compiler reads: PodOf(p.Object())
+// equals p. Its phase is Running, or Succeeded when p has finished; its named
+// ports are on one container; it shares p's label map.
+func (p *Pod) Object() *corev1.Pod {
+	o := &corev1.Pod{}
+	o.Namespace, o.Name, o.Labels = p.ns, p.name, p.labels
+	o.Spec.NodeName, o.Spec.HostNetwork = p.node, p.hostNet
+	o.Status.Phase = corev1.PodRunning
+	if p.finished {
+		o.Status.Phase = corev1.PodSucceeded
+	}
+	for _, a := range p.addrs {
+		o.Status.PodIPs = append(o.Status.PodIPs, corev1.PodIP{IP: a.String()})
+	}
+	if len(o.Status.PodIPs) > 0 {
+		o.Status.PodIP = o.Status.PodIPs[0].IP
+	}
+	if len(p.ports) > 0 {
+		c := corev1.Container{Name: "ports"}
+		for _, np := range p.ports {
+			c.Ports = append(c.Ports, corev1.ContainerPort{Name: np.Name, ContainerPort: int32(np.Port), Protocol: protoName(np.Proto)})
+		}
+		o.Spec.Containers = []corev1.Container{c}
+	}
+	return o
+}
+
+// protoName is protoNumber's inverse.
+func protoName(p uint8) corev1.Protocol {
+	switch p {
+	case nft.ProtoUDP:
+		return corev1.ProtocolUDP
+	case nft.ProtoSCTP:
+		return corev1.ProtocolSCTP
+	}
+	return corev1.ProtocolTCP
 }
 
 // Share replaces the pod's label map and port list with equal ones shared with

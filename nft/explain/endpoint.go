@@ -8,6 +8,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/nftpolicy/nftpolicy/nft/compile"
 )
 
 // Ref is one end of the question as the user wrote it: `namespace/pod`, an IP
@@ -95,28 +97,6 @@ func (e *NotFoundError) Error() string { return e.msg }
 
 func notFound(format string, args ...any) error { return &NotFoundError{fmt.Sprintf(format, args...)} }
 
-// active: the compiler's reading of who takes part in policy (nft/compile's doc).
-func active(p *corev1.Pod) bool {
-	return !p.Spec.HostNetwork && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed && len(podAddrs(p)) > 0
-}
-
-func podAddrs(p *corev1.Pod) []netip.Addr {
-	var ips []string
-	for _, ip := range p.Status.PodIPs {
-		ips = append(ips, ip.IP)
-	}
-	if len(ips) == 0 && p.Status.PodIP != "" {
-		ips = append(ips, p.Status.PodIP)
-	}
-	var out []netip.Addr
-	for _, s := range ips {
-		if a, err := netip.ParseAddr(s); err == nil {
-			out = append(out, a.Unmap())
-		}
-	}
-	return out
-}
-
 func nodeAddrs(n *corev1.Node) []netip.Addr {
 	var out []netip.Addr
 	// InternalIP first: the address pods reach a node by.
@@ -180,9 +160,10 @@ func (c *Cluster) resolve(r Ref) (candidate, error) {
 		}
 		return candidate{}, notFound("node %s not found", r.Node)
 	case r.Addr.IsValid():
-		for _, p := range c.sortedPods() {
-			if active(p) && slices.Contains(podAddrs(p), r.Addr) {
-				return candidate{ref: r, kind: KindPod, pod: p, node: p.Spec.NodeName, addrs: []netip.Addr{r.Addr}}, nil
+		pods := c.sortedPods()
+		for _, p := range pods {
+			if p.Eligible() && slices.Contains(p.Addrs(), r.Addr) {
+				return candidate{ref: r, kind: KindPod, pod: p.Object(), node: p.Node(), addrs: []netip.Addr{r.Addr}}, nil
 			}
 		}
 		for _, n := range c.Nodes {
@@ -190,37 +171,64 @@ func (c *Cluster) resolve(r Ref) (candidate, error) {
 				return candidate{ref: r, kind: KindNode, node: n.Name, addrs: []netip.Addr{r.Addr}}, nil
 			}
 		}
-		for _, p := range c.sortedPods() {
-			if p.Spec.HostNetwork && slices.Contains(podAddrs(p), r.Addr) {
-				return candidate{ref: r, kind: KindNode, pod: p, node: p.Spec.NodeName, addrs: []netip.Addr{r.Addr}}, nil
+		for _, p := range pods {
+			if p.HostNetwork() && slices.Contains(p.Addrs(), r.Addr) {
+				return candidate{ref: r, kind: KindNode, pod: p.Object(), node: p.Node(), addrs: []netip.Addr{r.Addr}}, nil
 			}
 		}
 		return candidate{ref: r, kind: KindExternal, addrs: []netip.Addr{r.Addr}}, nil
 	}
-	var pod *corev1.Pod
-	for _, p := range c.Pods {
-		if p.Namespace == r.Namespace && p.Name == r.Pod {
-			pod = p
-			break
-		}
-	}
+	pod := c.findPod(r.Namespace, r.Pod)
 	switch {
 	case pod == nil:
 		return candidate{}, notFound("pod %s/%s not found", r.Namespace, r.Pod)
-	case pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
-		return candidate{}, notFound("pod %s/%s has finished (phase %s): it has no address that policy applies to", r.Namespace, r.Pod, pod.Status.Phase)
-	case len(podAddrs(pod)) == 0:
+	case pod.Finished():
+		return candidate{}, notFound("pod %s/%s has finished (phase Succeeded or Failed): it has no address that policy applies to", r.Namespace, r.Pod)
+	case len(pod.Addrs()) == 0:
 		return candidate{}, notFound("pod %s/%s has no address yet (status.podIPs is empty)", r.Namespace, r.Pod)
-	case pod.Spec.HostNetwork:
-		return candidate{ref: r, kind: KindNode, pod: pod, node: pod.Spec.NodeName, addrs: podAddrs(pod)}, nil
+	case pod.HostNetwork():
+		return candidate{ref: r, kind: KindNode, pod: pod.Object(), node: pod.Node(), addrs: pod.Addrs()}, nil
 	}
-	return candidate{ref: r, kind: KindPod, pod: pod, node: pod.Spec.NodeName, addrs: podAddrs(pod)}, nil
+	return candidate{ref: r, kind: KindPod, pod: pod.Object(), node: pod.Node(), addrs: pod.Addrs()}, nil
 }
 
-func (c *Cluster) sortedPods() []*corev1.Pod {
-	out := slices.Clone(c.Pods)
-	slices.SortFunc(out, func(a, b *corev1.Pod) int {
-		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+// findPod is the pod namespace/name: of Pods first, as the compile reads it.
+func (c *Cluster) findPod(namespace, name string) *compile.Pod {
+	for _, p := range c.Pods {
+		if p.Namespace == namespace && p.Name == name {
+			rec := compile.PodOf(p)
+			return &rec
+		}
+	}
+	for _, p := range c.PodRecords {
+		if p.Namespace() == namespace && p.Name() == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// sortedPods are Pods and PodRecords (those Pods do not shadow) as records,
+// by namespace/name.
+func (c *Cluster) sortedPods() []*compile.Pod {
+	out := make([]*compile.Pod, 0, len(c.Pods)+len(c.PodRecords))
+	given := map[[2]string]bool{}
+	for _, p := range c.Pods {
+		if given[[2]string{p.Namespace, p.Name}] {
+			continue // the first of a key, as the compile reads them
+		}
+		given[[2]string{p.Namespace, p.Name}] = true
+		rec := compile.PodOf(p)
+		out = append(out, &rec)
+	}
+	for _, p := range c.PodRecords {
+		if !given[[2]string{p.Namespace(), p.Name()}] {
+			given[[2]string{p.Namespace(), p.Name()}] = true
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b *compile.Pod) int {
+		return strings.Compare(a.Namespace()+"/"+a.Name(), b.Namespace()+"/"+b.Name())
 	})
 	return out
 }

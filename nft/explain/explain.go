@@ -20,7 +20,11 @@ import (
 // Cluster is what explain knows of the cluster: the objects the agent watches, and
 // the nodes (whose addresses name `node/NAME` ends).
 type Cluster struct {
-	Pods       []*corev1.Pod
+	Pods []*corev1.Pod
+	// PodRecords are pods as the compiler reads them (compile.PodOf), which a
+	// caller listing 100,000 pods keeps instead of objects (an eighth of
+	// their memory); a pod of Pods with the same namespace and name wins.
+	PodRecords []*compile.Pod
 	Namespaces []*corev1.Namespace
 	Nodes      []*corev1.Node
 	Policies   []*networkingv1.NetworkPolicy
@@ -214,7 +218,7 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 			// node's, read from its table); no known pod meets another node's.
 			copts.UnknownLocalPods = nil
 		}
-		comp := compile.Load(compile.Snapshot{NodeName: n, Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies,
+		comp := compile.Load(compile.Snapshot{NodeName: n, Pods: c.Pods, PodRecords: c.PodRecords, Namespaces: c.Namespaces, Policies: c.Policies,
 			ClusterNetworkPolicies: c.ClusterPolicies, Nodes: c.Nodes}, copts)
 		rs, ps := comp.Compile()
 		x.rules[n] = comp.Attribution()

@@ -194,6 +194,19 @@ func explainMatchesReference(t *testing.T, world func(*rand.Rand) netpolref.Worl
 		w := world(rng)
 		c := Cluster{Pods: w.Pods, Namespaces: w.Namespaces, Policies: w.Policies, ClusterPolicies: w.ClusterPolicies, Nodes: w.Nodes}
 		ref := netpolref.New(w.Pods, w.Namespaces, w.Policies).WithTiers(w.ClusterPolicies, w.Nodes)
+		// Two clusters in four give explain their pods as the compiler's records
+		// (Cluster.PodRecords, as nftpolicy explain lists them; the reference
+		// reads the objects), one of them with its first pod as an object too.
+		if i%4 >= 2 {
+			c.Pods = nil
+			for _, p := range w.Pods {
+				rec := compile.PodOf(p)
+				c.PodRecords = append(c.PodRecords, &rec)
+			}
+			if i%4 == 3 && len(w.Pods) > 0 {
+				c.Pods = w.Pods[:1]
+			}
+		}
 		// Every other cluster: the table as the agent writes it by default (recheck
 		// mode at some epoch, policy counters) and with the deny log on.
 		opts := Options{}
