@@ -18,8 +18,8 @@ import (
 // Of nodes, name, labels and status.addresses (for ClusterNetworkPolicy nodes
 // peers). Compile never modifies the objects.
 type Snapshot struct {
-	NodeName   string
-	Pods       []*corev1.Pod
+	NodeName string
+	Pods     []*corev1.Pod
 	// PodRecords are pods as the compiler reads them (PodOf), for a caller
 	// that keeps no pod objects (nftpolicy explain at 100,000 pods); a pod of
 	// Pods with the same namespace and name wins.
