@@ -526,8 +526,7 @@ func unknownCIDRsOf(c explain.Cluster, node string) ([]netip.Prefix, string) {
 // kernel's rules in its terms.
 func compileHint(c explain.Cluster, o explainOptions, opts compile.Options, epoch uint32) *nft.Ruleset {
 	opts.Table = o.table
-	rs, _ := compile.Compile(compile.Snapshot{NodeName: o.nodeName, Pods: c.Pods, Namespaces: c.Namespaces, Policies: c.Policies,
-		ClusterNetworkPolicies: c.ClusterPolicies, Nodes: c.Nodes}, opts)
+	rs, _ := compile.Compile(c.Snapshot(o.nodeName), opts)
 	if opts.Established == compile.EstablishedRecheck && epoch > 1 {
 		mask := opts.CtMarkMask
 		if mask == 0 {

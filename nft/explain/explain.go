@@ -36,6 +36,12 @@ type Cluster struct {
 	Notes []string
 }
 
+// Snapshot is the cluster as node's agent compiles it.
+func (c *Cluster) Snapshot(node string) compile.Snapshot {
+	return compile.Snapshot{NodeName: node, Pods: c.Pods, PodRecords: c.PodRecords, Namespaces: c.Namespaces,
+		Policies: c.Policies, ClusterNetworkPolicies: c.ClusterPolicies, Nodes: c.Nodes}
+}
+
 // Question is "from X to Y", on one protocol and port or on every port.
 type Question struct {
 	From, To Ref
@@ -218,8 +224,7 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 			// node's, read from its table); no known pod meets another node's.
 			copts.UnknownLocalPods = nil
 		}
-		comp := compile.Load(compile.Snapshot{NodeName: n, Pods: c.Pods, PodRecords: c.PodRecords, Namespaces: c.Namespaces, Policies: c.Policies,
-			ClusterNetworkPolicies: c.ClusterPolicies, Nodes: c.Nodes}, copts)
+		comp := compile.Load(c.Snapshot(n), copts)
 		rs, ps := comp.Compile()
 		x.rules[n] = comp.Attribution()
 		if copts.Established == compile.EstablishedRecheck && opts.Epoch > 1 {
