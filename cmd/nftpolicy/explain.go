@@ -23,6 +23,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -188,7 +189,18 @@ func explainRun(o explainOptions, stdin io.Reader, stdout io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var c explain.Cluster
+	room := readRoom()
 	if o.useCluster {
+		if err := room.check(0); err != nil { // not even room to list
+			return err
+		}
+		if room.limited { // refuse before listing what there is no room for
+			if n, ok := countPods(ctx, o.kubeconfig); ok {
+				if err := room.check(n); err != nil {
+					return err
+				}
+			}
+		}
 		var err error
 		if c, err = listCluster(ctx, o.kubeconfig); err != nil {
 			return err
@@ -200,6 +212,9 @@ func explainRun(o explainOptions, stdin io.Reader, stdout io.Writer) error {
 			return err
 		}
 		overlay(&c, objs)
+	}
+	if err := room.check(len(c.Pods) + len(c.PodRecords)); err != nil {
+		return err
 	}
 	// The agent's defaults: a walk shows the table a node holds (with --live, the
 	// kernel's table tells the options it was compiled with).
@@ -322,6 +337,26 @@ func listCluster(ctx context.Context, kubeconfig string) (explain.Cluster, error
 	}
 	c.ClusterPolicies = cnps
 	return c, nil
+}
+
+// countPods asks the API server how many pods there are, listing one pod's
+// metadata (its remainingItemCount); false when it cannot tell.
+func countPods(ctx context.Context, kubeconfig string) (int, bool) {
+	cfg, err := controllers.LoadRESTConfig(kubeconfig)
+	if err != nil {
+		return 0, false
+	}
+	cfg.Timeout = 30 * time.Second
+	cl, err := client.New(cfg, client.Options{})
+	if err != nil {
+		return 0, false
+	}
+	l := &metav1.PartialObjectMetadataList{}
+	l.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("PodList"))
+	if err := cl.List(ctx, l, client.Limit(1)); err != nil || l.RemainingItemCount == nil {
+		return 0, false
+	}
+	return len(l.Items) + int(*l.RemainingItemCount), true
 }
 
 // listWhole lists list's kind through cl, whole objects, and returns its items.
