@@ -46,9 +46,9 @@ import (
 // podListPrefix starts every protobuf-encoded apiserver response.
 var podListPrefix = []byte{0x6b, 0x38, 0x73, 0x00}
 
-// ErrNotProtobuf is returned when the apiserver answers a pod list in another
+// ErrNotProtobuf is returned when the apiserver answers a list in another
 // encoding than protobuf (a proxy rewrote it, or it was asked for JSON).
-var ErrNotProtobuf = errors.New("the apiserver's pod list is not protobuf (something between the agent and the apiserver re-encodes it?); --pod-watch-list lists pods through client-go instead")
+var ErrNotProtobuf = errors.New("the apiserver's list is not protobuf (something between us and the apiserver re-encodes it?); the agent's --pod-watch-list lists pods through client-go instead")
 
 // podLister lists pods through rc (a core/v1 REST client) and hands each pod to
 // record, keeping what record returns.
@@ -87,11 +87,7 @@ func (pl *podLister) list(ctx context.Context, opts metav1.ListOptions) (runtime
 // ErrNotProtobuf when something between the caller and the apiserver answers
 // in another encoding.
 func ListPodRecords(ctx context.Context, cfg *rest.Config, timeout time.Duration) ([]*compile.Pod, error) {
-	c := rest.CopyConfig(cfg)
-	c.ContentType = runtime.ContentTypeProtobuf
-	c.AcceptContentTypes = runtime.ContentTypeProtobuf
-	c.Timeout = timeout
-	rc, err := newPodClient(c)
+	rc, err := newPodClient(protobufOnly(cfg, timeout))
 	if err != nil {
 		return nil, err
 	}
@@ -108,6 +104,15 @@ func ListPodRecords(ctx context.Context, cfg *rest.Config, timeout time.Duration
 	return pods, nil
 }
 
+// protobufOnly is cfg asking for protobuf alone, each request bounded by
+// timeout (0: none).
+func protobufOnly(cfg *rest.Config, timeout time.Duration) *rest.Config {
+	c := rest.CopyConfig(cfg)
+	c.ContentType, c.AcceptContentTypes = runtime.ContentTypeProtobuf, runtime.ContentTypeProtobuf
+	c.Timeout = timeout
+	return c
+}
+
 // nodeFields are the fields of a Node that `nftpolicy explain` reads, and the
 // compiler through it (compile's nodeInfo): name, labels and addresses. A
 // kubelet's Node is mostly its images (50 by default), conditions and managed
@@ -117,15 +122,11 @@ var nodeFields = keep{
 	3: {5: nil},          // status: addresses
 }
 
-// ListNodes lists every Node of the cluster once, as ListPods lists pods: one
+// ListNodes lists every Node of the cluster once, as ListPodRecords lists pods: one
 // protobuf list decoded as it arrives, each Node pruned to its name, labels
 // and addresses (nodeFields) before it is decoded.
 func ListNodes(ctx context.Context, cfg *rest.Config, timeout time.Duration) ([]*corev1.Node, error) {
-	c := rest.CopyConfig(cfg)
-	c.ContentType = runtime.ContentTypeProtobuf
-	c.AcceptContentTypes = runtime.ContentTypeProtobuf
-	c.Timeout = timeout
-	core, err := corev1client.NewForConfig(c)
+	core, err := corev1client.NewForConfig(protobufOnly(cfg, timeout))
 	if err != nil {
 		return nil, err
 	}
@@ -271,7 +272,7 @@ func (d *pbReader) list(end int64, meta *metav1.ListMeta, item func([]byte) erro
 			if err != nil {
 				return fmt.Errorf("item %d: %w", items, err)
 			}
-			// Only what the caller reads is decoded (podFields); Unmarshal
+			// Only what the caller reads is decoded (podFields, nodeFields); Unmarshal
 			// copies what it keeps out of the buffers, which the next item reuses.
 			if d.keep != nil {
 				if d.pruned, err = prune(d.pruned[:0], b, d.keep); err != nil {
