@@ -294,6 +294,15 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	); err != nil {
 		return fmt.Errorf("manager setup: %w", err)
 	}
+	// Every Node, while a nodes peer needs them: listed and watched pruned
+	// (nodelist.go), but for JSON, where client-go decodes them whole.
+	if !opts.JSON {
+		nl, err := newNodeLister(cfg)
+		if err != nil {
+			return fmt.Errorf("node client: %w", err)
+		}
+		link.nodeList, link.nodeWatch = nl.list, nl.watch
+	}
 	nodes := newAllNodes(ctx, link, toolscache.NewListWatchFromClient(core.RESTClient(), "nodes", "", fields.Everything()),
 		log.WithName("nodes"))
 	if opts.SyncedBoot == "" {

@@ -93,6 +93,10 @@ type apiLink struct {
 	// of client-go's watch-list, and podWatch how it watches (podwatch.go).
 	podList  func(context.Context, metav1.ListOptions) (runtime.Object, error)
 	podWatch func(context.Context, metav1.ListOptions) (watch.Interface, error)
+	// nodeList and nodeWatch, when set, are the all-node informer's
+	// (nodelist.go), likewise.
+	nodeList  func(context.Context, metav1.ListOptions) (runtime.Object, error)
+	nodeWatch func(context.Context, metav1.ListOptions) (watch.Interface, error)
 }
 
 func newAPILink(log logr.Logger) *apiLink {
@@ -125,6 +129,9 @@ func (l *apiLink) newInformerAs(kind string, lw toolscache.ListerWatcher, obj ru
 		indexers = maps.Clone(indexers)
 		delete(indexers, toolscache.NamespaceIndex)
 		linked.list, linked.watch = l.podList, l.podWatch
+	}
+	if kind == allNodesKind {
+		linked.list, linked.watch = l.nodeList, l.nodeWatch
 	}
 	return toolscache.NewSharedIndexInformer(linked, obj, resync, indexers)
 }

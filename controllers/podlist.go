@@ -15,7 +15,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/scheme"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 
 	"github.com/nftpolicy/nftpolicy/nft/compile"
@@ -113,38 +112,26 @@ func protobufOnly(cfg *rest.Config, timeout time.Duration) *rest.Config {
 	return c
 }
 
-// nodeFields are the fields of a Node that `nftpolicy explain` reads, and the
-// compiler through it (compile's nodeInfo): name, labels and addresses. A
-// kubelet's Node is mostly its images (50 by default), conditions and managed
-// fields: ~10 KB in protobuf, of which these are ~200 B.
-var nodeFields = keep{
-	1: {1: nil, 11: nil}, // metadata: name, labels
-	3: {5: nil},          // status: addresses
-}
-
-// ListNodes lists every Node of the cluster once, as ListPodRecords lists pods: one
-// protobuf list decoded as it arrives, each Node pruned to its name, labels
-// and addresses (nodeFields) before it is decoded.
+// ListNodes lists every Node of the cluster once, as the all-node watch does
+// (nodeLister): one protobuf list decoded as it arrives, each Node pruned to
+// what trimNode keeps (name, labels, addresses, pod CIDRs, taints) before it
+// is decoded. A kubelet's Node is mostly its images (50 by default),
+// conditions and managed fields: ~10 KB in protobuf, of which these are ~200 B.
 func ListNodes(ctx context.Context, cfg *rest.Config, timeout time.Duration) ([]*corev1.Node, error) {
-	core, err := corev1client.NewForConfig(protobufOnly(cfg, timeout))
+	nl, err := newNodeLister(protobufOnly(cfg, timeout))
 	if err != nil {
 		return nil, err
 	}
-	body, err := core.RESTClient().Get().Resource("nodes").SetHeader("Accept", runtime.ContentTypeProtobuf).Stream(ctx)
+	l, err := nl.list(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, err
 	}
-	defer body.Close()
-	var nodes []*corev1.Node
-	_, err = decodeList(body, "NodeList", nodeFields, func(b []byte) error {
-		n := &corev1.Node{}
-		if err := n.Unmarshal(b); err != nil {
-			return err
-		}
-		nodes = append(nodes, n)
-		return nil
-	})
-	return nodes, err
+	items := l.(*recordList).Items
+	nodes := make([]*corev1.Node, 0, len(items))
+	for _, o := range items {
+		nodes = append(nodes, o.(*corev1.Node))
+	}
+	return nodes, nil
 }
 
 // recordList is the list podLister returns: the list's metadata, and the
@@ -272,7 +259,7 @@ func (d *pbReader) list(end int64, meta *metav1.ListMeta, item func([]byte) erro
 			if err != nil {
 				return fmt.Errorf("item %d: %w", items, err)
 			}
-			// Only what the caller reads is decoded (podFields, nodeFields); Unmarshal
+			// Only what the caller reads is decoded (podFields, nodeWatchFields); Unmarshal
 			// copies what it keeps out of the buffers, which the next item reuses.
 			if d.keep != nil {
 				if d.pruned, err = prune(d.pruned[:0], b, d.keep); err != nil {

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
@@ -131,7 +132,7 @@ var _ = Describe("the pod list decoded as it arrives", func() {
 		}
 	})
 
-	It("lists Nodes pruned to their name, labels and addresses (ListNodes)", func(ctx SpecContext) {
+	It("lists Nodes pruned to what trimNode keeps (ListNodes, the all-node watch's list)", func(ctx SpecContext) {
 		var made []*corev1.Node
 		for i := range 3 {
 			n := benchcluster.NodeObject(900 + i)
@@ -151,9 +152,12 @@ var _ = Describe("the pod list decoded as it arrives", func() {
 		for _, n := range made {
 			got := byName[n.Name]
 			Expect(got).NotTo(BeNil(), "node %s", n.Name)
-			want := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: n.Labels},
-				Status: corev1.NodeStatus{Addresses: n.Status.Addresses}}
-			Expect(got).To(Equal(want), "node %s: not pruned to name, labels and addresses", n.Name)
+			var whole corev1.Node
+			Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(n), &whole)).To(Succeed())
+			Expect(whole.Status.Images).NotTo(BeEmpty())
+			want, _ := trimNode(&whole)
+			got.SetGroupVersionKind(schema.GroupVersionKind{}) // trimNode's has none
+			Expect(got).To(Equal(want), "node %s: not pruned to what trimNode keeps", n.Name)
 		}
 	})
 })

@@ -44,13 +44,23 @@ var podWatchFields = func() keep {
 }()
 
 // newPodClient is a core/v1 REST client whose watches decode pods pruned
-// (prunedPodDecoder); podLister lists and watches pods with it.
+// (prunedDecoder); podLister lists and watches pods with it.
 func newPodClient(cfg *rest.Config) (rest.Interface, error) {
+	return newPrunedClient(cfg, newPodDecoder)
+}
+
+// newPodDecoder decodes a protobuf-encoded v1 Pod keeping podWatchFields.
+func newPodDecoder(s runtime.Serializer) runtime.Serializer {
+	return prunedDecoder[corev1.Pod, *corev1.Pod]{Serializer: s, fields: podWatchFields, gvk: podGVK}
+}
+
+// newPrunedClient is a core/v1 REST client whose protobuf decoding is wrap's.
+func newPrunedClient(cfg *rest.Config, wrap func(runtime.Serializer) runtime.Serializer) (rest.Interface, error) {
 	c := rest.CopyConfig(cfg)
 	gv := corev1.SchemeGroupVersion
 	c.GroupVersion = &gv
 	c.APIPath = "/api"
-	c.NegotiatedSerializer = prunedPodCodecs{rest.CodecFactoryForGeneratedClient(scheme.Scheme, scheme.Codecs).WithoutConversion()}
+	c.NegotiatedSerializer = prunedCodecs{rest.CodecFactoryForGeneratedClient(scheme.Scheme, scheme.Codecs).WithoutConversion(), wrap}
 	if c.UserAgent == "" {
 		c.UserAgent = rest.DefaultKubernetesUserAgent()
 	}
@@ -60,76 +70,94 @@ func newPodClient(cfg *rest.Config) (rest.Interface, error) {
 // watch is a ListerWatcher's watch of pods for opts, as the reflector asks for
 // it (client-go's typed PodInterface.Watch, through the pruning client).
 func (pl *podLister) watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+	return watchPruned(ctx, pl.rc, "pods", opts)
+}
+
+// watchPruned watches resource through rc (a pruning client) for opts.
+func watchPruned(ctx context.Context, rc rest.Interface, resource string, opts metav1.ListOptions) (watch.Interface, error) {
 	opts.Watch = true
 	var timeout time.Duration
 	if opts.TimeoutSeconds != nil {
 		timeout = time.Duration(*opts.TimeoutSeconds) * time.Second
 	}
-	return pl.rc.Get().
-		Resource("pods").
+	return rc.Get().
+		Resource(resource).
 		VersionedParams(&opts, scheme.ParameterCodec).
 		Timeout(timeout).
 		Watch(ctx)
 }
 
-// prunedPodCodecs is a client's serializers with the protobuf one's decoding
-// of pods pruned.
-type prunedPodCodecs struct{ runtime.NegotiatedSerializer }
+// prunedCodecs is a client's serializers with the protobuf one's decoding
+// wrapped (prunedDecoder).
+type prunedCodecs struct {
+	runtime.NegotiatedSerializer
+	wrap func(runtime.Serializer) runtime.Serializer
+}
 
-func (c prunedPodCodecs) SupportedMediaTypes() []runtime.SerializerInfo {
+func (c prunedCodecs) SupportedMediaTypes() []runtime.SerializerInfo {
 	infos := slices.Clone(c.NegotiatedSerializer.SupportedMediaTypes())
 	for i := range infos {
 		if infos[i].MediaType == runtime.ContentTypeProtobuf {
-			infos[i].Serializer = prunedPodDecoder{infos[i].Serializer}
+			infos[i].Serializer = c.wrap(infos[i].Serializer)
 		}
 	}
 	return infos
 }
 
-// prunedPodDecoder decodes a protobuf-encoded v1 Pod keeping podWatchFields, and
-// everything else as its Serializer does. Encoding is the Serializer's.
-type prunedPodDecoder struct{ runtime.Serializer }
+// prunedDecoder decodes a protobuf-encoded object of gvk (a v1 Pod, a v1 Node)
+// keeping fields, and everything else as its Serializer does. Encoding is the
+// Serializer's.
+type prunedDecoder[T any, PT interface {
+	*T
+	runtime.Object
+	Unmarshal([]byte) error
+}] struct {
+	runtime.Serializer
+	fields keep
+	gvk    schema.GroupVersionKind
+}
 
 var podGVK = corev1.SchemeGroupVersion.WithKind("Pod")
 
-// prunedBufs holds the buffers pods are pruned into: Unmarshal copies what it
-// keeps out of them.
+// prunedBufs holds the buffers objects are pruned into: Unmarshal copies what
+// it keeps out of them.
 var prunedBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
-func (d prunedPodDecoder) Decode(data []byte, defaults *schema.GroupVersionKind, into runtime.Object) (runtime.Object, *schema.GroupVersionKind, error) {
-	raw, ok := protobufPod(data)
+func (d prunedDecoder[T, PT]) Decode(data []byte, defaults *schema.GroupVersionKind, into runtime.Object) (runtime.Object, *schema.GroupVersionKind, error) {
+	raw, ok := protobufObject(data, d.gvk)
 	if !ok {
 		return d.Serializer.Decode(data, defaults, into)
 	}
-	pod, isPod := into.(*corev1.Pod)
-	if into != nil && !isPod {
+	obj, isT := into.(PT)
+	if into != nil && !isT {
 		return d.Serializer.Decode(data, defaults, into)
 	}
 	buf := prunedBufs.Get().(*[]byte)
 	defer prunedBufs.Put(buf)
-	pruned, err := prune((*buf)[:0], raw, podWatchFields)
+	pruned, err := prune((*buf)[:0], raw, d.fields)
 	*buf = pruned[:0]
 	if err != nil {
 		return nil, nil, err
 	}
-	if pod == nil {
-		pod = &corev1.Pod{}
+	if obj == nil {
+		obj = PT(new(T))
 	} else {
-		*pod = corev1.Pod{}
+		var zero T
+		*obj = zero
 	}
-	if err := pod.Unmarshal(pruned); err != nil {
+	if err := obj.Unmarshal(pruned); err != nil {
 		return nil, nil, err
 	}
-	pod.SetGroupVersionKind(podGVK)
-	gvk := podGVK
-	return pod, &gvk, nil
+	obj.GetObjectKind().SetGroupVersionKind(d.gvk)
+	gvk := d.gvk
+	return obj, &gvk, nil
 }
 
-// protobufPod returns the bytes of the Pod in data, an apiserver protobuf
-// object (podListPrefix, then a runtime.Unknown: 1 typeMeta {1 apiVersion,
-// 2 kind}, 2 raw, 3 contentEncoding, 4 contentType), if it holds a v1 Pod,
-// unencoded.
-func protobufPod(data []byte) ([]byte, bool) {
+// protobufObject returns the bytes of the object in data, an apiserver
+// protobuf object (podListPrefix, then a runtime.Unknown: 1 typeMeta
+// {1 apiVersion, 2 kind}, 2 raw, 3 contentEncoding, 4 contentType), if it
+// holds an unencoded object of gvk (core group).
+func protobufObject(data []byte, gvk schema.GroupVersionKind) ([]byte, bool) {
 	b, ok := bytes.CutPrefix(data, podListPrefix)
 	if !ok {
 		return nil, false
@@ -158,7 +186,7 @@ func protobufPod(data []byte) ([]byte, bool) {
 		}
 		return nil
 	})
-	if err != nil || !sawRaw || string(apiVersion) != "v1" || string(kind) != "Pod" {
+	if err != nil || !sawRaw || string(apiVersion) != gvk.GroupVersion().String() || string(kind) != gvk.Kind {
 		return nil, false
 	}
 	return raw, true

@@ -115,7 +115,7 @@ func TestPodWatchDecodesPruned(t *testing.T) {
 // TestPrunedPodDecoderFallsThrough: what is not a protobuf v1 Pod is decoded
 // by the protobuf serializer itself, and a corrupt pod is an error.
 func TestPrunedPodDecoderFallsThrough(t *testing.T) {
-	d := prunedPodDecoder{protobuf.NewSerializer(scheme.Scheme, scheme.Scheme)}
+	d := newPodDecoder(protobuf.NewSerializer(scheme.Scheme, scheme.Scheme))
 	ns := encodeProtobuf(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "n", Labels: map[string]string{"a": "b"}}})
 	obj, _, err := d.Decode(ns, nil, nil)
 	if n, ok := obj.(*corev1.Namespace); err != nil || !ok || n.Labels["a"] != "b" {
@@ -140,7 +140,7 @@ func BenchmarkPodWatchDecode(b *testing.B) {
 	for _, bc := range []struct {
 		name string
 		dec  runtime.Decoder
-	}{{"pruned", prunedPodDecoder{pb}}, {"whole", pb}} {
+	}{{"pruned", newPodDecoder(pb)}, {"whole", pb}} {
 		b.Run(bc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
