@@ -7,7 +7,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 )
 
@@ -56,12 +55,7 @@ func newNodeLister(cfg *rest.Config) (*nodeLister, error) {
 // list, not a watch-list, whose bookmark would lose its annotations to the
 // pruning), decoding each as it arrives, pruned (as podLister.list does pods).
 func (nl *nodeLister) list(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
-	opts.Limit = 0
-	body, err := nl.rc.Get().
-		Resource("nodes").
-		VersionedParams(&opts, scheme.ParameterCodec).
-		SetHeader("Accept", runtime.ContentTypeProtobuf).
-		Stream(ctx)
+	body, err := streamList(ctx, nl.rc, "nodes", opts)
 	if err != nil {
 		return nil, err
 	}

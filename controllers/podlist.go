@@ -63,17 +63,23 @@ type podLister struct {
 // anyway. A continue token in opts is passed on (the reflector's pager sends
 // one only if an answer had one).
 func (pl *podLister) list(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
-	opts.Limit = 0
-	body, err := pl.rc.Get().
-		Resource("pods").
-		VersionedParams(&opts, scheme.ParameterCodec).
-		SetHeader("Accept", runtime.ContentTypeProtobuf).
-		Stream(ctx)
+	body, err := streamList(ctx, pl.rc, "pods", opts)
 	if err != nil {
 		return nil, err
 	}
 	defer body.Close()
 	return decodePodList(body, pl.record)
+}
+
+// streamList asks rc for the whole list of resource for opts (no page limit),
+// in protobuf, and returns the answer's body as it arrives.
+func streamList(ctx context.Context, rc rest.Interface, resource string, opts metav1.ListOptions) (io.ReadCloser, error) {
+	opts.Limit = 0
+	return rc.Get().
+		Resource(resource).
+		VersionedParams(&opts, scheme.ParameterCodec).
+		SetHeader("Accept", runtime.ContentTypeProtobuf).
+		Stream(ctx)
 }
 
 // ListPodRecords lists every pod of the cluster once, the way the agent's
