@@ -21,9 +21,10 @@ import (
 // text over and over, and the agent stops following the cluster while explain
 // crawls (on the bench, ten minutes of it before explain was killed by hand:
 // the agent spent 277 s of CPU in its garbage collector, 170,000 major page
-// faults). So explain, once it knows the cluster's size, checks the room its
-// cgroup leaves and refuses when it is short, before it compiles; and it gives
-// the Go runtime that room as its soft limit.
+// faults). So explain reads the room its cgroup leaves when it starts, gives
+// the Go runtime 90% of it as its soft limit, and refuses when the room is
+// short of what the cluster's size needs: before it lists, from the API
+// server's count of pods (countPods), and again once the cluster is loaded.
 
 // explainBaseBytes and explainPodBytes model explain's peak: a fixed part (the
 // binary, the other lists, the walk) and the compile's share of each pod.
