@@ -29,7 +29,7 @@ func TestCountPods(t *testing.T) {
 			}
 		}
 	}
-	if n, ok := countPods(t.Context(), cp.Kubeconfig); !ok || n != 6 {
+	if n, ok := countPods(t.Context(), cp.Config); !ok || n != 6 {
 		t.Errorf("countPods: %d, %v; want 6", n, ok)
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	cnpv1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
 	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
@@ -194,15 +195,18 @@ func explainRun(o explainOptions, stdin io.Reader, stdout io.Writer) error {
 		if err := room.check(0); err != nil { // not even room to list
 			return err
 		}
+		cfg, err := controllers.LoadRESTConfig(o.kubeconfig)
+		if err != nil {
+			return err
+		}
 		if room.limited { // refuse before listing what there is no room for
-			if n, ok := countPods(ctx, o.kubeconfig); ok {
+			if n, ok := countPods(ctx, cfg); ok {
 				if err := room.check(n); err != nil {
 					return err
 				}
 			}
 		}
-		var err error
-		if c, err = listCluster(ctx, o.kubeconfig); err != nil {
+		if c, err = listCluster(ctx, cfg); err != nil {
 			return err
 		}
 	}
@@ -273,12 +277,9 @@ func explainRun(o explainOptions, stdin io.Reader, stdout io.Writer) error {
 const bigListTimeout = time.Minute
 
 // listCluster lists pods, namespaces, nodes and NetworkPolicies once.
-func listCluster(ctx context.Context, kubeconfig string) (explain.Cluster, error) {
+func listCluster(ctx context.Context, cfg *rest.Config) (explain.Cluster, error) {
 	var c explain.Cluster
-	cfg, err := controllers.LoadRESTConfig(kubeconfig)
-	if err != nil {
-		return c, err
-	}
+	cfg = rest.CopyConfig(cfg)
 	// Protobuf where the apiserver has it (not for ClusterNetworkPolicies,
 	// which come as JSON): a quarter of JSON's bytes and decoding time.
 	cfg.ContentType = runtime.ContentTypeProtobuf
@@ -341,11 +342,8 @@ func listCluster(ctx context.Context, kubeconfig string) (explain.Cluster, error
 
 // countPods asks the API server how many pods there are, listing one pod's
 // metadata (its remainingItemCount); false when it cannot tell.
-func countPods(ctx context.Context, kubeconfig string) (int, bool) {
-	cfg, err := controllers.LoadRESTConfig(kubeconfig)
-	if err != nil {
-		return 0, false
-	}
+func countPods(ctx context.Context, cfg *rest.Config) (int, bool) {
+	cfg = rest.CopyConfig(cfg)
 	cfg.Timeout = 30 * time.Second
 	cl, err := client.New(cfg, client.Options{})
 	if err != nil {
