@@ -425,7 +425,7 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	}
 	desired, problems := r.compiler.Compile()
 	r.reportProblems(ctx, log, problems)
-	planned, err := r.stampEpoch(desired, full || repair, log)
+	planned, moved, err := r.stampEpoch(desired, full || repair, log)
 	if err != nil {
 		r.needFull = true
 		r.restoreDirty(changes)
@@ -447,6 +447,15 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 		stats, err = r.Applier.(nft.PlansAhead).ApplyPlanned(ctx, *planned)
 	default:
 		stats, err = r.Applier.Apply(ctx, desired)
+	}
+	if err == nil && moved != nil {
+		// Strict mode: the epoch moves in a transaction of its own, after
+		// the change (stampEpoch).
+		var st nft.Stats
+		st, err = r.Applier.Apply(ctx, moved)
+		stats.Operations += st.Operations
+		stats.Bytes += st.Bytes
+		desired = moved
 	}
 	if r.OnApplied != nil {
 		r.OnApplied(err == nil)

@@ -13,9 +13,9 @@ import (
 )
 
 // Strict mode (--established=recheck): the reconciler keeps the epoch of the table in
-// force and moves to the next one in the same transaction as any change that may
-// deny an open connection (compile.Narrows). nft/doc.go, "Established connections",
-// has the why.
+// force and moves to the next one, in a transaction of its own right after any change
+// that may deny an open connection (compile.Narrows). nft/doc.go, "Established
+// connections", has the why.
 
 var (
 	epochChanges = prometheus.NewCounter(prometheus.CounterOpts{
@@ -45,23 +45,27 @@ type epochState struct {
 	guard uint32
 }
 
-// advance moves to the epoch after e.epoch and reports whether connections must
-// be swept first (keeping only e.epoch) because that epoch may still be on
-// connections idle since its last use: at the first change of this process (an
-// earlier agent's connections may carry any epoch), and once per cycle of epochs.
-func (e *epochState) advance(mask uint32) (next uint32, sweep bool) {
+// advance moves to the epoch after e.epoch (next) and returns the epoch that the
+// change's own transaction stamps (prior: e.epoch, or with none in force the
+// epoch before next), which the move retires (stampEpoch says why). It reports
+// whether connections must be swept first (keeping only e.epoch) because next
+// may still be on connections idle since its last use: at the first change of
+// this process (an earlier agent's connections may carry any epoch), and once
+// per cycle of epochs.
+func (e *epochState) advance(mask uint32) (prior, next uint32, sweep bool) {
 	next = compile.NextEpoch(e.epoch, mask)
+	prior = e.epoch
+	if prior == 0 {
+		prior = compile.MaxEpoch(mask) // the one before 1: the last to come round
+	}
 	if e.guard == 0 || next == e.guard {
 		sweep = true
-		// After the sweep, only e.epoch (if any) is on connections: it is the
-		// first to come round again; with none, the first used from now on.
-		e.guard = e.epoch
-		if e.guard == 0 {
-			e.guard = next
-		}
+		// After the sweep, only e.epoch (if any) is on connections, and then
+		// prior: the first of them to come round again.
+		e.guard = prior
 	}
 	e.epoch = next
-	return next, sweep
+	return prior, next, sweep
 }
 
 // compileOptions are the reconciler's compile options.
@@ -79,26 +83,35 @@ func (r *NodeReconciler) ctMarkMask() uint32 {
 
 // stampEpoch gives desired (just compiled, at the compiler's epoch) the epoch it
 // must carry: the one in force when desired cannot deny what the table in force
-// allows, else the next one, which the compiler then keeps. At the first sync of
-// this process the epoch in force is read from the kernel (a previous agent's), and
-// the next one is taken whatever it was: the table may have changed while no agent
-// ran. Before an epoch can come round again to connections idle since its last
-// use, every connection's epoch but the current one is cleared (advance says when),
-// so that those connections are judged again.
+// allows. Else the epoch moves, in a transaction of its own after the change
+// (moved): desired is stamped with the epoch in force (prior), and moved is
+// desired stamped with the next one, which the compiler then keeps. The kernel
+// makes a transaction's rules visible to packets before it has committed the
+// new contents of its interval sets: a packet in between walks the new rules
+// with the old elements, say an address the change removes from an allow set,
+// and ct-stamp would give its connection the new epoch for good (test/e2e's
+// strict restart spec, 2 runs in 80; TestEpochMovesAlone). Stamped with prior,
+// such a connection is judged again at the move, whose transaction changes no
+// set. At the first sync of this process the epoch in force is read from the
+// kernel (a previous agent's), and the next one is taken whatever it was: the
+// table may have changed while no agent ran. Before an epoch can come round
+// again to connections idle since its last use, every connection's epoch but
+// the current one is cleared (advance says when), so that those connections
+// are judged again.
 //
 // For an incremental sync whose epoch stays, it returns the Applier's plan of
 // desired when that plan answered whether desired narrows (narrows): the
 // Apply sends it rather than planning again.
-func (r *NodeReconciler) stampEpoch(desired *nft.Ruleset, full bool, log logr.Logger) (*nft.Planned, error) {
+func (r *NodeReconciler) stampEpoch(desired *nft.Ruleset, full bool, log logr.Logger) (planned *nft.Planned, moved *nft.Ruleset, err error) {
 	if r.Established != compile.EstablishedRecheck {
-		return nil, nil
+		return nil, nil, nil
 	}
 	mask := r.ctMarkMask()
 	cm, _ := r.Applier.(nft.ConnMarks)
 	if r.strict.epoch == 0 && cm != nil {
 		v, found, err := cm.TableCtMark(nft.ChainForward, mask)
 		if err != nil {
-			return nil, fmt.Errorf("reading the epoch in force: %w", err)
+			return nil, nil, fmt.Errorf("reading the epoch in force: %w", err)
 		}
 		if found {
 			r.strict.epoch = v >> trailingZeros(mask)
@@ -109,26 +122,26 @@ func (r *NodeReconciler) stampEpoch(desired *nft.Ruleset, full bool, log logr.Lo
 		narrows, planned := r.narrows(desired, full)
 		if !narrows {
 			compile.StampEpoch(desired, mask, r.strict.epoch)
-			return planned, nil
+			return planned, nil, nil
 		}
 	}
 	cur := r.strict.epoch
-	next, sweep := r.strict.advance(mask)
+	prior, next, sweep := r.strict.advance(mask)
 	if sweep && cm != nil {
 		start := time.Now()
 		n, err := cm.ClearCtMark(mask, compile.EpochMark(cur, mask))
 		if err != nil {
 			r.strict.epoch, r.strict.guard = cur, 0 // sweep again next time
-			return nil, fmt.Errorf("clearing old epochs before epoch %d: %w", next, err)
+			return nil, nil, fmt.Errorf("clearing old epochs before epoch %d: %w", next, err)
 		}
 		epochCleared.Add(float64(n))
 		log.V(1).Info("cleared old epochs from idle connections", "kept", cur, "next", next, "connections", n, "elapsed", time.Since(start))
 	}
 	r.strict.inForce = nil // until the apply succeeds
 	r.compiler.SetEpoch(next)
-	compile.StampEpoch(desired, mask, next)
+	compile.StampEpoch(desired, mask, prior)
 	epochChanges.Inc()
-	return nil, nil
+	return nil, compile.WithEpoch(desired, mask, next), nil
 }
 
 // narrows reports whether desired may deny what the table in force allows

@@ -117,7 +117,7 @@ func (c *Compiler) Epoch() uint32 {
 
 // StampEpoch changes a ruleset compiled in recheck mode with mask to epoch e: the
 // established fast path and the ct-stamp chain, the only rules that name the
-// epoch, so that going from one epoch to the next is two rules of one transaction
+// epoch, so that going from one epoch to the next is a transaction of two rules
 // (three with the tiers' input chain).
 // It changes only those fixed chains, which each Compile builds anew.
 func StampEpoch(rs *nft.Ruleset, mask, e uint32) {
@@ -143,6 +143,21 @@ func StampEpoch(rs *nft.Ruleset, mask, e uint32) {
 			}
 		}
 	}
+}
+
+// WithEpoch is rs stamped with epoch e (StampEpoch) as a new Ruleset that shares
+// everything with rs but the rules naming the epoch: rs, which an Applier may hold
+// as the table in force, stays as it is.
+func WithEpoch(rs *nft.Ruleset, mask, e uint32) *nft.Ruleset {
+	out := *rs
+	out.Chains = slices.Clone(rs.Chains)
+	for _, name := range []string{nft.ChainForward, nft.ChainInput, nft.ChainStamp} {
+		if c := out.Chain(name); c != nil {
+			c.Rules = slices.Clone(c.Rules)
+		}
+	}
+	StampEpoch(&out, mask, e)
+	return &out
 }
 
 func epochComment(e uint32) string {
