@@ -247,14 +247,77 @@ func newAgent(node *cluster.Node, bin, kubeconfig, dir, level string) *Agent {
 	}
 }
 
-// freePort returns a TCP port on loopback that was free a moment ago.
+// ports are the loopback ports freePort handed out in this process.
+var ports struct {
+	sync.Mutex
+	given map[int]bool
+	next  int
+}
+
+// freePort returns a TCP port on loopback that was free a moment ago and that it
+// never returned before. It picks below the kernel's ephemeral range
+// (ip_local_port_range), which connect() and bind(":0") draw from: no client
+// connection of the apiserver, an agent or a probe takes the port between the
+// pick and the agent's listen. (Drawn with bind(":0") and closed, a port came
+// back as the next pick: one agent's health and metrics servers got the same
+// port, and it exited.)
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	ports.Lock()
+	defer ports.Unlock()
+	const lowest = 10000
+	high := ephemeralLow()
+	if ports.given == nil {
+		ports.given = map[int]bool{}
+		ports.next = lowest + os.Getpid()%max(high-lowest, 1) // apart from another test binary's
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	for range max(high-lowest, 0) {
+		p := ports.next
+		if ports.next++; ports.next >= high {
+			ports.next = lowest
+		}
+		if ports.given[p] {
+			continue
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err != nil {
+			continue // someone's
+		}
+		_ = l.Close()
+		ports.given[p] = true
+		return p, nil
+	}
+	// No room below the ephemeral range: draw from it, never the same twice.
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+		if !ports.given[p] {
+			ports.given[p] = true
+			return p, nil
+		}
+	}
+	return 0, errors.New("no free loopback port")
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (32768 when it
+// cannot be read).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	low, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 32768
+	}
+	return low
 }
 
 // Health asks the running agent's /healthz or /readyz (path) and returns the
