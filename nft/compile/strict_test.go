@@ -1,6 +1,7 @@
 package compile
 
 import (
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -182,5 +183,37 @@ func TestUnknownLocalPods(t *testing.T) {
 	rs, _ := Compile(snap, Options{})
 	if rs.FindSet(nft.SetLocalPodsV4) != nil {
 		t.Error("local pod sets without UnknownLocalPods")
+	}
+}
+
+// TestWithEpoch: moving to the next epoch (the reconciler's second transaction)
+// rewrites only the chains that name the epoch, touches no set, and leaves the
+// ruleset it starts from as it was (an Applier holds that one as in force).
+func TestWithEpoch(t *testing.T) {
+	w := loadCase(t, goldenCase{name: "cnp-admin", upstream: true})
+	rs, _ := Compile(w.snapshot("node-1"), Options{Established: EstablishedRecheck, DenyLog: DenyLog{Group: 100, Rate: 100}})
+	if rs.Chain(nft.ChainInput) == nil {
+		t.Fatal("no input chain: the case should have the tiers")
+	}
+	before := nft.Render(rs)
+	moved := WithEpoch(rs, DefaultCtMarkMask, 2)
+	if nft.Render(rs) != before {
+		t.Fatal("WithEpoch changed the ruleset it was given")
+	}
+	if !strings.Contains(nft.Render(moved), "ct mark and 0x00ff0000 == 0x00020000") {
+		t.Fatalf("not stamped with epoch 2:\n%s", nft.Render(moved))
+	}
+	touched := map[string]bool{}
+	for _, op := range nft.Plan(rs, moved).Ops {
+		switch op.Kind {
+		case nft.OpFlushChain, nft.OpAddRule:
+			touched[op.Name] = true
+		default:
+			t.Errorf("the move has %s", op)
+		}
+	}
+	want := map[string]bool{nft.ChainForward: true, nft.ChainInput: true, nft.ChainStamp: true}
+	if !maps.Equal(touched, want) {
+		t.Errorf("the move rewrites chains %v, want %v", touched, want)
 	}
 }
