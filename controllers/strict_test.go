@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"encoding/binary"
 	"net"
 	"os/exec"
 	"strings"
@@ -145,7 +146,7 @@ func kernelListing(t *testing.T, ns *nfttest.NetNS) string {
 // a transaction's rules visible before it commits its interval sets' new
 // elements: within one transaction, a packet between the two walked the new
 // rules (the new epoch) with the old elements, and ct-stamp gave its connection
-// the new epoch, so that it lived on (29 of 100 such commits with nft(8); 10 of
+// the new epoch, so that it lived on (29 of 100 such commits with nft(8); 30 of
 // these 40 rounds). The reconciler moves the epoch in a transaction of its own
 // after the change, and no round may leak.
 func TestEpochMovesAlone(t *testing.T) {
@@ -181,8 +182,10 @@ func TestEpochMovesAlone(t *testing.T) {
 	f.r.Applier, f.r.Established, f.r.needFull = applier, compile.EstablishedRecheck, true
 	f.sync()
 
-	// The target echoes; the peer sends as fast as it can on one connection
-	// and counts the echoes.
+	// The target echoes; the peer sends numbered datagrams as fast as it can on
+	// one connection and keeps the highest number echoed. A number drawn after a
+	// sync returned was sent after it: its echo says the connection passes then,
+	// however late the reader is.
 	var srv, cli *net.UDPConn
 	if err := pods["target"].Do(func() (err error) {
 		srv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 60, 0, 2), Port: 7000})
@@ -208,12 +211,18 @@ func TestEpochMovesAlone(t *testing.T) {
 			_, _ = srv.WriteToUDP(buf[:n], from)
 		}
 	}()
-	var echoes atomic.Int64
+	var sent, echoed, echoes atomic.Uint64
 	go func() {
 		buf := make([]byte, 64)
 		for {
-			if _, err := cli.Read(buf); err != nil {
+			n, err := cli.Read(buf)
+			if err != nil {
 				return
+			}
+			if n == 8 {
+				if seq := binary.BigEndian.Uint64(buf); seq > echoed.Load() {
+					echoed.Store(seq) // one reader: no race
+				}
 			}
 			echoes.Add(1)
 		}
@@ -222,20 +231,22 @@ func TestEpochMovesAlone(t *testing.T) {
 	var wg sync.WaitGroup
 	defer func() { close(done); wg.Wait() }()
 	wg.Go(func() {
-		msg := []byte("flood")
+		msg := make([]byte, 8)
 		for {
 			select {
 			case <-done:
 				return
 			default:
 			}
+			binary.BigEndian.PutUint64(msg, sent.Add(1))
 			_, _ = cli.Write(msg)
 		}
 	})
-	flows := func(within time.Duration) bool {
-		start := echoes.Load()
-		for end := time.Now().Add(within); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
-			if echoes.Load() > start {
+	// passes reports whether a datagram sent after now is echoed within d.
+	passes := func(d time.Duration) bool {
+		after := sent.Load()
+		for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
+			if echoed.Load() > after {
 				return true
 			}
 		}
@@ -247,7 +258,7 @@ func TestEpochMovesAlone(t *testing.T) {
 	for i := range rounds {
 		f.pod("peer-1", "node-1", "10.60.1.2", "peer", false)
 		f.sync()
-		if !flows(2 * time.Second) {
+		if !passes(2 * time.Second) {
 			t.Fatalf("round %d: the peer's echoes do not flow while a peer", i)
 		}
 		epoch := f.r.strict.epoch
@@ -256,8 +267,7 @@ func TestEpochMovesAlone(t *testing.T) {
 		if f.r.strict.epoch == epoch {
 			t.Fatalf("round %d: the epoch did not move", i)
 		}
-		time.Sleep(20 * time.Millisecond) // what was under way
-		if flows(50 * time.Millisecond) {
+		if passes(100 * time.Millisecond) {
 			leaks++
 		}
 	}
