@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -588,15 +587,14 @@ func metricLines(text, prefix string) string {
 	return strings.Join(out, "; ")
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
+// freePort is framework.FreePort as a string.
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := framework.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	return strconv.Itoa(p)
 }
 
 // firstLogLine returns the agent's first log line matching re, or "".

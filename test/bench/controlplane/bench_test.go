@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -928,12 +927,11 @@ func dumpTail(t *testing.T, path string) {
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := framework.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // measurePeriodicFullSync starts an agent with a 5 s full-sync period and

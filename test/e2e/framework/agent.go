@@ -54,13 +54,13 @@ func (a *Agent) Start(ctx context.Context, timeout time.Duration) error {
 		a.mu.Unlock()
 		return fmt.Errorf("agent for %s is already running", a.Node.Name)
 	}
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		a.mu.Unlock()
 		return err
 	}
 	a.healthAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	mport, err := freePort()
+	mport, err := FreePort()
 	if err != nil {
 		a.mu.Unlock()
 		return err
@@ -247,21 +247,21 @@ func newAgent(node *cluster.Node, bin, kubeconfig, dir, level string) *Agent {
 	}
 }
 
-// ports are the loopback ports freePort handed out in this process.
+// ports are the loopback ports FreePort handed out in this process.
 var ports struct {
 	sync.Mutex
 	given map[int]bool
 	next  int
 }
 
-// freePort returns a TCP port on loopback that was free a moment ago and that it
+// FreePort returns a TCP port on loopback that was free a moment ago and that it
 // never returned before. It picks below the kernel's ephemeral range
 // (ip_local_port_range), which connect() and bind(":0") draw from: no client
 // connection of the apiserver, an agent or a probe takes the port between the
 // pick and the agent's listen. (Drawn with bind(":0") and closed, a port came
 // back as the next pick: one agent's health and metrics servers got the same
 // port, and it exited.)
-func freePort() (int, error) {
+func FreePort() (int, error) {
 	ports.Lock()
 	defer ports.Unlock()
 	const lowest = 10000

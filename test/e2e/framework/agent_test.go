@@ -12,7 +12,7 @@ func TestFreePort(t *testing.T) {
 	high := ephemeralLow()
 	seen := map[int]bool{}
 	for range 300 {
-		p, err := freePort()
+		p, err := FreePort()
 		if err != nil {
 			t.Fatal(err)
 		}
