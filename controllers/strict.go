@@ -90,7 +90,7 @@ func (r *NodeReconciler) ctMarkMask() uint32 {
 // new contents of its interval sets: a packet in between walks the new rules
 // with the old elements, say an address the change removes from an allow set,
 // and ct-stamp would give its connection the new epoch for good (test/e2e's
-// strict restart spec, 2 runs in 80; TestEpochMovesAlone). Stamped with prior,
+// strict restart spec, 2 runs in 111; TestEpochMovesAlone). Stamped with prior,
 // such a connection is judged again at the move, whose transaction changes no
 // set. At the first sync of this process the epoch in force is read from the
 // kernel (a previous agent's), and the next one is taken whatever it was: the

@@ -259,7 +259,7 @@
 // walks the new rules with the old elements. One of a connection the change
 // denies, say from an address it removes from an allow set, would be stamped with
 // the new epoch and live on: nft(8) did so in 29 of 100 commits under a flood,
-// test/e2e's strict restart spec in 2 runs of 80, controllers' TestEpochMovesAlone
+// test/e2e's strict restart spec in 2 runs of 111, controllers' TestEpochMovesAlone
 // in 30 rounds of 40. Stamped with the epoch in force, as the change's transaction
 // stamps, it is judged at the move, whose transaction changes no set.) Its next
 // packet, in either direction, walks the policy chains once, like a first packet:
