@@ -147,5 +147,24 @@ var _ = ReportAfterSuite("e2e summary", func(r Report) {
 			len(enforced), framework.Percentile(enforced, 50).Round(time.Millisecond), framework.Percentile(enforced, 95).Round(time.Millisecond),
 			framework.Percentile(enforced, 100).Round(time.Millisecond), framework.Percentile(resolution, 50).Round(time.Millisecond))
 	}
+	// Each failure's message here too: the end of the output is what a CI
+	// excerpt shows, and ginkgo's own summary names the spec but not why.
+	for _, s := range r.SpecReports {
+		if !s.State.Is(types.SpecStateFailureStates) {
+			continue
+		}
+		msg := strings.TrimSpace(s.Failure.Message)
+		if lines := strings.Split(msg, "\n"); len(lines) > 4 {
+			msg = strings.Join(lines[:4], "\n") + "\n..."
+		}
+		if len(msg) > 600 {
+			msg = msg[:600] + "..."
+		}
+		name := s.FullText()
+		if name == "" {
+			name = s.LeafNodeType.String()
+		}
+		fmt.Fprintf(&b, "e2e failure: %s (%s): %s\n", name, s.Failure.Location, msg)
+	}
 	fmt.Print(b.String())
 })
