@@ -60,21 +60,7 @@ func (nl *nodeLister) list(ctx context.Context, opts metav1.ListOptions) (runtim
 		return nil, err
 	}
 	defer body.Close()
-	list := &recordList{}
-	meta, err := decodeList(body, "NodeList", nodeWatchFields, func(b []byte) error {
-		n := &corev1.Node{}
-		if err := n.Unmarshal(b); err != nil {
-			return err
-		}
-		list.Items = append(list.Items, n)
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	list.ListMeta = meta
-	list.Kind, list.APIVersion = "NodeList", "v1"
-	return list, nil
+	return decodeRecordList(body, "NodeList", nodeWatchFields, func(n *corev1.Node) runtime.Object { return n })
 }
 
 func (nl *nodeLister) watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {

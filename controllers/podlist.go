@@ -42,8 +42,8 @@ import (
 // that order as it encodes them (StreamingCollectionEncodingToProtobuf); the
 // decoder accepts fields in any order and skips the ones it does not know.
 
-// podListPrefix starts every protobuf-encoded apiserver response.
-var podListPrefix = []byte{0x6b, 0x38, 0x73, 0x00}
+// protobufPrefix starts every protobuf-encoded apiserver response.
+var protobufPrefix = []byte{0x6b, 0x38, 0x73, 0x00}
 
 // ErrNotProtobuf is returned when the apiserver answers a list in another
 // encoding than protobuf (a proxy rewrote it, or it was asked for JSON).
@@ -166,20 +166,30 @@ func decodePodList(r io.Reader, record func(*corev1.Pod) runtime.Object) (*recor
 // decodePodListKeeping is decodePodList decoding the fields of each pod that
 // k names; nil decodes every field.
 func decodePodListKeeping(r io.Reader, record func(*corev1.Pod) runtime.Object, k keep) (*recordList, error) {
+	return decodeRecordList(r, "PodList", k, record)
+}
+
+// decodeRecordList reads one protobuf v1 list of kind (PodList, NodeList) from
+// r (decodeList), each item decoded with the fields k names and kept as what
+// record makes of it.
+func decodeRecordList[T any, PT interface {
+	*T
+	Unmarshal([]byte) error
+}](r io.Reader, kind string, k keep, record func(PT) runtime.Object) (*recordList, error) {
 	list := &recordList{}
-	meta, err := decodeList(r, "PodList", k, func(b []byte) error {
-		pod := &corev1.Pod{}
-		if err := pod.Unmarshal(b); err != nil {
+	meta, err := decodeList(r, kind, k, func(b []byte) error {
+		obj := PT(new(T))
+		if err := obj.Unmarshal(b); err != nil {
 			return err
 		}
-		list.Items = append(list.Items, record(pod))
+		list.Items = append(list.Items, record(obj))
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	list.ListMeta = meta
-	list.Kind, list.APIVersion = "PodList", "v1"
+	list.Kind, list.APIVersion = kind, "v1"
 	return list, nil
 }
 
@@ -195,7 +205,7 @@ func decodeList(r io.Reader, kind string, k keep, item func([]byte) error) (meta
 	if _, err := io.ReadFull(d.r, prefix[:]); err != nil {
 		return meta, fmt.Errorf("%s: %w", what, noEOF(err))
 	}
-	if !bytes.Equal(prefix[:], podListPrefix) {
+	if !bytes.Equal(prefix[:], protobufPrefix) {
 		return meta, ErrNotProtobuf
 	}
 	sawList := false

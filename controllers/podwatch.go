@@ -154,11 +154,11 @@ func (d prunedDecoder[T, PT]) Decode(data []byte, defaults *schema.GroupVersionK
 }
 
 // protobufObject returns the bytes of the object in data, an apiserver
-// protobuf object (podListPrefix, then a runtime.Unknown: 1 typeMeta
+// protobuf object (protobufPrefix, then a runtime.Unknown: 1 typeMeta
 // {1 apiVersion, 2 kind}, 2 raw, 3 contentEncoding, 4 contentType), if it
 // holds an unencoded object of gvk (core group).
 func protobufObject(data []byte, gvk schema.GroupVersionKind) ([]byte, bool) {
-	b, ok := bytes.CutPrefix(data, podListPrefix)
+	b, ok := bytes.CutPrefix(data, protobufPrefix)
 	if !ok {
 		return nil, false
 	}
