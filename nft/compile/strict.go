@@ -118,12 +118,13 @@ func (c *Compiler) Epoch() uint32 {
 // StampEpoch changes a ruleset compiled in recheck mode with mask to epoch e: the
 // established fast path and the ct-stamp chain, the only rules that name the
 // epoch, so that going from one epoch to the next is a transaction of two rules
-// (three with the tiers' input chain).
-// It changes only those fixed chains, which each Compile builds anew.
+// (three with the tiers' input chain). The chains it changes get rule slices of
+// their own: rules that another ruleset shares (WithEpoch) stay as they were.
 func StampEpoch(rs *nft.Ruleset, mask, e uint32) {
 	v := EpochMark(e, mask)
 	for _, name := range []string{nft.ChainForward, nft.ChainInput} { // input: with the tiers (cnp_table.go)
 		if c := rs.Chain(name); c != nil {
+			c.Rules = slices.Clone(c.Rules)
 			for i := range c.Rules {
 				if m := c.Rules[i].CtMark; m != nil && m.Mask == mask {
 					c.Rules[i].CtMark = &nft.CtMarkMatch{Mask: mask, Value: v}
@@ -133,6 +134,7 @@ func StampEpoch(rs *nft.Ruleset, mask, e uint32) {
 		}
 	}
 	if c := rs.Chain(nft.ChainStamp); c != nil {
+		c.Rules = slices.Clone(c.Rules)
 		for i := range c.Rules {
 			r := &c.Rules[i]
 			for j, st := range r.Statements {
@@ -151,11 +153,6 @@ func StampEpoch(rs *nft.Ruleset, mask, e uint32) {
 func WithEpoch(rs *nft.Ruleset, mask, e uint32) *nft.Ruleset {
 	out := *rs
 	out.Chains = slices.Clone(rs.Chains)
-	for _, name := range []string{nft.ChainForward, nft.ChainInput, nft.ChainStamp} {
-		if c := out.Chain(name); c != nil {
-			c.Rules = slices.Clone(c.Rules)
-		}
-	}
 	StampEpoch(&out, mask, e)
 	return &out
 }
