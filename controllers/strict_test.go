@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
-	"os/exec"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -156,22 +154,12 @@ func TestEpochMovesAlone(t *testing.T) {
 	nfttest.RequireRoot(t)
 	applier := newKernelApplier(t, "np-epoch")
 	node := applier.ns
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
 	pods := map[string]*nfttest.NetNS{}
 	for _, p := range []struct{ name, sub string }{{"target", "0"}, {"peer", "1"}} {
 		ns := nfttest.NewNetNS(t, "np-epoch-"+p.name)
-		dev := "v" + p.name
-		run("ip", "link", "add", dev, "netns", node.Name, "type", "veth", "peer", "name", "eth0", "netns", ns.Name)
-		run("ip", "-n", node.Name, "addr", "add", "10.60."+p.sub+".1/24", "dev", dev)
-		run("ip", "-n", node.Name, "link", "set", dev, "up")
-		run("ip", "-n", ns.Name, "addr", "add", "10.60."+p.sub+".2/24", "dev", "eth0")
-		run("ip", "-n", ns.Name, "link", "set", "eth0", "up")
-		run("ip", "-n", ns.Name, "route", "add", "default", "via", "10.60."+p.sub+".1")
+		if err := node.Attach(ns, "v"+p.name, "10.60."+p.sub+".1", "10.60."+p.sub+".2"); err != nil {
+			t.Fatal(err)
+		}
 		pods[p.name] = ns
 	}
 	if err := node.Sysctl("net.ipv4.ip_forward", "1"); err != nil {

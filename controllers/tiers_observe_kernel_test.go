@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,24 +50,13 @@ func newTierLab(t *testing.T, prefix string) *tierLab {
 	}
 	nfttest.RequireRoot(t)
 	l := &tierLab{t: t, node: nfttest.NewNetNS(t, prefix+"-node"), pods: map[string]*nfttest.NetNS{}}
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
 	for i, ref := range []string{"x/a", "y/b", "z/c"} {
 		ns, name, _ := strings.Cut(ref, "/")
 		sub := string(rune('1' + i))
 		pod := nfttest.NewNetNS(t, prefix+"-"+name)
-		dev := "v" + name
-		run("ip", "link", "add", dev, "netns", l.node.Name, "type", "veth", "peer", "name", "eth0", "netns", pod.Name)
-		run("ip", "-n", l.node.Name, "addr", "add", "10.78."+sub+".1/24", "dev", dev)
-		run("ip", "-n", l.node.Name, "link", "set", dev, "up")
-		run("ip", "-n", pod.Name, "addr", "add", "10.78."+sub+".2/24", "dev", "eth0")
-		run("ip", "-n", pod.Name, "link", "set", "eth0", "up")
-		run("ip", "-n", pod.Name, "link", "set", "lo", "up")
-		run("ip", "-n", pod.Name, "route", "add", "default", "via", "10.78."+sub+".1")
+		if err := l.node.Attach(pod, "v"+name, "10.78."+sub+".1", "10.78."+sub+".2"); err != nil {
+			t.Fatal(err)
+		}
 		l.pods[ref] = pod
 		p := testPod(ns, name, "10.78."+sub+".2", false)
 		p.Spec.NodeName, p.Status.Phase = "node-1", corev1.PodRunning

@@ -174,6 +174,25 @@ func (n *NetNS) RunContext(ctx context.Context, stdin string, args ...string) (s
 	return stdout.String(), nil
 }
 
+// Attach connects pod to n, as a node's routed pod: a veth pair, dev in n with
+// gw/24, eth0 in pod with addr/24 and a default route via gw, all up.
+func (n *NetNS) Attach(pod *NetNS, dev, gw, addr string) error {
+	for _, args := range [][]string{
+		{"link", "add", dev, "netns", n.Name, "type", "veth", "peer", "name", "eth0", "netns", pod.Name},
+		{"-n", n.Name, "addr", "add", gw + "/24", "dev", dev},
+		{"-n", n.Name, "link", "set", dev, "up"},
+		{"-n", pod.Name, "addr", "add", addr + "/24", "dev", "eth0"},
+		{"-n", pod.Name, "link", "set", "eth0", "up"},
+		{"-n", pod.Name, "link", "set", "lo", "up"},
+		{"-n", pod.Name, "route", "add", "default", "via", gw},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+		}
+	}
+	return nil
+}
+
 // NFT runs the nft CLI inside the namespace with stdin as its standard input,
 // e.g. NFT(ruleset, "-f", "-") or NFT("", "list", "ruleset").
 func (n *NetNS) NFT(stdin string, args ...string) (string, error) {
