@@ -312,9 +312,10 @@ type keep map[uint64]keep
 var podFields = keep{
 	1: {1: nil, 3: nil, 11: nil}, // metadata: name, namespace, labels
 	2: { // spec
-		2:  {6: nil}, // containers: ports
-		10: nil,      // nodeName
-		11: nil,      // hostNetwork
+		2:  {6: nil},          // containers: ports
+		10: nil,               // nodeName
+		11: nil,               // hostNetwork
+		20: {6: nil, 24: nil}, // initContainers: ports, restartPolicy (sidecars)
 	},
 	3: {1: nil, 6: nil, 12: nil}, // status: phase, podIP, podIPs
 }

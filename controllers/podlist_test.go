@@ -206,10 +206,18 @@ func TestPrunedPodRecords(t *testing.T) {
 			p.Status.PodIP = fmt.Sprintf("10.80.%d.%d", i/200, i%200+1)
 			p.Status.PodIPs = []corev1.PodIP{{IP: p.Status.PodIP}, {IP: fmt.Sprintf("fd00:80::%x", i+1)}}
 		}
-		for c := range p.Spec.Containers {
-			for j := range p.Spec.Containers[c].Ports {
-				p.Spec.Containers[c].Ports[j].ContainerPort = int32(1 + (i*7+j)%65535)
-				p.Spec.Containers[c].Ports[j].Protocol = []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP}[j%3]
+		for _, cs := range [][]corev1.Container{p.Spec.Containers, p.Spec.InitContainers} {
+			for c := range cs {
+				for j := range cs[c].Ports {
+					cs[c].Ports[j].ContainerPort = int32(1 + (i*7+j)%65535)
+					cs[c].Ports[j].Protocol = []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP}[j%3]
+				}
+			}
+		}
+		for c := range p.Spec.InitContainers { // sidecars and plain ones
+			if (i+c)%2 == 0 {
+				always := corev1.ContainerRestartPolicyAlways
+				p.Spec.InitContainers[c].RestartPolicy = &always
 			}
 		}
 		whole, err := p.Marshal()

@@ -40,13 +40,20 @@
 // peers of a rule are unioned after each block's own except, so one peer can allow
 // again what another block excepts. ipBlocks match pod addresses too. Rules without
 // peers allow every address of both families; an IPv4 block never opens IPv6 nor the
-// reverse. A cidr with host bits set is read as its network.
+// reverse. A cidr with host bits set is read as its network. A cidr or except written
+// IPv4-mapped (::ffff:10.0.0.0/104, which validation accepts where
+// StrictIPCIDRValidation is off) is the IPv4 prefix it maps, as the API server's
+// net.ParseCIDR reads it; read as IPv6 it would match nothing, and such an except
+// would leave its addresses in the block.
 //
 // A port is TCP unless it says UDP or SCTP; a port without a number is every port of
 // its protocol; endPort makes a range. A rule without ports allows every protocol and
 // port, ICMP included. A named port is resolved on the destination: for ingress, on
 // the target's own container ports, matching name and protocol; for egress, on each
-// destination pod's container ports. An ipBlock or a rule without peers combined with
+// destination pod's container ports. A pod's container ports are those of its
+// containers and of its sidecars (init containers with restartPolicy Always, which
+// serve beside them; a Service's named port resolves on them too), not those of
+// plain init containers, which have ended before the pod serves. An ipBlock or a rule without peers combined with
 // a named port allows exactly the pods inside it (any node) that have the port, on
 // their own number; an address that is no pod's (or a hostNetwork pod's) never matches
 // a named port. A pod without a matching named port is not allowed by that port. A port
@@ -176,15 +183,16 @@
 // it; Deny-all fallbacks too). Traffic a node sends to its own pods leaves through
 // output and is not judged, as for NetworkPolicy.
 //
-// Fail closed, as the API prescribes for peers it cannot understand. A peer with no
-// field set (an unknown field from a newer CRD) and a domainNames peer (not
-// implemented: it needs DNS snooping) are unsupported. An Accept rule matches through
-// its supported peers only, and nothing when all its peers are unsupported; a Deny or
-// Pass rule with an unsupported peer becomes "deny all" (drops whatever reaches it,
-// every peer, protocol and port). Any other invalid part of a rule (an invalid
-// selector or CIDR, an unknown protocol, a port outside 1-65535 or a range whose
-// start exceeds its end, an invalid port name, an unknown action) makes an Accept
-// rule match nothing and a Deny or Pass rule deny all. An invalid subject selector
+// Fail closed, as the API prescribes for peers it cannot understand: a peer with no
+// field set (an unknown field from a newer CRD) makes an Accept rule match no
+// traffic and a Deny or Pass rule "deny all" (drop whatever reaches it, every peer,
+// protocol and port). A domainNames peer (not implemented: it needs DNS snooping) is
+// unsupported: an Accept rule matches through its other peers only, and nothing when
+// all its peers are domainNames; a Deny or Pass rule with one denies all. Any other
+// invalid part of a rule (an invalid selector, a CIDR that is not one or is
+// IPv4-mapped, which the CRD's isCIDR() refuses, an unknown protocol, a port outside
+// 1-65535 or a range whose start exceeds its end, an invalid port name, an unknown
+// action) makes an Accept rule match nothing and a Deny or Pass rule deny all. An invalid subject selector
 // selects no pod; an unknown tier leaves the policy out. Each is a Problem naming the
 // ClusterNetworkPolicy (Problem.Cluster), reported like NetworkPolicy's: an Event on
 // the object and one log line, and it never changes what other policies enforce.

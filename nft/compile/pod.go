@@ -67,7 +67,7 @@ func PodOf(p *corev1.Pod) Pod {
 	if len(out.addrs) == 0 {
 		out.addrs = nil
 	}
-	for _, c := range p.Spec.Containers {
+	addPorts := func(c *corev1.Container) {
 		for _, cp := range c.Ports {
 			if cp.Name == "" || cp.ContainerPort < 1 || cp.ContainerPort > 65535 {
 				continue
@@ -77,7 +77,25 @@ func PodOf(p *corev1.Pod) Pod {
 			}
 		}
 	}
+	for i := range p.Spec.Containers {
+		addPorts(&p.Spec.Containers[i])
+	}
+	// Sidecars (init containers that restart always) serve for the pod's
+	// life, and a named port resolves on them as a Service's does
+	// (k8s.io/endpointslice FindPort: the containers first, then the
+	// sidecars); a plain init container has ended before the pod serves.
+	for i := range p.Spec.InitContainers {
+		if IsSidecar(&p.Spec.InitContainers[i]) {
+			addPorts(&p.Spec.InitContainers[i])
+		}
+	}
 	return out
+}
+
+// IsSidecar reports whether the init container c is a sidecar: it restarts
+// always, and runs beside the pod's containers.
+func IsSidecar(c *corev1.Container) bool {
+	return c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways
 }
 
 // Object is a pod object of which p is what the compiler reads: PodOf(p.Object())

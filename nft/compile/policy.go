@@ -178,18 +178,18 @@ func parsePeer(pe *networkingv1.NetworkPolicyPeer) (*peer, string) {
 		if pe.PodSelector != nil || pe.NamespaceSelector != nil {
 			return nil, "ipBlock cannot be combined with podSelector or namespaceSelector"
 		}
-		cidr, err := netip.ParsePrefix(pe.IPBlock.CIDR)
+		cidr, err := parseBlockCIDR(pe.IPBlock.CIDR)
 		if err != nil {
 			return nil, fmt.Sprintf("invalid ipBlock cidr %q", pe.IPBlock.CIDR)
 		}
 		var b netipx.IPSetBuilder
-		b.AddPrefix(cidr.Masked())
+		b.AddPrefix(cidr)
 		for _, ex := range pe.IPBlock.Except {
-			e, err := netip.ParsePrefix(ex)
+			e, err := parseBlockCIDR(ex)
 			if err != nil {
 				return nil, fmt.Sprintf("invalid ipBlock except %q", ex)
 			}
-			b.RemovePrefix(e.Masked())
+			b.RemovePrefix(e)
 		}
 		set, _ := b.IPSet() // valid prefixes: no error
 		return &peer{isBlk: true, block: &addrSet{cidrs: set.Ranges()}}, ""
@@ -214,6 +214,23 @@ func parsePeer(pe *networkingv1.NetworkPolicyPeer) (*peer, string) {
 		out.key = "ns:" + sel.String() + "\x00pod:" + out.podSel.String()
 	}
 	return out, ""
+}
+
+// parseBlockCIDR reads an ipBlock's cidr or except as the API server does
+// (net.ParseCIDR): an IPv4-mapped IPv6 prefix of at least 96 bits is the IPv4
+// prefix it maps (::ffff:10.0.0.0/104 is 10.0.0.0/8). Validation accepts such
+// values where StrictIPCIDRValidation is off, and objects written before it
+// keep them; read as IPv6 they would match nothing, and an except so written
+// would leave its addresses in the block. The prefix returned is masked.
+func parseBlockCIDR(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return p, err
+	}
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p.Masked(), nil
 }
 
 func parsePort(pp *networkingv1.NetworkPolicyPort) (port, string) {

@@ -560,10 +560,9 @@ func (x *explainer) segments(proto corev1.Protocol) [][2]int {
 		}
 	}
 	if x.to.pod != nil {
-		for _, ctr := range x.to.pod.Spec.Containers {
-			for _, cp := range ctr.Ports {
-				add(int(cp.ContainerPort), int(cp.ContainerPort))
-			}
+		rec := compile.PodOf(x.to.pod)
+		for _, np := range rec.Ports() {
+			add(int(np.Port), int(np.Port))
 		}
 	}
 	var starts []int

@@ -18,6 +18,7 @@
 package netpolref
 
 import (
+	"net"
 	"net/netip"
 	"strconv"
 
@@ -286,12 +287,14 @@ func (c *Cluster) ruleAllows(pol *networkingv1.NetworkPolicy, peers []networking
 
 func (c *Cluster) PeerIs(pol *networkingv1.NetworkPolicy, pe networkingv1.NetworkPolicyPeer, e Endpoint) bool {
 	if pe.IPBlock != nil {
-		cidr := netip.MustParsePrefix(pe.IPBlock.CIDR).Masked()
-		if !cidr.Contains(e.IP) {
+		// As the API server reads them (net.ParseCIDR): an IPv4-mapped
+		// prefix (::ffff:10.0.0.0/104) holds IPv4 addresses.
+		ip := net.IP(e.IP.AsSlice())
+		if _, cidr, _ := net.ParseCIDR(pe.IPBlock.CIDR); !cidr.Contains(ip) {
 			return false
 		}
 		for _, ex := range pe.IPBlock.Except {
-			if netip.MustParsePrefix(ex).Masked().Contains(e.IP) {
+			if _, n, _ := net.ParseCIDR(ex); n.Contains(ip) {
 				return false
 			}
 		}
@@ -344,18 +347,32 @@ func PortIs(pp networkingv1.NetworkPolicyPort, dst Endpoint, proto corev1.Protoc
 	if dst.Pod == nil {
 		return false
 	}
-	for _, ctr := range dst.Pod.Spec.Containers {
-		for _, cp := range ctr.Ports {
-			cproto := cp.Protocol
-			if cproto == "" {
-				cproto = corev1.ProtocolTCP
-			}
-			if cp.Name == pp.Port.StrVal && cproto == proto && int(cp.ContainerPort) == port {
-				return true
-			}
+	for _, cp := range ServingPorts(dst.Pod) {
+		cproto := cp.Protocol
+		if cproto == "" {
+			cproto = corev1.ProtocolTCP
+		}
+		if cp.Name == pp.Port.StrVal && cproto == proto && int(cp.ContainerPort) == port {
+			return true
 		}
 	}
 	return false
+}
+
+// ServingPorts is every container port of p's containers and of its sidecars,
+// the init containers whose restartPolicy is Always (they run beside the
+// containers; k8s.io/endpointslice FindPort resolves Service ports on them).
+func ServingPorts(p *corev1.Pod) []corev1.ContainerPort {
+	var out []corev1.ContainerPort
+	for _, c := range p.Spec.Containers {
+		out = append(out, c.Ports...)
+	}
+	for _, c := range p.Spec.InitContainers {
+		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			out = append(out, c.Ports...)
+		}
+	}
+	return out
 }
 
 func PortNumber(pp networkingv1.NetworkPolicyPort) (int, bool) {
@@ -375,11 +392,11 @@ func (c *Cluster) RuleValid(peers []networkingv1.NetworkPolicyPeer, ports []netw
 			if pe.PodSelector != nil || pe.NamespaceSelector != nil {
 				return false
 			}
-			if _, err := netip.ParsePrefix(pe.IPBlock.CIDR); err != nil {
+			if _, _, err := net.ParseCIDR(pe.IPBlock.CIDR); err != nil {
 				return false
 			}
 			for _, ex := range pe.IPBlock.Except {
-				if _, err := netip.ParsePrefix(ex); err != nil {
+				if _, _, err := net.ParseCIDR(ex); err != nil {
 					return false
 				}
 			}

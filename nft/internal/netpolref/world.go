@@ -73,6 +73,15 @@ func ModelPod(ns, name, node, v4, v6 string, ports []corev1.ContainerPort) *core
 	return p
 }
 
+// moveToInit makes p's container name an init container with restartPolicy.
+func moveToInit(p *corev1.Pod, name string, restartPolicy *corev1.ContainerRestartPolicy) {
+	i := slices.IndexFunc(p.Spec.Containers, func(c corev1.Container) bool { return c.Name == name })
+	c := p.Spec.Containers[i]
+	c.RestartPolicy = restartPolicy
+	p.Spec.Containers = slices.Delete(p.Spec.Containers, i, i+1)
+	p.Spec.InitContainers = append(p.Spec.InitContainers, c)
+}
+
 var UpstreamExternals = []netip.Addr{
 	netip.MustParseAddr("192.168.7.7"), netip.MustParseAddr("10.244.9.9"),
 	netip.MustParseAddr("2001:db8::7"), netip.MustParseAddr("fd00:10:244:9::9"),
@@ -106,10 +115,23 @@ func RandomWorld(rng *rand.Rand) World {
 					ports = append(ports, cp)
 				}
 			}
-			if n := rng.IntN(4); n > 0 {
-				ports = append(ports, corev1.ContainerPort{Name: "http", ContainerPort: []int32{80, 81, 8080}[n-1]})
+			http := rng.IntN(4)
+			if http > 0 {
+				ports = append(ports, corev1.ContainerPort{Name: "http", ContainerPort: []int32{80, 81, 8080}[http-1]})
 			}
 			p := ModelPod(ns, name, fmt.Sprintf("node-%d", node), fmt.Sprintf("10.244.%d.%d", node, k), v6, ports)
+			if http > 0 {
+				// The named port on a container, a sidecar (an init container
+				// that restarts always: it serves), or a plain init container
+				// (ended before the pod serves: the name resolves nowhere).
+				switch rng.IntN(3) {
+				case 1:
+					always := corev1.ContainerRestartPolicyAlways
+					moveToInit(p, "cont-http", &always)
+				case 2:
+					moveToInit(p, "cont-http", nil)
+				}
+			}
 			if a := pick("web", "db", ""); a != "" {
 				p.Labels["app"] = a
 			}
@@ -259,7 +281,16 @@ func randomIPBlock(rng *rand.Rand, pods []*corev1.Pod) *networkingv1.IPBlock {
 	}
 	bits := lens[rng.IntN(len(lens))]
 	cidr := netip.PrefixFrom(addr, bits).Masked()
-	b := &networkingv1.IPBlock{CIDR: cidr.String()}
+	// Now and then an IPv4 prefix written IPv4-mapped (::ffff:10.0.0.0/104),
+	// as validation accepts where StrictIPCIDRValidation is off.
+	mapped := addr.Is4() && rng.IntN(4) == 0
+	text := func(p netip.Prefix) string {
+		if mapped && rng.IntN(2) == 0 {
+			return netip.PrefixFrom(netip.AddrFrom16(p.Addr().As16()), p.Bits()+96).String()
+		}
+		return p.String()
+	}
+	b := &networkingv1.IPBlock{CIDR: text(cidr)}
 	for range rng.IntN(3) {
 		if cidr.Bits() == addr.BitLen() {
 			break
@@ -283,7 +314,7 @@ func randomIPBlock(rng *rand.Rand, pods []*corev1.Pod) *networkingv1.IPBlock {
 		}
 		in := cands[rng.IntN(len(cands))]
 		exBits := cidr.Bits() + 1 + rng.IntN(in.BitLen()-cidr.Bits())
-		b.Except = append(b.Except, netip.PrefixFrom(in, exBits).Masked().String())
+		b.Except = append(b.Except, text(netip.PrefixFrom(in, exBits).Masked()))
 	}
 	return b
 }
