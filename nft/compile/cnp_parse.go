@@ -288,8 +288,10 @@ func parseCNPRule(index int, ingress bool, name string, act cnpv1.ClusterNetwork
 	return r
 }
 
-// parseCNPPeer parses one peer; kind "unsupported" marks a peer the API says to fail
-// closed on (domainNames, or no field set).
+// parseCNPPeer parses one peer; kind "unsupported" marks a domainNames peer, which
+// nftpolicy does not implement (an Accept rule matches through its other peers, a
+// Deny or Pass rule denies all); a peer with no field set is invalid, which fails
+// the whole rule closed.
 func parseCNPPeer(pe *cnpv1.ClusterNetworkPolicyEgressPeer) (out *cnpPeer, kind, why string) {
 	set := 0
 	for _, b := range []bool{pe.Namespaces != nil, pe.Pods != nil, pe.Nodes != nil, len(pe.Networks) > 0, len(pe.DomainNames) > 0} {
@@ -299,7 +301,12 @@ func parseCNPPeer(pe *cnpv1.ClusterNetworkPolicyEgressPeer) (out *cnpPeer, kind,
 	}
 	switch {
 	case set == 0:
-		return nil, "unsupported", "no field set (a newer API version?): unsupported"
+		// The API: "If an implementation sees no fields are set then it can
+		// infer that the deployed CRD is of an incompatible version with an
+		// unknown field. In that case it should fail closed. For "Accept"
+		// rules, "fail closed" means: "treat the rule as matching no
+		// traffic"": the rule, not only the peer, as for any invalid part.
+		return nil, "", "no field set (an unknown field of a newer API version?)"
 	case set > 1:
 		return nil, "", "more than one field set"
 	case len(pe.DomainNames) > 0:
@@ -327,7 +334,8 @@ func parseCNPPeer(pe *cnpv1.ClusterNetworkPolicyEgressPeer) (out *cnpPeer, kind,
 	var b netipx.IPSetBuilder
 	for _, c := range pe.Networks {
 		pfx, err := netip.ParsePrefix(string(c))
-		if err != nil {
+		if err != nil || pfx.Addr().Is4In6() {
+			// The CRD's isCIDR() refuses IPv4-mapped addresses too.
 			return nil, "", fmt.Sprintf("invalid network %q", c)
 		}
 		b.AddPrefix(pfx.Masked())

@@ -79,6 +79,8 @@ var goldenCases = []goldenCase{
 	{name: "cnp-problems", upstream: true, node: "node-1", problems: []string{
 		"cnp/accept-domains: egress rule 0: peer 0: domainNames peers are not implemented by nftpolicy; the rule matches nothing",
 		"cnp/accept-domains: egress rule 1: peer 0: domainNames peers are not implemented by nftpolicy; the rule matches through its other peers only",
+		"cnp/accept-unknown: egress rule 0: peer 0: no field set (an unknown field of a newer API version?); the rule matches nothing",
+		`cnp/accept-unknown: egress rule 1: peer 0: invalid network "::ffff:10.0.0.0/104"; the rule matches nothing`,
 		`cnp/bad-tier: unknown tier "Middle": the policy is not enforced`,
 		"cnp/deny-domains: egress rule 0: peer 0: domainNames peers are not implemented by nftpolicy; the rule denies all",
 		"cnp/pass-bad: ingress rule 0: protocol 0: port 70000 out of range 1-65535; the rule denies all",
@@ -105,6 +107,8 @@ var goldenCases = []goldenCase{
 		DenyLog: DenyLog{Group: 100, Rate: 100, Burst: 20}, PolicyCounters: true}, problems: []string{
 		"cnp/accept-domains: egress rule 0: peer 0: domainNames peers are not implemented by nftpolicy; the rule matches nothing",
 		"cnp/accept-domains: egress rule 1: peer 0: domainNames peers are not implemented by nftpolicy; the rule matches through its other peers only",
+		"cnp/accept-unknown: egress rule 0: peer 0: no field set (an unknown field of a newer API version?); the rule matches nothing",
+		`cnp/accept-unknown: egress rule 1: peer 0: invalid network "::ffff:10.0.0.0/104"; the rule matches nothing`,
 		`cnp/bad-tier: unknown tier "Middle": the policy is not enforced`,
 		"cnp/deny-domains: egress rule 0: peer 0: domainNames peers are not implemented by nftpolicy; the rule denies all",
 		"cnp/pass-bad: ingress rule 0: protocol 0: port 70000 out of range 1-65535; the rule denies all",

@@ -26,8 +26,9 @@ package netpolref
 //     Accept rules, fail closed means: treat the rule as matching no traffic. For Deny
 //     and Pass rules, fail closed means: treat the rule as a 'Deny all' rule."
 //
-// nft/compile's documented decisions added to that: domainNames peers are treated as
-// unsupported (fail closed alike); any other invalid part of a rule fails the whole
+// nft/compile's documented decisions added to that: domainNames peers are
+// unsupported (a Deny or Pass rule with one denies all, an Accept rule matches
+// through its other peers); any other invalid part of a rule fails the whole
 // rule closed the same way; an invalid subject selects no pod; traffic between a node
 // and its own pods is judged only in the pod-to-node direction (by the tiers; for
 // NetworkPolicy it is always allowed), because a node's own traffic to its pods never
@@ -155,6 +156,8 @@ func (c *Cluster) cnpRule(act cnpv1.ClusterNetworkPolicyRuleAction, peers []cnpv
 	peerOK := false
 	for _, pe := range peers {
 		switch c.cnpPeerIs(pe, other) {
+		case peerUnknown:
+			return failClosed() // the whole rule, as the API says
 		case peerUnsupported:
 			if d != Accepted {
 				return Denied, true
@@ -180,7 +183,8 @@ func (c *Cluster) cnpRule(act cnpv1.ClusterNetworkPolicyRuleAction, peers []cnpv
 const (
 	peerNo = iota
 	peerMatches
-	peerUnsupported
+	peerUnsupported // domainNames
+	peerUnknown     // no field set: an unknown field of a newer API version
 )
 
 func (c *Cluster) cnpPeerIs(pe cnpv1.ClusterNetworkPolicyEgressPeer, e Endpoint) int {
@@ -190,7 +194,10 @@ func (c *Cluster) cnpPeerIs(pe cnpv1.ClusterNetworkPolicyEgressPeer, e Endpoint)
 			n++
 		}
 	}
-	if n == 0 || len(pe.DomainNames) > 0 {
+	if n == 0 {
+		return peerUnknown
+	}
+	if len(pe.DomainNames) > 0 {
 		return peerUnsupported
 	}
 	yes := func(b bool) int {
@@ -230,15 +237,13 @@ func cnpProtoIs(pp cnpv1.ClusterNetworkPolicyProtocol, dst Endpoint, proto corev
 		if dst.Pod == nil {
 			return false
 		}
-		for _, ctr := range dst.Pod.Spec.Containers {
-			for _, cp := range ctr.Ports {
-				cproto := cp.Protocol
-				if cproto == "" {
-					cproto = corev1.ProtocolTCP
-				}
-				if cp.Name == pp.DestinationNamedPort && cproto == proto && int(cp.ContainerPort) == port {
-					return true
-				}
+		for _, cp := range ServingPorts(dst.Pod) {
+			cproto := cp.Protocol
+			if cproto == "" {
+				cproto = corev1.ProtocolTCP
+			}
+			if cp.Name == pp.DestinationNamedPort && cproto == proto && int(cp.ContainerPort) == port {
+				return true
 			}
 		}
 		return false
@@ -279,7 +284,8 @@ func (c *Cluster) cnpRuleValid(peers []cnpv1.ClusterNetworkPolicyEgressPeer, pro
 			return false
 		}
 		for _, cidr := range pe.Networks {
-			if _, err := netip.ParsePrefix(string(cidr)); err != nil {
+			// The CRD's isCIDR() refuses IPv4-mapped addresses.
+			if p, err := netip.ParsePrefix(string(cidr)); err != nil || p.Addr().Is4In6() {
 				return false
 			}
 		}

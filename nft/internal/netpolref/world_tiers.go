@@ -129,7 +129,11 @@ func randomNetwork(rng *rand.Rand, pods []*corev1.Pod) cnpv1.CIDR {
 	if addr.Is6() {
 		lens = []int{0, 8, 48, 64, 128}
 	}
-	return cnpv1.CIDR(netip.PrefixFrom(addr, lens[rng.IntN(len(lens))]).Masked().String())
+	p := netip.PrefixFrom(addr, lens[rng.IntN(len(lens))]).Masked()
+	if addr.Is4() && rng.IntN(30) == 0 { // IPv4-mapped: the CRD refuses it, the rule fails closed
+		return cnpv1.CIDR(netip.PrefixFrom(netip.AddrFrom16(p.Addr().As16()), p.Bits()+96).String())
+	}
+	return cnpv1.CIDR(p.String())
 }
 
 func randomProtocols(rng *rand.Rand, named bool) []cnpv1.ClusterNetworkPolicyProtocol {
