@@ -474,6 +474,9 @@ func namespaceObject(name string, labels map[string]string) *corev1.Namespace {
 // podObject is the Pod a kubelet would report for p on node: one container per
 // served port and protocol, with the upstream e2e port names (serve-80-tcp,
 // ...; SCTP is declared for 80 and 81 like upstream, though nothing serves it).
+// Port 81's are sidecars (init containers that restart always), so that the
+// named-port specs prove both kinds: serve-80-* resolve on containers, serve-81-*
+// on sidecars.
 func podObject(p *cluster.Pod, node string, labels map[string]string) *corev1.Pod {
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name, Labels: labels},
@@ -489,12 +492,26 @@ func podObject(p *cluster.Pod, node string, labels map[string]string) *corev1.Po
 		}
 		for _, proto := range protos {
 			suffix := fmt.Sprintf("%d-%s", port, lower(proto))
-			pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{
+			c := corev1.Container{
 				Name:  "cont-" + suffix,
 				Image: "nftpolicy.invalid/podagent:e2e", // nothing pulls it
 				Ports: []corev1.ContainerPort{{Name: "serve-" + suffix, ContainerPort: int32(port), Protocol: proto}},
-			})
+			}
+			if port == 81 {
+				always := corev1.ContainerRestartPolicyAlways
+				c.RestartPolicy = &always
+				pod.Spec.InitContainers = append(pod.Spec.InitContainers, c)
+				continue
+			}
+			pod.Spec.Containers = append(pod.Spec.Containers, c)
 		}
+	}
+	if len(pod.Spec.Containers) == 0 { // a pod needs a container: 81's are then that
+		for _, c := range pod.Spec.InitContainers {
+			c.RestartPolicy = nil
+			pod.Spec.Containers = append(pod.Spec.Containers, c)
+		}
+		pod.Spec.InitContainers = nil
 	}
 	return pod
 }
