@@ -3,6 +3,7 @@ package nft
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"strconv"
 	"strings"
 )
 
@@ -65,11 +66,13 @@ func ShortHash(key string) string {
 }
 
 // ObjectName builds `<prefix>-<ShortHash(key)>-<label>[-<suffix>]`, truncating the
-// label (never the hash or suffix) so the result fits MaxNameLen. The hash alone makes
-// the name unique; the label is for people. Characters nft cannot take unquoted are
-// replaced by '_'.
+// label (never the hash or suffix) so the result fits MaxNameLen. The head
+// (ObjectHead: prefix and hash) makes the name unique, as the deny log's prefixes
+// need: callers choose keys whose heads no other key of theirs has (the hash is 32
+// bits: keys an author crafts, or one in 2^32 by chance, share one). The label is
+// for people. Characters nft cannot take unquoted are replaced by '_'.
 func ObjectName(prefix, key, label, suffix string) string {
-	head := prefix + "-" + ShortHash(key)
+	head := ObjectHead(prefix, key)
 	tail := ""
 	if suffix != "" {
 		tail = "-" + suffix
@@ -85,6 +88,21 @@ func ObjectName(prefix, key, label, suffix string) string {
 		head += "-" + label
 	}
 	return head + tail
+}
+
+// ObjectHead is the head of ObjectName(prefix, key, ...): `<prefix>-<ShortHash(key)>`.
+func ObjectHead(prefix, key string) string { return prefix + "-" + ShortHash(key) }
+
+// UniqueKey returns key, or when its head (ObjectHead(prefix, key)) is taken
+// already, the first of key+"\ncollision 1", "\ncollision 2", ... whose head is not;
+// it marks the head taken.
+func UniqueKey(taken map[string]bool, prefix, key string) string {
+	k := key
+	for i := 1; taken[ObjectHead(prefix, k)]; i++ {
+		k = key + "\ncollision " + strconv.Itoa(i)
+	}
+	taken[ObjectHead(prefix, k)] = true
+	return k
 }
 
 func sanitize(s string) string {

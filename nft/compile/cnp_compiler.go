@@ -133,9 +133,19 @@ func (c *Compiler) tierPass() *tierPass {
 	}
 	if c.cnpOrder == nil {
 		c.cnpOrder = []*clusterPolicy{}
-		for _, e := range c.cnps {
-			if e.p != nil {
-				c.cnpOrder = append(c.cnpOrder, e.p)
+		taken := map[string]bool{}
+		for _, name := range slices.Sorted(maps.Keys(c.cnps)) {
+			p := c.cnps[name].p
+			if p == nil {
+				continue
+			}
+			c.cnpOrder = append(c.cnpOrder, p)
+			// Names unique by head: two policies whose names hash alike
+			// would share sets (the kernel keeps one's elements) and the
+			// deny log's prefix.
+			if key := nft.UniqueKey(taken, "cnp", p.name); key != p.key {
+				delete(c.cnpCached, name) // its sets' names change
+				p.key = key
 			}
 		}
 		slices.SortFunc(c.cnpOrder, cnpOrder)

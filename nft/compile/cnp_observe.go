@@ -44,7 +44,7 @@ func (r *cnpRule) ruleID() string {
 // rule does (allow, deny, pass), so that a rule whose action changes counts
 // into a new counter: what the old one counted keeps its meaning.
 func (p *clusterPolicy) counterName(r *cnpRule) string {
-	return nft.ObjectName("cnp", p.name, p.ref, r.ruleID()+"-"+clusterRule(p, r).Verdict())
+	return nft.ObjectName("cnp", p.key, p.ref, r.ruleID()+"-"+clusterRule(p, r).Verdict())
 }
 
 // dropChain is the chain that logs and drops what a Deny rule matched (reply:
@@ -54,7 +54,7 @@ func (p *clusterPolicy) dropChain(r *cnpRule, reply bool) string {
 	if reply {
 		suffix += "-" + nft.SuffixReply
 	}
-	return nft.ObjectName("cnp", p.name, p.ref, suffix)
+	return nft.ObjectName("cnp", p.key, p.ref, suffix)
 }
 
 // ClusterDenyLogPrefix is the log prefix of a ClusterNetworkPolicy rule's drop

@@ -40,8 +40,12 @@ const (
 
 // clusterPolicy is a ClusterNetworkPolicy parsed and checked once, whatever the node.
 type clusterPolicy struct {
-	name     string
-	ref      string // "cnp/<name>": how names and comments show it
+	name string
+	ref  string // "cnp/<name>": how names and comments show it
+	// key is what the names of the policy's own objects (sets, counters, drop
+	// chains) hash: its name, unless another policy's name has the same hash
+	// (nft.UniqueKey; set by the Compiler's tierPass, in name order).
+	key      string
 	tier     tier
 	priority int32
 	// The subject: pods whose namespace matches subjNS and whose labels match
@@ -99,7 +103,7 @@ func cnpOrder(a, b *clusterPolicy) int {
 // parseClusterPolicy checks c and returns it parsed (nil when it cannot be placed
 // in a tier), with its problems.
 func parseClusterPolicy(c *cnpv1.ClusterNetworkPolicy) (*clusterPolicy, []Problem) {
-	p := &clusterPolicy{name: c.Name, ref: "cnp/" + c.Name, priority: c.Spec.Priority}
+	p := &clusterPolicy{name: c.Name, key: c.Name, ref: "cnp/" + c.Name, priority: c.Spec.Priority}
 	var problems []Problem
 	report := func(format string, args ...any) {
 		problems = append(problems, Problem{Cluster: c.Name, Reason: fmt.Sprintf(format, args...)})

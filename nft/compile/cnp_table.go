@@ -149,7 +149,10 @@ func newNodeInfo(n *corev1.Node) *nodeInfo {
 	ni := &nodeInfo{name: n.Name, labels: labels.Set(n.Labels)}
 	for _, a := range n.Status.Addresses {
 		if ip, err := netip.ParseAddr(a.Address); err == nil {
-			ni.addrs = append(ni.addrs, ip.Unmap())
+			// Without its zone (the API does not check addresses:
+			// "fd00::1%eth0" is fd00::1 to a packet), so that duplicates
+			// go and no set holds an element twice.
+			ni.addrs = append(ni.addrs, ip.Unmap().WithZone(""))
 		}
 	}
 	slices.SortFunc(ni.addrs, netip.Addr.Compare)

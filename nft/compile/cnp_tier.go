@@ -141,7 +141,7 @@ func (ps *pass) buildTiers(tp *tierPass, cache map[string][]nft.Set) map[string]
 }
 
 // name sets the group's chain names (`<prefix>-<hash>-<label>-v4` and `-v6`, with
-// `-reply` twins), avoiding a hash collision with the names taken.
+// `-reply` twins), avoiding a hash collision with the heads taken.
 func (g *tierGroup) name(taken map[string]bool) {
 	prefix := map[slot]string{
 		{tierAdmin, false}: "adm-eg", {tierAdmin, true}: "adm-in",
@@ -151,17 +151,10 @@ func (g *tierGroup) name(taken map[string]bool) {
 	if n := len(g.pols) - 1; n > 0 {
 		label += "_and_" + strconv.Itoa(n)
 	}
-	key := g.key
-	for i := 1; ; i++ {
-		if !taken[nft.ObjectName(prefix, key, label, "v4")] {
-			break
-		}
-		key = g.key + "\ncollision " + strconv.Itoa(i)
-	}
+	key := nft.UniqueKey(taken, prefix, g.key)
 	for fi, fam := range []string{"v4", "v6"} {
 		g.fam[fi].chain = nft.ObjectName(prefix, key, label, fam)
 		g.fam[fi].replyChain = nft.ObjectName(prefix, key, label, fam+"-"+nft.SuffixReply)
-		taken[g.fam[fi].chain] = true
 	}
 }
 
@@ -357,7 +350,7 @@ func (p *clusterPolicy) setName(r *cnpRule, what string) string {
 		dir = "in"
 	}
 	id := dir + strconv.Itoa(r.index)
-	return nft.ObjectName("cnp", p.name, p.ref, id+"-"+what)
+	return nft.ObjectName("cnp", p.key, p.ref, id+"-"+what)
 }
 
 // tierMaps builds the eight tier verdict maps: each local subject's addresses to its

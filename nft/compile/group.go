@@ -87,7 +87,7 @@ func groupKey(ingress bool, pols []*policy, pod *podInfo) string {
 	return b.String()
 }
 
-// name sets the group's chain and set names, avoiding a hash collision with the names
+// name sets the group's chain and set names, avoiding a hash collision with the heads
 // taken so far (groups are named in key order, so the outcome is deterministic).
 //
 // known, when not nil, is what the group was called by the pass before, which
@@ -97,28 +97,23 @@ func groupKey(ingress bool, pols []*policy, pod *podInfo) string {
 // would give. Hashing nine names per group on every pass was a twentieth of
 // an event that changes the table.
 func (g *group) name(taken map[string]bool, known *groupNames) {
-	if known != nil && !known.collided && !taken[known.chain] {
-		g.groupNames = *known
-		taken[g.chain] = true
-		return
-	}
 	prefix := "eg"
 	if g.ingress {
 		prefix = "ing"
+	}
+	if known != nil && !known.collided && !taken[nft.ObjectHead(prefix, g.key)] {
+		g.groupNames = *known
+		taken[nft.ObjectHead(prefix, g.key)] = true
+		return
 	}
 	g.label = g.policies[0].ref
 	if n := len(g.policies) - 1; n > 0 {
 		g.label += "_and_" + strconv.Itoa(n)
 	}
-	key := g.key
-	for i := 1; ; i++ {
-		g.chain = nft.ObjectName(prefix, key, g.label, "")
-		if !taken[g.chain] {
-			break
-		}
-		key = g.key + "\ncollision " + strconv.Itoa(i)
-	}
-	taken[g.chain] = true
+	// Unique by head, not by whole name: two keys of one hash have different
+	// labels as a rule, but the deny log names a chain by its head.
+	key := nft.UniqueKey(taken, prefix, g.key)
+	g.chain = nft.ObjectName(prefix, key, g.label, "")
 	for i, suffix := range []string{"any-v4", "ports-v4", "ranges-v4", "any-v6", "ports-v6", "ranges-v6"} {
 		g.setNames[i] = nft.ObjectName(prefix, key, g.label, suffix)
 	}

@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/nft"
 )
@@ -102,16 +104,18 @@ func TestKnownNames(t *testing.T) {
 	if first.collided {
 		t.Fatal("a first name collided with nothing")
 	}
-	// Kept: a first choice, free in this pass.
+	// Kept: a first choice, free in this pass. (What is taken is a head: the
+	// chain's prefix and hash, which the deny log names it by.)
+	head := nft.ObjectHead("eg", first.key)
 	g := group{key: first.key, policies: pols}
 	taken := map[string]bool{}
 	g.name(taken, &groupNames{label: first.label, chain: first.chain, setNames: first.setNames, counters: first.counters})
-	if g.groupNames != first.groupNames || !taken[first.chain] {
+	if g.groupNames != first.groupNames || !taken[head] {
 		t.Fatalf("known first names: %+v, taken %v; want %+v", g.groupNames, taken, first.groupNames)
 	}
 	// Taken by a group before it in this pass: named again, after the collision.
-	taken = map[string]bool{first.chain: true}
-	want := fresh(first.key, map[string]bool{first.chain: true})
+	taken = map[string]bool{head: true}
+	want := fresh(first.key, map[string]bool{head: true})
 	g = group{key: first.key, policies: pols}
 	g.name(taken, &first.groupNames)
 	if g.groupNames != want.groupNames || !g.collided || g.chain == first.chain {
@@ -123,4 +127,162 @@ func TestKnownNames(t *testing.T) {
 	if g.groupNames != first.groupNames {
 		t.Fatalf("known names that collided, now free: %+v; want %+v", g.groupNames, first.groupNames)
 	}
+}
+
+// collidingNames returns two names prefix+<hex> whose keys (key(name)) have the
+// same nft.ShortHash: a birthday search over 32 bits, ~65,000 hashes.
+func collidingNames(t *testing.T, prefix string, key func(string) string) (string, string) {
+	t.Helper()
+	seen := map[string]string{}
+	for i := range 1 << 22 {
+		s := fmt.Sprintf("%s%x", prefix, i)
+		h := nft.ShortHash(key(s))
+		if o, ok := seen[h]; ok {
+			return o, s
+		}
+		seen[h] = s
+	}
+	t.Fatal("no collision found")
+	return "", ""
+}
+
+// TestNamesUniqueByHead: keys whose 32-bit hashes collide (names an author can
+// craft) still give every policy objects of its own, and a deny log prefix of
+// its own. Two ClusterNetworkPolicies with 253-character names alike for their
+// first 200 had one set under one name (Validate refused the table; the kernel
+// took it and kept one policy's elements: a Deny lost); two NetworkPolicies'
+// group chains had different names but one deny log prefix, so the log named
+// one policy for the other's drops.
+func TestNamesUniqueByHead(t *testing.T) {
+	opts := Options{DenyLog: DenyLog{Group: 1, Rate: 10}, PolicyCounters: true, Established: EstablishedRecheck}
+	pod := modelPod("x", "a", "node-1", "10.244.1.10", "fd00:10:244:1::a", upstreamPorts())
+
+	t.Run("cluster policies", func(t *testing.T) {
+		long := strings.Repeat("tenant-egress-policy-x", 10)[:200] + "-"
+		a, b := collidingNames(t, long, func(s string) string { return s })
+		mk := func(name string, prio int32, act cnpv1.ClusterNetworkPolicyRuleAction, cidr string) *cnpv1.ClusterNetworkPolicy {
+			c := &cnpv1.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}}
+			c.Spec.Tier, c.Spec.Priority = cnpv1.AdminTier, prio
+			c.Spec.Subject.Namespaces = &metav1.LabelSelector{}
+			c.Spec.Egress = []cnpv1.ClusterNetworkPolicyEgressRule{{Action: act,
+				To: []cnpv1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1.CIDR{cnpv1.CIDR(cidr)}}}}}
+			return c
+		}
+		rs, problems := Compile(Snapshot{NodeName: "node-1", Pods: []*corev1.Pod{pod},
+			ClusterNetworkPolicies: []*cnpv1.ClusterNetworkPolicy{mk(a, 10, "Deny", "10.0.0.0/8"), mk(b, 20, "Accept", "192.168.0.0/16")}}, opts)
+		if len(problems) > 0 {
+			t.Fatal(problems)
+		}
+		if err := rs.Validate(); err != nil {
+			t.Fatalf("two policies whose names hash alike: %v", err)
+		}
+		// Each policy's peer set, with its own peers (comments are cut at 128
+		// bytes: these two end alike).
+		var held []string
+		for _, s := range rs.Sets {
+			if strings.HasSuffix(s.Name, "-eg0-net-v4") {
+				held = append(held, nft.RenderElement(s.Type, s.Elements[0], false))
+			}
+		}
+		slices.Sort(held)
+		if want := []string{"10.0.0.0/8", "192.168.0.0/16"}; !slices.Equal(held, want) {
+			t.Errorf("the two policies' peer sets hold %q, want %q", held, want)
+		}
+		// The same, incrementally: b first, then a, which sorts first and
+		// takes the plain key; b's objects are renamed, its cached sets
+		// dropped.
+		inc := Load(Snapshot{NodeName: "node-1", Pods: []*corev1.Pod{pod},
+			ClusterNetworkPolicies: []*cnpv1.ClusterNetworkPolicy{mk(b, 20, "Accept", "192.168.0.0/16")}}, opts)
+		_, _ = inc.Compile()
+		inc.SetClusterNetworkPolicy(mk(a, 10, "Deny", "10.0.0.0/8"))
+		if got, _ := inc.Compile(); nft.Render(got) != nft.Render(rs) {
+			t.Errorf("incremental compile differs from the whole one:\n%s", nft.Render(got))
+		}
+		prefixes := map[string]bool{}
+		for _, ch := range rs.Chains {
+			for _, r := range ch.Rules {
+				if r.Log != nil {
+					if prefixes[r.Log.Prefix] && !strings.HasSuffix(ch.Name, nft.SuffixReply) {
+						t.Errorf("deny log prefix %q twice", r.Log.Prefix)
+					}
+					prefixes[r.Log.Prefix] = true
+				}
+			}
+		}
+	})
+
+	t.Run("network policies", func(t *testing.T) {
+		a, b := collidingNames(t, "deny-", func(s string) string { return "ingress\nx/" + s })
+		var pods []*corev1.Pod
+		var pols []*networkingv1.NetworkPolicy
+		for i, name := range []string{a, b} {
+			p := modelPod("x", name, "node-1", fmt.Sprintf("10.244.1.%d", 20+i), "", upstreamPorts())
+			p.Labels = map[string]string{"app": name}
+			pods = append(pods, p)
+			pols = append(pols, &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name},
+				Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: p.Labels},
+					PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}})
+		}
+		c := Load(Snapshot{NodeName: "node-1", Pods: pods, Policies: pols}, opts)
+		rs, problems := c.Compile()
+		if len(problems) > 0 {
+			t.Fatal(problems)
+		}
+		if err := rs.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		at := c.Attribution()
+		for _, name := range []string{a, b} {
+			n := 0
+			for prefix, g := range at.Groups {
+				if len(g.Policies) == 1 && g.Policies[0].Name == name && !g.Reply {
+					n++
+					if !strings.Contains(prefix, " ing-") {
+						t.Errorf("%s: prefix %q", name, prefix)
+					}
+				}
+			}
+			if n != 1 {
+				t.Errorf("policy x/%s has %d deny log prefixes of its own, want 1 (groups: %v)", name, n, at.Groups)
+			}
+		}
+	})
+}
+
+// TestNodeAddressZones: Node addresses are not validated; one written with a zone
+// ("fd00::1%eth0") is the address a packet carries, once in the nodes peer's set
+// (twice, every full sync found the table drifted and patched it).
+func TestNodeAddressZones(t *testing.T) {
+	pod := modelPod("x", "a", "node-1", "10.244.1.10", "fd00:10:244:1::a", upstreamPorts())
+	node := func(name string, addrs ...string) *corev1.Node {
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
+		for _, a := range addrs {
+			n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: a})
+		}
+		return n
+	}
+	cnp := &cnpv1.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "to-nodes"}}
+	cnp.Spec.Tier, cnp.Spec.Priority = cnpv1.AdminTier, 1
+	cnp.Spec.Subject.Namespaces = &metav1.LabelSelector{}
+	cnp.Spec.Egress = []cnpv1.ClusterNetworkPolicyEgressRule{{Action: "Deny",
+		To: []cnpv1.ClusterNetworkPolicyEgressPeer{{Nodes: &metav1.LabelSelector{}}}}}
+	rs, problems := Compile(Snapshot{NodeName: "node-1", Pods: []*corev1.Pod{pod}, ClusterNetworkPolicies: []*cnpv1.ClusterNetworkPolicy{cnp},
+		Nodes: []*corev1.Node{node("node-1", "fd00::1", "fd00::1%eth0", "10.0.0.1"), node("node-2", "fd00::1%1", "fd00::2")}}, Options{})
+	if len(problems) > 0 {
+		t.Fatal(problems)
+	}
+	for _, s := range rs.Sets {
+		if !strings.HasSuffix(s.Name, "-eg0-v6") {
+			continue
+		}
+		var got []string
+		for _, e := range s.Elements {
+			got = append(got, nft.RenderElement(s.Type, e, false))
+		}
+		if want := []string{"fd00::1", "fd00::2"}; !slices.Equal(got, want) {
+			t.Errorf("set %s holds %q, want %q", s.Name, got, want)
+		}
+		return
+	}
+	t.Fatalf("no nodes peer set for IPv6 in\n%s", nft.Render(rs))
 }

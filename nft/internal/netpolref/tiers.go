@@ -217,7 +217,7 @@ func (c *Cluster) cnpPeerIs(pe cnpv1.ClusterNetworkPolicyEgressPeer, e Endpoint)
 				continue
 			}
 			for _, a := range node.Status.Addresses {
-				if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Unmap() == e.IP {
+				if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Unmap().WithZone("") == e.IP {
 					return peerMatches
 				}
 			}
