@@ -365,6 +365,24 @@ func jsonRoundTrip[T any](t *testing.T, in any) *T {
 	return out
 }
 
+// prunedCopy decodes the protobuf bytes b of a T pruned to fields, as the
+// agent's list reader does.
+func prunedCopy[T any, PT interface {
+	*T
+	Unmarshal([]byte) error
+}](t *testing.T, b []byte, fields keep) PT {
+	t.Helper()
+	pruned, err := prune(nil, b, fields)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := PT(new(T))
+	if err := out.Unmarshal(pruned); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // throughPaths is obj as each read path's cache holds it, for a kind the
 // agent reads whole and trims (trim): on the JSON path after a JSON round trip.
 func throughPaths[T any](t *testing.T, obj *T, trim func(any) (any, error)) map[string]*T {
@@ -422,15 +440,8 @@ func TestTrimmedObjectsCompileAlike(t *testing.T) {
 			wp, b := roundTrip(t, &p)
 			whole.Pods = append(whole.Pods, wp)
 			// The first list: pruned to podFields.
-			pruned, err := prune(nil, b, podFields)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var lp corev1.Pod
-			if err := lp.Unmarshal(pruned); err != nil {
-				t.Fatal(err)
-			}
-			paths["protobuf-list"].PodRecords = append(paths["protobuf-list"].PodRecords, &in.record(&lp).Pod)
+			lp := prunedCopy[corev1.Pod](t, b, podFields)
+			paths["protobuf-list"].PodRecords = append(paths["protobuf-list"].PodRecords, &in.record(lp).Pod)
 			// The watch: prunedDecoder, then the informer's transform.
 			obj, _, err := podDec.Decode(encodeProtobuf(t, wp), nil, nil)
 			if err != nil {
@@ -467,14 +478,7 @@ func TestTrimmedObjectsCompileAlike(t *testing.T) {
 				ownWhole = wn
 			}
 			// The all-node list, pruned, then trimNode.
-			pruned, err := prune(nil, b, nodeWatchFields)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var ln corev1.Node
-			if err := ln.Unmarshal(pruned); err != nil {
-				t.Fatal(err)
-			}
+			ln := prunedCopy[corev1.Node](t, b, nodeWatchFields)
 			add := func(path string, n *corev1.Node) {
 				o, _ := trimNode(n)
 				tn := o.(*corev1.Node)
@@ -483,7 +487,7 @@ func TestTrimmedObjectsCompileAlike(t *testing.T) {
 					ownTrim[path] = tn
 				}
 			}
-			add("protobuf-list", &ln)
+			add("protobuf-list", ln)
 			obj, _, err := nodeDec.Decode(encodeProtobuf(t, wn), nil, nil)
 			if err != nil {
 				t.Fatal(err)
