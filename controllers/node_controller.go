@@ -448,9 +448,13 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	default:
 		stats, err = r.Applier.Apply(ctx, desired)
 	}
+	inForce := err == nil // the change's table is in force (its attribution with it)
 	if err == nil && moved != nil {
 		// Strict mode: the epoch moves in a transaction of its own, after
-		// the change (stampEpoch).
+		// the change (stampEpoch). Should it fail, the change stays in force
+		// and the full sync that follows a failure moves the epoch (nothing
+		// is in force for it): until then the connections the change denies
+		// live on.
 		var st nft.Stats
 		st, err = r.Applier.Apply(ctx, moved)
 		stats.Operations += st.Operations
@@ -458,7 +462,7 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 		desired = moved
 	}
 	if r.OnApplied != nil {
-		r.OnApplied(err == nil)
+		r.OnApplied(inForce)
 	}
 	elapsed := time.Since(now)
 	syncDuration.WithLabelValues(kind).Observe(elapsed.Seconds())

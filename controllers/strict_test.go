@@ -146,7 +146,10 @@ func kernelListing(t *testing.T, ns *nfttest.NetNS) string {
 // rules (the new epoch) with the old elements, and ct-stamp gave its connection
 // the new epoch, so that it lived on (29 of 100 such commits with nft(8); 30 of
 // these 40 rounds). The reconciler moves the epoch in a transaction of its own
-// after the change, and no round may leak.
+// after the change, and no round may leak. In every fourth round the move's
+// transaction fails (the kernel Applier given a cancelled context): the change
+// stays in force (OnApplied says so, its attribution current), and the retry,
+// a full sync, moves the epoch, after which the connection may not pass.
 func TestEpochMovesAlone(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: no kernel")
@@ -167,7 +170,10 @@ func TestEpochMovesAlone(t *testing.T) {
 	}
 
 	f := newRebuildFixture(t) // rb/target (10.60.0.2, this node) admits role=peer; rb/peer-1 (10.60.1.2) is one
-	f.r.Applier, f.r.Established, f.r.needFull = applier, compile.EstablishedRecheck, true
+	mf := &moveFailer{kernelApplier: applier}
+	f.r.Applier, f.r.Established, f.r.needFull = mf, compile.EstablishedRecheck, true
+	var inForce []bool
+	f.r.OnApplied = func(ok bool) { inForce = append(inForce, ok) }
 	f.sync()
 
 	// The target echoes; the peer sends numbered datagrams as fast as it can on
@@ -251,6 +257,15 @@ func TestEpochMovesAlone(t *testing.T) {
 		}
 		epoch := f.r.strict.epoch
 		f.pod("peer-1", "node-1", "10.60.1.2", "stranger", false) // its address leaves the allow set
+		if i%4 == 3 {
+			mf.armed = true
+			if _, err := f.r.Reconcile(f.ctx, f.r.request()); err == nil || mf.armed {
+				t.Fatalf("round %d: the failed move went unnoticed (%v)", i, err)
+			}
+			if !inForce[len(inForce)-1] {
+				t.Fatalf("round %d: the change's table is in force, OnApplied said it is not", i)
+			}
+		}
 		f.sync()
 		if f.r.strict.epoch == epoch {
 			t.Fatalf("round %d: the epoch did not move", i)
@@ -263,4 +278,29 @@ func TestEpochMovesAlone(t *testing.T) {
 		t.Fatalf("%d of %d rounds: the peer's connection lived on after its address left the allow set", leaks, rounds)
 	}
 	t.Logf("%d rounds: the peer's connection cut each time, %d echoes in all", rounds, echoes.Load())
+}
+
+// moveFailer is a kernel Applier whose next transaction after the change fails
+// while armed: the epoch's move (the change goes by ApplyPlanned or Apply, the
+// move by Apply), refused as the real Applier refuses a cancelled context.
+type moveFailer struct {
+	*kernelApplier
+	armed   bool
+	changed bool // the armed sync's change went in
+}
+
+func (m *moveFailer) ApplyPlanned(ctx context.Context, p nft.Planned) (nft.Stats, error) {
+	m.changed = m.armed
+	return m.kernelApplier.ApplyPlanned(ctx, p)
+}
+
+func (m *moveFailer) Apply(ctx context.Context, desired *nft.Ruleset) (nft.Stats, error) {
+	if m.armed && m.changed {
+		m.armed, m.changed = false, false
+		cancelled, cancel := context.WithCancel(ctx)
+		cancel()
+		return m.kernelApplier.Apply(cancelled, desired)
+	}
+	m.changed = m.armed
+	return m.kernelApplier.Apply(ctx, desired)
 }

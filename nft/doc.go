@@ -261,7 +261,9 @@
 // the new epoch and live on: nft(8) did so in 29 of 100 commits under a flood,
 // test/e2e's strict restart spec in 2 runs of 111, controllers' TestEpochMovesAlone
 // in 30 rounds of 40. Stamped with the epoch in force, as the change's transaction
-// stamps, it is judged at the move, whose transaction changes no set.) Its next
+// stamps, it is judged at the move, whose transaction changes no set. Should the
+// move's transaction fail, the change stays in force and the full sync that
+// follows any failure moves the epoch: what the change denies is cut then.) Its next
 // packet, in either direction, walks the policy chains once, like a first packet:
 // allowed, it is stamped again and its later packets take the fast path, with no
 // packet lost; denied, it is dropped and the mark stays old, so every later packet
