@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/netip"
@@ -132,6 +133,11 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 	if o.netns != "" && !o.live {
 		check(errors.New("--netns is for --live"))
 	}
+	fs.Visit(func(f *flag.Flag) { // given, not $NODE_NAME's default
+		if f.Name == "node-name" && !o.live {
+			check(errors.New("--node-name is for --live"))
+		}
+	})
 	check(checkTableName(o.table))
 	if o.live {
 		check(checkNetNS(o.netns))
@@ -253,6 +259,10 @@ func explainRun(o explainOptions, stdin io.Reader, stdout io.Writer) error {
 		opts.Live, opts.LiveNode = rs, o.nodeName
 		if rs == nil {
 			opts.Live = &nft.Ruleset{Table: o.table}
+			c.Notes = append(c.Notes, fmt.Sprintf("the kernel holds no table inet %s here: every part of node %s's fresh compile is missing from it", o.table, o.nodeName))
+		}
+		if !c.HasNode(o.nodeName) {
+			c.Notes = append(c.Notes, fmt.Sprintf("node %s (--node-name, else $NODE_NAME, else the host name) is no Node of the cluster and runs none of its pods: the live table is compared with an empty node's compile", o.nodeName))
 		}
 	}
 	a, err := explain.Explain(c, o.question, opts)

@@ -77,6 +77,16 @@ func TestExplainLive(t *testing.T) {
 		t.Errorf("shop/db -> shop/web, across nodes:\n%s", text)
 	}
 
+	// A connection node-2 does not judge (an external address to shop/web, on
+	// node-1): node-2's table is still compared, and found exact, and the answer
+	// says it was not walked (it listed that as a difference).
+	text, m = ask("--from", "192.0.2.9", "--to", "shop/web", "--port", "8080")
+	if live := m["live"].(map[string]any); len(live["differences"].([]any)) != 0 ||
+		!strings.Contains(text, "note: node node-2 does not judge this connection: its table was compared with the fresh compile, not walked") ||
+		!strings.Contains(text, "live: the kernel's table on node-2 is exactly the fresh compile") {
+		t.Errorf("a connection node-2 does not judge:\n%s", text)
+	}
+
 	// Tamper: shop/db leaves the ingress map: its isolation is gone.
 	if out, err := ns.NFT("", "delete", "element", "inet", rs.Table, "ingress-v4", "{ 10.244.2.7 }"); err != nil {
 		t.Fatalf("nft delete element: %v: %s", err, out)

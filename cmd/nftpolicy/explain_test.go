@@ -75,6 +75,7 @@ func TestExplainContract(t *testing.T) {
 		{"bad family", with("--from", "shop/web", "--to", "shop/db", "--family", "5"), "", 2, []string{"--family"}},
 		{"bad output", with("--from", "shop/web", "--to", "shop/db", "-o", "yaml"), "", 2, []string{"-o", `"yaml"`}},
 		{"netns without live", with("--from", "shop/web", "--to", "shop/db", "--netns", "x"), "", 2, []string{"--netns is for --live"}},
+		{"node name without live", with("--from", "shop/web", "--to", "shop/db", "--node-name", "x"), "", 2, []string{"--node-name is for --live"}},
 		{"stray argument", with("--from", "shop/web", "--to", "shop/db", "extra"), "", 2, []string{`"extra"`}},
 		// Failures: exit 1.
 		{"unknown pod", with("--from", "shop/nope", "--to", "shop/db"), "", 1, []string{"pod shop/nope not found"}},
@@ -196,5 +197,54 @@ func TestExplainJSON(t *testing.T) {
 	ab := ing["allowedBy"].([]any)[0].(map[string]any)
 	if b["verdict"] != "allow" || ab["policy"] != "shop/db-from-web" || ab["rule"] != 0.0 || ab["port"] != "port 0: TCP/pg" || ab["peer"] != "peer 0: pods app=web of the policy's namespace" {
 		t.Errorf("allowedBy %v\n%s", ab, stdout)
+	}
+}
+
+// TestDocumentedAnswers: every offline `nftpolicy explain` the README and
+// docs/explain.md show answers exactly as shown, with the example files of
+// testdata (the samples had drifted from the binary: a rule index, the ports
+// table's reasons).
+func TestDocumentedAnswers(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{explainData + "/cluster.yaml", explainData + "/policies.yaml", explainData + "/proposed.yaml", "testdata/explain-cnp.yaml"} {
+		abs, err := filepath.Abs(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(abs, filepath.Join(dir, filepath.Base(f))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	for _, doc := range []string{"../../README.md", "../../docs/explain.md"} {
+		b, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(string(b), "\n")
+		for i, l := range lines {
+			cmdline, ok := strings.CutPrefix(l, "$ nftpolicy explain ")
+			if !ok || strings.Contains(cmdline, "--live") {
+				continue
+			}
+			end := i + 1
+			for end < len(lines) && !strings.HasPrefix(lines[end], "```") {
+				end++
+			}
+			want := strings.Join(lines[i+1:end], "\n")
+			cmd := exec.Command(bin, append([]string{"explain"}, strings.Fields(cmdline)...)...)
+			cmd.Dir, cmd.Env = dir, cleanEnv()
+			out, err := cmd.Output()
+			if code := exitCode(t, err); code != 0 {
+				t.Errorf("%s:%d: exit %d", doc, i+1, code)
+			}
+			if got := strings.TrimRight(string(out), "\n"); got != want {
+				t.Errorf("%s:%d: `nftpolicy explain %s` answers otherwise than shown; it answers:\n%s", doc, i+1, cmdline, got)
+			}
+			n++
+		}
+	}
+	if n < 3 {
+		t.Fatalf("%d documented answers found, want at least 3", n)
 	}
 }

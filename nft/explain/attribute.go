@@ -29,6 +29,11 @@ func (r RuleRef) String() string {
 type attribution struct {
 	isolatedBy []string
 	allowedBy  []RuleRef
+	// exempt: the connection is one NetworkPolicy never judges (a pod and its
+	// own node, or its own address), and why; isolating are the policies that
+	// isolate the pod for its other traffic (isolatedBy is then empty).
+	exempt    string
+	isolating []string
 }
 
 func (a attribution) allows() bool { return len(a.isolatedBy) == 0 || len(a.allowedBy) > 0 }
@@ -102,11 +107,24 @@ func (a *attributor) direction(egress bool, src, dst End, proto corev1.Protocol,
 	if target.pod == nil {
 		return out
 	}
+	node := target.pod.Spec.NodeName
+	switch {
+	case src.addr == dst.addr:
+		out.exempt = "to its own address, which never leaves the pod"
+	case egress && other.Kind == KindNode && other.Node == node:
+		out.exempt = "to its own node, which NetworkPolicy always allows"
+	case !egress && other.Kind == KindNode && other.Node == node:
+		out.exempt = "from its own node, which NetworkPolicy always allows"
+	}
 	for _, np := range a.policies {
 		if np.Namespace != target.pod.Namespace || !a.ref.PolicyHasType(np, t) || !a.ref.PolicySelects(np, target.pod) {
 			continue
 		}
 		ref := np.Namespace + "/" + np.Name
+		if out.exempt != "" {
+			out.isolating = append(out.isolating, ref)
+			continue
+		}
 		out.isolatedBy = append(out.isolatedBy, ref)
 		if egress {
 			for i, r := range np.Spec.Egress {

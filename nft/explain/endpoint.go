@@ -246,3 +246,14 @@ func (cd candidate) end(family int) End {
 	}
 	return e
 }
+
+// HasNode reports whether name is a Node of the cluster or the node of one of
+// its pods.
+func (c *Cluster) HasNode(name string) bool {
+	for _, n := range c.Nodes {
+		if n.Name == name {
+			return true
+		}
+	}
+	return c.firstPod(func(p *compile.Pod) bool { return p.Node() == name }) != nil
+}

@@ -125,6 +125,10 @@ type Direction struct {
 	// no NetworkPolicy isolates the pod). NetworkPolicy's part is IsolatedBy and
 	// AllowedBy.
 	Tiers []TierStep `json:"tiers,omitempty"`
+	// exempt: the connection is one NetworkPolicy never judges ("to its own
+	// node, which NetworkPolicy always allows"); IsolatedBy is then empty and
+	// Note names the policies that isolate the pod for other traffic.
+	exempt string
 }
 
 // TierStep is what one ClusterNetworkPolicy tier decided for a direction.
@@ -178,6 +182,11 @@ type PortRange struct {
 	Egress    string    `json:"egress"`
 	Ingress   string    `json:"ingress"`
 	AllowedBy []RuleRef `json:"allowedBy,omitempty"` // egress rules, then ingress rules
+	// Why is each direction's verdict in a few words, egress then ingress: the
+	// tier and rule that decided, or the NetworkPolicy rules that allow ("egress
+	// on node-1 denied by Admin cnp/no-ssh (priority 10) rule 0"). A range has
+	// one outcome: its ports share verdicts and reasons.
+	Why []string `json:"why"`
 }
 
 // Live is the comparison of the kernel's table with the fresh compile.
@@ -217,23 +226,8 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 	a := &Answer{From: x.from, To: x.to, Family: family, Port: q.Port, Notes: c.Notes}
 	var problems []compile.Problem
 	for _, n := range x.crossed {
-		copts := opts.Compile
-		copts.Table = opts.Table
-		if n != opts.LiveNode {
-			// Unknown-address drops are by one node's own pod CIDRs (the live
-			// node's, read from its table); no known pod meets another node's.
-			copts.UnknownLocalPods = nil
-		}
-		comp := compile.Load(c.Snapshot(n), copts)
-		rs, ps := comp.Compile()
+		rs, comp, ps := x.compile(n)
 		x.rules[n] = comp.Attribution()
-		if copts.Established == compile.EstablishedRecheck && opts.Epoch > 1 {
-			mask := copts.CtMarkMask
-			if mask == 0 {
-				mask = compile.DefaultCtMarkMask
-			}
-			compile.StampEpoch(rs, mask, opts.Epoch)
-		}
 		problems = append(problems, ps...)
 		x.kind[n] = "compiled"
 		if opts.Live != nil && opts.LiveNode == n {
@@ -244,7 +238,10 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 		x.tables[n] = trace.New(rs)
 	}
 	if opts.Live != nil && a.Live == nil {
-		a.Live = &Live{Node: opts.LiveNode, Differences: []string{fmt.Sprintf("node %s does not judge this connection: its table was not walked", opts.LiveNode)}}
+		// The live node is not crossed: its table is still compared, not walked.
+		rs, _, _ := x.compile(opts.LiveNode)
+		a.Live = &Live{Node: opts.LiveNode, Differences: nonNil(Diff(rs, opts.Live))}
+		a.Notes = append(slices.Clone(a.Notes), fmt.Sprintf("node %s does not judge this connection: its table was compared with the fresh compile, not walked", opts.LiveNode))
 	}
 	a.Problems = x.problems(problems)
 	err = x.answer(q, a)
@@ -384,7 +381,8 @@ func (x *explainer) answer(q Question, a *Answer) error {
 				firstAllowed = &portRef{proto, seg[0]}
 			}
 			pr := PortRange{Protocol: name, First: seg[0], Last: seg[1], Verdict: r.verdict, Egress: r.egress.Verdict, Ingress: r.ingress.Verdict,
-				AllowedBy: append(slices.Clone(r.egress.AllowedBy), r.ingress.AllowedBy...)}
+				AllowedBy: append(slices.Clone(r.egress.AllowedBy), r.ingress.AllowedBy...),
+				Why:       []string{directionWhy("egress", r.egress), directionWhy("ingress", r.ingress)}}
 			if cur != nil && cur.Last+1 == pr.First && sameOutcome(*cur, pr) {
 				cur.Last = pr.Last
 				continue
@@ -417,7 +415,8 @@ func (x *explainer) answer(q Question, a *Answer) error {
 }
 
 func sameOutcome(a, b PortRange) bool {
-	return a.Protocol == b.Protocol && a.Verdict == b.Verdict && a.Egress == b.Egress && a.Ingress == b.Ingress && slices.Equal(a.AllowedBy, b.AllowedBy)
+	return a.Protocol == b.Protocol && a.Verdict == b.Verdict && a.Egress == b.Egress && a.Ingress == b.Ingress &&
+		slices.Equal(a.AllowedBy, b.AllowedBy) && slices.Equal(a.Why, b.Why)
 }
 
 type explainer struct {
@@ -430,6 +429,27 @@ type explainer struct {
 	kind     map[string]string        // by node: compiled or kernel
 	hook     map[string]string        // by node: the hook the packet crosses there (forward, or input)
 	rules    map[string]*compile.Attribution
+}
+
+// compile compiles node n's table as its agent does (options, epoch).
+func (x *explainer) compile(n string) (*nft.Ruleset, *compile.Compiler, []compile.Problem) {
+	copts := x.opts.Compile
+	copts.Table = x.opts.Table
+	if n != x.opts.LiveNode {
+		// Unknown-address drops are by one node's own pod CIDRs (the live
+		// node's, read from its table); no known pod meets another node's.
+		copts.UnknownLocalPods = nil
+	}
+	comp := compile.Load(x.c.Snapshot(n), copts)
+	rs, ps := comp.Compile()
+	if copts.Established == compile.EstablishedRecheck && x.opts.Epoch > 1 {
+		mask := copts.CtMarkMask
+		if mask == 0 {
+			mask = compile.DefaultCtMarkMask
+		}
+		compile.StampEpoch(rs, mask, x.opts.Epoch)
+	}
+	return rs, comp, ps
 }
 
 // crossedNodes: a pod's packets cross its node's forward hook, except those between a
@@ -686,6 +706,20 @@ func (x *explainer) evaluate(proto corev1.Protocol, port int, withSteps bool) (*
 		}
 	}
 	x.notes(r)
+	for _, d := range []struct {
+		dir  *Direction
+		attr attribution
+	}{{&r.egress, egAttr}, {&r.ingress, ingAttr}} {
+		d.dir.exempt = d.attr.exempt
+		if len(d.attr.isolating) > 0 {
+			n := fmt.Sprintf("%s isolate%s the pod for its other traffic", strings.Join(d.attr.isolating, ", "),
+				map[bool]string{true: "s", false: ""}[len(d.attr.isolating) == 1])
+			if d.dir.Note != "" {
+				n = d.dir.Note + "; " + n
+			}
+			d.dir.Note = n
+		}
+	}
 	// The attribution must agree with the walk wherever a policy judges: the
 	// verdict, and with the tiers the rule of each tier that decided.
 	disagree := func(node, msg string) {

@@ -417,3 +417,68 @@ func TestCompileOptionsOfSyncedBoot(t *testing.T) {
 		}
 	}
 }
+
+// TestExplainPortsNameTheDecider: without a port, each range names what decided
+// each direction, and ranges that different rules decide are not merged: an
+// Admin Deny of tcp/22 inside a NetworkPolicy that allows every port is a range
+// of its own naming the Admin rule (it was "deny ... by x/egress-all rule 0").
+func TestExplainPortsNameTheDecider(t *testing.T) {
+	c := upstream()
+	c.Policies = []*networkingv1.NetworkPolicy{{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "egress-all"},
+		Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
+			Egress: []networkingv1.NetworkPolicyEgressRule{{}}}}}
+	noSSH := cnp("no-ssh", cnpv1.AdminTier, 10, "x")
+	p22 := int32(22)
+	noSSH.Spec.Egress = []cnpv1.ClusterNetworkPolicyEgressRule{{Action: "Deny",
+		To:        []cnpv1.ClusterNetworkPolicyEgressPeer{{Namespaces: &metav1.LabelSelector{}}},
+		Protocols: []cnpv1.ClusterNetworkPolicyProtocol{{TCP: &cnpv1.ClusterNetworkPolicyProtocolTCP{DestinationPort: &cnpv1.Port{Number: p22}}}}}}
+	c.ClusterPolicies = []*cnpv1.ClusterNetworkPolicy{noSSH}
+	a, err := Explain(c, Question{From: mustRef(t, "x/a"), To: mustRef(t, "y/b")}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tcp []string
+	for _, p := range a.Ports {
+		if p.Protocol == "tcp" {
+			tcp = append(tcp, fmt.Sprintf("%d-%d %s: %s", p.First, p.Last, p.Verdict, strings.Join(p.Why, "; ")))
+		}
+	}
+	want := []string{
+		"1-21 allow: egress allowed by x/egress-all rule 0; ingress not isolated",
+		"22-22 deny: egress on node-1 denied by Admin cnp/no-ssh (priority 10) rule 0; ingress not isolated",
+		"23-65535 allow: egress allowed by x/egress-all rule 0; ingress not isolated",
+	}
+	if strings.Join(tcp, "\n") != strings.Join(want, "\n") {
+		t.Errorf("tcp ranges:\n%s\nwant\n%s", strings.Join(tcp, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestExplainOwnNode: NetworkPolicy never judges a pod's traffic to its own
+// node, from it, or to the pod itself: a policy that isolates the pod is not
+// named as isolating these connections (they were "isolated, no rule allows
+// it", yet allowed, and with a ClusterNetworkPolicy "the table is not what the
+// policies compile to"), but in a note.
+func TestExplainOwnNode(t *testing.T) {
+	for _, tiers := range []bool{false, true} {
+		c := upstream()
+		c.Nodes = netpolref.ModelNodes()
+		c.Policies = []*networkingv1.NetworkPolicy{denyAll("x")}
+		if tiers {
+			c.ClusterPolicies = []*cnpv1.ClusterNetworkPolicy{cnp("elsewhere", cnpv1.AdminTier, 10, "z")}
+		}
+		for _, q := range [][2]string{{"x/a", "node/node-1"}, {"node/node-1", "x/a"}, {"x/a", "x/a"}} {
+			a, err := Explain(c, Question{From: mustRef(t, q[0]), To: mustRef(t, q[1]), Port: 22}, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := a.Egress
+			if q[0] != "x/a" {
+				d = a.Ingress
+			}
+			if a.Verdict != Allow || d.Verdict != Allow || len(d.IsolatedBy) > 0 || !strings.Contains(d.Note, "x/deny-all isolates the pod for its other traffic") ||
+				strings.Contains(a.Text(), "not what") || len(a.Mismatch) > 0 {
+				t.Errorf("tiers %v, %s -> %s:\n%s", tiers, q[0], q[1], a.Text())
+			}
+		}
+	}
+}

@@ -69,6 +69,8 @@ func npWhy(name string, d Direction) string {
 	switch {
 	case d.JudgedBy == "":
 		return name + " not judged"
+	case d.exempt != "" && d.Verdict == Allow:
+		return name + " " + d.exempt
 	case d.Verdict == Allow && len(d.IsolatedBy) > 0 && len(d.AllowedBy) == 0:
 		return fmt.Sprintf("%s on %s passed by its table although %s isolates it and no rule allows it: the table is not what the policies compile to", name, d.JudgedBy, strings.Join(d.IsolatedBy, ", "))
 	case d.Verdict == Deny && len(d.AllowedBy) > 0:
@@ -138,15 +140,7 @@ func (a *Answer) Text() string {
 			if p.First == p.Last {
 				rng = fmt.Sprintf("%s/%d", p.Protocol, p.First)
 			}
-			fmt.Fprintf(&b, "  %-16s %-5s (egress %s, ingress %s)", rng, p.Verdict, p.Egress, p.Ingress)
-			for i, r := range p.AllowedBy {
-				sep := " by "
-				if i > 0 {
-					sep = ", "
-				}
-				fmt.Fprintf(&b, "%s%s rule %d", sep, r.Policy, r.Rule)
-			}
-			b.WriteByte('\n')
+			fmt.Fprintf(&b, "  %-16s %-5s %s\n", rng, p.Verdict, strings.Join(p.Why, "; "))
 		}
 		fmt.Fprintf(&b, "\ndetails for %s:\n", a.DetailPort)
 	}
@@ -272,9 +266,12 @@ func writeDirection(b *strings.Builder, name string, end End, d Direction) {
 			}
 		}
 	}
-	if len(d.IsolatedBy) == 0 {
+	switch {
+	case d.exempt != "":
+		fmt.Fprintf(b, "  not judged by NetworkPolicy: this connection is %s\n", d.exempt)
+	case len(d.IsolatedBy) == 0:
 		fmt.Fprintf(b, "  not isolated: no NetworkPolicy of namespace %s selects it for %s\n", strings.SplitN(end.Pod, "/", 2)[0], name)
-	} else {
+	default:
 		fmt.Fprintf(b, "  isolated by %s\n", strings.Join(d.IsolatedBy, ", "))
 		if len(d.AllowedBy) == 0 {
 			fmt.Fprintf(b, "  none of %s rules allows this connection\n", their(d.IsolatedBy))
