@@ -490,6 +490,9 @@ func decodeManifests(name string, b []byte) ([]runtime.Object, error) {
 }
 
 func typed(u *unstructured.Unstructured) ([]runtime.Object, error) {
+	if _, has := u.Object["items"]; has && !u.IsList() && strings.HasSuffix(u.GetKind(), "List") {
+		return nil, fmt.Errorf("%s: items is not a list of objects", u.GetKind())
+	}
 	if u.IsList() {
 		var out []runtime.Object
 		err := u.EachListItem(func(o runtime.Object) error {

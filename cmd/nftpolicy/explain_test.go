@@ -84,6 +84,7 @@ func TestExplainContract(t *testing.T) {
 		{"missing file", []string{"explain", "-f", "/nonexistent/x.yaml", "--from", "a/b", "--to", "c/d"}, "", 1, []string{"/nonexistent/x.yaml"}},
 		{"unreadable file", []string{"explain", "-f", unreadable, "--from", "a/b", "--to", "c/d"}, "", 1, []string{unreadable}},
 		{"bad yaml", []string{"explain", "-f", bad, "--from", "a/b", "--to", "c/d"}, "", 1, []string{bad, "document 1"}},
+		{"list of no objects", []string{"explain", "-f", "-", "--from", "a/b", "--to", "c/d"}, "kind: List\napiVersion: v1\nitems: 5\n", 1, []string{"document 1", "List: items is not a list"}},
 		{"unreachable apiserver", []string{"explain", "--kubeconfig", good, "--from", "a/b", "--to", "c/d"}, "", 1, []string{"API server https://127.0.0.1:1"}},
 		{"no cluster at all", []string{"explain", "--from", "a/b", "--to", "c/d"}, "", 1, []string{"not in a cluster"}},
 	}
