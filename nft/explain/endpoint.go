@@ -181,7 +181,7 @@ func (c *Cluster) resolve(r Ref) (candidate, error) {
 	case pod.Finished():
 		return candidate{}, notFound("pod %s/%s has finished (phase Succeeded or Failed): it has no address that policy applies to", r.Namespace, r.Pod)
 	case len(pod.Addrs()) == 0:
-		return candidate{}, notFound("pod %s/%s has no address yet (status.podIPs is empty)", r.Namespace, r.Pod)
+		return candidate{}, notFound("pod %s/%s has no address yet (no valid IP in status.podIPs)", r.Namespace, r.Pod)
 	case pod.HostNetwork():
 		return candidate{ref: r, kind: KindNode, pod: pod.Object(), node: pod.Node(), addrs: pod.Addrs()}, nil
 	}
