@@ -428,8 +428,9 @@
 //
 // In the tiers every rule of a ClusterNetworkPolicy counts what it matched into a
 // named counter of its own, shared by every group that runs the policy and named
-// by the rule and what it does (`cnp-675d881c-cnp/deny-y-to-x-in0-deny`; allow,
-// deny or pass): a rule whose action changes counts into a new counter. The agent
+// by the rule, its tier and what it does (`cnp-675d881c-cnp/deny-y-to-x-in0-admin-deny`;
+// allow, deny or pass): a rule whose tier or action changes counts into a new
+// counter. The agent
 // serves them with tier="admin" or "baseline" and no namespace
 // (nftpolicy_policy_packets_total{namespace="",policy="deny-y-to-x",tier="admin",
 // direction="ingress",verdict="deny"}; NetworkPolicy's series have

@@ -2,6 +2,7 @@ package compile
 
 import (
 	"strconv"
+	"strings"
 
 	"github.com/nftpolicy/nftpolicy/nft"
 )
@@ -10,7 +11,7 @@ import (
 // log" and "Policy counters"), apart from the tier chains themselves:
 //
 //   - counters: every rule of a ClusterNetworkPolicy counts the packets it
-//     matched into a named counter of its own (`cnp-<hash>-cnp/<name>-eg1-deny`),
+//     matched into a named counter of its own (`cnp-<hash>-cnp/<name>-eg1-admin-deny`),
 //     shared by every group chain that runs the policy. A packet meets at most
 //     one matching rule per tier, so it costs one counter update per tier that
 //     decides, none for the rules it does not match.
@@ -40,11 +41,13 @@ func (r *cnpRule) ruleID() string {
 	return "eg" + strconv.Itoa(r.index)
 }
 
-// counterName is the named counter of the rule's matches. It names what the
-// rule does (allow, deny, pass), so that a rule whose action changes counts
-// into a new counter: what the old one counted keeps its meaning.
+// counterName is the named counter of the rule's matches. It names the tier and
+// what the rule does (allow, deny, pass), so that a rule whose tier or action
+// changes counts into a new counter: what the old one counted keeps its meaning
+// (a policy moved from Admin to Baseline kept its counters, and the Admin
+// tier's counts showed as Baseline's).
 func (p *clusterPolicy) counterName(r *cnpRule) string {
-	return nft.ObjectName("cnp", p.key, p.ref, r.ruleID()+"-"+clusterRule(p, r).Verdict())
+	return nft.ObjectName("cnp", p.key, p.ref, r.ruleID()+"-"+strings.ToLower(p.tier.String())+"-"+clusterRule(p, r).Verdict())
 }
 
 // dropChain is the chain that logs and drops what a Deny rule matched (reply:

@@ -135,7 +135,7 @@ func TestClusterPortsInKernel(t *testing.T) {
 				}
 			}
 		}
-		counter := nft.ObjectName("cnp", "x-ports-in", "cnp/x-ports-in", "in0-allow")
+		counter := nft.ObjectName("cnp", "x-ports-in", "cnp/x-ports-in", "in0-admin-allow")
 		readCounter := func() int {
 			t.Helper()
 			out, err := lab.b.NFT("", "list", "counter", "inet", nft.DefaultTable, counter)
