@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
@@ -293,6 +294,36 @@ func TestNarrowsTiers(t *testing.T) {
 			if got := Narrows(base, next); got != c.narrows {
 				t.Errorf("deny log %v: an element added to %s: Narrows %v, want %v", denyLog, c.set, got, c.narrows)
 			}
+		}
+	}
+}
+
+// TestCounterNameHasTier: a ClusterNetworkPolicy moved from Admin to Baseline
+// counts into counters of new names, so the Admin tier's past counts are never
+// served as Baseline's.
+func TestCounterNameHasTier(t *testing.T) {
+	names := func(tier cnpv1.Tier) map[string]bool {
+		c := &cnpv1.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "guard"}}
+		c.Spec.Tier, c.Spec.Priority = tier, 1
+		c.Spec.Subject.Namespaces = &metav1.LabelSelector{}
+		c.Spec.Ingress = []cnpv1.ClusterNetworkPolicyIngressRule{{Action: "Deny", From: []cnpv1.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{}}}}}
+		pod := modelPod("x", "a", "node-1", "10.244.1.10", "", upstreamPorts())
+		rs, _ := Compile(Snapshot{NodeName: "node-1", Pods: []*corev1.Pod{pod}, ClusterNetworkPolicies: []*cnpv1.ClusterNetworkPolicy{c}}, Options{PolicyCounters: true})
+		out := map[string]bool{}
+		for _, o := range rs.Objects {
+			if o.Kind == nft.CounterObject {
+				out[o.Name] = true
+			}
+		}
+		return out
+	}
+	admin, baseline := names(cnpv1.AdminTier), names(cnpv1.BaselineTier)
+	if len(admin) == 0 {
+		t.Fatal("no counters")
+	}
+	for n := range admin {
+		if baseline[n] {
+			t.Errorf("counter %s counts for the policy in both tiers", n)
 		}
 	}
 }
