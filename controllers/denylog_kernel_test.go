@@ -299,14 +299,7 @@ func TestDenyLogFlood(t *testing.T) {
 	deny := counters[counterOf(compile.VerdictDeny)].Packets
 	allow := counters[counterOf(compile.VerdictAllow)].Packets
 	// ... and as Prometheus scrapes them.
-	collector := newPolicyCollector(func(ctx context.Context) (map[string]uint64, error) {
-		vals, err := applier.Counters(ctx)
-		out := map[string]uint64{}
-		for k, v := range vals {
-			out[k] = v.Packets
-		}
-		return out, err
-	}, at)
+	collector := newPolicyCollector(netlinkCounters(applier), at)
 	scraped := fmt.Sprintf(`
 # HELP nftpolicy_policy_packets_total Packets the group chains of a policy allowed or dropped for isolation, by direction, read from the kernel's counters (a packet allowed in a group of several policies counts for each: see nft/doc.go); for a ClusterNetworkPolicy (tier admin or baseline, no namespace), the packets its rules accepted, denied or passed.
 # TYPE nftpolicy_policy_packets_total counter

@@ -280,9 +280,16 @@ func addrText(a netip.Addr) string {
 	return a.String()
 }
 
-// CounterPackets reads the named counters of the node's table by name, in
-// packets (nft/netlink.Applier.Counters in the binary).
-type CounterPackets func(ctx context.Context) (map[string]uint64, error)
+// CounterPackets reads the named counters of the node's table by name
+// (nft/netlink.Applier.Counters in the binary).
+type CounterPackets func(ctx context.Context) (map[string]CounterRead, error)
+
+// CounterRead is one counter as read: its packets, and which life of it
+// (netlink.CounterValue.Created): a counter created again counts from zero.
+type CounterRead struct {
+	Packets uint64
+	Created uint64
+}
 
 // policyCollector serves nftpolicy_policy_packets_total from the kernel's
 // group counters, read at scrape time: each policy is credited with the
@@ -291,9 +298,11 @@ type CounterPackets func(ctx context.Context) (map[string]uint64, error)
 // A policy's total must never decrease, but group counters come and go: a
 // group disappears when the policies selecting its pods change, and a replaced
 // table starts its counters at zero. So the collector remembers each counter's
-// last value read, and when the counter is gone or went back, carries that
-// value into the totals of its policies. (Counts between the last scrape and a
-// group's removal are lost.) Totals of policies no longer in the table are
+// last value read, and when the counter is gone, created again or went back,
+// carries that value into the totals of its policies. (Counts between the last
+// scrape and a group's removal are lost; before 2026-12-06 a counter created
+// again that had passed its old value by the next scrape lost all its old
+// counts.) Totals of policies no longer in the table are
 // forgotten, so memory follows the table.
 type policyCollector struct {
 	read   CounterPackets
@@ -306,8 +315,9 @@ type policyCollector struct {
 }
 
 type seenCounter struct {
-	gc compile.GroupCounter
-	v  uint64
+	gc      compile.GroupCounter
+	v       uint64
+	created uint64
 }
 
 type policyKey struct{ namespace, name, direction, verdict, tier string }
@@ -376,10 +386,10 @@ func (c *policyCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			continue
 		}
-		if old, ok := c.seen[name]; ok && v < old.v {
+		if old, ok := c.seen[name]; ok && (v.Packets < old.v || v.Created != old.created) {
 			credit(c.carried, old.gc, old.v) // counting again from zero
 		}
-		next[name] = seenCounter{gc, v}
+		next[name] = seenCounter{gc, v.Packets, v.Created}
 	}
 	for name, old := range c.seen {
 		if _, ok := next[name]; !ok {

@@ -40,13 +40,13 @@ var _ = Describe("deny log and policy counters", func() {
 				MetricsAddr: "0", HealthAddr: "0", FullSyncPeriod: time.Hour, Applier: fake,
 				DenyLog:     compile.DenyLog{Group: 7, Rate: 10},
 				OpenDenyLog: func() (DenyLogSource, error) { return src, nil },
-				PolicyCounters: func(context.Context) (map[string]uint64, error) {
+				PolicyCounters: packetsOnly(func(context.Context) (map[string]uint64, error) {
 					out := map[string]uint64{}
 					for _, m := range counterDeclRE.FindAllStringSubmatch(fake.Dump(), -1) {
 						out[m[1]] = 5
 					}
 					return out, nil
-				},
+				}),
 			}, lines.logger())
 		}()
 		DeferCleanup(func() {

@@ -46,7 +46,7 @@ func TestPolicyCollectorConcurrentScrapes(t *testing.T) {
 	var mu sync.Mutex
 	kernel, calls := uint64(50), 0
 	aRead, bDone := make(chan struct{}), make(chan struct{})
-	c := newPolicyCollector(func(context.Context) (map[string]uint64, error) {
+	c := newPolicyCollector(packetsOnly(func(context.Context) (map[string]uint64, error) {
 		mu.Lock()
 		v := kernel
 		calls++
@@ -57,7 +57,7 @@ func TestPolicyCollectorConcurrentScrapes(t *testing.T) {
 			<-bDone
 		}
 		return map[string]uint64{"ing-1-allow": v}, nil
-	}, at)
+	}), at)
 	if v := collectSum(c); v != 50 {
 		t.Fatalf("first scrape: %v", v)
 	}
@@ -98,11 +98,11 @@ func TestPolicyCollectorReadMissesCounter(t *testing.T) {
 	}})
 	reads := []map[string]uint64{{"ing-1-allow": 100, "ing-1-deny": 1}, {"ing-1-deny": 1}, {"ing-1-allow": 110, "ing-1-deny": 1}}
 	i := 0
-	c := newPolicyCollector(func(context.Context) (map[string]uint64, error) {
+	c := newPolicyCollector(packetsOnly(func(context.Context) (map[string]uint64, error) {
 		v := reads[min(i, len(reads)-1)]
 		i++
 		return v, nil
-	}, at)
+	}), at)
 	for range reads {
 		t.Logf("scrape: allow+deny = %v", collectSum(c))
 	}

@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	"github.com/nftpolicy/nftpolicy/nft/compile"
+	"github.com/nftpolicy/nftpolicy/nft/netlink"
 	"github.com/nftpolicy/nftpolicy/nft/nflog"
 )
 
@@ -305,7 +306,7 @@ func TestDenyLoggerRetries(t *testing.T) {
 func TestPolicyCollector(t *testing.T) {
 	at := &attribution{}
 	vals := map[string]uint64{}
-	c := newPolicyCollector(func(context.Context) (map[string]uint64, error) { return vals, nil }, at)
+	c := newPolicyCollector(packetsOnly(func(context.Context) (map[string]uint64, error) { return vals, nil }), at)
 	if n := testutil.CollectAndCount(c); n != 0 {
 		t.Errorf("%d samples before the first sync", n)
 	}
@@ -366,12 +367,61 @@ nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="q",tier
 	check("q gone", `nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",tier="networkpolicy",verdict="allow"} 12
 nftpolicy_policy_packets_total{direction="ingress",namespace="x",policy="p",tier="networkpolicy",verdict="deny"} 2
 `)
-	failing := newPolicyCollector(func(context.Context) (map[string]uint64, error) { return nil, errors.New("netlink") }, at)
+	failing := newPolicyCollector(packetsOnly(func(context.Context) (map[string]uint64, error) { return nil, errors.New("netlink") }), at)
 	before := testutil.ToFloat64(counterReadErrors)
 	if n := testutil.CollectAndCount(failing); n != 0 {
 		t.Errorf("%d samples from a failed read", n)
 	}
 	if testutil.ToFloat64(counterReadErrors)-before != 1 {
 		t.Error("read error not counted")
+	}
+}
+
+// packetsOnly is read as a CounterPackets whose counters are never created
+// again (Created 0).
+func packetsOnly(read func(context.Context) (map[string]uint64, error)) CounterPackets {
+	return func(ctx context.Context) (map[string]CounterRead, error) {
+		vals, err := read(ctx)
+		out := make(map[string]CounterRead, len(vals))
+		for k, v := range vals {
+			out[k] = CounterRead{Packets: v}
+		}
+		return out, err
+	}
+}
+
+// netlinkCounters reads a kernel Applier's counters as the binary does.
+func netlinkCounters(a *netlink.Applier) CounterPackets {
+	return func(ctx context.Context) (map[string]CounterRead, error) {
+		vals, err := a.Counters(ctx)
+		out := make(map[string]CounterRead, len(vals))
+		for k, v := range vals {
+			out[k] = CounterRead{Packets: v.Packets, Created: v.Created}
+		}
+		return out, err
+	}
+}
+
+// TestPolicyCollectorCounterCreatedAgain: a counter created again between two
+// scrapes (its group gone and back, the table replaced) counts from zero; when
+// it has passed its old value by the next scrape, the old value is carried all
+// the same (it was lost: a decrease was the only sign of a new life).
+func TestPolicyCollectorCounterCreatedAgain(t *testing.T) {
+	at := &attribution{}
+	p := types.NamespacedName{Namespace: "x", Name: "p"}
+	at.store(&compile.Attribution{Counters: map[string]compile.GroupCounter{
+		"ing-1-deny": {Group: compile.Group{Chain: "ing-1", Ingress: true, Policies: []types.NamespacedName{p}}, Verdict: compile.VerdictDeny},
+	}})
+	reads := []CounterRead{{Packets: 3, Created: 1}, {Packets: 5, Created: 2}, {Packets: 6, Created: 2}}
+	i := 0
+	c := newPolicyCollector(func(context.Context) (map[string]CounterRead, error) {
+		v := reads[min(i, len(reads)-1)]
+		i++
+		return map[string]CounterRead{"ing-1-deny": v}, nil
+	}, at)
+	for _, want := range []float64{3, 8, 9} {
+		if got := collectSum(c); got != want {
+			t.Errorf("scrape %d: total %v, want %v", i, got, want)
+		}
 	}
 }

@@ -189,14 +189,7 @@ func TestTierDenyLogAndCounters(t *testing.T) {
 		}
 	}()
 	time.Sleep(200 * time.Millisecond) // the group bound before the first packet
-	collector := newPolicyCollector(func(ctx context.Context) (map[string]uint64, error) {
-		vals, err := l.applier.Counters(ctx)
-		out := map[string]uint64{}
-		for k, v := range vals {
-			out[k] = v.Packets
-		}
-		return out, err
-	}, at)
+	collector := newPolicyCollector(netlinkCounters(l.applier), at)
 
 	// y/b serves UDP 53 and 9187; x/a keeps two client sockets (flows f, g).
 	var srv53, srv9187 *net.UDPConn

@@ -285,9 +285,11 @@
 // the connection's first packet. A connection whose entry is lost while it lives
 // is picked up again from whichever packet comes next, in either direction: TCP
 // when nf_conntrack_tcp_loose is 1 (the default), and UDP always. Entries are lost
-// by `conntrack -F`, and by a namespace in which nothing uses conntrack any more
-// (this table deleted, and no other table, such as kube-proxy's, with a ct
-// expression). If the server's packet comes first, the connection is judged as the
+// by `conntrack -F`, and by their own timeouts; a connection opened (or whose
+// entry timed out) while nothing in the namespace used conntrack has none (this
+// table deleted, and no other table, such as kube-proxy's, with a ct expression:
+// the entries already there stay, untouched, and are found again when the table
+// comes back, with their marks). If the server's packet comes first, the connection is judged as the
 // server's to the client, which policy may allow where the real one is denied.
 // test/e2e keeps a user of conntrack in place when it deletes the table ("cuts,
 // once the table is back, the connections opened while it was gone"). Without one,
@@ -445,7 +447,12 @@
 // policies selecting its pods change) and start at zero when the table is replaced
 // whole (it was deleted, or could not be adopted); the agent carries each counter's
 // last value read into its policies' totals, so a policy's total never decreases
-// (what a vanished group counted since the last scrape is lost).
+// while the agent runs (what a vanished group counted since the last scrape is
+// lost). A counter created again between two scrapes (its group gone and back)
+// is told by the Applier, which numbers the creations of the objects it writes
+// (netlink.CounterValue.Created), not by its value going down. What the agent
+// carried lives in its memory: a restarted agent's totals are the kernel's
+// counters alone, which Prometheus takes for a counter reset when they are lower.
 //
 // The cost is one named counter update for each packet that reaches a group chain:
 // the first packet of a connection (replies and later packets pass on conntrack

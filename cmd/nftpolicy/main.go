@@ -231,11 +231,11 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	defer applier.Close()
 	opts.Applier = applier
 	if *policyCounters {
-		opts.PolicyCounters = func(ctx context.Context) (map[string]uint64, error) {
+		opts.PolicyCounters = func(ctx context.Context) (map[string]controllers.CounterRead, error) {
 			vals, err := applier.Counters(ctx)
-			out := make(map[string]uint64, len(vals))
+			out := make(map[string]controllers.CounterRead, len(vals))
 			for name, v := range vals {
-				out[name] = v.Packets
+				out[name] = controllers.CounterRead{Packets: v.Packets, Created: v.Created}
 			}
 			return out, err
 		}

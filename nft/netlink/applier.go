@@ -68,6 +68,12 @@ type Applier struct {
 	// aheadHook, in tests, runs before ReadAhead reads a chain or set (key
 	// "chain NAME", "set NAME"), without the lock.
 	aheadHook func(key string)
+
+	// created is, by object name, the transaction (commits) that last
+	// created the object: Counters reports it, so that a reader can tell a
+	// counter created again (counting from zero) from one that went on.
+	createdMu sync.Mutex
+	created   map[string]uint64
 }
 
 var _ nft.Applier = (*Applier)(nil)
@@ -383,6 +389,7 @@ func (a *Applier) commit(ctx context.Context, last, desired *nft.Ruleset, tx nft
 	if a.watch != nil {
 		a.watch.record(tx, a.commits)
 	}
+	a.recordCreated(tx)
 	if a.opts.ShareDesired {
 		a.last = desired
 	} else {
@@ -470,6 +477,21 @@ func setsAhead(tx nft.Transaction, last *nft.Ruleset) (ahead, rest nft.Transacti
 		return nft.Transaction{}, tx // nothing refers to them: one batch
 	}
 	return ahead, rest
+}
+
+// recordCreated notes the objects tx created (all of them when it replaced the
+// table), by the transaction's number.
+func (a *Applier) recordCreated(tx nft.Transaction) {
+	a.createdMu.Lock()
+	defer a.createdMu.Unlock()
+	for _, op := range tx.Ops {
+		if op.Kind == nft.OpAddObject {
+			if a.created == nil {
+				a.created = map[string]uint64{}
+			}
+			a.created[op.Name] = a.commits
+		}
+	}
 }
 
 // keepApplied returns what the kernel holds after tx took the table from last to

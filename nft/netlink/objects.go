@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -97,6 +98,11 @@ func adoptObjects(desired *nft.Ruleset, objs map[string]kernelObject) (out []nft
 // CounterValue is what a named counter has counted.
 type CounterValue struct {
 	Packets, Bytes uint64
+	// Created tells one life of the counter from the next: it changes when
+	// this Applier creates the counter again (a new group of the same name,
+	// a table replaced whole), which counts from zero. 0: not created by this
+	// Applier (found in the table at start, adopted).
+	Created uint64
 }
 
 // Counters reads every named counter of the Applier's table from the kernel, by
@@ -109,6 +115,7 @@ func (a *Applier) Counters(ctx context.Context) (map[string]CounterValue, error)
 		return nil, err
 	}
 	var objs map[string]kernelObject
+	var created map[string]uint64
 	err := a.reading(func() error {
 		// A transaction committed during the dump could make it skip
 		// counters (gen.go): the read must see one ruleset.
@@ -116,8 +123,19 @@ func (a *Applier) Counters(ctx context.Context) (map[string]CounterValue, error)
 			if err := ctx.Err(); err != nil { // the scrape's timeout, after a wait for the reader
 				return err
 			}
-			objs, err = a.readObjects(&nftables.Table{Name: a.opts.Table, Family: nftables.TableFamilyINet})
-			return err
+			// What was created when, as of the dump: a transaction that
+			// creates objects while the dump runs makes it read again, so
+			// that no counter is paired with another life's creation.
+			for range 4 {
+				before := a.createdNow()
+				if objs, err = a.readObjects(&nftables.Table{Name: a.opts.Table, Family: nftables.TableFamilyINet}); err != nil {
+					return err
+				}
+				if created = a.createdNow(); maps.Equal(before, created) {
+					break
+				}
+			}
+			return nil
 		})
 	})
 	if err != nil {
@@ -129,10 +147,17 @@ func (a *Applier) Counters(ctx context.Context) (map[string]CounterValue, error)
 	out := make(map[string]CounterValue, len(objs))
 	for name, o := range objs {
 		if o.ok && o.def.Kind == nft.CounterObject {
-			out[name] = CounterValue{Packets: o.packets, Bytes: o.byteCnt}
+			out[name] = CounterValue{Packets: o.packets, Bytes: o.byteCnt, Created: created[name]}
 		}
 	}
 	return out, nil
+}
+
+// createdNow is a copy of created.
+func (a *Applier) createdNow() map[string]uint64 {
+	a.createdMu.Lock()
+	defer a.createdMu.Unlock()
+	return maps.Clone(a.created)
 }
 
 func isNoSuchTable(err error) bool { return errors.Is(err, unix.ENOENT) }

@@ -157,3 +157,57 @@ func TestNamedObjects(t *testing.T) {
 		t.Errorf("adopted table differs from a fresh load:\n%s", diffText(want, got))
 	}
 }
+
+// TestCounterCreated: Counters says which life of a counter it read. Rule
+// rewrites, full syncs that keep the object and an adoption keep it; the
+// counter deleted and created again, or the table replaced whole, give it a
+// new one, counting from zero (the collector carries the old life's count).
+func TestCounterCreated(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	ns := nfttest.NewNetNS(t, "np3-created")
+	a := newApplier(t, ns, "np")
+	created := func() uint64 {
+		t.Helper()
+		cs, err := a.Counters(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cs["x/p-egress-allow"].Created
+	}
+	mustApply(t, a, objectModel(50, false))
+	first := created()
+	if first == 0 {
+		t.Fatal("a counter this Applier created reads as not created by it")
+	}
+	mustApply(t, a, objectModel(50, true)) // a rule rewrite
+	if _, err := a.FullSync(ctx, objectModel(50, true)); err != nil {
+		t.Fatal(err)
+	}
+	if got := created(); got != first {
+		t.Errorf("the counter kept through a rewrite and a full sync reads as created again (%d, was %d)", got, first)
+	}
+	without := objectModel(50, true)
+	without.Objects = without.Objects[1:]
+	without.Chains[0].Rules = without.Chains[0].Rules[1:]
+	mustApply(t, a, without)
+	mustApply(t, a, objectModel(50, true))
+	second := created()
+	if second == first || second == 0 {
+		t.Errorf("the counter deleted and created again reads as the same life (%d)", second)
+	}
+	nftRun(t, ns, "", "delete", "table", "inet", "np")
+	if _, err := a.FullSync(ctx, objectModel(50, true)); err != nil {
+		t.Fatal(err)
+	}
+	if got := created(); got == second || got == 0 {
+		t.Errorf("the table replaced whole: the counter reads as the same life (%d)", got)
+	}
+	b := newApplier(t, ns, "np") // a restarted agent adopts it
+	if st, err := b.FullSync(ctx, objectModel(50, true)); err != nil || st.Full {
+		t.Fatalf("adoption: %+v %v", st, err)
+	}
+	if cs, err := b.Counters(ctx); err != nil || cs["x/p-egress-allow"].Created != 0 {
+		t.Errorf("an adopted counter reads as created by the new Applier: %v %v", cs, err)
+	}
+}
