@@ -257,6 +257,11 @@ func (d *denyLogger) logPacket(ctx context.Context, p *nflog.Packet) {
 		// Strict mode: a reply of an older epoch, judged as its connection.
 		kv = append(kv, "reply", true)
 	}
+	if g.UnknownPod {
+		// From an address of the node's pod CIDRs that no pod the agent
+		// knows has yet (--unknown-pod-cidrs): no policy decided it.
+		kv = append(kv, "unknownPod", true)
+	}
 	d.log.Info("packet denied", kv...)
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strconv"
@@ -713,4 +714,55 @@ func softnetDrops(t *testing.T) uint64 {
 		}
 	}
 	return n
+}
+
+// TestUnknownPodDenyLog: with --unknown-pod-cidrs and the deny log on, a packet
+// from an address of the node's pod CIDRs that no known pod has (a new pod the
+// agent does not know yet) is dropped and logged as such, with no policy; a
+// known pod's traffic is not. (It was dropped without a line.)
+func TestUnknownPodDenyLog(t *testing.T) {
+	l := newTierLab(t, "npt-unk")
+	const group = 7604
+	opts := compile.Options{DenyLog: compile.DenyLog{Group: group, Rate: 100}, UnknownLocalPods: []netip.Prefix{netip.MustParsePrefix("10.78.0.0/16")}}
+	all := l.objs
+	l.objs = all[:2] // z/c (10.78.3.2) is not known yet
+	c := l.apply(opts, 0, nil, nil)
+	l.objs = all
+
+	scheme, err := newScheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := fake.NewClientBuilder().WithScheme(scheme).WithIndex(&corev1.Pod{}, podIPIndex, indexPodIPs).
+		WithObjects(all[0], all[1]).Build()
+	at := &attribution{}
+	at.store(c.Attribution())
+	var lines lineLog
+	nsFile, err := os.Open(l.node.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsFile.Close()
+	stop := runDenyLogger(&denyLogger{open: func() (DenyLogSource, error) {
+		return nflog.Open(nflog.Config{Group: group, NetNS: int(nsFile.Fd()), ReadBuffer: 1 << 20})
+	}, pods: cache, attrib: at, log: lines.logger(), retry: time.Second})
+	defer func() {
+		if err := stop(); err != nil {
+			t.Errorf("deny logger: %v", err)
+		}
+	}()
+	time.Sleep(200 * time.Millisecond) // the group bound before the first packet
+
+	l.udp("x/a", 7501, "10.78.2.2", 80) // known, not isolated: passes, no line
+	l.udp("z/c", 7503, "10.78.2.2", 80) // unknown: dropped, logged
+	var got []string
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end) && len(got) == 0; time.Sleep(20 * time.Millisecond) {
+		got = lines.get()
+	}
+	time.Sleep(200 * time.Millisecond)
+	got = lines.get()
+	if len(got) != 1 || !strings.Contains(got[0], `"srcIP"="10.78.3.2"`) || !strings.Contains(got[0], `"unknownPod"=true`) ||
+		!strings.Contains(got[0], `"direction"="egress"`) || !strings.Contains(got[0], `"policies"=[]`) {
+		t.Errorf("deny log lines: %q, want one for z/c's packet, unknownPod", got)
+	}
 }

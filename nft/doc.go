@@ -473,6 +473,11 @@
 //	ip6 saddr fd00:10:244:1::/64 ip6 saddr != @local-pods-v6 counter drop
 //	set local-pods-v4      every eligible local pod's address, isolated or not
 //
+// With the deny log on, a rule of the same matches before each drop logs through
+// the node's deny-log limit (prefix "nftpolicy-deny unknown-pod"; the agent logs
+// the packet with unknownPod true and no policy): a new pod's first packets are
+// not dropped without a word.
+//
 // Unknown means isolated. The CIDRs are given on the command line or, with
 // --unknown-pod-cidrs=node, read from the Node object (spec.podCIDRs) and followed
 // as it changes; a Node without them (a CNI with its own IPAM) gets no drops, and

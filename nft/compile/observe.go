@@ -81,6 +81,10 @@ type Group struct {
 	// Cluster is set, and Policies empty, for a ClusterNetworkPolicy rule: its
 	// drop chain (deny log) or its counter.
 	Cluster *ClusterRule
+	// UnknownPod: the forward chain's drop of a source in the node's pod
+	// CIDRs that no local pod the agent knows has (Options.UnknownLocalPods):
+	// a new pod's first packets, before the agent knows it. No policy.
+	UnknownPod bool
 }
 
 // ClusterRule is one rule of a ClusterNetworkPolicy, as the deny log, the

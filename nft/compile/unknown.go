@@ -29,9 +29,15 @@ func (c *Compiler) UnknownLocalPods() []netip.Prefix {
 	return slices.Clone(c.opts.UnknownLocalPods)
 }
 
+// UnknownPodDenyLogPrefix is the deny log prefix of the drops of unknown local
+// sources (Attribution.Groups maps it to a Group with UnknownPod set).
+const UnknownPodDenyLogPrefix = nft.DenyLogPrefix + " unknown-pod"
+
 // unknownRules are the forward chain's drops of unknown local sources, one per
-// family with a CIDR: `ip saddr <cidrs> ip saddr != @local-pods-v4 counter drop`.
-func unknownRules(cidrs []netip.Prefix) []nft.Rule {
+// family with a CIDR: `ip saddr <cidrs> ip saddr != @local-pods-v4 counter drop`,
+// with the deny log on after a rule of the same matches that logs through the
+// node's deny-log limit (which never gates the drop), as a group chain's drop.
+func unknownRules(cidrs []netip.Prefix, denyLog DenyLog) []nft.Rule {
 	var out []nft.Rule
 	for _, fam := range []struct {
 		v6   bool
@@ -48,8 +54,16 @@ func unknownRules(cidrs []netip.Prefix) []nft.Rule {
 		if len(vals) == 0 {
 			continue
 		}
+		matches := []nft.Match{nft.Is(fam.key, vals...), nft.Not(nft.InSet(fam.set, fam.key))}
+		if denyLog.enabled() {
+			out = append(out, nft.Rule{
+				Matches:    matches,
+				Statements: []nft.Statement{nft.LimitRef{Name: nft.ObjDenyLog}},
+				Log:        &nft.Log{Group: denyLog.Group, Prefix: UnknownPodDenyLogPrefix},
+			})
+		}
 		out = append(out, nft.Rule{
-			Matches: []nft.Match{nft.Is(fam.key, vals...), nft.Not(nft.InSet(fam.set, fam.key))},
+			Matches: matches,
 			Counter: true,
 			Verdict: nft.Verdict{Kind: nft.Drop},
 			Comment: "from a local pod address the agent does not know yet",
