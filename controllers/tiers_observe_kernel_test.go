@@ -99,6 +99,39 @@ func (l *tierLab) apply(opts compile.Options, epoch uint32, nps []*networkingv1.
 	return c
 }
 
+// denyLog runs the agent's deny logger on the node's NFLOG group, with the
+// attribution of c and a cache of the known pods (which name the ends), until
+// the test ends; it returns the lines and the attribution.
+func (l *tierLab) denyLog(group uint16, c *compile.Compiler, known ...*corev1.Pod) (*lineLog, *attribution) {
+	l.t.Helper()
+	scheme, err := newScheme()
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	b := fake.NewClientBuilder().WithScheme(scheme).WithIndex(&corev1.Pod{}, podIPIndex, indexPodIPs)
+	for _, p := range known {
+		b = b.WithObjects(p)
+	}
+	at := &attribution{}
+	at.store(c.Attribution())
+	lines := &lineLog{}
+	nsFile, err := os.Open(l.node.Path())
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	stop := runDenyLogger(&denyLogger{open: func() (DenyLogSource, error) {
+		return nflog.Open(nflog.Config{Group: group, NetNS: int(nsFile.Fd()), ReadBuffer: 1 << 20})
+	}, pods: b.Build(), attrib: at, log: lines.logger(), retry: time.Second})
+	l.t.Cleanup(func() {
+		if err := stop(); err != nil {
+			l.t.Errorf("deny logger: %v", err)
+		}
+		nsFile.Close()
+	})
+	time.Sleep(200 * time.Millisecond) // the group bound before the first packet
+	return lines, at
+}
+
 // udp sends one datagram from the pod ref's address, port sport, to dst:dport.
 func (l *tierLab) udp(ref string, sport int, dst string, dport int) {
 	l.t.Helper()
@@ -166,30 +199,7 @@ func TestTierDenyLogAndCounters(t *testing.T) {
 	c := l.apply(opts, 1, []*networkingv1.NetworkPolicy{dns}, []*cnpv1.ClusterNetworkPolicy{scrape, guard, fc})
 
 	// The agent's side: the reader and the logger; the collector.
-	scheme, err := newScheme()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cache := fake.NewClientBuilder().WithScheme(scheme).WithIndex(&corev1.Pod{}, podIPIndex, indexPodIPs).
-		WithObjects(l.objs[0], l.objs[1], l.objs[2]).Build()
-	at := &attribution{}
-	at.store(c.Attribution())
-	var lines lineLog
-	nsFile, err := os.Open(l.node.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nsFile.Close()
-	d := &denyLogger{open: func() (DenyLogSource, error) {
-		return nflog.Open(nflog.Config{Group: group, NetNS: int(nsFile.Fd()), ReadBuffer: 1 << 20})
-	}, pods: cache, attrib: at, log: lines.logger(), retry: time.Second}
-	stopLogger := runDenyLogger(d)
-	defer func() {
-		if err := stopLogger(); err != nil {
-			t.Errorf("deny logger: %v", err)
-		}
-	}()
-	time.Sleep(200 * time.Millisecond) // the group bound before the first packet
+	lines, at := l.denyLog(group, c, l.objs...)
 	collector := newPolicyCollector(netlinkCounters(l.applier), at)
 
 	// y/b serves UDP 53 and 9187; x/a keeps two client sockets (flows f, g).
@@ -729,29 +739,7 @@ func TestUnknownPodDenyLog(t *testing.T) {
 	c := l.apply(opts, 0, nil, nil)
 	l.objs = all
 
-	scheme, err := newScheme()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cache := fake.NewClientBuilder().WithScheme(scheme).WithIndex(&corev1.Pod{}, podIPIndex, indexPodIPs).
-		WithObjects(all[0], all[1]).Build()
-	at := &attribution{}
-	at.store(c.Attribution())
-	var lines lineLog
-	nsFile, err := os.Open(l.node.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nsFile.Close()
-	stop := runDenyLogger(&denyLogger{open: func() (DenyLogSource, error) {
-		return nflog.Open(nflog.Config{Group: group, NetNS: int(nsFile.Fd()), ReadBuffer: 1 << 20})
-	}, pods: cache, attrib: at, log: lines.logger(), retry: time.Second})
-	defer func() {
-		if err := stop(); err != nil {
-			t.Errorf("deny logger: %v", err)
-		}
-	}()
-	time.Sleep(200 * time.Millisecond) // the group bound before the first packet
+	lines, _ := l.denyLog(group, c, all[0], all[1])
 
 	l.udp("x/a", 7501, "10.78.2.2", 80) // known, not isolated: passes, no line
 	l.udp("z/c", 7503, "10.78.2.2", 80) // unknown: dropped, logged
