@@ -158,7 +158,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 			"other bits are never changed): pick bits no other component on the node uses")
 	unknownCIDRs := fs.String("unknown-pod-cidrs", "",
 		"this node's pod CIDRs, comma-separated, or node to read them from this node's Node object "+
-			"(spec.podCIDRs; none there: off, with an error logged and a Warning Event on the Node): traffic "+
+			"(spec.podCIDRs, else spec.podCIDR; none there: off, with an error logged and a Warning Event on the Node): traffic "+
 			"from an address in them that no pod the agent knows has is dropped until the agent learns the pod "+
 			"(unknown means isolated: a new pod waits for the agent before its first packet leaves the node); empty: off")
 	fs.StringVar(&opts.StartupTaint, "startup-taint", controllers.DefaultStartupTaint,
@@ -199,7 +199,9 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		checkRequired("node-name", "NODE_NAME", opts.NodeName),
 		checkAddr("metrics-bind-address", opts.MetricsAddr),
 		checkAddr("health-probe-bind-address", opts.HealthAddr),
+		checkAddr("pprof-bind-address", opts.PprofAddr),
 		checkPositive("full-sync-period", opts.FullSyncPeriod),
+		checkNotNegative("min-sync-interval", opts.MinSyncInterval),
 		checkTableName(opts.TableName),
 		checkNetNS(opts.NetNS),
 		checkTaintKey(opts.StartupTaint),
@@ -322,6 +324,9 @@ func denyLogOptions(rate string, burst, group uint) (compile.DenyLog, error) {
 	if group > 65535 {
 		return compile.DenyLog{}, fmt.Errorf("--deny-log-group=%d: want 0-65535", group)
 	}
+	if burst > 1<<32-1 {
+		return compile.DenyLog{}, fmt.Errorf("--deny-log-burst=%d: too large", burst)
+	}
 	if rate == "0" {
 		return compile.DenyLog{}, nil
 	}
@@ -333,9 +338,6 @@ func denyLogOptions(rate string, burst, group uint) (compile.DenyLog, error) {
 	}
 	if m == nil || err != nil || n == 0 {
 		return compile.DenyLog{}, fmt.Errorf("--deny-log-rate=%q: want N/second, N/minute or N/hour (N at least 1), or 0 to disable", rate)
-	}
-	if burst > 1<<32-1 {
-		return compile.DenyLog{}, fmt.Errorf("--deny-log-burst=%d: too large", burst)
 	}
 	per := map[string]nft.LimitUnit{"second": nft.PerSecond, "minute": nft.PerMinute, "hour": nft.PerHour}[m[2]]
 	return compile.DenyLog{Group: uint16(group), Rate: uint32(n), Per: per, Burst: uint32(burst)}, nil
@@ -501,6 +503,13 @@ func checkAddr(flagName, addr string) error {
 func checkPositive(flagName string, d time.Duration) error {
 	if d <= 0 {
 		return fmt.Errorf("--%s=%s: must be positive", flagName, d)
+	}
+	return nil
+}
+
+func checkNotNegative(flagName string, d time.Duration) error {
+	if d < 0 {
+		return fmt.Errorf("--%s=%s: must not be negative", flagName, d)
 	}
 	return nil
 }

@@ -188,6 +188,12 @@ func TestContract(t *testing.T) {
 		// A valid rate passes, so the next check (the kubeconfig) is what fails.
 		{name: "good deny log rate", args: []string{"agent", "--node-name", "n", "--kubeconfig", "/nonexistent/k", "--deny-log-rate", "100/minute", "--deny-log-burst", "5"},
 			wantCode: 2, wantOut: []string{"/nonexistent/k"}},
+		{name: "bad pprof address", args: []string{"agent", "--node-name", "n", "--kubeconfig", good, "--pprof-bind-address", "garbage"},
+			wantCode: 2, wantOut: []string{"--pprof-bind-address"}},
+		{name: "negative min sync interval", args: []string{"agent", "--node-name", "n", "--kubeconfig", good, "--min-sync-interval", "-1s"},
+			wantCode: 2, wantOut: []string{"--min-sync-interval", "negative"}},
+		{name: "deny log burst too large, deny log off", args: []string{"agent", "--node-name", "n", "--kubeconfig", good, "--deny-log-burst", "4294967296"},
+			wantCode: 2, wantOut: []string{"--deny-log-burst"}},
 		{name: "cleanup unknown flag", args: []string{"cleanup", "--node-name", "n"}, wantCode: 2,
 			wantOut: []string{"-node-name", "run 'nftpolicy cleanup -h' for usage"}},
 		{name: "cleanup nonexistent netns", args: []string{"cleanup", "--netns", "/nonexistent/netns"}, wantCode: 2,
