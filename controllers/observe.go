@@ -303,11 +303,10 @@ type CounterRead struct {
 // A policy's total must never decrease, but group counters come and go: a
 // group disappears when the policies selecting its pods change, and a replaced
 // table starts its counters at zero. So the collector remembers each counter's
-// last value read, and when the counter is gone, created again or went back,
+// last value read, and when the counter is gone, created again (CounterRead's
+// Created changed: it may have passed its old value already) or went back,
 // carries that value into the totals of its policies. (Counts between the last
-// scrape and a group's removal are lost; before 2026-12-06 a counter created
-// again that had passed its old value by the next scrape lost all its old
-// counts.) Totals of policies no longer in the table are
+// scrape and a group's removal are lost.) Totals of policies no longer in the table are
 // forgotten, so memory follows the table.
 type policyCollector struct {
 	read   CounterPackets

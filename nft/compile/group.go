@@ -101,9 +101,9 @@ func (g *group) name(taken map[string]bool, known *groupNames) {
 	if g.ingress {
 		prefix = "ing"
 	}
-	if known != nil && !known.collided && !taken[nft.ObjectHead(prefix, g.key)] {
+	if head := nft.ObjectHead(prefix, g.key); known != nil && !known.collided && !taken[head] {
 		g.groupNames = *known
-		taken[nft.ObjectHead(prefix, g.key)] = true
+		taken[head] = true
 		return
 	}
 	g.label = g.policies[0].ref

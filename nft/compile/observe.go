@@ -177,8 +177,8 @@ func denyLogLimit(opts Options) nft.Object {
 	return nft.Object{Name: nft.ObjDenyLog, Kind: nft.LimitObject, Limit: nft.Limit{Rate: opts.DenyLog.Rate, Per: per, Burst: burst}}
 }
 
-// observeObjects returns the named objects the groups' chains use, and the
-// attribution of the compilation.
+// observeObjects returns the named objects the groups' chains and the
+// unknown-pod drops use, and the attribution of the compilation.
 func observeObjects(opts Options, groups []*group) ([]nft.Object, *Attribution) {
 	at := &Attribution{}
 	var objs []nft.Object
@@ -189,9 +189,13 @@ func observeObjects(opts Options, groups []*group) ([]nft.Object, *Attribution) 
 		}
 		return gr
 	}
-	if opts.DenyLog.enabled() && len(groups) > 0 {
+	unknown := len(opts.UnknownLocalPods) > 0 // the forward chain logs its drops (unknown.go)
+	if opts.DenyLog.enabled() && (len(groups) > 0 || unknown) {
 		objs = append(objs, denyLogLimit(opts))
 		at.Groups = make(map[string]Group, len(groups))
+		if unknown {
+			at.Groups[UnknownPodDenyLogPrefix] = Group{Chain: nft.ChainForward, UnknownPod: true}
+		}
 		for _, g := range groups {
 			at.Groups[DenyLogPrefix(g.chain)] = info(g)
 			if g.replyV.Name != "" {

@@ -407,15 +407,6 @@ func (ps *pass) ruleset(table string) (*nft.Ruleset, *Attribution) {
 	rs.Objects = objs
 	ps.tiers.tiersInto(rs, ps.ix.local.list())
 	ps.tiers.observeInto(rs, at, ps.opts)
-	if len(ps.opts.UnknownLocalPods) > 0 && ps.opts.DenyLog.enabled() {
-		if rs.FindObject(nft.ObjDenyLog) == nil {
-			rs.Objects = append(rs.Objects, denyLogLimit(ps.opts))
-		}
-		if at.Groups == nil {
-			at.Groups = map[string]Group{}
-		}
-		at.Groups[UnknownPodDenyLogPrefix] = Group{Chain: nft.ChainForward, UnknownPod: true}
-	}
 	slices.SortFunc(rs.Objects, func(a, b nft.Object) int { return strings.Compare(a.Name, b.Name) })
 	return rs, at
 }

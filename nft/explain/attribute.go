@@ -111,10 +111,8 @@ func (a *attributor) direction(egress bool, src, dst End, proto corev1.Protocol,
 	switch {
 	case src.addr == dst.addr:
 		out.exempt = "to its own address, which never leaves the pod"
-	case egress && other.Kind == KindNode && other.Node == node:
-		out.exempt = "to its own node, which NetworkPolicy always allows"
-	case !egress && other.Kind == KindNode && other.Node == node:
-		out.exempt = "from its own node, which NetworkPolicy always allows"
+	case other.Kind == KindNode && other.Node == node:
+		out.exempt = map[bool]string{true: "to", false: "from"}[egress] + " its own node, which NetworkPolicy always allows"
 	}
 	for _, np := range a.policies {
 		if np.Namespace != target.pod.Namespace || !a.ref.PolicyHasType(np, t) || !a.ref.PolicySelects(np, target.pod) {

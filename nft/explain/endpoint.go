@@ -103,8 +103,7 @@ func nodeAddrs(n *corev1.Node) []netip.Addr {
 	for _, t := range []corev1.NodeAddressType{corev1.NodeInternalIP, corev1.NodeExternalIP} {
 		for _, a := range n.Status.Addresses {
 			if ip, err := netip.ParseAddr(a.Address); err == nil && a.Type == t {
-				ip = ip.WithZone("")
-				out = append(out, ip.Unmap())
+				out = append(out, ip.Unmap().WithZone(""))
 			}
 		}
 	}

@@ -480,16 +480,20 @@ func setsAhead(tx nft.Transaction, last *nft.Ruleset) (ahead, rest nft.Transacti
 }
 
 // recordCreated notes the objects tx created (all of them when it replaced the
-// table), by the transaction's number.
+// table), by the transaction's number, and forgets those it deleted: created
+// holds the table's objects only.
 func (a *Applier) recordCreated(tx nft.Transaction) {
 	a.createdMu.Lock()
 	defer a.createdMu.Unlock()
+	if a.created == nil || tx.Full {
+		a.created = map[string]uint64{}
+	}
 	for _, op := range tx.Ops {
-		if op.Kind == nft.OpAddObject {
-			if a.created == nil {
-				a.created = map[string]uint64{}
-			}
+		switch op.Kind {
+		case nft.OpAddObject:
 			a.created[op.Name] = a.commits
+		case nft.OpDelObject:
+			delete(a.created, op.Name)
 		}
 	}
 }

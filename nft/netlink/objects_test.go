@@ -191,6 +191,9 @@ func TestCounterCreated(t *testing.T) {
 	without.Objects = without.Objects[1:]
 	without.Chains[0].Rules = without.Chains[0].Rules[1:]
 	mustApply(t, a, without)
+	if _, kept := a.createdNow()["x/p-egress-allow"]; kept {
+		t.Error("a deleted counter's creation is still remembered")
+	}
 	mustApply(t, a, objectModel(50, true))
 	second := created()
 	if second == first || second == 0 {
