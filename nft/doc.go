@@ -123,21 +123,26 @@
 //	    the same policies select (in evaluation order: priority, then name) and
 //	    family; the rules of those policies for IPv4 addresses, in order, one nft
 //	    rule per protocol kind:
-//	    ip daddr @cnp-<hash>-cnp/<name>-eg0-v4 <verdict>                              every port
-//	        (peers with networks: an interval set, -eg0-net-v4; without, a hash)
-//	    meta l4proto . th dport @...-eg1-ports ip daddr @...-eg1-v4 <verdict>         exact ports (hash)
-//	    meta l4proto . th dport @...-eg1-ranges ip daddr @...-eg1-v4 <verdict>        wide ranges (interval)
-//	    ip daddr . meta l4proto . th dport @...-eg2-named-v4 <verdict>                named ports (hash)
-//	    meta l4proto . th dport @...-eg3-ports <verdict>             peers 0.0.0.0/0: no lookup
+//	    ip daddr @cnp-<hash>-cnp/<name>-eg-<h0>-v4 <verdict>                          every port
+//	        (peers with networks: an interval set, -eg-<h0>-net-v4; without, a hash)
+//	    meta l4proto . th dport @...-eg-<h1>-ports ip daddr @...-eg-<h1>-v4 <verdict>     exact ports (hash)
+//	    meta l4proto . th dport @...-eg-<h1>-ranges ip daddr @...-eg-<h1>-v4 <verdict>    wide ranges (interval)
+//	    ip daddr . meta l4proto . th dport @...-eg-<h2>-named-v4 <verdict>            named ports (hash)
+//	    meta l4proto . th dport @...-eg-<h3>-ports <verdict>         peers 0.0.0.0/0: no lookup
 //	    counter drop                                  a Deny or Pass that fails closed
 //	chain adm-eg-<hash>-cnp/<name>[_and_N]-v6    the same rules for IPv6 (ip6 daddr, -v6 sets)
 //	chain adm-in-..., bl-eg-..., bl-in-...    the same for the other tiers and directions
-//	set cnp-<hash>-cnp/<name>-<eg|in><rule>-<v4|v6|ports|ranges|named-v4|named-v6>
+//	set cnp-<hash>-cnp/<name>-<eg|in>-<h>-<v4|v6|ports|ranges|named-v4|named-v6>
 //	                       a rule's peers (a hash when they are pods and nodes only,
 //	                       an interval set with networks); its single ports (and
 //	                       ranges of at most 16 ports, spelled out); its wider port
 //	                       ranges; its named port destinations. Shared by every group
-//	                       that runs the policy
+//	                       that runs the policy. <h> hashes the rule's peers and
+//	                       protocols (-2, -3 for a later rule with the same): a
+//	                       rule's objects follow the rule, not its index, so a rule
+//	                       inserted before others leaves their sets, counters and
+//	                       drop chains alone (the rule comments that look them up
+//	                       give the index)
 //
 // A rule's -ports and -ranges sets exist only when it has such ports (most rules
 // name single ports and have no -ranges set, nor the rule that would look it
@@ -377,10 +382,10 @@
 //
 //	chain adm-in-a8a32e89-cnp/pass-x-ingress_and_2-v4 {
 //	    ...
-//	    ip saddr @cnp-675d881c-cnp/deny-y-to-x-in0-v4 counter name "..." counter goto cnp-675d881c-cnp/deny-y-to-x-in0-drop
+//	    ip saddr @cnp-675d881c-cnp/deny-y-to-x-in-9585471b-v4 counter name "..." counter goto cnp-675d881c-cnp/deny-y-to-x-in-9585471b-drop
 //	}
-//	chain cnp-675d881c-cnp/deny-y-to-x-in0-drop {
-//	    limit name "deny-log" log prefix "nftpolicy-deny cnp-675d881c in0" group 100
+//	chain cnp-675d881c-cnp/deny-y-to-x-in-9585471b-drop {
+//	    limit name "deny-log" log prefix "nftpolicy-deny cnp-675d881c in-9585471b" group 100
 //	    drop comment "cnp/deny-y-to-x ingress rule 0 (no-y): Deny: logs and drops"
 //	}
 //
@@ -388,12 +393,14 @@
 // Deny rule's matches again (evaluated for every packet that reaches the rule,
 // matching or not), and the limit must never gate the drop. A packet that
 // matches no Deny pays nothing; a denied one a goto. The prefix is the policy's
-// hash and the rule's id (in0, eg1), which Attribution maps to the
+// hash and the rule's key (in-<h>, eg-<h>), which Attribution maps to the
 // ClusterNetworkPolicy, its tier, priority and rule: the agent logs
 // `"policies": ["cnp/deny-y-to-x"], "tier": "Admin", "priority": 10, "rule": 0,
 // "ruleName": "no-y"` (and `"failClosed": true` for a rule that fails closed). In
-// strict mode each such rule has a twin for replies (`...-in0-drop-reply`, prefix
-// "... in0 reply"), which the reply twins of the tier chains go to.
+// strict mode each such rule has a twin for replies (`...-in-<h>-drop-reply`, prefix
+// "... in-<h> reply"), which the reply twins of the tier chains go to. A line
+// logged just before an edit that inserts a rule still names the rule that
+// dropped the packet: its key did not move to another rule.
 //
 // # Policy counters
 //
@@ -430,9 +437,9 @@
 //
 // In the tiers every rule of a ClusterNetworkPolicy counts what it matched into a
 // named counter of its own, shared by every group that runs the policy and named
-// by the rule, its tier and what it does (`cnp-675d881c-cnp/deny-y-to-x-in0-admin-deny`;
+// by the rule, its tier and what it does (`cnp-675d881c-cnp/deny-y-to-x-in-9585471b-admin-deny`;
 // allow, deny or pass): a rule whose tier or action changes counts into a new
-// counter. The agent
+// counter; one that only moves (a rule inserted before it) keeps its counter. The agent
 // serves them with tier="admin" or "baseline" and no namespace
 // (nftpolicy_policy_packets_total{namespace="",policy="deny-y-to-x",tier="admin",
 // direction="ingress",verdict="deny"}; NetworkPolicy's series have

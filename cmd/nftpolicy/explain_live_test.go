@@ -155,10 +155,10 @@ func TestExplainLiveTiers(t *testing.T) {
 	}{
 		{"monitoring/prometheus", "shop/db", "9187", []string{"ALLOW", "allowed by Admin cnp/scrape (priority 5) rule 0 (from-monitoring)"}},
 		{"shop/db", "node/node-2", "22", []string{"DENY", "denied by Admin cnp/node-guard (priority 10) rule 0 (no-ssh-to-nodes)", "from hook input",
-			`log prefix "nftpolicy-deny cnp-`, "-eg0-ports tcp . 22"}},
+			`log prefix "nftpolicy-deny cnp-`, "-ports tcp . 22"}},
 		// A port range: the rule's -ranges interval set, read back from the kernel.
 		{"shop/db", "node/node-2", "31000", []string{"DENY", "denied by Admin cnp/node-guard (priority 10) rule 1 (no-nodeports-to-nodes)",
-			"-eg1-ranges tcp . 30000-32767"}},
+			"-ranges tcp . 30000-32767"}},
 	} {
 		args := []string{"explain", "--live", "--netns", ns.Path(), "--node-name", "node-2", "--from", q.from, "--to", q.to, "--port", q.port}
 		for _, f := range files {

@@ -1,7 +1,6 @@
 package compile
 
 import (
-	"strconv"
 	"strings"
 
 	"github.com/nftpolicy/nftpolicy/nft"
@@ -11,7 +10,7 @@ import (
 // log" and "Policy counters"), apart from the tier chains themselves:
 //
 //   - counters: every rule of a ClusterNetworkPolicy counts the packets it
-//     matched into a named counter of its own (`cnp-<hash>-cnp/<name>-eg1-admin-deny`),
+//     matched into a named counter of its own (`cnp-<hash>-cnp/<name>-eg-<hash>-admin-deny`),
 //     shared by every group chain that runs the policy. A packet meets at most
 //     one matching rule per tier, so it costs one counter update per tier that
 //     decides, none for the rules it does not match.
@@ -33,27 +32,19 @@ func newTierObserve(opts Options) tierObserve {
 	return tierObserve{counters: opts.PolicyCounters, denyLog: opts.DenyLog.enabled()}
 }
 
-// ruleID is the rule's short id in names: eg<N> or in<N>.
-func (r *cnpRule) ruleID() string {
-	if r.ingress {
-		return "in" + strconv.Itoa(r.index)
-	}
-	return "eg" + strconv.Itoa(r.index)
-}
-
 // counterName is the named counter of the rule's matches. It names the tier and
 // what the rule does (allow, deny, pass), so that a rule whose tier or action
 // changes counts into a new counter: what the old one counted keeps its meaning
 // (a policy moved from Admin to Baseline kept its counters, and the Admin
 // tier's counts showed as Baseline's).
 func (p *clusterPolicy) counterName(r *cnpRule) string {
-	return nft.ObjectName("cnp", p.key, p.ref, r.ruleID()+"-"+strings.ToLower(p.tier.String())+"-"+clusterRule(p, r).Verdict())
+	return nft.ObjectName("cnp", p.key, p.ref, r.key+"-"+strings.ToLower(p.tier.String())+"-"+clusterRule(p, r).Verdict())
 }
 
 // dropChain is the chain that logs and drops what a Deny rule matched (reply:
 // strict mode's twin, for replies judged as their connection).
 func (p *clusterPolicy) dropChain(r *cnpRule, reply bool) string {
-	suffix := r.ruleID() + "-drop"
+	suffix := r.key + "-drop"
 	if reply {
 		suffix += "-" + nft.SuffixReply
 	}
@@ -62,9 +53,9 @@ func (p *clusterPolicy) dropChain(r *cnpRule, reply bool) string {
 
 // ClusterDenyLogPrefix is the log prefix of a ClusterNetworkPolicy rule's drop
 // chain: the fixed word, the head of the policy's object names (cnp-<hash>) and
-// the rule's id (eg1, in0), then "reply" for the reply twin.
+// the rule's key (ruleKeys: in-<hash>, eg-<hash>), then "reply" for the reply twin.
 func clusterDenyLogPrefix(p *clusterPolicy, r *cnpRule, reply bool) string {
-	s := DenyLogPrefix(p.setName(r, "v4")) + " " + r.ruleID()
+	s := DenyLogPrefix(p.setName(r, "v4")) + " " + r.key
 	if reply {
 		s += " " + nft.SuffixReply
 	}

@@ -1,15 +1,19 @@
 package compile
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"go4.org/netipx"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/nftpolicy/nftpolicy/nft"
 	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
@@ -59,8 +63,12 @@ type clusterPolicy struct {
 type cnpRule struct {
 	index   int
 	ingress bool
-	name    string
-	action  action
+	// key is the rule's id in the names of its objects (sets, counter, drop
+	// chains): in-<hash> or eg-<hash> of its peers and protocols (ruleKeys), so
+	// that a rule's objects follow the rule, not its place in the policy.
+	key    string
+	name   string
+	action action
 	// none: an Accept that fails closed (its peers are all unsupported, or a part
 	// is invalid): it matches nothing. denyAll: a Deny or Pass that fails closed:
 	// it drops whatever reaches it.
@@ -152,7 +160,53 @@ func parseClusterPolicy(c *cnpv1.ClusterNetworkPolicy) (*clusterPolicy, []Proble
 		})
 		p.egress = append(p.egress, ru)
 	}
+	in := make([]string, len(c.Spec.Ingress))
+	for i, r := range c.Spec.Ingress {
+		in[i] = ruleContent(r.From, r.Protocols)
+	}
+	eg := make([]string, len(c.Spec.Egress))
+	for i, r := range c.Spec.Egress {
+		eg[i] = ruleContent(r.To, r.Protocols)
+	}
+	ruleKeys(p.ingress, in, "in")
+	ruleKeys(p.egress, eg, "eg")
 	return p, problems
+}
+
+// ruleContent is what a rule's sets are made of, its peers and protocols, as
+// text: what ruleKeys hashes. Neither its action nor its name: a rule whose
+// action changes keeps its sets (its counter and drop chain are named by the
+// action too).
+func ruleContent(peers, protocols any) string {
+	b, err := json.Marshal([]any{peers, protocols})
+	if err != nil {
+		return fmt.Sprint(peers, protocols) // the API types always marshal
+	}
+	return string(b)
+}
+
+// ruleKeys gives each rule of one direction its key: dir, then the hash of its
+// content, then -2, -3, ... for a later rule whose hash an earlier one has (the
+// same peers and protocols, or a hash collision). A key depends on the rule's
+// content and not on its index, so a rule inserted or removed before others
+// leaves their objects (and counts) alone, where names by index moved every
+// later rule's elements under the names of the rules before it, in the
+// transaction that rewrote their rules: the kernel shows a transaction's new
+// rules to packets before the new contents of its interval sets (nft/doc.go,
+// "strict mode"), so a packet in between was judged by one rule's rules and
+// another's networks. A new or changed rule gets new sets, which the applier
+// fills a batch ahead of the rules that use them (nft/netlink sendAhead).
+func ruleKeys(rules []*cnpRule, contents []string, dir string) {
+	taken := map[string]bool{}
+	for i, r := range rules {
+		base := dir + "-" + nft.ShortHash(contents[i])
+		k := base
+		for n := 2; taken[k]; n++ {
+			k = base + "-" + strconv.Itoa(n)
+		}
+		taken[k] = true
+		r.key = k
+	}
 }
 
 func cmpErr(errs ...error) error {

@@ -30,7 +30,9 @@ func (ps *pass) cnpSets(p *clusterPolicy) []nft.Set {
 			if r.ingress {
 				dir = "ingress"
 			}
-			what := fmt.Sprintf("%s %s rule %d", p.ref, dir, r.index)
+			// Not the rule's index: a set's comment is part of its definition,
+			// and a rule that moves keeps its sets (ruleKeys).
+			what := fmt.Sprintf("%s %s rule %s", p.ref, dir, r.key)
 			needPeers := r.allPorts || len(r.ports) > 0 || (r.ingress && len(r.named) > 0)
 			var peers *addrSet
 			if needPeers {

@@ -185,24 +185,28 @@ func TestClusterPortSetShapes(t *testing.T) {
 	}
 	check("cnp-ports", rs, true)
 	// The shapes the case names, set by set and rule by rule.
-	in := func(pol, id string) string { return nft.ObjectName("cnp", pol, "cnp/"+pol, id) }
+	snap := w.snapshot("node-1")
+	in := func(pol string, ingress bool, i int, what string) string {
+		return ruleObject(t, snap, pol, ingress, i, what)
+	}
 	for _, c := range []struct {
-		set   string
-		want  bool
-		rules int // per chain (each family's group chain and reply twin)
+		set     string
+		ingress bool
+		want    bool
+		rules   int // per chain (each family's group chain and reply twin)
 	}{
-		{in("x-ports-in", "in0-ports"), true, 1}, // exact ports and a wide range: both
-		{in("x-ports-in", "in0-ranges"), true, 1},
-		{in("x-ports-out", "eg0-ports"), false, 0}, // a wide range only
-		{in("x-ports-out", "eg0-ranges"), true, 1},
-		{in("x-ports-out", "eg1-ports"), true, 1}, // one port only
-		{in("x-ports-out", "eg1-ranges"), false, 0},
+		{in("x-ports-in", true, 0, "ports"), true, true, 1}, // exact ports and a wide range: both
+		{in("x-ports-in", true, 0, "ranges"), true, true, 1},
+		{in("x-ports-out", false, 0, "ports"), false, false, 0}, // a wide range only
+		{in("x-ports-out", false, 0, "ranges"), false, true, 1},
+		{in("x-ports-out", false, 1, "ports"), false, true, 1}, // one port only
+		{in("x-ports-out", false, 1, "ranges"), false, false, 0},
 	} {
 		if got := rs.FindSet(c.set) != nil; got != c.want {
 			t.Errorf("set %s: present %v, want %v", c.set, got, c.want)
 		}
 		dir := "adm-eg-"
-		if strings.Contains(c.set, "-in0-") {
+		if c.ingress {
 			dir = "adm-in-"
 		}
 		chains := 0
@@ -227,7 +231,7 @@ func TestClusterPortSetShapes(t *testing.T) {
 			t.Errorf("%d chains %s*, want 4", chains, dir)
 		}
 	}
-	if s := rs.FindSet(in("x-ports-in", "in0-ports")); s == nil || len(s.Elements) != 7 {
+	if s := rs.FindSet(in("x-ports-in", true, 0, "ports")); s == nil || len(s.Elements) != 7 {
 		t.Errorf("x-ports-in in0-ports: want TCP 80, UDP 53, UDP 5000-5003 spelled out and SCTP 9000 (7 elements): %v", s)
 	}
 
@@ -253,26 +257,32 @@ func TestClusterPortSetShapes(t *testing.T) {
 // ranges alike, with and without the deny log (whose Deny rules go to a drop
 // chain instead of dropping).
 func TestNarrowsTiers(t *testing.T) {
-	name := func(pol, id string) string { return nft.ObjectName("cnp", pol, "cnp/"+pol, id) }
 	addr := nft.Elem(nft.Addr(mustAddr("10.99.0.1")))
 	port := func(proto uint8, n uint32) nft.Element { return nft.Elem(nft.Num(uint32(proto)), nft.Num(n)) }
+	type set struct {
+		pol     string
+		ingress bool
+		rule    int
+		what    string
+	}
 	cases := []struct {
-		src, set string
-		elem     nft.Element
-		narrows  bool
+		src     string
+		set     set
+		elem    nft.Element
+		narrows bool
 	}{
-		{"cnp-admin", name("deny-y-to-x", "in0-v4"), addr, true},              // Admin Deny peers
-		{"cnp-admin", name("pass-x-ingress", "in0-v4"), addr, true},           // Admin Pass peers
-		{"cnp-admin", name("accept-z-to-x", "in0-v4"), addr, false},           // Admin Accept peers
-		{"cnp-admin", name("accept-z-to-x", "in0-ports"), port(6, 81), false}, // Admin Accept ports
-		{"cnp-admin", name("dns-and-no-9", "eg1-net-v4"), addr, true},         // Admin egress Deny (networks)
-		{"cnp-baseline", name("default-deny", "in0-v4"), addr, true},          // Baseline Deny
-		{"cnp-baseline", name("web-from-x", "in0-v4"), addr, false},           // Baseline Accept
-		{"cnp-baseline", name("web-from-x", "eg0-net-v4"), addr, true},        // Baseline egress Deny (networks)
-		{"cnp-baseline", name("z-pass", "eg0-net-v4"), addr, true},            // Admin egress Pass (networks)
-		{"cnp-ports", name("x-ports-out", "eg1-ports"), port(17, 5003), true}, // Deny on one more port
-		{"cnp-ports", name("x-ports-out", "eg0-ranges"), nft.Elem(nft.Num(6), nft.NumRange(9000, 9100)), true},
-		{"cnp-ports", name("x-ports-in", "in0-ranges"), nft.Elem(nft.Num(17), nft.NumRange(9000, 9100)), false},
+		{"cnp-admin", set{"deny-y-to-x", true, 0, "v4"}, addr, true},               // Admin Deny peers
+		{"cnp-admin", set{"pass-x-ingress", true, 0, "v4"}, addr, true},            // Admin Pass peers
+		{"cnp-admin", set{"accept-z-to-x", true, 0, "v4"}, addr, false},            // Admin Accept peers
+		{"cnp-admin", set{"accept-z-to-x", true, 0, "ports"}, port(6, 81), false},  // Admin Accept ports
+		{"cnp-admin", set{"dns-and-no-9", false, 1, "net-v4"}, addr, true},         // Admin egress Deny (networks)
+		{"cnp-baseline", set{"default-deny", true, 0, "v4"}, addr, true},           // Baseline Deny
+		{"cnp-baseline", set{"web-from-x", true, 0, "v4"}, addr, false},            // Baseline Accept
+		{"cnp-baseline", set{"web-from-x", false, 0, "net-v4"}, addr, true},        // Baseline egress Deny (networks)
+		{"cnp-baseline", set{"z-pass", false, 0, "net-v4"}, addr, true},            // Admin egress Pass (networks)
+		{"cnp-ports", set{"x-ports-out", false, 1, "ports"}, port(17, 5003), true}, // Deny on one more port
+		{"cnp-ports", set{"x-ports-out", false, 0, "ranges"}, nft.Elem(nft.Num(6), nft.NumRange(9000, 9100)), true},
+		{"cnp-ports", set{"x-ports-in", true, 0, "ranges"}, nft.Elem(nft.Num(17), nft.NumRange(9000, 9100)), false},
 	}
 	for _, denyLog := range []bool{false, true} {
 		opts := Options{Established: EstablishedRecheck}
@@ -281,18 +291,20 @@ func TestNarrowsTiers(t *testing.T) {
 		}
 		for _, c := range cases {
 			w := loadCase(t, goldenCase{name: c.src, upstream: true})
-			base, _ := Compile(w.snapshot("node-1"), opts)
+			snap := w.snapshot("node-1")
+			base, _ := Compile(snap, opts)
 			if Narrows(base, base) {
 				t.Fatalf("%s: no change narrows", c.src)
 			}
 			next := base.Clone()
-			s := next.FindSet(c.set)
+			name := ruleObject(t, snap, c.set.pol, c.set.ingress, c.set.rule, c.set.what)
+			s := next.FindSet(name)
 			if s == nil {
-				t.Fatalf("%s: no set %s", c.src, c.set)
+				t.Fatalf("%s: no set %s", c.src, name)
 			}
 			s.Elements = append(s.Elements, c.elem)
 			if got := Narrows(base, next); got != c.narrows {
-				t.Errorf("deny log %v: an element added to %s: Narrows %v, want %v", denyLog, c.set, got, c.narrows)
+				t.Errorf("deny log %v: an element added to %s: Narrows %v, want %v", denyLog, name, got, c.narrows)
 			}
 		}
 	}
@@ -324,6 +336,98 @@ func TestCounterNameHasTier(t *testing.T) {
 	for n := range admin {
 		if baseline[n] {
 			t.Errorf("counter %s counts for the policy in both tiers", n)
+		}
+	}
+}
+
+// ruleObject is the name the compiler gives an object of rule i (ingress or
+// egress) of ClusterNetworkPolicy pol in snap: cnp-<hash>-cnp/<pol>-<rule key>-<what>
+// (what: v4, net-v6, ports, ranges, named-v4, ...). The policy's key is its name
+// (no other policy of snap shares its hash).
+func ruleObject(t *testing.T, snap Snapshot, pol string, ingress bool, i int, what string) string {
+	t.Helper()
+	for _, c := range snap.ClusterNetworkPolicies {
+		if c.Name != pol {
+			continue
+		}
+		p, _ := parseClusterPolicy(c)
+		if p == nil || i >= len(p.rules(ingress)) {
+			t.Fatalf("cnp/%s has no rule %d (ingress %v)", pol, i, ingress)
+		}
+		return p.setName(p.rules(ingress)[i], what)
+	}
+	t.Fatalf("no ClusterNetworkPolicy %s", pol)
+	return ""
+}
+
+// TestClusterRuleObjectsFollowTheRule: a ClusterNetworkPolicy rule's objects
+// (sets, counter, drop chain) are named by the rule's peers and protocols, not
+// its index, so a rule inserted before others (or removed) leaves theirs alone:
+// the transaction adds the new rule's sets (which the applier sends a batch
+// ahead) and rewrites the chains, and changes no element of a set that was
+// there. With names by index it moved every later rule's networks into the sets
+// of the rule before it, in the transaction that rewrote the rules: the kernel
+// shows new rules to packets before it commits an interval set's new elements,
+// so a packet in between was judged by one rule with another's networks. The
+// counters of the rules that moved keep their counts.
+func TestClusterRuleObjectsFollowTheRule(t *testing.T) {
+	pod := modelPod("x", "a", "node-1", "10.244.1.10", "fd00:10:244:1::a", upstreamPorts())
+	rule := func(act cnpv1.ClusterNetworkPolicyRuleAction, cidrs ...string) cnpv1.ClusterNetworkPolicyEgressRule {
+		r := cnpv1.ClusterNetworkPolicyEgressRule{Action: act, To: []cnpv1.ClusterNetworkPolicyEgressPeer{{}}}
+		for _, c := range cidrs {
+			r.To[0].Networks = append(r.To[0].Networks, cnpv1.CIDR(c))
+		}
+		return r
+	}
+	policy := func(rules ...cnpv1.ClusterNetworkPolicyEgressRule) *cnpv1.ClusterNetworkPolicy {
+		c := &cnpv1.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "guard"}}
+		c.Spec.Tier, c.Spec.Priority = cnpv1.AdminTier, 10
+		c.Spec.Subject.Namespaces = &metav1.LabelSelector{}
+		c.Spec.Egress = rules
+		return c
+	}
+	deny9 := rule("Deny", "10.0.0.0/8", "fd00:9::/32")
+	accept192 := rule("Accept", "192.168.0.0/16")
+	deny172 := rule("Deny", "172.16.0.0/12")
+	twice := rule("Deny", "10.0.0.0/8", "fd00:9::/32") // the same as deny9: its own objects all the same
+	steps := [][]cnpv1.ClusterNetworkPolicyEgressRule{
+		{deny9, accept192},
+		{deny172, deny9, accept192},        // inserted first
+		{deny172, twice, deny9, accept192}, // an equal rule before another
+		{deny9, accept192},                 // removed again
+	}
+	for _, opts := range []Options{{}, {DenyLog: DenyLog{Group: 1, Rate: 10}, PolicyCounters: true, Established: EstablishedRecheck}} {
+		snap := Snapshot{NodeName: "node-1", Pods: []*corev1.Pod{pod}, ClusterNetworkPolicies: []*cnpv1.ClusterNetworkPolicy{policy(steps[0]...)}}
+		last, _ := Compile(snap, opts)
+		for i, rules := range steps[1:] {
+			snap.ClusterNetworkPolicies = []*cnpv1.ClusterNetworkPolicy{policy(rules...)}
+			next, problems := Compile(snap, opts)
+			if len(problems) > 0 {
+				t.Fatal(problems)
+			}
+			if err := next.Validate(); err != nil {
+				t.Fatalf("step %d: %v", i+1, err)
+			}
+			tx := nft.Plan(last, next)
+			added := 0
+			for _, op := range tx.Ops {
+				switch op.Kind {
+				case nft.OpAddElements, nft.OpDelElements:
+					if last.FindSet(op.Name) != nil && !strings.HasPrefix(op.Name, "admin-") {
+						t.Errorf("counters %v, step %d: the elements of %s change with the rules that use it: %s", opts.PolicyCounters, i+1, op.Name, op)
+					}
+				case nft.OpDelObject:
+					if next.FindObject(op.Object.Name) != nil {
+						t.Errorf("counters %v, step %d: %s is created again (its counts lost)", opts.PolicyCounters, i+1, op.Object.Name)
+					}
+				case nft.OpAddSet:
+					added++
+				}
+			}
+			if i == 0 && added == 0 {
+				t.Errorf("step %d: the inserted rule's sets were not added:\n%s", i+1, tx)
+			}
+			last = next
 		}
 	}
 }

@@ -343,14 +343,10 @@ func (p *clusterPolicy) peerSetName(r *cnpRule, v6 bool) string {
 	return p.setName(r, famSuffix("", v6))
 }
 
-// setName names one of the rule's sets: `cnp-<hash>-cnp/<name>-<eg|in><rule>-<what>`.
+// setName names one of the rule's sets: `cnp-<hash>-cnp/<name>-<rule key>-<what>`
+// (ruleKeys: in-<hash> or eg-<hash>).
 func (p *clusterPolicy) setName(r *cnpRule, what string) string {
-	dir := "eg"
-	if r.ingress {
-		dir = "in"
-	}
-	id := dir + strconv.Itoa(r.index)
-	return nft.ObjectName("cnp", p.key, p.ref, id+"-"+what)
+	return nft.ObjectName("cnp", p.key, p.ref, r.key+"-"+what)
 }
 
 // tierMaps builds the eight tier verdict maps: each local subject's addresses to its

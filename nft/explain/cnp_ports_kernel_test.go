@@ -1,6 +1,7 @@
 package explain
 
 import (
+	"fmt"
 	"net/netip"
 	"regexp"
 	"strconv"
@@ -101,20 +102,23 @@ func TestClusterPortsInKernel(t *testing.T) {
 		}
 		// The shapes under test: the ingress rule has both sets, the egress
 		// rules one each.
-		set := func(pol, id string) string { return nft.ObjectName("cnp", pol, "cnp/"+pol, id) }
+		in := func(what string) string { return ruleSet(tables["node-1"], "cnp/x-ports-in ingress rule 0", what) }
+		out := func(rule int, what string) string {
+			return ruleSet(tables["node-2"], fmt.Sprintf("cnp/x-ports-out egress rule %d", rule), what)
+		}
 		for _, s := range []struct {
 			node, name string
 			interval   bool
 		}{
-			{"node-1", set("x-ports-in", "in0-ports"), false}, {"node-1", set("x-ports-in", "in0-ranges"), true},
-			{"node-2", set("x-ports-out", "eg0-ranges"), true}, {"node-2", set("x-ports-out", "eg1-ports"), false},
-			{"node-2", set("x-ports-out", "eg2-named-v4"), false},
+			{"node-1", in("ports"), false}, {"node-1", in("ranges"), true},
+			{"node-2", out(0, "ranges"), true}, {"node-2", out(1, "ports"), false},
+			{"node-2", out(2, "named-v4"), false},
 		} {
 			if got := tables[s.node].FindSet(s.name); got == nil || got.Interval != s.interval {
 				t.Fatalf("%s: set %s on %s: %+v, want interval %v", mode, s.name, s.node, got, s.interval)
 			}
 		}
-		if tables["node-2"].FindSet(set("x-ports-out", "eg0-ports")) != nil || tables["node-2"].FindSet(set("x-ports-out", "eg1-ranges")) != nil {
+		if out(0, "ports") != "" || out(1, "ranges") != "" {
 			t.Fatalf("%s: a rule has a set it has no ports for", mode)
 		}
 		lab.load(lab.a, tables["node-2"])
@@ -135,7 +139,7 @@ func TestClusterPortsInKernel(t *testing.T) {
 				}
 			}
 		}
-		counter := nft.ObjectName("cnp", "x-ports-in", "cnp/x-ports-in", "in0-admin-allow")
+		counter := ruleCounter(tables["node-1"], "cnp/x-ports-in ingress rule 0")
 		readCounter := func() int {
 			t.Helper()
 			out, err := lab.b.NFT("", "list", "counter", "inet", nft.DefaultTable, counter)
@@ -195,13 +199,13 @@ func TestClusterPortsInKernel(t *testing.T) {
 				var decided string
 				switch {
 				case p.what == "y/a -> x/a" && p.want && p.proto == corev1.ProtocolTCP && p.port >= 8000:
-					decided = set("x-ports-in", "in0-ranges")
+					decided = in("ranges")
 				case p.what == "y/a -> x/a" && p.want:
-					decided = set("x-ports-in", "in0-ports")
+					decided = in("ports")
 				case p.what == "x/b -> z/a" && !p.want && p.proto == corev1.ProtocolTCP:
-					decided = set("x-ports-out", "eg0-ranges")
+					decided = out(0, "ranges")
 				case p.what == "x/b -> z/a" && !p.want:
-					decided = set("x-ports-out", "eg1-ports")
+					decided = out(1, "ports")
 				}
 				if decided != "" && !strings.Contains(a.Text(), "matched @"+decided+" ") {
 					t.Errorf("%s: %s %s: explain does not name @%s:\n%s", mode, p.what, p.key(), decided, a.Text())
@@ -255,7 +259,7 @@ func TestClusterPortsRecheckInKernel(t *testing.T) {
 	}
 	narrowed := portsPolicies()
 	narrowed[0].Spec.Ingress[0].Protocols = narrowed[0].Spec.Ingress[0].Protocols[:4] // without TCP 8000-8999
-	if ts := tables(narrowed, 3); ts["node-1"].FindSet(nft.ObjectName("cnp", "x-ports-in", "cnp/x-ports-in", "in0-ranges")) != nil {
+	if ts := tables(narrowed, 3); ruleSet(ts["node-1"], "cnp/x-ports-in ingress rule 0", "ranges") != "" {
 		t.Fatal("the narrowed policy still has its port range")
 	}
 
@@ -279,4 +283,45 @@ func TestClusterPortsRecheckInKernel(t *testing.T) {
 		t.Fatal("epoch 3, the range gone from the policy: the connection lives on")
 	}
 	t.Logf("x/a:8600 from y/a: kept at epoch 2 (reply twin on the -ranges set), cut at epoch 3 (range removed)")
+}
+
+// ruleSet is the set of kind what (ports, ranges, v4, named-v4, ...) that the nft
+// rules of one ClusterNetworkPolicy rule look up ("" if none does): they are
+// found by their comment, which begins with rule ("cnp/x ingress rule 0"); the
+// set's name ends in -<what>. Sets are named by the rule's content, not its
+// index, so a test finds them through the rules.
+func ruleSet(rs *nft.Ruleset, rule, what string) string {
+	for _, r := range cnpRules(rs, rule) {
+		for _, m := range r.Matches {
+			if ok, _ := regexp.MatchString(`-(in|eg)-[0-9a-f]{8}(-[0-9]+)?-`+what+`$`, m.Set); ok {
+				return m.Set
+			}
+		}
+	}
+	return ""
+}
+
+// ruleCounter is the named counter of one ClusterNetworkPolicy rule (as ruleSet
+// finds its rules).
+func ruleCounter(rs *nft.Ruleset, rule string) string {
+	for _, r := range cnpRules(rs, rule) {
+		for _, st := range r.Statements {
+			if c, ok := st.(nft.CounterRef); ok {
+				return c.Name
+			}
+		}
+	}
+	return ""
+}
+
+func cnpRules(rs *nft.Ruleset, rule string) []nft.Rule {
+	var out []nft.Rule
+	for _, ch := range rs.Chains {
+		for _, r := range ch.Rules {
+			if rest, ok := strings.CutPrefix(r.Comment, rule); ok && (strings.HasPrefix(rest, " (") || strings.HasPrefix(rest, ":")) {
+				out = append(out, r)
+			}
+		}
+	}
+	return out
 }

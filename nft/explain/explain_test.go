@@ -378,7 +378,7 @@ func TestExplainTiers(t *testing.T) {
 	}
 	// The walk ends in the rule's drop chain, which logs.
 	last := a.Ingress.Trace.Steps[len(a.Ingress.Trace.Steps)-1]
-	if !strings.HasSuffix(last.Chain, "-in0-drop") || last.Verdict != "drop" {
+	if !strings.Contains(last.Chain, "cnp/default-deny-in-") || !strings.HasSuffix(last.Chain, "-drop") || last.Verdict != "drop" {
 		t.Errorf("last step %+v", last)
 	}
 	// y/b (node-1) -> its own node: judged at input, Admin denies.
