@@ -100,8 +100,8 @@ const podIPIndex = "status.podIPs"
 
 func indexPodIPs(obj client.Object) []string {
 	pod, ok := obj.(*corev1.Pod)
-	if !ok || pod.Spec.HostNetwork {
-		return nil // a node address names no pod
+	if !ok || pod.Spec.HostNetwork || compile.PodFinished(pod) {
+		return nil // a node address names no pod; a finished pod's is released
 	}
 	var out []string
 	for _, ip := range pod.Status.PodIPs {

@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	"github.com/nftpolicy/nftpolicy/nft/compile"
@@ -423,5 +424,43 @@ func TestPolicyCollectorCounterCreatedAgain(t *testing.T) {
 		if got := collectSum(c); got != want {
 			t.Errorf("scrape %d: total %v, want %v", i, got, want)
 		}
+	}
+}
+
+// TestDenyLogSkipsFinishedPods: a finished pod (Succeeded, Failed) keeps
+// status.podIPs, but the CNI has released its address, which a new pod may
+// have. The deny log's address indexes (the agent's pod records, and pods in a
+// plain cache) leave finished pods out: the completed Job pod was named for the
+// new pod's packets until the agent knew the new pod (an unknown-pod drop of
+// its first packets), and then neither was (two pods, one address).
+func TestDenyLogSkipsFinishedPods(t *testing.T) {
+	in := &podInterner{}
+	idx := toolscache.NewIndexer(toolscache.MetaNamespaceKeyFunc, toolscache.Indexers{podIPIndex: indexRecordIPs})
+	job := testPod("batch", "job-abc12", "10.0.1.7", false)
+	job.Spec.NodeName = "n1"
+	job.Status.Phase = corev1.PodSucceeded
+	if err := idx.Add(in.record(job)); err != nil {
+		t.Fatal(err)
+	}
+	d := &denyLogger{pods: podIPReader{idx}}
+	a := netip.MustParseAddr("10.0.1.7")
+	got1 := d.endpoint(context.Background(), a) // the new pod not yet known
+
+	web := testPod("shop", "web-7d9f", "10.0.1.7", false)
+	web.Spec.NodeName = "n1"
+	web.Status.Phase = corev1.PodRunning
+	if err := idx.Add(in.record(web)); err != nil {
+		t.Fatal(err)
+	}
+	got2 := d.endpoint(context.Background(), a)
+	if got1 != "10.0.1.7" || got2 != "shop/web-7d9f" {
+		t.Errorf("want the finished pod never named (10.0.1.7), and the running pod named (shop/web-7d9f); got %q, %q", got1, got2)
+	}
+	// The index over whole pods likewise.
+	if got := indexPodIPs(job); len(got) != 0 {
+		t.Errorf("indexPodIPs(a finished pod) = %v, want none", got)
+	}
+	if got := indexPodIPs(web); len(got) != 1 || got[0] != "10.0.1.7" {
+		t.Errorf("indexPodIPs(a running pod) = %v", got)
 	}
 }

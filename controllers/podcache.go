@@ -232,10 +232,11 @@ func (r readerPods) each(ctx context.Context, fn func(*compile.Pod)) error {
 	return nil
 }
 
-// podIPIndex on the pod informer: the pods with an address (not hostNetwork).
+// podIPIndex on the pod informer: the pods with an address (not hostNetwork,
+// not finished: a terminal pod's address is released, maybe another pod's).
 func indexRecordIPs(obj any) ([]string, error) {
 	rec, ok := obj.(*cachedPod)
-	if !ok || rec.HostNetwork() {
+	if !ok || rec.HostNetwork() || rec.Finished() {
 		return nil, nil // a node address names no pod
 	}
 	out := make([]string, len(rec.Addrs()))

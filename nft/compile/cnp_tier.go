@@ -361,6 +361,9 @@ func (tp *tierPass) tierMaps(local []*podInfo) []nft.Set {
 		{tierBaseline, false}: {nft.MapBaselineEgressV4, nft.MapBaselineEgressV6},
 		{tierBaseline, true}:  {nft.MapBaselineIngressV4, nft.MapBaselineIngressV6},
 	}
+	// The local pods that claim each shared address (reported by the index): an
+	// Admin group judging an address must be every claimant's.
+	shared := sharedAddrs(local)
 	var out []nft.Set
 	for _, s := range slots {
 		for fi, v6 := range []bool{false, true} {
@@ -374,7 +377,8 @@ func (tp *tierPass) tierMaps(local []*podInfo) []nft.Set {
 			}
 			m := nft.Set{Name: names[s][fi], Type: []nft.DataType{typ}, Verdicts: true,
 				Comment: fmt.Sprintf("local %s subject %s -> its %s chain", s.tier, famName(v6), dir)}
-			taken := map[netip.Addr]bool{}
+			at := map[netip.Addr]int{}     // the element of each address
+			judged := map[netip.Addr]int{} // how many of its claimants have a group here
 			for _, pod := range local {
 				mine := tp.member[pod]
 				if mine == nil || mine[s.index()] == nil {
@@ -383,13 +387,34 @@ func (tp *tierPass) tierMaps(local []*podInfo) []nft.Set {
 				if s.tier == tierBaseline && ((s.ingress && pod.ingress != nil) || (!s.ingress && pod.egress != nil)) {
 					continue
 				}
+				chain := mine[s.index()].fam[fi].chain
 				for _, a := range pod.addrs {
-					if a.Is6() != v6 || taken[a] {
-						continue // a shared address: the first pod keeps it (reported)
+					if a.Is6() != v6 {
+						continue
 					}
-					taken[a] = true
+					judged[a]++
+					if i, ok := at[a]; ok {
+						// A shared address (reported), two groups: neither may
+						// judge the other's traffic, so it is dropped.
+						if e := &m.Elements[i]; e.Verdict.Chain != chain {
+							sharedDrop(e, shared[a])
+						}
+						continue
+					}
+					at[a] = len(m.Elements)
 					m.Elements = append(m.Elements, nft.Element{Key: []nft.Value{nft.Addr(a)},
-						Verdict: nft.Verdict{Kind: nft.Goto, Chain: mine[s.index()].fam[fi].chain}, Comment: comment(pod.ref)})
+						Verdict: nft.Verdict{Kind: nft.Goto, Chain: chain}, Comment: comment(pod.ref)})
+				}
+			}
+			// In the Admin tier, a claimant without the group: the group's Accept
+			// would widen its traffic, and no element would lose the others'
+			// Deny. Baseline can leave such a claimant to the group: a Baseline
+			// Accept allows what no policy isolating it denies anyway.
+			if s.tier == tierAdmin {
+				for a, refs := range shared {
+					if i, ok := at[a]; ok && judged[a] < len(refs) {
+						sharedDrop(&m.Elements[i], refs)
+					}
 				}
 			}
 			out = append(out, m)

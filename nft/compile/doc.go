@@ -70,9 +70,14 @@
 // the valid part of a broken rule would also be safe (it allows less than the rule
 // meant) but would make a rule half-enforced; whole rules are easier to reason about,
 // and the Problem says which one to fix. An invalid podSelector of a policy selects no
-// pod (there is nothing to isolate by it). Two local pods with the same address are
-// reported; the first one by namespace/name that a direction isolates keeps the map
-// entry.
+// pod (there is nothing to isolate by it). Local pods that claim one address (an
+// old pod whose sandbox is gone while its status still says Running, and the new
+// pod that got its address) are reported, and the kernel cannot tell their packets
+// apart: a direction that isolates one of them judges the address by its policies
+// (narrower than none for the other); one that isolates several by different
+// policies drops the address's traffic, as does an Admin tier in which different
+// ClusterNetworkPolicies (or some and none) select them. Neither's policies judge
+// the other's traffic where that would allow what the other's deny.
 //
 // # Groups
 //

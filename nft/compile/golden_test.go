@@ -114,7 +114,12 @@ var goldenCases = []goldenCase{
 		"cnp/pass-bad: ingress rule 0: protocol 0: port 70000 out of range 1-65535; the rule denies all",
 	}},
 	{name: "duplicate-address", node: "node-1", noCrosscheck: "two pods, one address: no packet-level truth", problems: []string{
-		"pods dup/one and dup/two on this node share address 10.9.1.1; the first of them that a direction isolates keeps it",
+		"pods dup/five and dup/six on this node share address 10.9.1.3: a direction that isolates one of them judges the address by its policies; " +
+			"one that isolates both by different policies, or in which different ClusterNetworkPolicies select them, drops its traffic",
+		"pods dup/four and dup/three on this node share address 10.9.1.2: a direction that isolates one of them judges the address by its policies; " +
+			"one that isolates both by different policies, or in which different ClusterNetworkPolicies select them, drops its traffic",
+		"pods dup/one and dup/two on this node share address 10.9.1.1: a direction that isolates one of them judges the address by its policies; " +
+			"one that isolates both by different policies, or in which different ClusterNetworkPolicies select them, drops its traffic",
 	}},
 }
 

@@ -385,7 +385,8 @@ func (ix *index) findAddressProblems() []Problem {
 			}
 			if first := owner[a]; first != nil {
 				problems = append(problems, Problem{Reason: fmt.Sprintf(
-					"pods %s and %s on this node share address %s; the first of them that a direction isolates keeps it", first.ref, p.ref, a)})
+					"pods %s and %s on this node share address %s: a direction that isolates one of them judges the address by its policies; "+
+						"one that isolates both by different policies, or in which different ClusterNetworkPolicies select them, drops its traffic", first.ref, p.ref, a)})
 				continue
 			}
 			owner[a] = p

@@ -3,6 +3,7 @@ package compile
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/nftpolicy/nftpolicy/nft"
@@ -52,9 +53,10 @@ func verdictMaps(local []*podInfo) []nft.Set {
 		{nft.MapIngressV6, nft.TypeIPv6Addr, true, true, "local isolated pod IPv6 -> its ingress chain"},
 	}
 	out := make([]nft.Set, 0, len(defs))
+	shared := sharedAddrs(local)
 	for _, d := range defs {
 		s := nft.Set{Name: d.name, Type: []nft.DataType{d.typ}, Verdicts: true, Comment: d.comment}
-		taken := map[netip.Addr]*podInfo{}
+		at := map[netip.Addr]int{} // the element of each address
 		for _, p := range local {
 			g := p.egress
 			verdict := nft.Jump
@@ -68,12 +70,19 @@ func verdictMaps(local []*podInfo) []nft.Set {
 				if a.Is6() != d.v6 {
 					continue
 				}
-				if other := taken[a]; other != nil {
-					// Already reported as a problem by the index; the first pod in
-					// namespace/name order keeps the address.
+				if i, ok := at[a]; ok {
+					// Pods that share an address (reported by the index): the one
+					// a direction isolates keeps it, a pod it does not isolate
+					// being judged by the isolated one's policies (narrower than
+					// none). Two isolated by different groups: neither's policies
+					// may judge the other's traffic (that would widen it), so the
+					// address's traffic is dropped.
+					if e := &s.Elements[i]; e.Verdict.Chain != g.chain {
+						sharedDrop(e, shared[a])
+					}
 					continue
 				}
-				taken[a] = p
+				at[a] = len(s.Elements)
 				s.Elements = append(s.Elements, nft.Element{
 					Key:     []nft.Value{nft.Addr(a)},
 					Verdict: nft.Verdict{Kind: verdict, Chain: g.chain},
@@ -84,6 +93,43 @@ func verdictMaps(local []*podInfo) []nft.Set {
 		out = append(out, s)
 	}
 	return out
+}
+
+// sharedAddrs is, for each address several local pods claim, their refs in
+// namespace/name order; nil when none is shared.
+func sharedAddrs(local []*podInfo) map[netip.Addr][]string {
+	var first map[netip.Addr]*podInfo
+	var out map[netip.Addr][]string
+	for _, p := range local {
+		for _, a := range p.addrs {
+			if first == nil {
+				first = make(map[netip.Addr]*podInfo, 2*len(local))
+			}
+			f := first[a]
+			switch {
+			case f == nil:
+				first[a] = p
+			case out == nil || out[a] == nil:
+				if out == nil {
+					out = map[netip.Addr][]string{}
+				}
+				out[a] = []string{f.ref, p.ref}
+			default:
+				out[a] = append(out[a], p.ref)
+			}
+		}
+	}
+	for _, refs := range out {
+		slices.Sort(refs)
+	}
+	return out
+}
+
+// sharedDrop is the verdict map element of a shared address whose traffic no
+// single claimant's policies may judge: a drop, its comment naming the pods.
+func sharedDrop(e *nft.Element, refs []string) {
+	e.Verdict = nft.Verdict{Kind: nft.Drop}
+	e.Comment = comment("address shared, dropped: " + strings.Join(refs, ", "))
 }
 
 // comment makes s acceptable as an nft comment: no quotes, backslashes or newlines,

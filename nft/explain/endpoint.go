@@ -90,7 +90,8 @@ func (e End) String() string {
 }
 
 // NotFoundError is a question about something the cluster does not have, or that
-// has no address to ask about: an unknown pod or node, a pod without an address.
+// has no address to ask about: an unknown pod or node, a pod without an address,
+// an address several pods claim.
 type NotFoundError struct{ msg string }
 
 func (e *NotFoundError) Error() string { return e.msg }
@@ -160,7 +161,11 @@ func (c *Cluster) resolve(r Ref) (candidate, error) {
 		}
 		return candidate{}, notFound("node %s not found", r.Node)
 	case r.Addr.IsValid():
-		if p := c.firstPod(func(p *compile.Pod) bool { return p.Eligible() && slices.Contains(p.Addrs(), r.Addr) }); p != nil {
+		holds := func(p *compile.Pod) bool { return p.Eligible() && slices.Contains(p.Addrs(), r.Addr) }
+		if refs := c.podRefs(holds); len(refs) > 1 {
+			return candidate{}, notFound("address %s is claimed by pods %s (a problem the agents report): ask about one of them by name", r.Addr, strings.Join(refs, ", "))
+		}
+		if p := c.firstPod(holds); p != nil {
 			return candidate{ref: r, kind: KindPod, pod: p.Object(), node: p.Node(), addrs: []netip.Addr{r.Addr}}, nil
 		}
 		for _, n := range c.Nodes {
@@ -193,26 +198,56 @@ func (c *Cluster) resolve(r Ref) (candidate, error) {
 // a match is the rare case.
 func (c *Cluster) firstPod(match func(*compile.Pod) bool) *compile.Pod {
 	var best *compile.Pod
-	consider := func(p *compile.Pod) {
+	c.eachPod(func(p *compile.Pod) {
 		if match(p) && (best == nil ||
 			strings.Compare(p.Namespace()+"/"+p.Name(), best.Namespace()+"/"+best.Name()) < 0) {
 			best = p
 		}
+	})
+	return best
+}
+
+// podRefs is the namespace/name of every pod match accepts, sorted.
+func (c *Cluster) podRefs(match func(*compile.Pod) bool) []string {
+	var out []string
+	c.eachPod(func(p *compile.Pod) {
+		if match(p) {
+			out = append(out, p.Namespace()+"/"+p.Name())
+		}
+	})
+	slices.Sort(out)
+	return out
+}
+
+// sharers is the other pods of node that claim e's address (e a pod): the
+// compile reports them, and the node's table judges the address, which is
+// theirs as much as e's.
+func (c *Cluster) sharers(e End) []string {
+	if e.pod == nil || !e.addr.IsValid() {
+		return nil
 	}
+	self := e.pod.Namespace + "/" + e.pod.Name
+	return c.podRefs(func(p *compile.Pod) bool {
+		return p.Eligible() && p.Node() == e.Node && p.Namespace()+"/"+p.Name() != self && slices.Contains(p.Addrs(), e.addr)
+	})
+}
+
+// eachPod calls fn for Pods and the PodRecords they do not shadow, as the
+// compile reads them (the first of a key wins).
+func (c *Cluster) eachPod(fn func(*compile.Pod)) {
 	given := make(map[[2]string]bool, len(c.Pods))
 	for _, p := range c.Pods {
 		if key := [2]string{p.Namespace, p.Name}; !given[key] {
 			given[key] = true
 			rec := compile.PodOf(p)
-			consider(&rec)
+			fn(&rec)
 		}
 	}
 	for _, p := range c.PodRecords {
 		if !given[[2]string{p.Namespace(), p.Name()}] {
-			consider(p)
+			fn(p)
 		}
 	}
-	return best
 }
 
 // chooseFamily picks the family both ends have: the one asked for, else IPv4, else IPv6.

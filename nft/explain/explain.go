@@ -129,6 +129,9 @@ type Direction struct {
 	// node, which NetworkPolicy always allows"); IsolatedBy is then empty and
 	// Note names the policies that isolate the pod for other traffic.
 	exempt string
+	// shared: the end's address is another local pod's too; the table judges
+	// the address, and the pod's policies alone do not explain the verdict.
+	shared bool
 }
 
 // TierStep is what one ClusterNetworkPolicy tier decided for a direction.
@@ -707,6 +710,21 @@ func (x *explainer) evaluate(proto corev1.Protocol, port int, withSteps bool) (*
 	}
 	x.notes(r)
 	for _, d := range []struct {
+		dir *Direction
+		end End
+	}{{&r.egress, x.from}, {&r.ingress, x.to}} {
+		if others := x.c.sharers(d.end); len(others) > 0 && d.dir.JudgedBy != "" {
+			d.dir.shared = true
+			n := fmt.Sprintf("address %s is also pod %s's on node %s (a problem the agent reports): the table judges the address, "+
+				"by the policies of the one that is isolated, and drops its traffic where they isolate several by different policies",
+				d.end.addr, strings.Join(others, ", pod "), d.end.Node)
+			if d.dir.Note != "" {
+				n = d.dir.Note + "; " + n
+			}
+			d.dir.Note = n
+		}
+	}
+	for _, d := range []struct {
 		dir  *Direction
 		attr attribution
 	}{{&r.egress, egAttr}, {&r.ingress, ingAttr}} {
@@ -731,8 +749,8 @@ func (x *explainer) evaluate(proto corev1.Protocol, port int, withSteps bool) (*
 		}
 	}
 	check := func(name string, d Direction, a attribution, j netpolref.Judgement, walk *trace.Trace, node string, ingress bool) {
-		if d.JudgedBy == "" {
-			return
+		if d.JudgedBy == "" || d.shared {
+			return // a shared address: the table judges it, not the pod (the note says so)
 		}
 		what := fmt.Sprintf("%s %s/%d", name, strings.ToLower(string(proto)), port)
 		if want := verdictText(boolVerdict(j.Allowed)); want != d.Verdict {

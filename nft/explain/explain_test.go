@@ -2,6 +2,7 @@ package explain
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -479,6 +480,49 @@ func TestExplainOwnNode(t *testing.T) {
 				strings.Contains(a.Text(), "not what") || len(a.Mismatch) > 0 {
 				t.Errorf("tiers %v, %s -> %s:\n%s", tiers, q[0], q[1], a.Text())
 			}
+		}
+	}
+}
+
+// TestExplainSharedAddress: two local pods claim one address (reported by the
+// compile). Asked by the address, explain named the first pod by name, while
+// the kernel judged the address by the other's policies, and called the
+// difference a mismatch. Now: by address, an error naming the claimants; by
+// name, the verdict the table gives the address, with a note that says why,
+// and no mismatch.
+func TestExplainSharedAddress(t *testing.T) {
+	pod := func(ns, name, node, ip, app string) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": app}}}
+		p.Spec.NodeName = node
+		p.Status.Phase = corev1.PodRunning
+		p.Status.PodIP = ip
+		p.Status.PodIPs = []corev1.PodIP{{IP: ip}}
+		return p
+	}
+	c := Cluster{
+		Pods: []*corev1.Pod{
+			pod("a-team", "open-0", "node-1", "10.0.1.9", "open"),
+			pod("z-team", "locked-0", "node-1", "10.0.1.9", "locked"),
+			pod("c", "client", "node-2", "10.0.2.2", "client"),
+		},
+		Nodes: []*corev1.Node{node("node-1", "172.18.0.1"), node("node-2", "172.18.0.2")},
+		Policies: []*networkingv1.NetworkPolicy{{ObjectMeta: metav1.ObjectMeta{Namespace: "z-team", Name: "deny-all"},
+			Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}}},
+	}
+	_, err := Explain(c, Question{From: mustRef(t, "c/client"), To: mustRef(t, "10.0.1.9"), Port: 80}, Options{})
+	var nf *NotFoundError
+	if !errors.As(err, &nf) || !strings.Contains(err.Error(), "a-team/open-0, z-team/locked-0") {
+		t.Errorf("by address: %v, want an error naming both pods", err)
+	}
+	for _, to := range []string{"a-team/open-0", "z-team/locked-0"} {
+		a, err := Explain(c, Question{From: mustRef(t, "c/client"), To: mustRef(t, to), Port: 80}, Options{})
+		if err != nil {
+			t.Fatalf("%s: %v", to, err)
+		}
+		// z-team/locked-0 is isolated, a-team/open-0 not: the address is
+		// judged by deny-all, for both pods.
+		if a.Verdict != Deny || len(a.Mismatch) > 0 || !strings.Contains(a.Ingress.Note, "address 10.0.1.9 is also pod ") {
+			t.Errorf("to %s: verdict %s, mismatch %q, note %q\n%s", to, a.Verdict, a.Mismatch, a.Ingress.Note, a.Text())
 		}
 	}
 }
