@@ -118,7 +118,7 @@ func renderSet(b *strings.Builder, s Set) {
 		b.WriteString("\t\tflags interval\n")
 	}
 	if s.Comment != "" {
-		fmt.Fprintf(b, "\t\tcomment %q\n", s.Comment)
+		fmt.Fprintf(b, "\t\tcomment %s\n", quote(s.Comment))
 	}
 	if len(s.Elements) > 0 {
 		b.WriteString("\t\telements = {")
@@ -147,7 +147,7 @@ func RenderElement(types []DataType, e Element, withVerdict bool) string {
 	}
 	s := strings.Join(parts, " . ")
 	if e.Comment != "" {
-		s += fmt.Sprintf(" comment %q", e.Comment)
+		s += " comment " + quote(e.Comment)
 	}
 	if withVerdict {
 		s += " : " + e.Verdict.String()
@@ -188,7 +188,7 @@ func RenderRule(r Rule) string {
 	if r.Log != nil {
 		l := fmt.Sprintf("log group %d", r.Log.Group)
 		if r.Log.Prefix != "" {
-			l = fmt.Sprintf("log prefix %q group %d", r.Log.Prefix, r.Log.Group)
+			l = fmt.Sprintf("log prefix %s group %d", quote(r.Log.Prefix), r.Log.Group)
 		}
 		parts = append(parts, l)
 	}
@@ -198,7 +198,7 @@ func RenderRule(r Rule) string {
 		parts = append(parts, r.Verdict.String())
 	}
 	if r.Comment != "" {
-		parts = append(parts, fmt.Sprintf("comment %q", r.Comment))
+		parts = append(parts, "comment "+quote(r.Comment))
 	}
 	return strings.Join(parts, " ")
 }
@@ -209,9 +209,9 @@ func RenderStatement(st Statement) string {
 	case Limit:
 		return fmt.Sprintf("limit rate %d/%s burst %d packets", st.Rate, st.Per, st.Burst)
 	case CounterRef:
-		return fmt.Sprintf("counter name %q", st.Name)
+		return "counter name " + quote(st.Name)
 	case LimitRef:
-		return fmt.Sprintf("limit name %q", st.Name)
+		return "limit name " + quote(st.Name)
 	case CtMarkSet:
 		return fmt.Sprintf("ct mark set ct mark and 0x%08x or 0x%08x", ^st.Mask, st.Value)
 	}
@@ -395,3 +395,11 @@ func rangePrefix(lo, hi netip.Addr) (netip.Prefix, bool) {
 	}
 	return netip.Prefix{}, false
 }
+
+// quote writes s as an nft quoted string, the way nft lists one: between double
+// quotes, byte for byte. nft's quoted strings have no escapes (a backslash is
+// itself, and nothing can stand for a quote); Validate keeps quotes, backslashes,
+// control characters and invalid UTF-8 out of the strings Render quotes, so the
+// text loads with nft -f and reads as the kernel's listing does. (Go's %q wrote a
+// tab as \t and a broken byte as \xc3, which nft read as those characters.)
+func quote(s string) string { return `"` + s + `"` }

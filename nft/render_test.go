@@ -87,6 +87,28 @@ func TestValidateCatchesBrokenReferences(t *testing.T) {
 	}
 }
 
+// TestValidateComments: Validate refuses the comments nft cannot list as they
+// were written (Render quotes without escapes, as nft prints): quotes,
+// backslashes, control characters, invalid UTF-8; Render writes the others
+// byte for byte.
+func TestValidateComments(t *testing.T) {
+	table := func(c string) *Ruleset {
+		return &Ruleset{Table: "t", Chains: []Chain{{Name: "c", Rules: []Rule{{Comment: c}}}}}
+	}
+	for _, bad := range []string{`a"b`, `a\b`, "a\tb", "a\nb", "a\x7fb", "caf\xc3", strings.Repeat("a", MaxCommentLen+1)} {
+		if err := table(bad).Validate(); err == nil {
+			t.Errorf("comment %q: want an error", bad)
+		}
+	}
+	good := "x/a d\u00e9j\u00e0 \u200b\u00a0 $x #y {z}; 'q'"
+	if err := table(good).Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if r := Render(table(good)); !strings.Contains(r, `comment "`+good+`"`) {
+		t.Errorf("Render does not write the comment as nft lists it:\n%s", r)
+	}
+}
+
 func TestObjectName(t *testing.T) {
 	n := ObjectName("ing", "x/allow-a", "x/allow-a", "any-v4")
 	if !ValidName(n) || !strings.HasPrefix(n, "ing-") || !strings.HasSuffix(n, "-x/allow-a-any-v4") {

@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // MaxNameLen bounds table, chain and set names. The kernel allows 255 bytes; we keep
@@ -141,8 +143,8 @@ func (r *Ruleset) Validate() error {
 					bad("%s: %v", where, err)
 				}
 			}
-			if rule.Log != nil && (len(rule.Log.Prefix) > MaxLogPrefixLen || strings.ContainsAny(rule.Log.Prefix, "\"\\\n")) {
-				bad("%s: log prefix longer than %d bytes or with a quote, backslash or newline", where, MaxLogPrefixLen)
+			if rule.Log != nil && (len(rule.Log.Prefix) > MaxLogPrefixLen || checkQuoted(rule.Log.Prefix) != nil) {
+				bad("%s: log prefix longer than %d bytes, not UTF-8, or with a quote, backslash or control character", where, MaxLogPrefixLen)
 			}
 			if rule.VMap != nil {
 				s := sets[rule.VMap.Map]
@@ -275,8 +277,23 @@ func checkComment(s string) error {
 	if len(s) > MaxCommentLen {
 		return fmt.Errorf("comment longer than %d bytes", MaxCommentLen)
 	}
-	if strings.ContainsAny(s, "\"\n\\") {
-		return fmt.Errorf("comment %q contains a quote, backslash or newline", s)
+	if err := checkQuoted(s); err != nil {
+		return fmt.Errorf("comment %q %w", s, err)
+	}
+	return nil
+}
+
+// checkQuoted reports what keeps s from being an nft quoted string that lists
+// as it was written (Render's quote): a quote, which nothing can escape; a
+// backslash, which nft keeps but readers take for an escape; a control
+// character (a newline ends the line, a tab reads as spaces); invalid UTF-8,
+// which makes grep call the listing binary and nft -j drop the string.
+func checkQuoted(s string) error {
+	if !utf8.ValidString(s) {
+		return errors.New("is not valid UTF-8")
+	}
+	if i := strings.IndexFunc(s, func(r rune) bool { return r == '"' || r == '\\' || unicode.IsControl(r) }); i >= 0 {
+		return fmt.Errorf("contains a quote, backslash or control character (byte %d)", i)
 	}
 	return nil
 }

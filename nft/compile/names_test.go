@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -67,6 +68,30 @@ func TestListComment(t *testing.T) {
 		got := listComment("allowed by", c.refs)
 		if got != c.want || len(got) > nft.MaxCommentLen {
 			t.Errorf("listComment(%q) = %q, want %q", c.refs, got, c.want)
+		}
+	}
+}
+
+// TestComment: a comment is UTF-8 without control characters, cut on a
+// character boundary with a visible mark (rule names are free text: a cut in the
+// middle of a character left a lone byte in the kernel's listing, which grep
+// calls binary and nft -j drops).
+func TestComment(t *testing.T) {
+	long := "cnp/x egress rule 4 (" + strings.Repeat("a", 99) + strings.Repeat("\u00e9", 5) + "): Deny"
+	for _, c := range []struct{ in, want string }{
+		{"x/a", "x/a"},
+		{"tab\there\nand \"q\" \\ \x7f\u0085", "tab_here_and _q_ _ __"},
+		{"broken \xc3 byte, real \ufffd", "broken _ byte, real \ufffd"},
+		{strings.Repeat("a", 128), strings.Repeat("a", 128)},
+		{strings.Repeat("a", 129), strings.Repeat("a", 125) + "..."},
+		{long, long[:len("cnp/x egress rule 4 (")+99] + "\u00e9\u00e9..."}, // 127 bytes: half an é does not fit
+	} {
+		got := comment(c.in)
+		if got != c.want || len(got) > nft.MaxCommentLen || !utf8.ValidString(got) {
+			t.Errorf("comment(%q) = %q (%d bytes), want %q", c.in, got, len(got), c.want)
+		}
+		if err := (&nft.Ruleset{Table: "t", Chains: []nft.Chain{{Name: "c", Rules: []nft.Rule{{Comment: got}}}}}).Validate(); err != nil {
+			t.Errorf("comment(%q): %v", c.in, err)
 		}
 	}
 }

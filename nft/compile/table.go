@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/nftpolicy/nftpolicy/nft"
 )
@@ -132,20 +134,48 @@ func sharedDrop(e *nft.Element, refs []string) {
 	e.Comment = comment("address shared, dropped: " + strings.Join(refs, ", "))
 }
 
-// comment makes s acceptable as an nft comment: no quotes, backslashes or newlines,
-// at most nft.MaxCommentLen bytes.
+// comment makes s acceptable as an nft comment (nft.Validate): quotes,
+// backslashes and control characters (rule names are free text) become '_', as
+// does what is not UTF-8, and a longer text is cut to nft.MaxCommentLen bytes on a
+// character boundary, ending in cutMark.
 func comment(s string) string {
-	s = strings.Map(func(r rune) rune {
-		switch r {
-		case '"', '\\', '\n', '\r':
-			return '_'
+	return cut(clean(s), nft.MaxCommentLen)
+}
+
+// clean replaces what an nft comment cannot hold with '_', byte for byte where
+// s is UTF-8 (one '_' for each broken byte otherwise).
+func clean(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		switch {
+		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
+			b.WriteByte('_') // a byte that is not UTF-8
+		case r == '"', r == '\\', unicode.IsControl(r):
+			b.WriteByte('_')
+		default:
+			b.WriteRune(r)
 		}
-		return r
-	}, s)
-	if len(s) > nft.MaxCommentLen {
-		s = s[:nft.MaxCommentLen]
 	}
-	return s
+	return b.String()
+}
+
+// cutMark ends a text cut short, so that a reader knows there was more.
+const cutMark = "..."
+
+// cut shortens s to at most n bytes: the longest prefix that ends on a character
+// boundary and leaves room for cutMark, then cutMark. s fitting is s.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	if n < len(cutMark) {
+		return cutMark[:max(n, 0)]
+	}
+	i := n - len(cutMark)
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + cutMark
 }
 
 // listComment is prefix followed by as many of refs as fit in a comment, then

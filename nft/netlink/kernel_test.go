@@ -162,6 +162,12 @@ var (
 
 func rule(v nft.Verdict, ms ...nft.Match) nft.Rule { return nft.Rule{Matches: ms, Verdict: v} }
 
+// oddComment is a comment of nft.MaxCommentLen bytes with what nft prints as
+// it is and Go's %q does not: characters that are not printable in Go's sense
+// (a zero-width space, a no-break space) and ones an nft parser might take for
+// syntax. Render must quote it as nft lists it, within nft's length limit.
+var oddComment = "x/odd \u200b\u00a0 $v #c {b}; 'q' caf\u00e9 \u2192 " + strings.Repeat("a", 128-len("x/odd \u200b\u00a0 $v #c {b}; 'q' caf\u00e9 \u2192 "))
+
 // richModel uses every match, statement, verdict and set kind of the model.
 func richModel(table string) *nft.Ruleset {
 	tcp, udp := nft.Num(nft.ProtoTCP), nft.Num(nft.ProtoUDP)
@@ -191,8 +197,8 @@ func richModel(table string) *nft.Ruleset {
 		{Name: "iv6", Type: tInet6, Interval: true, Elements: []nft.Element{
 			nft.Elem(p4("fd00::/64")), nft.Elem(ad("fd01::1")), nft.Elem(rg("fd02::1", "fd02::5")), nft.Elem(p4("ffff::/16")),
 		}},
-		{Name: "s4", Type: tInet4, Comment: "plain", Elements: []nft.Element{
-			{Key: []nft.Value{ad("10.1.1.1")}, Comment: "p"}, nft.Elem(ad("10.1.1.2")),
+		{Name: "s4", Type: tInet4, Comment: oddComment, Elements: []nft.Element{
+			{Key: []nft.Value{ad("10.1.1.1")}, Comment: "p d\u00e9j\u00e0 vu \u2615"}, nft.Elem(ad("10.1.1.2")),
 		}},
 		{Name: "cc4", Type: tPorts4, Elements: []nft.Element{
 			nft.Elem(ad("10.0.0.1"), tcp, nft.Num(80)), {Key: []nft.Value{ad("10.0.0.2"), udp, nft.Num(53)}, Comment: "dns"},
@@ -284,7 +290,7 @@ func richModel(table string) *nft.Ruleset {
 		rule(acc(), nft.InSet("ic6", nft.KeyICMPv6Type)),
 		rule(acc(), nft.InSet("cc4", kPorts4...)),
 		rule(acc(), nft.InSet("cc6", kPorts6...)),
-		{Matches: []nft.Match{nft.InSet("ci4", kPorts4...)}, Verdict: acc(), Comment: "x/p#0"},
+		{Matches: []nft.Match{nft.InSet("ci4", kPorts4...)}, Verdict: acc(), Comment: "x/p#0 $x {z}; 'q' zero\u200bwidth no\u00a0break"},
 		rule(to(nft.Goto, "c1"), nft.InSet("ci6", kPorts6...)),
 		rule(acc(), nft.Match{Keys: kPorts4, Values: []nft.Element{nft.Elem(ad("10.0.0.1"), tcp, nft.Num(80)), nft.Elem(ad("10.0.0.2"), udp, nft.Num(53))}}),
 		rule(acc(), nft.Match{Keys: kPorts6, Values: []nft.Element{nft.Elem(ad("fd00::1"), tcp, nft.Num(80)), nft.Elem(ad("fd00::2"), udp, nft.Num(53))}}),
