@@ -48,8 +48,22 @@ func TestLongNames(t *testing.T) {
 		t.Fatalf("%d ingress chains, want 1 for 30 policies on one pod", len(ing))
 	}
 	t.Logf("chain %s", ing[0].Name)
-	if drop := ing[0].Rules[len(ing[0].Rules)-1].Comment; !strings.HasSuffix(drop, " +30 more") {
-		t.Errorf("drop comment %q: want the policies that do not fit counted", drop)
+	drop := ing[0].Rules[len(ing[0].Rules)-1].Comment
+	if !strings.HasSuffix(drop, "... +29 more") || !strings.HasPrefix(drop, "isolated by "+ns+"/xxx") {
+		t.Errorf("drop comment %q: want the first policy, cut, and the others counted", drop)
+	}
+	// Every comment of a group's objects names a policy, if only in part.
+	for _, st := range rs.Sets {
+		if (strings.HasPrefix(st.Name, "ing-") || strings.HasPrefix(st.Name, "eg-")) && !strings.Contains(st.Comment, ns+"/x") {
+			t.Errorf("set %s: comment %q names no policy", st.Name, st.Comment)
+		}
+	}
+	for _, ch := range rs.Chains {
+		for _, r := range ch.Rules {
+			if r.Comment != "" && !strings.Contains(r.Comment, ns+"/x") {
+				t.Errorf("chain %s: comment %q names no policy", ch.Name, r.Comment)
+			}
+		}
 	}
 }
 
@@ -61,7 +75,9 @@ func TestListComment(t *testing.T) {
 		{nil, "allowed by"},
 		{[]string{"x/a"}, "allowed by x/a"},
 		{[]string{"x/a", "x/b"}, "allowed by x/a, x/b"},
-		{[]string{strings.Repeat("a", 120), "x/b"}, "allowed by +2 more"},
+		// The first ref always shows, cut to leave room for the count.
+		{[]string{strings.Repeat("a", 120), "x/b"}, "allowed by " + strings.Repeat("a", 128-len("allowed by  +1 more...")) + "... +1 more"},
+		{[]string{strings.Repeat("a", 200)}, "allowed by " + strings.Repeat("a", 128-len("allowed by ...")) + "..."},
 		{[]string{"x/a", strings.Repeat("b", 120)}, "allowed by x/a +1 more"},
 		{[]string{`x/"q"`}, "allowed by x/_q_"},
 	} {

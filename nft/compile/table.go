@@ -179,7 +179,9 @@ func cut(s string, n int) string {
 }
 
 // listComment is prefix followed by as many of refs as fit in a comment, then
-// "+N more" for the rest.
+// "+N more" for the rest. The first ref is always there, cut (with cutMark) to
+// leave room for the count when it is that long: a comment that names no policy
+// ("isolated by +1 more") left a policy nowhere in the listing.
 func listComment(prefix string, refs []string) string {
 	out := prefix
 	for i, r := range refs {
@@ -192,6 +194,9 @@ func listComment(prefix string, refs []string) string {
 			more = fmt.Sprintf(" +%d more", len(refs)-1-i)
 		}
 		if len(out)+len(sep)+len(r)+len(more) > nft.MaxCommentLen {
+			if i == 0 {
+				return comment(out + sep + cut(r, nft.MaxCommentLen-len(out)-len(sep)-len(more)) + more)
+			}
 			return comment(out + fmt.Sprintf(" +%d more", len(refs)-i))
 		}
 		out += sep + r
