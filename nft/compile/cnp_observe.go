@@ -148,7 +148,7 @@ func (tp *tierPass) observeInto(rs *nft.Ruleset, at *Attribution, opts Options) 
 					}
 					rs.Chains = append(rs.Chains, nft.Chain{Name: p.dropChain(r, reply), Rules: []nft.Rule{
 						{Statements: []nft.Statement{nft.LimitRef{Name: nft.ObjDenyLog}}, Log: &nft.Log{Group: opts.DenyLog.Group, Prefix: prefix}},
-						{Verdict: nft.Verdict{Kind: nft.Drop}, Comment: comment(cr.String() + ": logs and " + what)},
+						{Verdict: nft.Verdict{Kind: nft.Drop}, Comment: cr.comment(": logs and " + what)},
 					}})
 					at.Groups[prefix] = Group{Chain: p.dropChain(r, reply), Ingress: r.ingress, Reply: reply, Cluster: cr}
 				}

@@ -2,7 +2,6 @@ package compile
 
 import (
 	"cmp"
-	"fmt"
 	"net/netip"
 	"slices"
 
@@ -32,7 +31,9 @@ func (ps *pass) cnpSets(p *clusterPolicy) []nft.Set {
 			}
 			// Not the rule's index: a set's comment is part of its definition,
 			// and a rule that moves keeps its sets (ruleKeys).
-			what := fmt.Sprintf("%s %s rule %s", p.ref, dir, r.key)
+			// Cut, the policy's name goes first: "egress rule eg-<hash>" tells
+			// one rule's sets from another's.
+			what := func(lead string) string { return fitComment(lead, p.ref, " "+dir+" rule "+r.key, "", "") }
 			needPeers := r.allPorts || len(r.ports) > 0 || (r.ingress && len(r.named) > 0)
 			var peers *addrSet
 			if needPeers {
@@ -49,7 +50,7 @@ func (ps *pass) cnpSets(p *clusterPolicy) []nft.Set {
 				}
 				if needPeers && !r.everyAddr[famIndex(v6)] {
 					s := nft.Set{Name: p.peerSetName(r, v6), Type: []nft.DataType{typ}, Interval: r.networks,
-						Comment: comment("peers of " + what)}
+						Comment: what("peers of ")}
 					for _, rg := range peers.elems(v6, nil) {
 						s.Elements = append(s.Elements, nft.Element{Key: []nft.Value{addrValue(rg)}})
 					}
@@ -59,7 +60,7 @@ func (ps *pass) cnpSets(p *clusterPolicy) []nft.Set {
 					// A hash: a named port resolves to one number per pod, so
 					// every element is exact.
 					s := nft.Set{Name: p.setName(r, famSuffix("named-", v6)), Type: []nft.DataType{typ, nft.TypeInetProto, nft.TypeInetService},
-						Comment: comment("named port destinations of " + what)}
+						Comment: what("named port destinations of ")}
 					for _, e := range named {
 						if e.addr.Is6() == v6 {
 							s.Elements = append(s.Elements, nft.Element{Key: []nft.Value{nft.Addr(e.addr), nft.Num(uint32(e.proto)), nft.Num(uint32(e.port))}})
@@ -71,7 +72,7 @@ func (ps *pass) cnpSets(p *clusterPolicy) []nft.Set {
 			exact, ranges := splitPorts(r.ports)
 			if len(exact) > 0 {
 				s := nft.Set{Name: p.setName(r, "ports"), Type: []nft.DataType{nft.TypeInetProto, nft.TypeInetService},
-					Comment: comment("protocols and ports of " + what)}
+					Comment: what("protocols and ports of ")}
 				for _, pt := range exact {
 					s.Elements = append(s.Elements, nft.Element{Key: []nft.Value{nft.Num(uint32(pt.proto)), nft.Num(uint32(pt.lo))}})
 				}
@@ -79,7 +80,7 @@ func (ps *pass) cnpSets(p *clusterPolicy) []nft.Set {
 			}
 			if len(ranges) > 0 {
 				s := nft.Set{Name: p.setName(r, "ranges"), Type: []nft.DataType{nft.TypeInetProto, nft.TypeInetService}, Interval: true,
-					Comment: comment("protocols and port ranges of " + what)}
+					Comment: what("protocols and port ranges of ")}
 				for _, pt := range ranges {
 					s.Elements = append(s.Elements, nft.Element{Key: []nft.Value{nft.Num(uint32(pt.proto)), nft.NumRange(uint32(pt.lo), uint32(pt.hi))}})
 				}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -428,6 +429,67 @@ func TestClusterRuleObjectsFollowTheRule(t *testing.T) {
 				t.Errorf("step %d: the inserted rule's sets were not added:\n%s", i+1, tx)
 			}
 			last = next
+		}
+	}
+}
+
+// TestClusterRuleCommentsKeepTheRule: a ClusterNetworkPolicy of the longest
+// name with long rule names still gives every rule a comment that says which rule
+// it is and what it does ("egress rule 1 (...): Accept"), and every set one that
+// says which rule it serves: the policy's name is cut first, the rule's name
+// next. Cutting the comment's end gave a Deny and two Accepts one comment.
+func TestClusterRuleCommentsKeepTheRule(t *testing.T) {
+	name := strings.Repeat("admin-deny-all-", 17)[:253]
+	c := &cnpv1.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	c.Spec.Tier, c.Spec.Priority = cnpv1.AdminTier, 1
+	c.Spec.Subject.Namespaces = &metav1.LabelSelector{}
+	for i, act := range []cnpv1.ClusterNetworkPolicyRuleAction{"Deny", "Accept", "Accept"} {
+		c.Spec.Egress = append(c.Spec.Egress, cnpv1.ClusterNetworkPolicyEgressRule{
+			Name:   strings.Repeat("é", 45) + fmt.Sprintf("-%d", i), // 92 bytes
+			Action: act,
+			To:     []cnpv1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1.CIDR{cnpv1.CIDR(fmt.Sprintf("192.0.%d.0/24", i))}}},
+			Protocols: []cnpv1.ClusterNetworkPolicyProtocol{
+				{TCP: &cnpv1.ClusterNetworkPolicyProtocolTCP{DestinationPort: &cnpv1.Port{Number: 80}}},
+				{UDP: &cnpv1.ClusterNetworkPolicyProtocolUDP{DestinationPort: &cnpv1.Port{Range: &cnpv1.PortRange{Start: 1000, End: 2000}}}},
+			},
+		})
+	}
+	pod := modelPod("x", "a", "node-1", "10.244.1.10", "fd00:10:244:1::a", upstreamPorts())
+	snap := Snapshot{NodeName: "node-1", Pods: []*corev1.Pod{pod}, ClusterNetworkPolicies: []*cnpv1.ClusterNetworkPolicy{c}}
+	for _, opts := range []Options{{}, {DenyLog: DenyLog{Group: 1, Rate: 10}, Established: EstablishedRecheck}} {
+		rs, problems := Compile(snap, opts)
+		if len(problems) > 0 {
+			t.Fatal(problems)
+		}
+		if err := rs.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		ruleRE := regexp.MustCompile(`^cnp/admin-deny-all-.*\.\.\. egress rule ([0-2]) \(é+(?:-[0-2]|\.\.\.)\): (Deny|Accept)(, port ranges|: logs and drops.*)?$`)
+		for _, ch := range rs.Chains {
+			comments := map[string]bool{}
+			for _, r := range ch.Rules {
+				if r.Comment == "" || !strings.HasPrefix(ch.Name, "adm-") && !strings.HasPrefix(ch.Name, "cnp-") {
+					continue
+				}
+				m := ruleRE.FindStringSubmatch(r.Comment)
+				if m == nil {
+					t.Errorf("chain %s: comment %q does not say which rule and what it does", ch.Name, r.Comment)
+					continue
+				}
+				if want := []string{"Deny", "Accept", "Accept"}[m[1][0]-'0']; m[2] != want {
+					t.Errorf("chain %s: comment %q: rule %s is a %s", ch.Name, r.Comment, m[1], want)
+				}
+				comments[r.Comment] = true
+			}
+			if strings.HasPrefix(ch.Name, "adm-eg-") && len(comments) != 6 {
+				t.Errorf("chain %s: %d comments, want 6 (3 rules, ports and port ranges)", ch.Name, len(comments))
+			}
+		}
+		setRE := regexp.MustCompile(`^[a-z ]+ of cnp/admin-deny-all-.*\.\.\. egress rule eg-[0-9a-f]{8}$`)
+		for _, s := range rs.Sets {
+			if strings.HasPrefix(s.Name, "cnp-") && !setRE.MatchString(s.Comment) {
+				t.Errorf("set %s: comment %q does not name its rule", s.Name, s.Comment)
+			}
 		}
 	}
 }

@@ -262,19 +262,14 @@ func (g *tierGroup) verdict(a action, strict bool) nft.Verdict {
 // family. Which rules and matches a rule has depends on the policy alone, never
 // on pods.
 func (g *tierGroup) ruleRules(p *clusterPolicy, r *cnpRule, v6 bool, strict bool, obs tierObserve) []nft.Rule {
-	dir := "egress"
-	if r.ingress {
-		dir = "ingress"
-	}
-	act := map[action]string{actAccept: "Accept", actDeny: "Deny", actPass: "Pass"}[r.action]
-	text := fmt.Sprintf("%s %s rule %d%s: %s", p.ref, dir, r.index, ruleName(r.name), act)
+	cr := clusterRule(p, r)
 	v := obs.verdict(p, r, g.verdict(r.action, strict), false)
 	st := obs.statements(p, r)
 	switch {
 	case r.none:
 		return nil // fails closed: matches nothing (reported)
 	case r.denyAll:
-		return []nft.Rule{{Statements: st, Counter: true, Verdict: obs.verdict(p, r, nft.Verdict{Kind: nft.Drop}, false), Comment: comment(text + ", fails closed: deny all")}}
+		return []nft.Rule{{Statements: st, Counter: true, Verdict: obs.verdict(p, r, nft.Verdict{Kind: nft.Drop}, false), Comment: cr.comment("")}}
 	}
 	exact, ranges := splitPorts(r.ports)
 	peerKey, local := nft.KeyIPDaddr, nft.KeyIPDaddr
@@ -290,28 +285,28 @@ func (g *tierGroup) ruleRules(p *clusterPolicy, r *cnpRule, v6 bool, strict bool
 	if !r.everyAddr[famIndex(v6)] {
 		peers = []nft.Match{nft.InSet(p.peerSetName(r, v6), peerKey)}
 	}
-	rule := func(ms []nft.Match, text string) nft.Rule {
-		return nft.Rule{Matches: ms, Statements: st, Counter: true, Verdict: v, Comment: comment(text)}
+	rule := func(ms []nft.Match, more string) nft.Rule {
+		return nft.Rule{Matches: ms, Statements: st, Counter: true, Verdict: v, Comment: cr.comment(more)}
 	}
 	var out []nft.Rule
 	if r.allPorts {
-		out = append(out, rule(peers, text))
+		out = append(out, rule(peers, ""))
 	}
 	// Exact ports (a hash) and wide ranges (an interval set) are two sets and so
 	// two rules, each present only when its set is (splitPorts); both count into
 	// the rule's one named counter.
 	if len(exact) > 0 {
-		out = append(out, rule(append([]nft.Match{nft.InSet(p.setName(r, "ports"), nft.KeyL4Proto, nft.KeyTHDport)}, peers...), text))
+		out = append(out, rule(append([]nft.Match{nft.InSet(p.setName(r, "ports"), nft.KeyL4Proto, nft.KeyTHDport)}, peers...), ""))
 	}
 	if len(ranges) > 0 {
-		out = append(out, rule(append([]nft.Match{nft.InSet(p.setName(r, "ranges"), nft.KeyL4Proto, nft.KeyTHDport)}, peers...), text+", port ranges"))
+		out = append(out, rule(append([]nft.Match{nft.InSet(p.setName(r, "ranges"), nft.KeyL4Proto, nft.KeyTHDport)}, peers...), ", port ranges"))
 	}
 	if len(r.named) > 0 {
 		ms := []nft.Match{nft.InSet(p.setName(r, famSuffix("named-", v6)), local, nft.KeyL4Proto, nft.KeyTHDport)}
 		if r.ingress {
 			ms = append(ms, peers...)
 		}
-		out = append(out, rule(ms, text+", named ports"))
+		out = append(out, rule(ms, ", named ports"))
 	}
 	return out
 }

@@ -115,15 +115,30 @@ func (r *ClusterRule) Verdict() string {
 }
 
 func (r *ClusterRule) String() string {
+	ref, mid, tail := r.parts()
+	return ref + mid + ruleName(r.Name) + tail
+}
+
+// parts is the rule's String but its name: "cnp/<policy>", " egress rule 2"
+// and ": Accept", ", fails closed: deny all" when it does.
+func (r *ClusterRule) parts() (ref, mid, tail string) {
 	dir := "egress"
 	if r.Ingress {
 		dir = "ingress"
 	}
-	s := fmt.Sprintf("cnp/%s %s rule %d%s: %s", r.Policy, dir, r.Index, ruleName(r.Name), r.Action)
+	tail = ": " + r.Action
 	if r.FailClosed {
-		s += ", fails closed: deny all"
+		tail += ", fails closed: deny all"
 	}
-	return s
+	return "cnp/" + r.Policy, fmt.Sprintf(" %s rule %d", dir, r.Index), tail
+}
+
+// comment is the rule's String, then more, as a comment: the policy's name is
+// cut first when it is too long, the rule's name next (fitComment), never what
+// says which rule it is and what it does.
+func (r *ClusterRule) comment(more string) string {
+	ref, mid, tail := r.parts()
+	return fitComment("", ref, mid, r.Name, tail+more)
 }
 
 // GroupCounter is one of a group chain's two counters: the packets it allowed,

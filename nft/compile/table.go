@@ -203,3 +203,31 @@ func listComment(prefix string, refs []string) string {
 	}
 	return comment(out)
 }
+
+// minRef is the fewest bytes of a policy's namespace/name that fitComment keeps
+// before it cuts anything else.
+const minRef = 24
+
+// fitComment is lead + ref + mid + " (" + name + ")" + tail as a comment (no
+// parentheses without a name). When that is too long the ref (a policy's
+// namespace/name) is cut first, down to minRef bytes, then the name (a rule's,
+// free text), each with cutMark; lead, mid and tail are kept whole. A rule's
+// comment is "<ref> egress rule 2 (<name>): Accept": cutting its end made the
+// rules of a long-named policy, a Deny and two Accepts, carry one comment.
+func fitComment(lead, ref, mid, name, tail string) string {
+	lead, ref, mid, name, tail = clean(lead), clean(ref), clean(mid), clean(name), clean(tail)
+	fixed := len(lead) + len(mid) + len(tail)
+	if name != "" {
+		fixed += len(" ()")
+	}
+	if room := nft.MaxCommentLen - fixed - len(name); len(ref) > room {
+		ref = cut(ref, max(room, minRef))
+	}
+	if room := nft.MaxCommentLen - fixed - len(ref); len(name) > room {
+		name = cut(name, room)
+	}
+	if name != "" {
+		name = " (" + name + ")"
+	}
+	return comment(lead + ref + mid + name + tail)
+}
