@@ -72,22 +72,42 @@ func ShortHash(key string) string {
 // bits: keys an author crafts, or one in 2^32 by chance, share one). The label is
 // for people. Characters nft cannot take unquoted are replaced by '_'.
 func ObjectName(prefix, key, label, suffix string) string {
+	return ObjectNames(prefix, key, label, "", suffix)[0]
+}
+
+// ObjectNames names the objects of one key, one for each suffix, as ObjectName
+// does, but the label is followed by more (`_and_2`: two more policies stand
+// behind the objects), which is never cut, and it is cut once for all of them,
+// to what the longest suffix leaves room for: every name is `<base>-<suffix>`
+// (or `<base>` for the suffix ""), with one base, `<prefix>-<hash>-<label><more>`.
+// One prefix finds all of a group's objects, a chain's reply twin is
+// `<chain>-reply` when "reply" is one of the suffixes, and a cut label still says
+// how many policies it stands for (a name that kept the first policy and lost
+// `_and_1` told the reader of one policy where two ran).
+func ObjectNames(prefix, key, label, more string, suffixes ...string) []string {
 	head := ObjectHead(prefix, key)
-	tail := ""
-	if suffix != "" {
-		tail = "-" + suffix
-	}
-	label = sanitize(label)
-	if room := MaxNameLen - len(head) - len(tail) - 1; len(label) > room {
-		if room < 0 {
-			room = 0
+	longest := 0
+	for _, s := range suffixes {
+		if s != "" {
+			longest = max(longest, len(s)+1)
 		}
-		label = label[:room]
 	}
-	if label != "" {
-		head += "-" + label
+	label, more = sanitize(label), sanitize(more)
+	if room := MaxNameLen - len(head) - 1 - len(more) - longest; len(label) > room {
+		label = label[:max(room, 0)]
 	}
-	return head + tail
+	base := head
+	if label+more != "" {
+		base += "-" + label + more
+	}
+	out := make([]string, len(suffixes))
+	for i, s := range suffixes {
+		out[i] = base
+		if s != "" {
+			out[i] += "-" + s
+		}
+	}
+	return out
 }
 
 // ObjectHead is the head of ObjectName(prefix, key, ...): `<prefix>-<ShortHash(key)>`.

@@ -2,6 +2,7 @@ package nft
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -120,6 +121,28 @@ func TestObjectName(t *testing.T) {
 	}
 	if ObjectName("ing", "a", "l", "") == ObjectName("ing", "b", "l", "") {
 		t.Error("different keys must give different names")
+	}
+}
+
+// TestObjectNames: a family of objects shares one label, cut for the longest
+// suffix, and the count of the other policies behind it is never cut.
+func TestObjectNames(t *testing.T) {
+	names := ObjectNames("ing", "k", "x/"+strings.Repeat("n", 300), "_and_2", "", "ranges-v4", "reply")
+	base := names[0]
+	if !strings.HasSuffix(base, "nnn_and_2") || len(base)+len("-ranges-v4") != MaxNameLen {
+		t.Errorf("base %q (%d): want the label cut before _and_2, room for -ranges-v4", base, len(base))
+	}
+	if names[1] != base+"-ranges-v4" || names[2] != base+"-reply" {
+		t.Errorf("names %q: want <base>-ranges-v4 and <base>-reply", names)
+	}
+	for _, n := range names {
+		if !ValidName(n) {
+			t.Errorf("bad name %q", n)
+		}
+	}
+	// Short labels are ObjectName's.
+	if got, want := ObjectNames("ing", "k", "x/a", "_and_1", "", "any-v4"), []string{ObjectName("ing", "k", "x/a_and_1", ""), ObjectName("ing", "k", "x/a_and_1", "any-v4")}; !slices.Equal(got, want) {
+		t.Errorf("short: %q, want %q", got, want)
 	}
 }
 

@@ -147,14 +147,15 @@ func (g *tierGroup) name(taken map[string]bool) {
 		{tierAdmin, false}: "adm-eg", {tierAdmin, true}: "adm-in",
 		{tierBaseline, false}: "bl-eg", {tierBaseline, true}: "bl-in",
 	}[g.slot]
-	label := g.pols[0].ref
+	more := ""
 	if n := len(g.pols) - 1; n > 0 {
-		label += "_and_" + strconv.Itoa(n)
+		more = "_and_" + strconv.Itoa(n)
 	}
 	key := nft.UniqueKey(taken, prefix, g.key)
-	for fi, fam := range []string{"v4", "v6"} {
-		g.fam[fi].chain = nft.ObjectName(prefix, key, label, fam)
-		g.fam[fi].replyChain = nft.ObjectName(prefix, key, label, fam+"-"+nft.SuffixReply)
+	reply := "-" + nft.SuffixReply
+	names := nft.ObjectNames(prefix, key, g.pols[0].ref, more, "v4", "v6", "v4"+reply, "v6"+reply)
+	for fi := range g.fam {
+		g.fam[fi].chain, g.fam[fi].replyChain = names[fi], names[2+fi]
 	}
 }
 

@@ -106,18 +106,19 @@ func (g *group) name(taken map[string]bool, known *groupNames) {
 		taken[head] = true
 		return
 	}
-	g.label = g.policies[0].ref
+	more := ""
 	if n := len(g.policies) - 1; n > 0 {
-		g.label += "_and_" + strconv.Itoa(n)
+		more = "_and_" + strconv.Itoa(n)
 	}
 	// Unique by head, not by whole name: two keys of one hash have different
 	// labels as a rule, but the deny log names a chain by its head.
 	key := nft.UniqueKey(taken, prefix, g.key)
-	g.chain = nft.ObjectName(prefix, key, g.label, "")
-	for i, suffix := range []string{"any-v4", "ports-v4", "ranges-v4", "any-v6", "ports-v6", "ranges-v6"} {
-		g.setNames[i] = nft.ObjectName(prefix, key, g.label, suffix)
-	}
-	g.counters = [2]string{nft.ObjectName(prefix, key, g.label, VerdictAllow), nft.ObjectName(prefix, key, g.label, VerdictDeny)}
+	// One label for all: the reply chain (strict mode) is <chain>-reply.
+	names := nft.ObjectNames(prefix, key, g.policies[0].ref, more,
+		"", "any-v4", "ports-v4", "ranges-v4", "any-v6", "ports-v6", "ranges-v6", VerdictAllow, VerdictDeny, nft.SuffixReply)
+	g.chain, g.label = names[0], g.policies[0].ref+more
+	copy(g.setNames[:], names[1:7])
+	g.counters = [2]string{names[7], names[8]}
 	g.collided = key != g.key
 }
 
@@ -173,7 +174,7 @@ func (g *group) allowRules(v4, v6, port nft.Key, allow nft.Verdict, counted []nf
 
 // replyName is the name of the group's reply chain (strict mode).
 func (g *group) replyName() string {
-	return strings.TrimSuffix(g.setNames[0], "-any-v4") + "-" + nft.SuffixReply
+	return g.chain + "-" + nft.SuffixReply
 }
 
 // replyValue is the group's reply chain (strict mode): a reply packet of a

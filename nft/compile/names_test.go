@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -64,6 +65,81 @@ func TestLongNames(t *testing.T) {
 				t.Errorf("chain %s: comment %q names no policy", ch.Name, r.Comment)
 			}
 		}
+	}
+}
+
+// TestLongGroupNamesKeepTheCount: the objects of a group of long-named
+// policies say how many policies run there (`_and_1`, which the label's cut
+// took off before) and share one label, so one prefix finds them all and a
+// chain's reply twin is `<chain>-reply` (strict mode), for NetworkPolicy groups
+// and ClusterNetworkPolicy tier groups.
+func TestLongGroupNamesKeepTheCount(t *testing.T) {
+	ns := strings.Repeat("n", 63)
+	pod := modelPod(ns, "p", "node-1", "10.0.0.1", "fd00::1", upstreamPorts())
+	var pols []*networkingv1.NetworkPolicy
+	var cnps []*cnpv1.ClusterNetworkPolicy
+	for i := range 2 {
+		pols = append(pols, &networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("%s-%d", strings.Repeat("x", 100), i)},
+			Spec: networkingv1.NetworkPolicySpec{
+				PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
+				Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{}}}}},
+			},
+		})
+		c := &cnpv1.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%d", strings.Repeat("admin-deny-all-", 10), i)}}
+		c.Spec.Tier, c.Spec.Priority = cnpv1.AdminTier, int32(i)
+		c.Spec.Subject.Namespaces = &metav1.LabelSelector{}
+		c.Spec.Egress = []cnpv1.ClusterNetworkPolicyEgressRule{{Action: "Deny", To: []cnpv1.ClusterNetworkPolicyEgressPeer{{Networks: []cnpv1.CIDR{"192.0.2.0/24"}}}}}
+		cnps = append(cnps, c)
+	}
+	rs, problems := Compile(Snapshot{NodeName: "node-1", Pods: []*corev1.Pod{pod}, Policies: pols, ClusterNetworkPolicies: cnps},
+		Options{Established: EstablishedRecheck, PolicyCounters: true})
+	if len(problems) > 0 {
+		t.Fatal(problems)
+	}
+	if err := rs.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range rs.Chains {
+		names = append(names, c.Name)
+	}
+	for _, s := range rs.Sets {
+		names = append(names, s.Name)
+	}
+	for _, o := range rs.Objects {
+		names = append(names, o.Name)
+	}
+	groups := 0
+	for _, c := range rs.Chains {
+		var base string
+		switch {
+		case strings.HasPrefix(c.Name, "ing-") || strings.HasPrefix(c.Name, "eg-"):
+			if strings.HasSuffix(c.Name, "-reply") {
+				continue
+			}
+			base = c.Name
+		case strings.HasPrefix(c.Name, "adm-") && strings.HasSuffix(c.Name, "-v4"):
+			base = strings.TrimSuffix(c.Name, "-v4")
+		default:
+			continue
+		}
+		groups++
+		if !strings.HasSuffix(base, "_and_1") {
+			t.Errorf("chain %s: the name does not say that two policies run there", c.Name)
+		}
+		if !slices.Contains(names, c.Name+"-reply") {
+			t.Errorf("chain %s: no reply twin %s-reply", c.Name, c.Name)
+		}
+		head := regexp.MustCompile(`^[a-z-]+-[0-9a-f]{8}-`).FindString(base) // <prefix>-<hash>-
+		for _, n := range names {
+			if strings.HasPrefix(n, head) && !strings.HasPrefix(n, base) {
+				t.Errorf("%s: the label is not chain %s's", n, c.Name)
+			}
+		}
+	}
+	if groups != 3 {
+		t.Errorf("%d group chains (ingress, egress, Admin egress), want 3", groups)
 	}
 }
 
