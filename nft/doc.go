@@ -20,7 +20,7 @@
 //	map ingress-v4 ...     local isolated pod address -> goto ing-<hash>-<policies>
 //	chain ing-<hash>-<ns>/<policy>[_and_N]   one per group of local pods selected by the
 //	    same policies (and resolving named ports alike):
-//	    ct state invalid drop
+//	    ct state invalid counter drop
 //	    ip saddr @<set>-any-v4 accept                                peers allowed on every port
 //	    ip saddr . meta l4proto . th dport @<set>-ports-v4 accept    peer . protocol . port (hash)
 //	    ip saddr . meta l4proto . th dport @<set>-ranges-v4 accept   the same with ranges (interval)
@@ -209,7 +209,7 @@
 // older epoch is judged as its connection. The input chain is rechecked too:
 //
 //	chain input
-//	    ct state established,related ct mark and 0x00ff0000 == 0x00050000 accept   epoch 5
+//	    ct state established,related ct mark & 0x00ff0000 == 0x00050000 accept   epoch 5
 //	    icmpv6 type { nd-* } accept
 //	    ct direction reply accept      a reply to a connection the node opened
 //	    jump admin-egress
@@ -233,17 +233,20 @@
 // the current epoch take the fast path:
 //
 //	chain forward
-//	    ct state established,related ct mark and 0x00ff0000 == 0x00050000 accept   epoch 5
+//	    ct state established,related ct mark & 0x00ff0000 == 0x00050000 accept   epoch 5
 //	    icmpv6 type { nd-* } accept
 //	    ct direction reply goto reply-recheck      a reply of an older epoch
 //	    jump pod-egress
 //	    jump pod-ingress
 //	    goto ct-stamp                              allowed: not isolated, or egress allowed
-//	chain ct-stamp         ct mark set ct mark and 0xff00ffff or 0x00050000 accept
+//	chain ct-stamp         ct mark set ct mark & 0xff05ffff | 0x00050000 accept
+//	                       (keep the bits outside the mask, set epoch 5: nft lists the
+//	                       mask 0xff00ffff with the epoch's bits folded in, which the
+//	                       | sets anyway)
 //	chain reply-recheck    jump pod-egress-reply; jump pod-ingress-reply; goto ct-stamp
 //	chain pod-egress-reply    ip daddr vmap @egress-v4;  ip6 daddr vmap @egress-v6
 //	chain pod-ingress-reply   ip saddr vmap @ingress-v4; ip6 saddr vmap @ingress-v6
-//	chain ing-<hash>-...   ct state invalid drop
+//	chain ing-<hash>-...   ct state invalid counter drop
 //	                       ct direction reply goto ing-<hash>-...-reply
 //	                       the allow rules, with `goto ct-stamp` instead of accept
 //	                       counter drop
