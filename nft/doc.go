@@ -538,5 +538,13 @@
 //
 // # Names
 //
-// names.go holds the naming contract; see ObjectName.
+// names.go holds the naming contract; see ObjectName and ObjectNames. A name
+// longer than 127 bytes has its label cut, never its head (prefix and hash), the
+// `_and_N` that counts a group's other policies, or its suffix; all the objects of
+// a group are cut alike, so the chain's name is the prefix of its sets' and
+// counters' names and its reply twin is `<chain>-reply`. A comment longer than
+// nft's 128 bytes is cut with "...": a group's comment still names its first
+// policy ("isolated by <ns>/<na... +2 more"), and a ClusterNetworkPolicy rule's
+// loses the policy's name first, then the rule's, never "egress rule 2" or its
+// action.
 package nft

@@ -14,7 +14,8 @@ import (
 // Fixed objects are short kebab-case nouns. Per-policy objects carry a short hash of
 // what they stand for (unique, stable) followed by the readable namespace/name of the
 // policy behind them, as in `ing-3fa9c2d1-x/allow-a`, or `ing-3fa9c2d1-x/allow-a_and_2`
-// when three policies share the object (nft takes only [a-zA-Z0-9/_.-] unquoted).
+// when three policies share the object (nft takes only [a-zA-Z0-9/_.-] unquoted;
+// a long label is cut before `_and_2`, alike for all a group's objects: ObjectNames).
 const (
 	DefaultTable = "nftpolicy"
 
