@@ -100,6 +100,9 @@ func (tp *tierPass) observeInto(rs *nft.Ruleset, at *Attribution, opts Options) 
 	seen := map[*clusterPolicy]bool{}
 	for _, g := range tp.groups {
 		for _, f := range g.fam {
+			if !f.present {
+				continue
+			}
 			at.Tiers[f.chain] = f.ruleOf
 			if tp.strict {
 				at.Tiers[f.replyChain] = f.replyRuleOf

@@ -126,6 +126,9 @@ func (tp *tierPass) tiersInto(rs *nft.Ruleset, local []*podInfo) {
 	slices.SortFunc(tp.groups, func(a, b *tierGroup) int { return strings.Compare(a.fam[0].chain, b.fam[0].chain) })
 	for _, g := range tp.groups {
 		for _, f := range g.fam {
+			if !f.present {
+				continue
+			}
 			rs.Chains = append(rs.Chains, f.chainV)
 			if tp.strict {
 				rs.Chains = append(rs.Chains, f.replyV)

@@ -40,8 +40,11 @@ type tierGroup struct {
 // famChain is a tier group's chain for one family: its tier map of that family
 // sends the group's subjects there, so a packet walks only its own family's rules.
 type famChain struct {
-	chain  string
-	chainV nft.Chain
+	// present: some subject of the group has an address of the family; a
+	// family no subject has gets no chain (its map has no element to send there).
+	present bool
+	chain   string
+	chainV  nft.Chain
 	// Strict mode: the chain's twin for replies of an older epoch.
 	replyChain string
 	replyV     nft.Chain
@@ -86,6 +89,12 @@ func (ps *pass) buildTiers(tp *tierPass, cache map[string][]nft.Set) map[string]
 		}
 		var mine [4]*tierGroup
 		for _, s := range slots {
+			if s.tier == tierBaseline && ((s.ingress && pod.ingress != nil) || (!s.ingress && pod.egress != nil)) {
+				// NetworkPolicy isolates the pod in this direction and always
+				// decides: no Baseline group (its chain would be reached by no
+				// map element, and tell a reader Baseline judges the pod).
+				continue
+			}
 			var pols []*clusterPolicy
 			for _, p := range sel {
 				if p.tier == s.tier && len(p.rules(s.ingress)) > 0 {
@@ -111,6 +120,9 @@ func (ps *pass) buildTiers(tp *tierPass, cache map[string][]nft.Set) map[string]
 					used[p] = true
 				}
 			}
+			for _, a := range pod.addrs {
+				g.fam[famIndex(a.Is6())].present = true
+			}
 			mine[s.index()] = g
 		}
 		tp.member[pod] = &mine
@@ -121,7 +133,9 @@ func (ps *pass) buildTiers(tp *tierPass, cache map[string][]nft.Set) map[string]
 		g := byKey[key]
 		g.name(taken)
 		for fi := range g.fam {
-			g.chainValue(fi == 1, tp.strict, tp.obs)
+			if g.fam[fi].present {
+				g.chainValue(fi == 1, tp.strict, tp.obs)
+			}
 		}
 		tp.groups = append(tp.groups, g)
 	}
@@ -378,10 +392,7 @@ func (tp *tierPass) tierMaps(local []*podInfo) []nft.Set {
 			for _, pod := range local {
 				mine := tp.member[pod]
 				if mine == nil || mine[s.index()] == nil {
-					continue
-				}
-				if s.tier == tierBaseline && ((s.ingress && pod.ingress != nil) || (!s.ingress && pod.egress != nil)) {
-					continue
+					continue // no group: not selected, or (Baseline) NetworkPolicy isolates it
 				}
 				chain := mine[s.index()].fam[fi].chain
 				for _, a := range pod.addrs {

@@ -217,8 +217,16 @@ func ClusterTiersMixedFamily(rs *nft.Ruleset) *nft.Ruleset {
 	for _, b := range order {
 		p := pairs[b]
 		merged := nft.Chain{Name: b}
+		for fi := range p {
+			if p[fi] == nil {
+				p[fi] = &nft.Chain{} // a family no subject of the group has
+			}
+		}
 		head4, r4 := runs(*p[0], 4)
-		_, r6 := runs(*p[1], 6)
+		head6, r6 := runs(*p[1], 6)
+		if len(head4) == 0 {
+			head4 = head6
+		}
 		for _, h := range head4 {
 			h.Verdict.Chain = b + "-reply"
 			merged.Rules = append(merged.Rules, h)
@@ -226,6 +234,11 @@ func ClusterTiersMixedFamily(rs *nft.Ruleset) *nft.Ruleset {
 		for i := range r4 {
 			merged.Rules = append(merged.Rules, r4[i].rules...)
 			if i < len(r6) && (len(r6[i].rules) != 1 || len(r6[i].rules[0].Matches) != 0) {
+				merged.Rules = append(merged.Rules, r6[i].rules...)
+			}
+		}
+		if len(r4) == 0 {
+			for i := range r6 {
 				merged.Rules = append(merged.Rules, r6[i].rules...)
 			}
 		}
