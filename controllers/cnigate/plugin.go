@@ -121,7 +121,12 @@ func Run(getenv func(string) string, stdin io.Reader, stdout io.Writer, node Nod
 	}
 	switch cmd {
 	case "VERSION":
-		return write(stdout, map[string]any{"cniVersion": supportedVersions[len(supportedVersions)-1], "supportedVersions": supportedVersions})
+		// The specification ("VERSION Success"): cniVersion is the input's.
+		v := conf.CNIVersion
+		if v == "" {
+			v = supportedVersions[len(supportedVersions)-1]
+		}
+		return write(stdout, map[string]any{"cniVersion": v, "supportedVersions": supportedVersions})
 	case "ADD":
 	default:
 		return fail(stdout, conf.CNIVersion, codeInvalidEnvironment, fmt.Sprintf("nftpolicy: unknown CNI_COMMAND %q", cmd), "")

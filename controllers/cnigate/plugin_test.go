@@ -223,9 +223,13 @@ func TestPluginOtherCommands(t *testing.T) {
 			}
 		}
 	}
-	code, res, out := runPlugin(t, "VERSION", `{"cniVersion":"1.0.0"}`, never)
-	if code != 0 || res["cniVersion"] != "1.1.0" || !strings.Contains(out, `"0.3.1"`) {
-		t.Errorf("VERSION: exit %d, %s", code, out)
+	// VERSION echoes the input's cniVersion (the specification, "VERSION
+	// Success"); without one, it names the latest.
+	for in, want := range map[string]string{`{"cniVersion":"1.0.0"}`: "1.0.0", `{"cniVersion":"0.4.0"}`: "0.4.0", `{}`: "1.1.0", ``: "1.1.0"} {
+		code, res, out := runPlugin(t, "VERSION", in, never)
+		if code != 0 || res["cniVersion"] != want || !strings.Contains(out, `"0.3.1"`) {
+			t.Errorf("VERSION of %q: exit %d, %s; want cniVersion %s", in, code, out, want)
+		}
 	}
 	if code, res, _ := runPlugin(t, "FROB", conf("1.0.0", "", ""), never); code == 0 || res["code"] != float64(codeInvalidEnvironment) {
 		t.Errorf("unknown command: exit %d", code)
