@@ -134,7 +134,7 @@ func (in *Installer) ensureBinary() (bool, error) {
 		return false, err
 	}
 	defer src.Close()
-	if err := writeAtomic(dst, 0o755, func(w io.Writer) error { _, err := io.Copy(w, src); return err }); err != nil {
+	if err := writeAtomic(dst, 0o755, func(w io.Writer) error { _, err := io.Copy(w, src); return err }, nil); err != nil {
 		return false, err
 	}
 	return true, in.remember(dst)
@@ -165,9 +165,11 @@ func hashFile(path string) ([32]byte, error) {
 }
 
 // rewrite replaces the file at path with edit's result when edit changes it.
-// The file is read again just before the rename: if someone else (the CNI's
-// own agent) wrote it meanwhile, nothing is written, and the next Ensure
-// edits what they wrote.
+// The file is read again after the new one is written and synced, right
+// before the rename: if someone else (the CNI's own agent) wrote it meanwhile,
+// nothing is written, and the next Ensure edits what they wrote. What is left
+// is the time between that read and the rename (two system calls), not the
+// sync's milliseconds: files have no compare-and-swap.
 func rewrite(path string, edit func([]byte) ([]byte, bool, error)) (bool, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -181,16 +183,14 @@ func rewrite(path string, edit func([]byte) ([]byte, bool, error)) (bool, error)
 	if err != nil {
 		return false, err
 	}
-	var raced bool
-	err = writeAtomic(path, fi.Mode().Perm(), func(w io.Writer) error {
+	unchanged := func() error {
 		if now, err := os.ReadFile(path); err != nil || !bytes.Equal(now, data) {
-			raced = true
 			return errRaced
 		}
-		_, err := w.Write(out)
-		return err
-	})
-	if raced {
+		return nil
+	}
+	err = writeAtomic(path, fi.Mode().Perm(), func(w io.Writer) error { _, err := w.Write(out); return err }, unchanged)
+	if errors.Is(err, errRaced) {
 		return false, nil
 	}
 	return err == nil, err
@@ -201,8 +201,9 @@ var errRaced = errors.New("changed meanwhile")
 // writeAtomic writes a file beside path, under a name no runtime reads as a
 // configuration (no .conf, .conflist or .json, not the plugin's name), syncs it
 // and renames it over path: a runtime reads the old file or the new one, never
-// a part.
-func writeAtomic(path string, mode fs.FileMode, write func(io.Writer) error) error {
+// a part. When commit is not nil it runs right before the rename, and its
+// error stops it.
+func writeAtomic(path string, mode fs.FileMode, write func(io.Writer) error, commit func() error) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".nftpolicy-*.tmp")
 	if err != nil {
 		return err
@@ -223,8 +224,18 @@ func writeAtomic(path string, mode fs.FileMode, write func(io.Writer) error) err
 	if err := tmp.Close(); err != nil {
 		return err
 	}
+	synced()
+	if commit != nil {
+		if err := commit(); err != nil {
+			return err
+		}
+	}
 	return rename(tmp.Name(), path)
 }
 
 // rename is os.Rename; tests make it fail.
 var rename = os.Rename
+
+// synced runs once the new file is written and synced, before the rename;
+// tests write the file meanwhile, as a CNI's agent may.
+var synced = func() {}

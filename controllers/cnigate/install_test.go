@@ -134,6 +134,28 @@ func TestRewriteRace(t *testing.T) {
 	}
 }
 
+// A CNI's agent that writes the file while rewrite syncs its own (an fsync:
+// milliseconds, the longest step of a write) is not overwritten either: the
+// file is compared again after the sync, right before the rename.
+func TestRewriteRaceDuringSync(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "10-kindnet.conflist")
+	must(t, os.WriteFile(path, []byte(kindnet), 0o644))
+	theirs := strings.Replace(kindnet, "1500", "9000", 1)
+	synced = func() { must(t, os.WriteFile(path, []byte(theirs), 0o644)) }
+	t.Cleanup(func() { synced = func() {} })
+	written, err := rewrite(path, func(data []byte) ([]byte, bool, error) { return withGate(data, "nftpolicy") })
+	if err != nil || written {
+		t.Errorf("rewrite: written %v, err %v", written, err)
+	}
+	if data, _ := os.ReadFile(path); string(data) != theirs {
+		t.Errorf("the CNI's write during the sync (mtu 9000) was lost; the file holds:\n%s", data)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("left behind: %v", entries)
+	}
+}
+
 // Remove keeps the binary when an entry cannot be taken out (the
 // configuration cannot be replaced), and says so.
 func TestInstallerRemoveKeepsBinaryOnFailure(t *testing.T) {
