@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/nftpolicy/nftpolicy/nft"
@@ -57,6 +58,9 @@ type gateEntry struct {
 // is false when data already has it as wanted. Everything else is kept as it
 // was, the order of the keys too; the result is indented anew.
 func withGate(data []byte, table string) (out []byte, changed bool, err error) {
+	if err := chainable(data); err != nil {
+		return nil, false, err
+	}
 	want, _ := json.Marshal(gateEntry{Type: PluginType, Table: table})
 	return editPlugins(data, func(plugins []json.RawMessage) ([]json.RawMessage, bool) {
 		for i, p := range plugins {
@@ -71,6 +75,43 @@ func withGate(data []byte, table string) (out []byte, changed bool, err error) {
 		}
 		return append(plugins, want), true
 	})
+}
+
+// errVersion: the list names a CNI version the plugin refuses.
+var errVersion = errors.New("the gate cannot chain in this list")
+
+// chainable fails with errVersion unless the plugin speaks every CNI version a
+// runtime may run the list's plugins with: its cniVersion, or, with
+// cniVersions (CNI 1.1), any of those and the cniVersion (libcni takes the
+// highest its own version allows). A list without either is 0.1.0 to libcni,
+// which passes its plugins an empty version: the plugin would fail every ADD
+// of such a list with "incompatible version". Data that is not a list is left
+// to editPlugins, which says why.
+func chainable(data []byte) error {
+	var l struct {
+		Plugins     json.RawMessage `json:"plugins"`
+		CNIVersion  string          `json:"cniVersion"`
+		CNIVersions []string        `json:"cniVersions"`
+	}
+	if json.Unmarshal(data, &l) != nil || l.Plugins == nil {
+		return nil
+	}
+	versions := l.CNIVersions
+	if l.CNIVersion != "" || len(versions) == 0 {
+		versions = append(versions, l.CNIVersion)
+	}
+	for _, v := range versions {
+		if !slices.Contains(supportedVersions, v) {
+			if v == "" {
+				v = "none (0.1.0)"
+			} else {
+				v = strconv.Quote(v)
+			}
+			return fmt.Errorf("%w: its cniVersion is %s, and the gate passes a previous plugin's result on only in %s",
+				errVersion, v, strings.Join(supportedVersions, ", "))
+		}
+	}
+	return nil
 }
 
 // withoutGate returns data without the gate's entries; changed is false when

@@ -63,6 +63,13 @@ func (in *Installer) Ensure() (State, error) {
 		return st, err
 	}
 	st.ConfigWritten, err = rewrite(st.Config, func(data []byte) ([]byte, bool, error) { return withGate(data, in.Table) })
+	if errors.Is(err, errVersion) {
+		// An entry already there (an earlier agent's, or one put by hand)
+		// fails every pod of this list: it goes.
+		if removed, rerr := rewrite(st.Config, withoutGate); rerr == nil && removed {
+			st.ConfigWritten = true
+		}
+	}
 	if err != nil {
 		return st, fmt.Errorf("adding the gate to %s: %w", st.Config, err)
 	}

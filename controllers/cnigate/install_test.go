@@ -116,6 +116,46 @@ func TestInstallerLeavesSingleConf(t *testing.T) {
 	}
 }
 
+// A list whose plugins the gate cannot follow (a CNI version before chaining,
+// or none, which libcni reads as 0.1.0) gets no entry: Ensure fails, as for a
+// single plugin's .conf (the agent's gauge at 0, its Event), and takes out an
+// entry already there. Lists with cniVersions are accepted when the gate
+// speaks every version a runtime may choose.
+func TestInstallerRefusesUnchainableVersion(t *testing.T) {
+	in, conf := newInstaller(t)
+	for _, list := range []string{
+		`{"name": "legacy", "plugins": [{"type": "bridge"}]}`,
+		`{"cniVersion": "0.2.0", "name": "legacy", "plugins": [{"type": "bridge"}]}`,
+		`{"cniVersions": ["1.0.0", "9.9.0"], "name": "n", "plugins": [{"type": "bridge"}]}`,
+	} {
+		must(t, os.WriteFile(conf, []byte(list), 0o644))
+		if st, err := in.Ensure(); err == nil || !errors.Is(err, errVersion) || !strings.Contains(err.Error(), "cniVersion") || st.ConfigWritten {
+			t.Errorf("Ensure of %s: %+v, %v", list, st, err)
+		}
+		if data, _ := os.ReadFile(conf); string(data) != list {
+			t.Errorf("configuration changed:\n%s", data)
+		}
+	}
+	// An entry left by an earlier agent in such a list is taken out.
+	stale := `{"name": "legacy", "plugins": [{"type": "bridge"}, {"type": "nftpolicy", "table": "nftpolicy"}]}`
+	must(t, os.WriteFile(conf, []byte(stale), 0o644))
+	if st, err := in.Ensure(); !errors.Is(err, errVersion) || !st.ConfigWritten {
+		t.Errorf("Ensure of a list with an entry it cannot serve: %+v, %v", st, err)
+	}
+	if data, _ := os.ReadFile(conf); strings.Join(pluginTypes(t, data), ",") != "bridge" {
+		t.Errorf("entry left in a list the gate cannot serve:\n%s", data)
+	}
+	for _, list := range []string{
+		`{"cniVersions": ["0.4.0", "1.0.0"], "name": "n", "plugins": [{"type": "bridge"}]}`,
+		`{"cniVersion": "0.3.0", "name": "n", "plugins": [{"type": "bridge"}]}`,
+	} {
+		must(t, os.WriteFile(conf, []byte(list), 0o644))
+		if st, err := in.Ensure(); err != nil || !st.ConfigWritten {
+			t.Errorf("Ensure of %s: %+v, %v", list, st, err)
+		}
+	}
+}
+
 // rewrite writes nothing when the file changed between its read and the rename.
 func TestRewriteRace(t *testing.T) {
 	dir := t.TempDir()

@@ -133,10 +133,13 @@ func TestPluginAdd(t *testing.T) {
 	if code == 0 || res["code"] != float64(codeInvalidConfig) {
 		t.Errorf("ADD without prevResult: exit %d, %s", code, out)
 	}
-	// A version before chaining.
-	code, res, out = runPlugin(t, "ADD", conf("0.2.0", "", prevResult), node)
-	if code == 0 || res["code"] != float64(codeIncompatibleVersion) {
-		t.Errorf("ADD 0.2.0: exit %d, %s", code, out)
+	// A version before chaining, or none (libcni's 0.1.0): there is no
+	// previous result to pass on (the installer puts no entry in such a list).
+	for _, v := range []string{"0.2.0", ""} {
+		code, res, out = runPlugin(t, "ADD", conf(v, "", prevResult), node)
+		if code == 0 || res["code"] != float64(codeIncompatibleVersion) {
+			t.Errorf("ADD %q: exit %d, %s", v, code, out)
+		}
 	}
 	code, res, out = runPlugin(t, "ADD", "{", node)
 	if code == 0 || res["code"] != float64(codeDecodingFailure) {
