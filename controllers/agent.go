@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"os"
@@ -551,10 +552,15 @@ type TableRemover func(ctx context.Context, netns, table string) error
 type CleanupOptions struct {
 	NetNS, TableName string
 	// CNIGateConfDir and CNIGateBinDir, when set, are where the agent kept the
-	// CNI gate: its entries and binary are removed first.
-	CNIGateConfDir, CNIGateBinDir string
+	// CNI gate: its entries and binary are removed first. CNICacheDir is
+	// libcni's cache directory (cnigate.DefaultCacheDir when ""): the binary
+	// stays while a pod's cached configuration there names the gate
+	// (cnigate.Installer.Remove).
+	CNIGateConfDir, CNIGateBinDir, CNICacheDir string
 	// RemoveTable does the removal; cmd/nftpolicy wires it to nft/netlink.
 	RemoveTable TableRemover
+	// Out, when set, gets a line for what is left in place on purpose.
+	Out io.Writer
 }
 
 // ErrNoTableRemover is returned by RunCleanup when no TableRemover is wired.
@@ -567,9 +573,15 @@ func RunCleanup(ctx context.Context, opts CleanupOptions) error {
 		return ErrNoTableRemover
 	}
 	if opts.CNIGateConfDir != "" {
-		in := &cnigate.Installer{ConfDir: opts.CNIGateConfDir, BinDir: opts.CNIGateBinDir}
-		if _, err := in.Remove(); err != nil {
+		in := &cnigate.Installer{ConfDir: opts.CNIGateConfDir, BinDir: opts.CNIGateBinDir, CacheDir: opts.CNICacheDir}
+		st, err := in.Remove()
+		if err != nil {
 			return fmt.Errorf("remove the CNI gate (the table stays, so that pods can start): %w", err)
+		}
+		if n := len(st.BinaryInUse); n > 0 && opts.Out != nil {
+			fmt.Fprintf(opts.Out, "CNI gate: entry removed; plugin %s kept: the cached network configuration of %d pod network(s) still runs it at teardown (CRI-O), e.g. %s in libcni's cache; "+
+				"its DEL needs no agent. Run cleanup again once those pods are gone to remove it.\n",
+				filepath.Join(opts.CNIGateBinDir, cnigate.PluginType), n, st.BinaryInUse[0])
 		}
 	}
 	if err := opts.RemoveTable(ctx, opts.NetNS, opts.TableName); err != nil {

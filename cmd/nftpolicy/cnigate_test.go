@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -180,8 +181,34 @@ func TestCNIGate(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Cleanup: the entry and the binary, then the table.
-	if code, _, stderr := runBin(t, "", "cleanup", "--netns", ns.Path(), "--cni-gate-conf-dir", confDir, "--cni-gate-bin-dir", binDir); code != 0 {
+	// Cleanup while a pod set up through the gate lives (libcni's cache of
+	// its ADD names the gate, base64 in "config"): the entry goes, the binary
+	// stays, and cleanup says so.
+	cacheDir := t.TempDir()
+	withEntry, _ := os.ReadFile(conflist)
+	cached, _ := json.Marshal(map[string]any{"kind": "cniCacheV1", "containerId": "3be2a5d4463d", "config": withEntry, "ifName": "eth0", "networkName": "podnet"})
+	podCache := filepath.Join(cacheDir, "results", "podnet-3be2a5d4463d-eth0")
+	if err := errors.Join(os.Mkdir(filepath.Dir(podCache), 0o700), os.WriteFile(podCache, cached, 0o600)); err != nil {
+		t.Fatal(err)
+	}
+	cleanup := []string{"cleanup", "--netns", ns.Path(), "--cni-gate-conf-dir", confDir, "--cni-gate-bin-dir", binDir, "--cni-cache-dir", cacheDir}
+	code, stdout, stderr := runBin(t, "", cleanup...)
+	if code != 0 || !strings.Contains(stdout, "kept") || !strings.Contains(stdout, "podnet-3be2a5d4463d-eth0") {
+		t.Fatalf("cleanup with a pod of the gate: exit %d: %s%s", code, stdout, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(binDir, cnigate.PluginType)); err != nil {
+		t.Errorf("binary removed while a pod's cached configuration runs it: %v", err)
+	}
+	// The pod's teardown, as CRI-O runs it: the gate's DEL succeeds.
+	if code, res := plugin("DEL", 0); code != 0 || res != nil {
+		t.Errorf("DEL: exit %d, %v", code, res)
+	}
+
+	// Cleanup once the pod is gone: the entry and the binary, then the table.
+	if err := os.Remove(podCache); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := runBin(t, "", cleanup...); code != 0 {
 		t.Fatalf("cleanup: exit %d: %s", code, stderr)
 	}
 	data, _ := os.ReadFile(conflist)

@@ -370,14 +370,21 @@ var removeTable controllers.TableRemover = func(ctx context.Context, netns, tabl
 
 func runCleanup(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("cleanup")
-	opts := controllers.CleanupOptions{RemoveTable: removeTable}
+	opts := controllers.CleanupOptions{RemoveTable: removeTable, Out: stdout}
 	netnsFlag(fs, &opts.NetNS)
 	tableFlag(fs, &opts.TableName)
 	cniGateFlags(fs, &opts.CNIGateConfDir, &opts.CNIGateBinDir, "remove")
+	fs.StringVar(&opts.CNICacheDir, "cni-cache-dir", cnigate.DefaultCacheDir,
+		"libcni's cache directory (mounted from the host): the gate's plugin binary stays while a pod's network configuration cached there "+
+			"at its set-up names it (CRI-O tears pods down with that configuration); with --cni-gate-conf-dir")
 	if code, done := parse(fs, args, stdout, stderr); done {
 		return code
 	}
-	if err := errors.Join(checkTableName(opts.TableName), checkNetNS(opts.NetNS), checkCNIGate(opts.CNIGateConfDir, opts.CNIGateBinDir)); err != nil {
+	cacheDir := error(nil)
+	if !filepath.IsAbs(opts.CNICacheDir) {
+		cacheDir = errors.New("--cni-cache-dir must be an absolute path")
+	}
+	if err := errors.Join(checkTableName(opts.TableName), checkNetNS(opts.NetNS), checkCNIGate(opts.CNIGateConfDir, opts.CNIGateBinDir), cacheDir); err != nil {
 		return usageError(stderr, "cleanup", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

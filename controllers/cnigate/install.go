@@ -3,6 +3,7 @@ package cnigate
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,9 @@ type Installer struct {
 	Table string
 	// Binary is the file installed as BinDir/nftpolicy: the agent's own.
 	Binary string
+	// CacheDir is libcni's cache directory (DefaultCacheDir when ""): Remove
+	// keeps the binary while a pod's cached network configuration names it.
+	CacheDir string
 
 	sum       [32]byte // Binary's hash, once read
 	installed fileID   // BinDir/nftpolicy as it was when last found equal to Binary
@@ -47,7 +51,16 @@ type State struct {
 	Config string
 	// BinaryWritten and ConfigWritten say what Ensure or Remove changed.
 	BinaryWritten, ConfigWritten bool
+	// BinaryInUse, after Remove, names the cached results (files of
+	// CacheDir/results, one per pod's network) whose configuration still
+	// names the gate: while there is one, Remove leaves the binary in place.
+	BinaryInUse []string
 }
+
+// DefaultCacheDir is libcni's default cache directory: a runtime on libcni
+// keeps there, under results/, each pod network's result and the network
+// configuration it was set up with.
+const DefaultCacheDir = "/var/lib/cni"
 
 // Ensure puts the binary, then the entry, in place (in that order: an entry
 // whose binary is missing fails every pod with a worse message). Cheap when
@@ -80,6 +93,14 @@ func (in *Installer) Ensure() (State, error) {
 // then its binary out of BinDir (the reverse of Ensure). What is not there is
 // not an error. A file whose entry could not be taken out keeps the binary in
 // place (an entry without its plugin fails every pod with a worse message).
+//
+// So does a pod set up with the gate's entry while it lives: CRI-O tears a pod
+// down with the configuration libcni cached at its ADD, and libcni runs the
+// DEL of its plugins in reverse, stopping at the first that fails: without
+// the gate's binary, the CNI's own DEL never runs, the pod stays Terminating
+// and its address leaks. The binary stays while a cached result in CacheDir
+// names the gate (State.BinaryInUse); the gate's DEL succeeds without the
+// agent. Remove run again once those pods are gone removes it.
 func (in *Installer) Remove() (State, error) {
 	var st State
 	entries, err := os.ReadDir(in.ConfDir)
@@ -110,6 +131,16 @@ func (in *Installer) Remove() (State, error) {
 	if len(errs) > 0 {
 		return st, errors.Join(errs...)
 	}
+	cacheDir := in.CacheDir
+	if cacheDir == "" {
+		cacheDir = DefaultCacheDir
+	}
+	if st.BinaryInUse, err = cachedUsers(cacheDir); err != nil {
+		return st, fmt.Errorf("reading libcni's cache (the binary stays): %w", err)
+	}
+	if len(st.BinaryInUse) > 0 {
+		return st, nil
+	}
 	switch err := os.Remove(filepath.Join(in.BinDir, PluginType)); {
 	case err == nil:
 		st.BinaryWritten = true
@@ -117,6 +148,58 @@ func (in *Installer) Remove() (State, error) {
 		return st, err
 	}
 	return st, nil
+}
+
+// cachedUsers returns the names of the files of dir/results (libcni's cache
+// of each pod network's ADD: JSON whose "config" is the network
+// configuration's bytes, base64) whose configuration names the gate. A
+// missing directory holds none; a file that cannot be read or decoded is
+// skipped (libcni then tears the pod down with the current configuration).
+func cachedUsers(dir string) ([]string, error) {
+	dir = filepath.Join(dir, "results")
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var users []string
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		var cached struct {
+			Config []byte `json:"config"`
+		}
+		if json.Unmarshal(data, &cached) != nil {
+			continue
+		}
+		if namesGate(cached.Config) {
+			users = append(users, e.Name())
+		}
+	}
+	return users, nil
+}
+
+// namesGate says whether a network configuration, a list or a single
+// plugin's, runs the gate.
+func namesGate(config []byte) bool {
+	var c struct {
+		Type    string            `json:"type"`
+		Plugins []json.RawMessage `json:"plugins"`
+	}
+	if json.Unmarshal(config, &c) != nil {
+		return false
+	}
+	if c.Type == PluginType {
+		return true
+	}
+	return slices.ContainsFunc(c.Plugins, func(p json.RawMessage) bool { _, ok := asGate(p); return ok })
 }
 
 // ensureBinary writes Binary to BinDir/nftpolicy unless the file there is the

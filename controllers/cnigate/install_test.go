@@ -1,9 +1,11 @@
 package cnigate
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -11,7 +13,8 @@ import (
 func newInstaller(t *testing.T) (*Installer, string) {
 	t.Helper()
 	root := t.TempDir()
-	in := &Installer{ConfDir: filepath.Join(root, "net.d"), BinDir: filepath.Join(root, "bin"), Table: "nftpolicy", Binary: filepath.Join(root, "agent")}
+	in := &Installer{ConfDir: filepath.Join(root, "net.d"), BinDir: filepath.Join(root, "bin"), Table: "nftpolicy", Binary: filepath.Join(root, "agent"),
+		CacheDir: filepath.Join(root, "cni-cache")}
 	must(t, os.Mkdir(in.ConfDir, 0o755))
 	must(t, os.Mkdir(in.BinDir, 0o755))
 	if err := os.WriteFile(in.Binary, []byte("#!/bin/sh\necho agent v1\n"), 0o755); err != nil {
@@ -193,6 +196,65 @@ func TestRewriteRaceDuringSync(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
 		t.Errorf("left behind: %v", entries)
+	}
+}
+
+// cacheResult writes the file libcni's cacheAdd writes after a pod network's
+// ADD (libcni/api.go, cachedInfo, kind cniCacheV1), in dir/results, named
+// <network>-<container id>-<interface>: the configuration list's bytes as
+// the runtime read them, base64 in "config", and the result.
+func cacheResult(t *testing.T, dir, network, containerID string, config []byte) string {
+	t.Helper()
+	cached := map[string]any{
+		"kind": "cniCacheV1", "containerId": containerID, "config": config, "ifName": "eth0",
+		"networkName": network, "netns": "/var/run/netns/" + containerID,
+		"cniArgs": [][2]string{{"K8S_POD_NAMESPACE", "team-a"}, {"K8S_POD_NAME", "web-0"}, {"K8S_POD_INFRA_CONTAINER_ID", containerID}},
+		"result":  json.RawMessage(prevResult),
+	}
+	data, err := json.Marshal(cached) // []byte: base64, as libcni's Config []byte
+	must(t, err)
+	must(t, os.MkdirAll(filepath.Join(dir, "results"), 0o700))
+	name := network + "-" + containerID + "-eth0"
+	must(t, os.WriteFile(filepath.Join(dir, "results", name), data, 0o600))
+	return name
+}
+
+// Remove leaves the binary while a pod set up with the gate's entry lives
+// (libcni's cache names the gate in that pod's configuration): CRI-O tears
+// such a pod down with that configuration, and its DEL stops at a missing
+// plugin. A pod set up before the entry, a network without it and a file
+// that is not libcni's do not keep it. Once the pod's cache file is gone (its
+// DEL), Remove removes the binary.
+func TestInstallerRemoveKeepsBinaryForCachedPods(t *testing.T) {
+	in, conf := newInstaller(t)
+	bin := filepath.Join(in.BinDir, PluginType)
+	must(t, os.WriteFile(conf, []byte(kindnet), 0o644))
+	cacheResult(t, in.CacheDir, "kindnet", "before", []byte(kindnet)) // set up before the gate
+	if _, err := in.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	withEntry, _ := os.ReadFile(conf)
+	gated := cacheResult(t, in.CacheDir, "kindnet", "3be2a5d4463d", withEntry)
+	cacheResult(t, in.CacheDir, "other", "3be2a5d4463d", []byte(`{"cniVersion": "1.0.0", "name": "other", "type": "macvlan"}`))
+	must(t, os.WriteFile(filepath.Join(in.CacheDir, "results", "junk"), []byte("{not JSON"), 0o600))
+
+	st, err := in.Remove()
+	if err != nil || !st.ConfigWritten || st.BinaryWritten || !slices.Equal(st.BinaryInUse, []string{gated}) {
+		t.Fatalf("Remove with a pod set up through the gate: %+v, %v", st, err)
+	}
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("the binary went while a pod's cached configuration runs it: %v", err)
+	}
+	if data, _ := os.ReadFile(conf); strings.Join(pluginTypes(t, data), ",") != "ptp,portmap" {
+		t.Errorf("entry left:\n%s", data)
+	}
+
+	must(t, os.Remove(filepath.Join(in.CacheDir, "results", gated))) // the pod's DEL
+	if st, err := in.Remove(); err != nil || !st.BinaryWritten || len(st.BinaryInUse) > 0 {
+		t.Errorf("Remove once the pod is gone: %+v, %v", st, err)
+	}
+	if _, err := os.Stat(bin); !os.IsNotExist(err) {
+		t.Errorf("binary still there: %v", err)
 	}
 }
 

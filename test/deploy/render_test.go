@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -334,7 +335,7 @@ func TestCNIGateComponent(t *testing.T) {
 			}
 			// Directory: a node whose runtime keeps its CNI files elsewhere gets
 			// an agent that does not start, not directories nothing reads.
-			checkCNIGateMounts(t, "agent", spec, c, corev1.HostPathDirectory)
+			checkCNIGateMounts(t, "agent", spec, c, corev1.HostPathDirectory, nil)
 
 			// Apart from them, config/<base>'s agent.
 			want := typed[appsv1.DaemonSet](t, find(t, base, "DaemonSet", agentName))
@@ -352,22 +353,26 @@ func TestCNIGateComponent(t *testing.T) {
 
 // checkCNIGateMounts asserts that container c of spec mounts the node's CNI
 // directories read-write (hostPath of type typ) at the paths the gate's flags
-// name, and has no other mount.
-func checkCNIGateMounts(t *testing.T, name string, spec corev1.PodSpec, c corev1.Container, typ corev1.HostPathType) {
+// name, and has no other mount. readOnly are more directories, mounted read
+// only: cleanup's libcni cache.
+func checkCNIGateMounts(t *testing.T, name string, spec corev1.PodSpec, c corev1.Container, typ corev1.HostPathType, readOnly map[string]string) {
 	t.Helper()
-	if len(c.VolumeMounts) != len(cniGateHostDirs) || len(spec.Volumes) != len(cniGateHostDirs) {
-		t.Errorf("%s: %d mounts of %d volumes, want %d: the node's CNI directories", name, len(c.VolumeMounts), len(spec.Volumes), len(cniGateHostDirs))
+	dirs := maps.Clone(cniGateHostDirs)
+	maps.Copy(dirs, readOnly)
+	if len(c.VolumeMounts) != len(dirs) || len(spec.Volumes) != len(dirs) {
+		t.Errorf("%s: %d mounts of %d volumes, want %d: the node's CNI directories", name, len(c.VolumeMounts), len(spec.Volumes), len(dirs))
 	}
 	seen := map[string]bool{}
 	for _, m := range c.VolumeMounts {
-		host, ok := cniGateHostDirs[m.MountPath]
+		host, ok := dirs[m.MountPath]
 		if !ok {
 			t.Errorf("%s mounts %s, which no gate flag names", name, m.MountPath)
 			continue
 		}
 		seen[m.MountPath] = true
-		if m.ReadOnly || m.SubPath != "" || m.SubPathExpr != "" {
-			t.Errorf("%s's mount %s: %+v, want the whole directory read-write", name, m.MountPath, m)
+		_, ro := readOnly[m.MountPath]
+		if m.ReadOnly != ro || m.SubPath != "" || m.SubPathExpr != "" {
+			t.Errorf("%s's mount %s: %+v, want the whole directory, read only %v", name, m.MountPath, m, ro)
 		}
 		i := slices.IndexFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == m.Name })
 		if i < 0 || spec.Volumes[i].HostPath == nil {
@@ -378,8 +383,8 @@ func checkCNIGateMounts(t *testing.T, name string, spec corev1.PodSpec, c corev1
 			t.Errorf("%s mounts hostPath %s (type %v) at %s, want %s (type %s)", name, hp.Path, ptr.Deref(hp.Type, ""), m.MountPath, host, typ)
 		}
 	}
-	if len(seen) != len(cniGateHostDirs) {
-		t.Errorf("%s mounts %v of %v", name, seen, cniGateHostDirs)
+	if len(seen) != len(dirs) {
+		t.Errorf("%s mounts %v of %v", name, seen, dirs)
 	}
 }
 
@@ -419,13 +424,15 @@ func TestCleanupVariant(t *testing.T) {
 	// The CNI gate's removal, on every node whether or not its agent ran with
 	// the gate (a no-op where it did not): a gate left behind without the table
 	// fails every new pod of a node after its next reboot.
-	wantArgs := append([]string{"cleanup", "--table-name=" + tableName}, cniGateArgs...)
+	// With libcni's cache, read only: the gate's plugin stays while a pod
+	// set up with its entry lives (CRI-O tears it down with that entry).
+	wantArgs := append(append([]string{"cleanup", "--table-name=" + tableName}, cniGateArgs...), "--cni-cache-dir=/host/var/lib/cni")
 	if ic.Image != image || !slices.Equal(ic.Args, wantArgs) {
 		t.Errorf("init container runs %s %q, want %s %q", ic.Image, ic.Args, image, wantArgs)
 	}
 	checkRootNetAdmin(t, "cleanup", ic.SecurityContext)
 	// DirectoryOrCreate: the cleanup must finish on a node without them too.
-	checkCNIGateMounts(t, "cleanup", spec, ic, corev1.HostPathDirectoryOrCreate)
+	checkCNIGateMounts(t, "cleanup", spec, ic, corev1.HostPathDirectoryOrCreate, map[string]string{"/host/var/lib/cni": "/var/lib/cni"})
 	if m := spec.Containers[0].VolumeMounts; len(m) > 0 {
 		t.Errorf("the pause container mounts %+v", m)
 	}
