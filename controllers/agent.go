@@ -177,6 +177,14 @@ func watched() []client.Object {
 // manager could not be built or failed while running.
 func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	log = log.WithValues("node", opts.NodeName)
+	// The CNI gate before anything else: it needs no apiserver, and a CNI that
+	// wrote its configuration anew at the node's start has dropped its entry
+	// (cnigate.go).
+	var gate *cniGate
+	if opts.CNIGateConfDir != "" {
+		gate = newCNIGate(opts, log)
+		defer gate.start(ctx)()
+	}
 	cfg := opts.Config
 	if cfg == nil {
 		var err error
@@ -222,7 +230,7 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 		pl := &podLister{rc: rc, record: func(p *corev1.Pod) runtime.Object { return interner.record(p) }}
 		link.podList, link.podWatch = pl.list, pl.watch
 	}
-	mgr, err := manager.New(cfg, manager.Options{
+	mopts := manager.Options{
 		PprofBindAddress:       opts.PprofAddr,
 		Scheme:                 scheme,
 		Logger:                 log,
@@ -245,9 +253,13 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 				&corev1.Node{}: {Transform: trimNode, Field: fields.OneTermEqualSelector("metadata.name", opts.NodeName)},
 			},
 		},
-	})
+	}
+	mgr, err := manager.New(cfg, mopts)
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)
+	}
+	if gate != nil {
+		gate.setEvents(ownNode(mgr.GetCache(), opts.NodeName), mgr.GetEventRecorder("nftpolicy-agent"))
 	}
 	// Informers registered before Start are started, and waited for, with the cache.
 	for _, obj := range watched() {
@@ -327,9 +339,6 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 	}
 	if err := setupStartupTaint(ctx, mgr, core, opts, ready, log); err != nil {
 		return fmt.Errorf("startup taint setup: %w", err)
-	}
-	if err := setupCNIGate(mgr, opts, log); err != nil {
-		return fmt.Errorf("CNI gate setup: %w", err)
 	}
 
 	log.Info("starting agent", "table", opts.TableName, "netns", opts.NetNS,
@@ -470,18 +479,14 @@ func setupStartupTaint(ctx context.Context, mgr manager.Manager, core corev1clie
 	})
 }
 
-// setupCNIGate adds the keeping of the CNI gate's files (cnigate.go) when
-// opts names the node's CNI directories.
-func setupCNIGate(mgr manager.Manager, opts Options, log logr.Logger) error {
-	if opts.CNIGateConfDir == "" {
-		return nil
-	}
-	return mgr.Add(&cniGate{
+// newCNIGate keeps the CNI gate's files (cnigate.go) where opts names the
+// node's CNI directories.
+func newCNIGate(opts Options, log logr.Logger) *cniGate {
+	return &cniGate{
 		in:     &cnigate.Installer{ConfDir: opts.CNIGateConfDir, BinDir: opts.CNIGateBinDir, Table: opts.TableName, Binary: opts.CNIGateBinary},
 		period: cniGatePeriod, eventAfter: cniGateEventAfter,
-		own:      ownNode(mgr.GetCache(), opts.NodeName),
-		recorder: mgr.GetEventRecorder("nftpolicy-agent"), log: log.WithName("cni-gate"),
-	})
+		log: log.WithName("cni-gate"),
+	}
 }
 
 // ownNode reads the agent's Node named name from the cache.

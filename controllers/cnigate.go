@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -18,10 +19,15 @@ import (
 // --cni-gate-bin-dir the agent keeps the gate's plugin and its entry in the
 // node's CNI configuration, so that after the node's next reboot no pod's
 // network comes up before the table is in force. They are put in place at
-// once, before the first sync; the gate opens when the table holds this boot's
-// set (compile.Options.SyncedBoot, which the agent's every table has with the
+// once, first thing at the agent's start: before the manager is built, so
+// before the apiserver answers and before any informer syncs (CNIs such as
+// flannel, Calico, Cilium and kindnet write their configuration anew when they
+// start, without the entry, and the pods the runtime sets up meanwhile are not
+// held). The gate opens when the table holds this boot's set
+// (compile.Options.SyncedBoot, which the agent's every table has with the
 // gate on), so nothing is written here at a sync. Both are checked again every
-// cniGatePeriod: a CNI agent that writes its configuration anew drops the entry.
+// cniGatePeriod, by a goroutine of its own that waits for nothing of the
+// manager: a CNI agent that writes its configuration anew drops the entry.
 
 var (
 	// A vector without labels: no series at all unless the gate is asked for.
@@ -49,62 +55,108 @@ const (
 type cniGate struct {
 	in     *cnigate.Installer
 	period time.Duration
-	// own returns the agent's Node, for Events.
-	own func(ctx context.Context) (*corev1.Node, error)
 	// eventAfter is how long a failure lasts before it is recorded as an
 	// Event: on a new node the agent may start before the CNI has written its
 	// configuration, and a few seconds of that are not worth an Event.
 	eventAfter time.Duration
-	recorder   recorder.EventRecorder // may be nil
 	log        logr.Logger
+
+	mu sync.Mutex
+	// own returns the agent's Node, for Events; recorder sends them. Both
+	// nil until the manager exists (setEvents): the gate is kept before.
+	own      func(ctx context.Context) (*corev1.Node, error)
+	recorder recorder.EventRecorder
 }
 
-// Start checks at once, then every period. Each change of state (in place, or
-// failing with another error) is logged once, not every period, and a failure
-// that lasts eventAfter recorded as a Warning Event on the Node, once.
+// gateState is what the checks remember between them.
+type gateState struct {
+	last         string    // the last state logged: "" in place, else the error
+	failingSince time.Time // zero while in place
+	recorded     string    // the failure last recorded as an Event
+}
+
+// setEvents names the Node and the recorder for the gate's Events.
+func (g *cniGate) setEvents(own func(ctx context.Context) (*corev1.Node, error), rec recorder.EventRecorder) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.own, g.recorder = own, rec
+}
+
+// start checks once, before it returns, then keeps checking every period in
+// a goroutine of its own until ctx is done or stop is called; stop waits for
+// that goroutine.
+func (g *cniGate) start(ctx context.Context) (stop func()) {
+	s := g.first()
+	g.check(ctx, s)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		g.keep(ctx, s)
+	}()
+	return func() { cancel(); <-done }
+}
+
+// Start checks at once, then every period, until ctx is done.
 func (g *cniGate) Start(ctx context.Context) error {
+	s := g.first()
+	g.check(ctx, s)
+	g.keep(ctx, s)
+	return nil
+}
+
+func (g *cniGate) first() *gateState {
 	cniGateWrites.WithLabelValues("binary")
 	cniGateWrites.WithLabelValues("config")
-	last := "unset"
-	var failingSince time.Time // zero while in place
-	recorded := ""             // the failure last recorded as an Event
+	return &gateState{last: "unset"}
+}
+
+// keep checks every period until ctx is done.
+func (g *cniGate) keep(ctx context.Context, s *gateState) {
 	tick := time.NewTicker(g.period)
 	defer tick.Stop()
 	for {
-		st, err := g.in.Ensure()
-		if st.BinaryWritten {
-			cniGateWrites.WithLabelValues("binary").Inc()
-		}
-		if st.ConfigWritten {
-			cniGateWrites.WithLabelValues("config").Inc()
-			g.log.Info("CNI gate entry written", "config", st.Config)
-		}
-		state := ""
-		if err != nil {
-			state = err.Error()
-			cniGateInstalled.WithLabelValues().Set(0)
-		} else {
-			cniGateInstalled.WithLabelValues().Set(1)
-		}
-		if state != last {
-			g.report(st, err)
-			last = state
-		}
-		switch {
-		case err == nil:
-			failingSince, recorded = time.Time{}, ""
-		case failingSince.IsZero():
-			failingSince = time.Now()
-		}
-		if err != nil && state != recorded && time.Since(failingSince) >= g.eventAfter {
-			g.record(ctx, err)
-			recorded = state
-		}
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-tick.C:
 		}
+		g.check(ctx, s)
+	}
+}
+
+// check puts the files in place if they are not. Each change of state (in
+// place, or failing with another error) is logged once, not every period,
+// and a failure that lasts eventAfter recorded as a Warning Event on the
+// Node, once (as soon as the Node can be named).
+func (g *cniGate) check(ctx context.Context, s *gateState) {
+	st, err := g.in.Ensure()
+	if st.BinaryWritten {
+		cniGateWrites.WithLabelValues("binary").Inc()
+	}
+	if st.ConfigWritten {
+		cniGateWrites.WithLabelValues("config").Inc()
+		g.log.Info("CNI gate entry written", "config", st.Config)
+	}
+	state := ""
+	if err != nil {
+		state = err.Error()
+		cniGateInstalled.WithLabelValues().Set(0)
+	} else {
+		cniGateInstalled.WithLabelValues().Set(1)
+	}
+	if state != s.last {
+		g.report(st, err)
+		s.last = state
+	}
+	switch {
+	case err == nil:
+		s.failingSince, s.recorded = time.Time{}, ""
+	case s.failingSince.IsZero():
+		s.failingSince = time.Now()
+	}
+	if err != nil && state != s.recorded && time.Since(s.failingSince) >= g.eventAfter && g.record(ctx, err) {
+		s.recorded = state
 	}
 }
 
@@ -119,13 +171,24 @@ func (g *cniGate) report(st cnigate.State, err error) {
 	g.log.Info("CNI gate in place", "config", st.Config, "binary", filepath.Join(g.in.BinDir, cnigate.PluginType), "table", g.in.Table)
 }
 
-// record sends the Warning Event for a lasting failure.
-func (g *cniGate) record(ctx context.Context, failure error) {
-	if g.recorder == nil || g.own == nil {
-		return
+// record sends the Warning Event for a lasting failure; false when it could
+// not (no manager yet, or the Node not in the cache yet): the next check
+// tries again.
+func (g *cniGate) record(ctx context.Context, failure error) bool {
+	g.mu.Lock()
+	own, rec := g.own, g.recorder
+	g.mu.Unlock()
+	if rec == nil || own == nil {
+		return false
 	}
-	if n, err := g.own(ctx); err == nil {
-		g.recorder.Eventf(n, nil, corev1.EventTypeWarning, "CNIGateNotInstalled", "InstallCNIGate",
-			"the CNI gate is not in place (%v): after this node's next reboot, its pods may start before their policies are in force", failure)
+	// The cache's read waits for its sync: not the gate's checks.
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	n, err := own(ctx)
+	if err != nil {
+		return false
 	}
+	rec.Eventf(n, nil, corev1.EventTypeWarning, "CNIGateNotInstalled", "InstallCNIGate",
+		"the CNI gate is not in place (%v): after this node's next reboot, its pods may start before their policies are in force", failure)
+	return true
 }
