@@ -254,8 +254,18 @@ func RunAgent(ctx context.Context, opts Options, log logr.Logger) error {
 			},
 		},
 	}
-	mgr, err := manager.New(cfg, mopts)
+	// manager.New asks the apiserver at once (the REST mappings of the cached
+	// kinds). After a reboot the in-cluster Service address needs kube-proxy's
+	// rules first: the agent waits in process rather than exit and meet the
+	// kubelet's crash-loop back-off, which would delay its first sync, and the
+	// pods the gate holds, by minutes.
+	mgr, err := newManager(ctx, func() (manager.Manager, error) { return manager.New(cfg, mopts) },
+		opts.HealthAddr, managerRetry, log.WithName("apiserver"))
 	if err != nil {
+		if ctx.Err() != nil {
+			log.Info("agent stopped before the apiserver answered")
+			return nil
+		}
 		return fmt.Errorf("manager: %w", err)
 	}
 	if gate != nil {

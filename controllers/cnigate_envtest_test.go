@@ -2,7 +2,10 @@ package controllers
 
 import (
 	"context"
+	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -69,6 +72,27 @@ func runGateAgent(c *rest.Config, node string, n gateNode, applier *nfttest.Fake
 	return done
 }
 
+// tcpProxy forwards the connections it accepts on l to to, until l is
+// closed; the connections end with their client's.
+func tcpProxy(l net.Listener, to string) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			up, err := net.Dial("tcp", to)
+			if err != nil {
+				return
+			}
+			defer up.Close()
+			go func() { _, _ = io.Copy(up, c); up.Close() }()
+			_, _ = io.Copy(c, up)
+		}()
+	}
+}
+
 var _ = Describe("CNI gate at the agent's start", func() {
 	It("puts the entry back at once, however long the pod list takes", func() {
 		n := newGateNode()
@@ -87,5 +111,33 @@ var _ = Describe("CNI gate at the agent's start", func() {
 		Eventually(n.hasEntry, cniGatePeriod+time.Second, 10*time.Millisecond).Should(BeTrue())
 		Expect(fake.Last()).To(BeNil())
 		Eventually(fake.Last, 20*time.Second, 50*time.Millisecond).ShouldNot(BeNil())
+	})
+
+	It("waits in process for an apiserver that refuses connections, the gate in place meanwhile", func() {
+		n := newGateNode()
+		// The apiserver's address answers only after a while, as the Service
+		// address after a reboot answers once kube-proxy has written its rules.
+		u, err := url.Parse(cfg.Host)
+		Expect(err).NotTo(HaveOccurred())
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		Expect(err).NotTo(HaveOccurred())
+		addr := l.Addr().String()
+		Expect(l.Close()).To(Succeed())
+		c := rest.CopyConfig(cfg)
+		c.Host = "https://" + addr // the serving certificate names 127.0.0.1
+		fake := nfttest.NewFake()
+		done := runGateAgent(c, "node-gate-refused", n, fake)
+
+		Eventually(n.hasEntry, time.Second, 10*time.Millisecond).Should(BeTrue())
+		Consistently(done, 2*time.Second, 50*time.Millisecond).ShouldNot(Receive(), "the agent exited while the apiserver refused")
+		Expect(fake.Last()).To(BeNil())
+
+		l, err = net.Listen("tcp", addr)
+		Expect(err).NotTo(HaveOccurred())
+		proxied := make(chan struct{})
+		go func() { defer close(proxied); tcpProxy(l, u.Host) }()
+		DeferCleanup(func() { l.Close(); <-proxied })
+		Eventually(fake.Last, 30*time.Second, 50*time.Millisecond).ShouldNot(BeNil(), "no sync once the apiserver answered")
+		Expect(done).NotTo(Receive())
 	})
 })
