@@ -269,9 +269,15 @@ func rewrite(path string, edit func([]byte) ([]byte, bool, error)) (bool, error)
 	if err != nil || !changed {
 		return false, err
 	}
-	fi, err := os.Stat(path)
+	fi, err := os.Lstat(path)
 	if err != nil {
 		return false, err
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		// The rename would put a regular file in the link's place, and the
+		// updates of its owner (the file linked to) would no longer reach the
+		// runtime; the target may not even be this directory's.
+		return false, errors.New("a symbolic link: the gate edits regular files only; put its entry in the file the link names")
 	}
 	unchanged := func() error {
 		if now, err := os.ReadFile(path); err != nil || !bytes.Equal(now, data) {

@@ -159,6 +159,35 @@ func TestInstallerRefusesUnchainableVersion(t *testing.T) {
 	}
 }
 
+// A network configuration that is a symbolic link (to a file its owner
+// manages elsewhere) is not replaced by a regular file: Ensure refuses it
+// loudly, and so does Remove when the file it names holds the entry (the
+// binary stays). An entry already in the linked file is in place.
+func TestInstallerRefusesSymlinkedConfig(t *testing.T) {
+	in, conf := newInstaller(t)
+	target := filepath.Join(filepath.Dir(in.ConfDir), "managed.conflist")
+	must(t, os.WriteFile(target, []byte(kindnet), 0o644))
+	must(t, os.Symlink(target, conf))
+	if st, err := in.Ensure(); err == nil || !strings.Contains(err.Error(), "symbolic link") || st.ConfigWritten {
+		t.Errorf("Ensure of a symlinked configuration: %+v, %v", st, err)
+	}
+	if fi, err := os.Lstat(conf); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("the symlink was replaced: %v, %v", fi.Mode(), err)
+	}
+	withEntry, _, err := withGate([]byte(kindnet), "nftpolicy")
+	must(t, err)
+	must(t, os.WriteFile(target, withEntry, 0o644)) // the owner puts the entry in
+	if st, err := in.Ensure(); err != nil || st.ConfigWritten {
+		t.Errorf("Ensure with the entry in the linked file: %+v, %v", st, err)
+	}
+	if st, err := in.Remove(); err == nil || st.BinaryWritten {
+		t.Errorf("Remove of an entry behind a symlink: %+v, %v", st, err)
+	}
+	if fi, err := os.Lstat(conf); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("the symlink was replaced by Remove: %v, %v", fi.Mode(), err)
+	}
+}
+
 // rewrite writes nothing when the file changed between its read and the rename.
 func TestRewriteRace(t *testing.T) {
 	dir := t.TempDir()
