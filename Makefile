@@ -166,6 +166,11 @@ deploy: envtest-assets ## Deploy the agent to the current kubeconfig's cluster (
 undeploy: envtest-assets ## Remove what deploy created; nodes keep their tables (see config/cleanup).
 	$(KUBECTL) delete --ignore-not-found -k config/default
 
+.PHONY: cleanup
+cleanup: envtest-assets ## After undeploy: run config/cleanup (image IMG) on every node, wait for it, delete it.
+	KUBECTL=$(KUBECTL) hack/kustomize-image.sh config/cleanup $(IMG) | $(KUBECTL) apply -f -
+	$(KUBECTL) -n nftpolicy-system rollout status ds/nftpolicy-cleanup --timeout=5m && $(KUBECTL) delete -k config/cleanup
+
 ##@ Tools
 
 .PHONY: controller-gen
