@@ -37,7 +37,9 @@
 //     --unknown-pod-cidrs).
 //   - The entry and the binary stay on the node's disk when the agent stops:
 //     that is what makes the gate hold at the next boot. `nftpolicy cleanup`
-//     (config/cleanup) removes them before it removes the table; an agent
+//     (config/cleanup) removes them before it removes the table (the binary
+//     only once no pod's network configuration in libcni's cache names the
+//     gate: Installer.Remove); an agent
 //     uninstalled without it leaves a node where no pod starts after the next
 //     reboot, and the sandbox's error says what to run.
 //
