@@ -6,19 +6,17 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
 	"go4.org/netipx"
-	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/internal/netpolref"
+	"github.com/nftpolicy/nftpolicy/nft/nfttest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden .nft files in testdata")
@@ -209,14 +207,14 @@ func loadCase(t *testing.T, c goldenCase) world {
 	if c.src != "" {
 		src = c.src
 	}
-	objs, err := loadObjects(filepath.Join("testdata", src+".yaml"))
+	objs, err := nfttest.LoadObjects(filepath.Join("testdata", src+".yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.namespaces = append(w.namespaces, objs.namespaces...)
-	w.pods = append(w.pods, objs.pods...)
-	w.policies = append(w.policies, objs.policies...)
-	w.cnps, w.nodes = objs.cnps, objs.nodes
+	w.namespaces = append(w.namespaces, objs.Namespaces...)
+	w.pods = append(w.pods, objs.Pods...)
+	w.policies = append(w.policies, objs.Policies...)
+	w.cnps, w.nodes = objs.ClusterPolicies, objs.Nodes
 
 	podAddr := map[netip.Addr]bool{}
 	for _, p := range w.pods {
@@ -332,74 +330,6 @@ func loadCase(t *testing.T, c goldenCase) world {
 	}
 	slices.Sort(w.ports)
 	return w
-}
-
-var (
-	docSep   = regexp.MustCompile(`(?m)^---\s*$`)
-	yamlBool = regexp.MustCompile(`(?im)(?:[:\[,]|^\s*-\s)\s*(y|n|yes|no|on|off)\s*([,}\]]|$)`)
-)
-
-// loadObjects decodes a multi-document YAML file of Namespaces, Pods,
-// NetworkPolicies, ClusterNetworkPolicies and Nodes (unknown fields are errors, to
-// catch typos in test data).
-func loadObjects(path string) (world, error) {
-	var w world
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return w, err
-	}
-	if m := yamlBool.FindString(stripComments(string(data))); m != "" {
-		// sigs.k8s.io/yaml reads YAML 1.1: an unquoted y is true, and turns into the
-		// string "true" in a string field. Quote it.
-		return w, fmt.Errorf("%s: unquoted YAML 1.1 boolean in %q", path, m)
-	}
-	for i, doc := range docSep.Split(string(data), -1) {
-		var head struct {
-			Kind string `json:"kind"`
-		}
-		if err := yaml.Unmarshal([]byte(doc), &head); err != nil {
-			return w, fmt.Errorf("%s document %d: %w", path, i, err)
-		}
-		var obj any
-		switch head.Kind {
-		case "":
-			if strings.TrimSpace(stripComments(doc)) != "" {
-				return w, fmt.Errorf("%s document %d: no kind", path, i)
-			}
-			continue
-		case "Namespace":
-			ns := &corev1.Namespace{}
-			w.namespaces, obj = append(w.namespaces, ns), ns
-		case "Pod":
-			p := &corev1.Pod{}
-			w.pods, obj = append(w.pods, p), p
-		case "NetworkPolicy":
-			np := &networkingv1.NetworkPolicy{}
-			w.policies, obj = append(w.policies, np), np
-		case "ClusterNetworkPolicy":
-			c := &cnpv1.ClusterNetworkPolicy{}
-			w.cnps, obj = append(w.cnps, c), c
-		case "Node":
-			n := &corev1.Node{}
-			w.nodes, obj = append(w.nodes, n), n
-		default:
-			return w, fmt.Errorf("%s document %d: unexpected kind %q", path, i, head.Kind)
-		}
-		if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
-			return w, fmt.Errorf("%s document %d: %w", path, i, err)
-		}
-	}
-	return w, nil
-}
-
-func stripComments(doc string) string {
-	var out []string
-	for _, l := range strings.Split(doc, "\n") {
-		if !strings.HasPrefix(strings.TrimSpace(l), "#") {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
 }
 
 // lineDiff shows the lines only in want (-) or only in got (+), in order: enough to

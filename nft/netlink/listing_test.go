@@ -3,17 +3,11 @@ package netlink
 import (
 	"fmt"
 	"net/netip"
-	"os"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"unicode/utf8"
-
-	corev1 "k8s.io/api/core/v1"
-	networkingv1 "k8s.io/api/networking/v1"
-	cnpv1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/nftpolicy/nftpolicy/nft"
 	"github.com/nftpolicy/nftpolicy/nft/compile"
@@ -116,47 +110,14 @@ func misleadingComments(listing string) []string {
 	return out
 }
 
-// loadSnapshot reads a world of Kubernetes objects (YAML documents of kinds
-// Namespace, Node, Pod, NetworkPolicy, ClusterNetworkPolicy) as seen by node-1.
+// loadSnapshot reads a world of Kubernetes objects (nfttest.LoadObjects) as
+// seen by node-1.
 func loadSnapshot(t *testing.T, path string) compile.Snapshot {
 	t.Helper()
-	data, err := os.ReadFile(path)
+	o, err := nfttest.LoadObjects(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := compile.Snapshot{NodeName: "node-1"}
-	for i, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(data), -1) {
-		var head struct {
-			Kind string `json:"kind"`
-		}
-		if err := yaml.Unmarshal([]byte(doc), &head); err != nil {
-			t.Fatalf("%s: document %d: %v", path, i, err)
-		}
-		var obj any
-		switch head.Kind {
-		case "":
-			continue
-		case "Namespace":
-			o := &corev1.Namespace{}
-			s.Namespaces, obj = append(s.Namespaces, o), o
-		case "Node":
-			o := &corev1.Node{}
-			s.Nodes, obj = append(s.Nodes, o), o
-		case "Pod":
-			o := &corev1.Pod{}
-			s.Pods, obj = append(s.Pods, o), o
-		case "NetworkPolicy":
-			o := &networkingv1.NetworkPolicy{}
-			s.Policies, obj = append(s.Policies, o), o
-		case "ClusterNetworkPolicy":
-			o := &cnpv1.ClusterNetworkPolicy{}
-			s.ClusterNetworkPolicies, obj = append(s.ClusterNetworkPolicies, o), o
-		default:
-			t.Fatalf("%s: document %d: kind %q", path, i, head.Kind)
-		}
-		if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
-			t.Fatalf("%s: document %d: %v", path, i, err)
-		}
-	}
-	return s
+	return compile.Snapshot{NodeName: "node-1", Namespaces: o.Namespaces, Nodes: o.Nodes, Pods: o.Pods,
+		Policies: o.Policies, ClusterNetworkPolicies: o.ClusterPolicies}
 }
