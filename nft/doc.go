@@ -132,9 +132,10 @@
 //	    counter drop                                  a Deny or Pass that fails closed
 //	chain adm-eg-<hash>-cnp/<name>[_and_N]-v6    the same rules for IPv6 (ip6 daddr, -v6 sets)
 //	chain adm-in-..., bl-eg-..., bl-in-...    the same for the other tiers and directions
-//	set cnp-<hash>-cnp/<name>-<eg|in>-<h>-<v4|v6|ports|ranges|named-v4|named-v6>
-//	                       a rule's peers (a hash when they are pods and nodes only,
-//	                       an interval set with networks); its single ports (and
+//	set cnp-<hash>-cnp/<name>-<eg|in>-<h>-<v4|v6|net-v4|net-v6|ports|ranges|named-v4|named-v6>
+//	                       a rule's peers (-v4, -v6: a hash when they are pods and
+//	                       nodes only; -net-v4, -net-v6: an interval set with
+//	                       networks); its single ports (and
 //	                       ranges of at most 16 ports, spelled out); its wider port
 //	                       ranges; its named port destinations. Shared by every group
 //	                       that runs the policy. <h> hashes the rule's peers and
@@ -222,6 +223,7 @@
 // probes leave by output, which no policy judges): it passes unjudged. Every
 // connection to the node, a pod's or not, is stamped at its first packet, so
 // established traffic to the node keeps the one-comparison fast path.
+//
 // # Established connections: --established=recheck (strict mode)
 //
 // With keep, the first rule accepts every established and related packet: a
@@ -366,9 +368,10 @@
 // refuses a limit in a rule with a verdict). The limit is one bucket for the node,
 // shared by every group chain, so the agent never receives more than the rate
 // whatever the number of pods, policies or attackers. The kernel copies the packet's
-// first 128 bytes (network and transport headers) to NFLOG group 100 and never
-// waits: if the agent reads slowly or not at all, the socket buffer fills and the
-// kernel drops log messages, never packet verdicts (nft/nflog counts what was lost).
+// first 128 bytes (network and transport headers) to the NFLOG group (100 in these
+// examples; the agent's --deny-log-group, 7600 by default) and never waits: if the
+// agent reads slowly or not at all, the socket buffer fills and the kernel drops
+// log messages, never packet verdicts (nft/nflog counts what was lost).
 // The prefix names the chain by its direction and hash (the head of the chain's
 // name), which the compiler's Attribution maps to the policies that isolate the
 // chain's pods: the agent logs their namespace/name, not the hash. The `ct state
@@ -422,7 +425,7 @@
 // the number of policies that select its pod (per-policy counters would cost one
 // update per policy, 1,000 for the benchmark's adversarial pod). The agent reads
 // the counters at scrape time and credits each of the group's policies with them
-// (nftpolicy_policy_packets_total{namespace,policy,direction,verdict}).
+// (nftpolicy_policy_packets_total{namespace,policy,direction,verdict,tier}).
 //
 // Attribution is therefore exact for drops: a dropped packet was isolated by each
 // of the group's policies and allowed by none, so each of them denied it. For
