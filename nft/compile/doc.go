@@ -210,7 +210,8 @@
 // rule per family and kind of port match (the port lookup before the peers';
 // none of the peers when its networks cover the family), with named sets of the rule's own shared
 // by every group that runs the policy, so pod churn is element changes: the peers'
-// addresses (-v4, -v6; hashes unless the rule has networks peers); the protocols and ports, split as a group's ports and
+// addresses (-v4, -v6, hashes; -net-v4, -net-v6, interval sets, when the rule has
+// networks peers); the protocols and ports, split as a group's ports and
 // ranges are (splitPorts): single ports, and ranges of at most 16 ports spelled
 // out, in a hash of protocol . port (-ports), wider ranges in an interval set
 // (-ranges), each set and the rule that looks it up only when the rule's ports
@@ -221,6 +222,7 @@
 // looking up each set. Which sets a rule has depends on its ports alone, never on
 // pods. With no ClusterNetworkPolicy at all the table is exactly the NetworkPolicy
 // table; nft/doc.go shows both layouts.
+//
 // # Seeing verdicts
 //
 // Two options add to each group chain what lets a person see its verdicts, without
@@ -254,6 +256,7 @@
 //	unknown.go    options: --unknown-pod-cidrs (drop unknown local sources)
 //	policy.go     NetworkPolicy parsed once into policy, rule, peer, port
 //	index.go      index: pods and namespaces arranged for selection, and podInfo
+//	pod.go        Pod: what the compiler reads of a pod (PodOf), the agent's cache record
 //
 // The ClusterNetworkPolicy tiers, apart from the NetworkPolicy path:
 //
