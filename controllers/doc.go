@@ -17,8 +17,11 @@
 // selects, before or after; most of a large cluster's pod churn, seen from one
 // node), the sync ends there, kind "unchanged": nothing compiled, planned or sent.
 // A full sync (start, failure, --full-sync-period) reads
-// the cache into a new Compiler (pods in place, from the informer's store),
-// replaces the table whole and then returns free memory to the OS.
+// the cache into a new Compiler (pods in place, from the informer's store; the
+// periodic one off the sync path, rebuild.go), has the applier compare the
+// kernel's table with it and repair what differs (nft/netlink FullSync: at
+// start it adopts the table it finds, sets kept or patched in place; without
+// drift it sends only what changed) and then returns free memory to the OS.
 // BenchmarkIncrementalSync and BenchmarkFullSync measure both, and
 // BenchmarkPodMemory what a cluster pod costs, at test/bench/controlplane's two
 // scales.
