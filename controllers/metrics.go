@@ -17,13 +17,14 @@ var (
 	})
 	syncDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "nftpolicy_sync_duration_seconds",
-		Help: "Duration of one sync (snapshot, compile, apply), by kind (full, incremental, or unchanged: its events could not change the table, so nothing was compiled or applied); " +
+		Help: "Duration of one sync (snapshot, compile, apply), by kind (full, incremental, repair: the kernel's table read and put back after another process changed it, " +
+			"or unchanged: its events could not change the table, so nothing was compiled or applied); " +
 			"rebuild: a periodic full sync's read of the cache and first compile, off the sync path (the full sync that follows is counted as full).",
 		Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2},
 	}, []string{"kind"})
 	syncsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nftpolicy_syncs_total",
-		Help: "Syncs by kind (full, incremental, unchanged) and result (ok, error).",
+		Help: "Syncs by kind (full, incremental, repair, unchanged) and result (ok, error).",
 	}, []string{"kind", "result"})
 	applyFailures = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "nftpolicy_apply_failures_total",
