@@ -323,8 +323,8 @@ func listCluster(ctx context.Context, cfg *rest.Config) (explain.Cluster, error)
 	}
 	switch {
 	case apierrors.IsForbidden(err):
-		// The agent's own service account (kubectl exec ... explain --live)
-		// may not list nodes: explain works without them, node/NAME aside.
+		// Credentials without list on Nodes (the agent's own service account
+		// has it): explain works without them, node/NAME aside.
 		c.Notes = append(c.Notes, "nodes not listed (forbidden): a node's address counts as external, and node/NAME is unknown")
 	case err != nil:
 		return c, fmt.Errorf("API server %s: %w", cfg.Host, err)
