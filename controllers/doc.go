@@ -27,10 +27,11 @@
 // scales.
 //
 // Seeing verdicts (observe.go): with a deny log rate, the agent reads the NFLOG
-// group its group chains log isolation drops to and logs each packet ("packet
-// denied", logger "deny") with both ends named by the pod address index of the
-// cache and the policies that isolate the pod, from the Attribution the reconciler
-// publishes after each applied table; with policy counters, a Prometheus collector
+// group its table logs drops to (NetworkPolicy group chains' isolation drops,
+// ClusterNetworkPolicy Deny rules' drop chains, the drops of unknown local pods)
+// and logs each packet ("packet denied", logger "deny") with both ends named by
+// the pod address index of the cache and the policies or rule that dropped it,
+// from the Attribution the reconciler publishes after each applied table; with policy counters, a Prometheus collector
 // reads the kernel's per-policy counters at scrape time. Neither can hold up a
 // sync or a packet: the reader retries forever and loses lines, never verdicts.
 //

@@ -23,8 +23,9 @@
 // table does.
 // The plugin asks for that one set by name, in the runtime's network namespace
 // (the node's), every DefaultPoll: one netlink request, which also fails when
-// the table is gone. Nothing is written on the node's disk at a boot or a sync:
-// the entry in the network configuration stays as the agent first wrote it.
+// the table is gone. Nothing is written on the node's disk to mark a boot or a
+// sync: the entry in the network configuration is written only where it is
+// missing (a CNI that writes its configuration anew at its start drops it).
 //
 // What holds and what does not:
 //   - Nothing is read from the apiserver or asked of the agent.
