@@ -807,9 +807,12 @@ gate() {
 
 # uninstall removes nftpolicy as the README's uninstall does: the agents
 # deleted, then config/cleanup (test/conformance/cleanup) on every node. Each
-# node must be left without the gate's conflist entry, its plugin binary and
-# the table, and a pod on node2 must start (a gate left behind would hold it
-# for good). The agents' logs are kept first. Each step returns on failure.
+# node must be left without the gate's conflist entry and the table, and a pod
+# on node2 must start (a gate left behind would hold it for good). The gate's
+# plugin binary must be gone too, unless the cleanup said it kept it: it must
+# while a pod set up with the gate lives (libcni's cache names it, and CRI-O
+# tears such a pod down with that configuration; README, "Uninstall"). The
+# agents' logs are kept first. Each step returns on failure.
 uninstall() {
   local report="$STATE/uninstall" n pod
   mkdir -p "$report"
@@ -823,7 +826,17 @@ uninstall() {
   local left=()
   for n in "${NODES[@]}"; do
     grep -qs '"type": *"nftpolicy"' "$STATE/$n/cni/"* && left+=("$n: the gate's entry in $(grep -ls '"type": *"nftpolicy"' "$STATE/$n/cni/"*)")
-    [ -e "$STATE/$n/cni-bin/nftpolicy" ] && left+=("$n: $STATE/$n/cni-bin/nftpolicy")
+    if [ -e "$STATE/$n/cni-bin/nftpolicy" ]; then
+      local kept cpod
+      cpod=$(kubectl -n nftpolicy-system get pods -l app.kubernetes.io/component=cleanup \
+        --field-selector "spec.nodeName=$n" -o name 2>/dev/null | head -n 1)
+      kept=$([ -n "$cpod" ] && kubectl -n nftpolicy-system logs "$cpod" -c cleanup 2>/dev/null | grep -m 1 'plugin .* kept' || true)
+      if [ -n "$kept" ]; then
+        log "config/cleanup kept $n's plugin, as it must while pods set up with the gate live: $kept"
+      else
+        left+=("$n: $STATE/$n/cni-bin/nftpolicy")
+      fi
+    fi
     in_node "$n" nft list table inet nftpolicy >/dev/null 2>&1 && left+=("$n: table inet nftpolicy")
   done
   if [ ${#left[@]} -gt 0 ]; then
