@@ -2,6 +2,8 @@ package controllers
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -68,8 +70,20 @@ func newManager(ctx context.Context, build func() (manager.Manager, error), heal
 // apiserver not reached (a refused or timed out connection, a TLS handshake
 // cut short: client-go returns those as *url.Error) or answering that it
 // cannot serve yet (5xx, 429, timeouts). A configuration the apiserver
-// refuses (401, 403), a bad option or an address the agent cannot bind is not.
+// refuses (401, 403), a certificate the agent does not trust, a bad option or
+// an address the agent cannot bind (the manager's listeners: a *net.OpError
+// too) is not.
 func apiUnreachable(err error) bool {
+	var op *net.OpError
+	var verify *tls.CertificateVerificationError
+	var authority x509.UnknownAuthorityError
+	var host x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	switch {
+	case errors.As(err, &op) && op.Op == "listen",
+		errors.As(err, &verify), errors.As(err, &authority), errors.As(err, &host), errors.As(err, &invalid):
+		return false
+	}
 	var ue *url.Error
 	var ne net.Error
 	switch {

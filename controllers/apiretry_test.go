@@ -3,9 +3,11 @@ package controllers
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -128,5 +130,47 @@ func TestNewManagerRetries(t *testing.T) {
 	start = time.Now()
 	if _, err := newManager(ctx, func() (manager.Manager, error) { return nil, refused }, "0", backoff{First: time.Hour, Most: time.Hour}, logr.Discard()); !errors.Is(err, context.Canceled) || time.Since(start) > time.Second {
 		t.Errorf("newManager stopped while waiting: %v after %v", err, time.Since(start))
+	}
+}
+
+// TestAPIUnreachableIsNarrow: what a retry cannot fix is not retried, though it
+// comes as the same error types as an apiserver not reached: an address the
+// manager cannot bind (a *net.OpError, which is a net.Error), a certificate the
+// agent does not trust (a *url.Error). Both were retried for ever, with
+// /healthz answering ok meanwhile. Real errors, not strings.
+func TestAPIUnreachableIsNarrow(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, bindErr := net.Listen("tcp", l.Addr().String())
+	if bindErr == nil {
+		t.Fatal("a second listener on a taken address")
+	}
+	srv := httptest.NewTLSServer(http.NotFoundHandler())
+	defer srv.Close()
+	_, tlsErr := http.Get(srv.URL) // its certificate is not trusted
+	if tlsErr == nil {
+		t.Fatal("an untrusted certificate was accepted")
+	}
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close()
+	_, refusedErr := http.Get(closed.URL)
+	if refusedErr == nil {
+		t.Fatal("a closed server answered")
+	}
+	for _, c := range []struct {
+		what string
+		err  error
+		want bool
+	}{
+		{"health address taken", fmt.Errorf("error listening on %s: %w", l.Addr(), bindErr), false},
+		{"untrusted certificate", fmt.Errorf("failed to get server groups: %w", tlsErr), false},
+		{"connection refused", fmt.Errorf("failed to get server groups: %w", refusedErr), true},
+	} {
+		if got := apiUnreachable(c.err); got != c.want {
+			t.Errorf("%s (%v): retried %v, want %v", c.what, c.err, got, c.want)
+		}
 	}
 }

@@ -48,6 +48,12 @@ func TestSharedAddressFailsClosed(t *testing.T) {
 	admitAll.Spec.Ingress = []cnpv1.ClusterNetworkPolicyIngressRule{{Action: "Accept",
 		From: []cnpv1.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{}}}}}
 
+	baselineDenyNew := &cnpv1.ClusterNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "deny-new"}}
+	baselineDenyNew.Spec.Tier, baselineDenyNew.Spec.Priority = cnpv1.BaselineTier, 10
+	baselineDenyNew.Spec.Subject.Pods = &cnpv1.NamespacedPod{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "new"}}}
+	baselineDenyNew.Spec.Ingress = []cnpv1.ClusterNetworkPolicyIngressRule{{Action: "Deny",
+		From: []cnpv1.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{}}}}}
+
 	client := pod("c", "client", "node-2", "10.0.2.2", "client")
 	old := pod("a-team", "old", "node-1", "10.0.1.9", "old")
 	fresh := pod("z-team", "new", "node-1", "10.0.1.9", "new")
@@ -72,6 +78,8 @@ func TestSharedAddressFailsClosed(t *testing.T) {
 		{"both isolated by one policy (one group)", twin, []*networkingv1.NetworkPolicy{oldOpen}, nil, true},
 		{"an Admin Accept of old, new isolated", fresh, []*networkingv1.NetworkPolicy{newNone}, []*cnpv1.ClusterNetworkPolicy{admitAll}, false},
 		{"an Admin Accept of both (one group)", twin, []*networkingv1.NetworkPolicy{newNone}, []*cnpv1.ClusterNetworkPolicy{admitAll}, true},
+		// NetworkPolicy's chain for old would decide before new's Baseline Deny.
+		{"old isolated allowing the client, a Baseline Deny of new", fresh, []*networkingv1.NetworkPolicy{oldOpen}, []*cnpv1.ClusterNetworkPolicy{baselineDenyNew}, false},
 	}
 	for _, mode := range []Established{EstablishedKeep, EstablishedRecheck} {
 		for _, c := range cases {

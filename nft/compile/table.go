@@ -76,9 +76,11 @@ func verdictMaps(local []*podInfo) []nft.Set {
 					// Pods that share an address (reported by the index): the one
 					// a direction isolates keeps it, a pod it does not isolate
 					// being judged by the isolated one's policies (narrower than
-					// none). Two isolated by different groups: neither's policies
-					// may judge the other's traffic (that would widen it), so the
-					// address's traffic is dropped.
+					// none; where a Baseline policy would judge that pod, the tiers
+					// drop the address: dropSharedOverBaseline). Two isolated by
+					// different groups: neither's policies may judge the other's
+					// traffic (that would widen it), so the address's traffic is
+					// dropped.
 					if e := &s.Elements[i]; e.Verdict.Chain != g.chain {
 						sharedDrop(e, shared[a])
 					}

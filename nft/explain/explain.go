@@ -226,6 +226,7 @@ func Explain(c Cluster, q Question, opts Options) (*Answer, error) {
 	x := &explainer{c: &c, opts: opts, from: fromC.end(family), to: toC.end(family), attr: newAttributor(&c),
 		tables: map[string]*trace.Tracer{}, kind: map[string]string{}, hook: map[string]string{}, rules: map[string]*compile.Attribution{}}
 	x.crossed = x.crossedNodes()
+	x.fromSharers, x.toSharers = c.sharers(x.from), c.sharers(x.to)
 	a := &Answer{From: x.from, To: x.to, Family: family, Port: q.Port, Notes: c.Notes}
 	var problems []compile.Problem
 	for _, n := range x.crossed {
@@ -432,6 +433,9 @@ type explainer struct {
 	kind     map[string]string        // by node: compiled or kernel
 	hook     map[string]string        // by node: the hook the packet crosses there (forward, or input)
 	rules    map[string]*compile.Attribution
+	// sharers of each end: the other local pods of its node that claim its
+	// address (Cluster.sharers), once per question.
+	fromSharers, toSharers []string
 }
 
 // compile compiles node n's table as its agent does (options, epoch).
@@ -710,10 +714,11 @@ func (x *explainer) evaluate(proto corev1.Protocol, port int, withSteps bool) (*
 	}
 	x.notes(r)
 	for _, d := range []struct {
-		dir *Direction
-		end End
-	}{{&r.egress, x.from}, {&r.ingress, x.to}} {
-		if others := x.c.sharers(d.end); len(others) > 0 && d.dir.JudgedBy != "" {
+		dir    *Direction
+		end    End
+		others []string
+	}{{&r.egress, x.from, x.fromSharers}, {&r.ingress, x.to, x.toSharers}} {
+		if others := d.others; len(others) > 0 && d.dir.JudgedBy != "" {
 			d.dir.shared = true
 			n := fmt.Sprintf("address %s is also pod %s's on node %s (a problem the agent reports): the table judges the address, "+
 				"by the policies of the one that is isolated, and drops its traffic where they isolate several by different policies",
