@@ -118,7 +118,7 @@ func tierChains(chains []nft.Chain, strict bool) []nft.Chain {
 
 // tiersInto adds the tiers' chains, maps and sets to rs (the NetworkPolicy table);
 // without any ClusterNetworkPolicy it leaves rs as it is.
-func (tp *tierPass) tiersInto(rs *nft.Ruleset, local []*podInfo) {
+func (tp *tierPass) tiersInto(rs *nft.Ruleset, local []*podInfo, shared map[netip.Addr][]*podInfo) {
 	if tp == nil || len(tp.cnps) == 0 {
 		return
 	}
@@ -135,8 +135,7 @@ func (tp *tierPass) tiersInto(rs *nft.Ruleset, local []*podInfo) {
 			}
 		}
 	}
-	rs.Sets = append(rs.Sets, tp.tierMaps(local)...)
-	tp.dropSharedOverBaseline(rs, local)
+	rs.Sets = append(rs.Sets, tp.tierMaps(local, shared)...)
 	rs.Sets = append(rs.Sets, tp.sets...)
 	slices.SortFunc(rs.Sets, func(a, b nft.Set) int { return strings.Compare(a.Name, b.Name) })
 }
@@ -162,40 +161,4 @@ func newNodeInfo(n *corev1.Node) *nodeInfo {
 	slices.SortFunc(ni.addrs, netip.Addr.Compare)
 	ni.addrs = slices.Compact(ni.addrs)
 	return ni
-}
-
-// dropSharedOverBaseline drops, in NetworkPolicy's verdict maps, an address that
-// local pods share (reported) where the map judges it by one claimant's chain
-// while another claimant, which NetworkPolicy does not isolate in that
-// direction, has a Baseline group: the chain always decides, before Baseline
-// could deny that claimant's traffic (verdictMaps' "narrower than none" holds
-// only without Baseline).
-func (tp *tierPass) dropSharedOverBaseline(rs *nft.Ruleset, local []*podInfo) {
-	shared := sharedAddrs(local)
-	if len(shared) == 0 {
-		return
-	}
-	for _, d := range []struct {
-		name    string
-		ingress bool
-	}{{nft.MapEgressV4, false}, {nft.MapEgressV6, false}, {nft.MapIngressV4, true}, {nft.MapIngressV6, true}} {
-		m := rs.FindSet(d.name)
-		if m == nil {
-			continue
-		}
-		bl := slot{tierBaseline, d.ingress}.index()
-		for i := range m.Elements {
-			e := &m.Elements[i]
-			a := e.Key[0].Addr
-			if e.Verdict.Kind == nft.Drop || shared[a] == nil {
-				continue
-			}
-			for _, pod := range local {
-				if mine := tp.member[pod]; mine != nil && mine[bl] != nil && slices.Contains(pod.addrs, a) {
-					sharedDrop(e, shared[a])
-					break
-				}
-			}
-		}
-	}
 }

@@ -364,16 +364,13 @@ func (p *clusterPolicy) setName(r *cnpRule, what string) string {
 // rule is the other family's lookup, so the group chain's return (nothing
 // decided, or a Pass) goes straight back to the dispatch chain's caller. A Baseline map leaves out the pods NetworkPolicy isolates in that
 // direction: NetworkPolicy always decides for them.
-func (tp *tierPass) tierMaps(local []*podInfo) []nft.Set {
+func (tp *tierPass) tierMaps(local []*podInfo, shared map[netip.Addr][]*podInfo) []nft.Set {
 	names := map[slot][2]string{
 		{tierAdmin, false}:    {nft.MapAdminEgressV4, nft.MapAdminEgressV6},
 		{tierAdmin, true}:     {nft.MapAdminIngressV4, nft.MapAdminIngressV6},
 		{tierBaseline, false}: {nft.MapBaselineEgressV4, nft.MapBaselineEgressV6},
 		{tierBaseline, true}:  {nft.MapBaselineIngressV4, nft.MapBaselineIngressV6},
 	}
-	// The local pods that claim each shared address (reported by the index): an
-	// Admin group judging an address must be every claimant's.
-	shared := sharedAddrs(local)
 	var out []nft.Set
 	for _, s := range slots {
 		for fi, v6 := range []bool{false, true} {
@@ -387,8 +384,7 @@ func (tp *tierPass) tierMaps(local []*podInfo) []nft.Set {
 			}
 			m := nft.Set{Name: names[s][fi], Type: []nft.DataType{typ}, Verdicts: true,
 				Comment: fmt.Sprintf("local %s subject %s -> its %s chain", s.tier, famName(v6), dir)}
-			at := map[netip.Addr]int{}     // the element of each address
-			judged := map[netip.Addr]int{} // how many of its claimants have a group here
+			taken := map[netip.Addr]bool{}
 			for _, pod := range local {
 				mine := tp.member[pod]
 				if mine == nil || mine[s.index()] == nil {
@@ -399,31 +395,27 @@ func (tp *tierPass) tierMaps(local []*podInfo) []nft.Set {
 					if a.Is6() != v6 {
 						continue
 					}
-					judged[a]++
-					if i, ok := at[a]; ok {
-						// A shared address (reported), two groups: neither may
-						// judge the other's traffic, so it is dropped.
-						if e := &m.Elements[i]; e.Verdict.Chain != chain {
-							sharedDrop(e, shared[a])
-						}
-						continue
+					if taken[a] {
+						continue // shared: judgeShared below
 					}
-					at[a] = len(m.Elements)
+					taken[a] = true
 					m.Elements = append(m.Elements, nft.Element{Key: []nft.Value{nft.Addr(a)},
 						Verdict: nft.Verdict{Kind: nft.Goto, Chain: chain}, Comment: comment(pod.ref)})
 				}
 			}
-			// In the Admin tier, a claimant without the group: the group's Accept
-			// would widen its traffic, and no element would lose the others'
-			// Deny. Baseline can leave such a claimant to the group: a Baseline
-			// Accept allows what no policy isolating it denies anyway.
-			if s.tier == tierAdmin {
-				for a, refs := range shared {
-					if i, ok := at[a]; ok && judged[a] < len(refs) {
-						sharedDrop(&m.Elements[i], refs)
-					}
+			// A shared address (reported) goes to one claimant's group, unless
+			// another claimant has another group; or, in the Admin tier, none:
+			// the group's Accept would widen its traffic, and no element would
+			// lose the others' Deny. Baseline can leave such a claimant to the
+			// group: a Baseline Accept allows what no policy isolating it
+			// denies anyway.
+			slot, fi := s, fi
+			judgeShared(&m, shared, func(p *podInfo) string {
+				if mine := tp.member[p]; mine != nil && mine[slot.index()] != nil {
+					return mine[slot.index()].fam[fi].chain
 				}
-			}
+				return ""
+			}, func(*podInfo) bool { return slot.tier == tierBaseline })
 			out = append(out, m)
 		}
 	}
@@ -466,4 +458,15 @@ func tierNarrowingSets(rs *nft.Ruleset) map[string]bool {
 		}
 	}
 	return out
+}
+
+// baselineJudges says whether a Baseline ClusterNetworkPolicy judges pod's
+// traffic in the direction (it has a Baseline group there: NetworkPolicy does
+// not isolate it in that direction, buildTiers).
+func (tp *tierPass) baselineJudges(pod *podInfo, ingress bool) bool {
+	if tp == nil {
+		return false
+	}
+	mine := tp.member[pod]
+	return mine != nil && mine[slot{tierBaseline, ingress}.index()] != nil
 }

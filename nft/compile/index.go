@@ -161,9 +161,10 @@ type index struct {
 	byLabel  map[labelKV]*podList  // pods by label
 	byKey    map[string]*podList   // pods that have the label key
 	byAddr   []podAddr             // sorted by address; nil when stale, built on use
-	// addrProblems is addressProblems' result while addrKnown: until a local
-	// pod changes.
+	// addrProblems and shared are addresses()' results while addrKnown: until
+	// a local pod changes.
 	addrProblems []Problem
+	shared       map[netip.Addr][]*podInfo
 	addrKnown    bool
 }
 
@@ -369,30 +370,47 @@ func (ix *index) namespaces() []string {
 
 // addressProblems reports local pods that share an address, in namespace/name order.
 func (ix *index) addressProblems() []Problem {
-	if !ix.addrKnown {
-		ix.addrProblems, ix.addrKnown = ix.findAddressProblems(), true
-	}
+	ix.addresses()
 	return ix.addrProblems
 }
 
-func (ix *index) findAddressProblems() []Problem {
-	var problems []Problem
+// sharedAddrs is, for each address several local pods claim, those pods in
+// namespace/name order (judgeShared); nil when none is shared.
+func (ix *index) sharedAddrs() map[netip.Addr][]*podInfo {
+	ix.addresses()
+	return ix.shared
+}
+
+// addresses finds the local pods that share an address, once until a local pod
+// changes.
+func (ix *index) addresses() {
+	if ix.addrKnown {
+		return
+	}
+	ix.addrProblems, ix.shared, ix.addrKnown = nil, nil, true
 	var owner map[netip.Addr]*podInfo
 	for _, p := range ix.local.list() {
 		for _, a := range p.addrs {
 			if owner == nil {
 				owner = map[netip.Addr]*podInfo{}
 			}
-			if first := owner[a]; first != nil {
-				problems = append(problems, Problem{Reason: fmt.Sprintf(
-					"pods %s and %s on this node share address %s: a direction that isolates one of them judges the address by its policies; "+
-						"one that isolates both by different policies, or in which different ClusterNetworkPolicies select them, drops its traffic", first.ref, p.ref, a)})
+			first := owner[a]
+			if first == nil {
+				owner[a] = p
 				continue
 			}
-			owner[a] = p
+			ix.addrProblems = append(ix.addrProblems, Problem{Reason: fmt.Sprintf(
+				"pods %s and %s on this node share address %s: a direction that isolates one of them judges the address by its policies; "+
+					"one that isolates both by different policies, or in which different ClusterNetworkPolicies select them, drops its traffic", first.ref, p.ref, a)})
+			if ix.shared == nil {
+				ix.shared = map[netip.Addr][]*podInfo{}
+			}
+			if ix.shared[a] == nil {
+				ix.shared[a] = []*podInfo{first}
+			}
+			ix.shared[a] = append(ix.shared[a], p)
 		}
 	}
-	return problems
 }
 
 // addrIndex builds byAddr on first use: only ipBlock peers with named ports need it.

@@ -381,7 +381,7 @@ func syncedBootSet(bootID string) nft.Set {
 // attribution of deny log prefixes and counters to policies.
 func (ps *pass) ruleset(table string) (*nft.Ruleset, *Attribution) {
 	rs := &nft.Ruleset{Table: table}
-	rs.Sets = append(rs.Sets, verdictMaps(ps.ix.local.list())...)
+	rs.Sets = append(rs.Sets, verdictMaps(ps.ix.local.list(), ps.ix.sharedAddrs(), ps.tiers.baselineJudges)...)
 	fixed := fixedChains()
 	if ps.strict != nil {
 		fixed = ps.strict.fixedChains()
@@ -405,7 +405,7 @@ func (ps *pass) ruleset(table string) (*nft.Ruleset, *Attribution) {
 	slices.SortFunc(rs.Sets, func(a, b nft.Set) int { return strings.Compare(a.Name, b.Name) })
 	objs, at := observeObjects(ps.opts, ps.groups)
 	rs.Objects = objs
-	ps.tiers.tiersInto(rs, ps.ix.local.list())
+	ps.tiers.tiersInto(rs, ps.ix.local.list(), ps.ix.sharedAddrs())
 	ps.tiers.observeInto(rs, at, ps.opts)
 	slices.SortFunc(rs.Objects, func(a, b nft.Object) int { return strings.Compare(a.Name, b.Name) })
 	return rs, at

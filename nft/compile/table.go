@@ -3,7 +3,6 @@ package compile
 import (
 	"fmt"
 	"net/netip"
-	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -39,8 +38,13 @@ func fixedChains() []nft.Chain {
 }
 
 // verdictMaps builds the four verdict maps from the local isolated pods (each with
-// its groups set by pass.build) to their group chains.
-func verdictMaps(local []*podInfo) []nft.Set {
+// its groups set by pass.build) to their group chains. An address several of
+// them claim is judged by the first one's chain a direction isolates, a pod it
+// does not isolate being judged by that one's policies (narrower than none),
+// unless judgeShared drops it: claimants isolated by different groups (neither's
+// policies may judge the other's traffic), or one not isolated that a Baseline
+// policy would judge (baseline: the chain decides before Baseline could).
+func verdictMaps(local []*podInfo, shared map[netip.Addr][]*podInfo, baseline func(p *podInfo, ingress bool) bool) []nft.Set {
 	type mapDef struct {
 		name    string
 		typ     nft.DataType
@@ -55,10 +59,9 @@ func verdictMaps(local []*podInfo) []nft.Set {
 		{nft.MapIngressV6, nft.TypeIPv6Addr, true, true, "local isolated pod IPv6 -> its ingress chain"},
 	}
 	out := make([]nft.Set, 0, len(defs))
-	shared := sharedAddrs(local)
 	for _, d := range defs {
 		s := nft.Set{Name: d.name, Type: []nft.DataType{d.typ}, Verdicts: true, Comment: d.comment}
-		at := map[netip.Addr]int{} // the element of each address
+		taken := map[netip.Addr]bool{}
 		for _, p := range local {
 			g := p.egress
 			verdict := nft.Jump
@@ -72,21 +75,10 @@ func verdictMaps(local []*podInfo) []nft.Set {
 				if a.Is6() != d.v6 {
 					continue
 				}
-				if i, ok := at[a]; ok {
-					// Pods that share an address (reported by the index): the one
-					// a direction isolates keeps it, a pod it does not isolate
-					// being judged by the isolated one's policies (narrower than
-					// none; where a Baseline policy would judge that pod, the tiers
-					// drop the address: dropSharedOverBaseline). Two isolated by
-					// different groups: neither's policies may judge the other's
-					// traffic (that would widen it), so the address's traffic is
-					// dropped.
-					if e := &s.Elements[i]; e.Verdict.Chain != g.chain {
-						sharedDrop(e, shared[a])
-					}
-					continue
+				if taken[a] {
+					continue // shared: judgeShared below
 				}
-				at[a] = len(s.Elements)
+				taken[a] = true
 				s.Elements = append(s.Elements, nft.Element{
 					Key:     []nft.Value{nft.Addr(a)},
 					Verdict: nft.Verdict{Kind: verdict, Chain: g.chain},
@@ -94,44 +86,49 @@ func verdictMaps(local []*podInfo) []nft.Set {
 				})
 			}
 		}
+		ingress := d.ingress
+		judgeShared(&s, shared, func(p *podInfo) string {
+			g := p.egress
+			if ingress {
+				g = p.ingress
+			}
+			if g == nil {
+				return ""
+			}
+			return g.chain
+		}, func(p *podInfo) bool { return !baseline(p, ingress) })
 		out = append(out, s)
 	}
 	return out
 }
 
-// sharedAddrs is, for each address several local pods claim, their refs in
-// namespace/name order; nil when none is shared.
-func sharedAddrs(local []*podInfo) map[netip.Addr][]string {
-	var first map[netip.Addr]*podInfo
-	var out map[netip.Addr][]string
-	for _, p := range local {
-		for _, a := range p.addrs {
-			if first == nil {
-				first = make(map[netip.Addr]*podInfo, 2*len(local))
-			}
-			f := first[a]
-			switch {
-			case f == nil:
-				first[a] = p
-			case out == nil || out[a] == nil:
-				if out == nil {
-					out = map[netip.Addr][]string{}
-				}
-				out[a] = []string{f.ref, p.ref}
-			default:
-				out[a] = append(out[a], p.ref)
+// judgeShared drops (sharedDrop) the element of each address of verdict map m
+// that several local pods claim (shared: their pods) where its chain may not
+// judge them all: a claimant that chainOf sends to another chain, or to none
+// ("") where absentOK says it may not be left to the element's chain.
+func judgeShared(m *nft.Set, shared map[netip.Addr][]*podInfo, chainOf func(*podInfo) string, absentOK func(*podInfo) bool) {
+	if len(shared) == 0 {
+		return
+	}
+	for i := range m.Elements {
+		e := &m.Elements[i]
+		claimants := shared[e.Key[0].Addr]
+		for _, p := range claimants {
+			if c := chainOf(p); (c != "" && c != e.Verdict.Chain) || (c == "" && !absentOK(p)) {
+				sharedDrop(e, claimants)
+				break
 			}
 		}
 	}
-	for _, refs := range out {
-		slices.Sort(refs)
-	}
-	return out
 }
 
-// sharedDrop is the verdict map element of a shared address whose traffic no
-// single claimant's policies may judge: a drop, its comment naming the pods.
-func sharedDrop(e *nft.Element, refs []string) {
+// sharedDrop makes e, the verdict map element of an address whose traffic no
+// single claimant's policies may judge, a drop, its comment naming the pods.
+func sharedDrop(e *nft.Element, claimants []*podInfo) {
+	refs := make([]string, len(claimants))
+	for i, p := range claimants {
+		refs[i] = p.ref
+	}
 	e.Verdict = nft.Verdict{Kind: nft.Drop}
 	e.Comment = comment("address shared, dropped: " + strings.Join(refs, ", "))
 }
