@@ -74,8 +74,9 @@
 // old pod whose sandbox is gone while its status still says Running, and the new
 // pod that got its address) are reported, and the kernel cannot tell their packets
 // apart: a direction that isolates one of them judges the address by its policies
-// (narrower than none for the other); one that isolates several by different
-// policies drops the address's traffic, as does an Admin tier in which different
+// (narrower than none for the other, unless a Baseline ClusterNetworkPolicy judges
+// the other: then it drops); one that isolates several by different policies drops
+// the address's traffic, as does an Admin tier in which different
 // ClusterNetworkPolicies (or some and none) select them. Neither's policies judge
 // the other's traffic where that would allow what the other's deny.
 //
