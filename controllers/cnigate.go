@@ -86,7 +86,9 @@ func (g *cniGate) setEvents(own func(ctx context.Context) (*corev1.Node, error),
 // a goroutine of its own until ctx is done or stop is called; stop waits for
 // that goroutine.
 func (g *cniGate) start(ctx context.Context) (stop func()) {
-	s := g.first()
+	cniGateWrites.WithLabelValues("binary")
+	cniGateWrites.WithLabelValues("config")
+	s := &gateState{last: "unset"}
 	g.check(ctx, s)
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -95,20 +97,6 @@ func (g *cniGate) start(ctx context.Context) (stop func()) {
 		g.keep(ctx, s)
 	}()
 	return func() { cancel(); <-done }
-}
-
-// Start checks at once, then every period, until ctx is done.
-func (g *cniGate) Start(ctx context.Context) error {
-	s := g.first()
-	g.check(ctx, s)
-	g.keep(ctx, s)
-	return nil
-}
-
-func (g *cniGate) first() *gateState {
-	cniGateWrites.WithLabelValues("binary")
-	cniGateWrites.WithLabelValues("config")
-	return &gateState{last: "unset"}
 }
 
 // keep checks every period until ctx is done.

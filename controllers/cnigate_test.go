@@ -64,11 +64,8 @@ func TestCNIGateKept(t *testing.T) {
 		},
 		recorder: rec, log: logr.Discard(),
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
 	start := time.Now() // before the first check, so before the first failure
-	go func() { _ = g.Start(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	defer g.start(context.Background())()
 	configWrites := func() float64 { return testutil.ToFloat64(cniGateWrites.WithLabelValues("config")) }
 	writes0 := configWrites()
 
