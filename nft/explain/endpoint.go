@@ -1,6 +1,7 @@
 package explain
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -161,12 +162,13 @@ func (c *Cluster) resolve(r Ref) (candidate, error) {
 		}
 		return candidate{}, notFound("node %s not found", r.Node)
 	case r.Addr.IsValid():
-		holds := func(p *compile.Pod) bool { return p.Eligible() && slices.Contains(p.Addrs(), r.Addr) }
-		if refs := c.podRefs(holds); len(refs) > 1 {
-			return candidate{}, notFound("address %s is claimed by pods %s (a problem the agents report): ask about one of them by name", r.Addr, strings.Join(refs, ", "))
-		}
-		if p := c.firstPod(holds); p != nil {
+		switch holders := c.matching(func(p *compile.Pod) bool { return p.Eligible() && slices.Contains(p.Addrs(), r.Addr) }); len(holders) {
+		case 0:
+		case 1:
+			p := holders[0]
 			return candidate{ref: r, kind: KindPod, pod: p.Object(), node: p.Node(), addrs: []netip.Addr{r.Addr}}, nil
+		default:
+			return candidate{}, notFound("address %s is claimed by pods %s (a problem the agents report): ask about one of them by name", r.Addr, strings.Join(refsOf(holders), ", "))
 		}
 		for _, n := range c.Nodes {
 			if slices.Contains(nodeAddrs(n), r.Addr) {
@@ -207,15 +209,26 @@ func (c *Cluster) firstPod(match func(*compile.Pod) bool) *compile.Pod {
 	return best
 }
 
-// podRefs is the namespace/name of every pod match accepts, sorted.
-func (c *Cluster) podRefs(match func(*compile.Pod) bool) []string {
-	var out []string
+// matching is every pod match accepts, in namespace/name order.
+func (c *Cluster) matching(match func(*compile.Pod) bool) []*compile.Pod {
+	var out []*compile.Pod
 	c.eachPod(func(p *compile.Pod) {
 		if match(p) {
-			out = append(out, p.Namespace()+"/"+p.Name())
+			out = append(out, p)
 		}
 	})
-	slices.Sort(out)
+	slices.SortFunc(out, func(a, b *compile.Pod) int {
+		return cmp.Or(strings.Compare(a.Namespace(), b.Namespace()), strings.Compare(a.Name(), b.Name()))
+	})
+	return out
+}
+
+// refsOf is the pods' namespace/name.
+func refsOf(pods []*compile.Pod) []string {
+	out := make([]string, len(pods))
+	for i, p := range pods {
+		out[i] = p.Namespace() + "/" + p.Name()
+	}
 	return out
 }
 
@@ -226,10 +239,9 @@ func (c *Cluster) sharers(e End) []string {
 	if e.pod == nil || !e.addr.IsValid() {
 		return nil
 	}
-	self := e.pod.Namespace + "/" + e.pod.Name
-	return c.podRefs(func(p *compile.Pod) bool {
-		return p.Eligible() && p.Node() == e.Node && p.Namespace()+"/"+p.Name() != self && slices.Contains(p.Addrs(), e.addr)
-	})
+	return refsOf(c.matching(func(p *compile.Pod) bool {
+		return p.Eligible() && p.Node() == e.Node && (p.Namespace() != e.pod.Namespace || p.Name() != e.pod.Name) && slices.Contains(p.Addrs(), e.addr)
+	}))
 }
 
 // eachPod calls fn for Pods and the PodRecords they do not shadow, as the

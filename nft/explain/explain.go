@@ -721,7 +721,7 @@ func (x *explainer) evaluate(proto corev1.Protocol, port int, withSteps bool) (*
 		if others := d.others; len(others) > 0 && d.dir.JudgedBy != "" {
 			d.dir.shared = true
 			n := fmt.Sprintf("address %s is also pod %s's on node %s (a problem the agent reports): the table judges the address, "+
-				"by the policies of the one that is isolated, and drops its traffic where they isolate several by different policies",
+				"by the policies of the one that is isolated, and drops its traffic where their policies differ",
 				d.end.addr, strings.Join(others, ", pod "), d.end.Node)
 			if d.dir.Note != "" {
 				n = d.dir.Note + "; " + n
